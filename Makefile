@@ -1,0 +1,33 @@
+# The two entry points of the README. Each installs what it needs first.
+PACKAGE := .cache/packages/smollm2-135m-instruct
+GGUF := .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
+HEARTH := target/release/hearth
+PROMPT ?= Give me three tips for writing clear code.
+
+.PHONY: demo test setup model lint
+
+## demo: download SmolLM2-135M-Instruct, convert it, and chat with it on the CPU.
+demo: setup $(PACKAGE)/manifest.json
+	$(HEARTH) generate --model $(PACKAGE) --chat --prompt "$(PROMPT)" --max-tokens 200
+
+## test: formatting, lints and the whole test suite.
+test: setup model lint
+	cargo test --release --workspace
+
+setup:
+	@bash scripts/setup.sh
+
+model:
+	@bash scripts/fetch-smollm2.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
+
+$(HEARTH): FORCE
+	cargo build --release -p hearth-cli
+
+$(PACKAGE)/manifest.json: $(HEARTH) model
+	$(HEARTH) convert $(GGUF) --out $(PACKAGE) --force
+
+FORCE:

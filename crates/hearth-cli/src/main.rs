@@ -1,0 +1,217 @@
+//! `hearth`: convert models into packages, tokenize, and generate text from the command line.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use hearth_core::chat::ChatMessage;
+use hearth_core::convert::{convert, ConvertOptions, QuantChoice};
+use hearth_core::cpu::CpuEngine;
+use hearth_core::generate::{generate, GenerateRequest};
+use hearth_core::model::Model;
+use hearth_core::sampling::SamplingParams;
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "hearth", version, about = "Run language models on your own machine; build packages for the browser")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    Cpu,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert a GGUF file or a Hugging Face model directory into a Hearth model package.
+    Convert {
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// keep | q4 | q8 | f16
+        #[arg(long, default_value = "keep")]
+        quant: String,
+        /// Weights per q4 scale/min group: 32, 64 or 128.
+        #[arg(long, default_value_t = 32)]
+        group: usize,
+        /// Largest shard size in MiB.
+        #[arg(long, default_value_t = 32)]
+        shard_mb: u64,
+        /// Replace an existing package at --out.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the token ids of TEXT as a JSON array.
+    Tokenize {
+        #[arg(long)]
+        model: PathBuf,
+        /// Parse special-token texts (such as <|im_start|>) as special tokens.
+        #[arg(long)]
+        special: bool,
+        text: String,
+    },
+    /// Generate text from a prompt.
+    Generate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        /// Send the prompt as one user message through the model's chat template.
+        #[arg(long)]
+        chat: bool,
+        /// With --chat: a system message before the user's.
+        #[arg(long)]
+        system: Option<String>,
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        /// 0 means greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0.0)]
+        min_p: f32,
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f32,
+        #[arg(long, default_value_t = 0.0)]
+        presence_penalty: f32,
+        #[arg(long, default_value_t = 0.0)]
+        frequency_penalty: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Stop before this string (repeatable).
+        #[arg(long)]
+        stop: Vec<String>,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: Backend,
+        /// Report the K largest logits at the last prompt position.
+        #[arg(long, default_value_t = 0)]
+        top_logits: usize,
+        /// Print one JSON object instead of streaming text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Convert { input, out, quant, group, shard_mb, force } => {
+            if !(1..=1024).contains(&shard_mb) {
+                bail!("--shard-mb must be between 1 and 1024");
+            }
+            let opts = ConvertOptions {
+                quant: quant.parse::<QuantChoice>()?,
+                group,
+                shard_bytes: shard_mb << 20,
+                overwrite: force,
+            };
+            let started = Instant::now();
+            let m = convert(&input, &out, &opts).with_context(|| format!("converting {}", input.display()))?;
+            let bytes: u64 = m.shards.iter().map(|s| s.size).sum();
+            eprintln!(
+                "wrote {} ({} tensors, {} shards, {:.1} MB) in {:.1}s",
+                out.display(),
+                m.tensors.len(),
+                m.shards.len(),
+                bytes as f64 / 1e6,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Command::Tokenize { model, special, text } => {
+            let mut model = Model::open(&model)?;
+            let ids = model.tokenizer.encode(&text, special, true)?;
+            println!("{}", serde_json::to_string(&ids)?);
+        }
+        Command::Generate {
+            model,
+            prompt,
+            chat,
+            system,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            presence_penalty,
+            frequency_penalty,
+            seed,
+            stop,
+            backend: Backend::Cpu,
+            top_logits,
+            json,
+        } => {
+            let mut model = Model::open(&model)?;
+            let prompt_ids = if chat {
+                let mut messages = Vec::new();
+                if let Some(s) = &system {
+                    messages.push(ChatMessage::new("system", s));
+                }
+                messages.push(ChatMessage::new("user", &prompt));
+                model.encode_chat(&messages)?
+            } else {
+                model.encode_text(&prompt)?
+            };
+            let mut engine = CpuEngine::from_package(&model.package)?;
+            let req = GenerateRequest {
+                prompt_ids,
+                max_tokens,
+                sampling: SamplingParams {
+                    temperature,
+                    top_k,
+                    top_p,
+                    min_p,
+                    repetition_penalty,
+                    presence_penalty,
+                    frequency_penalty,
+                    seed,
+                    ..SamplingParams::default()
+                },
+                stop_strings: stop,
+                top_logits,
+            };
+            let clock = Instant::now();
+            let now = || clock.elapsed().as_secs_f64();
+            let mut stdout = std::io::stdout();
+            let out = generate(&mut engine, &model.tokenizer, &req, &now, &mut |piece| {
+                if !json {
+                    let _ = stdout.write_all(piece.as_bytes());
+                    let _ = stdout.flush();
+                }
+                Ok(())
+            })?;
+            if json {
+                let obj = json!({
+                    "prompt_ids": out.prompt_ids,
+                    "ids": out.ids,
+                    "text": out.text,
+                    "finish_reason": out.finish_reason,
+                    "top_logits": out.top_logits.iter().map(|(id, l)| json!([id, l])).collect::<Vec<_>>(),
+                    "usage": out.usage,
+                });
+                println!("{obj}");
+            } else {
+                println!();
+                eprintln!(
+                    "[{} prompt tokens, {} generated; prefill {:.1} tok/s, decode {:.1} tok/s, first token after {:.2}s]",
+                    out.usage.prompt_tokens, out.usage.completion_tokens, out.usage.prefill_tok_s, out.usage.decode_tok_s, out.usage.ttft_s
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! The `hearth` binary end to end, on the real SmolLM2 model, through its exact command-line interface.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn hearth(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hearth")).args(args).output().expect("run hearth")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = hearth(args);
+    assert!(out.status.success(), "hearth {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// The model converted by `hearth convert`, once for this test binary.
+fn package() -> &'static str {
+    static DIR: OnceLock<(tempfile::TempDir, String)> = OnceLock::new();
+    &DIR.get_or_init(|| {
+        let status = Command::new("bash").arg(root().join("scripts/fetch-smollm2.sh")).status().unwrap();
+        assert!(status.success(), "fetching SmolLM2 failed");
+        let gguf = root().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("smollm2").display().to_string();
+        ok(&["convert", gguf.to_str().unwrap(), "--out", &out]);
+        (tmp, out)
+    })
+    .1
+}
+
+fn fixture(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures").join(name)).unwrap()).unwrap()
+}
+
+fn prompt_fixture(prompt: &str) -> serde_json::Value {
+    fixture("smollm2/generation.json")["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["prompt"] == prompt)
+        .cloned()
+        .expect("prompt in fixture")
+}
+
+#[test]
+fn tokenize_prints_llama_cpp_ids() {
+    let corpus = fixture("smollm2/tokenizer_corpus.json");
+    let case = corpus["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["text"] == "<|im_start|>user\nHello<|im_end|>\n")
+        .unwrap();
+    let plain: serde_json::Value =
+        serde_json::from_str(&ok(&["tokenize", "--model", package(), case["text"].as_str().unwrap()])).unwrap();
+    assert_eq!(plain, case["ids"]);
+    let special: serde_json::Value =
+        serde_json::from_str(&ok(&["tokenize", "--model", package(), "--special", case["text"].as_str().unwrap()]))
+            .unwrap();
+    assert_eq!(special, case["ids_special"]);
+}
+
+#[test]
+fn generate_json_reports_ids_text_logits_and_usage() {
+    let fx = prompt_fixture("The capital of France is");
+    let out: serde_json::Value = serde_json::from_str(&ok(&[
+        "generate",
+        "--model",
+        package(),
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "8",
+        "--top-logits",
+        "5",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(out["prompt_ids"], fx["prompt_ids"]);
+    let expected: Vec<_> = fx["greedy_ids"].as_array().unwrap()[..8].to_vec();
+    assert_eq!(out["ids"].as_array().unwrap(), &expected);
+    assert_eq!(out["top_logits"].as_array().unwrap().len(), 5);
+    assert_eq!(out["top_logits"][0][0], fx["top_logits"][0][0]);
+    assert_eq!(out["usage"]["prompt_tokens"], fx["prompt_ids"].as_array().unwrap().len());
+    assert_eq!(out["usage"]["completion_tokens"], 8);
+    assert!(out["usage"]["prefill_tok_s"].as_f64().unwrap() > 0.0);
+    assert!(out["usage"]["decode_tok_s"].as_f64().unwrap() > 0.0);
+    assert!(out["text"].as_str().unwrap().contains("Paris"), "{}", out["text"]);
+
+    // Streaming prints the same text.
+    let streamed = ok(&["generate", "--model", package(), "--prompt", "The capital of France is", "--max-tokens", "8"]);
+    assert_eq!(streamed.trim_end_matches('\n'), out["text"].as_str().unwrap());
+}
+
+#[test]
+fn chat_prompt_uses_the_template_and_stops_at_end_of_turn() {
+    let fx = prompt_fixture("List three fruits.");
+    let out: serde_json::Value = serde_json::from_str(&ok(&[
+        "generate",
+        "--model",
+        package(),
+        "--prompt",
+        "List three fruits.",
+        "--chat",
+        "--max-tokens",
+        "64",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        out["prompt_ids"], fx["prompt_ids"],
+        "chat template rendering or special-token parsing differs from llama.cpp"
+    );
+    let text = out["text"].as_str().unwrap();
+    assert!(!text.contains("<|im_end|>") && !text.is_empty(), "{text:?}");
+}
+
+#[test]
+fn stop_string_spanning_tokens_ends_generation_before_it() {
+    let full: serde_json::Value = serde_json::from_str(&ok(&[
+        "generate",
+        "--model",
+        package(),
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "16",
+        "--json",
+    ]))
+    .unwrap();
+    let text = full["text"].as_str().unwrap();
+    // A stop string made of the end of one token and the start of the next.
+    let at = text.find("Paris").expect("Paris in the continuation");
+    let stop = &text[at + 3..at + 7];
+    let out: serde_json::Value = serde_json::from_str(&ok(&[
+        "generate",
+        "--model",
+        package(),
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "16",
+        "--stop",
+        stop,
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(out["text"].as_str().unwrap(), &text[..at + 3]);
+    assert_eq!(out["finish_reason"], "stop");
+}
+
+#[test]
+fn seeded_sampling_repeats_and_seeds_differ() {
+    let run = |seed: &str| {
+        let out: serde_json::Value = serde_json::from_str(&ok(&[
+            "generate",
+            "--model",
+            package(),
+            "--prompt",
+            "Once upon a time",
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "1.0",
+            "--top-k",
+            "40",
+            "--top-p",
+            "0.95",
+            "--min-p",
+            "0.02",
+            "--repetition-penalty",
+            "1.1",
+            "--seed",
+            seed,
+            "--json",
+        ]))
+        .unwrap();
+        out["ids"].clone()
+    };
+    let a = run("7");
+    assert_eq!(a, run("7"));
+    assert_ne!(a, run("8"));
+}
+
+#[test]
+fn errors_are_readable_and_exit_non_zero() {
+    let out = hearth(&["convert", "/nonexistent/model.gguf", "--out", "/tmp/never-written"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error:") && err.contains("/nonexistent/model.gguf"), "{err}");
+    assert!(!Path::new("/tmp/never-written").exists());
+
+    let out = hearth(&["generate", "--model", "/nonexistent", "--prompt", "hi"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("manifest.json"));
+
+    let out = hearth(&["generate", "--model", package(), "--prompt", "hi", "--max-tokens", "100000"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exceeds the context length of 8192"));
+
+    let out = hearth(&["generate", "--model", package(), "--prompt", "hi", "--temperature=-1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("temperature"));
+}

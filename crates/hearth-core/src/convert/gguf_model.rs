@@ -1,0 +1,155 @@
+//! GGUF → package.
+
+use std::path::Path;
+
+use super::{encode_f32, tokenizer_from_gguf, ConvertOptions, QuantChoice};
+use crate::error::{HearthError, Result};
+use crate::ggml_quants::{dequantize, q4_from_ggml, q8_from_ggml};
+use crate::gguf::{GgmlType, GgufFile, GgufTensorInfo};
+use crate::manifest::{
+    Activation, Manifest, ModelConfig, NormKind, PositionKind, RopeConfig, RopeScaling, RopeStyle, SourceInfo,
+    TokenizerInfo,
+};
+use crate::package::PackageWriter;
+use crate::quant::{DType, Tensor};
+
+pub(super) fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Manifest> {
+    let gguf = GgufFile::open(input)?;
+    let arch = gguf.require_str("general.architecture")?.to_string();
+    let config = model_config(&gguf, &arch)?;
+    let tok = tokenizer_from_gguf(&gguf)?;
+
+    let mut writer = PackageWriter::new(out, opts.shard_bytes, opts.overwrite)?;
+    for info in &gguf.tensors {
+        let tensor = convert_tensor(&gguf, info, opts)?;
+        writer.add_tensor(&info.name, &tensor)?;
+    }
+    writer.add_file("tokenizer.json", tok.json.as_bytes())?;
+
+    let name = gguf
+        .get_str("general.name")
+        .map(str::to_string)
+        .unwrap_or_else(|| input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+    let manifest = Manifest {
+        format: String::new(),
+        format_version: 0,
+        name,
+        architecture: arch,
+        config,
+        tokenizer: TokenizerInfo {
+            file: "tokenizer.json".into(),
+            bos_id: tok.bos_id,
+            eos_id: tok.eos_id,
+            stop_ids: tok.stop_ids,
+            pad_id: tok.pad_id,
+            add_bos: tok.add_bos,
+            chat_template: tok.chat_template,
+        },
+        source: SourceInfo {
+            kind: "gguf".into(),
+            file: input.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        },
+        shard_size: 0,
+        shards: vec![],
+        files: vec![],
+        tensors: vec![],
+    };
+    writer.finish(manifest)
+}
+
+fn model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
+    if arch != "llama" {
+        return Err(HearthError::UnsupportedArchitecture(arch.to_string()));
+    }
+    let key = |k: &str| format!("{arch}.{k}");
+    let hidden = gguf.require_u64(&key("embedding_length"))? as usize;
+    let n_heads = gguf.require_u64(&key("attention.head_count"))? as usize;
+    let n_kv_heads = gguf.get_u64(&key("attention.head_count_kv")).map_or(n_heads, |v| v as usize);
+    let file = gguf.path.display().to_string();
+    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+        return Err(HearthError::bad_file(&file, format!("{n_heads} heads cannot share {n_kv_heads} key/value heads")));
+    }
+    let head_dim = gguf.get_u64(&key("attention.key_length")).map_or(hidden / n_heads, |v| v as usize);
+    let embd =
+        gguf.tensor("token_embd.weight").ok_or_else(|| HearthError::bad_file(&file, "no token_embd.weight tensor"))?;
+    let vocab_size = embd.shape()[0];
+    let scaling = match gguf.get_str(&key("rope.scaling.type")) {
+        None | Some("none") => None,
+        Some("linear") => Some(RopeScaling::Linear { factor: gguf.require_f64(&key("rope.scaling.factor"))? as f32 }),
+        Some(other) => {
+            return Err(HearthError::bad_file(
+                &file,
+                format!("rope scaling `{other}` is not supported yet (none and linear are)"),
+            ));
+        }
+    };
+    Ok(ModelConfig {
+        n_layers: gguf.require_u64(&key("block_count"))? as usize,
+        hidden_size: hidden,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        ffn_size: gguf.require_u64(&key("feed_forward_length"))? as usize,
+        vocab_size,
+        context_length: gguf.get_u64(&key("context_length")).map_or(2048, |v| v as usize),
+        norm: NormKind::Rms,
+        norm_eps: gguf.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32,
+        activation: Activation::Silu,
+        position: PositionKind::Rope,
+        rope: Some(RopeConfig {
+            base: gguf.get_f64(&key("rope.freq_base")).unwrap_or(10_000.0) as f32,
+            dim: gguf.get_u64(&key("rope.dimension_count")).map_or(head_dim, |v| v as usize),
+            // llama.cpp's converter permutes Llama's Q/K rows so rotated pairs are adjacent.
+            style: RopeStyle::Interleaved,
+            scaling,
+        }),
+        alibi: None,
+        sliding_window: None,
+        sliding_window_pattern: None,
+        tied_embeddings: gguf.tensor("output.weight").is_none(),
+    })
+}
+
+fn convert_tensor(gguf: &GgufFile, info: &GgufTensorInfo, opts: &ConvertOptions) -> Result<Tensor> {
+    let ty = info.ggml_type;
+    if info.n_bytes.is_none()
+        || !matches!(
+            ty,
+            GgmlType::F32
+                | GgmlType::F16
+                | GgmlType::BF16
+                | GgmlType::Q4_0
+                | GgmlType::Q4_1
+                | GgmlType::Q8_0
+                | GgmlType::Q5_0
+                | GgmlType::Q5_1
+                | GgmlType::Q4K
+                | GgmlType::Q5K
+                | GgmlType::Q6K
+        )
+    {
+        return Err(HearthError::UnsupportedTensorType { tensor: info.name.clone(), dtype: ty.name() });
+    }
+    let bytes = gguf.read_tensor(info)?;
+    let shape = info.shape();
+    let matrix = shape.len() >= 2;
+    // Lossless re-packing where the source block format has a Hearth twin.
+    match (opts.quant, ty, matrix) {
+        (QuantChoice::Keep | QuantChoice::Q4, GgmlType::Q4_0 | GgmlType::Q4_1, true)
+            if opts.group == 32 || opts.quant == QuantChoice::Keep =>
+        {
+            return q4_from_ggml(ty, &bytes, shape, &info.name);
+        }
+        (QuantChoice::Keep | QuantChoice::Q8, GgmlType::Q8_0, true) => return Ok(q8_from_ggml(&bytes, shape)),
+        _ => {}
+    }
+    let values = dequantize(ty, &bytes, &info.name)?;
+    let dtype = match (opts.quant, ty) {
+        (QuantChoice::Keep, GgmlType::F32 | GgmlType::BF16) => DType::F32,
+        (QuantChoice::Keep, GgmlType::F16) => DType::F16,
+        (QuantChoice::Keep | QuantChoice::Q4, _) => DType::Q4,
+        (QuantChoice::Q8, _) => DType::Q8,
+        (QuantChoice::F16, _) => DType::F16,
+    };
+    encode_f32(&info.name, shape, &values, dtype, opts.group)
+}

@@ -1,0 +1,290 @@
+//! Builds a Hugging Face `tokenizer.json` from the tokenizer that a GGUF file carries in its metadata
+//! (`tokenizer.ggml.*`), reproducing llama.cpp's tokenization with the `tokenizers` library's parts.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use crate::error::{HearthError, Result};
+use crate::gguf::{GgufFile, GgufValue};
+
+/// llama.cpp's token types (`tokenizer.ggml.token_type`).
+const TOKEN_TYPE_UNKNOWN: i64 = 2;
+const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+/// Token texts that llama.cpp treats as ending a generation when they are in the vocabulary.
+const END_OF_GENERATION_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "<|end_of_text|>",
+];
+
+// Pre-tokenizer regexes, as llama.cpp applies them for each `tokenizer.ggml.pre` value (each regex
+// splits the pieces the previous one produced).
+const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// What the converter learns about the tokenizer besides `tokenizer.json`.
+#[derive(Debug, Clone)]
+pub struct GgufTokenizer {
+    pub json: String,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    pub stop_ids: Vec<u32>,
+    pub pad_id: Option<u32>,
+    pub add_bos: bool,
+    pub chat_template: Option<String>,
+}
+
+struct Vocab {
+    tokens: Vec<String>,
+    types: Vec<i64>,
+}
+
+pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<GgufTokenizer> {
+    let file = gguf.path.display().to_string();
+    let model = gguf.require_str("tokenizer.ggml.model")?;
+    let vocab = read_vocab(gguf)?;
+    let token_id = |key: &str| -> Option<u32> {
+        gguf.get_u64(key).and_then(|v| u32::try_from(v).ok()).filter(|&id| (id as usize) < vocab.tokens.len())
+    };
+    let bos_id = token_id("tokenizer.ggml.bos_token_id");
+    let eos_id = token_id("tokenizer.ggml.eos_token_id");
+
+    let (mut tokenizer, default_add_bos) = match model {
+        "gpt2" => {
+            let pre = gguf.get_str("tokenizer.ggml.pre").unwrap_or("default");
+            (byte_level_bpe(gguf, &vocab, pre)?, pre == "llama-bpe" || pre == "llama3" || pre == "llama-v3")
+        }
+        "llama" => (sentencepiece_bpe(gguf, &vocab)?, true),
+        other => {
+            return Err(HearthError::bad_file(
+                &file,
+                format!("tokenizer.ggml.model `{other}` is not supported (gpt2 and llama are)"),
+            ))
+        }
+    };
+    tokenizer["added_tokens"] = added_tokens(&vocab);
+
+    let mut stop_ids: Vec<u32> =
+        ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
+            .iter()
+            .filter_map(|k| token_id(k))
+            .collect();
+    for (id, (text, &ty)) in vocab.tokens.iter().zip(&vocab.types).enumerate() {
+        if (ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED)
+            && END_OF_GENERATION_TEXTS.contains(&text.as_str())
+        {
+            stop_ids.push(id as u32);
+        }
+    }
+    stop_ids.sort_unstable();
+    stop_ids.dedup();
+
+    let json = serde_json::to_string(&tokenizer)
+        .map_err(|e| HearthError::Tokenizer(format!("cannot serialize tokenizer.json: {e}")))?;
+    // Prove the result loads before it goes into a package.
+    tokenizers::Tokenizer::from_bytes(json.as_bytes())
+        .map_err(|e| HearthError::Tokenizer(format!("tokenizer built from {file} does not load: {e}")))?;
+
+    Ok(GgufTokenizer {
+        json,
+        bos_id,
+        eos_id,
+        stop_ids,
+        pad_id: token_id("tokenizer.ggml.padding_token_id"),
+        add_bos: gguf.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos),
+        chat_template: gguf.get_str("tokenizer.chat_template").map(str::to_string),
+    })
+}
+
+fn read_vocab(gguf: &GgufFile) -> Result<Vocab> {
+    let file = gguf.path.display().to_string();
+    let tokens: Vec<String> = gguf
+        .get("tokenizer.ggml.tokens")
+        .and_then(GgufValue::as_array)
+        .ok_or_else(|| HearthError::bad_file(&file, "missing tokenizer.ggml.tokens"))?
+        .iter()
+        .map(|v| v.as_str().map(str::to_string))
+        .collect::<Option<_>>()
+        .ok_or_else(|| HearthError::bad_file(&file, "tokenizer.ggml.tokens holds non-strings"))?;
+    let types = match gguf.get("tokenizer.ggml.token_type").and_then(GgufValue::as_array) {
+        Some(a) if a.len() == tokens.len() => a.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
+        Some(a) => {
+            return Err(HearthError::bad_file(
+                &file,
+                format!("tokenizer.ggml.token_type has {} entries for {} tokens", a.len(), tokens.len()),
+            ))
+        }
+        None => vec![1; tokens.len()],
+    };
+    Ok(Vocab { tokens, types })
+}
+
+fn vocab_map(vocab: &Vocab) -> serde_json::Map<String, Value> {
+    let mut map = serde_json::Map::with_capacity(vocab.tokens.len());
+    for (id, t) in vocab.tokens.iter().enumerate() {
+        // A repeated token text keeps its first id, as llama.cpp's text-to-token map does.
+        map.entry(t.clone()).or_insert_with(|| json!(id));
+    }
+    map
+}
+
+/// Control and user-defined tokens become added tokens, matched before the model runs. User-defined
+/// ones are matched always; control ones only when special-token parsing is on (as in llama.cpp).
+fn added_tokens(vocab: &Vocab) -> Value {
+    let tokens: Vec<Value> = vocab
+        .tokens
+        .iter()
+        .zip(&vocab.types)
+        .enumerate()
+        .filter(|(_, (_, &ty))| ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED || ty == TOKEN_TYPE_UNKNOWN)
+        .filter(|(_, (text, _))| !text.is_empty())
+        .map(|(id, (text, &ty))| {
+            json!({
+                "id": id,
+                "content": text,
+                "single_word": false,
+                "lstrip": false,
+                "rstrip": false,
+                "normalized": false,
+                "special": ty != TOKEN_TYPE_USER_DEFINED,
+            })
+        })
+        .collect();
+    Value::Array(tokens)
+}
+
+fn split(regex: &str) -> Value {
+    json!({ "type": "Split", "pattern": { "Regex": regex }, "behavior": "Isolated", "invert": false })
+}
+
+fn byte_level_bpe(gguf: &GgufFile, vocab: &Vocab, pre: &str) -> Result<Value> {
+    let file = gguf.path.display().to_string();
+    let regexes: Vec<&str> = match pre {
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => vec![r"\p{N}", GPT2_REGEX],
+        "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" => vec![GPT2_REGEX],
+        "llama-bpe" | "llama3" | "llama-v3" | "dbrx" | "smaug-bpe" => vec![LLAMA3_REGEX],
+        "qwen2" | "stablelm2" | "megrez" | "deepseek-r1-qwen" => vec![QWEN2_REGEX],
+        "default" => vec![r"[\p{P}\$\+<=>\^~\|]+", GPT2_REGEX, r"\p{N}+", "[0-9][0-9][0-9]"],
+        other => {
+            return Err(HearthError::bad_file(
+                &file,
+                format!("pre-tokenizer `{other}` is not supported (smollm, gpt-2, llama-bpe, qwen2, default and their aliases are)"),
+            ))
+        }
+    };
+    let ignore_merges = matches!(pre, "llama-bpe" | "llama3" | "llama-v3" | "dbrx" | "smaug-bpe");
+
+    let merges: Vec<Value> = gguf
+        .get("tokenizer.ggml.merges")
+        .and_then(GgufValue::as_array)
+        .ok_or_else(|| HearthError::bad_file(&file, "missing tokenizer.ggml.merges"))?
+        .iter()
+        .map(|m| {
+            let m = m.as_str()?;
+            let (a, b) = m.split_once(' ')?;
+            Some(json!([a, b]))
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| HearthError::bad_file(&file, "tokenizer.ggml.merges holds an entry that is not `left right`"))?;
+
+    let mut pretokenizers: Vec<Value> = regexes.into_iter().map(split).collect();
+    pretokenizers
+        .push(json!({ "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false }));
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": { "type": "Sequence", "pretokenizers": pretokenizers },
+        "post_processor": null,
+        "decoder": { "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false },
+        "model": {
+            "type": "BPE",
+            "dropout": null,
+            "unk_token": null,
+            "continuing_subword_prefix": null,
+            "end_of_word_suffix": null,
+            "fuse_unk": false,
+            "byte_fallback": false,
+            "ignore_merges": ignore_merges,
+            "vocab": vocab_map(vocab),
+            "merges": merges,
+        }
+    }))
+}
+
+/// SentencePiece-style BPE (`tokenizer.ggml.model = llama`): llama.cpp merges adjacent pieces whose
+/// concatenation is in the vocabulary, highest score first. The same result comes from a BPE whose merge
+/// list holds every split of every vocabulary piece into two vocabulary pieces, ranked by the score of
+/// the merged piece. Characters missing from the vocabulary fall back to `<0xNN>` byte tokens.
+fn sentencepiece_bpe(gguf: &GgufFile, vocab: &Vocab) -> Result<Value> {
+    let file = gguf.path.display().to_string();
+    let scores: Vec<f64> = match gguf.get("tokenizer.ggml.scores").and_then(GgufValue::as_array) {
+        Some(a) if a.len() == vocab.tokens.len() => a.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect(),
+        _ => return Err(HearthError::bad_file(&file, "tokenizer.ggml.scores is missing or has the wrong length")),
+    };
+    let add_space_prefix = gguf.get_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+    let ids: HashMap<&str, usize> = vocab.tokens.iter().enumerate().rev().map(|(i, t)| (t.as_str(), i)).collect();
+
+    let mut merges: Vec<(f64, usize, &str, &str)> = Vec::new();
+    for (id, piece) in vocab.tokens.iter().enumerate() {
+        if vocab.types[id] != 1 {
+            continue;
+        }
+        for (cut, _) in piece.char_indices().skip(1) {
+            let (a, b) = piece.split_at(cut);
+            if ids.contains_key(a) && ids.contains_key(b) {
+                merges.push((scores[id], id, a, b));
+            }
+        }
+    }
+    merges.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+    let merges: Vec<Value> = merges.into_iter().map(|(_, _, a, b)| json!([a, b])).collect();
+
+    let unk = vocab.types.iter().position(|&t| t == TOKEN_TYPE_UNKNOWN).map(|i| vocab.tokens[i].clone());
+    let mut normalizers = Vec::new();
+    if add_space_prefix {
+        normalizers.push(json!({ "type": "Prepend", "prepend": "\u{2581}" }));
+    }
+    normalizers.push(json!({ "type": "Replace", "pattern": { "String": " " }, "content": "\u{2581}" }));
+    let mut decoders = vec![
+        json!({ "type": "Replace", "pattern": { "String": "\u{2581}" }, "content": " " }),
+        json!({ "type": "ByteFallback" }),
+        json!({ "type": "Fuse" }),
+    ];
+    if add_space_prefix {
+        decoders.push(json!({ "type": "Strip", "content": " ", "start": 1, "stop": 0 }));
+    }
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [],
+        "normalizer": { "type": "Sequence", "normalizers": normalizers },
+        "pre_tokenizer": null,
+        "post_processor": null,
+        "decoder": { "type": "Sequence", "decoders": decoders },
+        "model": {
+            "type": "BPE",
+            "dropout": null,
+            "unk_token": unk,
+            "continuing_subword_prefix": null,
+            "end_of_word_suffix": null,
+            "fuse_unk": true,
+            "byte_fallback": true,
+            "ignore_merges": false,
+            "vocab": vocab_map(vocab),
+            "merges": merges,
+        }
+    }))
+}

@@ -1,0 +1,459 @@
+//! The CPU reference engine: a plain f32 forward pass of the Llama family, written to be read top to
+//! bottom. It is the oracle every GPU kernel is tested against, and the fallback where no GPU is.
+//! Weights stay in their package encoding and are decoded one row at a time.
+
+use std::collections::HashMap;
+
+use crate::error::{HearthError, Result};
+use crate::manifest::{ModelConfig, NormKind, PositionKind, RopeScaling, RopeStyle};
+use crate::package::Package;
+use crate::quant::{Tensor, TensorData};
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Tensor,
+    wk: Tensor,
+    wv: Tensor,
+    wo: Tensor,
+    ffn_norm: Vec<f32>,
+    w_gate: Tensor,
+    w_up: Tensor,
+    w_down: Tensor,
+}
+
+/// Keys and values of every past position, per layer, `[position][kv_dim]` flattened.
+#[derive(Default)]
+struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+}
+
+pub struct CpuEngine {
+    config: ModelConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    output_norm: Vec<f32>,
+    /// `None` when the output head shares the embedding matrix.
+    output: Option<Tensor>,
+    /// Rotation frequency of each rotated pair, scaling applied.
+    inv_freq: Vec<f32>,
+    cache: KvCache,
+}
+
+impl CpuEngine {
+    pub fn from_package(package: &Package) -> Result<Self> {
+        if package.manifest.architecture != "llama" {
+            return Err(HearthError::UnsupportedArchitecture(package.manifest.architecture.clone()));
+        }
+        Self::new(package.manifest.config.clone(), package.load_tensors()?)
+    }
+
+    pub fn new(config: ModelConfig, mut tensors: HashMap<String, Tensor>) -> Result<Self> {
+        let c = &config;
+        c.validate().map_err(|e| HearthError::bad_package("model", e))?;
+        if c.position != PositionKind::Rope || c.norm != NormKind::Rms {
+            return Err(HearthError::InvalidArgument(
+                "the CPU engine runs RoPE + RMSNorm (Llama-family) models only so far".into(),
+            ));
+        }
+        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let t = tensors
+                .remove(name)
+                .ok_or_else(|| HearthError::bad_package("model", format!("missing tensor `{name}`")))?;
+            if t.shape != shape {
+                return Err(HearthError::bad_package(
+                    "model",
+                    format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.shape),
+                ));
+            }
+            Ok(t)
+        };
+        let (h, q, kv, f) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.ffn_size);
+        let embed = take("token_embd.weight", &[c.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let p = |s: &str| format!("blk.{i}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: take(&p("attn_norm"), &[h])?.to_f32(),
+                wq: take(&p("attn_q"), &[q, h])?,
+                wk: take(&p("attn_k"), &[kv, h])?,
+                wv: take(&p("attn_v"), &[kv, h])?,
+                wo: take(&p("attn_output"), &[h, q])?,
+                ffn_norm: take(&p("ffn_norm"), &[h])?.to_f32(),
+                w_gate: take(&p("ffn_gate"), &[f, h])?,
+                w_up: take(&p("ffn_up"), &[f, h])?,
+                w_down: take(&p("ffn_down"), &[h, f])?,
+            });
+        }
+        let output_norm = take("output_norm.weight", &[h])?.to_f32();
+        let output = if c.tied_embeddings { None } else { Some(take("output.weight", &[c.vocab_size, h])?) };
+        let rope =
+            c.rope.as_ref().ok_or_else(|| HearthError::bad_package("model", "RoPE model without rope settings"))?;
+        let freq_factors = tensors.remove("rope_freqs.weight").map(|t| t.to_f32());
+        let inv_freq = rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), freq_factors.as_deref());
+        let cache = KvCache { k: vec![Vec::new(); c.n_layers], v: vec![Vec::new(); c.n_layers], len: 0 };
+        Ok(CpuEngine { config, embed, layers, output_norm, output, inv_freq, cache })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Positions already in the KV cache.
+    pub fn position(&self) -> usize {
+        self.cache.len
+    }
+
+    pub fn reset(&mut self) {
+        for l in 0..self.config.n_layers {
+            self.cache.k[l].clear();
+            self.cache.v[l].clear();
+        }
+        self.cache.len = 0;
+    }
+
+    /// Run `tokens` at the next positions. Returns the logits of the last token, or of every token
+    /// (`[tokens.len() * vocab]`) with `all_logits`.
+    pub fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        let c = self.config.clone();
+        let n = tokens.len();
+        if n == 0 {
+            return Err(HearthError::InvalidArgument("forward needs at least one token".into()));
+        }
+        let start = self.cache.len;
+        if start + n > c.context_length {
+            return Err(HearthError::ContextLengthExceeded {
+                prompt_tokens: start + n,
+                max_new_tokens: 0,
+                context_length: c.context_length,
+            });
+        }
+        let (h, hd) = (c.hidden_size, c.head_dim);
+
+        // Token embeddings.
+        let mut x = vec![0f32; n * h];
+        for (row, &t) in x.chunks_mut(h).zip(tokens) {
+            if t as usize >= c.vocab_size {
+                return Err(HearthError::InvalidArgument(format!(
+                    "token id {t} is outside the vocabulary of {}",
+                    c.vocab_size
+                )));
+            }
+            self.embed.dequantize_row(t as usize, row);
+        }
+
+        let mut xn = vec![0f32; n * h];
+        let mut q = vec![0f32; n * c.q_dim()];
+        let mut k = vec![0f32; n * c.kv_dim()];
+        let mut v = vec![0f32; n * c.kv_dim()];
+        let mut attn = vec![0f32; n * c.q_dim()];
+        let mut gate = vec![0f32; n * c.ffn_size];
+        let mut up = vec![0f32; n * c.ffn_size];
+        let mut proj = vec![0f32; n * h];
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            // Attention block: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x)).
+            rms_norm(&x, &layer.attn_norm, c.norm_eps, h, &mut xn);
+            matmul(&layer.wq, &xn, n, &mut q);
+            matmul(&layer.wk, &xn, n, &mut k);
+            matmul(&layer.wv, &xn, n, &mut v);
+            let style = c.rope.as_ref().map_or(RopeStyle::Neox, |r| r.style);
+            for t in 0..n {
+                let pos = start + t;
+                for head in q[t * c.q_dim()..(t + 1) * c.q_dim()].chunks_mut(hd) {
+                    apply_rope(head, pos, &self.inv_freq, style);
+                }
+                for head in k[t * c.kv_dim()..(t + 1) * c.kv_dim()].chunks_mut(hd) {
+                    apply_rope(head, pos, &self.inv_freq, style);
+                }
+            }
+            self.cache.k[li].extend_from_slice(&k);
+            self.cache.v[li].extend_from_slice(&v);
+            attention(&c, &q, &self.cache.k[li], &self.cache.v[li], start, n, &mut attn);
+            matmul(&layer.wo, &attn, n, &mut proj);
+            add_in_place(&mut x, &proj);
+
+            // Feed-forward block: x += W_down · (silu(W_gate·norm(x)) * W_up·norm(x)).
+            rms_norm(&x, &layer.ffn_norm, c.norm_eps, h, &mut xn);
+            matmul(&layer.w_gate, &xn, n, &mut gate);
+            matmul(&layer.w_up, &xn, n, &mut up);
+            for (g, u) in gate.iter_mut().zip(&up) {
+                *g = silu(*g) * u;
+            }
+            matmul(&layer.w_down, &gate, n, &mut proj);
+            add_in_place(&mut x, &proj);
+        }
+        self.cache.len += n;
+
+        // Final norm and output head, for the rows asked for.
+        let rows = if all_logits { 0..n } else { n - 1..n };
+        let m = rows.len();
+        let mut last = vec![0f32; m * h];
+        rms_norm(&x[rows.start * h..rows.end * h], &self.output_norm, c.norm_eps, h, &mut last);
+        let head = self.output.as_ref().unwrap_or(&self.embed);
+        let mut logits = vec![0f32; m * c.vocab_size];
+        matmul(head, &last, m, &mut logits);
+        Ok(logits)
+    }
+}
+
+/// Rotation frequency per pair: base^(-2i/dim), with the model's scaling (Llama 3.1's per-band
+/// scaling, or per-pair factors stored by llama.cpp as `rope_freqs.weight`).
+fn rope_inv_freq(base: f32, dim: usize, scaling: Option<&RopeScaling>, factors: Option<&[f32]>) -> Vec<f32> {
+    (0..dim / 2)
+        .map(|i| {
+            let mut f = 1.0 / (base as f64).powf(2.0 * i as f64 / dim as f64);
+            match scaling {
+                Some(RopeScaling::Linear { factor }) => f /= *factor as f64,
+                Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context_length }) => {
+                    let (factor, lo, hi) = (*factor as f64, *low_freq_factor as f64, *high_freq_factor as f64);
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    let old = *original_context_length as f64;
+                    if wavelen > old / lo {
+                        f /= factor;
+                    } else if wavelen >= old / hi {
+                        let smooth = (old / wavelen - lo) / (hi - lo);
+                        f = (1.0 - smooth) * f / factor + smooth * f;
+                    }
+                }
+                None => {}
+            }
+            if let Some(factors) = factors {
+                f /= factors.get(i).copied().unwrap_or(1.0) as f64;
+            }
+            f as f32
+        })
+        .collect()
+}
+
+fn apply_rope(head: &mut [f32], pos: usize, inv_freq: &[f32], style: RopeStyle) {
+    let half = inv_freq.len();
+    for (i, &f) in inv_freq.iter().enumerate() {
+        let angle = pos as f32 * f;
+        let (sin, cos) = angle.sin_cos();
+        let (a, b) = match style {
+            RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+            RopeStyle::Neox => (i, i + half),
+        };
+        let (x0, x1) = (head[a], head[b]);
+        head[a] = x0 * cos - x1 * sin;
+        head[b] = x0 * sin + x1 * cos;
+    }
+}
+
+/// Causal grouped-query attention of `n` new queries (at positions `start..start+n`) over the cache.
+fn attention(c: &ModelConfig, q: &[f32], k_cache: &[f32], v_cache: &[f32], start: usize, n: usize, out: &mut [f32]) {
+    let hd = c.head_dim;
+    let group = c.n_heads / c.n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut scores = vec![0f32; start + n];
+    for t in 0..n {
+        let pos = start + t;
+        for head in 0..c.n_heads {
+            let kvh = head / group;
+            let qh = &q[t * c.q_dim() + head * hd..][..hd];
+            let scores = &mut scores[..=pos];
+            for (p, s) in scores.iter_mut().enumerate() {
+                let kh = &k_cache[p * c.kv_dim() + kvh * hd..][..hd];
+                *s = dot(qh, kh) * scale;
+            }
+            softmax(scores);
+            let o = &mut out[t * c.q_dim() + head * hd..][..hd];
+            o.fill(0.0);
+            for (p, &w) in scores.iter().enumerate() {
+                let vh = &v_cache[p * c.kv_dim() + kvh * hd..][..hd];
+                for (o, &v) in o.iter_mut().zip(vh) {
+                    *o += w * v;
+                }
+            }
+        }
+    }
+}
+
+fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, h: usize, out: &mut [f32]) {
+    for (row, o) in x.chunks(h).zip(out.chunks_mut(h)) {
+        let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / h as f32;
+        let inv = 1.0 / (mean_sq + eps).sqrt();
+        for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
+            *o = v * inv * w;
+        }
+    }
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// Dot product with eight independent partial sums, so the compiler can vectorize it.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `out[t][r] = W[r] · x[t]` for `n` input rows, parallel over blocks of weight rows.
+///
+/// Quantized rows are multiplied in their encoding (`q4`: `s·Σq·x + m·Σx` per group, with the group
+/// sums of `x` computed once), so a weight is read once per token and never expanded in memory.
+pub fn matmul(w: &Tensor, x: &[f32], n: usize, out: &mut [f32]) {
+    let (rows, cols) = (w.rows(), w.cols());
+    debug_assert_eq!(x.len(), n * cols);
+    debug_assert_eq!(out.len(), n * rows);
+    let group_sums: Vec<f32> = match &w.data {
+        TensorData::Q4(q) => x.chunks(q.group).map(|g| g.iter().sum()).collect(),
+        _ => Vec::new(),
+    };
+    // Rows are computed in blocks into a row-major [rows][n] buffer, then transposed.
+    const BLOCK: usize = 16;
+    let mut by_row = vec![0f32; rows * n];
+    let work = |(bi, chunk): (usize, &mut [f32])| {
+        let mut row = vec![0f32; if n > 1 { cols } else { 0 }];
+        for (j, dst) in chunk.chunks_mut(n).enumerate() {
+            let r = bi * BLOCK + j;
+            // Several tokens (prefill): decode the row once and reuse it for each of them.
+            if n > 1 {
+                w.dequantize_row(r, &mut row);
+                for (t, d) in dst.iter_mut().enumerate() {
+                    *d = dot(&row, &x[t * cols..(t + 1) * cols]);
+                }
+                continue;
+            }
+            for (t, d) in dst.iter_mut().enumerate() {
+                let xt = &x[t * cols..(t + 1) * cols];
+                *d = match &w.data {
+                    TensorData::F32(v) => dot(&v[r * cols..(r + 1) * cols], xt),
+                    TensorData::Q8(q) => {
+                        dot_q8(&q.codes[r * cols..(r + 1) * cols], &q.scales[r * cols / 32..(r + 1) * cols / 32], xt)
+                    }
+                    TensorData::Q4(q) => {
+                        let gpr = cols / q.group;
+                        dot_q4(
+                            &q.codes[r * cols / 2..(r + 1) * cols / 2],
+                            &q.scales[r * gpr..(r + 1) * gpr],
+                            &q.mins[r * gpr..(r + 1) * gpr],
+                            xt,
+                            &group_sums[t * gpr..(t + 1) * gpr],
+                            q.group,
+                        )
+                    }
+                    TensorData::F16(v) => v[r * cols..(r + 1) * cols].iter().zip(xt).map(|(w, x)| w.to_f32() * x).sum(),
+                };
+            }
+        }
+    };
+    #[cfg(feature = "parallel")]
+    {
+        use rayon::prelude::*;
+        by_row.par_chunks_mut(BLOCK * n).enumerate().for_each(work);
+    }
+    #[cfg(not(feature = "parallel"))]
+    by_row.chunks_mut(BLOCK * n).enumerate().for_each(work);
+    for r in 0..rows {
+        for t in 0..n {
+            out[t * rows + r] = by_row[r * n + t];
+        }
+    }
+}
+
+/// One `q8` row times `x`: Σ_g d_g · Σ_k q_k x_k.
+fn dot_q8(codes: &[i8], scales: &[half::f16], x: &[f32]) -> f32 {
+    let mut total = 0f32;
+    for ((c, s), xg) in codes.chunks_exact(32).zip(scales).zip(x.chunks_exact(32)) {
+        let mut acc = [0f32; 8];
+        for (c8, x8) in c.chunks_exact(8).zip(xg.chunks_exact(8)) {
+            for i in 0..8 {
+                acc[i] += f32::from(c8[i]) * x8[i];
+            }
+        }
+        total += s.to_f32() * acc.iter().sum::<f32>();
+    }
+    total
+}
+
+/// One `q4` row times `x`: Σ_g (s_g · Σ_k q_k x_k + m_g · Σ_k x_k).
+fn dot_q4(
+    codes: &[u8],
+    scales: &[half::f16],
+    mins: &[half::f16],
+    x: &[f32],
+    x_group_sums: &[f32],
+    group: usize,
+) -> f32 {
+    let mut total = 0f32;
+    for (g, (c, xg)) in codes.chunks_exact(group / 2).zip(x.chunks_exact(group)).enumerate() {
+        let mut acc = [0f32; 8];
+        for (c4, x8) in c.chunks_exact(4).zip(xg.chunks_exact(8)) {
+            for i in 0..4 {
+                acc[2 * i] += f32::from(c4[i] & 0x0f) * x8[2 * i];
+                acc[2 * i + 1] += f32::from(c4[i] >> 4) * x8[2 * i + 1];
+            }
+        }
+        total += scales[g].to_f32() * acc.iter().sum::<f32>() + mins[g].to_f32() * x_group_sums[g];
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interleaved_and_neox_rope_agree_after_permutation() {
+        let inv = rope_inv_freq(10_000.0, 8, None, None);
+        let head: Vec<f32> = (0..8).map(|i| i as f32 * 0.37 - 1.0).collect();
+        let mut neox = head.clone();
+        apply_rope(&mut neox, 5, &inv, RopeStyle::Neox);
+        // Interleaved pair (2i, 2i+1) holds neox pair (i, i+4).
+        let perm = |v: &[f32]| (0..8).map(|j| v[(j % 2) * 4 + j / 2]).collect::<Vec<f32>>();
+        let mut inter = perm(&head);
+        apply_rope(&mut inter, 5, &inv, RopeStyle::Interleaved);
+        for (a, b) in inter.iter().zip(perm(&neox)) {
+            assert!((a - b).abs() < 1e-6);
+        }
+        // Position 0 is the identity.
+        let mut same = head.clone();
+        apply_rope(&mut same, 0, &inv, RopeStyle::Neox);
+        assert_eq!(same, head);
+    }
+
+    #[test]
+    fn matmul_matches_naive_products_for_awkward_sizes() {
+        let (rows, cols, n) = (37, 64, 3);
+        let wv: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.5).collect();
+        let x: Vec<f32> = (0..n * cols).map(|i| ((i * 104_729) % 89) as f32 / 89.0 - 0.5).collect();
+        let w = Tensor::from_f32(vec![rows, cols], &wv, crate::quant::DType::F32, 32).unwrap();
+        let mut out = vec![0f32; n * rows];
+        matmul(&w, &x, n, &mut out);
+        for t in 0..n {
+            for r in 0..rows {
+                let expect: f32 = (0..cols).map(|c| wv[r * cols + c] * x[t * cols + c]).sum();
+                assert!((out[t * rows + r] - expect).abs() < 1e-4);
+            }
+        }
+    }
+}

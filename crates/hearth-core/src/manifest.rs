@@ -1,0 +1,215 @@
+//! `manifest.json`: the description of a model package (see `docs/FORMAT.md`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::quant::{DType, PartRange};
+
+pub const FORMAT_NAME: &str = "hearth-model";
+pub const FORMAT_VERSION: u32 = 1;
+/// Tensors start at multiples of this within a shard (WebGPU's `minStorageBufferOffsetAlignment` is at most 256).
+pub const TENSOR_ALIGN: u64 = 256;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    pub name: String,
+    pub architecture: String,
+    pub config: ModelConfig,
+    pub tokenizer: TokenizerInfo,
+    pub source: SourceInfo,
+    /// Largest shard size the writer used, in bytes.
+    pub shard_size: u64,
+    pub shards: Vec<FileEntry>,
+    /// Other files of the package (the tokenizer), with their hashes.
+    pub files: Vec<FileEntry>,
+    pub tensors: Vec<TensorEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub n_layers: usize,
+    pub hidden_size: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn_size: usize,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub norm: NormKind,
+    pub norm_eps: f32,
+    pub activation: Activation,
+    pub position: PositionKind,
+    #[serde(default)]
+    pub rope: Option<RopeConfig>,
+    #[serde(default)]
+    pub alibi: Option<AlibiConfig>,
+    /// Keys a windowed layer attends to (its own position included); `None` means full attention.
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    /// With a window: every `n`-th layer (1-based) uses full attention, the others the window
+    /// (Gemma 3: 6). `None` with a window means every layer is windowed (Mistral).
+    #[serde(default)]
+    pub sliding_window_pattern: Option<usize>,
+    pub tied_embeddings: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormKind {
+    Rms,
+    Layer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// SwiGLU: silu(gate) * up.
+    Silu,
+    /// GeGLU with the tanh approximation of GELU.
+    GeluTanh,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PositionKind {
+    Rope,
+    Alibi,
+    Learned,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RopeConfig {
+    pub base: f32,
+    /// Rotated dimensions per head (the first `dim` of `head_dim`).
+    pub dim: usize,
+    pub style: RopeStyle,
+    #[serde(default)]
+    pub scaling: Option<RopeScaling>,
+}
+
+/// Which elements of a head form a rotated pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RopeStyle {
+    /// (2i, 2i+1): ggml's "normal" mode; GGUF Llama checkpoints have Q/K permuted for it.
+    Interleaved,
+    /// (i, i + dim/2): GPT-NeoX / Hugging Face layout.
+    Neox,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RopeScaling {
+    /// Positions divided by `factor`.
+    Linear { factor: f32 },
+    /// Llama 3.1's per-frequency scaling.
+    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_context_length: usize },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlibiConfig {
+    pub max_bias: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenizerInfo {
+    /// A file of the package in the Hugging Face `tokenizers` JSON format.
+    pub file: String,
+    #[serde(default)]
+    pub bos_id: Option<u32>,
+    #[serde(default)]
+    pub eos_id: Option<u32>,
+    /// Every id that ends generation (the eos and end-of-turn tokens).
+    pub stop_ids: Vec<u32>,
+    #[serde(default)]
+    pub pad_id: Option<u32>,
+    /// Whether a prompt starts with the bos token.
+    pub add_bos: bool,
+    #[serde(default)]
+    pub chat_template: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// `gguf` or `safetensors`.
+    pub kind: String,
+    pub file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub file: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorEntry {
+    pub name: String,
+    pub dtype: DType,
+    /// Row-major, outermost first: a matrix is `[rows (outputs), cols (inputs)]`.
+    pub shape: Vec<usize>,
+    /// Index into `shards` where the tensor starts.
+    pub shard: usize,
+    /// Byte offset in that shard (a multiple of 256). A tensor longer than the rest of its shard
+    /// continues at byte 0 of the following shard(s).
+    pub offset: u64,
+    pub length: u64,
+    /// Weights per (scale, min) group along a row, for `q4` and `q8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_size: Option<usize>,
+    /// Where each part (`data`, or `codes` / `scales` / `mins`) lies, relative to the tensor's start.
+    pub parts: BTreeMap<String, PartRange>,
+}
+
+impl ModelConfig {
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// Check the numbers that the engines divide by or index with, so a bad manifest is an error and
+    /// never a panic.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("n_layers", self.n_layers),
+            ("hidden_size", self.hidden_size),
+            ("n_heads", self.n_heads),
+            ("n_kv_heads", self.n_kv_heads),
+            ("head_dim", self.head_dim),
+            ("ffn_size", self.ffn_size),
+            ("vocab_size", self.vocab_size),
+            ("context_length", self.context_length),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("config.{name} must be positive"));
+        }
+        if self.n_heads % self.n_kv_heads != 0 {
+            return Err(format!("{} heads cannot share {} key/value heads", self.n_heads, self.n_kv_heads));
+        }
+        if let Some(rope) = &self.rope {
+            if rope.dim == 0 || rope.dim % 2 != 0 || rope.dim > self.head_dim {
+                return Err(format!("rope.dim {} must be even and at most head_dim {}", rope.dim, self.head_dim));
+            }
+        }
+        if !(self.norm_eps >= 0.0 && self.norm_eps.is_finite()) {
+            return Err(format!("norm_eps {} is not a finite non-negative number", self.norm_eps));
+        }
+        Ok(())
+    }
+
+    /// The window of layer `layer` (0-based), or `None` for full attention.
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        let window = self.sliding_window?;
+        match self.sliding_window_pattern {
+            Some(n) if n > 0 && (layer + 1) % n == 0 => None,
+            _ => Some(window),
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! A model package opened for generation: manifest, tokenizer and chat template together.
+
+use std::path::Path;
+
+use crate::chat::{ChatMessage, ChatTemplate};
+use crate::error::{HearthError, Result};
+use crate::package::Package;
+use crate::tokenizer::Tokenizer;
+
+pub struct Model {
+    pub package: Package,
+    pub tokenizer: Tokenizer,
+    chat_template: Option<ChatTemplate>,
+    bos_text: String,
+}
+
+impl Model {
+    /// Open a package directory, checking every file against the manifest's hashes.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let package = Package::open(dir)?;
+        package.verify()?;
+        let info = package.manifest.tokenizer.clone();
+        let tokenizer = Tokenizer::from_json(&package.read_file(&info.file)?, info.clone())?;
+        let text_of = |id: Option<u32>| id.and_then(|id| tokenizer.token_text(id)).unwrap_or_default();
+        let bos_text = text_of(info.bos_id);
+        let eos_text = text_of(info.eos_id);
+        let chat_template = match &info.chat_template {
+            Some(src) => Some(ChatTemplate::new(src, &bos_text, &eos_text)?),
+            None => None,
+        };
+        Ok(Model { package, tokenizer, chat_template, bos_text })
+    }
+
+    /// Token ids for a plain-text prompt (special-token texts are tokenized as text).
+    pub fn encode_text(&mut self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer.encode(text, false, true)
+    }
+
+    /// Render `messages` with the model's chat template (generation prompt added) and tokenize the
+    /// result, with the template's special tokens as specials.
+    pub fn encode_chat(&mut self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        let text = self.render_chat(messages)?;
+        // A template that writes the bos token itself must not get a second one.
+        let add_bos = self.bos_text.is_empty() || !text.starts_with(&self.bos_text);
+        self.tokenizer.encode(&text, true, add_bos)
+    }
+
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        let template = self.chat_template.as_ref().ok_or_else(|| {
+            HearthError::ChatTemplate(format!(
+                "model `{}` has no chat template; use a plain prompt",
+                self.package.manifest.name
+            ))
+        })?;
+        template.render(messages, true)
+    }
+}

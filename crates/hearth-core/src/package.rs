@@ -1,0 +1,328 @@
+//! Writing and reading model packages: `manifest.json`, `tokenizer.json` and `shard-NNNNN.bin` files.
+//!
+//! The writer builds the package in a temporary sibling directory and renames it into place only when
+//! everything is written, so a failed conversion never leaves a half-written package behind and never
+//! destroys the one that was there.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{HearthError, Result};
+use crate::manifest::{FileEntry, Manifest, TensorEntry, FORMAT_NAME, FORMAT_VERSION, TENSOR_ALIGN};
+use crate::quant::Tensor;
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+pub fn shard_file_name(index: usize) -> String {
+    format!("shard-{index:05}.bin")
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct OpenShard {
+    file: File,
+    hasher: Sha256,
+    written: u64,
+}
+
+/// Streams tensors into shards of at most `shard_size` bytes.
+pub struct PackageWriter {
+    tmp_dir: PathBuf,
+    out_dir: PathBuf,
+    shard_size: u64,
+    current: Option<OpenShard>,
+    shards: Vec<FileEntry>,
+    files: Vec<FileEntry>,
+    tensors: Vec<TensorEntry>,
+    committed: bool,
+}
+
+impl PackageWriter {
+    /// Start a package that will appear at `out_dir` when [`PackageWriter::finish`] succeeds.
+    /// An existing `out_dir` is replaced only if `overwrite` is set.
+    pub fn new(out_dir: &Path, shard_size: u64, overwrite: bool) -> Result<Self> {
+        if shard_size < TENSOR_ALIGN {
+            return Err(HearthError::InvalidArgument(format!("shard size {shard_size} is too small")));
+        }
+        if out_dir.exists() && !overwrite {
+            return Err(HearthError::InvalidArgument(format!(
+                "{} already exists; pass --force to replace it",
+                out_dir.display()
+            )));
+        }
+        let parent = match out_dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent).map_err(|e| HearthError::io("create directory", &parent, e))?;
+        let base = out_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "package".into());
+        let tmp_dir = parent.join(format!(".{base}.partial-{}", std::process::id()));
+        if tmp_dir.exists() {
+            fs::remove_dir_all(&tmp_dir).map_err(|e| HearthError::io("remove stale", &tmp_dir, e))?;
+        }
+        fs::create_dir(&tmp_dir).map_err(|e| HearthError::io("create directory", &tmp_dir, e))?;
+        Ok(PackageWriter {
+            tmp_dir,
+            out_dir: out_dir.to_path_buf(),
+            shard_size,
+            current: None,
+            shards: Vec::new(),
+            files: Vec::new(),
+            tensors: Vec::new(),
+            committed: false,
+        })
+    }
+
+    fn close_shard(&mut self) -> Result<()> {
+        if let Some(shard) = self.current.take() {
+            let name = shard_file_name(self.shards.len());
+            shard.file.sync_all().map_err(|e| HearthError::io("sync", self.tmp_dir.join(&name), e))?;
+            self.shards.push(FileEntry { file: name, size: shard.written, sha256: hex(&shard.hasher.finalize()) });
+        }
+        Ok(())
+    }
+
+    fn open_shard(&mut self) -> Result<()> {
+        self.close_shard()?;
+        let path = self.tmp_dir.join(shard_file_name(self.shards.len()));
+        let file = File::create(&path).map_err(|e| HearthError::io("create", &path, e))?;
+        self.current = Some(OpenShard { file, hasher: Sha256::new(), written: 0 });
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let index = self.shards.len();
+        let shard = self.current.as_mut().ok_or_else(|| HearthError::InvalidArgument("no open shard".into()))?;
+        shard.file.write_all(bytes).map_err(|e| HearthError::io("write", shard_file_name(index), e))?;
+        shard.hasher.update(bytes);
+        shard.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    pub fn add_tensor(&mut self, name: &str, tensor: &Tensor) -> Result<()> {
+        let (bytes, parts) = tensor.to_bytes();
+        let len = bytes.len() as u64;
+        // Start where the tensor fits at an aligned offset; a tensor bigger than a shard starts a fresh one.
+        let aligned = self.current.as_ref().map(|s| s.written.next_multiple_of(TENSOR_ALIGN));
+        match aligned {
+            Some(a) if a + len <= self.shard_size => {}
+            Some(0) => {}
+            _ => self.open_shard()?,
+        }
+        let start = self.current.as_ref().map_or(0, |s| s.written.next_multiple_of(TENSOR_ALIGN));
+        let pad = start - self.current.as_ref().map_or(0, |s| s.written);
+        self.write(&vec![0u8; pad as usize])?;
+        self.tensors.push(TensorEntry {
+            name: name.to_string(),
+            dtype: tensor.dtype(),
+            shape: tensor.shape.clone(),
+            shard: self.shards.len(),
+            offset: start,
+            length: len,
+            group_size: tensor.group_size(),
+            parts: parts.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        });
+        // Spill across shards when the tensor is larger than what is left.
+        let mut rest = &bytes[..];
+        loop {
+            let room = self.shard_size - self.current.as_ref().map_or(0, |s| s.written);
+            let n = rest.len().min(room as usize);
+            self.write(&rest[..n])?;
+            rest = &rest[n..];
+            if rest.is_empty() {
+                break;
+            }
+            self.open_shard()?;
+        }
+        Ok(())
+    }
+
+    /// Add a named file (such as `tokenizer.json`) to the package.
+    pub fn add_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.tmp_dir.join(name);
+        fs::write(&path, bytes).map_err(|e| HearthError::io("write", &path, e))?;
+        self.files.push(FileEntry { file: name.to_string(), size: bytes.len() as u64, sha256: sha256_hex(bytes) });
+        Ok(())
+    }
+
+    /// Fill in the shard, file and tensor tables of `manifest`, write it, and move the package into place.
+    pub fn finish(mut self, mut manifest: Manifest) -> Result<Manifest> {
+        self.close_shard()?;
+        manifest.format = FORMAT_NAME.to_string();
+        manifest.format_version = FORMAT_VERSION;
+        manifest.shard_size = self.shard_size;
+        manifest.shards = std::mem::take(&mut self.shards);
+        manifest.files = std::mem::take(&mut self.files);
+        manifest.tensors = std::mem::take(&mut self.tensors);
+        let json = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| HearthError::InvalidArgument(format!("cannot serialize manifest: {e}")))?;
+        let path = self.tmp_dir.join(MANIFEST_FILE);
+        fs::write(&path, json).map_err(|e| HearthError::io("write", &path, e))?;
+
+        // Swap the old package (if any) aside, move the new one in, then delete the old one.
+        let old = self.tmp_dir.with_extension("old");
+        let had_old = self.out_dir.exists();
+        if had_old {
+            fs::rename(&self.out_dir, &old).map_err(|e| HearthError::io("move aside", &self.out_dir, e))?;
+        }
+        if let Err(e) = fs::rename(&self.tmp_dir, &self.out_dir) {
+            if had_old {
+                let _ = fs::rename(&old, &self.out_dir);
+            }
+            return Err(HearthError::io("move into place", &self.out_dir, e));
+        }
+        self.committed = true;
+        if had_old {
+            let _ = fs::remove_dir_all(&old);
+        }
+        Ok(manifest)
+    }
+}
+
+impl Drop for PackageWriter {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.tmp_dir);
+        }
+    }
+}
+
+/// An opened model package on disk.
+#[derive(Debug, Clone)]
+pub struct Package {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Package {
+    /// Read and check the manifest. Shard contents are checked by [`Package::verify`].
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let path = dir.join(MANIFEST_FILE);
+        let json = fs::read(&path).map_err(|e| HearthError::io("read", &path, e))?;
+        let manifest = parse_manifest(&json, &path.display().to_string())?;
+        Ok(Package { dir, manifest })
+    }
+
+    /// Check every shard and file against the sizes and sha256 hashes in the manifest.
+    pub fn verify(&self) -> Result<()> {
+        for entry in self.manifest.shards.iter().chain(&self.manifest.files) {
+            let path = self.dir.join(&entry.file);
+            let bytes = fs::read(&path).map_err(|e| HearthError::io("read", &path, e))?;
+            let actual = sha256_hex(&bytes);
+            if bytes.len() as u64 != entry.size || actual != entry.sha256 {
+                return Err(HearthError::Integrity {
+                    file: path.display().to_string(),
+                    expected: entry.sha256.clone(),
+                    actual,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn read_file(&self, name: &str) -> Result<Vec<u8>> {
+        if !self.manifest.files.iter().any(|f| f.file == name) {
+            return Err(HearthError::bad_package(self.dir.display(), format!("no file `{name}` in the manifest")));
+        }
+        let path = self.dir.join(name);
+        fs::read(&path).map_err(|e| HearthError::io("read", &path, e))
+    }
+
+    /// Load every tensor, reading each shard once.
+    pub fn load_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::with_capacity(self.manifest.tensors.len());
+        let mut files: BTreeMap<usize, File> = BTreeMap::new();
+        for entry in &self.manifest.tensors {
+            let mut bytes = vec![0u8; entry.length as usize];
+            let (mut shard, mut offset, mut filled) = (entry.shard, entry.offset, 0usize);
+            while filled < bytes.len() {
+                let size = self.manifest.shards[shard].size;
+                let n = ((size - offset) as usize).min(bytes.len() - filled);
+                let path = self.dir.join(&self.manifest.shards[shard].file);
+                let file = match files.entry(shard) {
+                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(File::open(&path).map_err(|e| HearthError::io("open", &path, e))?)
+                    }
+                };
+                file.seek(SeekFrom::Start(offset)).map_err(|e| HearthError::io("seek in", &path, e))?;
+                file.read_exact(&mut bytes[filled..filled + n]).map_err(|e| HearthError::io("read", &path, e))?;
+                filled += n;
+                shard += 1;
+                offset = 0;
+            }
+            let tensor = Tensor::from_bytes(&entry.name, entry.shape.clone(), entry.dtype, entry.group_size, &bytes)?;
+            out.insert(entry.name.clone(), tensor);
+        }
+        Ok(out)
+    }
+}
+
+/// Parse and validate a manifest: format, version, and that every tensor lies inside the shards.
+pub fn parse_manifest(json: &[u8], origin: &str) -> Result<Manifest> {
+    let value: serde_json::Value = serde_json::from_slice(json)
+        .map_err(|e| HearthError::bad_package(origin, format!("manifest is not JSON: {e}")))?;
+    let format = value.get("format").and_then(|v| v.as_str()).unwrap_or("");
+    if format != FORMAT_NAME {
+        return Err(HearthError::bad_package(origin, format!("not a Hearth model package (format `{format}`)")));
+    }
+    let version = value.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0);
+    if version != u64::from(FORMAT_VERSION) {
+        return Err(HearthError::bad_package(
+            origin,
+            format!("package format version {version}; this build of Hearth reads version {FORMAT_VERSION}"),
+        ));
+    }
+    let manifest: Manifest =
+        serde_json::from_value(value).map_err(|e| HearthError::bad_package(origin, format!("manifest: {e}")))?;
+    validate_layout(&manifest).map_err(|detail| HearthError::bad_package(origin, detail))?;
+    Ok(manifest)
+}
+
+fn validate_layout(m: &Manifest) -> std::result::Result<(), String> {
+    m.config.validate()?;
+    for (i, s) in m.shards.iter().enumerate() {
+        if s.file != shard_file_name(i) {
+            return Err(format!("shard {i} is named `{}`, expected `{}`", s.file, shard_file_name(i)));
+        }
+    }
+    for f in &m.files {
+        if f.file.contains('/') || f.file.contains('\\') || f.file.starts_with('.') {
+            return Err(format!("file name `{}` is not a plain file name", f.file));
+        }
+    }
+    for t in &m.tensors {
+        if t.offset % TENSOR_ALIGN != 0 {
+            return Err(format!("tensor `{}` offset {} is not a multiple of {TENSOR_ALIGN}", t.name, t.offset));
+        }
+        let first = m
+            .shards
+            .get(t.shard)
+            .ok_or_else(|| format!("tensor `{}` names shard {}, which does not exist", t.name, t.shard))?;
+        // Bytes available from the tensor's start to the end of the package.
+        let available = m.shards[t.shard..].iter().map(|s| s.size).sum::<u64>().saturating_sub(t.offset);
+        if t.offset > first.size || t.length > available {
+            return Err(format!("tensor `{}` runs past the end of the shards", t.name));
+        }
+        for (part, r) in &t.parts {
+            if r.offset.checked_add(r.length).is_none_or(|end| end > t.length) {
+                return Err(format!("tensor `{}` part `{part}` lies outside the tensor", t.name));
+            }
+        }
+    }
+    if !m.files.iter().any(|f| f.file == m.tokenizer.file) {
+        return Err(format!("tokenizer file `{}` is not listed in `files`", m.tokenizer.file));
+    }
+    Ok(())
+}

@@ -1,0 +1,368 @@
+//! Hearth's tensor encodings, designed so a WGSL shader can decode them without `shader-f16`:
+//!
+//! - `q4`: 4-bit unsigned codes `q`, value `q * scale + min`, one f16 (scale, min) pair per group of `G`
+//!   consecutive weights along a row (G = 32, 64 or 128). Codes are packed two per byte, low nibble first,
+//!   in row-major order; scales and mins are separate row-major arrays.
+//! - `q8`: signed 8-bit codes, value `q * scale`, one f16 scale per group of 32 along a row.
+//! - `f16`, `f32`: plain little-endian arrays.
+//!
+//! See `docs/FORMAT.md` for the byte layout inside a package.
+
+use half::f16;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{HearthError, Result};
+
+/// Group size of `q8` (fixed: it is GGUF Q8_0's block).
+pub const Q8_GROUP: usize = 32;
+/// Sub-arrays of a quantized tensor start at multiples of this, so each can be bound as a GPU buffer range.
+pub const PART_ALIGN: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    F32,
+    F16,
+    Q8,
+    Q4,
+}
+
+impl DType {
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::Q8 => "q8",
+            DType::Q4 => "q4",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Q4Data {
+    pub group: usize,
+    /// `rows * cols / 2` bytes: code `2k` in the low nibble of byte `k`, code `2k + 1` in the high nibble.
+    pub codes: Vec<u8>,
+    pub scales: Vec<f16>,
+    pub mins: Vec<f16>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Q8Data {
+    pub codes: Vec<i8>,
+    pub scales: Vec<f16>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorData {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    Q8(Q8Data),
+    Q4(Q4Data),
+}
+
+/// A tensor in row-major order; matrices are `[rows (outputs), cols (inputs)]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: TensorData,
+}
+
+/// Byte ranges of a tensor's parts, relative to the tensor's start in its package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRange {
+    pub offset: u64,
+    pub length: u64,
+}
+
+impl Tensor {
+    pub fn dtype(&self) -> DType {
+        match self.data {
+            TensorData::F32(_) => DType::F32,
+            TensorData::F16(_) => DType::F16,
+            TensorData::Q8(_) => DType::Q8,
+            TensorData::Q4(_) => DType::Q4,
+        }
+    }
+
+    pub fn n_elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Row length (the innermost dimension).
+    pub fn cols(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.n_elements() / self.cols().max(1)
+    }
+
+    pub fn group_size(&self) -> Option<usize> {
+        match &self.data {
+            TensorData::Q4(q) => Some(q.group),
+            TensorData::Q8(_) => Some(Q8_GROUP),
+            _ => None,
+        }
+    }
+
+    /// Quantize (or convert) f32 values into `dtype`. `group` applies to q4 only.
+    pub fn from_f32(shape: Vec<usize>, values: &[f32], dtype: DType, group: usize) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        if n != values.len() {
+            return Err(HearthError::InvalidArgument(format!(
+                "shape {shape:?} holds {n} values but {} were given",
+                values.len()
+            )));
+        }
+        let cols = shape.last().copied().unwrap_or(1);
+        let data = match dtype {
+            DType::F32 => TensorData::F32(values.to_vec()),
+            DType::F16 => TensorData::F16(values.iter().map(|&v| f16::from_f32(v)).collect()),
+            DType::Q8 => {
+                check_groups(cols, Q8_GROUP, "q8")?;
+                TensorData::Q8(quantize_q8(values))
+            }
+            DType::Q4 => {
+                if ![32, 64, 128].contains(&group) {
+                    return Err(HearthError::InvalidArgument(format!(
+                        "q4 group size must be 32, 64 or 128, not {group}"
+                    )));
+                }
+                check_groups(cols, group, "q4")?;
+                TensorData::Q4(quantize_q4(values, group))
+            }
+        };
+        Ok(Tensor { shape, data })
+    }
+
+    /// Decode row `row` (of `cols` values) into `out`.
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        let cols = self.cols();
+        let start = row * cols;
+        match &self.data {
+            TensorData::F32(v) => out.copy_from_slice(&v[start..start + cols]),
+            TensorData::F16(v) => {
+                for (o, x) in out.iter_mut().zip(&v[start..start + cols]) {
+                    *o = x.to_f32();
+                }
+            }
+            TensorData::Q8(q) => {
+                let codes = &q.codes[start..start + cols];
+                let scales = &q.scales[start / Q8_GROUP..(start + cols) / Q8_GROUP];
+                for ((o, c), s) in out.chunks_mut(Q8_GROUP).zip(codes.chunks(Q8_GROUP)).zip(scales) {
+                    let s = s.to_f32();
+                    for (o, &c) in o.iter_mut().zip(c) {
+                        *o = f32::from(c) * s;
+                    }
+                }
+            }
+            TensorData::Q4(q) => {
+                let g = q.group;
+                let codes = &q.codes[start / 2..(start + cols) / 2];
+                let first_group = start / g;
+                for (gi, o) in out.chunks_mut(g).enumerate() {
+                    let s = q.scales[first_group + gi].to_f32();
+                    let m = q.mins[first_group + gi].to_f32();
+                    let bytes = &codes[gi * g / 2..(gi + 1) * g / 2];
+                    for (pair, &b) in o.chunks_mut(2).zip(bytes) {
+                        pair[0] = f32::from(b & 0x0f) * s + m;
+                        pair[1] = f32::from(b >> 4) * s + m;
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn to_f32(&self) -> Vec<f32> {
+        let cols = self.cols();
+        let mut out = vec![0f32; self.n_elements()];
+        for (r, chunk) in out.chunks_mut(cols).enumerate() {
+            self.dequantize_row(r, chunk);
+        }
+        out
+    }
+
+    /// The parts of the tensor's serialized form: (name, bytes) in storage order.
+    fn parts(&self) -> Vec<(&'static str, &[u8])> {
+        match &self.data {
+            TensorData::F32(v) => vec![("data", bytemuck::cast_slice(v))],
+            TensorData::F16(v) => vec![("data", bytemuck::cast_slice(v))],
+            TensorData::Q8(q) => {
+                vec![("codes", bytemuck::cast_slice(&q.codes)), ("scales", bytemuck::cast_slice(&q.scales))]
+            }
+            TensorData::Q4(q) => vec![
+                ("codes", &q.codes),
+                ("scales", bytemuck::cast_slice(&q.scales)),
+                ("mins", bytemuck::cast_slice(&q.mins)),
+            ],
+        }
+    }
+
+    /// Serialize into the package layout: each part starts at a multiple of [`PART_ALIGN`] from the
+    /// tensor's start. Returns the bytes and each part's range.
+    pub fn to_bytes(&self) -> (Vec<u8>, Vec<(&'static str, PartRange)>) {
+        // Package files are little-endian; so is every target Hearth builds for (x86-64, aarch64, wasm32).
+        let mut out = Vec::new();
+        let mut ranges = Vec::new();
+        for (name, bytes) in self.parts() {
+            out.resize(out.len().next_multiple_of(PART_ALIGN), 0);
+            ranges.push((name, PartRange { offset: out.len() as u64, length: bytes.len() as u64 }));
+            out.extend_from_slice(bytes);
+        }
+        // Zero padding to a whole u32, so a shader can read every part as an array of words.
+        out.resize(out.len().next_multiple_of(4), 0);
+        (out, ranges)
+    }
+
+    /// Inverse of [`Tensor::to_bytes`], validating every length against the shape.
+    pub fn from_bytes(name: &str, shape: Vec<usize>, dtype: DType, group: Option<usize>, bytes: &[u8]) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        let cols = shape.last().copied().unwrap_or(1);
+        let bad = |detail: String| HearthError::bad_package(format!("tensor `{name}`"), detail);
+        let mut offset = 0usize;
+        let mut take = |len: usize| -> Result<&[u8]> {
+            offset = offset.next_multiple_of(PART_ALIGN);
+            let part = bytes.get(offset..offset + len).ok_or_else(|| {
+                bad(format!("{} bytes of data, too few for {dtype:?} of shape {shape:?}", bytes.len()))
+            })?;
+            offset += len;
+            Ok(part)
+        };
+        let data = match dtype {
+            DType::F32 => TensorData::F32(bytemuck::pod_collect_to_vec(take(n * 4)?)),
+            DType::F16 => TensorData::F16(bytemuck::pod_collect_to_vec(take(n * 2)?)),
+            DType::Q8 => {
+                check_groups(cols, Q8_GROUP, "q8").map_err(|e| bad(e.to_string()))?;
+                let codes = bytemuck::pod_collect_to_vec(take(n)?);
+                let scales = bytemuck::pod_collect_to_vec(take(n / Q8_GROUP * 2)?);
+                TensorData::Q8(Q8Data { codes, scales })
+            }
+            DType::Q4 => {
+                let group = group.ok_or_else(|| bad("q4 tensor without a group size".into()))?;
+                if ![32, 64, 128].contains(&group) {
+                    return Err(bad(format!("q4 group size {group} (32, 64 or 128 allowed)")));
+                }
+                check_groups(cols, group, "q4").map_err(|e| bad(e.to_string()))?;
+                let codes = take(n / 2)?.to_vec();
+                let scales = bytemuck::pod_collect_to_vec(take(n / group * 2)?);
+                let mins = bytemuck::pod_collect_to_vec(take(n / group * 2)?);
+                TensorData::Q4(Q4Data { group, codes, scales, mins })
+            }
+        };
+        Ok(Tensor { shape, data })
+    }
+}
+
+fn check_groups(cols: usize, group: usize, what: &str) -> Result<()> {
+    if cols == 0 || cols % group != 0 {
+        return Err(HearthError::InvalidArgument(format!(
+            "{what} needs rows whose length is a multiple of {group}, got {cols}"
+        )));
+    }
+    Ok(())
+}
+
+fn quantize_q8(values: &[f32]) -> Q8Data {
+    let mut codes = Vec::with_capacity(values.len());
+    let mut scales = Vec::with_capacity(values.len() / Q8_GROUP);
+    for group in values.chunks(Q8_GROUP) {
+        let amax = group.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = f16::from_f32(amax / 127.0);
+        let inv = if scale.to_f32() > 0.0 { 1.0 / scale.to_f32() } else { 0.0 };
+        codes.extend(group.iter().map(|&v| (v * inv).round().clamp(-127.0, 127.0) as i8));
+        scales.push(scale);
+    }
+    Q8Data { codes, scales }
+}
+
+fn quantize_q4(values: &[f32], group: usize) -> Q4Data {
+    let mut codes = vec![0u8; values.len() / 2];
+    let mut scales = Vec::with_capacity(values.len() / group);
+    let mut mins = Vec::with_capacity(values.len() / group);
+    for (gi, g) in values.chunks(group).enumerate() {
+        let lo = g.iter().copied().fold(f32::INFINITY, f32::min);
+        let hi = g.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // Round the parameters to f16 first so the codes are chosen against the values the decoder will use.
+        let min = f16::from_f32(lo);
+        let scale = f16::from_f32((hi - min.to_f32()) / 15.0);
+        let (s, m) = (scale.to_f32(), min.to_f32());
+        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+        for (k, &v) in g.iter().enumerate() {
+            let q = ((v - m) * inv).round().clamp(0.0, 15.0) as u8;
+            let idx = gi * group + k;
+            codes[idx / 2] |= q << (4 * (idx % 2));
+        }
+        scales.push(scale);
+        mins.push(min);
+    }
+    Q4Data { group, codes, scales, mins }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn q8_round_trip_error_is_within_half_a_step() {
+        let v = pseudo_random(4 * 64, 1);
+        let t = Tensor::from_f32(vec![4, 64], &v, DType::Q8, 32).unwrap();
+        let back = t.to_f32();
+        for (g, (a, b)) in v.chunks(32).zip(back.chunks(32)).enumerate() {
+            let step = a.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() <= step * 0.5 + 1e-3 * step, "group {g}: {x} vs {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn q4_round_trip_error_is_within_half_a_step_for_every_group_size() {
+        for group in [32, 64, 128] {
+            let v = pseudo_random(3 * 256, group as u32);
+            let t = Tensor::from_f32(vec![3, 256], &v, DType::Q4, group).unwrap();
+            let back = t.to_f32();
+            for (a, b) in v.chunks(group).zip(back.chunks(group)) {
+                let lo = a.iter().copied().fold(f32::INFINITY, f32::min);
+                let hi = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                // Half a step, plus the f16 rounding of min and scale (relative 2^-11 each, times up to 15 codes).
+                let tol = (hi - lo) / 15.0 * 0.5 + (hi.abs() + lo.abs()) * 16.0 / 2048.0;
+                for (x, y) in a.iter().zip(b) {
+                    assert!((x - y).abs() <= tol, "group {group}: {x} vs {y} (tol {tol})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn serialized_parts_are_aligned_and_round_trip() {
+        let v = pseudo_random(5 * 96, 7);
+        for (dtype, group) in [(DType::Q4, 32), (DType::Q8, 32), (DType::F16, 0), (DType::F32, 0)] {
+            let t = Tensor::from_f32(vec![5, 96], &v, dtype, group).unwrap();
+            let (bytes, parts) = t.to_bytes();
+            for (_, r) in &parts {
+                assert_eq!(r.offset % PART_ALIGN as u64, 0);
+            }
+            let back = Tensor::from_bytes("t", vec![5, 96], dtype, t.group_size(), &bytes).unwrap();
+            assert_eq!(back, t);
+            assert!(Tensor::from_bytes("t", vec![5, 96], dtype, t.group_size(), &bytes[..bytes.len() - 1]).is_err());
+        }
+    }
+
+    #[test]
+    fn rejects_rows_that_do_not_fill_whole_groups() {
+        assert!(Tensor::from_f32(vec![2, 40], &[0.0; 80], DType::Q4, 32).is_err());
+        assert!(Tensor::from_f32(vec![2, 40], &[0.0; 80], DType::Q8, 32).is_err());
+        assert!(Tensor::from_f32(vec![2, 64], &[0.0; 128], DType::Q4, 48).is_err());
+    }
+}

@@ -1,0 +1,103 @@
+//! Tokenization through the Hugging Face `tokenizers` library, plus incremental detokenization for
+//! streaming.
+
+use crate::error::{HearthError, Result};
+use crate::manifest::TokenizerInfo;
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    info: TokenizerInfo,
+}
+
+impl Tokenizer {
+    pub fn from_json(json: &[u8], info: TokenizerInfo) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(json)
+            .map_err(|e| HearthError::Tokenizer(format!("cannot load tokenizer.json: {e}")))?;
+        Ok(Tokenizer { inner, info })
+    }
+
+    pub fn info(&self) -> &TokenizerInfo {
+        &self.info
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Token ids of `text`. With `parse_special`, special-token texts such as `<|im_start|>` become their
+    /// ids; without it they are tokenized as ordinary text. Adds the bos token if the model wants one
+    /// and `add_bos` is set.
+    pub fn encode(&mut self, text: &str, parse_special: bool, add_bos: bool) -> Result<Vec<u32>> {
+        self.inner.set_encode_special_tokens(!parse_special);
+        let enc = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| HearthError::Tokenizer(format!("cannot encode text: {e}")))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if add_bos && self.info.add_bos {
+            if let Some(bos) = self.info.bos_id {
+                ids.push(bos);
+            }
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Text of `ids`, special tokens included (a chat template's markers stay visible when asked for).
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(|e| HearthError::Tokenizer(format!("cannot decode tokens: {e}")))
+    }
+
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn is_stop(&self, id: u32) -> bool {
+        self.info.stop_ids.contains(&id)
+    }
+}
+
+/// Turns a growing token sequence into text pieces, never emitting part of a UTF-8 character.
+///
+/// Decoding token by token would cut characters that span tokens (emoji, CJK in byte-level BPE) and
+/// lose the spaces some decoders add between tokens; so each step decodes a short window of recent
+/// tokens twice, with and without the new ones, and emits the difference once it no longer ends in an
+/// incomplete character.
+#[derive(Debug, Default, Clone)]
+pub struct IncrementalDecoder {
+    ids: Vec<u32>,
+    /// Start of the window of tokens decoded for context.
+    prefix_offset: usize,
+    /// Tokens before this have been emitted as text.
+    read_offset: usize,
+}
+
+impl IncrementalDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add one token; returns the text that became complete, possibly empty.
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let prefix = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
+        let full = tokenizer.decode(&self.ids[self.prefix_offset..], true)?;
+        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') && full.is_char_boundary(prefix.len()) {
+            let new = full[prefix.len()..].to_string();
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.ids.len();
+            Ok(new)
+        } else {
+            Ok(String::new())
+        }
+    }
+
+    /// Whatever is still held back (an incomplete character at the very end), decoded lossily.
+    pub fn finish(&mut self, tokenizer: &Tokenizer) -> Result<String> {
+        let prefix = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
+        let full = tokenizer.decode(&self.ids[self.prefix_offset..], true)?;
+        self.prefix_offset = self.ids.len();
+        self.read_offset = self.ids.len();
+        Ok(full.get(prefix.len()..).unwrap_or("").to_string())
+    }
+}

@@ -1,0 +1,47 @@
+//! Shared by the integration tests: the real SmolLM2 model (fetched once into `.cache/`, outside git)
+//! and the llama.cpp fixtures under `tests/fixtures/`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use hearth_core::convert::{convert, ConvertOptions};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
+}
+
+pub fn fixture(name: &str) -> serde_json::Value {
+    let path = repo_root().join("tests/fixtures").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("fixture {} is not JSON: {e}", path.display()))
+}
+
+/// The SmolLM2-135M-Instruct GGUF, fetched by `scripts/fetch-smollm2.sh` if it is not there yet.
+pub fn smollm2_gguf() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let root = repo_root();
+        let status = Command::new("bash")
+            .arg(root.join("scripts/fetch-smollm2.sh"))
+            .status()
+            .expect("run scripts/fetch-smollm2.sh");
+        assert!(status.success(), "scripts/fetch-smollm2.sh failed: the SmolLM2 model is needed by this test");
+        root.join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    })
+    .clone()
+}
+
+/// SmolLM2 converted with default options (lossless `keep`), once per test binary.
+pub fn smollm2_package() -> PathBuf {
+    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let out = tmp.path().join("smollm2");
+        convert(&smollm2_gguf(), &out, &ConvertOptions::default()).expect("convert SmolLM2");
+        (tmp, out)
+    })
+    .1
+    .clone()
+}

