@@ -12,7 +12,7 @@ demo: setup $(PACKAGE)/manifest.json
 
 ## test: formatting, lints and the whole test suite.
 test: setup model lint
-	cargo test --release --workspace
+	cargo test --release --workspace --lib --bins --tests
 
 setup:
 	@bash scripts/setup.sh

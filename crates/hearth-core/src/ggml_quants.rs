@@ -178,7 +178,8 @@ fn dequant_q6_k(b: &[u8], y: &mut [f32]) {
 
 /// Re-pack GGUF Q4_0 / Q4_1 blocks into `q4` (group 32) without changing a single decoded value:
 /// Q4_1 is `q * d + m` already; Q4_0's `(q - 8) * d` equals `q * d + (-8 * d)` exactly in f32, because
-/// `q * d` and `8 * d` are exact (at most 15 significant bits) and so is their difference.
+/// `q * d` and `8 * d` are exact (at most 15 significant bits) and so is their difference. (The one
+/// bit that can differ is the sign of zero: for `d < 0`, `(8 - 8) * d` is -0.0 and `8d - 8d` is +0.0.)
 pub fn q4_from_ggml(ty: GgmlType, bytes: &[u8], shape: Vec<usize>, tensor: &str) -> Result<Tensor> {
     let (block_bytes, header) = match ty {
         GgmlType::Q4_0 => (18, 2),
