@@ -19,6 +19,7 @@ setup:
 
 model:
 	@bash scripts/fetch-smollm2.sh
+	@bash scripts/fetch-gemma3.sh
 
 lint:
 	cargo fmt --all -- --check

@@ -152,6 +152,8 @@ pub fn generate(
     let mut stops = StopStrings::new(req.stop_strings.clone());
     let mut finish = FinishReason::Length;
     let mut t_first = t_prefill;
+    // Forward passes of single generated tokens, timed from the first sampled token on.
+    let mut decode_steps = 0usize;
     let mut emit = |piece: &str, text: &mut String| -> Result<()> {
         if !piece.is_empty() {
             text.push_str(piece);
@@ -180,6 +182,7 @@ pub fn generate(
         }
         if step + 1 < req.max_tokens {
             logits = backend.forward(&[id], false)?;
+            decode_steps += 1;
         }
     }
     if finish == FinishReason::Length {
@@ -193,12 +196,11 @@ pub fn generate(
     }
     let t_end = now();
 
-    let decode_steps = ids.len().saturating_sub(1);
     let usage = Usage {
         prompt_tokens: n_prompt,
         completion_tokens: ids.len(),
         prefill_tok_s: rate(n_prompt, t_prefill - t0),
-        // Over the tokens after the first, whose forward passes ran inside this loop.
+        // Over the tokens after the first: each needed one forward pass inside this loop.
         decode_tok_s: rate(decode_steps, t_end - t_first),
         ttft_s: t_first - t0,
     };

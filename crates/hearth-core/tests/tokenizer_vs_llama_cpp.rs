@@ -2,24 +2,26 @@
 
 mod common;
 
+use hearth_core::convert::tokenizer_from_gguf;
+use hearth_core::gguf::GgufFile;
+use hearth_core::manifest::TokenizerInfo;
 use hearth_core::model::Model;
-use hearth_core::tokenizer::IncrementalDecoder;
+use hearth_core::tokenizer::{IncrementalDecoder, Tokenizer};
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array().expect("id array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
 }
 
-#[test]
-fn corpus_tokenizes_exactly_like_llama_cpp_with_and_without_specials() {
-    let fx = common::fixture("smollm2/tokenizer_corpus.json");
+/// Every corpus string, with and without special-token parsing, must give llama.cpp's ids.
+fn assert_corpus_matches(tokenizer: &mut Tokenizer, fixture: &str) {
+    let fx = common::fixture(fixture);
     let cases = fx["cases"].as_array().expect("cases");
     assert!(cases.len() >= 200, "the corpus must hold at least 200 strings");
-    let mut model = Model::open(common::smollm2_package()).expect("open package");
     let mut failures = Vec::new();
     for case in cases {
         let text = case["text"].as_str().expect("text");
-        let plain = model.tokenizer.encode(text, false, false).expect("encode");
-        let special = model.tokenizer.encode(text, true, false).expect("encode");
+        let plain = tokenizer.encode(text, false, false).expect("encode");
+        let special = tokenizer.encode(text, true, false).expect("encode");
         if plain != ids(&case["ids"]) {
             failures.push(format!("{text:?} (plain): hearth {plain:?} llama.cpp {:?}", ids(&case["ids"])));
         }
@@ -28,6 +30,31 @@ fn corpus_tokenizes_exactly_like_llama_cpp_with_and_without_specials() {
         }
     }
     assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), 2 * cases.len(), failures.join("\n"));
+}
+
+#[test]
+fn byte_level_bpe_corpus_tokenizes_exactly_like_llama_cpp() {
+    let mut model = Model::open(common::smollm2_package()).expect("open package");
+    assert_corpus_matches(&mut model.tokenizer, "smollm2/tokenizer_corpus.json");
+}
+
+#[test]
+fn sentencepiece_corpus_tokenizes_exactly_like_llama_cpp() {
+    // Gemma 3: `tokenizer.ggml.model = llama`, 262k pieces with scores, byte fallback.
+    let gguf = GgufFile::open(common::gemma3_gguf()).expect("open Gemma 3");
+    let tok = tokenizer_from_gguf(&gguf).expect("build tokenizer");
+    assert_eq!((tok.bos_id, tok.eos_id, tok.add_bos), (Some(2), Some(1), true));
+    let info = TokenizerInfo {
+        file: "tokenizer.json".into(),
+        bos_id: tok.bos_id,
+        eos_id: tok.eos_id,
+        stop_ids: tok.stop_ids.clone(),
+        pad_id: tok.pad_id,
+        add_bos: tok.add_bos,
+        chat_template: tok.chat_template.clone(),
+    };
+    let mut tokenizer = Tokenizer::from_json(tok.json.as_bytes(), info).expect("load tokenizer");
+    assert_corpus_matches(&mut tokenizer, "gemma3/tokenizer_corpus.json");
 }
 
 #[test]

@@ -13,16 +13,31 @@ const TOKEN_TYPE_UNKNOWN: i64 = 2;
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
-/// Token texts that llama.cpp treats as ending a generation when they are in the vocabulary.
+/// Token texts that llama.cpp treats as ending a generation, whatever their token type; it also makes
+/// them control tokens (parsed as specials only on request). Kept in step with llama.cpp's list.
 const END_OF_GENERATION_TEXTS: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
     "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
     "<end_of_turn>",
     "<|endoftext|>",
+    "</s>",
     "<|eom_id|>",
     "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
     "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
+    "[e~[",
 ];
 
 // Pre-tokenizer regexes, as llama.cpp applies them for each `tokenizer.ggml.pre` value (each regex
@@ -71,20 +86,15 @@ pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<GgufTokenizer> {
             ))
         }
     };
-    tokenizer["added_tokens"] = added_tokens(&vocab);
+    let end_of_generation = end_of_generation_ids(&vocab);
+    tokenizer["added_tokens"] = added_tokens(&vocab, &end_of_generation);
 
     let mut stop_ids: Vec<u32> =
         ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
             .iter()
             .filter_map(|k| token_id(k))
             .collect();
-    for (id, (text, &ty)) in vocab.tokens.iter().zip(&vocab.types).enumerate() {
-        if (ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED)
-            && END_OF_GENERATION_TEXTS.contains(&text.as_str())
-        {
-            stop_ids.push(id as u32);
-        }
-    }
+    stop_ids.extend(end_of_generation.iter().map(|&id| id as u32));
     stop_ids.sort_unstable();
     stop_ids.dedup();
 
@@ -137,17 +147,36 @@ fn vocab_map(vocab: &Vocab) -> serde_json::Map<String, Value> {
     map
 }
 
+/// Ids of the tokens llama.cpp treats as end-of-generation by their text. (`</s>` is an ordinary token
+/// in vocabularies that also have `<|tool_response>`, as llama.cpp decides too.)
+fn end_of_generation_ids(vocab: &Vocab) -> Vec<usize> {
+    let mut ids: Vec<usize> = vocab
+        .tokens
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| END_OF_GENERATION_TEXTS.contains(&t.as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    if vocab.tokens.iter().any(|t| t == "<|tool_response>") {
+        ids.retain(|&i| vocab.tokens[i] != "</s>");
+    }
+    ids
+}
+
 /// Control and user-defined tokens become added tokens, matched before the model runs. User-defined
-/// ones are matched always; control ones only when special-token parsing is on (as in llama.cpp).
-fn added_tokens(vocab: &Vocab) -> Value {
+/// ones are matched always; control ones (and end-of-generation texts, which llama.cpp turns into
+/// control tokens) only when special-token parsing is on.
+fn added_tokens(vocab: &Vocab, end_of_generation: &[usize]) -> Value {
     let tokens: Vec<Value> = vocab
         .tokens
         .iter()
         .zip(&vocab.types)
         .enumerate()
-        .filter(|(_, (_, &ty))| ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED || ty == TOKEN_TYPE_UNKNOWN)
-        .filter(|(_, (text, _))| !text.is_empty())
-        .map(|(id, (text, &ty))| {
+        .map(|(id, (text, &ty))| (id, text, if end_of_generation.contains(&id) { TOKEN_TYPE_CONTROL } else { ty }))
+        .filter(|&(_, text, ty)| {
+            !text.is_empty() && (ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED || ty == TOKEN_TYPE_UNKNOWN)
+        })
+        .map(|(id, text, ty)| {
             json!({
                 "id": id,
                 "content": text,

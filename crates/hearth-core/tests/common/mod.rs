@@ -18,19 +18,24 @@ pub fn fixture(name: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("fixture {} is not JSON: {e}", path.display()))
 }
 
+/// Run a fetch script (idempotent) and return the model file it provides.
+fn fetched(script: &str, file: &str) -> PathBuf {
+    let root = repo_root();
+    let status = Command::new("bash").arg(root.join("scripts").join(script)).status().expect("run fetch script");
+    assert!(status.success(), "scripts/{script} failed: this test needs {file}");
+    root.join(".cache/models").join(file)
+}
+
 /// The SmolLM2-135M-Instruct GGUF, fetched by `scripts/fetch-smollm2.sh` if it is not there yet.
 pub fn smollm2_gguf() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let root = repo_root();
-        let status = Command::new("bash")
-            .arg(root.join("scripts/fetch-smollm2.sh"))
-            .status()
-            .expect("run scripts/fetch-smollm2.sh");
-        assert!(status.success(), "scripts/fetch-smollm2.sh failed: the SmolLM2 model is needed by this test");
-        root.join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    })
-    .clone()
+    PATH.get_or_init(|| fetched("fetch-smollm2.sh", "SmolLM2-135M-Instruct.Q4_1.gguf")).clone()
+}
+
+/// The Gemma 3 270M GGUF (a SentencePiece-style vocabulary of 262k tokens), fetched if needed.
+pub fn gemma3_gguf() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| fetched("fetch-gemma3.sh", "gemma-3-270m-q4_k_m.gguf")).clone()
 }
 
 /// SmolLM2 converted with default options (lossless `keep`), once per test binary.
