@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use hearth_core::chat::ChatMessage;
 use hearth_core::convert::{convert, ConvertOptions, QuantChoice};
 use hearth_core::cpu::CpuEngine;
@@ -69,23 +69,8 @@ enum Command {
         system: Option<String>,
         #[arg(long, default_value_t = 128)]
         max_tokens: usize,
-        /// 0 means greedy.
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f32,
-        #[arg(long, default_value_t = 0)]
-        top_k: usize,
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f32,
-        #[arg(long, default_value_t = 0.0)]
-        min_p: f32,
-        #[arg(long, default_value_t = 1.0)]
-        repetition_penalty: f32,
-        #[arg(long, default_value_t = 0.0)]
-        presence_penalty: f32,
-        #[arg(long, default_value_t = 0.0)]
-        frequency_penalty: f32,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        #[command(flatten)]
+        sampling: SamplingArgs,
         /// Stop before this string (repeatable).
         #[arg(long)]
         stop: Vec<String>,
@@ -98,6 +83,44 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Sampling options of `generate`, named as in `SamplingParams`.
+#[derive(Args)]
+struct SamplingArgs {
+    /// 0 means greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl From<SamplingArgs> for SamplingParams {
+    fn from(a: SamplingArgs) -> Self {
+        SamplingParams {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            min_p: a.min_p,
+            repetition_penalty: a.repetition_penalty,
+            presence_penalty: a.presence_penalty,
+            frequency_penalty: a.frequency_penalty,
+            seed: a.seed,
+            ..SamplingParams::default()
+        }
+    }
 }
 
 fn main() {
@@ -142,14 +165,7 @@ fn run(cli: Cli) -> Result<()> {
             chat,
             system,
             max_tokens,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            presence_penalty,
-            frequency_penalty,
-            seed,
+            sampling,
             stop,
             backend: Backend::Cpu,
             top_logits,
@@ -167,23 +183,8 @@ fn run(cli: Cli) -> Result<()> {
                 model.encode_text(&prompt)?
             };
             let mut engine = CpuEngine::from_package(&model.package)?;
-            let req = GenerateRequest {
-                prompt_ids,
-                max_tokens,
-                sampling: SamplingParams {
-                    temperature,
-                    top_k,
-                    top_p,
-                    min_p,
-                    repetition_penalty,
-                    presence_penalty,
-                    frequency_penalty,
-                    seed,
-                    ..SamplingParams::default()
-                },
-                stop_strings: stop,
-                top_logits,
-            };
+            let req =
+                GenerateRequest { prompt_ids, max_tokens, sampling: sampling.into(), stop_strings: stop, top_logits };
             let clock = Instant::now();
             let now = || clock.elapsed().as_secs_f64();
             let mut stdout = std::io::stdout();

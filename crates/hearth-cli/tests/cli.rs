@@ -33,6 +33,14 @@ fn package() -> &'static str {
     .1
 }
 
+/// `hearth generate --model PACKAGE ARGS... --json`, parsed.
+fn generate_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["generate", "--model", package()];
+    all.extend_from_slice(args);
+    all.push("--json");
+    serde_json::from_str(&ok(&all)).expect("one JSON object")
+}
+
 fn fixture(name: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures").join(name)).unwrap()).unwrap()
 }
@@ -68,19 +76,7 @@ fn tokenize_prints_llama_cpp_ids() {
 #[test]
 fn generate_json_reports_ids_text_logits_and_usage() {
     let fx = prompt_fixture("The capital of France is");
-    let out: serde_json::Value = serde_json::from_str(&ok(&[
-        "generate",
-        "--model",
-        package(),
-        "--prompt",
-        "The capital of France is",
-        "--max-tokens",
-        "8",
-        "--top-logits",
-        "5",
-        "--json",
-    ]))
-    .unwrap();
+    let out = generate_json(&["--prompt", "The capital of France is", "--max-tokens", "8", "--top-logits", "5"]);
     assert_eq!(out["prompt_ids"], fx["prompt_ids"]);
     let expected: Vec<_> = fx["greedy_ids"].as_array().unwrap()[..8].to_vec();
     assert_eq!(out["ids"].as_array().unwrap(), &expected);
@@ -100,18 +96,7 @@ fn generate_json_reports_ids_text_logits_and_usage() {
 #[test]
 fn chat_prompt_uses_the_template_and_stops_at_end_of_turn() {
     let fx = prompt_fixture("List three fruits.");
-    let out: serde_json::Value = serde_json::from_str(&ok(&[
-        "generate",
-        "--model",
-        package(),
-        "--prompt",
-        "List three fruits.",
-        "--chat",
-        "--max-tokens",
-        "64",
-        "--json",
-    ]))
-    .unwrap();
+    let out = generate_json(&["--prompt", "List three fruits.", "--chat", "--max-tokens", "64"]);
     assert_eq!(
         out["prompt_ids"], fx["prompt_ids"],
         "chat template rendering or special-token parsing differs from llama.cpp"
@@ -122,34 +107,12 @@ fn chat_prompt_uses_the_template_and_stops_at_end_of_turn() {
 
 #[test]
 fn stop_string_spanning_tokens_ends_generation_before_it() {
-    let full: serde_json::Value = serde_json::from_str(&ok(&[
-        "generate",
-        "--model",
-        package(),
-        "--prompt",
-        "The capital of France is",
-        "--max-tokens",
-        "16",
-        "--json",
-    ]))
-    .unwrap();
+    let full = generate_json(&["--prompt", "The capital of France is", "--max-tokens", "16"]);
     let text = full["text"].as_str().unwrap();
     // A stop string made of the end of one token and the start of the next.
     let at = text.find("Paris").expect("Paris in the continuation");
     let stop = &text[at + 3..at + 7];
-    let out: serde_json::Value = serde_json::from_str(&ok(&[
-        "generate",
-        "--model",
-        package(),
-        "--prompt",
-        "The capital of France is",
-        "--max-tokens",
-        "16",
-        "--stop",
-        stop,
-        "--json",
-    ]))
-    .unwrap();
+    let out = generate_json(&["--prompt", "The capital of France is", "--max-tokens", "16", "--stop", stop]);
     assert_eq!(out["text"].as_str().unwrap(), &text[..at + 3]);
     assert_eq!(out["finish_reason"], "stop");
 }
@@ -157,10 +120,7 @@ fn stop_string_spanning_tokens_ends_generation_before_it() {
 #[test]
 fn seeded_sampling_repeats_and_seeds_differ() {
     let run = |seed: &str| {
-        let out: serde_json::Value = serde_json::from_str(&ok(&[
-            "generate",
-            "--model",
-            package(),
+        let out = generate_json(&[
             "--prompt",
             "Once upon a time",
             "--max-tokens",
@@ -177,9 +137,7 @@ fn seeded_sampling_repeats_and_seeds_differ() {
             "1.1",
             "--seed",
             seed,
-            "--json",
-        ]))
-        .unwrap();
+        ]);
         out["ids"].clone()
     };
     let a = run("7");

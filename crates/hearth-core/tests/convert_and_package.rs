@@ -203,3 +203,15 @@ fn manifest_of_another_format_version_is_refused() {
     let err = Package::open(&out).unwrap_err();
     assert!(err.to_string().contains("format version 2"), "{err}");
 }
+
+#[test]
+fn gguf_version_2_is_read_and_version_1_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Versions 2 and 3 share the header layout (64-bit counts); version 1 used 32-bit counts.
+    let v2 = patched_gguf(tmp.path(), "v2.gguf", |b| b[4..8].copy_from_slice(&2u32.to_le_bytes()));
+    let m = convert(&v2, &tmp.path().join("v2"), &ConvertOptions::default()).unwrap();
+    assert_eq!(m.tensors.len(), 272);
+    let v1 = patched_gguf(tmp.path(), "v1.gguf", |b| b[4..8].copy_from_slice(&1u32.to_le_bytes()));
+    let err = convert_err(&v1, tmp.path());
+    assert!(err.to_string().contains("GGUF version 1 is not supported"), "{err}");
+}
