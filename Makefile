@@ -3,6 +3,8 @@ PACKAGE := .cache/packages/smollm2-135m-instruct
 GGUF := .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
 HEARTH := target/release/hearth
 PROMPT ?= Give me three tips for writing clear code.
+# Vulkan's loader wants a private runtime directory; without one it prints a harmless warning.
+export XDG_RUNTIME_DIR ?= /tmp/hearth-xdg-$(shell id -u)
 
 .PHONY: demo test setup model lint
 
@@ -16,6 +18,7 @@ test: setup model lint
 
 setup:
 	@bash scripts/setup.sh
+	@mkdir -p -m 0700 $(XDG_RUNTIME_DIR)
 
 model:
 	@bash scripts/fetch-smollm2.sh

@@ -21,3 +21,7 @@ fi
 if ! python3 -m pip --version >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq python3-pip
 fi
+# Vulkan loader + Mesa's lavapipe: the GPU engine's tests run on it where there is no GPU.
+if ! ldconfig -p | grep -q 'libvulkan.so.1' || ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq mesa-vulkan-drivers libvulkan1
+fi

@@ -12,6 +12,7 @@ use hearth_core::cpu::CpuEngine;
 use hearth_core::generate::{generate, GenerateRequest};
 use hearth_core::model::Model;
 use hearth_core::sampling::SamplingParams;
+use hearth_gpu::{GpuContext, GpuEngine};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -21,9 +22,10 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Backend {
     Cpu,
+    Gpu,
 }
 
 #[derive(Subcommand)]
@@ -74,14 +76,27 @@ enum Command {
         /// Stop before this string (repeatable).
         #[arg(long)]
         stop: Vec<String>,
-        #[arg(long, value_enum, default_value = "cpu")]
-        backend: Backend,
+        /// gpu (the default when an adapter exists) or cpu.
+        #[arg(long, value_enum)]
+        backend: Option<Backend>,
         /// Report the K largest logits at the last prompt position.
         #[arg(long, default_value_t = 0)]
         top_logits: usize,
         /// Print one JSON object instead of streaming text.
         #[arg(long)]
         json: bool,
+    },
+    /// Measure load, prefill and decode speed; prints one JSON line.
+    Bench {
+        #[arg(long)]
+        model: PathBuf,
+        /// gpu (the default when an adapter exists) or cpu.
+        #[arg(long, value_enum)]
+        backend: Option<Backend>,
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        gen_tokens: usize,
     },
 }
 
@@ -123,6 +138,14 @@ impl From<SamplingArgs> for SamplingParams {
     }
 }
 
+/// The engine asked for, or the GPU when an adapter exists and the CPU otherwise.
+fn open_backend(choice: Option<Backend>, model: &Model) -> Result<Box<dyn hearth_core::generate::Backend>> {
+    Ok(match open_gpu(choice)? {
+        Some(ctx) => Box::new(GpuEngine::new(ctx, &model.package, None)?),
+        None => Box::new(CpuEngine::from_package(&model.package)?),
+    })
+}
+
 fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
@@ -159,18 +182,7 @@ fn run(cli: Cli) -> Result<()> {
             let ids = model.tokenizer.encode(&text, special, true)?;
             println!("{}", serde_json::to_string(&ids)?);
         }
-        Command::Generate {
-            model,
-            prompt,
-            chat,
-            system,
-            max_tokens,
-            sampling,
-            stop,
-            backend: Backend::Cpu,
-            top_logits,
-            json,
-        } => {
+        Command::Generate { model, prompt, chat, system, max_tokens, sampling, stop, backend, top_logits, json } => {
             let mut model = Model::open(&model)?;
             let prompt_ids = if chat {
                 let mut messages = Vec::new();
@@ -182,13 +194,13 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 model.encode_text(&prompt)?
             };
-            let mut engine = CpuEngine::from_package(&model.package)?;
+            let mut engine = open_backend(backend, &model)?;
             let req =
                 GenerateRequest { prompt_ids, max_tokens, sampling: sampling.into(), stop_strings: stop, top_logits };
             let clock = Instant::now();
             let now = || clock.elapsed().as_secs_f64();
             let mut stdout = std::io::stdout();
-            let out = generate(&mut engine, &model.tokenizer, &req, &now, &mut |piece| {
+            let out = generate(engine.as_mut(), &model.tokenizer, &req, &now, &mut |piece| {
                 if !json {
                     let _ = stdout.write_all(piece.as_bytes());
                     let _ = stdout.flush();
@@ -213,6 +225,76 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
+        Command::Bench { model, backend, prompt_tokens, gen_tokens } => {
+            bench(&model, backend, prompt_tokens, gen_tokens)?
+        }
     }
     Ok(())
+}
+
+/// Runs tokens through an engine and returns the greedy next token.
+type GreedyStep = Box<dyn FnMut(&[u32]) -> hearth_core::Result<u32>>;
+
+/// Greedy decoding of a synthetic prompt; decode speed counts the tokens after the first, each timed
+/// to the moment its id is back on the CPU (the GPU's work finished).
+fn bench(dir: &std::path::Path, choice: Option<Backend>, prompt_tokens: usize, gen_tokens: usize) -> Result<()> {
+    if prompt_tokens == 0 || gen_tokens < 2 {
+        bail!("--prompt-tokens must be at least 1 and --gen-tokens at least 2");
+    }
+    let started = Instant::now();
+    let model = Model::open(dir)?;
+    let vocab = model.package.manifest.config.vocab_size as u32;
+    // A fixed pseudo-random prompt of ordinary tokens (ids away from the specials at the start).
+    let prompt: Vec<u32> = (0..prompt_tokens as u32).map(|i| 100 + (i * 7919) % (vocab - 200)).collect();
+    let (name, mut step): (String, GreedyStep) = match open_gpu(choice)? {
+        Some(ctx) => {
+            let name = ctx.adapter_name.clone();
+            let mut engine = GpuEngine::new(ctx, &model.package, Some(prompt_tokens + gen_tokens))?;
+            (name, Box::new(move |t| engine.forward_argmax(t)))
+        }
+        None => {
+            let mut engine = CpuEngine::from_package(&model.package)?;
+            ("cpu".to_string(), Box::new(move |t| Ok(hearth_core::sampling::argmax(&engine.forward(t, false)?))))
+        }
+    };
+    let load_s = started.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let mut id = step(&prompt)?;
+    let ttft_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for _ in 1..gen_tokens {
+        id = step(&[id])?;
+    }
+    let decode_s = t1.elapsed().as_secs_f64();
+    let gpu = name != "cpu";
+    println!(
+        "{}",
+        json!({
+            "backend": if gpu { "gpu" } else { "cpu" },
+            "adapter": name,
+            "f16": false,
+            "prompt_tokens": prompt_tokens,
+            "gen_tokens": gen_tokens,
+            "load_s": load_s,
+            "prefill_tok_s": prompt_tokens as f64 / ttft_s,
+            "decode_tok_s": (gen_tokens - 1) as f64 / decode_s,
+            "ttft_s": ttft_s,
+        })
+    );
+    Ok(())
+}
+
+/// A GPU context unless the CPU was asked for; an error if the GPU was asked for and none exists.
+/// Without a choice, a software adapter (lavapipe, SwiftShader) is passed over: the CPU engine is
+/// faster than a GPU emulated on the same CPU.
+fn open_gpu(choice: Option<Backend>) -> Result<Option<GpuContext>> {
+    if choice == Some(Backend::Cpu) {
+        return Ok(None);
+    }
+    match GpuContext::new()? {
+        Some(ctx) if ctx.software && choice.is_none() => Ok(None),
+        Some(ctx) => Ok(Some(ctx)),
+        None if choice == Some(Backend::Gpu) => bail!("--backend gpu: no GPU adapter found"),
+        None => Ok(None),
+    }
 }

@@ -165,3 +165,42 @@ fn errors_are_readable_and_exit_non_zero() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("temperature"));
 }
+
+/// Whether wgpu finds an adapter here (lavapipe counts); GPU tests say so loudly when it does not.
+fn has_gpu() -> bool {
+    let out = hearth(&["bench", "--model", package(), "--backend", "gpu", "--prompt-tokens", "1", "--gen-tokens", "2"]);
+    if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no GPU adapter") {
+        eprintln!("\n!!! NO GPU ADAPTER: skipping GPU command-line test !!!\n");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn gpu_backend_generates_what_the_cpu_backend_generates() {
+    if !has_gpu() {
+        return;
+    }
+    let args = ["--prompt", "The capital of France is", "--max-tokens", "4"];
+    let gpu = generate_json(&[&args[..], &["--backend", "gpu"]].concat());
+    let cpu = generate_json(&[&args[..], &["--backend", "cpu"]].concat());
+    assert_eq!(gpu["ids"], cpu["ids"]);
+    assert_eq!(gpu["text"], cpu["text"]);
+}
+
+#[test]
+fn bench_prints_one_json_line() {
+    let backends: &[&str] = if has_gpu() { &["gpu", "cpu"] } else { &["cpu"] };
+    for &backend in backends {
+        let out =
+            ok(&["bench", "--model", package(), "--backend", backend, "--prompt-tokens", "4", "--gen-tokens", "3"]);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+        assert_eq!(v["backend"], backend);
+        for key in ["load_s", "prefill_tok_s", "decode_tok_s", "ttft_s"] {
+            assert!(v[key].as_f64().unwrap() > 0.0, "{key} in {v}");
+        }
+        assert_eq!(v["prompt_tokens"], 4);
+        assert_eq!(v["gen_tokens"], 3);
+        assert!(v["adapter"].is_string() && v["f16"].is_boolean());
+    }
+}

@@ -200,7 +200,7 @@ impl CpuEngine {
 
 /// Rotation frequency per pair: base^(-2i/dim), with the model's scaling (Llama 3.1's per-band
 /// scaling, or per-pair factors stored by llama.cpp as `rope_freqs.weight`).
-fn rope_inv_freq(base: f32, dim: usize, scaling: Option<&RopeScaling>, factors: Option<&[f32]>) -> Vec<f32> {
+pub fn rope_inv_freq(base: f32, dim: usize, scaling: Option<&RopeScaling>, factors: Option<&[f32]>) -> Vec<f32> {
     (0..dim / 2)
         .map(|i| {
             let mut f = 1.0 / (base as f64).powf(2.0 * i as f64 / dim as f64);

@@ -32,6 +32,9 @@ pub enum HearthError {
     ContextLengthExceeded { prompt_tokens: usize, max_new_tokens: usize, context_length: usize },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// No usable GPU adapter, a device limit too small for the model, or a GPU operation that failed.
+    #[error("GPU: {0}")]
+    Gpu(String),
 }
 
 pub type Result<T, E = HearthError> = std::result::Result<T, E>;

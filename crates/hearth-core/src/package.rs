@@ -4,7 +4,7 @@
 //! everything is written, so a failed conversion never leaves a half-written package behind and never
 //! destroys the one that was there.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -239,29 +239,30 @@ impl Package {
         fs::read(&path).map_err(|e| HearthError::io("read", &path, e))
     }
 
-    /// Load every tensor, reading each shard once.
+    /// The serialized bytes of one tensor (its parts at the offsets the manifest gives), read from
+    /// its shard(s).
+    pub fn read_tensor_bytes(&self, entry: &TensorEntry) -> Result<Vec<u8>> {
+        let mut bytes = vec![0u8; entry.length as usize];
+        let (mut shard, mut offset, mut filled) = (entry.shard, entry.offset, 0usize);
+        while filled < bytes.len() {
+            let size = self.manifest.shards[shard].size;
+            let n = ((size - offset) as usize).min(bytes.len() - filled);
+            let path = self.dir.join(&self.manifest.shards[shard].file);
+            let mut file = File::open(&path).map_err(|e| HearthError::io("open", &path, e))?;
+            file.seek(SeekFrom::Start(offset)).map_err(|e| HearthError::io("seek in", &path, e))?;
+            file.read_exact(&mut bytes[filled..filled + n]).map_err(|e| HearthError::io("read", &path, e))?;
+            filled += n;
+            shard += 1;
+            offset = 0;
+        }
+        Ok(bytes)
+    }
+
+    /// Load every tensor, decoded into its in-memory form.
     pub fn load_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::with_capacity(self.manifest.tensors.len());
-        let mut files: BTreeMap<usize, File> = BTreeMap::new();
         for entry in &self.manifest.tensors {
-            let mut bytes = vec![0u8; entry.length as usize];
-            let (mut shard, mut offset, mut filled) = (entry.shard, entry.offset, 0usize);
-            while filled < bytes.len() {
-                let size = self.manifest.shards[shard].size;
-                let n = ((size - offset) as usize).min(bytes.len() - filled);
-                let path = self.dir.join(&self.manifest.shards[shard].file);
-                let file = match files.entry(shard) {
-                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        v.insert(File::open(&path).map_err(|e| HearthError::io("open", &path, e))?)
-                    }
-                };
-                file.seek(SeekFrom::Start(offset)).map_err(|e| HearthError::io("seek in", &path, e))?;
-                file.read_exact(&mut bytes[filled..filled + n]).map_err(|e| HearthError::io("read", &path, e))?;
-                filled += n;
-                shard += 1;
-                offset = 0;
-            }
+            let bytes = self.read_tensor_bytes(entry)?;
             let tensor = Tensor::from_bytes(&entry.name, entry.shape.clone(), entry.dtype, entry.group_size, &bytes)?;
             out.insert(entry.name.clone(), tensor);
         }

@@ -1,0 +1,46 @@
+//! The device: one adapter, one queue, the limits the engine may use.
+
+use hearth_core::{HearthError, Result};
+
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    /// Adapter name and backend, for reports (`hearth bench`).
+    pub adapter_name: String,
+    pub limits: wgpu::Limits,
+    /// A software rasterizer (lavapipe, SwiftShader): kernels avoid workgroup barriers there.
+    pub software: bool,
+}
+
+impl GpuContext {
+    /// The first adapter wgpu offers, or `Ok(None)` when there is none at all.
+    pub fn new() -> Result<Option<Self>> {
+        pollster::block_on(Self::new_async())
+    }
+
+    pub async fn new_async() -> Result<Option<Self>> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = match instance.request_adapter(&wgpu::RequestAdapterOptions::default()).await {
+            Ok(a) => a,
+            Err(_) => return Ok(None),
+        };
+        let info = adapter.get_info();
+        // Ask for everything the adapter allows: model tensors need large storage bindings.
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("hearth"),
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| HearthError::Gpu(format!("cannot open a device on {}: {e}", info.name)))?;
+        Ok(Some(GpuContext {
+            device,
+            queue,
+            adapter_name: format!("{} ({:?})", info.name, info.backend),
+            limits,
+            software: info.device_type == wgpu::DeviceType::Cpu,
+        }))
+    }
+}

@@ -1,0 +1,66 @@
+// out[t] = row tokens[t] of the embedding table, decoded to f32. One invocation per value.
+
+struct Dims {
+    hidden: u32,
+    vocab: u32,
+    group: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> dims: Dims;
+@group(0) @binding(1) var<storage, read> tokens: array<u32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read> codes: array<u32>;
+@group(0) @binding(4) var<storage, read> scales: array<u32>;
+@group(0) @binding(5) var<storage, read> mins: array<u32>;
+
+fn half_of(word: u32, i: u32) -> f32 {
+    let v = unpack2x16float(word);
+    return select(v.x, v.y, (i & 1u) == 1u);
+}
+
+@compute @workgroup_size(64)
+fn embed_q8(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    let t = gid.y;
+    if (i >= dims.hidden) {
+        return;
+    }
+    let k = tokens[t] * dims.hidden + i;
+    let q = bitcast<i32>(codes[k / 4u] << (24u - 8u * (k % 4u))) >> 24u;
+    out[t * dims.hidden + i] = f32(q) * half_of(scales[k / 64u], k / 32u);
+}
+
+@compute @workgroup_size(64)
+fn embed_q4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    let t = gid.y;
+    if (i >= dims.hidden) {
+        return;
+    }
+    let k = tokens[t] * dims.hidden + i;
+    let q = f32((codes[k / 8u] >> (4u * (k % 8u))) & 15u);
+    let g = k / dims.group;
+    out[t * dims.hidden + i] = q * half_of(scales[g / 2u], g) + half_of(mins[g / 2u], g);
+}
+
+@compute @workgroup_size(64)
+fn embed_f16(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    let t = gid.y;
+    if (i >= dims.hidden) {
+        return;
+    }
+    let k = tokens[t] * dims.hidden + i;
+    out[t * dims.hidden + i] = half_of(codes[k / 2u], k);
+}
+
+@compute @workgroup_size(64)
+fn embed_f32(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    let t = gid.y;
+    if (i >= dims.hidden) {
+        return;
+    }
+    out[t * dims.hidden + i] = bitcast<f32>(codes[tokens[t] * dims.hidden + i]);
+}
