@@ -30,6 +30,15 @@ struct Step {
 
 var<workgroup> partial: array<f32, 64>;
 
+// Scaled dot product of the query at q_base with the key at k_base.
+fn score(q_base: u32, k_base: u32) -> f32 {
+    var s = 0.0;
+    for (var d = 0u; d < dims.head_dim; d = d + 1u) {
+        s = s + q[q_base + d] * k_cache[k_base + d];
+    }
+    return s * dims.scale;
+}
+
 fn reduce(lid: u32, value: f32, is_max: bool) -> f32 {
     partial[lid] = value;
     workgroupBarrier();
@@ -59,12 +68,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
 
     var local_max = -3.4e38;
     for (var p = lid; p <= pos; p = p + 64u) {
-        let k_base = p * kv_dim + kvh * hd;
-        var s = 0.0;
-        for (var d = 0u; d < hd; d = d + 1u) {
-            s = s + q[q_base + d] * k_cache[k_base + d];
-        }
-        s = s * dims.scale;
+        let s = score(q_base, p * kv_dim + kvh * hd);
         scores[s_base + p] = s;
         local_max = max(local_max, s);
     }
@@ -103,12 +107,7 @@ fn attention_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
     let s_base = (t * dims.n_heads + head) * dims.context;
     var m = -3.4e38;
     for (var p = 0u; p <= pos; p = p + 1u) {
-        let k_base = p * kv_dim + kvh * hd;
-        var s = 0.0;
-        for (var d = 0u; d < hd; d = d + 1u) {
-            s = s + q[q_base + d] * k_cache[k_base + d];
-        }
-        s = s * dims.scale;
+        let s = score(q_base, p * kv_dim + kvh * hd);
         scores[s_base + p] = s;
         m = max(m, s);
     }

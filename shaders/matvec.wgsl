@@ -111,71 +111,26 @@ fn reduce_and_store(lid: u32, acc: f32, row: u32, t: u32) {
     }
 }
 
-@compute @workgroup_size(64)
-fn matvec_q4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wg.y * dims.grid_x + wg.x;
-    if (row < dims.rows) {
-        reduce_and_store(lid.x, dot_q4(row, wg.z, lid.x, WG), row, wg.z);
-    }
-}
-
-@compute @workgroup_size(64)
-fn matvec_q8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wg.y * dims.grid_x + wg.x;
-    if (row < dims.rows) {
-        reduce_and_store(lid.x, dot_q8(row, wg.z, lid.x, WG), row, wg.z);
-    }
-}
-
-@compute @workgroup_size(64)
-fn matvec_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wg.y * dims.grid_x + wg.x;
-    if (row < dims.rows) {
-        reduce_and_store(lid.x, dot_f16(row, wg.z, lid.x, WG), row, wg.z);
-    }
-}
-
-@compute @workgroup_size(64)
-fn matvec_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wg.y * dims.grid_x + wg.x;
-    if (row < dims.rows) {
-        reduce_and_store(lid.x, dot_f32(row, wg.z, lid.x, WG), row, wg.z);
-    }
-}
-
 // Row-per-invocation split: workgroup (x, y) covers rows ((y * grid_x + x) * 64 ..) + 64.
 fn own_row(wg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wg.y * dims.grid_x + wg.x) * WG + lid.x;
 }
 
+// ---- Template: kernels.rs appends these entry points once per encoding ENC (q4, q8, f16, f32),
+// ---- with ENC replaced, so each encoding gets both splits without a copy in this file.
+
 @compute @workgroup_size(64)
-fn matvec_rows_q4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = own_row(wg, lid);
+fn matvec_ENC(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wg.y * dims.grid_x + wg.x;
     if (row < dims.rows) {
-        y[wg.z * dims.rows + row] = dot_q4(row, wg.z, 0u, 1u);
+        reduce_and_store(lid.x, dot_ENC(row, wg.z, lid.x, WG), row, wg.z);
     }
 }
 
 @compute @workgroup_size(64)
-fn matvec_rows_q8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn matvec_rows_ENC(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let row = own_row(wg, lid);
     if (row < dims.rows) {
-        y[wg.z * dims.rows + row] = dot_q8(row, wg.z, 0u, 1u);
-    }
-}
-
-@compute @workgroup_size(64)
-fn matvec_rows_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = own_row(wg, lid);
-    if (row < dims.rows) {
-        y[wg.z * dims.rows + row] = dot_f16(row, wg.z, 0u, 1u);
-    }
-}
-
-@compute @workgroup_size(64)
-fn matvec_rows_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = own_row(wg, lid);
-    if (row < dims.rows) {
-        y[wg.z * dims.rows + row] = dot_f32(row, wg.z, 0u, 1u);
+        y[wg.z * dims.rows + row] = dot_ENC(row, wg.z, 0u, 1u);
     }
 }

@@ -11,6 +11,8 @@ use wgpu::util::DeviceExt;
 use crate::context::GpuContext;
 
 const MATVEC: &str = include_str!("../../../shaders/matvec.wgsl");
+/// Where `matvec.wgsl`'s per-encoding template of entry points begins.
+const TEMPLATE_MARK: &str = "// ---- Template:";
 const EMBED: &str = include_str!("../../../shaders/embed.wgsl");
 const RMS_NORM: &str = include_str!("../../../shaders/rmsnorm.wgsl");
 const ROPE: &str = include_str!("../../../shaders/rope.wgsl");
@@ -69,7 +71,7 @@ impl Kernels {
                 cache: None,
             })
         };
-        let matvec = module("matvec.wgsl", MATVEC);
+        let matvec = module("matvec.wgsl", &matvec_source());
         let embed = module("embed.wgsl", EMBED);
         let elementwise = module("elementwise.wgsl", ELEMENTWISE);
         Kernels {
@@ -93,6 +95,16 @@ impl Kernels {
             argmax: pipeline(&module("argmax.wgsl", ARGMAX), "argmax"),
         }
     }
+}
+
+/// `matvec.wgsl` with its template of entry points instantiated for each encoding.
+fn matvec_source() -> String {
+    let (common, template) = MATVEC.split_at(MATVEC.find(TEMPLATE_MARK).unwrap_or(MATVEC.len()));
+    let mut source = common.to_string();
+    for encoding in ["q4", "q8", "f16", "f32"] {
+        source.push_str(&template.replace("ENC", encoding));
+    }
+    source
 }
 
 /// A uniform buffer holding `words` (padded to 32 bytes, more than any `Dims` struct needs).
