@@ -7,6 +7,7 @@ use hearth_core::cpu::rope_inv_freq;
 use hearth_core::generate::Backend;
 use hearth_core::manifest::{ModelConfig, NormKind, PositionKind, RopeStyle};
 use hearth_core::package::Package;
+use hearth_core::quant::Tensor;
 use hearth_core::{HearthError, Result};
 
 use crate::context::GpuContext;
@@ -120,9 +121,11 @@ impl GpuEngine {
         });
         let rope =
             c.rope.as_ref().ok_or_else(|| HearthError::bad_package("model", "RoPE model without rope settings"))?;
-        let freq_factors = match index.get("rope_freqs.weight") {
-            Some(_) => {
-                Some(package.load_tensors()?.remove("rope_freqs.weight").map(|t| t.to_f32()).unwrap_or_default())
+        // Per-pair frequency divisors, when the checkpoint has them (read alone, not with the model).
+        let freq_factors = match m.tensors.iter().find(|e| e.name == "rope_freqs.weight") {
+            Some(e) => {
+                let bytes = package.read_tensor_bytes(e)?;
+                Some(Tensor::from_bytes(&e.name, e.shape.clone(), e.dtype, e.group_size, &bytes)?.to_f32())
             }
             None => None,
         };
