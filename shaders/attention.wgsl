@@ -54,77 +54,75 @@ fn reduce(lid: u32, value: f32, is_max: bool) -> f32 {
     return result;
 }
 
-@compute @workgroup_size(64)
-fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
-    let head = wg.x;
-    let t = wg.y;
-    let lid = lid3.x;
-    let hd = dims.head_dim;
-    let kv_dim = dims.n_kv_heads * hd;
-    let kvh = head / (dims.n_heads / dims.n_kv_heads);
-    let pos = step.start + t;
-    let q_base = (t * dims.n_heads + head) * hd;
-    let s_base = (t * dims.n_heads + head) * dims.context;
+// Where one (query head, token) pair reads and writes.
+struct Query {
+    q_base: u32,
+    s_base: u32,
+    // Offset of its kv head within a cache row, and the row length.
+    kv_offset: u32,
+    kv_dim: u32,
+    // Its position: it sees keys 0..=pos.
+    pos: u32,
+}
 
+fn query_of(head: u32, t: u32) -> Query {
+    let hd = dims.head_dim;
+    let kvh = head / (dims.n_heads / dims.n_kv_heads);
+    let row = t * dims.n_heads + head;
+    return Query(row * hd, row * dims.context, kvh * hd, dims.n_kv_heads * hd, step.start + t);
+}
+
+// The three passes over positions first, first + stride, ... (or dimensions, for the last one):
+// both variants below call them, the cooperative one with its invocation index and 64.
+
+fn write_scores(a: Query, first: u32, stride: u32) -> f32 {
     var local_max = -3.4e38;
-    for (var p = lid; p <= pos; p = p + 64u) {
-        let s = score(q_base, p * kv_dim + kvh * hd);
-        scores[s_base + p] = s;
+    for (var p = first; p <= a.pos; p = p + stride) {
+        let s = score(a.q_base, p * a.kv_dim + a.kv_offset);
+        scores[a.s_base + p] = s;
         local_max = max(local_max, s);
     }
-    let m = reduce(lid, local_max, true);
+    return local_max;
+}
 
+fn exponentiate(a: Query, m: f32, first: u32, stride: u32) -> f32 {
     var local_sum = 0.0;
-    for (var p = lid; p <= pos; p = p + 64u) {
-        let e = exp(scores[s_base + p] - m);
-        scores[s_base + p] = e;
+    for (var p = first; p <= a.pos; p = p + stride) {
+        let e = exp(scores[a.s_base + p] - m);
+        scores[a.s_base + p] = e;
         local_sum = local_sum + e;
     }
-    let sum = reduce(lid, local_sum, false);
-    storageBarrier();
+    return local_sum;
+}
 
-    for (var d = lid; d < hd; d = d + 64u) {
+fn weigh_values(a: Query, sum: f32, first: u32, stride: u32) {
+    for (var d = first; d < dims.head_dim; d = d + stride) {
         var acc = 0.0;
-        for (var p = 0u; p <= pos; p = p + 1u) {
-            acc = acc + scores[s_base + p] * v_cache[p * kv_dim + kvh * hd + d];
+        for (var p = 0u; p <= a.pos; p = p + 1u) {
+            acc = acc + scores[a.s_base + p] * v_cache[p * a.kv_dim + a.kv_offset + d];
         }
-        out[q_base + d] = acc / sum;
+        out[a.q_base + d] = acc / sum;
     }
 }
 
 @compute @workgroup_size(64)
+fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let a = query_of(wg.x, wg.y);
+    let m = reduce(lid, write_scores(a, lid, 64u), true);
+    let sum = reduce(lid, exponentiate(a, m, lid, 64u), false);
+    storageBarrier();
+    weigh_values(a, sum, lid, 64u);
+}
+
+@compute @workgroup_size(64)
 fn attention_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let head = gid.x % dims.n_heads;
     let t = gid.x / dims.n_heads;
     if (t >= step.n_tokens) {
         return;
     }
-    let hd = dims.head_dim;
-    let kv_dim = dims.n_kv_heads * hd;
-    let kvh = head / (dims.n_heads / dims.n_kv_heads);
-    let pos = step.start + t;
-    let q_base = (t * dims.n_heads + head) * hd;
-    let s_base = (t * dims.n_heads + head) * dims.context;
-    var m = -3.4e38;
-    for (var p = 0u; p <= pos; p = p + 1u) {
-        let s = score(q_base, p * kv_dim + kvh * hd);
-        scores[s_base + p] = s;
-        m = max(m, s);
-    }
-    var sum = 0.0;
-    for (var p = 0u; p <= pos; p = p + 1u) {
-        let e = exp(scores[s_base + p] - m);
-        scores[s_base + p] = e;
-        sum = sum + e;
-    }
-    for (var d = 0u; d < hd; d = d + 1u) {
-        out[q_base + d] = 0.0;
-    }
-    for (var p = 0u; p <= pos; p = p + 1u) {
-        let w = scores[s_base + p] / sum;
-        let v_base = p * kv_dim + kvh * hd;
-        for (var d = 0u; d < hd; d = d + 1u) {
-            out[q_base + d] = out[q_base + d] + w * v_cache[v_base + d];
-        }
-    }
+    let a = query_of(gid.x % dims.n_heads, t);
+    let m = write_scores(a, 0u, 1u);
+    let sum = exponentiate(a, m, 0u, 1u);
+    weigh_values(a, sum, 0u, 1u);
 }

@@ -34,9 +34,18 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
 /// Awkward sizes (rows not a multiple of the workgroup, several tokens) for every encoding.
 /// Tolerance: both sides sum ~cols products of values below 1 in f32, in different orders; the
 /// difference is a few ulps of the row sums (|sum| < cols), so 1e-4 relative to cols.
+/// Both work splits are checked wherever the tests run: the cooperative one (what hardware GPUs get)
+/// by overriding the adapter's `software` flag.
 #[test]
-fn matvec_kernels_match_the_cpu_for_every_encoding() {
-    let Some(ctx) = context() else { return };
+fn matvec_kernels_match_the_cpu_for_every_encoding_and_split() {
+    let Some(mut ctx) = context() else { return };
+    for software in [true, false] {
+        ctx.software = software;
+        check_matvec(&ctx);
+    }
+}
+
+fn check_matvec(ctx: &GpuContext) {
     let (rows, cols, n) = (77usize, 384usize, 3usize);
     let values = random(rows * cols, 1);
     let x = random(n * cols, 2);
@@ -53,11 +62,15 @@ fn matvec_kernels_match_the_cpu_for_every_encoding() {
             group_size: tensor.group_size(),
             parts: parts.into_iter().map(|(k, r)| (k.to_string(), r)).collect(),
         };
-        let gpu = matvec_on_gpu(&ctx, &entry, &bytes, &x, n).unwrap();
+        let gpu = matvec_on_gpu(ctx, &entry, &bytes, &x, n).unwrap();
         let mut cpu = vec![0f32; n * rows];
         matmul(&tensor, &x, n, &mut cpu);
         let worst = gpu.iter().zip(&cpu).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(worst < 1e-4 * cols as f32, "{dtype:?}/{group}: GPU and CPU differ by {worst}");
+        assert!(
+            worst < 1e-4 * cols as f32,
+            "{dtype:?}/{group} (software split: {}): GPU and CPU differ by {worst}",
+            ctx.software
+        );
     }
 }
 
@@ -130,4 +143,27 @@ fn smollm2_on_the_gpu_matches_the_cpu_engine() {
     eprintln!("largest GPU-CPU logit difference: {worst:.2e}; greedy 16-token matches: {matching}/{}", prompts.len());
     assert!(worst < 1e-2, "logits differ by {worst}");
     assert_eq!(matching, prompts.len(), "greedy continuations differ");
+}
+
+/// The kernels hardware GPUs get (cooperative workgroups with barriers), forced on whatever adapter
+/// runs the tests: one prompt, last-position logits and four greedy tokens against the CPU.
+#[test]
+fn smollm2_with_the_cooperative_kernels_matches_the_cpu_engine() {
+    let Some(mut ctx) = context() else { return };
+    ctx.software = false;
+    let package = Package::open(smollm2_package()).unwrap();
+    let mut gpu = GpuEngine::new(ctx, &package, Some(128)).unwrap();
+    let mut cpu = CpuEngine::from_package(&package).unwrap();
+    let prompt = &fixture_prompts()[0];
+    let g = gpu.forward(prompt, false).unwrap();
+    let c = cpu.forward(prompt, false).unwrap();
+    let worst = g.iter().zip(&c).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-2, "logits differ by {worst}");
+    let (mut gi, mut ci) = (argmax(&g), argmax(&c));
+    assert_eq!(gi, ci);
+    for _ in 0..4 {
+        gi = gpu.forward_argmax(&[gi]).unwrap();
+        ci = argmax(&cpu.forward(&[ci], false).unwrap());
+        assert_eq!(gi, ci);
+    }
 }
