@@ -324,8 +324,9 @@ pub fn matmul(w: &Tensor, x: &[f32], n: usize, out: &mut [f32]) {
     let (rows, cols) = (w.rows(), w.cols());
     debug_assert_eq!(x.len(), n * cols);
     debug_assert_eq!(out.len(), n * rows);
+    // Per-group sums of x, for the single-token q4 path (several tokens decode rows instead).
     let group_sums: Vec<f32> = match &w.data {
-        TensorData::Q4(q) => x.chunks(q.group).map(|g| g.iter().sum()).collect(),
+        TensorData::Q4(q) if n == 1 => x.chunks(q.group).map(|g| g.iter().sum()).collect(),
         _ => Vec::new(),
     };
     // Rows are computed in blocks into a row-major [rows][n] buffer, then transposed.

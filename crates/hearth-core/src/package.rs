@@ -321,6 +321,24 @@ fn validate_layout(m: &Manifest) -> std::result::Result<(), String> {
                 return Err(format!("tensor `{}` part `{part}` lies outside the tensor", t.name));
             }
         }
+        // Readers bind parts by name (the GPU engine does), so each must be there with its exact size.
+        let n: usize = t.shape.iter().product();
+        let cols = t.shape.last().copied().unwrap_or(1);
+        let lengths = t.dtype.part_lengths(n, cols, t.group_size).ok_or_else(|| {
+            format!(
+                "tensor `{}`: shape {:?} and group size {:?} do not suit {}",
+                t.name,
+                t.shape,
+                t.group_size,
+                t.dtype.name()
+            )
+        })?;
+        let names = t.dtype.part_names();
+        if t.parts.len() != names.len()
+            || names.iter().zip(&lengths).any(|(name, &len)| t.parts.get(*name).is_none_or(|r| r.length != len))
+        {
+            return Err(format!("tensor `{}`: parts must be {names:?} with lengths {lengths:?}", t.name));
+        }
     }
     if !m.files.iter().any(|f| f.file == m.tokenizer.file) {
         return Err(format!("tokenizer file `{}` is not listed in `files`", m.tokenizer.file));

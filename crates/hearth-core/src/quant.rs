@@ -28,6 +28,31 @@ pub enum DType {
 }
 
 impl DType {
+    /// The parts of a tensor of this encoding, in storage order.
+    pub fn part_names(self) -> &'static [&'static str] {
+        match self {
+            DType::F32 | DType::F16 => &["data"],
+            DType::Q8 => &["codes", "scales"],
+            DType::Q4 => &["codes", "scales", "mins"],
+        }
+    }
+
+    /// Byte length of each part (in `part_names` order) for `n` values, or None if `group` does not
+    /// suit the encoding or the row length `cols`.
+    pub fn part_lengths(self, n: usize, cols: usize, group: Option<usize>) -> Option<Vec<u64>> {
+        let n64 = n as u64;
+        let groups = |g: usize| (cols > 0 && cols % g == 0).then_some(n64 / g as u64 * 2);
+        Some(match self {
+            DType::F32 => vec![4 * n64],
+            DType::F16 => vec![2 * n64],
+            DType::Q8 => vec![n64, groups(Q8_GROUP)?],
+            DType::Q4 => {
+                let g = group.filter(|g| [32, 64, 128].contains(g))?;
+                vec![n64 / 2, groups(g)?, groups(g)?]
+            }
+        })
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
@@ -185,18 +210,13 @@ impl Tensor {
 
     /// The parts of the tensor's serialized form: (name, bytes) in storage order.
     fn parts(&self) -> Vec<(&'static str, &[u8])> {
-        match &self.data {
-            TensorData::F32(v) => vec![("data", bytemuck::cast_slice(v))],
-            TensorData::F16(v) => vec![("data", bytemuck::cast_slice(v))],
-            TensorData::Q8(q) => {
-                vec![("codes", bytemuck::cast_slice(&q.codes)), ("scales", bytemuck::cast_slice(&q.scales))]
-            }
-            TensorData::Q4(q) => vec![
-                ("codes", &q.codes),
-                ("scales", bytemuck::cast_slice(&q.scales)),
-                ("mins", bytemuck::cast_slice(&q.mins)),
-            ],
-        }
+        let bytes: Vec<&[u8]> = match &self.data {
+            TensorData::F32(v) => vec![bytemuck::cast_slice(v)],
+            TensorData::F16(v) => vec![bytemuck::cast_slice(v)],
+            TensorData::Q8(q) => vec![bytemuck::cast_slice(&q.codes), bytemuck::cast_slice(&q.scales)],
+            TensorData::Q4(q) => vec![&q.codes, bytemuck::cast_slice(&q.scales), bytemuck::cast_slice(&q.mins)],
+        };
+        self.dtype().part_names().iter().copied().zip(bytes).collect()
     }
 
     /// Serialize into the package layout: each part starts at a multiple of [`PART_ALIGN`] from the

@@ -215,3 +215,26 @@ fn gguf_version_2_is_read_and_version_1_refused() {
     let err = convert_err(&v1, tmp.path());
     assert!(err.to_string().contains("GGUF version 1 is not supported"), "{err}");
 }
+
+#[test]
+fn manifest_with_a_missing_or_resized_part_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("pkg");
+    convert(&common::smollm2_gguf(), &out, &ConvertOptions::default()).unwrap();
+    let path = out.join("manifest.json");
+    let original: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    let q4 = original["tensors"].as_array().unwrap().iter().position(|t| t["dtype"] == "q4").unwrap();
+    let cases: [(&str, fn(&mut serde_json::Value)); 2] = [
+        ("missing", |t| {
+            t["parts"].as_object_mut().unwrap().remove("mins");
+        }),
+        ("resized", |t| t["parts"]["scales"]["length"] = serde_json::json!(2)),
+    ];
+    for (what, edit) in cases {
+        let mut m = original.clone();
+        edit(&mut m["tensors"][q4]);
+        fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+        let err = Package::open(&out).unwrap_err();
+        assert!(err.to_string().contains("parts must be"), "{what}: {err}");
+    }
+}

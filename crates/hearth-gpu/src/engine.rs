@@ -307,7 +307,8 @@ impl GpuEngine {
         self.position = 0;
     }
 
-    /// Record and submit one chunk of at most `MAX_CHUNK` tokens. `head` picks what runs after the layers.
+    /// Record and submit one chunk of at most `MAX_CHUNK` tokens; after the layers, the output head runs
+    /// for every token (`all_logits`) or for the last one followed by argmax.
     fn run_chunk(&mut self, tokens: &[u32], all_logits: bool) -> Result<()> {
         let n = tokens.len() as u32;
         let c = &self.config;

@@ -143,6 +143,9 @@ pub struct WeightBuffer {
 
 impl WeightBuffer {
     pub fn upload(ctx: &GpuContext, entry: &TensorEntry, bytes: &[u8]) -> Result<Self> {
+        if let Some(missing) = entry.dtype.part_names().iter().find(|n| !entry.parts.contains_key(**n)) {
+            return Err(HearthError::bad_package(format!("tensor `{}`", entry.name), format!("no `{missing}` part")));
+        }
         let max = ctx.limits.max_storage_buffer_binding_size;
         for (name, r) in &entry.parts {
             if r.length > max {
@@ -177,15 +180,9 @@ impl WeightBuffer {
     }
 
     /// The byte range of a part, rounded up to whole words (the package pads parts so they exist).
+    /// `upload` made sure every part of the encoding is there.
     pub fn part(&self, name: &str) -> wgpu::BindingResource<'_> {
-        let (offset, len) = self
-            .parts
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, o, l)| (*o, *l))
-            // Plain tensors have one part, `data`: every weight binding falls back to it.
-            .or_else(|| self.parts.iter().find(|(n, _, _)| n == "data").map(|(_, o, l)| (*o, *l)))
-            .unwrap_or((0, 4));
+        let (offset, len) = self.parts.iter().find(|(n, _, _)| n == name).map(|(_, o, l)| (*o, *l)).unwrap_or((0, 4));
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer: &self.buffer,
             offset,
@@ -195,12 +192,8 @@ impl WeightBuffer {
 
     /// Bindings of the weight parts as the matvec and embed kernels declare them (4, 5, 6 / 3, 4, 5).
     pub fn weight_entries(&self, first_binding: u32) -> Vec<wgpu::BindGroupEntry<'_>> {
-        let names: &[&str] = match self.dtype {
-            DType::Q4 => &["codes", "scales", "mins"],
-            DType::Q8 => &["codes", "scales"],
-            DType::F16 | DType::F32 => &["data"],
-        };
-        names
+        self.dtype
+            .part_names()
             .iter()
             .enumerate()
             .map(|(i, n)| wgpu::BindGroupEntry { binding: first_binding + i as u32, resource: self.part(n) })
