@@ -224,7 +224,8 @@ fn manifest_with_a_missing_or_resized_part_is_refused() {
     let path = out.join("manifest.json");
     let original: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
     let q4 = original["tensors"].as_array().unwrap().iter().position(|t| t["dtype"] == "q4").unwrap();
-    let cases: [(&str, fn(&mut serde_json::Value)); 2] = [
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit); 2] = [
         ("missing", |t| {
             t["parts"].as_object_mut().unwrap().remove("mins");
         }),
