@@ -1,18 +1,27 @@
 // Causal grouped-query attention of the step's tokens over the KV cache. One workgroup per
 // (query head, token) (`attention`), or one invocation per (query head, token) on software adapters,
-// where barriers are dear (`attention_rows`). Scores go to a scratch buffer (one row of `context` per head and token), so
-// any context length fits; three passes: scores and their max, exponentials and their sum, then
-// the weighted sum of values.
+// where barriers are dear (`attention_rows`). Scores go to a scratch buffer (one row of `context`
+// per head and token), so any context length fits; three passes: scores and their max,
+// exponentials and their sum, then the weighted sum of values.
 //
-// The cache holds `[position][n_kv_heads * head_dim]` f32 per layer; the step's own keys and values
-// are in it already (the kv_store step of elementwise.wgsl runs first).
+// Mesa's lavapipe stops any shader invocation after 65,535 loop iterations in all (llvmpipe's loop
+// limiter) and carries on with wrong values, silently. `attention_rows` runs about
+// (head_dim / 4 + 2) iterations per visible position, so the engine uses it only for caches of at
+// most 1,600 positions (kernels.rs: ROWS_ATTENTION_MAX_CONTEXT) and the cooperative kernel, 64
+// times fewer iterations per invocation, beyond.
+//
+// The cache holds rows of n_kv_heads * head_dim values per layer, position p in row p % cache_rows
+// (see rope.wgsl, which stored the step's own keys and values before this runs), as f32 or, when
+// KV_F16, as f16 pairs packed in u32.
 
 struct Dims {
     n_heads: u32,
     n_kv_heads: u32,
     head_dim: u32,
+    // Scores per (head, token) row of the scratch buffer.
     context: u32,
     scale: f32,
+    cache_rows: u32,
 }
 
 struct Step {
@@ -22,19 +31,51 @@ struct Step {
 
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<uniform> step: Step;
-@group(0) @binding(2) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read> k_cache: array<f32>;
-@group(0) @binding(4) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> k_cache: array<u32>;
+@group(0) @binding(4) var<storage, read> v_cache: array<u32>;
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
 
 var<workgroup> partial: array<f32, 64>;
+
+override KV_F16: bool = false;
+
+// Four values of a cache from i (a multiple of 4: head_dim is), whichever way it is stored. Four
+// at a time keeps loads wide and loop counts low (see the top of this file).
+fn cached4(i: u32, is_key: bool) -> vec4<f32> {
+    if (KV_F16) {
+        let w = i / 2u;
+        var lo: u32;
+        var hi: u32;
+        if (is_key) {
+            lo = k_cache[w];
+            hi = k_cache[w + 1u];
+        } else {
+            lo = v_cache[w];
+            hi = v_cache[w + 1u];
+        }
+        return vec4<f32>(unpack2x16float(lo), unpack2x16float(hi));
+    }
+    var words: vec4<u32>;
+    if (is_key) {
+        words = vec4<u32>(k_cache[i], k_cache[i + 1u], k_cache[i + 2u], k_cache[i + 3u]);
+    } else {
+        words = vec4<u32>(v_cache[i], v_cache[i + 1u], v_cache[i + 2u], v_cache[i + 3u]);
+    }
+    return bitcast<vec4<f32>>(words);
+}
+
+// Where position p's row starts in the cache.
+fn cache_row(a_kv_dim: u32, p: u32) -> u32 {
+    return (p % dims.cache_rows) * a_kv_dim;
+}
 
 // Scaled dot product of the query at q_base with the key at k_base.
 fn score(q_base: u32, k_base: u32) -> f32 {
     var s = 0.0;
-    for (var d = 0u; d < dims.head_dim; d = d + 1u) {
-        s = s + q[q_base + d] * k_cache[k_base + d];
+    for (var d = 0u; d < dims.head_dim; d = d + 4u) {
+        s = s + dot(q[(q_base + d) / 4u], cached4(k_base + d, true));
     }
     return s * dims.scale;
 }
@@ -78,7 +119,7 @@ fn query_of(head: u32, t: u32) -> Query {
 fn write_scores(a: Query, first: u32, stride: u32) -> f32 {
     var local_max = -3.4e38;
     for (var p = first; p <= a.pos; p = p + stride) {
-        let s = score(a.q_base, p * a.kv_dim + a.kv_offset);
+        let s = score(a.q_base, cache_row(a.kv_dim, p) + a.kv_offset);
         scores[a.s_base + p] = s;
         local_max = max(local_max, s);
     }
@@ -95,13 +136,14 @@ fn exponentiate(a: Query, m: f32, first: u32, stride: u32) -> f32 {
     return local_sum;
 }
 
+// Over groups of four dimensions first, first + stride, ...
 fn weigh_values(a: Query, sum: f32, first: u32, stride: u32) {
-    for (var d = first; d < dims.head_dim; d = d + stride) {
-        var acc = 0.0;
+    for (var d = 4u * first; d < dims.head_dim; d = d + 4u * stride) {
+        var acc = vec4<f32>(0.0);
         for (var p = 0u; p <= a.pos; p = p + 1u) {
-            acc = acc + scores[a.s_base + p] * v_cache[p * a.kv_dim + a.kv_offset + d];
+            acc = acc + scores[a.s_base + p] * cached4(cache_row(a.kv_dim, p) + a.kv_offset + d, false);
         }
-        out[a.q_base + d] = acc / sum;
+        out[(a.q_base + d) / 4u] = acc / sum;
     }
 }
 

@@ -1,10 +1,13 @@
 // out[t] = row tokens[t] of the embedding table, decoded to f32. One invocation per value.
+// A table too large for one storage binding is split into row ranges, one dispatch each: each
+// writes the tokens that fall in its rows.
 
 struct Dims {
     hidden: u32,
-    vocab: u32,
+    // The rows of the table this dispatch's buffer holds.
+    first_row: u32,
+    rows: u32,
     group: u32,
-    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -13,6 +16,16 @@ struct Dims {
 @group(0) @binding(3) var<storage, read> codes: array<u32>;
 @group(0) @binding(4) var<storage, read> scales: array<u32>;
 @group(0) @binding(5) var<storage, read> mins: array<u32>;
+
+// Index of value i of token t's row within this piece of the table; 0xffffffff when the token is
+// not in this piece.
+fn value_index(t: u32, i: u32) -> u32 {
+    let token = tokens[t];
+    if (i >= dims.hidden || token < dims.first_row || token >= dims.first_row + dims.rows) {
+        return 0xffffffffu;
+    }
+    return (token - dims.first_row) * dims.hidden + i;
+}
 
 fn half_of(word: u32, i: u32) -> f32 {
     let v = unpack2x16float(word);
@@ -23,10 +36,10 @@ fn half_of(word: u32, i: u32) -> f32 {
 fn embed_q8(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
     let t = gid.y;
-    if (i >= dims.hidden) {
+    let k = value_index(t, i);
+    if (k == 0xffffffffu) {
         return;
     }
-    let k = tokens[t] * dims.hidden + i;
     let q = bitcast<i32>(codes[k / 4u] << (24u - 8u * (k % 4u))) >> 24u;
     out[t * dims.hidden + i] = f32(q) * half_of(scales[k / 64u], k / 32u);
 }
@@ -35,10 +48,10 @@ fn embed_q8(@builtin(global_invocation_id) gid: vec3<u32>) {
 fn embed_q4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
     let t = gid.y;
-    if (i >= dims.hidden) {
+    let k = value_index(t, i);
+    if (k == 0xffffffffu) {
         return;
     }
-    let k = tokens[t] * dims.hidden + i;
     let q = f32((codes[k / 8u] >> (4u * (k % 8u))) & 15u);
     let g = k / dims.group;
     out[t * dims.hidden + i] = q * half_of(scales[g / 2u], g) + half_of(mins[g / 2u], g);
@@ -48,10 +61,10 @@ fn embed_q4(@builtin(global_invocation_id) gid: vec3<u32>) {
 fn embed_f16(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
     let t = gid.y;
-    if (i >= dims.hidden) {
+    let k = value_index(t, i);
+    if (k == 0xffffffffu) {
         return;
     }
-    let k = tokens[t] * dims.hidden + i;
     out[t * dims.hidden + i] = half_of(codes[k / 2u], k);
 }
 
@@ -59,8 +72,9 @@ fn embed_f16(@builtin(global_invocation_id) gid: vec3<u32>) {
 fn embed_f32(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
     let t = gid.y;
-    if (i >= dims.hidden) {
+    let k = value_index(t, i);
+    if (k == 0xffffffffu) {
         return;
     }
-    out[t * dims.hidden + i] = bitcast<f32>(codes[tokens[t] * dims.hidden + i]);
+    out[t * dims.hidden + i] = bitcast<f32>(codes[k]);
 }

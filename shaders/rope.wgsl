@@ -1,13 +1,25 @@
-// Rotary position embedding, in place, for `n_heads` heads of `head_dim` values per token. One
-// invocation per (pair, head, token). The token at row t sits at position step.start + t.
+// After the fused QKV product: rotate queries and keys (RoPE), keep the rotated queries for
+// attention, and store keys and values into the layer's KV cache. One invocation per pair of
+// adjacent values (one cache word when the cache is f16) of one token; the token at row t sits at
+// position step.start + t.
+//
+// qkv holds per token [q: n_heads * head_dim | k: n_kv_heads * head_dim | v: n_kv_heads * head_dim].
+// Each output value reads its rotation partner from qkv (never from the output), so two invocations
+// never touch the same word, in either pairing.
+//
+// The cache has `cache_rows` rows of n_kv_heads * head_dim values; position p lives in row
+// p % cache_rows, so a sliding-window layer can keep a ring of `window` rows. Values are f32, or f16
+// packed in pairs when KV_F16 (half the memory and half the bandwidth of attention).
 
 struct Dims {
     n_heads: u32,
+    n_kv_heads: u32,
     head_dim: u32,
-    // Rotated pairs per head (rope dim / 2).
+    // Rotated pairs per head (the rope dim / 2); dimensions past 2 * n_pairs pass through.
     n_pairs: u32,
     // 0: pairs (2i, 2i+1) ("interleaved"); 1: pairs (i, i + n_pairs) ("neox").
     neox: u32,
+    cache_rows: u32,
 }
 
 struct Step {
@@ -18,28 +30,94 @@ struct Step {
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> inv_freq: array<f32>;
-@group(0) @binding(3) var<storage, read_write> x: array<f32>;
+@group(0) @binding(3) var<storage, read> qkv: array<f32>;
+@group(0) @binding(4) var<storage, read_write> q: array<f32>;
+@group(0) @binding(5) var<storage, read_write> k_cache: array<u32>;
+@group(0) @binding(6) var<storage, read_write> v_cache: array<u32>;
 
-@compute @workgroup_size(64)
-fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = gid.x;
-    let head = gid.y;
-    let t = gid.z;
-    if (i >= dims.n_pairs || head >= dims.n_heads || t >= step.n_tokens) {
-        return;
+override KV_F16: bool = false;
+
+// The angle reduced to [-pi, pi], where WGSL promises sin and cos are accurate (2^-11 at worst;
+// outside that range it promises nothing, and positions times low-index frequencies reach
+// thousands of radians). 2*pi is split Cody-Waite style: 6.28125 has 8 significant bits, so
+// k * 6.28125 is exact for |k| < 2^16 (positions below ~400k) and only the small second product
+// rounds.
+fn reduced(angle: f32) -> f32 {
+    let k = round(angle * 0.15915494);
+    return (angle - k * 6.28125) - k * 0.0019353072;
+}
+
+// Value d of the head starting at `base` in qkv, rotated for position `pos`.
+fn rotated(base: u32, d: u32, pos: f32) -> f32 {
+    var first: u32;
+    var second: u32;
+    var pair: u32;
+    if (dims.neox == 1u) {
+        pair = select(d - dims.n_pairs, d, d < dims.n_pairs);
+        first = pair;
+        second = pair + dims.n_pairs;
+    } else {
+        pair = d / 2u;
+        first = d & ~1u;
+        second = first + 1u;
     }
-    let angle = f32(step.start + t) * inv_freq[i];
+    if (pair >= dims.n_pairs || d >= 2u * dims.n_pairs) {
+        return qkv[base + d];
+    }
+    let angle = reduced(pos * inv_freq[pair]);
     let c = cos(angle);
     let s = sin(angle);
-    let base = (t * dims.n_heads + head) * dims.head_dim;
-    var a = base + 2u * i;
-    var b = a + 1u;
-    if (dims.neox == 1u) {
-        a = base + i;
-        b = base + i + dims.n_pairs;
+    let x0 = qkv[base + first];
+    let x1 = qkv[base + second];
+    return select(x0 * s + x1 * c, x0 * c - x1 * s, d == first);
+}
+
+fn store(cache_word: u32, a: f32, b: f32, is_key: bool) {
+    if (KV_F16) {
+        let word = pack2x16float(vec2<f32>(a, b));
+        if (is_key) {
+            k_cache[cache_word] = word;
+        } else {
+            v_cache[cache_word] = word;
+        }
+    } else {
+        if (is_key) {
+            k_cache[2u * cache_word] = bitcast<u32>(a);
+            k_cache[2u * cache_word + 1u] = bitcast<u32>(b);
+        } else {
+            v_cache[2u * cache_word] = bitcast<u32>(a);
+            v_cache[2u * cache_word + 1u] = bitcast<u32>(b);
+        }
     }
-    let x0 = x[a];
-    let x1 = x[b];
-    x[a] = x0 * c - x1 * s;
-    x[b] = x0 * s + x1 * c;
+}
+
+@compute @workgroup_size(64)
+fn rope_store(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let hd = dims.head_dim;
+    let q_dim = dims.n_heads * hd;
+    let kv_dim = dims.n_kv_heads * hd;
+    let row = q_dim + 2u * kv_dim;
+    let e = 2u * gid.x;
+    let t = gid.y;
+    if (e >= row || t >= step.n_tokens) {
+        return;
+    }
+    let position = step.start + t;
+    let pos = f32(position);
+    let token = t * row;
+    let cache_row = (position % dims.cache_rows) * kv_dim;
+    if (e < q_dim) {
+        let base = token + (e / hd) * hd;
+        let d = e % hd;
+        q[t * q_dim + e] = rotated(base, d, pos);
+        q[t * q_dim + e + 1u] = rotated(base, d + 1u, pos);
+    } else if (e < q_dim + kv_dim) {
+        let i = e - q_dim;
+        let base = token + q_dim + (i / hd) * hd;
+        let d = i % hd;
+        store((cache_row + i) / 2u, rotated(base, d, pos), rotated(base, d + 1u, pos), true);
+    } else {
+        let i = e - q_dim - kv_dim;
+        store((cache_row + i) / 2u, qkv[token + e], qkv[token + e + 1u], false);
+    }
 }

@@ -11,7 +11,9 @@ use hearth_core::convert::{convert, ConvertOptions, QuantChoice};
 use hearth_core::cpu::CpuEngine;
 use hearth_core::generate::{generate, GenerateRequest};
 use hearth_core::model::Model;
+use hearth_core::package::TensorSource;
 use hearth_core::sampling::SamplingParams;
+use hearth_core::synthetic::SyntheticWeights;
 use hearth_gpu::{GpuContext, GpuEngine};
 use serde_json::json;
 
@@ -76,9 +78,8 @@ enum Command {
         /// Stop before this string (repeatable).
         #[arg(long)]
         stop: Vec<String>,
-        /// gpu (the default when an adapter exists) or cpu.
-        #[arg(long, value_enum)]
-        backend: Option<Backend>,
+        #[command(flatten)]
+        engine: EngineArgs,
         /// Report the K largest logits at the last prompt position.
         #[arg(long, default_value_t = 0)]
         top_logits: usize,
@@ -90,14 +91,35 @@ enum Command {
     Bench {
         #[arg(long)]
         model: PathBuf,
-        /// gpu (the default when an adapter exists) or cpu.
-        #[arg(long, value_enum)]
-        backend: Option<Backend>,
+        #[command(flatten)]
+        engine: EngineArgs,
         #[arg(long, default_value_t = 128)]
         prompt_tokens: usize,
         #[arg(long, default_value_t = 64)]
         gen_tokens: usize,
+        /// Fill the manifest's tensors with random weights of the same shapes and encodings: only
+        /// DIR/manifest.json is read (no shards, no tokenizer).
+        #[arg(long)]
+        synthetic: bool,
     },
+}
+
+/// Which engine runs the model.
+#[derive(Args, Clone, Copy)]
+struct EngineArgs {
+    /// gpu (the default when a hardware adapter exists) or cpu.
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
+    /// Precision of the GPU's KV cache: f16 by default where the adapter offers `shader-f16`,
+    /// f32 elsewhere.
+    #[arg(long, value_enum)]
+    kv_cache: Option<KvCache>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum KvCache {
+    F16,
+    F32,
 }
 
 /// Sampling options of `generate`, named as in `SamplingParams`.
@@ -139,7 +161,7 @@ impl From<SamplingArgs> for SamplingParams {
 }
 
 /// The engine asked for, or the GPU when an adapter exists and the CPU otherwise.
-fn open_backend(choice: Option<Backend>, model: &Model) -> Result<Box<dyn hearth_core::generate::Backend>> {
+fn open_backend(choice: EngineArgs, model: &Model) -> Result<Box<dyn hearth_core::generate::Backend>> {
     Ok(match open_gpu(choice)? {
         Some(ctx) => Box::new(GpuEngine::new(ctx, &model.package, None)?),
         None => Box::new(CpuEngine::from_package(&model.package)?),
@@ -182,7 +204,7 @@ fn run(cli: Cli) -> Result<()> {
             let ids = model.tokenizer.encode(&text, special, true)?;
             println!("{}", serde_json::to_string(&ids)?);
         }
-        Command::Generate { model, prompt, chat, system, max_tokens, sampling, stop, backend, top_logits, json } => {
+        Command::Generate { model, prompt, chat, system, max_tokens, sampling, stop, engine, top_logits, json } => {
             let mut model = Model::open(&model)?;
             let prompt_ids = if chat {
                 let mut messages = Vec::new();
@@ -194,7 +216,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 model.encode_text(&prompt)?
             };
-            let mut engine = open_backend(backend, &model)?;
+            let mut engine = open_backend(engine, &model)?;
             let req =
                 GenerateRequest { prompt_ids, max_tokens, sampling: sampling.into(), stop_strings: stop, top_logits };
             let clock = Instant::now();
@@ -225,8 +247,8 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Bench { model, backend, prompt_tokens, gen_tokens } => {
-            bench(&model, backend, prompt_tokens, gen_tokens)?
+        Command::Bench { model, engine, prompt_tokens, gen_tokens, synthetic } => {
+            bench(&model, engine, prompt_tokens, gen_tokens, synthetic)?
         }
     }
     Ok(())
@@ -236,25 +258,35 @@ fn run(cli: Cli) -> Result<()> {
 type GreedyStep = Box<dyn FnMut(&[u32]) -> hearth_core::Result<u32>>;
 
 /// Greedy decoding of a synthetic prompt; decode speed counts the tokens after the first, each timed
-/// to the moment its id is back on the CPU (the GPU's work finished).
-fn bench(dir: &std::path::Path, choice: Option<Backend>, prompt_tokens: usize, gen_tokens: usize) -> Result<()> {
+/// to the moment its id is back on the CPU (the GPU's work finished). With `synthetic`, the weights
+/// are random ones of the manifest's shapes and encodings, and only the manifest is read.
+fn bench(
+    dir: &std::path::Path,
+    choice: EngineArgs,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    synthetic: bool,
+) -> Result<()> {
     if prompt_tokens == 0 || gen_tokens < 2 {
         bail!("--prompt-tokens must be at least 1 and --gen-tokens at least 2");
     }
     let started = Instant::now();
-    let model = Model::open(dir)?;
-    let vocab = model.package.manifest.config.vocab_size as u32;
+    let source: Box<dyn TensorSource> =
+        if synthetic { Box::new(SyntheticWeights::open(dir)?) } else { Box::new(Model::open(dir)?.package) };
+    let vocab = source.manifest().config.vocab_size as u32;
     // A fixed pseudo-random prompt of ordinary tokens (ids away from the specials at the start).
-    let prompt: Vec<u32> = (0..prompt_tokens as u32).map(|i| 100 + (i * 7919) % (vocab - 200)).collect();
-    let (name, mut step): (String, GreedyStep) = match open_gpu(choice)? {
+    let (first, span) = if vocab > 300 { (100, vocab - 200) } else { (0, vocab.max(1)) };
+    let prompt: Vec<u32> = (0..prompt_tokens as u32).map(|i| first + (i * 7919) % span).collect();
+    let (name, f16, mut step): (String, bool, GreedyStep) = match open_gpu(choice)? {
         Some(ctx) => {
             let name = ctx.adapter_name.clone();
-            let mut engine = GpuEngine::new(ctx, &model.package, Some(prompt_tokens + gen_tokens))?;
-            (name, Box::new(move |t| engine.forward_argmax(t)))
+            let mut engine = GpuEngine::new(ctx, source.as_ref(), Some(prompt_tokens + gen_tokens))?;
+            (name, engine.kv_f16(), Box::new(move |t| engine.forward_argmax(t)))
         }
         None => {
-            let mut engine = CpuEngine::from_package(&model.package)?;
-            ("cpu".to_string(), Box::new(move |t| Ok(hearth_core::sampling::argmax(&engine.forward(t, false)?))))
+            let mut engine = CpuEngine::from_source(source.as_ref())?;
+            let step = move |t: &[u32]| Ok(hearth_core::sampling::argmax(&engine.forward(t, false)?));
+            ("cpu".to_string(), false, Box::new(step))
         }
     };
     let load_s = started.elapsed().as_secs_f64();
@@ -272,13 +304,14 @@ fn bench(dir: &std::path::Path, choice: Option<Backend>, prompt_tokens: usize, g
         json!({
             "backend": if gpu { "gpu" } else { "cpu" },
             "adapter": name,
-            "f16": false,
+            "f16": f16,
             "prompt_tokens": prompt_tokens,
             "gen_tokens": gen_tokens,
             "load_s": load_s,
             "prefill_tok_s": prompt_tokens as f64 / ttft_s,
             "decode_tok_s": (gen_tokens - 1) as f64 / decode_s,
             "ttft_s": ttft_s,
+            "synthetic": synthetic,
         })
     );
     Ok(())
@@ -287,13 +320,19 @@ fn bench(dir: &std::path::Path, choice: Option<Backend>, prompt_tokens: usize, g
 /// A GPU context unless the CPU was asked for; an error if the GPU was asked for and none exists.
 /// Without a choice, a software adapter (lavapipe, SwiftShader) is passed over: the CPU engine is
 /// faster than a GPU emulated on the same CPU.
-fn open_gpu(choice: Option<Backend>) -> Result<Option<GpuContext>> {
+fn open_gpu(args: EngineArgs) -> Result<Option<GpuContext>> {
+    let choice = args.backend;
     if choice == Some(Backend::Cpu) {
         return Ok(None);
     }
     match GpuContext::new()? {
         Some(ctx) if ctx.software && choice.is_none() => Ok(None),
-        Some(ctx) => Ok(Some(ctx)),
+        Some(mut ctx) => {
+            if let Some(kv) = args.kv_cache {
+                ctx.kv_f16 = kv == KvCache::F16;
+            }
+            Ok(Some(ctx))
+        }
         None if choice == Some(Backend::Gpu) => bail!("--backend gpu: no GPU adapter found"),
         None => Ok(None),
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use crate::error::{HearthError, Result};
 use crate::manifest::{ModelConfig, NormKind, PositionKind, RopeScaling, RopeStyle};
-use crate::package::Package;
+use crate::package::{Package, TensorSource};
 use crate::quant::{Tensor, TensorData};
 
 struct Layer {
@@ -43,10 +43,22 @@ pub struct CpuEngine {
 
 impl CpuEngine {
     pub fn from_package(package: &Package) -> Result<Self> {
-        if package.manifest.architecture != "llama" {
-            return Err(HearthError::UnsupportedArchitecture(package.manifest.architecture.clone()));
+        Self::from_source(package)
+    }
+
+    /// Load every tensor of `source` (a package, or synthetic weights), decoded into its in-memory form.
+    pub fn from_source(source: &dyn TensorSource) -> Result<Self> {
+        let manifest = source.manifest();
+        if manifest.architecture != "llama" {
+            return Err(HearthError::UnsupportedArchitecture(manifest.architecture.clone()));
         }
-        Self::new(package.manifest.config.clone(), package.load_tensors()?)
+        let mut tensors = HashMap::with_capacity(manifest.tensors.len());
+        for entry in &manifest.tensors {
+            let bytes = source.read_tensor_bytes(entry)?;
+            let tensor = Tensor::from_bytes(&entry.name, entry.shape.clone(), entry.dtype, entry.group_size, &bytes)?;
+            tensors.insert(entry.name.clone(), tensor);
+        }
+        Self::new(manifest.config.clone(), tensors)
     }
 
     pub fn new(config: ModelConfig, mut tensors: HashMap<String, Tensor>) -> Result<Self> {
@@ -227,7 +239,7 @@ pub fn rope_inv_freq(base: f32, dim: usize, scaling: Option<&RopeScaling>, facto
         .collect()
 }
 
-fn apply_rope(head: &mut [f32], pos: usize, inv_freq: &[f32], style: RopeStyle) {
+pub fn apply_rope(head: &mut [f32], pos: usize, inv_freq: &[f32], style: RopeStyle) {
     let half = inv_freq.len();
     for (i, &f) in inv_freq.iter().enumerate() {
         let angle = pos as f32 * f;
@@ -243,7 +255,15 @@ fn apply_rope(head: &mut [f32], pos: usize, inv_freq: &[f32], style: RopeStyle) 
 }
 
 /// Causal grouped-query attention of `n` new queries (at positions `start..start+n`) over the cache.
-fn attention(c: &ModelConfig, q: &[f32], k_cache: &[f32], v_cache: &[f32], start: usize, n: usize, out: &mut [f32]) {
+pub fn attention(
+    c: &ModelConfig,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    start: usize,
+    n: usize,
+    out: &mut [f32],
+) {
     let hd = c.head_dim;
     let group = c.n_heads / c.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -283,7 +303,7 @@ fn softmax(x: &mut [f32]) {
     }
 }
 
-fn rms_norm(x: &[f32], w: &[f32], eps: f32, h: usize, out: &mut [f32]) {
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, h: usize, out: &mut [f32]) {
     for (row, o) in x.chunks(h).zip(out.chunks_mut(h)) {
         let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / h as f32;
         let inv = 1.0 / (mean_sq + eps).sqrt();
@@ -293,7 +313,7 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, h: usize, out: &mut [f32]) {
     }
 }
 
-fn silu(x: f32) -> f32 {
+pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 

@@ -10,6 +10,12 @@ use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 pub trait Backend {
     /// Run `tokens` at the next positions; return the last token's logits (or all with `all_logits`).
     fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>>;
+    /// Run `tokens` and choose the next token with `sampler` (`history`: every token so far, for the
+    /// penalties). Backends that sample on their device override this so only the id comes back.
+    fn forward_sample(&mut self, tokens: &[u32], sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
+        let mut logits = self.forward(tokens, false)?;
+        Ok(sampler.sample(&mut logits, history))
+    }
     /// Forget every position.
     fn reset(&mut self);
     fn context_length(&self) -> usize;
@@ -140,18 +146,23 @@ pub fn generate(
     let mut sampler = Sampler::new(req.sampling.clone())?;
     backend.reset();
 
-    let t0 = now();
-    let mut logits = backend.forward(&req.prompt_ids, false)?;
-    let t_prefill = now();
-    let top_logits = top_k_logits(&logits, req.top_logits);
-
     let mut history = req.prompt_ids.clone();
+    let t0 = now();
+    // Prefill and the first choice. Logits come back to the CPU only when they are asked for.
+    let (mut next, top_logits) = if req.top_logits > 0 {
+        let mut logits = backend.forward(&req.prompt_ids, false)?;
+        let top = top_k_logits(&logits, req.top_logits);
+        (sampler.sample(&mut logits, &history), top)
+    } else {
+        (backend.forward_sample(&req.prompt_ids, &mut sampler, &history)?, Vec::new())
+    };
+    let t_first = now();
+
     let mut ids = Vec::new();
     let mut text = String::new();
     let mut decoder = IncrementalDecoder::new();
     let mut stops = StopStrings::new(req.stop_strings.clone());
     let mut finish = FinishReason::Length;
-    let mut t_first = t_prefill;
     // Forward passes of single generated tokens, timed from the first sampled token on.
     let mut decode_steps = 0usize;
     let mut emit = |piece: &str, text: &mut String| -> Result<()> {
@@ -163,10 +174,7 @@ pub fn generate(
     };
 
     for step in 0..req.max_tokens {
-        let id = sampler.sample(&mut logits, &history);
-        if step == 0 {
-            t_first = now();
-        }
+        let id = next;
         if tokenizer.is_stop(id) {
             finish = FinishReason::Stop;
             break;
@@ -181,7 +189,7 @@ pub fn generate(
             break;
         }
         if step + 1 < req.max_tokens {
-            logits = backend.forward(&[id], false)?;
+            next = backend.forward_sample(&[id], &mut sampler, &history)?;
             decode_steps += 1;
         }
     }
@@ -199,7 +207,8 @@ pub fn generate(
     let usage = Usage {
         prompt_tokens: n_prompt,
         completion_tokens: ids.len(),
-        prefill_tok_s: rate(n_prompt, t_prefill - t0),
+        // Prefill includes choosing the first token (the GPU does both in one submission).
+        prefill_tok_s: rate(n_prompt, t_first - t0),
         // Over the tokens after the first: each needed one forward pass inside this loop.
         decode_tok_s: rate(decode_steps, t_end - t_first),
         ttft_s: t_first - t0,

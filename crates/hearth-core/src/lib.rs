@@ -14,6 +14,7 @@ pub mod model;
 pub mod package;
 pub mod quant;
 pub mod sampling;
+pub mod synthetic;
 pub mod tokenizer;
 
 pub use error::{HearthError, Result};

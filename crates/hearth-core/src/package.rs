@@ -197,6 +197,28 @@ impl Drop for PackageWriter {
     }
 }
 
+/// Where an engine reads its weights from, one tensor at a time: a package on disk, or synthetic
+/// weights of a manifest's shapes (`hearth bench --synthetic`).
+pub trait TensorSource {
+    fn manifest(&self) -> &Manifest;
+    /// The serialized bytes of one tensor, laid out as docs/FORMAT.md says.
+    fn read_tensor_bytes(&self, entry: &TensorEntry) -> Result<Vec<u8>>;
+    /// Where the tensors come from, for error messages.
+    fn origin(&self) -> String;
+}
+
+impl TensorSource for Package {
+    fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    fn read_tensor_bytes(&self, entry: &TensorEntry) -> Result<Vec<u8>> {
+        Package::read_tensor_bytes(self, entry)
+    }
+    fn origin(&self) -> String {
+        self.dir.display().to_string()
+    }
+}
+
 /// An opened model package on disk.
 #[derive(Debug, Clone)]
 pub struct Package {

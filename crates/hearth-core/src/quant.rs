@@ -18,7 +18,7 @@ pub const Q8_GROUP: usize = 32;
 /// Sub-arrays of a quantized tensor start at multiples of this, so each can be bound as a GPU buffer range.
 pub const PART_ALIGN: usize = 256;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
     F32,

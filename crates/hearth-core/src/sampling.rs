@@ -95,73 +95,118 @@ impl Sampler {
     }
 
     /// Pick the next token. `logits` is modified (penalties applied). `history` holds the tokens so far.
+    /// Consumes one [`draw`](Self::draw) when the temperature is above 0, none when greedy.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
-        self.apply_penalties(logits, history);
-        let p = &self.params;
-        if p.temperature == 0.0 {
-            return argmax(logits);
-        }
-        // Candidates sorted by logit, best first.
-        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
-        let k = if p.top_k > 0 { p.top_k.min(cand.len()) } else { cand.len() };
-        if k < cand.len() {
-            cand.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
-            cand.truncate(k);
-        }
-        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-
-        // Softmax at the requested temperature.
-        let max = cand[0].1;
-        let mut probs: Vec<f32> = cand.iter().map(|c| ((c.1 - max) / p.temperature).exp()).collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|x| *x /= sum);
-
-        let mut keep = probs.len();
-        if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            for (i, &q) in probs.iter().enumerate() {
-                acc += q;
-                if acc >= p.top_p {
-                    keep = i + 1;
-                    break;
-                }
-            }
-        }
-        if p.min_p > 0.0 {
-            let floor = probs[0] * p.min_p;
-            keep = keep.min(probs.iter().take_while(|&&q| q >= floor).count().max(1));
-        }
-        let total: f32 = probs[..keep].iter().sum();
-        // A uniform draw in [0, total): 24 random bits, as many as an f32 mantissa holds.
-        let r = (self.rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 * total;
-        let mut acc = 0.0;
-        for (c, &q) in cand[..keep].iter().zip(&probs[..keep]) {
-            acc += q;
-            if r < acc {
-                return c.0;
-            }
-        }
-        cand[keep - 1].0
+        let counts = self.penalty_counts(history);
+        let draw = if self.params.temperature > 0.0 { self.draw() } else { 0.0 };
+        choose(&self.params, logits, &counts, draw)
     }
 
-    fn apply_penalties(&self, logits: &mut [f32], history: &[u32]) {
+    /// The next uniform number in [0, 1) from the seeded generator: 24 random bits, as many as an f32
+    /// mantissa holds, so every value is exact. A backend that samples elsewhere (the GPU) takes its
+    /// draws from here to give the same tokens as [`sample`](Self::sample) for the same seed.
+    pub fn draw(&mut self) -> f32 {
+        (self.rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32
+    }
+
+    /// `(token, occurrences)` over the last `penalty_last_n` tokens of `history`, sorted by token
+    /// (so each token appears once); empty when every penalty is neutral.
+    pub fn penalty_counts(&self, history: &[u32]) -> Vec<(u32, u32)> {
         let p = &self.params;
         if p.repetition_penalty == 1.0 && p.presence_penalty == 0.0 && p.frequency_penalty == 0.0 {
-            return;
+            return Vec::new();
         }
-        let recent = &history[history.len().saturating_sub(p.penalty_last_n)..];
-        let mut counts = std::collections::HashMap::<u32, u32>::new();
-        for &t in recent {
-            *counts.entry(t).or_default() += 1;
-        }
-        for (&t, &n) in &counts {
-            let Some(l) = logits.get_mut(t as usize) else { continue };
-            if p.repetition_penalty != 1.0 {
-                *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+        let mut recent = history[history.len().saturating_sub(p.penalty_last_n)..].to_vec();
+        recent.sort_unstable();
+        let mut counts: Vec<(u32, u32)> = Vec::new();
+        for t in recent {
+            match counts.last_mut() {
+                Some((last, n)) if *last == t => *n += 1,
+                _ => counts.push((t, 1)),
             }
-            *l -= n as f32 * p.frequency_penalty + p.presence_penalty;
+        }
+        counts
+    }
+}
+
+/// Apply the penalties for `counts` (as [`Sampler::penalty_counts`] gives them) to `logits` in place.
+/// Tokens outside the vocabulary are ignored.
+pub fn apply_penalties(params: &SamplingParams, logits: &mut [f32], counts: &[(u32, u32)]) {
+    for &(t, n) in counts {
+        let Some(l) = logits.get_mut(t as usize) else { continue };
+        if params.repetition_penalty != 1.0 {
+            *l = if *l > 0.0 { *l / params.repetition_penalty } else { *l * params.repetition_penalty };
+        }
+        *l -= n as f32 * params.frequency_penalty + params.presence_penalty;
+    }
+}
+
+/// The token [`Sampler::sample`] picks, as a pure function: penalties for `counts` are applied to
+/// `logits` in place, then argmax (temperature 0; `draw` is unused) or the sampling chain with the
+/// uniform `draw` in [0, 1). A draw of 1 or more takes the last kept candidate.
+pub fn choose(params: &SamplingParams, logits: &mut [f32], counts: &[(u32, u32)], draw: f32) -> u32 {
+    apply_penalties(params, logits, counts);
+    if params.temperature == 0.0 {
+        return argmax(logits);
+    }
+    let kept = kept_candidates(params, logits);
+    let total: f32 = kept.iter().map(|c| c.1).sum();
+    let r = draw * total;
+    let mut acc = 0.0;
+    for &(token, q) in &kept {
+        acc += q;
+        if r < acc {
+            return token;
         }
     }
+    kept.last().map_or(0, |c| c.0)
+}
+
+/// The candidates the sampling chain keeps (temperature > 0) from logits that already carry the
+/// penalties: `(token, probability)` in sampling order (descending logit, lower index first on
+/// ties), after top-k, softmax at the temperature (over the top-k set), top-p and min-p. Never
+/// empty for a non-empty `logits`. The probabilities are not renormalized after top-p / min-p:
+/// [`choose`] scales its draw by their sum.
+pub fn kept_candidates(params: &SamplingParams, logits: &[f32]) -> Vec<(u32, f32)> {
+    let p = params;
+    // Candidates sorted by logit, best first. The index breaks ties so the order is fully defined
+    // (the GPU sampler uses the same order).
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    if cand.is_empty() {
+        return cand;
+    }
+    let k = if p.top_k > 0 { p.top_k.min(cand.len()) } else { cand.len() };
+    if k < cand.len() {
+        cand.select_nth_unstable_by(k - 1, order);
+        cand.truncate(k);
+    }
+    cand.sort_unstable_by(order);
+
+    // Softmax at the requested temperature.
+    let max = cand[0].1;
+    let mut probs: Vec<f32> = cand.iter().map(|c| ((c.1 - max) / p.temperature).exp()).collect();
+    let sum: f32 = probs.iter().sum();
+    probs.iter_mut().for_each(|x| *x /= sum);
+
+    let mut keep = probs.len();
+    if p.top_p < 1.0 {
+        let mut acc = 0.0;
+        for (i, &q) in probs.iter().enumerate() {
+            acc += q;
+            if acc >= p.top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+    }
+    if p.min_p > 0.0 {
+        let floor = probs[0] * p.min_p;
+        keep = keep.min(probs.iter().take_while(|&&q| q >= floor).count().max(1));
+    }
+    cand.truncate(keep);
+    cand.iter_mut().zip(probs).for_each(|(c, q)| c.1 = q);
+    cand
 }
 
 #[cfg(test)]
@@ -210,6 +255,57 @@ mod tests {
             Sampler::new(SamplingParams { temperature: 1.0, min_p: 0.95, seed: 1, ..Default::default() }).unwrap();
         // exp(2.9 - 3.0) = 0.905 < 0.95: only token 1 survives.
         assert!((0..50).all(|_| s.sample(&mut logits(), &[]) == 1));
+    }
+
+    #[test]
+    fn sample_is_choose_with_one_draw_per_sampled_token() {
+        let params = SamplingParams {
+            temperature: 0.8,
+            top_k: 4,
+            top_p: 0.9,
+            repetition_penalty: 1.3,
+            frequency_penalty: 0.2,
+            seed: 7,
+            ..Default::default()
+        };
+        let history = [1, 5, 5, 2];
+        let mut a = Sampler::new(params.clone()).unwrap();
+        let mut b = Sampler::new(params.clone()).unwrap();
+        for _ in 0..100 {
+            let counts = b.penalty_counts(&history);
+            let expected = choose(&params, &mut logits(), &counts, b.draw());
+            assert_eq!(a.sample(&mut logits(), &history), expected);
+        }
+        // Greedy consumes no draw.
+        let greedy = SamplingParams { temperature: 0.0, ..params };
+        let mut g = Sampler::new(greedy).unwrap();
+        let mut fresh = Sampler::new(SamplingParams { temperature: 0.0, seed: 7, ..Default::default() }).unwrap();
+        g.sample(&mut logits(), &[]);
+        assert_eq!(g.draw(), fresh.draw());
+    }
+
+    #[test]
+    fn penalty_counts_are_sorted_by_token_over_the_last_n() {
+        let params = SamplingParams { presence_penalty: 0.5, penalty_last_n: 5, ..Default::default() };
+        let s = Sampler::new(params).unwrap();
+        assert_eq!(s.penalty_counts(&[9, 9, 7, 3, 7, 3, 3]), vec![(3, 3), (7, 2)]);
+        let neutral = Sampler::new(SamplingParams::default()).unwrap();
+        assert!(neutral.penalty_counts(&[1, 2, 3]).is_empty());
+    }
+
+    #[test]
+    fn ties_keep_the_lower_index_first_and_a_full_draw_takes_the_last_kept() {
+        let params = SamplingParams { temperature: 1.0, top_k: 3, ..Default::default() };
+        let tied = [0.5, 2.0, 1.0, 2.0, 2.0, 2.0];
+        let kept = kept_candidates(&params, &tied);
+        assert_eq!(kept.iter().map(|c| c.0).collect::<Vec<_>>(), vec![1, 3, 4]);
+        // Equal logits, equal thirds: each draw lands in its token's third.
+        assert_eq!(choose(&params, &mut tied.to_vec(), &[], 0.1), 1);
+        assert_eq!(choose(&params, &mut tied.to_vec(), &[], 0.5), 3);
+        assert_eq!(choose(&params, &mut tied.to_vec(), &[], 0.9), 4);
+        assert_eq!(choose(&params, &mut tied.to_vec(), &[], 1.0), 4);
+        let sum: f32 = kept.iter().map(|c| c.1).sum();
+        assert!((sum - 1.0).abs() < 1e-6);
     }
 
     #[test]

@@ -10,6 +10,10 @@ pub struct GpuContext {
     pub limits: wgpu::Limits,
     /// A software rasterizer (lavapipe, SwiftShader): kernels avoid workgroup barriers there.
     pub software: bool,
+    /// Keep the KV cache in f16 (packed in pairs, so no `shader-f16` is needed to read it): chosen
+    /// where the adapter offers `shader-f16`, i.e. hardware with fast half precision; f32 elsewhere.
+    /// Engines built afterwards follow this field, so a caller may set it either way.
+    pub kv_f16: bool,
 }
 
 impl GpuContext {
@@ -41,6 +45,7 @@ impl GpuContext {
             adapter_name: format!("{} ({:?})", info.name, info.backend),
             limits,
             software: info.device_type == wgpu::DeviceType::Cpu,
+            kv_f16: adapter.features().contains(wgpu::Features::SHADER_F16),
         }))
     }
 }

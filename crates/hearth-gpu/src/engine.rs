@@ -1,33 +1,73 @@
 //! The forward pass of a Llama-family model on the GPU. Everything is prepared at load: weights
-//! uploaded once, every activation and KV-cache buffer allocated once, every bind group built once,
-//! so a step only writes two small buffers (the step's position and its tokens), records the
+//! uploaded once (Q/K/V and gate/up stacked into one matrix each, large tables split to fit the
+//! adapter's bindings), every activation and KV-cache buffer allocated once, every pipeline and bind
+//! group built once. A step writes two small buffers (its position and its tokens), records the
 //! prepared dispatches into one command encoder, and submits once.
+//!
+//! Per layer: [norm + QKV] → [RoPE + KV store] → [attention] → [output proj + residual] →
+//! [norm + gate/up + SwiGLU] → [down proj + residual]: six dispatches (brackets are one kernel).
+
+use std::collections::HashMap;
 
 use hearth_core::cpu::rope_inv_freq;
 use hearth_core::generate::Backend;
-use hearth_core::manifest::{ModelConfig, NormKind, PositionKind, RopeStyle};
-use hearth_core::package::Package;
+use hearth_core::manifest::{ModelConfig, NormKind, PositionKind, RopeStyle, TensorEntry};
+use hearth_core::package::TensorSource;
 use hearth_core::quant::Tensor;
+use hearth_core::sampling::{Sampler, SamplingParams};
 use hearth_core::{HearthError, Result};
 
 use crate::context::GpuContext;
 use crate::kernels::{
-    bind_group, dtype_index, entry, map_read, matvec_grid, read_back, storage, uniform, whole, Kernels, WeightBuffer,
-    MAX_GRID, WORKGROUP,
+    bind_group, entry, grid_2d, map_read, read_back, storage, storage_init, uniform, whole, Activation, Kernels,
+    MatvecKey, PREFILL_BLOCK, WORKGROUP,
 };
+use crate::sampler::GpuSampler;
+use crate::weights::{upload_vector, HostTensor, WeightBuffer};
 
 /// Most tokens one forward pass takes; longer prompts are run in chunks of this many.
 pub const MAX_CHUNK: usize = 64;
 
-/// How a prepared dispatch scales with the step's token count.
+/// How a prepared dispatch's grid scales with the step's token count.
 type Grid = Box<dyn Fn(u32) -> (u32, u32, u32)>;
 
+/// One kernel launch, prepared at load. Matrix products have a decode pipeline (one token) and a
+/// prefill pipeline (token blocks); other kernels use the same pipeline for both.
 struct Dispatch {
-    pipeline: wgpu::ComputePipeline,
-    bind_group: wgpu::BindGroup,
+    decode: (wgpu::ComputePipeline, wgpu::BindGroup),
+    prefill: (wgpu::ComputePipeline, wgpu::BindGroup),
     grid: Grid,
 }
 
+impl Dispatch {
+    fn single(pipeline: wgpu::ComputePipeline, bind_group: wgpu::BindGroup, grid: Grid) -> Self {
+        Dispatch { decode: (pipeline.clone(), bind_group.clone()), prefill: (pipeline, bind_group), grid }
+    }
+}
+
+/// What a matrix product fuses in.
+#[derive(Clone, Copy, Default)]
+struct Fuse<'a> {
+    /// RMS-normalize the input with this weight.
+    norm: Option<&'a wgpu::Buffer>,
+    activation: Activation,
+    gated: bool,
+    accumulate: bool,
+}
+
+/// The product `output[t] (+)= W · input[t]` of a matrix uploaded in row pieces.
+struct Product<'a> {
+    pieces: &'a [WeightBuffer],
+    input: &'a wgpu::Buffer,
+    output: &'a wgpu::Buffer,
+    /// Values per token in `output`.
+    out_stride: u32,
+    /// Step uniform: how many tokens (the head of the last token uses a constant one).
+    step: &'a wgpu::Buffer,
+    fuse: Fuse<'a>,
+}
+
+/// The engine's buffers that a step writes or reads back.
 struct Buffers {
     step: wgpu::Buffer,
     tokens: wgpu::Buffer,
@@ -35,8 +75,21 @@ struct Buffers {
     last: wgpu::Buffer,
     logits: wgpu::Buffer,
     logits_all: wgpu::Buffer,
-    argmax: wgpu::Buffer,
-    argmax_staging: wgpu::Buffer,
+    /// Where the sampled token id is copied for reading back.
+    token_staging: wgpu::Buffer,
+}
+
+/// What runs after the layers in a chunk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Head {
+    /// Nothing (a prompt chunk before the last).
+    None,
+    /// Output head for the last token: logits.
+    Last,
+    /// Output head for the last token, then the sampler: one token id.
+    Sample,
+    /// Output head for every token.
+    All,
 }
 
 pub struct GpuEngine {
@@ -45,189 +98,306 @@ pub struct GpuEngine {
     /// Positions the KV cache holds.
     capacity: usize,
     position: usize,
+    /// Tokens per forward pass (`MAX_CHUNK`, or fewer when attention scores would not fit a binding).
+    chunk: usize,
+    kv_f16: bool,
     buffers: Buffers,
     /// The layers, in order, for any number of tokens.
     layers: Vec<Dispatch>,
-    /// Final norm + output head + argmax for the last token only.
+    /// Final norm + output head for the last token only.
     head_last: Vec<Dispatch>,
+    sampler: GpuSampler,
     /// Final norm + output head for every token (logits of every position, for tests).
     head_all: Vec<Dispatch>,
-    // Kept alive: bind groups reference them.
+    // Kept alive for the bind groups.
     _weights: Vec<WeightBuffer>,
     _scratch: Vec<wgpu::Buffer>,
 }
 
-fn elementwise_grid(per_token: u32) -> Grid {
-    Box::new(move |n| {
-        let groups = (per_token * n).div_ceil(WORKGROUP);
-        (groups.min(MAX_GRID), groups.div_ceil(MAX_GRID), 1)
-    })
+/// Everything `GpuEngine::new` builds, in one place while it builds it.
+struct Builder<'a> {
+    ctx: &'a GpuContext,
+    kernels: Kernels,
+    source: &'a dyn TensorSource,
+    entries: HashMap<&'a str, &'a TensorEntry>,
+    /// RMSNorm epsilon of the fused norms.
+    eps: f32,
+    /// Where software adapters put a normalized input (they run the norm as its own pass).
+    normed: wgpu::Buffer,
+    scratch: Vec<wgpu::Buffer>,
+}
+
+impl<'a> Builder<'a> {
+    fn device(&self) -> &wgpu::Device {
+        &self.ctx.device
+    }
+
+    fn host(&self, name: &str) -> Result<HostTensor> {
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| HearthError::bad_package(self.source.origin(), format!("missing tensor `{name}`")))?;
+        HostTensor::from_entry(e, &self.source.read_tensor_bytes(e)?)
+    }
+
+    fn vector(&mut self, name: &str) -> Result<wgpu::Buffer> {
+        upload_vector(self.ctx, &self.host(name)?)
+    }
+
+    /// Matrices stacked by rows into one (Q/K/V), uploaded in pieces that fit a binding.
+    fn stacked(&self, label: &str, names: &[String]) -> Result<Vec<WeightBuffer>> {
+        let parts = names.iter().map(|n| self.host(n)).collect::<Result<Vec<_>>>()?;
+        let stacked = HostTensor::stack(label, &parts).ok_or_else(|| {
+            HearthError::bad_package(self.source.origin(), format!("{names:?} differ in encoding or row length"))
+        })?;
+        WeightBuffer::upload_split(self.ctx, &stacked)
+    }
+
+    /// Gate and up stacked piece by piece: each piece holds gate rows r0..r1 then up rows r0..r1,
+    /// so a gated product finds a gate row's partner `rows` further within the same binding.
+    fn gated(&self, gate: &str, up: &str) -> Result<Vec<WeightBuffer>> {
+        let (gate, up) = (self.host(gate)?, self.host(up)?);
+        let half_limit = self.ctx.limits.max_storage_buffer_binding_size / 2;
+        let pieces = gate.split_to_fit(half_limit)?;
+        pieces
+            .iter()
+            .map(|(first, g)| {
+                let u = up.rows_range(*first, first + g.rows);
+                let pair = HostTensor::stack(&format!("{} + up", g.name), &[g.clone(), u]).ok_or_else(|| {
+                    HearthError::bad_package(self.source.origin(), "gate and up differ in encoding or row length")
+                })?;
+                WeightBuffer::upload(self.ctx, &pair, *first)
+            })
+            .collect()
+    }
+
+    /// Dispatches of one product: one per weight piece, each with a decode and a prefill pipeline
+    /// (plus, on software adapters, the norm as a pass of its own).
+    fn product(&mut self, p: Product<'_>) -> Result<Vec<Dispatch>> {
+        let mut out = Vec::new();
+        let cols = p.pieces.first().map_or(0, |w| w.cols);
+        if cols % 4 != 0 {
+            return Err(HearthError::bad_package(
+                self.source.origin(),
+                format!("matrix rows of {cols} values: the GPU engine needs a multiple of 4"),
+            ));
+        }
+        let (input, norm) = match (p.fuse.norm, self.kernels.software) {
+            (Some(weight), true) => {
+                out.push(self.norm_pass(p.input, weight, p.step, cols));
+                (self.normed.clone(), None)
+            }
+            _ => (p.input.clone(), p.fuse.norm),
+        };
+        let per_group = self.kernels.matvec_rows_per_workgroup();
+        // Bound where no norm is fused (the binding exists in every variant); one vec4.
+        let unused = storage(self.device(), "no norm", 4);
+        for piece in p.pieces {
+            let rows = if p.fuse.gated { piece.rows / 2 } else { piece.rows };
+            let (gx, gy) = grid_2d(rows.div_ceil(per_group));
+            let dims = uniform(
+                self.device(),
+                "matvec dims",
+                &[rows, piece.cols, piece.group, gx, p.out_stride, piece.first_row, self.eps.to_bits(), rows],
+            );
+            let bound = |block: u32| {
+                let key = MatvecKey {
+                    dtype: piece.dtype,
+                    block,
+                    norm: norm.is_some(),
+                    activation: p.fuse.activation,
+                    gated: p.fuse.gated,
+                    accumulate: p.fuse.accumulate,
+                };
+                let pipeline = self.kernels.matvec(key);
+                let mut entries = vec![
+                    entry(0, whole(&dims)),
+                    entry(1, whole(p.step)),
+                    entry(2, whole(&input)),
+                    entry(3, whole(p.output)),
+                    entry(7, whole(norm.unwrap_or(&unused))),
+                ];
+                entries.extend(piece.weight_entries(4));
+                let group = bind_group(self.device(), &pipeline, &entries);
+                (pipeline, group)
+            };
+            let decode = bound(1);
+            let prefill = bound(PREFILL_BLOCK);
+            self.scratch.push(dims);
+            out.push(Dispatch {
+                decode,
+                prefill,
+                grid: Box::new(move |n| (gx, gy, if n == 1 { 1 } else { n.div_ceil(PREFILL_BLOCK) })),
+            });
+        }
+        self.scratch.push(unused);
+        Ok(out)
+    }
+
+    /// RMSNorm of `input` into `self.normed`, as its own pass.
+    fn norm_pass(&mut self, input: &wgpu::Buffer, weight: &wgpu::Buffer, step: &wgpu::Buffer, hidden: u32) -> Dispatch {
+        let dims = uniform(self.device(), "norm dims", &[hidden, self.eps.to_bits()]);
+        let pipeline = self.kernels.rms_norm();
+        let group = bind_group(
+            self.device(),
+            &pipeline,
+            &[
+                entry(0, whole(&dims)),
+                entry(1, whole(step)),
+                entry(2, whole(input)),
+                entry(3, whole(weight)),
+                entry(4, whole(&self.normed)),
+            ],
+        );
+        self.scratch.push(dims);
+        Dispatch::single(pipeline, group, Box::new(|n| (n.div_ceil(WORKGROUP), 1, 1)))
+    }
 }
 
 impl GpuEngine {
-    /// Upload the package's weights and prepare every dispatch. `max_context` caps the KV cache
-    /// (it defaults to the model's context length).
-    pub fn new(ctx: GpuContext, package: &Package, max_context: Option<usize>) -> Result<Self> {
-        let m = &package.manifest;
+    /// Upload the weights and prepare every dispatch. `max_context` caps the KV cache (it defaults
+    /// to the model's context length). The KV cache is f16 when `ctx.kv_f16` says so.
+    pub fn new(ctx: GpuContext, source: &dyn TensorSource, max_context: Option<usize>) -> Result<Self> {
+        let m = source.manifest();
         let c = m.config.clone();
         if m.architecture != "llama" || c.position != PositionKind::Rope || c.norm != NormKind::Rms {
             return Err(HearthError::UnsupportedArchitecture(m.architecture.clone()));
         }
-        let capacity = max_context.unwrap_or(c.context_length).min(c.context_length);
+        let rope = c
+            .rope
+            .clone()
+            .ok_or_else(|| HearthError::bad_package(source.origin(), "RoPE model without rope settings"))?;
+        let capacity = max_context.unwrap_or(c.context_length).clamp(1, c.context_length);
+        let kv_f16 = ctx.kv_f16;
         let device = ctx.device.clone();
-        let kernels = Kernels::new(&device, ctx.software);
+        let limit = ctx.limits.max_storage_buffer_binding_size;
+        // Attention keeps one row of scores per (head, token) of a chunk: fewer tokens per chunk
+        // when a full chunk's scores would not fit one binding.
+        let scores_per_token = (c.n_heads * capacity * 4) as u64;
+        let chunk = (limit / scores_per_token.max(1)).clamp(1, MAX_CHUNK as u64) as usize;
 
-        // Weights, in manifest order, one tensor at a time (never the whole model in memory).
-        let mut weights: Vec<WeightBuffer> = Vec::with_capacity(m.tensors.len());
-        let mut index = std::collections::HashMap::new();
-        for e in &m.tensors {
-            let bytes = package.read_tensor_bytes(e)?;
-            index.insert(e.name.clone(), weights.len());
-            weights.push(WeightBuffer::upload(&ctx, e, &bytes)?);
-        }
-        let w = |name: &str| -> Result<&WeightBuffer> {
-            index
-                .get(name)
-                .map(|&i| &weights[i])
-                .ok_or_else(|| HearthError::bad_package(package.dir.display(), format!("missing tensor `{name}`")))
+        let mut b = Builder {
+            ctx: &ctx,
+            kernels: Kernels::new(&device, ctx.software),
+            source,
+            entries: m.tensors.iter().map(|e| (e.name.as_str(), e)).collect(),
+            eps: c.norm_eps,
+            normed: storage(&device, "normed", chunk * c.hidden_size),
+            scratch: Vec::new(),
         };
-
         let (h, qd, kvd, f, v) =
             (c.hidden_size as u32, c.q_dim() as u32, c.kv_dim() as u32, c.ffn_size as u32, c.vocab_size as u32);
-        let chunk = MAX_CHUNK;
+        let qkv_dim = qd + 2 * kvd;
         let act = |label: &str, per_token: u32| storage(&device, label, chunk * per_token as usize);
         let step = uniform(&device, "step", &[0, 0]);
+        let one_token = uniform(&device, "one token", &[0, 1]);
         let tokens = storage(&device, "tokens", chunk);
         let x = act("x", h);
-        let xn = act("x normed", h);
+        let qkv = act("qkv", qkv_dim);
         let q = act("q", qd);
-        let k = act("k", kvd);
-        let vv = act("v", kvd);
         let attn = act("attention out", qd);
-        let gate = act("gate", f);
-        let up = act("up", f);
-        let proj = act("projection", h);
+        let ffn = act("ffn hidden", f);
         let scores = storage(&device, "attention scores", chunk * c.n_heads * capacity);
         let last = storage(&device, "last hidden", c.hidden_size);
-        let last_norm = storage(&device, "last normed", c.hidden_size);
         let logits = storage(&device, "logits", c.vocab_size);
         let logits_all = storage(&device, "logits, every token", chunk * c.vocab_size);
-        let argmax = storage(&device, "argmax", 1);
-        let argmax_staging = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("argmax read back"),
+        let token_staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("token read back"),
             size: 4,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let rope =
-            c.rope.as_ref().ok_or_else(|| HearthError::bad_package("model", "RoPE model without rope settings"))?;
-        // Per-pair frequency divisors, when the checkpoint has them (read alone, not with the model).
-        let freq_factors = match m.tensors.iter().find(|e| e.name == "rope_freqs.weight") {
+        // Per-pair frequency divisors, when the checkpoint has them.
+        let freq_factors = match b.entries.get("rope_freqs.weight") {
             Some(e) => {
-                let bytes = package.read_tensor_bytes(e)?;
+                let bytes = source.read_tensor_bytes(e)?;
                 Some(Tensor::from_bytes(&e.name, e.shape.clone(), e.dtype, e.group_size, &bytes)?.to_f32())
             }
             None => None,
         };
         let inv_freq_values = rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), freq_factors.as_deref());
-        let inv_freq = storage(&device, "rope frequencies", inv_freq_values.len());
-        ctx.queue.write_buffer(&inv_freq, 0, bytemuck::cast_slice(&inv_freq_values));
+        let inv_freq = storage_init(&device, "rope frequencies", &inv_freq_values);
+        let mut weights: Vec<WeightBuffer> = Vec::new();
 
-        let mut scratch = Vec::new();
-        let matvec =
-            |wt: &WeightBuffer, input: &wgpu::Buffer, output: &wgpu::Buffer, scratch: &mut Vec<wgpu::Buffer>| {
-                let (gx, gy) = matvec_grid(wt.rows(), kernels.matvec_rows_per_workgroup);
-                let dims = uniform(&device, "matvec dims", &[wt.rows(), wt.cols(), wt.group, gx]);
-                let pipeline = kernels.matvec[dtype_index(wt.dtype)].clone();
-                let mut entries = vec![entry(0, whole(&dims)), entry(2, whole(input)), entry(3, whole(output))];
-                entries.extend(wt.weight_entries(4));
-                let bind_group = bind_group(&device, &pipeline, &entries);
-                scratch.push(dims);
-                Dispatch { pipeline, bind_group, grid: Box::new(move |n| (gx, gy, n)) }
-            };
-        let rms =
-            |weight: &WeightBuffer, input: &wgpu::Buffer, output: &wgpu::Buffer, scratch: &mut Vec<wgpu::Buffer>| {
-                let dims = uniform(&device, "norm dims", &[h, c.norm_eps.to_bits()]);
-                let pipeline = kernels.rms_norm.clone();
-                let bind_group = bind_group(
-                    &device,
-                    &pipeline,
-                    &[
-                        entry(0, whole(&dims)),
-                        entry(1, whole(input)),
-                        entry(2, weight.part("data")),
-                        entry(3, whole(output)),
-                    ],
-                );
-                scratch.push(dims);
-                Dispatch { pipeline, bind_group, grid: Box::new(|n| (n, 1, 1)) }
-            };
-        let elementwise = |pipeline: &wgpu::ComputePipeline,
-                           a: &wgpu::Buffer,
-                           b: &wgpu::Buffer,
-                           per_token: u32,
-                           row: u32,
-                           scratch: &mut Vec<wgpu::Buffer>| {
-            let dims = uniform(&device, "elementwise dims", &[per_token * chunk as u32, row]);
-            let pipeline = pipeline.clone();
-            let mut entries = vec![entry(0, whole(&dims)), entry(1, whole(a)), entry(2, whole(b))];
-            if row > 0 {
-                entries.push(entry(3, whole(&step)));
-            }
-            let bind_group = bind_group(&device, &pipeline, &entries);
-            scratch.push(dims);
-            Dispatch { pipeline, bind_group, grid: elementwise_grid(per_token) }
-        };
-        let rope_dispatch = |buf: &wgpu::Buffer, heads: u32, scratch: &mut Vec<wgpu::Buffer>| {
-            let n_pairs = (rope.dim / 2) as u32;
-            let neox = u32::from(rope.style == RopeStyle::Neox);
-            let dims = uniform(&device, "rope dims", &[heads, c.head_dim as u32, n_pairs, neox]);
-            let pipeline = kernels.rope.clone();
-            let bind_group = bind_group(
-                &device,
-                &pipeline,
-                &[entry(0, whole(&dims)), entry(1, whole(&step)), entry(2, whole(&inv_freq)), entry(3, whole(buf))],
-            );
-            scratch.push(dims);
-            Dispatch { pipeline, bind_group, grid: Box::new(move |n| (n_pairs.div_ceil(WORKGROUP), heads, n)) }
-        };
-
-        // Embedding lookup.
-        let embd = w("token_embd.weight")?;
+        // Embedding lookup: one dispatch per piece of the table.
+        let embd = WeightBuffer::upload_split(&ctx, &b.host("token_embd.weight")?)?;
         let mut layers = Vec::new();
-        {
-            let dims = uniform(&device, "embed dims", &[h, v, embd.group, 0]);
-            let pipeline = kernels.embed[dtype_index(embd.dtype)].clone();
+        for piece in &embd {
+            let dims = uniform(&device, "embed dims", &[h, piece.first_row, piece.rows, piece.group]);
+            let pipeline = b.kernels.embed(piece.dtype);
             let mut entries = vec![entry(0, whole(&dims)), entry(1, whole(&tokens)), entry(2, whole(&x))];
-            entries.extend(embd.weight_entries(3));
-            let bind_group = bind_group(&device, &pipeline, &entries);
-            scratch.push(dims);
-            layers.push(Dispatch { pipeline, bind_group, grid: Box::new(move |n| (h.div_ceil(WORKGROUP), n, 1)) });
+            entries.extend(piece.weight_entries(3));
+            let group = bind_group(&device, &pipeline, &entries);
+            b.scratch.push(dims);
+            layers.push(Dispatch::single(pipeline, group, Box::new(move |n| (h.div_ceil(WORKGROUP), n, 1))));
         }
 
+        let rope_store = b.kernels.rope_store(kv_f16);
+        let attention = b.kernels.attention(kv_f16, capacity);
+        // Cache rows are f32, or f16 pairs in one word.
+        let cache_words = capacity * c.kv_dim() / if kv_f16 { 2 } else { 1 };
         for l in 0..c.n_layers {
             let p = |s: &str| format!("blk.{l}.{s}.weight");
-            let k_cache = storage(&device, "k cache", capacity * c.kv_dim());
-            let v_cache = storage(&device, "v cache", capacity * c.kv_dim());
-            layers.push(rms(w(&p("attn_norm"))?, &x, &xn, &mut scratch));
-            layers.push(matvec(w(&p("attn_q"))?, &xn, &q, &mut scratch));
-            layers.push(matvec(w(&p("attn_k"))?, &xn, &k, &mut scratch));
-            layers.push(matvec(w(&p("attn_v"))?, &xn, &vv, &mut scratch));
-            layers.push(rope_dispatch(&q, c.n_heads as u32, &mut scratch));
-            layers.push(rope_dispatch(&k, c.n_kv_heads as u32, &mut scratch));
-            layers.push(elementwise(&kernels.kv_store, &k_cache, &k, kvd, kvd, &mut scratch));
-            layers.push(elementwise(&kernels.kv_store, &v_cache, &vv, kvd, kvd, &mut scratch));
+            let k_cache = storage(&device, "k cache", cache_words);
+            let v_cache = storage(&device, "v cache", cache_words);
+            let attn_norm = b.vector(&p("attn_norm"))?;
+            let ffn_norm = b.vector(&p("ffn_norm"))?;
+            let wqkv = b.stacked(&format!("blk.{l}.qkv"), &[p("attn_q"), p("attn_k"), p("attn_v")])?;
+            let wo = WeightBuffer::upload_split(&ctx, &b.host(&p("attn_output"))?)?;
+            let wgu = b.gated(&p("ffn_gate"), &p("ffn_up"))?;
+            let wdown = WeightBuffer::upload_split(&ctx, &b.host(&p("ffn_down"))?)?;
+
+            let fuse_norm = |w| Fuse { norm: Some(w), ..Default::default() };
+            layers.extend(b.product(Product {
+                pieces: &wqkv,
+                input: &x,
+                output: &qkv,
+                out_stride: qkv_dim,
+                step: &step,
+                fuse: fuse_norm(&attn_norm),
+            })?);
+            {
+                let n_pairs = (rope.dim / 2) as u32;
+                let neox = u32::from(rope.style == RopeStyle::Neox);
+                let dims = uniform(
+                    &device,
+                    "rope dims",
+                    &[c.n_heads as u32, c.n_kv_heads as u32, c.head_dim as u32, n_pairs, neox, capacity as u32],
+                );
+                let group = bind_group(
+                    &device,
+                    &rope_store,
+                    &[
+                        entry(0, whole(&dims)),
+                        entry(1, whole(&step)),
+                        entry(2, whole(&inv_freq)),
+                        entry(3, whole(&qkv)),
+                        entry(4, whole(&q)),
+                        entry(5, whole(&k_cache)),
+                        entry(6, whole(&v_cache)),
+                    ],
+                );
+                b.scratch.push(dims);
+                let words = (qkv_dim / 2).div_ceil(WORKGROUP);
+                layers.push(Dispatch::single(rope_store.clone(), group, Box::new(move |n| (words, n, 1))));
+            }
             {
                 let scale = 1.0 / (c.head_dim as f32).sqrt();
                 let dims = uniform(
                     &device,
                     "attention dims",
-                    &[c.n_heads as u32, c.n_kv_heads as u32, c.head_dim as u32, capacity as u32, scale.to_bits()],
+                    &[
+                        c.n_heads as u32,
+                        c.n_kv_heads as u32,
+                        c.head_dim as u32,
+                        capacity as u32,
+                        scale.to_bits(),
+                        capacity as u32,
+                    ],
                 );
-                let pipeline = kernels.attention.clone();
-                let bind_group = bind_group(
+                let group = bind_group(
                     &device,
-                    &pipeline,
+                    &attention,
                     &[
                         entry(0, whole(&dims)),
                         entry(1, whole(&step)),
@@ -238,53 +408,83 @@ impl GpuEngine {
                         entry(6, whole(&attn)),
                     ],
                 );
-                scratch.push(dims);
+                b.scratch.push(dims);
                 let heads = c.n_heads as u32;
-                let grid: Grid = if kernels.software {
+                let grid: Grid = if b.kernels.attention_uses_rows(capacity) {
                     Box::new(move |n| ((heads * n).div_ceil(WORKGROUP), 1, 1))
                 } else {
                     Box::new(move |n| (heads, n, 1))
                 };
-                layers.push(Dispatch { pipeline, bind_group, grid });
+                layers.push(Dispatch::single(attention.clone(), group, grid));
             }
-            layers.push(matvec(w(&p("attn_output"))?, &attn, &proj, &mut scratch));
-            layers.push(elementwise(&kernels.add, &x, &proj, h, 0, &mut scratch));
-            layers.push(rms(w(&p("ffn_norm"))?, &x, &xn, &mut scratch));
-            layers.push(matvec(w(&p("ffn_gate"))?, &xn, &gate, &mut scratch));
-            layers.push(matvec(w(&p("ffn_up"))?, &xn, &up, &mut scratch));
-            layers.push(elementwise(&kernels.swiglu, &gate, &up, f, 0, &mut scratch));
-            layers.push(matvec(w(&p("ffn_down"))?, &gate, &proj, &mut scratch));
-            layers.push(elementwise(&kernels.add, &x, &proj, h, 0, &mut scratch));
-            scratch.push(k_cache);
-            scratch.push(v_cache);
+            let residual = Fuse { accumulate: true, ..Default::default() };
+            layers.extend(b.product(Product {
+                pieces: &wo,
+                input: &attn,
+                output: &x,
+                out_stride: h,
+                step: &step,
+                fuse: residual,
+            })?);
+            layers.extend(b.product(Product {
+                pieces: &wgu,
+                input: &x,
+                output: &ffn,
+                out_stride: f,
+                step: &step,
+                fuse: Fuse { norm: Some(&ffn_norm), activation: Activation::Silu, gated: true, accumulate: false },
+            })?);
+            layers.extend(b.product(Product {
+                pieces: &wdown,
+                input: &ffn,
+                output: &x,
+                out_stride: h,
+                step: &step,
+                fuse: residual,
+            })?);
+            b.scratch.extend([k_cache, v_cache, attn_norm, ffn_norm]);
+            weights.extend(wqkv.into_iter().chain(wo).chain(wgu).chain(wdown));
         }
 
-        let out_norm = w("output_norm.weight")?;
-        let head = if c.tied_embeddings { embd } else { w("output.weight")? };
-        let mut head_last =
-            vec![rms(out_norm, &last, &last_norm, &mut scratch), matvec(head, &last_norm, &logits, &mut scratch)];
-        {
-            let dims = uniform(&device, "argmax dims", &[v]);
-            let pipeline = kernels.argmax.clone();
-            let bind_group = bind_group(
-                &device,
-                &pipeline,
-                &[entry(0, whole(&dims)), entry(1, whole(&logits)), entry(2, whole(&argmax))],
-            );
-            scratch.push(dims);
-            head_last.push(Dispatch { pipeline, bind_group, grid: Box::new(|_| (1, 1, 1)) });
-        }
-        let head_all = vec![rms(out_norm, &x, &xn, &mut scratch), matvec(head, &xn, &logits_all, &mut scratch)];
+        let out_norm = b.vector("output_norm.weight")?;
+        let head =
+            if c.tied_embeddings { None } else { Some(WeightBuffer::upload_split(&ctx, &b.host("output.weight")?)?) };
+        let head_pieces = head.as_deref().unwrap_or(&embd);
+        let fuse = Fuse { norm: Some(&out_norm), ..Default::default() };
+        let head_last = b.product(Product {
+            pieces: head_pieces,
+            input: &last,
+            output: &logits,
+            out_stride: v,
+            step: &one_token,
+            fuse,
+        })?;
+        let sampler = GpuSampler::new(&ctx, &logits, v, capacity);
+        let head_all = b.product(Product {
+            pieces: head_pieces,
+            input: &x,
+            output: &logits_all,
+            out_stride: v,
+            step: &step,
+            fuse,
+        })?;
 
-        scratch.extend([xn, q, k, vv, attn, gate, up, proj, scores, last_norm, inv_freq]);
+        let mut scratch = b.scratch;
+        scratch.push(b.normed);
+        scratch.extend([one_token, qkv, q, attn, ffn, scores, inv_freq, out_norm]);
+        weights.extend(embd);
+        weights.extend(head.into_iter().flatten());
         Ok(GpuEngine {
             ctx,
             config: c,
             capacity,
             position: 0,
-            buffers: Buffers { step, tokens, x, last, logits, logits_all, argmax, argmax_staging },
+            chunk,
+            kv_f16,
+            buffers: Buffers { step, tokens, x, last, logits, logits_all, token_staging },
             layers,
             head_last,
+            sampler,
             head_all,
             _weights: weights,
             _scratch: scratch,
@@ -299,6 +499,11 @@ impl GpuEngine {
         &self.config
     }
 
+    /// Whether the KV cache is f16.
+    pub fn kv_f16(&self) -> bool {
+        self.kv_f16
+    }
+
     pub fn position(&self) -> usize {
         self.position
     }
@@ -307,18 +512,15 @@ impl GpuEngine {
         self.position = 0;
     }
 
-    /// Record and submit one chunk of at most `MAX_CHUNK` tokens; after the layers, the output head runs
-    /// for every token (`all_logits`) or for the last one followed by argmax.
-    fn run_chunk(&mut self, tokens: &[u32], all_logits: bool) -> Result<()> {
+    /// Record and submit one chunk of at most `self.chunk` tokens, the layers and then `head`.
+    fn run_chunk(&mut self, tokens: &[u32], head: Head) -> Result<()> {
         let n = tokens.len() as u32;
         let c = &self.config;
-        for &t in tokens {
-            if t as usize >= c.vocab_size {
-                return Err(HearthError::InvalidArgument(format!(
-                    "token id {t} is outside the vocabulary of {}",
-                    c.vocab_size
-                )));
-            }
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(HearthError::InvalidArgument(format!(
+                "token id {t} is outside the vocabulary of {}",
+                c.vocab_size
+            )));
         }
         let b = &self.buffers;
         self.ctx.queue.write_buffer(&b.step, 0, bytemuck::cast_slice(&[self.position as u32, n]));
@@ -327,23 +529,39 @@ impl GpuEngine {
         let record = |encoder: &mut wgpu::CommandEncoder, dispatches: &[Dispatch], n: u32| {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             for d in dispatches {
+                let (pipeline, group) = if n == 1 { &d.decode } else { &d.prefill };
                 let (gx, gy, gz) = (d.grid)(n);
-                pass.set_pipeline(&d.pipeline);
-                pass.set_bind_group(0, &d.bind_group, &[]);
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, group, &[]);
                 pass.dispatch_workgroups(gx, gy, gz);
             }
         };
         record(&mut encoder, &self.layers, n);
-        if all_logits {
-            record(&mut encoder, &self.head_all, n);
-        } else {
-            let row = (c.hidden_size * 4) as u64;
-            encoder.copy_buffer_to_buffer(&b.x, (n as u64 - 1) * row, &b.last, 0, row);
-            record(&mut encoder, &self.head_last, 1);
-            encoder.copy_buffer_to_buffer(&b.argmax, 0, &b.argmax_staging, 0, 4);
+        match head {
+            Head::None => {}
+            Head::All => record(&mut encoder, &self.head_all, n),
+            Head::Last | Head::Sample => {
+                let row = (c.hidden_size * 4) as u64;
+                encoder.copy_buffer_to_buffer(&b.x, (n as u64 - 1) * row, &b.last, 0, row);
+                record(&mut encoder, &self.head_last, 1);
+                if head == Head::Sample {
+                    self.sampler.record(&mut encoder.begin_compute_pass(&Default::default()));
+                    encoder.copy_buffer_to_buffer(self.sampler.result(), 0, &b.token_staging, 0, 4);
+                }
+            }
         }
         self.ctx.queue.submit([encoder.finish()]);
         self.position += tokens.len();
+        Ok(())
+    }
+
+    /// Run `tokens` chunk by chunk, the last chunk followed by `head`.
+    fn run(&mut self, tokens: &[u32], head: Head) -> Result<()> {
+        self.check_room(tokens.len())?;
+        let chunks = tokens.len().div_ceil(self.chunk);
+        for (i, chunk) in tokens.chunks(self.chunk).enumerate() {
+            self.run_chunk(chunk, if i + 1 == chunks { head } else { Head::None })?;
+        }
         Ok(())
     }
 
@@ -361,30 +579,39 @@ impl GpuEngine {
         Ok(())
     }
 
-    /// Run `tokens` and return the greedy next token, reading back only its id (4 bytes).
+    /// Run `tokens` and choose the next token on the GPU, reading back only its id (4 bytes).
+    /// `draw` and `counts` come from the caller's `Sampler` (`draw`, `penalty_counts`), so the GPU
+    /// picks what `hearth_core::sampling::choose` would (up to the rounding of sums).
+    pub fn forward_sample(
+        &mut self,
+        tokens: &[u32],
+        params: &SamplingParams,
+        draw: f32,
+        counts: &[(u32, u32)],
+    ) -> Result<u32> {
+        self.sampler.prepare(&self.ctx.queue, params, draw, counts)?;
+        self.run(tokens, Head::Sample)?;
+        let id: Vec<u32> = map_read(&self.ctx, &self.buffers.token_staging)?;
+        id.first().copied().ok_or_else(|| HearthError::Gpu("the sampled token did not come back".into()))
+    }
+
+    /// Run `tokens` and return the greedy next token (4 bytes read back).
     pub fn forward_argmax(&mut self, tokens: &[u32]) -> Result<u32> {
-        self.check_room(tokens.len())?;
-        for chunk in tokens.chunks(MAX_CHUNK) {
-            self.run_chunk(chunk, false)?;
-        }
-        let id: Vec<u32> = map_read(&self.ctx, &self.buffers.argmax_staging)?;
-        Ok(id[0])
+        self.forward_sample(tokens, &SamplingParams::default(), 0.0, &[])
     }
 
     /// Run `tokens`; return the last token's logits, or every token's with `all_logits`.
     pub fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        if !all_logits {
+            self.run(tokens, Head::Last)?;
+            return read_back::<f32>(&self.ctx, &self.buffers.logits, 0, self.config.vocab_size);
+        }
         self.check_room(tokens.len())?;
         let vocab = self.config.vocab_size;
-        let mut out = Vec::new();
-        for chunk in tokens.chunks(MAX_CHUNK) {
-            self.run_chunk(chunk, all_logits)?;
-            if all_logits {
-                out.extend(read_back::<f32>(&self.ctx, &self.buffers.logits_all, 0, chunk.len() * vocab)?);
-            }
-        }
-        if !all_logits {
-            // The argmax staging copy was recorded too; it is simply not read here.
-            out = read_back::<f32>(&self.ctx, &self.buffers.logits, 0, vocab)?;
+        let mut out = Vec::with_capacity(tokens.len() * vocab);
+        for chunk in tokens.chunks(self.chunk) {
+            self.run_chunk(chunk, Head::All)?;
+            out.extend(read_back::<f32>(&self.ctx, &self.buffers.logits_all, 0, chunk.len() * vocab)?);
         }
         Ok(out)
     }
@@ -393,6 +620,12 @@ impl GpuEngine {
 impl Backend for GpuEngine {
     fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
         GpuEngine::forward(self, tokens, all_logits)
+    }
+    fn forward_sample(&mut self, tokens: &[u32], sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
+        let counts = sampler.penalty_counts(history);
+        let draw = if sampler.params().temperature > 0.0 { sampler.draw() } else { 0.0 };
+        let params = sampler.params().clone();
+        GpuEngine::forward_sample(self, tokens, &params, draw, &counts)
     }
     fn reset(&mut self) {
         GpuEngine::reset(self)

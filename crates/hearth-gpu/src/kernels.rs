@@ -1,9 +1,13 @@
-//! The compute pipelines (one per WGSL entry point, built once at load), weight buffers, and small
-//! helpers to bind and dispatch them.
+//! The compute pipelines, built at load (never per token), and small helpers to bind and read back.
+//!
+//! Variants come from one source each: `matvec.wgsl` is instantiated per weight encoding (its
+//! template section) and per token-block size (its `const TB` line), and its fusions, like the
+//! f16 KV cache of `rope.wgsl` / `attention.wgsl`, are WGSL override constants. A pipeline is
+//! identified by a [`MatvecKey`] and built once.
 
-use std::num::NonZeroU64;
+use std::cell::RefCell;
+use std::collections::HashMap;
 
-use hearth_core::manifest::TensorEntry;
 use hearth_core::quant::DType;
 use hearth_core::{HearthError, Result};
 use wgpu::util::DeviceExt;
@@ -13,44 +17,57 @@ use crate::context::GpuContext;
 const MATVEC: &str = include_str!("../../../shaders/matvec.wgsl");
 /// Where `matvec.wgsl`'s per-encoding template of entry points begins.
 const TEMPLATE_MARK: &str = "// ---- Template:";
+/// The line of `matvec.wgsl` that sets the token-block size.
+const TOKEN_BLOCK_LINE: &str = "const TB: u32 = 8u;";
 const EMBED: &str = include_str!("../../../shaders/embed.wgsl");
-const RMS_NORM: &str = include_str!("../../../shaders/rmsnorm.wgsl");
 const ROPE: &str = include_str!("../../../shaders/rope.wgsl");
 const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
-const ELEMENTWISE: &str = include_str!("../../../shaders/elementwise.wgsl");
-const ARGMAX: &str = include_str!("../../../shaders/argmax.wgsl");
+const NORM: &str = include_str!("../../../shaders/norm.wgsl");
 
-/// Invocations per workgroup of every kernel but argmax.
+/// Invocations per workgroup of the element-wise kernels.
 pub const WORKGROUP: u32 = 64;
 /// Largest dispatch size along one grid dimension (WebGPU's guaranteed minimum).
 pub const MAX_GRID: u32 = 65535;
+/// Longest KV cache the row-per-invocation attention serves on software adapters; longer ones get
+/// the cooperative kernel (attention.wgsl explains: lavapipe's loop limiter).
+pub const ROWS_ATTENTION_MAX_CONTEXT: usize = 1600;
+/// Tokens one prefill matvec workgroup takes (decode takes 1): `const TB` in matvec.wgsl.
+pub const PREFILL_BLOCK: u32 = 8;
 
-pub struct Kernels {
-    /// Matrix-vector products, by encoding: the cooperative split (GPUs) or one row per invocation
-    /// (software adapters), as `Kernels::new` chose.
-    pub matvec: [wgpu::ComputePipeline; 4],
-    /// Rows of output one workgroup of `matvec` produces.
-    pub matvec_rows_per_workgroup: u32,
-    pub embed: [wgpu::ComputePipeline; 4],
-    pub rms_norm: wgpu::ComputePipeline,
-    pub rope: wgpu::ComputePipeline,
-    pub attention: wgpu::ComputePipeline,
-    pub swiglu: wgpu::ComputePipeline,
-    pub add: wgpu::ComputePipeline,
-    pub kv_store: wgpu::ComputePipeline,
-    pub argmax: wgpu::ComputePipeline,
-    /// Whether the barrier-free variants were chosen (their grids differ).
-    pub software: bool,
+/// What a matrix product fuses in (see matvec.wgsl).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Activation {
+    #[default]
+    None,
+    Silu,
+    GeluTanh,
 }
 
-/// Index of an encoding's entry point in `Kernels::matvec` / `Kernels::embed`.
-pub fn dtype_index(dtype: DType) -> usize {
-    match dtype {
-        DType::Q4 => 0,
-        DType::Q8 => 1,
-        DType::F16 => 2,
-        DType::F32 => 3,
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MatvecKey {
+    pub dtype: DType,
+    /// Token-block size: 1 (decode) or `PREFILL_BLOCK`.
+    pub block: u32,
+    /// RMS-normalize the input on the fly.
+    pub norm: bool,
+    pub activation: Activation,
+    /// Multiply by the product with the rows `up_offset` further (SwiGLU / GeGLU).
+    pub gated: bool,
+    /// Add into the output (residual connections).
+    pub accumulate: bool,
+}
+
+pub struct Kernels {
+    device: wgpu::Device,
+    /// The barrier-free work splits (software adapters).
+    pub software: bool,
+    /// `matvec.wgsl` for token blocks of 1 and of `PREFILL_BLOCK`.
+    matvec_modules: [wgpu::ShaderModule; 2],
+    embed_module: wgpu::ShaderModule,
+    rope_module: wgpu::ShaderModule,
+    attention_module: wgpu::ShaderModule,
+    norm_module: wgpu::ShaderModule,
+    matvec: RefCell<HashMap<MatvecKey, wgpu::ComputePipeline>>,
 }
 
 impl Kernels {
@@ -61,53 +78,106 @@ impl Kernels {
                 source: wgpu::ShaderSource::Wgsl(src.into()),
             })
         };
-        let pipeline = |module: &wgpu::ShaderModule, entry: &str| {
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry),
-                layout: None,
-                module,
-                entry_point: Some(entry),
-                compilation_options: Default::default(),
-                cache: None,
-            })
-        };
-        let matvec = module("matvec.wgsl", &matvec_source());
-        let embed = module("embed.wgsl", EMBED);
-        let elementwise = module("elementwise.wgsl", ELEMENTWISE);
         Kernels {
-            matvec: if software {
-                ["matvec_rows_q4", "matvec_rows_q8", "matvec_rows_f16", "matvec_rows_f32"].map(|e| pipeline(&matvec, e))
-            } else {
-                ["matvec_q4", "matvec_q8", "matvec_f16", "matvec_f32"].map(|e| pipeline(&matvec, e))
-            },
-            matvec_rows_per_workgroup: if software { WORKGROUP } else { 1 },
-            embed: ["embed_q4", "embed_q8", "embed_f16", "embed_f32"].map(|e| pipeline(&embed, e)),
-            rms_norm: pipeline(&module("rmsnorm.wgsl", RMS_NORM), if software { "rms_norm_rows" } else { "rms_norm" }),
-            rope: pipeline(&module("rope.wgsl", ROPE), "rope"),
-            attention: pipeline(
-                &module("attention.wgsl", ATTENTION),
-                if software { "attention_rows" } else { "attention" },
-            ),
+            device: device.clone(),
             software,
-            swiglu: pipeline(&elementwise, "swiglu"),
-            add: pipeline(&elementwise, "add"),
-            kv_store: pipeline(&elementwise, "kv_store"),
-            argmax: pipeline(&module("argmax.wgsl", ARGMAX), "argmax"),
+            matvec_modules: [module("matvec.wgsl (TB 1)", &matvec_source(1)), module("matvec.wgsl", &matvec_source(8))],
+            embed_module: module("embed.wgsl", EMBED),
+            rope_module: module("rope.wgsl", ROPE),
+            attention_module: module("attention.wgsl", ATTENTION),
+            norm_module: module("norm.wgsl", NORM),
+            matvec: RefCell::new(HashMap::new()),
         }
+    }
+
+    fn pipeline(&self, module: &wgpu::ShaderModule, entry: &str, constants: &[(&str, f64)]) -> wgpu::ComputePipeline {
+        self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
+            cache: None,
+        })
+    }
+
+    /// The matrix-product pipeline for `key` (built on first use, at load).
+    pub fn matvec(&self, key: MatvecKey) -> wgpu::ComputePipeline {
+        self.matvec
+            .borrow_mut()
+            .entry(key)
+            .or_insert_with(|| {
+                let split = if self.software { "matvec_rows" } else { "matvec" };
+                let entry = format!("{split}_{}", key.dtype.name());
+                let activation = match key.activation {
+                    Activation::None => 0.0,
+                    Activation::Silu => 1.0,
+                    Activation::GeluTanh => 2.0,
+                };
+                let flag = |b: bool| if b { 1.0 } else { 0.0 };
+                let constants = [
+                    ("NORM", flag(key.norm)),
+                    ("ACT", activation),
+                    ("GATED", flag(key.gated)),
+                    ("ACCUMULATE", flag(key.accumulate)),
+                ];
+                let module = &self.matvec_modules[usize::from(key.block != 1)];
+                self.pipeline(module, &entry, &constants)
+            })
+            .clone()
+    }
+
+    /// Output rows one matvec workgroup produces.
+    pub fn matvec_rows_per_workgroup(&self) -> u32 {
+        if self.software {
+            WORKGROUP
+        } else {
+            1
+        }
+    }
+
+    pub fn embed(&self, dtype: DType) -> wgpu::ComputePipeline {
+        self.pipeline(&self.embed_module, &format!("embed_{}", dtype.name()), &[])
+    }
+
+    pub fn rope_store(&self, kv_f16: bool) -> wgpu::ComputePipeline {
+        self.pipeline(&self.rope_module, "rope_store", &[("KV_F16", if kv_f16 { 1.0 } else { 0.0 })])
+    }
+
+    /// Whether attention over a cache of `context` positions runs one invocation per (head, token)
+    /// (else one workgroup).
+    pub fn attention_uses_rows(&self, context: usize) -> bool {
+        self.software && context <= ROWS_ATTENTION_MAX_CONTEXT
+    }
+
+    pub fn attention(&self, kv_f16: bool, context: usize) -> wgpu::ComputePipeline {
+        let entry = if self.attention_uses_rows(context) { "attention_rows" } else { "attention" };
+        self.pipeline(&self.attention_module, entry, &[("KV_F16", if kv_f16 { 1.0 } else { 0.0 })])
+    }
+
+    /// A stand-alone RMSNorm, one invocation per token (software adapters; GPUs fuse the norm).
+    pub fn rms_norm(&self) -> wgpu::ComputePipeline {
+        self.pipeline(&self.norm_module, "rms_norm", &[])
+    }
+
+    /// LayerNorm with weight and bias, one invocation per token (for GPT-2 / BLOOM style models).
+    pub fn layer_norm(&self) -> wgpu::ComputePipeline {
+        self.pipeline(&self.norm_module, "layer_norm", &[])
     }
 }
 
-/// `matvec.wgsl` with its template of entry points instantiated for each encoding.
-fn matvec_source() -> String {
+/// `matvec.wgsl` with its template of entry points instantiated for each encoding, for token
+/// blocks of `block`.
+fn matvec_source(block: u32) -> String {
     let (common, template) = MATVEC.split_at(MATVEC.find(TEMPLATE_MARK).unwrap_or(MATVEC.len()));
-    let mut source = common.to_string();
+    let mut source = common.replace(TOKEN_BLOCK_LINE, &format!("const TB: u32 = {block}u;"));
     for encoding in ["q4", "q8", "f16", "f32"] {
         source.push_str(&template.replace("ENC", encoding));
     }
     source
 }
 
-/// A uniform buffer holding `words` (padded to 32 bytes, more than any `Dims` struct needs).
+/// A uniform buffer holding `words` (padded to a multiple of 16 bytes, at least 32).
 pub fn uniform(device: &wgpu::Device, label: &str, words: &[u32]) -> wgpu::Buffer {
     let mut data = words.to_vec();
     data.resize(data.len().max(8).next_multiple_of(4), 0);
@@ -128,77 +198,17 @@ pub fn storage(device: &wgpu::Device, label: &str, len: usize) -> wgpu::Buffer {
     })
 }
 
+/// A storage buffer holding `values`.
+pub fn storage_init<T: bytemuck::Pod>(device: &wgpu::Device, label: &str, values: &[T]) -> wgpu::Buffer {
+    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some(label),
+        contents: bytemuck::cast_slice(values),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+    })
+}
+
 pub fn whole(buffer: &wgpu::Buffer) -> wgpu::BindingResource<'_> {
     buffer.as_entire_binding()
-}
-
-/// A tensor of a model package, uploaded as it is stored (never expanded).
-pub struct WeightBuffer {
-    pub buffer: wgpu::Buffer,
-    pub dtype: DType,
-    pub shape: Vec<usize>,
-    pub group: u32,
-    parts: Vec<(String, u64, u64)>,
-}
-
-impl WeightBuffer {
-    pub fn upload(ctx: &GpuContext, entry: &TensorEntry, bytes: &[u8]) -> Result<Self> {
-        if let Some(missing) = entry.dtype.part_names().iter().find(|n| !entry.parts.contains_key(**n)) {
-            return Err(HearthError::bad_package(format!("tensor `{}`", entry.name), format!("no `{missing}` part")));
-        }
-        let max = ctx.limits.max_storage_buffer_binding_size;
-        for (name, r) in &entry.parts {
-            if r.length > max {
-                return Err(HearthError::Gpu(format!(
-                    "tensor `{}` part `{name}` is {} bytes, over this adapter's storage binding limit of {max}",
-                    entry.name, r.length
-                )));
-            }
-        }
-        let mut data = bytes.to_vec();
-        data.resize(data.len().next_multiple_of(4), 0);
-        let buffer = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(&entry.name),
-            contents: &data,
-            usage: wgpu::BufferUsages::STORAGE,
-        });
-        Ok(WeightBuffer {
-            buffer,
-            dtype: entry.dtype,
-            shape: entry.shape.clone(),
-            group: entry.group_size.unwrap_or(1) as u32,
-            parts: entry.parts.iter().map(|(k, r)| (k.clone(), r.offset, r.length)).collect(),
-        })
-    }
-
-    pub fn rows(&self) -> u32 {
-        (self.shape.iter().product::<usize>() / self.cols() as usize) as u32
-    }
-
-    pub fn cols(&self) -> u32 {
-        self.shape.last().copied().unwrap_or(1) as u32
-    }
-
-    /// The byte range of a part, rounded up to whole words (the package pads parts so they exist).
-    /// `upload` made sure every part of the encoding is there.
-    pub fn part(&self, name: &str) -> wgpu::BindingResource<'_> {
-        let (offset, len) = self.parts.iter().find(|(n, _, _)| n == name).map(|(_, o, l)| (*o, *l)).unwrap_or((0, 4));
-        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer: &self.buffer,
-            offset,
-            size: NonZeroU64::new(len.next_multiple_of(4).max(4)),
-        })
-    }
-
-    /// Bindings of the weight parts as the matvec and embed kernels declare them (4, 5, 6 / 3, 4, 5).
-    pub fn weight_entries(&self, first_binding: u32) -> Vec<wgpu::BindGroupEntry<'_>> {
-        self.dtype
-            .part_names()
-            .iter()
-            .enumerate()
-            .map(|(i, n)| wgpu::BindGroupEntry { binding: first_binding + i as u32, resource: self.part(n) })
-            .collect()
-    }
 }
 
 pub fn bind_group(
@@ -217,12 +227,28 @@ pub fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGro
     wgpu::BindGroupEntry { binding, resource }
 }
 
-/// Grid for `rows` output rows of a matrix-vector product, `per_workgroup` rows per workgroup:
-/// (x, y) with x * y * per_workgroup >= rows.
-pub fn matvec_grid(rows: u32, per_workgroup: u32) -> (u32, u32) {
-    let groups = rows.div_ceil(per_workgroup);
-    let x = groups.min(MAX_GRID);
+/// A 2-D grid of at least `groups` workgroups: (x, y) with x <= 65535 and x * y >= groups.
+pub fn grid_2d(groups: u32) -> (u32, u32) {
+    let x = groups.clamp(1, MAX_GRID);
     (x, groups.div_ceil(x))
+}
+
+/// Run one dispatch of `pipeline` and wait for it (tests and tools; the engine records its own).
+pub fn dispatch_once(
+    ctx: &GpuContext,
+    pipeline: &wgpu::ComputePipeline,
+    entries: &[wgpu::BindGroupEntry<'_>],
+    grid: (u32, u32, u32),
+) {
+    let group = bind_group(&ctx.device, pipeline, entries);
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, &group, &[]);
+        pass.dispatch_workgroups(grid.0, grid.1, grid.2);
+    }
+    ctx.queue.submit([encoder.finish()]);
 }
 
 /// Copy `buffer` (its first `len` f32 or u32 values) back to the CPU.
@@ -259,32 +285,4 @@ pub fn map_read<T: bytemuck::Pod>(ctx: &GpuContext, staging: &wgpu::Buffer) -> R
     };
     staging.unmap();
     Ok(out)
-}
-
-/// One matrix-vector product on the GPU, for tests and tools: `y[t] = W · x[t]` for `n` rows of `x`.
-pub fn matvec_on_gpu(ctx: &GpuContext, tensor: &TensorEntry, bytes: &[u8], x: &[f32], n: usize) -> Result<Vec<f32>> {
-    let kernels = Kernels::new(&ctx.device, ctx.software);
-    let w = WeightBuffer::upload(ctx, tensor, bytes)?;
-    let (rows, cols) = (w.rows(), w.cols());
-    let (gx, gy) = matvec_grid(rows, kernels.matvec_rows_per_workgroup);
-    let dims = uniform(&ctx.device, "dims", &[rows, cols, w.group, gx]);
-    let xb = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("x"),
-        contents: bytemuck::cast_slice(x),
-        usage: wgpu::BufferUsages::STORAGE,
-    });
-    let y = storage(&ctx.device, "y", rows as usize * n);
-    let pipeline = &kernels.matvec[dtype_index(w.dtype)];
-    let mut entries = vec![entry(0, whole(&dims)), entry(2, whole(&xb)), entry(3, whole(&y))];
-    entries.extend(w.weight_entries(4));
-    let bg = bind_group(&ctx.device, pipeline, &entries);
-    let mut encoder = ctx.device.create_command_encoder(&Default::default());
-    {
-        let mut pass = encoder.begin_compute_pass(&Default::default());
-        pass.set_pipeline(pipeline);
-        pass.set_bind_group(0, &bg, &[]);
-        pass.dispatch_workgroups(gx, gy, n as u32);
-    }
-    ctx.queue.submit([encoder.finish()]);
-    read_back(ctx, &y, 0, rows as usize * n)
 }

@@ -4,8 +4,10 @@
 
 mod context;
 mod engine;
-mod kernels;
+pub mod kernels;
+pub mod sampler;
+pub mod weights;
 
 pub use context::GpuContext;
 pub use engine::GpuEngine;
-pub use kernels::{matvec_on_gpu, WeightBuffer};
+pub use weights::{HostTensor, WeightBuffer};

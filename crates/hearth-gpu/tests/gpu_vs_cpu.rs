@@ -1,77 +1,28 @@
-//! GPU kernels and the whole GPU forward pass against the CPU reference engine (which the
-//! hearth-core tests check against llama.cpp). Runs on whatever adapter wgpu finds: Mesa's lavapipe
-//! on machines without a GPU. With no adapter at all, each test says so loudly and returns.
+//! The whole GPU forward pass against the CPU reference engine (which the hearth-core tests check
+//! against llama.cpp) and against llama.cpp's own greedy continuations, on SmolLM2-135M-Instruct.
+//! Runs on whatever adapter wgpu finds: Mesa's lavapipe on machines without a GPU. With no adapter
+//! at all, each test says so loudly and returns. Kernel-by-kernel checks are in `kernels.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
 use hearth_core::convert::{convert, ConvertOptions};
-use hearth_core::cpu::{matmul, CpuEngine};
-use hearth_core::package::Package;
-use hearth_core::quant::{DType, Tensor};
+use hearth_core::cpu::CpuEngine;
+use hearth_core::manifest::{Manifest, TensorEntry};
+use hearth_core::package::{Package, TensorSource};
 use hearth_core::sampling::argmax;
-use hearth_gpu::{matvec_on_gpu, GpuContext, GpuEngine};
+use hearth_gpu::{GpuContext, GpuEngine};
 
+/// The adapter, with an f32 KV cache unless a test asks for f16 (which adapters with `shader-f16`,
+/// lavapipe among them, get by default).
 fn context() -> Option<GpuContext> {
-    let ctx = GpuContext::new().expect("opening the GPU device");
-    if ctx.is_none() {
-        eprintln!("\n!!! NO GPU ADAPTER: skipping GPU test (install mesa-vulkan-drivers for lavapipe) !!!\n");
+    let mut ctx = GpuContext::new().expect("opening the GPU device");
+    match &mut ctx {
+        Some(ctx) => ctx.kv_f16 = false,
+        None => eprintln!("\n!!! NO GPU ADAPTER: skipping GPU test (install mesa-vulkan-drivers for lavapipe) !!!\n"),
     }
     ctx
-}
-
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        })
-        .collect()
-}
-
-/// Awkward sizes (rows not a multiple of the workgroup, several tokens) for every encoding.
-/// Tolerance: both sides sum ~cols products of values below 1 in f32, in different orders; the
-/// difference is a few ulps of the row sums (|sum| < cols), so 1e-4 relative to cols.
-/// Both work splits are checked wherever the tests run: the cooperative one (what hardware GPUs get)
-/// by overriding the adapter's `software` flag.
-#[test]
-fn matvec_kernels_match_the_cpu_for_every_encoding_and_split() {
-    let Some(mut ctx) = context() else { return };
-    for software in [true, false] {
-        ctx.software = software;
-        check_matvec(&ctx);
-    }
-}
-
-fn check_matvec(ctx: &GpuContext) {
-    let (rows, cols, n) = (77usize, 384usize, 3usize);
-    let values = random(rows * cols, 1);
-    let x = random(n * cols, 2);
-    for (dtype, group) in [(DType::Q4, 32), (DType::Q4, 128), (DType::Q8, 32), (DType::F16, 32), (DType::F32, 32)] {
-        let tensor = Tensor::from_f32(vec![rows, cols], &values, dtype, group).unwrap();
-        let (bytes, parts) = tensor.to_bytes();
-        let entry = hearth_core::manifest::TensorEntry {
-            name: "w".into(),
-            dtype,
-            shape: vec![rows, cols],
-            shard: 0,
-            offset: 0,
-            length: bytes.len() as u64,
-            group_size: tensor.group_size(),
-            parts: parts.into_iter().map(|(k, r)| (k.to_string(), r)).collect(),
-        };
-        let gpu = matvec_on_gpu(ctx, &entry, &bytes, &x, n).unwrap();
-        let mut cpu = vec![0f32; n * rows];
-        matmul(&tensor, &x, n, &mut cpu);
-        let worst = gpu.iter().zip(&cpu).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(
-            worst < 1e-4 * cols as f32,
-            "{dtype:?}/{group} (software split: {}): GPU and CPU differ by {worst}",
-            ctx.software
-        );
-    }
 }
 
 fn repo_root() -> PathBuf {
@@ -92,61 +43,80 @@ fn smollm2_package() -> PathBuf {
     .clone()
 }
 
-fn fixture_prompts() -> Vec<Vec<u32>> {
-    let text = std::fs::read_to_string(repo_root().join("tests/fixtures/smollm2/generation.json")).unwrap();
-    let fx: serde_json::Value = serde_json::from_str(&text).unwrap();
-    fx["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect())
-        .collect()
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
-/// Last-position logits within 1e-2 of the CPU engine (f32 on both sides; the GPU reduces in a
-/// different order over 30 layers, which moves logits of magnitude ~30 by ~1e-4 at most so far), and
-/// the GPU's greedy continuation (chosen on the GPU, 4 bytes read back) equal to the CPU's.
-///
-/// Five of the fifteen fixture prompts (three raw, two chat) and 16 tokens each, because lavapipe
-/// runs this engine at about 2 tokens/s; the full 15 x 32 comparison passed by hand (15/15, largest
-/// difference 5.4e-5) and joins the suite when the engine is faster on software adapters.
+/// (prompt ids, llama.cpp's greedy continuation) of the 15 fixture prompts: llama.cpp evaluating
+/// the same weights in F32 with an F32 KV cache (see tests/fixtures/make_reference.py).
+fn fixture_prompts() -> Vec<(Vec<u32>, Vec<u32>)> {
+    let text = std::fs::read_to_string(repo_root().join("tests/fixtures/smollm2/generation.json")).unwrap();
+    let fx: serde_json::Value = serde_json::from_str(&text).unwrap();
+    fx["prompts"].as_array().unwrap().iter().map(|p| (ids(&p["prompt_ids"]), ids(&p["greedy_ids"]))).collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+}
+
+/// Greedy continuation of `prompt` on the GPU, each token chosen on the GPU (4 bytes read back).
+fn gpu_greedy(gpu: &mut GpuEngine, prompt: &[u32], n: usize) -> Vec<u32> {
+    gpu.reset();
+    let mut out = vec![gpu.forward_argmax(prompt).unwrap()];
+    while out.len() < n {
+        out.push(gpu.forward_argmax(&[*out.last().unwrap()]).unwrap());
+    }
+    out
+}
+
+/// Same function, different f32 summation order (the GPU reduces in other orders over 30 layers):
+/// logits of magnitude ~30 agreed to 7.6e-5 when this was written; 1e-3 (the CPU engine's tolerance
+/// against llama.cpp) leaves room for other GPUs' arithmetic and is far below any real error (a
+/// wrong kernel moves logits by whole units).
+const LOGIT_TOLERANCE: f32 = 1e-3;
+const GREEDY_TOKENS: usize = 32;
+const MIN_PROMPTS_MATCHING: usize = 12;
+
+/// All 15 fixture prompts: last-position logits against the CPU engine, and 32 greedy tokens
+/// against llama.cpp's (which the CPU engine reproduces exactly, see hearth-core's tests).
 #[test]
-fn smollm2_on_the_gpu_matches_the_cpu_engine() {
+fn smollm2_on_the_gpu_matches_the_cpu_engine_and_llama_cpp() {
     let Some(ctx) = context() else { return };
     let package = Package::open(smollm2_package()).unwrap();
-    let mut gpu = GpuEngine::new(ctx, &package, Some(512)).unwrap();
+    let mut gpu = GpuEngine::new(ctx, &package, Some(256)).unwrap();
     let mut cpu = CpuEngine::from_package(&package).unwrap();
     let mut worst = 0f32;
     let mut matching = 0;
-    let all = fixture_prompts();
-    let prompts: Vec<&Vec<u32>> = [0, 3, 6, 10, 13].iter().map(|&i| &all[i]).collect();
-    for &prompt in &prompts {
+    let prompts = fixture_prompts();
+    for (i, (prompt, expected)) in prompts.iter().enumerate() {
         gpu.reset();
         cpu.reset();
         let g = gpu.forward(prompt, false).unwrap();
         let c = cpu.forward(prompt, false).unwrap();
-        worst = worst.max(g.iter().zip(&c).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max));
-        assert_eq!(argmax(&g), argmax(&c));
-
-        // Greedy continuations: the GPU picks on the GPU (4-byte read-back).
-        let mut cpu_ids = vec![argmax(&c)];
-        let mut gpu_ids = vec![argmax(&g)];
-        for _ in 1..16 {
-            let l = cpu.forward(&[*cpu_ids.last().unwrap()], false).unwrap();
-            cpu_ids.push(argmax(&l));
-            gpu_ids.push(gpu.forward_argmax(&[*gpu_ids.last().unwrap()]).unwrap());
-        }
-        if cpu_ids == gpu_ids {
+        worst = worst.max(max_diff(&g, &c));
+        assert_eq!(argmax(&g), argmax(&c), "prompt {i}: top-1 differs");
+        // llama.cpp's continuation ends early where it produced an end-of-generation token.
+        let k = GREEDY_TOKENS.min(expected.len());
+        let greedy = gpu_greedy(&mut gpu, prompt, k);
+        if greedy[..] == expected[..k] {
             matching += 1;
+        } else {
+            eprintln!("prompt {i}: GPU {greedy:?}\n   llama.cpp {:?}", &expected[..k]);
         }
     }
-    eprintln!("largest GPU-CPU logit difference: {worst:.2e}; greedy 16-token matches: {matching}/{}", prompts.len());
-    assert!(worst < 1e-2, "logits differ by {worst}");
-    assert_eq!(matching, prompts.len(), "greedy continuations differ");
+    eprintln!(
+        "largest GPU-CPU logit difference: {worst:.2e}; greedy {GREEDY_TOKENS}-token matches with llama.cpp: \
+         {matching}/{}",
+        prompts.len()
+    );
+    assert!(worst < LOGIT_TOLERANCE, "logits differ by {worst}");
+    assert!(matching >= MIN_PROMPTS_MATCHING, "only {matching} of {} continuations match", prompts.len());
 }
 
-/// The kernels hardware GPUs get (cooperative workgroups with barriers), forced on whatever adapter
-/// runs the tests: one prompt, last-position logits and four greedy tokens against the CPU.
+/// The kernels hardware GPUs get (cooperative workgroups with barriers, the norm fused into the
+/// products), forced on whatever adapter runs the tests: one prompt, last-position logits and
+/// eight greedy tokens.
 #[test]
 fn smollm2_with_the_cooperative_kernels_matches_the_cpu_engine() {
     let Some(mut ctx) = context() else { return };
@@ -154,16 +124,87 @@ fn smollm2_with_the_cooperative_kernels_matches_the_cpu_engine() {
     let package = Package::open(smollm2_package()).unwrap();
     let mut gpu = GpuEngine::new(ctx, &package, Some(128)).unwrap();
     let mut cpu = CpuEngine::from_package(&package).unwrap();
-    let prompt = &fixture_prompts()[0];
-    let g = gpu.forward(prompt, false).unwrap();
-    let c = cpu.forward(prompt, false).unwrap();
-    let worst = g.iter().zip(&c).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(worst < 1e-2, "logits differ by {worst}");
-    let (mut gi, mut ci) = (argmax(&g), argmax(&c));
-    assert_eq!(gi, ci);
-    for _ in 0..4 {
-        gi = gpu.forward_argmax(&[gi]).unwrap();
-        ci = argmax(&cpu.forward(&[ci], false).unwrap());
-        assert_eq!(gi, ci);
+    let (prompt, expected) = &fixture_prompts()[10];
+    let worst = max_diff(&gpu.forward(prompt, false).unwrap(), &cpu.forward(prompt, false).unwrap());
+    assert!(worst < LOGIT_TOLERANCE, "logits differ by {worst}");
+    assert_eq!(gpu_greedy(&mut gpu, prompt, 8), expected[..8]);
+}
+
+/// The f16 KV cache (what adapters with `shader-f16` get by default). Keys and values rounded to f16
+/// (2^-11 relative) moved the logits by 1.2e-2 when this was written; 0.1 allows for other GPUs and
+/// still catches any misplaced or misread value (those move logits by whole units). Near-ties may
+/// flip later in a continuation, so greedy agreement is asked of the first 8 tokens.
+#[test]
+fn smollm2_with_an_f16_kv_cache_stays_close_to_the_cpu_engine() {
+    let Some(mut ctx) = context() else { return };
+    ctx.kv_f16 = true;
+    let package = Package::open(smollm2_package()).unwrap();
+    let mut gpu = GpuEngine::new(ctx, &package, Some(128)).unwrap();
+    assert!(gpu.kv_f16());
+    let mut cpu = CpuEngine::from_package(&package).unwrap();
+    let mut worst = 0f32;
+    for i in [3, 12] {
+        let (prompt, expected) = &fixture_prompts()[i];
+        cpu.reset();
+        gpu.reset();
+        worst = worst.max(max_diff(&gpu.forward(prompt, false).unwrap(), &cpu.forward(prompt, false).unwrap()));
+        assert_eq!(gpu_greedy(&mut gpu, prompt, 8), expected[..8], "prompt {i}");
     }
+    eprintln!("f16 KV cache: largest logit difference {worst:.2e}");
+    assert!(worst < 0.1, "logits differ by {worst}");
+}
+
+/// Tables larger than the adapter's storage binding limit are split into row pieces, not refused:
+/// with the limit forced down to 8 MiB, SmolLM2's 27 MiB embedding / output head is cut in four.
+/// Each output row is computed by the same arithmetic either way, so the logits are identical.
+#[test]
+fn splitting_the_vocabulary_to_fit_small_bindings_changes_nothing() {
+    let Some(ctx) = context() else { return };
+    let package = Package::open(smollm2_package()).unwrap();
+    let (prompt, _) = &fixture_prompts()[5];
+    let whole = GpuEngine::new(ctx, &package, Some(64)).unwrap().forward(prompt, true).unwrap();
+    let mut ctx = context().unwrap();
+    ctx.limits.max_storage_buffer_binding_size = 8 << 20;
+    let split = GpuEngine::new(ctx, &package, Some(64)).unwrap().forward(prompt, true).unwrap();
+    assert_eq!(whole, split);
+}
+
+/// A model package seen with fewer layers: the real first layers of SmolLM2 and its real head.
+struct FirstLayers {
+    package: Package,
+    manifest: Manifest,
+}
+
+impl TensorSource for FirstLayers {
+    fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    fn read_tensor_bytes(&self, entry: &TensorEntry) -> hearth_core::Result<Vec<u8>> {
+        self.package.read_tensor_bytes(entry)
+    }
+    fn origin(&self) -> String {
+        "first layers of SmolLM2".into()
+    }
+}
+
+/// A 1,500-token prompt through prefill (24 chunks, positions far past the fixtures'), against the
+/// CPU engine. Two of SmolLM2's 30 layers keep this quick on software adapters while still running
+/// every kernel at every position; f32 reordering over 1,500-term attention sums stayed at 6e-5,
+/// inside the same 1e-3.
+#[test]
+fn a_1500_token_prompt_matches_the_cpu_engine() {
+    let Some(ctx) = context() else { return };
+    let package = Package::open(smollm2_package()).unwrap();
+    let mut manifest = package.manifest.clone();
+    manifest.config.n_layers = 2;
+    let source = FirstLayers { package, manifest };
+    let prompt: Vec<u32> = (0..1500u32).map(|i| 100 + (i * 7919) % 49000).collect();
+    let mut gpu = GpuEngine::new(ctx, &source, Some(1600)).unwrap();
+    let mut cpu = CpuEngine::from_source(&source).unwrap();
+    let g = gpu.forward(&prompt, false).unwrap();
+    let c = cpu.forward(&prompt, false).unwrap();
+    let worst = max_diff(&g, &c);
+    eprintln!("1,500-token prompt: largest logit difference {worst:.2e}");
+    assert!(worst < LOGIT_TOLERANCE, "logits differ by {worst}");
+    assert_eq!(argmax(&g), argmax(&c));
 }

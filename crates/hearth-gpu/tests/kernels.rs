@@ -1,0 +1,558 @@
+//! Every WGSL kernel of the forward pass against the CPU reference engine (which the hearth-core
+//! tests check against llama.cpp), on random inputs of awkward sizes: rows and head sizes that are
+//! not multiples of the workgroup, token counts that are not multiples of the prefill block, a
+//! vocabulary that is not a power of two. Both work splits run wherever the tests run: the
+//! barrier-free one (software adapters) and the cooperative one (hardware GPUs), by overriding the
+//! adapter's `software` flag. With no adapter at all, each test says so loudly and returns.
+
+use hearth_core::cpu::{apply_rope, attention, matmul, rms_norm, silu};
+use hearth_core::manifest::{
+    Activation as ModelActivation, ModelConfig, NormKind, PositionKind, RopeConfig, RopeStyle, TensorEntry,
+};
+use hearth_core::quant::{DType, Tensor};
+use hearth_gpu::kernels::{
+    dispatch_once, grid_2d, read_back, storage, storage_init, uniform, whole, Activation, Kernels, MatvecKey,
+    PREFILL_BLOCK, WORKGROUP,
+};
+use hearth_gpu::{GpuContext, HostTensor, WeightBuffer};
+
+use wgpu::BindGroupEntry;
+
+fn context() -> Option<GpuContext> {
+    let ctx = GpuContext::new().expect("opening the GPU device");
+    if ctx.is_none() {
+        eprintln!("\n!!! NO GPU ADAPTER: skipping GPU kernel test (install mesa-vulkan-drivers for lavapipe) !!!\n");
+    }
+    ctx
+}
+
+/// Uniform values in [-1, 1) from a fixed generator (the same inputs every run).
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> BindGroupEntry<'_> {
+    BindGroupEntry { binding, resource }
+}
+
+/// A tensor as a package stores it, and its manifest entry.
+fn packed(name: &str, shape: Vec<usize>, values: &[f32], dtype: DType, group: usize) -> (Tensor, HostTensor) {
+    let tensor = Tensor::from_f32(shape.clone(), values, dtype, group).unwrap();
+    let (bytes, parts) = tensor.to_bytes();
+    let entry = TensorEntry {
+        name: name.into(),
+        dtype,
+        shape,
+        shard: 0,
+        offset: 0,
+        length: bytes.len() as u64,
+        group_size: tensor.group_size(),
+        parts: parts.into_iter().map(|(k, r)| (k.to_string(), r)).collect(),
+    };
+    let host = HostTensor::from_entry(&entry, &bytes).unwrap();
+    (tensor, host)
+}
+
+const ENCODINGS: [(DType, usize); 5] =
+    [(DType::Q4, 32), (DType::Q4, 128), (DType::Q8, 32), (DType::F16, 32), (DType::F32, 32)];
+
+fn gelu_tanh(v: f32) -> f32 {
+    0.5 * v * (1.0 + (0.797_884_6 * (v + 0.044_715 * v * v * v)).tanh())
+}
+
+/// Tolerance for a dot product of `cols` terms summed in two different orders: each order is off
+/// by at most (cols - 1)·ε·Σ|terms| (the classical bound for recursive summation), so the two
+/// differ by at most twice that.
+fn dot_tolerance(cols: usize, abs_sum: f32) -> f32 {
+    2.0 * cols as f32 * f32::EPSILON * abs_sum + 1e-6
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fusion {
+    Plain,
+    Norm,
+    SwiGlu,
+    GeGlu,
+    Accumulate,
+}
+
+/// matvec.wgsl for every encoding, fusion, work split, and for one token (decode pipeline) and 11
+/// tokens (prefill pipeline: one full block of 8 and a partial one).
+#[test]
+fn matvec_matches_the_cpu_for_every_encoding_fusion_split_and_block() {
+    let Some(mut ctx) = context() else { return };
+    let (rows, cols) = (77usize, 384usize);
+    for software in [true, false] {
+        ctx.software = software;
+        let kernels = Kernels::new(&ctx.device, software);
+        for (dtype, group) in ENCODINGS {
+            for fusion in [Fusion::Plain, Fusion::Norm, Fusion::SwiGlu, Fusion::GeGlu, Fusion::Accumulate] {
+                for n in [1usize, 11] {
+                    check_matvec(&ctx, &kernels, dtype, group, fusion, rows, cols, n);
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_matvec(
+    ctx: &GpuContext,
+    kernels: &Kernels,
+    dtype: DType,
+    group: usize,
+    fusion: Fusion,
+    rows: usize,
+    cols: usize,
+    n: usize,
+) {
+    let gated = matches!(fusion, Fusion::SwiGlu | Fusion::GeGlu);
+    let w_rows = if gated { 2 * rows } else { rows };
+    let (tensor, host) = packed("w", vec![w_rows, cols], &random(w_rows * cols, 1), dtype, group);
+    // Inputs of a realistic spread (activations well above 1 before a norm).
+    let x: Vec<f32> = random(n * cols, 2).iter().map(|v| v * 3.0).collect();
+    let norm_weight: Vec<f32> = random(cols, 3).iter().map(|v| 1.0 + 0.5 * v).collect();
+    let initial = random(n * rows, 4);
+    let eps = 1e-5f32;
+
+    // CPU: the steps one after the other, as the CPU engine runs them.
+    let input = if matches!(fusion, Fusion::Norm) {
+        let mut out = vec![0f32; n * cols];
+        rms_norm(&x, &norm_weight, eps, cols, &mut out);
+        out
+    } else {
+        x.clone()
+    };
+    let mut products = vec![0f32; n * w_rows];
+    matmul(&tensor, &input, n, &mut products);
+    let dense = tensor.to_f32();
+    let abs_sums: Vec<f32> = (0..n * w_rows)
+        .map(|i| {
+            let (t, r) = (i / w_rows, i % w_rows);
+            (0..cols).map(|c| (dense[r * cols + c] * input[t * cols + c]).abs()).sum()
+        })
+        .collect();
+    let mut expected = vec![0f32; n * rows];
+    let mut tolerance = vec![0f32; n * rows];
+    for t in 0..n {
+        for r in 0..rows {
+            let (i, g) = (t * rows + r, t * w_rows + r);
+            let tol_g = dot_tolerance(cols, abs_sums[g]);
+            (expected[i], tolerance[i]) = match fusion {
+                Fusion::Plain | Fusion::Norm => (products[g], tol_g),
+                Fusion::Accumulate => (initial[i] + products[g], tol_g + f32::EPSILON * initial[i].abs()),
+                Fusion::SwiGlu | Fusion::GeGlu => {
+                    let act = if matches!(fusion, Fusion::SwiGlu) { silu } else { gelu_tanh };
+                    let (gate, up) = (products[g], products[g + rows]);
+                    let tol_u = dot_tolerance(cols, abs_sums[g + rows]);
+                    // Both activations have slope below 1.13: the product's error follows.
+                    (act(gate) * up, 1.13 * tol_g * up.abs() + act(gate).abs() * tol_u + 1e-5 * (act(gate) * up).abs())
+                }
+            };
+        }
+    }
+
+    // GPU.
+    let key = MatvecKey {
+        dtype,
+        block: if n == 1 { 1 } else { PREFILL_BLOCK },
+        norm: matches!(fusion, Fusion::Norm),
+        activation: match fusion {
+            Fusion::SwiGlu => Activation::Silu,
+            Fusion::GeGlu => Activation::GeluTanh,
+            _ => Activation::None,
+        },
+        gated,
+        accumulate: matches!(fusion, Fusion::Accumulate),
+    };
+    let w = WeightBuffer::upload(ctx, &host, 0).unwrap();
+    let per_group = kernels.matvec_rows_per_workgroup();
+    let (gx, gy) = grid_2d((rows as u32).div_ceil(per_group));
+    let dims = uniform(
+        &ctx.device,
+        "dims",
+        &[rows as u32, cols as u32, w.group, gx, rows as u32, 0, eps.to_bits(), rows as u32],
+    );
+    let step = uniform(&ctx.device, "step", &[0, n as u32]);
+    let xb = storage_init(&ctx.device, "x", &x);
+    let y = storage_init(&ctx.device, "y", &initial);
+    let nw = storage_init(&ctx.device, "norm", &norm_weight);
+    let pipeline = kernels.matvec(key);
+    let mut entries = vec![
+        entry(0, whole(&dims)),
+        entry(1, whole(&step)),
+        entry(2, whole(&xb)),
+        entry(3, whole(&y)),
+        entry(7, whole(&nw)),
+    ];
+    entries.extend(w.weight_entries(4));
+    dispatch_once(ctx, &pipeline, &entries, (gx, gy, (n as u32).div_ceil(key.block)));
+    let got: Vec<f32> = read_back(ctx, &y, 0, n * rows).unwrap();
+
+    for i in 0..n * rows {
+        let diff = (got[i] - expected[i]).abs();
+        assert!(
+            diff <= tolerance[i],
+            "{dtype:?}/{group} {fusion:?}, {n} tokens, software split {}: output {i} is {} on the GPU, {} on the CPU \
+             (tolerance {})",
+            ctx.software,
+            got[i],
+            expected[i],
+            tolerance[i]
+        );
+    }
+}
+
+/// embed.wgsl for every encoding, from a table split into row pieces (a small binding limit forced)
+/// as the engine splits vocabularies too large for one binding. Tolerance: a decoded value is
+/// `q·scale + min` in f32 on both sides; a fused multiply-add may round once instead of twice, so
+/// they differ by at most one ulp of the larger term.
+#[test]
+fn embedding_gather_matches_the_cpu_for_every_encoding_and_split_tables() {
+    let Some(mut ctx) = context() else { return };
+    let (vocab, hidden) = (1003usize, 384usize);
+    let tokens: Vec<u32> = vec![0, 1002, 500, 3, 1002, 250, 251, 749, 750, 999, 17];
+    let values = random(vocab * hidden, 5);
+    let kernels = Kernels::new(&ctx.device, true);
+    for (dtype, group) in ENCODINGS {
+        let (tensor, host) = packed("embd", vec![vocab, hidden], &values, dtype, group);
+        let dense = tensor.to_f32();
+        for limit in [u64::from(u32::MAX), 32 * 1024] {
+            ctx.limits.max_storage_buffer_binding_size = limit;
+            let pieces = WeightBuffer::upload_split(&ctx, &host).unwrap();
+            if limit < u64::from(u32::MAX) {
+                assert!(pieces.len() > 2, "{dtype:?}: a 32 KiB limit should split the table");
+            }
+            let tb = storage_init(&ctx.device, "tokens", &tokens);
+            let out = storage(&ctx.device, "out", tokens.len() * hidden);
+            for piece in &pieces {
+                let dims = uniform(&ctx.device, "dims", &[hidden as u32, piece.first_row, piece.rows, piece.group]);
+                let mut entries = vec![entry(0, whole(&dims)), entry(1, whole(&tb)), entry(2, whole(&out))];
+                entries.extend(piece.weight_entries(3));
+                let grid = ((hidden as u32).div_ceil(WORKGROUP), tokens.len() as u32, 1);
+                dispatch_once(&ctx, &kernels.embed(dtype), &entries, grid);
+            }
+            let got: Vec<f32> = read_back(&ctx, &out, 0, tokens.len() * hidden).unwrap();
+            for (t, &id) in tokens.iter().enumerate() {
+                for i in 0..hidden {
+                    let want = dense[id as usize * hidden + i];
+                    let have = got[t * hidden + i];
+                    assert!(
+                        (have - want).abs() <= 2.0 * f32::EPSILON * want.abs().max(1.0),
+                        "{dtype:?}/{group}, limit {limit}: token {id} value {i}: GPU {have}, CPU {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn config(n_heads: usize, n_kv_heads: usize, head_dim: usize, rope_dim: usize, style: RopeStyle) -> ModelConfig {
+    ModelConfig {
+        n_layers: 1,
+        hidden_size: n_heads * head_dim,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        ffn_size: 64,
+        vocab_size: 100,
+        context_length: 64,
+        norm: NormKind::Rms,
+        norm_eps: 1e-5,
+        activation: ModelActivation::Silu,
+        position: PositionKind::Rope,
+        rope: Some(RopeConfig { base: 10000.0, dim: rope_dim, style, scaling: None }),
+        alibi: None,
+        sliding_window: None,
+        sliding_window_pattern: None,
+        tied_embeddings: true,
+    }
+}
+
+fn f16_round(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
+}
+
+/// Cache contents as the GPU stores them: f32 words, or f16 pairs packed in a word.
+fn cache_words(values: &[f32], f16: bool) -> Vec<u32> {
+    if f16 {
+        values
+            .chunks(2)
+            .map(|p| {
+                let lo = half::f16::from_f32(p[0]).to_bits() as u32;
+                let hi = half::f16::from_f32(p.get(1).copied().unwrap_or(0.0)).to_bits() as u32;
+                lo | (hi << 16)
+            })
+            .collect()
+    } else {
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+}
+
+fn cache_values(words: &[u32], f16: bool) -> Vec<f32> {
+    if f16 {
+        words
+            .iter()
+            .flat_map(|w| [half::f16::from_bits(*w as u16).to_f32(), half::f16::from_bits((w >> 16) as u16).to_f32()])
+            .collect()
+    } else {
+        words.iter().map(|w| f32::from_bits(*w)).collect()
+    }
+}
+
+/// rope.wgsl: both pairings, full and partial rotary dimensions, f32 and f16 caches, five tokens
+/// at positions 637..642 (angles of hundreds of radians) of a cache of 650 rows (written at their
+/// rows, nothing else touched).
+/// Tolerance: WGSL promises sin/cos to 2^-11 absolute on [-π, π] (the kernel reduces angles there),
+/// so a rotated value may be off by 2^-10·(|x0| + |x1|) against the CPU's libm; an f16 cache adds
+/// f16 rounding, 2^-11 relative.
+#[test]
+fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
+    let Some(ctx) = context() else { return };
+    let (n_heads, n_kv, hd, capacity, start, n) = (6usize, 2usize, 40usize, 650usize, 637usize, 5usize);
+    let (qd, kvd) = (n_heads * hd, n_kv * hd);
+    let row = qd + 2 * kvd;
+    let kernels = Kernels::new(&ctx.device, true);
+    for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
+        for rope_dim in [hd, 24] {
+            for f16 in [false, true] {
+                let qkv = random(n * row, 7);
+                let inv_freq = hearth_core::cpu::rope_inv_freq(10000.0, rope_dim, None, None);
+                let sentinel = random(capacity * kvd, 8);
+                let k_init = cache_words(&sentinel, f16);
+                let dims = uniform(
+                    &ctx.device,
+                    "dims",
+                    &[
+                        n_heads as u32,
+                        n_kv as u32,
+                        hd as u32,
+                        (rope_dim / 2) as u32,
+                        u32::from(style == RopeStyle::Neox),
+                        capacity as u32,
+                    ],
+                );
+                let step = uniform(&ctx.device, "step", &[start as u32, n as u32]);
+                let freq = storage_init(&ctx.device, "inv freq", &inv_freq);
+                let qkv_b = storage_init(&ctx.device, "qkv", &qkv);
+                let q_b = storage(&ctx.device, "q", n * qd);
+                let k_b = storage_init(&ctx.device, "k cache", &k_init);
+                let v_b = storage_init(&ctx.device, "v cache", &k_init);
+                let entries = [
+                    entry(0, whole(&dims)),
+                    entry(1, whole(&step)),
+                    entry(2, whole(&freq)),
+                    entry(3, whole(&qkv_b)),
+                    entry(4, whole(&q_b)),
+                    entry(5, whole(&k_b)),
+                    entry(6, whole(&v_b)),
+                ];
+                dispatch_once(
+                    &ctx,
+                    &kernels.rope_store(f16),
+                    &entries,
+                    ((row as u32 / 2).div_ceil(WORKGROUP), n as u32, 1),
+                );
+                let q: Vec<f32> = read_back(&ctx, &q_b, 0, n * qd).unwrap();
+                let k = cache_values(&read_back::<u32>(&ctx, &k_b, 0, k_init.len()).unwrap(), f16);
+                let v = cache_values(&read_back::<u32>(&ctx, &v_b, 0, k_init.len()).unwrap(), f16);
+                let untouched = cache_values(&k_init, f16);
+
+                let label = format!("{style:?}, rope dim {rope_dim}, f16 cache {f16}");
+                for t in 0..n {
+                    let pos = start + t;
+                    let mut want = qkv[t * row..(t + 1) * row].to_vec();
+                    for head in want[..qd + kvd].chunks_mut(hd) {
+                        apply_rope(head, pos, &inv_freq, style);
+                    }
+                    let src = &qkv[t * row..(t + 1) * row];
+                    let check = |have: f32, want: f32, partner_scale: f32, cached: bool, what: &str| {
+                        let mut tol = (2f32).powi(-10) * partner_scale + 1e-6;
+                        if cached && f16 {
+                            tol += want.abs() * (2f32).powi(-11);
+                        }
+                        assert!((have - want).abs() <= tol, "{label}: {what}: GPU {have}, CPU {want}");
+                    };
+                    for i in 0..qd {
+                        let scale = src[i - i % hd..i - i % hd + hd].iter().map(|v| v.abs()).fold(0.0, f32::max) * 2.0;
+                        check(q[t * qd + i], want[i], scale, false, &format!("token {t} q[{i}]"));
+                    }
+                    for i in 0..kvd {
+                        let scale =
+                            src[qd + i - i % hd..qd + i - i % hd + hd].iter().map(|v| v.abs()).fold(0.0, f32::max)
+                                * 2.0;
+                        check(k[pos * kvd + i], want[qd + i], scale, true, &format!("token {t} k[{i}]"));
+                        check(v[pos * kvd + i], want[qd + kvd + i], 0.0, true, &format!("token {t} v[{i}]"));
+                    }
+                }
+                // Rows outside the step's positions are left as they were.
+                for p in (0..capacity).filter(|p| !(start..start + n).contains(p)) {
+                    assert_eq!(&k[p * kvd..(p + 1) * kvd], &untouched[p * kvd..(p + 1) * kvd], "{label}: k row {p}");
+                    assert_eq!(&v[p * kvd..(p + 1) * kvd], &untouched[p * kvd..(p + 1) * kvd], "{label}: v row {p}");
+                }
+            }
+        }
+    }
+}
+
+/// attention.wgsl in both splits, with f32 and f16 caches (the CPU sees the f16-rounded values, so
+/// both compute on the same numbers), for three shapes: an awkward one (6 query heads over 2 KV
+/// heads of 40 dimensions, 7 new tokens at positions 29..36 of a 50-row cache); SmolLM2's (9 over
+/// 3 heads of 64) with a full chunk of 64 tokens at the end of the longest cache the row split
+/// serves (positions 1536..1599: lavapipe's loop limiter, see the shader); and a cache past that,
+/// where software adapters switch to the cooperative kernel. Tolerance: outputs are convex
+/// combinations of values in [-1, 1] with softmax weights, each output a few dozen roundings deep;
+/// the differences seen were below 2e-7, and 1e-6 still flags any misread value or position.
+#[test]
+fn attention_matches_the_cpu_in_both_splits_and_caches() {
+    let Some(mut ctx) = context() else { return };
+    for shape in
+        [(6usize, 2usize, 40usize, 50usize, 29usize, 7usize), (9, 3, 64, 1600, 1536, 64), (6, 2, 40, 2000, 1990, 5)]
+    {
+        for software in [true, false] {
+            ctx.software = software;
+            for f16 in [false, true] {
+                check_attention(&ctx, shape, f16);
+            }
+        }
+    }
+}
+
+fn check_attention(ctx: &GpuContext, shape: (usize, usize, usize, usize, usize, usize), f16: bool) {
+    let (n_heads, n_kv, hd, capacity, start, n) = shape;
+    let c = config(n_heads, n_kv, hd, hd, RopeStyle::Neox);
+    let (qd, kvd) = (n_heads * hd, n_kv * hd);
+    let q = random(n * qd, 11);
+    let kernels = Kernels::new(&ctx.device, ctx.software);
+    let round = |v: Vec<f32>| if f16 { v.into_iter().map(f16_round).collect() } else { v };
+    let k = round(random(capacity * kvd, 12));
+    let v = round(random(capacity * kvd, 13));
+    let mut want = vec![0f32; n * qd];
+    attention(&c, &q, &k, &v, start, n, &mut want);
+
+    let scale = 1.0 / (hd as f32).sqrt();
+    let dims = uniform(
+        &ctx.device,
+        "dims",
+        &[n_heads as u32, n_kv as u32, hd as u32, capacity as u32, scale.to_bits(), capacity as u32],
+    );
+    let step = uniform(&ctx.device, "step", &[start as u32, n as u32]);
+    let q_b = storage_init(&ctx.device, "q", &q);
+    let k_b = storage_init(&ctx.device, "k", &cache_words(&k, f16));
+    let v_b = storage_init(&ctx.device, "v", &cache_words(&v, f16));
+    let scores = storage(&ctx.device, "scores", n * n_heads * capacity);
+    let out = storage(&ctx.device, "out", n * qd);
+    let entries = [
+        entry(0, whole(&dims)),
+        entry(1, whole(&step)),
+        entry(2, whole(&q_b)),
+        entry(3, whole(&k_b)),
+        entry(4, whole(&v_b)),
+        entry(5, whole(&scores)),
+        entry(6, whole(&out)),
+    ];
+    let grid = if kernels.attention_uses_rows(capacity) {
+        (((n_heads * n) as u32).div_ceil(WORKGROUP), 1, 1)
+    } else {
+        (n_heads as u32, n as u32, 1)
+    };
+    dispatch_once(ctx, &kernels.attention(f16, capacity), &entries, grid);
+    let got: Vec<f32> = read_back(ctx, &out, 0, n * qd).unwrap();
+    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(
+        worst <= 1e-6,
+        "shape {shape:?}, software split {}, f16 cache {f16}: GPU and CPU differ by {worst}",
+        ctx.software
+    );
+}
+
+/// Weight pieces: stacking by rows and splitting to a binding limit are exact rearrangements of
+/// the stored bytes (checked by decoding), and a row wider than the limit is a clear error.
+#[test]
+fn stacking_and_splitting_weights_keeps_every_row() {
+    for (dtype, group) in ENCODINGS {
+        let (a, ha) = packed("a", vec![5, 256], &random(5 * 256, 21), dtype, group);
+        let (b, hb) = packed("b", vec![3, 256], &random(3 * 256, 22), dtype, group);
+        let stacked = HostTensor::stack("ab", &[ha.clone(), hb.clone()]).unwrap();
+        assert_eq!(stacked.rows, 8);
+        let mut expected = a.to_f32();
+        expected.extend(b.to_f32());
+        let widest = stacked.parts.iter().map(|p| p.len() / 8).max().unwrap() as u64;
+        let pieces = stacked.split_to_fit(3 * widest + 4).unwrap();
+        assert_eq!(pieces.iter().map(|(first, _)| *first).collect::<Vec<_>>(), vec![0, 3, 6], "{dtype:?}");
+        let mut decoded = Vec::new();
+        for (_, piece) in &pieces {
+            // Parts laid out as a package stores them (docs/FORMAT.md: each at a 256-byte boundary).
+            let mut bytes = Vec::new();
+            for part in &piece.parts {
+                bytes.resize(bytes.len().next_multiple_of(256), 0);
+                bytes.extend_from_slice(part);
+            }
+            let t = Tensor::from_bytes("piece", vec![piece.rows, 256], dtype, piece.group, &bytes).unwrap();
+            decoded.extend(t.to_f32());
+        }
+        assert_eq!(decoded, expected, "{dtype:?}");
+        let err = stacked.split_to_fit(widest / 2).unwrap_err().to_string();
+        assert!(err.contains("exceeds this adapter's storage binding limit"), "{err}");
+        let (_, other) = packed("c", vec![2, 128], &random(256, 23), dtype, group.min(128));
+        assert!(HostTensor::stack("x", &[ha, other]).is_none(), "rows of different lengths must not stack");
+    }
+}
+
+/// norm.wgsl: RMSNorm against the CPU engine's, LayerNorm against an f64 computation, for 5 tokens
+/// of 300 values (not a multiple of anything) offset by 3 so that LayerNorm's mean matters.
+/// Tolerance: RMSNorm sums the squares in the CPU's order, so only the final sqrt / divide / products
+/// round differently: a few ulps (4ε relative). LayerNorm against f64: the f32 mean and variance of
+/// 300 terms carry at most ~300ε relative error, which the normalized output inherits; 1e-4 absolute
+/// on outputs of magnitude ~3 covers it.
+#[test]
+fn norms_match_their_references() {
+    let Some(ctx) = context() else { return };
+    let kernels = Kernels::new(&ctx.device, true);
+    let (n, h) = (5usize, 300usize);
+    let x: Vec<f32> = random(n * h, 31).iter().map(|v| 3.0 + 2.0 * v).collect();
+    let weight: Vec<f32> = random(h, 32).iter().map(|v| 1.0 + 0.5 * v).collect();
+    let bias = random(h, 33);
+    let eps = 1e-5f32;
+    let run = |pipeline: &wgpu::ComputePipeline, with_bias: bool| -> Vec<f32> {
+        let dims = uniform(&ctx.device, "dims", &[h as u32, eps.to_bits()]);
+        let step = uniform(&ctx.device, "step", &[0, n as u32]);
+        let xb = storage_init(&ctx.device, "x", &x);
+        let wb = storage_init(&ctx.device, "weight", &weight);
+        let bb = storage_init(&ctx.device, "bias", &bias);
+        let out = storage(&ctx.device, "out", n * h);
+        let mut entries =
+            vec![entry(0, whole(&dims)), entry(1, whole(&step)), entry(2, whole(&xb)), entry(3, whole(&wb))];
+        entries.push(entry(4, whole(&out)));
+        if with_bias {
+            entries.push(entry(5, whole(&bb)));
+        }
+        dispatch_once(&ctx, pipeline, &entries, (1, 1, 1));
+        read_back(&ctx, &out, 0, n * h).unwrap()
+    };
+
+    let got = run(&kernels.rms_norm(), false);
+    let mut want = vec![0f32; n * h];
+    rms_norm(&x, &weight, eps, h, &mut want);
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert!((a - b).abs() <= 4.0 * f32::EPSILON * b.abs() + 1e-7, "rms_norm value {i}: GPU {a}, CPU {b}");
+    }
+
+    let got = run(&kernels.layer_norm(), true);
+    for t in 0..n {
+        let row: Vec<f64> = x[t * h..(t + 1) * h].iter().map(|&v| v as f64).collect();
+        let mean = row.iter().sum::<f64>() / h as f64;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / h as f64;
+        for i in 0..h {
+            let want = (row[i] - mean) / (var + eps as f64).sqrt() * weight[i] as f64 + bias[i] as f64;
+            let have = got[t * h + i] as f64;
+            assert!((have - want).abs() <= 1e-4, "layer_norm token {t} value {i}: GPU {have}, f64 {want}");
+        }
+    }
+}

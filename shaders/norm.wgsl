@@ -1,0 +1,68 @@
+// Norms as passes of their own, one invocation per token.
+//
+// - `rms_norm`: out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight. Only software adapters run it: on
+//   GPUs the norm is fused into the matrix product that follows (matvec.wgsl's NORM), but there each
+//   of a row-per-invocation product's invocations would redo the token's sum of squares, which
+//   costs more than this one pass.
+// - `layer_norm`: out[t] = (x[t] - mean(x[t])) / sqrt(var(x[t]) + eps) * weight + bias, for the
+//   architectures that use it (GPT-2, BLOOM).
+
+struct Dims {
+    hidden: u32,
+    eps: f32,
+}
+
+struct Step {
+    start: u32,
+    n_tokens: u32,
+}
+
+@group(0) @binding(0) var<uniform> dims: Dims;
+@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> weight: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read> bias: array<f32>;
+
+@compute @workgroup_size(64)
+fn rms_norm(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let t = gid.x;
+    if (t >= step.n_tokens) {
+        return;
+    }
+    let base = t * dims.hidden;
+    var acc = 0.0;
+    for (var i = 0u; i < dims.hidden; i = i + 1u) {
+        acc = acc + x[base + i] * x[base + i];
+    }
+    // 1 / sqrt, not inverseSqrt: some drivers give inverseSqrt a fast estimate (~12 bits).
+    let inv = 1.0 / sqrt(acc / f32(dims.hidden) + dims.eps);
+    for (var i = 0u; i < dims.hidden; i = i + 1u) {
+        out[base + i] = x[base + i] * inv * weight[i];
+    }
+}
+
+@compute @workgroup_size(64)
+fn layer_norm(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let t = gid.x;
+    if (t >= step.n_tokens) {
+        return;
+    }
+    let base = t * dims.hidden;
+    let n = f32(dims.hidden);
+    var sum = 0.0;
+    for (var i = 0u; i < dims.hidden; i = i + 1u) {
+        sum = sum + x[base + i];
+    }
+    let mean = sum / n;
+    // Two passes (mean, then squared deviations): no cancellation when |mean| >> spread.
+    var squares = 0.0;
+    for (var i = 0u; i < dims.hidden; i = i + 1u) {
+        let d = x[base + i] - mean;
+        squares = squares + d * d;
+    }
+    let inv = 1.0 / sqrt(squares / n + dims.eps);
+    for (var i = 0u; i < dims.hidden; i = i + 1u) {
+        out[base + i] = (x[base + i] - mean) * inv * weight[i] + bias[i];
+    }
+}

@@ -1,0 +1,505 @@
+// Chooses the next token from the logits exactly as hearth-core's `sampling::choose` does on the
+// CPU, so that decoding reads back one u32 per token instead of the whole logits vector:
+// penalties, then argmax (temperature 0), else top-k -> softmax at the temperature -> top-p ->
+// min-p -> one uniform draw walked through the kept candidates.
+//
+// One workgroup of 256 invocations; no sorting, any vocabulary size.
+//
+// Order. Candidates are ordered as on the CPU: by logit descending, the lower index first on equal
+// logits. Each candidate has a unique position (key, rank), compared lexicographically, larger
+// first:
+//   key  = the logit's bits mapped to a u32 whose unsigned order is f32::total_cmp's;
+//   rank = index_mask - index, so the lower index has the larger rank.
+// Every cut of the chain keeps a prefix of that order, and a prefix is named by its last position.
+//
+// Search. `search` finds the last position at which a running total over the prefix (a count, or
+// a probability mass) reaches a goal: the candidate where the CPU's walk down its sorted list
+// stops. It fixes the key two bits at a time (16 passes, each testing four thresholds at once and
+// ending in one workgroup reduction), then the rank the same way, only when several candidates
+// share the key found (equal logits).
+//
+// Compaction. Once the candidates still in play fit in workgroup memory (1024), they are copied
+// there and later passes visit only them instead of the whole vocabulary. The top-k search
+// compacts as soon as the candidates at or above its running position fit (a few passes in, for a
+// top-k of 40); otherwise the set left by top-p and min-p is compacted before the draw's search.
+// Passes over the whole vocabulary per step, besides penalties (no pass) and argmax (1):
+//   greedy: none more;
+//   temperature alone: 19 (softmax sum, total, draw search 17);
+//   top-k <= 1024, with or without top-p / min-p: about 6 (search until compaction, compaction);
+//   top-p: 20 (softmax sum, top-p search 17, total, then usually compaction); min-p: 3;
+//   top-k > 1024 over a large set: up to 36.
+// Each pass ends in a reduction of 2 barriers; passes over the compacted list cost little else.
+//
+// Rounding. Sums run in a different order than on the CPU, so masses differ from the CPU's in the
+// last bits: a top-p or min-p cut, or a draw, that lands within ~1e-6 (relative) of the boundary
+// between two candidates may go the other way. Counts (top-k) and the order itself are exact.
+//
+// f32 only (no shader-f16) and no subgroups, so it runs on every WebGPU adapter.
+
+struct Params {
+    vocab: u32,
+    // 0: greedy.
+    temperature: f32,
+    // 0 or >= vocab: off.
+    top_k: u32,
+    // >= 1: off.
+    top_p: f32,
+    // 0: off.
+    min_p: f32,
+    repetition_penalty: f32,
+    presence_penalty: f32,
+    frequency_penalty: f32,
+    // Entries of `penalties` to apply.
+    n_penalized: u32,
+    // Uniform in [0, 1); 1 or more takes the last kept candidate, as on the CPU.
+    draw: f32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+// The step's logits; the penalties are applied in place (the engine recomputes them every step).
+@group(0) @binding(1) var<storage, read_write> logits: array<f32>;
+// (token, occurrences), each token at most once: invocations apply them in parallel.
+@group(0) @binding(2) var<storage, read> penalties: array<vec2<u32>>;
+// result[0]: the chosen token.
+@group(0) @binding(3) var<storage, read_write> result: array<u32>;
+
+const WORKGROUP: u32 = 256u;
+// Reductions and scans run in two levels of 16 (16 * 16 = WORKGROUP).
+const FAN: u32 = 16u;
+// Candidates compaction can hold (8 KiB of the 16 KiB of workgroup memory WebGPU guarantees).
+const CAPACITY: u32 = 1024u;
+const NONE: u32 = 0xffffffffu;
+
+var<workgroup> partial_sums: array<vec4<f32>, WORKGROUP>;
+var<workgroup> group_sums: array<vec4<f32>, FAN>;
+var<workgroup> partial_best_value: array<f32, WORKGROUP>;
+var<workgroup> partial_best_index: array<u32, WORKGROUP>;
+var<workgroup> group_best_value: array<f32, FAN>;
+var<workgroup> group_best_index: array<u32, FAN>;
+var<workgroup> partial_counts: array<u32, WORKGROUP>;
+var<workgroup> group_counts: array<u32, FAN>;
+var<workgroup> compact_logit: array<f32, CAPACITY>;
+var<workgroup> compact_index: array<u32, CAPACITY>;
+// A value invocation 0 hands to all of them for a branch around barriers.
+var<workgroup> broadcast: u32;
+
+var<private> lid: u32;
+// From here to my_totals, every invocation holds the same values (they come from reductions each
+// invocation computes in full, in the same order), set once per phase. WGSL's uniformity analysis
+// cannot see that (it takes module-scope variables as non-uniform), so every branch around
+// barriers goes through workgroupUniformLoad or the uniform parameters.
+// rank = index_mask - index: 2^bits - 1 for an even number of bits covering every index.
+var<private> index_mask: u32;
+var<private> max_logit: f32;
+// The softmax denominator over the top-k set; 1 until it is known (its own pass sums plain exps).
+var<private> sum_exp: f32 = 1.0;
+// The last position kept by top-k and by top-p; (0, 0) keeps everything.
+var<private> top_k_cut: vec2<u32>;
+var<private> top_p_cut: vec2<u32>;
+// Min-p: candidates less likely than this are dropped (when min_p_on).
+var<private> min_prob: f32;
+var<private> min_p_on: bool;
+// Whether the candidates in play are the first n_compact of compact_*, rather than the vocabulary.
+var<private> compacted: bool;
+var<private> n_compact: u32;
+// Per invocation: its own share of the last totals_at() or set_totals(), before the reduction (how
+// many members of a set it is about to compact it visits).
+var<private> my_totals: vec4<f32>;
+
+// ---- Candidates ----
+
+struct Candidate {
+    logit: f32,
+    index: u32,
+}
+
+// The j-th candidate of the compacted list.
+fn listed(j: u32) -> Candidate {
+    return Candidate(compact_logit[j], compact_index[j]);
+}
+
+// A u32 whose unsigned order is the float's total order (as Rust's f32::total_cmp): negative
+// floats have every bit flipped, positive ones the sign bit set.
+fn order_key(x: f32) -> u32 {
+    let bits = bitcast<u32>(x);
+    return select(bits | 0x80000000u, ~bits, (bits & 0x80000000u) != 0u);
+}
+
+// An even number of bits (the rank search takes two per pass) covering every index. From the
+// uniform parameters, so loops bounded by it may hold barriers.
+fn index_bits() -> u32 {
+    return (firstLeadingBit(max(params.vocab, 2u) - 1u) + 2u) & ~1u;
+}
+
+fn position(c: Candidate) -> vec2<u32> {
+    return vec2<u32>(order_key(c.logit), index_mask - c.index);
+}
+
+// Whether position `p` comes at or before position `last` in sampling order.
+fn at_or_above(p: vec2<u32>, last: vec2<u32>) -> bool {
+    return (p.x > last.x) | ((p.x == last.x) & (p.y >= last.y));
+}
+
+// The CPU's formula: exp((l - max) / T) / sum, with sum over the top-k set.
+fn probability(l: f32) -> f32 {
+    return exp((l - max_logit) / params.temperature) / sum_exp;
+}
+
+// Whether position `p` survives the top-k and top-p cuts made so far.
+fn within_cuts(p: vec2<u32>) -> bool {
+    return at_or_above(p, top_k_cut) & at_or_above(p, top_p_cut);
+}
+
+// Whether a candidate of probability q survives min-p. The probability falls along the order, so
+// the candidates that pass are a prefix, as the CPU's take_while keeps.
+fn above_min_p(q: f32) -> bool {
+    return !min_p_on | (q >= min_prob);
+}
+
+// What a candidate adds to a running total over the current set: its probability (`mass`) or 1 (a
+// count); 0 outside the set. Like the other per-candidate functions it selects rather than
+// branches (and takes the exp even for a count): software adapters run invocations as SIMD lanes
+// and pay for a divergent branch on every candidate of every pass.
+fn weight(c: Candidate, p: vec2<u32>, mass: bool) -> f32 {
+    let q = probability(c.logit);
+    return select(0.0, select(1.0, q, mass), within_cuts(p) & above_min_p(q));
+}
+
+// ---- Reductions ----
+// Two levels of 16 rather than a tree of 8 halvings: 2 barriers instead of 9 (barriers are what
+// costs on software adapters; 16 serial adds cost little anywhere). The order of the adds is fixed,
+// so every invocation gets the same bits and can act on the result without a broadcast. Reuse is
+// safe: an invocation writes `partial_*` again only after the second barrier (all level-1 reads
+// done) and `group_*` only after the next first barrier (all level-2 reads done).
+
+fn reduce_sum(v: vec4<f32>) -> vec4<f32> {
+    partial_sums[lid] = v;
+    workgroupBarrier();
+    if (lid < FAN) {
+        var s = vec4<f32>(0.0);
+        for (var j = 0u; j < FAN; j++) {
+            s += partial_sums[lid * FAN + j];
+        }
+        group_sums[lid] = s;
+    }
+    workgroupBarrier();
+    var total = vec4<f32>(0.0);
+    for (var j = 0u; j < FAN; j++) {
+        total += group_sums[j];
+    }
+    return total;
+}
+
+// Whether (v, i) beats (best_v, best_i) for argmax: larger, or equal with a lower index; NONE marks
+// an invocation that saw no logit.
+fn beats(v: f32, i: u32, best_v: f32, best_i: u32) -> bool {
+    return i != NONE && (best_i == NONE || v > best_v || (v == best_v && i < best_i));
+}
+
+// The index of the largest logit, the first one on ties, compared with `>` like the CPU's argmax
+// (so -0 equals +0).
+fn argmax_pass() -> u32 {
+    var v = 0.0;
+    var idx = NONE;
+    for (var i = lid; i < params.vocab; i += WORKGROUP) {
+        let l = logits[i];
+        if (beats(l, i, v, idx)) {
+            v = l;
+            idx = i;
+        }
+    }
+    partial_best_value[lid] = v;
+    partial_best_index[lid] = idx;
+    workgroupBarrier();
+    if (lid < FAN) {
+        v = 0.0;
+        idx = NONE;
+        for (var j = 0u; j < FAN; j++) {
+            let k = lid * FAN + j;
+            if (beats(partial_best_value[k], partial_best_index[k], v, idx)) {
+                v = partial_best_value[k];
+                idx = partial_best_index[k];
+            }
+        }
+        group_best_value[lid] = v;
+        group_best_index[lid] = idx;
+    }
+    workgroupBarrier();
+    v = 0.0;
+    idx = NONE;
+    for (var j = 0u; j < FAN; j++) {
+        if (beats(group_best_value[j], group_best_index[j], v, idx)) {
+            v = group_best_value[j];
+            idx = group_best_index[j];
+        }
+    }
+    return select(idx, 0u, idx == NONE);
+}
+
+// ---- Passes over the candidates ----
+// Each pass adds up a value per candidate, over the vocabulary or, once compacted, over the list:
+// two loops rather than a branch per candidate, which software adapters pay for on every element.
+
+// What a candidate adds at the four positions last_*[j]: its weight where it is at or above.
+fn weights_above(c: Candidate, last_key: vec4<u32>, last_rank: vec4<u32>, mass: bool) -> vec4<f32> {
+    let p = position(c);
+    let w = weight(c, p, mass);
+    let key = vec4<u32>(p.x);
+    let above = (key > last_key) | ((key == last_key) & (vec4<u32>(p.y) >= last_rank));
+    return select(vec4<f32>(0.0), vec4<f32>(w), above);
+}
+
+// For the four positions first + j * step (j = 0..3): the running total of the set's candidates at
+// or above each.
+fn totals_at(first: vec2<u32>, step: vec2<u32>, mass: bool) -> vec4<f32> {
+    let j = vec4<u32>(0u, 1u, 2u, 3u);
+    let last_key = vec4<u32>(first.x) + j * step.x;
+    let last_rank = vec4<u32>(first.y) + j * step.y;
+    var acc = vec4<f32>(0.0);
+    if (compacted) {
+        for (var i = lid; i < n_compact; i += WORKGROUP) {
+            acc += weights_above(listed(i), last_key, last_rank, mass);
+        }
+    } else {
+        for (var i = lid; i < params.vocab; i += WORKGROUP) {
+            acc += weights_above(Candidate(logits[i], i), last_key, last_rank, mass);
+        }
+    }
+    my_totals = acc;
+    return reduce_sum(acc);
+}
+
+// (probability, 1) for a member of the set, 0 otherwise.
+fn membership(c: Candidate) -> vec2<f32> {
+    let q = probability(c.logit);
+    return select(vec2<f32>(0.0), vec2<f32>(q, 1.0), within_cuts(position(c)) & above_min_p(q));
+}
+
+// Over the set: x = the sum of probabilities, y = how many candidates.
+fn set_totals() -> vec2<f32> {
+    var acc = vec2<f32>(0.0);
+    if (compacted) {
+        for (var i = lid; i < n_compact; i += WORKGROUP) {
+            acc += membership(listed(i));
+        }
+    } else {
+        for (var i = lid; i < params.vocab; i += WORKGROUP) {
+            acc += membership(Candidate(logits[i], i));
+        }
+    }
+    my_totals = vec4<f32>(acc, 0.0, 0.0);
+    return reduce_sum(vec4<f32>(acc, 0.0, 0.0)).xy;
+}
+
+// (1, the rank's halves) for a member of the set with the given key, 0 otherwise.
+fn group_member(c: Candidate, key: u32) -> vec4<f32> {
+    let p = position(c);
+    let member = vec4<f32>(1.0, f32(p.y & 0xffffu), f32(p.y >> 16u), 0.0);
+    return select(vec4<f32>(0.0), member, (p.x == key) & (weight(c, p, false) != 0.0));
+}
+
+// Over the set's members with the given key: x = how many, and when there is one, y and z = the
+// halves of its rank (each < 2^16, exact in f32).
+fn group_totals(key: u32) -> vec4<f32> {
+    var acc = vec4<f32>(0.0);
+    if (compacted) {
+        for (var i = lid; i < n_compact; i += WORKGROUP) {
+            acc += group_member(listed(i), key);
+        }
+    } else {
+        for (var i = lid; i < params.vocab; i += WORKGROUP) {
+            acc += group_member(Candidate(logits[i], i), key);
+        }
+    }
+    return reduce_sum(acc);
+}
+
+// Copy the set's candidates at or above `floor` into workgroup memory; `mine` is how many of them
+// this invocation visits. Each invocation writes its own from an offset, an exclusive scan of those
+// counts, so the order (and any sum over it) is the same from run to run. Only from the
+// vocabulary: a set only shrinks, so once compacted it stays small enough.
+fn compact(floor: vec2<u32>, mine: u32) {
+    partial_counts[lid] = mine;
+    workgroupBarrier();
+    if (lid < FAN) {
+        var s = 0u;
+        for (var j = 0u; j < FAN; j++) {
+            s += partial_counts[lid * FAN + j];
+        }
+        group_counts[lid] = s;
+    }
+    workgroupBarrier();
+    var offset = 0u;
+    var total = 0u;
+    for (var g = 0u; g < FAN; g++) {
+        offset += select(0u, group_counts[g], g < lid / FAN);
+        total += group_counts[g];
+    }
+    for (var t = lid - lid % FAN; t < lid; t++) {
+        offset += partial_counts[t];
+    }
+    for (var i = lid; i < params.vocab; i += WORKGROUP) {
+        let c = Candidate(logits[i], i);
+        let p = position(c);
+        if (at_or_above(p, floor) && weight(c, p, false) != 0.0 && offset < CAPACITY) {
+            compact_logit[offset] = c.logit;
+            compact_index[offset] = i;
+            offset += 1u;
+        }
+    }
+    workgroupBarrier();
+    n_compact = min(total, CAPACITY);
+    compacted = true;
+}
+
+// Compact when `count` candidates (at or above `floor`) fit and nothing is compacted yet; whether
+// it did, as a value every invocation can branch on around barriers.
+fn compact_if_few(floor: vec2<u32>, count: f32, mine: u32) -> bool {
+    if (lid == 0u) {
+        broadcast = u32(!compacted && count <= f32(CAPACITY));
+    }
+    if (workgroupUniformLoad(&broadcast) == 0u) {
+        return false;
+    }
+    compact(floor, mine);
+    return true;
+}
+
+// ---- Search ----
+
+// Whether a running total meets the goal: `total > goal` when strict, else `total >= goal`.
+fn meets(total: f32, goal: f32, strict: bool) -> bool {
+    return select(total >= goal, total > goal, strict);
+}
+
+// The largest j in 0..3 whose total meets the goal (0 if none does: the caller's position stays).
+// Totals never grow with the position (with q >= 0, rounded adds are monotonic), so those that
+// meet it are a prefix.
+fn last_meeting(totals: vec4<f32>, goal: f32, strict: bool) -> u32 {
+    var j = 0u;
+    for (var k = 1u; k < 4u; k++) {
+        if (meets(totals[k], goal, strict)) {
+            j = k;
+        }
+    }
+    return j;
+}
+
+// The last position (in sampling order) whose running total over the set, from the top down to it
+// inclusive, meets the goal; (0, 0), which keeps everything, when no position does. `mass` must be
+// the same in every invocation.
+fn search(mass: bool, goal: f32, strict: bool) -> vec2<u32> {
+    var found = vec2<u32>(0u, 0u);
+    // A count (top-k) knows after each pass how many candidates are at or above `found`, all of
+    // which the rest of the search (and of the chain) needs: once they fit, it compacts them.
+    var counting = !mass;
+    // The key, two bits per pass, most significant first.
+    for (var shift = 30i; shift >= 0i; shift -= 2i) {
+        let step = vec2<u32>(1u << u32(shift), 0u);
+        let totals = totals_at(found, step, mass);
+        let j = last_meeting(totals, goal, strict);
+        found += step * j;
+        if (counting) {
+            counting = !compact_if_few(found, totals[j], u32(my_totals[j]));
+        }
+    }
+    // The candidates in the set with that key: when there is just one, it is the answer.
+    let group = group_totals(found.x);
+    if (lid == 0u) {
+        broadcast = u32(group.x > 1.0);
+    }
+    // Several candidates share the key (equal logits): find the rank, two bits per pass. Rare, so
+    // skipped otherwise.
+    if (workgroupUniformLoad(&broadcast) != 0u) {
+        for (var shift = i32(index_bits()) - 2i; shift >= 0i; shift -= 2i) {
+            let step = vec2<u32>(0u, 1u << u32(shift));
+            let totals = totals_at(found, step, mass);
+            let j = last_meeting(totals, goal, strict);
+            found += step * j;
+            if (counting) {
+                counting = !compact_if_few(found, totals[j], u32(my_totals[j]));
+            }
+        }
+    } else if (group.x == 1.0) {
+        found.y = u32(group.y) | (u32(group.z) << 16u);
+    }
+    return found;
+}
+
+// ---- The chain ----
+
+fn apply_penalties() {
+    for (var j = lid; j < params.n_penalized; j += WORKGROUP) {
+        let entry = penalties[j];
+        // Tokens outside the vocabulary are ignored, as on the CPU.
+        if (entry.x < params.vocab) {
+            var l = logits[entry.x];
+            if (params.repetition_penalty != 1.0) {
+                l = select(l * params.repetition_penalty, l / params.repetition_penalty, l > 0.0);
+            }
+            l -= f32(entry.y) * params.frequency_penalty + params.presence_penalty;
+            logits[entry.x] = l;
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn sample(@builtin(local_invocation_index) local_index: u32) {
+    lid = local_index;
+    apply_penalties();
+    // The penalized logits must be visible to every invocation before anyone reads them.
+    storageBarrier();
+
+    let best = argmax_pass();
+    if (params.temperature == 0.0) {
+        if (lid == 0u) {
+            result[0] = best;
+        }
+        return;
+    }
+    max_logit = logits[best];
+    let bits = index_bits();
+    index_mask = select(0xffffffffu, (1u << bits) - 1u, bits < 32u);
+
+    // Top-k: the k-th candidate is the last position with k candidates at or above it.
+    let top_k_on = params.top_k > 0u && params.top_k < params.vocab;
+    if (top_k_on) {
+        top_k_cut = search(false, f32(params.top_k), false);
+    }
+    // The softmax denominator: sum_exp is still 1, so the probabilities are plain exps here.
+    sum_exp = set_totals().x;
+    // Top-p: the first candidate whose cumulative probability reaches top_p.
+    if (params.top_p < 1.0) {
+        top_p_cut = search(true, params.top_p, false);
+    }
+    // Min-p: a floor relative to the most likely candidate, computed as the CPU does.
+    if (params.min_p > 0.0) {
+        min_prob = probability(max_logit) * params.min_p;
+        min_p_on = true;
+    }
+
+    var kept = set_totals();
+    if (lid == 0u) {
+        broadcast = u32(!compacted && kept.y <= f32(CAPACITY));
+    }
+    if (workgroupUniformLoad(&broadcast) != 0u) {
+        compact(vec2<u32>(0u, 0u), u32(my_totals.y));
+        // Summed again over the compacted list: the search's total at the top must be this sum,
+        // bit for bit, for a draw below it to find a candidate.
+        kept = set_totals();
+    }
+    // The draw: the first candidate whose cumulative probability exceeds draw * total. Past the
+    // total (a draw of 1 or more) the CPU takes the last kept candidate: the last position with all
+    // the set's candidates at or above it.
+    let r = params.draw * kept.x;
+    if (lid == 0u) {
+        broadcast = u32(r < kept.x);
+    }
+    let within = workgroupUniformLoad(&broadcast) != 0u;
+    let chosen = search(within, select(kept.y, r, within), within);
+    if (lid == 0u) {
+        // Key 0 (a NaN) would mean that no position met the goal, which the sums above rule out;
+        // the most likely token beats a stray index if it ever happens.
+        result[0] = select(index_mask - chosen.y, best, chosen.x == 0u);
+    }
+}
