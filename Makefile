@@ -27,6 +27,8 @@ model:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
+	# The engine as the browser will build it: no threads, async GPU read-backs only.
+	cargo clippy --release --target wasm32-unknown-unknown -p hearth-core -p hearth-gpu -- -D warnings
 
 $(HEARTH): FORCE
 	cargo build --release -p hearth-cli

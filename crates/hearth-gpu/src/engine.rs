@@ -10,17 +10,20 @@
 use std::collections::HashMap;
 
 use hearth_core::cpu::rope_inv_freq;
+#[cfg(not(target_arch = "wasm32"))]
 use hearth_core::generate::Backend;
 use hearth_core::manifest::{ModelConfig, NormKind, PositionKind, RopeStyle, TensorEntry};
 use hearth_core::package::TensorSource;
 use hearth_core::quant::Tensor;
-use hearth_core::sampling::{Sampler, SamplingParams};
+#[cfg(not(target_arch = "wasm32"))]
+use hearth_core::sampling::Sampler;
+use hearth_core::sampling::SamplingParams;
 use hearth_core::{HearthError, Result};
 
 use crate::context::GpuContext;
 use crate::kernels::{
-    bind_group, entry, grid_2d, map_read, read_back, storage, storage_init, uniform, whole, Activation, Kernels,
-    MatvecKey, PREFILL_BLOCK, WORKGROUP,
+    bind_group, entry, grid_2d, map_read_async, read_back_async, storage, storage_init, uniform, whole, Activation,
+    Kernels, MatvecKey, PREFILL_BLOCK, WORKGROUP,
 };
 use crate::sampler::GpuSampler;
 use crate::weights::{upload_vector, HostTensor, WeightBuffer};
@@ -582,7 +585,7 @@ impl GpuEngine {
     /// Run `tokens` and choose the next token on the GPU, reading back only its id (4 bytes).
     /// `draw` and `counts` come from the caller's `Sampler` (`draw`, `penalty_counts`), so the GPU
     /// picks what `hearth_core::sampling::choose` would (up to the rounding of sums).
-    pub fn forward_sample(
+    pub async fn forward_sample_async(
         &mut self,
         tokens: &[u32],
         params: &SamplingParams,
@@ -591,8 +594,38 @@ impl GpuEngine {
     ) -> Result<u32> {
         self.sampler.prepare(&self.ctx.queue, params, draw, counts)?;
         self.run(tokens, Head::Sample)?;
-        let id: Vec<u32> = map_read(&self.ctx, &self.buffers.token_staging)?;
+        let id: Vec<u32> = map_read_async(&self.ctx, &self.buffers.token_staging).await?;
         id.first().copied().ok_or_else(|| HearthError::Gpu("the sampled token did not come back".into()))
+    }
+
+    /// Run `tokens`; return the last token's logits, or every token's with `all_logits`.
+    pub async fn forward_async(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        if !all_logits {
+            self.run(tokens, Head::Last)?;
+            return read_back_async::<f32>(&self.ctx, &self.buffers.logits, 0, self.config.vocab_size).await;
+        }
+        self.check_room(tokens.len())?;
+        let vocab = self.config.vocab_size;
+        let mut out = Vec::with_capacity(tokens.len() * vocab);
+        for chunk in tokens.chunks(self.chunk) {
+            self.run_chunk(chunk, Head::All)?;
+            out.extend(read_back_async::<f32>(&self.ctx, &self.buffers.logits_all, 0, chunk.len() * vocab).await?);
+        }
+        Ok(out)
+    }
+}
+
+/// Blocking forms of the above, for native callers (a browser cannot block).
+#[cfg(not(target_arch = "wasm32"))]
+impl GpuEngine {
+    pub fn forward_sample(
+        &mut self,
+        tokens: &[u32],
+        params: &SamplingParams,
+        draw: f32,
+        counts: &[(u32, u32)],
+    ) -> Result<u32> {
+        pollster::block_on(self.forward_sample_async(tokens, params, draw, counts))
     }
 
     /// Run `tokens` and return the greedy next token (4 bytes read back).
@@ -600,23 +633,12 @@ impl GpuEngine {
         self.forward_sample(tokens, &SamplingParams::default(), 0.0, &[])
     }
 
-    /// Run `tokens`; return the last token's logits, or every token's with `all_logits`.
     pub fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
-        if !all_logits {
-            self.run(tokens, Head::Last)?;
-            return read_back::<f32>(&self.ctx, &self.buffers.logits, 0, self.config.vocab_size);
-        }
-        self.check_room(tokens.len())?;
-        let vocab = self.config.vocab_size;
-        let mut out = Vec::with_capacity(tokens.len() * vocab);
-        for chunk in tokens.chunks(self.chunk) {
-            self.run_chunk(chunk, Head::All)?;
-            out.extend(read_back::<f32>(&self.ctx, &self.buffers.logits_all, 0, chunk.len() * vocab)?);
-        }
-        Ok(out)
+        pollster::block_on(self.forward_async(tokens, all_logits))
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Backend for GpuEngine {
     fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
         GpuEngine::forward(self, tokens, all_logits)

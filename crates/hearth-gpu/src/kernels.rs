@@ -252,7 +252,12 @@ pub fn dispatch_once(
 }
 
 /// Copy `buffer` (its first `len` f32 or u32 values) back to the CPU.
-pub fn read_back<T: bytemuck::Pod>(ctx: &GpuContext, buffer: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<T>> {
+pub async fn read_back_async<T: bytemuck::Pod>(
+    ctx: &GpuContext,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<T>> {
     let size = (len * std::mem::size_of::<T>()) as u64;
     let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("read back"),
@@ -263,20 +268,22 @@ pub fn read_back<T: bytemuck::Pod>(ctx: &GpuContext, buffer: &wgpu::Buffer, offs
     let mut encoder = ctx.device.create_command_encoder(&Default::default());
     encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
     ctx.queue.submit([encoder.finish()]);
-    map_read(ctx, &staging)
+    map_read_async(ctx, &staging).await
 }
 
-/// Map a MAP_READ buffer and copy its contents out.
-pub fn map_read<T: bytemuck::Pod>(ctx: &GpuContext, staging: &wgpu::Buffer) -> Result<Vec<T>> {
+/// Map a MAP_READ buffer and copy its contents out. Natively the map completes inside
+/// `device.poll`; in a browser the poll returns at once and the future resolves when WebGPU calls
+/// back, so the same code serves both (the browser must not block).
+pub async fn map_read_async<T: bytemuck::Pod>(ctx: &GpuContext, staging: &wgpu::Buffer) -> Result<Vec<T>> {
     let slice = staging.slice(..);
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = futures_channel::oneshot::channel();
     slice.map_async(wgpu::MapMode::Read, move |r| {
         let _ = tx.send(r);
     });
     ctx.device
         .poll(wgpu::PollType::wait_indefinitely())
         .map_err(|e| HearthError::Gpu(format!("waiting for the GPU failed: {e}")))?;
-    rx.recv()
+    rx.await
         .map_err(|_| HearthError::Gpu("the GPU never answered a read".into()))?
         .map_err(|e| HearthError::Gpu(format!("cannot read a GPU buffer: {e}")))?;
     let out = {
@@ -285,4 +292,16 @@ pub fn map_read<T: bytemuck::Pod>(ctx: &GpuContext, staging: &wgpu::Buffer) -> R
     };
     staging.unmap();
     Ok(out)
+}
+
+/// [`read_back_async`], waited for (native only: a browser cannot block).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read_back<T: bytemuck::Pod>(ctx: &GpuContext, buffer: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<T>> {
+    pollster::block_on(read_back_async(ctx, buffer, offset, len))
+}
+
+/// [`map_read_async`], waited for (native only).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn map_read<T: bytemuck::Pod>(ctx: &GpuContext, staging: &wgpu::Buffer) -> Result<Vec<T>> {
+    pollster::block_on(map_read_async(ctx, staging))
 }
