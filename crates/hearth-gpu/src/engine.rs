@@ -22,8 +22,8 @@ use hearth_core::{HearthError, Result};
 
 use crate::context::GpuContext;
 use crate::kernels::{
-    bind_group, entry, grid_2d, map_read_async, read_back_async, storage, storage_init, uniform, whole, Activation,
-    Kernels, MatvecKey, PREFILL_BLOCK, WORKGROUP,
+    bind_group, entry, map_read_async, read_back_async, storage, storage_init, uniform, whole, Activation, Kernels,
+    MatvecKey, PREFILL_BLOCK, WORKGROUP,
 };
 use crate::sampler::GpuSampler;
 use crate::weights::{upload_vector, HostTensor, WeightBuffer};
@@ -127,6 +127,9 @@ struct Builder<'a> {
     eps: f32,
     /// Where software adapters put a normalized input (they run the norm as its own pass).
     normed: wgpu::Buffer,
+    /// Bound as the norm weight of products that fuse no norm (every variant declares the
+    /// binding); one vec4.
+    no_norm: wgpu::Buffer,
     scratch: Vec<wgpu::Buffer>,
 }
 
@@ -143,14 +146,14 @@ impl<'a> Builder<'a> {
         HostTensor::from_entry(e, &self.source.read_tensor_bytes(e)?)
     }
 
-    fn vector(&mut self, name: &str) -> Result<wgpu::Buffer> {
+    fn vector(&self, name: &str) -> Result<wgpu::Buffer> {
         upload_vector(self.ctx, &self.host(name)?)
     }
 
     /// Matrices stacked by rows into one (Q/K/V), uploaded in pieces that fit a binding.
     fn stacked(&self, label: &str, names: &[String]) -> Result<Vec<WeightBuffer>> {
         let parts = names.iter().map(|n| self.host(n)).collect::<Result<Vec<_>>>()?;
-        let stacked = HostTensor::stack(label, &parts).ok_or_else(|| {
+        let stacked = HostTensor::stack(label, &parts.iter().collect::<Vec<_>>()).ok_or_else(|| {
             HearthError::bad_package(self.source.origin(), format!("{names:?} differ in encoding or row length"))
         })?;
         WeightBuffer::upload_split(self.ctx, &stacked)
@@ -161,15 +164,14 @@ impl<'a> Builder<'a> {
     fn gated(&self, gate: &str, up: &str) -> Result<Vec<WeightBuffer>> {
         let (gate, up) = (self.host(gate)?, self.host(up)?);
         let half_limit = self.ctx.limits.max_storage_buffer_binding_size / 2;
-        let pieces = gate.split_to_fit(half_limit)?;
-        pieces
-            .iter()
-            .map(|(first, g)| {
-                let u = up.rows_range(*first, first + g.rows);
-                let pair = HostTensor::stack(&format!("{} + up", g.name), &[g.clone(), u]).ok_or_else(|| {
+        gate.row_ranges(half_limit)?
+            .into_iter()
+            .map(|range| {
+                let (g, u) = (gate.rows_range(range.clone()), up.rows_range(range.clone()));
+                let pair = HostTensor::stack(&format!("{} + up", g.name), &[&g, &u]).ok_or_else(|| {
                     HearthError::bad_package(self.source.origin(), "gate and up differ in encoding or row length")
                 })?;
-                WeightBuffer::upload(self.ctx, &pair, *first)
+                WeightBuffer::upload(self.ctx, &pair, range.start)
             })
             .collect()
     }
@@ -192,12 +194,9 @@ impl<'a> Builder<'a> {
             }
             _ => (p.input.clone(), p.fuse.norm),
         };
-        let per_group = self.kernels.matvec_rows_per_workgroup();
-        // Bound where no norm is fused (the binding exists in every variant); one vec4.
-        let unused = storage(self.device(), "no norm", 4);
         for piece in p.pieces {
             let rows = if p.fuse.gated { piece.rows / 2 } else { piece.rows };
-            let (gx, gy) = grid_2d(rows.div_ceil(per_group));
+            let (gx, gy) = self.kernels.matvec_grid(rows);
             let dims = uniform(
                 self.device(),
                 "matvec dims",
@@ -218,7 +217,7 @@ impl<'a> Builder<'a> {
                     entry(1, whole(p.step)),
                     entry(2, whole(&input)),
                     entry(3, whole(p.output)),
-                    entry(7, whole(norm.unwrap_or(&unused))),
+                    entry(7, whole(norm.unwrap_or(&self.no_norm))),
                 ];
                 entries.extend(piece.weight_entries(4));
                 let group = bind_group(self.device(), &pipeline, &entries);
@@ -233,7 +232,6 @@ impl<'a> Builder<'a> {
                 grid: Box::new(move |n| (gx, gy, if n == 1 { 1 } else { n.div_ceil(PREFILL_BLOCK) })),
             });
         }
-        self.scratch.push(unused);
         Ok(out)
     }
 
@@ -286,6 +284,7 @@ impl GpuEngine {
             entries: m.tensors.iter().map(|e| (e.name.as_str(), e)).collect(),
             eps: c.norm_eps,
             normed: storage(&device, "normed", chunk * c.hidden_size),
+            no_norm: storage(&device, "no norm", 4),
             scratch: Vec::new(),
         };
         let (h, qd, kvd, f, v) =
@@ -412,12 +411,7 @@ impl GpuEngine {
                     ],
                 );
                 b.scratch.push(dims);
-                let heads = c.n_heads as u32;
-                let grid: Grid = if b.kernels.attention_uses_rows(capacity) {
-                    Box::new(move |n| ((heads * n).div_ceil(WORKGROUP), 1, 1))
-                } else {
-                    Box::new(move |n| (heads, n, 1))
-                };
+                let grid = Box::new(b.kernels.attention_grid(capacity, c.n_heads as u32));
                 layers.push(Dispatch::single(attention.clone(), group, grid));
             }
             let residual = Fuse { accumulate: true, ..Default::default() };
@@ -473,7 +467,7 @@ impl GpuEngine {
         })?;
 
         let mut scratch = b.scratch;
-        scratch.push(b.normed);
+        scratch.extend([b.normed, b.no_norm]);
         scratch.extend([one_token, qkv, q, attn, ffn, scores, inv_freq, out_norm]);
         weights.extend(embd);
         weights.extend(head.into_iter().flatten());
@@ -646,8 +640,7 @@ impl Backend for GpuEngine {
     fn forward_sample(&mut self, tokens: &[u32], sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
         let counts = sampler.penalty_counts(history);
         let draw = if sampler.params().temperature > 0.0 { sampler.draw() } else { 0.0 };
-        let params = sampler.params().clone();
-        GpuEngine::forward_sample(self, tokens, &params, draw, &counts)
+        GpuEngine::forward_sample(self, tokens, sampler.params(), draw, &counts)
     }
     fn reset(&mut self) {
         GpuEngine::reset(self)

@@ -127,13 +127,11 @@ impl Kernels {
             .clone()
     }
 
-    /// Output rows one matvec workgroup produces.
-    pub fn matvec_rows_per_workgroup(&self) -> u32 {
-        if self.software {
-            WORKGROUP
-        } else {
-            1
-        }
+    /// The (x, y) grid of a product with `rows` output rows: one workgroup per row (cooperative
+    /// split) or per 64 rows (row split). The token blocks go along z.
+    pub fn matvec_grid(&self, rows: u32) -> (u32, u32) {
+        let per_workgroup = if self.software { WORKGROUP } else { 1 };
+        grid_2d(rows.div_ceil(per_workgroup))
     }
 
     pub fn embed(&self, dtype: DType) -> wgpu::ComputePipeline {
@@ -148,6 +146,13 @@ impl Kernels {
     /// (else one workgroup).
     pub fn attention_uses_rows(&self, context: usize) -> bool {
         self.software && context <= ROWS_ATTENTION_MAX_CONTEXT
+    }
+
+    /// The grid of attention over `n_heads` heads as a function of the step's token count, for
+    /// the split `attention` chooses for `context`.
+    pub fn attention_grid(&self, context: usize, n_heads: u32) -> impl Fn(u32) -> (u32, u32, u32) + 'static {
+        let rows = self.attention_uses_rows(context);
+        move |n| if rows { ((n_heads * n).div_ceil(WORKGROUP), 1, 1) } else { (n_heads, n, 1) }
     }
 
     pub fn attention(&self, kv_f16: bool, context: usize) -> wgpu::ComputePipeline {

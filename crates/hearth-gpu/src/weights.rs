@@ -2,7 +2,9 @@
 //! neighbours (Q, K, V into one matrix; gate and up into one) and split into row ranges that fit
 //! the adapter's largest storage binding.
 
+use std::borrow::Cow;
 use std::num::NonZeroU64;
+use std::ops::Range;
 
 use hearth_core::manifest::TensorEntry;
 use hearth_core::quant::{DType, PART_ALIGN};
@@ -61,7 +63,7 @@ impl HostTensor {
     }
 
     /// The matrices stacked by rows (same encoding, row length and group), or None if they differ.
-    pub fn stack(name: &str, tensors: &[HostTensor]) -> Option<HostTensor> {
+    pub fn stack(name: &str, tensors: &[&HostTensor]) -> Option<HostTensor> {
         let first = tensors.first()?;
         if tensors.iter().any(|t| t.dtype != first.dtype || t.cols != first.cols || t.group != first.group) {
             return None;
@@ -77,20 +79,28 @@ impl HostTensor {
         })
     }
 
-    /// Rows `start..end`.
-    pub fn rows_range(&self, start: usize, end: usize) -> HostTensor {
-        let parts =
-            self.parts.iter().zip(self.row_bytes()).map(|(p, per_row)| p[start * per_row..end * per_row].to_vec());
-        HostTensor {
-            name: format!("{} rows {start}..{end}", self.name),
-            rows: end - start,
-            parts: parts.collect(),
-            ..self.clone()
+    /// Rows `range`, borrowed when that is every row.
+    pub fn rows_range(&self, range: Range<usize>) -> Cow<'_, HostTensor> {
+        if range == (0..self.rows) {
+            return Cow::Borrowed(self);
         }
+        let parts = self
+            .parts
+            .iter()
+            .zip(self.row_bytes())
+            .map(|(p, per_row)| p[range.start * per_row..range.end * per_row].to_vec());
+        Cow::Owned(HostTensor {
+            name: format!("{} rows {}..{}", self.name, range.start, range.end),
+            dtype: self.dtype,
+            rows: range.len(),
+            cols: self.cols,
+            group: self.group,
+            parts: parts.collect(),
+        })
     }
 
     /// Row ranges whose every part fits in `max_binding` bytes (one range when the tensor fits).
-    pub fn split_to_fit(&self, max_binding: u64) -> Result<Vec<(usize, HostTensor)>> {
+    pub fn row_ranges(&self, max_binding: u64) -> Result<Vec<Range<usize>>> {
         let widest = self.row_bytes().into_iter().max().unwrap_or(1).max(1) as u64;
         // Parts are bound in whole words: keep each piece a little under the limit.
         let rows_per_piece = ((max_binding.saturating_sub(4)) / widest) as usize;
@@ -100,13 +110,7 @@ impl HostTensor {
                 self.name
             )));
         }
-        if rows_per_piece >= self.rows {
-            return Ok(vec![(0, self.clone())]);
-        }
-        Ok((0..self.rows)
-            .step_by(rows_per_piece)
-            .map(|start| (start, self.rows_range(start, (start + rows_per_piece).min(self.rows))))
-            .collect())
+        Ok((0..self.rows).step_by(rows_per_piece).map(|start| start..(start + rows_per_piece).min(self.rows)).collect())
     }
 }
 
@@ -162,9 +166,9 @@ impl WeightBuffer {
     /// Upload a matrix in as many row pieces as the adapter's binding limit requires.
     pub fn upload_split(ctx: &GpuContext, tensor: &HostTensor) -> Result<Vec<Self>> {
         tensor
-            .split_to_fit(ctx.limits.max_storage_buffer_binding_size)?
-            .iter()
-            .map(|(first, piece)| Self::upload(ctx, piece, *first))
+            .row_ranges(ctx.limits.max_storage_buffer_binding_size)?
+            .into_iter()
+            .map(|range| Self::upload(ctx, &tensor.rows_range(range.clone()), range.start))
             .collect()
     }
 

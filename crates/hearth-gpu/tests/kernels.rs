@@ -11,8 +11,8 @@ use hearth_core::manifest::{
 };
 use hearth_core::quant::{DType, Tensor};
 use hearth_gpu::kernels::{
-    dispatch_once, grid_2d, read_back, storage, storage_init, uniform, whole, Activation, Kernels, MatvecKey,
-    PREFILL_BLOCK, WORKGROUP,
+    dispatch_once, read_back, storage, storage_init, uniform, whole, Activation, Kernels, MatvecKey, PREFILL_BLOCK,
+    WORKGROUP,
 };
 use hearth_gpu::{GpuContext, HostTensor, WeightBuffer};
 
@@ -172,8 +172,7 @@ fn check_matvec(
         accumulate: matches!(fusion, Fusion::Accumulate),
     };
     let w = WeightBuffer::upload(ctx, &host, 0).unwrap();
-    let per_group = kernels.matvec_rows_per_workgroup();
-    let (gx, gy) = grid_2d((rows as u32).div_ceil(per_group));
+    let (gx, gy) = kernels.matvec_grid(rows as u32);
     let dims = uniform(
         &ctx.device,
         "dims",
@@ -457,11 +456,7 @@ fn check_attention(ctx: &GpuContext, shape: (usize, usize, usize, usize, usize, 
         entry(5, whole(&scores)),
         entry(6, whole(&out)),
     ];
-    let grid = if kernels.attention_uses_rows(capacity) {
-        (((n_heads * n) as u32).div_ceil(WORKGROUP), 1, 1)
-    } else {
-        (n_heads as u32, n as u32, 1)
-    };
+    let grid = kernels.attention_grid(capacity, n_heads as u32)(n as u32);
     dispatch_once(ctx, &kernels.attention(f16, capacity), &entries, grid);
     let got: Vec<f32> = read_back(ctx, &out, 0, n * qd).unwrap();
     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -479,15 +474,16 @@ fn stacking_and_splitting_weights_keeps_every_row() {
     for (dtype, group) in ENCODINGS {
         let (a, ha) = packed("a", vec![5, 256], &random(5 * 256, 21), dtype, group);
         let (b, hb) = packed("b", vec![3, 256], &random(3 * 256, 22), dtype, group);
-        let stacked = HostTensor::stack("ab", &[ha.clone(), hb.clone()]).unwrap();
+        let stacked = HostTensor::stack("ab", &[&ha, &hb]).unwrap();
         assert_eq!(stacked.rows, 8);
         let mut expected = a.to_f32();
         expected.extend(b.to_f32());
         let widest = stacked.parts.iter().map(|p| p.len() / 8).max().unwrap() as u64;
-        let pieces = stacked.split_to_fit(3 * widest + 4).unwrap();
-        assert_eq!(pieces.iter().map(|(first, _)| *first).collect::<Vec<_>>(), vec![0, 3, 6], "{dtype:?}");
+        let ranges = stacked.row_ranges(3 * widest + 4).unwrap();
+        assert_eq!(ranges, vec![0..3, 3..6, 6..8], "{dtype:?}");
+        let pieces: Vec<_> = ranges.into_iter().map(|r| stacked.rows_range(r)).collect();
         let mut decoded = Vec::new();
-        for (_, piece) in &pieces {
+        for piece in &pieces {
             // Parts laid out as a package stores them (docs/FORMAT.md: each at a 256-byte boundary).
             let mut bytes = Vec::new();
             for part in &piece.parts {
@@ -498,10 +494,11 @@ fn stacking_and_splitting_weights_keeps_every_row() {
             decoded.extend(t.to_f32());
         }
         assert_eq!(decoded, expected, "{dtype:?}");
-        let err = stacked.split_to_fit(widest / 2).unwrap_err().to_string();
+        assert_eq!(stacked.row_ranges(u64::MAX).unwrap(), vec![0..8], "a tensor that fits is one piece");
+        let err = stacked.row_ranges(widest / 2).unwrap_err().to_string();
         assert!(err.contains("exceeds this adapter's storage binding limit"), "{err}");
         let (_, other) = packed("c", vec![2, 128], &random(256, 23), dtype, group.min(128));
-        assert!(HostTensor::stack("x", &[ha, other]).is_none(), "rows of different lengths must not stack");
+        assert!(HostTensor::stack("x", &[&ha, &other]).is_none(), "rows of different lengths must not stack");
     }
 }
 
