@@ -201,7 +201,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Tokenize { model, special, text } => {
             let mut model = Model::open(&model)?;
-            let ids = model.tokenizer.encode(&text, special, true)?;
+            let ids = model.prompter.tokenizer.encode(&text, special, true)?;
             println!("{}", serde_json::to_string(&ids)?);
         }
         Command::Generate { model, prompt, chat, system, max_tokens, sampling, stop, engine, top_logits, json } => {
@@ -222,7 +222,7 @@ fn run(cli: Cli) -> Result<()> {
             let clock = Instant::now();
             let now = || clock.elapsed().as_secs_f64();
             let mut stdout = std::io::stdout();
-            let out = generate(engine.as_mut(), &model.tokenizer, &req, &now, &mut |piece| {
+            let out = generate(engine.as_mut(), model.tokenizer(), &req, &now, &mut |piece| {
                 if !json {
                     let _ = stdout.write_all(piece.as_bytes());
                     let _ = stdout.flush();

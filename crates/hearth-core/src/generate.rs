@@ -122,6 +122,157 @@ impl StopStrings {
     }
 }
 
+/// One generation as a state machine, so that a caller that cannot block (the browser, awaiting the
+/// GPU) drives the same loop as [`generate`]: ask [`Generation::input`] what to run, run it, give the
+/// chosen token to [`Generation::accept`], repeat until [`Generation::is_done`].
+pub struct Generation {
+    req: GenerateRequest,
+    sampler: Sampler,
+    /// Prompt and generated ids: the penalties' window and, from `run_from` on, the next input.
+    history: Vec<u32>,
+    run_from: usize,
+    ids: Vec<u32>,
+    text: String,
+    decoder: IncrementalDecoder,
+    stops: StopStrings,
+    finish: Option<FinishReason>,
+    top_logits: Vec<(u32, f32)>,
+    t0: f64,
+    t_first: Option<f64>,
+    /// Forward passes of single generated tokens, timed from the first sampled token on.
+    decode_steps: usize,
+}
+
+/// What the backend runs next: `tokens` at the next positions, then a choice made with `sampler`
+/// (`history`: every token so far, for the penalties).
+pub struct StepInput<'a> {
+    pub tokens: &'a [u32],
+    pub sampler: &'a mut Sampler,
+    pub history: &'a [u32],
+}
+
+impl Generation {
+    /// Check the request against the context; `now` is the caller's clock in seconds. The backend
+    /// must be reset before the first step.
+    pub fn new(req: GenerateRequest, context_length: usize, now: f64) -> Result<Self> {
+        let n_prompt = req.prompt_ids.len();
+        if n_prompt == 0 {
+            return Err(HearthError::InvalidArgument("the prompt is empty".into()));
+        }
+        if n_prompt + req.max_tokens > context_length {
+            return Err(HearthError::ContextLengthExceeded {
+                prompt_tokens: n_prompt,
+                max_new_tokens: req.max_tokens,
+                context_length,
+            });
+        }
+        Ok(Generation {
+            sampler: Sampler::new(req.sampling.clone())?,
+            history: req.prompt_ids.clone(),
+            run_from: 0,
+            ids: Vec::new(),
+            text: String::new(),
+            decoder: IncrementalDecoder::new(),
+            stops: StopStrings::new(req.stop_strings.clone()),
+            finish: None,
+            top_logits: Vec::new(),
+            t0: now,
+            t_first: None,
+            decode_steps: 0,
+            req,
+        })
+    }
+
+    /// The next forward pass (the whole prompt first, then the last chosen token), or None when done.
+    pub fn input(&mut self) -> Option<StepInput<'_>> {
+        if self.finish.is_some() {
+            return None;
+        }
+        Some(StepInput { tokens: &self.history[self.run_from..], sampler: &mut self.sampler, history: &self.history })
+    }
+
+    /// Whether the next forward pass is the prompt's (whose logits `top_logits` asks for).
+    pub fn is_prefill(&self) -> bool {
+        self.t_first.is_none()
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    pub fn prompt_tokens(&self) -> usize {
+        self.req.prompt_ids.len()
+    }
+
+    /// The prompt's largest logits, for a caller that read them back (`GenerateRequest::top_logits`).
+    pub fn set_top_logits(&mut self, top: Vec<(u32, f32)>) {
+        self.top_logits = top;
+    }
+
+    /// The token chosen after the last input; returns the text that became final (held back only
+    /// while it might be the start of a stop string).
+    pub fn accept(&mut self, id: u32, tokenizer: &Tokenizer, now: f64) -> Result<String> {
+        if self.finish.is_some() {
+            return Err(HearthError::InvalidArgument("this generation has finished".into()));
+        }
+        if self.t_first.is_none() {
+            self.t_first = Some(now);
+        } else {
+            self.decode_steps += 1;
+        }
+        if self.ids.len() >= self.req.max_tokens {
+            self.finish = Some(FinishReason::Length);
+            return Ok(String::new());
+        }
+        if tokenizer.is_stop(id) {
+            self.finish = Some(FinishReason::Stop);
+            return Ok(String::new());
+        }
+        self.ids.push(id);
+        self.history.push(id);
+        self.run_from = self.history.len() - 1;
+        let piece = self.decoder.push(tokenizer, id)?;
+        let (mut out, hit) = self.stops.push(&piece);
+        if hit {
+            self.finish = Some(FinishReason::Stop);
+        } else if self.ids.len() == self.req.max_tokens {
+            self.finish = Some(FinishReason::Length);
+            // Bytes of an incomplete character, and text held back for a stop string that never came.
+            let tail = self.decoder.finish(tokenizer)?;
+            let (safe, hit) = self.stops.push(&tail);
+            out.push_str(&safe);
+            if !hit {
+                out.push_str(&self.stops.flush());
+            }
+        }
+        self.text.push_str(&out);
+        Ok(out)
+    }
+
+    /// The result, once done; `now` is the caller's clock.
+    pub fn output(&self, now: f64) -> GenerateOutput {
+        let n_prompt = self.req.prompt_ids.len();
+        let t_first = self.t_first.unwrap_or(now);
+        let usage = Usage {
+            prompt_tokens: n_prompt,
+            completion_tokens: self.ids.len(),
+            // Prefill includes choosing the first token (the GPU does both in one submission).
+            prefill_tok_s: rate(n_prompt, t_first - self.t0),
+            // Over the tokens after the first: each needed one forward pass of its own.
+            decode_tok_s: rate(self.decode_steps, now - t_first),
+            ttft_s: t_first - self.t0,
+        };
+        GenerateOutput {
+            prompt_ids: self.req.prompt_ids.clone(),
+            ids: self.ids.clone(),
+            text: self.text.clone(),
+            top_logits: self.top_logits.clone(),
+            finish_reason: self.finish.unwrap_or(FinishReason::Length),
+            usage,
+        }
+    }
+}
+
 /// Generate from `req.prompt_ids` (the backend is reset first). `on_text` receives text as soon as it
 /// is final; `now` is a clock in seconds (the caller's, so this loop runs in the browser too).
 pub fn generate(
@@ -131,89 +282,26 @@ pub fn generate(
     now: &dyn Fn() -> f64,
     on_text: &mut dyn FnMut(&str) -> Result<()>,
 ) -> Result<GenerateOutput> {
-    let n_prompt = req.prompt_ids.len();
-    if n_prompt == 0 {
-        return Err(HearthError::InvalidArgument("the prompt is empty".into()));
-    }
-    let ctx = backend.context_length();
-    if n_prompt + req.max_tokens > ctx {
-        return Err(HearthError::ContextLengthExceeded {
-            prompt_tokens: n_prompt,
-            max_new_tokens: req.max_tokens,
-            context_length: ctx,
-        });
-    }
-    let mut sampler = Sampler::new(req.sampling.clone())?;
+    let mut gen = Generation::new(req.clone(), backend.context_length(), now())?;
     backend.reset();
-
-    let mut history = req.prompt_ids.clone();
-    let t0 = now();
-    // Prefill and the first choice. Logits come back to the CPU only when they are asked for.
-    let (mut next, top_logits) = if req.top_logits > 0 {
-        let mut logits = backend.forward(&req.prompt_ids, false)?;
-        let top = top_k_logits(&logits, req.top_logits);
-        (sampler.sample(&mut logits, &history), top)
-    } else {
-        (backend.forward_sample(&req.prompt_ids, &mut sampler, &history)?, Vec::new())
-    };
-    let t_first = now();
-
-    let mut ids = Vec::new();
-    let mut text = String::new();
-    let mut decoder = IncrementalDecoder::new();
-    let mut stops = StopStrings::new(req.stop_strings.clone());
-    let mut finish = FinishReason::Length;
-    // Forward passes of single generated tokens, timed from the first sampled token on.
-    let mut decode_steps = 0usize;
-    let mut emit = |piece: &str, text: &mut String| -> Result<()> {
+    loop {
+        // Logits come back to the CPU only when they are asked for.
+        let wants_logits = gen.is_prefill() && req.top_logits > 0;
+        let Some(step) = gen.input() else { break };
+        let id = if wants_logits {
+            let mut logits = backend.forward(step.tokens, false)?;
+            let id = step.sampler.sample(&mut logits, step.history);
+            gen.set_top_logits(top_k_logits(&logits, req.top_logits));
+            id
+        } else {
+            backend.forward_sample(step.tokens, step.sampler, step.history)?
+        };
+        let piece = gen.accept(id, tokenizer, now())?;
         if !piece.is_empty() {
-            text.push_str(piece);
-            on_text(piece)?;
-        }
-        Ok(())
-    };
-
-    for step in 0..req.max_tokens {
-        let id = next;
-        if tokenizer.is_stop(id) {
-            finish = FinishReason::Stop;
-            break;
-        }
-        ids.push(id);
-        history.push(id);
-        let piece = decoder.push(tokenizer, id)?;
-        let (safe, hit) = stops.push(&piece);
-        emit(&safe, &mut text)?;
-        if hit {
-            finish = FinishReason::Stop;
-            break;
-        }
-        if step + 1 < req.max_tokens {
-            next = backend.forward_sample(&[id], &mut sampler, &history)?;
-            decode_steps += 1;
+            on_text(&piece)?;
         }
     }
-    if finish == FinishReason::Length {
-        let tail = decoder.finish(tokenizer)?;
-        let (safe, hit) = stops.push(&tail);
-        emit(&safe, &mut text)?;
-        if !hit {
-            let rest = stops.flush();
-            emit(&rest, &mut text)?;
-        }
-    }
-    let t_end = now();
-
-    let usage = Usage {
-        prompt_tokens: n_prompt,
-        completion_tokens: ids.len(),
-        // Prefill includes choosing the first token (the GPU does both in one submission).
-        prefill_tok_s: rate(n_prompt, t_first - t0),
-        // Over the tokens after the first: each needed one forward pass inside this loop.
-        decode_tok_s: rate(decode_steps, t_end - t_first),
-        ttft_s: t_first - t0,
-    };
-    Ok(GenerateOutput { prompt_ids: req.prompt_ids.clone(), ids, text, top_logits, finish_reason: finish, usage })
+    Ok(gen.output(now()))
 }
 
 fn rate(n: usize, secs: f64) -> f64 {

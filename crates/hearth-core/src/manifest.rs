@@ -213,3 +213,48 @@ impl ModelConfig {
         }
     }
 }
+
+/// The bytes of one tensor that lie in one shard: bytes `offset_in_tensor..+len` of tensor
+/// `tensor` (an index into `Manifest::tensors`) are bytes `offset_in_shard..+len` of the shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardPiece {
+    pub tensor: usize,
+    pub offset_in_tensor: u64,
+    pub offset_in_shard: u64,
+    pub len: u64,
+}
+
+impl Manifest {
+    /// Every tensor piece stored in shard `shard`. Shards are consecutive stretches of one byte
+    /// sequence (a tensor that does not fit its shard continues at byte 0 of the next), so this is
+    /// interval arithmetic on each tensor's position in that sequence.
+    pub fn pieces_in_shard(&self, shard: usize) -> Vec<ShardPiece> {
+        let starts: Vec<u64> = self
+            .shards
+            .iter()
+            .scan(0u64, |at, s| {
+                let start = *at;
+                *at += s.size;
+                Some(start)
+            })
+            .collect();
+        let Some((&begin, size)) = starts.get(shard).zip(self.shards.get(shard).map(|s| s.size)) else {
+            return Vec::new();
+        };
+        let end = begin + size;
+        self.tensors
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let start = starts.get(t.shard)? + t.offset;
+                let (lo, hi) = (start.max(begin), (start + t.length).min(end));
+                (lo < hi).then_some(ShardPiece {
+                    tensor: i,
+                    offset_in_tensor: lo - start,
+                    offset_in_shard: lo - begin,
+                    len: hi - lo,
+                })
+            })
+            .collect()
+    }
+}

@@ -4,14 +4,13 @@ use std::path::Path;
 
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::error::{HearthError, Result};
+use crate::manifest::TokenizerInfo;
 use crate::package::Package;
 use crate::tokenizer::Tokenizer;
 
 pub struct Model {
     pub package: Package,
-    pub tokenizer: Tokenizer,
-    chat_template: Option<ChatTemplate>,
-    bos_text: String,
+    pub prompter: Prompter,
 }
 
 impl Model {
@@ -20,7 +19,35 @@ impl Model {
         let package = Package::open(dir)?;
         package.verify()?;
         let info = package.manifest.tokenizer.clone();
-        let tokenizer = Tokenizer::from_json(&package.read_file(&info.file)?, info.clone())?;
+        let prompter = Prompter::new(&package.manifest.name, &package.read_file(&info.file)?, info)?;
+        Ok(Model { package, prompter })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.prompter.tokenizer
+    }
+
+    pub fn encode_text(&mut self, text: &str) -> Result<Vec<u32>> {
+        self.prompter.encode_text(text)
+    }
+
+    pub fn encode_chat(&mut self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        self.prompter.encode_chat(messages)
+    }
+}
+
+/// A model's tokenizer and chat template: prompts (plain text or chat messages) to token ids.
+pub struct Prompter {
+    pub tokenizer: Tokenizer,
+    model_name: String,
+    chat_template: Option<ChatTemplate>,
+    bos_text: String,
+}
+
+impl Prompter {
+    /// From the package's `tokenizer.json` bytes and the manifest's tokenizer section.
+    pub fn new(model_name: &str, tokenizer_json: &[u8], info: TokenizerInfo) -> Result<Self> {
+        let tokenizer = Tokenizer::from_json(tokenizer_json, info.clone())?;
         let text_of = |id: Option<u32>| id.and_then(|id| tokenizer.token_text(id)).unwrap_or_default();
         let bos_text = text_of(info.bos_id);
         let eos_text = text_of(info.eos_id);
@@ -28,7 +55,7 @@ impl Model {
             Some(src) => Some(ChatTemplate::new(src, &bos_text, &eos_text)?),
             None => None,
         };
-        Ok(Model { package, tokenizer, chat_template, bos_text })
+        Ok(Prompter { tokenizer, model_name: model_name.to_string(), chat_template, bos_text })
     }
 
     /// Token ids for a plain-text prompt (special-token texts are tokenized as text).
@@ -47,10 +74,7 @@ impl Model {
 
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
         let template = self.chat_template.as_ref().ok_or_else(|| {
-            HearthError::ChatTemplate(format!(
-                "model `{}` has no chat template; use a plain prompt",
-                self.package.manifest.name
-            ))
+            HearthError::ChatTemplate(format!("model `{}` has no chat template; use a plain prompt", self.model_name))
         })?;
         template.render(messages, true)
     }

@@ -35,7 +35,7 @@ fn assert_corpus_matches(tokenizer: &mut Tokenizer, fixture: &str) {
 #[test]
 fn byte_level_bpe_corpus_tokenizes_exactly_like_llama_cpp() {
     let mut model = Model::open(common::smollm2_package()).expect("open package");
-    assert_corpus_matches(&mut model.tokenizer, "smollm2/tokenizer_corpus.json");
+    assert_corpus_matches(&mut model.prompter.tokenizer, "smollm2/tokenizer_corpus.json");
 }
 
 #[test]
@@ -60,9 +60,9 @@ fn sentencepiece_corpus_tokenizes_exactly_like_llama_cpp() {
 #[test]
 fn special_token_text_is_one_token_only_when_asked() {
     let mut model = Model::open(common::smollm2_package()).expect("open package");
-    let special = model.tokenizer.encode("<|im_start|>", true, false).unwrap();
+    let special = model.prompter.tokenizer.encode("<|im_start|>", true, false).unwrap();
     assert_eq!(special.len(), 1);
-    assert!(model.tokenizer.encode("<|im_start|>", false, false).unwrap().len() > 1);
+    assert!(model.prompter.tokenizer.encode("<|im_start|>", false, false).unwrap().len() > 1);
 }
 
 #[test]
@@ -72,19 +72,19 @@ fn incremental_decoding_never_splits_a_character() {
     let mut multi_token_chars = 0;
     for case in fx["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        let ids = model.tokenizer.encode(text, false, false).unwrap();
+        let ids = model.prompter.tokenizer.encode(text, false, false).unwrap();
         let mut dec = IncrementalDecoder::new();
         let mut out = String::new();
         for &id in &ids {
-            let piece = dec.push(&model.tokenizer, id).unwrap();
+            let piece = dec.push(model.tokenizer(), id).unwrap();
             assert!(!piece.contains('\u{FFFD}'), "{text:?}: piece {piece:?} holds a broken character");
             if piece.is_empty() {
                 multi_token_chars += 1;
             }
             out.push_str(&piece);
         }
-        out.push_str(&dec.finish(&model.tokenizer).unwrap());
-        assert_eq!(out, model.tokenizer.decode(&ids, true).unwrap(), "{text:?}");
+        out.push_str(&dec.finish(model.tokenizer()).unwrap());
+        assert_eq!(out, model.tokenizer().decode(&ids, true).unwrap(), "{text:?}");
         // Byte-level BPE round-trips plain text exactly.
         assert_eq!(out, text);
     }

@@ -46,8 +46,16 @@ impl GpuContext {
             queue,
             adapter_name: format!("{} ({:?})", info.name, info.backend),
             limits,
-            software: info.device_type == wgpu::DeviceType::Cpu,
+            software: is_software(&info),
             kv_f16: adapter.features().contains(wgpu::Features::SHADER_F16),
         }))
     }
+}
+
+/// CPU implementations of Vulkan / WebGPU: native wgpu reports them as `Cpu`; a browser says so only
+/// for its fallback adapter, so Chromium's SwiftShader is also recognised by name.
+fn is_software(info: &wgpu::AdapterInfo) -> bool {
+    let name = info.name.to_lowercase();
+    info.device_type == wgpu::DeviceType::Cpu
+        || ["swiftshader", "llvmpipe", "lavapipe"].iter().any(|n| name.contains(n))
 }

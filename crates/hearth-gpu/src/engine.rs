@@ -12,12 +12,9 @@ use std::collections::HashMap;
 use hearth_core::cpu::rope_inv_freq;
 #[cfg(not(target_arch = "wasm32"))]
 use hearth_core::generate::Backend;
-use hearth_core::manifest::{ModelConfig, NormKind, PositionKind, RopeStyle, TensorEntry};
+use hearth_core::manifest::{Manifest, ModelConfig, NormKind, PositionKind, RopeStyle};
 use hearth_core::package::TensorSource;
-use hearth_core::quant::Tensor;
-#[cfg(not(target_arch = "wasm32"))]
-use hearth_core::sampling::Sampler;
-use hearth_core::sampling::SamplingParams;
+use hearth_core::sampling::{Sampler, SamplingParams};
 use hearth_core::{HearthError, Result};
 
 use crate::context::GpuContext;
@@ -26,7 +23,7 @@ use crate::kernels::{
     MatvecKey, PREFILL_BLOCK, WORKGROUP,
 };
 use crate::sampler::GpuSampler;
-use crate::weights::{upload_vector, HostTensor, WeightBuffer};
+use crate::weights::{create_vector, decode_vector, Span, StoredMatrix, Transform, WeightBuffer, WeightUploads};
 
 /// Most tokens one forward pass takes; longer prompts are run in chunks of this many.
 pub const MAX_CHUNK: usize = 64;
@@ -117,12 +114,16 @@ pub struct GpuEngine {
     _scratch: Vec<wgpu::Buffer>,
 }
 
-/// Everything `GpuEngine::new` builds, in one place while it builds it.
+/// Everything `GpuEngine::prepare` builds, in one place while it builds it.
 struct Builder<'a> {
     ctx: &'a GpuContext,
     kernels: Kernels,
-    source: &'a dyn TensorSource,
-    entries: HashMap<&'a str, &'a TensorEntry>,
+    manifest: &'a Manifest,
+    origin: &'a str,
+    /// Manifest index of each tensor, by name.
+    index: HashMap<&'a str, usize>,
+    /// The weight buffers' plan: filled later, as the bytes arrive.
+    uploads: WeightUploads,
     /// RMSNorm epsilon of the fused norms.
     eps: f32,
     /// Where software adapters put a normalized input (they run the norm as its own pass).
@@ -138,42 +139,78 @@ impl<'a> Builder<'a> {
         &self.ctx.device
     }
 
-    fn host(&self, name: &str) -> Result<HostTensor> {
-        let e = self
-            .entries
+    fn tensor_index(&self, name: &str) -> Result<usize> {
+        self.index
             .get(name)
-            .ok_or_else(|| HearthError::bad_package(self.source.origin(), format!("missing tensor `{name}`")))?;
-        HostTensor::from_entry(e, &self.source.read_tensor_bytes(e)?)
+            .copied()
+            .ok_or_else(|| HearthError::bad_package(self.origin, format!("missing tensor `{name}`")))
     }
 
-    fn vector(&self, name: &str) -> Result<wgpu::Buffer> {
-        upload_vector(self.ctx, &self.host(name)?)
+    fn matrix(&self, name: &str) -> Result<StoredMatrix> {
+        let i = self.tensor_index(name)?;
+        StoredMatrix::from_entry(i, &self.manifest.tensors[i])
     }
 
-    /// Matrices stacked by rows into one (Q/K/V), uploaded in pieces that fit a binding.
-    fn stacked(&self, label: &str, names: &[String]) -> Result<Vec<WeightBuffer>> {
-        let parts = names.iter().map(|n| self.host(n)).collect::<Result<Vec<_>>>()?;
-        let stacked = HostTensor::stack(label, &parts.iter().collect::<Vec<_>>()).ok_or_else(|| {
-            HearthError::bad_package(self.source.origin(), format!("{names:?} differ in encoding or row length"))
+    fn vector(&mut self, name: &str) -> Result<wgpu::Buffer> {
+        let i = self.tensor_index(name)?;
+        create_vector(self.ctx, &mut self.uploads, i, &self.manifest.tensors[i])
+    }
+
+    /// A matrix in pieces that fit a binding.
+    fn split(&mut self, name: &str) -> Result<Vec<WeightBuffer>> {
+        let m = self.matrix(name)?;
+        WeightBuffer::create_split(self.ctx, &mut self.uploads, &m)
+    }
+
+    /// Matrices stacked by rows into one (Q/K/V), in pieces that fit a binding.
+    fn stacked(&mut self, label: &str, names: &[String]) -> Result<Vec<WeightBuffer>> {
+        let parts = names.iter().map(|n| self.matrix(n)).collect::<Result<Vec<_>>>()?;
+        let stacked = StoredMatrix::stack(label, &parts.iter().collect::<Vec<_>>()).ok_or_else(|| {
+            HearthError::bad_package(self.origin, format!("{names:?} differ in encoding or row length"))
         })?;
-        WeightBuffer::upload_split(self.ctx, &stacked)
+        WeightBuffer::create_split(self.ctx, &mut self.uploads, &stacked)
     }
 
     /// Gate and up stacked piece by piece: each piece holds gate rows r0..r1 then up rows r0..r1,
     /// so a gated product finds a gate row's partner `rows` further within the same binding.
-    fn gated(&self, gate: &str, up: &str) -> Result<Vec<WeightBuffer>> {
-        let (gate, up) = (self.host(gate)?, self.host(up)?);
+    fn gated(&mut self, gate: &str, up: &str) -> Result<Vec<WeightBuffer>> {
+        let (gate, up) = (self.matrix(gate)?, self.matrix(up)?);
         let half_limit = self.ctx.limits.max_storage_buffer_binding_size / 2;
         gate.row_ranges(half_limit)?
             .into_iter()
             .map(|range| {
                 let (g, u) = (gate.rows_range(range.clone()), up.rows_range(range.clone()));
-                let pair = HostTensor::stack(&format!("{} + up", g.name), &[&g, &u]).ok_or_else(|| {
-                    HearthError::bad_package(self.source.origin(), "gate and up differ in encoding or row length")
+                let pair = StoredMatrix::stack(&format!("{} + up", g.name), &[&g, &u]).ok_or_else(|| {
+                    HearthError::bad_package(self.origin, "gate and up differ in encoding or row length")
                 })?;
-                WeightBuffer::upload(self.ctx, &pair, range.start)
+                WeightBuffer::create(self.ctx, &mut self.uploads, &pair, range.start)
             })
             .collect()
+    }
+
+    /// The RoPE frequencies; with a `rope_freqs.weight` tensor they wait for its bytes.
+    fn rope_frequencies(&mut self, rope: &hearth_core::manifest::RopeConfig) -> Result<wgpu::Buffer> {
+        let Some(&i) = self.index.get("rope_freqs.weight") else {
+            let values = rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), None);
+            return Ok(storage_init(self.device(), "rope frequencies", &values));
+        };
+        let e = self.manifest.tensors[i].clone();
+        let buffer = storage(self.device(), "rope frequencies", rope.dim / 2);
+        let rope = rope.clone();
+        let transform: Transform = Box::new(move |bytes| {
+            let factors = decode_vector(&e.name, e.dtype, &bytes)?;
+            Ok(bytemuck::cast_slice(&rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), Some(&factors)))
+                .to_vec())
+        });
+        let len = self.manifest.tensors[i].length;
+        self.uploads.plan(
+            "rope_freqs.weight",
+            buffer.clone(),
+            len,
+            vec![(0, Span { tensor: i, start: 0, len })],
+            Some(transform),
+        );
+        Ok(buffer)
     }
 
     /// Dispatches of one product: one per weight piece, each with a decode and a prefill pipeline
@@ -183,7 +220,7 @@ impl<'a> Builder<'a> {
         let cols = p.pieces.first().map_or(0, |w| w.cols);
         if cols % 4 != 0 {
             return Err(HearthError::bad_package(
-                self.source.origin(),
+                self.origin,
                 format!("matrix rows of {cols} values: the GPU engine needs a multiple of 4"),
             ));
         }
@@ -255,19 +292,61 @@ impl<'a> Builder<'a> {
     }
 }
 
+/// An engine whose every buffer, pipeline and bind group exists, waiting for its weights: feed it
+/// tensors ([`PendingEngine::load`]) or shards ([`PendingEngine::feed_shard`], as they arrive over
+/// the network), then [`PendingEngine::finish`].
+pub struct PendingEngine {
+    engine: GpuEngine,
+    manifest: Manifest,
+    uploads: WeightUploads,
+}
+
+impl PendingEngine {
+    /// Every tensor the engine reads, one at a time from `source`.
+    pub fn load(mut self, source: &dyn TensorSource) -> Result<Self> {
+        self.uploads.feed_source(&self.engine.ctx.queue, source)?;
+        Ok(self)
+    }
+
+    /// Shard `index` (already checked against its sha256): `copy(at, dst)` copies its bytes from
+    /// offset `at` into `dst`, so the caller may keep the shard outside this memory.
+    pub fn feed_shard(&mut self, index: usize, len: u64, copy: &mut dyn FnMut(u64, &mut [u8])) -> Result<()> {
+        self.uploads.feed_shard(&self.engine.ctx.queue, &self.manifest, index, len, copy)
+    }
+
+    /// Tensor bytes taken so far.
+    pub fn bytes_fed(&self) -> u64 {
+        self.uploads.bytes_fed()
+    }
+
+    /// The engine, once every weight buffer has all its bytes.
+    pub fn finish(self) -> Result<GpuEngine> {
+        self.uploads.finish()?;
+        Ok(self.engine)
+    }
+}
+
 impl GpuEngine {
-    /// Upload the weights and prepare every dispatch. `max_context` caps the KV cache (it defaults
-    /// to the model's context length). The KV cache is f16 when `ctx.kv_f16` says so.
+    /// Upload the weights of `source` and prepare every dispatch. `max_context` caps the KV cache
+    /// (it defaults to the model's context length). The KV cache is f16 when `ctx.kv_f16` says so.
     pub fn new(ctx: GpuContext, source: &dyn TensorSource, max_context: Option<usize>) -> Result<Self> {
-        let m = source.manifest();
+        Self::prepare(ctx, source.manifest(), &source.origin(), max_context)?.load(source)?.finish()
+    }
+
+    /// Create every buffer (the weights' empty), pipeline and bind group from the manifest alone.
+    pub fn prepare(
+        ctx: GpuContext,
+        manifest: &Manifest,
+        origin: &str,
+        max_context: Option<usize>,
+    ) -> Result<PendingEngine> {
+        let m = manifest;
         let c = m.config.clone();
         if m.architecture != "llama" || c.position != PositionKind::Rope || c.norm != NormKind::Rms {
             return Err(HearthError::UnsupportedArchitecture(m.architecture.clone()));
         }
-        let rope = c
-            .rope
-            .clone()
-            .ok_or_else(|| HearthError::bad_package(source.origin(), "RoPE model without rope settings"))?;
+        let rope =
+            c.rope.clone().ok_or_else(|| HearthError::bad_package(origin, "RoPE model without rope settings"))?;
         let capacity = max_context.unwrap_or(c.context_length).clamp(1, c.context_length);
         let kv_f16 = ctx.kv_f16;
         let device = ctx.device.clone();
@@ -280,8 +359,10 @@ impl GpuEngine {
         let mut b = Builder {
             ctx: &ctx,
             kernels: Kernels::new(&device, ctx.software),
-            source,
-            entries: m.tensors.iter().map(|e| (e.name.as_str(), e)).collect(),
+            manifest: m,
+            origin,
+            index: m.tensors.iter().enumerate().map(|(i, e)| (e.name.as_str(), i)).collect(),
+            uploads: WeightUploads::default(),
             eps: c.norm_eps,
             normed: storage(&device, "normed", chunk * c.hidden_size),
             no_norm: storage(&device, "no norm", 4),
@@ -309,20 +390,11 @@ impl GpuEngine {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        // Per-pair frequency divisors, when the checkpoint has them.
-        let freq_factors = match b.entries.get("rope_freqs.weight") {
-            Some(e) => {
-                let bytes = source.read_tensor_bytes(e)?;
-                Some(Tensor::from_bytes(&e.name, e.shape.clone(), e.dtype, e.group_size, &bytes)?.to_f32())
-            }
-            None => None,
-        };
-        let inv_freq_values = rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), freq_factors.as_deref());
-        let inv_freq = storage_init(&device, "rope frequencies", &inv_freq_values);
+        let inv_freq = b.rope_frequencies(&rope)?;
         let mut weights: Vec<WeightBuffer> = Vec::new();
 
         // Embedding lookup: one dispatch per piece of the table.
-        let embd = WeightBuffer::upload_split(&ctx, &b.host("token_embd.weight")?)?;
+        let embd = b.split("token_embd.weight")?;
         let mut layers = Vec::new();
         for piece in &embd {
             let dims = uniform(&device, "embed dims", &[h, piece.first_row, piece.rows, piece.group]);
@@ -345,9 +417,9 @@ impl GpuEngine {
             let attn_norm = b.vector(&p("attn_norm"))?;
             let ffn_norm = b.vector(&p("ffn_norm"))?;
             let wqkv = b.stacked(&format!("blk.{l}.qkv"), &[p("attn_q"), p("attn_k"), p("attn_v")])?;
-            let wo = WeightBuffer::upload_split(&ctx, &b.host(&p("attn_output"))?)?;
+            let wo = b.split(&p("attn_output"))?;
             let wgu = b.gated(&p("ffn_gate"), &p("ffn_up"))?;
-            let wdown = WeightBuffer::upload_split(&ctx, &b.host(&p("ffn_down"))?)?;
+            let wdown = b.split(&p("ffn_down"))?;
 
             let fuse_norm = |w| Fuse { norm: Some(w), ..Default::default() };
             layers.extend(b.product(Product {
@@ -444,8 +516,7 @@ impl GpuEngine {
         }
 
         let out_norm = b.vector("output_norm.weight")?;
-        let head =
-            if c.tied_embeddings { None } else { Some(WeightBuffer::upload_split(&ctx, &b.host("output.weight")?)?) };
+        let head = if c.tied_embeddings { None } else { Some(b.split("output.weight")?) };
         let head_pieces = head.as_deref().unwrap_or(&embd);
         let fuse = Fuse { norm: Some(&out_norm), ..Default::default() };
         let head_last = b.product(Product {
@@ -471,7 +542,8 @@ impl GpuEngine {
         scratch.extend([one_token, qkv, q, attn, ffn, scores, inv_freq, out_norm]);
         weights.extend(embd);
         weights.extend(head.into_iter().flatten());
-        Ok(GpuEngine {
+        let uploads = b.uploads;
+        let engine = GpuEngine {
             ctx,
             config: c,
             capacity,
@@ -485,7 +557,8 @@ impl GpuEngine {
             head_all,
             _weights: weights,
             _scratch: scratch,
-        })
+        };
+        Ok(PendingEngine { engine, manifest: m.clone(), uploads })
     }
 
     pub fn adapter_name(&self) -> &str {
@@ -496,9 +569,19 @@ impl GpuEngine {
         &self.config
     }
 
+    /// Whether the adapter is a CPU implementation (kernels avoid workgroup barriers there).
+    pub fn software(&self) -> bool {
+        self.ctx.software
+    }
+
     /// Whether the KV cache is f16.
     pub fn kv_f16(&self) -> bool {
         self.kv_f16
+    }
+
+    /// Positions the KV cache holds: the most tokens one generation can use.
+    pub fn context_length(&self) -> usize {
+        self.capacity
     }
 
     pub fn position(&self) -> usize {
@@ -592,6 +675,14 @@ impl GpuEngine {
         id.first().copied().ok_or_else(|| HearthError::Gpu("the sampled token did not come back".into()))
     }
 
+    /// [`GpuEngine::forward_sample_async`] with the draw and penalty counts taken from `sampler`
+    /// (`history`: every token so far), as `hearth_core::generate::Generation` hands them out.
+    pub async fn sample_next_async(&mut self, tokens: &[u32], sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
+        let counts = sampler.penalty_counts(history);
+        let draw = if sampler.params().temperature > 0.0 { sampler.draw() } else { 0.0 };
+        self.forward_sample_async(tokens, sampler.params(), draw, &counts).await
+    }
+
     /// Run `tokens`; return the last token's logits, or every token's with `all_logits`.
     pub async fn forward_async(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
         if !all_logits {
@@ -638,14 +729,12 @@ impl Backend for GpuEngine {
         GpuEngine::forward(self, tokens, all_logits)
     }
     fn forward_sample(&mut self, tokens: &[u32], sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
-        let counts = sampler.penalty_counts(history);
-        let draw = if sampler.params().temperature > 0.0 { sampler.draw() } else { 0.0 };
-        GpuEngine::forward_sample(self, tokens, sampler.params(), draw, &counts)
+        pollster::block_on(self.sample_next_async(tokens, sampler, history))
     }
     fn reset(&mut self) {
         GpuEngine::reset(self)
     }
     fn context_length(&self) -> usize {
-        self.capacity
+        GpuEngine::context_length(self)
     }
 }

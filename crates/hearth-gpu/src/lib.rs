@@ -9,5 +9,5 @@ pub mod sampler;
 pub mod weights;
 
 pub use context::GpuContext;
-pub use engine::GpuEngine;
-pub use weights::{HostTensor, WeightBuffer};
+pub use engine::{GpuEngine, PendingEngine};
+pub use weights::{Span, StoredMatrix, WeightBuffer, WeightUploads};

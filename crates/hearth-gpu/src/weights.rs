@@ -1,34 +1,47 @@
-//! Weights on their way to the GPU: a tensor's parts as stored (never expanded), fused with its
-//! neighbours (Q, K, V into one matrix; gate and up into one) and split into row ranges that fit
-//! the adapter's largest storage binding.
+//! Weights on their way to the GPU. The engine plans every weight buffer from the manifest alone:
+//! which bytes of which stored tensors make each part (Q, K, V stacked into one matrix; gate and up
+//! into one; tables split into row ranges that fit the adapter's largest storage binding). The
+//! buffers are created empty; [`WeightUploads`] then fills each one as the bytes it needs arrive —
+//! tensor by tensor from a package on disk, or shard by shard from the network in a browser — and
+//! writes it to the GPU the moment it is complete. Nothing holds the whole model in memory.
 
-use std::borrow::Cow;
+use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::ops::Range;
 
-use hearth_core::manifest::TensorEntry;
+use hearth_core::manifest::{Manifest, TensorEntry};
+use hearth_core::package::TensorSource;
 use hearth_core::quant::{DType, PART_ALIGN};
 use hearth_core::{HearthError, Result};
-use wgpu::util::DeviceExt;
 
 use crate::context::GpuContext;
 
-/// A matrix in its stored encoding, on the CPU: each part (codes, scales, ...) holds whole rows, so
-/// row ranges can be cut and matrices stacked without decoding anything.
-#[derive(Debug, Clone)]
-pub struct HostTensor {
+/// A run of one stored tensor's serialized bytes (docs/FORMAT.md): bytes `start..start + len` of
+/// tensor `tensor`, an index into the manifest's tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub tensor: usize,
+    pub start: u64,
+    pub len: u64,
+}
+
+/// A matrix in its stored encoding, described by where its bytes are: each part (codes, scales,
+/// ...) is a list of spans holding whole rows, so row ranges can be cut and matrices stacked
+/// without reading or decoding anything.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMatrix {
     pub name: String,
     pub dtype: DType,
     pub rows: usize,
     pub cols: usize,
     pub group: Option<usize>,
-    /// Exact bytes of each part, in `DType::part_names` order.
-    pub parts: Vec<Vec<u8>>,
+    /// Spans of each part, in `DType::part_names` order.
+    pub parts: Vec<Vec<Span>>,
 }
 
-impl HostTensor {
-    /// Cut the manifest's parts out of the tensor's serialized bytes.
-    pub fn from_entry(entry: &TensorEntry, bytes: &[u8]) -> Result<Self> {
+impl StoredMatrix {
+    /// The matrix of manifest tensor `index`, its parts where the manifest places them.
+    pub fn from_entry(index: usize, entry: &TensorEntry) -> Result<Self> {
         let bad = |why: String| HearthError::bad_package(format!("tensor `{}`", entry.name), why);
         let cols = entry.shape.last().copied().unwrap_or(1).max(1);
         let n: usize = entry.shape.iter().product();
@@ -39,13 +52,12 @@ impl HostTensor {
         let mut parts = Vec::new();
         for (name, len) in entry.dtype.part_names().iter().zip(lengths) {
             let range = entry.parts.get(*name).ok_or_else(|| bad(format!("no `{name}` part")))?;
-            let start = range.offset as usize;
-            let part = bytes
-                .get(start..start + len as usize)
-                .ok_or_else(|| bad(format!("part `{name}` lies outside the tensor's bytes")))?;
-            parts.push(part.to_vec());
+            if range.offset + len > entry.length {
+                return Err(bad(format!("part `{name}` lies outside the tensor's bytes")));
+            }
+            parts.push(vec![Span { tensor: index, start: range.offset, len }]);
         }
-        Ok(HostTensor {
+        Ok(StoredMatrix {
             name: entry.name.clone(),
             dtype: entry.dtype,
             rows: n / cols,
@@ -56,52 +68,56 @@ impl HostTensor {
     }
 
     /// Bytes of one row in each part.
-    fn row_bytes(&self) -> Vec<usize> {
+    fn row_bytes(&self) -> Vec<u64> {
         // `from_entry` checked that these exist.
-        let lengths = self.dtype.part_lengths(self.cols, self.cols, self.group).unwrap_or_default();
-        lengths.into_iter().map(|l| l as usize).collect()
+        self.dtype.part_lengths(self.cols, self.cols, self.group).unwrap_or_default()
+    }
+
+    /// Bytes of each part.
+    pub fn part_lengths(&self) -> Vec<u64> {
+        self.parts.iter().map(|spans| spans.iter().map(|s| s.len).sum()).collect()
     }
 
     /// The matrices stacked by rows (same encoding, row length and group), or None if they differ.
-    pub fn stack(name: &str, tensors: &[&HostTensor]) -> Option<HostTensor> {
-        let first = tensors.first()?;
-        if tensors.iter().any(|t| t.dtype != first.dtype || t.cols != first.cols || t.group != first.group) {
+    pub fn stack(name: &str, matrices: &[&StoredMatrix]) -> Option<StoredMatrix> {
+        let first = matrices.first()?;
+        if matrices.iter().any(|t| t.dtype != first.dtype || t.cols != first.cols || t.group != first.group) {
             return None;
         }
-        let parts = (0..first.parts.len()).map(|i| tensors.iter().flat_map(|t| t.parts[i].iter().copied()).collect());
-        Some(HostTensor {
+        let parts = (0..first.parts.len()).map(|i| matrices.iter().flat_map(|t| t.parts[i].iter().copied()).collect());
+        Some(StoredMatrix {
             name: name.to_string(),
             dtype: first.dtype,
-            rows: tensors.iter().map(|t| t.rows).sum(),
+            rows: matrices.iter().map(|t| t.rows).sum(),
             cols: first.cols,
             group: first.group,
             parts: parts.collect(),
         })
     }
 
-    /// Rows `range`, borrowed when that is every row.
-    pub fn rows_range(&self, range: Range<usize>) -> Cow<'_, HostTensor> {
+    /// Rows `range` (every part's spans cut to those rows).
+    pub fn rows_range(&self, range: Range<usize>) -> StoredMatrix {
         if range == (0..self.rows) {
-            return Cow::Borrowed(self);
+            return self.clone();
         }
         let parts = self
             .parts
             .iter()
             .zip(self.row_bytes())
-            .map(|(p, per_row)| p[range.start * per_row..range.end * per_row].to_vec());
-        Cow::Owned(HostTensor {
+            .map(|(spans, per_row)| cut_spans(spans, range.start as u64 * per_row..range.end as u64 * per_row));
+        StoredMatrix {
             name: format!("{} rows {}..{}", self.name, range.start, range.end),
             dtype: self.dtype,
             rows: range.len(),
             cols: self.cols,
             group: self.group,
             parts: parts.collect(),
-        })
+        }
     }
 
-    /// Row ranges whose every part fits in `max_binding` bytes (one range when the tensor fits).
+    /// Row ranges whose every part fits in `max_binding` bytes (one range when the matrix fits).
     pub fn row_ranges(&self, max_binding: u64) -> Result<Vec<Range<usize>>> {
-        let widest = self.row_bytes().into_iter().max().unwrap_or(1).max(1) as u64;
+        let widest = self.row_bytes().into_iter().max().unwrap_or(1).max(1);
         // Parts are bound in whole words: keep each piece a little under the limit.
         let rows_per_piece = ((max_binding.saturating_sub(4)) / widest) as usize;
         if rows_per_piece == 0 {
@@ -112,9 +128,38 @@ impl HostTensor {
         }
         Ok((0..self.rows).step_by(rows_per_piece).map(|start| start..(start + rows_per_piece).min(self.rows)).collect())
     }
+
+    /// The bytes of each part, gathered from `tensors` (every tensor's serialized bytes, by index):
+    /// for tests and tools that look at a plan's content.
+    pub fn gather(&self, tensors: &[&[u8]]) -> Vec<Vec<u8>> {
+        self.parts
+            .iter()
+            .map(|spans| {
+                spans
+                    .iter()
+                    .flat_map(|s| &tensors[s.tensor][s.start as usize..(s.start + s.len) as usize])
+                    .copied()
+                    .collect()
+            })
+            .collect()
+    }
 }
 
-/// A matrix (or a row range of one) uploaded as stored: one buffer, each part at a 256-byte aligned
+/// The sub-spans covering bytes `range` of the concatenation of `spans`.
+fn cut_spans(spans: &[Span], range: Range<u64>) -> Vec<Span> {
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    for s in spans {
+        let (lo, hi) = (range.start.max(at), range.end.min(at + s.len));
+        if lo < hi {
+            out.push(Span { tensor: s.tensor, start: s.start + (lo - at), len: hi - lo });
+        }
+        at += s.len;
+    }
+    out
+}
+
+/// A matrix (or a row range of one) in one GPU buffer, as stored: each part at a 256-byte aligned
 /// offset so it can be bound on its own.
 pub struct WeightBuffer {
     pub buffer: wgpu::Buffer,
@@ -128,51 +173,64 @@ pub struct WeightBuffer {
 }
 
 impl WeightBuffer {
-    pub fn upload(ctx: &GpuContext, tensor: &HostTensor, first_row: usize) -> Result<Self> {
+    /// Create the (empty) buffer of `matrix` and plan its filling with `uploads`.
+    pub fn create(
+        ctx: &GpuContext,
+        uploads: &mut WeightUploads,
+        matrix: &StoredMatrix,
+        first_row: usize,
+    ) -> Result<Self> {
         let max = ctx.limits.max_storage_buffer_binding_size;
-        let mut data = Vec::new();
+        let mut size = 0u64;
         let mut parts = Vec::new();
-        for (name, part) in tensor.dtype.part_names().iter().zip(&tensor.parts) {
+        let mut fills = Vec::new();
+        for ((name, spans), part_len) in matrix.dtype.part_names().iter().zip(&matrix.parts).zip(matrix.part_lengths())
+        {
             // Bind whole words; an empty part still gets one word so that it can be bound.
-            let len = (part.len() as u64).next_multiple_of(4).max(4);
+            let len = part_len.next_multiple_of(4).max(4);
             if len > max {
                 return Err(HearthError::Gpu(format!(
                     "tensor `{}` part `{name}` is {len} bytes, over this adapter's storage binding limit of {max}",
-                    tensor.name
+                    matrix.name
                 )));
             }
-            data.resize(data.len().next_multiple_of(PART_ALIGN), 0);
-            let offset = data.len();
-            parts.push((*name, offset as u64, len));
-            data.extend_from_slice(part);
-            data.resize(offset + len as usize, 0);
+            let offset = size.next_multiple_of(PART_ALIGN as u64);
+            parts.push((*name, offset, len));
+            let mut at = offset;
+            for s in spans {
+                fills.push((at, *s));
+                at += s.len;
+            }
+            size = offset + len;
         }
-        let buffer = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(&tensor.name),
-            contents: &data,
-            usage: wgpu::BufferUsages::STORAGE,
+        let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(&matrix.name),
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
         });
+        uploads.plan(&matrix.name, buffer.clone(), size, fills, None);
         Ok(WeightBuffer {
             buffer,
-            dtype: tensor.dtype,
-            rows: tensor.rows as u32,
-            cols: tensor.cols as u32,
-            group: tensor.group.unwrap_or(1) as u32,
+            dtype: matrix.dtype,
+            rows: matrix.rows as u32,
+            cols: matrix.cols as u32,
+            group: matrix.group.unwrap_or(1) as u32,
             first_row: first_row as u32,
             parts,
         })
     }
 
-    /// Upload a matrix in as many row pieces as the adapter's binding limit requires.
-    pub fn upload_split(ctx: &GpuContext, tensor: &HostTensor) -> Result<Vec<Self>> {
-        tensor
+    /// A matrix in as many row pieces as the adapter's binding limit requires.
+    pub fn create_split(ctx: &GpuContext, uploads: &mut WeightUploads, matrix: &StoredMatrix) -> Result<Vec<Self>> {
+        matrix
             .row_ranges(ctx.limits.max_storage_buffer_binding_size)?
             .into_iter()
-            .map(|range| Self::upload(ctx, &tensor.rows_range(range.clone()), range.start))
+            .map(|range| Self::create(ctx, uploads, &matrix.rows_range(range.clone()), range.start))
             .collect()
     }
 
-    /// The byte range of a part (`upload` placed every part of the encoding).
+    /// The byte range of a part (`create` placed every part of the encoding).
     pub fn part(&self, name: &str) -> wgpu::BindingResource<'_> {
         let (offset, len) = self.parts.iter().find(|(n, _, _)| *n == name).map(|(_, o, l)| (*o, *l)).unwrap_or((0, 4));
         wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &self.buffer, offset, size: NonZeroU64::new(len) })
@@ -189,23 +247,210 @@ impl WeightBuffer {
     }
 }
 
-/// A vector (norm weights, biases) decoded to f32, as the element-wise kernels read it.
-pub fn upload_vector(ctx: &GpuContext, tensor: &HostTensor) -> Result<wgpu::Buffer> {
-    let values: Vec<f32> = match tensor.dtype {
-        DType::F32 => bytemuck::pod_collect_to_vec(&tensor.parts[0]),
-        DType::F16 => {
-            tensor.parts[0].chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+/// Turns a planned buffer's gathered bytes into what the GPU buffer holds.
+pub type Transform = Box<dyn FnOnce(Vec<u8>) -> Result<Vec<u8>>>;
+
+/// Decode a stored vector (norm weights, biases) to the f32 values the element-wise kernels read.
+pub fn decode_vector(name: &str, dtype: DType, bytes: &[u8]) -> Result<Vec<f32>> {
+    match dtype {
+        DType::F32 => Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+        DType::F16 => Ok(bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
+        other => Err(HearthError::UnsupportedTensorType {
+            tensor: name.to_string(),
+            dtype: format!("{} (vectors must be f32 or f16)", other.name()),
+        }),
+    }
+}
+
+/// A vector of manifest tensor `index`, as f32 values: the (empty) buffer, filled by `uploads`.
+pub fn create_vector(
+    ctx: &GpuContext,
+    uploads: &mut WeightUploads,
+    index: usize,
+    entry: &TensorEntry,
+) -> Result<wgpu::Buffer> {
+    let n: usize = entry.shape.iter().product();
+    let (name, dtype) = (entry.name.clone(), entry.dtype);
+    // Fail at planning time, not when the bytes arrive.
+    decode_vector(&name, dtype, &[])?;
+    let raw = (n * if dtype == DType::F32 { 4 } else { 2 }) as u64;
+    let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(&name),
+        size: (n * 4).max(4) as u64,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let transform: Transform =
+        Box::new(move |bytes| Ok(bytemuck::cast_slice(&decode_vector(&name, dtype, &bytes)?).to_vec()));
+    uploads.plan(
+        &entry.name,
+        buffer.clone(),
+        raw,
+        vec![(0, Span { tensor: index, start: 0, len: raw })],
+        Some(transform),
+    );
+    Ok(buffer)
+}
+
+/// A planned buffer waiting for its bytes.
+struct Pending {
+    label: String,
+    buffer: wgpu::Buffer,
+    /// Gathered bytes (allocated when the first piece arrives, dropped once written).
+    staging: Vec<u8>,
+    staging_len: u64,
+    /// Where each span goes in `staging`.
+    fills: Vec<(u64, Span)>,
+    missing: u64,
+    transform: Option<Transform>,
+}
+
+/// Fills the planned weight buffers from tensor bytes as they arrive, in any order, and writes each
+/// buffer to the GPU as soon as all of its bytes are there.
+#[derive(Default)]
+pub struct WeightUploads {
+    pending: Vec<Option<Pending>>,
+    /// For each tensor: (pending buffer, fill) pairs that read from it.
+    readers: HashMap<usize, Vec<(usize, usize)>>,
+    /// Shards fed so far (feeding one twice would count its bytes twice).
+    shards_fed: Vec<usize>,
+    bytes_fed: u64,
+}
+
+impl WeightUploads {
+    /// Plan a buffer: `fills` place tensor spans at offsets of a `staging_len`-byte image which,
+    /// passed through `transform` (if any), is the buffer's content.
+    pub fn plan(
+        &mut self,
+        label: &str,
+        buffer: wgpu::Buffer,
+        staging_len: u64,
+        fills: Vec<(u64, Span)>,
+        transform: Option<Transform>,
+    ) {
+        let index = self.pending.len();
+        for (f, (_, span)) in fills.iter().enumerate() {
+            self.readers.entry(span.tensor).or_default().push((index, f));
         }
-        other => {
-            return Err(HearthError::UnsupportedTensorType {
-                tensor: tensor.name.clone(),
-                dtype: format!("{} (vectors must be f32 or f16)", other.name()),
-            })
+        let missing = fills.iter().map(|(_, s)| s.len).sum();
+        self.pending.push(Some(Pending {
+            label: label.to_string(),
+            buffer,
+            staging: Vec::new(),
+            staging_len,
+            fills,
+            missing,
+            transform,
+        }));
+    }
+
+    /// Bytes `offset..offset + len` of tensor `tensor` are available: `copy(at, dst)` fills `dst`
+    /// with the `dst.len()` bytes starting `at` bytes into that range.
+    pub fn feed_with(
+        &mut self,
+        queue: &wgpu::Queue,
+        tensor: usize,
+        offset: u64,
+        len: u64,
+        copy: &mut dyn FnMut(u64, &mut [u8]),
+    ) -> Result<()> {
+        let Some(readers) = self.readers.get(&tensor).cloned() else { return Ok(()) };
+        for (index, f) in readers {
+            let Some(p) = self.pending[index].as_mut() else { continue };
+            let (dest, span) = p.fills[f];
+            let (lo, hi) = (offset.max(span.start), (offset + len).min(span.start + span.len));
+            if lo >= hi {
+                continue;
+            }
+            if p.staging.is_empty() {
+                p.staging = vec![0; p.staging_len as usize];
+            }
+            let at = (dest + lo - span.start) as usize;
+            copy(lo - offset, &mut p.staging[at..at + (hi - lo) as usize]);
+            p.missing -= hi - lo;
+            self.bytes_fed += hi - lo;
+            if p.missing == 0 {
+                if let Some(done) = self.pending[index].take() {
+                    let data = match done.transform {
+                        Some(t) => t(done.staging)?,
+                        None => done.staging,
+                    };
+                    queue.write_buffer(&done.buffer, 0, &data);
+                }
+            }
         }
-    };
-    Ok(ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some(&tensor.name),
-        contents: bytemuck::cast_slice(&values),
-        usage: wgpu::BufferUsages::STORAGE,
-    }))
+        Ok(())
+    }
+
+    /// The bytes of tensor `tensor` from `offset` on.
+    pub fn feed(&mut self, queue: &wgpu::Queue, tensor: usize, offset: u64, bytes: &[u8]) -> Result<()> {
+        self.feed_with(queue, tensor, offset, bytes.len() as u64, &mut |at, dst| {
+            dst.copy_from_slice(&bytes[at as usize..at as usize + dst.len()])
+        })
+    }
+
+    /// Shard `shard` of `manifest`, already verified against its sha256. `copy(at, dst)` copies the
+    /// shard's bytes from `at` into `dst` (so a caller can keep the shard outside this memory).
+    pub fn feed_shard(
+        &mut self,
+        queue: &wgpu::Queue,
+        manifest: &Manifest,
+        shard: usize,
+        shard_len: u64,
+        copy: &mut dyn FnMut(u64, &mut [u8]),
+    ) -> Result<()> {
+        let entry = manifest
+            .shards
+            .get(shard)
+            .ok_or_else(|| HearthError::InvalidArgument(format!("the model has no shard {shard}")))?;
+        if entry.size != shard_len {
+            return Err(HearthError::bad_package(
+                &entry.file,
+                format!("{shard_len} bytes, but the manifest says {}", entry.size),
+            ));
+        }
+        if self.shards_fed.contains(&shard) {
+            return Err(HearthError::InvalidArgument(format!("shard {shard} was already loaded")));
+        }
+        self.shards_fed.push(shard);
+        for piece in manifest.pieces_in_shard(shard) {
+            let base = piece.offset_in_shard;
+            self.feed_with(queue, piece.tensor, piece.offset_in_tensor, piece.len, &mut |at, dst| {
+                copy(base + at, dst)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Every tensor that some buffer reads, one at a time from `source`.
+    pub fn feed_source(&mut self, queue: &wgpu::Queue, source: &dyn TensorSource) -> Result<()> {
+        let mut tensors: Vec<usize> = self.readers.keys().copied().collect();
+        tensors.sort_unstable();
+        for t in tensors {
+            let entry =
+                source.manifest().tensors.get(t).ok_or_else(|| {
+                    HearthError::bad_package(source.origin(), format!("no tensor {t} in the manifest"))
+                })?;
+            self.feed(queue, t, 0, &source.read_tensor_bytes(entry)?)?;
+        }
+        Ok(())
+    }
+
+    /// Tensor bytes taken so far.
+    pub fn bytes_fed(&self) -> u64 {
+        self.bytes_fed
+    }
+
+    /// Succeeds when every planned buffer has been written.
+    pub fn finish(self) -> Result<()> {
+        let missing: Vec<&str> = self.pending.iter().flatten().map(|p| p.label.as_str()).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(HearthError::InvalidArgument(format!(
+            "the weights are incomplete: {} buffer(s) never received all their bytes (first: {}); feed every shard",
+            missing.len(),
+            missing.iter().take(3).copied().collect::<Vec<_>>().join(", ")
+        )))
+    }
 }

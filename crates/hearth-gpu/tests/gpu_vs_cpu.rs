@@ -208,3 +208,72 @@ fn a_1500_token_prompt_matches_the_cpu_engine() {
     assert!(worst < LOGIT_TOLERANCE, "logits differ by {worst}");
     assert_eq!(argmax(&g), argmax(&c));
 }
+
+/// Loading as a browser does, shard by shard, must give the engine exactly the weights of loading
+/// tensor by tensor. The package's bytes are re-cut into shards of an odd size (5 MiB + 12 bytes),
+/// so most tensors, including Q/K/V and gate/up partners, start in one shard and end in another;
+/// the shards are then fed in reverse order. The logits must be bit-identical, and an engine that
+/// misses a shard must refuse to finish.
+#[test]
+fn loading_shard_by_shard_in_any_order_gives_identical_weights() {
+    let Some(ctx) = context() else { return };
+    let package = Package::open(smollm2_package()).unwrap();
+    let (prompt, _) = &fixture_prompts()[2];
+    let whole = GpuEngine::new(ctx, &package, Some(64)).unwrap().forward(prompt, true).unwrap();
+
+    // Every tensor at its position in one byte sequence, then that sequence cut anew.
+    let m = &package.manifest;
+    let mut starts = vec![0u64];
+    for s in &m.shards {
+        starts.push(starts.last().unwrap() + s.size);
+    }
+    let mut all = Vec::new();
+    for s in &m.shards {
+        all.extend(std::fs::read(package.dir.join(&s.file)).unwrap());
+    }
+    let cut = (5 << 20) + 12;
+    let mut recut = m.clone();
+    recut.shards = all
+        .chunks(cut)
+        .enumerate()
+        .map(|(i, c)| hearth_core::manifest::FileEntry {
+            file: format!("piece-{i}"),
+            size: c.len() as u64,
+            sha256: String::new(),
+        })
+        .collect();
+    let mut spanning = 0;
+    for t in &mut recut.tensors {
+        let global = starts[t.shard] + t.offset;
+        (t.shard, t.offset) = ((global / cut as u64) as usize, global % cut as u64);
+        spanning += usize::from((global + t.length - 1) / cut as u64 != global / cut as u64);
+    }
+    assert!(spanning >= 5, "only {spanning} tensors cross a shard boundary");
+
+    let feed = |skip: Option<usize>| {
+        let mut pending = GpuEngine::prepare(context().unwrap(), &recut, "recut", Some(64)).unwrap();
+        for (i, bytes) in all.chunks(cut).enumerate().rev() {
+            if Some(i) != skip {
+                pending
+                    .feed_shard(i, bytes.len() as u64, &mut |at, dst| {
+                        dst.copy_from_slice(&bytes[at as usize..at as usize + dst.len()])
+                    })
+                    .unwrap();
+            }
+        }
+        pending
+    };
+    let pending = feed(None);
+    assert_eq!(pending.bytes_fed(), m.tensors.iter().map(|t| t.length).sum::<u64>() - unused_bytes(m));
+    let sharded = pending.finish().unwrap().forward(prompt, true).unwrap();
+    assert_eq!(whole, sharded);
+
+    let err = feed(Some(3)).finish().err().expect("a missing shard must be an error").to_string();
+    assert!(err.contains("feed every shard"), "{err}");
+}
+
+/// Bytes of tensors that no GPU buffer reads (none for SmolLM2; the padding between a tensor's
+/// parts is never fed).
+fn unused_bytes(m: &Manifest) -> u64 {
+    m.tensors.iter().map(|t| t.length - t.parts.values().map(|p| p.length).sum::<u64>()).sum()
+}

@@ -14,7 +14,7 @@ use hearth_gpu::kernels::{
     dispatch_once, read_back, storage, storage_init, uniform, whole, Activation, Kernels, MatvecKey, PREFILL_BLOCK,
     WORKGROUP,
 };
-use hearth_gpu::{GpuContext, HostTensor, WeightBuffer};
+use hearth_gpu::{GpuContext, StoredMatrix, WeightBuffer, WeightUploads};
 
 use wgpu::BindGroupEntry;
 
@@ -41,12 +41,19 @@ fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> BindGroupEntry<'_
     BindGroupEntry { binding, resource }
 }
 
-/// A tensor as a package stores it, and its manifest entry.
-fn packed(name: &str, shape: Vec<usize>, values: &[f32], dtype: DType, group: usize) -> (Tensor, HostTensor) {
+/// A tensor as a package stores it: its values, its serialized bytes, and its plan as manifest
+/// tensor `index`.
+struct Packed {
+    tensor: Tensor,
+    bytes: Vec<u8>,
+    matrix: StoredMatrix,
+}
+
+fn packed(index: usize, shape: Vec<usize>, values: &[f32], dtype: DType, group: usize) -> Packed {
     let tensor = Tensor::from_f32(shape.clone(), values, dtype, group).unwrap();
     let (bytes, parts) = tensor.to_bytes();
     let entry = TensorEntry {
-        name: name.into(),
+        name: format!("t{index}"),
         dtype,
         shape,
         shard: 0,
@@ -55,8 +62,20 @@ fn packed(name: &str, shape: Vec<usize>, values: &[f32], dtype: DType, group: us
         group_size: tensor.group_size(),
         parts: parts.into_iter().map(|(k, r)| (k.to_string(), r)).collect(),
     };
-    let host = HostTensor::from_entry(&entry, &bytes).unwrap();
-    (tensor, host)
+    let matrix = StoredMatrix::from_entry(index, &entry).unwrap();
+    Packed { tensor, bytes, matrix }
+}
+
+/// `matrix` (planned over the tensors of `sources`, by index) in pieces that fit the binding limit,
+/// filled with those tensors' bytes.
+fn upload(ctx: &GpuContext, matrix: &StoredMatrix, sources: &[&Packed]) -> Vec<WeightBuffer> {
+    let mut uploads = WeightUploads::default();
+    let pieces = WeightBuffer::create_split(ctx, &mut uploads, matrix).unwrap();
+    for (i, p) in sources.iter().enumerate() {
+        uploads.feed(&ctx.queue, i, 0, &p.bytes).unwrap();
+    }
+    uploads.finish().unwrap();
+    pieces
 }
 
 const ENCODINGS: [(DType, usize); 5] =
@@ -114,7 +133,8 @@ fn check_matvec(
 ) {
     let gated = matches!(fusion, Fusion::SwiGlu | Fusion::GeGlu);
     let w_rows = if gated { 2 * rows } else { rows };
-    let (tensor, host) = packed("w", vec![w_rows, cols], &random(w_rows * cols, 1), dtype, group);
+    let w = packed(0, vec![w_rows, cols], &random(w_rows * cols, 1), dtype, group);
+    let tensor = &w.tensor;
     // Inputs of a realistic spread (activations well above 1 before a norm).
     let x: Vec<f32> = random(n * cols, 2).iter().map(|v| v * 3.0).collect();
     let norm_weight: Vec<f32> = random(cols, 3).iter().map(|v| 1.0 + 0.5 * v).collect();
@@ -130,7 +150,7 @@ fn check_matvec(
         x.clone()
     };
     let mut products = vec![0f32; n * w_rows];
-    matmul(&tensor, &input, n, &mut products);
+    matmul(tensor, &input, n, &mut products);
     let dense = tensor.to_f32();
     let abs_sums: Vec<f32> = (0..n * w_rows)
         .map(|i| {
@@ -171,7 +191,9 @@ fn check_matvec(
         gated,
         accumulate: matches!(fusion, Fusion::Accumulate),
     };
-    let w = WeightBuffer::upload(ctx, &host, 0).unwrap();
+    let mut pieces = upload(ctx, &w.matrix, &[&w]);
+    assert_eq!(pieces.len(), 1);
+    let w = pieces.remove(0);
     let (gx, gy) = kernels.matvec_grid(rows as u32);
     let dims = uniform(
         &ctx.device,
@@ -220,11 +242,12 @@ fn embedding_gather_matches_the_cpu_for_every_encoding_and_split_tables() {
     let values = random(vocab * hidden, 5);
     let kernels = Kernels::new(&ctx.device, true);
     for (dtype, group) in ENCODINGS {
-        let (tensor, host) = packed("embd", vec![vocab, hidden], &values, dtype, group);
+        let table = packed(0, vec![vocab, hidden], &values, dtype, group);
+        let tensor = &table.tensor;
         let dense = tensor.to_f32();
         for limit in [u64::from(u32::MAX), 32 * 1024] {
             ctx.limits.max_storage_buffer_binding_size = limit;
-            let pieces = WeightBuffer::upload_split(&ctx, &host).unwrap();
+            let pieces = upload(&ctx, &table.matrix, &[&table]);
             if limit < u64::from(u32::MAX) {
                 assert!(pieces.len() > 2, "{dtype:?}: a 32 KiB limit should split the table");
             }
@@ -472,13 +495,13 @@ fn check_attention(ctx: &GpuContext, shape: (usize, usize, usize, usize, usize, 
 #[test]
 fn stacking_and_splitting_weights_keeps_every_row() {
     for (dtype, group) in ENCODINGS {
-        let (a, ha) = packed("a", vec![5, 256], &random(5 * 256, 21), dtype, group);
-        let (b, hb) = packed("b", vec![3, 256], &random(3 * 256, 22), dtype, group);
-        let stacked = HostTensor::stack("ab", &[&ha, &hb]).unwrap();
+        let a = packed(0, vec![5, 256], &random(5 * 256, 21), dtype, group);
+        let b = packed(1, vec![3, 256], &random(3 * 256, 22), dtype, group);
+        let stacked = StoredMatrix::stack("ab", &[&a.matrix, &b.matrix]).unwrap();
         assert_eq!(stacked.rows, 8);
-        let mut expected = a.to_f32();
-        expected.extend(b.to_f32());
-        let widest = stacked.parts.iter().map(|p| p.len() / 8).max().unwrap() as u64;
+        let mut expected = a.tensor.to_f32();
+        expected.extend(b.tensor.to_f32());
+        let widest = stacked.part_lengths().iter().map(|l| l / 8).max().unwrap();
         let ranges = stacked.row_ranges(3 * widest + 4).unwrap();
         assert_eq!(ranges, vec![0..3, 3..6, 6..8], "{dtype:?}");
         let pieces: Vec<_> = ranges.into_iter().map(|r| stacked.rows_range(r)).collect();
@@ -486,9 +509,9 @@ fn stacking_and_splitting_weights_keeps_every_row() {
         for piece in &pieces {
             // Parts laid out as a package stores them (docs/FORMAT.md: each at a 256-byte boundary).
             let mut bytes = Vec::new();
-            for part in &piece.parts {
+            for part in piece.gather(&[&a.bytes, &b.bytes]) {
                 bytes.resize(bytes.len().next_multiple_of(256), 0);
-                bytes.extend_from_slice(part);
+                bytes.extend_from_slice(&part);
             }
             let t = Tensor::from_bytes("piece", vec![piece.rows, 256], dtype, piece.group, &bytes).unwrap();
             decoded.extend(t.to_f32());
@@ -497,8 +520,11 @@ fn stacking_and_splitting_weights_keeps_every_row() {
         assert_eq!(stacked.row_ranges(u64::MAX).unwrap(), vec![0..8], "a tensor that fits is one piece");
         let err = stacked.row_ranges(widest / 2).unwrap_err().to_string();
         assert!(err.contains("exceeds this adapter's storage binding limit"), "{err}");
-        let (_, other) = packed("c", vec![2, 128], &random(256, 23), dtype, group.min(128));
-        assert!(HostTensor::stack("x", &[&ha, &other]).is_none(), "rows of different lengths must not stack");
+        let other = packed(2, vec![2, 128], &random(256, 23), dtype, group.min(128));
+        assert!(
+            StoredMatrix::stack("x", &[&a.matrix, &other.matrix]).is_none(),
+            "rows of different lengths must not stack"
+        );
     }
 }
 

@@ -1,0 +1,60 @@
+//! Hearth in the browser: the GPU engine behind a small wasm-bindgen API that the package's
+//! JavaScript (`pkg/src/*.js`) drives. Two classes: [`Loader`] fills the GPU with a model's weights
+//! shard by shard as JavaScript fetches them, and [`Engine`] generates one token per `step()` call,
+//! so JavaScript can stream, abort and queue between tokens. The contract is in `docs/WEB.md`.
+
+mod engine;
+mod loader;
+
+use hearth_core::HearthError;
+use wasm_bindgen::prelude::*;
+
+pub use engine::Engine;
+pub use loader::Loader;
+
+/// Panics that slip through become readable console errors instead of "unreachable executed".
+#[wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+}
+
+/// A JavaScript `Error` whose `name` says what went wrong (the names `docs/WEB.md` lists).
+pub(crate) fn js_error(e: HearthError) -> JsValue {
+    let name = match &e {
+        HearthError::Gpu(_) => "GpuError",
+        HearthError::UnsupportedArchitecture(_) | HearthError::UnsupportedTensorType { .. } => "UnsupportedModelError",
+        HearthError::BadPackage { .. } | HearthError::BadModelFile { .. } | HearthError::Io { .. } => "BadPackageError",
+        HearthError::Integrity { .. } => "IntegrityError",
+        HearthError::ContextLengthExceeded { .. } => "ContextLengthError",
+        HearthError::InvalidArgument(_) => "InvalidArgumentError",
+        HearthError::Tokenizer(_) => "TokenizerError",
+        HearthError::ChatTemplate(_) => "ChatTemplateError",
+    };
+    named_error(name, &e.to_string())
+}
+
+pub(crate) fn named_error(name: &str, message: &str) -> JsValue {
+    let error = js_sys::Error::new(message);
+    error.set_name(name);
+    error.into()
+}
+
+/// Seconds on the page's (or worker's) monotonic clock.
+pub(crate) fn now() -> f64 {
+    let performance = js_sys::Reflect::get(&js_sys::global(), &"performance".into()).ok();
+    let now = performance
+        .as_ref()
+        .and_then(|p| js_sys::Reflect::get(p, &"now".into()).ok())
+        .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+    match (performance, now) {
+        (Some(p), Some(f)) => f.call0(&p).ok().and_then(|v| v.as_f64()).unwrap_or(0.0) / 1000.0,
+        _ => js_sys::Date::now() / 1000.0,
+    }
+}
+
+/// A plain JavaScript object from a serializable value (maps as objects, u64 as numbers).
+pub(crate) fn to_js<T: serde::Serialize>(value: &T) -> Result<JsValue, JsValue> {
+    value
+        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+        .map_err(|e| named_error("InvalidArgumentError", &e.to_string()))
+}
