@@ -6,18 +6,28 @@ PROMPT ?= Give me three tips for writing clear code.
 # Vulkan's loader wants a private runtime directory; without one it prints a harmless warning.
 export XDG_RUNTIME_DIR ?= /tmp/hearth-xdg-$(shell id -u)
 
-.PHONY: demo test setup model lint
+.PHONY: demo test setup model lint wasm browser-test
 
 ## demo: download SmolLM2-135M-Instruct, convert it, and chat with it on the CPU.
 demo: setup $(PACKAGE)/manifest.json
 	$(HEARTH) generate --model $(PACKAGE) --chat --prompt "$(PROMPT)" --max-tokens 200
 
-## test: formatting, lints and the whole test suite.
+## test: formatting, lints and the whole test suite: Rust (native, on lavapipe where there is no
+## GPU), then the npm package in headless Chromium (WebGPU on SwiftShader).
 test: setup model lint
 	cargo test --release --workspace --lib --bins --tests
+	$(MAKE) browser-test
+
+## browser-test: build the wasm into pkg/ and run tests/browser/ against the real package.
+browser-test: wasm $(PACKAGE)/manifest.json
+	node --test --test-concurrency=1 tests/browser/
+
+wasm:
+	bash scripts/build-wasm.sh
 
 setup:
 	@bash scripts/setup.sh
+	@bash scripts/browser-setup.sh
 	@mkdir -p -m 0700 $(XDG_RUNTIME_DIR)
 
 model:
@@ -28,7 +38,7 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
 	# The engine as the browser will build it: no threads, async GPU read-backs only.
-	cargo clippy --release --target wasm32-unknown-unknown -p hearth-core -p hearth-gpu -- -D warnings
+	cargo clippy --release --target wasm32-unknown-unknown -p hearth-core -p hearth-gpu -p hearth-web -- -D warnings
 
 $(HEARTH): FORCE
 	cargo build --release -p hearth-cli

@@ -35,6 +35,9 @@ pub enum HearthError {
     /// No usable GPU adapter, a device limit too small for the model, or a GPU operation that failed.
     #[error("GPU: {0}")]
     Gpu(String),
+    /// The adapter's limits are too small for this model (a tensor row wider than a binding, ...).
+    #[error("GPU adapter limit: {0}")]
+    AdapterLimit(String),
 }
 
 pub type Result<T, E = HearthError> = std::result::Result<T, E>;

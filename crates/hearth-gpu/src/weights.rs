@@ -121,7 +121,7 @@ impl StoredMatrix {
         // Parts are bound in whole words: keep each piece a little under the limit.
         let rows_per_piece = ((max_binding.saturating_sub(4)) / widest) as usize;
         if rows_per_piece == 0 {
-            return Err(HearthError::Gpu(format!(
+            return Err(HearthError::AdapterLimit(format!(
                 "one row of tensor `{}` ({widest} bytes) exceeds this adapter's storage binding limit of {max_binding} bytes",
                 self.name
             )));
@@ -189,7 +189,7 @@ impl WeightBuffer {
             // Bind whole words; an empty part still gets one word so that it can be bound.
             let len = part_len.next_multiple_of(4).max(4);
             if len > max {
-                return Err(HearthError::Gpu(format!(
+                return Err(HearthError::AdapterLimit(format!(
                     "tensor `{}` part `{name}` is {len} bytes, over this adapter's storage binding limit of {max}",
                     matrix.name
                 )));

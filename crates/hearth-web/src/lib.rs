@@ -22,6 +22,7 @@ pub fn start() {
 pub(crate) fn js_error(e: HearthError) -> JsValue {
     let name = match &e {
         HearthError::Gpu(_) => "GpuError",
+        HearthError::AdapterLimit(_) => "AdapterLimitsError",
         HearthError::UnsupportedArchitecture(_) | HearthError::UnsupportedTensorType { .. } => "UnsupportedModelError",
         HearthError::BadPackage { .. } | HearthError::BadModelFile { .. } | HearthError::Io { .. } => "BadPackageError",
         HearthError::Integrity { .. } => "IntegrityError",
@@ -57,4 +58,15 @@ pub(crate) fn to_js<T: serde::Serialize>(value: &T) -> Result<JsValue, JsValue> 
     value
         .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
         .map_err(|e| named_error("InvalidArgumentError", &e.to_string()))
+}
+
+/// Bytes of wasm linear memory: it only grows, so this is the peak so far (the browser tests check
+/// that loading a model keeps it near one shard, however large the model).
+#[wasm_bindgen(js_name = memoryBytes)]
+pub fn memory_bytes() -> f64 {
+    #[cfg(target_arch = "wasm32")]
+    let pages = core::arch::wasm32::memory_size(0);
+    #[cfg(not(target_arch = "wasm32"))]
+    let pages = 0;
+    (pages * 65536) as f64
 }

@@ -4,7 +4,6 @@
 
 use hearth_core::model::Prompter;
 use hearth_core::package::parse_manifest;
-use hearth_core::HearthError;
 use hearth_gpu::{GpuContext, GpuEngine, PendingEngine};
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
@@ -18,6 +17,9 @@ struct LoadOptions {
     /// Cap on the KV cache's positions (the model's context length by default).
     #[serde(default)]
     max_context: Option<usize>,
+    /// The adapter's name as the page sees it (`GPUAdapterInfo`): wgpu has none to give in a browser.
+    #[serde(default)]
+    adapter_label: Option<String>,
 }
 
 #[wasm_bindgen]
@@ -43,7 +45,11 @@ impl Loader {
         let ctx = GpuContext::new_async()
             .await
             .map_err(js_error)?
-            .ok_or_else(|| js_error(HearthError::Gpu("this browser offers no WebGPU adapter".into())))?;
+            .ok_or_else(|| named_error("WebGPUUnavailableError", "this browser offers no WebGPU adapter"))?;
+        let ctx = match options.adapter_label.filter(|l| !l.is_empty()) {
+            Some(label) => GpuContext { adapter_name: label, ..ctx },
+            None => ctx,
+        };
         let pending = GpuEngine::prepare(ctx, &manifest, "manifest.json", options.max_context).map_err(js_error)?;
         Ok(Loader { pending, prompter, manifest })
     }

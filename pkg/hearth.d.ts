@@ -1,0 +1,357 @@
+// Type declarations of hearth-web: run Hearth model packages in the browser on WebGPU.
+// (The reference gives AsyncIterableIterator to projects that target ES2017 or older.)
+/// <reference lib="es2018.asynciterable" />
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+
+/** A progress event of {@link load}. `loaded` never decreases within a phase. */
+export interface LoadProgress {
+  /**
+   * - `"download"`: network bytes of the shards that were not stored yet (at least once per shard
+   *   and every ~4 MB); `total` is the bytes of those shards.
+   * - `"cache"`: bytes read back from IndexedDB; `total` is the bytes of the stored shards.
+   * - `"gpu"`: bytes uploaded to the GPU; `total` is the size of all shards.
+   * - `"ready"`: once, when the engine is ready.
+   */
+  phase: "download" | "cache" | "gpu" | "ready";
+  loaded: number;
+  total: number;
+  /** The shard the event is about (absent on `"ready"`). */
+  file?: string;
+  /** On `"download"` events: true when some shards were already stored (an interrupted download resumes). */
+  resumed?: true;
+}
+
+export interface LoadOptions {
+  /** Called as the model downloads, is read from the cache and is uploaded to the GPU. */
+  onProgress?: (event: LoadProgress) => void;
+  /**
+   * Aborts the load: it rejects with a `DOMException` named `"AbortError"`, the GPU memory is
+   * released, and the shards already downloaded and verified stay stored for the next attempt.
+   */
+  signal?: AbortSignal;
+  /**
+   * Store the package in IndexedDB and read what is stored (default `true`). With `false` every
+   * shard is downloaded and nothing is read from or written to the cache.
+   */
+  cache?: boolean;
+  /** Cap on the context (KV cache positions) below the model's own, to use less GPU memory. */
+  maxContext?: number;
+}
+
+/**
+ * Loads the model package at `modelUrl` (a directory URL holding `manifest.json`, resolved against
+ * the page's URL) onto the GPU. Shards are verified against the manifest's sha256, stored in
+ * IndexedDB and uploaded one at a time; a stored model loads offline.
+ *
+ * @throws {WebGPUUnavailableError} the browser has no WebGPU or no adapter
+ * @throws {QuotaExceededError} the origin's storage cannot hold the model (checked before downloading)
+ * @throws {NetworkError | IntegrityError | UnsupportedModelError | BadPackageError | GpuError | AdapterLimitsError}
+ */
+export function load(modelUrl: string | URL, options?: LoadOptions): Promise<HearthEngine>;
+
+/**
+ * Like {@link load}, but the model is loaded and run in a dedicated module Web Worker, so the page
+ * stays responsive. The returned engine has the same API; progress, aborts and errors (as the same
+ * classes) cross the worker boundary.
+ */
+export function loadInWorker(modelUrl: string | URL, options?: LoadOptions): Promise<Engine>;
+
+// ---------------------------------------------------------------------------------------------
+// Generating
+
+export interface ChatMessage {
+  /** "system", "user" or "assistant", as the model's chat template knows them. */
+  role: string;
+  content: string;
+}
+
+/** Sampling settings, as in OpenAI's API. Missing fields leave that step out. */
+export interface SamplingOptions {
+  /** 0 (the default) picks the most likely token every time (greedy, deterministic). */
+  temperature?: number;
+  /** Keep only the k most likely tokens; 0 (default) keeps all. */
+  top_k?: number;
+  /** Nucleus sampling: keep the smallest set of tokens whose probability reaches p, in (0, 1]; default 1. */
+  top_p?: number;
+  /** Drop tokens less likely than min_p times the most likely one, in [0, 1]; default 0. */
+  min_p?: number;
+  /** Divide positive (multiply negative) logits of recently seen tokens; > 0, default 1. */
+  repetition_penalty?: number;
+  /** Subtracted once from the logit of every recently seen token; default 0. */
+  presence_penalty?: number;
+  /** Subtracted from a recently seen token's logit once per occurrence; default 0. */
+  frequency_penalty?: number;
+  /** How many recent tokens the penalties look at; default 64. */
+  penalty_last_n?: number;
+  /** Seed of the random draw (when temperature > 0): the same seed gives the same text; without one,
+   *  each call draws a fresh seed. */
+  seed?: number;
+  /** Stop before any of these strings; they are not part of the text. */
+  stop?: string | string[];
+}
+
+export interface GenerateOptions extends SamplingOptions {
+  /** Most tokens to generate (default 256). */
+  max_tokens?: number;
+  /**
+   * Aborts the generation: the promise (or the stream) rejects with a `DOMException` named
+   * `"AbortError"` and the engine is ready for the next call. Aborted while waiting in the queue,
+   * the call never runs.
+   */
+  signal?: AbortSignal;
+}
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  /** Prompt tokens per second. */
+  prefill_tok_s: number;
+  /** Generated tokens per second after the first. */
+  decode_tok_s: number;
+  /** Seconds from the start to the first generated token. */
+  ttft_s: number;
+}
+
+/** `"stop"`: a stop token or stop string ended the text; `"length"`: max_tokens was reached. */
+export type FinishReason = "stop" | "length";
+
+export interface GenerateResult {
+  text: string;
+  usage: Usage;
+  finish_reason: FinishReason;
+  /** The generated token ids (a stop token that ended the text is not included). */
+  ids: number[];
+  /** The prompt's token ids, after the chat template. */
+  prompt_ids: number[];
+}
+
+/**
+ * Text chunks as they become final (never empty strings). Breaking out of `for await` stops the
+ * generation and frees the engine for the next call.
+ */
+export interface GenerationStream extends AsyncIterableIterator<string> {
+  /** Set once the generation has ended. */
+  readonly usage: Usage | undefined;
+  /** Set once the generation has ended. */
+  readonly finish_reason: FinishReason | undefined;
+  /**
+   * The whole result, as {@link Engine.generate} returns it. Reading it starts the generation if
+   * iteration has not; it rejects if the generation fails, is aborted or the stream is closed early.
+   */
+  readonly result: Promise<GenerateResult>;
+}
+
+/** What was loaded and where it runs. */
+export interface EngineInfo {
+  /** The manifest's model name. */
+  name: string;
+  architecture: string;
+  /** The WebGPU adapter, e.g. "SwiftShader Device (Subzero) (BrowserWebGpu)". */
+  adapter: string;
+  /** Whether the KV cache is f16 (the adapter has `shader-f16`). */
+  kvF16: boolean;
+  /** Whether the adapter is a CPU implementation (SwiftShader, lavapipe): slow. */
+  software: boolean;
+  /** Tokens the context holds (prompt + generated). */
+  contextLength: number;
+  vocabSize: number;
+  /** GPU memory of weights and KV cache, in bytes. */
+  gpuBytes: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenAI-style chat completions
+
+/**
+ * Request of {@link ChatCompletions.create}, as in OpenAI's API. Other OpenAI fields (`model`, ...)
+ * are ignored. Unlike OpenAI, whose default temperature is 1, a missing `temperature` here means
+ * greedy decoding (temperature 0).
+ */
+export interface ChatCompletionRequest extends SamplingOptions {
+  messages: ChatMessage[];
+  stream?: boolean;
+  /** Most tokens to generate (default 256). */
+  max_tokens?: number;
+  /** Same as max_tokens (OpenAI's newer name). */
+  max_completion_tokens?: number;
+  /** Only 1 is supported. */
+  n?: 1;
+  signal?: AbortSignal;
+}
+
+export interface ChatCompletionUsage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+}
+
+export interface ChatCompletion {
+  /** "chatcmpl-" followed by random hex. */
+  id: string;
+  object: "chat.completion";
+  /** Unix time in seconds. */
+  created: number;
+  /** The model's name from its manifest. */
+  model: string;
+  choices: [{ index: 0; message: { role: "assistant"; content: string }; finish_reason: FinishReason }];
+  usage: ChatCompletionUsage;
+}
+
+export interface ChatCompletionChunk {
+  id: string;
+  object: "chat.completion.chunk";
+  created: number;
+  model: string;
+  /** The first chunk's delta has `role`; the last chunk has a `finish_reason` and no content. */
+  choices: [{ index: 0; delta: { role?: "assistant"; content?: string }; finish_reason: FinishReason | null }];
+  /** On the last chunk only. */
+  usage?: ChatCompletionUsage;
+}
+
+export interface ChatCompletions {
+  /**
+   * With `stream: true`, returns the chunks as an async iterable (directly; awaiting it gives the
+   * same object, as with OpenAI's SDK). Otherwise resolves with the whole completion.
+   */
+  create(request: ChatCompletionRequest & { stream: true }): AsyncIterableIterator<ChatCompletionChunk>;
+  create(request: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
+  create(request: ChatCompletionRequest): Promise<ChatCompletion> | AsyncIterableIterator<ChatCompletionChunk>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Engines
+
+/**
+ * A loaded model. Calls are queued, never interleaved: a call waits for the ones before it, and a
+ * stream holds the engine from its first `next()` until it ends, is broken out of or is aborted.
+ */
+export interface Engine {
+  readonly info: EngineInfo;
+  /**
+   * Generates text for a plain prompt (a string, used as is) or a conversation (messages, rendered
+   * with the model's chat template).
+   * @throws {InvalidArgumentError} an option of the wrong type or range
+   * @throws {ContextLengthError} the prompt does not fit the context
+   */
+  generate(input: string | ChatMessage[], options?: GenerateOptions): Promise<GenerateResult>;
+  /** Like {@link generate}, yielding the text as it is generated. Errors surface when iterating. */
+  stream(input: string | ChatMessage[], options?: GenerateOptions): GenerationStream;
+  readonly chat: { readonly completions: ChatCompletions };
+  /** Waits for the calls already made, then frees the GPU memory; later calls throw {@link EngineDisposedError}. */
+  dispose(): Promise<void>;
+}
+
+/** The engine {@link load} returns (on the page's thread or in the worker behind {@link loadInWorker}). */
+export declare class HearthEngine implements Engine {
+  private constructor();
+  readonly info: EngineInfo;
+  generate(input: string | ChatMessage[], options?: GenerateOptions): Promise<GenerateResult>;
+  stream(input: string | ChatMessage[], options?: GenerateOptions): GenerationStream;
+  readonly chat: { readonly completions: ChatCompletions };
+  dispose(): Promise<void>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Environment and cache
+
+export interface Support {
+  /** Whether a WebGPU adapter is available. */
+  webgpu: boolean;
+  /** Whether the adapter has `shader-f16` (half the KV cache memory). */
+  shaderF16: boolean;
+  /** The adapter's vendor and architecture, or null. */
+  adapter: string | null;
+  /** The adapter's largest storage buffer binding, in bytes, or null. */
+  maxStorageBufferBindingSize: number | null;
+  /** Why WebGPU is unavailable, in words a person can act on; null when it is available. */
+  reason: string | null;
+}
+
+/** What this browser offers, from `navigator.gpu` (loads nothing). */
+export function support(): Promise<Support>;
+
+export interface CachedModel {
+  /** The package's directory URL, absolute, ending in "/". */
+  url: string;
+  /** The manifest's model name. */
+  name: string;
+  /** Bytes of the shards stored. */
+  bytes: number;
+  /** Whether every shard is stored (the model loads offline). */
+  complete: boolean;
+  /** When load() last stored the manifest (ms since the epoch). */
+  storedAt: number;
+}
+
+export interface ModelCache {
+  /** Whether the manifest, tokenizer and every shard of the model at `url` are stored. */
+  has(url: string | URL): Promise<boolean>;
+  list(): Promise<CachedModel[]>;
+  /** Deletes the model and its shards; resolves with whether anything was stored. */
+  delete(url: string | URL): Promise<boolean>;
+  /** The origin's storage usage and quota (`navigator.storage.estimate()`). */
+  estimate(): Promise<StorageEstimate>;
+}
+
+/** The models stored in IndexedDB (database "hearth"). */
+export const cache: ModelCache;
+
+// ---------------------------------------------------------------------------------------------
+// Errors. Every class's `name` equals its class name. Aborts are `DOMException`s named "AbortError".
+
+export class HearthError extends Error {
+  constructor(message?: string, options?: { cause?: unknown });
+}
+/** No `navigator.gpu` or no adapter; the message says what to enable. */
+export class WebGPUUnavailableError extends HearthError {
+  constructor(reason?: string);
+}
+/** The adapter's limits are too small for the model (e.g. its storage buffer binding size). */
+export class AdapterLimitsError extends HearthError {}
+/** The origin's storage cannot hold the model. */
+export class QuotaExceededError extends HearthError {
+  constructor(needed?: number, available?: number, cause?: unknown);
+  /** Bytes the download needs, when known. */
+  readonly needed: number | undefined;
+  /** Bytes the origin has left, when known. */
+  readonly available: number | undefined;
+}
+/** A downloaded file's size or sha256 differs from the manifest's; nothing of it was stored. */
+export class IntegrityError extends HearthError {
+  constructor(file: string, expected: string, actual: string, kind?: "sha256" | "size");
+  readonly file: string;
+  readonly expected: string;
+  readonly actual: string;
+}
+/** A request failed (`status` null: offline, CORS, unreachable) or answered a non-2xx status. */
+export class NetworkError extends HearthError {
+  constructor(url: string, status: number | null, cause?: unknown);
+  readonly url: string;
+  readonly status: number | null;
+}
+/** The package's format version or the model's architecture or tensor types are not supported. */
+export class UnsupportedModelError extends HearthError {}
+/** The prompt does not fit the context (see `info.contextLength` and `maxContext`). */
+export class ContextLengthError extends HearthError {}
+/** The manifest, tokenizer or tensors are malformed. */
+export class BadPackageError extends HearthError {}
+/** An argument or option of the wrong type or range. */
+export class InvalidArgumentError extends HearthError {}
+/** The GPU failed (device lost, a read-back failed, ...). */
+export class GpuError extends HearthError {}
+/** The engine was disposed. */
+export class EngineDisposedError extends HearthError {
+  constructor(message?: string);
+}
+
+export interface HearthNamespace {
+  load: typeof load;
+  loadInWorker: typeof loadInWorker;
+  support: typeof support;
+  cache: ModelCache;
+}
+
+export const Hearth: HearthNamespace;
+export default Hearth;

@@ -1,0 +1,14 @@
+// Hearth.cache: what load() stored in IndexedDB, by model URL (resolved like load() resolves it).
+
+import * as store from "./store.js";
+
+export const cache = {
+  /** Whether the manifest, tokenizer and every shard of the model at `url` are stored. */
+  has: (url) => store.isComplete(store.modelKey(url)),
+  /** Every stored model: [{url, name, bytes, complete, storedAt}]. */
+  list: () => store.listModels(),
+  /** Deletes the model's record and shards; resolves with whether anything was stored. */
+  delete: (url) => store.deleteModel(store.modelKey(url)),
+  /** The origin's storage usage and quota, as navigator.storage.estimate() reports them. */
+  estimate: async () => (await globalThis.navigator?.storage?.estimate?.()) ?? { usage: 0, quota: 0 },
+};

@@ -1,0 +1,82 @@
+// `engine.chat.completions.create()`: OpenAI's request and response shapes over generate()/stream(),
+// so code written for the OpenAI SDK runs with little change. Shared by the engine and the worker
+// proxy: it only needs `info`, `generate` and `stream`.
+
+import { InvalidArgumentError } from "./errors.js";
+
+const PASSED = [
+  "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
+  "frequency_penalty", "penalty_last_n", "seed", "stop", "signal",
+];
+
+function randomId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(12));
+  return "chatcmpl-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function usageOf(u) {
+  return {
+    prompt_tokens: u.prompt_tokens,
+    completion_tokens: u.completion_tokens,
+    total_tokens: u.prompt_tokens + u.completion_tokens,
+  };
+}
+
+function toOptions(params) {
+  if (params === null || typeof params !== "object") {
+    throw new InvalidArgumentError("create() takes {messages, ...}");
+  }
+  if (!Array.isArray(params.messages)) throw new InvalidArgumentError("messages must be an array");
+  if (params.n != null && params.n !== 1) throw new InvalidArgumentError("only n = 1 is supported");
+  const options = {};
+  for (const k of PASSED) if (params[k] != null) options[k] = params[k];
+  // Unlike OpenAI (default temperature 1), a missing temperature means greedy decoding.
+  const max = params.max_tokens ?? params.max_completion_tokens;
+  if (max != null) options.max_tokens = max;
+  return options;
+}
+
+// eslint-disable-next-line require-yield
+async function* failed(error) {
+  throw error;
+}
+
+async function* chunks(stream, { id, created, model }) {
+  const chunk = (delta, finish_reason) => ({
+    id,
+    object: "chat.completion.chunk",
+    created,
+    model,
+    choices: [{ index: 0, delta, finish_reason }],
+  });
+  let first = true;
+  for await (const content of stream) {
+    yield chunk(first ? { role: "assistant", content } : { content }, null);
+    first = false;
+  }
+  const result = await stream.result;
+  yield { ...chunk(first ? { role: "assistant" } : {}, result.finish_reason), usage: usageOf(result.usage) };
+}
+
+export function createChat(engine) {
+  function create(params) {
+    let options;
+    try {
+      options = toOptions(params);
+    } catch (e) {
+      return params?.stream ? failed(e) : Promise.reject(e);
+    }
+    const meta = { id: randomId(), created: Math.floor(Date.now() / 1000), model: engine.info.name };
+    // The stream is returned as is (not in a promise); `await create({stream: true})` gives it too.
+    if (params.stream) return chunks(engine.stream(params.messages, options), meta);
+    return engine.generate(params.messages, options).then((r) => ({
+      id: meta.id,
+      object: "chat.completion",
+      created: meta.created,
+      model: meta.model,
+      choices: [{ index: 0, message: { role: "assistant", content: r.text }, finish_reason: r.finish_reason }],
+      usage: usageOf(r.usage),
+    }));
+  }
+  return { completions: { create } };
+}

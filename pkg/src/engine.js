@@ -1,0 +1,138 @@
+// HearthEngine: the public face of the wasm Engine (docs/WEB.md). The wasm Engine runs one
+// generation at a time and throws EngineBusyError if called during a step, so every call here goes
+// through a queue (a promise chain) and holds it until its generation has ended or been cancelled.
+
+import { EngineDisposedError, abortError, fromWasm, raceAbort } from "./errors.js";
+import { buildRequest, signalOf } from "./options.js";
+import { TextStream } from "./stream.js";
+import { createChat } from "./chat.js";
+
+/** wasm-bindgen values as plain JSON-like data (Maps to objects, typed arrays to arrays). */
+export function plain(value) {
+  if (value instanceof Map) return Object.fromEntries([...value].map(([k, v]) => [k, plain(v)]));
+  if (Array.isArray(value)) return value.map(plain);
+  if (ArrayBuffer.isView(value)) return Array.from(value);
+  if (value && typeof value === "object") {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, plain(v)]));
+  }
+  return value;
+}
+
+export class HearthEngine {
+  #engine;
+  #info;
+  #tail = Promise.resolve();
+  #closing = false;
+  #disposed = null;
+
+  /** Not for users: engines come from Hearth.load(). */
+  constructor(wasmEngine) {
+    this.#engine = wasmEngine;
+    this.#info = Object.freeze(plain(wasmEngine.info()));
+    /** OpenAI-style chat completions: `engine.chat.completions.create({messages, ...})`. */
+    this.chat = createChat(this);
+  }
+
+  /** What was loaded and where it runs: {name, architecture, adapter, kvF16, software, ...}. */
+  get info() {
+    return this.#info;
+  }
+
+  /** Runs one generation to its end. */
+  generate(input, options) {
+    return this.stream(input, options).result;
+  }
+
+  /** Runs one generation, yielding its text as it becomes final. */
+  stream(input, options) {
+    let signal;
+    try {
+      signal = signalOf(options);
+    } catch (e) {
+      return new TextStream(() => Promise.reject(e));
+    }
+    return new TextStream((push, inner) => this.#run(input, options, push, inner), signal);
+  }
+
+  /** Waits for the calls already made, then releases the GPU memory; later calls reject. */
+  dispose() {
+    this.#closing = true;
+    this.#disposed ??= this.#acquire(undefined, true).then((release) => {
+      try {
+        this.#engine.free();
+      } finally {
+        this.#engine = null;
+        release();
+      }
+    });
+    return this.#disposed;
+  }
+
+  /** Waits for every earlier call; resolves with the function that lets the next one run. */
+  async #acquire(signal, internal = false) {
+    if (this.#closing && !internal) throw new EngineDisposedError();
+    let release;
+    const held = new Promise((resolve) => (release = resolve));
+    const previous = this.#tail;
+    this.#tail = previous.then(() => held);
+    try {
+      await raceAbort(previous, signal); // aborted while queued: never runs
+    } catch (e) {
+      release();
+      throw e;
+    }
+    if (!this.#engine) {
+      release();
+      throw new EngineDisposedError();
+    }
+    return release;
+  }
+
+  async #run(input, options, push, signal) {
+    const request = buildRequest(input, options);
+    const release = await this.#acquire(signal);
+    const engine = this.#engine;
+    let pending = null;
+    let finished = false;
+    try {
+      engine.begin(request);
+      let text = "";
+      for (;;) {
+        if (signal.aborted) throw abortError(signal);
+        pending = Promise.resolve().then(() => engine.step());
+        const r = plain(await raceAbort(pending, signal));
+        pending = null;
+        if (r.text) {
+          text += r.text;
+          push(r.text);
+        }
+        if (r.done) {
+          finished = true;
+          return {
+            text,
+            usage: r.usage,
+            finish_reason: r.finishReason,
+            ids: r.ids ?? [],
+            prompt_ids: r.promptIds ?? [],
+          };
+        }
+      }
+    } catch (e) {
+      throw fromWasm(e);
+    } finally {
+      // After an abort the step in flight still owns the engine: cancel once it has settled.
+      const settle = () => {
+        if (!finished) {
+          try {
+            engine.cancel();
+          } catch {
+            // nothing in progress to drop
+          }
+        }
+        release();
+      };
+      if (pending) pending.then(settle, settle);
+      else settle();
+    }
+  }
+}

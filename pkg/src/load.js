@@ -1,0 +1,253 @@
+// Hearth.load(): manifest -> tokenizer -> wasm Loader -> shards, one at a time, into GPU buffers.
+// Shards come from IndexedDB when stored, otherwise from the network (a few downloads ahead of the
+// upload, so both overlap), are verified before use, and are dropped once uploaded: memory holds a
+// few shards, never the whole model.
+
+import {
+  BadPackageError, HearthError, InvalidArgumentError, NetworkError,
+  QuotaExceededError, UnsupportedModelError, WebGPUUnavailableError, abortError, fromWasm, raceAbort,
+} from "./errors.js";
+import { fetchText, fetchVerified } from "./fetch.js";
+import { adapterLabel } from "./support.js";
+import { HearthEngine } from "./engine.js";
+import { signalOf } from "./options.js";
+import * as store from "./store.js";
+
+const AHEAD = 3; // downloads in flight beyond the shard being uploaded
+const PROGRESS_STEP = 4 << 20; // report download progress at least every 4 MiB
+const QUOTA_MARGIN = 16 << 20; // the estimate is approximate; leave room for the records themselves
+
+let wasmModule = null;
+
+/** The wasm module, initialized once per realm (page or worker). */
+function loadWasm() {
+  wasmModule ??= import("../wasm/hearth_web.js")
+    .then(async (m) => {
+      await m.default();
+      return m;
+    })
+    .catch((e) => {
+      wasmModule = null;
+      throw new HearthError(`Could not load Hearth's wasm module: ${e?.message ?? e}`, { cause: e });
+    });
+  return wasmModule;
+}
+
+function parseManifest(text) {
+  let m;
+  try {
+    m = JSON.parse(text);
+  } catch (e) {
+    throw new BadPackageError(`manifest.json is not JSON: ${e.message}`);
+  }
+  if (m?.format !== "hearth-model" || m.format_version !== 1) {
+    throw new UnsupportedModelError(
+      `manifest.json has format ${JSON.stringify(m?.format)} version ${JSON.stringify(m?.format_version)}; ` +
+        'this version of Hearth reads format "hearth-model" version 1 (update hearth-web or convert the model again).',
+    );
+  }
+  const entryOk = (e) =>
+    typeof e?.file === "string" && Number.isSafeInteger(e.size) && e.size >= 0 && /^[0-9a-f]{64}$/i.test(e.sha256);
+  if (!Array.isArray(m.shards) || !m.shards.every(entryOk) || !(m.files ?? []).every(entryOk)) {
+    throw new BadPackageError("manifest.json: every entry of shards and files needs {file, size, sha256}");
+  }
+  return m;
+}
+
+/** The tokenizer's text: the stored one if the manifest still lists the same sha256, else fetched. */
+async function tokenizerText(url, manifest, stored, signal) {
+  const file = manifest.tokenizer?.file ?? "tokenizer.json";
+  const entry = (manifest.files ?? []).find((f) => f.file === file);
+  if (!entry) throw new BadPackageError(`manifest.json lists no size and sha256 for ${file}`);
+  if (stored?.tokenizerText) {
+    let old;
+    try {
+      old = JSON.parse(stored.manifestText).files?.find((f) => f.file === file);
+    } catch {
+      // a stored manifest we cannot read: fetch again
+    }
+    if (old?.sha256 === entry.sha256) return stored.tokenizerText;
+  }
+  const bytes = await fetchVerified(new URL(file, url).href, entry, { signal });
+  return new TextDecoder().decode(bytes);
+}
+
+/** Refuses to start a download that the origin's quota cannot hold. */
+async function checkQuota(needed) {
+  const estimate = await globalThis.navigator?.storage?.estimate?.().catch(() => null);
+  if (estimate?.quota == null) return;
+  const available = estimate.quota - (estimate.usage ?? 0);
+  if (available < needed + QUOTA_MARGIN) throw new QuotaExceededError(needed + QUOTA_MARGIN, available);
+  // Ask not to be evicted under storage pressure; a refusal (or a worker, without persist) is fine.
+  globalThis.navigator.storage.persist?.().catch(() => {});
+}
+
+/** onProgress, shielded: a throwing callback is reported but does not break the load. */
+export function reporter(onProgress) {
+  return (event) => {
+    try {
+      onProgress?.(event);
+    } catch (e) {
+      (globalThis.reportError ?? ((x) => setTimeout(() => { throw x; })))(e);
+    }
+  };
+}
+
+export function checkOptions(modelUrl, options) {
+  if (typeof modelUrl !== "string" && !(modelUrl instanceof URL)) {
+    throw new InvalidArgumentError("load() takes the URL of a model package directory");
+  }
+  if (options === null || typeof options !== "object") throw new InvalidArgumentError("options must be an object");
+  const { onProgress, maxContext } = options;
+  if (onProgress != null && typeof onProgress !== "function") {
+    throw new InvalidArgumentError("options.onProgress must be a function");
+  }
+  if (maxContext != null && !(Number.isSafeInteger(maxContext) && maxContext > 0)) {
+    throw new InvalidArgumentError("options.maxContext must be a positive integer");
+  }
+}
+
+/**
+ * Loads the model package at `modelUrl` (a directory holding manifest.json) onto the GPU.
+ * @returns {Promise<HearthEngine>}
+ */
+export async function load(modelUrl, options = {}) {
+  checkOptions(modelUrl, options);
+  const { onProgress, cache = true, maxContext } = options;
+  const signal = signalOf(options);
+  if (signal?.aborted) throw abortError(signal);
+  const report = reporter(onProgress);
+  const url = store.modelKey(modelUrl);
+  const useCache = Boolean(cache) && (await store.usable());
+
+  // 1. Manifest and tokenizer; offline, the stored copies.
+  const stored = useCache ? await store.getModel(url) : undefined;
+  let manifestText;
+  let offline = false;
+  try {
+    manifestText = await fetchText(new URL("manifest.json", url).href, signal);
+  } catch (e) {
+    if (!(e instanceof NetworkError && e.status === null && stored)) throw e;
+    manifestText = stored.manifestText;
+    offline = true;
+  }
+  const manifest = parseManifest(manifestText);
+  // Before the tokenizer and anything stored: without WebGPU nothing else is worth doing.
+  if (!globalThis.navigator?.gpu) throw new WebGPUUnavailableError("navigator.gpu is missing");
+  const tokenizer = offline ? stored.tokenizerText : await tokenizerText(url, manifest, stored, signal);
+
+  // 2. What is stored, and room for what is not.
+  const shards = manifest.shards;
+  const have = useCache ? await store.storedShards(url) : new Set();
+  const isStored = shards.map((s) => have.has(s.sha256));
+  const missing = shards.map((_, i) => i).filter((i) => !isStored[i]);
+  const download = { loaded: 0, reported: 0, total: missing.reduce((n, i) => n + shards[i].size, 0) };
+  const resumed = missing.length < shards.length ? { resumed: true } : {};
+  if (useCache && !offline) {
+    await store.deleteStaleShards(url, new Set(shards.map((s) => s.sha256)));
+    if (missing.length > 0) await checkQuota(download.total + manifestText.length + tokenizer.length);
+    // The record first, so that the shards stored below are findable (and resumable) at once.
+    const record = { url, name: manifest.name ?? "", manifestText, tokenizerText: tokenizer, storedAt: Date.now() };
+    await store.putModel(record);
+  }
+  if (signal?.aborted) throw abortError(signal);
+
+  // 3. The wasm Loader: opens the device and allocates every buffer, no weights yet.
+  const wasm = await raceAbort(loadWasm(), signal);
+  let loader;
+  try {
+    const options = { adapterLabel: await adapterLabel() };
+    if (maxContext != null) options.maxContext = maxContext;
+    loader = await wasm.Loader.create(manifestText, tokenizer, options);
+  } catch (e) {
+    throw fromWasm(e);
+  }
+
+  // 4. Shards in order; downloads run ahead of the upload and store what they verified.
+  const stop = new AbortController(); // ends the downloads when the load fails or is aborted
+  const onAbort = () => stop.abort(abortError(signal));
+  signal?.addEventListener("abort", onAbort, { once: true });
+  const inflight = new Set(); // settled-never-rejecting twins of running downloads
+  const pending = new Map(); // shard index -> Promise<ArrayBuffer>
+  let started = 0;
+  let consumed = 0;
+
+  const fetchShard = async (i) => {
+    const s = shards[i];
+    const buffer = await fetchVerified(new URL(s.file, url).href, s, {
+      signal: stop.signal,
+      onBytes: (n) => {
+        download.loaded += n;
+        if (download.loaded - download.reported >= PROGRESS_STEP) reportDownload(s.file);
+      },
+    });
+    reportDownload(s.file);
+    if (useCache) await store.putShard(url, s.sha256, buffer);
+    return buffer;
+  };
+  const reportDownload = (file) => {
+    download.reported = download.loaded;
+    report({ phase: "download", loaded: download.loaded, total: download.total, file, ...resumed });
+  };
+  const startDownloads = () => {
+    while (started < missing.length && started <= consumed + AHEAD) {
+      const i = missing[started++];
+      const p = fetchShard(i);
+      const twin = p.then(() => {}, () => {});
+      inflight.add(twin);
+      twin.then(() => inflight.delete(twin));
+      pending.set(i, p);
+    }
+  };
+
+  let finished = false; // finish() consumes the loader, even when it throws
+  try {
+    const total = loader.totalBytes;
+    const cached = { loaded: 0, total: shards.reduce((n, s, i) => n + (isStored[i] ? s.size : 0), 0) };
+    let uploaded = 0;
+    startDownloads();
+    for (let i = 0; i < shards.length; i++) {
+      if (signal?.aborted) throw abortError(signal);
+      const s = shards[i];
+      let buffer; // the only reference to the shard's bytes: collectable once fed
+      if (isStored[i]) {
+        buffer = await raceAbort(store.getShard(url, s.sha256), signal);
+        if (buffer?.byteLength === s.size) {
+          cached.loaded += s.size;
+          report({ phase: "cache", loaded: cached.loaded, total: cached.total, file: s.file });
+        } else {
+          // Deleted since we looked (another tab, eviction): fetch it after all.
+          download.total += s.size;
+          buffer = await raceAbort(fetchShard(i), signal);
+        }
+      } else {
+        buffer = await raceAbort(pending.get(i), signal);
+        pending.delete(i);
+        consumed++;
+        startDownloads();
+      }
+      loader.feedShard(i, new Uint8Array(buffer));
+      uploaded += s.size;
+      report({ phase: "gpu", loaded: uploaded, total, file: s.file });
+    }
+    if (signal?.aborted) throw abortError(signal);
+    finished = true;
+    const engine = loader.finish();
+    let hearth;
+    try {
+      hearth = new HearthEngine(engine);
+    } catch (e) {
+      engine.free();
+      throw e;
+    }
+    report({ phase: "ready", loaded: total, total });
+    return hearth;
+  } catch (e) {
+    stop.abort();
+    if (!finished) loader.free();
+    await Promise.all(inflight); // nothing is written after load() has rejected
+    throw signal?.aborted ? abortError(signal) : fromWasm(e);
+  } finally {
+    signal?.removeEventListener("abort", onAbort);
+  }
+}

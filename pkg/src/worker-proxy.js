@@ -1,0 +1,145 @@
+// Hearth.loadInWorker(): the model lives in a dedicated module worker (../worker.js) so that
+// tokenization, uploads and the decode loop never block the page; this is the page's end, an engine
+// with the same API whose calls become messages. Options are checked here, so a bad argument fails
+// at once and nothing uncloneable (an AbortSignal, a callback) is posted.
+
+import { EngineDisposedError, HearthError, abortError, fromPlain } from "./errors.js";
+import { buildRequest, signalOf } from "./options.js";
+import { TextStream } from "./stream.js";
+import { createChat } from "./chat.js";
+import { checkOptions, reporter } from "./load.js";
+import { modelKey } from "./store.js";
+
+/** Numbered calls over one worker: each gets its events, then one result or error. */
+class Channel {
+  #worker;
+  #calls = new Map();
+  #next = 1;
+  #dead = null;
+
+  constructor(worker) {
+    this.#worker = worker;
+    worker.addEventListener("message", ({ data }) => this.#calls.get(data.id)?.(data));
+    worker.addEventListener("error", (e) => {
+      e.preventDefault();
+      this.#fail(new HearthError(`Hearth's worker failed: ${e.message || "worker.js did not load"}`));
+    });
+    worker.addEventListener("messageerror", () => this.#fail(new HearthError("Hearth's worker sent an unreadable message")));
+  }
+
+  #fail(error) {
+    this.#dead = error;
+    for (const deliver of [...this.#calls.values()]) deliver({ type: "error", error });
+  }
+
+  /**
+   * Posts {type, ...payload}; resolves with the worker's result. On abort the worker is told;
+   * `waitOnAbort` keeps the promise pending until the worker has cleaned up (load), otherwise it
+   * rejects at once (a generation, whose engine the worker frees after its step).
+   */
+  request(type, payload, { signal, onEvent, waitOnAbort = false } = {}) {
+    if (this.#dead) return Promise.reject(this.#dead);
+    if (signal?.aborted) return Promise.reject(abortError(signal));
+    const id = this.#next++;
+    return new Promise((resolve, reject) => {
+      const done = () => {
+        this.#calls.delete(id);
+        signal?.removeEventListener("abort", onAbort);
+      };
+      const onAbort = () => {
+        this.#worker.postMessage({ id, type: "abort" });
+        if (waitOnAbort) return;
+        done();
+        reject(abortError(signal));
+      };
+      this.#calls.set(id, (message) => {
+        if (message.type === "result") {
+          done();
+          resolve(message.value);
+        } else if (message.type === "error") {
+          done();
+          const e = message.error instanceof Error ? message.error : fromPlain(message.error);
+          reject(signal?.aborted && e.name === "AbortError" ? abortError(signal) : e);
+        } else {
+          onEvent?.(message);
+        }
+      });
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.#worker.postMessage({ id, type, ...payload });
+    });
+  }
+}
+
+/** The engine's API, answered by the worker. */
+export class WorkerEngine {
+  #worker;
+  #channel;
+  #info;
+  #closing = false;
+  #disposed = null;
+
+  /** Not for users: engines come from Hearth.loadInWorker(). */
+  constructor(worker, channel, info) {
+    this.#worker = worker;
+    this.#channel = channel;
+    this.#info = Object.freeze(info);
+    this.chat = createChat(this);
+  }
+
+  get info() {
+    return this.#info;
+  }
+
+  generate(input, options) {
+    return this.stream(input, options).result;
+  }
+
+  stream(input, options) {
+    let signal;
+    try {
+      signal = signalOf(options);
+    } catch (e) {
+      return new TextStream(() => Promise.reject(e));
+    }
+    return new TextStream(async (push, inner) => {
+      const { prompt, messages, ...rest } = buildRequest(input, options);
+      if (this.#closing) throw new EngineDisposedError();
+      const onEvent = (m) => m.type === "chunk" && push(m.text);
+      return this.#channel.request("generate", { input: prompt ?? messages, options: rest }, { signal: inner, onEvent });
+    }, signal);
+  }
+
+  /** Lets the calls already made finish, frees the engine and ends the worker. */
+  dispose() {
+    this.#closing = true;
+    this.#disposed ??= this.#channel
+      .request("dispose", {})
+      .catch(() => {})
+      .then(() => this.#worker.terminate());
+    return this.#disposed;
+  }
+}
+
+/** Like Hearth.load(), but the model is loaded and run in a dedicated Web Worker. */
+export async function loadInWorker(modelUrl, options = {}) {
+  checkOptions(modelUrl, options);
+  const signal = signalOf(options);
+  if (signal?.aborted) throw abortError(signal);
+  const report = reporter(options.onProgress);
+  // Relative URLs are the page's, not the worker script's.
+  const url = modelKey(modelUrl);
+  // This exact form lets bundlers (Vite, webpack 5) find and emit the worker.
+  const worker = new Worker(new URL("../worker.js", import.meta.url), { type: "module" });
+  const channel = new Channel(worker);
+  try {
+    const info = await channel.request(
+      "load",
+      { url, options: { cache: options.cache ?? true, maxContext: options.maxContext } },
+      { signal, waitOnAbort: true, onEvent: (m) => m.type === "progress" && report(m.progress) },
+    );
+    return new WorkerEngine(worker, channel, info);
+  } catch (e) {
+    worker.terminate();
+    throw e;
+  }
+}

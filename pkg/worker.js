@@ -1,0 +1,51 @@
+// Entry of the module Web Worker behind Hearth.loadInWorker() (src/worker-proxy.js holds the other
+// end). It loads one model and answers calls by id:
+//   in:  {id, type: "load", url, options} | {id, type: "generate", input, options}
+//        | {id, type: "dispose"} | {id, type: "abort"} (aborts call `id`)
+//   out: {id, type: "progress", progress} | {id, type: "chunk", text}
+//        | {id, type: "result", value} | {id, type: "error", error: {name, message, ...}}
+
+import { load } from "./src/load.js";
+import { EngineDisposedError, toPlain } from "./src/errors.js";
+
+let engine = null;
+const calls = new Map(); // call id -> AbortController
+
+async function handle(data, signal, post) {
+  switch (data.type) {
+    case "load": {
+      const onProgress = (progress) => post({ type: "progress", progress });
+      engine = await load(data.url, { ...data.options, signal, onProgress });
+      return engine.info;
+    }
+    case "generate": {
+      if (!engine) throw new EngineDisposedError();
+      const stream = engine.stream(data.input, { ...data.options, signal });
+      for await (const text of stream) post({ type: "chunk", text });
+      return stream.result;
+    }
+    case "dispose":
+      await engine?.dispose();
+      return undefined;
+    default:
+      throw new Error(`unknown message type ${data.type}`);
+  }
+}
+
+self.addEventListener("message", async ({ data }) => {
+  const { id } = data;
+  if (data.type === "abort") {
+    calls.get(id)?.abort();
+    return;
+  }
+  const controller = new AbortController();
+  calls.set(id, controller);
+  const post = (message) => self.postMessage({ id, ...message });
+  try {
+    post({ type: "result", value: await handle(data, controller.signal, post) });
+  } catch (e) {
+    post({ type: "error", error: toPlain(e) });
+  } finally {
+    calls.delete(id);
+  }
+});

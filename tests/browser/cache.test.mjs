@@ -1,0 +1,129 @@
+// Weights through the network into IndexedDB: a second load makes no shard request and works with
+// the network cut; a corrupted shard is an integrity error and never stored; an interrupted download
+// keeps its complete shards and the next load fetches only the missing ones. SmolLM2 in 8 MiB
+// shards (13 of them) so that a load has shards before and after the one that fails.
+
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { launch, openPage, serve, shardFiles, smallShards } from "./harness.mjs";
+
+let browser, server, dir, files, hashes;
+before(async () => {
+  dir = smallShards();
+  files = shardFiles(dir);
+  hashes = JSON.parse(fs.readFileSync(path.join(dir, "manifest.json"), "utf8")).shards.map((s) => s.sha256);
+  browser = await launch();
+  server = await serve({ small: dir });
+});
+after(async () => {
+  await browser?.close();
+  await server?.close();
+});
+
+const shardRequests = () => server.requests("/models/small/shard-").map((e) => path.basename(e.path));
+
+/** sha256 of every shard IndexedDB holds for the model (keys are "URL|sha256"). */
+function storedHashes(page) {
+  return page.evaluate(
+    () =>
+      new Promise((resolve, reject) => {
+        const open = indexedDB.open("hearth");
+        open.onerror = () => reject(open.error);
+        open.onsuccess = () => {
+          const db = open.result;
+          if (!db.objectStoreNames.contains("shards")) return resolve([]);
+          const keys = db.transaction("shards").objectStore("shards").getAllKeys();
+          keys.onsuccess = () => resolve(keys.result.filter((k) => k.includes("/models/small/|")).map((k) => k.split("|")[1]));
+          keys.onerror = () => reject(keys.error);
+        };
+      }),
+  );
+}
+
+const loadAndGenerate = (page, maxTokens = 2) =>
+  page.evaluate(async (maxTokens) => {
+    try {
+      const engine = await Hearth.load("/models/small/");
+      const r = await engine.generate("The capital of France is", { max_tokens: maxTokens });
+      await engine.dispose();
+      return { ids: r.ids };
+    } catch (e) {
+      return { error: { name: e.name, message: e.message } };
+    }
+  }, maxTokens);
+
+test("a second load reads every shard from IndexedDB and works offline", async () => {
+  const { context, page, consoleErrors } = await openPage(browser, server);
+  server.log.length = 0;
+  const first = await loadAndGenerate(page);
+  assert.equal(first.error, undefined, JSON.stringify(first.error));
+  assert.deepEqual(shardRequests().sort(), [...files].sort(), "first load: each shard fetched once");
+  assert.deepEqual((await storedHashes(page)).sort(), [...hashes].sort(), "every shard stored");
+
+  server.log.length = 0;
+  const second = await loadAndGenerate(page);
+  assert.deepEqual(second.ids, first.ids);
+  assert.deepEqual(shardRequests(), [], "second load: no shard request");
+
+  await context.setOffline(true);
+  server.log.length = 0;
+  const offline = await loadAndGenerate(page);
+  assert.deepEqual(offline.ids, first.ids, "offline load generates the same tokens");
+  assert.deepEqual(server.log, [], "offline: nothing reached the server");
+  const cached = await page.evaluate(() => Hearth.cache.list());
+  assert.equal(cached.length, 1);
+  assert.equal(cached[0].complete, true);
+  await context.setOffline(false);
+
+  assert.equal(await page.evaluate(() => Hearth.cache.has("/models/small/")), true);
+  await page.evaluate(() => Hearth.cache.delete("/models/small/"));
+  assert.deepEqual(await storedHashes(page), [], "delete removes the shards");
+  assert.equal(await page.evaluate(() => Hearth.cache.has("/models/small/")), false);
+  // Offline, the browser itself logs the manifest request it could not make; nothing else.
+  assert.deepEqual(consoleErrors.filter((e) => !e.includes("net::ERR_INTERNET_DISCONNECTED")), []);
+  await context.close();
+});
+
+test("a corrupted shard is an integrity error and is not stored", async () => {
+  const { context, page } = await openPage(browser, server);
+  const bad = `/models/small/${files[5]}`;
+  server.hooks.corrupt.set(bad, true);
+  try {
+    const r = await loadAndGenerate(page);
+    assert.equal(r.error?.name, "IntegrityError", JSON.stringify(r));
+    assert.match(r.error.message, new RegExp(files[5]));
+    const stored = await storedHashes(page);
+    assert.ok(!stored.includes(hashes[5]), "the corrupt shard is not stored");
+    assert.ok(stored.includes(hashes[0]), "shards verified before it stay stored");
+  } finally {
+    server.hooks.corrupt.delete(bad);
+  }
+  await context.close();
+});
+
+test("an interrupted download resumes with only the missing shards", async () => {
+  const { context, page } = await openPage(browser, server);
+  const cut = `/models/small/${files[7]}`;
+  server.hooks.cut.set(cut, 3 << 20);
+  let first;
+  try {
+    first = await loadAndGenerate(page);
+  } finally {
+    server.hooks.cut.delete(cut);
+  }
+  assert.equal(first.error?.name, "NetworkError", JSON.stringify(first));
+  assert.match(first.error.message, new RegExp(files[7]));
+  const stored = await storedHashes(page);
+  assert.ok(stored.length >= 7 && stored.length < files.length, `${stored.length} shards stored after the cut`);
+  assert.ok(!stored.includes(hashes[7]));
+
+  server.log.length = 0;
+  const second = await loadAndGenerate(page);
+  assert.equal(second.error, undefined, JSON.stringify(second.error));
+  const missing = files.filter((_, i) => !stored.includes(hashes[i]));
+  assert.deepEqual(shardRequests().sort(), missing.sort(), "only the missing shards are fetched");
+  assert.deepEqual((await storedHashes(page)).sort(), [...hashes].sort());
+  await context.close();
+});

@@ -1,0 +1,54 @@
+// The package as users get it: `npm pack` of pkg/, installed into the Vite app in examples/, built
+// with `vite build`, served next to a model package, run in Chromium: the page's tokens must be the
+// native engine's.
+
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { launch, nativeGenerate, ROOT, SMOLLM2 } from "./harness.mjs";
+import { startServer } from "./server.mjs";
+
+let tmp, browser, server;
+before(() => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), "hearth-example-"));
+});
+after(async () => {
+  await browser?.close();
+  await server?.close();
+  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+const npm = (args, cwd) => execFileSync("npm", [...args, "--no-audit", "--no-fund", "--loglevel=error"], { cwd, encoding: "utf8" });
+
+test("the packed package installs into the Vite example, builds, and generates the native tokens", async () => {
+  const tarball = path.join(tmp, npm(["pack", "--pack-destination", tmp], path.join(ROOT, "pkg")).trim().split("\n").at(-1));
+  const listing = execFileSync("tar", ["-tzf", tarball], { encoding: "utf8" });
+  for (const file of ["package/hearth.js", "package/hearth.d.ts", "package/worker.js", "package/wasm/hearth_web_bg.wasm", "package/wasm/hearth_web.js"]) {
+    assert.ok(listing.includes(file), `${file} is in the tarball`);
+  }
+  const app = path.join(tmp, "app");
+  fs.mkdirSync(app);
+  for (const f of ["package.json", "index.html", "main.js"]) fs.copyFileSync(path.join(ROOT, "examples/vite-app", f), path.join(app, f));
+  npm(["install", tarball], app);
+  execFileSync(path.join(app, "node_modules/.bin/vite"), ["build", "--logLevel", "warn"], { cwd: app, stdio: "inherit" });
+
+  const expected = nativeGenerate({ prompt: "The capital of France is", maxTokens: 3 });
+  server = await startServer({ routes: { "/": path.join(app, "dist"), "/models/smollm2/": SMOLLM2 }, pages: { "/favicon.ico": "" } });
+  browser = await launch();
+  for (const worker of ["0", "1"]) {
+    const page = await browser.newPage();
+    const errors = [];
+    page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+    page.on("pageerror", (e) => errors.push(String(e)));
+    await page.goto(`${server.url}/?max_tokens=3&worker=${worker}`);
+    await page.waitForFunction(() => document.body.dataset.done || document.body.dataset.error, null, { timeout: 0 });
+    const ids = JSON.parse((await page.evaluate(() => document.body.dataset.ids)) ?? "null");
+    assert.deepEqual(ids, expected.ids, `worker=${worker}: ${await page.textContent("#status")}`);
+    assert.equal(await page.textContent("#output"), expected.text);
+    assert.deepEqual(errors, []);
+    await page.close();
+  }
+});

@@ -1,0 +1,87 @@
+// Shared pieces of the browser tests: headless Chromium with WebGPU on SwiftShader, a page that
+// imports the real package from /pkg/, the model packages the tests serve, and the native CLI whose
+// output the browser must reproduce.
+
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { startServer } from "./server.mjs";
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+export const HEARTH = path.join(ROOT, "target/release/hearth");
+export const SMOLLM2 = path.join(ROOT, ".cache/packages/smollm2-135m-instruct");
+const GGUF = path.join(ROOT, ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+
+// SwiftShader's Vulkan behind Chromium's WebGPU; without the networking flags Chromium keeps trying
+// to reach hosts this network refuses (../shared/TOOLCHAIN.md).
+export const CHROMIUM_ARGS = [
+  "--enable-unsafe-webgpu",
+  "--enable-features=Vulkan",
+  "--use-vulkan=swiftshader",
+  "--use-webgpu-adapter=swiftshader",
+  "--no-sandbox",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+export function launch() {
+  return chromium.launch({ executablePath: "/usr/bin/chromium", headless: true, args: CHROMIUM_ARGS });
+}
+
+/** A page that exposes the package as `window.Hearth` (and the module as `window.hearth`). */
+const TEST_PAGE = `<!doctype html><meta charset="utf-8"><title>Hearth browser test</title>
+<script type="module">
+  import * as hearth from "/pkg/hearth.js";
+  import { memoryBytes } from "/pkg/wasm/hearth_web.js";
+  window.hearth = hearth;
+  window.Hearth = hearth.Hearth;
+  window.wasmMemoryBytes = memoryBytes;
+  window.hearthReady = true;
+</script>`;
+
+/** Serve pkg/ and the given model packages (name -> directory) under /models/NAME/. */
+export function serve(models) {
+  const routes = { "/pkg/": path.join(ROOT, "pkg") };
+  for (const [name, dir] of Object.entries(models)) routes[`/models/${name}/`] = dir;
+  // An empty favicon: a 404 for it would be the only console error of a clean run.
+  return startServer({ routes, pages: { "/": TEST_PAGE, "/favicon.ico": "" } });
+}
+
+/** A fresh browser context (its own IndexedDB) with the test page open; console errors collected. */
+export async function openPage(browser, server) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const consoleErrors = [];
+  page.on("console", (m) => {
+    if (m.type() === "error") consoleErrors.push(m.text());
+  });
+  page.on("pageerror", (e) => consoleErrors.push(String(e)));
+  await page.goto(server.url + "/");
+  await page.waitForFunction(() => window.hearthReady === true);
+  return { context, page, consoleErrors };
+}
+
+/** `hearth generate --backend gpu --json` natively (lavapipe here): what the browser must match. */
+export function nativeGenerate({ model = SMOLLM2, prompt, chat = false, maxTokens }) {
+  const args = ["generate", "--model", model, "--backend", "gpu", "--json", "--max-tokens", String(maxTokens), "--prompt", prompt];
+  if (chat) args.push("--chat");
+  const out = execFileSync(HEARTH, args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+  return JSON.parse(out);
+}
+
+/** SmolLM2 cut into 8 MiB shards (13 of them), for the download and resume scenarios. */
+export function smallShards() {
+  const dir = path.join(ROOT, ".cache/packages/smollm2-135m-instruct-8mb");
+  if (!fs.existsSync(path.join(dir, "manifest.json"))) {
+    execFileSync(HEARTH, ["convert", GGUF, "--out", dir, "--shard-mb", "8", "--force"], { stdio: "inherit" });
+  }
+  return dir;
+}
+
+/** Shard file names of a package. */
+export function shardFiles(dir) {
+  return JSON.parse(fs.readFileSync(path.join(dir, "manifest.json"), "utf8")).shards.map((s) => s.file);
+}

@@ -1,0 +1,92 @@
+// A small static HTTP server for the browser tests (and the demo): serves directories under URL
+// prefixes with the right MIME types and COOP/COEP headers, logs every request, and has hooks that
+// break responses on purpose (corrupt bytes, cut a body short, fail with a status, replace a body).
+
+import http from "node:http";
+import fs from "node:fs";
+import path from "node:path";
+
+const TYPES = {
+  ".html": "text/html; charset=utf-8",
+  ".js": "text/javascript; charset=utf-8",
+  ".mjs": "text/javascript; charset=utf-8",
+  ".css": "text/css; charset=utf-8",
+  ".json": "application/json",
+  ".wasm": "application/wasm",
+  ".svg": "image/svg+xml",
+  ".png": "image/png",
+  ".webmanifest": "application/manifest+json",
+  ".bin": "application/octet-stream",
+};
+
+/**
+ * @param {{ routes: Record<string, string>, pages?: Record<string, string>, port?: number, host?: string }} options
+ *   routes: URL prefix ("/pkg/") -> directory; pages: exact path -> HTML served as is.
+ */
+export async function startServer({ routes, pages = {}, port = 0, host = "127.0.0.1" }) {
+  /** Every request, in order: { method, path, status }. */
+  const log = [];
+  const hooks = {
+    /** path -> true: flip one byte in the middle of the body. */
+    corrupt: new Map(),
+    /** path -> n: send the headers and n bytes of the body, then destroy the socket. */
+    cut: new Map(),
+    /** path -> HTTP status to answer with instead. */
+    status: new Map(),
+    /** path -> Buffer or string served instead of the file. */
+    replace: new Map(),
+  };
+  const prefixes = Object.keys(routes).sort((a, b) => b.length - a.length);
+
+  const server = http.createServer((req, res) => {
+    const urlPath = decodeURIComponent(new URL(req.url, "http://x").pathname);
+    const entry = { method: req.method, path: urlPath, status: 200 };
+    log.push(entry);
+    const headers = {
+      "Cross-Origin-Opener-Policy": "same-origin",
+      "Cross-Origin-Embedder-Policy": "require-corp",
+      "Cross-Origin-Resource-Policy": "same-origin",
+      "Cache-Control": "no-cache",
+    };
+    const send = (status, body, type) => {
+      entry.status = status;
+      res.writeHead(status, { ...headers, "Content-Type": type ?? "text/plain; charset=utf-8" });
+      res.end(body);
+    };
+    if (hooks.status.has(urlPath)) return send(hooks.status.get(urlPath), "failing on purpose\n");
+    if (pages[urlPath] !== undefined) return send(200, pages[urlPath], TYPES[".html"]);
+    const prefix = prefixes.find((p) => urlPath.startsWith(p));
+    if (!prefix) return send(404, "not found\n");
+    const root = path.resolve(routes[prefix]);
+    let file = path.resolve(root, "." + urlPath.slice(prefix.length - 1));
+    if (file !== root && !file.startsWith(root + path.sep)) return send(403, "outside the served folder\n");
+    if (fs.existsSync(file) && fs.statSync(file).isDirectory()) file = path.join(file, "index.html");
+    const type = TYPES[path.extname(file)] ?? "application/octet-stream";
+    if (hooks.replace.has(urlPath)) return send(200, hooks.replace.get(urlPath), type);
+    fs.readFile(file, (err, body) => {
+      if (err) return send(404, "not found\n");
+      if (hooks.corrupt.has(urlPath)) {
+        body = Buffer.from(body);
+        body[body.length >> 1] ^= 0xff;
+      }
+      const cut = hooks.cut.get(urlPath);
+      if (cut !== undefined) {
+        entry.status = "cut";
+        res.writeHead(200, { ...headers, "Content-Type": type, "Content-Length": body.length });
+        res.write(body.subarray(0, cut), () => setTimeout(() => res.destroy(), 20));
+        return;
+      }
+      send(200, body, type);
+    });
+  });
+  await new Promise((resolve) => server.listen(port, host, resolve));
+  const url = `http://${host}:${server.address().port}`;
+  return {
+    url,
+    log,
+    hooks,
+    /** Requests whose path starts with `prefix`. */
+    requests: (prefix) => log.filter((e) => e.path.startsWith(prefix)),
+    close: () => new Promise((resolve) => server.close(resolve)),
+  };
+}
