@@ -2,8 +2,9 @@
 //! which bytes of which stored tensors make each part (Q, K, V stacked into one matrix; gate and up
 //! into one; tables split into row ranges that fit the adapter's largest storage binding). The
 //! buffers are created empty; [`WeightUploads`] then fills each one as the bytes it needs arrive —
-//! tensor by tensor from a package on disk, or shard by shard from the network in a browser — and
-//! writes it to the GPU the moment it is complete. Nothing holds the whole model in memory.
+//! tensor by tensor from a package on disk, or shard by shard from the network in a browser —
+//! writing matrix bytes to the GPU as they come. Nothing holds the whole model, or even a whole
+//! tensor, in memory.
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
@@ -292,21 +293,56 @@ pub fn create_vector(
     Ok(buffer)
 }
 
+/// Most bytes copied out of a shard at once on their way to the GPU.
+const DIRECT_WINDOW: u64 = 4 << 20;
+
 /// A planned buffer waiting for its bytes.
 struct Pending {
     label: String,
     buffer: wgpu::Buffer,
-    /// Gathered bytes (allocated when the first piece arrives, dropped once written).
+    /// With a transform: the gathered bytes (allocated when the first piece arrives, dropped once
+    /// written). Without one, pieces go straight to the GPU and nothing is gathered.
     staging: Vec<u8>,
     staging_len: u64,
-    /// Where each span goes in `staging`.
+    /// Where each span goes (in `staging`, or in the buffer when there is no transform).
     fills: Vec<(u64, Span)>,
     missing: u64,
     transform: Option<Transform>,
+    /// Direct writes go in whole 4-byte words: a word shared by two pieces (or a piece and
+    /// padding) waits here, by offset, with a mask of its known bytes, until all four are known.
+    edges: HashMap<u64, ([u8; 4], u8)>,
 }
 
-/// Fills the planned weight buffers from tensor bytes as they arrive, in any order, and writes each
-/// buffer to the GPU as soon as all of its bytes are there.
+impl Pending {
+    /// Bytes `at..at + bytes.len()` of the buffer's content: the whole words go to the GPU now,
+    /// the bytes of words that are not yet complete wait in `edges`.
+    fn write_direct(&mut self, queue: &wgpu::Queue, at: u64, bytes: &[u8]) {
+        let end = at + bytes.len() as u64;
+        let (a0, a1) = (at.next_multiple_of(4), end / 4 * 4);
+        if a0 < a1 {
+            queue.write_buffer(&self.buffer, a0, &bytes[(a0 - at) as usize..(a1 - at) as usize]);
+        }
+        let edge_bytes = (at..end).filter(|&b| a0 >= a1 || b < a0 || b >= a1);
+        for b in edge_bytes {
+            let word = b / 4 * 4;
+            let fills = &self.fills;
+            let entry = self.edges.entry(word).or_insert_with(|| {
+                // Bytes no span covers (padding) are known: zero, as the buffer was created.
+                let covered = |x: u64| fills.iter().any(|(d, s)| (*d..*d + s.len).contains(&x));
+                ([0; 4], (0..4).filter(|i| !covered(word + i)).fold(0, |m, i| m | 1 << i))
+            });
+            entry.0[(b - word) as usize] = bytes[(b - at) as usize];
+            entry.1 |= 1 << (b - word);
+            if entry.1 == 0b1111 {
+                queue.write_buffer(&self.buffer, word, &entry.0);
+                self.edges.remove(&word);
+            }
+        }
+    }
+}
+
+/// Fills the planned weight buffers from tensor bytes as they arrive, in any order: matrix bytes go
+/// to the GPU as they come (in whole words), vectors that need decoding once all of theirs are there.
 #[derive(Default)]
 pub struct WeightUploads {
     pending: Vec<Option<Pending>>,
@@ -341,6 +377,7 @@ impl WeightUploads {
             fills,
             missing,
             transform,
+            edges: HashMap::new(),
         }));
     }
 
@@ -362,20 +399,26 @@ impl WeightUploads {
             if lo >= hi {
                 continue;
             }
-            if p.staging.is_empty() {
-                p.staging = vec![0; p.staging_len as usize];
+            let at = dest + lo - span.start;
+            if p.transform.is_some() {
+                if p.staging.is_empty() {
+                    p.staging = vec![0; p.staging_len as usize];
+                }
+                copy(lo - offset, &mut p.staging[at as usize..(at + hi - lo) as usize]);
+            } else {
+                // Through a bounded window, whatever the tensor's or the model's size.
+                let mut window = vec![0; (hi - lo).min(DIRECT_WINDOW) as usize];
+                for start in (lo..hi).step_by(DIRECT_WINDOW as usize) {
+                    let piece = &mut window[..(hi - start).min(DIRECT_WINDOW) as usize];
+                    copy(start - offset, piece);
+                    p.write_direct(queue, at + (start - lo), piece);
+                }
             }
-            let at = (dest + lo - span.start) as usize;
-            copy(lo - offset, &mut p.staging[at..at + (hi - lo) as usize]);
             p.missing -= hi - lo;
             self.bytes_fed += hi - lo;
             if p.missing == 0 {
-                if let Some(done) = self.pending[index].take() {
-                    let data = match done.transform {
-                        Some(t) => t(done.staging)?,
-                        None => done.staging,
-                    };
-                    queue.write_buffer(&done.buffer, 0, &data);
+                if let Some(Pending { transform: Some(t), staging, buffer, .. }) = self.pending[index].take() {
+                    queue.write_buffer(&buffer, 0, &t(staging)?);
                 }
             }
         }

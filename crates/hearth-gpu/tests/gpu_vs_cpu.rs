@@ -210,9 +210,10 @@ fn a_1500_token_prompt_matches_the_cpu_engine() {
 }
 
 /// Loading as a browser does, shard by shard, must give the engine exactly the weights of loading
-/// tensor by tensor. The package's bytes are re-cut into shards of an odd size (5 MiB + 12 bytes),
-/// so most tensors, including Q/K/V and gate/up partners, start in one shard and end in another;
-/// the shards are then fed in reverse order. The logits must be bit-identical, and an engine that
+/// tensor by tensor. The package's bytes are re-cut into shards of an odd size (5 MiB + 13 bytes),
+/// so most tensors, including Q/K/V and gate/up partners, start in one shard and end in another,
+/// and pieces land at offsets that are not whole words (which the GPU writes need); the shards are
+/// then fed in reverse order. The logits must be bit-identical, and an engine that
 /// misses a shard must refuse to finish.
 #[test]
 fn loading_shard_by_shard_in_any_order_gives_identical_weights() {
@@ -231,7 +232,7 @@ fn loading_shard_by_shard_in_any_order_gives_identical_weights() {
     for s in &m.shards {
         all.extend(std::fs::read(package.dir.join(&s.file)).unwrap());
     }
-    let cut = (5 << 20) + 12;
+    let cut = (5 << 20) + 13;
     let mut recut = m.clone();
     recut.shards = all
         .chunks(cut)
