@@ -15,11 +15,17 @@ apt_install() {
 if ! need node || ! need npm; then
   apt_install nodejs npm
 fi
+# `node --test --test-concurrency` and Vite 8 (the example app) need Node.js 20.19 or later.
+if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)'; then
+  echo "error: Node.js $(node --version) is too old: the browser tests need 20.19 or later" >&2
+  exit 1
+fi
 if [ ! -x /usr/bin/chromium ]; then
   # Fonts so that pages (and the demo's screenshots) render text.
   apt_install chromium fonts-dejavu-core
 fi
-# npm ci when node_modules is missing or older than the lock file.
-if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+# npm ci when node_modules is missing, incomplete or older than the lock file.
+if [ ! -x node_modules/.bin/wasm-opt ] || [ ! -d node_modules/playwright-core ] \
+  || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund --loglevel=error
 fi

@@ -7,7 +7,7 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { launch, openPage, serve, shardFiles, smallShards } from "./harness.mjs";
+import { launch, MINUTES, openPage, serve, shardFiles, smallShards } from "./harness.mjs";
 
 let browser, server, dir, files, hashes;
 before(async () => {
@@ -16,7 +16,7 @@ before(async () => {
   hashes = JSON.parse(fs.readFileSync(path.join(dir, "manifest.json"), "utf8")).shards.map((s) => s.sha256);
   browser = await launch();
   server = await serve({ small: dir });
-});
+}, { timeout: 5 * MINUTES });
 after(async () => {
   await browser?.close();
   await server?.close();
@@ -54,7 +54,7 @@ const loadAndGenerate = (page, maxTokens = 2) =>
     }
   }, maxTokens);
 
-test("a second load reads every shard from IndexedDB and works offline", async () => {
+test("a second load reads every shard from IndexedDB and works offline", { timeout: 5 * MINUTES }, async () => {
   const { context, page, consoleErrors } = await openPage(browser, server);
   server.log.length = 0;
   const first = await loadAndGenerate(page);
@@ -86,7 +86,7 @@ test("a second load reads every shard from IndexedDB and works offline", async (
   await context.close();
 });
 
-test("a corrupted shard is an integrity error and is not stored", async () => {
+test("a corrupted shard is an integrity error and is not stored", { timeout: 3 * MINUTES }, async () => {
   const { context, page } = await openPage(browser, server);
   const bad = `/models/small/${files[5]}`;
   server.hooks.corrupt.set(bad, true);
@@ -103,7 +103,7 @@ test("a corrupted shard is an integrity error and is not stored", async () => {
   await context.close();
 });
 
-test("an interrupted download resumes with only the missing shards", async () => {
+test("an interrupted download resumes with only the missing shards", { timeout: 5 * MINUTES }, async () => {
   const { context, page } = await openPage(browser, server);
   const cut = `/models/small/${files[7]}`;
   server.hooks.cut.set(cut, 3 << 20);
@@ -125,5 +125,63 @@ test("an interrupted download resumes with only the missing shards", async () =>
   const missing = files.filter((_, i) => !stored.includes(hashes[i]));
   assert.deepEqual(shardRequests().sort(), missing.sort(), "only the missing shards are fetched");
   assert.deepEqual((await storedHashes(page)).sort(), [...hashes].sort());
+  await context.close();
+});
+
+test("a shard the server refuses is a network error naming its URL and status", { timeout: 3 * MINUTES }, async () => {
+  const { context, page } = await openPage(browser, server);
+  const refused = `/models/small/${files[2]}`;
+  server.reset();
+  server.hooks.status.set(refused, 503);
+  try {
+    const r = await page.evaluate(async () => {
+      try {
+        await Hearth.load("/models/small/");
+        return null;
+      } catch (e) {
+        return { name: e.name, message: e.message, url: e.url, status: e.status };
+      }
+    });
+    assert.equal(r?.name, "NetworkError", JSON.stringify(r));
+    assert.equal(r.status, 503);
+    assert.equal(new URL(r.url).pathname, refused);
+    assert.match(r.message, /503/);
+    assert.equal(server.count(refused), 1, "the refused shard was asked for once");
+  } finally {
+    server.reset();
+  }
+  await context.close();
+});
+
+test("storage quota: too little room fails before any download; a quota hit mid-download keeps the stored shards", { timeout: 5 * MINUTES }, async () => {
+  // Early check. Chromium's quota override (below) limits writes but not what
+  // navigator.storage.estimate() reports, so this page is told, as a browser on a full disk would
+  // tell it, that 50 MB are left: the 96 MB model must fail before a single shard request.
+  const early = await openPage(browser, server);
+  await early.page.evaluate(() => {
+    navigator.storage.estimate = async () => ({ quota: 50e6, usage: 0 });
+  });
+  server.log.length = 0;
+  const refused = await loadAndGenerate(early.page);
+  assert.equal(refused.error?.name, "QuotaExceededError", JSON.stringify(refused));
+  assert.match(refused.error.message, /MB needed/);
+  assert.deepEqual(shardRequests(), [], "nothing downloaded");
+  await early.context.close();
+
+  // Mid-download: the origin may store 30 MiB (3 of the 8 MiB shards), enforced by Chromium itself.
+  const { context, page } = await openPage(browser, server);
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("Storage.overrideQuotaForOrigin", { origin: server.url, quotaSize: 30 << 20 });
+  const full = await loadAndGenerate(page);
+  assert.equal(full.error?.name, "QuotaExceededError", JSON.stringify(full));
+  const kept = await storedHashes(page);
+  assert.ok(kept.length >= 1 && kept.length < files.length, `${kept.length} shards kept`);
+
+  // Room again: the shards stored before the quota hit are used, only the rest is fetched.
+  await cdp.send("Storage.overrideQuotaForOrigin", { origin: server.url });
+  server.log.length = 0;
+  const resumed = await loadAndGenerate(page);
+  assert.equal(resumed.error, undefined, JSON.stringify(resumed.error));
+  assert.deepEqual(shardRequests().sort(), files.filter((_, i) => !kept.includes(hashes[i])).sort());
   await context.close();
 });

@@ -5,7 +5,7 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { launch, nativeGenerate, openPage, serve, SMOLLM2 } from "./harness.mjs";
+import { launch, MINUTES, nativeGenerate, openPage, serve, SMOLLM2 } from "./harness.mjs";
 
 const A = "The capital of France is";
 const B = "Once upon a time";
@@ -18,13 +18,13 @@ before(async () => {
   await page.evaluate(async () => {
     window.engine = await Hearth.load("/models/smollm2/");
   });
-});
+}, { timeout: 5 * MINUTES });
 after(async () => {
   await browser?.close();
   await server?.close();
 });
 
-test("abort mid-stream rejects with AbortError within one token; the next call works", async () => {
+test("abort mid-stream rejects with AbortError within one token; the next call works", { timeout: 5 * MINUTES }, async () => {
   const a = nativeGenerate({ prompt: A, maxTokens: 3 });
   const got = await page.evaluate(async (A) => {
     const controller = new AbortController();
@@ -50,7 +50,7 @@ test("abort mid-stream rejects with AbortError within one token; the next call w
   assert.deepEqual(got.next, a.ids, "the call after the abort is a fresh generation");
 });
 
-test("two concurrent generate calls both return their own correct result", async () => {
+test("two concurrent generate calls both return their own correct result", { timeout: 5 * MINUTES }, async () => {
   const a = nativeGenerate({ prompt: A, maxTokens: 3 });
   const b = nativeGenerate({ prompt: B, maxTokens: 3 });
   const got = await page.evaluate(
@@ -63,7 +63,7 @@ test("two concurrent generate calls both return their own correct result", async
   assert.deepEqual(got, [a.ids, b.ids, a.text, b.text]);
 });
 
-test("errors are typed: context length, options, missing model, unsupported format", async () => {
+test("errors are typed: context length, options, missing model, unsupported format", { timeout: 3 * MINUTES }, async () => {
   const manifest = JSON.parse(fs.readFileSync(path.join(SMOLLM2, "manifest.json"), "utf8"));
   server.hooks.replace.set("/models/smollm2/v2/manifest.json", JSON.stringify({ ...manifest, format_version: 2 }));
   const got = await page.evaluate(async () => {
@@ -89,6 +89,7 @@ test("errors are typed: context length, options, missing model, unsupported form
   assert.match(got.option.message, /temperature/);
   assert.equal(got.missing.name, "NetworkError");
   assert.match(got.missing.url, /\/models\/nowhere\/manifest\.json$/);
+  assert.match(got.missing.message, /\/models\/nowhere\/manifest\.json/, "the message names the URL");
   assert.equal(got.version.name, "UnsupportedModelError");
   assert.ok([got.context, got.option, got.missing, got.version].every((e) => e.isHearth));
   assert.equal(got.after, 1, "the engine still works after the errors");

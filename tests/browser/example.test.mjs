@@ -8,7 +8,7 @@ import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { launch, nativeGenerate, ROOT, SMOLLM2 } from "./harness.mjs";
+import { launch, MINUTES, nativeGenerate, ROOT, SMOLLM2 } from "./harness.mjs";
 import { startServer } from "./server.mjs";
 
 let tmp, browser, server;
@@ -23,7 +23,7 @@ after(async () => {
 
 const npm = (args, cwd) => execFileSync("npm", [...args, "--no-audit", "--no-fund", "--loglevel=error"], { cwd, encoding: "utf8" });
 
-test("the packed package installs into the Vite example, builds, and generates the native tokens", async () => {
+test("the packed package installs into the Vite example, builds, and generates the native tokens", { timeout: 8 * MINUTES }, async () => {
   const tarball = path.join(tmp, npm(["pack", "--pack-destination", tmp], path.join(ROOT, "pkg")).trim().split("\n").at(-1));
   const listing = execFileSync("tar", ["-tzf", tarball], { encoding: "utf8" });
   for (const file of ["package/hearth.js", "package/hearth.d.ts", "package/worker.js", "package/wasm/hearth_web_bg.wasm", "package/wasm/hearth_web.js"]) {
@@ -31,15 +31,23 @@ test("the packed package installs into the Vite example, builds, and generates t
   }
   const app = path.join(tmp, "app");
   fs.mkdirSync(app);
-  for (const f of ["package.json", "index.html", "main.js"]) fs.copyFileSync(path.join(ROOT, "examples/vite-app", f), path.join(app, f));
-  npm(["install", tarball], app);
+  for (const f of ["index.html", "main.js"]) fs.copyFileSync(path.join(ROOT, "examples/vite-app", f), path.join(app, f));
+  // The example depends on the tarball `npm pack` leaves in pkg/ (file:../../pkg/NAME.tgz): the same
+  // file name, here in the temporary directory.
+  const manifest = JSON.parse(fs.readFileSync(path.join(ROOT, "examples/vite-app/package.json"), "utf8"));
+  assert.equal(path.basename(manifest.dependencies["hearth-web"]), path.basename(tarball), "examples/vite-app/package.json names the tarball npm pack makes");
+  manifest.dependencies["hearth-web"] = `file:${tarball}`;
+  fs.writeFileSync(path.join(app, "package.json"), JSON.stringify(manifest, null, 2));
+  npm(["install"], app);
   execFileSync(path.join(app, "node_modules/.bin/vite"), ["build", "--logLevel", "warn"], { cwd: app, stdio: "inherit" });
 
   const expected = nativeGenerate({ prompt: "The capital of France is", maxTokens: 3 });
   server = await startServer({ routes: { "/": path.join(app, "dist"), "/models/smollm2/": SMOLLM2 }, pages: { "/favicon.ico": "" } });
   browser = await launch();
+  // One profile for both runs: the worker run reads the shards the first run stored in IndexedDB.
+  const context = await browser.newContext();
   for (const worker of ["0", "1"]) {
-    const page = await browser.newPage();
+    const page = await context.newPage();
     const errors = [];
     page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
     page.on("pageerror", (e) => errors.push(String(e)));

@@ -1,57 +1,117 @@
 #!/usr/bin/env node
-// Runs the real npm package in headless Chromium (WebGPU on SwiftShader) and prints the same JSON as
-// `hearth generate --json`:
+// Runs the real npm package (pkg/) in headless Chromium (WebGPU on SwiftShader) and prints the same
+// JSON object as `hearth generate --json` (same keys in the same order; top_logits is always []):
 //   node tests/browser/generate.mjs --model DIR --prompt TEXT [--chat] [--system TEXT]
-//        [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--seed S] [--worker]
+//        [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--seed S]
+//        [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F] [--stop TEXT]...
+//        [--worker]
+// The CLI's --json and --backend gpu are accepted (and ignored) so that a script can pass the same
+// arguments to both. Each run starts a fresh browser profile: the package is downloaded every time.
 import { parseArgs } from "node:util";
+import fs from "node:fs";
 import path from "node:path";
 import { launch, openPage, serve } from "./harness.mjs";
 
-const { values: a } = parseArgs({
-  options: {
-    model: { type: "string" },
-    prompt: { type: "string" },
-    chat: { type: "boolean", default: false },
-    system: { type: "string" },
-    "max-tokens": { type: "string", default: "256" },
-    temperature: { type: "string" },
-    "top-k": { type: "string" },
-    "top-p": { type: "string" },
-    "min-p": { type: "string" },
-    seed: { type: "string" },
-    worker: { type: "boolean", default: false },
-  },
-});
-if (!a.model || a.prompt === undefined) {
-  console.error("usage: node tests/browser/generate.mjs --model DIR --prompt TEXT [--chat] [--max-tokens N] [--worker]");
+const SAMPLING = [
+  ["temperature", "temperature"],
+  ["top-k", "top_k"],
+  ["top-p", "top_p"],
+  ["min-p", "min_p"],
+  ["repetition-penalty", "repetition_penalty"],
+  ["presence-penalty", "presence_penalty"],
+  ["frequency-penalty", "frequency_penalty"],
+  ["seed", "seed"],
+];
+const USAGE =
+  "usage: node tests/browser/generate.mjs --model DIR --prompt TEXT [--chat] [--system TEXT] [--max-tokens N]\n" +
+  `       [${SAMPLING.map(([f]) => `--${f} X`).join("] [")}] [--stop TEXT]... [--worker]`;
+
+let a;
+try {
+  ({ values: a } = parseArgs({
+    options: {
+      model: { type: "string" },
+      prompt: { type: "string" },
+      chat: { type: "boolean", default: false },
+      system: { type: "string" },
+      "max-tokens": { type: "string", default: "128" }, // the CLI's default
+      ...Object.fromEntries(SAMPLING.map(([flag]) => [flag, { type: "string" }])),
+      stop: { type: "string", multiple: true, default: [] },
+      worker: { type: "boolean", default: false },
+      json: { type: "boolean", default: true },
+      backend: { type: "string", default: "gpu" },
+      "top-logits": { type: "string", default: "0" },
+    },
+  }));
+} catch (e) {
+  console.error(`${e.message}\n${USAGE}`);
   process.exit(2);
 }
+if (!a.model || a.prompt === undefined) {
+  console.error(USAGE);
+  process.exit(2);
+}
+if (!fs.existsSync(path.join(a.model, "manifest.json"))) {
+  console.error(`error: ${a.model} is not a model package (no manifest.json); make one with \`hearth convert\``);
+  process.exit(1);
+}
+if (a.backend !== "gpu") {
+  console.error("error: the browser runs the GPU engine only (--backend gpu)");
+  process.exit(2);
+}
+if (a["top-logits"] !== "0") console.error("note: --top-logits is not available in the browser; top_logits is []");
+
 const options = { max_tokens: Number(a["max-tokens"]) };
-for (const [flag, key] of [["temperature", "temperature"], ["top-k", "top_k"], ["top-p", "top_p"], ["min-p", "min_p"], ["seed", "seed"]]) {
+for (const [flag, key] of SAMPLING) {
   if (a[flag] !== undefined) options[key] = Number(a[flag]);
 }
+// The CLI's seed defaults to 0; the package draws a fresh one when sampling without a seed.
+options.seed ??= 0;
+if (a.stop.length > 0) options.stop = a.stop;
 const input = a.chat
-  ? [...(a.system ? [{ role: "system", content: a.system }] : []), { role: "user", content: a.prompt }]
+  ? [...(a.system !== undefined ? [{ role: "system", content: a.system }] : []), { role: "user", content: a.prompt }]
   : a.prompt;
 
 const server = await serve({ model: path.resolve(a.model) });
 const browser = await launch();
 let code = 0;
 try {
-  const { page } = await openPage(browser, server);
+  const { page, consoleErrors } = await openPage(browser, server);
   const out = await page.evaluate(
     async ({ input, options, worker }) => {
-      const engine = await (worker ? Hearth.loadInWorker : Hearth.load)("/models/model/");
       try {
-        const r = await engine.generate(input, options);
-        return { prompt_ids: r.prompt_ids, ids: r.ids, text: r.text, finish_reason: r.finish_reason, top_logits: [], usage: r.usage };
-      } finally {
-        await engine.dispose();
+        const engine = await (worker ? Hearth.loadInWorker : Hearth.load)("/models/model/");
+        try {
+          return { result: await engine.generate(input, options) };
+        } finally {
+          await engine.dispose();
+        }
+      } catch (e) {
+        return { error: `${e.name}: ${e.message}` };
       }
     },
     { input, options, worker: a.worker },
   );
-  console.log(JSON.stringify(out));
+  for (const e of consoleErrors) console.error(`browser console: ${e}`);
+  if (out.error) throw new Error(out.error);
+  const r = out.result;
+  const u = r.usage;
+  // serde_json's order (sorted keys), as the CLI prints it.
+  const json = {
+    finish_reason: r.finish_reason,
+    ids: r.ids,
+    prompt_ids: r.prompt_ids,
+    text: r.text,
+    top_logits: [],
+    usage: {
+      completion_tokens: u.completion_tokens,
+      decode_tok_s: u.decode_tok_s,
+      prefill_tok_s: u.prefill_tok_s,
+      prompt_tokens: u.prompt_tokens,
+      ttft_s: u.ttft_s,
+    },
+  };
+  console.log(JSON.stringify(json));
 } catch (e) {
   console.error(`error: ${e.message ?? e}`);
   code = 1;

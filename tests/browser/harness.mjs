@@ -64,13 +64,30 @@ export async function openPage(browser, server) {
   return { context, page, consoleErrors };
 }
 
-/** `hearth generate --backend gpu --json` natively (lavapipe here): what the browser must match. */
+const nativeRuns = new Map();
+
+/**
+ * `hearth generate --backend gpu --json` natively (lavapipe here): what the browser must match.
+ * Greedy, so deterministic: each distinct call runs once per test process.
+ */
 export function nativeGenerate({ model = SMOLLM2, prompt, chat = false, maxTokens }) {
   const args = ["generate", "--model", model, "--backend", "gpu", "--json", "--max-tokens", String(maxTokens), "--prompt", prompt];
   if (chat) args.push("--chat");
-  const out = execFileSync(HEARTH, args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
-  return JSON.parse(out);
+  const key = JSON.stringify(args);
+  if (!nativeRuns.has(key)) {
+    const out = execFileSync(HEARTH, args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+    nativeRuns.set(key, JSON.parse(out));
+  }
+  return structuredClone(nativeRuns.get(key));
 }
+
+/** The prompts of tests/fixtures/smollm2/generation.json: [{kind: "raw" | "chat", prompt, ...}]. */
+export function fixturePrompts() {
+  return JSON.parse(fs.readFileSync(path.join(ROOT, "tests/fixtures/smollm2/generation.json"), "utf8")).prompts;
+}
+
+/** A per-test time limit: SwiftShader is slow, but a hung page must fail the test, not the suite. */
+export const MINUTES = 60_000;
 
 /** SmolLM2 cut into 8 MiB shards (13 of them), for the download and resume scenarios. */
 export function smallShards() {

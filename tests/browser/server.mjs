@@ -87,6 +87,15 @@ export async function startServer({ routes, pages = {}, port = 0, host = "127.0.
     hooks,
     /** Requests whose path starts with `prefix`. */
     requests: (prefix) => log.filter((e) => e.path.startsWith(prefix)),
+    /** How many requests reached exactly `urlPath` since the log was last cleared. */
+    count: (urlPath) => log.filter((e) => e.path === urlPath).length,
+    /** Requests per path since the log was last cleared: { "/models/x/shard-00000.bin": 1, ... }. */
+    counts: () => log.reduce((n, e) => ((n[e.path] = (n[e.path] ?? 0) + 1), n), {}),
+    /** Clears the log and every hook. */
+    reset: () => {
+      log.length = 0;
+      for (const hook of Object.values(hooks)) hook.clear();
+    },
     close: () => new Promise((resolve) => server.close(resolve)),
   };
 }
