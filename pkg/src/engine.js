@@ -3,9 +3,8 @@
 // through a queue (a promise chain) and holds it until its generation has ended or been cancelled.
 
 import { EngineDisposedError, abortError, fromWasm, raceAbort } from "./errors.js";
-import { buildRequest, signalOf } from "./options.js";
-import { TextStream } from "./stream.js";
-import { createChat } from "./chat.js";
+import { buildRequest } from "./options.js";
+import { EngineApi } from "./api.js";
 
 /** wasm-bindgen values as plain JSON-like data (Maps to objects, typed arrays to arrays). */
 export function plain(value) {
@@ -18,40 +17,16 @@ export function plain(value) {
   return value;
 }
 
-export class HearthEngine {
+export class HearthEngine extends EngineApi {
   #engine;
-  #info;
   #tail = Promise.resolve();
   #closing = false;
   #disposed = null;
 
   /** Not for users: engines come from Hearth.load(). */
   constructor(wasmEngine) {
+    super(plain(wasmEngine.info()), (input, options, push, signal) => this.#run(input, options, push, signal));
     this.#engine = wasmEngine;
-    this.#info = Object.freeze(plain(wasmEngine.info()));
-    /** OpenAI-style chat completions: `engine.chat.completions.create({messages, ...})`. */
-    this.chat = createChat(this);
-  }
-
-  /** What was loaded and where it runs: {name, architecture, adapter, kvF16, software, ...}. */
-  get info() {
-    return this.#info;
-  }
-
-  /** Runs one generation to its end. */
-  generate(input, options) {
-    return this.stream(input, options).result;
-  }
-
-  /** Runs one generation, yielding its text as it becomes final. */
-  stream(input, options) {
-    let signal;
-    try {
-      signal = signalOf(options);
-    } catch (e) {
-      return new TextStream(() => Promise.reject(e));
-    }
-    return new TextStream((push, inner) => this.#run(input, options, push, inner), signal);
   }
 
   /** Waits for the calls already made, then releases the GPU memory; later calls reject. */

@@ -5,8 +5,7 @@
 
 import { EngineDisposedError, HearthError, abortError, fromPlain } from "./errors.js";
 import { buildRequest, signalOf } from "./options.js";
-import { TextStream } from "./stream.js";
-import { createChat } from "./chat.js";
+import { EngineApi } from "./api.js";
 import { checkOptions, reporter } from "./load.js";
 import { modelKey } from "./store.js";
 
@@ -71,42 +70,24 @@ class Channel {
 }
 
 /** The engine's API, answered by the worker. */
-export class WorkerEngine {
+export class WorkerEngine extends EngineApi {
   #worker;
   #channel;
-  #info;
   #closing = false;
   #disposed = null;
 
   /** Not for users: engines come from Hearth.loadInWorker(). */
   constructor(worker, channel, info) {
+    super(info, (input, options, push, signal) => this.#run(input, options, push, signal));
     this.#worker = worker;
     this.#channel = channel;
-    this.#info = Object.freeze(info);
-    this.chat = createChat(this);
   }
 
-  get info() {
-    return this.#info;
-  }
-
-  generate(input, options) {
-    return this.stream(input, options).result;
-  }
-
-  stream(input, options) {
-    let signal;
-    try {
-      signal = signalOf(options);
-    } catch (e) {
-      return new TextStream(() => Promise.reject(e));
-    }
-    return new TextStream(async (push, inner) => {
-      const { prompt, messages, ...rest } = buildRequest(input, options);
-      if (this.#closing) throw new EngineDisposedError();
-      const onEvent = (m) => m.type === "chunk" && push(m.text);
-      return this.#channel.request("generate", { input: prompt ?? messages, options: rest }, { signal: inner, onEvent });
-    }, signal);
+  async #run(input, options, push, signal) {
+    const { prompt, messages, ...rest } = buildRequest(input, options);
+    if (this.#closing) throw new EngineDisposedError();
+    const onEvent = (m) => m.type === "chunk" && push(m.text);
+    return this.#channel.request("generate", { input: prompt ?? messages, options: rest }, { signal, onEvent });
   }
 
   /** Lets the calls already made finish, frees the engine and ends the worker. */
