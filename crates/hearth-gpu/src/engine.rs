@@ -23,7 +23,7 @@ use crate::kernels::{
     MatvecKey, PREFILL_BLOCK, WORKGROUP,
 };
 use crate::sampler::GpuSampler;
-use crate::weights::{create_vector, decode_vector, Span, StoredMatrix, Transform, WeightBuffer, WeightUploads};
+use crate::weights::{create_vector, StoredMatrix, WeightBuffer, WeightUploads};
 
 /// Most tokens one forward pass takes; longer prompts are run in chunks of this many.
 pub const MAX_CHUNK: usize = 64;
@@ -194,22 +194,11 @@ impl<'a> Builder<'a> {
             let values = rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), None);
             return Ok(storage_init(self.device(), "rope frequencies", &values));
         };
-        let e = self.manifest.tensors[i].clone();
         let buffer = storage(self.device(), "rope frequencies", rope.dim / 2);
         let rope = rope.clone();
-        let transform: Transform = Box::new(move |bytes| {
-            let factors = decode_vector(&e.name, e.dtype, &bytes)?;
-            Ok(bytemuck::cast_slice(&rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), Some(&factors)))
-                .to_vec())
-        });
-        let len = self.manifest.tensors[i].length;
-        self.uploads.plan(
-            "rope_freqs.weight",
-            buffer.clone(),
-            len,
-            vec![(0, Span { tensor: i, start: 0, len })],
-            Some(transform),
-        );
+        self.uploads.plan_vector(buffer.clone(), i, &self.manifest.tensors[i], move |factors| {
+            rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), Some(&factors))
+        })?;
         Ok(buffer)
     }
 

@@ -271,25 +271,13 @@ pub fn create_vector(
     entry: &TensorEntry,
 ) -> Result<wgpu::Buffer> {
     let n: usize = entry.shape.iter().product();
-    let (name, dtype) = (entry.name.clone(), entry.dtype);
-    // Fail at planning time, not when the bytes arrive.
-    decode_vector(&name, dtype, &[])?;
-    let raw = (n * if dtype == DType::F32 { 4 } else { 2 }) as u64;
     let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(&name),
+        label: Some(&entry.name),
         size: (n * 4).max(4) as u64,
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    let transform: Transform =
-        Box::new(move |bytes| Ok(bytemuck::cast_slice(&decode_vector(&name, dtype, &bytes)?).to_vec()));
-    uploads.plan(
-        &entry.name,
-        buffer.clone(),
-        raw,
-        vec![(0, Span { tensor: index, start: 0, len: raw })],
-        Some(transform),
-    );
+    uploads.plan_vector(buffer.clone(), index, entry, |values| values)?;
     Ok(buffer)
 }
 
@@ -379,6 +367,25 @@ impl WeightUploads {
             transform,
             edges: HashMap::new(),
         }));
+    }
+
+    /// Fill `buffer` with `map` of the f32 values of vector tensor `index` (f32 or f16), once all
+    /// of its bytes are there.
+    pub fn plan_vector(
+        &mut self,
+        buffer: wgpu::Buffer,
+        index: usize,
+        entry: &TensorEntry,
+        map: impl FnOnce(Vec<f32>) -> Vec<f32> + 'static,
+    ) -> Result<()> {
+        let (name, dtype) = (entry.name.clone(), entry.dtype);
+        // Fail at planning time, not when the bytes arrive.
+        decode_vector(&name, dtype, &[])?;
+        let len = entry.length;
+        let transform: Transform =
+            Box::new(move |bytes| Ok(bytemuck::cast_slice(&map(decode_vector(&name, dtype, &bytes)?)).to_vec()));
+        self.plan(&entry.name, buffer, len, vec![(0, Span { tensor: index, start: 0, len })], Some(transform));
+        Ok(())
     }
 
     /// Bytes `offset..offset + len` of tensor `tensor` are available: `copy(at, dst)` fills `dst`
