@@ -6,10 +6,17 @@ PROMPT ?= Give me three tips for writing clear code.
 # Vulkan's loader wants a private runtime directory; without one it prints a harmless warning.
 export XDG_RUNTIME_DIR ?= /tmp/hearth-xdg-$(shell id -u)
 
-.PHONY: demo test setup model lint wasm browser-test
+PORT ?= 8080
 
-## demo: download SmolLM2-135M-Instruct, convert it, and chat with it on the CPU.
-demo: setup $(PACKAGE)/manifest.json
+.PHONY: demo chat test setup setup-demo model lint wasm browser-test
+
+## demo: build the wasm package, download SmolLM2-135M-Instruct and convert it, then serve the demo
+## page (www/) on http://127.0.0.1:$(PORT)/ until Ctrl+C. Open the printed URL in Chrome.
+demo: setup-demo wasm $(PACKAGE)/manifest.json
+	node scripts/serve-demo.mjs --port $(PORT)
+
+## chat: the same model from the command line (native GPU, or the CPU without one).
+chat: setup $(PACKAGE)/manifest.json
 	$(HEARTH) generate --model $(PACKAGE) --chat --prompt "$(PROMPT)" --max-tokens 200
 
 ## test: formatting, lints and the whole test suite: Rust (native, on lavapipe where there is no
@@ -30,6 +37,11 @@ setup:
 	@bash scripts/browser-setup.sh
 	@mkdir -p -m 0700 $(XDG_RUNTIME_DIR)
 
+setup-demo:
+	@bash scripts/setup.sh
+	@bash scripts/browser-setup.sh --no-chromium
+	@mkdir -p -m 0700 $(XDG_RUNTIME_DIR)
+
 model:
 	@bash scripts/fetch-smollm2.sh
 	@bash scripts/fetch-gemma3.sh
@@ -43,7 +55,8 @@ lint:
 $(HEARTH): FORCE
 	cargo build --release -p hearth-cli
 
-$(PACKAGE)/manifest.json: $(HEARTH) model
+$(PACKAGE)/manifest.json: $(HEARTH)
+	@bash scripts/fetch-smollm2.sh
 	$(HEARTH) convert $(GGUF) --out $(PACKAGE) --force
 
 FORCE:

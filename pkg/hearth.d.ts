@@ -38,6 +38,11 @@ export interface LoadOptions {
   cache?: boolean;
   /** Cap on the context (KV cache positions) below the model's own, to use less GPU memory. */
   maxContext?: number;
+  /**
+   * Ask the network whether the package changed (default `true`). With `false`, a model whose
+   * manifest, tokenizer and shards are all stored loads without any request; otherwise as usual.
+   */
+  revalidate?: boolean;
 }
 
 /**

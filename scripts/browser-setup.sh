@@ -2,7 +2,10 @@
 # Install what building the wasm package and the browser tests need on a fresh machine: Node.js,
 # Chromium (its SwiftShader gives headless WebGPU without a GPU), and the npm tools in package.json
 # (wasm-opt from `binaryen`, `playwright-core` to drive Chromium). Idempotent: each step checks first.
+# With --no-chromium (the demo: you open the page in your own browser) Chromium is not installed.
 set -euo pipefail
+chromium=1
+[ "${1:-}" = "--no-chromium" ] && chromium=0
 cd "$(dirname "$0")/.."
 
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -20,7 +23,7 @@ if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); proce
   echo "error: Node.js $(node --version) is too old: the browser tests need 20.19 or later" >&2
   exit 1
 fi
-if [ ! -x /usr/bin/chromium ]; then
+if [ "$chromium" = 1 ] && [ ! -x /usr/bin/chromium ]; then
   # Fonts so that pages (and the demo's screenshots) render text.
   apt_install chromium fonts-dejavu-core
 fi

@@ -98,7 +98,10 @@ export function checkOptions(modelUrl, options) {
     throw new InvalidArgumentError("load() takes the URL of a model package directory");
   }
   if (options === null || typeof options !== "object") throw new InvalidArgumentError("options must be an object");
-  const { onProgress, maxContext } = options;
+  const { onProgress, maxContext, revalidate } = options;
+  if (revalidate != null && typeof revalidate !== "boolean") {
+    throw new InvalidArgumentError("options.revalidate must be a boolean");
+  }
   if (onProgress != null && typeof onProgress !== "function") {
     throw new InvalidArgumentError("options.onProgress must be a function");
   }
@@ -113,23 +116,27 @@ export function checkOptions(modelUrl, options) {
  */
 export async function load(modelUrl, options = {}) {
   checkOptions(modelUrl, options);
-  const { onProgress, cache = true, maxContext } = options;
+  const { onProgress, cache = true, maxContext, revalidate = true } = options;
   const signal = signalOf(options);
   if (signal?.aborted) throw abortError(signal);
   const report = reporter(onProgress);
   const url = store.modelKey(modelUrl);
   const useCache = Boolean(cache) && (await store.usable());
 
-  // 1. Manifest and tokenizer; offline, the stored copies.
+  // 1. Manifest and tokenizer; offline (or told not to revalidate a complete copy), the stored ones.
   const stored = useCache ? await store.getModel(url) : undefined;
   let manifestText;
-  let offline = false;
-  try {
-    manifestText = await fetchText(new URL("manifest.json", url).href, signal);
-  } catch (e) {
-    if (!(e instanceof NetworkError && e.status === null && stored)) throw e;
+  let offline = Boolean(stored) && !revalidate && (await store.isComplete(url));
+  if (offline) {
     manifestText = stored.manifestText;
-    offline = true;
+  } else {
+    try {
+      manifestText = await fetchText(new URL("manifest.json", url).href, signal);
+    } catch (e) {
+      if (!(e instanceof NetworkError && e.status === null && stored)) throw e;
+      manifestText = stored.manifestText;
+      offline = true;
+    }
   }
   const manifest = parseManifest(manifestText);
   // Before the tokenizer and anything stored: without WebGPU nothing else is worth doing.

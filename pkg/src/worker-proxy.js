@@ -115,7 +115,7 @@ export async function loadInWorker(modelUrl, options = {}) {
   try {
     const info = await channel.request(
       "load",
-      { url, options: { cache: options.cache ?? true, maxContext: options.maxContext } },
+      { url, options: { cache: options.cache ?? true, maxContext: options.maxContext, revalidate: options.revalidate } },
       { signal, waitOnAbort: true, onEvent: (m) => m.type === "progress" && report(m.progress) },
     );
     return new WorkerEngine(worker, channel, info);

@@ -67,6 +67,16 @@ test("a second load reads every shard from IndexedDB and works offline", { timeo
   assert.deepEqual(second.ids, first.ids);
   assert.deepEqual(shardRequests(), [], "second load: no shard request");
 
+  // revalidate: false — a model stored whole loads without asking the server anything.
+  server.log.length = 0;
+  const quiet = await page.evaluate(async () => {
+    const engine = await Hearth.load("/models/small/", { revalidate: false });
+    await engine.dispose();
+    return engine.info.name;
+  });
+  assert.ok(quiet);
+  assert.deepEqual(server.requests("/models/"), [], "revalidate: false makes no request");
+
   await context.setOffline(true);
   server.log.length = 0;
   const offline = await loadAndGenerate(page);

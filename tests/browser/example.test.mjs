@@ -9,7 +9,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { launch, MINUTES, nativeGenerate, ROOT, SMOLLM2 } from "./harness.mjs";
-import { startServer } from "./server.mjs";
+import { startServer } from "../../scripts/static-server.mjs";
 
 let tmp, browser, server;
 before(() => {

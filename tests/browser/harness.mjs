@@ -7,7 +7,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
-import { startServer } from "./server.mjs";
+import { startServer } from "../../scripts/static-server.mjs";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const HEARTH = path.join(ROOT, "target/release/hearth");
@@ -70,9 +70,10 @@ const nativeRuns = new Map();
  * `hearth generate --backend gpu --json` natively (lavapipe here): what the browser must match.
  * Greedy, so deterministic: each distinct call runs once per test process.
  */
-export function nativeGenerate({ model = SMOLLM2, prompt, chat = false, maxTokens }) {
+export function nativeGenerate({ model = SMOLLM2, prompt, chat = false, system, maxTokens }) {
   const args = ["generate", "--model", model, "--backend", "gpu", "--json", "--max-tokens", String(maxTokens), "--prompt", prompt];
   if (chat) args.push("--chat");
+  if (system !== undefined) args.push("--system", system);
   const key = JSON.stringify(args);
   if (!nativeRuns.has(key)) {
     const out = execFileSync(HEARTH, args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });

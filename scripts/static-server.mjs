@@ -1,6 +1,7 @@
-// A small static HTTP server for the browser tests (and the demo): serves directories under URL
-// prefixes with the right MIME types and COOP/COEP headers, logs every request, and has hooks that
-// break responses on purpose (corrupt bytes, cut a body short, fail with a status, replace a body).
+// A small static HTTP server for the demo (scripts/serve-demo.mjs) and the browser tests: serves
+// directories under URL prefixes with the right MIME types and COOP/COEP headers, logs every
+// request, and has hooks that break responses on purpose (corrupt bytes, cut a body short, fail with
+// a status, replace a body, send it slowly).
 
 import http from "node:http";
 import fs from "node:fs";
@@ -19,6 +20,24 @@ const TYPES = {
   ".bin": "application/octet-stream",
 };
 
+/** Writes `body` in 64 KiB pieces, `bytesPerSecond` on average; stops when the client goes away. */
+function sendSlowly(res, headers, body, bytesPerSecond) {
+  const piece = 64 << 10;
+  res.writeHead(200, { ...headers, "Content-Length": body.length });
+  let at = 0;
+  let gone = false;
+  res.on("close", () => (gone = true));
+  const next = () => {
+    if (gone) return;
+    if (at >= body.length) return res.end();
+    const end = Math.min(at + piece, body.length);
+    res.write(body.subarray(at, end));
+    setTimeout(next, ((end - at) / bytesPerSecond) * 1000);
+    at = end;
+  };
+  next();
+}
+
 /**
  * @param {{ routes: Record<string, string>, pages?: Record<string, string>, port?: number, host?: string }} options
  *   routes: URL prefix ("/pkg/") -> directory; pages: exact path -> HTML served as is.
@@ -35,6 +54,8 @@ export async function startServer({ routes, pages = {}, port = 0, host = "127.0.
     status: new Map(),
     /** path -> Buffer or string served instead of the file. */
     replace: new Map(),
+    /** path -> bytes per second: send the body in 64 KiB pieces at that pace. */
+    throttle: new Map(),
   };
   const prefixes = Object.keys(routes).sort((a, b) => b.length - a.length);
 
@@ -76,10 +97,18 @@ export async function startServer({ routes, pages = {}, port = 0, host = "127.0.
         res.write(body.subarray(0, cut), () => setTimeout(() => res.destroy(), 20));
         return;
       }
+      const pace = hooks.throttle.get(urlPath);
+      if (pace !== undefined) return sendSlowly(res, { ...headers, "Content-Type": type }, body, pace);
       send(200, body, type);
     });
   });
-  await new Promise((resolve) => server.listen(port, host, resolve));
+  await new Promise((resolve, reject) => {
+    server.once("error", reject); // EADDRINUSE and the like
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
   const url = `http://${host}:${server.address().port}`;
   return {
     url,
