@@ -228,3 +228,20 @@ test("a model URL that does not answer gives a message naming it", { timeout: 2 
   assert.deepEqual(errors.filter((e) => !/status of 404/.test(e)), []);
   await context.close();
 });
+
+test("a full disk gives a message that says to make room, and keeps nothing half-written", { timeout: 3 * MINUTES }, async () => {
+  const context = await browser.newContext();
+  const errors = [];
+  const page = await openDemo(context, errors);
+  // 30 MiB for the whole origin, enforced by Chromium: the first 32 MiB shard cannot be stored.
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("Storage.overrideQuotaForOrigin", { origin: server.url, quotaSize: 30 << 20 });
+  await page.getByRole("button", { name: "Load model" }).click();
+  const alert = page.getByRole("alert");
+  await alert.waitFor({ timeout: 2 * MINUTES });
+  assert.match(await alert.textContent(), /Not enough storage for this model.*Delete stored models below or free disk space/);
+  assert.match(await page.locator("#cached").textContent(), /0 B · partial/, "no shard was stored");
+  await cdp.send("Storage.overrideQuotaForOrigin", { origin: server.url });
+  assert.deepEqual(errors, []);
+  await context.close();
+});
