@@ -245,3 +245,28 @@ test("a full disk gives a message that says to make room, and keeps nothing half
   assert.deepEqual(errors, []);
   await context.close();
 });
+
+// Last in this file: it crashes the browser's GPU process.
+test("a lost GPU device is reported with a reload button, and the reloaded page works again", { timeout: 5 * MINUTES }, async () => {
+  const context = await browser.newContext();
+  const errors = [];
+  const page = await openDemo(context, errors);
+  await page.getByRole("button", { name: "Load model" }).click();
+  await chatReady(page);
+  // What a driver reset or a GPU process crash does to a real page.
+  await (await browser.newBrowserCDPSession()).send("Browser.crashGpuProcess");
+  await settings(page, { maxTokens: 1 });
+  const answer = await ask(page, "Hi");
+  assert.match(await answer.locator(".stats").textContent(), /The GPU stopped working.*reload the page/);
+  const alert = page.getByRole("alert");
+  assert.match(await alert.textContent(), /The GPU stopped working/);
+
+  await alert.getByRole("button", { name: "Reload the page" }).click();
+  await page.locator("html[data-ready=true]").waitFor({ timeout: MINUTES });
+  await page.getByRole("button", { name: "Load model" }).click();
+  await chatReady(page);
+  assert.match(await page.locator("#load-status").textContent(), /ready, loaded from this device/);
+  assert.ok(await page.getByRole("alert").isHidden());
+  assert.deepEqual(errors, []);
+  await context.close();
+});
