@@ -4,6 +4,8 @@
 // position step.start + t.
 //
 // qkv holds per token [q: n_heads * head_dim | k: n_kv_heads * head_dim | v: n_kv_heads * head_dim].
+// With QKV_BIAS (Qwen2) the projections' biases, in the same layout, are added here as the values
+// are read, rather than in a pass of their own.
 // Each output value reads its rotation partner from qkv (never from the output), so two invocations
 // never touch the same word, in either pairing.
 //
@@ -34,8 +36,19 @@ struct Step {
 @group(0) @binding(4) var<storage, read_write> q: array<f32>;
 @group(0) @binding(5) var<storage, read_write> k_cache: array<u32>;
 @group(0) @binding(6) var<storage, read_write> v_cache: array<u32>;
+@group(0) @binding(7) var<storage, read> qkv_bias: array<f32>;
 
 override KV_F16: bool = false;
+override QKV_BIAS: bool = false;
+
+// Value i of token t's qkv row (of `row` values), bias included.
+fn qkv_value(t: u32, row: u32, i: u32) -> f32 {
+    var v = qkv[t * row + i];
+    if (QKV_BIAS) {
+        v += qkv_bias[i];
+    }
+    return v;
+}
 
 // The angle reduced to [-pi, pi], where WGSL promises sin and cos are accurate (2^-11 at worst;
 // outside that range it promises nothing, and positions times low-index frequencies reach
@@ -47,8 +60,8 @@ fn reduced(angle: f32) -> f32 {
     return (angle - k * 6.28125) - k * 0.0019353072;
 }
 
-// Value d of the head starting at `base` in qkv, rotated for position `pos`.
-fn rotated(base: u32, d: u32, pos: f32) -> f32 {
+// Value d of the head starting at value `base` of token t's qkv row, rotated for position `pos`.
+fn rotated(t: u32, row: u32, base: u32, d: u32, pos: f32) -> f32 {
     var first: u32;
     var second: u32;
     var pair: u32;
@@ -62,13 +75,13 @@ fn rotated(base: u32, d: u32, pos: f32) -> f32 {
         second = first + 1u;
     }
     if (pair >= dims.n_pairs || d >= 2u * dims.n_pairs) {
-        return qkv[base + d];
+        return qkv_value(t, row, base + d);
     }
     let angle = reduced(pos * inv_freq[pair]);
     let c = cos(angle);
     let s = sin(angle);
-    let x0 = qkv[base + first];
-    let x1 = qkv[base + second];
+    let x0 = qkv_value(t, row, base + first);
+    let x1 = qkv_value(t, row, base + second);
     return select(x0 * s + x1 * c, x0 * c - x1 * s, d == first);
 }
 
@@ -104,20 +117,19 @@ fn rope_store(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let position = step.start + t;
     let pos = f32(position);
-    let token = t * row;
     let cache_row = (position % dims.cache_rows) * kv_dim;
     if (e < q_dim) {
-        let base = token + (e / hd) * hd;
+        let base = (e / hd) * hd;
         let d = e % hd;
-        q[t * q_dim + e] = rotated(base, d, pos);
-        q[t * q_dim + e + 1u] = rotated(base, d + 1u, pos);
+        q[t * q_dim + e] = rotated(t, row, base, d, pos);
+        q[t * q_dim + e + 1u] = rotated(t, row, base, d + 1u, pos);
     } else if (e < q_dim + kv_dim) {
         let i = e - q_dim;
-        let base = token + q_dim + (i / hd) * hd;
+        let base = q_dim + (i / hd) * hd;
         let d = i % hd;
-        store((cache_row + i) / 2u, rotated(base, d, pos), rotated(base, d + 1u, pos), true);
+        store((cache_row + i) / 2u, rotated(t, row, base, d, pos), rotated(t, row, base, d + 1u, pos), true);
     } else {
         let i = e - q_dim - kv_dim;
-        store((cache_row + i) / 2u, qkv[token + e], qkv[token + e + 1u], false);
+        store((cache_row + i) / 2u, qkv_value(t, row, e), qkv_value(t, row, e + 1u), false);
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::error::{HearthError, Result};
-use crate::manifest::{ModelConfig, NormKind, PositionKind, RopeScaling, RopeStyle};
+use crate::manifest::{ModelConfig, NormKind, PositionKind, RopeScaling, RopeStyle, ARCHITECTURES};
 use crate::package::{Package, TensorSource};
 use crate::quant::{Tensor, TensorData};
 
@@ -14,6 +14,8 @@ struct Layer {
     wq: Tensor,
     wk: Tensor,
     wv: Tensor,
+    /// Biases of Q, K and V (Qwen2), or `None`.
+    qkv_bias: Option<[Vec<f32>; 3]>,
     wo: Tensor,
     ffn_norm: Vec<f32>,
     w_gate: Tensor,
@@ -49,7 +51,7 @@ impl CpuEngine {
     /// Load every tensor of `source` (a package, or synthetic weights), decoded into its in-memory form.
     pub fn from_source(source: &dyn TensorSource) -> Result<Self> {
         let manifest = source.manifest();
-        if manifest.architecture != "llama" {
+        if !ARCHITECTURES.contains(&manifest.architecture.as_str()) {
             return Err(HearthError::UnsupportedArchitecture(manifest.architecture.clone()));
         }
         let mut tensors = HashMap::with_capacity(manifest.tensors.len());
@@ -86,11 +88,22 @@ impl CpuEngine {
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
+            let bias = |s: &str| format!("blk.{i}.{s}.bias");
+            let qkv_bias = if c.qkv_bias {
+                Some([
+                    take(&bias("attn_q"), &[q])?.to_f32(),
+                    take(&bias("attn_k"), &[kv])?.to_f32(),
+                    take(&bias("attn_v"), &[kv])?.to_f32(),
+                ])
+            } else {
+                None
+            };
             layers.push(Layer {
                 attn_norm: take(&p("attn_norm"), &[h])?.to_f32(),
                 wq: take(&p("attn_q"), &[q, h])?,
                 wk: take(&p("attn_k"), &[kv, h])?,
                 wv: take(&p("attn_v"), &[kv, h])?,
+                qkv_bias,
                 wo: take(&p("attn_output"), &[h, q])?,
                 ffn_norm: take(&p("ffn_norm"), &[h])?.to_f32(),
                 w_gate: take(&p("ffn_gate"), &[f, h])?,
@@ -170,6 +183,11 @@ impl CpuEngine {
             matmul(&layer.wq, &xn, n, &mut q);
             matmul(&layer.wk, &xn, n, &mut k);
             matmul(&layer.wv, &xn, n, &mut v);
+            if let Some([bq, bk, bv]) = &layer.qkv_bias {
+                add_bias(&mut q, bq);
+                add_bias(&mut k, bk);
+                add_bias(&mut v, bv);
+            }
             let style = c.rope.as_ref().map_or(RopeStyle::Neox, |r| r.style);
             for t in 0..n {
                 let pos = start + t;
@@ -315,6 +333,13 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, h: usize, out: &mut [f32]) {
 
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
+}
+
+/// Adds `bias` to every row of `x` (rows of `bias.len()` values).
+fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_mut(bias.len()) {
+        add_in_place(row, bias);
+    }
 }
 
 fn add_in_place(x: &mut [f32], y: &[f32]) {

@@ -8,6 +8,9 @@ use crate::quant::{DType, PartRange};
 
 pub const FORMAT_NAME: &str = "hearth-model";
 pub const FORMAT_VERSION: u32 = 1;
+/// Architectures the engines run: Llama-family decoders that differ only in what `ModelConfig`
+/// records (Qwen2: biases on Q/K/V and NeoX-order RoPE).
+pub const ARCHITECTURES: &[&str] = &["llama", "qwen2"];
 /// Tensors start at multiples of this within a shard (WebGPU's `minStorageBufferOffsetAlignment` is at most 256).
 pub const TENSOR_ALIGN: u64 = 256;
 
@@ -54,6 +57,9 @@ pub struct ModelConfig {
     #[serde(default)]
     pub sliding_window_pattern: Option<usize>,
     pub tied_embeddings: bool,
+    /// Biases on the Q, K and V projections (Qwen2): `blk.N.attn_{q,k,v}.bias`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub qkv_bias: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use hearth_core::cpu::rope_inv_freq;
 #[cfg(not(target_arch = "wasm32"))]
 use hearth_core::generate::Backend;
-use hearth_core::manifest::{Manifest, ModelConfig, NormKind, PositionKind, RopeStyle};
+use hearth_core::manifest::{Manifest, ModelConfig, NormKind, PositionKind, RopeStyle, ARCHITECTURES};
 use hearth_core::package::TensorSource;
 use hearth_core::sampling::{Sampler, SamplingParams};
 use hearth_core::{HearthError, Result};
@@ -154,6 +154,26 @@ impl<'a> Builder<'a> {
     fn vector(&mut self, name: &str) -> Result<wgpu::Buffer> {
         let i = self.tensor_index(name)?;
         create_vector(self.ctx, &mut self.uploads, i, &self.manifest.tensors[i])
+    }
+
+    /// The Q, K and V biases of layer `l` in one buffer, laid out as a row of the QKV product.
+    fn qkv_bias(&mut self, l: usize, qkv_dim: usize) -> Result<wgpu::Buffer> {
+        let manifest = self.manifest;
+        let mut parts = Vec::with_capacity(3);
+        for name in ["attn_q", "attn_k", "attn_v"].map(|s| format!("blk.{l}.{s}.bias")) {
+            let i = self.tensor_index(&name)?;
+            parts.push((i, &manifest.tensors[i]));
+        }
+        let n: usize = parts.iter().map(|(_, e)| e.shape.iter().product::<usize>()).sum();
+        if n != qkv_dim {
+            return Err(HearthError::bad_package(
+                self.origin,
+                format!("layer {l}'s Q/K/V biases hold {n} values for {qkv_dim} outputs"),
+            ));
+        }
+        let buffer = storage(self.device(), "qkv bias", n);
+        self.uploads.plan_vectors(&format!("blk.{l}.qkv bias"), buffer.clone(), &parts, |v| v)?;
+        Ok(buffer)
     }
 
     /// A matrix in pieces that fit a binding.
@@ -331,7 +351,10 @@ impl GpuEngine {
     ) -> Result<PendingEngine> {
         let m = manifest;
         let c = m.config.clone();
-        if m.architecture != "llama" || c.position != PositionKind::Rope || c.norm != NormKind::Rms {
+        if !ARCHITECTURES.contains(&m.architecture.as_str())
+            || c.position != PositionKind::Rope
+            || c.norm != NormKind::Rms
+        {
             return Err(HearthError::UnsupportedArchitecture(m.architecture.clone()));
         }
         let rope =
@@ -395,7 +418,7 @@ impl GpuEngine {
             layers.push(Dispatch::single(pipeline, group, Box::new(move |n| (h.div_ceil(WORKGROUP), n, 1))));
         }
 
-        let rope_store = b.kernels.rope_store(kv_f16);
+        let rope_store = b.kernels.rope_store(kv_f16, c.qkv_bias);
         let attention = b.kernels.attention(kv_f16, capacity);
         // Cache rows are f32, or f16 pairs in one word.
         let cache_words = capacity * c.kv_dim() / if kv_f16 { 2 } else { 1 };
@@ -406,6 +429,7 @@ impl GpuEngine {
             let attn_norm = b.vector(&p("attn_norm"))?;
             let ffn_norm = b.vector(&p("ffn_norm"))?;
             let wqkv = b.stacked(&format!("blk.{l}.qkv"), &[p("attn_q"), p("attn_k"), p("attn_v")])?;
+            let qkv_bias = if c.qkv_bias { Some(b.qkv_bias(l, qkv_dim as usize)?) } else { None };
             let wo = b.split(&p("attn_output"))?;
             let wgu = b.gated(&p("ffn_gate"), &p("ffn_up"))?;
             let wdown = b.split(&p("ffn_down"))?;
@@ -438,6 +462,8 @@ impl GpuEngine {
                         entry(4, whole(&q)),
                         entry(5, whole(&k_cache)),
                         entry(6, whole(&v_cache)),
+                        // Without biases the shader never reads it; any buffer fills the slot.
+                        entry(7, whole(qkv_bias.as_ref().unwrap_or(&b.no_norm))),
                     ],
                 );
                 b.scratch.push(dims);

@@ -138,8 +138,9 @@ impl Kernels {
         self.pipeline(&self.embed_module, &format!("embed_{}", dtype.name()), &[])
     }
 
-    pub fn rope_store(&self, kv_f16: bool) -> wgpu::ComputePipeline {
-        self.pipeline(&self.rope_module, "rope_store", &[("KV_F16", if kv_f16 { 1.0 } else { 0.0 })])
+    pub fn rope_store(&self, kv_f16: bool, qkv_bias: bool) -> wgpu::ComputePipeline {
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        self.pipeline(&self.rope_module, "rope_store", &[("KV_F16", flag(kv_f16)), ("QKV_BIAS", flag(qkv_bias))])
     }
 
     /// Whether attention over a cache of `context` positions runs one invocation per (head, token)

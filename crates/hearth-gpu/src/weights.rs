@@ -378,13 +378,36 @@ impl WeightUploads {
         entry: &TensorEntry,
         map: impl FnOnce(Vec<f32>) -> Vec<f32> + 'static,
     ) -> Result<()> {
-        let (name, dtype) = (entry.name.clone(), entry.dtype);
-        // Fail at planning time, not when the bytes arrive.
-        decode_vector(&name, dtype, &[])?;
-        let len = entry.length;
-        let transform: Transform =
-            Box::new(move |bytes| Ok(bytemuck::cast_slice(&map(decode_vector(&name, dtype, &bytes)?)).to_vec()));
-        self.plan(&entry.name, buffer, len, vec![(0, Span { tensor: index, start: 0, len })], Some(transform));
+        self.plan_vectors(&entry.name, buffer, &[(index, entry)], map)
+    }
+
+    /// Fill `buffer` with `map` of the f32 values of several vector tensors one after the other
+    /// (Q, K and V biases in one binding), once all of their bytes are there.
+    pub fn plan_vectors(
+        &mut self,
+        label: &str,
+        buffer: wgpu::Buffer,
+        parts: &[(usize, &TensorEntry)],
+        map: impl FnOnce(Vec<f32>) -> Vec<f32> + 'static,
+    ) -> Result<()> {
+        let mut fills = Vec::with_capacity(parts.len());
+        let mut decoders = Vec::with_capacity(parts.len());
+        let mut at = 0;
+        for &(index, entry) in parts {
+            // Fail at planning time, not when the bytes arrive.
+            decode_vector(&entry.name, entry.dtype, &[])?;
+            fills.push((at, Span { tensor: index, start: 0, len: entry.length }));
+            decoders.push((entry.name.clone(), entry.dtype, at as usize, entry.length as usize));
+            at += entry.length;
+        }
+        let transform: Transform = Box::new(move |bytes| {
+            let mut values = Vec::new();
+            for (name, dtype, start, len) in decoders {
+                values.extend(decode_vector(&name, dtype, &bytes[start..start + len])?);
+            }
+            Ok(bytemuck::cast_slice(&map(values)).to_vec())
+        });
+        self.plan(label, buffer, at, fills, Some(transform));
         Ok(())
     }
 

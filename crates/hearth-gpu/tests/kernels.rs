@@ -294,6 +294,7 @@ fn config(n_heads: usize, n_kv_heads: usize, head_dim: usize, rope_dim: usize, s
         sliding_window: None,
         sliding_window_pattern: None,
         tied_embeddings: true,
+        qkv_bias: false,
     }
 }
 
@@ -328,7 +329,8 @@ fn cache_values(words: &[u32], f16: bool) -> Vec<f32> {
     }
 }
 
-/// rope.wgsl: both pairings, full and partial rotary dimensions, f32 and f16 caches, five tokens
+/// rope.wgsl: both pairings, full and partial rotary dimensions, f32 and f16 caches, with and
+/// without a Q/K/V bias (added before the rotation, as Qwen2 does), five tokens
 /// at positions 637..642 (angles of hundreds of radians) of a cache of 650 rows (written at their
 /// rows, nothing else touched).
 /// Tolerance: WGSL promises sin/cos to 2^-11 absolute on [-π, π] (the kernel reduces angles there),
@@ -343,8 +345,12 @@ fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
     let kernels = Kernels::new(&ctx.device, true);
     for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
         for rope_dim in [hd, 24] {
-            for f16 in [false, true] {
+            for (f16, with_bias) in [(false, false), (true, false), (false, true), (true, true)] {
                 let qkv = random(n * row, 7);
+                let bias = random(row, 9);
+                // What the kernel must rotate and store: the product plus its bias.
+                let biased: Vec<f32> =
+                    qkv.iter().enumerate().map(|(i, x)| if with_bias { x + bias[i % row] } else { *x }).collect();
                 let inv_freq = hearth_core::cpu::rope_inv_freq(10000.0, rope_dim, None, None);
                 let sentinel = random(capacity * kvd, 8);
                 let k_init = cache_words(&sentinel, f16);
@@ -366,6 +372,7 @@ fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
                 let q_b = storage(&ctx.device, "q", n * qd);
                 let k_b = storage_init(&ctx.device, "k cache", &k_init);
                 let v_b = storage_init(&ctx.device, "v cache", &k_init);
+                let bias_b = storage_init(&ctx.device, "qkv bias", &bias);
                 let entries = [
                     entry(0, whole(&dims)),
                     entry(1, whole(&step)),
@@ -374,10 +381,11 @@ fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
                     entry(4, whole(&q_b)),
                     entry(5, whole(&k_b)),
                     entry(6, whole(&v_b)),
+                    entry(7, whole(&bias_b)),
                 ];
                 dispatch_once(
                     &ctx,
-                    &kernels.rope_store(f16),
+                    &kernels.rope_store(f16, with_bias),
                     &entries,
                     ((row as u32 / 2).div_ceil(WORKGROUP), n as u32, 1),
                 );
@@ -386,14 +394,14 @@ fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
                 let v = cache_values(&read_back::<u32>(&ctx, &v_b, 0, k_init.len()).unwrap(), f16);
                 let untouched = cache_values(&k_init, f16);
 
-                let label = format!("{style:?}, rope dim {rope_dim}, f16 cache {f16}");
+                let label = format!("{style:?}, rope dim {rope_dim}, f16 cache {f16}, bias {with_bias}");
                 for t in 0..n {
                     let pos = start + t;
-                    let mut want = qkv[t * row..(t + 1) * row].to_vec();
+                    let mut want = biased[t * row..(t + 1) * row].to_vec();
                     for head in want[..qd + kvd].chunks_mut(hd) {
                         apply_rope(head, pos, &inv_freq, style);
                     }
-                    let src = &qkv[t * row..(t + 1) * row];
+                    let src = &biased[t * row..(t + 1) * row];
                     let check = |have: f32, want: f32, partner_scale: f32, cached: bool, what: &str| {
                         let mut tol = (2f32).powi(-10) * partner_scale + 1e-6;
                         if cached && f16 {

@@ -58,9 +58,13 @@ pub(super) fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result
 }
 
 fn model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
-    if arch != "llama" {
-        return Err(HearthError::UnsupportedArchitecture(arch.to_string()));
-    }
+    // Llama-family decoders that differ only in what the config below records. llama.cpp's converter
+    // permutes Llama's Q/K rows so rotated pairs are adjacent; Qwen2's it leaves in NeoX order.
+    let style = match arch {
+        "llama" => RopeStyle::Interleaved,
+        "qwen2" => RopeStyle::Neox,
+        _ => return Err(HearthError::UnsupportedArchitecture(arch.to_string())),
+    };
     let key = |k: &str| format!("{arch}.{k}");
     let hidden = gguf.require_u64(&key("embedding_length"))? as usize;
     let n_heads = gguf.require_u64(&key("attention.head_count"))? as usize;
@@ -99,14 +103,14 @@ fn model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
         rope: Some(RopeConfig {
             base: gguf.get_f64(&key("rope.freq_base")).unwrap_or(10_000.0) as f32,
             dim: gguf.get_u64(&key("rope.dimension_count")).map_or(head_dim, |v| v as usize),
-            // llama.cpp's converter permutes Llama's Q/K rows so rotated pairs are adjacent.
-            style: RopeStyle::Interleaved,
+            style,
             scaling,
         }),
         alibi: None,
         sliding_window: None,
         sliding_window_pattern: None,
         tied_embeddings: gguf.tensor("output.weight").is_none(),
+        qkv_bias: gguf.tensor("blk.0.attn_q.bias").is_some(),
     })
 }
 

@@ -24,7 +24,7 @@ fn read_json(path: &Path) -> Result<Value> {
 pub(super) fn convert(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<Manifest> {
     let config_path = dir.join("config.json");
     let hf = read_json(&config_path)?;
-    let config = model_config(&hf, &config_path)?;
+    let (architecture, config) = model_config(&hf, &config_path)?;
     let (tokenizer_json, tokenizer_info) = tokenizer(dir)?;
 
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
@@ -39,6 +39,7 @@ pub(super) fn convert(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<M
 
     let mut writer = PackageWriter::new(out, opts.shard_bytes, opts.overwrite)?;
     let mut seen_output = false;
+    let mut seen_qkv_bias = false;
     for path in &files {
         let bytes = fs::read(path).map_err(|e| HearthError::io("read", path, e))?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| HearthError::bad_file(path.display(), e.to_string()))?;
@@ -52,10 +53,11 @@ pub(super) fn convert(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<M
                 }
                 return Err(HearthError::bad_file(
                     path.display(),
-                    format!("unexpected tensor `{hf_name}` for a Llama model"),
+                    format!("unexpected tensor `{hf_name}` for a {architecture} model"),
                 ));
             };
             seen_output |= name == "output.weight";
+            seen_qkv_bias |= name.ends_with(".attn_q.bias");
             let view = st.tensor(&hf_name).map_err(|e| HearthError::bad_file(path.display(), e.to_string()))?;
             let values = to_f32(view.dtype(), view.data(), &hf_name)?;
             let dtype = match (opts.quant, view.dtype()) {
@@ -69,14 +71,14 @@ pub(super) fn convert(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<M
             writer.add_tensor(&name, &tensor)?;
         }
     }
-    let config = ModelConfig { tied_embeddings: !seen_output, ..config };
+    let config = ModelConfig { tied_embeddings: !seen_output, qkv_bias: seen_qkv_bias, ..config };
     writer.add_file("tokenizer.json", tokenizer_json.as_bytes())?;
     let name = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     writer.finish(Manifest {
         format: String::new(),
         format_version: 0,
         name: name.clone(),
-        architecture: "llama".into(),
+        architecture: architecture.into(),
         config,
         tokenizer: tokenizer_info,
         source: SourceInfo { kind: "safetensors".into(), file: name },
@@ -101,7 +103,7 @@ fn to_f32(dtype: Dtype, data: &[u8], name: &str) -> Result<Vec<f32>> {
     })
 }
 
-/// Hugging Face Llama tensor names → GGUF names.
+/// Hugging Face Llama / Qwen2 tensor names → GGUF names.
 fn gguf_name(hf: &str) -> Option<String> {
     let fixed = match hf {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
@@ -121,6 +123,9 @@ fn gguf_name(hf: &str) -> Option<String> {
         "self_attn.k_proj.weight" => "attn_k.weight",
         "self_attn.v_proj.weight" => "attn_v.weight",
         "self_attn.o_proj.weight" => "attn_output.weight",
+        "self_attn.q_proj.bias" => "attn_q.bias",
+        "self_attn.k_proj.bias" => "attn_k.bias",
+        "self_attn.v_proj.bias" => "attn_v.bias",
         "post_attention_layernorm.weight" => "ffn_norm.weight",
         "mlp.gate_proj.weight" => "ffn_gate.weight",
         "mlp.up_proj.weight" => "ffn_up.weight",
@@ -130,7 +135,8 @@ fn gguf_name(hf: &str) -> Option<String> {
     Some(format!("blk.{layer}.{part}"))
 }
 
-fn model_config(hf: &Value, path: &Path) -> Result<ModelConfig> {
+/// The package's architecture name and the model's config.
+fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, ModelConfig)> {
     let file = path.display().to_string();
     let arch = hf
         .get("architectures")
@@ -138,9 +144,11 @@ fn model_config(hf: &Value, path: &Path) -> Result<ModelConfig> {
         .and_then(Value::as_str)
         .or_else(|| hf.get("model_type").and_then(Value::as_str))
         .unwrap_or("unknown");
-    if arch != "LlamaForCausalLM" && arch != "llama" {
-        return Err(HearthError::UnsupportedArchitecture(arch.to_string()));
-    }
+    let architecture = match arch {
+        "LlamaForCausalLM" | "llama" => "llama",
+        "Qwen2ForCausalLM" | "qwen2" => "qwen2",
+        _ => return Err(HearthError::UnsupportedArchitecture(arch.to_string())),
+    };
     let int = |k: &str| -> Result<usize> {
         hf.get(k)
             .and_then(Value::as_u64)
@@ -177,7 +185,7 @@ fn model_config(hf: &Value, path: &Path) -> Result<ModelConfig> {
             }
         }
     };
-    Ok(ModelConfig {
+    let config = ModelConfig {
         n_layers: int("num_hidden_layers")?,
         hidden_size: hidden,
         n_heads,
@@ -200,7 +208,9 @@ fn model_config(hf: &Value, path: &Path) -> Result<ModelConfig> {
         sliding_window: None,
         sliding_window_pattern: None,
         tied_embeddings: hf.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
-    })
+        qkv_bias: false, // set from the tensors present
+    };
+    Ok((architecture, config))
 }
 
 /// The directory's `tokenizer.json` without its post-processor (Hearth adds bos itself, as the
