@@ -12,7 +12,9 @@
 //
 // The cache holds rows of n_kv_heads * head_dim values per layer, position p in row p % cache_rows
 // (see rope.wgsl, which stored the step's own keys and values before this runs), as f32 or, when
-// KV_F16, as f16 pairs packed in u32.
+// KV_F16, as f16 pairs packed in u32. With a sliding window of W keys a query at position p sees
+// positions p - W + 1 ..= p, and the layer's cache is a ring of W + (tokens per step) - 1 rows: the
+// step's own keys, all stored before any query reads, never overwrite a key one of its queries sees.
 
 struct Dims {
     n_heads: u32,
@@ -22,6 +24,8 @@ struct Dims {
     context: u32,
     scale: f32,
     cache_rows: u32,
+    // Keys a query sees, its own included; 0: all earlier positions.
+    window: u32,
 }
 
 struct Step {
@@ -102,23 +106,30 @@ struct Query {
     // Offset of its kv head within a cache row, and the row length.
     kv_offset: u32,
     kv_dim: u32,
-    // Its position: it sees keys 0..=pos.
+    // Its position: it sees keys first..=pos.
     pos: u32,
+    first: u32,
 }
 
 fn query_of(head: u32, t: u32) -> Query {
     let hd = dims.head_dim;
     let kvh = head / (dims.n_heads / dims.n_kv_heads);
     let row = t * dims.n_heads + head;
-    return Query(row * hd, row * dims.context, kvh * hd, dims.n_kv_heads * hd, step.start + t);
+    let pos = step.start + t;
+    var first = 0u;
+    if (dims.window > 0u && pos + 1u > dims.window) {
+        first = pos + 1u - dims.window;
+    }
+    return Query(row * hd, row * dims.context, kvh * hd, dims.n_kv_heads * hd, pos, first);
 }
 
-// The three passes over positions first, first + stride, ... (or dimensions, for the last one):
+// The three passes over positions a.first + lane, a.first + lane + stride, ... (or dimensions, for
+// the last one):
 // both variants below call them, the cooperative one with its invocation index and 64.
 
-fn write_scores(a: Query, first: u32, stride: u32) -> f32 {
+fn write_scores(a: Query, lane: u32, stride: u32) -> f32 {
     var local_max = -3.4e38;
-    for (var p = first; p <= a.pos; p = p + stride) {
+    for (var p = a.first + lane; p <= a.pos; p = p + stride) {
         let s = score(a.q_base, cache_row(a.kv_dim, p) + a.kv_offset);
         scores[a.s_base + p] = s;
         local_max = max(local_max, s);
@@ -126,9 +137,9 @@ fn write_scores(a: Query, first: u32, stride: u32) -> f32 {
     return local_max;
 }
 
-fn exponentiate(a: Query, m: f32, first: u32, stride: u32) -> f32 {
+fn exponentiate(a: Query, m: f32, lane: u32, stride: u32) -> f32 {
     var local_sum = 0.0;
-    for (var p = first; p <= a.pos; p = p + stride) {
+    for (var p = a.first + lane; p <= a.pos; p = p + stride) {
         let e = exp(scores[a.s_base + p] - m);
         scores[a.s_base + p] = e;
         local_sum = local_sum + e;
@@ -136,11 +147,11 @@ fn exponentiate(a: Query, m: f32, first: u32, stride: u32) -> f32 {
     return local_sum;
 }
 
-// Over groups of four dimensions first, first + stride, ...
-fn weigh_values(a: Query, sum: f32, first: u32, stride: u32) {
-    for (var d = 4u * first; d < dims.head_dim; d = d + 4u * stride) {
+// Over groups of four dimensions lane, lane + stride, ...
+fn weigh_values(a: Query, sum: f32, lane: u32, stride: u32) {
+    for (var d = 4u * lane; d < dims.head_dim; d = d + 4u * stride) {
         var acc = vec4<f32>(0.0);
-        for (var p = 0u; p <= a.pos; p = p + 1u) {
+        for (var p = a.first; p <= a.pos; p = p + 1u) {
             acc = acc + scores[a.s_base + p] * cached4(cache_row(a.kv_dim, p) + a.kv_offset + d, false);
         }
         out[(a.q_base + d) / 4u] = acc / sum;

@@ -23,11 +23,35 @@ struct Layer {
     w_down: Tensor,
 }
 
-/// Keys and values of every past position, per layer, `[position][kv_dim]` flattened.
-#[derive(Default)]
+/// One layer's keys and values, `[row][kv_dim]` flattened, position p in row `p % rows`. A
+/// full-attention layer has a row per position so far; a sliding-window layer (Mistral, Gemma's
+/// local layers) a ring of `window` rows, so its memory stays bounded however long generation runs.
+struct LayerCache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// `usize::MAX` for full attention (no ring).
+    rows: usize,
+}
+
+impl LayerCache {
+    fn new(window: Option<usize>) -> Self {
+        LayerCache { k: Vec::new(), v: Vec::new(), rows: window.unwrap_or(usize::MAX) }
+    }
+
+    fn store(&mut self, pos: usize, k: &[f32], v: &[f32]) {
+        let at = (pos % self.rows) * k.len();
+        if self.k.len() < at + k.len() {
+            self.k.resize(at + k.len(), 0.0);
+            self.v.resize(at + v.len(), 0.0);
+        }
+        self.k[at..at + k.len()].copy_from_slice(k);
+        self.v[at..at + v.len()].copy_from_slice(v);
+    }
+}
+
+/// The KV cache of every layer and how many positions it holds.
 struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    layers: Vec<LayerCache>,
     len: usize,
 }
 
@@ -117,12 +141,17 @@ impl CpuEngine {
             c.rope.as_ref().ok_or_else(|| HearthError::bad_package("model", "RoPE model without rope settings"))?;
         let freq_factors = tensors.remove("rope_freqs.weight").map(|t| t.to_f32());
         let inv_freq = rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), freq_factors.as_deref());
-        let cache = KvCache { k: vec![Vec::new(); c.n_layers], v: vec![Vec::new(); c.n_layers], len: 0 };
+        let cache = KvCache { layers: (0..c.n_layers).map(|l| LayerCache::new(c.layer_window(l))).collect(), len: 0 };
         Ok(CpuEngine { config, embed, layers, output_norm, output, inv_freq, cache })
     }
 
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// Bytes the KV cache holds now (windowed layers hold at most their window).
+    pub fn kv_cache_bytes(&self) -> usize {
+        self.cache.layers.iter().map(|l| (l.k.len() + l.v.len()) * 4).sum()
     }
 
     /// Positions already in the KV cache.
@@ -131,9 +160,9 @@ impl CpuEngine {
     }
 
     pub fn reset(&mut self) {
-        for l in 0..self.config.n_layers {
-            self.cache.k[l].clear();
-            self.cache.v[l].clear();
+        for layer in &mut self.cache.layers {
+            layer.k.clear();
+            layer.v.clear();
         }
         self.cache.len = 0;
     }
@@ -198,9 +227,17 @@ impl CpuEngine {
                     apply_rope(head, pos, &self.inv_freq, style);
                 }
             }
-            self.cache.k[li].extend_from_slice(&k);
-            self.cache.v[li].extend_from_slice(&v);
-            attention(&c, &q, &self.cache.k[li], &self.cache.v[li], start, n, &mut attn);
+            // Token by token: each stores its key and value, then attends. (A ring shorter than the
+            // batch would otherwise lose keys the batch's first queries still need.)
+            let (qd, kvd) = (c.q_dim(), c.kv_dim());
+            let window = c.layer_window(li);
+            let cache = &mut self.cache.layers[li];
+            for t in 0..n {
+                let pos = start + t;
+                cache.store(pos, &k[t * kvd..(t + 1) * kvd], &v[t * kvd..(t + 1) * kvd]);
+                let out = &mut attn[t * qd..(t + 1) * qd];
+                attention_at(&c, &q[t * qd..(t + 1) * qd], &cache.k, &cache.v, pos, window, cache.rows, out);
+            }
             matmul(&layer.wo, &attn, n, &mut proj);
             add_in_place(&mut x, &proj);
 
@@ -272,38 +309,39 @@ pub fn apply_rope(head: &mut [f32], pos: usize, inv_freq: &[f32], style: RopeSty
     }
 }
 
-/// Causal grouped-query attention of `n` new queries (at positions `start..start+n`) over the cache.
-pub fn attention(
+/// Grouped-query attention of the query `q` (all heads) at position `pos` over the keys at
+/// positions `pos + 1 - window ..= pos` (all of `0..=pos` without a window); position p's key and
+/// value are in row `p % rows` of the caches.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_at(
     c: &ModelConfig,
     q: &[f32],
     k_cache: &[f32],
     v_cache: &[f32],
-    start: usize,
-    n: usize,
+    pos: usize,
+    window: Option<usize>,
+    rows: usize,
     out: &mut [f32],
 ) {
-    let hd = c.head_dim;
+    let (hd, kvd) = (c.head_dim, c.kv_dim());
     let group = c.n_heads / c.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut scores = vec![0f32; start + n];
-    for t in 0..n {
-        let pos = start + t;
-        for head in 0..c.n_heads {
-            let kvh = head / group;
-            let qh = &q[t * c.q_dim() + head * hd..][..hd];
-            let scores = &mut scores[..=pos];
-            for (p, s) in scores.iter_mut().enumerate() {
-                let kh = &k_cache[p * c.kv_dim() + kvh * hd..][..hd];
-                *s = dot(qh, kh) * scale;
-            }
-            softmax(scores);
-            let o = &mut out[t * c.q_dim() + head * hd..][..hd];
-            o.fill(0.0);
-            for (p, &w) in scores.iter().enumerate() {
-                let vh = &v_cache[p * c.kv_dim() + kvh * hd..][..hd];
-                for (o, &v) in o.iter_mut().zip(vh) {
-                    *o += w * v;
-                }
+    let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+    let mut scores = vec![0f32; pos + 1 - first];
+    for head in 0..c.n_heads {
+        let kvh = head / group;
+        let qh = &q[head * hd..][..hd];
+        for (s, p) in scores.iter_mut().zip(first..=pos) {
+            let kh = &k_cache[(p % rows) * kvd + kvh * hd..][..hd];
+            *s = dot(qh, kh) * scale;
+        }
+        softmax(&mut scores);
+        let o = &mut out[head * hd..][..hd];
+        o.fill(0.0);
+        for (&w, p) in scores.iter().zip(first..=pos) {
+            let vh = &v_cache[(p % rows) * kvd + kvh * hd..][..hd];
+            for (o, &v) in o.iter_mut().zip(vh) {
+                *o += w * v;
             }
         }
     }

@@ -204,6 +204,9 @@ impl ModelConfig {
                 return Err(format!("rope.dim {} must be even and at most head_dim {}", rope.dim, self.head_dim));
             }
         }
+        if self.sliding_window == Some(0) {
+            return Err("sliding_window must be positive (null means full attention)".into());
+        }
         if !(self.norm_eps >= 0.0 && self.norm_eps.is_finite()) {
             return Err(format!("norm_eps {} is not a finite non-negative number", self.norm_eps));
         }

@@ -420,10 +420,14 @@ impl GpuEngine {
 
         let rope_store = b.kernels.rope_store(kv_f16, c.qkv_bias);
         let attention = b.kernels.attention(kv_f16, capacity);
-        // Cache rows are f32, or f16 pairs in one word.
-        let cache_words = capacity * c.kv_dim() / if kv_f16 { 2 } else { 1 };
         for l in 0..c.n_layers {
             let p = |s: &str| format!("blk.{l}.{s}.weight");
+            // A windowed layer keeps a ring: its window plus room for one chunk's own keys, which
+            // are all stored before any of its queries reads (attention.wgsl). Memory stays bounded
+            // however long generation runs. Rows are f32, or f16 pairs in one word.
+            let window = c.layer_window(l);
+            let cache_rows = window.map_or(capacity, |w| (w + chunk - 1).min(capacity));
+            let cache_words = cache_rows * c.kv_dim() / if kv_f16 { 2 } else { 1 };
             let k_cache = storage(&device, "k cache", cache_words);
             let v_cache = storage(&device, "v cache", cache_words);
             let attn_norm = b.vector(&p("attn_norm"))?;
@@ -449,7 +453,7 @@ impl GpuEngine {
                 let dims = uniform(
                     &device,
                     "rope dims",
-                    &[c.n_heads as u32, c.n_kv_heads as u32, c.head_dim as u32, n_pairs, neox, capacity as u32],
+                    &[c.n_heads as u32, c.n_kv_heads as u32, c.head_dim as u32, n_pairs, neox, cache_rows as u32],
                 );
                 let group = bind_group(
                     &device,
@@ -481,7 +485,8 @@ impl GpuEngine {
                         c.head_dim as u32,
                         capacity as u32,
                         scale.to_bits(),
-                        capacity as u32,
+                        cache_rows as u32,
+                        window.unwrap_or(0) as u32,
                     ],
                 );
                 let group = bind_group(

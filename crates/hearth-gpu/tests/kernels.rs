@@ -5,7 +5,7 @@
 //! barrier-free one (software adapters) and the cooperative one (hardware GPUs), by overriding the
 //! adapter's `software` flag. With no adapter at all, each test says so loudly and returns.
 
-use hearth_core::cpu::{apply_rope, attention, matmul, rms_norm, silu};
+use hearth_core::cpu::{apply_rope, attention_at, matmul, rms_norm, silu};
 use hearth_core::manifest::{
     Activation as ModelActivation, ModelConfig, NormKind, PositionKind, RopeConfig, RopeStyle, TensorEntry,
 };
@@ -442,35 +442,58 @@ fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
 #[test]
 fn attention_matches_the_cpu_in_both_splits_and_caches() {
     let Some(mut ctx) = context() else { return };
-    for shape in
-        [(6usize, 2usize, 40usize, 50usize, 29usize, 7usize), (9, 3, 64, 1600, 1536, 64), (6, 2, 40, 2000, 1990, 5)]
-    {
+    // (shape, sliding window): the windowed cases keep a ring of window + n - 1 rows, as the engine
+    // does, so positions wrap around it.
+    for (shape, window) in [
+        ((6usize, 2usize, 40usize, 50usize, 29usize, 7usize), None),
+        ((9, 3, 64, 1600, 1536, 64), None),
+        ((6, 2, 40, 2000, 1990, 5), None),
+        ((6, 2, 40, 50, 29, 7), Some(8)),
+        ((9, 3, 64, 1600, 1536, 64), Some(100)),
+    ] {
         for software in [true, false] {
             ctx.software = software;
             for f16 in [false, true] {
-                check_attention(&ctx, shape, f16);
+                check_attention(&ctx, shape, window, f16);
             }
         }
     }
 }
 
-fn check_attention(ctx: &GpuContext, shape: (usize, usize, usize, usize, usize, usize), f16: bool) {
+fn check_attention(
+    ctx: &GpuContext,
+    shape: (usize, usize, usize, usize, usize, usize),
+    window: Option<usize>,
+    f16: bool,
+) {
     let (n_heads, n_kv, hd, capacity, start, n) = shape;
+    let rows = window.map_or(capacity, |w| w + n - 1);
     let c = config(n_heads, n_kv, hd, hd, RopeStyle::Neox);
     let (qd, kvd) = (n_heads * hd, n_kv * hd);
     let q = random(n * qd, 11);
     let kernels = Kernels::new(&ctx.device, ctx.software);
     let round = |v: Vec<f32>| if f16 { v.into_iter().map(f16_round).collect() } else { v };
-    let k = round(random(capacity * kvd, 12));
-    let v = round(random(capacity * kvd, 13));
+    let k = round(random(rows * kvd, 12));
+    let v = round(random(rows * kvd, 13));
     let mut want = vec![0f32; n * qd];
-    attention(&c, &q, &k, &v, start, n, &mut want);
+    for t in 0..n {
+        let out = &mut want[t * qd..(t + 1) * qd];
+        attention_at(&c, &q[t * qd..(t + 1) * qd], &k, &v, start + t, window, rows, out);
+    }
 
     let scale = 1.0 / (hd as f32).sqrt();
     let dims = uniform(
         &ctx.device,
         "dims",
-        &[n_heads as u32, n_kv as u32, hd as u32, capacity as u32, scale.to_bits(), capacity as u32],
+        &[
+            n_heads as u32,
+            n_kv as u32,
+            hd as u32,
+            capacity as u32,
+            scale.to_bits(),
+            rows as u32,
+            window.unwrap_or(0) as u32,
+        ],
     );
     let step = uniform(&ctx.device, "step", &[start as u32, n as u32]);
     let q_b = storage_init(&ctx.device, "q", &q);
@@ -493,7 +516,7 @@ fn check_attention(ctx: &GpuContext, shape: (usize, usize, usize, usize, usize, 
     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(
         worst <= 1e-6,
-        "shape {shape:?}, software split {}, f16 cache {f16}: GPU and CPU differ by {worst}",
+        "shape {shape:?}, window {window:?}, software split {}, f16 cache {f16}: GPU and CPU differ by {worst}",
         ctx.software
     );
 }

@@ -107,7 +107,9 @@ fn model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
             scaling,
         }),
         alibi: None,
-        sliding_window: None,
+        // Every layer windowed (Mistral style). llama.cpp itself reads no window for these
+        // architectures; Hearth honours one when the file has it.
+        sliding_window: gguf.get_u64(&key("attention.sliding_window")).filter(|&w| w > 0).map(|w| w as usize),
         sliding_window_pattern: None,
         tied_embeddings: gguf.tensor("output.weight").is_none(),
         qkv_bias: gguf.tensor("blk.0.attn_q.bias").is_some(),

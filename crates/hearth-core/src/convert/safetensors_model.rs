@@ -145,7 +145,8 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, ModelConfig)> 
         .or_else(|| hf.get("model_type").and_then(Value::as_str))
         .unwrap_or("unknown");
     let architecture = match arch {
-        "LlamaForCausalLM" | "llama" => "llama",
+        // Mistral is Llama with a sliding window (config.json's `sliding_window`, null for none).
+        "LlamaForCausalLM" | "llama" | "MistralForCausalLM" | "mistral" => "llama",
         "Qwen2ForCausalLM" | "qwen2" => "qwen2",
         _ => return Err(HearthError::UnsupportedArchitecture(arch.to_string())),
     };
@@ -205,7 +206,7 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, ModelConfig)> 
             scaling,
         }),
         alibi: None,
-        sliding_window: None,
+        sliding_window: hf.get("sliding_window").and_then(Value::as_u64).filter(|&w| w > 0).map(|w| w as usize),
         sliding_window_pattern: None,
         tied_embeddings: hf.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
         qkv_bias: false, // set from the tensors present
