@@ -99,6 +99,14 @@ export function smallShards() {
   return dir;
 }
 
+/** A tiny random model of tests/fixtures/tiny/ (e.g. "qwen2", "mistral-window") converted into .cache. */
+export function tinyPackage(name) {
+  const dir = path.join(ROOT, `.cache/packages/tiny-${name}`);
+  const gguf = path.join(ROOT, `tests/fixtures/tiny/${name}.gguf`);
+  execFileSync(HEARTH, ["convert", gguf, "--out", dir, "--force"], { stdio: ["ignore", "ignore", "inherit"] });
+  return dir;
+}
+
 /** Shard file names of a package. */
 export function shardFiles(dir) {
   return JSON.parse(fs.readFileSync(path.join(dir, "manifest.json"), "utf8")).shards.map((s) => s.file);

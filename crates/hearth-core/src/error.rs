@@ -17,7 +17,7 @@ pub enum HearthError {
     BadModelFile { file: String, detail: String },
     #[error("tensor `{tensor}` has type {dtype}, which Hearth cannot convert (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)")]
     UnsupportedTensorType { tensor: String, dtype: String },
-    #[error("unsupported architecture `{0}` (supported: llama)")]
+    #[error("unsupported architecture `{0}` (supported: {supported}; Mistral converts as llama)", supported = crate::manifest::ARCHITECTURES.join(", "))]
     UnsupportedArchitecture(String),
     /// A model package (manifest + shards) is malformed or does not match this build.
     #[error("invalid model package {path}: {detail}")]

@@ -84,6 +84,22 @@ fn every_supported_architecture_has_a_tiny_fixture() {
     }
 }
 
+/// A model of another architecture is refused by name, before anything is written.
+#[test]
+fn an_unsupported_architecture_is_named_in_the_error() {
+    let fx = fixtures().into_iter().find(|f| f.name == "qwen2").expect("qwen2 fixture");
+    let mut bytes = std::fs::read(&fx.gguf).unwrap();
+    // general.architecture is the file's first metadata value: "qwen2" -> "bloom" (same length).
+    let at = bytes.windows(5).position(|w| w == b"qwen2").unwrap();
+    bytes[at..at + 5].copy_from_slice(b"bloom");
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("bloom.gguf");
+    std::fs::write(&path, bytes).unwrap();
+    let err = convert(&path, &tmp.path().join("out"), &ConvertOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("unsupported architecture `bloom`") && err.contains("llama, qwen2"), "{err}");
+    assert!(!tmp.path().join("out").exists(), "nothing is written for a refused model");
+}
+
 #[test]
 fn cpu_logits_match_llama_cpp_at_every_position() {
     let tmp = tempfile::tempdir().unwrap();
