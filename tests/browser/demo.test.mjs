@@ -183,7 +183,14 @@ test("the demo downloads (cancel, resume), chats, stops, reloads offline, chats 
   assert.equal(await page.getByLabel("System prompt").inputValue(), SYSTEM, "settings survive a reload");
   await page.getByRole("button", { name: "Load model" }).click();
   await chatReady(page);
-  await settings(page, { temperature: 0, maxTokens: 3 });
+  // New chat while an answer streams: the page is cleared and the old turn must not leak into the
+  // next conversation (the answer below must be the CLI's for a single turn).
+  await settings(page, { temperature: 0, maxTokens: 64 });
+  const abandoned = await ask(page, "Count from one to fifty.", { until: "start" });
+  await abandoned.locator(".content").filter({ hasText: /\S/ }).waitFor({ timeout: 5 * MINUTES });
+  await page.getByRole("button", { name: "New chat" }).click();
+  assert.equal(await page.locator(".message").count(), 0, "New chat clears the conversation");
+  await settings(page, { maxTokens: 3 });
   const offlinePrompt = "What is the capital of France?";
   await assertNativeAnswer(await ask(page, offlinePrompt), { prompt: offlinePrompt, maxTokens: 3 });
   // Only the browser's own update check of sw.js, which Chromium's offline emulation does not cover

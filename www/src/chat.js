@@ -53,6 +53,7 @@ export function createChat() {
   const prompt = $("prompt");
   let engine = null;
   let history = []; // [{role, content}] of finished turns
+  let conversation = 0; // bumped by New chat: an answer that ends later belongs to an old one
   let running = null; // AbortController of the answer being generated
 
   const nearBottom = () => list.scrollHeight - list.scrollTop - list.clientHeight < 80;
@@ -94,6 +95,10 @@ export function createChat() {
     running = new AbortController();
     renderControls();
     const started = performance.now();
+    const mine = conversation;
+    const remember = (text) => {
+      if (mine === conversation && text) history.push(user, { role: "assistant", content: text });
+    };
     try {
       const stream = engine.stream(messages, { ...readSettings(), signal: running.signal });
       for await (const chunk of stream) {
@@ -104,12 +109,12 @@ export function createChat() {
       }
       const result = await stream.result;
       stats.textContent = statsText(result.usage, result.finish_reason);
-      history.push(user, { role: "assistant", content: result.text });
+      remember(result.text);
     } catch (e) {
       if (e?.name === "AbortError") {
         stats.textContent = `Stopped after ${((performance.now() - started) / 1000).toFixed(1)} s.`;
-        // The part the reader saw stays part of the conversation.
-        history.push(user, { role: "assistant", content: answer.text.data });
+        // The part the reader saw stays part of the conversation (a turn with no answer does not).
+        remember(answer.text.data);
       } else {
         const { text, reload } = describeError(e, { contextLength: engine?.info?.contextLength });
         stats.textContent = text;
@@ -140,6 +145,7 @@ export function createChat() {
   $("stop").addEventListener("click", () => running?.abort());
   $("new-chat").addEventListener("click", () => {
     running?.abort();
+    conversation++;
     history = [];
     list.replaceChildren();
     $("empty").hidden = false;
