@@ -7,7 +7,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { launch, serve, openPage, nativeGenerate, tinyPackage, MINUTES } from "./harness.mjs";
 
-const MODELS = ["qwen2", "mistral-window"];
+const MODELS = ["qwen2", "mistral_swa"];
 const PROMPT = "the cat sat on the mat";
 const MAX_TOKENS = 40;
 

@@ -99,7 +99,7 @@ export function smallShards() {
   return dir;
 }
 
-/** A tiny random model of tests/fixtures/tiny/ (e.g. "qwen2", "mistral-window") converted into .cache. */
+/** A tiny random model of tests/fixtures/tiny/ (e.g. "qwen2", "mistral_swa") converted into .cache. */
 export function tinyPackage(name) {
   const dir = path.join(ROOT, `.cache/packages/tiny-${name}`);
   const gguf = path.join(ROOT, `tests/fixtures/tiny/${name}.gguf`);

@@ -2,12 +2,16 @@
 //! `tests/fixtures/make_tiny.py`) through the converter and the CPU reference engine, against
 //! llama.cpp's logits at every position of two token sequences.
 //!
-//! Tolerance: 2e-4 absolute on logits of standard deviation ~1. llama.cpp evaluated an F32 twin of
-//! each file (the Q8_0 values exactly) with an F32 KV cache, so both sides compute the same
-//! function in f32 and differ only in summation order: llama.cpp's own batch vs token-by-token
-//! evaluations differ by ~1e-6 (recorded in each fixture), and we measured 6e-6 here, which is the
-//! fixture's rounding to 6 significant digits. Dropping the K bias or the RoPE frequency factors
-//! moves logits by 0.1 or more (checked by breaking the engine on purpose).
+//! Fixtures of architectures the engines do not run yet (gemma3, bloom, gpt2: issue 6) are skipped
+//! here, by name, until they are.
+//!
+//! Tolerance: 2e-4 absolute on logits of standard deviation 1.5-3. llama.cpp evaluated the stored
+//! weights decoded to F32 (exactly their F16/Q8_0 values) with an F32 KV cache, so both sides compute
+//! the same function in f32 and differ only in summation order: llama.cpp's own batch vs
+//! token-by-token evaluations differ by ~1e-5 (`checks_max_abs` in each fixture). Dropping the K
+//! bias or the RoPE frequency factors moves logits by 0.1 or more (checked by breaking the engine on
+//! purpose). The Mistral-style fixture's window is applied by llama.cpp itself, one token at a time
+//! with the cache cells before the window removed (see make_tiny.py).
 
 mod common;
 
@@ -41,6 +45,11 @@ fn fixtures() -> Vec<Fixture> {
     paths.sort();
     for path in paths {
         let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let architecture = fx["arch"].as_str().unwrap().to_string();
+        if !ARCHITECTURES.contains(&architecture.as_str()) {
+            eprintln!("{}: architecture `{architecture}` not supported yet, skipped", path.display());
+            continue;
+        }
         let sequences = fx["sequences"]
             .as_array()
             .unwrap()
@@ -58,8 +67,8 @@ fn fixtures() -> Vec<Fixture> {
             .collect();
         out.push(Fixture {
             name: path.file_stem().unwrap().to_string_lossy().into_owned(),
-            gguf: dir.join(fx["model"].as_str().unwrap()),
-            architecture: fx["architecture"].as_str().unwrap().to_string(),
+            gguf: dir.join(fx["gguf"].as_str().unwrap()),
+            architecture,
             sequences,
         });
     }
@@ -89,14 +98,14 @@ fn every_supported_architecture_has_a_tiny_fixture() {
 fn an_unsupported_architecture_is_named_in_the_error() {
     let fx = fixtures().into_iter().find(|f| f.name == "qwen2").expect("qwen2 fixture");
     let mut bytes = std::fs::read(&fx.gguf).unwrap();
-    // general.architecture is the file's first metadata value: "qwen2" -> "bloom" (same length).
+    // general.architecture is the file's first metadata value: "qwen2" -> "mamba" (same length).
     let at = bytes.windows(5).position(|w| w == b"qwen2").unwrap();
-    bytes[at..at + 5].copy_from_slice(b"bloom");
+    bytes[at..at + 5].copy_from_slice(b"mamba");
     let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("bloom.gguf");
+    let path = tmp.path().join("mamba.gguf");
     std::fs::write(&path, bytes).unwrap();
     let err = convert(&path, &tmp.path().join("out"), &ConvertOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("unsupported architecture `bloom`") && err.contains("llama, qwen2"), "{err}");
+    assert!(err.contains("unsupported architecture `mamba`") && err.contains("llama, qwen2"), "{err}");
     assert!(!tmp.path().join("out").exists(), "nothing is written for a refused model");
 }
 
@@ -133,7 +142,7 @@ fn cpu_logits_match_llama_cpp_at_every_position() {
 /// measured below 1e-5). The cache holds 8 rows per layer, not 120.
 #[test]
 fn a_windowed_model_stays_correct_and_bounded_far_past_its_window() {
-    let fx = fixtures().into_iter().find(|f| f.name == "mistral-window").expect("mistral-window fixture");
+    let fx = fixtures().into_iter().find(|f| f.name == "mistral_swa").expect("mistral_swa fixture");
     let tmp = tempfile::tempdir().unwrap();
     let package = convert_to(&fx.gguf, &tmp.path().join("m"));
     let c = package.manifest().config.clone();
@@ -150,7 +159,7 @@ fn a_windowed_model_stays_correct_and_bounded_far_past_its_window() {
     engine.reset();
     let fresh = engine.forward(&tokens[120 - field..], false).unwrap();
     let diff = max_diff(&last, &fresh);
-    eprintln!("mistral-window: position 119 vs the same 15 tokens from position 0: {diff:.2e}");
+    eprintln!("mistral_swa: position 119 vs the same 15 tokens from position 0: {diff:.2e}");
     assert!(diff <= 1e-4, "far past the window the logits differ by {diff}");
 
     // One token fewer is outside the receptive field: the check above can tell.
@@ -204,7 +213,7 @@ fn qwen2_from_safetensors_gives_the_gguf_logits() {
         "max_position_embeddings": c.context_length,
         "rms_norm_eps": c.norm_eps,
         "rope_theta": c.rope.as_ref().unwrap().base,
-        "tie_word_embeddings": false,
+        "tie_word_embeddings": c.tied_embeddings,
     });
     std::fs::write(hf.join("config.json"), config.to_string()).unwrap();
     std::fs::copy(from_gguf.dir.join("tokenizer.json"), hf.join("tokenizer.json")).unwrap();
