@@ -6,9 +6,10 @@
 //
 // Mesa's lavapipe stops any shader invocation after 65,535 loop iterations in all (llvmpipe's loop
 // limiter) and carries on with wrong values, silently. `attention_rows` runs about
-// (head_dim / 4 + 2) iterations per visible position, so the engine uses it only for caches of at
-// most 1,600 positions (kernels.rs: ROWS_ATTENTION_MAX_CONTEXT) and the cooperative kernel, 64
-// times fewer iterations per invocation, beyond.
+// (head_dim / 2 + 2) iterations per visible position (head_dim / 4 for the scores, as many for the
+// values, two more), so the engine uses it only while that stays under 55,000 (kernels.rs:
+// ROWS_ATTENTION_MAX_ITERATIONS: 1,617 positions of head_dim 64, 423 of 256) and the cooperative
+// kernel, 64 times fewer iterations per invocation, beyond.
 //
 // The cache holds rows of n_kv_heads * head_dim values per layer, position p in row p % cache_rows
 // (see rope.wgsl, which stored the step's own keys and values before this runs), as f32 or, when

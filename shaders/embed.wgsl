@@ -1,4 +1,5 @@
-// out[t] = row tokens[t] of the embedding table, decoded to f32. One invocation per value.
+// out[t] = row tokens[t] of the embedding table, decoded to f32, times `scale` (1, or Gemma's
+// sqrt(hidden)). One invocation per value.
 // A table too large for one storage binding is split into row ranges, one dispatch each: each
 // writes the tokens that fall in its rows.
 
@@ -8,6 +9,7 @@ struct Dims {
     first_row: u32,
     rows: u32,
     group: u32,
+    scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -41,7 +43,7 @@ fn embed_q8(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let q = bitcast<i32>(codes[k / 4u] << (24u - 8u * (k % 4u))) >> 24u;
-    out[t * dims.hidden + i] = f32(q) * half_of(scales[k / 64u], k / 32u);
+    out[t * dims.hidden + i] = (f32(q) * half_of(scales[k / 64u], k / 32u)) * dims.scale;
 }
 
 @compute @workgroup_size(64)
@@ -54,7 +56,7 @@ fn embed_q4(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let q = f32((codes[k / 8u] >> (4u * (k % 8u))) & 15u);
     let g = k / dims.group;
-    out[t * dims.hidden + i] = q * half_of(scales[g / 2u], g) + half_of(mins[g / 2u], g);
+    out[t * dims.hidden + i] = (q * half_of(scales[g / 2u], g) + half_of(mins[g / 2u], g)) * dims.scale;
 }
 
 @compute @workgroup_size(64)
@@ -65,7 +67,7 @@ fn embed_f16(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (k == 0xffffffffu) {
         return;
     }
-    out[t * dims.hidden + i] = half_of(codes[k / 2u], k);
+    out[t * dims.hidden + i] = half_of(codes[k / 2u], k) * dims.scale;
 }
 
 @compute @workgroup_size(64)
@@ -76,5 +78,5 @@ fn embed_f32(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (k == 0xffffffffu) {
         return;
     }
-    out[t * dims.hidden + i] = bitcast<f32>(codes[k]);
+    out[t * dims.hidden + i] = bitcast<f32>(codes[k]) * dims.scale;
 }

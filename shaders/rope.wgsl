@@ -5,7 +5,10 @@
 //
 // qkv holds per token [q: n_heads * head_dim | k: n_kv_heads * head_dim | v: n_kv_heads * head_dim].
 // With QKV_BIAS (Qwen2) the projections' biases, in the same layout, are added here as the values
-// are read, rather than in a pass of their own.
+// are read, rather than in a pass of their own. With QK_NORM (Gemma 3) each query and key head is
+// RMS-normalized (weights: qk_norm = [query head weights | key head weights]) before it is rotated;
+// each invocation recomputes its head's sum of squares, head_dim reads that cost far less than a
+// pass of their own.
 // Each output value reads its rotation partner from qkv (never from the output), so two invocations
 // never touch the same word, in either pairing.
 //
@@ -22,6 +25,8 @@ struct Dims {
     // 0: pairs (2i, 2i+1) ("interleaved"); 1: pairs (i, i + n_pairs) ("neox").
     neox: u32,
     cache_rows: u32,
+    // RMSNorm epsilon of QK_NORM.
+    eps: f32,
 }
 
 struct Step {
@@ -37,15 +42,52 @@ struct Step {
 @group(0) @binding(5) var<storage, read_write> k_cache: array<u32>;
 @group(0) @binding(6) var<storage, read_write> v_cache: array<u32>;
 @group(0) @binding(7) var<storage, read> qkv_bias: array<f32>;
+@group(0) @binding(8) var<storage, read> qk_norm: array<f32>;
 
 override KV_F16: bool = false;
 override QKV_BIAS: bool = false;
+override QK_NORM: bool = false;
 
 // Value i of token t's qkv row (of `row` values), bias included.
 fn qkv_value(t: u32, row: u32, i: u32) -> f32 {
     var v = qkv[t * row + i];
     if (QKV_BIAS) {
         v += qkv_bias[i];
+    }
+    return v;
+}
+
+// 1 / RMS of the head starting at value `base` of token t's qkv row (QK_NORM).
+fn head_inv_rms(t: u32, row: u32, base: u32) -> f32 {
+    var acc = 0.0;
+    for (var d = 0u; d < dims.head_dim; d = d + 1u) {
+        let v = qkv_value(t, row, base + d);
+        acc = acc + v * v;
+    }
+    // 1 / sqrt, not inverseSqrt: some drivers give inverseSqrt a fast estimate (~12 bits).
+    return 1.0 / sqrt(acc / f32(dims.head_dim) + dims.eps);
+}
+
+// Where a head's norm weights start in qk_norm: query heads, then key heads.
+struct Head {
+    base: u32,
+    inv_rms: f32,
+    weights: u32,
+}
+
+fn head_at(t: u32, row: u32, base: u32, weights: u32) -> Head {
+    var inv = 1.0;
+    if (QK_NORM) {
+        inv = head_inv_rms(t, row, base);
+    }
+    return Head(base, inv, weights);
+}
+
+// Value d of head h, normalized with QK_NORM.
+fn head_value(t: u32, row: u32, h: Head, d: u32) -> f32 {
+    let v = qkv_value(t, row, h.base + d);
+    if (QK_NORM) {
+        return v * h.inv_rms * qk_norm[h.weights + d];
     }
     return v;
 }
@@ -60,8 +102,8 @@ fn reduced(angle: f32) -> f32 {
     return (angle - k * 6.28125) - k * 0.0019353072;
 }
 
-// Value d of the head starting at value `base` of token t's qkv row, rotated for position `pos`.
-fn rotated(t: u32, row: u32, base: u32, d: u32, pos: f32) -> f32 {
+// Value d of head h of token t's qkv row, rotated for position `pos`.
+fn rotated(t: u32, row: u32, h: Head, d: u32, pos: f32) -> f32 {
     var first: u32;
     var second: u32;
     var pair: u32;
@@ -75,13 +117,13 @@ fn rotated(t: u32, row: u32, base: u32, d: u32, pos: f32) -> f32 {
         second = first + 1u;
     }
     if (pair >= dims.n_pairs || d >= 2u * dims.n_pairs) {
-        return qkv_value(t, row, base + d);
+        return head_value(t, row, h, d);
     }
     let angle = reduced(pos * inv_freq[pair]);
     let c = cos(angle);
     let s = sin(angle);
-    let x0 = qkv_value(t, row, base + first);
-    let x1 = qkv_value(t, row, base + second);
+    let x0 = head_value(t, row, h, first);
+    let x1 = head_value(t, row, h, second);
     return select(x0 * s + x1 * c, x0 * c - x1 * s, d == first);
 }
 
@@ -119,15 +161,15 @@ fn rope_store(@builtin(global_invocation_id) gid: vec3<u32>) {
     let pos = f32(position);
     let cache_row = (position % dims.cache_rows) * kv_dim;
     if (e < q_dim) {
-        let base = (e / hd) * hd;
+        let h = head_at(t, row, (e / hd) * hd, 0u);
         let d = e % hd;
-        q[t * q_dim + e] = rotated(t, row, base, d, pos);
-        q[t * q_dim + e + 1u] = rotated(t, row, base, d + 1u, pos);
+        q[t * q_dim + e] = rotated(t, row, h, d, pos);
+        q[t * q_dim + e + 1u] = rotated(t, row, h, d + 1u, pos);
     } else if (e < q_dim + kv_dim) {
         let i = e - q_dim;
-        let base = q_dim + (i / hd) * hd;
+        let h = head_at(t, row, q_dim + (i / hd) * hd, hd);
         let d = i % hd;
-        store((cache_row + i) / 2u, rotated(t, row, base, d, pos), rotated(t, row, base, d + 1u, pos), true);
+        store((cache_row + i) / 2u, rotated(t, row, h, d, pos), rotated(t, row, h, d + 1u, pos), true);
     } else {
         let i = e - q_dim - kv_dim;
         store((cache_row + i) / 2u, qkv_value(t, row, e), qkv_value(t, row, e + 1u), false);

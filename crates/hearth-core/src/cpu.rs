@@ -1,11 +1,11 @@
-//! The CPU reference engine: a plain f32 forward pass of the Llama family, written to be read top to
-//! bottom. It is the oracle every GPU kernel is tested against, and the fallback where no GPU is.
+//! The CPU reference engine: a plain f32 forward pass of the pre-norm RoPE decoders (Llama, Qwen2,
+//! Mistral, Gemma 3), written to be read top to bottom. It is the oracle every GPU kernel is tested against, and the fallback where no GPU is.
 //! Weights stay in their package encoding and are decoded one row at a time.
 
 use std::collections::HashMap;
 
 use crate::error::{HearthError, Result};
-use crate::manifest::{ModelConfig, NormKind, PositionKind, RopeScaling, RopeStyle, ARCHITECTURES};
+use crate::manifest::{Activation, ModelConfig, NormKind, PositionKind, RopeScaling, RopeStyle, ARCHITECTURES};
 use crate::package::{Package, TensorSource};
 use crate::quant::{Tensor, TensorData};
 
@@ -16,7 +16,12 @@ struct Layer {
     wv: Tensor,
     /// Biases of Q, K and V (Qwen2), or `None`.
     qkv_bias: Option<[Vec<f32>; 3]>,
+    /// Per-head RMSNorm weights of queries and keys (Gemma 3), or `None`.
+    qk_norm: Option<[Vec<f32>; 2]>,
     wo: Tensor,
+    /// RMSNorm weights applied to the attention and feed-forward outputs before their residual
+    /// adds (Gemma 3), or `None`.
+    post_norms: Option<[Vec<f32>; 2]>,
     ffn_norm: Vec<f32>,
     w_gate: Tensor,
     w_up: Tensor,
@@ -64,6 +69,8 @@ pub struct CpuEngine {
     output: Option<Tensor>,
     /// Rotation frequency of each rotated pair, scaling applied.
     inv_freq: Vec<f32>,
+    /// The sliding-window layers' frequencies when their base differs (Gemma 3).
+    inv_freq_local: Option<Vec<f32>>,
     cache: KvCache,
 }
 
@@ -122,13 +129,26 @@ impl CpuEngine {
             } else {
                 None
             };
+            let hd = c.head_dim;
+            let qk_norm = if c.qk_norm {
+                Some([take(&p("attn_q_norm"), &[hd])?.to_f32(), take(&p("attn_k_norm"), &[hd])?.to_f32()])
+            } else {
+                None
+            };
+            let post_norms = if c.post_norms {
+                Some([take(&p("post_attention_norm"), &[h])?.to_f32(), take(&p("post_ffw_norm"), &[h])?.to_f32()])
+            } else {
+                None
+            };
             layers.push(Layer {
                 attn_norm: take(&p("attn_norm"), &[h])?.to_f32(),
                 wq: take(&p("attn_q"), &[q, h])?,
                 wk: take(&p("attn_k"), &[kv, h])?,
                 wv: take(&p("attn_v"), &[kv, h])?,
                 qkv_bias,
+                qk_norm,
                 wo: take(&p("attn_output"), &[h, q])?,
+                post_norms,
                 ffn_norm: take(&p("ffn_norm"), &[h])?.to_f32(),
                 w_gate: take(&p("ffn_gate"), &[f, h])?,
                 w_up: take(&p("ffn_up"), &[f, h])?,
@@ -141,8 +161,9 @@ impl CpuEngine {
             c.rope.as_ref().ok_or_else(|| HearthError::bad_package("model", "RoPE model without rope settings"))?;
         let freq_factors = tensors.remove("rope_freqs.weight").map(|t| t.to_f32());
         let inv_freq = rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), freq_factors.as_deref());
+        let inv_freq_local = rope.local_base.map(|base| rope_inv_freq(base, rope.dim, None, None));
         let cache = KvCache { layers: (0..c.n_layers).map(|l| LayerCache::new(c.layer_window(l))).collect(), len: 0 };
-        Ok(CpuEngine { config, embed, layers, output_norm, output, inv_freq, cache })
+        Ok(CpuEngine { config, embed, layers, output_norm, output, inv_freq, inv_freq_local, cache })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -195,6 +216,9 @@ impl CpuEngine {
                 )));
             }
             self.embed.dequantize_row(t as usize, row);
+            if let Some(scale) = c.embedding_scale {
+                row.iter_mut().for_each(|v| *v *= scale);
+            }
         }
 
         let mut xn = vec![0f32; n * h];
@@ -207,7 +231,8 @@ impl CpuEngine {
         let mut proj = vec![0f32; n * h];
 
         for (li, layer) in self.layers.iter().enumerate() {
-            // Attention block: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x)).
+            // Attention block: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x)),
+            // with Gemma's per-head norms before RoPE and its norm of the output before the add.
             rms_norm(&x, &layer.attn_norm, c.norm_eps, h, &mut xn);
             matmul(&layer.wq, &xn, n, &mut q);
             matmul(&layer.wk, &xn, n, &mut k);
@@ -217,20 +242,28 @@ impl CpuEngine {
                 add_bias(&mut k, bk);
                 add_bias(&mut v, bv);
             }
+            if let Some([wq, wk]) = &layer.qk_norm {
+                rms_norm_in_place(&mut q, wq, c.norm_eps);
+                rms_norm_in_place(&mut k, wk, c.norm_eps);
+            }
             let style = c.rope.as_ref().map_or(RopeStyle::Neox, |r| r.style);
+            let window = c.layer_window(li);
+            let inv_freq = match (&self.inv_freq_local, window) {
+                (Some(local), Some(_)) => local,
+                _ => &self.inv_freq,
+            };
             for t in 0..n {
                 let pos = start + t;
                 for head in q[t * c.q_dim()..(t + 1) * c.q_dim()].chunks_mut(hd) {
-                    apply_rope(head, pos, &self.inv_freq, style);
+                    apply_rope(head, pos, inv_freq, style);
                 }
                 for head in k[t * c.kv_dim()..(t + 1) * c.kv_dim()].chunks_mut(hd) {
-                    apply_rope(head, pos, &self.inv_freq, style);
+                    apply_rope(head, pos, inv_freq, style);
                 }
             }
             // Token by token: each stores its key and value, then attends. (A ring shorter than the
             // batch would otherwise lose keys the batch's first queries still need.)
             let (qd, kvd) = (c.q_dim(), c.kv_dim());
-            let window = c.layer_window(li);
             let cache = &mut self.cache.layers[li];
             for t in 0..n {
                 let pos = start + t;
@@ -239,16 +272,27 @@ impl CpuEngine {
                 attention_at(&c, &q[t * qd..(t + 1) * qd], &cache.k, &cache.v, pos, window, cache.rows, out);
             }
             matmul(&layer.wo, &attn, n, &mut proj);
+            if let Some([post_attn, _]) = &layer.post_norms {
+                rms_norm_in_place(&mut proj, post_attn, c.norm_eps);
+            }
             add_in_place(&mut x, &proj);
 
-            // Feed-forward block: x += W_down · (silu(W_gate·norm(x)) * W_up·norm(x)).
+            // Feed-forward block: x += W_down · (act(W_gate·norm(x)) * W_up·norm(x)), act = SiLU
+            // (SwiGLU) or tanh-GELU (GeGLU).
             rms_norm(&x, &layer.ffn_norm, c.norm_eps, h, &mut xn);
             matmul(&layer.w_gate, &xn, n, &mut gate);
             matmul(&layer.w_up, &xn, n, &mut up);
+            let act = match c.activation {
+                Activation::Silu => silu,
+                Activation::GeluTanh => gelu_tanh,
+            };
             for (g, u) in gate.iter_mut().zip(&up) {
-                *g = silu(*g) * u;
+                *g = act(*g) * u;
             }
             matmul(&layer.w_down, &gate, n, &mut proj);
+            if let Some([_, post_ffw]) = &layer.post_norms {
+                rms_norm_in_place(&mut proj, post_ffw, c.norm_eps);
+            }
             add_in_place(&mut x, &proj);
         }
         self.cache.len += n;
@@ -369,8 +413,24 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, h: usize, out: &mut [f32]) {
     }
 }
 
+/// RMSNorm of each `w.len()`-value row of `x` (a head, or a token's hidden state) in place.
+fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    for row in x.chunks_mut(w.len()) {
+        let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
+        let inv = 1.0 / (mean_sq + eps).sqrt();
+        for (v, &w) in row.iter_mut().zip(w) {
+            *v *= inv * w;
+        }
+    }
+}
+
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
+}
+
+/// GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+pub fn gelu_tanh(x: f32) -> f32 {
+    0.5 * x * (1.0 + (0.797_884_6 * (x + 0.044_715 * x * x * x)).tanh())
 }
 
 /// Adds `bias` to every row of `x` (rows of `bias.len()` values).

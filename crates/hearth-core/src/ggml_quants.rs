@@ -226,6 +226,25 @@ pub fn q8_from_ggml(bytes: &[u8], shape: Vec<usize>) -> Tensor {
     Tensor { shape, data: TensorData::Q8(Q8Data { codes, scales }) }
 }
 
+/// Re-pack GGUF Q5_0 blocks into `q8` without changing a decoded value: `(q - 16) * d` with
+/// `q - 16` in -16..=15 is a q8 code times the same f16 scale.
+pub fn q8_from_q5_0(bytes: &[u8], shape: Vec<usize>) -> Tensor {
+    let n_blocks = bytes.len() / 22;
+    let mut codes = Vec::with_capacity(n_blocks * Q8_GROUP);
+    let mut scales = Vec::with_capacity(n_blocks);
+    for b in bytes.chunks_exact(22) {
+        scales.push(f16_at(b, 0));
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        // Weight j < 16: low nibble of byte j, fifth bit qh bit j; weight j + 16: high nibble, bit j + 16.
+        let q = |j: usize| -> i8 {
+            let (nibble, bit) = if j < 16 { (b[6 + j] & 0x0f, qh >> j) } else { (b[6 + j - 16] >> 4, qh >> j) };
+            (i16::from(nibble | (((bit & 1) as u8) << 4)) - 16) as i8
+        };
+        codes.extend((0..32).map(q));
+    }
+    Tensor { shape, data: TensorData::Q8(Q8Data { codes, scales }) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +276,17 @@ mod tests {
                 assert_eq!(a.to_bits(), b.to_bits(), "{ty:?}");
             }
         }
+    }
+
+    #[test]
+    fn q5_0_to_q8_repacking_is_bit_exact() {
+        let raw = blocks(6, 22, 7);
+        let expected = dequantize(GgmlType::Q5_0, &raw, "t").unwrap();
+        let got = q8_from_q5_0(&raw, vec![3, 64]).to_f32();
+        assert_eq!(
+            expected.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
     }
 
     #[test]

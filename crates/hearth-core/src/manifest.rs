@@ -8,9 +8,10 @@ use crate::quant::{DType, PartRange};
 
 pub const FORMAT_NAME: &str = "hearth-model";
 pub const FORMAT_VERSION: u32 = 1;
-/// Architectures the engines run: Llama-family decoders that differ only in what `ModelConfig`
-/// records (Qwen2: biases on Q/K/V and NeoX-order RoPE).
-pub const ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+/// Architectures the engines run: pre-norm RoPE decoders that differ only in what `ModelConfig`
+/// records (Qwen2: biases on Q/K/V and NeoX-order RoPE; Gemma 3: QK-norm, post-norms, GeGLU, scaled
+/// embeddings and interleaved local/global layers).
+pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "gemma3"];
 /// Tensors start at multiples of this within a shard (WebGPU's `minStorageBufferOffsetAlignment` is at most 256).
 pub const TENSOR_ALIGN: u64 = 256;
 
@@ -60,6 +61,17 @@ pub struct ModelConfig {
     /// Biases on the Q, K and V projections (Qwen2): `blk.N.attn_{q,k,v}.bias`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub qkv_bias: bool,
+    /// RMSNorm of each query and key head before RoPE (Gemma 3): `blk.N.attn_{q,k}_norm.weight`,
+    /// `head_dim` values each.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub qk_norm: bool,
+    /// RMSNorm of the attention and feed-forward outputs before their residual adds (Gemma 3):
+    /// `blk.N.post_attention_norm.weight`, `blk.N.post_ffw_norm.weight`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub post_norms: bool,
+    /// Token embeddings are multiplied by this (Gemma: sqrt(hidden_size)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_scale: Option<f32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +106,10 @@ pub struct RopeConfig {
     pub style: RopeStyle,
     #[serde(default)]
     pub scaling: Option<RopeScaling>,
+    /// Base of the sliding-window layers when it differs from `base` (Gemma 3: 10 000 locally,
+    /// 1 000 000 globally); those layers use no `scaling`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_base: Option<f32>,
 }
 
 /// Which elements of a head form a rotated pair.
@@ -202,6 +218,11 @@ impl ModelConfig {
         if let Some(rope) = &self.rope {
             if rope.dim == 0 || rope.dim % 2 != 0 || rope.dim > self.head_dim {
                 return Err(format!("rope.dim {} must be even and at most head_dim {}", rope.dim, self.head_dim));
+            }
+        }
+        if let Some(scale) = self.embedding_scale {
+            if !(scale.is_finite() && scale > 0.0) {
+                return Err(format!("embedding_scale {scale} must be a positive number"));
             }
         }
         if self.sliding_window == Some(0) {

@@ -6,13 +6,17 @@
 //!
 //! Per layer: [norm + QKV] → [RoPE + KV store] → [attention] → [output proj + residual] →
 //! [norm + gate/up + SwiGLU] → [down proj + residual]: six dispatches (brackets are one kernel).
+//! Gemma 3 adds its QK-norm to the RoPE kernel, GeGLU for SwiGLU, and two dispatches: the norms
+//! of the attention and feed-forward outputs, each added to the residual in the same pass.
 
 use std::collections::HashMap;
 
 use hearth_core::cpu::rope_inv_freq;
 #[cfg(not(target_arch = "wasm32"))]
 use hearth_core::generate::Backend;
-use hearth_core::manifest::{Manifest, ModelConfig, NormKind, PositionKind, RopeStyle, ARCHITECTURES};
+use hearth_core::manifest::{
+    Activation as ModelActivation, Manifest, ModelConfig, NormKind, PositionKind, RopeStyle, ARCHITECTURES,
+};
 use hearth_core::package::TensorSource;
 use hearth_core::sampling::{Sampler, SamplingParams};
 use hearth_core::{HearthError, Result};
@@ -156,23 +160,21 @@ impl<'a> Builder<'a> {
         create_vector(self.ctx, &mut self.uploads, i, &self.manifest.tensors[i])
     }
 
-    /// The Q, K and V biases of layer `l` in one buffer, laid out as a row of the QKV product.
-    fn qkv_bias(&mut self, l: usize, qkv_dim: usize) -> Result<wgpu::Buffer> {
+    /// Vectors `names` one after another in one buffer of `len` values (layer `l`'s Q, K and V
+    /// biases laid out as a row of the QKV product; its query and key norm weights).
+    fn vectors(&mut self, label: &str, names: &[String], len: usize) -> Result<wgpu::Buffer> {
         let manifest = self.manifest;
-        let mut parts = Vec::with_capacity(3);
-        for name in ["attn_q", "attn_k", "attn_v"].map(|s| format!("blk.{l}.{s}.bias")) {
-            let i = self.tensor_index(&name)?;
+        let mut parts = Vec::with_capacity(names.len());
+        for name in names {
+            let i = self.tensor_index(name)?;
             parts.push((i, &manifest.tensors[i]));
         }
         let n: usize = parts.iter().map(|(_, e)| e.shape.iter().product::<usize>()).sum();
-        if n != qkv_dim {
-            return Err(HearthError::bad_package(
-                self.origin,
-                format!("layer {l}'s Q/K/V biases hold {n} values for {qkv_dim} outputs"),
-            ));
+        if n != len {
+            return Err(HearthError::bad_package(self.origin, format!("{names:?} hold {n} values, not {len}")));
         }
-        let buffer = storage(self.device(), "qkv bias", n);
-        self.uploads.plan_vectors(&format!("blk.{l}.qkv bias"), buffer.clone(), &parts, |v| v)?;
+        let buffer = storage(self.device(), label, n);
+        self.uploads.plan_vectors(label, buffer.clone(), &parts, |v| v)?;
         Ok(buffer)
     }
 
@@ -208,7 +210,8 @@ impl<'a> Builder<'a> {
             .collect()
     }
 
-    /// The RoPE frequencies; with a `rope_freqs.weight` tensor they wait for its bytes.
+    /// The RoPE frequencies; with a `rope_freqs.weight` tensor they wait for its bytes. The
+    /// sliding-window layers' own (`local_base`, unscaled) are [`Builder::local_rope_frequencies`].
     fn rope_frequencies(&mut self, rope: &hearth_core::manifest::RopeConfig) -> Result<wgpu::Buffer> {
         let Some(&i) = self.index.get("rope_freqs.weight") else {
             let values = rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), None);
@@ -220,6 +223,11 @@ impl<'a> Builder<'a> {
             rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), Some(&factors))
         })?;
         Ok(buffer)
+    }
+
+    fn local_rope_frequencies(&mut self, rope: &hearth_core::manifest::RopeConfig) -> Option<wgpu::Buffer> {
+        let values = rope_inv_freq(rope.local_base?, rope.dim, None, None);
+        Some(storage_init(self.device(), "local rope frequencies", &values))
     }
 
     /// Dispatches of one product: one per weight piece, each with a decode and a prefill pipeline
@@ -279,6 +287,32 @@ impl<'a> Builder<'a> {
             });
         }
         Ok(out)
+    }
+
+    /// `output += rms_norm(input) * weight`, as its own pass.
+    fn norm_add_pass(
+        &mut self,
+        input: &wgpu::Buffer,
+        weight: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+        step: &wgpu::Buffer,
+    ) -> Dispatch {
+        let hidden = self.manifest.config.hidden_size as u32;
+        let dims = uniform(self.device(), "norm dims", &[hidden, self.eps.to_bits()]);
+        let pipeline = self.kernels.rms_norm_add();
+        let group = bind_group(
+            self.device(),
+            &pipeline,
+            &[
+                entry(0, whole(&dims)),
+                entry(1, whole(step)),
+                entry(2, whole(input)),
+                entry(3, whole(weight)),
+                entry(4, whole(output)),
+            ],
+        );
+        self.scratch.push(dims);
+        Dispatch::single(pipeline, group, Box::new(|n| (n.div_ceil(WORKGROUP), 1, 1)))
     }
 
     /// RMSNorm of `input` into `self.normed`, as its own pass.
@@ -388,6 +422,8 @@ impl GpuEngine {
         let one_token = uniform(&device, "one token", &[0, 1]);
         let tokens = storage(&device, "tokens", chunk);
         let x = act("x", h);
+        // An output projection before its norm (post-norm models only).
+        let proj = act("projection", if c.post_norms { h } else { 1 });
         let qkv = act("qkv", qkv_dim);
         let q = act("q", qd);
         let attn = act("attention out", qd);
@@ -403,13 +439,15 @@ impl GpuEngine {
             mapped_at_creation: false,
         });
         let inv_freq = b.rope_frequencies(&rope)?;
+        let local_inv_freq = b.local_rope_frequencies(&rope);
         let mut weights: Vec<WeightBuffer> = Vec::new();
 
         // Embedding lookup: one dispatch per piece of the table.
         let embd = b.split("token_embd.weight")?;
         let mut layers = Vec::new();
         for piece in &embd {
-            let dims = uniform(&device, "embed dims", &[h, piece.first_row, piece.rows, piece.group]);
+            let scale = c.embedding_scale.unwrap_or(1.0);
+            let dims = uniform(&device, "embed dims", &[h, piece.first_row, piece.rows, piece.group, scale.to_bits()]);
             let pipeline = b.kernels.embed(piece.dtype);
             let mut entries = vec![entry(0, whole(&dims)), entry(1, whole(&tokens)), entry(2, whole(&x))];
             entries.extend(piece.weight_entries(3));
@@ -418,8 +456,12 @@ impl GpuEngine {
             layers.push(Dispatch::single(pipeline, group, Box::new(move |n| (h.div_ceil(WORKGROUP), n, 1))));
         }
 
-        let rope_store = b.kernels.rope_store(kv_f16, c.qkv_bias);
-        let attention = b.kernels.attention(kv_f16, capacity);
+        let rope_store = b.kernels.rope_store(kv_f16, c.qkv_bias, c.qk_norm);
+        let mut attention_pipelines = HashMap::new();
+        let ffn_activation = match c.activation {
+            ModelActivation::Silu => Activation::Silu,
+            ModelActivation::GeluTanh => Activation::GeluTanh,
+        };
         for l in 0..c.n_layers {
             let p = |s: &str| format!("blk.{l}.{s}.weight");
             // A windowed layer keeps a ring: its window plus room for one chunk's own keys, which
@@ -433,7 +475,27 @@ impl GpuEngine {
             let attn_norm = b.vector(&p("attn_norm"))?;
             let ffn_norm = b.vector(&p("ffn_norm"))?;
             let wqkv = b.stacked(&format!("blk.{l}.qkv"), &[p("attn_q"), p("attn_k"), p("attn_v")])?;
-            let qkv_bias = if c.qkv_bias { Some(b.qkv_bias(l, qkv_dim as usize)?) } else { None };
+            let bias_names = ["attn_q", "attn_k", "attn_v"].map(|s| format!("blk.{l}.{s}.bias"));
+            let qkv_bias = if c.qkv_bias {
+                Some(b.vectors(&format!("blk.{l}.qkv bias"), &bias_names, qkv_dim as usize)?)
+            } else {
+                None
+            };
+            let qk_norm = if c.qk_norm {
+                let names = [p("attn_q_norm"), p("attn_k_norm")];
+                Some(b.vectors(&format!("blk.{l}.qk norm"), &names, 2 * c.head_dim)?)
+            } else {
+                None
+            };
+            let post_norms = if c.post_norms {
+                Some([b.vector(&p("post_attention_norm"))?, b.vector(&p("post_ffw_norm"))?])
+            } else {
+                None
+            };
+            let layer_inv_freq = match (&local_inv_freq, window) {
+                (Some(local), Some(_)) => local,
+                _ => &inv_freq,
+            };
             let wo = b.split(&p("attn_output"))?;
             let wgu = b.gated(&p("ffn_gate"), &p("ffn_up"))?;
             let wdown = b.split(&p("ffn_down"))?;
@@ -453,7 +515,15 @@ impl GpuEngine {
                 let dims = uniform(
                     &device,
                     "rope dims",
-                    &[c.n_heads as u32, c.n_kv_heads as u32, c.head_dim as u32, n_pairs, neox, cache_rows as u32],
+                    &[
+                        c.n_heads as u32,
+                        c.n_kv_heads as u32,
+                        c.head_dim as u32,
+                        n_pairs,
+                        neox,
+                        cache_rows as u32,
+                        c.norm_eps.to_bits(),
+                    ],
                 );
                 let group = bind_group(
                     &device,
@@ -461,13 +531,15 @@ impl GpuEngine {
                     &[
                         entry(0, whole(&dims)),
                         entry(1, whole(&step)),
-                        entry(2, whole(&inv_freq)),
+                        entry(2, whole(layer_inv_freq)),
                         entry(3, whole(&qkv)),
                         entry(4, whole(&q)),
                         entry(5, whole(&k_cache)),
                         entry(6, whole(&v_cache)),
-                        // Without biases the shader never reads it; any buffer fills the slot.
+                        // Without biases or norms the shader never reads them; any buffer fills
+                        // the slot.
                         entry(7, whole(qkv_bias.as_ref().unwrap_or(&b.no_norm))),
+                        entry(8, whole(qk_norm.as_ref().unwrap_or(&b.no_norm))),
                     ],
                 );
                 b.scratch.push(dims);
@@ -475,6 +547,12 @@ impl GpuEngine {
                 layers.push(Dispatch::single(rope_store.clone(), group, Box::new(move |n| (words, n, 1))));
             }
             {
+                // The split suits how many positions a query sees (a window's, or the cache's).
+                let visible = window.unwrap_or(capacity).min(capacity);
+                let attention = attention_pipelines
+                    .entry(visible)
+                    .or_insert_with(|| b.kernels.attention(kv_f16, visible, c.head_dim))
+                    .clone();
                 let scale = 1.0 / (c.head_dim as f32).sqrt();
                 let dims = uniform(
                     &device,
@@ -503,35 +581,45 @@ impl GpuEngine {
                     ],
                 );
                 b.scratch.push(dims);
-                let grid = Box::new(b.kernels.attention_grid(capacity, c.n_heads as u32));
-                layers.push(Dispatch::single(attention.clone(), group, grid));
+                let grid = Box::new(b.kernels.attention_grid(visible, c.head_dim, c.n_heads as u32));
+                layers.push(Dispatch::single(attention, group, grid));
             }
-            let residual = Fuse { accumulate: true, ..Default::default() };
+            // The output products add into the residual stream, or (with post-norms) write `proj`,
+            // whose norm a pass of its own adds.
+            let residual = Fuse { accumulate: post_norms.is_none(), ..Default::default() };
+            let proj_out = if post_norms.is_some() { &proj } else { &x };
             layers.extend(b.product(Product {
                 pieces: &wo,
                 input: &attn,
-                output: &x,
+                output: proj_out,
                 out_stride: h,
                 step: &step,
                 fuse: residual,
             })?);
+            if let Some([post_attn, _]) = &post_norms {
+                layers.push(b.norm_add_pass(&proj, post_attn, &x, &step));
+            }
             layers.extend(b.product(Product {
                 pieces: &wgu,
                 input: &x,
                 output: &ffn,
                 out_stride: f,
                 step: &step,
-                fuse: Fuse { norm: Some(&ffn_norm), activation: Activation::Silu, gated: true, accumulate: false },
+                fuse: Fuse { norm: Some(&ffn_norm), activation: ffn_activation, gated: true, accumulate: false },
             })?);
             layers.extend(b.product(Product {
                 pieces: &wdown,
                 input: &ffn,
-                output: &x,
+                output: proj_out,
                 out_stride: h,
                 step: &step,
                 fuse: residual,
             })?);
+            if let Some([_, post_ffw]) = &post_norms {
+                layers.push(b.norm_add_pass(&proj, post_ffw, &x, &step));
+            }
             b.scratch.extend([k_cache, v_cache, attn_norm, ffn_norm]);
+            b.scratch.extend(qkv_bias.into_iter().chain(qk_norm).chain(post_norms.into_iter().flatten()));
             weights.extend(wqkv.into_iter().chain(wo).chain(wgu).chain(wdown));
         }
 
@@ -559,7 +647,8 @@ impl GpuEngine {
 
         let mut scratch = b.scratch;
         scratch.extend([b.normed, b.no_norm]);
-        scratch.extend([one_token, qkv, q, attn, ffn, scores, inv_freq, out_norm]);
+        scratch.extend([one_token, qkv, q, attn, ffn, proj, scores, inv_freq, out_norm]);
+        scratch.extend(local_inv_freq);
         weights.extend(embd);
         weights.extend(head.into_iter().flatten());
         let uploads = b.uploads;

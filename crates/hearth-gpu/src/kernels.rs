@@ -28,9 +28,11 @@ const NORM: &str = include_str!("../../../shaders/norm.wgsl");
 pub const WORKGROUP: u32 = 64;
 /// Largest dispatch size along one grid dimension (WebGPU's guaranteed minimum).
 pub const MAX_GRID: u32 = 65535;
-/// Longest KV cache the row-per-invocation attention serves on software adapters; longer ones get
-/// the cooperative kernel (attention.wgsl explains: lavapipe's loop limiter).
-pub const ROWS_ATTENTION_MAX_CONTEXT: usize = 1600;
+/// Most loop iterations one invocation of the row-per-invocation attention may run on software
+/// adapters (about `head_dim / 2 + 2` per visible position); longer attention gets the cooperative
+/// kernel. attention.wgsl explains: lavapipe's loop limiter stops an invocation at 65,535. This
+/// keeps SmolLM2 (head_dim 64) on the row split up to 1,617 positions, Gemma 3 (256) up to 423.
+pub const ROWS_ATTENTION_MAX_ITERATIONS: usize = 55_000;
 /// Tokens one prefill matvec workgroup takes (decode takes 1): `const TB` in matvec.wgsl.
 pub const PREFILL_BLOCK: u32 = 8;
 
@@ -138,32 +140,44 @@ impl Kernels {
         self.pipeline(&self.embed_module, &format!("embed_{}", dtype.name()), &[])
     }
 
-    pub fn rope_store(&self, kv_f16: bool, qkv_bias: bool) -> wgpu::ComputePipeline {
+    pub fn rope_store(&self, kv_f16: bool, qkv_bias: bool, qk_norm: bool) -> wgpu::ComputePipeline {
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
-        self.pipeline(&self.rope_module, "rope_store", &[("KV_F16", flag(kv_f16)), ("QKV_BIAS", flag(qkv_bias))])
+        let constants = [("KV_F16", flag(kv_f16)), ("QKV_BIAS", flag(qkv_bias)), ("QK_NORM", flag(qk_norm))];
+        self.pipeline(&self.rope_module, "rope_store", &constants)
     }
 
-    /// Whether attention over a cache of `context` positions runs one invocation per (head, token)
-    /// (else one workgroup).
-    pub fn attention_uses_rows(&self, context: usize) -> bool {
-        self.software && context <= ROWS_ATTENTION_MAX_CONTEXT
+    /// Whether attention over at most `visible` positions (the cache, or the window) with heads of
+    /// `head_dim` runs one invocation per (head, token) (else one workgroup).
+    pub fn attention_uses_rows(&self, visible: usize, head_dim: usize) -> bool {
+        self.software && visible * (head_dim / 2 + 2) <= ROWS_ATTENTION_MAX_ITERATIONS
     }
 
     /// The grid of attention over `n_heads` heads as a function of the step's token count, for
-    /// the split `attention` chooses for `context`.
-    pub fn attention_grid(&self, context: usize, n_heads: u32) -> impl Fn(u32) -> (u32, u32, u32) + 'static {
-        let rows = self.attention_uses_rows(context);
+    /// the split `attention` chooses for `visible` and `head_dim`.
+    pub fn attention_grid(
+        &self,
+        visible: usize,
+        head_dim: usize,
+        n_heads: u32,
+    ) -> impl Fn(u32) -> (u32, u32, u32) + 'static {
+        let rows = self.attention_uses_rows(visible, head_dim);
         move |n| if rows { ((n_heads * n).div_ceil(WORKGROUP), 1, 1) } else { (n_heads, n, 1) }
     }
 
-    pub fn attention(&self, kv_f16: bool, context: usize) -> wgpu::ComputePipeline {
-        let entry = if self.attention_uses_rows(context) { "attention_rows" } else { "attention" };
+    pub fn attention(&self, kv_f16: bool, visible: usize, head_dim: usize) -> wgpu::ComputePipeline {
+        let entry = if self.attention_uses_rows(visible, head_dim) { "attention_rows" } else { "attention" };
         self.pipeline(&self.attention_module, entry, &[("KV_F16", if kv_f16 { 1.0 } else { 0.0 })])
     }
 
     /// A stand-alone RMSNorm, one invocation per token (software adapters; GPUs fuse the norm).
     pub fn rms_norm(&self) -> wgpu::ComputePipeline {
         self.pipeline(&self.norm_module, "rms_norm", &[])
+    }
+
+    /// `out += rms_norm(x) * weight`, one invocation per token (Gemma's post-attention and
+    /// post-feed-forward norms, which fuse into no product: their input is a product's output).
+    pub fn rms_norm_add(&self) -> wgpu::ComputePipeline {
+        self.pipeline(&self.norm_module, "rms_norm_add", &[])
     }
 
     /// LayerNorm with weight and bias, one invocation per token (for GPT-2 / BLOOM style models).

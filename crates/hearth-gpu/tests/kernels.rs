@@ -231,9 +231,10 @@ fn check_matvec(
 }
 
 /// embed.wgsl for every encoding, from a table split into row pieces (a small binding limit forced)
-/// as the engine splits vocabularies too large for one binding. Tolerance: a decoded value is
-/// `q·scale + min` in f32 on both sides; a fused multiply-add may round once instead of twice, so
-/// they differ by at most one ulp of the larger term.
+/// as the engine splits vocabularies too large for one binding, times an embedding scale (Gemma's
+/// sqrt(640)). Tolerance: a decoded value is `q·scale + min` in f32 on both sides, then one product;
+/// a fused multiply-add may round once instead of twice, so they differ by a few ulps of the
+/// larger term.
 #[test]
 fn embedding_gather_matches_the_cpu_for_every_encoding_and_split_tables() {
     let Some(mut ctx) = context() else { return };
@@ -254,7 +255,11 @@ fn embedding_gather_matches_the_cpu_for_every_encoding_and_split_tables() {
             let tb = storage_init(&ctx.device, "tokens", &tokens);
             let out = storage(&ctx.device, "out", tokens.len() * hidden);
             for piece in &pieces {
-                let dims = uniform(&ctx.device, "dims", &[hidden as u32, piece.first_row, piece.rows, piece.group]);
+                let dims = uniform(
+                    &ctx.device,
+                    "dims",
+                    &[hidden as u32, piece.first_row, piece.rows, piece.group, EMBED_SCALE.to_bits()],
+                );
                 let mut entries = vec![entry(0, whole(&dims)), entry(1, whole(&tb)), entry(2, whole(&out))];
                 entries.extend(piece.weight_entries(3));
                 let grid = ((hidden as u32).div_ceil(WORKGROUP), tokens.len() as u32, 1);
@@ -263,10 +268,10 @@ fn embedding_gather_matches_the_cpu_for_every_encoding_and_split_tables() {
             let got: Vec<f32> = read_back(&ctx, &out, 0, tokens.len() * hidden).unwrap();
             for (t, &id) in tokens.iter().enumerate() {
                 for i in 0..hidden {
-                    let want = dense[id as usize * hidden + i];
+                    let want = dense[id as usize * hidden + i] * EMBED_SCALE;
                     let have = got[t * hidden + i];
                     assert!(
-                        (have - want).abs() <= 2.0 * f32::EPSILON * want.abs().max(1.0),
+                        (have - want).abs() <= 3.0 * f32::EPSILON * want.abs().max(EMBED_SCALE),
                         "{dtype:?}/{group}, limit {limit}: token {id} value {i}: GPU {have}, CPU {want}"
                     );
                 }
@@ -274,6 +279,8 @@ fn embedding_gather_matches_the_cpu_for_every_encoding_and_split_tables() {
         }
     }
 }
+
+const EMBED_SCALE: f32 = 25.298_221;
 
 fn config(n_heads: usize, n_kv_heads: usize, head_dim: usize, rope_dim: usize, style: RopeStyle) -> ModelConfig {
     ModelConfig {
@@ -289,12 +296,15 @@ fn config(n_heads: usize, n_kv_heads: usize, head_dim: usize, rope_dim: usize, s
         norm_eps: 1e-5,
         activation: ModelActivation::Silu,
         position: PositionKind::Rope,
-        rope: Some(RopeConfig { base: 10000.0, dim: rope_dim, style, scaling: None }),
+        rope: Some(RopeConfig { base: 10000.0, dim: rope_dim, style, scaling: None, local_base: None }),
         alibi: None,
         sliding_window: None,
         sliding_window_pattern: None,
         tied_embeddings: true,
         qkv_bias: false,
+        qk_norm: false,
+        post_norms: false,
+        embedding_scale: None,
     }
 }
 
@@ -330,7 +340,8 @@ fn cache_values(words: &[u32], f16: bool) -> Vec<f32> {
 }
 
 /// rope.wgsl: both pairings, full and partial rotary dimensions, f32 and f16 caches, with and
-/// without a Q/K/V bias (added before the rotation, as Qwen2 does), five tokens
+/// without a Q/K/V bias (added before the rotation, as Qwen2 does) and with and without per-head
+/// RMSNorm of queries and keys (after the bias, before the rotation, as Gemma 3), five tokens
 /// at positions 637..642 (angles of hundreds of radians) of a cache of 650 rows (written at their
 /// rows, nothing else touched).
 /// Tolerance: WGSL promises sin/cos to 2^-11 absolute on [-π, π] (the kernel reduces angles there),
@@ -345,12 +356,32 @@ fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
     let kernels = Kernels::new(&ctx.device, true);
     for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
         for rope_dim in [hd, 24] {
-            for (f16, with_bias) in [(false, false), (true, false), (false, true), (true, true)] {
+            for (f16, with_bias, with_norm) in [
+                (false, false, false),
+                (true, false, false),
+                (false, true, false),
+                (true, true, false),
+                (false, true, true),
+                (true, false, true),
+            ] {
                 let qkv = random(n * row, 7);
                 let bias = random(row, 9);
-                // What the kernel must rotate and store: the product plus its bias.
-                let biased: Vec<f32> =
+                let norm_weights: Vec<f32> = random(2 * hd, 10).iter().map(|v| 1.0 + 0.5 * v).collect();
+                let eps = 1e-6f32;
+                // What the kernel must rotate and store: the product plus its bias, each query and
+                // key head normalized.
+                let mut biased: Vec<f32> =
                     qkv.iter().enumerate().map(|(i, x)| if with_bias { x + bias[i % row] } else { *x }).collect();
+                if with_norm {
+                    for token in biased.chunks_mut(row) {
+                        for (j, head) in token[..qd + kvd].chunks_mut(hd).enumerate() {
+                            let w = &norm_weights[if j < n_heads { 0 } else { hd }..][..hd];
+                            let mut normed = vec![0f32; hd];
+                            rms_norm(head, w, eps, hd, &mut normed);
+                            head.copy_from_slice(&normed);
+                        }
+                    }
+                }
                 let inv_freq = hearth_core::cpu::rope_inv_freq(10000.0, rope_dim, None, None);
                 let sentinel = random(capacity * kvd, 8);
                 let k_init = cache_words(&sentinel, f16);
@@ -364,6 +395,7 @@ fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
                         (rope_dim / 2) as u32,
                         u32::from(style == RopeStyle::Neox),
                         capacity as u32,
+                        eps.to_bits(),
                     ],
                 );
                 let step = uniform(&ctx.device, "step", &[start as u32, n as u32]);
@@ -373,6 +405,7 @@ fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
                 let k_b = storage_init(&ctx.device, "k cache", &k_init);
                 let v_b = storage_init(&ctx.device, "v cache", &k_init);
                 let bias_b = storage_init(&ctx.device, "qkv bias", &bias);
+                let norm_b = storage_init(&ctx.device, "qk norm", &norm_weights);
                 let entries = [
                     entry(0, whole(&dims)),
                     entry(1, whole(&step)),
@@ -382,10 +415,11 @@ fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
                     entry(5, whole(&k_b)),
                     entry(6, whole(&v_b)),
                     entry(7, whole(&bias_b)),
+                    entry(8, whole(&norm_b)),
                 ];
                 dispatch_once(
                     &ctx,
-                    &kernels.rope_store(f16, with_bias),
+                    &kernels.rope_store(f16, with_bias, with_norm),
                     &entries,
                     ((row as u32 / 2).div_ceil(WORKGROUP), n as u32, 1),
                 );
@@ -394,7 +428,8 @@ fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
                 let v = cache_values(&read_back::<u32>(&ctx, &v_b, 0, k_init.len()).unwrap(), f16);
                 let untouched = cache_values(&k_init, f16);
 
-                let label = format!("{style:?}, rope dim {rope_dim}, f16 cache {f16}, bias {with_bias}");
+                let label =
+                    format!("{style:?}, rope dim {rope_dim}, f16 cache {f16}, bias {with_bias}, norm {with_norm}");
                 for t in 0..n {
                     let pos = start + t;
                     let mut want = biased[t * row..(t + 1) * row].to_vec();
@@ -450,6 +485,10 @@ fn attention_matches_the_cpu_in_both_splits_and_caches() {
         ((6, 2, 40, 2000, 1990, 5), None),
         ((6, 2, 40, 50, 29, 7), Some(8)),
         ((9, 3, 64, 1600, 1536, 64), Some(100)),
+        // Gemma 3's heads of 256: past 423 visible positions the row split would hit lavapipe's
+        // loop limiter, so software adapters take the cooperative kernel here too.
+        ((4, 1, 256, 600, 590, 6), None),
+        ((4, 1, 256, 600, 590, 6), Some(512)),
     ] {
         for software in [true, false] {
             ctx.software = software;
@@ -510,8 +549,9 @@ fn check_attention(
         entry(5, whole(&scores)),
         entry(6, whole(&out)),
     ];
-    let grid = kernels.attention_grid(capacity, n_heads as u32)(n as u32);
-    dispatch_once(ctx, &kernels.attention(f16, capacity), &entries, grid);
+    let visible = window.unwrap_or(capacity).min(capacity);
+    let grid = kernels.attention_grid(visible, hd, n_heads as u32)(n as u32);
+    dispatch_once(ctx, &kernels.attention(f16, visible, hd), &entries, grid);
     let got: Vec<f32> = read_back(ctx, &out, 0, n * qd).unwrap();
     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(
@@ -596,6 +636,34 @@ fn norms_match_their_references() {
     rms_norm(&x, &weight, eps, h, &mut want);
     for (i, (a, b)) in got.iter().zip(&want).enumerate() {
         assert!((a - b).abs() <= 4.0 * f32::EPSILON * b.abs() + 1e-7, "rms_norm value {i}: GPU {a}, CPU {b}");
+    }
+
+    // rms_norm_add adds into what `out` holds: zero here, so it must equal rms_norm; and run twice
+    // into the same buffer, twice that.
+    let add_twice = {
+        let dims = uniform(&ctx.device, "dims", &[h as u32, eps.to_bits()]);
+        let step = uniform(&ctx.device, "step", &[0, n as u32]);
+        let xb = storage_init(&ctx.device, "x", &x);
+        let wb = storage_init(&ctx.device, "weight", &weight);
+        let residual: Vec<f32> = random(n * h, 34);
+        let out = storage_init(&ctx.device, "out", &residual);
+        let entries = [
+            entry(0, whole(&dims)),
+            entry(1, whole(&step)),
+            entry(2, whole(&xb)),
+            entry(3, whole(&wb)),
+            entry(4, whole(&out)),
+        ];
+        dispatch_once(&ctx, &kernels.rms_norm_add(), &entries, (1, 1, 1));
+        dispatch_once(&ctx, &kernels.rms_norm_add(), &entries, (1, 1, 1));
+        let got: Vec<f32> = read_back(&ctx, &out, 0, n * h).unwrap();
+        got.iter().zip(&residual).map(|(g, r)| g - r).collect::<Vec<f32>>()
+    };
+    for (i, (a, b)) in add_twice.iter().zip(&want).enumerate() {
+        assert!(
+            (a - 2.0 * b).abs() <= 16.0 * f32::EPSILON * b.abs() + 1e-6,
+            "rms_norm_add value {i}: GPU {a}, CPU 2 x {b}"
+        );
     }
 
     let got = run(&kernels.layer_norm(), true);

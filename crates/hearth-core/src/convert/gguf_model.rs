@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::{encode_f32, tokenizer_from_gguf, ConvertOptions, QuantChoice};
 use crate::error::{HearthError, Result};
-use crate::ggml_quants::{dequantize, q4_from_ggml, q8_from_ggml};
+use crate::ggml_quants::{dequantize, q4_from_ggml, q8_from_ggml, q8_from_q5_0};
 use crate::gguf::{GgmlType, GgufFile, GgufTensorInfo};
 use crate::manifest::{
     Activation, Manifest, ModelConfig, NormKind, PositionKind, RopeConfig, RopeScaling, RopeStyle, SourceInfo,
@@ -58,13 +58,15 @@ pub(super) fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result
 }
 
 fn model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
-    // Llama-family decoders that differ only in what the config below records. llama.cpp's converter
-    // permutes Llama's Q/K rows so rotated pairs are adjacent; Qwen2's it leaves in NeoX order.
+    // Pre-norm RoPE decoders that differ only in what the config below records. llama.cpp's
+    // converter permutes Llama's Q/K rows so rotated pairs are adjacent; Qwen2's and Gemma's it
+    // leaves in NeoX order.
     let style = match arch {
         "llama" => RopeStyle::Interleaved,
-        "qwen2" => RopeStyle::Neox,
+        "qwen2" | "gemma3" => RopeStyle::Neox,
         _ => return Err(HearthError::UnsupportedArchitecture(arch.to_string())),
     };
+    let gemma = arch == "gemma3";
     let key = |k: &str| format!("{arch}.{k}");
     let hidden = gguf.require_u64(&key("embedding_length"))? as usize;
     let n_heads = gguf.require_u64(&key("attention.head_count"))? as usize;
@@ -87,6 +89,7 @@ fn model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
             ));
         }
     };
+    let window = gguf.get_u64(&key("attention.sliding_window")).filter(|&w| w > 0).map(|w| w as usize);
     Ok(ModelConfig {
         n_layers: gguf.require_u64(&key("block_count"))? as usize,
         hidden_size: hidden,
@@ -98,21 +101,33 @@ fn model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
         context_length: gguf.get_u64(&key("context_length")).map_or(2048, |v| v as usize),
         norm: NormKind::Rms,
         norm_eps: gguf.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32,
-        activation: Activation::Silu,
+        // Gemma's GeGLU; llama.cpp's ggml_gelu is the tanh approximation.
+        activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
         position: PositionKind::Rope,
         rope: Some(RopeConfig {
             base: gguf.get_f64(&key("rope.freq_base")).unwrap_or(10_000.0) as f32,
             dim: gguf.get_u64(&key("rope.dimension_count")).map_or(head_dim, |v| v as usize),
             style,
             scaling,
+            // Gemma 3's local layers: llama.cpp uses 10 000 unless the file says otherwise.
+            local_base: gemma.then(|| gguf.get_f64(&key("rope.freq_base_swa")).unwrap_or(10_000.0) as f32),
         }),
         alibi: None,
-        // Every layer windowed (Mistral style). llama.cpp itself reads no window for these
-        // architectures; Hearth honours one when the file has it.
-        sliding_window: gguf.get_u64(&key("attention.sliding_window")).filter(|&w| w > 0).map(|w| w as usize),
-        sliding_window_pattern: None,
+        // Llama/Qwen2/Mistral: every layer windowed (llama.cpp itself reads no window for these
+        // architectures; Hearth honours one when the file has it). Gemma 3: five local layers to
+        // one global unless the file gives another pattern (llama.cpp's default).
+        sliding_window: window,
+        sliding_window_pattern: if gemma && window.is_some() {
+            Some(gguf.get_u64(&key("attention.sliding_window_pattern")).map_or(6, |v| v as usize))
+        } else {
+            None
+        },
         tied_embeddings: gguf.tensor("output.weight").is_none(),
         qkv_bias: gguf.tensor("blk.0.attn_q.bias").is_some(),
+        qk_norm: gguf.tensor("blk.0.attn_q_norm.weight").is_some(),
+        post_norms: gguf.tensor("blk.0.post_attention_norm.weight").is_some(),
+        // llama.cpp scales by sqrtf(n_embd) in f32.
+        embedding_scale: gemma.then(|| (hidden as f32).sqrt()),
     })
 }
 
@@ -147,14 +162,16 @@ fn convert_tensor(gguf: &GgufFile, info: &GgufTensorInfo, opts: &ConvertOptions)
             return q4_from_ggml(ty, &bytes, shape, &info.name);
         }
         (QuantChoice::Keep | QuantChoice::Q8, GgmlType::Q8_0, true) => return Ok(q8_from_ggml(&bytes, shape)),
+        (QuantChoice::Keep | QuantChoice::Q8, GgmlType::Q5_0, true) => return Ok(q8_from_q5_0(&bytes, shape)),
         _ => {}
     }
     let values = dequantize(ty, &bytes, &info.name)?;
     let dtype = match (opts.quant, ty) {
         (QuantChoice::Keep, GgmlType::F32 | GgmlType::BF16) => DType::F32,
         (QuantChoice::Keep, GgmlType::F16) => DType::F16,
-        (QuantChoice::Keep | QuantChoice::Q4, _) => DType::Q4,
-        (QuantChoice::Q8, _) => DType::Q8,
+        // Block formats without a lossless Hearth twin (K-quants, Q5_1): the closer of the two.
+        (QuantChoice::Keep | QuantChoice::Q8, _) => DType::Q8,
+        (QuantChoice::Q4, _) => DType::Q4,
         (QuantChoice::F16, _) => DType::F16,
     };
     encode_f32(&info.name, shape, &values, dtype, opts.group)

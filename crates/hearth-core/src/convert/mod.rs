@@ -19,7 +19,8 @@ pub use gguf_tokenizer::{tokenizer_from_gguf, GgufTokenizer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuantChoice {
     /// Keep the source encoding where Hearth has a lossless equivalent (F32, F16, BF16 as f32,
-    /// Q4_0/Q4_1 as q4, Q8_0 as q8); requantize other GGUF block types to q4.
+    /// Q4_0/Q4_1 as q4, Q8_0 and Q5_0 as q8); requantize other GGUF block types (K-quants, Q5_1)
+    /// to q8, the closer of Hearth's two.
     Keep,
     Q4,
     Q8,

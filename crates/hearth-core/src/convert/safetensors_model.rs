@@ -204,12 +204,16 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, ModelConfig)> 
             dim: head_dim,
             style: RopeStyle::Neox,
             scaling,
+            local_base: None,
         }),
         alibi: None,
         sliding_window: hf.get("sliding_window").and_then(Value::as_u64).filter(|&w| w > 0).map(|w| w as usize),
         sliding_window_pattern: None,
         tied_embeddings: hf.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
         qkv_bias: false, // set from the tensors present
+        qk_norm: false,
+        post_norms: false,
+        embedding_scale: None,
     };
     Ok((architecture, config))
 }

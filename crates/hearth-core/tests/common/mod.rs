@@ -50,3 +50,17 @@ pub fn smollm2_package() -> PathBuf {
     .1
     .clone()
 }
+
+/// Gemma 3 270M converted with default options (`keep`: Q8_0 and Q5_0 re-packed losslessly into q8,
+/// the K-quants requantized to q8), once per test binary.
+pub fn gemma3_package() -> PathBuf {
+    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let out = tmp.path().join("gemma3");
+        convert(&gemma3_gguf(), &out, &ConvertOptions::default()).expect("convert Gemma 3");
+        (tmp, out)
+    })
+    .1
+    .clone()
+}
