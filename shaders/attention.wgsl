@@ -27,6 +27,8 @@ struct Dims {
     cache_rows: u32,
     // Keys a query sees, its own included; 0: all earlier positions.
     window: u32,
+    // ALiBi's maximum bias (BLOOM: 8); 0: no ALiBi.
+    alibi_max_bias: f32,
 }
 
 struct Step {
@@ -110,6 +112,23 @@ struct Query {
     // Its position: it sees keys first..=pos.
     pos: u32,
     first: u32,
+    // ALiBi: what each position of distance costs this head's scores (0 without ALiBi).
+    slope: f32,
+}
+
+// ALiBi's slope of `head`, as llama.cpp computes it: for n the largest power of two not above the
+// head count, heads below n get 2^(-max_bias (h + 1) / n), the others the odd steps between them,
+// 2^(-max_bias (2 (h - n) + 1) / (2 n)). Exponents of exact binary fractions, so exp2 is exact
+// where the result is.
+fn alibi_slope(head: u32) -> f32 {
+    if (dims.alibi_max_bias == 0.0) {
+        return 0.0;
+    }
+    let n = 1u << firstLeadingBit(dims.n_heads);
+    if (head < n) {
+        return exp2(-dims.alibi_max_bias * f32(head + 1u) / f32(n));
+    }
+    return exp2(-dims.alibi_max_bias * f32(2u * (head - n) + 1u) / f32(2u * n));
 }
 
 fn query_of(head: u32, t: u32) -> Query {
@@ -121,7 +140,7 @@ fn query_of(head: u32, t: u32) -> Query {
     if (dims.window > 0u && pos + 1u > dims.window) {
         first = pos + 1u - dims.window;
     }
-    return Query(row * hd, row * dims.context, kvh * hd, dims.n_kv_heads * hd, pos, first);
+    return Query(row * hd, row * dims.context, kvh * hd, dims.n_kv_heads * hd, pos, first, alibi_slope(head));
 }
 
 // The three passes over positions a.first + lane, a.first + lane + stride, ... (or dimensions, for
@@ -131,7 +150,7 @@ fn query_of(head: u32, t: u32) -> Query {
 fn write_scores(a: Query, lane: u32, stride: u32) -> f32 {
     var local_max = -3.4e38;
     for (var p = a.first + lane; p <= a.pos; p = p + stride) {
-        let s = score(a.q_base, cache_row(a.kv_dim, p) + a.kv_offset);
+        let s = score(a.q_base, cache_row(a.kv_dim, p) + a.kv_offset) - a.slope * f32(a.pos - p);
         scores[a.s_base + p] = s;
         local_max = max(local_max, s);
     }

@@ -1,5 +1,6 @@
 // out[t] = row tokens[t] of the embedding table, decoded to f32, times `scale` (1, or Gemma's
-// sqrt(hidden)). One invocation per value.
+// sqrt(hidden)). One invocation per value. With POSITIONS the table is a learned position table
+// (GPT-2): row step.start + t is added to out[t] instead.
 // A table too large for one storage binding is split into row ranges, one dispatch each: each
 // writes the tokens that fall in its rows.
 
@@ -18,11 +19,37 @@ struct Dims {
 @group(0) @binding(3) var<storage, read> codes: array<u32>;
 @group(0) @binding(4) var<storage, read> scales: array<u32>;
 @group(0) @binding(5) var<storage, read> mins: array<u32>;
+@group(0) @binding(6) var<uniform> step: Step;
+
+struct Step {
+    start: u32,
+    n_tokens: u32,
+}
+
+override POSITIONS: bool = false;
+
+// The table row token t reads: its token id, or its position.
+fn row_of(t: u32) -> u32 {
+    if (POSITIONS) {
+        return step.start + t;
+    }
+    return tokens[t];
+}
+
+// Write value i of token t.
+fn emit(t: u32, i: u32, v: f32) {
+    let at = t * dims.hidden + i;
+    if (POSITIONS) {
+        out[at] = out[at] + v;
+    } else {
+        out[at] = v * dims.scale;
+    }
+}
 
 // Index of value i of token t's row within this piece of the table; 0xffffffff when the token is
 // not in this piece.
 fn value_index(t: u32, i: u32) -> u32 {
-    let token = tokens[t];
+    let token = row_of(t);
     if (i >= dims.hidden || token < dims.first_row || token >= dims.first_row + dims.rows) {
         return 0xffffffffu;
     }
@@ -43,7 +70,7 @@ fn embed_q8(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let q = bitcast<i32>(codes[k / 4u] << (24u - 8u * (k % 4u))) >> 24u;
-    out[t * dims.hidden + i] = (f32(q) * half_of(scales[k / 64u], k / 32u)) * dims.scale;
+    emit(t, i, f32(q) * half_of(scales[k / 64u], k / 32u));
 }
 
 @compute @workgroup_size(64)
@@ -56,7 +83,7 @@ fn embed_q4(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let q = f32((codes[k / 8u] >> (4u * (k % 8u))) & 15u);
     let g = k / dims.group;
-    out[t * dims.hidden + i] = (q * half_of(scales[g / 2u], g) + half_of(mins[g / 2u], g)) * dims.scale;
+    emit(t, i, q * half_of(scales[g / 2u], g) + half_of(mins[g / 2u], g));
 }
 
 @compute @workgroup_size(64)
@@ -67,7 +94,7 @@ fn embed_f16(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (k == 0xffffffffu) {
         return;
     }
-    out[t * dims.hidden + i] = half_of(codes[k / 2u], k) * dims.scale;
+    emit(t, i, half_of(codes[k / 2u], k));
 }
 
 @compute @workgroup_size(64)
@@ -78,5 +105,5 @@ fn embed_f32(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (k == 0xffffffffu) {
         return;
     }
-    out[t * dims.hidden + i] = bitcast<f32>(codes[k]) * dims.scale;
+    emit(t, i, bitcast<f32>(codes[k]));
 }

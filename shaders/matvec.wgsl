@@ -17,6 +17,8 @@
 // - ACT: an activation on the result: 0 none, 1 SiLU, 2 GELU (tanh approximation);
 // - GATED: W holds the gate rows, then the up rows `up_offset` further; y = act(gate·x) * (up·x)
 //   (SwiGLU with SiLU, GeGLU with GELU);
+// - BIAS: y = W·x + b before the activation (BLOOM and GPT-2 put biases on every product); b holds
+//   a value per output row of the whole matrix (a split matrix's pieces index it at row_offset);
 // - ACCUMULATE: y += W·x (the residual add).
 //
 // One entry point per weight encoding (see docs/FORMAT.md); each uses only the weight bindings it
@@ -49,11 +51,13 @@ struct Step {
 @group(0) @binding(5) var<storage, read> scales: array<u32>;
 @group(0) @binding(6) var<storage, read> mins: array<u32>;
 @group(0) @binding(7) var<storage, read> norm_weight: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> bias: array<f32>;
 
 override NORM: bool = false;
 override ACT: u32 = 0u;
 override GATED: bool = false;
 override ACCUMULATE: bool = false;
+override BIAS: bool = false;
 
 // Tokens per workgroup (cooperative split) or per invocation (row split).
 const TB: u32 = 8u;
@@ -192,6 +196,9 @@ fn finish(row: u32, t: u32, gate: f32, up: f32, squares: f32) {
         r = 1.0 / sqrt(squares / f32(dims.cols) + dims.eps);
     }
     var v = gate * r;
+    if (BIAS) {
+        v = v + bias[dims.row_offset + row];
+    }
     if (ACT == 1u) {
         v = v / (1.0 + exp(-v));
     } else if (ACT == 2u) {

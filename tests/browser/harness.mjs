@@ -70,8 +70,9 @@ const nativeRuns = new Map();
  * `hearth generate --backend gpu --json` natively (lavapipe here): what the browser must match.
  * Greedy, so deterministic: each distinct call runs once per test process.
  */
-export function nativeGenerate({ model = SMOLLM2, prompt, chat = false, system, maxTokens }) {
+export function nativeGenerate({ model = SMOLLM2, prompt, chat = false, system, maxTokens, kvCache }) {
   const args = ["generate", "--model", model, "--backend", "gpu", "--json", "--max-tokens", String(maxTokens), "--prompt", prompt];
+  if (kvCache) args.push("--kv-cache", kvCache);
   if (chat) args.push("--chat");
   if (system !== undefined) args.push("--system", system);
   const key = JSON.stringify(args);

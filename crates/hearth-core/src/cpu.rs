@@ -1,20 +1,29 @@
-//! The CPU reference engine: a plain f32 forward pass of the pre-norm RoPE decoders (Llama, Qwen2,
-//! Mistral, Gemma 3), written to be read top to bottom. It is the oracle every GPU kernel is tested against, and the fallback where no GPU is.
-//! Weights stay in their package encoding and are decoded one row at a time.
+//! The CPU reference engine: a plain f32 forward pass of every supported decoder (Llama, Qwen2,
+//! Mistral, Gemma 3, BLOOM, GPT-2), written to be read top to bottom. It is the oracle every GPU
+//! kernel is tested against, and the fallback where no GPU is. Weights stay in their package
+//! encoding and are decoded one row at a time.
 
 use std::collections::HashMap;
 
 use crate::error::{HearthError, Result};
-use crate::manifest::{Activation, ModelConfig, NormKind, PositionKind, RopeScaling, RopeStyle, ARCHITECTURES};
+use crate::manifest::{
+    Activation, FfnKind, ModelConfig, NormKind, PositionKind, RopeScaling, RopeStyle, ARCHITECTURES,
+};
 use crate::package::{Package, TensorSource};
 use crate::quant::{Tensor, TensorData};
 
+/// A norm's weight, and its bias for LayerNorm.
+struct Norm {
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
 struct Layer {
-    attn_norm: Vec<f32>,
+    attn_norm: Norm,
     wq: Tensor,
     wk: Tensor,
     wv: Tensor,
-    /// Biases of Q, K and V (Qwen2), or `None`.
+    /// Biases of Q, K and V (Qwen2, BLOOM, GPT-2), or `None`.
     qkv_bias: Option<[Vec<f32>; 3]>,
     /// Per-head RMSNorm weights of queries and keys (Gemma 3), or `None`.
     qk_norm: Option<[Vec<f32>; 2]>,
@@ -22,10 +31,13 @@ struct Layer {
     /// RMSNorm weights applied to the attention and feed-forward outputs before their residual
     /// adds (Gemma 3), or `None`.
     post_norms: Option<[Vec<f32>; 2]>,
-    ffn_norm: Vec<f32>,
-    w_gate: Tensor,
+    ffn_norm: Norm,
+    /// `None` for a plain (ungated) feed-forward.
+    w_gate: Option<Tensor>,
     w_up: Tensor,
     w_down: Tensor,
+    /// Biases of the output projection, up and down products (BLOOM, GPT-2), or `None`.
+    linear_bias: Option<[Vec<f32>; 3]>,
 }
 
 /// One layer's keys and values, `[row][kv_dim]` flattened, position p in row `p % rows`. A
@@ -63,11 +75,15 @@ struct KvCache {
 pub struct CpuEngine {
     config: ModelConfig,
     embed: Tensor,
+    /// Learned absolute positions (GPT-2): row p is added to the embedding at position p.
+    positions: Option<Tensor>,
+    /// The norm of the embeddings (BLOOM).
+    embed_norm: Option<Norm>,
     layers: Vec<Layer>,
-    output_norm: Vec<f32>,
+    output_norm: Norm,
     /// `None` when the output head shares the embedding matrix.
     output: Option<Tensor>,
-    /// Rotation frequency of each rotated pair, scaling applied.
+    /// Rotation frequency of each rotated pair, scaling applied (empty without RoPE).
     inv_freq: Vec<f32>,
     /// The sliding-window layers' frequencies when their base differs (Gemma 3).
     inv_freq_local: Option<Vec<f32>>,
@@ -97,11 +113,6 @@ impl CpuEngine {
     pub fn new(config: ModelConfig, mut tensors: HashMap<String, Tensor>) -> Result<Self> {
         let c = &config;
         c.validate().map_err(|e| HearthError::bad_package("model", e))?;
-        if c.position != PositionKind::Rope || c.norm != NormKind::Rms {
-            return Err(HearthError::InvalidArgument(
-                "the CPU engine runs RoPE + RMSNorm (Llama-family) models only so far".into(),
-            ));
-        }
         let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
             let t = tensors
                 .remove(name)
@@ -114,8 +125,22 @@ impl CpuEngine {
             }
             Ok(t)
         };
-        let (h, q, kv, f) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.ffn_size);
+        let (h, q, kv, f, hd) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.ffn_size, c.head_dim);
+        // `{prefix}.weight`, and `{prefix}.bias` for LayerNorm.
+        let norm = |take: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>, prefix: &str| -> Result<Norm> {
+            let weight = take(&format!("{prefix}.weight"), &[h])?.to_f32();
+            let bias = match c.norm {
+                NormKind::Rms => None,
+                NormKind::Layer => Some(take(&format!("{prefix}.bias"), &[h])?.to_f32()),
+            };
+            Ok(Norm { weight, bias })
+        };
         let embed = take("token_embd.weight", &[c.vocab_size, h])?;
+        let positions = match c.position {
+            PositionKind::Learned => Some(take("position_embd.weight", &[c.context_length, h])?),
+            _ => None,
+        };
+        let embed_norm = if c.embedding_norm { Some(norm(&mut take, "token_embd_norm")?) } else { None };
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
@@ -129,7 +154,6 @@ impl CpuEngine {
             } else {
                 None
             };
-            let hd = c.head_dim;
             let qk_norm = if c.qk_norm {
                 Some([take(&p("attn_q_norm"), &[hd])?.to_f32(), take(&p("attn_k_norm"), &[hd])?.to_f32()])
             } else {
@@ -140,8 +164,21 @@ impl CpuEngine {
             } else {
                 None
             };
+            let linear_bias = if c.linear_bias {
+                Some([
+                    take(&bias("attn_output"), &[h])?.to_f32(),
+                    take(&bias("ffn_up"), &[f])?.to_f32(),
+                    take(&bias("ffn_down"), &[h])?.to_f32(),
+                ])
+            } else {
+                None
+            };
+            let w_gate = match c.ffn {
+                FfnKind::Gated => Some(take(&p("ffn_gate"), &[f, h])?),
+                FfnKind::Plain => None,
+            };
             layers.push(Layer {
-                attn_norm: take(&p("attn_norm"), &[h])?.to_f32(),
+                attn_norm: norm(&mut take, &format!("blk.{i}.attn_norm"))?,
                 wq: take(&p("attn_q"), &[q, h])?,
                 wk: take(&p("attn_k"), &[kv, h])?,
                 wv: take(&p("attn_v"), &[kv, h])?,
@@ -149,21 +186,38 @@ impl CpuEngine {
                 qk_norm,
                 wo: take(&p("attn_output"), &[h, q])?,
                 post_norms,
-                ffn_norm: take(&p("ffn_norm"), &[h])?.to_f32(),
-                w_gate: take(&p("ffn_gate"), &[f, h])?,
+                ffn_norm: norm(&mut take, &format!("blk.{i}.ffn_norm"))?,
+                w_gate,
                 w_up: take(&p("ffn_up"), &[f, h])?,
                 w_down: take(&p("ffn_down"), &[h, f])?,
+                linear_bias,
             });
         }
-        let output_norm = take("output_norm.weight", &[h])?.to_f32();
+        let output_norm = norm(&mut take, "output_norm")?;
         let output = if c.tied_embeddings { None } else { Some(take("output.weight", &[c.vocab_size, h])?) };
-        let rope =
-            c.rope.as_ref().ok_or_else(|| HearthError::bad_package("model", "RoPE model without rope settings"))?;
-        let freq_factors = tensors.remove("rope_freqs.weight").map(|t| t.to_f32());
-        let inv_freq = rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), freq_factors.as_deref());
-        let inv_freq_local = rope.local_base.map(|base| rope_inv_freq(base, rope.dim, None, None));
+        let (inv_freq, inv_freq_local) = match (&c.rope, c.position) {
+            (Some(rope), PositionKind::Rope) => {
+                let factors = tensors.remove("rope_freqs.weight").map(|t| t.to_f32());
+                (
+                    rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), factors.as_deref()),
+                    rope.local_base.map(|base| rope_inv_freq(base, rope.dim, None, None)),
+                )
+            }
+            _ => (Vec::new(), None),
+        };
         let cache = KvCache { layers: (0..c.n_layers).map(|l| LayerCache::new(c.layer_window(l))).collect(), len: 0 };
-        Ok(CpuEngine { config, embed, layers, output_norm, output, inv_freq, inv_freq_local, cache })
+        Ok(CpuEngine {
+            config,
+            embed,
+            positions,
+            embed_norm,
+            layers,
+            output_norm,
+            output,
+            inv_freq,
+            inv_freq_local,
+            cache,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -188,6 +242,15 @@ impl CpuEngine {
         self.cache.len = 0;
     }
 
+    /// The model's norm (RMSNorm, or LayerNorm with its bias) of each row of `x` into `out`.
+    fn norm(&self, x: &[f32], n: &Norm, out: &mut [f32]) {
+        let (h, eps) = (self.config.hidden_size, self.config.norm_eps);
+        match &n.bias {
+            None => rms_norm(x, &n.weight, eps, h, out),
+            Some(bias) => layer_norm(x, &n.weight, bias, eps, h, out),
+        }
+    }
+
     /// Run `tokens` at the next positions. Returns the logits of the last token, or of every token
     /// (`[tokens.len() * vocab]`) with `all_logits`.
     pub fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
@@ -206,19 +269,28 @@ impl CpuEngine {
         }
         let (h, hd) = (c.hidden_size, c.head_dim);
 
-        // Token embeddings.
+        // Token embeddings (scaled for Gemma), plus learned positions (GPT-2), normed (BLOOM).
         let mut x = vec![0f32; n * h];
-        for (row, &t) in x.chunks_mut(h).zip(tokens) {
-            if t as usize >= c.vocab_size {
+        let mut position_row = vec![0f32; h];
+        for (t, (row, &token)) in x.chunks_mut(h).zip(tokens).enumerate() {
+            if token as usize >= c.vocab_size {
                 return Err(HearthError::InvalidArgument(format!(
-                    "token id {t} is outside the vocabulary of {}",
+                    "token id {token} is outside the vocabulary of {}",
                     c.vocab_size
                 )));
             }
-            self.embed.dequantize_row(t as usize, row);
+            self.embed.dequantize_row(token as usize, row);
             if let Some(scale) = c.embedding_scale {
                 row.iter_mut().for_each(|v| *v *= scale);
             }
+            if let Some(positions) = &self.positions {
+                positions.dequantize_row(start + t, &mut position_row);
+                add_in_place(row, &position_row);
+            }
+        }
+        if let Some(embed_norm) = &self.embed_norm {
+            let embedded = x.clone();
+            self.norm(&embedded, embed_norm, &mut x);
         }
 
         let mut xn = vec![0f32; n * h];
@@ -229,11 +301,17 @@ impl CpuEngine {
         let mut gate = vec![0f32; n * c.ffn_size];
         let mut up = vec![0f32; n * c.ffn_size];
         let mut proj = vec![0f32; n * h];
+        let act = match c.activation {
+            Activation::Silu => silu,
+            Activation::GeluTanh => gelu_tanh,
+        };
 
-        for (li, layer) in self.layers.iter().enumerate() {
+        for li in 0..self.layers.len() {
+            let layer = &self.layers[li];
             // Attention block: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x)),
-            // with Gemma's per-head norms before RoPE and its norm of the output before the add.
-            rms_norm(&x, &layer.attn_norm, c.norm_eps, h, &mut xn);
+            // with Gemma's per-head norms before RoPE and its norm of the output before the add;
+            // ALiBi models add their biases to the scores instead of rotating.
+            self.norm(&x, &layer.attn_norm, &mut xn);
             matmul(&layer.wq, &xn, n, &mut q);
             matmul(&layer.wk, &xn, n, &mut k);
             matmul(&layer.wv, &xn, n, &mut v);
@@ -246,19 +324,21 @@ impl CpuEngine {
                 rms_norm_in_place(&mut q, wq, c.norm_eps);
                 rms_norm_in_place(&mut k, wk, c.norm_eps);
             }
-            let style = c.rope.as_ref().map_or(RopeStyle::Neox, |r| r.style);
             let window = c.layer_window(li);
-            let inv_freq = match (&self.inv_freq_local, window) {
-                (Some(local), Some(_)) => local,
-                _ => &self.inv_freq,
-            };
-            for t in 0..n {
-                let pos = start + t;
-                for head in q[t * c.q_dim()..(t + 1) * c.q_dim()].chunks_mut(hd) {
-                    apply_rope(head, pos, inv_freq, style);
-                }
-                for head in k[t * c.kv_dim()..(t + 1) * c.kv_dim()].chunks_mut(hd) {
-                    apply_rope(head, pos, inv_freq, style);
+            if c.position == PositionKind::Rope {
+                let style = c.rope.as_ref().map_or(RopeStyle::Neox, |r| r.style);
+                let inv_freq = match (&self.inv_freq_local, window) {
+                    (Some(local), Some(_)) => local,
+                    _ => &self.inv_freq,
+                };
+                for t in 0..n {
+                    let pos = start + t;
+                    for head in q[t * c.q_dim()..(t + 1) * c.q_dim()].chunks_mut(hd) {
+                        apply_rope(head, pos, inv_freq, style);
+                    }
+                    for head in k[t * c.kv_dim()..(t + 1) * c.kv_dim()].chunks_mut(hd) {
+                        apply_rope(head, pos, inv_freq, style);
+                    }
                 }
             }
             // Token by token: each stores its key and value, then attends. (A ring shorter than the
@@ -271,25 +351,40 @@ impl CpuEngine {
                 let out = &mut attn[t * qd..(t + 1) * qd];
                 attention_at(&c, &q[t * qd..(t + 1) * qd], &cache.k, &cache.v, pos, window, cache.rows, out);
             }
+            let layer = &self.layers[li];
             matmul(&layer.wo, &attn, n, &mut proj);
+            if let Some([bo, _, _]) = &layer.linear_bias {
+                add_bias(&mut proj, bo);
+            }
             if let Some([post_attn, _]) = &layer.post_norms {
                 rms_norm_in_place(&mut proj, post_attn, c.norm_eps);
             }
             add_in_place(&mut x, &proj);
 
-            // Feed-forward block: x += W_down · (act(W_gate·norm(x)) * W_up·norm(x)), act = SiLU
-            // (SwiGLU) or tanh-GELU (GeGLU).
-            rms_norm(&x, &layer.ffn_norm, c.norm_eps, h, &mut xn);
-            matmul(&layer.w_gate, &xn, n, &mut gate);
+            // Feed-forward block: x += W_down · (act(W_gate·norm(x)) * W_up·norm(x)) when gated
+            // (SwiGLU, GeGLU), x += W_down · act(W_up·norm(x) + b_up) + b_down when plain (GPT-2).
+            self.norm(&x, &layer.ffn_norm, &mut xn);
             matmul(&layer.w_up, &xn, n, &mut up);
-            let act = match c.activation {
-                Activation::Silu => silu,
-                Activation::GeluTanh => gelu_tanh,
-            };
-            for (g, u) in gate.iter_mut().zip(&up) {
-                *g = act(*g) * u;
+            if let Some([_, b_up, _]) = &layer.linear_bias {
+                add_bias(&mut up, b_up);
+            }
+            match &layer.w_gate {
+                Some(w_gate) => {
+                    matmul(w_gate, &xn, n, &mut gate);
+                    for (g, u) in gate.iter_mut().zip(&up) {
+                        *g = act(*g) * u;
+                    }
+                }
+                None => {
+                    for (g, u) in gate.iter_mut().zip(&up) {
+                        *g = act(*u);
+                    }
+                }
             }
             matmul(&layer.w_down, &gate, n, &mut proj);
+            if let Some([_, _, b_down]) = &layer.linear_bias {
+                add_bias(&mut proj, b_down);
+            }
             if let Some([_, post_ffw]) = &layer.post_norms {
                 rms_norm_in_place(&mut proj, post_ffw, c.norm_eps);
             }
@@ -301,7 +396,7 @@ impl CpuEngine {
         let rows = if all_logits { 0..n } else { n - 1..n };
         let m = rows.len();
         let mut last = vec![0f32; m * h];
-        rms_norm(&x[rows.start * h..rows.end * h], &self.output_norm, c.norm_eps, h, &mut last);
+        self.norm(&x[rows.start * h..rows.end * h], &self.output_norm, &mut last);
         let head = self.output.as_ref().unwrap_or(&self.embed);
         let mut logits = vec![0f32; m * c.vocab_size];
         matmul(head, &last, m, &mut logits);
@@ -372,12 +467,17 @@ pub fn attention_at(
     let scale = 1.0 / (hd as f32).sqrt();
     let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
     let mut scores = vec![0f32; pos + 1 - first];
+    let slopes = match (&c.alibi, c.position) {
+        (Some(alibi), PositionKind::Alibi) => alibi_slopes(c.n_heads, alibi.max_bias),
+        _ => vec![0.0; c.n_heads],
+    };
     for head in 0..c.n_heads {
         let kvh = head / group;
         let qh = &q[head * hd..][..hd];
         for (s, p) in scores.iter_mut().zip(first..=pos) {
             let kh = &k_cache[(p % rows) * kvd + kvh * hd..][..hd];
-            *s = dot(qh, kh) * scale;
+            // ALiBi: a key d positions back costs slope * d.
+            *s = dot(qh, kh) * scale - slopes[head] * (pos - p) as f32;
         }
         softmax(&mut scores);
         let o = &mut out[head * hd..][..hd];
@@ -389,6 +489,21 @@ pub fn attention_at(
             }
         }
     }
+}
+
+/// ALiBi's slope of each head (Press et al.; as llama.cpp computes them): for n the largest power
+/// of two not above the head count, heads h < n get 2^(-max_bias (h + 1) / n) and the rest interleave
+/// between them: 2^(-max_bias (2 (h - n) + 1) / (2 n)).
+/// (As powers of two with the exponent computed first, so the slopes are exact wherever they are
+/// representable; llama.cpp's powers of rounded bases agree with them to the last bit or two.)
+pub fn alibi_slopes(n_heads: usize, max_bias: f32) -> Vec<f32> {
+    let n = 1usize << n_heads.max(1).ilog2();
+    (0..n_heads)
+        .map(|h| {
+            let exponent = if h < n { (h + 1) as f32 / n as f32 } else { (2 * (h - n) + 1) as f32 / (2 * n) as f32 };
+            (-max_bias * exponent).exp2()
+        })
+        .collect()
 }
 
 fn softmax(x: &mut [f32]) {
@@ -409,6 +524,19 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, h: usize, out: &mut [f32]) {
         let inv = 1.0 / (mean_sq + eps).sqrt();
         for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
             *o = v * inv * w;
+        }
+    }
+}
+
+/// LayerNorm: (x - mean) / sqrt(variance + eps) * w + b, row by row (mean first, then the squared
+/// deviations: no cancellation when |mean| is large against the spread).
+pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, h: usize, out: &mut [f32]) {
+    for (row, o) in x.chunks(h).zip(out.chunks_mut(h)) {
+        let mean = row.iter().sum::<f32>() / h as f32;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(w).zip(b) {
+            *o = (v - mean) * inv * w + b;
         }
     }
 }

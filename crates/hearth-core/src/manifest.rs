@@ -8,10 +8,11 @@ use crate::quant::{DType, PartRange};
 
 pub const FORMAT_NAME: &str = "hearth-model";
 pub const FORMAT_VERSION: u32 = 1;
-/// Architectures the engines run: pre-norm RoPE decoders that differ only in what `ModelConfig`
-/// records (Qwen2: biases on Q/K/V and NeoX-order RoPE; Gemma 3: QK-norm, post-norms, GeGLU, scaled
-/// embeddings and interleaved local/global layers).
-pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "gemma3"];
+/// Architectures the engines run: pre-norm decoders that differ only in what `ModelConfig` records
+/// (Qwen2: biases on Q/K/V and NeoX-order RoPE; Gemma 3: QK-norm, post-norms, GeGLU, scaled
+/// embeddings and interleaved local/global layers; BLOOM: ALiBi, LayerNorm, a norm on the
+/// embeddings, a GELU MLP and biases everywhere; GPT-2: the same with learned positions).
+pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "gemma3", "bloom", "gpt2"];
 /// Tensors start at multiples of this within a shard (WebGPU's `minStorageBufferOffsetAlignment` is at most 256).
 pub const TENSOR_ALIGN: u64 = 256;
 
@@ -45,6 +46,9 @@ pub struct ModelConfig {
     pub norm: NormKind,
     pub norm_eps: f32,
     pub activation: Activation,
+    /// Gated (`W_down · (act(W_gate·x) * W_up·x)`) or plain (`W_down · act(W_up·x)`) feed-forward.
+    #[serde(default, skip_serializing_if = "FfnKind::is_gated")]
+    pub ffn: FfnKind,
     pub position: PositionKind,
     #[serde(default)]
     pub rope: Option<RopeConfig>,
@@ -72,21 +76,43 @@ pub struct ModelConfig {
     /// Token embeddings are multiplied by this (Gemma: sqrt(hidden_size)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding_scale: Option<f32>,
+    /// A norm of the token embeddings before the first layer (BLOOM): `token_embd_norm.{weight,bias}`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub embedding_norm: bool,
+    /// Biases on the attention output and feed-forward products (BLOOM, GPT-2):
+    /// `blk.N.{attn_output,ffn_up,ffn_down}.bias`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub linear_bias: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FfnKind {
+    #[default]
+    Gated,
+    Plain,
+}
+
+impl FfnKind {
+    pub fn is_gated(&self) -> bool {
+        *self == FfnKind::Gated
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NormKind {
     Rms,
+    /// LayerNorm with a weight and a bias (`*.weight`, `*.bias`).
     Layer,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
-    /// SwiGLU: silu(gate) * up.
+    /// SiLU (SwiGLU when gated: silu(gate) * up).
     Silu,
-    /// GeGLU with the tanh approximation of GELU.
+    /// GELU, tanh approximation (GeGLU when gated).
     GeluTanh,
 }
 
@@ -224,6 +250,12 @@ impl ModelConfig {
             if !(scale.is_finite() && scale > 0.0) {
                 return Err(format!("embedding_scale {scale} must be a positive number"));
             }
+        }
+        if self.position == PositionKind::Rope && self.rope.is_none() {
+            return Err("a RoPE model needs rope settings".into());
+        }
+        if self.position == PositionKind::Alibi && self.alibi.is_none() {
+            return Err("an ALiBi model needs alibi settings".into());
         }
         if self.sliding_window == Some(0) {
             return Err("sliding_window must be positive (null means full attention)".into());

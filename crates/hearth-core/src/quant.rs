@@ -131,6 +131,31 @@ impl Tensor {
         }
     }
 
+    /// Rows `start..start + count` of a matrix, in the same encoding (rows are independent in every
+    /// encoding: groups never cross a row). `None` when the range is outside the matrix.
+    pub fn row_slice(&self, start: usize, count: usize) -> Option<Tensor> {
+        let cols = self.cols();
+        if self.shape.len() != 2 || start + count > self.rows() {
+            return None;
+        }
+        let (a, b) = (start * cols, (start + count) * cols);
+        let data = match &self.data {
+            TensorData::F32(v) => TensorData::F32(v[a..b].to_vec()),
+            TensorData::F16(v) => TensorData::F16(v[a..b].to_vec()),
+            TensorData::Q8(q) => TensorData::Q8(Q8Data {
+                codes: q.codes[a..b].to_vec(),
+                scales: q.scales[a / Q8_GROUP..b / Q8_GROUP].to_vec(),
+            }),
+            TensorData::Q4(q) => TensorData::Q4(Q4Data {
+                group: q.group,
+                codes: q.codes[a / 2..b / 2].to_vec(),
+                scales: q.scales[a / q.group..b / q.group].to_vec(),
+                mins: q.mins[a / q.group..b / q.group].to_vec(),
+            }),
+        };
+        Some(Tensor { shape: vec![count, cols], data })
+    }
+
     /// Quantize (or convert) f32 values into `dtype`. `group` applies to q4 only.
     pub fn from_f32(shape: Vec<usize>, values: &[f32], dtype: DType, group: usize) -> Result<Self> {
         let n: usize = shape.iter().product();

@@ -8,6 +8,9 @@
 //! [norm + gate/up + SwiGLU] → [down proj + residual]: six dispatches (brackets are one kernel).
 //! Gemma 3 adds its QK-norm to the RoPE kernel, GeGLU for SwiGLU, and two dispatches: the norms
 //! of the attention and feed-forward outputs, each added to the residual in the same pass.
+//! LayerNorm models (BLOOM, GPT-2) run each norm as a pass of its own, put their biases into the
+//! products, use a plain GELU MLP, and either add ALiBi biases to the attention scores (the RoPE
+//! kernel then only stores keys and values) or add a learned position row to each embedding.
 
 use std::collections::HashMap;
 
@@ -15,7 +18,7 @@ use hearth_core::cpu::rope_inv_freq;
 #[cfg(not(target_arch = "wasm32"))]
 use hearth_core::generate::Backend;
 use hearth_core::manifest::{
-    Activation as ModelActivation, Manifest, ModelConfig, NormKind, PositionKind, RopeStyle, ARCHITECTURES,
+    Activation as ModelActivation, FfnKind, Manifest, ModelConfig, NormKind, PositionKind, RopeStyle, ARCHITECTURES,
 };
 use hearth_core::package::TensorSource;
 use hearth_core::sampling::{Sampler, SamplingParams};
@@ -49,11 +52,20 @@ impl Dispatch {
     }
 }
 
+/// A norm's weight, and its bias for LayerNorm.
+struct NormBuffers {
+    weight: wgpu::Buffer,
+    bias: Option<wgpu::Buffer>,
+}
+
 /// What a matrix product fuses in.
 #[derive(Clone, Copy, Default)]
 struct Fuse<'a> {
-    /// RMS-normalize the input with this weight.
-    norm: Option<&'a wgpu::Buffer>,
+    /// Normalize the input first: fused into the product for RMSNorm on GPUs, a pass of its own
+    /// for LayerNorm and on software adapters.
+    norm: Option<&'a NormBuffers>,
+    /// Add this bias (one value per output row) before the activation.
+    bias: Option<&'a wgpu::Buffer>,
     activation: Activation,
     gated: bool,
     accumulate: bool,
@@ -160,6 +172,16 @@ impl<'a> Builder<'a> {
         create_vector(self.ctx, &mut self.uploads, i, &self.manifest.tensors[i])
     }
 
+    /// The norm `{prefix}.weight` (and `{prefix}.bias` for LayerNorm).
+    fn norm(&mut self, prefix: &str) -> Result<NormBuffers> {
+        let weight = self.vector(&format!("{prefix}.weight"))?;
+        let bias = match self.manifest.config.norm {
+            NormKind::Rms => None,
+            NormKind::Layer => Some(self.vector(&format!("{prefix}.bias"))?),
+        };
+        Ok(NormBuffers { weight, bias })
+    }
+
     /// Vectors `names` one after another in one buffer of `len` values (layer `l`'s Q, K and V
     /// biases laid out as a row of the QKV product; its query and key norm weights).
     fn vectors(&mut self, label: &str, names: &[String], len: usize) -> Result<wgpu::Buffer> {
@@ -212,7 +234,11 @@ impl<'a> Builder<'a> {
 
     /// The RoPE frequencies; with a `rope_freqs.weight` tensor they wait for its bytes. The
     /// sliding-window layers' own (`local_base`, unscaled) are [`Builder::local_rope_frequencies`].
-    fn rope_frequencies(&mut self, rope: &hearth_core::manifest::RopeConfig) -> Result<wgpu::Buffer> {
+    /// Without RoPE, one unused value.
+    fn rope_frequencies(&mut self, rope: Option<&hearth_core::manifest::RopeConfig>) -> Result<wgpu::Buffer> {
+        let Some(rope) = rope else {
+            return Ok(storage(self.device(), "no rope frequencies", 1));
+        };
         let Some(&i) = self.index.get("rope_freqs.weight") else {
             let values = rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), None);
             return Ok(storage_init(self.device(), "rope frequencies", &values));
@@ -225,13 +251,14 @@ impl<'a> Builder<'a> {
         Ok(buffer)
     }
 
-    fn local_rope_frequencies(&mut self, rope: &hearth_core::manifest::RopeConfig) -> Option<wgpu::Buffer> {
+    fn local_rope_frequencies(&mut self, rope: Option<&hearth_core::manifest::RopeConfig>) -> Option<wgpu::Buffer> {
+        let rope = rope?;
         let values = rope_inv_freq(rope.local_base?, rope.dim, None, None);
         Some(storage_init(self.device(), "local rope frequencies", &values))
     }
 
     /// Dispatches of one product: one per weight piece, each with a decode and a prefill pipeline
-    /// (plus, on software adapters, the norm as a pass of its own).
+    /// (plus, for LayerNorm and on software adapters, the norm as a pass of its own).
     fn product(&mut self, p: Product<'_>) -> Result<Vec<Dispatch>> {
         let mut out = Vec::new();
         let cols = p.pieces.first().map_or(0, |w| w.cols);
@@ -241,12 +268,14 @@ impl<'a> Builder<'a> {
                 format!("matrix rows of {cols} values: the GPU engine needs a multiple of 4"),
             ));
         }
-        let (input, norm) = match (p.fuse.norm, self.kernels.software) {
-            (Some(weight), true) => {
-                out.push(self.norm_pass(p.input, weight, p.step, cols));
-                (self.normed.clone(), None)
+        let (input, norm) = match p.fuse.norm {
+            Some(n) if self.kernels.software || n.bias.is_some() => {
+                let normed = self.normed.clone();
+                out.push(self.norm_pass(p.input, n, p.step, &normed));
+                (normed, None)
             }
-            _ => (p.input.clone(), p.fuse.norm),
+            Some(n) => (p.input.clone(), Some(&n.weight)),
+            None => (p.input.clone(), None),
         };
         for piece in p.pieces {
             let rows = if p.fuse.gated { piece.rows / 2 } else { piece.rows };
@@ -264,6 +293,7 @@ impl<'a> Builder<'a> {
                     activation: p.fuse.activation,
                     gated: p.fuse.gated,
                     accumulate: p.fuse.accumulate,
+                    bias: p.fuse.bias.is_some(),
                 };
                 let pipeline = self.kernels.matvec(key);
                 let mut entries = vec![
@@ -272,6 +302,7 @@ impl<'a> Builder<'a> {
                     entry(2, whole(&input)),
                     entry(3, whole(p.output)),
                     entry(7, whole(norm.unwrap_or(&self.no_norm))),
+                    entry(8, whole(p.fuse.bias.unwrap_or(&self.no_norm))),
                 ];
                 entries.extend(piece.weight_entries(4));
                 let group = bind_group(self.device(), &pipeline, &entries);
@@ -315,21 +346,28 @@ impl<'a> Builder<'a> {
         Dispatch::single(pipeline, group, Box::new(|n| (n.div_ceil(WORKGROUP), 1, 1)))
     }
 
-    /// RMSNorm of `input` into `self.normed`, as its own pass.
-    fn norm_pass(&mut self, input: &wgpu::Buffer, weight: &wgpu::Buffer, step: &wgpu::Buffer, hidden: u32) -> Dispatch {
+    /// The norm (RMSNorm, or LayerNorm with its bias) of `input` into `output`, as its own pass.
+    fn norm_pass(
+        &mut self,
+        input: &wgpu::Buffer,
+        norm: &NormBuffers,
+        step: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+    ) -> Dispatch {
+        let hidden = self.manifest.config.hidden_size as u32;
         let dims = uniform(self.device(), "norm dims", &[hidden, self.eps.to_bits()]);
-        let pipeline = self.kernels.rms_norm();
-        let group = bind_group(
-            self.device(),
-            &pipeline,
-            &[
-                entry(0, whole(&dims)),
-                entry(1, whole(step)),
-                entry(2, whole(input)),
-                entry(3, whole(weight)),
-                entry(4, whole(&self.normed)),
-            ],
-        );
+        let pipeline = if norm.bias.is_some() { self.kernels.layer_norm() } else { self.kernels.rms_norm() };
+        let mut entries = vec![
+            entry(0, whole(&dims)),
+            entry(1, whole(step)),
+            entry(2, whole(input)),
+            entry(3, whole(&norm.weight)),
+            entry(4, whole(output)),
+        ];
+        if let Some(bias) = &norm.bias {
+            entries.push(entry(5, whole(bias)));
+        }
+        let group = bind_group(self.device(), &pipeline, &entries);
         self.scratch.push(dims);
         Dispatch::single(pipeline, group, Box::new(|n| (n.div_ceil(WORKGROUP), 1, 1)))
     }
@@ -385,14 +423,11 @@ impl GpuEngine {
     ) -> Result<PendingEngine> {
         let m = manifest;
         let c = m.config.clone();
-        if !ARCHITECTURES.contains(&m.architecture.as_str())
-            || c.position != PositionKind::Rope
-            || c.norm != NormKind::Rms
-        {
+        if !ARCHITECTURES.contains(&m.architecture.as_str()) {
             return Err(HearthError::UnsupportedArchitecture(m.architecture.clone()));
         }
-        let rope =
-            c.rope.clone().ok_or_else(|| HearthError::bad_package(origin, "RoPE model without rope settings"))?;
+        c.validate().map_err(|e| HearthError::bad_package(origin, e))?;
+        let rope = c.rope.clone().filter(|_| c.position == PositionKind::Rope);
         let capacity = max_context.unwrap_or(c.context_length).clamp(1, c.context_length);
         let kv_f16 = ctx.kv_f16;
         let device = ctx.device.clone();
@@ -438,25 +473,43 @@ impl GpuEngine {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let inv_freq = b.rope_frequencies(&rope)?;
-        let local_inv_freq = b.local_rope_frequencies(&rope);
+        let inv_freq = b.rope_frequencies(rope.as_ref())?;
+        let local_inv_freq = b.local_rope_frequencies(rope.as_ref());
         let mut weights: Vec<WeightBuffer> = Vec::new();
 
-        // Embedding lookup: one dispatch per piece of the table.
+        // Embedding lookup: one dispatch per piece of the table, then per piece of the learned
+        // position table (GPT-2). With an embedding norm (BLOOM) the lookup writes `normed` and
+        // the norm writes x.
         let embd = b.split("token_embd.weight")?;
+        let positions = if c.position == PositionKind::Learned { b.split("position_embd.weight")? } else { Vec::new() };
+        let embed_norm = if c.embedding_norm { Some(b.norm("token_embd_norm")?) } else { None };
+        let embedded = if embed_norm.is_some() { b.normed.clone() } else { x.clone() };
         let mut layers = Vec::new();
-        for piece in &embd {
+        let tables = embd.iter().map(|piece| (piece, false)).chain(positions.iter().map(|piece| (piece, true)));
+        for (piece, is_position) in tables {
             let scale = c.embedding_scale.unwrap_or(1.0);
             let dims = uniform(&device, "embed dims", &[h, piece.first_row, piece.rows, piece.group, scale.to_bits()]);
-            let pipeline = b.kernels.embed(piece.dtype);
-            let mut entries = vec![entry(0, whole(&dims)), entry(1, whole(&tokens)), entry(2, whole(&x))];
+            let pipeline = b.kernels.embed(piece.dtype, is_position);
+            let mut entries = vec![
+                entry(0, whole(&dims)),
+                entry(1, whole(&tokens)),
+                entry(2, whole(&embedded)),
+                entry(6, whole(&step)),
+            ];
             entries.extend(piece.weight_entries(3));
             let group = bind_group(&device, &pipeline, &entries);
             b.scratch.push(dims);
             layers.push(Dispatch::single(pipeline, group, Box::new(move |n| (h.div_ceil(WORKGROUP), n, 1))));
         }
+        if let Some(norm) = &embed_norm {
+            layers.push(b.norm_pass(&embedded, norm, &step, &x));
+        }
 
         let rope_store = b.kernels.rope_store(kv_f16, c.qkv_bias, c.qk_norm);
+        let alibi_max_bias = match (&c.alibi, c.position) {
+            (Some(alibi), PositionKind::Alibi) => alibi.max_bias,
+            _ => 0.0,
+        };
         let mut attention_pipelines = HashMap::new();
         let ffn_activation = match c.activation {
             ModelActivation::Silu => Activation::Silu,
@@ -472,8 +525,14 @@ impl GpuEngine {
             let cache_words = cache_rows * c.kv_dim() / if kv_f16 { 2 } else { 1 };
             let k_cache = storage(&device, "k cache", cache_words);
             let v_cache = storage(&device, "v cache", cache_words);
-            let attn_norm = b.vector(&p("attn_norm"))?;
-            let ffn_norm = b.vector(&p("ffn_norm"))?;
+            let attn_norm = b.norm(&format!("blk.{l}.attn_norm"))?;
+            let ffn_norm = b.norm(&format!("blk.{l}.ffn_norm"))?;
+            let linear_bias = if c.linear_bias {
+                let bias = |s: &str| format!("blk.{l}.{s}.bias");
+                Some([b.vector(&bias("attn_output"))?, b.vector(&bias("ffn_up"))?, b.vector(&bias("ffn_down"))?])
+            } else {
+                None
+            };
             let wqkv = b.stacked(&format!("blk.{l}.qkv"), &[p("attn_q"), p("attn_k"), p("attn_v")])?;
             let bias_names = ["attn_q", "attn_k", "attn_v"].map(|s| format!("blk.{l}.{s}.bias"));
             let qkv_bias = if c.qkv_bias {
@@ -497,10 +556,13 @@ impl GpuEngine {
                 _ => &inv_freq,
             };
             let wo = b.split(&p("attn_output"))?;
-            let wgu = b.gated(&p("ffn_gate"), &p("ffn_up"))?;
+            let wgu = match c.ffn {
+                FfnKind::Gated => b.gated(&p("ffn_gate"), &p("ffn_up"))?,
+                FfnKind::Plain => b.split(&p("ffn_up"))?,
+            };
             let wdown = b.split(&p("ffn_down"))?;
 
-            let fuse_norm = |w| Fuse { norm: Some(w), ..Default::default() };
+            let fuse_norm = |n| Fuse { norm: Some(n), ..Default::default() };
             layers.extend(b.product(Product {
                 pieces: &wqkv,
                 input: &x,
@@ -510,8 +572,9 @@ impl GpuEngine {
                 fuse: fuse_norm(&attn_norm),
             })?);
             {
-                let n_pairs = (rope.dim / 2) as u32;
-                let neox = u32::from(rope.style == RopeStyle::Neox);
+                // Without RoPE no pair rotates: the kernel only adds biases and stores K and V.
+                let n_pairs = rope.as_ref().map_or(0, |r| (r.dim / 2) as u32);
+                let neox = u32::from(rope.as_ref().is_some_and(|r| r.style == RopeStyle::Neox));
                 let dims = uniform(
                     &device,
                     "rope dims",
@@ -565,6 +628,7 @@ impl GpuEngine {
                         scale.to_bits(),
                         cache_rows as u32,
                         window.unwrap_or(0) as u32,
+                        alibi_max_bias.to_bits(),
                     ],
                 );
                 let group = bind_group(
@@ -588,13 +652,17 @@ impl GpuEngine {
             // whose norm a pass of its own adds.
             let residual = Fuse { accumulate: post_norms.is_none(), ..Default::default() };
             let proj_out = if post_norms.is_some() { &proj } else { &x };
+            let [bias_o, bias_up, bias_down] = match &linear_bias {
+                Some([o, up, down]) => [Some(o), Some(up), Some(down)],
+                None => [None; 3],
+            };
             layers.extend(b.product(Product {
                 pieces: &wo,
                 input: &attn,
                 output: proj_out,
                 out_stride: h,
                 step: &step,
-                fuse: residual,
+                fuse: Fuse { bias: bias_o, ..residual },
             })?);
             if let Some([post_attn, _]) = &post_norms {
                 layers.push(b.norm_add_pass(&proj, post_attn, &x, &step));
@@ -605,7 +673,13 @@ impl GpuEngine {
                 output: &ffn,
                 out_stride: f,
                 step: &step,
-                fuse: Fuse { norm: Some(&ffn_norm), activation: ffn_activation, gated: true, accumulate: false },
+                fuse: Fuse {
+                    norm: Some(&ffn_norm),
+                    bias: bias_up,
+                    activation: ffn_activation,
+                    gated: c.ffn == FfnKind::Gated,
+                    accumulate: false,
+                },
             })?);
             layers.extend(b.product(Product {
                 pieces: &wdown,
@@ -613,17 +687,21 @@ impl GpuEngine {
                 output: proj_out,
                 out_stride: h,
                 step: &step,
-                fuse: residual,
+                fuse: Fuse { bias: bias_down, ..residual },
             })?);
             if let Some([_, post_ffw]) = &post_norms {
                 layers.push(b.norm_add_pass(&proj, post_ffw, &x, &step));
             }
-            b.scratch.extend([k_cache, v_cache, attn_norm, ffn_norm]);
+            b.scratch.extend([k_cache, v_cache]);
+            for norm in [attn_norm, ffn_norm] {
+                b.scratch.extend([norm.weight].into_iter().chain(norm.bias));
+            }
+            b.scratch.extend(linear_bias.into_iter().flatten());
             b.scratch.extend(qkv_bias.into_iter().chain(qk_norm).chain(post_norms.into_iter().flatten()));
             weights.extend(wqkv.into_iter().chain(wo).chain(wgu).chain(wdown));
         }
 
-        let out_norm = b.vector("output_norm.weight")?;
+        let out_norm = b.norm("output_norm")?;
         let head = if c.tied_embeddings { None } else { Some(b.split("output.weight")?) };
         let head_pieces = head.as_deref().unwrap_or(&embd);
         let fuse = Fuse { norm: Some(&out_norm), ..Default::default() };
@@ -647,9 +725,12 @@ impl GpuEngine {
 
         let mut scratch = b.scratch;
         scratch.extend([b.normed, b.no_norm]);
-        scratch.extend([one_token, qkv, q, attn, ffn, proj, scores, inv_freq, out_norm]);
+        scratch.extend([one_token, qkv, q, attn, ffn, proj, scores, inv_freq]);
+        scratch.extend([out_norm.weight].into_iter().chain(out_norm.bias));
+        scratch.extend(embed_norm.into_iter().flat_map(|n| [n.weight].into_iter().chain(n.bias)));
         scratch.extend(local_inv_freq);
         weights.extend(embd);
+        weights.extend(positions);
         weights.extend(head.into_iter().flatten());
         let uploads = b.uploads;
         let engine = GpuEngine {

@@ -57,6 +57,8 @@ pub struct MatvecKey {
     pub gated: bool,
     /// Add into the output (residual connections).
     pub accumulate: bool,
+    /// Add a bias per output row before the activation.
+    pub bias: bool,
 }
 
 pub struct Kernels {
@@ -122,6 +124,7 @@ impl Kernels {
                     ("ACT", activation),
                     ("GATED", flag(key.gated)),
                     ("ACCUMULATE", flag(key.accumulate)),
+                    ("BIAS", flag(key.bias)),
                 ];
                 let module = &self.matvec_modules[usize::from(key.block != 1)];
                 self.pipeline(module, &entry, &constants)
@@ -136,8 +139,11 @@ impl Kernels {
         grid_2d(rows.div_ceil(per_workgroup))
     }
 
-    pub fn embed(&self, dtype: DType) -> wgpu::ComputePipeline {
-        self.pipeline(&self.embed_module, &format!("embed_{}", dtype.name()), &[])
+    /// The embedding gather for a table in `dtype`; with `positions`, the learned position table
+    /// (rows by position, added to what the gather wrote).
+    pub fn embed(&self, dtype: DType, positions: bool) -> wgpu::ComputePipeline {
+        let constants = [("POSITIONS", if positions { 1.0 } else { 0.0 })];
+        self.pipeline(&self.embed_module, &format!("embed_{}", dtype.name()), &constants)
     }
 
     pub fn rope_store(&self, kv_f16: bool, qkv_bias: bool, qk_norm: bool) -> wgpu::ComputePipeline {

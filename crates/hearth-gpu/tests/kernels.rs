@@ -7,7 +7,7 @@
 
 use hearth_core::cpu::{apply_rope, attention_at, matmul, rms_norm, silu};
 use hearth_core::manifest::{
-    Activation as ModelActivation, ModelConfig, NormKind, PositionKind, RopeConfig, RopeStyle, TensorEntry,
+    Activation as ModelActivation, AlibiConfig, ModelConfig, NormKind, PositionKind, RopeConfig, RopeStyle, TensorEntry,
 };
 use hearth_core::quant::{DType, Tensor};
 use hearth_gpu::kernels::{
@@ -99,6 +99,8 @@ enum Fusion {
     SwiGlu,
     GeGlu,
     Accumulate,
+    /// GPT-2's up product: gelu(W·x + b).
+    BiasGelu,
 }
 
 /// matvec.wgsl for every encoding, fusion, work split, and for one token (decode pipeline) and 11
@@ -111,7 +113,9 @@ fn matvec_matches_the_cpu_for_every_encoding_fusion_split_and_block() {
         ctx.software = software;
         let kernels = Kernels::new(&ctx.device, software);
         for (dtype, group) in ENCODINGS {
-            for fusion in [Fusion::Plain, Fusion::Norm, Fusion::SwiGlu, Fusion::GeGlu, Fusion::Accumulate] {
+            for fusion in
+                [Fusion::Plain, Fusion::Norm, Fusion::SwiGlu, Fusion::GeGlu, Fusion::Accumulate, Fusion::BiasGelu]
+            {
                 for n in [1usize, 11] {
                     check_matvec(&ctx, &kernels, dtype, group, fusion, rows, cols, n);
                 }
@@ -139,6 +143,7 @@ fn check_matvec(
     let x: Vec<f32> = random(n * cols, 2).iter().map(|v| v * 3.0).collect();
     let norm_weight: Vec<f32> = random(cols, 3).iter().map(|v| 1.0 + 0.5 * v).collect();
     let initial = random(n * rows, 4);
+    let bias = random(rows, 5);
     let eps = 1e-5f32;
 
     // CPU: the steps one after the other, as the CPU engine runs them.
@@ -161,12 +166,16 @@ fn check_matvec(
     let mut expected = vec![0f32; n * rows];
     let mut tolerance = vec![0f32; n * rows];
     for t in 0..n {
-        for r in 0..rows {
+        for (r, &b) in bias.iter().enumerate() {
             let (i, g) = (t * rows + r, t * w_rows + r);
             let tol_g = dot_tolerance(cols, abs_sums[g]);
             (expected[i], tolerance[i]) = match fusion {
                 Fusion::Plain | Fusion::Norm => (products[g], tol_g),
                 Fusion::Accumulate => (initial[i] + products[g], tol_g + f32::EPSILON * initial[i].abs()),
+                Fusion::BiasGelu => {
+                    let v = products[g] + b;
+                    (gelu_tanh(v), 1.13 * (tol_g + f32::EPSILON * v.abs()) + 1e-6 * v.abs())
+                }
                 Fusion::SwiGlu | Fusion::GeGlu => {
                     let act = if matches!(fusion, Fusion::SwiGlu) { silu } else { gelu_tanh };
                     let (gate, up) = (products[g], products[g + rows]);
@@ -185,11 +194,12 @@ fn check_matvec(
         norm: matches!(fusion, Fusion::Norm),
         activation: match fusion {
             Fusion::SwiGlu => Activation::Silu,
-            Fusion::GeGlu => Activation::GeluTanh,
+            Fusion::GeGlu | Fusion::BiasGelu => Activation::GeluTanh,
             _ => Activation::None,
         },
         gated,
         accumulate: matches!(fusion, Fusion::Accumulate),
+        bias: matches!(fusion, Fusion::BiasGelu),
     };
     let mut pieces = upload(ctx, &w.matrix, &[&w]);
     assert_eq!(pieces.len(), 1);
@@ -204,6 +214,7 @@ fn check_matvec(
     let xb = storage_init(&ctx.device, "x", &x);
     let y = storage_init(&ctx.device, "y", &initial);
     let nw = storage_init(&ctx.device, "norm", &norm_weight);
+    let bb = storage_init(&ctx.device, "bias", &bias);
     let pipeline = kernels.matvec(key);
     let mut entries = vec![
         entry(0, whole(&dims)),
@@ -211,6 +222,7 @@ fn check_matvec(
         entry(2, whole(&xb)),
         entry(3, whole(&y)),
         entry(7, whole(&nw)),
+        entry(8, whole(&bb)),
     ];
     entries.extend(w.weight_entries(4));
     dispatch_once(ctx, &pipeline, &entries, (gx, gy, (n as u32).div_ceil(key.block)));
@@ -232,7 +244,7 @@ fn check_matvec(
 
 /// embed.wgsl for every encoding, from a table split into row pieces (a small binding limit forced)
 /// as the engine splits vocabularies too large for one binding, times an embedding scale (Gemma's
-/// sqrt(640)). Tolerance: a decoded value is `q·scale + min` in f32 on both sides, then one product;
+/// sqrt(640)); then the same table as learned positions, its rows added by position. Tolerance: a decoded value is `q·scale + min` in f32 on both sides, then one product;
 /// a fused multiply-add may round once instead of twice, so they differ by a few ulps of the
 /// larger term.
 #[test]
@@ -253,6 +265,7 @@ fn embedding_gather_matches_the_cpu_for_every_encoding_and_split_tables() {
                 assert!(pieces.len() > 2, "{dtype:?}: a 32 KiB limit should split the table");
             }
             let tb = storage_init(&ctx.device, "tokens", &tokens);
+            let step = uniform(&ctx.device, "step", &[0, tokens.len() as u32]);
             let out = storage(&ctx.device, "out", tokens.len() * hidden);
             for piece in &pieces {
                 let dims = uniform(
@@ -260,10 +273,11 @@ fn embedding_gather_matches_the_cpu_for_every_encoding_and_split_tables() {
                     "dims",
                     &[hidden as u32, piece.first_row, piece.rows, piece.group, EMBED_SCALE.to_bits()],
                 );
-                let mut entries = vec![entry(0, whole(&dims)), entry(1, whole(&tb)), entry(2, whole(&out))];
+                let mut entries =
+                    vec![entry(0, whole(&dims)), entry(1, whole(&tb)), entry(2, whole(&out)), entry(6, whole(&step))];
                 entries.extend(piece.weight_entries(3));
                 let grid = ((hidden as u32).div_ceil(WORKGROUP), tokens.len() as u32, 1);
-                dispatch_once(&ctx, &kernels.embed(dtype), &entries, grid);
+                dispatch_once(&ctx, &kernels.embed(dtype, false), &entries, grid);
             }
             let got: Vec<f32> = read_back(&ctx, &out, 0, tokens.len() * hidden).unwrap();
             for (t, &id) in tokens.iter().enumerate() {
@@ -273,6 +287,30 @@ fn embedding_gather_matches_the_cpu_for_every_encoding_and_split_tables() {
                     assert!(
                         (have - want).abs() <= 3.0 * f32::EPSILON * want.abs().max(EMBED_SCALE),
                         "{dtype:?}/{group}, limit {limit}: token {id} value {i}: GPU {have}, CPU {want}"
+                    );
+                }
+            }
+
+            // The same table as learned positions (GPT-2): rows start.. added to what is there.
+            let start = 990u32; // the rows run to the table's last piece
+            let step = uniform(&ctx.device, "step", &[start, tokens.len() as u32]);
+            for piece in &pieces {
+                let dims = uniform(&ctx.device, "dims", &[hidden as u32, piece.first_row, piece.rows, piece.group]);
+                let mut entries =
+                    vec![entry(0, whole(&dims)), entry(1, whole(&tb)), entry(2, whole(&out)), entry(6, whole(&step))];
+                entries.extend(piece.weight_entries(3));
+                let grid = ((hidden as u32).div_ceil(WORKGROUP), tokens.len() as u32, 1);
+                dispatch_once(&ctx, &kernels.embed(dtype, true), &entries, grid);
+            }
+            let with_positions: Vec<f32> = read_back(&ctx, &out, 0, tokens.len() * hidden).unwrap();
+            for t in 0..tokens.len() {
+                for i in 0..hidden {
+                    let want = got[t * hidden + i] + dense[(start as usize + t) * hidden + i];
+                    let have = with_positions[t * hidden + i];
+                    assert!(
+                        (have - want).abs() <= 2.0 * f32::EPSILON * want.abs().max(1.0),
+                        "{dtype:?}/{group}, limit {limit}: position {} value {i}: GPU {have}, CPU {want}",
+                        start as usize + t
                     );
                 }
             }
@@ -295,6 +333,7 @@ fn config(n_heads: usize, n_kv_heads: usize, head_dim: usize, rope_dim: usize, s
         norm: NormKind::Rms,
         norm_eps: 1e-5,
         activation: ModelActivation::Silu,
+        ffn: Default::default(),
         position: PositionKind::Rope,
         rope: Some(RopeConfig { base: 10000.0, dim: rope_dim, style, scaling: None, local_base: None }),
         alibi: None,
@@ -305,6 +344,8 @@ fn config(n_heads: usize, n_kv_heads: usize, head_dim: usize, rope_dim: usize, s
         qk_norm: false,
         post_norms: false,
         embedding_scale: None,
+        embedding_norm: false,
+        linear_bias: false,
     }
 }
 
@@ -477,23 +518,26 @@ fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
 #[test]
 fn attention_matches_the_cpu_in_both_splits_and_caches() {
     let Some(mut ctx) = context() else { return };
-    // (shape, sliding window): the windowed cases keep a ring of window + n - 1 rows, as the engine
-    // does, so positions wrap around it.
-    for (shape, window) in [
-        ((6usize, 2usize, 40usize, 50usize, 29usize, 7usize), None),
-        ((9, 3, 64, 1600, 1536, 64), None),
-        ((6, 2, 40, 2000, 1990, 5), None),
-        ((6, 2, 40, 50, 29, 7), Some(8)),
-        ((9, 3, 64, 1600, 1536, 64), Some(100)),
+    // (shape, sliding window, ALiBi): the windowed cases keep a ring of window + n - 1 rows, as the
+    // engine does, so positions wrap around it; the ALiBi cases have 6 and 9 heads (not powers of
+    // two, so both of ALiBi's slope sequences appear).
+    for (shape, window, alibi) in [
+        ((6usize, 2usize, 40usize, 50usize, 29usize, 7usize), None, false),
+        ((9, 3, 64, 1600, 1536, 64), None, false),
+        ((6, 2, 40, 2000, 1990, 5), None, false),
+        ((6, 2, 40, 50, 29, 7), Some(8), false),
+        ((9, 3, 64, 1600, 1536, 64), Some(100), false),
         // Gemma 3's heads of 256: past 423 visible positions the row split would hit lavapipe's
         // loop limiter, so software adapters take the cooperative kernel here too.
-        ((4, 1, 256, 600, 590, 6), None),
-        ((4, 1, 256, 600, 590, 6), Some(512)),
+        ((4, 1, 256, 600, 590, 6), None, false),
+        ((4, 1, 256, 600, 590, 6), Some(512), false),
+        ((6, 6, 40, 50, 29, 7), None, true),
+        ((9, 9, 16, 2000, 1990, 5), None, true),
     ] {
         for software in [true, false] {
             ctx.software = software;
             for f16 in [false, true] {
-                check_attention(&ctx, shape, window, f16);
+                check_attention(&ctx, shape, window, alibi, f16);
             }
         }
     }
@@ -503,11 +547,16 @@ fn check_attention(
     ctx: &GpuContext,
     shape: (usize, usize, usize, usize, usize, usize),
     window: Option<usize>,
+    alibi: bool,
     f16: bool,
 ) {
     let (n_heads, n_kv, hd, capacity, start, n) = shape;
     let rows = window.map_or(capacity, |w| w + n - 1);
-    let c = config(n_heads, n_kv, hd, hd, RopeStyle::Neox);
+    let mut c = config(n_heads, n_kv, hd, hd, RopeStyle::Neox);
+    let alibi_max_bias = if alibi { 8.0f32 } else { 0.0 };
+    if alibi {
+        (c.position, c.rope, c.alibi) = (PositionKind::Alibi, None, Some(AlibiConfig { max_bias: alibi_max_bias }));
+    }
     let (qd, kvd) = (n_heads * hd, n_kv * hd);
     let q = random(n * qd, 11);
     let kernels = Kernels::new(&ctx.device, ctx.software);
@@ -532,6 +581,7 @@ fn check_attention(
             scale.to_bits(),
             rows as u32,
             window.unwrap_or(0) as u32,
+            alibi_max_bias.to_bits(),
         ],
     );
     let step = uniform(&ctx.device, "step", &[start as u32, n as u32]);
@@ -556,7 +606,8 @@ fn check_attention(
     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(
         worst <= 1e-6,
-        "shape {shape:?}, window {window:?}, software split {}, f16 cache {f16}: GPU and CPU differ by {worst}",
+        "shape {shape:?}, window {window:?}, ALiBi {alibi}, software split {}, f16 cache {f16}: GPU and CPU differ by \
+         {worst}",
         ctx.software
     );
 }

@@ -7,8 +7,8 @@ use crate::error::{HearthError, Result};
 use crate::ggml_quants::{dequantize, q4_from_ggml, q8_from_ggml, q8_from_q5_0};
 use crate::gguf::{GgmlType, GgufFile, GgufTensorInfo};
 use crate::manifest::{
-    Activation, Manifest, ModelConfig, NormKind, PositionKind, RopeConfig, RopeScaling, RopeStyle, SourceInfo,
-    TokenizerInfo,
+    Activation, AlibiConfig, FfnKind, Manifest, ModelConfig, NormKind, PositionKind, RopeConfig, RopeScaling,
+    RopeStyle, SourceInfo, TokenizerInfo,
 };
 use crate::package::PackageWriter;
 use crate::quant::{DType, Tensor};
@@ -22,6 +22,23 @@ pub(super) fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result
     let mut writer = PackageWriter::new(out, opts.shard_bytes, opts.overwrite)?;
     for info in &gguf.tensors {
         let tensor = convert_tensor(&gguf, info, opts)?;
+        // llama.cpp's fused Q/K/V (BLOOM, GPT-2): Q, K and V rows one after another. Stored as the
+        // three tensors every other architecture has, so the engines know one layout.
+        if let Some(layer) =
+            info.name.strip_suffix(".attn_qkv.weight").or_else(|| info.name.strip_suffix(".attn_qkv.bias"))
+        {
+            let kind = if info.name.ends_with(".weight") { "weight" } else { "bias" };
+            let parts = split_qkv(&tensor, &config).ok_or_else(|| {
+                HearthError::bad_file(
+                    input.display().to_string(),
+                    format!("`{}` of shape {:?} is not Q, K and V of this model's sizes", info.name, info.shape()),
+                )
+            })?;
+            for (part, t) in ["attn_q", "attn_k", "attn_v"].iter().zip(parts) {
+                writer.add_tensor(&format!("{layer}.{part}.{kind}"), &t)?;
+            }
+            continue;
+        }
         writer.add_tensor(&info.name, &tensor)?;
     }
     writer.add_file("tokenizer.json", tok.json.as_bytes())?;
@@ -57,15 +74,94 @@ pub(super) fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result
     writer.finish(manifest)
 }
 
+/// A fused Q/K/V matrix (or bias) cut into Q, K and V by rows.
+fn split_qkv(fused: &Tensor, c: &ModelConfig) -> Option<Vec<Tensor>> {
+    let (q, kv) = (c.q_dim(), c.kv_dim());
+    let matrix = if fused.shape.len() == 1 {
+        Tensor { shape: vec![fused.shape[0], 1], data: fused.data.clone() }
+    } else {
+        fused.clone()
+    };
+    if matrix.rows() != q + 2 * kv {
+        return None;
+    }
+    let parts = [(0, q), (q, kv), (q + kv, kv)]
+        .into_iter()
+        .map(|(start, n)| matrix.row_slice(start, n))
+        .collect::<Option<Vec<_>>>()?;
+    Some(if fused.shape.len() == 1 {
+        parts.into_iter().map(|t| Tensor { shape: vec![t.shape[0]], data: t.data }).collect()
+    } else {
+        parts
+    })
+}
+
 fn model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
+    match arch {
+        "llama" | "qwen2" | "gemma3" => rope_model_config(gguf, arch),
+        "bloom" | "gpt2" => layer_norm_model_config(gguf, arch),
+        _ => Err(HearthError::UnsupportedArchitecture(arch.to_string())),
+    }
+}
+
+/// BLOOM and GPT-2: LayerNorm, a plain GELU MLP, biases on every product, fused Q/K/V (split on
+/// conversion), no RoPE: ALiBi (BLOOM, which also norms its embeddings) or learned positions.
+fn layer_norm_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let file = gguf.path.display().to_string();
+    let hidden = gguf.require_u64(&key("embedding_length"))? as usize;
+    let n_heads = gguf.require_u64(&key("attention.head_count"))? as usize;
+    let n_kv_heads = gguf.get_u64(&key("attention.head_count_kv")).map_or(n_heads, |v| v as usize);
+    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || hidden % n_heads != 0 {
+        return Err(HearthError::bad_file(
+            &file,
+            format!("{n_heads} heads cannot share {n_kv_heads} key/value heads of {hidden} values"),
+        ));
+    }
+    let embd =
+        gguf.tensor("token_embd.weight").ok_or_else(|| HearthError::bad_file(&file, "no token_embd.weight tensor"))?;
+    let bloom = arch == "bloom";
+    let context_length = match gguf.tensor("position_embd.weight") {
+        // Learned positions: the table's rows are the context.
+        Some(t) if !bloom => t.shape()[0],
+        _ => gguf.get_u64(&key("context_length")).map_or(2048, |v| v as usize),
+    };
+    let has = |name: &str| gguf.tensor(name).is_some();
+    Ok(ModelConfig {
+        n_layers: gguf.require_u64(&key("block_count"))? as usize,
+        hidden_size: hidden,
+        n_heads,
+        n_kv_heads,
+        head_dim: hidden / n_heads,
+        ffn_size: gguf.require_u64(&key("feed_forward_length"))? as usize,
+        vocab_size: embd.shape()[0],
+        context_length,
+        norm: NormKind::Layer,
+        norm_eps: gguf.get_f64(&key("attention.layer_norm_epsilon")).unwrap_or(1e-5) as f32,
+        activation: Activation::GeluTanh,
+        ffn: FfnKind::Plain,
+        position: if bloom { PositionKind::Alibi } else { PositionKind::Learned },
+        rope: None,
+        // BLOOM's slopes are the standard ones (a maximum bias of 8), as llama.cpp uses whatever
+        // the file says.
+        alibi: bloom.then_some(AlibiConfig { max_bias: 8.0 }),
+        sliding_window: None,
+        sliding_window_pattern: None,
+        tied_embeddings: !has("output.weight"),
+        qkv_bias: has("blk.0.attn_qkv.bias") || has("blk.0.attn_q.bias"),
+        qk_norm: false,
+        post_norms: false,
+        embedding_scale: None,
+        embedding_norm: has("token_embd_norm.weight"),
+        linear_bias: has("blk.0.attn_output.bias"),
+    })
+}
+
+fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
     // Pre-norm RoPE decoders that differ only in what the config below records. llama.cpp's
     // converter permutes Llama's Q/K rows so rotated pairs are adjacent; Qwen2's and Gemma's it
     // leaves in NeoX order.
-    let style = match arch {
-        "llama" => RopeStyle::Interleaved,
-        "qwen2" | "gemma3" => RopeStyle::Neox,
-        _ => return Err(HearthError::UnsupportedArchitecture(arch.to_string())),
-    };
+    let style = if arch == "llama" { RopeStyle::Interleaved } else { RopeStyle::Neox };
     let gemma = arch == "gemma3";
     let key = |k: &str| format!("{arch}.{k}");
     let hidden = gguf.require_u64(&key("embedding_length"))? as usize;
@@ -103,6 +199,7 @@ fn model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
         norm_eps: gguf.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32,
         // Gemma's GeGLU; llama.cpp's ggml_gelu is the tanh approximation.
         activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
+        ffn: FfnKind::Gated,
         position: PositionKind::Rope,
         rope: Some(RopeConfig {
             base: gguf.get_f64(&key("rope.freq_base")).unwrap_or(10_000.0) as f32,
@@ -128,6 +225,8 @@ fn model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
         post_norms: gguf.tensor("blk.0.post_attention_norm.weight").is_some(),
         // llama.cpp scales by sqrtf(n_embd) in f32.
         embedding_scale: gemma.then(|| (hidden as f32).sqrt()),
+        embedding_norm: false,
+        linear_bias: false,
     })
 }
 

@@ -198,6 +198,7 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, ModelConfig)> 
         norm: NormKind::Rms,
         norm_eps: hf.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-5) as f32,
         activation: Activation::Silu,
+        ffn: Default::default(),
         position: PositionKind::Rope,
         rope: Some(RopeConfig {
             base: hf.get("rope_theta").and_then(Value::as_f64).unwrap_or(10_000.0) as f32,
@@ -214,6 +215,8 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, ModelConfig)> 
         qk_norm: false,
         post_norms: false,
         embedding_scale: None,
+        embedding_norm: false,
+        linear_bias: false,
     };
     Ok((architecture, config))
 }
