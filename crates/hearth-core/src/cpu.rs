@@ -464,7 +464,7 @@ pub fn attention_at(
 ) {
     let (hd, kvd) = (c.head_dim, c.kv_dim());
     let group = c.n_heads / c.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = c.attention_scale();
     let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
     let mut scores = vec![0f32; pos + 1 - first];
     let slopes = match (&c.alibi, c.position) {

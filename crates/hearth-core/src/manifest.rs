@@ -76,6 +76,10 @@ pub struct ModelConfig {
     /// Token embeddings are multiplied by this (Gemma: sqrt(hidden_size)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding_scale: Option<f32>,
+    /// What attention scores are multiplied by, when not 1/sqrt(head_dim) (Gemma 3 27B:
+    /// 1/sqrt(hidden_size / n_heads)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_scale: Option<f32>,
     /// A norm of the token embeddings before the first layer (BLOOM): `token_embd_norm.{weight,bias}`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub embedding_norm: bool,
@@ -220,6 +224,11 @@ impl ModelConfig {
 
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
+    }
+
+    /// What attention scores are multiplied by.
+    pub fn attention_scale(&self) -> f32 {
+        self.attention_scale.unwrap_or(1.0 / (self.head_dim as f32).sqrt())
     }
 
     /// Check the numbers that the engines divide by or index with, so a bad manifest is an error and

@@ -199,67 +199,239 @@ fn a_windowed_model_stays_correct_and_bounded_far_past_its_window() {
     assert!(max_diff(&last, &short) > 1e-2, "the receptive field is smaller than computed");
 }
 
-/// A Hugging Face directory (config.json, model.safetensors, tokenizer.json) holding the Qwen2
-/// fixture's weights under their Transformers names: the safetensors converter must map names and
-/// biases to the same model, so the logits equal llama.cpp's too. (llama.cpp's converter leaves
-/// Qwen2's Q/K rows in Hugging Face order, so the weights carry over unchanged.)
+/// Each architecture from a Hugging Face directory (config.json, model.safetensors, tokenizer.json)
+/// holding the fixture's weights in the Transformers layout, written here from the GGUF package:
+/// Transformers names; Gemma's norm weights stored as `w` for `(1 + w)`; GPT-2's `Conv1D` matrices
+/// stored `[in, out]` with Q|K|V side by side in `c_attn`; BLOOM's `query_key_value` rows grouped per
+/// head as `[head][q, k, v][head_dim]`. The safetensors converter must undo each of these, and read
+/// the same config from config.json as from the GGUF metadata, so the logits equal llama.cpp's too.
+/// (Qwen2's Q/K rows are in Transformers order in GGUF already; Llama's are permuted, and have their
+/// own test on SmolLM2's real checkpoint.)
 #[test]
-fn qwen2_from_safetensors_gives_the_gguf_logits() {
-    let fx = fixtures().into_iter().find(|f| f.name == "qwen2").expect("tests/fixtures/tiny/qwen2.json");
-    let tmp = tempfile::tempdir().unwrap();
-    let from_gguf = convert_to(&fx.gguf, &tmp.path().join("gguf"));
-    let m = from_gguf.manifest().clone();
-    let c = &m.config;
+fn every_architecture_from_safetensors_gives_the_gguf_logits() {
+    for name in ["qwen2", "gemma3", "bloom", "gpt2"] {
+        let fx = fixtures().into_iter().find(|f| f.name == name).unwrap_or_else(|| panic!("{name} fixture"));
+        let tmp = tempfile::tempdir().unwrap();
+        let from_gguf = convert_to(&fx.gguf, &tmp.path().join("gguf"));
+        let m = from_gguf.manifest().clone();
+        let c = &m.config;
+        let mut tensors: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+        let mut shapes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for entry in &m.tensors {
+            let t = hearth_core::quant::Tensor::from_bytes(
+                &entry.name,
+                entry.shape.clone(),
+                entry.dtype,
+                entry.group_size,
+                &from_gguf.read_tensor_bytes(entry).unwrap(),
+            )
+            .unwrap();
+            tensors.insert(entry.name.clone(), t.to_f32());
+            shapes.insert(entry.name.clone(), entry.shape.clone());
+        }
+        let hf_tensors = to_transformers_layout(name, c, &tensors, &shapes);
 
-    let hf = tmp.path().join("hf");
-    std::fs::create_dir(&hf).unwrap();
-    let mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
-    for entry in &m.tensors {
-        let t = hearth_core::quant::Tensor::from_bytes(
-            &entry.name,
-            entry.shape.clone(),
-            entry.dtype,
-            entry.group_size,
-            &from_gguf.read_tensor_bytes(entry).unwrap(),
-        )
-        .unwrap();
-        let bytes = t.to_f32().iter().flat_map(|v| v.to_le_bytes()).collect();
-        tensors.insert(hf_name(&entry.name), (entry.shape.clone(), bytes));
+        let hf = tmp.path().join("hf");
+        std::fs::create_dir(&hf).unwrap();
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = hf_tensors
+            .into_iter()
+            .map(|(n, (shape, values))| (n, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()))
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+            .iter()
+            .map(|(n, shape, b)| {
+                (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b).unwrap())
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, &hf.join("model.safetensors")).unwrap();
+        std::fs::write(hf.join("config.json"), transformers_config(name, c).to_string()).unwrap();
+        std::fs::copy(from_gguf.dir.join("tokenizer.json"), hf.join("tokenizer.json")).unwrap();
+
+        let from_hf = convert_to(&hf, &tmp.path().join("from-hf"));
+        assert_eq!(from_hf.manifest().architecture, name);
+        assert_eq!(from_hf.manifest().config, m.config, "{name}: config.json gives another config than GGUF");
+        let mut engine = CpuEngine::from_package(&from_hf).unwrap();
+        let seq = &fx.sequences[1];
+        let diff = max_diff(&engine.forward(&seq.tokens, true).unwrap(), seq.tight());
+        eprintln!("{name} from safetensors: max |CPU - oracle| = {diff:.2e}");
+        assert!(diff <= TOLERANCE, "safetensors {name} differs from the oracle by {diff}");
     }
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(name, (shape, bytes))| {
-            (name.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).unwrap())
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &hf.join("model.safetensors")).unwrap();
-    let config = serde_json::json!({
-        "architectures": ["Qwen2ForCausalLM"],
-        "hidden_size": c.hidden_size,
-        "intermediate_size": c.ffn_size,
-        "num_hidden_layers": c.n_layers,
-        "num_attention_heads": c.n_heads,
-        "num_key_value_heads": c.n_kv_heads,
-        "vocab_size": c.vocab_size,
-        "max_position_embeddings": c.context_length,
-        "rms_norm_eps": c.norm_eps,
-        "rope_theta": c.rope.as_ref().unwrap().base,
-        "tie_word_embeddings": c.tied_embeddings,
-    });
-    std::fs::write(hf.join("config.json"), config.to_string()).unwrap();
-    std::fs::copy(from_gguf.dir.join("tokenizer.json"), hf.join("tokenizer.json")).unwrap();
-
-    let from_hf = convert_to(&hf, &tmp.path().join("from-hf"));
-    assert_eq!(from_hf.manifest().architecture, "qwen2");
-    assert_eq!(from_hf.manifest().config, m.config, "the same config from config.json as from GGUF metadata");
-    let mut engine = CpuEngine::from_package(&from_hf).unwrap();
-    let seq = &fx.sequences[1];
-    let diff = max_diff(&engine.forward(&seq.tokens, true).unwrap(), seq.tight());
-    assert!(diff <= TOLERANCE, "safetensors Qwen2 differs from llama.cpp by {diff}");
 }
 
-/// GGUF tensor name → Transformers name (Llama/Qwen2 layout).
-fn hf_name(gguf: &str) -> String {
+type HfTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// The package's tensors as a Transformers checkpoint of architecture `arch` stores them.
+fn to_transformers_layout(
+    arch: &str,
+    c: &hearth_core::manifest::ModelConfig,
+    tensors: &BTreeMap<String, Vec<f32>>,
+    shapes: &BTreeMap<String, Vec<usize>>,
+) -> HfTensors {
+    let mut out = HfTensors::new();
+    let get = |n: &str| (shapes[n].clone(), tensors[n].clone());
+    match arch {
+        "qwen2" | "gemma3" => {
+            for name in tensors.keys() {
+                let (shape, mut values) = get(name);
+                if arch == "gemma3" && name.contains("norm.weight") {
+                    values.iter_mut().for_each(|w| *w -= 1.0); // stored as w for (1 + w)
+                }
+                out.insert(llama_family_name(arch, name), (shape, values));
+            }
+        }
+        "gpt2" => {
+            let conv1d = |(shape, values): (Vec<usize>, Vec<f32>)| {
+                let (rows, cols) = (shape[0], shape[1]);
+                let mut t = vec![0f32; values.len()];
+                for r in 0..rows {
+                    for k in 0..cols {
+                        t[k * rows + r] = values[r * cols + k];
+                    }
+                }
+                (vec![cols, rows], t)
+            };
+            out.insert("wte.weight".into(), get("token_embd.weight"));
+            out.insert("wpe.weight".into(), get("position_embd.weight"));
+            out.insert("ln_f.weight".into(), get("output_norm.weight"));
+            out.insert("ln_f.bias".into(), get("output_norm.bias"));
+            out.insert("lm_head.weight".into(), get("output.weight"));
+            for l in 0..c.n_layers {
+                let g = |s: &str| get(&format!("blk.{l}.{s}"));
+                let h = |s: &str| format!("h.{l}.{s}");
+                let stacked = |kind: &str| {
+                    let parts = ["attn_q", "attn_k", "attn_v"].map(|p| g(&format!("{p}.{kind}")));
+                    let rows: usize = parts.iter().map(|(s, _)| s[0]).sum();
+                    let mut shape = parts[0].0.clone();
+                    shape[0] = rows;
+                    (shape, parts.into_iter().flat_map(|(_, v)| v).collect::<Vec<f32>>())
+                };
+                out.insert(h("ln_1.weight"), g("attn_norm.weight"));
+                out.insert(h("ln_1.bias"), g("attn_norm.bias"));
+                out.insert(h("attn.c_attn.weight"), conv1d(stacked("weight")));
+                out.insert(h("attn.c_attn.bias"), stacked("bias"));
+                out.insert(h("attn.c_proj.weight"), conv1d(g("attn_output.weight")));
+                out.insert(h("attn.c_proj.bias"), g("attn_output.bias"));
+                out.insert(h("ln_2.weight"), g("ffn_norm.weight"));
+                out.insert(h("ln_2.bias"), g("ffn_norm.bias"));
+                out.insert(h("mlp.c_fc.weight"), conv1d(g("ffn_up.weight")));
+                out.insert(h("mlp.c_fc.bias"), g("ffn_up.bias"));
+                out.insert(h("mlp.c_proj.weight"), conv1d(g("ffn_down.weight")));
+                out.insert(h("mlp.c_proj.bias"), g("ffn_down.bias"));
+            }
+        }
+        "bloom" => {
+            out.insert("word_embeddings.weight".into(), get("token_embd.weight"));
+            out.insert("word_embeddings_layernorm.weight".into(), get("token_embd_norm.weight"));
+            out.insert("word_embeddings_layernorm.bias".into(), get("token_embd_norm.bias"));
+            out.insert("ln_f.weight".into(), get("output_norm.weight"));
+            out.insert("ln_f.bias".into(), get("output_norm.bias"));
+            let hd = c.head_dim;
+            for l in 0..c.n_layers {
+                let g = |s: &str| get(&format!("blk.{l}.{s}"));
+                let h = |s: &str| format!("h.{l}.{s}");
+                // Per head: its query rows, then its key rows, then its value rows.
+                let per_head = |kind: &str| {
+                    let parts = ["attn_q", "attn_k", "attn_v"].map(|p| g(&format!("{p}.{kind}")));
+                    let cols = parts[0].0.get(1).copied().unwrap_or(1);
+                    let mut values = Vec::new();
+                    for head in 0..c.n_heads {
+                        for (_, v) in &parts {
+                            values.extend_from_slice(&v[head * hd * cols..(head + 1) * hd * cols]);
+                        }
+                    }
+                    let mut shape = parts[0].0.clone();
+                    shape[0] *= 3;
+                    (shape, values)
+                };
+                out.insert(h("input_layernorm.weight"), g("attn_norm.weight"));
+                out.insert(h("input_layernorm.bias"), g("attn_norm.bias"));
+                out.insert(h("self_attention.query_key_value.weight"), per_head("weight"));
+                out.insert(h("self_attention.query_key_value.bias"), per_head("bias"));
+                out.insert(h("self_attention.dense.weight"), g("attn_output.weight"));
+                out.insert(h("self_attention.dense.bias"), g("attn_output.bias"));
+                out.insert(h("post_attention_layernorm.weight"), g("ffn_norm.weight"));
+                out.insert(h("post_attention_layernorm.bias"), g("ffn_norm.bias"));
+                out.insert(h("mlp.dense_h_to_4h.weight"), g("ffn_up.weight"));
+                out.insert(h("mlp.dense_h_to_4h.bias"), g("ffn_up.bias"));
+                out.insert(h("mlp.dense_4h_to_h.weight"), g("ffn_down.weight"));
+                out.insert(h("mlp.dense_4h_to_h.bias"), g("ffn_down.bias"));
+            }
+        }
+        other => panic!("no Transformers layout for {other}"),
+    }
+    out
+}
+
+/// config.json of a Transformers checkpoint with config `c`.
+fn transformers_config(arch: &str, c: &hearth_core::manifest::ModelConfig) -> serde_json::Value {
+    match arch {
+        "qwen2" => serde_json::json!({
+            "architectures": ["Qwen2ForCausalLM"],
+            "hidden_size": c.hidden_size,
+            "intermediate_size": c.ffn_size,
+            "num_hidden_layers": c.n_layers,
+            "num_attention_heads": c.n_heads,
+            "num_key_value_heads": c.n_kv_heads,
+            "vocab_size": c.vocab_size,
+            "max_position_embeddings": c.context_length,
+            "rms_norm_eps": c.norm_eps,
+            "rope_theta": c.rope.as_ref().unwrap().base,
+            "tie_word_embeddings": c.tied_embeddings,
+        }),
+        "gemma3" => {
+            let pattern = c.sliding_window_pattern.unwrap();
+            let layer_types: Vec<&str> = (0..c.n_layers)
+                .map(|l| if (l + 1) % pattern == 0 { "full_attention" } else { "sliding_attention" })
+                .collect();
+            serde_json::json!({
+                "architectures": ["Gemma3ForCausalLM"],
+                "hidden_size": c.hidden_size,
+                "intermediate_size": c.ffn_size,
+                "num_hidden_layers": c.n_layers,
+                "num_attention_heads": c.n_heads,
+                "num_key_value_heads": c.n_kv_heads,
+                "head_dim": c.head_dim,
+                "vocab_size": c.vocab_size,
+                "max_position_embeddings": c.context_length,
+                "rms_norm_eps": c.norm_eps,
+                "rope_theta": c.rope.as_ref().unwrap().base,
+                "rope_local_base_freq": c.rope.as_ref().unwrap().local_base.unwrap(),
+                "sliding_window": c.sliding_window.unwrap(),
+                "layer_types": layer_types,
+                "query_pre_attn_scalar": c.head_dim,
+                "hidden_activation": "gelu_pytorch_tanh",
+                "rope_scaling": null,
+                "tie_word_embeddings": true,
+            })
+        }
+        "gpt2" => serde_json::json!({
+            "architectures": ["GPT2LMHeadModel"],
+            "n_embd": c.hidden_size,
+            "n_inner": c.ffn_size,
+            "n_layer": c.n_layers,
+            "n_head": c.n_heads,
+            "n_positions": c.context_length,
+            "vocab_size": c.vocab_size,
+            "layer_norm_epsilon": c.norm_eps,
+            "activation_function": "gelu_new",
+        }),
+        // BLOOM's config has no MLP size (4 x hidden in the real models; the converter reads the
+        // tensors') and no context length but its training `seq_length`.
+        "bloom" => serde_json::json!({
+            "architectures": ["BloomForCausalLM"],
+            "hidden_size": c.hidden_size,
+            "n_layer": c.n_layers,
+            "n_head": c.n_heads,
+            "vocab_size": c.vocab_size,
+            "seq_length": c.context_length,
+            "layer_norm_epsilon": c.norm_eps,
+        }),
+        other => panic!("no config.json for {other}"),
+    }
+}
+
+/// GGUF tensor name → Transformers name (Llama/Qwen2/Gemma 3 layout).
+fn llama_family_name(arch: &str, gguf: &str) -> String {
     match gguf {
         "token_embd.weight" => return "model.embed_tokens.weight".into(),
         "output_norm.weight" => return "model.norm.weight".into(),
@@ -268,20 +440,25 @@ fn hf_name(gguf: &str) -> String {
     }
     let rest = gguf.strip_prefix("blk.").unwrap();
     let (layer, part) = rest.split_once('.').unwrap();
-    let part = match part {
-        "attn_norm.weight" => "input_layernorm.weight",
-        "attn_q.weight" => "self_attn.q_proj.weight",
-        "attn_k.weight" => "self_attn.k_proj.weight",
-        "attn_v.weight" => "self_attn.v_proj.weight",
-        "attn_q.bias" => "self_attn.q_proj.bias",
-        "attn_k.bias" => "self_attn.k_proj.bias",
-        "attn_v.bias" => "self_attn.v_proj.bias",
-        "attn_output.weight" => "self_attn.o_proj.weight",
-        "ffn_norm.weight" => "post_attention_layernorm.weight",
-        "ffn_gate.weight" => "mlp.gate_proj.weight",
-        "ffn_up.weight" => "mlp.up_proj.weight",
-        "ffn_down.weight" => "mlp.down_proj.weight",
-        other => panic!("no Transformers name for {other}"),
+    let part = match (arch, part) {
+        (_, "attn_norm.weight") => "input_layernorm.weight",
+        (_, "attn_q.weight") => "self_attn.q_proj.weight",
+        (_, "attn_k.weight") => "self_attn.k_proj.weight",
+        (_, "attn_v.weight") => "self_attn.v_proj.weight",
+        (_, "attn_q.bias") => "self_attn.q_proj.bias",
+        (_, "attn_k.bias") => "self_attn.k_proj.bias",
+        (_, "attn_v.bias") => "self_attn.v_proj.bias",
+        (_, "attn_output.weight") => "self_attn.o_proj.weight",
+        ("gemma3", "ffn_norm.weight") => "pre_feedforward_layernorm.weight",
+        (_, "ffn_norm.weight") => "post_attention_layernorm.weight",
+        ("gemma3", "post_attention_norm.weight") => "post_attention_layernorm.weight",
+        ("gemma3", "post_ffw_norm.weight") => "post_feedforward_layernorm.weight",
+        ("gemma3", "attn_q_norm.weight") => "self_attn.q_norm.weight",
+        ("gemma3", "attn_k_norm.weight") => "self_attn.k_norm.weight",
+        (_, "ffn_gate.weight") => "mlp.gate_proj.weight",
+        (_, "ffn_up.weight") => "mlp.up_proj.weight",
+        (_, "ffn_down.weight") => "mlp.down_proj.weight",
+        (_, other) => panic!("no Transformers name for {other}"),
     };
     format!("model.layers.{layer}.{part}")
 }

@@ -616,7 +616,7 @@ impl GpuEngine {
                     .entry(visible)
                     .or_insert_with(|| b.kernels.attention(kv_f16, visible, c.head_dim))
                     .clone();
-                let scale = 1.0 / (c.head_dim as f32).sqrt();
+                let scale = c.attention_scale();
                 let dims = uniform(
                     &device,
                     "attention dims",

@@ -344,6 +344,7 @@ fn config(n_heads: usize, n_kv_heads: usize, head_dim: usize, rope_dim: usize, s
         qk_norm: false,
         post_norms: false,
         embedding_scale: None,
+        attention_scale: None,
         embedding_norm: false,
         linear_bias: false,
     }

@@ -152,6 +152,7 @@ fn layer_norm_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
         qk_norm: false,
         post_norms: false,
         embedding_scale: None,
+        attention_scale: None,
         embedding_norm: has("token_embd_norm.weight"),
         linear_bias: has("blk.0.attn_output.bias"),
     })
@@ -186,8 +187,9 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
         }
     };
     let window = gguf.get_u64(&key("attention.sliding_window")).filter(|&w| w > 0).map(|w| w as usize);
+    let n_layers = gguf.require_u64(&key("block_count"))? as usize;
     Ok(ModelConfig {
-        n_layers: gguf.require_u64(&key("block_count"))? as usize,
+        n_layers,
         hidden_size: hidden,
         n_heads,
         n_kv_heads,
@@ -225,6 +227,9 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
         post_norms: gguf.tensor("blk.0.post_attention_norm.weight").is_some(),
         // llama.cpp scales by sqrtf(n_embd) in f32.
         embedding_scale: gemma.then(|| (hidden as f32).sqrt()),
+        // Gemma 3 27B (62 layers) scales queries by its query_pre_attn_scalar, hidden / heads,
+        // not by the head size; llama.cpp recognises it by its layer count, and so does this.
+        attention_scale: (gemma && n_layers == 62).then(|| 1.0 / ((hidden / n_heads) as f32).sqrt()),
         embedding_norm: false,
         linear_bias: false,
     })

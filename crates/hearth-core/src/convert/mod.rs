@@ -5,6 +5,7 @@
 
 mod gguf_model;
 mod gguf_tokenizer;
+mod hf_layout;
 mod safetensors_model;
 
 use std::path::Path;

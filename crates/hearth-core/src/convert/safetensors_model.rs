@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
+use super::hf_layout::{import, Family, Mapping};
 use super::{encode_f32, ConvertOptions, QuantChoice};
 use crate::error::{HearthError, Result};
 use crate::manifest::{
-    Activation, Manifest, ModelConfig, NormKind, PositionKind, RopeConfig, RopeScaling, RopeStyle, SourceInfo,
-    TokenizerInfo,
+    Activation, AlibiConfig, FfnKind, Manifest, ModelConfig, NormKind, PositionKind, RopeConfig, RopeScaling,
+    RopeStyle, SourceInfo, TokenizerInfo,
 };
 use crate::package::PackageWriter;
 use crate::quant::DType;
@@ -24,7 +25,7 @@ fn read_json(path: &Path) -> Result<Value> {
 pub(super) fn convert(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<Manifest> {
     let config_path = dir.join("config.json");
     let hf = read_json(&config_path)?;
-    let (architecture, config) = model_config(&hf, &config_path)?;
+    let (architecture, family, config) = model_config(&hf, &config_path)?;
     let (tokenizer_json, tokenizer_info) = tokenizer(dir)?;
 
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
@@ -38,40 +39,56 @@ pub(super) fn convert(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<M
     }
 
     let mut writer = PackageWriter::new(out, opts.shard_bytes, opts.overwrite)?;
-    let mut seen_output = false;
-    let mut seen_qkv_bias = false;
+    let mut stored: Vec<(String, Vec<usize>)> = Vec::new();
     for path in &files {
         let bytes = fs::read(path).map_err(|e| HearthError::io("read", path, e))?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| HearthError::bad_file(path.display(), e.to_string()))?;
         let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
         names.sort();
         for hf_name in names {
-            let Some(name) = gguf_name(&hf_name) else {
-                // Buffers such as rotary inv_freq are recomputed from the config.
-                if hf_name.ends_with("rotary_emb.inv_freq") {
-                    continue;
-                }
-                return Err(HearthError::bad_file(
-                    path.display(),
-                    format!("unexpected tensor `{hf_name}` for a {architecture} model"),
-                ));
-            };
-            seen_output |= name == "output.weight";
-            seen_qkv_bias |= name.ends_with(".attn_q.bias");
             let view = st.tensor(&hf_name).map_err(|e| HearthError::bad_file(path.display(), e.to_string()))?;
             let values = to_f32(view.dtype(), view.data(), &hf_name)?;
-            let dtype = match (opts.quant, view.dtype()) {
-                (QuantChoice::Keep, Dtype::F16) => DType::F16,
-                (QuantChoice::Keep, _) => DType::F32,
-                (QuantChoice::Q4, _) => DType::Q4,
-                (QuantChoice::Q8, _) => DType::Q8,
-                (QuantChoice::F16, _) => DType::F16,
+            let tensors = match import(family, &config, &hf_name, view.shape(), values) {
+                Mapping::Tensors(t) => t,
+                Mapping::Skip => continue,
+                Mapping::Unknown => {
+                    return Err(HearthError::bad_file(
+                        path.display(),
+                        format!("unexpected tensor `{hf_name}` for a {architecture} model"),
+                    ))
+                }
+                Mapping::BadShape => {
+                    return Err(HearthError::bad_file(
+                        path.display(),
+                        format!("`{hf_name}` of shape {:?} is not Q, K and V of config.json's sizes", view.shape()),
+                    ))
+                }
             };
-            let tensor = encode_f32(&hf_name, view.shape().to_vec(), &values, dtype, opts.group)?;
-            writer.add_tensor(&name, &tensor)?;
+            for t in tensors {
+                let dtype = match (opts.quant, view.dtype()) {
+                    (QuantChoice::Keep, Dtype::F16) => DType::F16,
+                    (QuantChoice::Keep, _) => DType::F32,
+                    (QuantChoice::Q4, _) => DType::Q4,
+                    (QuantChoice::Q8, _) => DType::Q8,
+                    (QuantChoice::F16, _) => DType::F16,
+                };
+                let tensor = encode_f32(&hf_name, t.shape.clone(), &t.values, dtype, opts.group)?;
+                writer.add_tensor(&t.name, &tensor)?;
+                stored.push((t.name, t.shape));
+            }
         }
     }
-    let config = ModelConfig { tied_embeddings: !seen_output, qkv_bias: seen_qkv_bias, ..config };
+    // What the config says only through which tensors exist (BLOOM's config has no MLP size).
+    let has = |name: &str| stored.iter().any(|(s, _)| s == name);
+    let ffn_rows = stored.iter().find(|(s, _)| s == "blk.0.ffn_up.weight").and_then(|(_, shape)| shape.first());
+    let config = ModelConfig {
+        ffn_size: ffn_rows.copied().unwrap_or(config.ffn_size),
+        tied_embeddings: !has("output.weight"),
+        qkv_bias: has("blk.0.attn_q.bias"),
+        linear_bias: has("blk.0.attn_output.bias"),
+        embedding_norm: has("token_embd_norm.weight"),
+        ..config
+    };
     writer.add_file("tokenizer.json", tokenizer_json.as_bytes())?;
     let name = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     writer.finish(Manifest {
@@ -103,40 +120,9 @@ fn to_f32(dtype: Dtype, data: &[u8], name: &str) -> Result<Vec<f32>> {
     })
 }
 
-/// Hugging Face Llama / Qwen2 tensor names → GGUF names.
-fn gguf_name(hf: &str) -> Option<String> {
-    let fixed = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_string());
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let part = match part {
-        "input_layernorm.weight" => "attn_norm.weight",
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "self_attn.q_proj.bias" => "attn_q.bias",
-        "self_attn.k_proj.bias" => "attn_k.bias",
-        "self_attn.v_proj.bias" => "attn_v.bias",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{part}"))
-}
-
-/// The package's architecture name and the model's config.
-fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, ModelConfig)> {
+/// The package's architecture name, the family of its tensor layout, and the model's config
+/// (what only the tensors tell — biases, tied embeddings — is filled in after reading them).
+fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelConfig)> {
     let file = path.display().to_string();
     let arch = hf
         .get("architectures")
@@ -144,10 +130,13 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, ModelConfig)> 
         .and_then(Value::as_str)
         .or_else(|| hf.get("model_type").and_then(Value::as_str))
         .unwrap_or("unknown");
-    let architecture = match arch {
+    let (architecture, family) = match arch {
         // Mistral is Llama with a sliding window (config.json's `sliding_window`, null for none).
-        "LlamaForCausalLM" | "llama" | "MistralForCausalLM" | "mistral" => "llama",
-        "Qwen2ForCausalLM" | "qwen2" => "qwen2",
+        "LlamaForCausalLM" | "llama" | "MistralForCausalLM" | "mistral" => ("llama", Family::Llama),
+        "Qwen2ForCausalLM" | "qwen2" => ("qwen2", Family::Llama),
+        "Gemma3ForCausalLM" | "gemma3_text" => ("gemma3", Family::Gemma3),
+        "GPT2LMHeadModel" | "gpt2" => ("gpt2", Family::Gpt2),
+        "BloomForCausalLM" | "bloom" => ("bloom", Family::Bloom),
         _ => return Err(HearthError::UnsupportedArchitecture(arch.to_string())),
     };
     let int = |k: &str| -> Result<usize> {
@@ -156,69 +145,127 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, ModelConfig)> 
             .map(|v| v as usize)
             .ok_or_else(|| HearthError::bad_file(&file, format!("missing or non-integer `{k}`")))
     };
-    let hidden = int("hidden_size")?;
-    let n_heads = int("num_attention_heads")?;
+    // The first of several names a config may use.
+    let int_of = |keys: &[&str]| -> Result<usize> {
+        keys.iter()
+            .find_map(|k| int(k).ok())
+            .ok_or_else(|| HearthError::bad_file(&file, format!("missing or non-integer `{}`", keys.join("` / `"))))
+    };
+    let float = |k: &str, default: f64| hf.get(k).and_then(Value::as_f64).unwrap_or(default) as f32;
+    let hidden = int_of(&["hidden_size", "n_embd", "n_embed"])?;
+    let n_heads = int_of(&["num_attention_heads", "n_head"])?;
     let n_kv_heads = int("num_key_value_heads").unwrap_or(n_heads);
     if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
         return Err(HearthError::bad_file(&file, format!("{n_heads} heads cannot share {n_kv_heads} key/value heads")));
     }
     let head_dim = int("head_dim").unwrap_or(hidden / n_heads);
-    let scaling = match hf.get("rope_scaling") {
-        None | Some(Value::Null) => None,
-        Some(s) => {
-            let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("");
-            let f = |k: &str| s.get(k).and_then(Value::as_f64).map(|v| v as f32);
-            match kind {
-                "linear" => Some(RopeScaling::Linear { factor: f("factor").unwrap_or(1.0) }),
-                "llama3" => Some(RopeScaling::Llama3 {
-                    factor: f("factor").unwrap_or(1.0),
-                    low_freq_factor: f("low_freq_factor").unwrap_or(1.0),
-                    high_freq_factor: f("high_freq_factor").unwrap_or(4.0),
-                    original_context_length: s
-                        .get("original_max_position_embeddings")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(8192) as usize,
-                }),
-                "default" | "" => None,
-                other => {
-                    return Err(HearthError::bad_file(&file, format!("rope scaling `{other}` is not supported yet")))
-                }
-            }
-        }
-    };
-    let config = ModelConfig {
-        n_layers: int("num_hidden_layers")?,
+    let base = ModelConfig {
+        n_layers: int_of(&["num_hidden_layers", "n_layer"])?,
         hidden_size: hidden,
         n_heads,
         n_kv_heads,
         head_dim,
-        ffn_size: int("intermediate_size")?,
+        ffn_size: int("intermediate_size").or_else(|_| int("n_inner")).unwrap_or(4 * hidden),
         vocab_size: int("vocab_size")?,
-        context_length: int("max_position_embeddings").unwrap_or(2048),
+        context_length: int_of(&["max_position_embeddings", "n_positions", "seq_length"]).unwrap_or(2048),
         norm: NormKind::Rms,
-        norm_eps: hf.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-5) as f32,
+        norm_eps: float("rms_norm_eps", 1e-5),
         activation: Activation::Silu,
-        ffn: Default::default(),
+        ffn: FfnKind::Gated,
         position: PositionKind::Rope,
-        rope: Some(RopeConfig {
-            base: hf.get("rope_theta").and_then(Value::as_f64).unwrap_or(10_000.0) as f32,
-            dim: head_dim,
-            style: RopeStyle::Neox,
-            scaling,
-            local_base: None,
-        }),
+        rope: None,
         alibi: None,
-        sliding_window: hf.get("sliding_window").and_then(Value::as_u64).filter(|&w| w > 0).map(|w| w as usize),
+        sliding_window: None,
         sliding_window_pattern: None,
-        tied_embeddings: hf.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
-        qkv_bias: false, // set from the tensors present
+        tied_embeddings: false, // these four from the tensors present
+        qkv_bias: false,
+        linear_bias: false,
+        embedding_norm: false,
         qk_norm: false,
         post_norms: false,
         embedding_scale: None,
-        embedding_norm: false,
-        linear_bias: false,
+        attention_scale: None,
     };
-    Ok((architecture, config))
+    let config = match family {
+        Family::Llama | Family::Gemma3 => {
+            let gemma = family == Family::Gemma3;
+            let rope = RopeConfig {
+                base: float("rope_theta", 10_000.0),
+                dim: head_dim,
+                style: RopeStyle::Neox,
+                scaling: rope_scaling(hf, &file)?,
+                local_base: gemma.then(|| float("rope_local_base_freq", 10_000.0)),
+            };
+            let window = hf.get("sliding_window").and_then(Value::as_u64).filter(|&w| w > 0).map(|w| w as usize);
+            ModelConfig {
+                rope: Some(rope),
+                sliding_window: window,
+                sliding_window_pattern: if gemma && window.is_some() { Some(gemma_pattern(hf)) } else { None },
+                activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
+                qk_norm: gemma,
+                post_norms: gemma,
+                embedding_scale: gemma.then(|| (hidden as f32).sqrt()),
+                // Gemma scales queries by query_pre_attn_scalar^-1/2, the head size but for 27B.
+                attention_scale: int("query_pre_attn_scalar")
+                    .ok()
+                    .filter(|&s| gemma && s != head_dim)
+                    .map(|s| 1.0 / (s as f32).sqrt()),
+                ..base
+            }
+        }
+        Family::Gpt2 | Family::Bloom => {
+            // GPT-2's "gelu_new" and BLOOM's GELU are the tanh approximation the engines compute.
+            let act = hf.get("activation_function").and_then(Value::as_str).unwrap_or("gelu_new");
+            if !matches!(act, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast") {
+                return Err(HearthError::bad_file(
+                    &file,
+                    format!("activation `{act}` is not supported (the tanh GELU, `gelu_new`, is)"),
+                ));
+            }
+            ModelConfig {
+                norm: NormKind::Layer,
+                norm_eps: float("layer_norm_epsilon", 1e-5),
+                activation: Activation::GeluTanh,
+                ffn: FfnKind::Plain,
+                position: if family == Family::Bloom { PositionKind::Alibi } else { PositionKind::Learned },
+                alibi: (family == Family::Bloom).then_some(AlibiConfig { max_bias: 8.0 }),
+                ..base
+            }
+        }
+    };
+    Ok((architecture, family, config))
+}
+
+/// Gemma 3's local/global pattern: `sliding_window_pattern`, or where `layer_types` first says
+/// "full_attention" (1-based), else every sixth layer.
+fn gemma_pattern(hf: &Value) -> usize {
+    if let Some(n) = hf.get("sliding_window_pattern").and_then(Value::as_u64) {
+        return n as usize;
+    }
+    hf.get("layer_types")
+        .and_then(Value::as_array)
+        .and_then(|types| types.iter().position(|t| t.as_str() == Some("full_attention")))
+        .map_or(6, |i| i + 1)
+}
+
+fn rope_scaling(hf: &Value, file: &str) -> Result<Option<RopeScaling>> {
+    let Some(s) = hf.get("rope_scaling").filter(|s| !s.is_null()) else {
+        return Ok(None);
+    };
+    let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("");
+    let f = |k: &str| s.get(k).and_then(Value::as_f64).map(|v| v as f32);
+    Ok(match kind {
+        "linear" => Some(RopeScaling::Linear { factor: f("factor").unwrap_or(1.0) }),
+        "llama3" => Some(RopeScaling::Llama3 {
+            factor: f("factor").unwrap_or(1.0),
+            low_freq_factor: f("low_freq_factor").unwrap_or(1.0),
+            high_freq_factor: f("high_freq_factor").unwrap_or(4.0),
+            original_context_length: s.get("original_max_position_embeddings").and_then(Value::as_u64).unwrap_or(8192)
+                as usize,
+        }),
+        "default" | "" => None,
+        other => return Err(HearthError::bad_file(file, format!("rope scaling `{other}` is not supported yet"))),
+    })
 }
 
 /// The directory's `tokenizer.json` without its post-processor (Hearth adds bos itself, as the

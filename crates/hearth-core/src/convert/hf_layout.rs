@@ -1,0 +1,236 @@
+//! Hugging Face tensor layouts → the package's: GGUF tensor names, matrices as `[out, in]`, Q, K
+//! and V as three tensors, norm weights as the engines multiply by them. What each family needs:
+//! - Llama, Qwen2, Mistral: names only (Q/K stay in the NeoX order the engines rotate in).
+//! - Gemma 3: names, and RMSNorm weights stored as `w` for `(1 + w)` get the 1 added.
+//! - GPT-2: `Conv1D` weights stored `[in, out]` are transposed; `c_attn` holds Q|K|V side by side.
+//! - BLOOM: `query_key_value` rows are per head (`[head][q, k, v][head_dim]`), regrouped as Q, K, V.
+
+use crate::manifest::ModelConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Family {
+    /// Llama, Mistral and Qwen2.
+    Llama,
+    Gemma3,
+    Gpt2,
+    Bloom,
+}
+
+/// One tensor as the package stores it.
+pub(super) struct Imported {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// What a Hugging Face tensor becomes.
+pub(super) enum Mapping {
+    Tensors(Vec<Imported>),
+    /// A buffer the engines recompute (rotary frequencies, GPT-2's causal mask).
+    Skip,
+    Unknown,
+    /// A fused Q/K/V tensor whose size does not fit the config.
+    BadShape,
+}
+
+/// Map `hf_name` (shape `shape`, values in row-major order) of a `family` model with config `c`.
+pub(super) fn import(family: Family, c: &ModelConfig, hf_name: &str, shape: &[usize], values: Vec<f32>) -> Mapping {
+    let one = |name: String, shape: &[usize], values: Vec<f32>| {
+        Mapping::Tensors(vec![Imported { name, shape: shape.to_vec(), values }])
+    };
+    if hf_name.ends_with("rotary_emb.inv_freq") {
+        return Mapping::Skip;
+    }
+    match family {
+        Family::Llama | Family::Gemma3 => {
+            let Some(name) = llama_name(family, hf_name) else { return Mapping::Unknown };
+            // Gemma's RMSNorm multiplies by (1 + w); the engines (and llama.cpp's GGUF) by w.
+            let values = if family == Family::Gemma3 && name.contains("norm.weight") {
+                values.into_iter().map(|w| w + 1.0).collect()
+            } else {
+                values
+            };
+            one(name, shape, values)
+        }
+        Family::Gpt2 => {
+            let name = hf_name.strip_prefix("transformer.").unwrap_or(hf_name);
+            // The causal mask buffers of older checkpoints.
+            if name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") {
+                return Mapping::Skip;
+            }
+            let Some((gguf, conv1d)) = gpt2_name(name) else { return Mapping::Unknown };
+            let (shape, values) = if conv1d && shape.len() == 2 {
+                (vec![shape[1], shape[0]], transpose(&values, shape[0], shape[1]))
+            } else {
+                (shape.to_vec(), values)
+            };
+            if gguf.contains("attn_qkv") {
+                return split_qkv(&gguf, &shape, &values, c).map_or(Mapping::BadShape, Mapping::Tensors);
+            }
+            one(gguf, &shape, values)
+        }
+        Family::Bloom => {
+            let name = hf_name.strip_prefix("transformer.").unwrap_or(hf_name);
+            let Some(gguf) = bloom_name(name) else { return Mapping::Unknown };
+            if gguf.contains("attn_qkv") {
+                let cols = shape.get(1).copied().unwrap_or(1);
+                if values.len() != 3 * c.n_heads * c.head_dim * cols {
+                    return Mapping::BadShape;
+                }
+                let values = bloom_regroup(&values, c.n_heads, c.head_dim, cols);
+                return split_qkv(&gguf, shape, &values, c).map_or(Mapping::BadShape, Mapping::Tensors);
+            }
+            one(gguf, shape, values)
+        }
+    }
+}
+
+fn llama_name(family: Family, hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let part = match (family, part) {
+        (_, "input_layernorm.weight") => "attn_norm.weight",
+        (_, "self_attn.q_proj.weight") => "attn_q.weight",
+        (_, "self_attn.k_proj.weight") => "attn_k.weight",
+        (_, "self_attn.v_proj.weight") => "attn_v.weight",
+        (_, "self_attn.o_proj.weight") => "attn_output.weight",
+        (_, "self_attn.q_proj.bias") => "attn_q.bias",
+        (_, "self_attn.k_proj.bias") => "attn_k.bias",
+        (_, "self_attn.v_proj.bias") => "attn_v.bias",
+        (_, "mlp.gate_proj.weight") => "ffn_gate.weight",
+        (_, "mlp.up_proj.weight") => "ffn_up.weight",
+        (_, "mlp.down_proj.weight") => "ffn_down.weight",
+        // Llama's norm before the MLP is called "post attention"; Gemma's is a norm of the
+        // attention output, and its MLP's comes "pre feed-forward".
+        (Family::Gemma3, "post_attention_layernorm.weight") => "post_attention_norm.weight",
+        (_, "post_attention_layernorm.weight") => "ffn_norm.weight",
+        (Family::Gemma3, "pre_feedforward_layernorm.weight") => "ffn_norm.weight",
+        (Family::Gemma3, "post_feedforward_layernorm.weight") => "post_ffw_norm.weight",
+        (Family::Gemma3, "self_attn.q_norm.weight") => "attn_q_norm.weight",
+        (Family::Gemma3, "self_attn.k_norm.weight") => "attn_k_norm.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{part}"))
+}
+
+/// GPT-2 name → (GGUF name, stored as a `Conv1D` `[in, out]`).
+fn gpt2_name(hf: &str) -> Option<(String, bool)> {
+    let fixed = match hf {
+        "wte.weight" => Some("token_embd.weight"),
+        "wpe.weight" => Some("position_embd.weight"),
+        "ln_f.weight" => Some("output_norm.weight"),
+        "ln_f.bias" => Some("output_norm.bias"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some((f.to_string(), false));
+    }
+    let rest = hf.strip_prefix("h.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (part, conv1d) = match part {
+        "ln_1.weight" => ("attn_norm.weight", false),
+        "ln_1.bias" => ("attn_norm.bias", false),
+        "attn.c_attn.weight" => ("attn_qkv.weight", true),
+        "attn.c_attn.bias" => ("attn_qkv.bias", false),
+        "attn.c_proj.weight" => ("attn_output.weight", true),
+        "attn.c_proj.bias" => ("attn_output.bias", false),
+        "ln_2.weight" => ("ffn_norm.weight", false),
+        "ln_2.bias" => ("ffn_norm.bias", false),
+        "mlp.c_fc.weight" => ("ffn_up.weight", true),
+        "mlp.c_fc.bias" => ("ffn_up.bias", false),
+        "mlp.c_proj.weight" => ("ffn_down.weight", true),
+        "mlp.c_proj.bias" => ("ffn_down.bias", false),
+        _ => return None,
+    };
+    Some((format!("blk.{layer}.{part}"), conv1d))
+}
+
+fn bloom_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "word_embeddings.weight" => Some("token_embd.weight"),
+        "word_embeddings_layernorm.weight" => Some("token_embd_norm.weight"),
+        "word_embeddings_layernorm.bias" => Some("token_embd_norm.bias"),
+        "ln_f.weight" => Some("output_norm.weight"),
+        "ln_f.bias" => Some("output_norm.bias"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("h.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let part = match part {
+        "input_layernorm.weight" => "attn_norm.weight",
+        "input_layernorm.bias" => "attn_norm.bias",
+        "self_attention.query_key_value.weight" => "attn_qkv.weight",
+        "self_attention.query_key_value.bias" => "attn_qkv.bias",
+        "self_attention.dense.weight" => "attn_output.weight",
+        "self_attention.dense.bias" => "attn_output.bias",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "post_attention_layernorm.bias" => "ffn_norm.bias",
+        "mlp.dense_h_to_4h.weight" => "ffn_up.weight",
+        "mlp.dense_h_to_4h.bias" => "ffn_up.bias",
+        "mlp.dense_4h_to_h.weight" => "ffn_down.weight",
+        "mlp.dense_4h_to_h.bias" => "ffn_down.bias",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{part}"))
+}
+
+/// `[rows, cols]` → `[cols, rows]`.
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}
+
+/// BLOOM's fused rows `[head][q, k, v][head_dim]` (each row `cols` values; 1 for the bias) as
+/// `[q, k, v][head][head_dim]`.
+fn bloom_regroup(values: &[f32], n_heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(values.len());
+    for part in 0..3 {
+        for head in 0..n_heads {
+            let start = ((head * 3 + part) * head_dim) * cols;
+            out.extend_from_slice(&values[start..start + head_dim * cols]);
+        }
+    }
+    out
+}
+
+/// `blk.N.attn_qkv.{weight,bias}` (Q, K, V stacked by rows) as `attn_q`, `attn_k`, `attn_v`;
+/// `None` when its rows are not Q, K and V of this config.
+fn split_qkv(fused_name: &str, shape: &[usize], values: &[f32], c: &ModelConfig) -> Option<Vec<Imported>> {
+    let cols = if shape.len() == 2 { shape[1] } else { 1 };
+    if shape.first() != Some(&(c.q_dim() + 2 * c.kv_dim())) || values.len() != shape[0] * cols {
+        return None;
+    }
+    let mut at = 0;
+    let parts = [("attn_q", c.q_dim()), ("attn_k", c.kv_dim()), ("attn_v", c.kv_dim())]
+        .into_iter()
+        .map(|(part, rows)| {
+            let slice = values[at * cols..(at + rows) * cols].to_vec();
+            at += rows;
+            let shape = if shape.len() == 2 { vec![rows, cols] } else { vec![rows] };
+            Imported { name: fused_name.replace("attn_qkv", part), shape, values: slice }
+        })
+        .collect();
+    Some(parts)
+}
