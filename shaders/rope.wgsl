@@ -27,6 +27,8 @@ struct Dims {
     cache_rows: u32,
     // RMSNorm epsilon of QK_NORM.
     eps: f32,
+    // What rotated values are multiplied by: YaRN's magnitude correction, 1 otherwise.
+    magnitude: f32,
 }
 
 struct Step {
@@ -124,7 +126,7 @@ fn rotated(t: u32, row: u32, h: Head, d: u32, pos: f32) -> f32 {
     let s = sin(angle);
     let x0 = head_value(t, row, h, first);
     let x1 = head_value(t, row, h, second);
-    return select(x0 * s + x1 * c, x0 * c - x1 * s, d == first);
+    return select(x0 * s + x1 * c, x0 * c - x1 * s, d == first) * dims.magnitude;
 }
 
 fn store(cache_word: u32, a: f32, b: f32, is_key: bool) {

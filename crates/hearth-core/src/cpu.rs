@@ -327,17 +327,21 @@ impl CpuEngine {
             let window = c.layer_window(li);
             if c.position == PositionKind::Rope {
                 let style = c.rope.as_ref().map_or(RopeStyle::Neox, |r| r.style);
-                let inv_freq = match (&self.inv_freq_local, window) {
-                    (Some(local), Some(_)) => local,
-                    _ => &self.inv_freq,
+                // Gemma's local layers have their own base and no scaling.
+                let (inv_freq, magnitude) = match (&self.inv_freq_local, window) {
+                    (Some(local), Some(_)) => (local, 1.0),
+                    _ => (
+                        &self.inv_freq,
+                        c.rope.as_ref().and_then(|r| r.scaling.as_ref()).map_or(1.0, |s| s.magnitude()),
+                    ),
                 };
                 for t in 0..n {
                     let pos = start + t;
                     for head in q[t * c.q_dim()..(t + 1) * c.q_dim()].chunks_mut(hd) {
-                        apply_rope(head, pos, inv_freq, style);
+                        apply_rope(head, pos, inv_freq, style, magnitude);
                     }
                     for head in k[t * c.kv_dim()..(t + 1) * c.kv_dim()].chunks_mut(hd) {
-                        apply_rope(head, pos, inv_freq, style);
+                        apply_rope(head, pos, inv_freq, style, magnitude);
                     }
                 }
             }
@@ -412,6 +416,20 @@ pub fn rope_inv_freq(base: f32, dim: usize, scaling: Option<&RopeScaling>, facto
             let mut f = 1.0 / (base as f64).powf(2.0 * i as f64 / dim as f64);
             match scaling {
                 Some(RopeScaling::Linear { factor }) => f /= *factor as f64,
+                Some(RopeScaling::Yarn { factor, original_context_length, beta_fast, beta_slow, .. }) => {
+                    // Pair i turns pos * f / 2π times: the number of turns over the original
+                    // context decides, through the pair index where it crosses beta_fast / beta_slow.
+                    let dims = dim as f64;
+                    let pair_at = |turns: f64| {
+                        dims * (*original_context_length as f64 / (turns * 2.0 * std::f64::consts::PI)).ln()
+                            / (2.0 * (base as f64).ln())
+                    };
+                    let low = pair_at(*beta_fast as f64).floor().max(0.0);
+                    let high = pair_at(*beta_slow as f64).ceil().min(dims - 1.0);
+                    let ramp = ((i as f64 - low) / (high - low).max(0.001)).clamp(0.0, 1.0);
+                    // ramp 0: kept (extrapolated); ramp 1: interpolated.
+                    f = f / *factor as f64 * ramp + f * (1.0 - ramp);
+                }
                 Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context_length }) => {
                     let (factor, lo, hi) = (*factor as f64, *low_freq_factor as f64, *high_freq_factor as f64);
                     let wavelen = 2.0 * std::f64::consts::PI / f;
@@ -433,7 +451,9 @@ pub fn rope_inv_freq(base: f32, dim: usize, scaling: Option<&RopeScaling>, facto
         .collect()
 }
 
-pub fn apply_rope(head: &mut [f32], pos: usize, inv_freq: &[f32], style: RopeStyle) {
+/// Rotate the pairs of `head` for position `pos`, scaling the rotated values by `magnitude`
+/// (YaRN's; 1 otherwise).
+pub fn apply_rope(head: &mut [f32], pos: usize, inv_freq: &[f32], style: RopeStyle, magnitude: f32) {
     let half = inv_freq.len();
     for (i, &f) in inv_freq.iter().enumerate() {
         let angle = pos as f32 * f;
@@ -443,8 +463,8 @@ pub fn apply_rope(head: &mut [f32], pos: usize, inv_freq: &[f32], style: RopeSty
             RopeStyle::Neox => (i, i + half),
         };
         let (x0, x1) = (head[a], head[b]);
-        head[a] = x0 * cos - x1 * sin;
-        head[b] = x0 * sin + x1 * cos;
+        head[a] = (x0 * cos - x1 * sin) * magnitude;
+        head[b] = (x0 * sin + x1 * cos) * magnitude;
     }
 }
 
@@ -707,17 +727,17 @@ mod tests {
         let inv = rope_inv_freq(10_000.0, 8, None, None);
         let head: Vec<f32> = (0..8).map(|i| i as f32 * 0.37 - 1.0).collect();
         let mut neox = head.clone();
-        apply_rope(&mut neox, 5, &inv, RopeStyle::Neox);
+        apply_rope(&mut neox, 5, &inv, RopeStyle::Neox, 1.0);
         // Interleaved pair (2i, 2i+1) holds neox pair (i, i+4).
         let perm = |v: &[f32]| (0..8).map(|j| v[(j % 2) * 4 + j / 2]).collect::<Vec<f32>>();
         let mut inter = perm(&head);
-        apply_rope(&mut inter, 5, &inv, RopeStyle::Interleaved);
+        apply_rope(&mut inter, 5, &inv, RopeStyle::Interleaved, 1.0);
         for (a, b) in inter.iter().zip(perm(&neox)) {
             assert!((a - b).abs() < 1e-6);
         }
         // Position 0 is the identity.
         let mut same = head.clone();
-        apply_rope(&mut same, 0, &inv, RopeStyle::Neox);
+        apply_rope(&mut same, 0, &inv, RopeStyle::Neox, 1.0);
         assert_eq!(same, head);
     }
 

@@ -159,6 +159,43 @@ pub enum RopeScaling {
     Linear { factor: f32 },
     /// Llama 3.1's per-frequency scaling.
     Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_context_length: usize },
+    /// YaRN (Peng et al. 2023; Qwen2.5's long context): pairs that turn fewer than `beta_slow` times
+    /// over the original context are interpolated (frequency / `factor`), those turning more than
+    /// `beta_fast` times kept, a linear ramp between; rotated values are scaled by
+    /// `attn_factor * (1 + 0.1 ln factor)`.
+    Yarn {
+        factor: f32,
+        original_context_length: usize,
+        #[serde(default = "yarn_beta_fast")]
+        beta_fast: f32,
+        #[serde(default = "yarn_beta_slow")]
+        beta_slow: f32,
+        #[serde(default = "one")]
+        attn_factor: f32,
+    },
+}
+
+fn yarn_beta_fast() -> f32 {
+    32.0
+}
+
+fn yarn_beta_slow() -> f32 {
+    1.0
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+impl RopeScaling {
+    /// What rotated query and key values are multiplied by (YaRN's "mscale"; 1 otherwise).
+    pub fn magnitude(&self) -> f32 {
+        match self {
+            RopeScaling::Yarn { factor, attn_factor, .. } if *factor > 1.0 => attn_factor * (1.0 + 0.1 * factor.ln()),
+            RopeScaling::Yarn { attn_factor, .. } => *attn_factor,
+            _ => 1.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -117,6 +117,8 @@ pub struct GpuEngine {
     /// Tokens per forward pass (`MAX_CHUNK`, or fewer when attention scores would not fit a binding).
     chunk: usize,
     kv_f16: bool,
+    /// Bytes of every layer's K and V cache (windowed layers keep rings).
+    kv_cache_bytes: u64,
     buffers: Buffers,
     /// The layers, in order, for any number of tokens.
     layers: Vec<Dispatch>,
@@ -511,6 +513,7 @@ impl GpuEngine {
             _ => 0.0,
         };
         let mut attention_pipelines = HashMap::new();
+        let mut kv_cache_bytes = 0u64;
         let ffn_activation = match c.activation {
             ModelActivation::Silu => Activation::Silu,
             ModelActivation::GeluTanh => Activation::GeluTanh,
@@ -523,6 +526,7 @@ impl GpuEngine {
             let window = c.layer_window(l);
             let cache_rows = window.map_or(capacity, |w| (w + chunk - 1).min(capacity));
             let cache_words = cache_rows * c.kv_dim() / if kv_f16 { 2 } else { 1 };
+            kv_cache_bytes += 2 * 4 * cache_words as u64;
             let k_cache = storage(&device, "k cache", cache_words);
             let v_cache = storage(&device, "v cache", cache_words);
             let attn_norm = b.norm(&format!("blk.{l}.attn_norm"))?;
@@ -551,9 +555,10 @@ impl GpuEngine {
             } else {
                 None
             };
-            let layer_inv_freq = match (&local_inv_freq, window) {
-                (Some(local), Some(_)) => local,
-                _ => &inv_freq,
+            // Gemma's local layers have their own base and no scaling.
+            let (layer_inv_freq, magnitude) = match (&local_inv_freq, window) {
+                (Some(local), Some(_)) => (local, 1.0f32),
+                _ => (&inv_freq, rope.as_ref().and_then(|r| r.scaling.as_ref()).map_or(1.0, |s| s.magnitude())),
             };
             let wo = b.split(&p("attn_output"))?;
             let wgu = match c.ffn {
@@ -586,6 +591,7 @@ impl GpuEngine {
                         neox,
                         cache_rows as u32,
                         c.norm_eps.to_bits(),
+                        magnitude.to_bits(),
                     ],
                 );
                 let group = bind_group(
@@ -740,6 +746,7 @@ impl GpuEngine {
             position: 0,
             chunk,
             kv_f16,
+            kv_cache_bytes,
             buffers: Buffers { step, tokens, x, last, logits, logits_all, token_staging },
             layers,
             head_last,
@@ -767,6 +774,11 @@ impl GpuEngine {
     /// Whether the KV cache is f16.
     pub fn kv_f16(&self) -> bool {
         self.kv_f16
+    }
+
+    /// Bytes of GPU memory the KV cache takes (windowed layers hold rings of their window).
+    pub fn kv_cache_bytes(&self) -> u64 {
+        self.kv_cache_bytes
     }
 
     /// Positions the KV cache holds: the most tokens one generation can use.

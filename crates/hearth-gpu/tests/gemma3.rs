@@ -54,6 +54,9 @@ fn gemma3_past_its_window_matches_llama_cpp_at_every_step() {
 
     // A cache of 1024 positions: room for the 661 used, without 32k-position global layers.
     let mut gpu = GpuEngine::new(ctx, &package, Some(1024)).unwrap();
+    // 15 windowed layers keep rings of 512 + 63 rows (the window and one chunk), the 3 global ones
+    // all 1024 positions; 256 values per row, f32, K and V.
+    assert_eq!(gpu.kv_cache_bytes(), ((15 * (512 + 63) + 3 * 1024) * 256 * 4 * 2) as u64);
     let mut logits = gpu.forward(&prompt, false).unwrap();
     let (mut worst, mut top1_agree) = (0f32, 0);
     for (step, top) in steps.iter().enumerate() {

@@ -398,13 +398,15 @@ fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
     let kernels = Kernels::new(&ctx.device, true);
     for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
         for rope_dim in [hd, 24] {
-            for (f16, with_bias, with_norm) in [
-                (false, false, false),
-                (true, false, false),
-                (false, true, false),
-                (true, true, false),
-                (false, true, true),
-                (true, false, true),
+            // (f16 cache, Q/K/V bias, QK-norm, magnitude: YaRN's for a factor of 4, or 1)
+            for (f16, with_bias, with_norm, magnitude) in [
+                (false, false, false, 1.0f32),
+                (true, false, false, 1.0),
+                (false, true, false, 1.0),
+                (true, true, false, 1.0),
+                (false, true, true, 1.0),
+                (true, false, true, 1.0),
+                (false, false, false, 1.138_629_4),
             ] {
                 let qkv = random(n * row, 7);
                 let bias = random(row, 9);
@@ -438,6 +440,7 @@ fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
                         u32::from(style == RopeStyle::Neox),
                         capacity as u32,
                         eps.to_bits(),
+                        magnitude.to_bits(),
                     ],
                 );
                 let step = uniform(&ctx.device, "step", &[start as u32, n as u32]);
@@ -470,13 +473,15 @@ fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
                 let v = cache_values(&read_back::<u32>(&ctx, &v_b, 0, k_init.len()).unwrap(), f16);
                 let untouched = cache_values(&k_init, f16);
 
-                let label =
-                    format!("{style:?}, rope dim {rope_dim}, f16 cache {f16}, bias {with_bias}, norm {with_norm}");
+                let label = format!(
+                    "{style:?}, rope dim {rope_dim}, f16 cache {f16}, bias {with_bias}, norm {with_norm}, magnitude \
+                     {magnitude}"
+                );
                 for t in 0..n {
                     let pos = start + t;
                     let mut want = biased[t * row..(t + 1) * row].to_vec();
                     for head in want[..qd + kvd].chunks_mut(hd) {
-                        apply_rope(head, pos, &inv_freq, style);
+                        apply_rope(head, pos, &inv_freq, style, magnitude);
                     }
                     let src = &biased[t * row..(t + 1) * row];
                     let check = |have: f32, want: f32, partner_scale: f32, cached: bool, what: &str| {

@@ -84,7 +84,6 @@ pub struct Engine {
 impl Engine {
     pub(crate) fn new(gpu: GpuEngine, prompter: Prompter, manifest: Manifest) -> Self {
         let c = &manifest.config;
-        let kv_bytes = (c.n_layers * 2 * gpu.context_length() * c.kv_dim() * if gpu.kv_f16() { 2 } else { 4 }) as u64;
         let info = Info {
             name: manifest.name.clone(),
             architecture: manifest.architecture.clone(),
@@ -93,7 +92,7 @@ impl Engine {
             software: gpu.software(),
             context_length: gpu.context_length(),
             vocab_size: c.vocab_size,
-            gpu_bytes: manifest.shards.iter().map(|s| s.size).sum::<u64>() + kv_bytes,
+            gpu_bytes: manifest.shards.iter().map(|s| s.size).sum::<u64>() + gpu.kv_cache_bytes(),
         };
         let state = State { gpu, prompter, generation: None };
         Engine { state: Rc::new(RefCell::new(Some(state))), cancelled: Rc::new(Cell::new(false)), info }

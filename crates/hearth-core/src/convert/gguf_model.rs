@@ -179,10 +179,18 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
     let scaling = match gguf.get_str(&key("rope.scaling.type")) {
         None | Some("none") => None,
         Some("linear") => Some(RopeScaling::Linear { factor: gguf.require_f64(&key("rope.scaling.factor"))? as f32 }),
+        // llama.cpp's defaults where the file says nothing.
+        Some("yarn") => Some(RopeScaling::Yarn {
+            factor: gguf.require_f64(&key("rope.scaling.factor"))? as f32,
+            original_context_length: gguf.require_u64(&key("rope.scaling.original_context_length"))? as usize,
+            beta_fast: gguf.get_f64(&key("rope.scaling.yarn_beta_fast")).unwrap_or(32.0) as f32,
+            beta_slow: gguf.get_f64(&key("rope.scaling.yarn_beta_slow")).unwrap_or(1.0) as f32,
+            attn_factor: gguf.get_f64(&key("rope.scaling.attn_factor")).unwrap_or(1.0) as f32,
+        }),
         Some(other) => {
             return Err(HearthError::bad_file(
                 &file,
-                format!("rope scaling `{other}` is not supported yet (none and linear are)"),
+                format!("rope scaling `{other}` is not supported yet (none, linear and yarn are)"),
             ));
         }
     };

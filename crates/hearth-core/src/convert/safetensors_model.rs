@@ -263,6 +263,21 @@ fn rope_scaling(hf: &Value, file: &str) -> Result<Option<RopeScaling>> {
             original_context_length: s.get("original_max_position_embeddings").and_then(Value::as_u64).unwrap_or(8192)
                 as usize,
         }),
+        "yarn" => {
+            let factor = f("factor").unwrap_or(1.0);
+            // Transformers' `attention_factor` replaces the whole magnitude 1 + 0.1 ln(factor);
+            // the manifest's `attn_factor` multiplies it (as llama.cpp's does).
+            let default_magnitude = if factor > 1.0 { 1.0 + 0.1 * factor.ln() } else { 1.0 };
+            Some(RopeScaling::Yarn {
+                factor,
+                original_context_length: s.get("original_max_position_embeddings").and_then(Value::as_u64).ok_or_else(
+                    || HearthError::bad_file(file, "yarn rope scaling without original_max_position_embeddings"),
+                )? as usize,
+                beta_fast: f("beta_fast").unwrap_or(32.0),
+                beta_slow: f("beta_slow").unwrap_or(1.0),
+                attn_factor: f("attention_factor").map_or(1.0, |a| a / default_magnitude),
+            })
+        }
         "default" | "" => None,
         other => return Err(HearthError::bad_file(file, format!("rope scaling `{other}` is not supported yet"))),
     })
