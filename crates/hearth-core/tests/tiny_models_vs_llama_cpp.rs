@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use common::repo_root;
 use hearth_core::convert::{convert, ConvertOptions};
 use hearth_core::cpu::CpuEngine;
-use hearth_core::manifest::ARCHITECTURES;
+use hearth_core::manifest::{RopeScaling, ARCHITECTURES};
 use hearth_core::package::{Package, TensorSource};
 
 const TOLERANCE: f32 = 2e-4;
@@ -209,8 +209,9 @@ fn a_windowed_model_stays_correct_and_bounded_far_past_its_window() {
 /// own test on SmolLM2's real checkpoint.)
 #[test]
 fn every_architecture_from_safetensors_gives_the_gguf_logits() {
-    for name in ["qwen2", "gemma3", "bloom", "gpt2"] {
-        let fx = fixtures().into_iter().find(|f| f.name == name).unwrap_or_else(|| panic!("{name} fixture"));
+    for fixture in ["qwen2", "qwen2_yarn", "gemma3", "bloom", "gpt2"] {
+        let fx = fixtures().into_iter().find(|f| f.name == fixture).unwrap_or_else(|| panic!("{fixture} fixture"));
+        let name = fx.architecture.as_str();
         let tmp = tempfile::tempdir().unwrap();
         let from_gguf = convert_to(&fx.gguf, &tmp.path().join("gguf"));
         let m = from_gguf.manifest().clone();
@@ -253,8 +254,8 @@ fn every_architecture_from_safetensors_gives_the_gguf_logits() {
         let mut engine = CpuEngine::from_package(&from_hf).unwrap();
         let seq = &fx.sequences[1];
         let diff = max_diff(&engine.forward(&seq.tokens, true).unwrap(), seq.tight());
-        eprintln!("{name} from safetensors: max |CPU - oracle| = {diff:.2e}");
-        assert!(diff <= TOLERANCE, "safetensors {name} differs from the oracle by {diff}");
+        eprintln!("{fixture} from safetensors: max |CPU - oracle| = {diff:.2e}");
+        assert!(diff <= TOLERANCE, "safetensors {fixture} differs from the oracle by {diff}");
     }
 }
 
@@ -376,6 +377,14 @@ fn transformers_config(arch: &str, c: &hearth_core::manifest::ModelConfig) -> se
             "max_position_embeddings": c.context_length,
             "rms_norm_eps": c.norm_eps,
             "rope_theta": c.rope.as_ref().unwrap().base,
+            "rope_scaling": match c.rope.as_ref().unwrap().scaling {
+                Some(RopeScaling::Yarn { factor, original_context_length, .. }) => serde_json::json!({
+                    "rope_type": "yarn",
+                    "factor": factor,
+                    "original_max_position_embeddings": original_context_length,
+                }),
+                _ => serde_json::Value::Null,
+            },
             "tie_word_embeddings": c.tied_embeddings,
         }),
         "gemma3" => {
