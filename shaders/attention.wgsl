@@ -29,6 +29,8 @@ struct Dims {
     window: u32,
     // ALiBi's maximum bias (BLOOM: 8); 0: no ALiBi.
     alibi_max_bias: f32,
+    // Scores become softcap * tanh(score / softcap) (Gemma 2); 0: no cap.
+    softcap: f32,
 }
 
 struct Step {
@@ -150,7 +152,11 @@ fn query_of(head: u32, t: u32) -> Query {
 fn write_scores(a: Query, lane: u32, stride: u32) -> f32 {
     var local_max = -3.4e38;
     for (var p = a.first + lane; p <= a.pos; p = p + stride) {
-        let s = score(a.q_base, cache_row(a.kv_dim, p) + a.kv_offset) - a.slope * f32(a.pos - p);
+        var s = score(a.q_base, cache_row(a.kv_dim, p) + a.kv_offset);
+        if (dims.softcap > 0.0) {
+            s = dims.softcap * tanh(s / dims.softcap);
+        }
+        s = s - a.slope * f32(a.pos - p);
         scores[a.s_base + p] = s;
         local_max = max(local_max, s);
     }

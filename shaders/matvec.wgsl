@@ -14,7 +14,8 @@
 // Fusions, chosen per pipeline with override constants:
 // - NORM: x is RMS-normalized on the fly (y = r · W·(g ⊙ x), r = 1/sqrt(mean(x²) + eps), g the norm
 //   weight), so no separate norm pass writes and re-reads the activations;
-// - ACT: an activation on the result: 0 none, 1 SiLU, 2 GELU (tanh approximation);
+// - ACT: an activation on the result: 0 none, 1 SiLU, 2 GELU (tanh approximation), 3 a soft cap
+//   cap * tanh(y / cap) (Gemma 2's logits);
 // - GATED: W holds the gate rows, then the up rows `up_offset` further; y = act(gate·x) * (up·x)
 //   (SwiGLU with SiLU, GeGLU with GELU);
 // - BIAS: y = W·x + b before the activation (BLOOM and GPT-2 put biases on every product); b holds
@@ -36,6 +37,8 @@ struct Dims {
     row_offset: u32,
     eps: f32,
     up_offset: u32,
+    // ACT 3's cap.
+    cap: f32,
 }
 
 struct Step {
@@ -204,6 +207,8 @@ fn finish(row: u32, t: u32, gate: f32, up: f32, squares: f32) {
     } else if (ACT == 2u) {
         // tanh saturates long before 10; clamping keeps every implementation away from exp overflow.
         v = 0.5 * v * (1.0 + tanh(clamp(0.7978845608 * (v + 0.044715 * v * v * v), -10.0, 10.0)));
+    } else if (ACT == 3u) {
+        v = dims.cap * tanh(v / dims.cap);
     }
     if (GATED) {
         v = v * (up * r);

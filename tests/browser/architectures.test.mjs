@@ -3,8 +3,8 @@
 // and must give the native engine's greedy ids: Qwen2 (Q/K/V biases, NeoX rotation), also with YaRN
 // rope scaling; a
 // Mistral-style model with a window of 8 keys, generating well past it (its ring cache wraps);
-// Gemma 3 (local layers with a window of 8 and their own RoPE base between global ones, QK-norm,
-// post-norms, GeGLU); BLOOM (ALiBi over 6 heads, LayerNorm, embedding norm, biases) and GPT-2
+// Gemma 2 (alternating local and global layers, soft-capped scores and logits); Gemma 3 (local
+// layers with a window of 8 and their own RoPE base between global ones, QK-norm, post-norms, GeGLU); BLOOM (ALiBi over 6 heads, LayerNorm, embedding norm, biases) and GPT-2
 // (learned positions).
 
 import { test, before, after } from "node:test";
@@ -13,7 +13,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { launch, serve, openPage, nativeGenerate, tinyPackage, MINUTES, ROOT } from "./harness.mjs";
 
-const MODELS = ["qwen2", "qwen2_yarn", "mistral_swa", "gemma3", "bloom", "gpt2"];
+const MODELS = ["qwen2", "qwen2_yarn", "mistral_swa", "gemma2", "gemma3", "bloom", "gpt2"];
 const PROMPT = "the cat sat on the mat";
 const MAX_TOKENS = 40;
 

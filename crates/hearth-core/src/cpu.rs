@@ -404,6 +404,9 @@ impl CpuEngine {
         let head = self.output.as_ref().unwrap_or(&self.embed);
         let mut logits = vec![0f32; m * c.vocab_size];
         matmul(head, &last, m, &mut logits);
+        if let Some(cap) = c.final_softcap {
+            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+        }
         Ok(logits)
     }
 }
@@ -496,8 +499,12 @@ pub fn attention_at(
         let qh = &q[head * hd..][..hd];
         for (s, p) in scores.iter_mut().zip(first..=pos) {
             let kh = &k_cache[(p % rows) * kvd + kvh * hd..][..hd];
+            *s = dot(qh, kh) * scale;
+            if let Some(cap) = c.attn_softcap {
+                *s = cap * (*s / cap).tanh();
+            }
             // ALiBi: a key d positions back costs slope * d.
-            *s = dot(qh, kh) * scale - slopes[head] * (pos - p) as f32;
+            *s -= slopes[head] * (pos - p) as f32;
         }
         softmax(&mut scores);
         let o = &mut out[head * hd..][..hd];

@@ -9,10 +9,11 @@ use crate::quant::{DType, PartRange};
 pub const FORMAT_NAME: &str = "hearth-model";
 pub const FORMAT_VERSION: u32 = 1;
 /// Architectures the engines run: pre-norm decoders that differ only in what `ModelConfig` records
-/// (Qwen2: biases on Q/K/V and NeoX-order RoPE; Gemma 3: QK-norm, post-norms, GeGLU, scaled
-/// embeddings and interleaved local/global layers; BLOOM: ALiBi, LayerNorm, a norm on the
+/// (Qwen2: biases on Q/K/V and NeoX-order RoPE; Gemma 2: post-norms, GeGLU, scaled embeddings,
+/// alternating local/global layers, soft-capped scores and logits; Gemma 3: QK-norm instead of the
+/// caps, and a RoPE base of its own for local layers; BLOOM: ALiBi, LayerNorm, a norm on the
 /// embeddings, a GELU MLP and biases everywhere; GPT-2: the same with learned positions).
-pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "gemma3", "bloom", "gpt2"];
+pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "gemma2", "gemma3", "bloom", "gpt2"];
 /// Tensors start at multiples of this within a shard (WebGPU's `minStorageBufferOffsetAlignment` is at most 256).
 pub const TENSOR_ALIGN: u64 = 256;
 
@@ -80,6 +81,12 @@ pub struct ModelConfig {
     /// 1/sqrt(hidden_size / n_heads)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention_scale: Option<f32>,
+    /// Attention scores become `cap * tanh(score / cap)` before the softmax (Gemma 2: 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_softcap: Option<f32>,
+    /// Logits become `cap * tanh(logit / cap)` (Gemma 2: 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_softcap: Option<f32>,
     /// A norm of the token embeddings before the first layer (BLOOM): `token_embd_norm.{weight,bias}`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub embedding_norm: bool,
@@ -292,9 +299,14 @@ impl ModelConfig {
                 return Err(format!("rope.dim {} must be even and at most head_dim {}", rope.dim, self.head_dim));
             }
         }
-        if let Some(scale) = self.embedding_scale {
-            if !(scale.is_finite() && scale > 0.0) {
-                return Err(format!("embedding_scale {scale} must be a positive number"));
+        for (name, value) in [
+            ("embedding_scale", self.embedding_scale),
+            ("attention_scale", self.attention_scale),
+            ("attn_softcap", self.attn_softcap),
+            ("final_softcap", self.final_softcap),
+        ] {
+            if let Some(v) = value.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                return Err(format!("{name} {v} must be a positive number"));
             }
         }
         if self.position == PositionKind::Rope && self.rope.is_none() {

@@ -2,8 +2,7 @@
 //! `tests/fixtures/make_tiny.py`) through the converter and the CPU reference engine, against
 //! llama.cpp's logits at every position of two token sequences.
 //!
-//! Fixtures of architectures the engines do not run yet (bloom, gpt2: issue 6) are skipped here, by
-//! name, until they are.
+//! Fixtures of architectures the engines do not run (none at present) are skipped here, by name.
 //!
 //! Tolerance: 2e-4 absolute on logits of standard deviation 1.5-3. llama.cpp evaluated the stored
 //! weights decoded to F32 (exactly their F16/Q8_0 values) with an F32 KV cache, so both sides compute
@@ -13,9 +12,9 @@
 //! purpose). The Mistral-style fixture's window is applied by llama.cpp itself, one token at a time
 //! with the cache cells before the window removed (see make_tiny.py).
 //!
-//! GELU models (Gemma 3's GeGLU) are the exception: llama.cpp's CPU GELU is an f16 lookup table (its
-//! input and output rounded to f16), which moves its logits by ~2e-3 from an f32 engine computing the
-//! exact tanh-GELU (`numpy_f64_vs_oracle` in the fixture). Those fixtures also hold
+//! GELU models (Gemma's GeGLU, BLOOM's and GPT-2's MLPs) are the exception: llama.cpp's CPU GELU
+//! is an f16 lookup table (its input and output rounded to f16), which moves its logits by a few
+//! 1e-3 from an f32 engine computing the exact tanh-GELU (`numpy_f64_vs_oracle` in the fixture). Those fixtures also hold
 //! `logits_f64_exact_gelu`, an independent float64 numpy forward pass with the exact tanh-GELU
 //! written by make_tiny.py: the engine must match it within the same 2e-4, and llama.cpp within
 //! `GELU_TABLE_TOLERANCE`.
@@ -32,7 +31,8 @@ use hearth_core::manifest::{RopeScaling, ARCHITECTURES};
 use hearth_core::package::{Package, TensorSource};
 
 const TOLERANCE: f32 = 2e-4;
-/// Against llama.cpp's f16 GELU table: 5x the measured 2.1e-3 of the float64 pass.
+/// Against llama.cpp's f16 GELU table: over twice the largest measured difference of the float64
+/// pass (`numpy_f64_vs_oracle`: 2.1e-3 to 4.4e-3).
 const GELU_TABLE_TOLERANCE: f32 = 1e-2;
 
 struct Sequence {
@@ -201,7 +201,7 @@ fn a_windowed_model_stays_correct_and_bounded_far_past_its_window() {
 
 /// Each architecture from a Hugging Face directory (config.json, model.safetensors, tokenizer.json)
 /// holding the fixture's weights in the Transformers layout, written here from the GGUF package:
-/// Transformers names; Gemma's norm weights stored as `w` for `(1 + w)`; GPT-2's `Conv1D` matrices
+/// Transformers names; Gemma's (2 and 3) norm weights stored as `w` for `(1 + w)`; GPT-2's `Conv1D` matrices
 /// stored `[in, out]` with Q|K|V side by side in `c_attn`; BLOOM's `query_key_value` rows grouped per
 /// head as `[head][q, k, v][head_dim]`. The safetensors converter must undo each of these, and read
 /// the same config from config.json as from the GGUF metadata, so the logits equal llama.cpp's too.
@@ -209,7 +209,7 @@ fn a_windowed_model_stays_correct_and_bounded_far_past_its_window() {
 /// own test on SmolLM2's real checkpoint.)
 #[test]
 fn every_architecture_from_safetensors_gives_the_gguf_logits() {
-    for fixture in ["qwen2", "qwen2_yarn", "gemma3", "bloom", "gpt2"] {
+    for fixture in ["qwen2", "qwen2_yarn", "gemma2", "gemma3", "bloom", "gpt2"] {
         let fx = fixtures().into_iter().find(|f| f.name == fixture).unwrap_or_else(|| panic!("{fixture} fixture"));
         let name = fx.architecture.as_str();
         let tmp = tempfile::tempdir().unwrap();
@@ -271,10 +271,10 @@ fn to_transformers_layout(
     let mut out = HfTensors::new();
     let get = |n: &str| (shapes[n].clone(), tensors[n].clone());
     match arch {
-        "qwen2" | "gemma3" => {
+        "qwen2" | "gemma2" | "gemma3" => {
             for name in tensors.keys() {
                 let (shape, mut values) = get(name);
-                if arch == "gemma3" && name.contains("norm.weight") {
+                if arch.starts_with("gemma") && name.contains("norm.weight") {
                     values.iter_mut().for_each(|w| *w -= 1.0); // stored as w for (1 + w)
                 }
                 out.insert(llama_family_name(arch, name), (shape, values));
@@ -413,6 +413,25 @@ fn transformers_config(arch: &str, c: &hearth_core::manifest::ModelConfig) -> se
                 "tie_word_embeddings": true,
             })
         }
+        "gemma2" => serde_json::json!({
+            "architectures": ["Gemma2ForCausalLM"],
+            "hidden_size": c.hidden_size,
+            "intermediate_size": c.ffn_size,
+            "num_hidden_layers": c.n_layers,
+            "num_attention_heads": c.n_heads,
+            "num_key_value_heads": c.n_kv_heads,
+            "head_dim": c.head_dim,
+            "vocab_size": c.vocab_size,
+            "max_position_embeddings": c.context_length,
+            "rms_norm_eps": c.norm_eps,
+            "rope_theta": c.rope.as_ref().unwrap().base,
+            "sliding_window": c.sliding_window.unwrap(),
+            "query_pre_attn_scalar": c.head_dim,
+            "attn_logit_softcapping": c.attn_softcap.unwrap(),
+            "final_logit_softcapping": c.final_softcap.unwrap(),
+            "hidden_activation": "gelu_pytorch_tanh",
+            "tie_word_embeddings": true,
+        }),
         "gpt2" => serde_json::json!({
             "architectures": ["GPT2LMHeadModel"],
             "n_embd": c.hidden_size,
@@ -439,8 +458,9 @@ fn transformers_config(arch: &str, c: &hearth_core::manifest::ModelConfig) -> se
     }
 }
 
-/// GGUF tensor name → Transformers name (Llama/Qwen2/Gemma 3 layout).
+/// GGUF tensor name → Transformers name (Llama/Qwen2/Gemma layout).
 fn llama_family_name(arch: &str, gguf: &str) -> String {
+    let arch = if arch.starts_with("gemma") { "gemma" } else { arch };
     match gguf {
         "token_embd.weight" => return "model.embed_tokens.weight".into(),
         "output_norm.weight" => return "model.norm.weight".into(),
@@ -458,12 +478,12 @@ fn llama_family_name(arch: &str, gguf: &str) -> String {
         (_, "attn_k.bias") => "self_attn.k_proj.bias",
         (_, "attn_v.bias") => "self_attn.v_proj.bias",
         (_, "attn_output.weight") => "self_attn.o_proj.weight",
-        ("gemma3", "ffn_norm.weight") => "pre_feedforward_layernorm.weight",
+        ("gemma", "ffn_norm.weight") => "pre_feedforward_layernorm.weight",
         (_, "ffn_norm.weight") => "post_attention_layernorm.weight",
-        ("gemma3", "post_attention_norm.weight") => "post_attention_layernorm.weight",
-        ("gemma3", "post_ffw_norm.weight") => "post_feedforward_layernorm.weight",
-        ("gemma3", "attn_q_norm.weight") => "self_attn.q_norm.weight",
-        ("gemma3", "attn_k_norm.weight") => "self_attn.k_norm.weight",
+        ("gemma", "post_attention_norm.weight") => "post_attention_layernorm.weight",
+        ("gemma", "post_ffw_norm.weight") => "post_feedforward_layernorm.weight",
+        ("gemma", "attn_q_norm.weight") => "self_attn.q_norm.weight",
+        ("gemma", "attn_k_norm.weight") => "self_attn.k_norm.weight",
         (_, "ffn_gate.weight") => "mlp.gate_proj.weight",
         (_, "ffn_up.weight") => "mlp.up_proj.weight",
         (_, "ffn_down.weight") => "mlp.down_proj.weight",

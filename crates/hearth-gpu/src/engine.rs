@@ -67,6 +67,8 @@ struct Fuse<'a> {
     /// Add this bias (one value per output row) before the activation.
     bias: Option<&'a wgpu::Buffer>,
     activation: Activation,
+    /// The cap of `Activation::Softcap`.
+    cap: f32,
     gated: bool,
     accumulate: bool,
 }
@@ -285,7 +287,17 @@ impl<'a> Builder<'a> {
             let dims = uniform(
                 self.device(),
                 "matvec dims",
-                &[rows, piece.cols, piece.group, gx, p.out_stride, piece.first_row, self.eps.to_bits(), rows],
+                &[
+                    rows,
+                    piece.cols,
+                    piece.group,
+                    gx,
+                    p.out_stride,
+                    piece.first_row,
+                    self.eps.to_bits(),
+                    rows,
+                    p.fuse.cap.to_bits(),
+                ],
             );
             let bound = |block: u32| {
                 let key = MatvecKey {
@@ -635,6 +647,7 @@ impl GpuEngine {
                         cache_rows as u32,
                         window.unwrap_or(0) as u32,
                         alibi_max_bias.to_bits(),
+                        c.attn_softcap.unwrap_or(0.0).to_bits(),
                     ],
                 );
                 let group = bind_group(
@@ -684,7 +697,7 @@ impl GpuEngine {
                     bias: bias_up,
                     activation: ffn_activation,
                     gated: c.ffn == FfnKind::Gated,
-                    accumulate: false,
+                    ..Default::default()
                 },
             })?);
             layers.extend(b.product(Product {
@@ -710,7 +723,11 @@ impl GpuEngine {
         let out_norm = b.norm("output_norm")?;
         let head = if c.tied_embeddings { None } else { Some(b.split("output.weight")?) };
         let head_pieces = head.as_deref().unwrap_or(&embd);
-        let fuse = Fuse { norm: Some(&out_norm), ..Default::default() };
+        // Gemma 2 caps its logits as the head writes them.
+        let fuse = match c.final_softcap {
+            Some(cap) => Fuse { norm: Some(&out_norm), activation: Activation::Softcap, cap, ..Default::default() },
+            None => Fuse { norm: Some(&out_norm), ..Default::default() },
+        };
         let head_last = b.product(Product {
             pieces: head_pieces,
             input: &last,

@@ -43,6 +43,8 @@ pub enum Activation {
     None,
     Silu,
     GeluTanh,
+    /// `cap * tanh(y / cap)`, the cap in the product's dims (Gemma 2's logits).
+    Softcap,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -117,6 +119,7 @@ impl Kernels {
                     Activation::None => 0.0,
                     Activation::Silu => 1.0,
                     Activation::GeluTanh => 2.0,
+                    Activation::Softcap => 3.0,
                 };
                 let flag = |b: bool| if b { 1.0 } else { 0.0 };
                 let constants = [

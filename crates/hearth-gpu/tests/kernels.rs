@@ -101,7 +101,12 @@ enum Fusion {
     Accumulate,
     /// GPT-2's up product: gelu(W·x + b).
     BiasGelu,
+    /// Gemma 2's output head: cap * tanh(W·x / cap).
+    Softcap,
 }
+
+/// The cap of `Fusion::Softcap`: small enough that products of a few units bend.
+const CAP: f32 = 2.5;
 
 /// matvec.wgsl for every encoding, fusion, work split, and for one token (decode pipeline) and 11
 /// tokens (prefill pipeline: one full block of 8 and a partial one).
@@ -113,9 +118,15 @@ fn matvec_matches_the_cpu_for_every_encoding_fusion_split_and_block() {
         ctx.software = software;
         let kernels = Kernels::new(&ctx.device, software);
         for (dtype, group) in ENCODINGS {
-            for fusion in
-                [Fusion::Plain, Fusion::Norm, Fusion::SwiGlu, Fusion::GeGlu, Fusion::Accumulate, Fusion::BiasGelu]
-            {
+            for fusion in [
+                Fusion::Plain,
+                Fusion::Norm,
+                Fusion::SwiGlu,
+                Fusion::GeGlu,
+                Fusion::Accumulate,
+                Fusion::BiasGelu,
+                Fusion::Softcap,
+            ] {
                 for n in [1usize, 11] {
                     check_matvec(&ctx, &kernels, dtype, group, fusion, rows, cols, n);
                 }
@@ -176,6 +187,8 @@ fn check_matvec(
                     let v = products[g] + b;
                     (gelu_tanh(v), 1.13 * (tol_g + f32::EPSILON * v.abs()) + 1e-6 * v.abs())
                 }
+                // tanh's slope is at most 1; its own error a few ulps of the result.
+                Fusion::Softcap => (CAP * (products[g] / CAP).tanh(), tol_g + 1e-6 * CAP),
                 Fusion::SwiGlu | Fusion::GeGlu => {
                     let act = if matches!(fusion, Fusion::SwiGlu) { silu } else { gelu_tanh };
                     let (gate, up) = (products[g], products[g + rows]);
@@ -195,6 +208,7 @@ fn check_matvec(
         activation: match fusion {
             Fusion::SwiGlu => Activation::Silu,
             Fusion::GeGlu | Fusion::BiasGelu => Activation::GeluTanh,
+            Fusion::Softcap => Activation::Softcap,
             _ => Activation::None,
         },
         gated,
@@ -208,7 +222,7 @@ fn check_matvec(
     let dims = uniform(
         &ctx.device,
         "dims",
-        &[rows as u32, cols as u32, w.group, gx, rows as u32, 0, eps.to_bits(), rows as u32],
+        &[rows as u32, cols as u32, w.group, gx, rows as u32, 0, eps.to_bits(), rows as u32, CAP.to_bits()],
     );
     let step = uniform(&ctx.device, "step", &[0, n as u32]);
     let xb = storage_init(&ctx.device, "x", &x);
@@ -345,6 +359,8 @@ fn config(n_heads: usize, n_kv_heads: usize, head_dim: usize, rope_dim: usize, s
         post_norms: false,
         embedding_scale: None,
         attention_scale: None,
+        attn_softcap: None,
+        final_softcap: None,
         embedding_norm: false,
         linear_bias: false,
     }
@@ -524,26 +540,29 @@ fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
 #[test]
 fn attention_matches_the_cpu_in_both_splits_and_caches() {
     let Some(mut ctx) = context() else { return };
-    // (shape, sliding window, ALiBi): the windowed cases keep a ring of window + n - 1 rows, as the
-    // engine does, so positions wrap around it; the ALiBi cases have 6 and 9 heads (not powers of
-    // two, so both of ALiBi's slope sequences appear).
-    for (shape, window, alibi) in [
-        ((6usize, 2usize, 40usize, 50usize, 29usize, 7usize), None, false),
-        ((9, 3, 64, 1600, 1536, 64), None, false),
-        ((6, 2, 40, 2000, 1990, 5), None, false),
-        ((6, 2, 40, 50, 29, 7), Some(8), false),
-        ((9, 3, 64, 1600, 1536, 64), Some(100), false),
+    // (shape, sliding window, ALiBi, soft cap): the windowed cases keep a ring of window + n - 1
+    // rows, as the engine does, so positions wrap around it; the ALiBi cases have 6 and 9 heads (not
+    // powers of two, so both of ALiBi's slope sequences appear); the capped ones Gemma 2's tanh cap
+    // (small, so that it bends scores of a few units).
+    for (shape, window, alibi, softcap) in [
+        ((6usize, 2usize, 40usize, 50usize, 29usize, 7usize), None, false, None),
+        ((9, 3, 64, 1600, 1536, 64), None, false, None),
+        ((6, 2, 40, 2000, 1990, 5), None, false, None),
+        ((6, 2, 40, 50, 29, 7), Some(8), false, None),
+        ((9, 3, 64, 1600, 1536, 64), Some(100), false, None),
         // Gemma 3's heads of 256: past 423 visible positions the row split would hit lavapipe's
         // loop limiter, so software adapters take the cooperative kernel here too.
-        ((4, 1, 256, 600, 590, 6), None, false),
-        ((4, 1, 256, 600, 590, 6), Some(512), false),
-        ((6, 6, 40, 50, 29, 7), None, true),
-        ((9, 9, 16, 2000, 1990, 5), None, true),
+        ((4, 1, 256, 600, 590, 6), None, false, None),
+        ((4, 1, 256, 600, 590, 6), Some(512), false, None),
+        ((6, 6, 40, 50, 29, 7), None, true, None),
+        ((9, 9, 16, 2000, 1990, 5), None, true, None),
+        ((6, 2, 40, 50, 29, 7), Some(8), false, Some(0.5f32)),
+        ((6, 2, 40, 2000, 1990, 5), None, false, Some(0.5)),
     ] {
         for software in [true, false] {
             ctx.software = software;
             for f16 in [false, true] {
-                check_attention(&ctx, shape, window, alibi, f16);
+                check_attention(&ctx, shape, window, alibi, softcap, f16);
             }
         }
     }
@@ -554,11 +573,13 @@ fn check_attention(
     shape: (usize, usize, usize, usize, usize, usize),
     window: Option<usize>,
     alibi: bool,
+    softcap: Option<f32>,
     f16: bool,
 ) {
     let (n_heads, n_kv, hd, capacity, start, n) = shape;
     let rows = window.map_or(capacity, |w| w + n - 1);
     let mut c = config(n_heads, n_kv, hd, hd, RopeStyle::Neox);
+    c.attn_softcap = softcap;
     let alibi_max_bias = if alibi { 8.0f32 } else { 0.0 };
     if alibi {
         (c.position, c.rope, c.alibi) = (PositionKind::Alibi, None, Some(AlibiConfig { max_bias: alibi_max_bias }));
@@ -588,6 +609,7 @@ fn check_attention(
             rows as u32,
             window.unwrap_or(0) as u32,
             alibi_max_bias.to_bits(),
+            softcap.unwrap_or(0.0).to_bits(),
         ],
     );
     let step = uniform(&ctx.device, "step", &[start as u32, n as u32]);
@@ -612,8 +634,8 @@ fn check_attention(
     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(
         worst <= 1e-6,
-        "shape {shape:?}, window {window:?}, ALiBi {alibi}, software split {}, f16 cache {f16}: GPU and CPU differ by \
-         {worst}",
+        "shape {shape:?}, window {window:?}, ALiBi {alibi}, soft cap {softcap:?}, software split {}, f16 cache {f16}: \
+         GPU and CPU differ by {worst}",
         ctx.software
     );
 }

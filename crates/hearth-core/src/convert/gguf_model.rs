@@ -98,7 +98,7 @@ fn split_qkv(fused: &Tensor, c: &ModelConfig) -> Option<Vec<Tensor>> {
 
 fn model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
     match arch {
-        "llama" | "qwen2" | "gemma3" => rope_model_config(gguf, arch),
+        "llama" | "qwen2" | "gemma2" | "gemma3" => rope_model_config(gguf, arch),
         "bloom" | "gpt2" => layer_norm_model_config(gguf, arch),
         _ => Err(HearthError::UnsupportedArchitecture(arch.to_string())),
     }
@@ -153,6 +153,8 @@ fn layer_norm_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
         post_norms: false,
         embedding_scale: None,
         attention_scale: None,
+        attn_softcap: None,
+        final_softcap: None,
         embedding_norm: has("token_embd_norm.weight"),
         linear_bias: has("blk.0.attn_output.bias"),
     })
@@ -163,7 +165,7 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
     // converter permutes Llama's Q/K rows so rotated pairs are adjacent; Qwen2's and Gemma's it
     // leaves in NeoX order.
     let style = if arch == "llama" { RopeStyle::Interleaved } else { RopeStyle::Neox };
-    let gemma = arch == "gemma3";
+    let gemma = arch.starts_with("gemma");
     let key = |k: &str| format!("{arch}.{k}");
     let hidden = gguf.require_u64(&key("embedding_length"))? as usize;
     let n_heads = gguf.require_u64(&key("attention.head_count"))? as usize;
@@ -216,18 +218,21 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
             dim: gguf.get_u64(&key("rope.dimension_count")).map_or(head_dim, |v| v as usize),
             style,
             scaling,
-            // Gemma 3's local layers: llama.cpp uses 10 000 unless the file says otherwise.
-            local_base: gemma.then(|| gguf.get_f64(&key("rope.freq_base_swa")).unwrap_or(10_000.0) as f32),
+            // Gemma 3's local layers: llama.cpp uses 10 000 unless the file says otherwise (Gemma 2's
+            // use the one base).
+            local_base: (arch == "gemma3").then(|| gguf.get_f64(&key("rope.freq_base_swa")).unwrap_or(10_000.0) as f32),
         }),
         alibi: None,
         // Llama/Qwen2/Mistral: every layer windowed (llama.cpp itself reads no window for these
         // architectures; Hearth honours one when the file has it). Gemma 3: five local layers to
-        // one global unless the file gives another pattern (llama.cpp's default).
+        // one global unless the file gives another pattern (llama.cpp's default); Gemma 2: local
+        // and global alternate (llama.cpp fixes that).
         sliding_window: window,
-        sliding_window_pattern: if gemma && window.is_some() {
-            Some(gguf.get_u64(&key("attention.sliding_window_pattern")).map_or(6, |v| v as usize))
-        } else {
-            None
+        sliding_window_pattern: match (arch, window) {
+            (_, None) => None,
+            ("gemma2", _) => Some(2),
+            ("gemma3", _) => Some(gguf.get_u64(&key("attention.sliding_window_pattern")).map_or(6, |v| v as usize)),
+            _ => None,
         },
         tied_embeddings: gguf.tensor("output.weight").is_none(),
         qkv_bias: gguf.tensor("blk.0.attn_q.bias").is_some(),
@@ -235,9 +240,13 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
         post_norms: gguf.tensor("blk.0.post_attention_norm.weight").is_some(),
         // llama.cpp scales by sqrtf(n_embd) in f32.
         embedding_scale: gemma.then(|| (hidden as f32).sqrt()),
-        // Gemma 3 27B (62 layers) scales queries by its query_pre_attn_scalar, hidden / heads,
-        // not by the head size; llama.cpp recognises it by its layer count, and so does this.
-        attention_scale: (gemma && n_layers == 62).then(|| 1.0 / ((hidden / n_heads) as f32).sqrt()),
+        // The 27B Gemmas (Gemma 2: 46 layers, Gemma 3: 62) scale queries by their
+        // query_pre_attn_scalar, hidden / heads, not by the head size; llama.cpp recognises them by
+        // their layer count, and so does this.
+        attention_scale: ((arch == "gemma2" && n_layers == 46) || (arch == "gemma3" && n_layers == 62))
+            .then(|| 1.0 / ((hidden / n_heads) as f32).sqrt()),
+        attn_softcap: gguf.get_f64(&key("attn_logit_softcapping")).filter(|&c| c > 0.0).map(|c| c as f32),
+        final_softcap: gguf.get_f64(&key("final_logit_softcapping")).filter(|&c| c > 0.0).map(|c| c as f32),
         embedding_norm: false,
         linear_bias: false,
     })

@@ -1,7 +1,7 @@
 //! Hugging Face tensor layouts → the package's: GGUF tensor names, matrices as `[out, in]`, Q, K
 //! and V as three tensors, norm weights as the engines multiply by them. What each family needs:
 //! - Llama, Qwen2, Mistral: names only (Q/K stay in the NeoX order the engines rotate in).
-//! - Gemma 3: names, and RMSNorm weights stored as `w` for `(1 + w)` get the 1 added.
+//! - Gemma 2 and 3: names, and RMSNorm weights stored as `w` for `(1 + w)` get the 1 added.
 //! - GPT-2: `Conv1D` weights stored `[in, out]` are transposed; `c_attn` holds Q|K|V side by side.
 //! - BLOOM: `query_key_value` rows are per head (`[head][q, k, v][head_dim]`), regrouped as Q, K, V.
 
@@ -11,7 +11,8 @@ use crate::manifest::ModelConfig;
 pub(super) enum Family {
     /// Llama, Mistral and Qwen2.
     Llama,
-    Gemma3,
+    /// Gemma 2 and Gemma 3.
+    Gemma,
     Gpt2,
     Bloom,
 }
@@ -42,10 +43,10 @@ pub(super) fn import(family: Family, c: &ModelConfig, hf_name: &str, shape: &[us
         return Mapping::Skip;
     }
     match family {
-        Family::Llama | Family::Gemma3 => {
+        Family::Llama | Family::Gemma => {
             let Some(name) = llama_name(family, hf_name) else { return Mapping::Unknown };
             // Gemma's RMSNorm multiplies by (1 + w); the engines (and llama.cpp's GGUF) by w.
-            let values = if family == Family::Gemma3 && name.contains("norm.weight") {
+            let values = if family == Family::Gemma && name.contains("norm.weight") {
                 values.into_iter().map(|w| w + 1.0).collect()
             } else {
                 values
@@ -112,12 +113,12 @@ fn llama_name(family: Family, hf: &str) -> Option<String> {
         (_, "mlp.down_proj.weight") => "ffn_down.weight",
         // Llama's norm before the MLP is called "post attention"; Gemma's is a norm of the
         // attention output, and its MLP's comes "pre feed-forward".
-        (Family::Gemma3, "post_attention_layernorm.weight") => "post_attention_norm.weight",
+        (Family::Gemma, "post_attention_layernorm.weight") => "post_attention_norm.weight",
         (_, "post_attention_layernorm.weight") => "ffn_norm.weight",
-        (Family::Gemma3, "pre_feedforward_layernorm.weight") => "ffn_norm.weight",
-        (Family::Gemma3, "post_feedforward_layernorm.weight") => "post_ffw_norm.weight",
-        (Family::Gemma3, "self_attn.q_norm.weight") => "attn_q_norm.weight",
-        (Family::Gemma3, "self_attn.k_norm.weight") => "attn_k_norm.weight",
+        (Family::Gemma, "pre_feedforward_layernorm.weight") => "ffn_norm.weight",
+        (Family::Gemma, "post_feedforward_layernorm.weight") => "post_ffw_norm.weight",
+        (Family::Gemma, "self_attn.q_norm.weight") => "attn_q_norm.weight",
+        (Family::Gemma, "self_attn.k_norm.weight") => "attn_k_norm.weight",
         _ => return None,
     };
     Some(format!("blk.{layer}.{part}"))

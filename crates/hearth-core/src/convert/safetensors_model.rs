@@ -134,7 +134,8 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
         // Mistral is Llama with a sliding window (config.json's `sliding_window`, null for none).
         "LlamaForCausalLM" | "llama" | "MistralForCausalLM" | "mistral" => ("llama", Family::Llama),
         "Qwen2ForCausalLM" | "qwen2" => ("qwen2", Family::Llama),
-        "Gemma3ForCausalLM" | "gemma3_text" => ("gemma3", Family::Gemma3),
+        "Gemma2ForCausalLM" | "gemma2" => ("gemma2", Family::Gemma),
+        "Gemma3ForCausalLM" | "gemma3_text" => ("gemma3", Family::Gemma),
         "GPT2LMHeadModel" | "gpt2" => ("gpt2", Family::Gpt2),
         "BloomForCausalLM" | "bloom" => ("bloom", Family::Bloom),
         _ => return Err(HearthError::UnsupportedArchitecture(arch.to_string())),
@@ -185,24 +186,27 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
         post_norms: false,
         embedding_scale: None,
         attention_scale: None,
+        attn_softcap: None,
+        final_softcap: None,
     };
     let config = match family {
-        Family::Llama | Family::Gemma3 => {
-            let gemma = family == Family::Gemma3;
+        Family::Llama | Family::Gemma => {
+            let gemma = family == Family::Gemma;
+            let gemma3 = architecture == "gemma3";
             let rope = RopeConfig {
                 base: float("rope_theta", 10_000.0),
                 dim: head_dim,
                 style: RopeStyle::Neox,
                 scaling: rope_scaling(hf, &file)?,
-                local_base: gemma.then(|| float("rope_local_base_freq", 10_000.0)),
+                local_base: gemma3.then(|| float("rope_local_base_freq", 10_000.0)),
             };
             let window = hf.get("sliding_window").and_then(Value::as_u64).filter(|&w| w > 0).map(|w| w as usize);
             ModelConfig {
                 rope: Some(rope),
                 sliding_window: window,
-                sliding_window_pattern: if gemma && window.is_some() { Some(gemma_pattern(hf)) } else { None },
+                sliding_window_pattern: if gemma && window.is_some() { Some(gemma_pattern(hf, gemma3)) } else { None },
                 activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
-                qk_norm: gemma,
+                qk_norm: gemma3,
                 post_norms: gemma,
                 embedding_scale: gemma.then(|| (hidden as f32).sqrt()),
                 // Gemma scales queries by query_pre_attn_scalar^-1/2, the head size but for 27B.
@@ -210,6 +214,8 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
                     .ok()
                     .filter(|&s| gemma && s != head_dim)
                     .map(|s| 1.0 / (s as f32).sqrt()),
+                attn_softcap: hf.get("attn_logit_softcapping").and_then(Value::as_f64).map(|c| c as f32),
+                final_softcap: hf.get("final_logit_softcapping").and_then(Value::as_f64).map(|c| c as f32),
                 ..base
             }
         }
@@ -236,16 +242,16 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
     Ok((architecture, family, config))
 }
 
-/// Gemma 3's local/global pattern: `sliding_window_pattern`, or where `layer_types` first says
-/// "full_attention" (1-based), else every sixth layer.
-fn gemma_pattern(hf: &Value) -> usize {
+/// Gemma's local/global pattern: `sliding_window_pattern`, or where `layer_types` first says
+/// "full_attention" (1-based), else every sixth layer (Gemma 3) or every second (Gemma 2).
+fn gemma_pattern(hf: &Value, gemma3: bool) -> usize {
     if let Some(n) = hf.get("sliding_window_pattern").and_then(Value::as_u64) {
         return n as usize;
     }
     hf.get("layer_types")
         .and_then(Value::as_array)
         .and_then(|types| types.iter().position(|t| t.as_str() == Some("full_attention")))
-        .map_or(6, |i| i + 1)
+        .map_or(if gemma3 { 6 } else { 2 }, |i| i + 1)
 }
 
 fn rope_scaling(hf: &Value, file: &str) -> Result<Option<RopeScaling>> {
