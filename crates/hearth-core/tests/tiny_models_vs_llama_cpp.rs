@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use common::repo_root;
 use hearth_core::convert::{convert, ConvertOptions};
 use hearth_core::cpu::CpuEngine;
-use hearth_core::manifest::{RopeScaling, ARCHITECTURES};
+use hearth_core::manifest::{RopeScaling, RopeStyle, ARCHITECTURES};
 use hearth_core::package::{Package, TensorSource};
 
 const TOLERANCE: f32 = 2e-4;
@@ -205,11 +205,12 @@ fn a_windowed_model_stays_correct_and_bounded_far_past_its_window() {
 /// stored `[in, out]` with Q|K|V side by side in `c_attn`; BLOOM's `query_key_value` rows grouped per
 /// head as `[head][q, k, v][head_dim]`. The safetensors converter must undo each of these, and read
 /// the same config from config.json as from the GGUF metadata, so the logits equal llama.cpp's too.
-/// (Qwen2's Q/K rows are in Transformers order in GGUF already; Llama's are permuted, and have their
-/// own test on SmolLM2's real checkpoint.)
+/// Mistral: llama.cpp's converter permutes Llama's Q/K rows so that rotated pairs are adjacent
+/// (interleaved RoPE); the Transformers checkpoint has them in half-split (NeoX) order, which the
+/// converter keeps, so that package rotates NeoX-style: the same model, another config.
 #[test]
 fn every_architecture_from_safetensors_gives_the_gguf_logits() {
-    for fixture in ["qwen2", "qwen2_yarn", "gemma2", "gemma3", "bloom", "gpt2"] {
+    for fixture in ["mistral_swa", "qwen2", "qwen2_yarn", "gemma2", "gemma3", "bloom", "gpt2"] {
         let fx = fixtures().into_iter().find(|f| f.name == fixture).unwrap_or_else(|| panic!("{fixture} fixture"));
         let name = fx.architecture.as_str();
         let tmp = tempfile::tempdir().unwrap();
@@ -245,12 +246,16 @@ fn every_architecture_from_safetensors_gives_the_gguf_logits() {
             })
             .collect();
         safetensors::serialize_to_file(views, None, &hf.join("model.safetensors")).unwrap();
-        std::fs::write(hf.join("config.json"), transformers_config(name, c).to_string()).unwrap();
+        std::fs::write(hf.join("config.json"), transformers_config(fixture, c).to_string()).unwrap();
         std::fs::copy(from_gguf.dir.join("tokenizer.json"), hf.join("tokenizer.json")).unwrap();
 
         let from_hf = convert_to(&hf, &tmp.path().join("from-hf"));
         assert_eq!(from_hf.manifest().architecture, name);
-        assert_eq!(from_hf.manifest().config, m.config, "{name}: config.json gives another config than GGUF");
+        let mut want = m.config.clone();
+        if name == "llama" {
+            want.rope.as_mut().unwrap().style = RopeStyle::Neox;
+        }
+        assert_eq!(from_hf.manifest().config, want, "{fixture}: config.json gives another config than GGUF");
         let mut engine = CpuEngine::from_package(&from_hf).unwrap();
         let seq = &fx.sequences[1];
         let diff = max_diff(&engine.forward(&seq.tokens, true).unwrap(), seq.tight());
@@ -271,9 +276,12 @@ fn to_transformers_layout(
     let mut out = HfTensors::new();
     let get = |n: &str| (shapes[n].clone(), tensors[n].clone());
     match arch {
-        "qwen2" | "gemma2" | "gemma3" => {
+        "llama" | "qwen2" | "gemma2" | "gemma3" => {
             for name in tensors.keys() {
                 let (shape, mut values) = get(name);
+                if arch == "llama" && (name.ends_with("attn_q.weight") || name.ends_with("attn_k.weight")) {
+                    values = unpermute_rows(&values, shape[0] / c.head_dim, c.head_dim, shape[1]);
+                }
                 if arch.starts_with("gemma") && name.contains("norm.weight") {
                     values.iter_mut().for_each(|w| *w -= 1.0); // stored as w for (1 + w)
                 }
@@ -363,9 +371,43 @@ fn to_transformers_layout(
     out
 }
 
-/// config.json of a Transformers checkpoint with config `c`.
-fn transformers_config(arch: &str, c: &hearth_core::manifest::ModelConfig) -> serde_json::Value {
+/// llama.cpp's Q/K row order (within each head, row 2i is Transformers' row i and row 2i + 1 its
+/// row i + head_dim / 2) back to Transformers'.
+fn unpermute_rows(values: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; values.len()];
+    for h in 0..heads {
+        for i in 0..head_dim / 2 {
+            for (gguf_row, hf_row) in [(2 * i, i), (2 * i + 1, i + head_dim / 2)] {
+                let (from, to) = ((h * head_dim + gguf_row) * cols, (h * head_dim + hf_row) * cols);
+                out[to..to + cols].copy_from_slice(&values[from..from + cols]);
+            }
+        }
+    }
+    out
+}
+
+/// config.json of a Transformers checkpoint of fixture `fixture` (config `c`).
+fn transformers_config(fixture: &str, c: &hearth_core::manifest::ModelConfig) -> serde_json::Value {
+    let arch = match fixture {
+        "mistral_swa" => "mistral",
+        "qwen2_yarn" => "qwen2",
+        other => other,
+    };
     match arch {
+        "mistral" => serde_json::json!({
+            "architectures": ["MistralForCausalLM"],
+            "hidden_size": c.hidden_size,
+            "intermediate_size": c.ffn_size,
+            "num_hidden_layers": c.n_layers,
+            "num_attention_heads": c.n_heads,
+            "num_key_value_heads": c.n_kv_heads,
+            "vocab_size": c.vocab_size,
+            "max_position_embeddings": c.context_length,
+            "rms_norm_eps": c.norm_eps,
+            "rope_theta": c.rope.as_ref().unwrap().base,
+            "sliding_window": c.sliding_window.unwrap(),
+            "tie_word_embeddings": c.tied_embeddings,
+        }),
         "qwen2" => serde_json::json!({
             "architectures": ["Qwen2ForCausalLM"],
             "hidden_size": c.hidden_size,
