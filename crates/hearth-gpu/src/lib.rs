@@ -2,6 +2,7 @@
 //! the repository's `shaders/` folder) run through `wgpu` — natively on Vulkan / Metal / DX12 (and
 //! Mesa's lavapipe where there is no GPU), and in the browser on WebGPU.
 
+mod builder;
 mod context;
 mod engine;
 pub mod kernels;

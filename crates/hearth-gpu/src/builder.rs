@@ -1,0 +1,318 @@
+//! What `GpuEngine::prepare` assembles a forward pass from: prepared dispatches, the fusions a
+//! matrix product can take, and the `Builder` that creates a model's buffers, pipelines and bind
+//! groups from its manifest (weights planned, to be filled as their bytes arrive).
+
+use std::collections::HashMap;
+
+use hearth_core::cpu::rope_inv_freq;
+use hearth_core::manifest::{Manifest, NormKind, RopeConfig};
+use hearth_core::{HearthError, Result};
+
+use crate::context::GpuContext;
+use crate::kernels::{
+    bind_group, entry, storage, storage_init, uniform, whole, Activation, Kernels, MatvecKey, PREFILL_BLOCK, WORKGROUP,
+};
+use crate::weights::{create_vector, StoredMatrix, WeightBuffer, WeightUploads};
+
+/// How a prepared dispatch's grid scales with the step's token count.
+pub type Grid = Box<dyn Fn(u32) -> (u32, u32, u32)>;
+
+/// One kernel launch, prepared at load. Matrix products have a decode pipeline (one token) and a
+/// prefill pipeline (token blocks); other kernels use the same pipeline for both.
+pub struct Dispatch {
+    pub decode: (wgpu::ComputePipeline, wgpu::BindGroup),
+    pub prefill: (wgpu::ComputePipeline, wgpu::BindGroup),
+    pub grid: Grid,
+}
+
+impl Dispatch {
+    pub fn single(pipeline: wgpu::ComputePipeline, bind_group: wgpu::BindGroup, grid: Grid) -> Self {
+        Dispatch { decode: (pipeline.clone(), bind_group.clone()), prefill: (pipeline, bind_group), grid }
+    }
+}
+
+/// A norm's weight, and its bias for LayerNorm.
+pub struct NormBuffers {
+    pub weight: wgpu::Buffer,
+    pub bias: Option<wgpu::Buffer>,
+}
+
+/// What a matrix product fuses in.
+#[derive(Clone, Copy, Default)]
+pub struct Fuse<'a> {
+    /// Normalize the input first: fused into the product for RMSNorm on GPUs, a pass of its own
+    /// for LayerNorm and on software adapters.
+    pub norm: Option<&'a NormBuffers>,
+    /// Add this bias (one value per output row) before the activation.
+    pub bias: Option<&'a wgpu::Buffer>,
+    pub activation: Activation,
+    /// The cap of `Activation::Softcap`.
+    pub cap: f32,
+    pub gated: bool,
+    pub accumulate: bool,
+}
+
+/// The product `output[t] (+)= W · input[t]` of a matrix uploaded in row pieces.
+pub struct Product<'a> {
+    pub pieces: &'a [WeightBuffer],
+    pub input: &'a wgpu::Buffer,
+    pub output: &'a wgpu::Buffer,
+    /// Values per token in `output`.
+    pub out_stride: u32,
+    /// Step uniform: how many tokens (the head of the last token uses a constant one).
+    pub step: &'a wgpu::Buffer,
+    pub fuse: Fuse<'a>,
+}
+
+/// Everything `GpuEngine::prepare` builds, in one place while it builds it.
+pub struct Builder<'a> {
+    pub ctx: &'a GpuContext,
+    pub kernels: Kernels,
+    pub manifest: &'a Manifest,
+    pub origin: &'a str,
+    /// Manifest index of each tensor, by name.
+    pub index: HashMap<&'a str, usize>,
+    /// The weight buffers' plan: filled later, as the bytes arrive.
+    pub uploads: WeightUploads,
+    /// RMSNorm epsilon of the fused norms.
+    pub eps: f32,
+    /// Where software adapters put a normalized input (they run the norm as its own pass).
+    pub normed: wgpu::Buffer,
+    /// Bound as the norm weight of products that fuse no norm (every variant declares the
+    /// binding); one vec4.
+    pub no_norm: wgpu::Buffer,
+    pub scratch: Vec<wgpu::Buffer>,
+}
+
+impl<'a> Builder<'a> {
+    pub fn device(&self) -> &wgpu::Device {
+        &self.ctx.device
+    }
+
+    pub fn tensor_index(&self, name: &str) -> Result<usize> {
+        self.index
+            .get(name)
+            .copied()
+            .ok_or_else(|| HearthError::bad_package(self.origin, format!("missing tensor `{name}`")))
+    }
+
+    pub fn matrix(&self, name: &str) -> Result<StoredMatrix> {
+        let i = self.tensor_index(name)?;
+        StoredMatrix::from_entry(i, &self.manifest.tensors[i])
+    }
+
+    pub fn vector(&mut self, name: &str) -> Result<wgpu::Buffer> {
+        let i = self.tensor_index(name)?;
+        create_vector(self.ctx, &mut self.uploads, i, &self.manifest.tensors[i])
+    }
+
+    /// The norm `{prefix}.weight` (and `{prefix}.bias` for LayerNorm).
+    pub fn norm(&mut self, prefix: &str) -> Result<NormBuffers> {
+        let weight = self.vector(&format!("{prefix}.weight"))?;
+        let bias = match self.manifest.config.norm {
+            NormKind::Rms => None,
+            NormKind::Layer => Some(self.vector(&format!("{prefix}.bias"))?),
+        };
+        Ok(NormBuffers { weight, bias })
+    }
+
+    /// Vectors `names` one after another in one buffer of `len` values (layer `l`'s Q, K and V
+    /// biases laid out as a row of the QKV product; its query and key norm weights).
+    pub fn vectors(&mut self, label: &str, names: &[String], len: usize) -> Result<wgpu::Buffer> {
+        let manifest = self.manifest;
+        let mut parts = Vec::with_capacity(names.len());
+        for name in names {
+            let i = self.tensor_index(name)?;
+            parts.push((i, &manifest.tensors[i]));
+        }
+        let n: usize = parts.iter().map(|(_, e)| e.shape.iter().product::<usize>()).sum();
+        if n != len {
+            return Err(HearthError::bad_package(self.origin, format!("{names:?} hold {n} values, not {len}")));
+        }
+        let buffer = storage(self.device(), label, n);
+        self.uploads.plan_vectors(label, buffer.clone(), &parts, |v| v)?;
+        Ok(buffer)
+    }
+
+    /// A matrix in pieces that fit a binding.
+    pub fn split(&mut self, name: &str) -> Result<Vec<WeightBuffer>> {
+        let m = self.matrix(name)?;
+        WeightBuffer::create_split(self.ctx, &mut self.uploads, &m)
+    }
+
+    /// Matrices stacked by rows into one (Q/K/V), in pieces that fit a binding.
+    pub fn stacked(&mut self, label: &str, names: &[String]) -> Result<Vec<WeightBuffer>> {
+        let parts = names.iter().map(|n| self.matrix(n)).collect::<Result<Vec<_>>>()?;
+        let stacked = StoredMatrix::stack(label, &parts.iter().collect::<Vec<_>>()).ok_or_else(|| {
+            HearthError::bad_package(self.origin, format!("{names:?} differ in encoding or row length"))
+        })?;
+        WeightBuffer::create_split(self.ctx, &mut self.uploads, &stacked)
+    }
+
+    /// Gate and up stacked piece by piece: each piece holds gate rows r0..r1 then up rows r0..r1,
+    /// so a gated product finds a gate row's partner `rows` further within the same binding.
+    pub fn gated(&mut self, gate: &str, up: &str) -> Result<Vec<WeightBuffer>> {
+        let (gate, up) = (self.matrix(gate)?, self.matrix(up)?);
+        let half_limit = self.ctx.limits.max_storage_buffer_binding_size / 2;
+        gate.row_ranges(half_limit)?
+            .into_iter()
+            .map(|range| {
+                let (g, u) = (gate.rows_range(range.clone()), up.rows_range(range.clone()));
+                let pair = StoredMatrix::stack(&format!("{} + up", g.name), &[&g, &u]).ok_or_else(|| {
+                    HearthError::bad_package(self.origin, "gate and up differ in encoding or row length")
+                })?;
+                WeightBuffer::create(self.ctx, &mut self.uploads, &pair, range.start)
+            })
+            .collect()
+    }
+
+    /// The RoPE frequencies; with a `rope_freqs.weight` tensor they wait for its bytes. The
+    /// sliding-window layers' own (`local_base`, unscaled) are [`Builder::local_rope_frequencies`].
+    /// Without RoPE, one unused value.
+    pub fn rope_frequencies(&mut self, rope: Option<&RopeConfig>) -> Result<wgpu::Buffer> {
+        let Some(rope) = rope else {
+            return Ok(storage(self.device(), "no rope frequencies", 1));
+        };
+        let Some(&i) = self.index.get("rope_freqs.weight") else {
+            let values = rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), None);
+            return Ok(storage_init(self.device(), "rope frequencies", &values));
+        };
+        let buffer = storage(self.device(), "rope frequencies", rope.dim / 2);
+        let rope = rope.clone();
+        self.uploads.plan_vector(buffer.clone(), i, &self.manifest.tensors[i], move |factors| {
+            rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), Some(&factors))
+        })?;
+        Ok(buffer)
+    }
+
+    pub fn local_rope_frequencies(&mut self, rope: Option<&RopeConfig>) -> Option<wgpu::Buffer> {
+        let rope = rope?;
+        let values = rope_inv_freq(rope.local_base?, rope.dim, None, None);
+        Some(storage_init(self.device(), "local rope frequencies", &values))
+    }
+
+    /// Dispatches of one product: one per weight piece, each with a decode and a prefill pipeline
+    /// (plus, for LayerNorm and on software adapters, the norm as a pass of its own).
+    pub fn product(&mut self, p: Product<'_>) -> Result<Vec<Dispatch>> {
+        let mut out = Vec::new();
+        let cols = p.pieces.first().map_or(0, |w| w.cols);
+        if cols % 4 != 0 {
+            return Err(HearthError::bad_package(
+                self.origin,
+                format!("matrix rows of {cols} values: the GPU engine needs a multiple of 4"),
+            ));
+        }
+        let (input, norm) = match p.fuse.norm {
+            Some(n) if self.kernels.software || n.bias.is_some() => {
+                let normed = self.normed.clone();
+                out.push(self.norm_pass(p.input, n, p.step, &normed));
+                (normed, None)
+            }
+            Some(n) => (p.input.clone(), Some(&n.weight)),
+            None => (p.input.clone(), None),
+        };
+        for piece in p.pieces {
+            let rows = if p.fuse.gated { piece.rows / 2 } else { piece.rows };
+            let (gx, gy) = self.kernels.matvec_grid(rows);
+            let dims = uniform(
+                self.device(),
+                "matvec dims",
+                &[
+                    rows,
+                    piece.cols,
+                    piece.group,
+                    gx,
+                    p.out_stride,
+                    piece.first_row,
+                    self.eps.to_bits(),
+                    rows,
+                    p.fuse.cap.to_bits(),
+                ],
+            );
+            let bound = |block: u32| {
+                let key = MatvecKey {
+                    dtype: piece.dtype,
+                    block,
+                    norm: norm.is_some(),
+                    activation: p.fuse.activation,
+                    gated: p.fuse.gated,
+                    accumulate: p.fuse.accumulate,
+                    bias: p.fuse.bias.is_some(),
+                };
+                let pipeline = self.kernels.matvec(key);
+                let mut entries = vec![
+                    entry(0, whole(&dims)),
+                    entry(1, whole(p.step)),
+                    entry(2, whole(&input)),
+                    entry(3, whole(p.output)),
+                    entry(7, whole(norm.unwrap_or(&self.no_norm))),
+                    entry(8, whole(p.fuse.bias.unwrap_or(&self.no_norm))),
+                ];
+                entries.extend(piece.weight_entries(4));
+                let group = bind_group(self.device(), &pipeline, &entries);
+                (pipeline, group)
+            };
+            let decode = bound(1);
+            let prefill = bound(PREFILL_BLOCK);
+            self.scratch.push(dims);
+            out.push(Dispatch {
+                decode,
+                prefill,
+                grid: Box::new(move |n| (gx, gy, if n == 1 { 1 } else { n.div_ceil(PREFILL_BLOCK) })),
+            });
+        }
+        Ok(out)
+    }
+
+    /// `output += rms_norm(input) * weight`, as its own pass.
+    pub fn norm_add_pass(
+        &mut self,
+        input: &wgpu::Buffer,
+        weight: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+        step: &wgpu::Buffer,
+    ) -> Dispatch {
+        let hidden = self.manifest.config.hidden_size as u32;
+        let dims = uniform(self.device(), "norm dims", &[hidden, self.eps.to_bits()]);
+        let pipeline = self.kernels.rms_norm_add();
+        let group = bind_group(
+            self.device(),
+            &pipeline,
+            &[
+                entry(0, whole(&dims)),
+                entry(1, whole(step)),
+                entry(2, whole(input)),
+                entry(3, whole(weight)),
+                entry(4, whole(output)),
+            ],
+        );
+        self.scratch.push(dims);
+        Dispatch::single(pipeline, group, Box::new(|n| (n.div_ceil(WORKGROUP), 1, 1)))
+    }
+
+    /// The norm (RMSNorm, or LayerNorm with its bias) of `input` into `output`, as its own pass.
+    pub fn norm_pass(
+        &mut self,
+        input: &wgpu::Buffer,
+        norm: &NormBuffers,
+        step: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+    ) -> Dispatch {
+        let hidden = self.manifest.config.hidden_size as u32;
+        let dims = uniform(self.device(), "norm dims", &[hidden, self.eps.to_bits()]);
+        let pipeline = if norm.bias.is_some() { self.kernels.layer_norm() } else { self.kernels.rms_norm() };
+        let mut entries = vec![
+            entry(0, whole(&dims)),
+            entry(1, whole(step)),
+            entry(2, whole(input)),
+            entry(3, whole(&norm.weight)),
+            entry(4, whole(output)),
+        ];
+        if let Some(bias) = &norm.bias {
+            entries.push(entry(5, whole(bias)));
+        }
+        let group = bind_group(self.device(), &pipeline, &entries);
+        self.scratch.push(dims);
+        Dispatch::single(pipeline, group, Box::new(|n| (n.div_ceil(WORKGROUP), 1, 1)))
+    }
+}
