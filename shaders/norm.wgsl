@@ -1,13 +1,13 @@
 // Norms as passes of their own, one invocation per token.
 //
-// - `rms_norm`: out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight. Only software adapters run it: on
-//   GPUs the norm is fused into the matrix product that follows (matvec.wgsl's NORM), but there each
-//   of a row-per-invocation product's invocations would redo the token's sum of squares, which
-//   costs more than this one pass.
-// - `rms_norm_add`: out[t] += x[t] / sqrt(mean(x[t]^2) + eps) * weight: Gemma's norms of the
-//   attention and feed-forward outputs, added to the residual stream in the same pass.
-// - `layer_norm`: out[t] = (x[t] - mean(x[t])) / sqrt(var(x[t]) + eps) * weight + bias, for the
-//   architectures that use it (GPT-2, BLOOM).
+// - `rms_norm`: out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight. As a pre-norm only software
+//   adapters run it: on GPUs the norm is fused into the matrix product that follows (matvec.wgsl's
+//   NORM), but there each of a row-per-invocation product's invocations would redo the token's sum
+//   of squares, which costs more than this one pass. With ADD, out[t] += that instead, on every
+//   adapter: Gemma's norms of the attention and feed-forward outputs, added to the residual stream
+//   in the same pass (their input is a product's output, so there is nothing to fuse them into).
+// - `layer_norm`: out[t] = (x[t] - mean(x[t])) / sqrt(var(x[t]) + eps) * weight + bias, on every
+//   adapter, for the architectures that use it (GPT-2, BLOOM).
 
 struct Dims {
     hidden: u32,
@@ -26,6 +26,8 @@ struct Step {
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
 
+override ADD: bool = false;
+
 @compute @workgroup_size(64)
 fn rms_norm(@builtin(global_invocation_id) gid: vec3<u32>) {
     let t = gid.x;
@@ -40,24 +42,11 @@ fn rms_norm(@builtin(global_invocation_id) gid: vec3<u32>) {
     // 1 / sqrt, not inverseSqrt: some drivers give inverseSqrt a fast estimate (~12 bits).
     let inv = 1.0 / sqrt(acc / f32(dims.hidden) + dims.eps);
     for (var i = 0u; i < dims.hidden; i = i + 1u) {
-        out[base + i] = x[base + i] * inv * weight[i];
-    }
-}
-
-@compute @workgroup_size(64)
-fn rms_norm_add(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let t = gid.x;
-    if (t >= step.n_tokens) {
-        return;
-    }
-    let base = t * dims.hidden;
-    var acc = 0.0;
-    for (var i = 0u; i < dims.hidden; i = i + 1u) {
-        acc = acc + x[base + i] * x[base + i];
-    }
-    let inv = 1.0 / sqrt(acc / f32(dims.hidden) + dims.eps);
-    for (var i = 0u; i < dims.hidden; i = i + 1u) {
-        out[base + i] = out[base + i] + x[base + i] * inv * weight[i];
+        var v = x[base + i] * inv * weight[i];
+        if (ADD) {
+            v = v + out[base + i];
+        }
+        out[base + i] = v;
     }
 }
 

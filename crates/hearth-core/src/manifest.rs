@@ -34,7 +34,9 @@ pub struct Manifest {
     pub tensors: Vec<TensorEntry>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What the engines need to know about a model. `Default` is no model (zero sizes, which `validate`
+/// refuses) with every optional feature off: converters fill in what a model has.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ModelConfig {
     pub n_layers: usize,
     pub hidden_size: usize,
@@ -110,26 +112,29 @@ impl FfnKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NormKind {
+    #[default]
     Rms,
     /// LayerNorm with a weight and a bias (`*.weight`, `*.bias`).
     Layer,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
     /// SiLU (SwiGLU when gated: silu(gate) * up).
+    #[default]
     Silu,
     /// GELU, tanh approximation (GeGLU when gated).
     GeluTanh,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PositionKind {
+    #[default]
     Rope,
     Alibi,
     Learned,

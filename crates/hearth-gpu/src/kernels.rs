@@ -186,7 +186,7 @@ impl Kernels {
     /// `out += rms_norm(x) * weight`, one invocation per token (Gemma's post-attention and
     /// post-feed-forward norms, which fuse into no product: their input is a product's output).
     pub fn rms_norm_add(&self) -> wgpu::ComputePipeline {
-        self.pipeline(&self.norm_module, "rms_norm_add", &[])
+        self.pipeline(&self.norm_module, "rms_norm", &[("ADD", 1.0)])
     }
 
     /// LayerNorm with weight and bias, one invocation per token (for GPT-2 / BLOOM style models).

@@ -6,9 +6,7 @@
 //! adapter's `software` flag. With no adapter at all, each test says so loudly and returns.
 
 use hearth_core::cpu::{apply_rope, attention_at, matmul, rms_norm, silu};
-use hearth_core::manifest::{
-    Activation as ModelActivation, AlibiConfig, ModelConfig, NormKind, PositionKind, RopeConfig, RopeStyle, TensorEntry,
-};
+use hearth_core::manifest::{AlibiConfig, ModelConfig, PositionKind, RopeConfig, RopeStyle, TensorEntry};
 use hearth_core::quant::{DType, Tensor};
 use hearth_gpu::kernels::{
     dispatch_once, read_back, storage, storage_init, uniform, whole, Activation, Kernels, MatvecKey, PREFILL_BLOCK,
@@ -344,25 +342,10 @@ fn config(n_heads: usize, n_kv_heads: usize, head_dim: usize, rope_dim: usize, s
         ffn_size: 64,
         vocab_size: 100,
         context_length: 64,
-        norm: NormKind::Rms,
         norm_eps: 1e-5,
-        activation: ModelActivation::Silu,
-        ffn: Default::default(),
-        position: PositionKind::Rope,
         rope: Some(RopeConfig { base: 10000.0, dim: rope_dim, style, scaling: None, local_base: None }),
-        alibi: None,
-        sliding_window: None,
-        sliding_window_pattern: None,
         tied_embeddings: true,
-        qkv_bias: false,
-        qk_norm: false,
-        post_norms: false,
-        embedding_scale: None,
-        attention_scale: None,
-        attn_softcap: None,
-        final_softcap: None,
-        embedding_norm: false,
-        linear_bias: false,
+        ..Default::default()
     }
 }
 

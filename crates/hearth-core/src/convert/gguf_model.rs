@@ -145,18 +145,11 @@ fn layer_norm_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
         // BLOOM's slopes are the standard ones (a maximum bias of 8), as llama.cpp uses whatever
         // the file says.
         alibi: bloom.then_some(AlibiConfig { max_bias: 8.0 }),
-        sliding_window: None,
-        sliding_window_pattern: None,
         tied_embeddings: !has("output.weight"),
         qkv_bias: has("blk.0.attn_qkv.bias") || has("blk.0.attn_q.bias"),
-        qk_norm: false,
-        post_norms: false,
-        embedding_scale: None,
-        attention_scale: None,
-        attn_softcap: None,
-        final_softcap: None,
         embedding_norm: has("token_embd_norm.weight"),
         linear_bias: has("blk.0.attn_output.bias"),
+        ..Default::default()
     })
 }
 
@@ -247,8 +240,7 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
             .then(|| 1.0 / ((hidden / n_heads) as f32).sqrt()),
         attn_softcap: gguf.get_f64(&key("attn_logit_softcapping")).filter(|&c| c > 0.0).map(|c| c as f32),
         final_softcap: gguf.get_f64(&key("final_logit_softcapping")).filter(|&c| c > 0.0).map(|c| c as f32),
-        embedding_norm: false,
-        linear_bias: false,
+        ..Default::default()
     })
 }
 

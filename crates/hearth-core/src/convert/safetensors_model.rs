@@ -169,25 +169,9 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
         ffn_size: int("intermediate_size").or_else(|_| int("n_inner")).unwrap_or(4 * hidden),
         vocab_size: int("vocab_size")?,
         context_length: int_of(&["max_position_embeddings", "n_positions", "seq_length"]).unwrap_or(2048),
-        norm: NormKind::Rms,
         norm_eps: float("rms_norm_eps", 1e-5),
-        activation: Activation::Silu,
-        ffn: FfnKind::Gated,
-        position: PositionKind::Rope,
-        rope: None,
-        alibi: None,
-        sliding_window: None,
-        sliding_window_pattern: None,
-        tied_embeddings: false, // these four from the tensors present
-        qkv_bias: false,
-        linear_bias: false,
-        embedding_norm: false,
-        qk_norm: false,
-        post_norms: false,
-        embedding_scale: None,
-        attention_scale: None,
-        attn_softcap: None,
-        final_softcap: None,
+        // Tied embeddings, biases and the embedding norm come from the tensors present.
+        ..Default::default()
     };
     let config = match family {
         Family::Llama | Family::Gemma => {
