@@ -142,8 +142,8 @@ fn layer_norm_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
         ffn: FfnKind::Plain,
         position: if bloom { PositionKind::Alibi } else { PositionKind::Learned },
         rope: None,
-        // BLOOM's slopes are the standard ones (a maximum bias of 8), as llama.cpp uses whatever
-        // the file says.
+        // BLOOM's slopes are the standard ones (a maximum bias of 8): llama.cpp uses 8 for BLOOM
+        // whatever the file says, and so does this.
         alibi: bloom.then_some(AlibiConfig { max_bias: 8.0 }),
         tied_embeddings: !has("output.weight"),
         qkv_bias: has("blk.0.attn_qkv.bias") || has("blk.0.attn_q.bias"),
