@@ -327,14 +327,9 @@ impl CpuEngine {
             let window = c.layer_window(li);
             if c.position == PositionKind::Rope {
                 let style = c.rope.as_ref().map_or(RopeStyle::Neox, |r| r.style);
-                // Gemma's local layers have their own base and no scaling.
-                let (inv_freq, magnitude) = match (&self.inv_freq_local, window) {
-                    (Some(local), Some(_)) => (local, 1.0),
-                    _ => (
-                        &self.inv_freq,
-                        c.rope.as_ref().and_then(|r| r.scaling.as_ref()).map_or(1.0, |s| s.magnitude()),
-                    ),
-                };
+                // Gemma 3's local layers have their own base (and no scaling: see rope_magnitude).
+                let inv_freq = self.inv_freq_local.as_ref().filter(|_| window.is_some()).unwrap_or(&self.inv_freq);
+                let magnitude = c.rope_magnitude(li);
                 for t in 0..n {
                     let pos = start + t;
                     for head in q[t * c.q_dim()..(t + 1) * c.q_dim()].chunks_mut(hd) {
@@ -490,13 +485,14 @@ pub fn attention_at(
     let scale = c.attention_scale();
     let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
     let mut scores = vec![0f32; pos + 1 - first];
-    let slopes = match (&c.alibi, c.position) {
-        (Some(alibi), PositionKind::Alibi) => alibi_slopes(c.n_heads, alibi.max_bias),
-        _ => vec![0.0; c.n_heads],
+    let max_bias = match (&c.alibi, c.position) {
+        (Some(alibi), PositionKind::Alibi) => Some(alibi.max_bias),
+        _ => None,
     };
     for head in 0..c.n_heads {
         let kvh = head / group;
         let qh = &q[head * hd..][..hd];
+        let slope = max_bias.map_or(0.0, |m| alibi_slope(head, c.n_heads, m));
         for (s, p) in scores.iter_mut().zip(first..=pos) {
             let kh = &k_cache[(p % rows) * kvd + kvh * hd..][..hd];
             *s = dot(qh, kh) * scale;
@@ -504,7 +500,7 @@ pub fn attention_at(
                 *s = cap * (*s / cap).tanh();
             }
             // ALiBi: a key d positions back costs slope * d.
-            *s -= slopes[head] * (pos - p) as f32;
+            *s -= slope * (pos - p) as f32;
         }
         softmax(&mut scores);
         let o = &mut out[head * hd..][..hd];
@@ -518,19 +514,15 @@ pub fn attention_at(
     }
 }
 
-/// ALiBi's slope of each head (Press et al.; as llama.cpp computes them): for n the largest power
-/// of two not above the head count, heads h < n get 2^(-max_bias (h + 1) / n) and the rest interleave
-/// between them: 2^(-max_bias (2 (h - n) + 1) / (2 n)).
+/// ALiBi's slope of head `h` of `n_heads` (Press et al.; as llama.cpp computes them): for n the
+/// largest power of two not above the head count, heads h < n get 2^(-max_bias (h + 1) / n) and the
+/// rest interleave between them: 2^(-max_bias (2 (h - n) + 1) / (2 n)).
 /// (As powers of two with the exponent computed first, so the slopes are exact wherever they are
 /// representable; llama.cpp's powers of rounded bases agree with them to the last bit or two.)
-pub fn alibi_slopes(n_heads: usize, max_bias: f32) -> Vec<f32> {
+pub fn alibi_slope(h: usize, n_heads: usize, max_bias: f32) -> f32 {
     let n = 1usize << n_heads.max(1).ilog2();
-    (0..n_heads)
-        .map(|h| {
-            let exponent = if h < n { (h + 1) as f32 / n as f32 } else { (2 * (h - n) + 1) as f32 / (2 * n) as f32 };
-            (-max_bias * exponent).exp2()
-        })
-        .collect()
+    let exponent = if h < n { (h + 1) as f32 / n as f32 } else { (2 * (h - n) + 1) as f32 / (2 * n) as f32 };
+    (-max_bias * exponent).exp2()
 }
 
 fn softmax(x: &mut [f32]) {
@@ -545,14 +537,11 @@ fn softmax(x: &mut [f32]) {
     }
 }
 
+/// RMSNorm of each `h`-value row of `x` (`w` has `h` values) into `out`.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, h: usize, out: &mut [f32]) {
-    for (row, o) in x.chunks(h).zip(out.chunks_mut(h)) {
-        let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / h as f32;
-        let inv = 1.0 / (mean_sq + eps).sqrt();
-        for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
-            *o = v * inv * w;
-        }
-    }
+    debug_assert_eq!(w.len(), h);
+    out.copy_from_slice(x);
+    rms_norm_in_place(out, w, eps);
 }
 
 /// LayerNorm: (x - mean) / sqrt(variance + eps) * w + b, row by row (mean first, then the squared
@@ -574,7 +563,7 @@ fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
         let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
         let inv = 1.0 / (mean_sq + eps).sqrt();
         for (v, &w) in row.iter_mut().zip(w) {
-            *v *= inv * w;
+            *v = *v * inv * w;
         }
     }
 }

@@ -329,6 +329,16 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// What layer `layer`'s rotated query and key values are multiplied by: YaRN's magnitude, or 1
+    /// (also for Gemma 3's sliding-window layers, which rotate with `rope.local_base`, unscaled).
+    pub fn rope_magnitude(&self, layer: usize) -> f32 {
+        let Some(rope) = &self.rope else { return 1.0 };
+        if rope.local_base.is_some() && self.layer_window(layer).is_some() {
+            return 1.0;
+        }
+        rope.scaling.as_ref().map_or(1.0, RopeScaling::magnitude)
+    }
+
     /// The window of layer `layer` (0-based), or `None` for full attention.
     pub fn layer_window(&self, layer: usize) -> Option<usize> {
         let window = self.sliding_window?;

@@ -272,22 +272,8 @@ impl<'a> Builder<'a> {
         output: &wgpu::Buffer,
         step: &wgpu::Buffer,
     ) -> Dispatch {
-        let hidden = self.manifest.config.hidden_size as u32;
-        let dims = uniform(self.device(), "norm dims", &[hidden, self.eps.to_bits()]);
         let pipeline = self.kernels.rms_norm_add();
-        let group = bind_group(
-            self.device(),
-            &pipeline,
-            &[
-                entry(0, whole(&dims)),
-                entry(1, whole(step)),
-                entry(2, whole(input)),
-                entry(3, whole(weight)),
-                entry(4, whole(output)),
-            ],
-        );
-        self.scratch.push(dims);
-        Dispatch::single(pipeline, group, Box::new(|n| (n.div_ceil(WORKGROUP), 1, 1)))
+        self.norm_dispatch(pipeline, input, weight, None, step, output)
     }
 
     /// The norm (RMSNorm, or LayerNorm with its bias) of `input` into `output`, as its own pass.
@@ -298,19 +284,30 @@ impl<'a> Builder<'a> {
         step: &wgpu::Buffer,
         output: &wgpu::Buffer,
     ) -> Dispatch {
+        let pipeline = if norm.bias.is_some() { self.kernels.layer_norm() } else { self.kernels.rms_norm() };
+        self.norm_dispatch(pipeline, input, &norm.weight, norm.bias.as_ref(), step, output)
+    }
+
+    /// One invocation per token of a norm.wgsl entry point.
+    fn norm_dispatch(
+        &mut self,
+        pipeline: wgpu::ComputePipeline,
+        input: &wgpu::Buffer,
+        weight: &wgpu::Buffer,
+        bias: Option<&wgpu::Buffer>,
+        step: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+    ) -> Dispatch {
         let hidden = self.manifest.config.hidden_size as u32;
         let dims = uniform(self.device(), "norm dims", &[hidden, self.eps.to_bits()]);
-        let pipeline = if norm.bias.is_some() { self.kernels.layer_norm() } else { self.kernels.rms_norm() };
         let mut entries = vec![
             entry(0, whole(&dims)),
             entry(1, whole(step)),
             entry(2, whole(input)),
-            entry(3, whole(&norm.weight)),
+            entry(3, whole(weight)),
             entry(4, whole(output)),
         ];
-        if let Some(bias) = &norm.bias {
-            entries.push(entry(5, whole(bias)));
-        }
+        entries.extend(bias.map(|b| entry(5, whole(b))));
         let group = bind_group(self.device(), &pipeline, &entries);
         self.scratch.push(dims);
         Dispatch::single(pipeline, group, Box::new(|n| (n.div_ceil(WORKGROUP), 1, 1)))

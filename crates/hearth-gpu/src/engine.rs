@@ -1,7 +1,7 @@
-//! The forward pass on the GPU (`builder.rs` has the pieces it is assembled from). Everything is prepared at load: weights
-//! uploaded once (Q/K/V and gate/up stacked into one matrix each, large tables split to fit the
-//! adapter's bindings), every activation and KV-cache buffer allocated once, every pipeline and bind
-//! group built once. A step writes two small buffers (its position and its tokens), records the
+//! The forward pass on the GPU (`builder.rs` has the pieces it is assembled from). Everything is
+//! prepared at load: weights uploaded once (Q/K/V and gate/up stacked into one matrix each, large
+//! tables split to fit the adapter's bindings), every activation and KV-cache buffer allocated
+//! once, every pipeline and bind group built once. A step writes two small buffers (its position and its tokens), records the
 //! prepared dispatches into one command encoder, and submits once.
 //!
 //! Per layer: [norm + QKV] → [RoPE + KV store] → [attention] → [output proj + residual] →
@@ -263,11 +263,9 @@ impl GpuEngine {
             } else {
                 None
             };
-            // Gemma's local layers have their own base and no scaling.
-            let (layer_inv_freq, magnitude) = match (&local_inv_freq, window) {
-                (Some(local), Some(_)) => (local, 1.0f32),
-                _ => (&inv_freq, rope.as_ref().and_then(|r| r.scaling.as_ref()).map_or(1.0, |s| s.magnitude())),
-            };
+            // Gemma 3's local layers have their own base (and no scaling: see rope_magnitude).
+            let layer_inv_freq = local_inv_freq.as_ref().filter(|_| window.is_some()).unwrap_or(&inv_freq);
+            let magnitude = c.rope_magnitude(l);
             let wo = b.split(&p("attn_output"))?;
             let wgu = match c.ffn {
                 FfnKind::Gated => b.gated(&p("ffn_gate"), &p("ffn_up"))?,

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{encode_f32, tokenizer_from_gguf, ConvertOptions, QuantChoice};
+use super::{add_tensor, encode_f32, tokenizer_from_gguf, ConvertOptions, QuantChoice};
 use crate::error::{HearthError, Result};
 use crate::ggml_quants::{dequantize, q4_from_ggml, q8_from_ggml, q8_from_q5_0};
 use crate::gguf::{GgmlType, GgufFile, GgufTensorInfo};
@@ -22,24 +22,7 @@ pub(super) fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result
     let mut writer = PackageWriter::new(out, opts.shard_bytes, opts.overwrite)?;
     for info in &gguf.tensors {
         let tensor = convert_tensor(&gguf, info, opts)?;
-        // llama.cpp's fused Q/K/V (BLOOM, GPT-2): Q, K and V rows one after another. Stored as the
-        // three tensors every other architecture has, so the engines know one layout.
-        if let Some(layer) =
-            info.name.strip_suffix(".attn_qkv.weight").or_else(|| info.name.strip_suffix(".attn_qkv.bias"))
-        {
-            let kind = if info.name.ends_with(".weight") { "weight" } else { "bias" };
-            let parts = split_qkv(&tensor, &config).ok_or_else(|| {
-                HearthError::bad_file(
-                    input.display().to_string(),
-                    format!("`{}` of shape {:?} is not Q, K and V of this model's sizes", info.name, info.shape()),
-                )
-            })?;
-            for (part, t) in ["attn_q", "attn_k", "attn_v"].iter().zip(parts) {
-                writer.add_tensor(&format!("{layer}.{part}.{kind}"), &t)?;
-            }
-            continue;
-        }
-        writer.add_tensor(&info.name, &tensor)?;
+        add_tensor(&mut writer, &info.name, &tensor, &config, input)?;
     }
     writer.add_file("tokenizer.json", tok.json.as_bytes())?;
 
@@ -72,28 +55,6 @@ pub(super) fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result
         tensors: vec![],
     };
     writer.finish(manifest)
-}
-
-/// A fused Q/K/V matrix (or bias) cut into Q, K and V by rows.
-fn split_qkv(fused: &Tensor, c: &ModelConfig) -> Option<Vec<Tensor>> {
-    let (q, kv) = (c.q_dim(), c.kv_dim());
-    let matrix = if fused.shape.len() == 1 {
-        Tensor { shape: vec![fused.shape[0], 1], data: fused.data.clone() }
-    } else {
-        fused.clone()
-    };
-    if matrix.rows() != q + 2 * kv {
-        return None;
-    }
-    let parts = [(0, q), (q, kv), (q + kv, kv)]
-        .into_iter()
-        .map(|(start, n)| matrix.row_slice(start, n))
-        .collect::<Option<Vec<_>>>()?;
-    Some(if fused.shape.len() == 1 {
-        parts.into_iter().map(|t| Tensor { shape: vec![t.shape[0]], data: t.data }).collect()
-    } else {
-        parts
-    })
 }
 
 fn model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {

@@ -1,5 +1,6 @@
-//! Hugging Face tensor layouts → the package's: GGUF tensor names, matrices as `[out, in]`, Q, K
-//! and V as three tensors, norm weights as the engines multiply by them. What each family needs:
+//! Hugging Face tensor layouts → the package's: GGUF tensor names, matrices as `[out, in]`, fused
+//! Q/K/V as Q rows then K then V (`convert::add_tensor` cuts them apart, as for GGUF), norm weights
+//! as the engines multiply by them. What each family needs:
 //! - Llama, Qwen2, Mistral: names only (Q/K stay in the NeoX order the engines rotate in).
 //! - Gemma 2 and 3: names, and RMSNorm weights stored as `w` for `(1 + w)` get the 1 added.
 //! - GPT-2: `Conv1D` weights stored `[in, out]` are transposed; `c_attn` holds Q|K|V side by side.
@@ -26,18 +27,18 @@ pub(super) struct Imported {
 
 /// What a Hugging Face tensor becomes.
 pub(super) enum Mapping {
-    Tensors(Vec<Imported>),
+    Tensor(Imported),
     /// A buffer the engines recompute (rotary frequencies, GPT-2's causal mask).
     Skip,
     Unknown,
-    /// A fused Q/K/V tensor whose size does not fit the config.
+    /// BLOOM's fused Q/K/V whose size does not fit the config.
     BadShape,
 }
 
 /// Map `hf_name` (shape `shape`, values in row-major order) of a `family` model with config `c`.
 pub(super) fn import(family: Family, c: &ModelConfig, hf_name: &str, shape: &[usize], values: Vec<f32>) -> Mapping {
     let one = |name: String, shape: &[usize], values: Vec<f32>| {
-        Mapping::Tensors(vec![Imported { name, shape: shape.to_vec(), values }])
+        Mapping::Tensor(Imported { name, shape: shape.to_vec(), values })
     };
     if hf_name.ends_with("rotary_emb.inv_freq") {
         return Mapping::Skip;
@@ -65,9 +66,6 @@ pub(super) fn import(family: Family, c: &ModelConfig, hf_name: &str, shape: &[us
             } else {
                 (shape.to_vec(), values)
             };
-            if gguf.contains("attn_qkv") {
-                return split_qkv(&gguf, &shape, &values, c).map_or(Mapping::BadShape, Mapping::Tensors);
-            }
             one(gguf, &shape, values)
         }
         Family::Bloom => {
@@ -78,8 +76,7 @@ pub(super) fn import(family: Family, c: &ModelConfig, hf_name: &str, shape: &[us
                 if values.len() != 3 * c.n_heads * c.head_dim * cols {
                     return Mapping::BadShape;
                 }
-                let values = bloom_regroup(&values, c.n_heads, c.head_dim, cols);
-                return split_qkv(&gguf, shape, &values, c).map_or(Mapping::BadShape, Mapping::Tensors);
+                return one(gguf, shape, bloom_regroup(&values, c.n_heads, c.head_dim, cols));
             }
             one(gguf, shape, values)
         }
@@ -214,24 +211,4 @@ fn bloom_regroup(values: &[f32], n_heads: usize, head_dim: usize, cols: usize) -
         }
     }
     out
-}
-
-/// `blk.N.attn_qkv.{weight,bias}` (Q, K, V stacked by rows) as `attn_q`, `attn_k`, `attn_v`;
-/// `None` when its rows are not Q, K and V of this config.
-fn split_qkv(fused_name: &str, shape: &[usize], values: &[f32], c: &ModelConfig) -> Option<Vec<Imported>> {
-    let cols = if shape.len() == 2 { shape[1] } else { 1 };
-    if shape.first() != Some(&(c.q_dim() + 2 * c.kv_dim())) || values.len() != shape[0] * cols {
-        return None;
-    }
-    let mut at = 0;
-    let parts = [("attn_q", c.q_dim()), ("attn_k", c.kv_dim()), ("attn_v", c.kv_dim())]
-        .into_iter()
-        .map(|(part, rows)| {
-            let slice = values[at * cols..(at + rows) * cols].to_vec();
-            at += rows;
-            let shape = if shape.len() == 2 { vec![rows, cols] } else { vec![rows] };
-            Imported { name: fused_name.replace("attn_qkv", part), shape, values: slice }
-        })
-        .collect();
-    Some(parts)
 }

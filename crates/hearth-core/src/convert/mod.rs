@@ -11,7 +11,8 @@ mod safetensors_model;
 use std::path::Path;
 
 use crate::error::{HearthError, Result};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ModelConfig};
+use crate::package::PackageWriter;
 use crate::quant::{DType, Tensor};
 
 pub use gguf_tokenizer::{tokenizer_from_gguf, GgufTokenizer};
@@ -71,6 +72,57 @@ pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Manife
     } else {
         Err(HearthError::InvalidArgument(format!("{} is neither a GGUF file nor a model directory", input.display())))
     }
+}
+
+/// Add `tensor` to the package as `name` (and return its name and shape), or, for a fused
+/// `blk.N.attn_qkv.{weight,bias}` (BLOOM, GPT-2: Q, K and V rows one after another), its Q, K and V
+/// rows as the three tensors every other architecture has, so the engines know one layout. Rows are
+/// independent in every encoding, so cutting the encoded tensor changes no value.
+fn add_tensor(
+    writer: &mut PackageWriter,
+    name: &str,
+    tensor: &Tensor,
+    c: &ModelConfig,
+    source: &Path,
+) -> Result<Vec<(String, Vec<usize>)>> {
+    let Some(layer) = name.strip_suffix(".attn_qkv.weight").or_else(|| name.strip_suffix(".attn_qkv.bias")) else {
+        writer.add_tensor(name, tensor)?;
+        return Ok(vec![(name.to_string(), tensor.shape.clone())]);
+    };
+    let kind = if name.ends_with(".weight") { "weight" } else { "bias" };
+    let parts = split_qkv(tensor, c).ok_or_else(|| {
+        HearthError::bad_file(
+            source.display(),
+            format!("`{name}` of shape {:?} is not Q, K and V of this model's sizes", tensor.shape),
+        )
+    })?;
+    let mut added = Vec::with_capacity(3);
+    for (part, t) in ["attn_q", "attn_k", "attn_v"].iter().zip(parts) {
+        let part_name = format!("{layer}.{part}.{kind}");
+        writer.add_tensor(&part_name, &t)?;
+        added.push((part_name, t.shape));
+    }
+    Ok(added)
+}
+
+/// A fused Q/K/V matrix (or bias) cut into Q, K and V by rows; `None` when its rows do not fit `c`.
+fn split_qkv(fused: &Tensor, c: &ModelConfig) -> Option<Vec<Tensor>> {
+    let (q, kv) = (c.q_dim(), c.kv_dim());
+    let vector = fused.shape.len() == 1;
+    let matrix =
+        if vector { Tensor { shape: vec![fused.shape[0], 1], data: fused.data.clone() } } else { fused.clone() };
+    if matrix.rows() != q + 2 * kv {
+        return None;
+    }
+    let parts = [(0, q), (q, kv), (q + kv, kv)]
+        .into_iter()
+        .map(|(start, n)| matrix.row_slice(start, n))
+        .collect::<Option<Vec<_>>>()?;
+    Some(if vector {
+        parts.into_iter().map(|t| Tensor { shape: vec![t.shape[0]], data: t.data }).collect()
+    } else {
+        parts
+    })
 }
 
 /// Encode an f32 weight as chosen; matrices whose rows do not fill whole groups fall back to f16.

@@ -8,7 +8,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
 use super::hf_layout::{import, Family, Mapping};
-use super::{encode_f32, ConvertOptions, QuantChoice};
+use super::{add_tensor, encode_f32, ConvertOptions, QuantChoice};
 use crate::error::{HearthError, Result};
 use crate::manifest::{
     Activation, AlibiConfig, FfnKind, Manifest, ModelConfig, NormKind, PositionKind, RopeConfig, RopeScaling,
@@ -48,8 +48,8 @@ pub(super) fn convert(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<M
         for hf_name in names {
             let view = st.tensor(&hf_name).map_err(|e| HearthError::bad_file(path.display(), e.to_string()))?;
             let values = to_f32(view.dtype(), view.data(), &hf_name)?;
-            let tensors = match import(family, &config, &hf_name, view.shape(), values) {
-                Mapping::Tensors(t) => t,
+            let t = match import(family, &config, &hf_name, view.shape(), values) {
+                Mapping::Tensor(t) => t,
                 Mapping::Skip => continue,
                 Mapping::Unknown => {
                     return Err(HearthError::bad_file(
@@ -64,18 +64,15 @@ pub(super) fn convert(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<M
                     ))
                 }
             };
-            for t in tensors {
-                let dtype = match (opts.quant, view.dtype()) {
-                    (QuantChoice::Keep, Dtype::F16) => DType::F16,
-                    (QuantChoice::Keep, _) => DType::F32,
-                    (QuantChoice::Q4, _) => DType::Q4,
-                    (QuantChoice::Q8, _) => DType::Q8,
-                    (QuantChoice::F16, _) => DType::F16,
-                };
-                let tensor = encode_f32(&hf_name, t.shape.clone(), &t.values, dtype, opts.group)?;
-                writer.add_tensor(&t.name, &tensor)?;
-                stored.push((t.name, t.shape));
-            }
+            let dtype = match (opts.quant, view.dtype()) {
+                (QuantChoice::Keep, Dtype::F16) => DType::F16,
+                (QuantChoice::Keep, _) => DType::F32,
+                (QuantChoice::Q4, _) => DType::Q4,
+                (QuantChoice::Q8, _) => DType::Q8,
+                (QuantChoice::F16, _) => DType::F16,
+            };
+            let tensor = encode_f32(&hf_name, t.shape, &t.values, dtype, opts.group)?;
+            stored.extend(add_tensor(&mut writer, &t.name, &tensor, &config, path)?);
         }
     }
     // What the config says only through which tensors exist (BLOOM's config has no MLP size).
