@@ -1,7 +1,11 @@
 //! The CPU reference engine: a plain f32 forward pass of every supported decoder (Llama, Qwen2,
 //! Mistral, Gemma 3, BLOOM, GPT-2), written to be read top to bottom. It is the oracle every GPU
-//! kernel is tested against, and the fallback where no GPU is. Weights stay in their package
-//! encoding and are decoded one row at a time.
+//! kernel is tested against. Weights stay in their package encoding and are decoded one row at a
+//! time.
+//!
+//! The forward pass is written once, as `Engine<P>`: `P` is how matrix products are computed.
+//! `CpuEngine` (`Exact`, f32 arithmetic on the decoded weights) is the reference;
+//! `crate::fast::FastEngine` runs the same pass with 8-bit activations and integer SIMD kernels.
 
 use std::collections::HashMap;
 
@@ -72,7 +76,35 @@ struct KvCache {
     len: usize,
 }
 
-pub struct CpuEngine {
+/// How an engine computes `out[t][r] = W[r] · x[t]`; everything else in the forward pass is shared.
+pub trait Products: Default + Send + Sync {
+    /// `out` is `[n][w.rows()]`, `x` is `[n][w.cols()]`.
+    fn matmul(&self, w: &Tensor, x: &[f32], n: usize, out: &mut [f32]);
+
+    /// Several products of the same input (Q/K/V, gate/up), which an implementation may run as one
+    /// parallel pass.
+    fn matmuls(&self, x: &[f32], n: usize, products: &mut [(&Tensor, &mut [f32])]) {
+        for (w, out) in products.iter_mut() {
+            self.matmul(w, x, n, out);
+        }
+    }
+}
+
+/// The reference products: f32 arithmetic on the weights as decoded (`matmul`).
+#[derive(Default)]
+pub struct Exact;
+
+impl Products for Exact {
+    fn matmul(&self, w: &Tensor, x: &[f32], n: usize, out: &mut [f32]) {
+        matmul(w, x, n, out)
+    }
+}
+
+/// The exact f32 reference engine.
+pub type CpuEngine = Engine<Exact>;
+
+pub struct Engine<P> {
+    products: P,
     config: ModelConfig,
     embed: Tensor,
     /// Learned absolute positions (GPT-2): row p is added to the embedding at position p.
@@ -90,7 +122,7 @@ pub struct CpuEngine {
     cache: KvCache,
 }
 
-impl CpuEngine {
+impl<P: Products> Engine<P> {
     pub fn from_package(package: &Package) -> Result<Self> {
         Self::from_source(package)
     }
@@ -206,7 +238,8 @@ impl CpuEngine {
             _ => (Vec::new(), None),
         };
         let cache = KvCache { layers: (0..c.n_layers).map(|l| LayerCache::new(c.layer_window(l))).collect(), len: 0 };
-        Ok(CpuEngine {
+        Ok(Engine {
+            products: P::default(),
             config,
             embed,
             positions,
@@ -312,9 +345,7 @@ impl CpuEngine {
             // with Gemma's per-head norms before RoPE and its norm of the output before the add;
             // ALiBi models add their biases to the scores instead of rotating.
             self.norm(&x, &layer.attn_norm, &mut xn);
-            matmul(&layer.wq, &xn, n, &mut q);
-            matmul(&layer.wk, &xn, n, &mut k);
-            matmul(&layer.wv, &xn, n, &mut v);
+            self.products.matmuls(&xn, n, &mut [(&layer.wq, &mut q), (&layer.wk, &mut k), (&layer.wv, &mut v)]);
             if let Some([bq, bk, bv]) = &layer.qkv_bias {
                 add_bias(&mut q, bq);
                 add_bias(&mut k, bk);
@@ -351,7 +382,7 @@ impl CpuEngine {
                 attention_at(&c, &q[t * qd..(t + 1) * qd], &cache.k, &cache.v, pos, window, cache.rows, out);
             }
             let layer = &self.layers[li];
-            matmul(&layer.wo, &attn, n, &mut proj);
+            self.products.matmul(&layer.wo, &attn, n, &mut proj);
             if let Some([bo, _, _]) = &layer.linear_bias {
                 add_bias(&mut proj, bo);
             }
@@ -363,24 +394,18 @@ impl CpuEngine {
             // Feed-forward block: x += W_down · (act(W_gate·norm(x)) * W_up·norm(x)) when gated
             // (SwiGLU, GeGLU), x += W_down · act(W_up·norm(x) + b_up) + b_down when plain (GPT-2).
             self.norm(&x, &layer.ffn_norm, &mut xn);
-            matmul(&layer.w_up, &xn, n, &mut up);
+            match &layer.w_gate {
+                Some(w_gate) => self.products.matmuls(&xn, n, &mut [(&layer.w_up, &mut up), (w_gate, &mut gate)]),
+                None => self.products.matmul(&layer.w_up, &xn, n, &mut up),
+            }
             if let Some([_, b_up, _]) = &layer.linear_bias {
                 add_bias(&mut up, b_up);
             }
-            match &layer.w_gate {
-                Some(w_gate) => {
-                    matmul(w_gate, &xn, n, &mut gate);
-                    for (g, u) in gate.iter_mut().zip(&up) {
-                        *g = act(*g) * u;
-                    }
-                }
-                None => {
-                    for (g, u) in gate.iter_mut().zip(&up) {
-                        *g = act(*u);
-                    }
-                }
+            let gated = layer.w_gate.is_some();
+            for (g, u) in gate.iter_mut().zip(&up) {
+                *g = if gated { act(*g) * u } else { act(*u) };
             }
-            matmul(&layer.w_down, &gate, n, &mut proj);
+            self.products.matmul(&layer.w_down, &gate, n, &mut proj);
             if let Some([_, _, b_down]) = &layer.linear_bias {
                 add_bias(&mut proj, b_down);
             }
@@ -398,7 +423,7 @@ impl CpuEngine {
         self.norm(&x[rows.start * h..rows.end * h], &self.output_norm, &mut last);
         let head = self.output.as_ref().unwrap_or(&self.embed);
         let mut logits = vec![0f32; m * c.vocab_size];
-        matmul(head, &last, m, &mut logits);
+        self.products.matmul(head, &last, m, &mut logits);
         if let Some(cap) = c.final_softcap {
             logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
         }

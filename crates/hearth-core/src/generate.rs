@@ -21,12 +21,12 @@ pub trait Backend {
     fn context_length(&self) -> usize;
 }
 
-impl Backend for crate::cpu::CpuEngine {
+impl<P: crate::cpu::Products> Backend for crate::cpu::Engine<P> {
     fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
-        crate::cpu::CpuEngine::forward(self, tokens, all_logits)
+        crate::cpu::Engine::forward(self, tokens, all_logits)
     }
     fn reset(&mut self) {
-        crate::cpu::CpuEngine::reset(self)
+        crate::cpu::Engine::reset(self)
     }
     fn context_length(&self) -> usize {
         self.config().context_length

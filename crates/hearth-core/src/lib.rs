@@ -1,11 +1,12 @@
 //! Hearth core: the model package format, converters from GGUF and safetensors, tokenization and chat
-//! templates, sampling, the decode loop and the CPU reference engine. No GPU and no browser code
-//! lives here, so it builds for native targets and for wasm32 alike.
+//! templates, sampling, the decode loop, the CPU reference engine and the fast CPU engine. No GPU and
+//! no browser code lives here, so it builds for native targets and for wasm32 alike.
 
 pub mod chat;
 pub mod convert;
 pub mod cpu;
 pub mod error;
+pub mod fast;
 pub mod generate;
 pub mod ggml_quants;
 pub mod gguf;
