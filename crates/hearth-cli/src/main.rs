@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use hearth_core::chat::ChatMessage;
 use hearth_core::convert::{convert, ConvertOptions, QuantChoice};
 use hearth_core::cpu::CpuEngine;
+use hearth_core::fast::FastEngine;
 use hearth_core::generate::{generate, GenerateRequest};
 use hearth_core::model::Model;
 use hearth_core::package::TensorSource;
@@ -26,7 +27,10 @@ struct Cli {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Backend {
+    /// The fast CPU engine (8-bit activations, integer SIMD kernels, threads).
     Cpu,
+    /// The exact f32 CPU reference engine.
+    CpuRef,
     Gpu,
 }
 
@@ -107,7 +111,8 @@ enum Command {
 /// Which engine runs the model.
 #[derive(Args, Clone, Copy)]
 struct EngineArgs {
-    /// gpu (the default when a hardware adapter exists) or cpu.
+    /// gpu (the default when a hardware adapter exists), cpu (the fast CPU engine, the default
+    /// otherwise) or cpu-ref (the exact f32 reference).
     #[arg(long, value_enum)]
     backend: Option<Backend>,
     /// Precision of the GPU's KV cache: f16 by default where the adapter offers `shader-f16`,
@@ -164,7 +169,18 @@ impl From<SamplingArgs> for SamplingParams {
 fn open_backend(choice: EngineArgs, model: &Model) -> Result<Box<dyn hearth_core::generate::Backend>> {
     Ok(match open_gpu(choice)? {
         Some(ctx) => Box::new(GpuEngine::new(ctx, &model.package, None)?),
-        None => Box::new(CpuEngine::from_package(&model.package)?),
+        None => open_cpu(choice, &model.package)?.1,
+    })
+}
+
+/// The CPU engine asked for (the fast one unless `cpu-ref`), and its name.
+fn open_cpu(
+    choice: EngineArgs,
+    source: &dyn TensorSource,
+) -> Result<(&'static str, Box<dyn hearth_core::generate::Backend>)> {
+    Ok(match choice.backend {
+        Some(Backend::CpuRef) => ("cpu-ref", Box::new(CpuEngine::from_source(source)?)),
+        _ => ("cpu", Box::new(FastEngine::from_source(source)?)),
     })
 }
 
@@ -284,9 +300,9 @@ fn bench(
             (name, engine.kv_f16(), Box::new(move |t| engine.forward_argmax(t)))
         }
         None => {
-            let mut engine = CpuEngine::from_source(source.as_ref())?;
+            let (name, mut engine) = open_cpu(choice, source.as_ref())?;
             let step = move |t: &[u32]| Ok(hearth_core::sampling::argmax(&engine.forward(t, false)?));
-            ("cpu".to_string(), false, Box::new(step))
+            (name.to_string(), false, Box::new(step))
         }
     };
     let load_s = started.elapsed().as_secs_f64();
@@ -298,11 +314,11 @@ fn bench(
         id = step(&[id])?;
     }
     let decode_s = t1.elapsed().as_secs_f64();
-    let gpu = name != "cpu";
+    let gpu = !name.starts_with("cpu");
     println!(
         "{}",
         json!({
-            "backend": if gpu { "gpu" } else { "cpu" },
+            "backend": if gpu { "gpu" } else { name.as_str() },
             "adapter": name,
             "f16": f16,
             "prompt_tokens": prompt_tokens,
@@ -322,7 +338,7 @@ fn bench(
 /// faster than a GPU emulated on the same CPU.
 fn open_gpu(args: EngineArgs) -> Result<Option<GpuContext>> {
     let choice = args.backend;
-    if choice == Some(Backend::Cpu) {
+    if matches!(choice, Some(Backend::Cpu | Backend::CpuRef)) {
         return Ok(None);
     }
     match GpuContext::new()? {
