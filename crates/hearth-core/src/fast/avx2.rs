@@ -39,54 +39,98 @@ pub unsafe fn rows(w: Packed, first: usize, a: &Acts, out: &mut [f32]) {
     }
 }
 
-/// Row `r` times tokens `t0..t0 + T`.
+/// Blocks whose combined scales (weight scale times activation step) are computed together.
+const WINDOW: usize = 64;
+
+/// Row `r` times tokens `t0..t0 + T`. The blocks' combined scales are computed eight at a time
+/// into a small buffer first (one broadcast per block and token then), and even and odd blocks
+/// accumulate separately, so consecutive FMAs do not wait on each other.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn row_tile<const T: usize>(w: Packed, r: usize, a: &Acts, t0: usize, out: &mut [f32]) {
-    let x: [&[i8]; T] = std::array::from_fn(|i| a.codes(t0 + i));
+    let x: [*const i8; T] = std::array::from_fn(|i| a.codes(t0 + i).as_ptr());
     let d: [&[f32]; T] = std::array::from_fn(|i| a.scales(t0 + i));
-    let mut acc = [_mm256_setzero_ps(); T];
-    let ones = _mm256_set1_epi16(1);
-    match w {
-        Packed::Q4 { codes, scales, mins, group, cols } => {
+    let blocks = w.cols() / BLOCK;
+    // The row's weight scales, and log2 of the blocks per scale.
+    let (scales, shift) = match w {
+        Packed::Q4 { scales, group, cols, .. } => {
             let gpr = cols / group;
-            let per_group = group / BLOCK;
-            let codes = codes.as_ptr().add(r * cols / 2);
-            let (scales, mins) = (&scales[r * gpr..(r + 1) * gpr], &mins[r * gpr..(r + 1) * gpr]);
-            let mask = _mm256_set1_epi8(0x0f);
-            for (g, s) in scales.iter().enumerate() {
-                let s = to_f32(*s);
-                for b in g * per_group..(g + 1) * per_group {
-                    let c = _mm_loadu_si128(codes.add(b * BLOCK / 2) as *const __m128i);
+            (&scales[r * gpr..(r + 1) * gpr], (group / BLOCK).trailing_zeros())
+        }
+        Packed::Q8 { scales, .. } => (&scales[r * blocks..(r + 1) * blocks], 0),
+    };
+    let ones = _mm256_set1_epi16(1);
+    let mask = _mm256_set1_epi8(0x0f);
+    let mut acc = [[_mm256_setzero_ps(); T]; 2];
+    let mut sd = [[0f32; WINDOW]; T];
+    // One block: its weights unpacked once, then each token's integer dot product, scaled.
+    macro_rules! block {
+        ($b:expr, $k:expr, $half:expr) => {{
+            let (b, k) = ($b, $k);
+            match w {
+                Packed::Q4 { codes, cols, .. } => {
+                    let c = _mm_loadu_si128(codes.as_ptr().add(r * cols / 2 + b * BLOCK / 2) as *const __m128i);
                     let wv = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(c), c), mask);
                     for i in 0..T {
-                        let xv = _mm256_loadu_si256(x[i].as_ptr().add(b * BLOCK) as *const __m256i);
+                        let xv = _mm256_loadu_si256(x[i].add(b * BLOCK) as *const __m256i);
                         let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
-                        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(s * d[i][b]), acc[i]);
+                        let scale = _mm256_broadcast_ss(&sd[i][k]);
+                        acc[$half][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[$half][i]);
+                    }
+                }
+                Packed::Q8 { codes, cols, .. } => {
+                    let wv = _mm256_loadu_si256(codes.as_ptr().add(r * cols + b * BLOCK) as *const __m256i);
+                    let magnitude = _mm256_sign_epi8(wv, wv);
+                    for i in 0..T {
+                        let xv = _mm256_loadu_si256(x[i].add(b * BLOCK) as *const __m256i);
+                        let signed = _mm256_sign_epi8(xv, wv);
+                        let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, signed), ones);
+                        let scale = _mm256_broadcast_ss(&sd[i][k]);
+                        acc[$half][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[$half][i]);
                     }
                 }
             }
-            for i in 0..T {
-                out[i] = hsum(acc[i]) + min_term(mins, a.group_sums(t0 + i));
-            }
+        }};
+    }
+    let mut b0 = 0;
+    while b0 < blocks {
+        let len = (blocks - b0).min(WINDOW);
+        for i in 0..T {
+            combined_scales(scales, shift, &d[i][b0..b0 + len], b0, &mut sd[i][..len]);
         }
-        Packed::Q8 { codes, scales, cols } => {
-            let codes = codes.as_ptr().add(r * cols);
-            let scales = &scales[r * cols / BLOCK..(r + 1) * cols / BLOCK];
-            for (b, s) in scales.iter().enumerate() {
-                let s = to_f32(*s);
-                let wv = _mm256_loadu_si256(codes.add(b * BLOCK) as *const __m256i);
-                let magnitude = _mm256_sign_epi8(wv, wv);
-                for i in 0..T {
-                    let xv = _mm256_loadu_si256(x[i].as_ptr().add(b * BLOCK) as *const __m256i);
-                    let signed = _mm256_sign_epi8(xv, wv);
-                    let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, signed), ones);
-                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(s * d[i][b]), acc[i]);
-                }
-            }
-            for i in 0..T {
-                out[i] = hsum(acc[i]);
-            }
+        let mut k = 0;
+        while k + 2 <= len {
+            block!(b0 + k, k, 0);
+            block!(b0 + k + 1, k + 1, 1);
+            k += 2;
         }
+        if k < len {
+            block!(b0 + k, k, 0);
+        }
+        b0 += len;
+    }
+    for i in 0..T {
+        out[i] = hsum(_mm256_add_ps(acc[0][i], acc[1][i]));
+        if let Packed::Q4 { mins, group, cols, .. } = w {
+            let gpr = cols / group;
+            out[i] += min_term(&mins[r * gpr..(r + 1) * gpr], a.group_sums(t0 + i));
+        }
+    }
+}
+
+/// `out[k] = s[(first + k) >> shift] · d[k]`: each block's weight scale times its activation step.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn combined_scales(s: &[f16], shift: u32, d: &[f32], first: usize, out: &mut [f32]) {
+    let mut k = 0;
+    if shift == 0 {
+        let s = &s[first..first + out.len()];
+        while k + 8 <= out.len() {
+            let sv = _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().add(k) as *const __m128i));
+            _mm256_storeu_ps(out.as_mut_ptr().add(k), _mm256_mul_ps(sv, _mm256_loadu_ps(d.as_ptr().add(k))));
+            k += 8;
+        }
+    }
+    for (k, o) in out.iter_mut().enumerate().skip(k) {
+        *o = to_f32(s[(first + k) >> shift]) * d[k];
     }
 }
 
