@@ -56,7 +56,7 @@ impl Acts {
                     Layout::Q4 { .. } => (j % 2) * (BLOCK / 2) + j / 2,
                 };
                 // |v · inv| ≤ 127 up to rounding; `as` saturates (and maps NaN to 0).
-                out[at] = (v * inv).round_ties_even() as i8;
+                out[at] = round_ties_even(v * inv) as i8;
                 sum += i32::from(out[at]);
             }
             let step = max / 127.0;
@@ -86,4 +86,12 @@ impl Acts {
         let groups = self.group_sums.len() / self.n.max(1);
         &self.group_sums[t * groups..(t + 1) * groups]
     }
+}
+
+/// `y.round_ties_even()` for |y| < 2^22 (as `_mm256_round_ps` rounds in llama.cpp), without the
+/// library call that x86-64 without SSE4.1 makes of it: adding 1.5 · 2^23 leaves no fraction bits,
+/// so the f32 addition itself rounds to the nearest even integer.
+pub(super) fn round_ties_even(y: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (y + MAGIC) - MAGIC
 }

@@ -203,3 +203,15 @@ fn quantized_activations_round_to_the_nearest_step() {
         }
     }
 }
+
+#[test]
+fn rounding_is_to_the_nearest_even_integer() {
+    for y in [0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, 127.49, 3.7, -3.7, 0.0, -0.0, 1e-8] {
+        assert_eq!(super::acts::round_ties_even(y), y.round_ties_even(), "{y}");
+    }
+    let values = values(10_000, 11);
+    for v in values {
+        let y = v * 21.0;
+        assert_eq!(super::acts::round_ties_even(y), y.round_ties_even(), "{y}");
+    }
+}
