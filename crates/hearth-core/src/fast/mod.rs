@@ -86,11 +86,20 @@ impl Products for Quantized {
         jobs.into_iter().for_each(run);
         if n > 1 {
             for ((p, out), buf) in packed.iter_mut().zip(&by_row) {
-                let rows = p.rows();
-                for (r, values) in buf.chunks_exact(n).enumerate() {
-                    for (t, &v) in values.iter().enumerate() {
-                        out[t * rows + r] = v;
-                    }
+                transpose(buf, p.rows(), n, out);
+            }
+        }
+    }
+}
+
+/// `out[t][r] = by_row[r][t]`, in tiles that stay in cache.
+fn transpose(by_row: &[f32], rows: usize, n: usize, out: &mut [f32]) {
+    const TILE: usize = 32;
+    for r0 in (0..rows).step_by(TILE) {
+        for t0 in (0..n).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for t in t0..(t0 + TILE).min(n) {
+                    out[t * rows + r] = by_row[r * n + t];
                 }
             }
         }

@@ -144,7 +144,7 @@ fn fused_products_equal_single_products_and_the_reference_for_float_weights() {
     let f16 = Tensor::from_f32(vec![5, cols], &values(5 * cols, 3), DType::F16, 32).unwrap();
     for simd in [Simd::Scalar, Simd::detect()] {
         let products = Quantized::with(simd);
-        for n in [1, 3, 9] {
+        for n in [1, 3, 9, 40] {
             let x = values(n * cols, 4);
             let mut fused = [vec![0f32; n * 37], vec![0f32; n * 9], vec![0f32; n * 5]];
             let [a, b, c] = &mut fused;
