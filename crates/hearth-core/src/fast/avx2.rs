@@ -39,9 +39,6 @@ pub unsafe fn rows(w: Packed, first: usize, a: &Acts, out: &mut [f32]) {
     }
 }
 
-/// How far ahead of the weight bytes being read to ask for the next ones (a hint: no fault past the end).
-const PREFETCH: usize = 1024;
-
 /// Blocks whose combined scales (weight scale times activation step) are computed together.
 const WINDOW: usize = 64;
 
@@ -71,9 +68,7 @@ unsafe fn row_tile<const T: usize>(w: Packed, r: usize, a: &Acts, t0: usize, out
             let (b, k) = ($b, $k);
             match w {
                 Packed::Q4 { codes, cols, .. } => {
-                    let at = codes.as_ptr().add(r * cols / 2 + b * BLOCK / 2);
-                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH) as *const i8);
-                    let c = _mm_loadu_si128(at as *const __m128i);
+                    let c = _mm_loadu_si128(codes.as_ptr().add(r * cols / 2 + b * BLOCK / 2) as *const __m128i);
                     let wv = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(c), c), mask);
                     for i in 0..T {
                         let xv = _mm256_loadu_si256(x[i].add(b * BLOCK) as *const __m256i);
@@ -83,9 +78,7 @@ unsafe fn row_tile<const T: usize>(w: Packed, r: usize, a: &Acts, t0: usize, out
                     }
                 }
                 Packed::Q8 { codes, cols, .. } => {
-                    let at = codes.as_ptr().add(r * cols + b * BLOCK);
-                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH) as *const i8);
-                    let wv = _mm256_loadu_si256(at as *const __m256i);
+                    let wv = _mm256_loadu_si256(codes.as_ptr().add(r * cols + b * BLOCK) as *const __m256i);
                     let magnitude = _mm256_sign_epi8(wv, wv);
                     for i in 0..T {
                         let xv = _mm256_loadu_si256(x[i].add(b * BLOCK) as *const __m256i);
