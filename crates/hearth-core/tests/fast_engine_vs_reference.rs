@@ -7,9 +7,11 @@
 //! errors of ~200 products per token pass through 30 layers and reach logits of magnitude 10-30:
 //! llama.cpp's default run of the same Q4_1 file differs from the exact engine by up to 0.66 on its
 //! top-20 logits of these prompts (`generation_vs_llama_cpp.rs`), and the fast engine, with the
-//! same rounding but its own f32 summation order and an f32 KV cache, by up to 1.31 (measured
-//! 2026-12-01; 2.1 over the whole vocabulary, where rarely chosen tokens sit far from any
-//! training signal). The tolerances below allow those plus ~15 %. Real errors are larger: keeping
+//! same rounding but its own f32 summation order and an f32 KV cache, by up to 0.49-1.31 (2026-12-01,
+//! two kernel versions that differ only in the order of their f32 sums: rounding to 8 bits is
+//! discontinuous, so a last-bit change flips codes and the errors move; over the whole vocabulary,
+//! where rarely chosen tokens sit far from any training signal, 1.11-2.1). The tolerances allow the
+//! larger figures plus ~15 %. Real errors are larger: keeping
 //! Σx exact in q4's min term instead of llama.cpp's d·Σq (an accuracy "improvement" that weighs
 //! the rounding by w - min, not w) already moved the logits by up to 2.9; a wrongly paired nibble or
 //! block scale moves them by whole units.
@@ -22,15 +24,16 @@ use hearth_core::generate::Backend;
 use hearth_core::package::{Package, TensorSource};
 use hearth_core::sampling::argmax;
 
-/// Largest |fast - exact| on llama.cpp's top-20 logits at the last prompt position (measured 1.31).
+/// Largest |fast - exact| on llama.cpp's top-20 logits at the last prompt position (measured
+/// 0.49-1.31, see above).
 const SMOLLM2_TOP_TOLERANCE: f32 = 1.5;
-/// Largest |fast - exact| over the whole vocabulary there (measured 2.1).
+/// Largest |fast - exact| over the whole vocabulary there (measured 1.11-2.1).
 const SMOLLM2_TOLERANCE: f32 = 2.5;
 /// Largest |fast - llama.cpp| on its top-20 logits: the exact engine is held to 1.0
-/// (`generation_vs_llama_cpp.rs`), and so is the fast one (measured 0.83).
+/// (`generation_vs_llama_cpp.rs`), and so is the fast one (measured 0.67-0.83).
 const LLAMA_CPP_TOLERANCE: f32 = 1.0;
 /// Gemma 3 270M, largest |fast - exact| over the vocabulary at the last prompt position (measured
-/// 1.06 on logits of 5-30) and on llama.cpp's top-20 logits (measured 0.64).
+/// 0.95-1.06 on logits of 5-30) and on llama.cpp's top-20 logits (measured 0.61-0.64).
 const GEMMA3_TOLERANCE: f32 = 1.25;
 const GEMMA3_TOP_TOLERANCE: f32 = 0.75;
 /// Greedy tokens that must agree from the start of the continuation (as in `generation_vs_llama_cpp`).
@@ -69,25 +72,39 @@ fn greedy(engine: &mut dyn Backend, prompt: &[u32], count: usize) -> (Vec<f32>, 
     (first, got)
 }
 
-#[test]
-fn smollm2_logits_stay_within_activation_rounding_of_the_exact_engine() {
-    let fx = common::fixture("smollm2/generation_q4_1.json");
-    let prompts = fx["prompts"].as_array().unwrap();
-    assert_eq!(prompts.len(), 15, "10 raw and 5 chat prompts");
-    let package = Package::open(common::smollm2_package()).unwrap();
-    let mut exact = CpuEngine::from_package(&package).unwrap();
-    let mut fast = FastEngine::from_package(&package).unwrap();
-    let (mut worst, mut worst_top, mut worst_llama) = (0f32, 0f32, 0f32);
-    let (mut exact_matching, mut fast_matching) = (0, 0);
+/// What `compare_on_prompts` found over a fixture's prompts.
+struct Comparison {
+    /// Largest |fast - exact| over the vocabulary at the last prompt position.
+    worst: f32,
+    /// The same on the fixture's (llama.cpp's) top logits.
+    worst_top: f32,
+    /// Largest |fast - llama.cpp| on those.
+    worst_llama: f32,
+    /// Prompts whose first `MATCH_PREFIX` greedy tokens equal the fixture's, per engine.
+    exact_matching: usize,
+    fast_matching: usize,
+}
+
+/// Both engines on each prompt: logits at the last prompt position, and greedy continuations as
+/// long as the fixture's (at most `prefix` tokens). Top-1 must agree wherever the exact engine's
+/// top-2 margin exceeds `top_tolerance`.
+fn compare_on_prompts(
+    package: &Package,
+    prompts: &[&serde_json::Value],
+    prefix: usize,
+    top_tolerance: f32,
+) -> Comparison {
+    let mut exact = CpuEngine::from_package(package).unwrap();
+    let mut fast = FastEngine::from_package(package).unwrap();
+    let mut c = Comparison { worst: 0.0, worst_top: 0.0, worst_llama: 0.0, exact_matching: 0, fast_matching: 0 };
     let mut report = Vec::new();
     for p in prompts {
         let prompt = ids(&p["prompt_ids"]);
         let expected = ids(&p["greedy_ids"]);
-        let (exact_logits, exact_ids) = greedy(&mut exact, &prompt, expected.len());
-        let (fast_logits, fast_ids) = greedy(&mut fast, &prompt, expected.len());
+        let count = prefix.min(expected.len());
+        let (exact_logits, exact_ids) = greedy(&mut exact, &prompt, count);
+        let (fast_logits, fast_ids) = greedy(&mut fast, &prompt, count);
         let diff = max_diff(&fast_logits, &exact_logits);
-        worst = worst.max(diff);
-        // llama.cpp's default run (Q4_1 as shipped): its top logits, and its greedy continuation.
         let top: Vec<(usize, f32)> = p["top_logits"]
             .as_array()
             .unwrap()
@@ -97,40 +114,53 @@ fn smollm2_logits_stay_within_activation_rounding_of_the_exact_engine() {
         let largest = |f: &dyn Fn(usize, f32) -> f32| top.iter().map(|&(id, l)| f(id, l)).fold(0f32, f32::max);
         let top_diff = largest(&|id, _| (fast_logits[id] - exact_logits[id]).abs());
         let exact_llama = largest(&|id, l| (exact_logits[id] - l).abs());
-        worst_top = worst_top.max(top_diff);
-        worst_llama = worst_llama.max(largest(&|id, l| (fast_logits[id] - l).abs()));
+        c.worst = c.worst.max(diff);
+        c.worst_top = c.worst_top.max(top_diff);
+        c.worst_llama = c.worst_llama.max(largest(&|id, l| (fast_logits[id] - l).abs()));
         let margin = top2_margin(&exact_logits);
-        if margin > SMOLLM2_TOP_TOLERANCE {
-            assert_eq!(
-                argmax(&fast_logits),
-                argmax(&exact_logits),
-                "{p}: top-1 differs though the exact engine's margin is {margin}"
-            );
+        if margin > top_tolerance {
+            assert_eq!(argmax(&fast_logits), argmax(&exact_logits), "{p}: top-1 differs (exact margin {margin})");
         }
-        let n = MATCH_PREFIX.min(expected.len());
-        exact_matching += usize::from(exact_ids[..n] == expected[..n]);
-        fast_matching += usize::from(fast_ids[..n] == expected[..n]);
+        let n = MATCH_PREFIX.min(count);
+        c.exact_matching += usize::from(exact_ids[..n] == expected[..n]);
+        c.fast_matching += usize::from(fast_ids[..n] == expected[..n]);
         let agree = |got: &[u32]| got.iter().zip(&expected).take_while(|(a, b)| a == b).count();
         report.push(format!(
-            "{:<40} |fast-exact| {diff:.3} top {top_diff:.3} |llama-exact| top {exact_llama:.3} margin {margin:>6.3} greedy vs llama.cpp: exact {:>2} fast {:>2} of {}",
+            "{:<40} |fast-exact| {diff:.3}, top {top_diff:.3} (|exact-oracle| {exact_llama:.3}) margin {margin:>6.3}; \
+             greedy tokens equal to the oracle's: exact {:>2}, fast {:>2} of {count}",
             format!("{:?}", p["prompt"].as_str().unwrap()).chars().take(40).collect::<String>(),
             agree(&exact_ids),
             agree(&fast_ids),
-            expected.len()
         ));
     }
     eprintln!(
-        "{}\nlargest |fast - exact| {worst:.3} (tolerance {SMOLLM2_TOLERANCE}), on llama.cpp's top logits {worst_top:.3} \
-         (tolerance {SMOLLM2_TOP_TOLERANCE}); largest |fast - llama.cpp| there {worst_llama:.3}; prompts matching \
-         llama.cpp's first {MATCH_PREFIX} greedy tokens: exact {exact_matching}, fast {fast_matching}",
-        report.join("\n")
+        "{}\nlargest |fast - exact| {:.3}, on the oracle's top logits {:.3}; largest |fast - oracle| there {:.3}; \
+         prompts matching the oracle's first {MATCH_PREFIX} greedy tokens: exact {}, fast {}",
+        report.join("\n"),
+        c.worst,
+        c.worst_top,
+        c.worst_llama,
+        c.exact_matching,
+        c.fast_matching
     );
-    assert!(worst <= SMOLLM2_TOLERANCE, "fast and exact logits differ by {worst}");
-    assert!(worst_top <= SMOLLM2_TOP_TOLERANCE, "fast and exact top logits differ by {worst_top}");
-    assert!(worst_llama <= LLAMA_CPP_TOLERANCE, "fast and llama.cpp logits differ by {worst_llama}");
+    c
+}
+
+#[test]
+fn smollm2_logits_stay_within_activation_rounding_of_the_exact_engine() {
+    let fx = common::fixture("smollm2/generation_q4_1.json");
+    let prompts: Vec<_> = fx["prompts"].as_array().unwrap().iter().collect();
+    assert_eq!(prompts.len(), 15, "10 raw and 5 chat prompts");
+    let package = Package::open(common::smollm2_package()).unwrap();
+    let c = compare_on_prompts(&package, &prompts, usize::MAX, SMOLLM2_TOP_TOLERANCE);
+    assert!(c.worst <= SMOLLM2_TOLERANCE, "fast and exact logits differ by {}", c.worst);
+    assert!(c.worst_top <= SMOLLM2_TOP_TOLERANCE, "fast and exact top logits differ by {}", c.worst_top);
+    assert!(c.worst_llama <= LLAMA_CPP_TOLERANCE, "fast and llama.cpp logits differ by {}", c.worst_llama);
     assert!(
-        fast_matching >= exact_matching,
-        "the fast engine matches llama.cpp's greedy tokens on {fast_matching} prompts, the exact engine on {exact_matching}"
+        c.fast_matching >= c.exact_matching,
+        "the fast engine matches llama.cpp's greedy tokens on {} prompts, the exact engine on {}",
+        c.fast_matching,
+        c.exact_matching
     );
 }
 
@@ -224,47 +254,8 @@ fn gemma3_stays_within_activation_rounding_of_the_exact_engine() {
     let prompts: Vec<_> =
         fx["prompts"].as_array().unwrap().iter().filter(|p| p["prompt_ids"].as_array().unwrap().len() < 512).collect();
     let package = Package::open(common::gemma3_package()).unwrap();
-    let mut exact = CpuEngine::from_package(&package).unwrap();
-    let mut fast = FastEngine::from_package(&package).unwrap();
-    let (mut worst, mut worst_top, mut exact_matching, mut fast_matching) = (0f32, 0f32, 0, 0);
-    let mut report = Vec::new();
-    for p in &prompts {
-        let prompt = ids(&p["prompt_ids"]);
-        let expected = ids(&p["greedy_ids"]);
-        let n = MATCH_PREFIX.min(expected.len());
-        let (exact_logits, exact_ids) = greedy(&mut exact, &prompt, n);
-        let (fast_logits, fast_ids) = greedy(&mut fast, &prompt, n);
-        let diff = max_diff(&fast_logits, &exact_logits);
-        let top_diff = p["top_logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|pair| pair[0].as_u64().unwrap() as usize)
-            .map(|id| (fast_logits[id] - exact_logits[id]).abs())
-            .fold(0f32, f32::max);
-        worst = worst.max(diff);
-        worst_top = worst_top.max(top_diff);
-        let margin = top2_margin(&exact_logits);
-        if margin > GEMMA3_TOP_TOLERANCE {
-            assert_eq!(argmax(&fast_logits), argmax(&exact_logits), "{p}: top-1 differs (exact margin {margin})");
-        }
-        exact_matching += usize::from(exact_ids[..n] == expected[..n]);
-        fast_matching += usize::from(fast_ids[..n] == expected[..n]);
-        let agree = |got: &[u32]| got.iter().zip(&expected).take_while(|(a, b)| a == b).count();
-        report.push(format!(
-            "{:<40} |fast-exact| {diff:.3} top {top_diff:.3} margin {margin:>6.3} greedy vs llama.cpp: exact {:>2} fast {:>2} of {n}",
-            format!("{:?}", p["prompt"].as_str().unwrap()).chars().take(40).collect::<String>(),
-            agree(&exact_ids),
-            agree(&fast_ids),
-        ));
-    }
-    eprintln!(
-        "{}\nGemma 3: largest |fast - exact| {worst:.3} (tolerance {GEMMA3_TOLERANCE}), on llama.cpp's top logits {worst_top:.3} \
-         (tolerance {GEMMA3_TOP_TOLERANCE}); prompts matching llama.cpp's first {MATCH_PREFIX} greedy tokens: exact \
-         {exact_matching}, fast {fast_matching}",
-        report.join("\n")
-    );
-    assert!(worst <= GEMMA3_TOLERANCE, "fast and exact logits differ by {worst}");
-    assert!(worst_top <= GEMMA3_TOP_TOLERANCE, "fast and exact top logits differ by {worst_top}");
-    assert!(fast_matching * 3 >= prompts.len() * 2, "greedy: only {fast_matching} of {} prompts", prompts.len());
+    let c = compare_on_prompts(&package, &prompts, MATCH_PREFIX, GEMMA3_TOP_TOLERANCE);
+    assert!(c.worst <= GEMMA3_TOLERANCE, "fast and exact logits differ by {}", c.worst);
+    assert!(c.worst_top <= GEMMA3_TOP_TOLERANCE, "fast and exact top logits differ by {}", c.worst_top);
+    assert!(c.fast_matching * 3 >= prompts.len() * 2, "greedy: only {} of {} prompts", c.fast_matching, prompts.len());
 }
