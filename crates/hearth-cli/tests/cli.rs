@@ -181,7 +181,7 @@ fn gpu_backend_generates_what_the_cpu_backend_generates() {
     }
     let args = ["--prompt", "The capital of France is", "--max-tokens", "4"];
     let gpu = generate_json(&[&args[..], &["--backend", "gpu"]].concat());
-    let cpu = generate_json(&[&args[..], &["--backend", "cpu"]].concat());
+    let cpu = generate_json(&[&args[..], &["--backend", "cpu-ref"]].concat());
     assert_eq!(gpu["ids"], cpu["ids"]);
     assert_eq!(gpu["text"], cpu["text"]);
 }
