@@ -22,6 +22,8 @@ const TILE: usize = 4;
 /// The CPU must have AVX2, FMA and F16C, and the lengths must be those `Simd::rows` checks.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn rows(w: Packed, first: usize, a: &Acts, out: &mut [f32]) {
+    // The tiles' block scales (reused, not cleared: each tile writes what it reads).
+    let mut sd = [[0f32; WINDOW]; TILE];
     for (j, dst) in out.chunks_exact_mut(a.n).enumerate() {
         let r = first + j;
         let mut t = 0;
@@ -29,10 +31,10 @@ pub unsafe fn rows(w: Packed, first: usize, a: &Acts, out: &mut [f32]) {
             let tile = (a.n - t).min(TILE);
             let dst = &mut dst[t..t + tile];
             match tile {
-                4 => row_tile::<4>(w, r, a, t, dst),
-                3 => row_tile::<3>(w, r, a, t, dst),
-                2 => row_tile::<2>(w, r, a, t, dst),
-                _ => row_tile::<1>(w, r, a, t, dst),
+                4 => row_tile::<4>(w, r, a, t, dst, &mut sd),
+                3 => row_tile::<3>(w, r, a, t, dst, &mut sd),
+                2 => row_tile::<2>(w, r, a, t, dst, &mut sd),
+                _ => row_tile::<1>(w, r, a, t, dst, &mut sd),
             }
             t += tile;
         }
@@ -46,7 +48,14 @@ const WINDOW: usize = 64;
 /// into a small buffer first (one broadcast per block and token then), and even and odd blocks
 /// accumulate separately, so consecutive FMAs do not wait on each other.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn row_tile<const T: usize>(w: Packed, r: usize, a: &Acts, t0: usize, out: &mut [f32]) {
+unsafe fn row_tile<const T: usize>(
+    w: Packed,
+    r: usize,
+    a: &Acts,
+    t0: usize,
+    out: &mut [f32],
+    sd: &mut [[f32; WINDOW]; TILE],
+) {
     let x: [*const i8; T] = std::array::from_fn(|i| a.codes(t0 + i).as_ptr());
     let d: [&[f32]; T] = std::array::from_fn(|i| a.scales(t0 + i));
     let blocks = w.cols() / BLOCK;
@@ -61,7 +70,6 @@ unsafe fn row_tile<const T: usize>(w: Packed, r: usize, a: &Acts, t0: usize, out
     let ones = _mm256_set1_epi16(1);
     let mask = _mm256_set1_epi8(0x0f);
     let mut acc = [[_mm256_setzero_ps(); T]; 2];
-    let mut sd = [[0f32; WINDOW]; T];
     // One block: its weights unpacked once, then each token's integer dot product, scaled.
     macro_rules! block {
         ($b:expr, $k:expr, $half:expr) => {{

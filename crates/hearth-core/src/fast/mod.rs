@@ -62,21 +62,39 @@ impl Products for Quantized {
                 inputs.push((p.layout(), Acts::quantize(x, n, p.cols(), p.layout())));
             }
         }
-        // Rows are computed as [row][token]; one token needs no transpose.
-        let mut by_row: Vec<Vec<f32>> =
-            packed.iter().map(|(p, _)| if n > 1 { vec![0f32; p.rows() * n] } else { Vec::new() }).collect();
+        // Each job takes a range of one matrix's rows: in `out` ([token][row]) that is one piece of
+        // every token's row, so the pieces are handed out as disjoint slices.
         let total: usize = packed.iter().map(|(p, _)| p.rows()).sum();
         let chunk = total.div_ceil(8 * threads()).max(4);
         let mut jobs = Vec::new();
-        for ((p, out), buf) in packed.iter_mut().zip(&mut by_row) {
-            let dst: &mut [f32] = if n > 1 { buf } else { out };
+        for (p, out) in packed.iter_mut() {
             let a = &inputs.iter().find(|(l, _)| *l == p.layout()).expect("quantized above").1;
-            for (i, rows) in dst.chunks_mut(chunk * n).enumerate() {
-                jobs.push((*p, i * chunk, a, rows));
+            let mut pieces: Vec<Vec<&mut [f32]>> =
+                (0..p.rows().div_ceil(chunk)).map(|_| Vec::with_capacity(n)).collect();
+            for token in out.chunks_mut(p.rows()) {
+                for (piece, rows) in pieces.iter_mut().zip(token.chunks_mut(chunk)) {
+                    piece.push(rows);
+                }
+            }
+            for (i, piece) in pieces.into_iter().enumerate() {
+                jobs.push((*p, i * chunk, a, piece));
             }
         }
         let simd = self.simd;
-        let run = |(p, first, a, rows): (Packed, usize, &Acts, &mut [f32])| simd.rows(p, first, a, rows);
+        let run = |(p, first, a, mut piece): (Packed, usize, &Acts, Vec<&mut [f32]>)| {
+            if let [only] = piece.as_mut_slice() {
+                return simd.rows(p, first, a, only);
+            }
+            // Several tokens: the kernels write [row][token]; transposed while in cache.
+            let count = piece.first().map_or(0, |t| t.len());
+            let mut by_row = vec![0f32; count * n];
+            simd.rows(p, first, a, &mut by_row);
+            for (t, dst) in piece.iter_mut().enumerate() {
+                for (j, v) in dst.iter_mut().enumerate() {
+                    *v = by_row[j * n + t];
+                }
+            }
+        };
         #[cfg(feature = "parallel")]
         {
             use rayon::prelude::*;
@@ -84,25 +102,6 @@ impl Products for Quantized {
         }
         #[cfg(not(feature = "parallel"))]
         jobs.into_iter().for_each(run);
-        if n > 1 {
-            for ((p, out), buf) in packed.iter_mut().zip(&by_row) {
-                transpose(buf, p.rows(), n, out);
-            }
-        }
-    }
-}
-
-/// `out[t][r] = by_row[r][t]`, in tiles that stay in cache.
-fn transpose(by_row: &[f32], rows: usize, n: usize, out: &mut [f32]) {
-    const TILE: usize = 32;
-    for r0 in (0..rows).step_by(TILE) {
-        for t0 in (0..n).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for t in t0..(t0 + TILE).min(n) {
-                    out[t * rows + r] = by_row[r * n + t];
-                }
-            }
-        }
     }
 }
 
