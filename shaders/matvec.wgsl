@@ -1,15 +1,26 @@
 // y[t][row] = W[row] · x[t]: every matrix product of the model, for one token (decode) or many
 // (prefill), with the steps around it fused in where that saves a pass over memory.
 //
-// Work splits, built from the same per-encoding dot products:
-// - `matvec_*` (GPUs): one workgroup per (output row, block of TB tokens). The 64 invocations walk
-//   the row together, invocation i reading words i, i + 64, ... so loads of the packed weights
-//   coalesce; a tree reduction in workgroup memory sums their partial dot products.
+// Kernels, each from the same fusions (`finish`):
+// - `matvec_decode_*` (GPUs, one token): ROWS output rows per workgroup, the input staged once in
+//   workgroup memory, each lane loading a whole 16- or 32-byte chunk of weights at once, the lanes'
+//   partial sums added up once at the end (the `decode` section).
+// - `matvec_*` (GPUs, token blocks): one workgroup per (output row, block of TB tokens). The 64
+//   invocations walk the row together, invocation i reading words i, i + 64, ... so loads of the
+//   packed weights coalesce; a tree reduction in workgroup memory sums their partial dot products.
 // - `matvec_rows_*` (software adapters such as lavapipe and SwiftShader, where a workgroup barrier
 //   costs far more than a memory load): one invocation per (output row, block of TB tokens).
-// Each weight word is decoded once per block and used for all its tokens: decode (TB = 1) reads the
-// weights once per token, prefill (TB = 8) once per 8 tokens. kernels.rs builds this file twice,
-// once with TB = 1 and once with TB = 8 (the line `const TB` below is the one it rewrites).
+// The blocked kernels decode each weight word once per block and use it for all its tokens: TB = 1
+// (software decode) reads the weights once per token, TB = 8 (prefill) once per 8 tokens.
+//
+// kernels.rs assembles each shader module from this file's sections (each opens with a line
+// `// ==== name`): what comes before the first section, which every module shares, then either
+// `blocked` + one encoding's `blocked q4` / `q8` / `f16` / `f32` after a generated line
+// `const TB: u32 = ...;`, or `decode` + one encoding's `decode q4` / ... (how its weights are
+// loaded: the binding's element type differs) + one of the two ways of adding up the lanes' sums
+// (`sums in workgroup memory`, `sums with subgroups`). So each entry point's module holds its own
+// encoding's code only, and each uses only the weight bindings it needs: the pipelines' automatic
+// layouts differ only there.
 //
 // Fusions, chosen per pipeline with override constants:
 // - NORM: x is RMS-normalized on the fly (y = r · W·(g ⊙ x), r = 1/sqrt(mean(x²) + eps), g the norm
@@ -22,16 +33,14 @@
 //   a value per output row of the whole matrix (a split matrix's pieces index it at row_offset);
 // - ACCUMULATE: y += W·x (the residual add).
 //
-// One entry point per weight encoding (see docs/FORMAT.md); each uses only the weight bindings it
-// needs, so the pipelines' automatic layouts differ only there.
+// Weight encodings: see docs/FORMAT.md. Workgroups are numbered along x, then y (a grid row holds
+// at most 65,535).
 
 struct Dims {
     // Output rows this dispatch computes (a split tensor's part: its own rows).
     rows: u32,
     cols: u32,
     group: u32,
-    // Workgroups along x of the dispatch grid (capped at 65535; y counts grid rows).
-    grid_x: u32,
     // Values per token in y, and where this dispatch's rows start among them.
     out_stride: u32,
     row_offset: u32,
@@ -50,7 +59,7 @@ struct Step {
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<storage, read> codes: array<u32>;
+// Binding 4, the weight codes, is declared by each section.
 @group(0) @binding(5) var<storage, read> scales: array<u32>;
 @group(0) @binding(6) var<storage, read> mins: array<u32>;
 @group(0) @binding(7) var<storage, read> norm_weight: array<vec4<f32>>;
@@ -62,12 +71,7 @@ override GATED: bool = false;
 override ACCUMULATE: bool = false;
 override BIAS: bool = false;
 
-// Tokens per workgroup (cooperative split) or per invocation (row split).
-const TB: u32 = 8u;
 const WG: u32 = 64u;
-// Values one invocation reduces: TB dot products, TB more for GATED's up rows, TB sums of squares.
-const VALUES: u32 = 3u * TB;
-var<workgroup> partial: array<f32, 64u * VALUES>;
 
 // f16 number `i` of an array of packed pairs.
 fn scale_at(i: u32) -> f32 {
@@ -78,117 +82,6 @@ fn scale_at(i: u32) -> f32 {
 fn min_at(i: u32) -> f32 {
     let v = unpack2x16float(mins[i / 2u]);
     return select(v.x, v.y, (i & 1u) == 1u);
-}
-
-// Four input values of token `t` from column `col` (a multiple of 4: the engine requires rows of a
-// multiple of 4 values), times the norm weight when the norm is fused (the norm's other factor, r,
-// is per token and applied to the finished sum). Vector loads: one load instead of four.
-fn x4(t: u32, col: u32) -> vec4<f32> {
-    let v = x[(t * dims.cols + col) / 4u];
-    if (NORM) {
-        return v * norm_weight[col / 4u];
-    }
-    return v;
-}
-
-// Tokens of the block starting at t0 that exist.
-fn block_len(t0: u32) -> u32 {
-    return min(TB, step.n_tokens - t0);
-}
-
-// Partial dot products of row `row` with tokens t0.., over words first, first + stride, ...
-// Loops over the block run to the constant TB (guarded) so the accumulators stay in registers.
-
-fn dot_q4(row: u32, t0: u32, first: u32, stride: u32) -> array<f32, TB> {
-    var acc: array<f32, TB>;
-    let nt = block_len(t0);
-    let words = dims.cols / 8u;
-    for (var w = first; w < words; w = w + stride) {
-        let word = codes[row * words + w];
-        let col = w * 8u;
-        let g = (row * dims.cols + col) / dims.group;
-        let scale = scale_at(g);
-        let offset = min_at(g);
-        let lo = vec4<f32>(vec4<u32>(word, word >> 4u, word >> 8u, word >> 12u) & vec4<u32>(15u));
-        let hi = vec4<f32>(vec4<u32>(word >> 16u, word >> 20u, word >> 24u, word >> 28u) & vec4<u32>(15u));
-        for (var t = 0u; t < TB; t = t + 1u) {
-            if (t < nt) {
-                let xa = x4(t0 + t, col);
-                let xb = x4(t0 + t, col + 4u);
-                let sx = dot(xa + xb, vec4<f32>(1.0));
-                acc[t] = acc[t] + scale * (dot(lo, xa) + dot(hi, xb)) + offset * sx;
-            }
-        }
-    }
-    return acc;
-}
-
-fn dot_q8(row: u32, t0: u32, first: u32, stride: u32) -> array<f32, TB> {
-    var acc: array<f32, TB>;
-    let nt = block_len(t0);
-    let words = dims.cols / 4u;
-    for (var w = first; w < words; w = w + stride) {
-        let word = codes[row * words + w];
-        let col = w * 4u;
-        let scale = scale_at((row * dims.cols + col) / 32u);
-        // Sign-extend each byte: shift it to the top, then arithmetic-shift it back down.
-        let shifted = bitcast<vec4<i32>>(vec4<u32>(word << 24u, word << 16u, word << 8u, word));
-        let q = vec4<f32>(shifted >> vec4<u32>(24u));
-        for (var t = 0u; t < TB; t = t + 1u) {
-            if (t < nt) {
-                acc[t] = acc[t] + scale * dot(q, x4(t0 + t, col));
-            }
-        }
-    }
-    return acc;
-}
-
-fn dot_f16(row: u32, t0: u32, first: u32, stride: u32) -> array<f32, TB> {
-    var acc: array<f32, TB>;
-    let nt = block_len(t0);
-    // Two words (four values) at a time.
-    let quads = dims.cols / 4u;
-    for (var w = first; w < quads; w = w + stride) {
-        let base = row * (dims.cols / 2u) + 2u * w;
-        let v = vec4<f32>(unpack2x16float(codes[base]), unpack2x16float(codes[base + 1u]));
-        for (var t = 0u; t < TB; t = t + 1u) {
-            if (t < nt) {
-                acc[t] = acc[t] + dot(v, x4(t0 + t, 4u * w));
-            }
-        }
-    }
-    return acc;
-}
-
-fn dot_f32(row: u32, t0: u32, first: u32, stride: u32) -> array<f32, TB> {
-    var acc: array<f32, TB>;
-    let nt = block_len(t0);
-    let quads = dims.cols / 4u;
-    for (var w = first; w < quads; w = w + stride) {
-        let base = row * dims.cols + 4u * w;
-        let v = bitcast<vec4<f32>>(vec4<u32>(codes[base], codes[base + 1u], codes[base + 2u], codes[base + 3u]));
-        for (var t = 0u; t < TB; t = t + 1u) {
-            if (t < nt) {
-                acc[t] = acc[t] + dot(v, x4(t0 + t, 4u * w));
-            }
-        }
-    }
-    return acc;
-}
-
-// Partial sums of squares of the block's inputs (NORM only).
-fn sum_squares(t0: u32, first: u32, stride: u32) -> array<f32, TB> {
-    var acc: array<f32, TB>;
-    let nt = block_len(t0);
-    for (var t = 0u; t < TB; t = t + 1u) {
-        if (t < nt) {
-            for (var c = first; c < dims.cols / 4u; c = c + stride) {
-                let v = x[(t0 + t) * dims.cols / 4u + c];
-                acc[t] = acc[t] + dot(v, v);
-            }
-        }
-    }
-    return acc;
 }
 
 // Apply the fused steps to finished sums and store token t's value of `row`.
@@ -220,6 +113,47 @@ fn finish(row: u32, t: u32, gate: f32, up: f32, squares: f32) {
     y[i] = v;
 }
 
+// ==== blocked
+// Token blocks of TB (set by the line kernels.rs puts before the shared part), weights read one
+// u32 word at a time.
+
+@group(0) @binding(4) var<storage, read> codes: array<u32>;
+
+// Values one invocation reduces: TB dot products, TB more for GATED's up rows, TB sums of squares.
+const VALUES: u32 = 3u * TB;
+var<workgroup> partial: array<f32, WG * VALUES>;
+
+// Four input values of token `t` from column `col` (a multiple of 4: the engine requires rows of a
+// multiple of 4 values), times the norm weight when the norm is fused (the norm's other factor, r,
+// is per token and applied to the finished sum). Vector loads: one load instead of four.
+fn x4(t: u32, col: u32) -> vec4<f32> {
+    let v = x[(t * dims.cols + col) / 4u];
+    if (NORM) {
+        return v * norm_weight[col / 4u];
+    }
+    return v;
+}
+
+// Tokens of the block starting at t0 that exist.
+fn block_len(t0: u32) -> u32 {
+    return min(TB, step.n_tokens - t0);
+}
+
+// Partial sums of squares of the block's inputs (NORM only).
+fn sum_squares(t0: u32, first: u32, stride: u32) -> array<f32, TB> {
+    var acc: array<f32, TB>;
+    let nt = block_len(t0);
+    for (var t = 0u; t < TB; t = t + 1u) {
+        if (t < nt) {
+            for (var c = first; c < dims.cols / 4u; c = c + stride) {
+                let v = x[(t0 + t) * dims.cols / 4u + c];
+                acc[t] = acc[t] + dot(v, v);
+            }
+        }
+    }
+    return acc;
+}
+
 // Cooperative split: sum the workgroup's VALUES partial sums (partial[k * 64 + lid]) in one tree.
 fn reduce_partials(lid: u32) {
     workgroupBarrier();
@@ -246,46 +180,41 @@ fn store_block(lid: u32, row: u32, t0: u32, gate: array<f32, TB>, up: array<f32,
     }
 }
 
-// Row split: workgroup (x, y) covers rows ((y * grid_x + x) * 64 ..) + 64.
-fn own_row(wg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wg.y * dims.grid_x + wg.x) * WG + lid.x;
-}
+// `block_dots(row, t0, first, stride)`, in each encoding's section: row `row`'s partial dot products
+// with tokens t0.., over words first, first + stride, ... Its loops over the block run to the
+// constant TB (guarded) so the accumulators stay in registers.
 
-// ---- Template: kernels.rs appends these entry points once per encoding ENC (q4, q8, f16, f32),
-// ---- with ENC replaced, so each encoding gets both splits without a copy in this file.
-
-@compute @workgroup_size(64)
-fn matvec_ENC(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn cooperative(wg: vec3<u32>, groups: vec3<u32>, lid: u32) {
     // The row is the whole workgroup's, so leaving early keeps the barriers uniform.
-    let row = wg.y * dims.grid_x + wg.x;
+    let row = wg.y * groups.x + wg.x;
     let t0 = wg.z * TB;
     if (row >= dims.rows) {
         return;
     }
-    let gate = dot_ENC(row, t0, lid.x, WG);
+    let gate = block_dots(row, t0, lid, WG);
     var up: array<f32, TB>;
     var squares: array<f32, TB>;
     if (GATED) {
-        up = dot_ENC(row + dims.up_offset, t0, lid.x, WG);
+        up = block_dots(row + dims.up_offset, t0, lid, WG);
     }
     if (NORM) {
-        squares = sum_squares(t0, lid.x, WG);
+        squares = sum_squares(t0, lid, WG);
     }
-    store_block(lid.x, row, t0, gate, up, squares);
+    store_block(lid, row, t0, gate, up, squares);
 }
 
-@compute @workgroup_size(64)
-fn matvec_rows_ENC(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = own_row(wg, lid);
+// Row split: workgroup (x, y) covers rows ((y * groups along x + x) * 64 ..) + 64.
+fn rows(wg: vec3<u32>, groups: vec3<u32>, lid: u32) {
+    let row = (wg.y * groups.x + wg.x) * WG + lid;
     let t0 = wg.z * TB;
     if (row >= dims.rows) {
         return;
     }
-    let gate = dot_ENC(row, t0, 0u, 1u);
+    let gate = block_dots(row, t0, 0u, 1u);
     var up: array<f32, TB>;
     var squares: array<f32, TB>;
     if (GATED) {
-        up = dot_ENC(row + dims.up_offset, t0, 0u, 1u);
+        up = block_dots(row + dims.up_offset, t0, 0u, 1u);
     }
     if (NORM) {
         squares = sum_squares(t0, 0u, 1u);
@@ -293,4 +222,398 @@ fn matvec_rows_ENC(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     for (var t = 0u; t < block_len(t0); t = t + 1u) {
         finish(row, t0 + t, gate[t], up[t], squares[t]);
     }
+}
+
+// ==== blocked q4
+// One u32 word = eight four-bit codes (value k in bits 4k..4k+3), each value q·scale + min.
+fn block_dots(row: u32, t0: u32, first: u32, stride: u32) -> array<f32, TB> {
+    var acc: array<f32, TB>;
+    let nt = block_len(t0);
+    let words = dims.cols / 8u;
+    for (var w = first; w < words; w = w + stride) {
+        let word = codes[row * words + w];
+        let col = w * 8u;
+        let g = (row * dims.cols + col) / dims.group;
+        let scale = scale_at(g);
+        let offset = min_at(g);
+        let lo = vec4<f32>(vec4<u32>(word, word >> 4u, word >> 8u, word >> 12u) & vec4<u32>(15u));
+        let hi = vec4<f32>(vec4<u32>(word >> 16u, word >> 20u, word >> 24u, word >> 28u) & vec4<u32>(15u));
+        for (var t = 0u; t < TB; t = t + 1u) {
+            if (t < nt) {
+                let xa = x4(t0 + t, col);
+                let xb = x4(t0 + t, col + 4u);
+                let sx = dot(xa + xb, vec4<f32>(1.0));
+                acc[t] = acc[t] + scale * (dot(lo, xa) + dot(hi, xb)) + offset * sx;
+            }
+        }
+    }
+    return acc;
+}
+
+@compute @workgroup_size(64)
+fn matvec_q4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+             @builtin(local_invocation_id) lid: vec3<u32>) {
+    cooperative(wg, groups, lid.x);
+}
+
+@compute @workgroup_size(64)
+fn matvec_rows_q4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                  @builtin(local_invocation_id) lid: vec3<u32>) {
+    rows(wg, groups, lid.x);
+}
+
+// ==== blocked q8
+// One u32 word = four signed 8-bit codes, each value q·scale (a scale per 32).
+fn block_dots(row: u32, t0: u32, first: u32, stride: u32) -> array<f32, TB> {
+    var acc: array<f32, TB>;
+    let nt = block_len(t0);
+    let words = dims.cols / 4u;
+    for (var w = first; w < words; w = w + stride) {
+        let word = codes[row * words + w];
+        let col = w * 4u;
+        let scale = scale_at((row * dims.cols + col) / 32u);
+        // Sign-extend each byte: shift it to the top, then arithmetic-shift it back down.
+        let shifted = bitcast<vec4<i32>>(vec4<u32>(word << 24u, word << 16u, word << 8u, word));
+        let q = vec4<f32>(shifted >> vec4<u32>(24u));
+        for (var t = 0u; t < TB; t = t + 1u) {
+            if (t < nt) {
+                acc[t] = acc[t] + scale * dot(q, x4(t0 + t, col));
+            }
+        }
+    }
+    return acc;
+}
+
+@compute @workgroup_size(64)
+fn matvec_q8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+             @builtin(local_invocation_id) lid: vec3<u32>) {
+    cooperative(wg, groups, lid.x);
+}
+
+@compute @workgroup_size(64)
+fn matvec_rows_q8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                  @builtin(local_invocation_id) lid: vec3<u32>) {
+    rows(wg, groups, lid.x);
+}
+
+// ==== blocked f16
+// Two u32 words = four f16 values.
+fn block_dots(row: u32, t0: u32, first: u32, stride: u32) -> array<f32, TB> {
+    var acc: array<f32, TB>;
+    let nt = block_len(t0);
+    let quads = dims.cols / 4u;
+    for (var w = first; w < quads; w = w + stride) {
+        let base = row * (dims.cols / 2u) + 2u * w;
+        let v = vec4<f32>(unpack2x16float(codes[base]), unpack2x16float(codes[base + 1u]));
+        for (var t = 0u; t < TB; t = t + 1u) {
+            if (t < nt) {
+                acc[t] = acc[t] + dot(v, x4(t0 + t, 4u * w));
+            }
+        }
+    }
+    return acc;
+}
+
+@compute @workgroup_size(64)
+fn matvec_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    cooperative(wg, groups, lid.x);
+}
+
+@compute @workgroup_size(64)
+fn matvec_rows_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                   @builtin(local_invocation_id) lid: vec3<u32>) {
+    rows(wg, groups, lid.x);
+}
+
+// ==== blocked f32
+// Four u32 words = four f32 values.
+fn block_dots(row: u32, t0: u32, first: u32, stride: u32) -> array<f32, TB> {
+    var acc: array<f32, TB>;
+    let nt = block_len(t0);
+    let quads = dims.cols / 4u;
+    for (var w = first; w < quads; w = w + stride) {
+        let base = row * dims.cols + 4u * w;
+        let v = bitcast<vec4<f32>>(vec4<u32>(codes[base], codes[base + 1u], codes[base + 2u], codes[base + 3u]));
+        for (var t = 0u; t < TB; t = t + 1u) {
+            if (t < nt) {
+                acc[t] = acc[t] + dot(v, x4(t0 + t, 4u * w));
+            }
+        }
+    }
+    return acc;
+}
+
+@compute @workgroup_size(64)
+fn matvec_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    cooperative(wg, groups, lid.x);
+}
+
+@compute @workgroup_size(64)
+fn matvec_rows_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                   @builtin(local_invocation_id) lid: vec3<u32>) {
+    rows(wg, groups, lid.x);
+}
+
+// ==== decode
+// One token on a GPU: workgroup w computes rows w·ROWS .. w·ROWS + ROWS - 1. The input (normed by
+// its weight when NORM) is staged once per workgroup in workgroup memory, TILE values at a time,
+// with the sum of every 32 of them. Lane i then takes chunks i, i + 64, ... of the tile (CHUNK
+// values each: 16 or 32 bytes of weights, one load per 16 bytes, see the encoding sections) in
+// every one of the ROWS rows: each input chunk it reads serves ROWS rows (2·ROWS with GATED), and
+// consecutive lanes read consecutive chunks of a row, so the loads coalesce. Each lane's ROWS
+// partial sums (plus the up rows' and the sum of squares) are added up across the workgroup once,
+// after the last tile.
+
+// Rows per workgroup (at most ROWS_MAX), chosen per adapter in kernels.rs.
+override ROWS: u32 = 8u;
+const ROWS_MAX: u32 = 8u;
+// Input values staged at a time: 8 KiB of the 16 KiB of workgroup memory WebGPU guarantees (the
+// sums take 4.4 KiB more); longer rows take several tiles.
+const TILE: u32 = 2048u;
+// A lane's running sums: gate rows from 0, up rows from UP, the input's sum of squares at SQUARES.
+const UP: u32 = ROWS_MAX;
+const SQUARES: u32 = 2u * ROWS_MAX;
+const SUMS: u32 = 2u * ROWS_MAX + 1u;
+
+var<workgroup> tile: array<vec4<f32>, TILE / 4u>;
+// The sum of each 32 staged values: q4's min term over a group is min · Σ x, once per workgroup.
+var<workgroup> tile_sums: array<f32, TILE / 32u>;
+
+// Whether a lane's sum k is one this pipeline's fusions use (a constant once ROWS is set).
+fn in_use(k: u32) -> bool {
+    return k < ROWS || (GATED && k >= UP && k < UP + ROWS) || (NORM && k == SQUARES);
+}
+
+// Stage the token's inputs start .. start + width into the tile, with the sums of each 32; return
+// this lane's share of their sum of squares (taken before the norm weight, as the norm needs).
+fn stage(lid: u32, start: u32, width: u32) -> f32 {
+    var squares = 0.0;
+    for (var b = lid; b < (width + 31u) / 32u; b = b + WG) {
+        var sum = vec4<f32>(0.0);
+        for (var j = 0u; j < 8u; j = j + 1u) {
+            let col = 32u * b + 4u * j;
+            var v = vec4<f32>(0.0);
+            // Rows are a multiple of 4 values, not always of 32: the last block may be short.
+            if (col < width) {
+                v = x[(start + col) / 4u];
+                squares = squares + dot(v, v);
+                if (NORM) {
+                    v = v * norm_weight[(start + col) / 4u];
+                }
+            }
+            tile[col / 4u] = v;
+            sum = sum + v;
+        }
+        tile_sums[b] = dot(sum, vec4<f32>(1.0));
+    }
+    return squares;
+}
+
+// The CHUNK staged values of the tile's chunk c (the rest of the array unused).
+fn staged_chunk(c: u32) -> array<vec4<f32>, 8> {
+    var v: array<vec4<f32>, 8>;
+    for (var j = 0u; j < CHUNK / 4u; j = j + 1u) {
+        v[j] = tile[c * (CHUNK / 4u) + j];
+    }
+    return v;
+}
+
+fn decode(wg: vec3<u32>, groups: vec3<u32>, lid: u32) {
+    let first = (wg.y * groups.x + wg.x) * ROWS;
+    // The same for the whole workgroup, so leaving early keeps the barriers uniform.
+    if (first >= dims.rows) {
+        return;
+    }
+    var sums: array<f32, SUMS>;
+    for (var start = 0u; start < dims.cols; start = start + TILE) {
+        let width = min(TILE, dims.cols - start);
+        if (start > 0u) {
+            // Every lane is done with the previous tile.
+            workgroupBarrier();
+        }
+        sums[SQUARES] = sums[SQUARES] + stage(lid, start, width);
+        workgroupBarrier();
+        for (var c = lid; c < width / CHUNK; c = c + WG) {
+            let xc = staged_chunk(c);
+            let x_sum = tile_sums[c * CHUNK / 32u];
+            let at = start / CHUNK + c;
+            for (var r = 0u; r < ROWS; r = r + 1u) {
+                // Past the last row, the last workgroup redoes the last row rather than branch
+                // around the loads (those sums are never stored).
+                let row = min(first + r, dims.rows - 1u);
+                sums[r] = sums[r] + chunk_dot(row, at, xc, x_sum);
+                if (GATED) {
+                    sums[UP + r] = sums[UP + r] + chunk_dot(row + dims.up_offset, at, xc, x_sum);
+                }
+            }
+        }
+    }
+    let total = row_totals(lid, sums);
+    if (lid < ROWS && first + lid < dims.rows) {
+        finish(first + lid, 0u, total.x, total.y, total.z);
+    }
+}
+
+// ==== decode q4
+// 16 bytes = 32 four-bit codes: a group of 32, or a half or a quarter of one of 64 or 128.
+@group(0) @binding(4) var<storage, read> codes: array<vec4<u32>>;
+const CHUNK: u32 = 32u;
+
+// The eight codes of a word (value k in bits 4k..4k+3) times eight inputs.
+fn q4_word(word: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
+    let lo = vec4<f32>(vec4<u32>(word, word >> 4u, word >> 8u, word >> 12u) & vec4<u32>(15u));
+    let hi = vec4<f32>(vec4<u32>(word >> 16u, word >> 20u, word >> 24u, word >> 28u) & vec4<u32>(15u));
+    return dot(lo, a) + dot(hi, b);
+}
+
+// Chunk c of `row` times the inputs xc, whose sum is x_sum: Σ (q·scale + min)·x.
+fn chunk_dot(row: u32, c: u32, xc: array<vec4<f32>, 8>, x_sum: f32) -> f32 {
+    let w = codes[row * (dims.cols / CHUNK) + c];
+    let g = (row * dims.cols + c * CHUNK) / dims.group;
+    let q = q4_word(w.x, xc[0], xc[1]) + q4_word(w.y, xc[2], xc[3]) + q4_word(w.z, xc[4], xc[5])
+        + q4_word(w.w, xc[6], xc[7]);
+    return scale_at(g) * q + min_at(g) * x_sum;
+}
+
+@compute @workgroup_size(64)
+fn matvec_decode_q4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                    @builtin(local_invocation_id) lid: vec3<u32>) {
+    decode(wg, groups, lid.x);
+}
+
+// ==== decode q8
+// 32 bytes = 32 signed 8-bit codes: one group, one scale, in two 16-byte loads.
+@group(0) @binding(4) var<storage, read> codes: array<vec4<u32>>;
+const CHUNK: u32 = 32u;
+
+// The four codes of a word times four inputs. Each byte is sign-extended by shifting it to the
+// top, then arithmetic-shifting it back down.
+fn q8_word(word: u32, v: vec4<f32>) -> f32 {
+    let shifted = bitcast<vec4<i32>>(vec4<u32>(word << 24u, word << 16u, word << 8u, word));
+    return dot(vec4<f32>(shifted >> vec4<u32>(24u)), v);
+}
+
+fn chunk_dot(row: u32, c: u32, xc: array<vec4<f32>, 8>, x_sum: f32) -> f32 {
+    let at = 2u * (row * (dims.cols / CHUNK) + c);
+    let a = codes[at];
+    let b = codes[at + 1u];
+    let q = q8_word(a.x, xc[0]) + q8_word(a.y, xc[1]) + q8_word(a.z, xc[2]) + q8_word(a.w, xc[3])
+        + q8_word(b.x, xc[4]) + q8_word(b.y, xc[5]) + q8_word(b.z, xc[6]) + q8_word(b.w, xc[7]);
+    return scale_at(row * (dims.cols / CHUNK) + c) * q;
+}
+
+@compute @workgroup_size(64)
+fn matvec_decode_q8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                    @builtin(local_invocation_id) lid: vec3<u32>) {
+    decode(wg, groups, lid.x);
+}
+
+// ==== decode f16
+// 8 bytes = four f16 values. Rows are a multiple of 4 values, so of 8 bytes only: 16-byte loads
+// would straddle rows (and a binding's last 8 bytes).
+@group(0) @binding(4) var<storage, read> codes: array<vec2<u32>>;
+const CHUNK: u32 = 4u;
+
+fn chunk_dot(row: u32, c: u32, xc: array<vec4<f32>, 8>, x_sum: f32) -> f32 {
+    let w = codes[row * (dims.cols / CHUNK) + c];
+    return dot(vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)), xc[0]);
+}
+
+@compute @workgroup_size(64)
+fn matvec_decode_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                     @builtin(local_invocation_id) lid: vec3<u32>) {
+    decode(wg, groups, lid.x);
+}
+
+// ==== decode f32
+// 16 bytes = four f32 values.
+@group(0) @binding(4) var<storage, read> codes: array<vec4<u32>>;
+const CHUNK: u32 = 4u;
+
+fn chunk_dot(row: u32, c: u32, xc: array<vec4<f32>, 8>, x_sum: f32) -> f32 {
+    return dot(bitcast<vec4<f32>>(codes[row * (dims.cols / CHUNK) + c]), xc[0]);
+}
+
+@compute @workgroup_size(64)
+fn matvec_decode_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                     @builtin(local_invocation_id) lid: vec3<u32>) {
+    decode(wg, groups, lid.x);
+}
+
+// ==== sums in workgroup memory
+// The decode kernel's lane sums added up without subgroup operations (browsers, and adapters
+// without them): each lane's in-use sums to workgroup memory, 64 partials → 8 → 1, two barriers.
+var<workgroup> partials: array<f32, SUMS * WG>;
+var<workgroup> eighths: array<f32, SUMS * 8u>;
+
+// The workgroup's totals of (gate row lid, up row lid, squares), for lanes lid < ROWS.
+fn row_totals(lid: u32, v: array<f32, SUMS>) -> vec3<f32> {
+    for (var k = 0u; k < SUMS; k = k + 1u) {
+        if (in_use(k)) {
+            partials[k * WG + lid] = v[k];
+        }
+    }
+    workgroupBarrier();
+    // Eighth i of sum k = i / 8: partials 8i .. 8i + 7 (of k * WG + 0 .. 63).
+    for (var i = lid; i < SUMS * 8u; i = i + WG) {
+        if (in_use(i / 8u)) {
+            var s = 0.0;
+            for (var j = 0u; j < 8u; j = j + 1u) {
+                s = s + partials[8u * i + j];
+            }
+            eighths[i] = s;
+        }
+    }
+    workgroupBarrier();
+    var total = vec3<f32>(0.0);
+    if (lid < ROWS) {
+        for (var j = 0u; j < 8u; j = j + 1u) {
+            total = total + vec3<f32>(eighths[8u * lid + j], eighths[8u * (UP + lid) + j], eighths[8u * SQUARES + j]);
+        }
+    }
+    return total;
+}
+
+// ==== sums with subgroups
+// The decode kernel's lane sums added up with subgroupAdd, where the adapter offers subgroups
+// (natively only: wgpu's WebGPU backend never does, and naga wants no `enable` directive). One
+// barrier; nothing assumed about the subgroup size or which lanes share a subgroup: after each
+// subgroup's sums, its first lane writes them and the others zeros, so every subgroup can then add
+// up all 64 slots itself.
+var<workgroup> slots: array<f32, SUMS * WG>;
+
+// The workgroup's totals of (gate row lid, up row lid, squares), for lanes lid < ROWS.
+fn row_totals(lid: u32, v: array<f32, SUMS>) -> vec3<f32> {
+    // This lane's place in its subgroup and the subgroup's size (every lane is active here).
+    let lane = subgroupExclusiveAdd(1u);
+    let size = subgroupAdd(1u);
+    for (var k = 0u; k < SUMS; k = k + 1u) {
+        if (in_use(k)) {
+            let s = subgroupAdd(v[k]);
+            slots[k * WG + lid] = select(0.0, s, lane == 0u);
+        }
+    }
+    workgroupBarrier();
+    var total = vec3<f32>(0.0);
+    for (var k = 0u; k < SUMS; k = k + 1u) {
+        if (in_use(k)) {
+            var s = 0.0;
+            for (var j = lane; j < WG; j = j + size) {
+                s = s + slots[k * WG + j];
+            }
+            let t = subgroupAdd(s);
+            if (k == lid) {
+                total.x = t;
+            }
+            if (k == UP + lid) {
+                total.y = t;
+            }
+            if (k == SQUARES) {
+                total.z = t;
+            }
+        }
+    }
+    return total;
 }

@@ -213,7 +213,8 @@ impl<'a> Builder<'a> {
         };
         for piece in p.pieces {
             let rows = if p.fuse.gated { piece.rows / 2 } else { piece.rows };
-            let (gx, gy) = self.kernels.matvec_grid(rows);
+            let (dx, dy) = self.kernels.matvec_grid(1, rows);
+            let (px, py) = self.kernels.matvec_grid(PREFILL_BLOCK, rows);
             let dims = uniform(
                 self.device(),
                 "matvec dims",
@@ -221,7 +222,6 @@ impl<'a> Builder<'a> {
                     rows,
                     piece.cols,
                     piece.group,
-                    gx,
                     p.out_stride,
                     piece.first_row,
                     self.eps.to_bits(),
@@ -242,12 +242,14 @@ impl<'a> Builder<'a> {
                 let pipeline = self.kernels.matvec(key);
                 let mut entries = vec![
                     entry(0, whole(&dims)),
-                    entry(1, whole(p.step)),
                     entry(2, whole(&input)),
                     entry(3, whole(p.output)),
                     entry(7, whole(norm.unwrap_or(&self.no_norm))),
                     entry(8, whole(p.fuse.bias.unwrap_or(&self.no_norm))),
                 ];
+                if self.kernels.matvec_binds_step(block) {
+                    entries.push(entry(1, whole(p.step)));
+                }
                 entries.extend(piece.weight_entries(4));
                 let group = bind_group(self.device(), &pipeline, &entries);
                 (pipeline, group)
@@ -258,7 +260,7 @@ impl<'a> Builder<'a> {
             out.push(Dispatch {
                 decode,
                 prefill,
-                grid: Box::new(move |n| (gx, gy, if n == 1 { 1 } else { n.div_ceil(PREFILL_BLOCK) })),
+                grid: Box::new(move |n| if n == 1 { (dx, dy, 1) } else { (px, py, n.div_ceil(PREFILL_BLOCK)) }),
             });
         }
         Ok(out)

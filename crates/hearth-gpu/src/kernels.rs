@@ -1,9 +1,9 @@
 //! The compute pipelines, built at load (never per token), and small helpers to bind and read back.
 //!
-//! Variants come from one source each: `matvec.wgsl` is instantiated per weight encoding (its
-//! template section) and per token-block size (its `const TB` line), and its fusions, like the
-//! f16 KV cache of `rope.wgsl` / `attention.wgsl`, are WGSL override constants. A pipeline is
-//! identified by a [`MatvecKey`] and built once.
+//! Variants come from one source each: `matvec.wgsl`'s modules are assembled from its sections
+//! (per token-block size, per weight encoding of the decode kernel, per way of adding up sums), and
+//! its fusions, like the f16 KV cache of `rope.wgsl` / `attention.wgsl`, are WGSL override
+//! constants. A pipeline is identified by a [`MatvecKey`] and built once.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -15,10 +15,8 @@ use wgpu::util::DeviceExt;
 use crate::context::GpuContext;
 
 const MATVEC: &str = include_str!("../../../shaders/matvec.wgsl");
-/// Where `matvec.wgsl`'s per-encoding template of entry points begins.
-const TEMPLATE_MARK: &str = "// ---- Template:";
-/// The line of `matvec.wgsl` that sets the token-block size.
-const TOKEN_BLOCK_LINE: &str = "const TB: u32 = 8u;";
+/// How a line opening a section of `matvec.wgsl` begins (the section's name follows).
+const SECTION_MARK: &str = "// ==== ";
 const EMBED: &str = include_str!("../../../shaders/embed.wgsl");
 const ROPE: &str = include_str!("../../../shaders/rope.wgsl");
 const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
@@ -33,8 +31,14 @@ pub const MAX_GRID: u32 = 65535;
 /// kernel. attention.wgsl explains: lavapipe's loop limiter stops an invocation at 65,535. This
 /// keeps SmolLM2 (head_dim 64) on the row split up to 1,617 positions, Gemma 3 (256) up to 423.
 pub const ROWS_ATTENTION_MAX_ITERATIONS: usize = 55_000;
-/// Tokens one prefill matvec workgroup takes (decode takes 1): `const TB` in matvec.wgsl.
+/// Tokens one prefill matvec workgroup takes (decode takes 1): the blocked kernels' `TB`.
 pub const PREFILL_BLOCK: u32 = 8;
+/// Most output rows one workgroup of matvec.wgsl's decode kernel computes (its `ROWS_MAX`).
+pub const DECODE_ROWS_MAX: u32 = 8;
+/// Rows per workgroup of the decode kernel on every hardware adapter so far: each lane's input
+/// chunk then serves 8 rows, and the workgroup's input staging and final sums are shared by 8. No
+/// GPU has measured the alternatives yet ([`Kernels::with_decode_rows`] sets another count).
+pub const DECODE_ROWS: u32 = 8;
 
 /// What a matrix product fuses in (see matvec.wgsl).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -67,8 +71,12 @@ pub struct Kernels {
     device: wgpu::Device,
     /// The barrier-free work splits (software adapters).
     pub software: bool,
-    /// `matvec.wgsl` for token blocks of 1 and of `PREFILL_BLOCK`.
-    matvec_modules: [wgpu::ShaderModule; 2],
+    /// The decode kernel adds up its sums with subgroup operations (else in workgroup memory).
+    subgroups: bool,
+    /// Output rows per workgroup of the decode kernel.
+    decode_rows: u32,
+    /// `matvec.wgsl`'s modules per kernel and weight encoding (built on first use).
+    matvec_modules: RefCell<HashMap<(MatvecModule, DType), wgpu::ShaderModule>>,
     embed_module: wgpu::ShaderModule,
     rope_module: wgpu::ShaderModule,
     attention_module: wgpu::ShaderModule,
@@ -87,7 +95,9 @@ impl Kernels {
         Kernels {
             device: device.clone(),
             software,
-            matvec_modules: [module("matvec.wgsl (TB 1)", &matvec_source(1)), module("matvec.wgsl", &matvec_source(8))],
+            subgroups: device.features().contains(wgpu::Features::SUBGROUP),
+            decode_rows: DECODE_ROWS,
+            matvec_modules: RefCell::new(HashMap::new()),
             embed_module: module("embed.wgsl", EMBED),
             rope_module: module("rope.wgsl", ROPE),
             attention_module: module("attention.wgsl", ATTENTION),
@@ -107,38 +117,104 @@ impl Kernels {
         })
     }
 
-    /// The matrix-product pipeline for `key` (built on first use, at load).
-    pub fn matvec(&self, key: MatvecKey) -> wgpu::ComputePipeline {
-        self.matvec
-            .borrow_mut()
-            .entry(key)
-            .or_insert_with(|| {
-                let split = if self.software { "matvec_rows" } else { "matvec" };
-                let entry = format!("{split}_{}", key.dtype.name());
-                let activation = match key.activation {
-                    Activation::None => 0.0,
-                    Activation::Silu => 1.0,
-                    Activation::GeluTanh => 2.0,
-                    Activation::Softcap => 3.0,
-                };
-                let flag = |b: bool| if b { 1.0 } else { 0.0 };
-                let constants = [
-                    ("NORM", flag(key.norm)),
-                    ("ACT", activation),
-                    ("GATED", flag(key.gated)),
-                    ("ACCUMULATE", flag(key.accumulate)),
-                    ("BIAS", flag(key.bias)),
-                ];
-                let module = &self.matvec_modules[usize::from(key.block != 1)];
-                self.pipeline(module, &entry, &constants)
-            })
-            .clone()
+    /// These kernels with the decode products' sums added up with subgroup operations (`true`: the
+    /// device must have been opened with `wgpu::Features::SUBGROUP`) or in workgroup memory
+    /// (`false`, which tests use to check the fallback on adapters that offer subgroups). `new`
+    /// takes subgroups wherever the device has them.
+    pub fn with_subgroups(mut self, on: bool) -> Self {
+        assert!(
+            !on || self.device.features().contains(wgpu::Features::SUBGROUP),
+            "subgroup operations asked of a device opened without them"
+        );
+        assert!(self.matvec_modules.borrow().is_empty(), "the reduction is chosen before any product pipeline exists");
+        self.subgroups = on;
+        self
     }
 
-    /// The (x, y) grid of a product with `rows` output rows: one workgroup per row (cooperative
-    /// split) or per 64 rows (row split). The token blocks go along z.
-    pub fn matvec_grid(&self, rows: u32) -> (u32, u32) {
-        let per_workgroup = if self.software { WORKGROUP } else { 1 };
+    /// These kernels with `rows` (1 to [`DECODE_ROWS_MAX`]) output rows per decode workgroup.
+    pub fn with_decode_rows(mut self, rows: u32) -> Self {
+        assert!((1..=DECODE_ROWS_MAX).contains(&rows), "{rows} rows per decode workgroup");
+        assert!(self.matvec.borrow().is_empty(), "the rows are chosen before any product pipeline exists");
+        self.decode_rows = rows;
+        self
+    }
+
+    /// Whether a product of `block` tokens runs matvec.wgsl's decode kernel (GPUs, one token);
+    /// else a blocked one.
+    fn runs_decode_kernel(&self, block: u32) -> bool {
+        !self.software && block == 1
+    }
+
+    /// Whether the product pipeline for `block` tokens binds the step uniform (binding 1): the
+    /// blocked kernels read the step's token count, the decode kernel has one token.
+    pub fn matvec_binds_step(&self, block: u32) -> bool {
+        !self.runs_decode_kernel(block)
+    }
+
+    /// The matrix-product pipeline for `key` (built on first use, at load): on software adapters
+    /// the row split, on GPUs the decode kernel for one token and the cooperative split for token
+    /// blocks.
+    pub fn matvec(&self, key: MatvecKey) -> wgpu::ComputePipeline {
+        if let Some(pipeline) = self.matvec.borrow().get(&key) {
+            return pipeline.clone();
+        }
+        let activation = match key.activation {
+            Activation::None => 0.0,
+            Activation::Silu => 1.0,
+            Activation::GeluTanh => 2.0,
+            Activation::Softcap => 3.0,
+        };
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        let mut constants = vec![
+            ("NORM", flag(key.norm)),
+            ("ACT", activation),
+            ("GATED", flag(key.gated)),
+            ("ACCUMULATE", flag(key.accumulate)),
+            ("BIAS", flag(key.bias)),
+        ];
+        let encoding = key.dtype.name();
+        let (kernel, entry) = if self.runs_decode_kernel(key.block) {
+            constants.push(("ROWS", f64::from(self.decode_rows)));
+            (MatvecModule::Decode, format!("matvec_decode_{encoding}"))
+        } else {
+            let split = if self.software { "matvec_rows" } else { "matvec" };
+            (MatvecModule::Blocked(key.block), format!("{split}_{encoding}"))
+        };
+        let module = self
+            .matvec_modules
+            .borrow_mut()
+            .entry((kernel, key.dtype))
+            .or_insert_with(|| {
+                let (label, source) = match kernel {
+                    MatvecModule::Blocked(block) => {
+                        (format!("matvec.wgsl ({encoding}, TB {block})"), matvec_blocked_source(block, encoding))
+                    }
+                    MatvecModule::Decode => {
+                        (format!("matvec.wgsl (decode {encoding})"), matvec_decode_source(encoding, self.subgroups))
+                    }
+                };
+                self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(&label),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                })
+            })
+            .clone();
+        let pipeline = self.pipeline(&module, &entry, &constants);
+        self.matvec.borrow_mut().insert(key, pipeline.clone());
+        pipeline
+    }
+
+    /// The (x, y) grid of a product of `block` tokens with `rows` output rows: a workgroup per
+    /// `decode_rows` rows (decode kernel), per row (cooperative split) or per 64 rows (row split).
+    /// The token blocks go along z.
+    pub fn matvec_grid(&self, block: u32, rows: u32) -> (u32, u32) {
+        let per_workgroup = if self.software {
+            WORKGROUP
+        } else if self.runs_decode_kernel(block) {
+            self.decode_rows
+        } else {
+            1
+        };
         grid_2d(rows.div_ceil(per_workgroup))
     }
 
@@ -195,15 +271,38 @@ impl Kernels {
     }
 }
 
-/// `matvec.wgsl` with its template of entry points instantiated for each encoding, for token
-/// blocks of `block`.
-fn matvec_source(block: u32) -> String {
-    let (common, template) = MATVEC.split_at(MATVEC.find(TEMPLATE_MARK).unwrap_or(MATVEC.len()));
-    let mut source = common.replace(TOKEN_BLOCK_LINE, &format!("const TB: u32 = {block}u;"));
-    for encoding in ["q4", "q8", "f16", "f32"] {
-        source.push_str(&template.replace("ENC", encoding));
-    }
-    source
+/// The section of `matvec.wgsl` called `name` (from the line after its mark to the next mark).
+fn matvec_section(name: &str) -> &'static str {
+    let mark = format!("\n{SECTION_MARK}{name}\n");
+    let start = MATVEC.find(&mark).map(|i| i + mark.len()).unwrap_or_else(|| panic!("matvec.wgsl has no `{name}`"));
+    let end = MATVEC[start..].find(&format!("\n{SECTION_MARK}")).map_or(MATVEC.len(), |i| start + i + 1);
+    &MATVEC[start..end]
+}
+
+/// What every `matvec.wgsl` module shares: everything before the first section.
+fn matvec_shared() -> &'static str {
+    &MATVEC[..MATVEC.find(&format!("\n{SECTION_MARK}")).map_or(MATVEC.len(), |i| i + 1)]
+}
+
+/// A module of `matvec.wgsl`: the blocked kernels for a token-block size, or the decode kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum MatvecModule {
+    Blocked(u32),
+    Decode,
+}
+
+/// `matvec.wgsl`'s blocked kernels for weights in `encoding` and token blocks of `block`.
+fn matvec_blocked_source(block: u32, encoding: &str) -> String {
+    let blocked = [matvec_section("blocked"), matvec_section(&format!("blocked {encoding}"))].concat();
+    format!("const TB: u32 = {block}u;\n{}{blocked}", matvec_shared())
+}
+
+/// `matvec.wgsl`'s decode kernel for weights in `encoding`, its sums added up with subgroup
+/// operations or in workgroup memory.
+fn matvec_decode_source(encoding: &str, subgroups: bool) -> String {
+    let sums = if subgroups { "sums with subgroups" } else { "sums in workgroup memory" };
+    [matvec_shared(), matvec_section("decode"), matvec_section(&format!("decode {encoding}")), matvec_section(sums)]
+        .concat()
 }
 
 /// A uniform buffer holding `words` (padded to a multiple of 16 bytes, at least 32).

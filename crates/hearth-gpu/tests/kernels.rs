@@ -106,27 +106,42 @@ enum Fusion {
 /// The cap of `Fusion::Softcap`: small enough that products of a few units bend.
 const CAP: f32 = 2.5;
 
-/// matvec.wgsl for every encoding, fusion, work split, and for one token (decode pipeline) and 11
-/// tokens (prefill pipeline: one full block of 8 and a partial one).
+/// matvec.wgsl for every encoding, fusion, kernel, and for one token (decode pipeline) and 11
+/// tokens (prefill pipeline: one full block of 8 and a partial one): software adapters' row split
+/// for both; on GPUs the decode kernel, its sums added up with subgroup operations (where the
+/// adapter offers them, as lavapipe does) and in workgroup memory (what browsers run), and the
+/// cooperative split for token blocks. Two shapes: 77 rows of 384 values (77 is no multiple of the
+/// decode kernel's rows per workgroup, 8 or 3 here), and 45 rows of 2,176, longer than the decode
+/// kernel's input tile of 2,048 (a second, partial tile).
 #[test]
 fn matvec_matches_the_cpu_for_every_encoding_fusion_split_and_block() {
-    let Some(mut ctx) = context() else { return };
-    let (rows, cols) = (77usize, 384usize);
-    for software in [true, false] {
-        ctx.software = software;
-        let kernels = Kernels::new(&ctx.device, software);
-        for (dtype, group) in ENCODINGS {
-            for fusion in [
-                Fusion::Plain,
-                Fusion::Norm,
-                Fusion::SwiGlu,
-                Fusion::GeGlu,
-                Fusion::Accumulate,
-                Fusion::BiasGelu,
-                Fusion::Softcap,
-            ] {
-                for n in [1usize, 11] {
-                    check_matvec(&ctx, &kernels, dtype, group, fusion, rows, cols, n);
+    let Some(ctx) = context() else { return };
+    let mut splits = vec![("row split", Kernels::new(&ctx.device, true), vec![1usize, 11])];
+    if ctx.device.features().contains(wgpu::Features::SUBGROUP) {
+        let kernels = Kernels::new(&ctx.device, false).with_subgroups(true);
+        splits.push(("decode kernel with subgroup sums, cooperative blocks", kernels, vec![1, 11]));
+    } else {
+        eprintln!("\n!!! this adapter offers no subgroups: the decode kernel's subgroup sums go untested !!!\n");
+    }
+    let fallback = Kernels::new(&ctx.device, false).with_subgroups(false);
+    splits.push(("decode kernel with workgroup-memory sums", fallback, vec![1]));
+    let three_rows = Kernels::new(&ctx.device, false).with_subgroups(false).with_decode_rows(3);
+    splits.push(("decode kernel with workgroup-memory sums, 3 rows per workgroup", three_rows, vec![1]));
+    for (split, kernels, tokens) in &splits {
+        for (rows, cols) in [(77usize, 384usize), (45, 2176)] {
+            for (dtype, group) in ENCODINGS {
+                for fusion in [
+                    Fusion::Plain,
+                    Fusion::Norm,
+                    Fusion::SwiGlu,
+                    Fusion::GeGlu,
+                    Fusion::Accumulate,
+                    Fusion::BiasGelu,
+                    Fusion::Softcap,
+                ] {
+                    for &n in tokens {
+                        check_matvec(&ctx, kernels, split, dtype, group, fusion, rows, cols, n);
+                    }
                 }
             }
         }
@@ -137,6 +152,7 @@ fn matvec_matches_the_cpu_for_every_encoding_fusion_split_and_block() {
 fn check_matvec(
     ctx: &GpuContext,
     kernels: &Kernels,
+    split: &str,
     dtype: DType,
     group: usize,
     fusion: Fusion,
@@ -216,11 +232,11 @@ fn check_matvec(
     let mut pieces = upload(ctx, &w.matrix, &[&w]);
     assert_eq!(pieces.len(), 1);
     let w = pieces.remove(0);
-    let (gx, gy) = kernels.matvec_grid(rows as u32);
+    let (gx, gy) = kernels.matvec_grid(key.block, rows as u32);
     let dims = uniform(
         &ctx.device,
         "dims",
-        &[rows as u32, cols as u32, w.group, gx, rows as u32, 0, eps.to_bits(), rows as u32, CAP.to_bits()],
+        &[rows as u32, cols as u32, w.group, rows as u32, 0, eps.to_bits(), rows as u32, CAP.to_bits()],
     );
     let step = uniform(&ctx.device, "step", &[0, n as u32]);
     let xb = storage_init(&ctx.device, "x", &x);
@@ -230,12 +246,14 @@ fn check_matvec(
     let pipeline = kernels.matvec(key);
     let mut entries = vec![
         entry(0, whole(&dims)),
-        entry(1, whole(&step)),
         entry(2, whole(&xb)),
         entry(3, whole(&y)),
         entry(7, whole(&nw)),
         entry(8, whole(&bb)),
     ];
+    if kernels.matvec_binds_step(key.block) {
+        entries.push(entry(1, whole(&step)));
+    }
     entries.extend(w.weight_entries(4));
     dispatch_once(ctx, &pipeline, &entries, (gx, gy, (n as u32).div_ceil(key.block)));
     let got: Vec<f32> = read_back(ctx, &y, 0, n * rows).unwrap();
@@ -244,9 +262,8 @@ fn check_matvec(
         let diff = (got[i] - expected[i]).abs();
         assert!(
             diff <= tolerance[i],
-            "{dtype:?}/{group} {fusion:?}, {n} tokens, software split {}: output {i} is {} on the GPU, {} on the CPU \
-             (tolerance {})",
-            ctx.software,
+            "{dtype:?}/{group} {fusion:?}, {rows}x{cols}, {n} tokens, {split}: output {i} is {} on the GPU, {} on \
+             the CPU (tolerance {})",
             got[i],
             expected[i],
             tolerance[i]
