@@ -105,6 +105,14 @@ enum Command {
         /// DIR/manifest.json is read (no shards, no tokenizer).
         #[arg(long)]
         synthetic: bool,
+        /// Start N positions in, as if N tokens came before the prompt (GPU: the positions are
+        /// skipped, not computed, so decode at a long context is measured cheaply).
+        #[arg(long, default_value_t = 0)]
+        context: usize,
+        /// Time every kernel of one decode step with GPU timestamp queries ("profile" in the JSON,
+        /// and a table on stderr).
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -263,74 +271,151 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Bench { model, engine, prompt_tokens, gen_tokens, synthetic } => {
-            bench(&model, engine, prompt_tokens, gen_tokens, synthetic)?
+        Command::Bench { model, engine, prompt_tokens, gen_tokens, synthetic, context, profile } => {
+            bench(&model, engine, BenchPlan { prompt_tokens, gen_tokens, synthetic, context, profile })?
         }
     }
     Ok(())
 }
 
-/// Runs tokens through an engine and returns the greedy next token.
-type GreedyStep = Box<dyn FnMut(&[u32]) -> hearth_core::Result<u32>>;
-
-/// Greedy decoding of a synthetic prompt; decode speed counts the tokens after the first, each timed
-/// to the moment its id is back on the CPU (the GPU's work finished). With `synthetic`, the weights
-/// are random ones of the manifest's shapes and encodings, and only the manifest is read.
-fn bench(
-    dir: &std::path::Path,
-    choice: EngineArgs,
+/// What `hearth bench` measures.
+struct BenchPlan {
     prompt_tokens: usize,
     gen_tokens: usize,
     synthetic: bool,
-) -> Result<()> {
+    /// Positions before the prompt.
+    context: usize,
+    profile: bool,
+}
+
+/// The engine a benchmark runs: the GPU's, with its counters, or a CPU engine.
+enum BenchEngine {
+    Gpu(Box<GpuEngine>),
+    Cpu(&'static str, Box<dyn hearth_core::generate::Backend>),
+}
+
+impl BenchEngine {
+    /// Run `tokens`; the greedy next token.
+    fn step(&mut self, tokens: &[u32]) -> hearth_core::Result<u32> {
+        match self {
+            BenchEngine::Gpu(engine) => engine.forward_argmax(tokens),
+            BenchEngine::Cpu(_, engine) => Ok(hearth_core::sampling::argmax(&engine.forward(tokens, false)?)),
+        }
+    }
+}
+
+/// Greedy decoding of a synthetic prompt; decode speed counts the tokens after the first, each timed
+/// to the moment its id is back on the CPU (the GPU's work finished). With `synthetic`, the weights
+/// are random ones of the manifest's shapes and encodings, and only the manifest is read. A warm-up
+/// step (one token at position 0) runs before anything is timed. On the GPU the JSON adds what a
+/// decode step records and reads (dispatches, weight and KV-cache bytes) and the bandwidth that
+/// makes at the measured speed.
+fn bench(dir: &std::path::Path, choice: EngineArgs, plan: BenchPlan) -> Result<()> {
+    let BenchPlan { prompt_tokens, gen_tokens, synthetic, context, profile } = plan;
     if prompt_tokens == 0 || gen_tokens < 2 {
         bail!("--prompt-tokens must be at least 1 and --gen-tokens at least 2");
     }
     let started = Instant::now();
     let source: Box<dyn TensorSource> =
         if synthetic { Box::new(SyntheticWeights::open(dir)?) } else { Box::new(Model::open(dir)?.package) };
-    let vocab = source.manifest().config.vocab_size as u32;
+    let manifest = source.manifest().clone();
+    let vocab = manifest.config.vocab_size as u32;
     // A fixed pseudo-random prompt of ordinary tokens (ids away from the specials at the start).
     let (first, span) = if vocab > 300 { (100, vocab - 200) } else { (0, vocab.max(1)) };
     let prompt: Vec<u32> = (0..prompt_tokens as u32).map(|i| first + (i * 7919) % span).collect();
-    let (name, f16, mut step): (String, bool, GreedyStep) = match open_gpu(choice)? {
-        Some(ctx) => {
-            let name = ctx.adapter_name.clone();
-            let mut engine = GpuEngine::new(ctx, source.as_ref(), Some(prompt_tokens + gen_tokens))?;
-            (name, engine.kv_f16(), Box::new(move |t| engine.forward_argmax(t)))
-        }
+    let positions = context + prompt_tokens + gen_tokens + usize::from(profile);
+    if positions > manifest.config.context_length {
+        bail!(
+            "--context, --prompt-tokens and --gen-tokens add up to {positions} positions; the model has {}",
+            manifest.config.context_length
+        );
+    }
+    let mut engine = match open_gpu(choice)? {
+        Some(ctx) => BenchEngine::Gpu(Box::new(GpuEngine::new(ctx, source.as_ref(), Some(positions))?)),
         None => {
-            let (name, mut engine) = open_cpu(choice, source.as_ref())?;
-            let step = move |t: &[u32]| Ok(hearth_core::sampling::argmax(&engine.forward(t, false)?));
-            (name.to_string(), false, Box::new(step))
+            let (name, engine) = open_cpu(choice, source.as_ref())?;
+            BenchEngine::Cpu(name, engine)
         }
     };
     let load_s = started.elapsed().as_secs_f64();
+    // Warm-up: pipelines and buffers touched once before the clock runs.
+    engine.step(&prompt[..1])?;
+    match &mut engine {
+        BenchEngine::Gpu(e) => {
+            e.reset();
+            e.skip_positions(context)?;
+        }
+        BenchEngine::Cpu(name, e) => {
+            if context > 0 {
+                bail!("--context needs the GPU engine (the {name} engine computes every position)");
+            }
+            e.reset();
+        }
+    }
     let t0 = Instant::now();
-    let mut id = step(&prompt)?;
+    let mut id = engine.step(&prompt)?;
     let ttft_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for _ in 1..gen_tokens {
-        id = step(&[id])?;
+        id = engine.step(&[id])?;
     }
     let decode_s = t1.elapsed().as_secs_f64();
-    let gpu = !name.starts_with("cpu");
-    println!(
-        "{}",
-        json!({
-            "backend": if gpu { "gpu" } else { name.as_str() },
-            "adapter": name,
-            "f16": f16,
-            "prompt_tokens": prompt_tokens,
-            "gen_tokens": gen_tokens,
-            "load_s": load_s,
-            "prefill_tok_s": prompt_tokens as f64 / ttft_s,
-            "decode_tok_s": (gen_tokens - 1) as f64 / decode_s,
-            "ttft_s": ttft_s,
-            "synthetic": synthetic,
-        })
-    );
+    let decode_tok_s = (gen_tokens - 1) as f64 / decode_s;
+    let mut report = json!({
+        "prompt_tokens": prompt_tokens,
+        "gen_tokens": gen_tokens,
+        "context": context + prompt_tokens,
+        "load_s": load_s,
+        "prefill_tok_s": prompt_tokens as f64 / ttft_s,
+        "decode_tok_s": decode_tok_s,
+        "ttft_s": ttft_s,
+        "synthetic": synthetic,
+    });
+    match &mut engine {
+        BenchEngine::Gpu(e) => {
+            let counts = e.last_step();
+            let bytes = counts.weight_bytes + counts.kv_bytes;
+            report["backend"] = json!("gpu");
+            report["adapter"] = json!(e.adapter_name());
+            report["f16"] = json!(e.kv_f16());
+            report["dispatches_per_token"] = json!(counts.dispatches);
+            report["weight_bytes_per_token"] = json!(counts.weight_bytes);
+            report["kv_bytes_per_token"] = json!(counts.kv_bytes);
+            report["achieved_gb_s"] = json!(bytes as f64 * decode_tok_s / 1e9);
+            if profile {
+                report["profile"] = match e.profile_step(id) {
+                    Ok(times) => {
+                        print_profile(&times);
+                        json!(times
+                            .iter()
+                            .map(|t| json!({"kernel": t.kernel, "dispatches": t.dispatches, "ms": t.ms}))
+                            .collect::<Vec<_>>())
+                    }
+                    Err(why) => json!(why.to_string()),
+                };
+            }
+        }
+        BenchEngine::Cpu(name, _) => {
+            report["backend"] = json!(name);
+            report["adapter"] = json!("cpu");
+            report["f16"] = json!(false);
+            if profile {
+                report["profile"] = json!("the CPU engines have no kernel profile");
+            }
+        }
+    }
+    println!("{report}");
     Ok(())
+}
+
+/// The profile as a table on stderr, longest first.
+fn print_profile(times: &[hearth_gpu::profile::KernelTime]) {
+    let total: f64 = times.iter().map(|t| t.ms).sum();
+    eprintln!("{:<44} {:>10} {:>10} {:>7}", "kernel", "dispatches", "ms", "share");
+    for t in times {
+        eprintln!("{:<44} {:>10} {:>10.4} {:>6.1}%", t.kernel, t.dispatches, t.ms, 100.0 * t.ms / total.max(1e-12));
+    }
+    eprintln!("{:<44} {:>10} {:>10.4}", "total", times.iter().map(|t| t.dispatches).sum::<usize>(), total);
 }
 
 /// A GPU context unless the CPU was asked for; an error if the GPU was asked for and none exists.

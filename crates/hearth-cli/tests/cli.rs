@@ -238,21 +238,24 @@ fn bench_synthetic_needs_only_the_manifest() {
         let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
         let mut keys: Vec<_> = v.as_object().unwrap().keys().map(String::as_str).collect();
         keys.sort_unstable();
-        assert_eq!(
-            keys,
-            [
-                "adapter",
-                "backend",
-                "decode_tok_s",
-                "f16",
-                "gen_tokens",
-                "load_s",
-                "prefill_tok_s",
-                "prompt_tokens",
-                "synthetic",
-                "ttft_s"
-            ]
-        );
+        let mut want = vec![
+            "adapter",
+            "backend",
+            "context",
+            "decode_tok_s",
+            "f16",
+            "gen_tokens",
+            "load_s",
+            "prefill_tok_s",
+            "prompt_tokens",
+            "synthetic",
+            "ttft_s",
+        ];
+        if backend == "gpu" {
+            want.extend(["achieved_gb_s", "dispatches_per_token", "kv_bytes_per_token", "weight_bytes_per_token"]);
+            want.sort_unstable();
+        }
+        assert_eq!(keys, want);
         assert_eq!(v["backend"], backend);
         assert_eq!(v["synthetic"], true);
         assert_eq!(v["prompt_tokens"], 4);
@@ -276,4 +279,37 @@ fn bench_synthetic_needs_only_the_manifest() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("error:") && err.contains("/nonexistent/manifest.json"), "{err}");
+}
+
+/// `hearth bench` on the GPU: decode measured 100 positions in (`--context`, skipped rather than
+/// computed), the counters of a decode step, the bandwidth they make at the measured speed, and a
+/// kernel profile whose dispatches add up to the step's (or, without timestamp queries, why not).
+#[test]
+fn bench_reports_counters_context_and_profile() {
+    if !has_gpu() {
+        return;
+    }
+    let args = ["bench", "--model", package(), "--backend", "gpu", "--kv-cache", "f16", "--prompt-tokens", "4"];
+    let out = ok(&[&args[..], &["--gen-tokens", "3", "--context", "100", "--profile"]].concat());
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!(v["context"], 104, "{v}");
+    let dispatches = v["dispatches_per_token"].as_u64().unwrap();
+    let (weights, kv) = (v["weight_bytes_per_token"].as_u64().unwrap(), v["kv_bytes_per_token"].as_u64().unwrap());
+    // The last decode step ran at position 105: 106 visible positions of 30 layers' K and V rows
+    // of 192 f16 values, read once per KV head (split kernel) or per query head (row split).
+    let per_position = 30 * 2 * 192 * 2;
+    assert!(kv == 106 * per_position || kv == 3 * 106 * per_position, "{v}");
+    assert!(weights > 90_000_000 && weights < 110_000_000, "{v}");
+    let gb_s = (weights + kv) as f64 * v["decode_tok_s"].as_f64().unwrap() / 1e9;
+    assert!((v["achieved_gb_s"].as_f64().unwrap() - gb_s).abs() <= 1e-9 * gb_s.max(1.0), "{v}");
+    match &v["profile"] {
+        serde_json::Value::Array(kernels) => {
+            let total: u64 = kernels.iter().map(|k| k["dispatches"].as_u64().unwrap()).sum();
+            assert_eq!(total, dispatches, "{v}");
+            assert!(kernels.iter().all(|k| k["ms"].as_f64().unwrap() >= 0.0 && k["kernel"].is_string()));
+        }
+        why => assert!(why.as_str().unwrap().contains("timestamp"), "{v}"),
+    }
+    let out = hearth(&["bench", "--model", package(), "--backend", "cpu", "--context", "10"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--context needs the GPU"));
 }

@@ -29,6 +29,37 @@ impl Dispatch {
     pub fn single(pipeline: wgpu::ComputePipeline, bind_group: wgpu::BindGroup, grid: Grid) -> Self {
         Dispatch { decode: (pipeline.clone(), bind_group.clone()), prefill: (pipeline, bind_group), grid }
     }
+
+    /// The pipeline a step of `n` tokens runs.
+    pub fn pipeline(&self, n: u32) -> &wgpu::ComputePipeline {
+        if n == 1 {
+            &self.decode.0
+        } else {
+            &self.prefill.0
+        }
+    }
+
+    /// Record this launch for a step of `n` tokens.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, n: u32) {
+        let (pipeline, group) = if n == 1 { &self.decode } else { &self.prefill };
+        let (gx, gy, gz) = (self.grid)(n);
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, group, &[]);
+        pass.dispatch_workgroups(gx, gy, gz);
+    }
+}
+
+/// Record `dispatches` for a step of `n` tokens in one pass and submit them (tests and tools; the
+/// engine records whole steps).
+pub fn run_dispatches(ctx: &GpuContext, dispatches: &[Dispatch], n: u32) {
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        for d in dispatches {
+            d.record(&mut pass, n);
+        }
+    }
+    ctx.queue.submit([encoder.finish()]);
 }
 
 /// A norm's weight, and its bias for LayerNorm.

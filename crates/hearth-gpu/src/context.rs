@@ -14,6 +14,12 @@ pub struct GpuContext {
     /// where the adapter offers `shader-f16`, i.e. hardware with fast half precision; f32 elsewhere.
     /// Engines built afterwards follow this field, so a caller may set it either way.
     pub kv_f16: bool,
+    /// The adapter offers subgroup operations (`subgroupAdd`), requested on the device: kernels
+    /// reduce with them; without, with a tree in workgroup memory. A caller may clear it (tests
+    /// force the fallback this way) but not set it where the device lacks the feature.
+    pub subgroups: bool,
+    /// Timestamp queries between passes were requested (`hearth bench --profile`).
+    pub timestamps: bool,
 }
 
 impl GpuContext {
@@ -33,10 +39,17 @@ impl GpuContext {
         let info = adapter.get_info();
         // Ask for everything the adapter allows: model tensors need large storage bindings.
         let limits = adapter.limits();
+        // Optional features the engine uses where they exist, and works without.
+        let offered = adapter.features();
+        let wanted = [wgpu::Features::SUBGROUP, wgpu::Features::TIMESTAMP_QUERY]
+            .into_iter()
+            .filter(|f| offered.contains(*f))
+            .fold(wgpu::Features::empty(), |a, f| a | f);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("hearth"),
                 required_limits: limits.clone(),
+                required_features: wanted,
                 ..Default::default()
             })
             .await
@@ -47,7 +60,9 @@ impl GpuContext {
             adapter_name: format!("{} ({:?})", info.name, info.backend),
             limits,
             software: is_software(&info),
-            kv_f16: adapter.features().contains(wgpu::Features::SHADER_F16),
+            kv_f16: offered.contains(wgpu::Features::SHADER_F16),
+            subgroups: wanted.contains(wgpu::Features::SUBGROUP),
+            timestamps: wanted.contains(wgpu::Features::TIMESTAMP_QUERY),
         }))
     }
 }

@@ -4,8 +4,9 @@
 //! once, every pipeline and bind group built once. A step writes two small buffers (its position and its tokens), records the
 //! prepared dispatches into one command encoder, and submits once.
 //!
-//! Per layer: [norm + QKV] → [RoPE + KV store] → [attention] → [output proj + residual] →
-//! [norm + gate/up + SwiGLU] → [down proj + residual]: six dispatches (brackets are one kernel).
+//! Per layer: [norm + QKV] → [RoPE + KV store] → [attention split] → [attention combine] →
+//! [output proj + residual] → [norm + gate/up + SwiGLU] → [down proj + residual]: seven dispatches
+//! (brackets are one kernel; software adapters run attention as one, `attention.rs`).
 //! Gemma 3 adds its QK-norm to the RoPE kernel, GeGLU for SwiGLU, and two dispatches: the norms
 //! of the attention and feed-forward outputs, each added to the residual in the same pass.
 //! LayerNorm models (BLOOM, GPT-2) run each norm as a pass of its own, put their biases into the
@@ -23,11 +24,13 @@ use hearth_core::package::TensorSource;
 use hearth_core::sampling::{Sampler, SamplingParams};
 use hearth_core::{HearthError, Result};
 
+use crate::attention::{self, AttentionBuffers, AttentionDims};
 use crate::builder::{Builder, Dispatch, Fuse, Product};
 use crate::context::GpuContext;
 use crate::kernels::{
     bind_group, entry, map_read_async, read_back_async, storage, uniform, whole, Activation, Kernels, WORKGROUP,
 };
+use crate::profile::{KernelTime, Profiler};
 use crate::sampler::GpuSampler;
 use crate::weights::{WeightBuffer, WeightUploads};
 
@@ -44,6 +47,22 @@ struct Buffers {
     logits_all: wgpu::Buffer,
     /// Where the sampled token id is copied for reading back.
     token_staging: wgpu::Buffer,
+}
+
+/// Figures of one step, for benchmarks: how many dispatches it recorded and how many bytes of
+/// weights and of the KV cache its kernels read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepCounts {
+    pub dispatches: usize,
+    pub weight_bytes: u64,
+    pub kv_bytes: u64,
+}
+
+/// How much of its cache one layer's attention reads.
+struct AttentionReads {
+    /// Positions a query sees at most (the window's, or the cache's).
+    visible: usize,
+    bytes_per_position: u64,
 }
 
 /// What runs after the layers in a chunk.
@@ -70,6 +89,13 @@ pub struct GpuEngine {
     kv_f16: bool,
     /// Bytes of every layer's K and V cache (windowed layers keep rings).
     kv_cache_bytes: u64,
+    /// Bytes of weights a decode step reads: every matrix once, one row of the embedding tables.
+    weight_bytes: u64,
+    /// What each layer's attention reads of its cache.
+    attention_reads: Vec<AttentionReads>,
+    last_step: StepCounts,
+    /// What each pipeline is called in profiles.
+    labels: HashMap<wgpu::ComputePipeline, String>,
     buffers: Buffers,
     /// The layers, in order, for any number of tokens.
     layers: Vec<Dispatch>,
@@ -142,14 +168,40 @@ impl GpuEngine {
         let kv_f16 = ctx.kv_f16;
         let device = ctx.device.clone();
         let limit = ctx.limits.max_storage_buffer_binding_size;
-        // Attention keeps one row of scores per (head, token) of a chunk: fewer tokens per chunk
-        // when a full chunk's scores would not fit one binding.
-        let scores_per_token = (c.n_heads * capacity * 4) as u64;
-        let chunk = (limit / scores_per_token.max(1)).clamp(1, MAX_CHUNK as u64) as usize;
+        let kernels = Kernels::new(&device, ctx.software);
+        let alibi_max_bias = match (&c.alibi, c.position) {
+            (Some(alibi), PositionKind::Alibi) => alibi.max_bias,
+            _ => 0.0,
+        };
+        // A windowed layer keeps a ring: its window plus room for one chunk's own keys, which are
+        // all stored before any of its queries reads (attention.wgsl). Memory stays bounded however
+        // long generation runs.
+        let attention_dims = |l: usize, chunk: usize| {
+            let window = c.layer_window(l);
+            let cache_rows = window.map_or(capacity, |w| (w + chunk - 1).min(capacity));
+            let (scale, softcap) = (c.attention_scale(), c.attn_softcap);
+            AttentionDims::new(
+                c.n_heads,
+                c.n_kv_heads,
+                c.head_dim,
+                capacity,
+                scale,
+                cache_rows,
+                window,
+                alibi_max_bias,
+                softcap,
+            )
+        };
+        // Attention's scratch (scores of the row split, records of the split kernel) grows with
+        // the chunk: fewer tokens per chunk when a full chunk's would not fit one binding.
+        let scratch_len =
+            |chunk| (0..c.n_layers).map(|l| attention::scratch_len(&kernels, &attention_dims(l, chunk), chunk)).max();
+        let chunk = (1..=MAX_CHUNK).rev().find(|&n| scratch_len(n).unwrap_or(0) as u64 * 4 <= limit).unwrap_or(1);
+        let attention_scratch = storage(&device, "attention scratch", scratch_len(chunk).unwrap_or(1));
 
         let mut b = Builder {
             ctx: &ctx,
-            kernels: Kernels::new(&device, ctx.software),
+            kernels,
             manifest: m,
             origin,
             index: m.tensors.iter().enumerate().map(|(i, e)| (e.name.as_str(), i)).collect(),
@@ -173,7 +225,6 @@ impl GpuEngine {
         let q = act("q", qd);
         let attn = act("attention out", qd);
         let ffn = act("ffn hidden", f);
-        let scores = storage(&device, "attention scores", chunk * c.n_heads * capacity);
         let last = storage(&device, "last hidden", c.hidden_size);
         let logits = storage(&device, "logits", c.vocab_size);
         let logits_all = storage(&device, "logits, every token", chunk * c.vocab_size);
@@ -216,23 +267,30 @@ impl GpuEngine {
         }
 
         let rope_store = b.kernels.rope_store(kv_f16, c.qkv_bias, c.qk_norm);
-        let alibi_max_bias = match (&c.alibi, c.position) {
-            (Some(alibi), PositionKind::Alibi) => alibi.max_bias,
-            _ => 0.0,
-        };
-        let mut attention_pipelines = HashMap::new();
         let mut kv_cache_bytes = 0u64;
+        let mut attention_reads = Vec::new();
         let ffn_activation = match c.activation {
             ModelActivation::Silu => Activation::Silu,
             ModelActivation::GeluTanh => Activation::GeluTanh,
         };
         for l in 0..c.n_layers {
             let p = |s: &str| format!("blk.{l}.{s}.weight");
-            // A windowed layer keeps a ring: its window plus room for one chunk's own keys, which
-            // are all stored before any of its queries reads (attention.wgsl). Memory stays bounded
-            // however long generation runs. Rows are f32, or f16 pairs in one word.
+            // Rows are f32, or f16 pairs in one word.
             let window = c.layer_window(l);
-            let cache_rows = window.map_or(capacity, |w| (w + chunk - 1).min(capacity));
+            let attention_dims = attention_dims(l, chunk);
+            // K and V rows of one position, read once per KV head by the split kernel and once per
+            // query head by the row split.
+            let readers = if b.kernels.attention_uses_rows(attention_dims.visible(), c.head_dim) {
+                c.n_heads / c.n_kv_heads
+            } else {
+                1
+            };
+            let row_bytes = (c.kv_dim() * if kv_f16 { 2 } else { 4 }) as u64;
+            attention_reads.push(AttentionReads {
+                visible: attention_dims.visible(),
+                bytes_per_position: 2 * row_bytes * readers as u64,
+            });
+            let cache_rows = attention_dims.cache_rows as usize;
             let cache_words = cache_rows * c.kv_dim() / if kv_f16 { 2 } else { 1 };
             kv_cache_bytes += 2 * 4 * cache_words as u64;
             let k_cache = storage(&device, "k cache", cache_words);
@@ -321,46 +379,20 @@ impl GpuEngine {
                 let words = (qkv_dim / 2).div_ceil(WORKGROUP);
                 layers.push(Dispatch::single(rope_store.clone(), group, Box::new(move |n| (words, n, 1))));
             }
-            {
-                // The split suits how many positions a query sees (a window's, or the cache's).
-                let visible = window.unwrap_or(capacity).min(capacity);
-                let attention = attention_pipelines
-                    .entry(visible)
-                    .or_insert_with(|| b.kernels.attention(kv_f16, visible, c.head_dim))
-                    .clone();
-                let scale = c.attention_scale();
-                let dims = uniform(
-                    &device,
-                    "attention dims",
-                    &[
-                        c.n_heads as u32,
-                        c.n_kv_heads as u32,
-                        c.head_dim as u32,
-                        capacity as u32,
-                        scale.to_bits(),
-                        cache_rows as u32,
-                        window.unwrap_or(0) as u32,
-                        alibi_max_bias.to_bits(),
-                        c.attn_softcap.unwrap_or(0.0).to_bits(),
-                    ],
-                );
-                let group = bind_group(
-                    &device,
-                    &attention,
-                    &[
-                        entry(0, whole(&dims)),
-                        entry(1, whole(&step)),
-                        entry(2, whole(&q)),
-                        entry(3, whole(&k_cache)),
-                        entry(4, whole(&v_cache)),
-                        entry(5, whole(&scores)),
-                        entry(6, whole(&attn)),
-                    ],
-                );
-                b.scratch.push(dims);
-                let grid = Box::new(b.kernels.attention_grid(visible, c.head_dim, c.n_heads as u32));
-                layers.push(Dispatch::single(attention, group, grid));
-            }
+            layers.extend(attention::prepare(
+                &b.kernels,
+                &device,
+                attention_dims,
+                kv_f16,
+                &AttentionBuffers {
+                    step: &step,
+                    q: &q,
+                    k_cache: &k_cache,
+                    v_cache: &v_cache,
+                    out: &attn,
+                    scratch: &attention_scratch,
+                },
+            )?);
             // The output products add into the residual stream, or (with post-norms) write `proj`,
             // whose norm a pass of its own adds.
             let residual = Fuse { accumulate: post_norms.is_none(), ..Default::default() };
@@ -442,7 +474,7 @@ impl GpuEngine {
 
         let mut scratch = b.scratch;
         scratch.extend([b.normed, b.no_norm]);
-        scratch.extend([one_token, qkv, q, attn, ffn, proj, scores, inv_freq]);
+        scratch.extend([one_token, qkv, q, attn, ffn, proj, attention_scratch, inv_freq]);
         scratch.extend([out_norm.weight].into_iter().chain(out_norm.bias));
         scratch.extend(embed_norm.into_iter().flat_map(|n| [n.weight].into_iter().chain(n.bias)));
         scratch.extend(local_inv_freq);
@@ -450,6 +482,7 @@ impl GpuEngine {
         weights.extend(positions);
         weights.extend(head.into_iter().flatten());
         let uploads = b.uploads;
+        let labels = b.kernels.labels();
         let engine = GpuEngine {
             ctx,
             config: c,
@@ -458,6 +491,10 @@ impl GpuEngine {
             chunk,
             kv_f16,
             kv_cache_bytes,
+            weight_bytes: decode_weight_bytes(m),
+            attention_reads,
+            last_step: StepCounts::default(),
+            labels,
             buffers: Buffers { step, tokens, x, last, logits, logits_all, token_staging },
             layers,
             head_last,
@@ -505,8 +542,9 @@ impl GpuEngine {
         self.position = 0;
     }
 
-    /// Record and submit one chunk of at most `self.chunk` tokens, the layers and then `head`.
-    fn run_chunk(&mut self, tokens: &[u32], head: Head) -> Result<()> {
+    /// Record and submit one chunk of at most `self.chunk` tokens, the layers and then `head`; with
+    /// a profiler, each dispatch in a timed pass of its own.
+    fn run_chunk(&mut self, tokens: &[u32], head: Head, mut profiler: Option<&mut Profiler>) -> Result<()> {
         let n = tokens.len() as u32;
         let c = &self.config;
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
@@ -519,33 +557,89 @@ impl GpuEngine {
         self.ctx.queue.write_buffer(&b.step, 0, bytemuck::cast_slice(&[self.position as u32, n]));
         self.ctx.queue.write_buffer(&b.tokens, 0, bytemuck::cast_slice(tokens));
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
-        let record = |encoder: &mut wgpu::CommandEncoder, dispatches: &[Dispatch], n: u32| {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            for d in dispatches {
-                let (pipeline, group) = if n == 1 { &d.decode } else { &d.prefill };
-                let (gx, gy, gz) = (d.grid)(n);
-                pass.set_pipeline(pipeline);
-                pass.set_bind_group(0, group, &[]);
-                pass.dispatch_workgroups(gx, gy, gz);
+        let mut dispatched = 0;
+        let labels = &self.labels;
+        let mut record = |encoder: &mut wgpu::CommandEncoder,
+                          dispatches: &[Dispatch],
+                          n: u32,
+                          profiler: &mut Option<&mut Profiler>| {
+            dispatched += dispatches.len();
+            match profiler {
+                Some(p) => {
+                    for d in dispatches {
+                        let label = labels.get(d.pipeline(n)).map_or("unlabelled", String::as_str);
+                        d.record(&mut p.pass(encoder, label), n);
+                    }
+                }
+                None => {
+                    let mut pass = encoder.begin_compute_pass(&Default::default());
+                    for d in dispatches {
+                        d.record(&mut pass, n);
+                    }
+                }
             }
         };
-        record(&mut encoder, &self.layers, n);
+        record(&mut encoder, &self.layers, n, &mut profiler);
         match head {
             Head::None => {}
-            Head::All => record(&mut encoder, &self.head_all, n),
+            Head::All => record(&mut encoder, &self.head_all, n, &mut profiler),
             Head::Last | Head::Sample => {
                 let row = (c.hidden_size * 4) as u64;
                 encoder.copy_buffer_to_buffer(&b.x, (n as u64 - 1) * row, &b.last, 0, row);
-                record(&mut encoder, &self.head_last, 1);
+                record(&mut encoder, &self.head_last, 1, &mut profiler);
                 if head == Head::Sample {
-                    self.sampler.record(&mut encoder.begin_compute_pass(&Default::default()));
+                    dispatched += 1;
+                    match profiler.as_deref_mut() {
+                        Some(p) => self.sampler.record(&mut p.pass(&mut encoder, "sample")),
+                        None => self.sampler.record(&mut encoder.begin_compute_pass(&Default::default())),
+                    }
                     encoder.copy_buffer_to_buffer(self.sampler.result(), 0, &b.token_staging, 0, 4);
                 }
             }
         }
+        if let Some(p) = profiler {
+            p.resolve(&mut encoder);
+        }
         self.ctx.queue.submit([encoder.finish()]);
-        self.position += tokens.len();
+        let end = self.position + tokens.len();
+        self.last_step = StepCounts {
+            dispatches: dispatched,
+            weight_bytes: self.weight_bytes,
+            kv_bytes: self.kv_bytes_read(end - 1),
+        };
+        self.position = end;
         Ok(())
+    }
+
+    /// Bytes of the KV cache that attention reads for a query at `position`: every layer's visible
+    /// keys and values, once per KV head (the split kernel) or once per query head (the row split).
+    pub fn kv_bytes_read(&self, position: usize) -> u64 {
+        self.attention_reads.iter().map(|r| (position + 1).min(r.visible) as u64 * r.bytes_per_position).sum()
+    }
+
+    /// What the last step recorded and read: for a decode step, the figures per token.
+    pub fn last_step(&self) -> StepCounts {
+        self.last_step
+    }
+
+    /// Move `n` positions ahead without computing them, their cache rows left as they are: decode
+    /// at a long context measured cheaply (`hearth bench --context`), since attention's work does
+    /// not depend on the values it reads. Not for generating text.
+    pub fn skip_positions(&mut self, n: usize) -> Result<()> {
+        if n > 0 {
+            self.check_room(n)?;
+            self.position += n;
+        }
+        Ok(())
+    }
+
+    /// Run one decode step of `token` (greedy) with every dispatch timed: GPU time per kernel.
+    pub async fn profile_step_async(&mut self, token: u32) -> Result<Vec<KernelTime>> {
+        let mut profiler = Profiler::new(&self.ctx)?;
+        self.check_room(1)?;
+        self.sampler.prepare(&self.ctx.queue, &SamplingParams::default(), 0.0, &[])?;
+        self.run_chunk(&[token], Head::Sample, Some(&mut profiler))?;
+        profiler.read(&self.ctx).await
     }
 
     /// Run `tokens` chunk by chunk, the last chunk followed by `head`.
@@ -553,7 +647,7 @@ impl GpuEngine {
         self.check_room(tokens.len())?;
         let chunks = tokens.len().div_ceil(self.chunk);
         for (i, chunk) in tokens.chunks(self.chunk).enumerate() {
-            self.run_chunk(chunk, if i + 1 == chunks { head } else { Head::None })?;
+            self.run_chunk(chunk, if i + 1 == chunks { head } else { Head::None }, None)?;
         }
         Ok(())
     }
@@ -606,7 +700,7 @@ impl GpuEngine {
         let vocab = self.config.vocab_size;
         let mut out = Vec::with_capacity(tokens.len() * vocab);
         for chunk in tokens.chunks(self.chunk) {
-            self.run_chunk(chunk, Head::All)?;
+            self.run_chunk(chunk, Head::All, None)?;
             out.extend(read_back_async::<f32>(&self.ctx, &self.buffers.logits_all, 0, chunk.len() * vocab).await?);
         }
         Ok(out)
@@ -634,6 +728,10 @@ impl GpuEngine {
     pub fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
         pollster::block_on(self.forward_async(tokens, all_logits))
     }
+
+    pub fn profile_step(&mut self, token: u32) -> Result<Vec<KernelTime>> {
+        pollster::block_on(self.profile_step_async(token))
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -650,4 +748,21 @@ impl Backend for GpuEngine {
     fn context_length(&self) -> usize {
         GpuEngine::context_length(self)
     }
+}
+
+/// Bytes of weights one decode step reads: every tensor once, except that the embedding tables
+/// give one row each (a tied embedding is read whole as the output head).
+fn decode_weight_bytes(m: &Manifest) -> u64 {
+    m.tensors
+        .iter()
+        .map(|e| {
+            let rows = e.shape.first().copied().unwrap_or(1).max(1) as u64;
+            let table = e.name == "token_embd.weight" || e.name == "position_embd.weight";
+            match table {
+                true if e.name == "token_embd.weight" && m.config.tied_embeddings => e.length + e.length / rows,
+                true => e.length / rows,
+                false => e.length,
+            }
+        })
+        .sum()
 }

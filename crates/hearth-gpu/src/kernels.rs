@@ -27,7 +27,7 @@ pub const WORKGROUP: u32 = 64;
 /// Largest dispatch size along one grid dimension (WebGPU's guaranteed minimum).
 pub const MAX_GRID: u32 = 65535;
 /// Most loop iterations one invocation of the row-per-invocation attention may run on software
-/// adapters (about `head_dim / 2 + 2` per visible position); longer attention gets the cooperative
+/// adapters (about `head_dim / 2 + 2` per visible position); longer attention gets the split
 /// kernel. attention.wgsl explains: lavapipe's loop limiter stops an invocation at 65,535. This
 /// keeps SmolLM2 (head_dim 64) on the row split up to 1,617 positions, Gemma 3 (256) up to 423.
 pub const ROWS_ATTENTION_MAX_ITERATIONS: usize = 55_000;
@@ -82,6 +82,9 @@ pub struct Kernels {
     attention_module: wgpu::ShaderModule,
     norm_module: wgpu::ShaderModule,
     matvec: RefCell<HashMap<MatvecKey, wgpu::ComputePipeline>>,
+    /// Every other pipeline, by its module and label: entry point and the constants set.
+    built: RefCell<HashMap<(wgpu::ShaderModule, String), wgpu::ComputePipeline>>,
+    labels: RefCell<HashMap<wgpu::ComputePipeline, String>>,
 }
 
 impl Kernels {
@@ -103,18 +106,40 @@ impl Kernels {
             attention_module: module("attention.wgsl", ATTENTION),
             norm_module: module("norm.wgsl", NORM),
             matvec: RefCell::new(HashMap::new()),
+            built: RefCell::new(HashMap::new()),
+            labels: RefCell::new(HashMap::new()),
         }
     }
 
+    /// The pipeline of `entry` with `constants`, built once (every layer shares it).
     fn pipeline(&self, module: &wgpu::ShaderModule, entry: &str, constants: &[(&str, f64)]) -> wgpu::ComputePipeline {
-        self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry),
+        // The module, the entry point and the constants identify it (matvec.wgsl's token-block
+        // modules share entry point names); the same words name it in profiles (`hearth bench
+        // --profile`).
+        let set: Vec<String> = constants.iter().filter(|(_, v)| *v != 0.0).map(|(k, v)| format!("{k}={v}")).collect();
+        let label = if set.is_empty() { entry.to_string() } else { format!("{entry} {}", set.join(" ")) };
+        let mut built = self.built.borrow_mut();
+        let key = (module.clone(), label);
+        if let Some(pipeline) = built.get(&key) {
+            return pipeline.clone();
+        }
+        let label = &key.1;
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(label),
             layout: None,
             module,
             entry_point: Some(entry),
             compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
             cache: None,
-        })
+        });
+        self.labels.borrow_mut().insert(pipeline.clone(), label.clone());
+        built.insert(key, pipeline.clone());
+        pipeline
+    }
+
+    /// What each pipeline built here is called in profiles.
+    pub fn labels(&self) -> HashMap<wgpu::ComputePipeline, String> {
+        self.labels.borrow().clone()
     }
 
     /// These kernels with the decode products' sums added up with subgroup operations (`true`: the
@@ -232,26 +257,24 @@ impl Kernels {
     }
 
     /// Whether attention over at most `visible` positions (the cache, or the window) with heads of
-    /// `head_dim` runs one invocation per (head, token) (else one workgroup).
+    /// `head_dim` runs one invocation per (head, token), the row split; else the split kernel.
     pub fn attention_uses_rows(&self, visible: usize, head_dim: usize) -> bool {
         self.software && visible * (head_dim / 2 + 2) <= ROWS_ATTENTION_MAX_ITERATIONS
     }
 
-    /// The grid of attention over `n_heads` heads as a function of the step's token count, for
-    /// the split `attention` chooses for `visible` and `head_dim`.
-    pub fn attention_grid(
-        &self,
-        visible: usize,
-        head_dim: usize,
-        n_heads: u32,
-    ) -> impl Fn(u32) -> (u32, u32, u32) + 'static {
-        let rows = self.attention_uses_rows(visible, head_dim);
-        move |n| if rows { ((n_heads * n).div_ceil(WORKGROUP), 1, 1) } else { (n_heads, n, 1) }
+    /// attention.wgsl's row split (software adapters).
+    pub fn attention_rows(&self, kv_f16: bool) -> wgpu::ComputePipeline {
+        self.pipeline(&self.attention_module, "attention_rows", &[("KV_F16", if kv_f16 { 1.0 } else { 0.0 })])
     }
 
-    pub fn attention(&self, kv_f16: bool, visible: usize, head_dim: usize) -> wgpu::ComputePipeline {
-        let entry = if self.attention_uses_rows(visible, head_dim) { "attention_rows" } else { "attention" };
-        self.pipeline(&self.attention_module, entry, &[("KV_F16", if kv_f16 { 1.0 } else { 0.0 })])
+    /// attention.wgsl's split kernel: a share of the positions for every query head of a KV head.
+    pub fn attention_split(&self, kv_f16: bool) -> wgpu::ComputePipeline {
+        self.pipeline(&self.attention_module, "attention_split", &[("KV_F16", if kv_f16 { 1.0 } else { 0.0 })])
+    }
+
+    /// attention.wgsl's combine pass: the split kernel's records merged per head.
+    pub fn attention_combine(&self) -> wgpu::ComputePipeline {
+        self.pipeline(&self.attention_module, "attention_combine", &[])
     }
 
     /// A stand-alone RMSNorm, one invocation per token (software adapters; GPUs fuse the norm).
@@ -314,6 +337,11 @@ pub fn uniform(device: &wgpu::Device, label: &str, words: &[u32]) -> wgpu::Buffe
         contents: bytemuck::cast_slice(&data),
         usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
     })
+}
+
+/// A uniform buffer holding `value`, a `#[repr(C)]` struct that mirrors its WGSL struct.
+pub fn uniform_of<T: bytemuck::Pod>(device: &wgpu::Device, label: &str, value: &T) -> wgpu::Buffer {
+    uniform(device, label, bytemuck::cast_slice(std::slice::from_ref(value)))
 }
 
 /// A zeroed f32/u32 storage buffer of `len` elements.

@@ -2,13 +2,20 @@
 //! the repository's `shaders/` folder) run through `wgpu` — natively on Vulkan / Metal / DX12 (and
 //! Mesa's lavapipe where there is no GPU), and in the browser on WebGPU.
 
+// wgpu's handles (pipelines, modules) key maps here: they hash and compare by identity, which the
+// state inside them never changes.
+#![allow(clippy::mutable_key_type)]
+
+pub mod attention;
 mod builder;
 mod context;
 mod engine;
 pub mod kernels;
+pub mod profile;
 pub mod sampler;
 pub mod weights;
 
+pub use builder::{run_dispatches, Dispatch};
 pub use context::GpuContext;
-pub use engine::{GpuEngine, PendingEngine};
+pub use engine::{GpuEngine, PendingEngine, StepCounts};
 pub use weights::{Span, StoredMatrix, WeightBuffer, WeightUploads};

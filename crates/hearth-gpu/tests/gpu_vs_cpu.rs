@@ -278,3 +278,40 @@ fn loading_shard_by_shard_in_any_order_gives_identical_weights() {
 fn unused_bytes(m: &Manifest) -> u64 {
     m.tensors.iter().map(|t| t.length - t.parts.values().map(|p| p.length).sum::<u64>()).sum()
 }
+
+/// What a decode step reports about itself (`hearth bench`'s counters), against counts from
+/// elsewhere: its dispatches against the passes a profiled step times (where the adapter has
+/// timestamp queries); its weight bytes against the package's shards (every tensor once, the tied
+/// embedding table as the output head, and one row of it as the embedding); its KV-cache bytes against the model's shape (30 layers, K and V of
+/// 3 × 64 f16 values per visible position: once per KV head in the split kernel, once per query
+/// head, 3 to a KV head, in the software row split).
+#[test]
+fn a_decode_step_counts_what_it_records_and_reads() {
+    let Some(base) = context() else { return };
+    let timestamps = base.timestamps;
+    let package = Package::open(smollm2_package()).unwrap();
+    let shard_bytes: u64 = package.manifest.shards.iter().map(|s| s.size).sum();
+    let table = package.manifest.tensors.iter().find(|e| e.name == "token_embd.weight").unwrap().length;
+    let padding = 256 * package.manifest.tensors.len() as u64;
+    for software in [true, false] {
+        let mut ctx = context().unwrap();
+        (ctx.software, ctx.kv_f16) = (software, true);
+        let mut gpu = GpuEngine::new(ctx, &package, Some(64)).unwrap();
+        let first = gpu.forward_argmax(&fixture_prompts()[0].0[..5]).unwrap();
+        let next = gpu.forward_argmax(&[first]).unwrap();
+        let counts = gpu.last_step();
+        assert!(counts.dispatches > 30, "{counts:?}");
+        if timestamps {
+            let profile = gpu.profile_step(next).unwrap();
+            assert_eq!(profile.iter().map(|k| k.dispatches).sum::<usize>(), counts.dispatches, "{profile:?}");
+        } else {
+            eprintln!("\n!!! the adapter has no timestamp queries: dispatch count not checked against a profile !!!\n");
+        }
+        // Shards hold every tensor once (gaps under 256 bytes between them); the tied table counts
+        // once as the head, plus the one row its embedding reads.
+        let most = shard_bytes + table / 49152;
+        assert!(counts.weight_bytes <= most && most - counts.weight_bytes <= padding, "{counts:?}");
+        let readers = if software { 3 } else { 1 };
+        assert_eq!(counts.kv_bytes, 30 * 6 * 2 * 192 * 2 * readers, "decode at position 5, software {software}");
+    }
+}

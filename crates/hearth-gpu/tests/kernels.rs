@@ -8,11 +8,12 @@
 use hearth_core::cpu::{apply_rope, attention_at, matmul, rms_norm, silu};
 use hearth_core::manifest::{AlibiConfig, ModelConfig, PositionKind, RopeConfig, RopeStyle, TensorEntry};
 use hearth_core::quant::{DType, Tensor};
+use hearth_gpu::attention::{self, AttentionBuffers, AttentionDims};
 use hearth_gpu::kernels::{
     dispatch_once, read_back, storage, storage_init, uniform, whole, Activation, Kernels, MatvecKey, PREFILL_BLOCK,
     WORKGROUP,
 };
-use hearth_gpu::{GpuContext, StoredMatrix, WeightBuffer, WeightUploads};
+use hearth_gpu::{run_dispatches, GpuContext, StoredMatrix, WeightBuffer, WeightUploads};
 
 use wgpu::BindGroupEntry;
 
@@ -529,14 +530,16 @@ fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
     }
 }
 
-/// attention.wgsl in both splits, with f32 and f16 caches (the CPU sees the f16-rounded values, so
-/// both compute on the same numbers), for three shapes: an awkward one (6 query heads over 2 KV
-/// heads of 40 dimensions, 7 new tokens at positions 29..36 of a 50-row cache); SmolLM2's (9 over
-/// 3 heads of 64) with a full chunk of 64 tokens at the end of the longest cache the row split
-/// serves (positions 1536..1599: lavapipe's loop limiter, see the shader); and a cache past that,
-/// where software adapters switch to the cooperative kernel. Tolerance: outputs are convex
-/// combinations of values in [-1, 1] with softmax weights, each output a few dozen roundings deep;
-/// the differences seen were below 2e-7, and 1e-6 still flags any misread value or position.
+/// attention.wgsl in both splits (the row split, which software adapters use while lavapipe's loop
+/// limiter allows, and the split kernel with its combine pass), with f32 and f16 caches (the CPU
+/// sees the f16-rounded values, so both compute on the same numbers), for an awkward shape (6
+/// query heads over 2 KV heads of 40 dimensions, 7 new tokens at positions 29..36 of a 50-row
+/// cache); SmolLM2's (9 over 3 heads of 64) with a full chunk of 64 tokens at the end of the
+/// longest cache the row split serves (positions 1536..1599); caches past that; decode from the
+/// first position to the 4,100th; and windows, ALiBi, soft caps and wide query groups. Tolerance:
+/// outputs are convex combinations of values in [-1, 1] with softmax weights, each output a few
+/// dozen roundings deep (the split kernel's online softmax adds a rescaling per tile and per
+/// split); 1e-6 still flags any misread value, position or split.
 #[test]
 fn attention_matches_the_cpu_in_both_splits_and_caches() {
     let Some(mut ctx) = context() else { return };
@@ -558,6 +561,21 @@ fn attention_matches_the_cpu_in_both_splits_and_caches() {
         ((9, 9, 16, 2000, 1990, 5), None, true, None),
         ((6, 2, 40, 50, 29, 7), Some(8), false, Some(0.5f32)),
         ((6, 2, 40, 2000, 1990, 5), None, false, Some(0.5)),
+        // Decode at positions 0, 6, 129, 1,000 and 4,099 (one to 65 tiles of the split kernel,
+        // shared among its 64 splits), heads of 64, 128 and 256.
+        ((6, 2, 40, 50, 0, 1), None, false, None),
+        ((9, 3, 64, 50, 6, 1), None, false, None),
+        ((8, 2, 128, 200, 129, 1), None, false, None),
+        ((9, 3, 64, 1001, 1000, 1), None, false, None),
+        ((9, 3, 64, 4100, 4099, 1), None, false, None),
+        ((4, 1, 256, 4100, 4099, 1), Some(512), false, None),
+        ((8, 8, 64, 4100, 4099, 1), None, true, Some(0.5)),
+        // 12 query heads per KV head: two workgroups of the split kernel per KV head (8 + 4).
+        ((12, 1, 32, 300, 250, 3), None, false, None),
+        ((24, 2, 32, 300, 0, 7), Some(5), false, None),
+        ((4, 1, 256, 1024, 576, 45), Some(512), false, None),
+        ((4, 1, 256, 1024, 576, 45), None, false, None),
+        ((4, 1, 256, 1024, 512, 64), Some(512), false, None),
     ] {
         for software in [true, false] {
             ctx.software = software;
@@ -597,39 +615,16 @@ fn check_attention(
     }
 
     let scale = 1.0 / (hd as f32).sqrt();
-    let dims = uniform(
-        &ctx.device,
-        "dims",
-        &[
-            n_heads as u32,
-            n_kv as u32,
-            hd as u32,
-            capacity as u32,
-            scale.to_bits(),
-            rows as u32,
-            window.unwrap_or(0) as u32,
-            alibi_max_bias.to_bits(),
-            softcap.unwrap_or(0.0).to_bits(),
-        ],
-    );
+    let dims = AttentionDims::new(n_heads, n_kv, hd, capacity, scale, rows, window, alibi_max_bias, softcap);
     let step = uniform(&ctx.device, "step", &[start as u32, n as u32]);
     let q_b = storage_init(&ctx.device, "q", &q);
     let k_b = storage_init(&ctx.device, "k", &cache_words(&k, f16));
     let v_b = storage_init(&ctx.device, "v", &cache_words(&v, f16));
-    let scores = storage(&ctx.device, "scores", n * n_heads * capacity);
+    let scratch = storage(&ctx.device, "scratch", attention::scratch_len(&kernels, &dims, n));
     let out = storage(&ctx.device, "out", n * qd);
-    let entries = [
-        entry(0, whole(&dims)),
-        entry(1, whole(&step)),
-        entry(2, whole(&q_b)),
-        entry(3, whole(&k_b)),
-        entry(4, whole(&v_b)),
-        entry(5, whole(&scores)),
-        entry(6, whole(&out)),
-    ];
-    let visible = window.unwrap_or(capacity).min(capacity);
-    let grid = kernels.attention_grid(visible, hd, n_heads as u32)(n as u32);
-    dispatch_once(ctx, &kernels.attention(f16, visible, hd), &entries, grid);
+    let buffers = AttentionBuffers { step: &step, q: &q_b, k_cache: &k_b, v_cache: &v_b, out: &out, scratch: &scratch };
+    let dispatches = attention::prepare(&kernels, &ctx.device, dims, f16, &buffers).unwrap();
+    run_dispatches(ctx, &dispatches, n as u32);
     let got: Vec<f32> = read_back(ctx, &out, 0, n * qd).unwrap();
     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(

@@ -1,0 +1,188 @@
+//! Attention's prepared dispatches (`shaders/attention.wgsl`): on software adapters the row split
+//! while lavapipe's loop limiter allows it, everywhere else the split ("flash-decoding") kernel and
+//! its combine pass. The uniform `AttentionDims` mirrors the shader's `Dims`.
+
+use hearth_core::{HearthError, Result};
+
+use crate::builder::Dispatch;
+use crate::kernels::{bind_group, entry, grid_2d, uniform_of, whole, Kernels, WORKGROUP};
+
+/// Workgroups the split kernel shares a query's positions among on GPUs, for one token (decode:
+/// many, to fill the GPU from a single query) and for several (prefill: the tokens give
+/// parallelism). Software adapters run workgroups a few at a time, on CPU cores: they get a few
+/// splits, enough to bound each invocation's loops.
+const SPLITS_GPU: (u32, u32) = (64, 8);
+const SPLITS_SOFTWARE: (u32, u32) = (4, 1);
+/// The widest head the split kernel's workgroup arrays hold (`HEAD_DIM_MAX` in the shader).
+pub const HEAD_DIM_MAX: usize = 256;
+
+/// The shader's `Dims`, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct AttentionDims {
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub head_dim: u32,
+    /// Scores per (head, token) row of the row split's scratch buffer: the cache's positions.
+    pub context: u32,
+    pub scale: f32,
+    pub cache_rows: u32,
+    /// Keys a query sees, its own included; 0: every earlier position.
+    pub window: u32,
+    /// ALiBi's maximum bias; 0: no ALiBi.
+    pub alibi_max_bias: f32,
+    /// Gemma 2's cap on scores; 0: none.
+    pub softcap: f32,
+    /// Set by [`prepare`] for the adapter.
+    pub splits_decode: u32,
+    pub splits_prefill: u32,
+}
+
+impl AttentionDims {
+    /// The model's facts; the splits are the adapter's, chosen by [`prepare`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        context: usize,
+        scale: f32,
+        cache_rows: usize,
+        window: Option<usize>,
+        alibi_max_bias: f32,
+        softcap: Option<f32>,
+    ) -> Self {
+        AttentionDims {
+            n_heads: n_heads as u32,
+            n_kv_heads: n_kv_heads as u32,
+            head_dim: head_dim as u32,
+            context: context as u32,
+            scale,
+            cache_rows: cache_rows as u32,
+            window: window.unwrap_or(0) as u32,
+            alibi_max_bias,
+            softcap: softcap.unwrap_or(0.0),
+            splits_decode: 0,
+            splits_prefill: 0,
+        }
+    }
+
+    /// With the split counts that suit `kernels`' adapter.
+    fn for_adapter(self, kernels: &Kernels) -> Self {
+        let (splits_decode, splits_prefill) = if kernels.software { SPLITS_SOFTWARE } else { SPLITS_GPU };
+        AttentionDims { splits_decode, splits_prefill, ..self }
+    }
+
+    /// Positions one query sees at most: the window's, or the cache's.
+    pub fn visible(&self) -> usize {
+        if self.window == 0 {
+            self.context as usize
+        } else {
+            self.window.min(self.context) as usize
+        }
+    }
+
+    /// Query heads per workgroup of the split kernel (one KV head's, at most 8 at once).
+    fn head_groups(&self) -> u32 {
+        let group = self.n_heads / self.n_kv_heads.max(1);
+        self.n_kv_heads * group.div_ceil(8)
+    }
+}
+
+/// The buffers attention reads and writes.
+pub struct AttentionBuffers<'a> {
+    pub step: &'a wgpu::Buffer,
+    pub q: &'a wgpu::Buffer,
+    pub k_cache: &'a wgpu::Buffer,
+    pub v_cache: &'a wgpu::Buffer,
+    pub out: &'a wgpu::Buffer,
+    /// Scratch of at least [`scratch_len`] values: the row split's scores or the split kernel's
+    /// per-split records. One buffer serves every layer (they run one after another).
+    pub scratch: &'a wgpu::Buffer,
+}
+
+/// Whether attention with `dims` runs the row split on this adapter.
+fn uses_rows(kernels: &Kernels, dims: &AttentionDims) -> bool {
+    kernels.attention_uses_rows(dims.visible(), dims.head_dim as usize)
+}
+
+/// f32 values of scratch that attention with `dims` needs for steps of up to `chunk` tokens.
+pub fn scratch_len(kernels: &Kernels, dims: &AttentionDims, chunk: usize) -> usize {
+    let heads = dims.n_heads as usize;
+    if uses_rows(kernels, dims) {
+        return chunk * heads * dims.context as usize;
+    }
+    let d = dims.for_adapter(kernels);
+    let record = dims.head_dim as usize + 4;
+    let records = (d.splits_decode as usize).max(chunk * d.splits_prefill as usize);
+    heads * records * record
+}
+
+/// The dispatches of one layer's attention: one for the row split, two (split, combine) otherwise.
+pub fn prepare(
+    kernels: &Kernels,
+    device: &wgpu::Device,
+    dims: AttentionDims,
+    kv_f16: bool,
+    buffers: &AttentionBuffers<'_>,
+) -> Result<Vec<Dispatch>> {
+    let hd = dims.head_dim as usize;
+    if hd % 4 != 0 || (hd > HEAD_DIM_MAX && !uses_rows(kernels, &dims)) {
+        return Err(HearthError::AdapterLimit(format!(
+            "attention heads of {hd} dimensions: the GPU engine takes multiples of 4 up to {HEAD_DIM_MAX}"
+        )));
+    }
+    let dims = dims.for_adapter(kernels);
+    let dims_buffer = uniform_of(device, "attention dims", &dims);
+    let b = buffers;
+    let n_heads = dims.n_heads;
+    if uses_rows(kernels, &dims) {
+        let pipeline = kernels.attention_rows(kv_f16);
+        let group = bind_group(
+            device,
+            &pipeline,
+            &[
+                entry(0, whole(&dims_buffer)),
+                entry(1, whole(b.step)),
+                entry(2, whole(b.q)),
+                entry(3, whole(b.k_cache)),
+                entry(4, whole(b.v_cache)),
+                entry(5, whole(b.scratch)),
+                entry(6, whole(b.out)),
+            ],
+        );
+        let grid = move |n: u32| ((n_heads * n).div_ceil(WORKGROUP), 1, 1);
+        return Ok(vec![Dispatch::single(pipeline, group, Box::new(grid))]);
+    }
+    let split = kernels.attention_split(kv_f16);
+    let split_group = bind_group(
+        device,
+        &split,
+        &[
+            entry(0, whole(&dims_buffer)),
+            entry(1, whole(b.step)),
+            entry(2, whole(b.q)),
+            entry(3, whole(b.k_cache)),
+            entry(4, whole(b.v_cache)),
+            entry(7, whole(b.scratch)),
+        ],
+    );
+    let combine = kernels.attention_combine();
+    let combine_group = bind_group(
+        device,
+        &combine,
+        &[entry(0, whole(&dims_buffer)), entry(1, whole(b.step)), entry(6, whole(b.out)), entry(7, whole(b.scratch))],
+    );
+    let head_groups = dims.head_groups();
+    let (decode, prefill) = (dims.splits_decode, dims.splits_prefill);
+    let split_grid = move |n: u32| (if n == 1 { decode } else { prefill }, head_groups, n);
+    let lanes = n_heads * dims.head_dim / 4;
+    let combine_grid = move |n: u32| {
+        let (x, y) = grid_2d((n * lanes).div_ceil(WORKGROUP));
+        (x, y, 1)
+    };
+    Ok(vec![
+        Dispatch::single(split, split_group, Box::new(split_grid)),
+        Dispatch::single(combine, combine_group, Box::new(combine_grid)),
+    ])
+}
