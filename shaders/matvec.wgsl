@@ -5,13 +5,13 @@
 // - `matvec_decode_*` (GPUs, one token): ROWS output rows per workgroup, the input staged once in
 //   workgroup memory, each lane loading a whole 16- or 32-byte chunk of weights at once, the lanes'
 //   partial sums added up once at the end (the `decode` section).
-// - `matvec_*` (GPUs, token blocks): one workgroup per (output row, block of TB tokens). The 64
-//   invocations walk the row together, invocation i reading words i, i + 64, ... so loads of the
-//   packed weights coalesce; a tree reduction in workgroup memory sums their partial dot products.
+// - `matvec_tiled_*` (GPUs, prompts): an output tile of 32 rows × 16 tokens per workgroup, each
+//   32-column step of its weights dequantized once into workgroup memory and used for all 16
+//   tokens, each lane summing 2 rows × 4 tokens in registers.
 // - `matvec_rows_*` (software adapters such as lavapipe and SwiftShader, where a workgroup barrier
-//   costs far more than a memory load): one invocation per (output row, block of TB tokens).
-// The blocked kernels decode each weight word once per block and use it for all its tokens: TB = 1
-// (software decode) reads the weights once per token, TB = 8 (prefill) once per 8 tokens.
+//   costs far more than a memory load): one invocation per (output row, block of TB tokens); each
+//   weight word is decoded once per block and used for all its tokens: TB = 1 (decode) reads the
+//   weights once per token, TB = 8 (prefill) once per 8 tokens.
 //
 // kernels.rs assembles each shader module from this file's sections (each opens with a line
 // `// ==== name`): what comes before the first section, which every module shares, then either
@@ -114,14 +114,10 @@ fn finish(row: u32, t: u32, gate: f32, up: f32, squares: f32) {
 }
 
 // ==== blocked
-// Token blocks of TB (set by the line kernels.rs puts before the shared part), weights read one
-// u32 word at a time.
+// Token blocks, weights read in u32 words: the row split (blocks of TB, set by the line kernels.rs
+// puts before the shared part) and the tiled split.
 
 @group(0) @binding(4) var<storage, read> codes: array<u32>;
-
-// Values one invocation reduces: TB dot products, TB more for GATED's up rows, TB sums of squares.
-const VALUES: u32 = 3u * TB;
-var<workgroup> partial: array<f32, WG * VALUES>;
 
 // Four input values of token `t` from column `col` (a multiple of 4: the engine requires rows of a
 // multiple of 4 values), times the norm weight when the norm is fused (the norm's other factor, r,
@@ -139,13 +135,13 @@ fn block_len(t0: u32) -> u32 {
     return min(TB, step.n_tokens - t0);
 }
 
-// Partial sums of squares of the block's inputs (NORM only).
-fn sum_squares(t0: u32, first: u32, stride: u32) -> array<f32, TB> {
+// Sums of squares of the block's inputs (NORM only).
+fn sum_squares(t0: u32) -> array<f32, TB> {
     var acc: array<f32, TB>;
     let nt = block_len(t0);
     for (var t = 0u; t < TB; t = t + 1u) {
         if (t < nt) {
-            for (var c = first; c < dims.cols / 4u; c = c + stride) {
+            for (var c = 0u; c < dims.cols / 4u; c = c + 1u) {
                 let v = x[(t0 + t) * dims.cols / 4u + c];
                 acc[t] = acc[t] + dot(v, v);
             }
@@ -154,83 +150,138 @@ fn sum_squares(t0: u32, first: u32, stride: u32) -> array<f32, TB> {
     return acc;
 }
 
-// Cooperative split: sum the workgroup's VALUES partial sums (partial[k * 64 + lid]) in one tree.
-fn reduce_partials(lid: u32) {
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            for (var k = 0u; k < VALUES; k = k + 1u) {
-                partial[k * WG + lid] = partial[k * WG + lid] + partial[k * WG + lid + stride];
-            }
-        }
-        workgroupBarrier();
-    }
-}
-
-fn store_block(lid: u32, row: u32, t0: u32, gate: array<f32, TB>, up: array<f32, TB>, squares: array<f32, TB>) {
-    for (var t = 0u; t < TB; t = t + 1u) {
-        partial[t * WG + lid] = gate[t];
-        partial[(TB + t) * WG + lid] = up[t];
-        partial[(2u * TB + t) * WG + lid] = squares[t];
-    }
-    reduce_partials(lid);
-    let nt = block_len(t0);
-    if (lid < nt) {
-        finish(row, t0 + lid, partial[lid * WG], partial[(TB + lid) * WG], partial[(2u * TB + lid) * WG]);
-    }
-}
-
-// `block_dots(row, t0, first, stride)`, in each encoding's section: row `row`'s partial dot products
-// with tokens t0.., over words first, first + stride, ... Its loops over the block run to the
-// constant TB (guarded) so the accumulators stay in registers.
-
-fn cooperative(wg: vec3<u32>, groups: vec3<u32>, lid: u32) {
-    // The row is the whole workgroup's, so leaving early keeps the barriers uniform.
-    let row = wg.y * groups.x + wg.x;
-    let t0 = wg.z * TB;
-    if (row >= dims.rows) {
-        return;
-    }
-    let gate = block_dots(row, t0, lid, WG);
-    var up: array<f32, TB>;
-    var squares: array<f32, TB>;
-    if (GATED) {
-        up = block_dots(row + dims.up_offset, t0, lid, WG);
-    }
-    if (NORM) {
-        squares = sum_squares(t0, lid, WG);
-    }
-    store_block(lid, row, t0, gate, up, squares);
-}
-
-// Row split: workgroup (x, y) covers rows ((y * groups along x + x) * 64 ..) + 64.
+// Row split (software adapters): workgroup (x, y, z) covers rows ((y * groups along x + x) * 64 ..)
+// + 64 of token block z. `block_dots(row, t0)`, in each encoding's section, gives row `row`'s dot
+// products with the tokens t0.. of the block; its loops over the block run to the constant TB
+// (guarded) so the accumulators stay in registers.
 fn rows(wg: vec3<u32>, groups: vec3<u32>, lid: u32) {
     let row = (wg.y * groups.x + wg.x) * WG + lid;
     let t0 = wg.z * TB;
     if (row >= dims.rows) {
         return;
     }
-    let gate = block_dots(row, t0, 0u, 1u);
+    let gate = block_dots(row, t0);
     var up: array<f32, TB>;
     var squares: array<f32, TB>;
     if (GATED) {
-        up = block_dots(row + dims.up_offset, t0, 0u, 1u);
+        up = block_dots(row + dims.up_offset, t0);
     }
     if (NORM) {
-        squares = sum_squares(t0, 0u, 1u);
+        squares = sum_squares(t0);
     }
     for (var t = 0u; t < block_len(t0); t = t + 1u) {
         finish(row, t0 + t, gate[t], up[t], squares[t]);
     }
 }
 
+// Tiled split (GPUs, prompts): workgroup (x, y, z) computes an output tile of TILE_ROWS rows ×
+// TILE_TOKENS tokens. Per step along the row, the workgroup dequantizes a 32 × TILE_ROWS weight tile
+// (and its up rows' with GATED) and stages the 32 × TILE_TOKENS inputs in workgroup memory, once;
+// each lane then keeps 2 rows × 4 tokens of sums in registers and takes every weight it reads for 4
+// tokens and every input for 2 rows (and their up rows). The encoding's `weights4(row, col)` gives
+// four dequantized weights.
+const TILE_ROWS: u32 = 32u;
+const TILE_TOKENS: u32 = 16u;
+const TILE_STEP: u32 = 32u;
+// Weights by [column within the step][row within the tile], inputs by [column][token].
+var<workgroup> gate_tile: array<f32, TILE_STEP * TILE_ROWS>;
+var<workgroup> up_tile: array<f32, TILE_STEP * TILE_ROWS>;
+var<workgroup> input_tile: array<f32, TILE_STEP * TILE_TOKENS>;
+// Each token's sum of squares of its inputs, in quarters (four lanes stage a token).
+var<workgroup> square_quarters: array<f32, 4u * TILE_TOKENS>;
+
+// Dequantize weights col .. col + 15 of `row` into column-major `tile` at row `r` of the tile
+// (zeros past the row's end: rows are a multiple of 4 values, not always of 32).
+fn stage_weights(row: u32, r: u32, col: u32, first: u32, is_up: bool) {
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        let c = col + 4u * j;
+        var w = vec4<f32>(0.0);
+        if (c < dims.cols) {
+            w = weights4(row, c);
+        }
+        for (var i = 0u; i < 4u; i = i + 1u) {
+            let at = (first + 4u * j + i) * TILE_ROWS + r;
+            if (is_up) {
+                up_tile[at] = w[i];
+            } else {
+                gate_tile[at] = w[i];
+            }
+        }
+    }
+}
+
+fn tiled(wg: vec3<u32>, groups: vec3<u32>, lid: u32) {
+    let first_row = (wg.y * groups.x + wg.x) * TILE_ROWS;
+    let first_token = wg.z * TILE_TOKENS;
+    // Uniform per workgroup: the barriers below stay in uniform control flow.
+    if (first_row >= dims.rows) {
+        return;
+    }
+    // Staging: lane l dequantizes 16 weights of tile row l / 2 and stages 8 inputs of token l / 4.
+    let stage_row = min(first_row + lid / 2u, dims.rows - 1u);
+    let stage_token = first_token + lid / 4u;
+    // Sums: lane l keeps rows 2 (l % 16) and 2 (l % 16) + 1, tokens 4 (l / 16) .. + 3.
+    let r0 = 2u * (lid % 16u);
+    let t0 = 4u * (lid / 16u);
+    var gate: array<vec4<f32>, 2>;
+    var up: array<vec4<f32>, 2>;
+    var squares = 0.0;
+    for (var step_col = 0u; step_col < dims.cols; step_col = step_col + TILE_STEP) {
+        let half = 16u * (lid % 2u);
+        stage_weights(stage_row, lid / 2u, step_col + half, half, false);
+        if (GATED) {
+            stage_weights(stage_row + dims.up_offset, lid / 2u, step_col + half, half, true);
+        }
+        for (var j = 0u; j < 2u; j = j + 1u) {
+            let k = 8u * (lid % 4u) + 4u * j;
+            var v = vec4<f32>(0.0);
+            if (stage_token < step.n_tokens && step_col + k < dims.cols) {
+                v = x[(stage_token * dims.cols + step_col + k) / 4u];
+                squares = squares + dot(v, v);
+                if (NORM) {
+                    v = v * norm_weight[(step_col + k) / 4u];
+                }
+            }
+            for (var i = 0u; i < 4u; i = i + 1u) {
+                input_tile[(k + i) * TILE_TOKENS + lid / 4u] = v[i];
+            }
+        }
+        workgroupBarrier();
+        for (var k = 0u; k < TILE_STEP; k = k + 1u) {
+            let at = k * TILE_TOKENS + t0;
+            let xv = vec4<f32>(input_tile[at], input_tile[at + 1u], input_tile[at + 2u], input_tile[at + 3u]);
+            gate[0] = gate[0] + gate_tile[k * TILE_ROWS + r0] * xv;
+            gate[1] = gate[1] + gate_tile[k * TILE_ROWS + r0 + 1u] * xv;
+            if (GATED) {
+                up[0] = up[0] + up_tile[k * TILE_ROWS + r0] * xv;
+                up[1] = up[1] + up_tile[k * TILE_ROWS + r0 + 1u] * xv;
+            }
+        }
+        // Every lane is done with the tiles before the next step overwrites them.
+        workgroupBarrier();
+    }
+    square_quarters[lid] = squares;
+    workgroupBarrier();
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        let t = t0 + j;
+        let sq = square_quarters[4u * t] + square_quarters[4u * t + 1u] + square_quarters[4u * t + 2u]
+            + square_quarters[4u * t + 3u];
+        for (var i = 0u; i < 2u; i = i + 1u) {
+            let row = first_row + r0 + i;
+            if (row < dims.rows && first_token + t < step.n_tokens) {
+                finish(row, first_token + t, gate[i][j], up[i][j], sq);
+            }
+        }
+    }
+}
+
 // ==== blocked q4
 // One u32 word = eight four-bit codes (value k in bits 4k..4k+3), each value q·scale + min.
-fn block_dots(row: u32, t0: u32, first: u32, stride: u32) -> array<f32, TB> {
+fn block_dots(row: u32, t0: u32) -> array<f32, TB> {
     var acc: array<f32, TB>;
     let nt = block_len(t0);
     let words = dims.cols / 8u;
-    for (var w = first; w < words; w = w + stride) {
+    for (var w = 0u; w < words; w = w + 1u) {
         let word = codes[row * words + w];
         let col = w * 8u;
         let g = (row * dims.cols + col) / dims.group;
@@ -250,10 +301,19 @@ fn block_dots(row: u32, t0: u32, first: u32, stride: u32) -> array<f32, TB> {
     return acc;
 }
 
+// Weights col .. col + 3 of `row` (col a multiple of 4): half a word.
+fn weights4(row: u32, col: u32) -> vec4<f32> {
+    let i = row * dims.cols + col;
+    let word = codes[i / 8u] >> (4u * (i % 8u));
+    let q = vec4<f32>(vec4<u32>(word, word >> 4u, word >> 8u, word >> 12u) & vec4<u32>(15u));
+    let g = i / dims.group;
+    return q * scale_at(g) + min_at(g);
+}
+
 @compute @workgroup_size(64)
-fn matvec_q4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-             @builtin(local_invocation_id) lid: vec3<u32>) {
-    cooperative(wg, groups, lid.x);
+fn matvec_tiled_q4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                   @builtin(local_invocation_id) lid: vec3<u32>) {
+    tiled(wg, groups, lid.x);
 }
 
 @compute @workgroup_size(64)
@@ -264,11 +324,11 @@ fn matvec_rows_q4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 
 // ==== blocked q8
 // One u32 word = four signed 8-bit codes, each value q·scale (a scale per 32).
-fn block_dots(row: u32, t0: u32, first: u32, stride: u32) -> array<f32, TB> {
+fn block_dots(row: u32, t0: u32) -> array<f32, TB> {
     var acc: array<f32, TB>;
     let nt = block_len(t0);
     let words = dims.cols / 4u;
-    for (var w = first; w < words; w = w + stride) {
+    for (var w = 0u; w < words; w = w + 1u) {
         let word = codes[row * words + w];
         let col = w * 4u;
         let scale = scale_at((row * dims.cols + col) / 32u);
@@ -284,10 +344,18 @@ fn block_dots(row: u32, t0: u32, first: u32, stride: u32) -> array<f32, TB> {
     return acc;
 }
 
+// Weights col .. col + 3 of `row` (col a multiple of 4): one word.
+fn weights4(row: u32, col: u32) -> vec4<f32> {
+    let i = row * dims.cols + col;
+    let word = codes[i / 4u];
+    let shifted = bitcast<vec4<i32>>(vec4<u32>(word << 24u, word << 16u, word << 8u, word));
+    return vec4<f32>(shifted >> vec4<u32>(24u)) * scale_at(i / 32u);
+}
+
 @compute @workgroup_size(64)
-fn matvec_q8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-             @builtin(local_invocation_id) lid: vec3<u32>) {
-    cooperative(wg, groups, lid.x);
+fn matvec_tiled_q8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                   @builtin(local_invocation_id) lid: vec3<u32>) {
+    tiled(wg, groups, lid.x);
 }
 
 @compute @workgroup_size(64)
@@ -298,11 +366,11 @@ fn matvec_rows_q8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 
 // ==== blocked f16
 // Two u32 words = four f16 values.
-fn block_dots(row: u32, t0: u32, first: u32, stride: u32) -> array<f32, TB> {
+fn block_dots(row: u32, t0: u32) -> array<f32, TB> {
     var acc: array<f32, TB>;
     let nt = block_len(t0);
     let quads = dims.cols / 4u;
-    for (var w = first; w < quads; w = w + stride) {
+    for (var w = 0u; w < quads; w = w + 1u) {
         let base = row * (dims.cols / 2u) + 2u * w;
         let v = vec4<f32>(unpack2x16float(codes[base]), unpack2x16float(codes[base + 1u]));
         for (var t = 0u; t < TB; t = t + 1u) {
@@ -314,10 +382,16 @@ fn block_dots(row: u32, t0: u32, first: u32, stride: u32) -> array<f32, TB> {
     return acc;
 }
 
+// Weights col .. col + 3 of `row` (col a multiple of 4): two words.
+fn weights4(row: u32, col: u32) -> vec4<f32> {
+    let w = (row * dims.cols + col) / 2u;
+    return vec4<f32>(unpack2x16float(codes[w]), unpack2x16float(codes[w + 1u]));
+}
+
 @compute @workgroup_size(64)
-fn matvec_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-              @builtin(local_invocation_id) lid: vec3<u32>) {
-    cooperative(wg, groups, lid.x);
+fn matvec_tiled_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                    @builtin(local_invocation_id) lid: vec3<u32>) {
+    tiled(wg, groups, lid.x);
 }
 
 @compute @workgroup_size(64)
@@ -328,11 +402,11 @@ fn matvec_rows_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
 
 // ==== blocked f32
 // Four u32 words = four f32 values.
-fn block_dots(row: u32, t0: u32, first: u32, stride: u32) -> array<f32, TB> {
+fn block_dots(row: u32, t0: u32) -> array<f32, TB> {
     var acc: array<f32, TB>;
     let nt = block_len(t0);
     let quads = dims.cols / 4u;
-    for (var w = first; w < quads; w = w + stride) {
+    for (var w = 0u; w < quads; w = w + 1u) {
         let base = row * dims.cols + 4u * w;
         let v = bitcast<vec4<f32>>(vec4<u32>(codes[base], codes[base + 1u], codes[base + 2u], codes[base + 3u]));
         for (var t = 0u; t < TB; t = t + 1u) {
@@ -344,10 +418,16 @@ fn block_dots(row: u32, t0: u32, first: u32, stride: u32) -> array<f32, TB> {
     return acc;
 }
 
+// Weights col .. col + 3 of `row` (col a multiple of 4): four words.
+fn weights4(row: u32, col: u32) -> vec4<f32> {
+    let w = row * dims.cols + col;
+    return bitcast<vec4<f32>>(vec4<u32>(codes[w], codes[w + 1u], codes[w + 2u], codes[w + 3u]));
+}
+
 @compute @workgroup_size(64)
-fn matvec_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-              @builtin(local_invocation_id) lid: vec3<u32>) {
-    cooperative(wg, groups, lid.x);
+fn matvec_tiled_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                    @builtin(local_invocation_id) lid: vec3<u32>) {
+    tiled(wg, groups, lid.x);
 }
 
 @compute @workgroup_size(64)

@@ -246,6 +246,7 @@ impl<'a> Builder<'a> {
             let rows = if p.fuse.gated { piece.rows / 2 } else { piece.rows };
             let (dx, dy) = self.kernels.matvec_grid(1, rows);
             let (px, py) = self.kernels.matvec_grid(PREFILL_BLOCK, rows);
+            let prefill_tokens = self.kernels.matvec_tokens(PREFILL_BLOCK);
             let dims = uniform(
                 self.device(),
                 "matvec dims",
@@ -291,7 +292,7 @@ impl<'a> Builder<'a> {
             out.push(Dispatch {
                 decode,
                 prefill,
-                grid: Box::new(move |n| if n == 1 { (dx, dy, 1) } else { (px, py, n.div_ceil(PREFILL_BLOCK)) }),
+                grid: Box::new(move |n| if n == 1 { (dx, dy, 1) } else { (px, py, n.div_ceil(prefill_tokens)) }),
             });
         }
         Ok(out)

@@ -39,6 +39,10 @@ pub const DECODE_ROWS_MAX: u32 = 8;
 /// chunk then serves 8 rows, and the workgroup's input staging and final sums are shared by 8. No
 /// GPU has measured the alternatives yet ([`Kernels::with_decode_rows`] sets another count).
 pub const DECODE_ROWS: u32 = 8;
+/// Output rows per workgroup of matvec.wgsl's tiled kernel (its `TILE_ROWS`).
+pub const TILED_ROWS: u32 = 32;
+/// Tokens per workgroup of matvec.wgsl's tiled kernel (its `TILE_TOKENS`).
+pub const TILED_TOKENS: u32 = 16;
 
 /// What a matrix product fuses in (see matvec.wgsl).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -177,8 +181,7 @@ impl Kernels {
     }
 
     /// The matrix-product pipeline for `key` (built on first use, at load): on software adapters
-    /// the row split, on GPUs the decode kernel for one token and the cooperative split for token
-    /// blocks.
+    /// the row split, on GPUs the decode kernel for one token and the tiled split for token blocks.
     pub fn matvec(&self, key: MatvecKey) -> wgpu::ComputePipeline {
         if let Some(pipeline) = self.matvec.borrow().get(&key) {
             return pipeline.clone();
@@ -202,7 +205,7 @@ impl Kernels {
             constants.push(("ROWS", f64::from(self.decode_rows)));
             (MatvecModule::Decode, format!("matvec_decode_{encoding}"))
         } else {
-            let split = if self.software { "matvec_rows" } else { "matvec" };
+            let split = if self.software { "matvec_rows" } else { "matvec_tiled" };
             (MatvecModule::Blocked(key.block), format!("{split}_{encoding}"))
         };
         let module = self
@@ -230,17 +233,26 @@ impl Kernels {
     }
 
     /// The (x, y) grid of a product of `block` tokens with `rows` output rows: a workgroup per
-    /// `decode_rows` rows (decode kernel), per row (cooperative split) or per 64 rows (row split).
-    /// The token blocks go along z.
+    /// `decode_rows` rows (decode kernel), per `TILED_ROWS` rows (tiled split) or per 64 rows (row
+    /// split). The tokens go along z, [`Kernels::matvec_tokens`] per workgroup.
     pub fn matvec_grid(&self, block: u32, rows: u32) -> (u32, u32) {
         let per_workgroup = if self.software {
             WORKGROUP
         } else if self.runs_decode_kernel(block) {
             self.decode_rows
         } else {
-            1
+            TILED_ROWS
         };
         grid_2d(rows.div_ceil(per_workgroup))
+    }
+
+    /// Tokens per workgroup of the product pipeline for `block` tokens.
+    pub fn matvec_tokens(&self, block: u32) -> u32 {
+        if self.software || block == 1 {
+            block
+        } else {
+            TILED_TOKENS
+        }
     }
 
     /// The embedding gather for a table in `dtype`; with `positions`, the learned position table

@@ -107,30 +107,36 @@ enum Fusion {
 /// The cap of `Fusion::Softcap`: small enough that products of a few units bend.
 const CAP: f32 = 2.5;
 
-/// matvec.wgsl for every encoding, fusion, kernel, and for one token (decode pipeline) and 11
-/// tokens (prefill pipeline: one full block of 8 and a partial one): software adapters' row split
-/// for both; on GPUs the decode kernel, its sums added up with subgroup operations (where the
-/// adapter offers them, as lavapipe does) and in workgroup memory (what browsers run), and the
-/// cooperative split for token blocks. Two shapes: 77 rows of 384 values (77 is no multiple of the
-/// decode kernel's rows per workgroup, 8 or 3 here), and 45 rows of 2,176, longer than the decode
-/// kernel's input tile of 2,048 (a second, partial tile).
+/// matvec.wgsl for every encoding, fusion and kernel: software adapters' row split for one token
+/// (decode pipeline) and 11 (prefill: a full block of 8 and a partial one); on GPUs the decode
+/// kernel, its sums added up with subgroup operations (where the adapter offers them, as lavapipe
+/// does) and in workgroup memory (what browsers run), and the tiled kernel for 11 and 20 tokens
+/// (one partial 16-token tile, then a full one and a partial one). Shapes: 77 rows of 384 values
+/// (77 is no multiple of the decode kernel's rows per workgroup, 8 or 3 here, nor of the tiled
+/// kernel's 32), 45 rows of 2,176, longer than the decode kernel's input tile of 2,048 (a second,
+/// partial tile), and for f16 and f32 19 rows of 100 values (no multiple of the 32 the kernels
+/// stage at a time; f16 rows of 200 bytes, so a 16-byte load would straddle two).
 #[test]
 fn matvec_matches_the_cpu_for_every_encoding_fusion_split_and_block() {
     let Some(ctx) = context() else { return };
     let mut splits = vec![("row split", Kernels::new(&ctx.device, true), vec![1usize, 11])];
     if ctx.device.features().contains(wgpu::Features::SUBGROUP) {
         let kernels = Kernels::new(&ctx.device, false).with_subgroups(true);
-        splits.push(("decode kernel with subgroup sums, cooperative blocks", kernels, vec![1, 11]));
+        splits.push(("decode kernel with subgroup sums, tiled blocks", kernels, vec![1, 11, 20]));
     } else {
         eprintln!("\n!!! this adapter offers no subgroups: the decode kernel's subgroup sums go untested !!!\n");
     }
     let fallback = Kernels::new(&ctx.device, false).with_subgroups(false);
-    splits.push(("decode kernel with workgroup-memory sums", fallback, vec![1]));
+    splits.push(("decode kernel with workgroup-memory sums, tiled blocks", fallback, vec![1, 20]));
     let three_rows = Kernels::new(&ctx.device, false).with_subgroups(false).with_decode_rows(3);
     splits.push(("decode kernel with workgroup-memory sums, 3 rows per workgroup", three_rows, vec![1]));
     for (split, kernels, tokens) in &splits {
-        for (rows, cols) in [(77usize, 384usize), (45, 2176)] {
+        for (rows, cols) in [(77usize, 384usize), (45, 2176), (19, 100)] {
             for (dtype, group) in ENCODINGS {
+                // q4 and q8 rows are whole groups; f16 and f32 rows any multiple of 4 values.
+                if matches!(dtype, DType::Q4 | DType::Q8) && cols % group != 0 {
+                    continue;
+                }
                 for fusion in [
                     Fusion::Plain,
                     Fusion::Norm,
@@ -256,7 +262,7 @@ fn check_matvec(
         entries.push(entry(1, whole(&step)));
     }
     entries.extend(w.weight_entries(4));
-    dispatch_once(ctx, &pipeline, &entries, (gx, gy, (n as u32).div_ceil(key.block)));
+    dispatch_once(ctx, &pipeline, &entries, (gx, gy, (n as u32).div_ceil(kernels.matvec_tokens(key.block))));
     let got: Vec<f32> = read_back(ctx, &y, 0, n * rows).unwrap();
 
     for i in 0..n * rows {
