@@ -20,6 +20,9 @@ impl<'a> Packed<'a> {
     /// the shape (the SIMD kernels rely on them).
     pub fn of(w: &'a Tensor) -> Option<Packed<'a>> {
         let (rows, cols) = (w.rows(), w.cols());
+        if cols == 0 {
+            return None;
+        }
         match &w.data {
             TensorData::Q4(q) => {
                 let g = q.group;
