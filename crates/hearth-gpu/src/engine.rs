@@ -168,7 +168,9 @@ impl GpuEngine {
         let kv_f16 = ctx.kv_f16;
         let device = ctx.device.clone();
         let limit = ctx.limits.max_storage_buffer_binding_size;
-        let kernels = Kernels::new(&device, ctx.software);
+        // Subgroup sums only where the device has them and the caller left them on.
+        let subgroups = ctx.subgroups && device.features().contains(wgpu::Features::SUBGROUP);
+        let kernels = Kernels::new(&device, ctx.software).with_subgroups(subgroups);
         let alibi_max_bias = match (&c.alibi, c.position) {
             (Some(alibi), PositionKind::Alibi) => alibi.max_bias,
             _ => 0.0,

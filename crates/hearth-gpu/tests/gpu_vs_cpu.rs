@@ -114,20 +114,25 @@ fn smollm2_on_the_gpu_matches_the_cpu_engine_and_llama_cpp() {
     assert!(matching >= MIN_PROMPTS_MATCHING, "only {matching} of {} continuations match", prompts.len());
 }
 
-/// The kernels hardware GPUs get (cooperative workgroups with barriers, the norm fused into the
-/// products), forced on whatever adapter runs the tests: one prompt, last-position logits and
-/// eight greedy tokens.
+/// The kernels hardware GPUs get (the multi-row decode products, the tiled prefill products, the
+/// split attention, the norm fused into the products), forced on whatever adapter runs the tests,
+/// with subgroup sums where the adapter has them and with the workgroup-memory fallback browsers
+/// run: one prompt, last-position logits and eight greedy tokens.
 #[test]
-fn smollm2_with_the_cooperative_kernels_matches_the_cpu_engine() {
-    let Some(mut ctx) = context() else { return };
-    ctx.software = false;
+fn smollm2_with_the_gpu_kernels_matches_the_cpu_engine() {
     let package = Package::open(smollm2_package()).unwrap();
-    let mut gpu = GpuEngine::new(ctx, &package, Some(128)).unwrap();
     let mut cpu = CpuEngine::from_package(&package).unwrap();
     let (prompt, expected) = &fixture_prompts()[10];
-    let worst = max_diff(&gpu.forward(prompt, false).unwrap(), &cpu.forward(prompt, false).unwrap());
-    assert!(worst < LOGIT_TOLERANCE, "logits differ by {worst}");
-    assert_eq!(gpu_greedy(&mut gpu, prompt, 8), expected[..8]);
+    let want = cpu.forward(prompt, false).unwrap();
+    for subgroups in [true, false] {
+        let Some(mut ctx) = context() else { return };
+        ctx.software = false;
+        ctx.subgroups &= subgroups;
+        let mut gpu = GpuEngine::new(ctx, &package, Some(128)).unwrap();
+        let worst = max_diff(&gpu.forward(prompt, false).unwrap(), &want);
+        assert!(worst < LOGIT_TOLERANCE, "subgroups {subgroups}: logits differ by {worst}");
+        assert_eq!(gpu_greedy(&mut gpu, prompt, 8), expected[..8], "subgroups {subgroups}");
+    }
 }
 
 /// The f16 KV cache (what adapters with `shader-f16` get by default). Keys and values rounded to f16
