@@ -3,7 +3,8 @@
 // - `attention_split` + `attention_combine` (GPUs, and software adapters past their loop limit):
 //   "flash-decoding". The positions a query sees are cut into tiles of 64, the tiles shared out
 //   among `splits` workgroups per (KV head, token); each workgroup serves every query head of its
-//   KV head (up to 8 at once), so a K or V row is read once per token, not once per query head.
+//   KV head (up to 8 at once), so a K or V row is read once per KV head (and group of 8 query
+//   heads), not once per query head.
 //   Within a workgroup, invocation i scores position i of a tile against all those heads; then the
 //   invocations work across head dimensions (and across positions where a head has fewer than 64
 //   dimensions / 4) to weigh the values. The softmax is online: a running maximum, sum and weighted
@@ -19,8 +20,9 @@
 // limiter) and carries on with wrong values, silently. `attention_rows` runs about
 // (head_dim / 2 + 2) iterations per visible position (head_dim / 4 for the scores, as many for the
 // values, two more), so the engine uses it only while that stays under 55,000 (kernels.rs:
-// ROWS_ATTENTION_MAX_ITERATIONS: 1,617 positions of head_dim 64, 423 of 256) and the split kernel,
-// whose invocations loop over a share of the tiles only, beyond.
+// ROWS_ATTENTION_MAX_ITERATIONS: 1,617 positions of head_dim 64, 423 of 256) and the split kernel
+// beyond, with enough splits that no invocation loops over more tiles than that budget allows
+// (attention.rs chooses them).
 //
 // The cache holds rows of n_kv_heads * head_dim values per layer, position p in row p % cache_rows
 // (see rope.wgsl, which stored the step's own keys and values before this runs), as f32 or, when
@@ -258,10 +260,11 @@ fn attention_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     let t = wg.z;
     let a = query_of(head0, t);
     let hd4 = dims.head_dim / 4u;
-    // The visible positions a.first ..= a.pos in tiles, shared out evenly among the splits.
+    // The visible positions a.first ..= a.pos in tiles, shared out evenly among the splits (they
+    // differ by one tile at most).
     let tiles = (a.pos - a.first + TILE) / TILE;
-    let per_split = (tiles + splits() - 1u) / splits();
-    let tile_end = min(tiles, (wg.x + 1u) * per_split);
+    let tile_begin = wg.x * tiles / splits();
+    let tile_end = (wg.x + 1u) * tiles / splits();
 
     // The queries (heads are consecutive in q), staged once for every position.
     for (var i = lid; i < n_h * hd4; i = i + 64u) {
@@ -284,7 +287,7 @@ fn attention_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     for (var g = 0u; g < HEADS; g = g + 1u) {
         m[g] = NONE;
     }
-    for (var tile = wg.x * per_split; tile < tile_end; tile = tile + 1u) {
+    for (var tile = tile_begin; tile < tile_end; tile = tile + 1u) {
         let tile_first = a.first + tile * TILE;
         // Scores of position tile_first + lid against every head.
         let p = tile_first + lid;

@@ -330,7 +330,11 @@ fn bench(dir: &std::path::Path, choice: EngineArgs, plan: BenchPlan) -> Result<(
             manifest.config.context_length
         );
     }
-    let mut engine = match open_gpu(choice)? {
+    let gpu = open_gpu(choice)?;
+    if context > 0 && gpu.is_none() {
+        bail!("--context needs the GPU engine (the CPU engines compute every position)");
+    }
+    let mut engine = match gpu {
         Some(ctx) => BenchEngine::Gpu(Box::new(GpuEngine::new(ctx, source.as_ref(), Some(positions))?)),
         None => {
             let (name, engine) = open_cpu(choice, source.as_ref())?;
@@ -345,12 +349,7 @@ fn bench(dir: &std::path::Path, choice: EngineArgs, plan: BenchPlan) -> Result<(
             e.reset();
             e.skip_positions(context)?;
         }
-        BenchEngine::Cpu(name, e) => {
-            if context > 0 {
-                bail!("--context needs the GPU engine (the {name} engine computes every position)");
-            }
-            e.reset();
-        }
+        BenchEngine::Cpu(_, e) => e.reset(),
     }
     let t0 = Instant::now();
     let mut id = engine.step(&prompt)?;

@@ -5,14 +5,18 @@
 use hearth_core::{HearthError, Result};
 
 use crate::builder::Dispatch;
-use crate::kernels::{bind_group, entry, grid_2d, uniform_of, whole, Kernels, WORKGROUP};
+use crate::kernels::{
+    bind_group, entry, grid_2d, uniform_of, whole, Kernels, ROWS_ATTENTION_MAX_ITERATIONS, WORKGROUP,
+};
 
 /// Workgroups the split kernel shares a query's positions among on GPUs, for one token (decode:
 /// many, to fill the GPU from a single query) and for several (prefill: the tokens give
 /// parallelism). Software adapters run workgroups a few at a time, on CPU cores: they get a few
-/// splits, enough to bound each invocation's loops.
+/// splits, and more where a split's tiles would run past lavapipe's loop limiter.
 const SPLITS_GPU: (u32, u32) = (64, 8);
 const SPLITS_SOFTWARE: (u32, u32) = (4, 1);
+/// Positions per tile of the split kernel (`TILE` in the shader).
+const TILE: usize = 64;
 /// The widest head the split kernel's workgroup arrays hold (`HEAD_DIM_MAX` in the shader).
 pub const HEAD_DIM_MAX: usize = 256;
 
@@ -69,8 +73,16 @@ impl AttentionDims {
 
     /// With the split counts that suit `kernels`' adapter.
     fn for_adapter(self, kernels: &Kernels) -> Self {
-        let (splits_decode, splits_prefill) = if kernels.software { SPLITS_SOFTWARE } else { SPLITS_GPU };
-        AttentionDims { splits_decode, splits_prefill, ..self }
+        let (decode, prefill) = if kernels.software { SPLITS_SOFTWARE } else { SPLITS_GPU };
+        // lavapipe's loop limiter (ROWS_ATTENTION_MAX_ITERATIONS) counts an invocation's loop
+        // iterations: per tile about 8 (heads, if the compiler keeps the loop) times the
+        // dimensions it scores and the positions it weighs, plus the reductions.
+        let hd4 = (self.head_dim as usize / 4).max(1);
+        let per_tile = 8 * (hd4 + TILE / (TILE / hd4).max(1)) + 150;
+        let most_tiles = (ROWS_ATTENTION_MAX_ITERATIONS / per_tile).max(1);
+        let needed = self.visible().div_ceil(TILE).div_ceil(most_tiles) as u32;
+        let at_least = |splits: u32| if kernels.software { splits.max(needed) } else { splits };
+        AttentionDims { splits_decode: at_least(decode), splits_prefill: at_least(prefill), ..self }
     }
 
     /// Positions one query sees at most: the window's, or the cache's.
@@ -82,7 +94,8 @@ impl AttentionDims {
         }
     }
 
-    /// Query heads per workgroup of the split kernel (one KV head's, at most 8 at once).
+    /// Workgroups per (split, token) of the split kernel: each takes one KV head's query heads, 8
+    /// at most, so a KV head with more gets several.
     fn head_groups(&self) -> u32 {
         let group = self.n_heads / self.n_kv_heads.max(1);
         self.n_kv_heads * group.div_ceil(8)

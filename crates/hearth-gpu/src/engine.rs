@@ -84,7 +84,7 @@ pub struct GpuEngine {
     /// Positions the KV cache holds.
     capacity: usize,
     position: usize,
-    /// Tokens per forward pass (`MAX_CHUNK`, or fewer when attention scores would not fit a binding).
+    /// Tokens per forward pass (`MAX_CHUNK`, or fewer when attention's scratch would not fit a binding).
     chunk: usize,
     kv_f16: bool,
     /// Bytes of every layer's K and V cache (windowed layers keep rings).
@@ -280,12 +280,13 @@ impl GpuEngine {
             // Rows are f32, or f16 pairs in one word.
             let window = c.layer_window(l);
             let attention_dims = attention_dims(l, chunk);
-            // K and V rows of one position, read once per KV head by the split kernel and once per
-            // query head by the row split.
+            // K and V rows of one position, read once per query head by the row split and once per
+            // KV head and group of 8 of its query heads by the split kernel.
+            let group = c.n_heads / c.n_kv_heads;
             let readers = if b.kernels.attention_uses_rows(attention_dims.visible(), c.head_dim) {
-                c.n_heads / c.n_kv_heads
+                group
             } else {
-                1
+                group.div_ceil(8)
             };
             let row_bytes = (c.kv_dim() * if kv_f16 { 2 } else { 4 }) as u64;
             attention_reads.push(AttentionReads {
@@ -614,7 +615,8 @@ impl GpuEngine {
     }
 
     /// Bytes of the KV cache that attention reads for a query at `position`: every layer's visible
-    /// keys and values, once per KV head (the split kernel) or once per query head (the row split).
+    /// keys and values, once per query head (the row split) or per KV head and group of 8 of its
+    /// query heads (the split kernel).
     pub fn kv_bytes_read(&self, position: usize) -> u64 {
         self.attention_reads.iter().map(|r| (position + 1).min(r.visible) as u64 * r.bytes_per_position).sum()
     }

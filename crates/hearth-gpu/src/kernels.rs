@@ -118,25 +118,25 @@ impl Kernels {
     /// The pipeline of `entry` with `constants`, built once (every layer shares it).
     fn pipeline(&self, module: &wgpu::ShaderModule, entry: &str, constants: &[(&str, f64)]) -> wgpu::ComputePipeline {
         // The module, the entry point and the constants identify it (matvec.wgsl's token-block
-        // modules share entry point names); the same words name it in profiles (`hearth bench
-        // --profile`).
+        // modules share entry point names); the entry point and the constants set name it in
+        // profiles (`hearth bench --profile`).
         let set: Vec<String> = constants.iter().filter(|(_, v)| *v != 0.0).map(|(k, v)| format!("{k}={v}")).collect();
         let label = if set.is_empty() { entry.to_string() } else { format!("{entry} {}", set.join(" ")) };
         let mut built = self.built.borrow_mut();
-        let key = (module.clone(), label);
+        // Every constant in the key: one left at a non-zero default and one set to 0 share a label.
+        let key = (module.clone(), format!("{entry} {constants:?}"));
         if let Some(pipeline) = built.get(&key) {
             return pipeline.clone();
         }
-        let label = &key.1;
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(label),
+            label: Some(&label),
             layout: None,
             module,
             entry_point: Some(entry),
             compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
             cache: None,
         });
-        self.labels.borrow_mut().insert(pipeline.clone(), label.clone());
+        self.labels.borrow_mut().insert(pipeline.clone(), label);
         built.insert(key, pipeline.clone());
         pipeline
     }

@@ -305,7 +305,12 @@ fn a_decode_step_counts_what_it_records_and_reads() {
         let first = gpu.forward_argmax(&fixture_prompts()[0].0[..5]).unwrap();
         let next = gpu.forward_argmax(&[first]).unwrap();
         let counts = gpu.last_step();
-        assert!(counts.dispatches > 30, "{counts:?}");
+        // Embedding; per layer norm + QKV, RoPE, attention, output, norm + gate/up, down (software:
+        // norms as passes of their own, attention in one dispatch; GPUs: attention split and
+        // combine); the head (after a norm pass on software adapters); the sampler.
+        let per_layer = if software { 8 } else { 7 };
+        let head = if software { 2 } else { 1 };
+        assert_eq!(counts.dispatches, 1 + 30 * per_layer + head + 1, "{counts:?}");
         if timestamps {
             let profile = gpu.profile_step(next).unwrap();
             assert_eq!(profile.iter().map(|k| k.dispatches).sum::<usize>(), counts.dispatches, "{profile:?}");

@@ -2,7 +2,7 @@
 //! tests check against llama.cpp), on random inputs of awkward sizes: rows and head sizes that are
 //! not multiples of the workgroup, token counts that are not multiples of the prefill block, a
 //! vocabulary that is not a power of two. Both work splits run wherever the tests run: the
-//! barrier-free one (software adapters) and the cooperative one (hardware GPUs), by overriding the
+//! barrier-free ones (software adapters) and the ones hardware GPUs get, by overriding the
 //! adapter's `software` flag. With no adapter at all, each test says so loudly and returns.
 
 use hearth_core::cpu::{apply_rope, attention_at, matmul, rms_norm, silu};
@@ -560,7 +560,7 @@ fn attention_matches_the_cpu_in_both_splits_and_caches() {
         ((6, 2, 40, 50, 29, 7), Some(8), false, None),
         ((9, 3, 64, 1600, 1536, 64), Some(100), false, None),
         // Gemma 3's heads of 256: past 423 visible positions the row split would hit lavapipe's
-        // loop limiter, so software adapters take the cooperative kernel here too.
+        // loop limiter, so software adapters take the split kernel here too.
         ((4, 1, 256, 600, 590, 6), None, false, None),
         ((4, 1, 256, 600, 590, 6), Some(512), false, None),
         ((6, 6, 40, 50, 29, 7), None, true, None),
@@ -582,6 +582,9 @@ fn attention_matches_the_cpu_in_both_splits_and_caches() {
         ((4, 1, 256, 1024, 576, 45), Some(512), false, None),
         ((4, 1, 256, 1024, 576, 45), None, false, None),
         ((4, 1, 256, 1024, 512, 64), Some(512), false, None),
+        // Prefill 33,000 positions in with 256-wide heads: one split of 516 tiles would run past
+        // lavapipe's loop limiter, so software adapters take more.
+        ((4, 1, 256, 33000, 32990, 3), None, false, None),
     ] {
         for software in [true, false] {
             ctx.software = software;
