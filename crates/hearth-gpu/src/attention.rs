@@ -119,6 +119,16 @@ fn uses_rows(kernels: &Kernels, dims: &AttentionDims) -> bool {
     kernels.attention_uses_rows(dims.visible(), dims.head_dim as usize)
 }
 
+/// How many times attention with `dims` reads each cached key and value row: once per query head
+/// in the row split, once per workgroup of a KV head's query heads in the split kernel.
+pub fn reads_per_row(kernels: &Kernels, dims: &AttentionDims) -> usize {
+    if uses_rows(kernels, dims) {
+        (dims.n_heads / dims.n_kv_heads.max(1)) as usize
+    } else {
+        (dims.head_groups() / dims.n_kv_heads.max(1)) as usize
+    }
+}
+
 /// f32 values of scratch that attention with `dims` needs for steps of up to `chunk` tokens.
 pub fn scratch_len(kernels: &Kernels, dims: &AttentionDims, chunk: usize) -> usize {
     let heads = dims.n_heads as usize;

@@ -280,14 +280,7 @@ impl GpuEngine {
             // Rows are f32, or f16 pairs in one word.
             let window = c.layer_window(l);
             let attention_dims = attention_dims(l, chunk);
-            // K and V rows of one position, read once per query head by the row split and once per
-            // KV head and group of 8 of its query heads by the split kernel.
-            let group = c.n_heads / c.n_kv_heads;
-            let readers = if b.kernels.attention_uses_rows(attention_dims.visible(), c.head_dim) {
-                group
-            } else {
-                group.div_ceil(8)
-            };
+            let readers = attention::reads_per_row(&b.kernels, &attention_dims);
             let row_bytes = (c.kv_dim() * if kv_f16 { 2 } else { 4 }) as u64;
             attention_reads.push(AttentionReads {
                 visible: attention_dims.visible(),
