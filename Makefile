@@ -23,6 +23,7 @@ chat: setup $(PACKAGE)/manifest.json
 ## GPU), then the npm package in headless Chromium (WebGPU on SwiftShader).
 test: setup model lint
 	cargo test --release --workspace --lib --bins --tests
+	bash scripts/test-wasm-kernels.sh
 	$(MAKE) browser-test
 
 ## browser-test: build the wasm into pkg/ and run tests/browser/ against the real package.

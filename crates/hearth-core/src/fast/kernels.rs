@@ -70,6 +70,10 @@ pub enum Simd {
     /// AVX2 with FMA and F16C (x86-64 from Haswell on).
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// wasm SIMD128, when the module is built with it (`-C target-feature=+simd128`): wasm has
+    /// no run-time detection, and a module using it does not load where it is missing.
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    Simd128,
 }
 
 impl Simd {
@@ -79,6 +83,9 @@ impl Simd {
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
             return Simd::Avx2;
         }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        return Simd::Simd128;
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
         Simd::Scalar
     }
 
@@ -96,6 +103,9 @@ impl Simd {
             // SAFETY: the CPU has the features (`detect`), and every length was checked above.
             #[cfg(target_arch = "x86_64")]
             Simd::Avx2 => unsafe { super::avx2::rows(w, first, a, out) },
+            // SAFETY: every length was checked above.
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Simd::Simd128 => unsafe { super::simd128::rows(w, first, a, out) },
         }
     }
 }

@@ -1,13 +1,16 @@
 //! The fast CPU engine: the reference forward pass (`cpu::Engine`) with `Quantized` products.
 //! Weights stay packed as stored (q4, q8); each product quantizes its input to 8 bits per block
 //! of 32 (llama.cpp's Q8 activation scheme, `acts`), multiplies in integers (`kernels`: AVX2 with
-//! runtime detection, `avx2`, or the scalar fallback) and spreads the output rows over threads.
+//! runtime detection, `avx2`; SIMD128 in a wasm module built with it, `simd128`; or the scalar
+//! fallback) and spreads the output rows over threads.
 //! Float weights (f16, f32) take the reference's product.
 
 pub mod acts;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 pub mod kernels;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd128;
 #[cfg(test)]
 mod tests;
 
