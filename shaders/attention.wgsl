@@ -10,7 +10,9 @@
 //   dimensions / 4) to weigh the values. The softmax is online: a running maximum, sum and weighted
 //   sum, rescaled as each tile raises the maximum. Each workgroup writes its (weighted sum, max,
 //   sum) per head; `attention_combine` merges a head's splits, one invocation per four output
-//   dimensions, with no barrier. Nothing scales with the context but the loop over tiles, so no
+//   dimensions, with no barrier. A decode step takes a split per tile, up to `splits_decode`; over
+//   a few tiles only (short context) a single split, which writes the output itself, and the
+//   combine pass is not recorded. Nothing scales with the context but the loop over tiles, so no
 //   scores buffer is needed and decode at long context fills the GPU with workgroups.
 // - `attention_rows` (software adapters, where barriers are dear): one invocation per (query head,
 //   token), scores in a scratch buffer (one row of `context` per head and token); three passes:
@@ -44,10 +46,13 @@ struct Dims {
     alibi_max_bias: f32,
     // Scores become softcap * tanh(score / softcap) (Gemma 2); 0: no cap.
     softcap: f32,
-    // Workgroups per (KV head group, token) of the split kernel, for one token and for several
-    // (the dispatch grid's x; attention.rs chooses them).
+    // Workgroups per (KV head group, token) of the split kernel: the most for one token (decode
+    // takes one per tile up to this many), and the count for several (the dispatch grid's x;
+    // attention.rs chooses them and computes `splits()` the same way).
     splits_decode: u32,
     splits_prefill: u32,
+    // Decode over at most this many tiles takes a single split.
+    one_split_tiles: u32,
 }
 
 struct Step {
@@ -222,8 +227,19 @@ var<workgroup> tile_weights: array<f32, 512>;
 // Per-invocation values being reduced: [head][64].
 var<workgroup> reduction: array<f32, 512>;
 
+// The split count of this step (attention.rs's `AttentionDims::splits` mirrors it: the host
+// sizes the grid and skips the combine pass with it). A decode step takes a split per tile its
+// query sees, up to splits_decode, and a single one over at most one_split_tiles tiles.
 fn splits() -> u32 {
-    return select(dims.splits_prefill, dims.splits_decode, step.n_tokens == 1u);
+    if (step.n_tokens > 1u) {
+        return dims.splits_prefill;
+    }
+    var seen = step.start + 1u;
+    if (dims.window > 0u) {
+        seen = min(seen, dims.window);
+    }
+    let tiles = (seen + TILE - 1u) / TILE;
+    return select(min(dims.splits_decode, tiles), 1u, tiles <= dims.one_split_tiles);
 }
 
 // Where the record of (token t, query head h, split s) starts in `partials`.
@@ -349,7 +365,8 @@ fn attention_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     }
 
     // Sum the position groups' value sums and write each head's record (an empty split writes
-    // max NONE and sum 0, which the combine pass weighs as nothing).
+    // max NONE and sum 0, which the combine pass weighs as nothing); a lone split has every
+    // position, so it writes the output itself and no combine pass runs.
     if (position_group < groups) {
         for (var g = 0u; g < HEADS; g = g + 1u) {
             if (g < n_h) {
@@ -367,10 +384,14 @@ fn attention_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
             for (var pg = 0u; pg < groups; pg = pg + 1u) {
                 total = total + shared_vectors[(pg * HEADS + g) * hd4 + lid];
             }
-            let r = record(t, head0 + g, wg.x);
-            partials[r + lid] = total;
-            if (lid == 0u) {
-                partials[r + hd4] = vec4<f32>(m[g], l[g], 0.0, 0.0);
+            if (splits() == 1u) {
+                out[(t * dims.n_heads + head0 + g) * hd4 + lid] = total / l[g];
+            } else {
+                let r = record(t, head0 + g, wg.x);
+                partials[r + lid] = total;
+                if (lid == 0u) {
+                    partials[r + hd4] = vec4<f32>(m[g], l[g], 0.0, 0.0);
+                }
             }
         }
     }

@@ -18,7 +18,9 @@
 // `blocked` + one encoding's `blocked q4` / `q8` / `f16` / `f32` after a generated line
 // `const TB: u32 = ...;`, or `decode` + one encoding's `decode q4` / ... (how its weights are
 // loaded: the binding's element type differs) + one of the two ways of adding up the lanes' sums
-// (`sums in workgroup memory`, `sums with subgroups`). So each entry point's module holds its own
+// (`sums in workgroup memory`, `sums with subgroups`) + what is done with the totals (`decode
+// store`: the fusions above; `decode rope`: the QKV product's RoPE and KV-cache store, with
+// rotary.wgsl in front). So each entry point's module holds its own
 // encoding's code only, and each uses only the weight bindings it needs: the pipelines' automatic
 // layouts differ only there.
 //
@@ -84,8 +86,8 @@ fn min_at(i: u32) -> f32 {
     return select(v.x, v.y, (i & 1u) == 1u);
 }
 
-// Apply the fused steps to finished sums and store token t's value of `row`.
-fn finish(row: u32, t: u32, gate: f32, up: f32, squares: f32) {
+// The fused steps applied to finished sums of `row`: its value before any residual add.
+fn fused(row: u32, gate: f32, up: f32, squares: f32) -> f32 {
     var r = 1.0;
     if (NORM) {
         // 1 / sqrt, not inverseSqrt: some drivers give inverseSqrt a fast estimate (~12 bits).
@@ -106,6 +108,12 @@ fn finish(row: u32, t: u32, gate: f32, up: f32, squares: f32) {
     if (GATED) {
         v = v * (up * r);
     }
+    return v;
+}
+
+// Apply the fused steps to finished sums and store token t's value of `row`.
+fn finish(row: u32, t: u32, gate: f32, up: f32, squares: f32) {
+    var v = fused(row, gate, up, squares);
     let i = t * dims.out_stride + dims.row_offset + row;
     if (ACCUMULATE) {
         v = v + y[i];
@@ -522,7 +530,7 @@ fn decode(wg: vec3<u32>, groups: vec3<u32>, lid: u32) {
             for (var r = 0u; r < ROWS; r = r + 1u) {
                 // Past the last row, the last workgroup redoes the last row rather than branch
                 // around the loads (those sums are never stored).
-                let row = min(first + r, dims.rows - 1u);
+                let row = decode_row(min(first + r, dims.rows - 1u));
                 sums[r] = sums[r] + chunk_dot(row, at, xc, x_sum);
                 if (GATED) {
                     sums[UP + r] = sums[UP + r] + chunk_dot(row + dims.up_offset, at, xc, x_sum);
@@ -530,10 +538,7 @@ fn decode(wg: vec3<u32>, groups: vec3<u32>, lid: u32) {
             }
         }
     }
-    let total = row_totals(lid, sums);
-    if (lid < ROWS && first + lid < dims.rows) {
-        finish(first + lid, 0u, total.x, total.y, total.z);
-    }
+    epilogue(first, lid, row_totals(lid, sums));
 }
 
 // ==== decode q4
@@ -696,4 +701,131 @@ fn row_totals(lid: u32, v: array<f32, SUMS>) -> vec3<f32> {
         }
     }
     return total;
+}
+
+// ==== decode store
+// The decode kernel's totals through the fusions into y: workgroup slot r computes row first + r.
+
+fn decode_row(slot: u32) -> u32 {
+    return slot;
+}
+
+fn epilogue(first: u32, lid: u32, total: vec3<f32>) {
+    if (lid < ROWS && first + lid < dims.rows) {
+        finish(first + lid, 0u, total.x, total.y, total.z);
+    }
+}
+
+// ==== decode rope
+// The QKV product of one token that finishes what rope.wgsl would: its rows are [q: n_heads heads |
+// k: n_kv_heads heads | v: n_kv_heads heads] of head_dim values; the queries and keys are rotated
+// for position step.start, the queries written to y (the attention's q buffer), keys and values
+// into the layer's cache row step.start % cache_rows (f32, or f16 pairs in a word with KV_F16).
+// y is never written for K and V rows, so no pass re-reads them.
+//
+// A rotated value needs its pair's partner, so a workgroup's ROWS slots hold whole pairs: with
+// pairs (2i, 2i + 1) rows in order; with "neox" pairs (i, i + n_pairs) slot w of a workgroup's
+// ROWS takes pair (ROWS / 2) * (its ROWS-block) + w % (ROWS / 2), first value for w < ROWS / 2,
+// second otherwise. Partial rotary dimensions (past 2 n_pairs) and values keep their order. The
+// engine fuses this only where that works out (kernels.rs `Kernels::fuses_rope`): ROWS a multiple
+// of 4, head_dim and 2 n_pairs multiples of ROWS, so every workgroup lies within one head and holds
+// whole pairs, and any two slots 2k, 2k + 1 hold adjacent dimensions (one f16 cache word).
+
+// rope.wgsl's Dims (both are `RopeDims` in kernels.rs).
+struct Rope {
+    n_heads: u32,
+    n_kv_heads: u32,
+    head_dim: u32,
+    n_pairs: u32,
+    neox: u32,
+    cache_rows: u32,
+    eps: f32,
+    magnitude: f32,
+}
+
+@group(0) @binding(9) var<uniform> rope: Rope;
+@group(0) @binding(10) var<storage, read> inv_freq: array<f32>;
+@group(0) @binding(11) var<storage, read_write> k_cache: array<u32>;
+@group(0) @binding(12) var<storage, read_write> v_cache: array<u32>;
+
+override KV_F16: bool = false;
+
+// Each slot's value before rotation, for its partner's lane.
+var<workgroup> unrotated: array<f32, ROWS_MAX>;
+
+// The row that workgroup slot `slot` (first + r) computes.
+fn decode_row(slot: u32) -> u32 {
+    let hd = rope.head_dim;
+    let d = slot % hd;
+    let rotated_rows = (rope.n_heads + rope.n_kv_heads) * hd;
+    if (rope.neox == 0u || slot >= rotated_rows || d >= 2u * rope.n_pairs) {
+        return slot;
+    }
+    let half = ROWS / 2u;
+    let w = d % ROWS;
+    return slot - d + (d / ROWS) * half + w % half + (w / half) * rope.n_pairs;
+}
+
+// Slot w's value (of the workgroup starting at `first`) rotated, or as it is where it does not
+// rotate.
+fn rotated_slot(first: u32, w: u32) -> f32 {
+    let row = decode_row(first + w);
+    let d = row % rope.head_dim;
+    let x = unrotated[w];
+    if (row >= (rope.n_heads + rope.n_kv_heads) * rope.head_dim || d >= 2u * rope.n_pairs) {
+        return x;
+    }
+    var pair: u32;
+    var is_first: bool;
+    var partner: f32;
+    if (rope.neox == 1u) {
+        let half = ROWS / 2u;
+        is_first = d < rope.n_pairs;
+        pair = select(d - rope.n_pairs, d, is_first);
+        partner = unrotated[select(w - half, w + half, w < half)];
+    } else {
+        is_first = d % 2u == 0u;
+        pair = d / 2u;
+        partner = unrotated[w ^ 1u];
+    }
+    let x0 = select(partner, x, is_first);
+    let x1 = select(x, partner, is_first);
+    return rotate_pair(x0, x1, f32(step.start) * inv_freq[pair], is_first) * rope.magnitude;
+}
+
+// Lanes 2k of the first ROWS store slots 2k and 2k + 1: two queries, or one f16 cache word.
+fn epilogue(first: u32, lid: u32, total: vec3<f32>) {
+    if (lid < ROWS) {
+        unrotated[lid] = fused(decode_row(first + lid), total.x, total.y, total.z);
+    }
+    workgroupBarrier();
+    if (lid >= ROWS || lid % 2u == 1u) {
+        return;
+    }
+    let a = rotated_slot(first, lid);
+    let b = rotated_slot(first, lid + 1u);
+    let row = decode_row(first + lid);
+    let q_dim = rope.n_heads * rope.head_dim;
+    let kv_dim = rope.n_kv_heads * rope.head_dim;
+    if (row < q_dim) {
+        y[row] = a;
+        y[decode_row(first + lid + 1u)] = b;
+        return;
+    }
+    let is_key = row < q_dim + kv_dim;
+    let i = (step.start % rope.cache_rows) * kv_dim + row - select(q_dim + kv_dim, q_dim, is_key);
+    if (KV_F16) {
+        let word = pack2x16float(vec2<f32>(a, b));
+        if (is_key) {
+            k_cache[i / 2u] = word;
+        } else {
+            v_cache[i / 2u] = word;
+        }
+    } else if (is_key) {
+        k_cache[i] = bitcast<u32>(a);
+        k_cache[i + 1u] = bitcast<u32>(b);
+    } else {
+        v_cache[i] = bitcast<u32>(a);
+        v_cache[i + 1u] = bitcast<u32>(b);
+    }
 }

@@ -1,5 +1,8 @@
-// After the fused QKV product: rotate queries and keys (RoPE), keep the rotated queries for
-// attention, and store keys and values into the layer's KV cache. One invocation per pair of
+// After the QKV product: rotate queries and keys (RoPE), keep the rotated queries for attention,
+// and store keys and values into the layer's KV cache. Prompts and software adapters run this
+// pass; a GPU's decode step has its QKV product do the same in its epilogue (matvec.wgsl's
+// `decode rope`) unless the model normalizes its query and key heads (QK_NORM), which needs a
+// whole head per value. rotary.wgsl (put in front of this file) rotates. One invocation per pair of
 // adjacent values (one cache word when the cache is f16) of one token; the token at row t sits at
 // position step.start + t.
 //
@@ -94,16 +97,6 @@ fn head_value(t: u32, row: u32, h: Head, d: u32) -> f32 {
     return v;
 }
 
-// The angle reduced to [-pi, pi], where WGSL promises sin and cos are accurate (2^-11 at worst;
-// outside that range it promises nothing, and positions times low-index frequencies reach
-// thousands of radians). 2*pi is split Cody-Waite style: 6.28125 has 8 significant bits, so
-// k * 6.28125 is exact for |k| < 2^16 (positions below ~400k) and only the small second product
-// rounds.
-fn reduced(angle: f32) -> f32 {
-    let k = round(angle * 0.15915494);
-    return (angle - k * 6.28125) - k * 0.0019353072;
-}
-
 // Value d of head h of token t's qkv row, rotated for position `pos`.
 fn rotated(t: u32, row: u32, h: Head, d: u32, pos: f32) -> f32 {
     var first: u32;
@@ -121,12 +114,9 @@ fn rotated(t: u32, row: u32, h: Head, d: u32, pos: f32) -> f32 {
     if (pair >= dims.n_pairs || d >= 2u * dims.n_pairs) {
         return head_value(t, row, h, d);
     }
-    let angle = reduced(pos * inv_freq[pair]);
-    let c = cos(angle);
-    let s = sin(angle);
     let x0 = head_value(t, row, h, first);
     let x1 = head_value(t, row, h, second);
-    return select(x0 * s + x1 * c, x0 * c - x1 * s, d == first) * dims.magnitude;
+    return rotate_pair(x0, x1, pos * inv_freq[pair], d == first) * dims.magnitude;
 }
 
 fn store(cache_word: u32, a: f32, b: f32, is_key: bool) {

@@ -4,7 +4,7 @@
 
 use hearth_core::{HearthError, Result};
 
-use crate::builder::Dispatch;
+use crate::builder::{Dispatch, Step};
 use crate::kernels::{
     bind_group, entry, grid_2d, uniform_of, whole, Kernels, ROWS_ATTENTION_MAX_ITERATIONS, WORKGROUP,
 };
@@ -17,6 +17,12 @@ const SPLITS_GPU: (u32, u32) = (64, 8);
 const SPLITS_SOFTWARE: (u32, u32) = (4, 1);
 /// Positions per tile of the split kernel (`TILE` in the shader).
 const TILE: usize = 64;
+/// Decode over at most this many tiles runs the split kernel as one split per head group, which
+/// writes the output itself: no combine pass. A tile costs a workgroup about two dependent rounds
+/// of memory loads (keys, then values), so four in a row cost about what one more dispatch does
+/// natively (5–10 µs) and far less than one in a browser (20–40 µs). Past them, a split per tile
+/// up to the adapter's decode splits.
+const ONE_SPLIT_TILES: u32 = 4;
 /// The widest head the split kernel's workgroup arrays hold (`HEAD_DIM_MAX` in the shader).
 pub const HEAD_DIM_MAX: usize = 256;
 
@@ -37,9 +43,12 @@ pub struct AttentionDims {
     pub alibi_max_bias: f32,
     /// Gemma 2's cap on scores; 0: none.
     pub softcap: f32,
-    /// Set by [`prepare`] for the adapter.
+    /// Set by [`prepare`] for the adapter: the most splits of a decode step (it takes one per
+    /// tile up to this many), and the splits of a prefill step.
     pub splits_decode: u32,
     pub splits_prefill: u32,
+    /// Decode over at most this many tiles takes one split ([`ONE_SPLIT_TILES`]).
+    pub one_split_tiles: u32,
 }
 
 impl AttentionDims {
@@ -68,6 +77,7 @@ impl AttentionDims {
             softcap: softcap.unwrap_or(0.0),
             splits_decode: 0,
             splits_prefill: 0,
+            one_split_tiles: ONE_SPLIT_TILES,
         }
     }
 
@@ -83,6 +93,25 @@ impl AttentionDims {
         let needed = self.visible().div_ceil(TILE).div_ceil(most_tiles) as u32;
         let at_least = |splits: u32| if kernels.software { splits.max(needed) } else { splits };
         AttentionDims { splits_decode: at_least(decode), splits_prefill: at_least(prefill), ..self }
+    }
+
+    /// Splits of the split kernel for `step` (the shader's `splits()`): a prefill step's fixed
+    /// count; for decode one per tile the query sees, up to `splits_decode`, and one alone over
+    /// at most `one_split_tiles`.
+    pub fn splits(&self, step: Step) -> u32 {
+        if step.n_tokens > 1 {
+            return self.splits_prefill;
+        }
+        let mut seen = step.start + 1;
+        if self.window > 0 {
+            seen = seen.min(self.window);
+        }
+        let tiles = seen.div_ceil(TILE as u32);
+        if tiles <= self.one_split_tiles {
+            1
+        } else {
+            self.splits_decode.min(tiles)
+        }
     }
 
     /// Positions one query sees at most: the window's, or the cache's.
@@ -141,7 +170,8 @@ pub fn scratch_len(kernels: &Kernels, dims: &AttentionDims, chunk: usize) -> usi
     heads * records * record
 }
 
-/// The dispatches of one layer's attention: one for the row split, two (split, combine) otherwise.
+/// The dispatches of one layer's attention: one for the row split, two (split, combine) otherwise,
+/// the combine pass recorded only for steps that take more than one split.
 pub fn prepare(
     kernels: &Kernels,
     device: &wgpu::Device,
@@ -174,7 +204,7 @@ pub fn prepare(
                 entry(6, whole(b.out)),
             ],
         );
-        let grid = move |n: u32| ((n_heads * n).div_ceil(WORKGROUP), 1, 1);
+        let grid = move |s: Step| Some(((n_heads * s.n_tokens).div_ceil(WORKGROUP), 1, 1));
         return Ok(vec![Dispatch::single(pipeline, group, Box::new(grid))]);
     }
     let split = kernels.attention_split(kv_f16);
@@ -187,6 +217,7 @@ pub fn prepare(
             entry(2, whole(b.q)),
             entry(3, whole(b.k_cache)),
             entry(4, whole(b.v_cache)),
+            entry(6, whole(b.out)),
             entry(7, whole(b.scratch)),
         ],
     );
@@ -197,12 +228,11 @@ pub fn prepare(
         &[entry(0, whole(&dims_buffer)), entry(1, whole(b.step)), entry(6, whole(b.out)), entry(7, whole(b.scratch))],
     );
     let head_groups = dims.head_groups();
-    let (decode, prefill) = (dims.splits_decode, dims.splits_prefill);
-    let split_grid = move |n: u32| (if n == 1 { decode } else { prefill }, head_groups, n);
+    let split_grid = move |s: Step| Some((dims.splits(s), head_groups, s.n_tokens));
     let lanes = n_heads * dims.head_dim / 4;
-    let combine_grid = move |n: u32| {
-        let (x, y) = grid_2d((n * lanes).div_ceil(WORKGROUP));
-        (x, y, 1)
+    let combine_grid = move |s: Step| {
+        let (x, y) = grid_2d((s.n_tokens * lanes).div_ceil(WORKGROUP));
+        (dims.splits(s) > 1).then_some((x, y, 1))
     };
     Ok(vec![
         Dispatch::single(split, split_group, Box::new(split_grid)),

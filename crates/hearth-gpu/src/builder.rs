@@ -14,8 +14,19 @@ use crate::kernels::{
 };
 use crate::weights::{create_vector, StoredMatrix, WeightBuffer, WeightUploads};
 
-/// How a prepared dispatch's grid scales with the step's token count.
-pub type Grid = Box<dyn Fn(u32) -> (u32, u32, u32)>;
+/// The step uniform every kernel that needs it reads (the WGSL `Step`): the first token's position
+/// and how many tokens the step runs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Step {
+    pub start: u32,
+    pub n_tokens: u32,
+}
+
+/// A prepared dispatch's grid for a step, or `None` where the step needs no such launch (the RoPE
+/// pass of a decode step whose QKV product stores the rotated keys itself; attention's combine
+/// pass when one split covers every position).
+pub type Grid = Box<dyn Fn(Step) -> Option<(u32, u32, u32)>>;
 
 /// One kernel launch, prepared at load. Matrix products have a decode pipeline (one token) and a
 /// prefill pipeline (token blocks); other kernels use the same pipeline for both.
@@ -39,27 +50,70 @@ impl Dispatch {
         }
     }
 
-    /// Record this launch for a step of `n` tokens.
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, n: u32) {
+    /// Whether `step` runs this launch.
+    pub fn runs(&self, step: Step) -> bool {
+        (self.grid)(step).is_some()
+    }
+
+    /// Record this launch for `step`, where the step runs it.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, step: Step) {
+        let n = step.n_tokens;
         let (pipeline, group) = if n == 1 { &self.decode } else { &self.prefill };
-        let (gx, gy, gz) = (self.grid)(n);
-        pass.set_pipeline(pipeline);
-        pass.set_bind_group(0, group, &[]);
-        pass.dispatch_workgroups(gx, gy, gz);
+        if let Some((gx, gy, gz)) = (self.grid)(step) {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, group, &[]);
+            pass.dispatch_workgroups(gx, gy, gz);
+        }
     }
 }
 
-/// Record `dispatches` for a step of `n` tokens in one pass and submit them (tests and tools; the
-/// engine records whole steps).
-pub fn run_dispatches(ctx: &GpuContext, dispatches: &[Dispatch], n: u32) {
+/// Record `dispatches` for `step` in one pass and submit them (tests and tools; the engine records
+/// whole steps).
+pub fn run_dispatches(ctx: &GpuContext, dispatches: &[Dispatch], step: Step) {
     let mut encoder = ctx.device.create_command_encoder(&Default::default());
     {
         let mut pass = encoder.begin_compute_pass(&Default::default());
         for d in dispatches {
-            d.record(&mut pass, n);
+            d.record(&mut pass, step);
         }
     }
     ctx.queue.submit([encoder.finish()]);
+}
+
+/// rope.wgsl's `Dims` and matvec.wgsl's `Rope`, field for field: how queries and keys rotate and
+/// where keys and values go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct RopeDims {
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub head_dim: u32,
+    /// Rotated pairs per head (the rope dim / 2; 0 without RoPE); dimensions past them pass through.
+    pub n_pairs: u32,
+    /// 0: pairs (2i, 2i + 1); 1: pairs (i, i + n_pairs) ("neox").
+    pub neox: u32,
+    pub cache_rows: u32,
+    /// RMSNorm epsilon of rope.wgsl's QK_NORM.
+    pub eps: f32,
+    /// What rotated values are multiplied by: YaRN's magnitude correction, 1 otherwise.
+    pub magnitude: f32,
+}
+
+/// Where a decode step's QKV product puts what rope.wgsl would otherwise: its epilogue rotates
+/// queries and keys, writes the queries to `q` and keys and values to the cache (matvec.wgsl's
+/// `decode rope`; prompts still write the product and run the pass).
+#[derive(Clone, Copy)]
+pub struct RopeStore<'a> {
+    /// A [`RopeDims`] uniform.
+    pub dims: &'a wgpu::Buffer,
+    pub inv_freq: &'a wgpu::Buffer,
+    pub q: &'a wgpu::Buffer,
+    pub k_cache: &'a wgpu::Buffer,
+    pub v_cache: &'a wgpu::Buffer,
+    pub kv_f16: bool,
+    /// The Q/K/V biases as a row of the product (Qwen2), added before the rotation; prompts add
+    /// them in rope.wgsl, so the product's own `Fuse::bias` stays unset.
+    pub bias: Option<&'a wgpu::Buffer>,
 }
 
 /// A norm's weight, and its bias for LayerNorm.
@@ -81,6 +135,9 @@ pub struct Fuse<'a> {
     pub cap: f32,
     pub gated: bool,
     pub accumulate: bool,
+    /// For one token on GPUs, RoPE and the KV-cache store in the product's epilogue (the matrix
+    /// must be one piece whose rows are a token's [q | k | v]: see `Kernels::fuses_rope`).
+    pub rope: Option<&'a RopeStore<'a>>,
 }
 
 /// The product `output[t] (+)= W · input[t]` of a matrix uploaded in row pieces.
@@ -233,6 +290,9 @@ impl<'a> Builder<'a> {
                 format!("matrix rows of {cols} values: the GPU engine needs a multiple of 4"),
             ));
         }
+        if p.fuse.rope.is_some() && p.pieces.len() != 1 {
+            return Err(HearthError::AdapterLimit("a QKV product in pieces cannot store its own keys".into()));
+        }
         let (input, norm) = match p.fuse.norm {
             Some(n) if self.kernels.software || n.bias.is_some() => {
                 let normed = self.normed.clone();
@@ -262,6 +322,8 @@ impl<'a> Builder<'a> {
                 ],
             );
             let bound = |block: u32| {
+                let rope = p.fuse.rope.filter(|_| block == 1);
+                let bias = rope.map_or(p.fuse.bias, |r| r.bias);
                 let key = MatvecKey {
                     dtype: piece.dtype,
                     block,
@@ -269,18 +331,28 @@ impl<'a> Builder<'a> {
                     activation: p.fuse.activation,
                     gated: p.fuse.gated,
                     accumulate: p.fuse.accumulate,
-                    bias: p.fuse.bias.is_some(),
+                    bias: bias.is_some(),
+                    rope: rope.is_some(),
+                    kv_f16: rope.is_some_and(|r| r.kv_f16),
                 };
                 let pipeline = self.kernels.matvec(key);
                 let mut entries = vec![
                     entry(0, whole(&dims)),
                     entry(2, whole(&input)),
-                    entry(3, whole(p.output)),
+                    entry(3, whole(rope.map_or(p.output, |r| r.q))),
                     entry(7, whole(norm.unwrap_or(&self.no_norm))),
-                    entry(8, whole(p.fuse.bias.unwrap_or(&self.no_norm))),
+                    entry(8, whole(bias.unwrap_or(&self.no_norm))),
                 ];
-                if self.kernels.matvec_binds_step(block) {
+                if self.kernels.matvec_binds_step(&key) {
                     entries.push(entry(1, whole(p.step)));
+                }
+                if let Some(r) = rope {
+                    entries.extend([
+                        entry(9, whole(r.dims)),
+                        entry(10, whole(r.inv_freq)),
+                        entry(11, whole(r.k_cache)),
+                        entry(12, whole(r.v_cache)),
+                    ]);
                 }
                 entries.extend(piece.weight_entries(4));
                 let group = bind_group(self.device(), &pipeline, &entries);
@@ -292,7 +364,10 @@ impl<'a> Builder<'a> {
             out.push(Dispatch {
                 decode,
                 prefill,
-                grid: Box::new(move |n| if n == 1 { (dx, dy, 1) } else { (px, py, n.div_ceil(prefill_tokens)) }),
+                grid: Box::new(move |s: Step| {
+                    let n = s.n_tokens;
+                    Some(if n == 1 { (dx, dy, 1) } else { (px, py, n.div_ceil(prefill_tokens)) })
+                }),
             });
         }
         Ok(out)
@@ -344,6 +419,6 @@ impl<'a> Builder<'a> {
         entries.extend(bias.map(|b| entry(5, whole(b))));
         let group = bind_group(self.device(), &pipeline, &entries);
         self.scratch.push(dims);
-        Dispatch::single(pipeline, group, Box::new(|n| (n.div_ceil(WORKGROUP), 1, 1)))
+        Dispatch::single(pipeline, group, Box::new(|s: Step| Some((s.n_tokens.div_ceil(WORKGROUP), 1, 1))))
     }
 }

@@ -4,10 +4,12 @@
 //! once, every pipeline and bind group built once. A step writes two small buffers (its position and its tokens), records the
 //! prepared dispatches into one command encoder, and submits once.
 //!
-//! Per layer: [norm + QKV] → [RoPE + KV store] → [attention split] → [attention combine] →
-//! [output proj + residual] → [norm + gate/up + SwiGLU] → [down proj + residual]: seven dispatches
-//! (brackets are one kernel; software adapters run attention as one, `attention.rs`).
-//! Gemma 3 adds its QK-norm to the RoPE kernel, GeGLU for SwiGLU, and two dispatches: the norms
+//! Per layer of a GPU's decode step: [norm + QKV + RoPE + KV store] → [attention split] →
+//! ([attention combine] past 4 tiles of positions) → [output proj + residual] → [norm + gate/up +
+//! SwiGLU] → [down proj + residual]: five dispatches, six at longer contexts (brackets are one
+//! kernel). Prompt chunks and software adapters run RoPE + KV store as a pass after the QKV
+//! product; software adapters run attention as one dispatch while they can (`attention.rs`).
+//! Gemma 3 keeps that pass for its QK-norm, GeGLU for SwiGLU, and adds two dispatches: the norms
 //! of the attention and feed-forward outputs, each added to the residual in the same pass.
 //! LayerNorm models (BLOOM, GPT-2) run each norm as a pass of its own, put their biases into the
 //! products, use a plain GELU MLP, and either add ALiBi biases to the attention scores (the RoPE
@@ -25,10 +27,11 @@ use hearth_core::sampling::{Sampler, SamplingParams};
 use hearth_core::{HearthError, Result};
 
 use crate::attention::{self, AttentionBuffers, AttentionDims};
-use crate::builder::{Builder, Dispatch, Fuse, Product};
+use crate::builder::{Builder, Dispatch, Fuse, Product, RopeDims, RopeStore, Step};
 use crate::context::GpuContext;
 use crate::kernels::{
-    bind_group, entry, map_read_async, read_back_async, storage, uniform, whole, Activation, Kernels, WORKGROUP,
+    bind_group, entry, map_read_async, read_back_async, storage, uniform, uniform_of, whole, Activation, Kernels,
+    WORKGROUP,
 };
 use crate::profile::{KernelTime, Profiler};
 use crate::sampler::GpuSampler;
@@ -217,8 +220,8 @@ impl GpuEngine {
             (c.hidden_size as u32, c.q_dim() as u32, c.kv_dim() as u32, c.ffn_size as u32, c.vocab_size as u32);
         let qkv_dim = qd + 2 * kvd;
         let act = |label: &str, per_token: u32| storage(&device, label, chunk * per_token as usize);
-        let step = uniform(&device, "step", &[0, 0]);
-        let one_token = uniform(&device, "one token", &[0, 1]);
+        let step = uniform_of(&device, "step", &Step { start: 0, n_tokens: 0 });
+        let one_token = uniform_of(&device, "one token", &Step { start: 0, n_tokens: 1 });
         let tokens = storage(&device, "tokens", chunk);
         let x = act("x", h);
         // An output projection before its norm (post-norm models only).
@@ -262,7 +265,8 @@ impl GpuEngine {
             entries.extend(piece.weight_entries(3));
             let group = bind_group(&device, &pipeline, &entries);
             b.scratch.push(dims);
-            layers.push(Dispatch::single(pipeline, group, Box::new(move |n| (h.div_ceil(WORKGROUP), n, 1))));
+            let grid = move |s: Step| Some((h.div_ceil(WORKGROUP), s.n_tokens, 1));
+            layers.push(Dispatch::single(pipeline, group, Box::new(grid)));
         }
         if let Some(norm) = &embed_norm {
             layers.push(b.norm_pass(&embedded, norm, &step, &x));
@@ -327,38 +331,48 @@ impl GpuEngine {
             };
             let wdown = b.split(&p("ffn_down"))?;
 
-            let fuse_norm = |n| Fuse { norm: Some(n), ..Default::default() };
+            // Without RoPE no pair rotates: the kernels only add biases and store K and V.
+            let n_pairs = rope.as_ref().map_or(0, |r| r.dim / 2);
+            let rope_dims = uniform_of(
+                &device,
+                "rope dims",
+                &RopeDims {
+                    n_heads: c.n_heads as u32,
+                    n_kv_heads: c.n_kv_heads as u32,
+                    head_dim: c.head_dim as u32,
+                    n_pairs: n_pairs as u32,
+                    neox: u32::from(rope.as_ref().is_some_and(|r| r.style == RopeStyle::Neox)),
+                    cache_rows: cache_rows as u32,
+                    eps: c.norm_eps,
+                    magnitude,
+                },
+            );
+            // On GPUs a decode step's QKV product rotates and stores its own queries, keys and
+            // values (one dispatch fewer per layer); prompts write the product and run the pass.
+            let fused_rope =
+                (b.kernels.fuses_rope(c.head_dim, n_pairs, c.qk_norm) && wqkv.len() == 1).then_some(RopeStore {
+                    dims: &rope_dims,
+                    inv_freq: layer_inv_freq,
+                    q: &q,
+                    k_cache: &k_cache,
+                    v_cache: &v_cache,
+                    kv_f16,
+                    bias: qkv_bias.as_ref(),
+                });
             layers.extend(b.product(Product {
                 pieces: &wqkv,
                 input: &x,
                 output: &qkv,
                 out_stride: qkv_dim,
                 step: &step,
-                fuse: fuse_norm(&attn_norm),
+                fuse: Fuse { norm: Some(&attn_norm), rope: fused_rope.as_ref(), ..Default::default() },
             })?);
             {
-                // Without RoPE no pair rotates: the kernel only adds biases and stores K and V.
-                let n_pairs = rope.as_ref().map_or(0, |r| (r.dim / 2) as u32);
-                let neox = u32::from(rope.as_ref().is_some_and(|r| r.style == RopeStyle::Neox));
-                let dims = uniform(
-                    &device,
-                    "rope dims",
-                    &[
-                        c.n_heads as u32,
-                        c.n_kv_heads as u32,
-                        c.head_dim as u32,
-                        n_pairs,
-                        neox,
-                        cache_rows as u32,
-                        c.norm_eps.to_bits(),
-                        magnitude.to_bits(),
-                    ],
-                );
                 let group = bind_group(
                     &device,
                     &rope_store,
                     &[
-                        entry(0, whole(&dims)),
+                        entry(0, whole(&rope_dims)),
                         entry(1, whole(&step)),
                         entry(2, whole(layer_inv_freq)),
                         entry(3, whole(&qkv)),
@@ -371,10 +385,12 @@ impl GpuEngine {
                         entry(8, whole(qk_norm.as_ref().unwrap_or(&b.no_norm))),
                     ],
                 );
-                b.scratch.push(dims);
                 let words = (qkv_dim / 2).div_ceil(WORKGROUP);
-                layers.push(Dispatch::single(rope_store.clone(), group, Box::new(move |n| (words, n, 1))));
+                let fused = fused_rope.is_some();
+                let grid = move |s: Step| (!(fused && s.n_tokens == 1)).then_some((words, s.n_tokens, 1));
+                layers.push(Dispatch::single(rope_store.clone(), group, Box::new(grid)));
             }
+            b.scratch.push(rope_dims);
             layers.extend(attention::prepare(
                 &b.kernels,
                 &device,
@@ -550,39 +566,42 @@ impl GpuEngine {
             )));
         }
         let b = &self.buffers;
-        self.ctx.queue.write_buffer(&b.step, 0, bytemuck::cast_slice(&[self.position as u32, n]));
+        let step = Step { start: self.position as u32, n_tokens: n };
+        self.ctx.queue.write_buffer(&b.step, 0, bytemuck::bytes_of(&step));
         self.ctx.queue.write_buffer(&b.tokens, 0, bytemuck::cast_slice(tokens));
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
         let mut dispatched = 0;
         let labels = &self.labels;
+        // Only the launches this step runs: the counts and profiles show what the GPU does.
         let mut record = |encoder: &mut wgpu::CommandEncoder,
                           dispatches: &[Dispatch],
-                          n: u32,
+                          step: Step,
                           profiler: &mut Option<&mut Profiler>| {
-            dispatched += dispatches.len();
+            let running = || dispatches.iter().filter(|d| d.runs(step));
+            dispatched += running().count();
             match profiler {
                 Some(p) => {
-                    for d in dispatches {
-                        let label = labels.get(d.pipeline(n)).map_or("unlabelled", String::as_str);
-                        d.record(&mut p.pass(encoder, label), n);
+                    for d in running() {
+                        let label = labels.get(d.pipeline(step.n_tokens)).map_or("unlabelled", String::as_str);
+                        d.record(&mut p.pass(encoder, label), step);
                     }
                 }
                 None => {
                     let mut pass = encoder.begin_compute_pass(&Default::default());
-                    for d in dispatches {
-                        d.record(&mut pass, n);
+                    for d in running() {
+                        d.record(&mut pass, step);
                     }
                 }
             }
         };
-        record(&mut encoder, &self.layers, n, &mut profiler);
+        record(&mut encoder, &self.layers, step, &mut profiler);
         match head {
             Head::None => {}
-            Head::All => record(&mut encoder, &self.head_all, n, &mut profiler),
+            Head::All => record(&mut encoder, &self.head_all, step, &mut profiler),
             Head::Last | Head::Sample => {
                 let row = (c.hidden_size * 4) as u64;
                 encoder.copy_buffer_to_buffer(&b.x, (n as u64 - 1) * row, &b.last, 0, row);
-                record(&mut encoder, &self.head_last, 1, &mut profiler);
+                record(&mut encoder, &self.head_last, Step { start: step.start + n - 1, n_tokens: 1 }, &mut profiler);
                 if head == Head::Sample {
                     dispatched += 1;
                     match profiler.as_deref_mut() {

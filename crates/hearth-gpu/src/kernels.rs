@@ -1,7 +1,8 @@
 //! The compute pipelines, built at load (never per token), and small helpers to bind and read back.
 //!
 //! Variants come from one source each: `matvec.wgsl`'s modules are assembled from its sections
-//! (per token-block size, per weight encoding of the decode kernel, per way of adding up sums), and
+//! (per token-block size, per weight encoding of the decode kernel, per way of adding up sums, per
+//! epilogue of the decode kernel: plain or the QKV product's RoPE and KV store), and
 //! its fusions, like the f16 KV cache of `rope.wgsl` / `attention.wgsl`, are WGSL override
 //! constants. A pipeline is identified by a [`MatvecKey`] and built once.
 
@@ -19,6 +20,9 @@ const MATVEC: &str = include_str!("../../../shaders/matvec.wgsl");
 const SECTION_MARK: &str = "// ==== ";
 const EMBED: &str = include_str!("../../../shaders/embed.wgsl");
 const ROPE: &str = include_str!("../../../shaders/rope.wgsl");
+/// RoPE's rotation, put in front of `rope.wgsl` and of `matvec.wgsl`'s decode kernel with the
+/// `decode rope` epilogue, so both rotate alike.
+const ROTARY: &str = include_str!("../../../shaders/rotary.wgsl");
 const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
 const NORM: &str = include_str!("../../../shaders/norm.wgsl");
 
@@ -39,6 +43,10 @@ pub const DECODE_ROWS_MAX: u32 = 8;
 /// chunk then serves 8 rows, and the workgroup's input staging and final sums are shared by 8. No
 /// GPU has measured the alternatives yet ([`Kernels::with_decode_rows`] sets another count).
 pub const DECODE_ROWS: u32 = 8;
+/// Storage buffers the decode kernel with the `decode rope` epilogue binds at most (q4 weights: the
+/// input, q, codes, scales, mins, norm weight, bias, frequencies, K and V caches): more than
+/// WebGPU's guaranteed 8, so it runs only where the adapter allows this many.
+pub const ROPE_EPILOGUE_STORAGE_BUFFERS: u32 = 10;
 /// Output rows per workgroup of matvec.wgsl's tiled kernel (its `TILE_ROWS`).
 pub const TILED_ROWS: u32 = 32;
 /// Tokens per workgroup of matvec.wgsl's tiled kernel (its `TILE_TOKENS`).
@@ -69,6 +77,11 @@ pub struct MatvecKey {
     pub accumulate: bool,
     /// Add a bias per output row before the activation.
     pub bias: bool,
+    /// The decode kernel's QKV epilogue: RoPE, queries to the output, keys and values to the
+    /// cache (matvec.wgsl's `decode rope`; see [`Kernels::fuses_rope`]).
+    pub rope: bool,
+    /// With `rope`: the cache holds f16 pairs.
+    pub kv_f16: bool,
 }
 
 pub struct Kernels {
@@ -106,7 +119,7 @@ impl Kernels {
             decode_rows: DECODE_ROWS,
             matvec_modules: RefCell::new(HashMap::new()),
             embed_module: module("embed.wgsl", EMBED),
-            rope_module: module("rope.wgsl", ROPE),
+            rope_module: module("rope.wgsl", &[ROTARY, ROPE].concat()),
             attention_module: module("attention.wgsl", ATTENTION),
             norm_module: module("norm.wgsl", NORM),
             matvec: RefCell::new(HashMap::new()),
@@ -174,10 +187,26 @@ impl Kernels {
         !self.software && block == 1
     }
 
-    /// Whether the product pipeline for `block` tokens binds the step uniform (binding 1): the
-    /// blocked kernels read the step's token count, the decode kernel has one token.
-    pub fn matvec_binds_step(&self, block: u32) -> bool {
-        !self.runs_decode_kernel(block)
+    /// Whether the product pipeline for `key` binds the step uniform (binding 1): the blocked
+    /// kernels read the step's token count, the decode kernel has one token, and with its RoPE
+    /// epilogue reads that token's position.
+    pub fn matvec_binds_step(&self, key: &MatvecKey) -> bool {
+        !self.runs_decode_kernel(key.block) || key.rope
+    }
+
+    /// Whether a decode step's QKV product can rotate and store its own queries, keys and values
+    /// (matvec.wgsl's `decode rope`) for heads of `head_dim` with `n_pairs` rotated pairs: on GPUs
+    /// whose decode workgroups hold whole pairs within one head (rows per workgroup a multiple of
+    /// 4 dividing `head_dim` and `2 n_pairs`) where the adapter allows the bindings it takes. QK
+    /// norms need a whole head per value and keep rope.wgsl's pass.
+    pub fn fuses_rope(&self, head_dim: usize, n_pairs: usize, qk_norm: bool) -> bool {
+        let rows = self.decode_rows as usize;
+        !self.software
+            && !qk_norm
+            && rows % 4 == 0
+            && head_dim % rows == 0
+            && (2 * n_pairs) % rows == 0
+            && self.device.limits().max_storage_buffers_per_shader_stage >= ROPE_EPILOGUE_STORAGE_BUFFERS
     }
 
     /// The matrix-product pipeline for `key` (built on first use, at load): on software adapters
@@ -192,6 +221,7 @@ impl Kernels {
             Activation::GeluTanh => 2.0,
             Activation::Softcap => 3.0,
         };
+        assert!(!key.rope || self.runs_decode_kernel(key.block), "RoPE is fused into the GPU decode kernel only");
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
         let mut constants = vec![
             ("NORM", flag(key.norm)),
@@ -203,7 +233,10 @@ impl Kernels {
         let encoding = key.dtype.name();
         let (kernel, entry) = if self.runs_decode_kernel(key.block) {
             constants.push(("ROWS", f64::from(self.decode_rows)));
-            (MatvecModule::Decode, format!("matvec_decode_{encoding}"))
+            if key.rope {
+                constants.push(("KV_F16", flag(key.kv_f16)));
+            }
+            (MatvecModule::Decode { rope: key.rope }, format!("matvec_decode_{encoding}"))
         } else {
             let split = if self.software { "matvec_rows" } else { "matvec_tiled" };
             (MatvecModule::Blocked(key.block), format!("{split}_{encoding}"))
@@ -217,8 +250,9 @@ impl Kernels {
                     MatvecModule::Blocked(block) => {
                         (format!("matvec.wgsl ({encoding}, TB {block})"), matvec_blocked_source(block, encoding))
                     }
-                    MatvecModule::Decode => {
-                        (format!("matvec.wgsl (decode {encoding})"), matvec_decode_source(encoding, self.subgroups))
+                    MatvecModule::Decode { rope } => {
+                        let label = format!("matvec.wgsl (decode {encoding}{})", if rope { ", rope" } else { "" });
+                        (label, matvec_decode_source(encoding, self.subgroups, rope))
                     }
                 };
                 self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -319,11 +353,12 @@ fn matvec_shared() -> &'static str {
     &MATVEC[..MATVEC.find(&format!("\n{SECTION_MARK}")).map_or(MATVEC.len(), |i| i + 1)]
 }
 
-/// A module of `matvec.wgsl`: the blocked kernels for a token-block size, or the decode kernel.
+/// A module of `matvec.wgsl`: the blocked kernels for a token-block size, or the decode kernel
+/// (with the QKV product's RoPE epilogue or the plain one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum MatvecModule {
     Blocked(u32),
-    Decode,
+    Decode { rope: bool },
 }
 
 /// `matvec.wgsl`'s blocked kernels for weights in `encoding` and token blocks of `block`.
@@ -333,11 +368,20 @@ fn matvec_blocked_source(block: u32, encoding: &str) -> String {
 }
 
 /// `matvec.wgsl`'s decode kernel for weights in `encoding`, its sums added up with subgroup
-/// operations or in workgroup memory.
-fn matvec_decode_source(encoding: &str, subgroups: bool) -> String {
+/// operations or in workgroup memory, its totals stored through the fusions or (`rope`) rotated
+/// and stored as queries, keys and values.
+fn matvec_decode_source(encoding: &str, subgroups: bool, rope: bool) -> String {
     let sums = if subgroups { "sums with subgroups" } else { "sums in workgroup memory" };
-    [matvec_shared(), matvec_section("decode"), matvec_section(&format!("decode {encoding}")), matvec_section(sums)]
-        .concat()
+    let (rotary, epilogue) = if rope { (ROTARY, "decode rope") } else { ("", "decode store") };
+    [
+        rotary,
+        matvec_shared(),
+        matvec_section("decode"),
+        matvec_section(&format!("decode {encoding}")),
+        matvec_section(sums),
+        matvec_section(epilogue),
+    ]
+    .concat()
 }
 
 /// A uniform buffer holding `words` (padded to a multiple of 16 bytes, at least 32).

@@ -15,7 +15,7 @@ pub mod profile;
 pub mod sampler;
 pub mod weights;
 
-pub use builder::{run_dispatches, Dispatch};
+pub use builder::{run_dispatches, Dispatch, RopeDims, Step};
 pub use context::GpuContext;
 pub use engine::{GpuEngine, PendingEngine, StepCounts};
 pub use weights::{Span, StoredMatrix, WeightBuffer, WeightUploads};

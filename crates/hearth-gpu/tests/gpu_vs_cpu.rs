@@ -285,8 +285,9 @@ fn unused_bytes(m: &Manifest) -> u64 {
 }
 
 /// What a decode step reports about itself (`hearth bench`'s counters), against counts from
-/// elsewhere: its dispatches against the passes a profiled step times (where the adapter has
-/// timestamp queries); its weight bytes against the package's shards (every tensor once, the tied
+/// elsewhere: its dispatches against the structure below and the passes a profiled step times
+/// (where the adapter has timestamp queries), at a short context (one attention split, no combine
+/// pass) and past 256 positions (several splits and their combine pass); its weight bytes against the package's shards (every tensor once, the tied
 /// embedding table as the output head, and one row of it as the embedding); its KV-cache bytes against the model's shape (30 layers, K and V of
 /// 3 × 64 f16 values per visible position: once per KV head in the split kernel, once per query
 /// head, 3 to a KV head, in the software row split).
@@ -301,27 +302,38 @@ fn a_decode_step_counts_what_it_records_and_reads() {
     for software in [true, false] {
         let mut ctx = context().unwrap();
         (ctx.software, ctx.kv_f16) = (software, true);
-        let mut gpu = GpuEngine::new(ctx, &package, Some(64)).unwrap();
+        let mut gpu = GpuEngine::new(ctx, &package, Some(512)).unwrap();
         let first = gpu.forward_argmax(&fixture_prompts()[0].0[..5]).unwrap();
         let next = gpu.forward_argmax(&[first]).unwrap();
         let counts = gpu.last_step();
-        // Embedding; per layer norm + QKV, RoPE, attention, output, norm + gate/up, down (software:
-        // norms as passes of their own, attention in one dispatch; GPUs: attention split and
-        // combine); the head (after a norm pass on software adapters); the sampler.
-        let per_layer = if software { 8 } else { 7 };
+        // Embedding; per layer (software) norm, QKV, RoPE + KV store, attention (the row split),
+        // output, norm, gate/up, down, or (GPUs) norm + QKV + RoPE + KV store, attention split,
+        // output, norm + gate/up, down, plus the attention's combine pass past 4 tiles of 64
+        // positions; the head (after a norm pass on software adapters); the sampler.
+        let (per_layer, long_per_layer) = if software { (8, 8) } else { (5, 6) };
         let head = if software { 2 } else { 1 };
         assert_eq!(counts.dispatches, 1 + 30 * per_layer + head + 1, "{counts:?}");
-        if timestamps {
-            let profile = gpu.profile_step(next).unwrap();
-            assert_eq!(profile.iter().map(|k| k.dispatches).sum::<usize>(), counts.dispatches, "{profile:?}");
-        } else {
-            eprintln!("\n!!! the adapter has no timestamp queries: dispatch count not checked against a profile !!!\n");
-        }
+        let profiled = |gpu: &mut GpuEngine, token: u32, dispatches: usize| {
+            if timestamps {
+                let profile = gpu.profile_step(token).unwrap();
+                assert_eq!(profile.iter().map(|k| k.dispatches).sum::<usize>(), dispatches, "{profile:?}");
+            } else {
+                eprintln!(
+                    "\n!!! the adapter has no timestamp queries: dispatch count not checked against a profile !!!\n"
+                );
+            }
+        };
+        profiled(&mut gpu, next, counts.dispatches);
         // Shards hold every tensor once (gaps under 256 bytes between them); the tied table counts
         // once as the head, plus the one row its embedding reads.
         let most = shard_bytes + table / 49152;
         assert!(counts.weight_bytes <= most && most - counts.weight_bytes <= padding, "{counts:?}");
         let readers = if software { 3 } else { 1 };
         assert_eq!(counts.kv_bytes, 30 * 6 * 2 * 192 * 2 * readers, "decode at position 5, software {software}");
+        gpu.skip_positions(300).unwrap();
+        gpu.forward_argmax(&[next]).unwrap();
+        let long = gpu.last_step();
+        assert_eq!(long.dispatches, 1 + 30 * long_per_layer + head + 1, "decode at position 307: {long:?}");
+        profiled(&mut gpu, next, long.dispatches);
     }
 }

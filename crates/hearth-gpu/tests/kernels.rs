@@ -10,10 +10,10 @@ use hearth_core::manifest::{AlibiConfig, ModelConfig, PositionKind, RopeConfig, 
 use hearth_core::quant::{DType, Tensor};
 use hearth_gpu::attention::{self, AttentionBuffers, AttentionDims};
 use hearth_gpu::kernels::{
-    dispatch_once, read_back, storage, storage_init, uniform, whole, Activation, Kernels, MatvecKey, PREFILL_BLOCK,
-    WORKGROUP,
+    dispatch_once, read_back, storage, storage_init, uniform, uniform_of, whole, Activation, Kernels, MatvecKey,
+    PREFILL_BLOCK, WORKGROUP,
 };
-use hearth_gpu::{run_dispatches, GpuContext, StoredMatrix, WeightBuffer, WeightUploads};
+use hearth_gpu::{run_dispatches, GpuContext, RopeDims, Step, StoredMatrix, WeightBuffer, WeightUploads};
 
 use wgpu::BindGroupEntry;
 
@@ -235,6 +235,8 @@ fn check_matvec(
         gated,
         accumulate: matches!(fusion, Fusion::Accumulate),
         bias: matches!(fusion, Fusion::BiasGelu),
+        rope: false,
+        kv_f16: false,
     };
     let mut pieces = upload(ctx, &w.matrix, &[&w]);
     assert_eq!(pieces.len(), 1);
@@ -258,7 +260,7 @@ fn check_matvec(
         entry(7, whole(&nw)),
         entry(8, whole(&bb)),
     ];
-    if kernels.matvec_binds_step(key.block) {
+    if kernels.matvec_binds_step(&key) {
         entries.push(entry(1, whole(&step)));
     }
     entries.extend(w.weight_entries(4));
@@ -452,19 +454,19 @@ fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
                 let inv_freq = hearth_core::cpu::rope_inv_freq(10000.0, rope_dim, None, None);
                 let sentinel = random(capacity * kvd, 8);
                 let k_init = cache_words(&sentinel, f16);
-                let dims = uniform(
+                let dims = uniform_of(
                     &ctx.device,
                     "dims",
-                    &[
-                        n_heads as u32,
-                        n_kv as u32,
-                        hd as u32,
-                        (rope_dim / 2) as u32,
-                        u32::from(style == RopeStyle::Neox),
-                        capacity as u32,
-                        eps.to_bits(),
-                        magnitude.to_bits(),
-                    ],
+                    &RopeDims {
+                        n_heads: n_heads as u32,
+                        n_kv_heads: n_kv as u32,
+                        head_dim: hd as u32,
+                        n_pairs: (rope_dim / 2) as u32,
+                        neox: u32::from(style == RopeStyle::Neox),
+                        cache_rows: capacity as u32,
+                        eps,
+                        magnitude,
+                    },
                 );
                 let step = uniform(&ctx.device, "step", &[start as u32, n as u32]);
                 let freq = storage_init(&ctx.device, "inv freq", &inv_freq);
@@ -530,6 +532,182 @@ fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
                 for p in (0..capacity).filter(|p| !(start..start + n).contains(p)) {
                     assert_eq!(&k[p * kvd..(p + 1) * kvd], &untouched[p * kvd..(p + 1) * kvd], "{label}: k row {p}");
                     assert_eq!(&v[p * kvd..(p + 1) * kvd], &untouched[p * kvd..(p + 1) * kvd], "{label}: v row {p}");
+                }
+            }
+        }
+    }
+}
+
+/// matvec.wgsl's decode kernel with the `decode rope` epilogue (a GPU decode step's QKV product,
+/// which rotates and stores what rope.wgsl would) against the CPU: the normed product, with and
+/// without a Q/K/V bias (added before the rotation), both pairings over full and partial rotary
+/// dimensions and none at all (ALiBi models only store), YaRN's magnitude, queries into q and keys
+/// and values into an f32 or f16 cache at row position % rows (637 of 650 rows, and 1,000, which
+/// wraps the ring to row 350), nothing else written; subgroup and workgroup-memory sums, 8 and 4
+/// rows per workgroup; q4 (groups of 32 and 128), q8 and f16 weights. Shape: 6 query heads over 2
+/// KV heads of 40 dimensions (5 workgroups of 8 rows per head), rows of 384 values.
+/// Tolerance: each rotated value mixes two sums with sin and cos weights, so it carries both sums'
+/// `dot_tolerance`, plus rope.wgsl's 2^-10·(|x0| + |x1|) for WGSL's sin and cos, plus f16 rounding
+/// for a cached value.
+#[test]
+fn qkv_product_with_rope_epilogue_matches_the_cpu() {
+    let Some(ctx) = context() else { return };
+    let (n_heads, n_kv, hd, cols, cache_rows) = (6usize, 2usize, 40usize, 384usize, 650usize);
+    let (qd, kvd) = (n_heads * hd, n_kv * hd);
+    let rows = qd + 2 * kvd;
+    let mut variants = Vec::new();
+    if ctx.device.features().contains(wgpu::Features::SUBGROUP) {
+        variants.push(("subgroup sums, 8 rows", Kernels::new(&ctx.device, false).with_subgroups(true)));
+    } else {
+        eprintln!("\n!!! this adapter offers no subgroups: the RoPE epilogue's subgroup variant goes untested !!!\n");
+    }
+    variants.push(("workgroup-memory sums, 8 rows", Kernels::new(&ctx.device, false).with_subgroups(false)));
+    let four = Kernels::new(&ctx.device, false).with_subgroups(false).with_decode_rows(4);
+    variants.push(("workgroup-memory sums, 4 rows", four));
+    let x: Vec<f32> = random(cols, 41).iter().map(|v| v * 3.0).collect();
+    let norm_weight: Vec<f32> = random(cols, 42).iter().map(|v| 1.0 + 0.5 * v).collect();
+    let bias = random(rows, 43);
+    let eps = 1e-5f32;
+    let mut normed = vec![0f32; cols];
+    rms_norm(&x, &norm_weight, eps, cols, &mut normed);
+    for (label, kernels) in &variants {
+        for (style, rope_dim) in [
+            (RopeStyle::Interleaved, hd),
+            (RopeStyle::Neox, hd),
+            (RopeStyle::Neox, 24),
+            (RopeStyle::Interleaved, 24),
+            (RopeStyle::Neox, 0),
+        ] {
+            if !kernels.fuses_rope(hd, rope_dim / 2, false) {
+                eprintln!(
+                    "\n!!! {label}: this adapter allows {} storage buffers per stage: the RoPE epilogue goes untested !!!\n",
+                    ctx.device.limits().max_storage_buffers_per_shader_stage
+                );
+                return;
+            }
+            for (dtype, group, f16, with_bias, start, magnitude) in [
+                (DType::Q4, 32usize, false, false, 637usize, 1.0f32),
+                (DType::Q4, 128, true, true, 1000, 1.0),
+                (DType::Q8, 32, true, false, 637, 1.138_629_4),
+                (DType::F16, 32, false, true, 1000, 1.0),
+            ] {
+                let w = packed(0, vec![rows, cols], &random(rows * cols, 44), dtype, group);
+                let mut products = vec![0f32; rows];
+                matmul(&w.tensor, &normed, 1, &mut products);
+                let dense = w.tensor.to_f32();
+                let tol_dot: Vec<f32> = (0..rows)
+                    .map(|r| dot_tolerance(cols, (0..cols).map(|c| (dense[r * cols + c] * normed[c]).abs()).sum()))
+                    .collect();
+                let biased: Vec<f32> =
+                    products.iter().zip(&bias).map(|(p, b)| if with_bias { p + b } else { *p }).collect();
+                let inv_freq = if rope_dim == 0 {
+                    vec![0.0]
+                } else {
+                    hearth_core::cpu::rope_inv_freq(10000.0, rope_dim, None, None)
+                };
+                let mut want = biased.clone();
+                if rope_dim > 0 {
+                    for head in want[..qd + kvd].chunks_mut(hd) {
+                        apply_rope(head, start, &inv_freq, style, magnitude);
+                    }
+                }
+                // Per head: the largest sum's tolerance twice over, and the sin/cos allowance.
+                let head_tol = |i: usize| {
+                    let h = i - i % hd;
+                    let dot = tol_dot[h..h + hd].iter().fold(0f32, |a, &b| a.max(b));
+                    let scale = biased[h..h + hd].iter().fold(0f32, |a, &b| a.max(b.abs()));
+                    2.0 * dot * magnitude + (2f32).powi(-10) * 2.0 * scale * magnitude + 1e-6
+                };
+
+                let mut pieces = upload(&ctx, &w.matrix, &[&w]);
+                let wp = pieces.remove(0);
+                let key = MatvecKey {
+                    dtype,
+                    block: 1,
+                    norm: true,
+                    activation: Activation::None,
+                    gated: false,
+                    accumulate: false,
+                    bias: with_bias,
+                    rope: true,
+                    kv_f16: f16,
+                };
+                let dims = uniform(
+                    &ctx.device,
+                    "dims",
+                    &[rows as u32, cols as u32, wp.group, qd as u32, 0, eps.to_bits(), rows as u32, 0],
+                );
+                let step = uniform_of(&ctx.device, "step", &Step { start: start as u32, n_tokens: 1 });
+                let rope = uniform_of(
+                    &ctx.device,
+                    "rope dims",
+                    &RopeDims {
+                        n_heads: n_heads as u32,
+                        n_kv_heads: n_kv as u32,
+                        head_dim: hd as u32,
+                        n_pairs: (rope_dim / 2) as u32,
+                        neox: u32::from(style == RopeStyle::Neox),
+                        cache_rows: cache_rows as u32,
+                        eps,
+                        magnitude,
+                    },
+                );
+                let sentinel = cache_words(&random(cache_rows * kvd, 45), f16);
+                let q_init = random(qd, 46);
+                let xb = storage_init(&ctx.device, "x", &x);
+                let q_b = storage_init(&ctx.device, "q", &q_init);
+                let nw = storage_init(&ctx.device, "norm", &norm_weight);
+                let bb = storage_init(&ctx.device, "bias", &bias);
+                let freq = storage_init(&ctx.device, "inv freq", &inv_freq);
+                let k_b = storage_init(&ctx.device, "k cache", &sentinel);
+                let v_b = storage_init(&ctx.device, "v cache", &sentinel);
+                let mut entries = vec![
+                    entry(0, whole(&dims)),
+                    entry(1, whole(&step)),
+                    entry(2, whole(&xb)),
+                    entry(3, whole(&q_b)),
+                    entry(7, whole(&nw)),
+                    entry(8, whole(&bb)),
+                    entry(9, whole(&rope)),
+                    entry(10, whole(&freq)),
+                    entry(11, whole(&k_b)),
+                    entry(12, whole(&v_b)),
+                ];
+                assert!(kernels.matvec_binds_step(&key));
+                entries.extend(wp.weight_entries(4));
+                let (gx, gy) = kernels.matvec_grid(1, rows as u32);
+                dispatch_once(&ctx, &kernels.matvec(key), &entries, (gx, gy, 1));
+                let q: Vec<f32> = read_back(&ctx, &q_b, 0, qd).unwrap();
+                let k = cache_values(&read_back::<u32>(&ctx, &k_b, 0, sentinel.len()).unwrap(), f16);
+                let v = cache_values(&read_back::<u32>(&ctx, &v_b, 0, sentinel.len()).unwrap(), f16);
+                let untouched = cache_values(&sentinel, f16);
+
+                let case = format!(
+                    "{label}, {style:?} rope dim {rope_dim}, {dtype:?}/{group}, f16 cache {f16}, bias {with_bias}, \
+                     position {start}, magnitude {magnitude}"
+                );
+                let check = |have: f32, i: usize, cached: bool, what: &str| {
+                    let mut tol = head_tol(i);
+                    if cached && f16 {
+                        tol += want[i].abs() * (2f32).powi(-11);
+                    }
+                    assert!(
+                        (have - want[i]).abs() <= tol,
+                        "{case}: {what}: GPU {have}, CPU {} (tolerance {tol})",
+                        want[i]
+                    );
+                };
+                for (i, &have) in q.iter().enumerate() {
+                    check(have, i, false, &format!("q[{i}]"));
+                }
+                let row = start % cache_rows;
+                for i in 0..kvd {
+                    check(k[row * kvd + i], qd + i, true, &format!("k[{i}]"));
+                    check(v[row * kvd + i], qd + kvd + i, true, &format!("v[{i}]"));
+                }
+                for p in (0..cache_rows).filter(|&p| p != row) {
+                    assert_eq!(&k[p * kvd..(p + 1) * kvd], &untouched[p * kvd..(p + 1) * kvd], "{case}: k row {p}");
+                    assert_eq!(&v[p * kvd..(p + 1) * kvd], &untouched[p * kvd..(p + 1) * kvd], "{case}: v row {p}");
                 }
             }
         }
@@ -633,7 +811,7 @@ fn check_attention(
     let out = storage(&ctx.device, "out", n * qd);
     let buffers = AttentionBuffers { step: &step, q: &q_b, k_cache: &k_b, v_cache: &v_b, out: &out, scratch: &scratch };
     let dispatches = attention::prepare(&kernels, &ctx.device, dims, f16, &buffers).unwrap();
-    run_dispatches(ctx, &dispatches, n as u32);
+    run_dispatches(ctx, &dispatches, Step { start: start as u32, n_tokens: n as u32 });
     let got: Vec<f32> = read_back(ctx, &out, 0, n * qd).unwrap();
     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(
