@@ -12,9 +12,10 @@ export interface LoadProgress {
    *   and every ~4 MB); `total` is the bytes of those shards.
    * - `"cache"`: bytes read back from IndexedDB; `total` is the bytes of the stored shards.
    * - `"gpu"`: bytes uploaded to the GPU; `total` is the size of all shards.
+   * - `"memory"`: the same for the CPU engine: bytes copied into its memory.
    * - `"ready"`: once, when the engine is ready.
    */
-  phase: "download" | "cache" | "gpu" | "ready";
+  phase: "download" | "cache" | "gpu" | "memory" | "ready";
   loaded: number;
   total: number;
   /** The shard the event is about (absent on `"ready"`). */
@@ -36,8 +37,15 @@ export interface LoadOptions {
    * shard is downloaded and nothing is read from or written to the cache.
    */
   cache?: boolean;
-  /** Cap on the context (KV cache positions) below the model's own, to use less GPU memory. */
+  /** Cap on the context (KV cache positions) below the model's own, to use less memory. */
   maxContext?: number;
+  /**
+   * Where the model runs (default `"auto"`): `"webgpu"` the GPU engine, `"cpu"` the CPU engine
+   * (WebAssembly with SIMD), `"auto"` the GPU engine on a hardware WebGPU adapter and the CPU
+   * engine without one or on a software adapter (SwiftShader, llvmpipe), where it is much faster.
+   * `engine.info.backend` and `engine.info.backendReason` say what was chosen and why.
+   */
+  backend?: "auto" | "webgpu" | "cpu";
   /**
    * Ask the network whether the package changed (default `true`). With `false`, a model whose
    * manifest, tokenizer and shards are all stored loads without any request; otherwise as usual.
@@ -47,10 +55,11 @@ export interface LoadOptions {
 
 /**
  * Loads the model package at `modelUrl` (a directory URL holding `manifest.json`, resolved against
- * the page's URL) onto the GPU. Shards are verified against the manifest's sha256, stored in
- * IndexedDB and uploaded one at a time; a stored model loads offline.
+ * the page's URL) onto the GPU, or the CPU (see `backend`). Shards are verified against the
+ * manifest's sha256, stored in IndexedDB and uploaded one at a time; a stored model loads offline.
  *
- * @throws {WebGPUUnavailableError} the browser has no WebGPU or no adapter
+ * @throws {WebGPUUnavailableError} `backend: "webgpu"` and the browser has no WebGPU or no adapter
+ * @throws {OutOfMemoryError} the CPU engine would need more memory than the page may use (checked before downloading)
  * @throws {QuotaExceededError} the origin's storage cannot hold the model (checked before downloading)
  * @throws {NetworkError | IntegrityError | UnsupportedModelError | BadPackageError | GpuError | AdapterLimitsError}
  */
@@ -153,8 +162,14 @@ export interface EngineInfo {
   /** The manifest's model name. */
   name: string;
   architecture: string;
-  /** The WebGPU adapter, e.g. "SwiftShader Device (Subzero) (BrowserWebGpu)". */
+  /** `"webgpu"` (the GPU engine) or `"cpu"` (the CPU engine). */
+  backend: "webgpu" | "cpu";
+  /** Why that backend, in words (e.g. "the WebGPU adapter (google swiftshader) runs in software; ..."). */
+  backendReason: string;
+  /** The WebGPU adapter, e.g. "google swiftshader", or the CPU kernels, e.g. "CPU (wasm simd128)". */
   adapter: string;
+  /** Threads the CPU engine uses (1 on the GPU engine). */
+  threads: number;
   /** Whether the KV cache is f16 (the adapter has `shader-f16`). */
   kvF16: boolean;
   /** Whether the adapter is a CPU implementation (SwiftShader, lavapipe): slow. */
@@ -162,7 +177,7 @@ export interface EngineInfo {
   /** Tokens the context holds (prompt + generated). */
   contextLength: number;
   vocabSize: number;
-  /** GPU memory of weights and KV cache, in bytes. */
+  /** GPU memory of weights and KV cache, in bytes (0 on the CPU engine). */
   gpuBytes: number;
 }
 
@@ -272,6 +287,15 @@ export interface Support {
   maxStorageBufferBindingSize: number | null;
   /** Why WebGPU is unavailable, in words a person can act on; null when it is available. */
   reason: string | null;
+  /** Whether the adapter is a software one (SwiftShader, llvmpipe, a fallback adapter). */
+  softwareAdapter: boolean;
+  /** What `backend: "auto"` chooses here, and why. */
+  backend: "webgpu" | "cpu";
+  backendReason: string;
+  /** Whether the page is cross-origin isolated (COOP + COEP headers). */
+  crossOriginIsolated: boolean;
+  /** Bytes of memory the CPU engine may use (wasm32's 4 GiB, or half of `navigator.deviceMemory`). */
+  cpuMemoryLimit: number;
 }
 
 /** What this browser offers, from `navigator.gpu` (loads nothing). */
@@ -346,6 +370,8 @@ export class BadPackageError extends HearthError {}
 export class InvalidArgumentError extends HearthError {}
 /** The GPU failed (device lost, a read-back failed, ...). */
 export class GpuError extends HearthError {}
+/** The model does not fit the memory the CPU engine may use; the message names both sizes. */
+export class OutOfMemoryError extends HearthError {}
 /** The engine was disposed. */
 export class EngineDisposedError extends HearthError {
   constructor(message?: string);

@@ -20,6 +20,7 @@ export {
   BadPackageError,
   InvalidArgumentError,
   GpuError,
+  OutOfMemoryError,
   EngineDisposedError,
 } from "./src/errors.js";
 

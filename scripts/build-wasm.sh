@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the browser engine into the npm package: crates/hearth-web → pkg/wasm/hearth_web.js + .wasm.
+# Build the browser engine into the npm package: crates/hearth-web → pkg/wasm/ (single-threaded) and
+# pkg/wasm-threads/ (threaded: the CPU engine on a pool of workers), each hearth_web.js + .wasm.
 # Needs the wasm32 target, wasm-bindgen-cli of the same version as the wasm-bindgen crate, and
 # wasm-opt from the npm package `binaryen` (scripts/setup.sh and scripts/browser-setup.sh install them).
 set -euo pipefail
@@ -16,12 +17,33 @@ if [ ! -x "$wasm_opt" ]; then
   exit 1
 fi
 
+# JS glue + size optimization: target/.../hearth_web.wasm -> $2/hearth_web.js + hearth_web_bg.wasm.
+# wasm-opt must be told which features the module uses (rustc's defaults, SIMD128 from
+# .cargo/config.toml, and for the threaded build shared memory and atomics: "$3").
+bind() {
+  wasm-bindgen --target web --out-dir "$2" --out-name hearth_web "$1"
+  "$wasm_opt" -O3 --enable-bulk-memory --enable-reference-types --enable-nontrapping-float-to-int \
+    --enable-sign-ext --enable-mutable-globals --enable-multivalue --enable-simd ${3:-} \
+    "$2/hearth_web_bg.wasm" -o "$2/hearth_web_bg.wasm"
+  echo "built $2/hearth_web_bg.wasm ($(du -k "$2/hearth_web_bg.wasm" | cut -f1) KiB)"
+}
+
+# The single-threaded build: every page.
 cargo build --release --target wasm32-unknown-unknown -p hearth-web
-out=pkg/wasm
-mkdir -p "$out"
-wasm-bindgen --target web --out-dir "$out" --out-name hearth_web target/wasm32-unknown-unknown/release/hearth_web.wasm
-# The features rustc's wasm32 target emits; wasm-opt must be told to keep them.
-"$wasm_opt" -O3 --enable-bulk-memory --enable-reference-types --enable-nontrapping-float-to-int \
-  --enable-sign-ext --enable-mutable-globals --enable-multivalue \
-  "$out/hearth_web_bg.wasm" -o "$out/hearth_web_bg.wasm"
-echo "built $out/hearth_web_bg.wasm ($(du -k "$out/hearth_web_bg.wasm" | cut -f1) KiB)"
+bind target/wasm32-unknown-unknown/release/hearth_web.wasm pkg/wasm
+
+# The threaded build, for the CPU engine in cross-origin isolated pages' workers (pkg/src/load.js
+# chooses): a shared memory needs std rebuilt with atomics, which stable Rust does with
+# RUSTC_BOOTSTRAP=1 and the rust-src component. Its own target dir: other flags, another std.
+rustup component list --installed 2>/dev/null | grep -q '^rust-src' || rustup component add rust-src
+# The linker must be told to make the memory shared and imported (so every worker gets the same one)
+# and to export the thread-local storage symbols that wasm-bindgen sets up per thread.
+threads_flags="-C target-feature=+atomics,+bulk-memory,+simd128"
+for arg in --shared-memory --import-memory --max-memory=4294967296 \
+  --export=__wasm_init_tls --export=__tls_size --export=__tls_align --export=__tls_base; do
+  threads_flags+=" -C link-arg=$arg"
+done
+RUSTC_BOOTSTRAP=1 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$threads_flags" \
+  cargo build --release --target wasm32-unknown-unknown -p hearth-web --features threads \
+  -Z build-std=panic_abort,std --target-dir target/wasm-threads
+bind target/wasm-threads/wasm32-unknown-unknown/release/hearth_web.wasm pkg/wasm-threads --enable-threads

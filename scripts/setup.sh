@@ -10,7 +10,8 @@ if ! need cargo; then
 fi
 # rustfmt and clippy are part of the test command.
 if need rustup; then
-  for c in rustfmt clippy; do
+  # rust-src: the threaded browser build rebuilds std with atomics (scripts/build-wasm.sh).
+  for c in rustfmt clippy rust-src; do
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
   done
   # The engine crates are also checked for the browser's target.

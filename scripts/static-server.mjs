@@ -39,10 +39,11 @@ function sendSlowly(res, headers, body, bytesPerSecond) {
 }
 
 /**
- * @param {{ routes: Record<string, string>, pages?: Record<string, string>, port?: number, host?: string }} options
- *   routes: URL prefix ("/pkg/") -> directory; pages: exact path -> HTML served as is.
+ * @param {{ routes: Record<string, string>, pages?: Record<string, string>, port?: number, host?: string, isolated?: boolean }} options
+ *   routes: URL prefix ("/pkg/") -> directory; pages: exact path -> HTML served as is; isolated:
+ *   send COOP + COEP (default), which make pages cross-origin isolated (the threaded CPU engine).
  */
-export async function startServer({ routes, pages = {}, port = 0, host = "127.0.0.1" }) {
+export async function startServer({ routes, pages = {}, port = 0, host = "127.0.0.1", isolated = true }) {
   /** Every request, in order: { method, path, status }. */
   const log = [];
   const hooks = {
@@ -63,12 +64,12 @@ export async function startServer({ routes, pages = {}, port = 0, host = "127.0.
     const urlPath = decodeURIComponent(new URL(req.url, "http://x").pathname);
     const entry = { method: req.method, path: urlPath, status: 200 };
     log.push(entry);
-    const headers = {
+    const isolation = {
       "Cross-Origin-Opener-Policy": "same-origin",
       "Cross-Origin-Embedder-Policy": "require-corp",
       "Cross-Origin-Resource-Policy": "same-origin",
-      "Cache-Control": "no-cache",
     };
+    const headers = { ...(isolated ? isolation : {}), "Cache-Control": "no-cache" };
     const send = (status, body, type) => {
       entry.status = status;
       res.writeHead(status, { ...headers, "Content-Type": type ?? "text/plain; charset=utf-8" });

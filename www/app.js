@@ -2,7 +2,7 @@
 // (sw.js), imports the npm package (served at ./pkg/), and wires the model panel to the chat.
 // The model runs in a Web Worker (Hearth.loadInWorker), so the page stays responsive.
 
-import { $, showAlert, webgpuAdvice } from "./src/ui.js";
+import { $, showAlert } from "./src/ui.js";
 import { createChat } from "./src/chat.js";
 import { createModelPanel } from "./src/models.js";
 
@@ -48,8 +48,8 @@ async function main() {
     showAlert(`Hearth's package did not load (${e.message}). ${navigator.onLine ? "Reload the page." : "Connect once to use this page offline."}`);
     return;
   }
+  // Without WebGPU the model runs on the CPU ("Run on" says why); no alert needed.
   const support = await Hearth.support();
-  if (!support.webgpu) showAlert(webgpuAdvice(support.reason));
 
   const chat = createChat();
   await createModelPanel({ Hearth, support, onEngine: (engine) => chat.setEngine(engine) });

@@ -19,8 +19,10 @@ async function run() {
   const stream = engine.stream(prompt, { max_tokens: maxTokens });
   for await (const chunk of stream) output.textContent += chunk;
   const { usage, ids } = await stream.result;
-  status.textContent = `done: ${usage.completion_tokens} tokens, ${usage.decode_tok_s.toFixed(2)} tok/s`;
+  const { backend, threads } = engine.info;
+  status.textContent = `done: ${usage.completion_tokens} tokens, ${usage.decode_tok_s.toFixed(2)} tok/s on the ${backend} (${threads} thread${threads === 1 ? "" : "s"})`;
   document.body.dataset.ids = JSON.stringify(ids);
+  document.body.dataset.threads = String(threads);
   document.body.dataset.done = "true";
 }
 

@@ -23,9 +23,9 @@ export class HearthEngine extends EngineApi {
   #closing = false;
   #disposed = null;
 
-  /** Not for users: engines come from Hearth.load(). */
-  constructor(wasmEngine) {
-    super(plain(wasmEngine.info()), (input, options, push, signal) => this.#run(input, options, push, signal));
+  /** Not for users: engines come from Hearth.load(). `extra`: info the wasm engine cannot know. */
+  constructor(wasmEngine, extra = {}) {
+    super({ ...plain(wasmEngine.info()), ...extra }, (input, options, push, signal) => this.#run(input, options, push, signal));
     this.#engine = wasmEngine;
   }
 

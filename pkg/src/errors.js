@@ -73,6 +73,8 @@ export class ContextLengthError extends HearthError {}
 export class BadPackageError extends HearthError {}
 export class InvalidArgumentError extends HearthError {}
 export class GpuError extends HearthError {}
+/** The model does not fit the memory the CPU engine may use (the message names both sizes). */
+export class OutOfMemoryError extends HearthError {}
 
 export class EngineDisposedError extends HearthError {
   constructor(message = "This engine was disposed; load the model again.") {
@@ -86,6 +88,7 @@ const WASM_NAMES = {
   WebGPUUnavailableError,
   AdapterLimitsError,
   GpuError,
+  OutOfMemoryError,
   UnsupportedModelError,
   BadPackageError,
   ContextLengthError,
@@ -108,6 +111,7 @@ const CLASSES = {
   BadPackageError,
   InvalidArgumentError,
   GpuError,
+  OutOfMemoryError,
   EngineDisposedError,
 };
 

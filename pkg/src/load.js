@@ -1,4 +1,5 @@
-// Hearth.load(): manifest -> tokenizer -> wasm Loader -> shards, one at a time, into GPU buffers.
+// Hearth.load(): manifest -> tokenizer -> wasm Loader -> shards, one at a time, into GPU buffers (or
+// the CPU engine's arrays in wasm memory: "auto" picks the CPU engine without a hardware adapter).
 // Shards come from IndexedDB when stored, otherwise from the network (a few downloads ahead of the
 // upload, so both overlap), are verified before use, and are dropped once uploaded: memory holds a
 // few shards, never the whole model.
@@ -8,7 +9,7 @@ import {
   QuotaExceededError, UnsupportedModelError, WebGPUUnavailableError, abortError, fromWasm, raceAbort,
 } from "./errors.js";
 import { fetchText, fetchVerified } from "./fetch.js";
-import { adapterLabel } from "./support.js";
+import { checkBackend, chooseBackend, cpuMemoryLimit } from "./support.js";
 import { HearthEngine } from "./engine.js";
 import { signalOf } from "./options.js";
 import * as store from "./store.js";
@@ -17,20 +18,50 @@ const AHEAD = 3; // downloads in flight beyond the shard being uploaded
 const PROGRESS_STEP = 4 << 20; // report download progress at least every 4 MiB
 const QUOTA_MARGIN = 16 << 20; // the estimate is approximate; leave room for the records themselves
 
-let wasmModule = null;
+const wasmModules = new Map(); // "wasm" | "wasm-threads" -> Promise<module>, once per realm
 
 /** The wasm module, initialized once per realm (page or worker). */
-function loadWasm() {
-  wasmModule ??= import("../wasm/hearth_web.js")
-    .then(async (m) => {
-      await m.default();
-      return m;
-    })
-    .catch((e) => {
-      wasmModule = null;
-      throw new HearthError(`Could not load Hearth's wasm module: ${e?.message ?? e}`, { cause: e });
-    });
-  return wasmModule;
+function loadWasm(variant = "wasm") {
+  if (!wasmModules.has(variant)) {
+    // Literal paths, so that bundlers see both modules.
+    const module = variant === "wasm-threads" ? import("../wasm-threads/hearth_web.js") : import("../wasm/hearth_web.js");
+    const ready = module
+      .then(async (m) => {
+        await m.default();
+        if (variant === "wasm-threads") await m.initThreadPool(threadCount());
+        return m;
+      })
+      .catch((e) => {
+        wasmModules.delete(variant);
+        throw new HearthError(`Could not load Hearth's wasm module (${variant}): ${e?.message ?? e}`, { cause: e });
+      });
+    wasmModules.set(variant, ready);
+  }
+  return wasmModules.get(variant);
+}
+
+/** Threads for the CPU engine's pool: the cores the browser reports, at most 16. */
+function threadCount() {
+  return Math.max(1, Math.min(16, globalThis.navigator?.hardwareConcurrency ?? 1));
+}
+
+/**
+ * The module for `backend`, and for the CPU engine whether it can use threads: they share the wasm
+ * memory, which needs a cross-origin isolated realm (COOP + COEP headers), and the thread that
+ * waits on the pool must be allowed to block, which only a worker is. Otherwise, or if the threaded
+ * module does not load, the single-threaded one.
+ */
+async function wasmFor(backend, signal) {
+  const isWorker = typeof globalThis.WorkerGlobalScope === "function" && globalThis instanceof globalThis.WorkerGlobalScope;
+  if (backend === "cpu" && globalThis.crossOriginIsolated && isWorker && threadCount() > 1) {
+    try {
+      return await raceAbort(loadWasm("wasm-threads"), signal);
+    } catch (e) {
+      if (signal?.aborted) throw e;
+      console.warn("Hearth: the threaded CPU engine did not load; running on one thread.", e);
+    }
+  }
+  return raceAbort(loadWasm(), signal);
 }
 
 function parseManifest(text) {
@@ -98,7 +129,10 @@ export function checkOptions(modelUrl, options) {
     throw new InvalidArgumentError("load() takes the URL of a model package directory");
   }
   if (options === null || typeof options !== "object") throw new InvalidArgumentError("options must be an object");
-  const { onProgress, maxContext, revalidate } = options;
+  const { onProgress, maxContext, revalidate, backend } = options;
+  if (!checkBackend(backend)) {
+    throw new InvalidArgumentError('options.backend must be "auto", "webgpu" or "cpu"');
+  }
   if (revalidate != null && typeof revalidate !== "boolean") {
     throw new InvalidArgumentError("options.revalidate must be a boolean");
   }
@@ -111,12 +145,13 @@ export function checkOptions(modelUrl, options) {
 }
 
 /**
- * Loads the model package at `modelUrl` (a directory holding manifest.json) onto the GPU.
+ * Loads the model package at `modelUrl` (a directory holding manifest.json) onto the GPU, or the
+ * CPU (`options.backend`: "auto" by default, "webgpu" or "cpu").
  * @returns {Promise<HearthEngine>}
  */
 export async function load(modelUrl, options = {}) {
   checkOptions(modelUrl, options);
-  const { onProgress, cache = true, maxContext, revalidate = true } = options;
+  const { onProgress, cache = true, maxContext, revalidate = true, backend: requested = "auto" } = options;
   const signal = signalOf(options);
   if (signal?.aborted) throw abortError(signal);
   const report = reporter(onProgress);
@@ -139,8 +174,11 @@ export async function load(modelUrl, options = {}) {
     }
   }
   const manifest = parseManifest(manifestText);
-  // Before the tokenizer and anything stored: without WebGPU nothing else is worth doing.
-  if (!globalThis.navigator?.gpu) throw new WebGPUUnavailableError("navigator.gpu is missing");
+  // Before the tokenizer and anything stored: asked for WebGPU without it, nothing else is worth doing.
+  const choice = await chooseBackend(requested);
+  if (choice.backend === "webgpu" && !globalThis.navigator?.gpu) {
+    throw new WebGPUUnavailableError("navigator.gpu is missing");
+  }
   const tokenizer = offline ? stored.tokenizerText : await tokenizerText(url, manifest, stored, signal);
 
   // 2. What is stored, and room for what is not.
@@ -159,11 +197,18 @@ export async function load(modelUrl, options = {}) {
   }
   if (signal?.aborted) throw abortError(signal);
 
-  // 3. The wasm Loader: opens the device and allocates every buffer, no weights yet.
-  const wasm = await raceAbort(loadWasm(), signal);
+  // 3. The wasm Loader: opens the device and allocates every buffer (or, for the CPU, checks the
+  // model against the memory it may use and allocates every tensor), no weights yet.
+  const wasm = await wasmFor(choice.backend, signal);
   let loader;
   try {
-    const options = { adapterLabel: await adapterLabel() };
+    const limit = cpuMemoryLimit();
+    const options = {
+      backend: choice.backend,
+      adapterLabel: choice.label,
+      memoryLimit: limit.bytes,
+      memoryLimitReason: limit.reason,
+    };
     if (maxContext != null) options.maxContext = maxContext;
     loader = await wasm.Loader.create(manifestText, tokenizer, options);
   } catch (e) {
@@ -235,14 +280,14 @@ export async function load(modelUrl, options = {}) {
       }
       loader.feedShard(i, new Uint8Array(buffer));
       uploaded += s.size;
-      report({ phase: "gpu", loaded: uploaded, total, file: s.file });
+      report({ phase: choice.backend === "cpu" ? "memory" : "gpu", loaded: uploaded, total, file: s.file });
     }
     if (signal?.aborted) throw abortError(signal);
     finished = true;
     const engine = loader.finish();
     let hearth;
     try {
-      hearth = new HearthEngine(engine);
+      hearth = new HearthEngine(engine, { backendReason: choice.reason });
     } catch (e) {
       engine.free();
       throw e;

@@ -1,5 +1,7 @@
 // Calls on one engine: abort mid-stream stops within a token and leaves the engine ready; concurrent
-// calls are queued, never interleaved; errors are typed and say what to do.
+// calls are queued, never interleaved; errors are typed and say what to do. The engine is the one
+// Hearth.load chooses by default here, the CPU engine (SwiftShader is a software adapter); the
+// queue, abort and errors are the same code for both engines.
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -25,7 +27,7 @@ after(async () => {
 });
 
 test("abort mid-stream rejects with AbortError within one token; the next call works", { timeout: 5 * MINUTES }, async () => {
-  const a = nativeGenerate({ prompt: A, maxTokens: 3 });
+  const a = nativeGenerate({ prompt: A, maxTokens: 3, backend: "cpu" });
   const got = await page.evaluate(async (A) => {
     const controller = new AbortController();
     const chunks = [];
@@ -51,8 +53,8 @@ test("abort mid-stream rejects with AbortError within one token; the next call w
 });
 
 test("two concurrent generate calls both return their own correct result", { timeout: 5 * MINUTES }, async () => {
-  const a = nativeGenerate({ prompt: A, maxTokens: 3 });
-  const b = nativeGenerate({ prompt: B, maxTokens: 3 });
+  const a = nativeGenerate({ prompt: A, maxTokens: 3, backend: "cpu" });
+  const b = nativeGenerate({ prompt: B, maxTokens: 3, backend: "cpu" });
   const got = await page.evaluate(
     async ({ A, B }) => {
       const [x, y] = await Promise.all([engine.generate(A, { max_tokens: 3 }), engine.generate(B, { max_tokens: 3 })]);

@@ -31,7 +31,7 @@ test("the packed package installs into the Vite example, builds, and generates t
   }
   const app = path.join(tmp, "app");
   fs.mkdirSync(app);
-  for (const f of ["index.html", "main.js"]) fs.copyFileSync(path.join(ROOT, "examples/vite-app", f), path.join(app, f));
+  for (const f of ["index.html", "main.js", "vite.config.js"]) fs.copyFileSync(path.join(ROOT, "examples/vite-app", f), path.join(app, f));
   // The example depends on the tarball `npm pack` leaves in pkg/ (file:../../pkg/NAME.tgz): the same
   // file name, here in the temporary directory.
   const manifest = JSON.parse(fs.readFileSync(path.join(ROOT, "examples/vite-app/package.json"), "utf8"));
@@ -41,7 +41,7 @@ test("the packed package installs into the Vite example, builds, and generates t
   npm(["install"], app);
   execFileSync(path.join(app, "node_modules/.bin/vite"), ["build", "--logLevel", "warn"], { cwd: app, stdio: "inherit" });
 
-  const expected = nativeGenerate({ prompt: "The capital of France is", maxTokens: 3 });
+  const expected = nativeGenerate({ prompt: "The capital of France is", maxTokens: 3, backend: "cpu" });
   server = await startServer({ routes: { "/": path.join(app, "dist"), "/models/smollm2/": SMOLLM2 }, pages: { "/favicon.ico": "" } });
   browser = await launch();
   // One profile for both runs: the worker run reads the shards the first run stored in IndexedDB.
@@ -56,6 +56,9 @@ test("the packed package installs into the Vite example, builds, and generates t
     const ids = JSON.parse((await page.evaluate(() => document.body.dataset.ids)) ?? "null");
     assert.deepEqual(ids, expected.ids, `worker=${worker}: ${await page.textContent("#status")}`);
     assert.equal(await page.textContent("#output"), expected.text);
+    // The server sends COOP + COEP: in a worker the CPU engine runs threaded, on the page on one thread.
+    const cores = await page.evaluate(() => navigator.hardwareConcurrency);
+    assert.equal(Number(await page.evaluate(() => document.body.dataset.threads)), worker === "1" ? Math.min(16, cores) : 1);
     assert.deepEqual(errors, []);
     await page.close();
   }

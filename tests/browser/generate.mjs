@@ -1,12 +1,13 @@
 #!/usr/bin/env node
-// Runs the real npm package (pkg/) in headless Chromium (WebGPU on SwiftShader) and prints the same
-// JSON object as `hearth generate --json` (same keys in the same order; top_logits is always []):
+// Runs the real npm package (pkg/) in headless Chromium and prints the same JSON object as
+// `hearth generate --json` (same keys in the same order; top_logits is always []):
 //   node tests/browser/generate.mjs --model DIR --prompt TEXT [--chat] [--system TEXT]
 //        [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--seed S]
 //        [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F] [--stop TEXT]...
-//        [--worker]
-// The CLI's --json and --backend gpu are accepted (and ignored) so that a script can pass the same
-// arguments to both. Each run starts a fresh browser profile: the package is downloaded every time.
+//        [--worker] [--backend auto|gpu|cpu]
+// --backend as the CLI's: gpu runs the GPU engine (WebGPU on SwiftShader here), cpu the CPU engine
+// (wasm), auto (the default) what Hearth.load chooses. The CLI's --json is accepted (and ignored) so
+// that a script can pass the same arguments to both. Each run starts a fresh browser profile: the package is downloaded every time.
 import { parseArgs } from "node:util";
 import fs from "node:fs";
 import path from "node:path";
@@ -39,7 +40,7 @@ try {
       stop: { type: "string", multiple: true, default: [] },
       worker: { type: "boolean", default: false },
       json: { type: "boolean", default: true },
-      backend: { type: "string", default: "gpu" },
+      backend: { type: "string", default: "auto" },
       "top-logits": { type: "string", default: "0" },
     },
   }));
@@ -55,8 +56,9 @@ if (!fs.existsSync(path.join(a.model, "manifest.json"))) {
   console.error(`error: ${a.model} is not a model package (no manifest.json); make one with \`hearth convert\``);
   process.exit(1);
 }
-if (a.backend !== "gpu") {
-  console.error("error: the browser runs the GPU engine only (--backend gpu)");
+const BACKENDS = { auto: "auto", gpu: "webgpu", cpu: "cpu" };
+if (!BACKENDS[a.backend]) {
+  console.error("error: --backend is auto, gpu or cpu");
   process.exit(2);
 }
 if (a["top-logits"] !== "0") console.error("note: --top-logits is not available in the browser; top_logits is []");
@@ -78,9 +80,9 @@ let code = 0;
 try {
   const { page, consoleErrors } = await openPage(browser, server);
   const out = await page.evaluate(
-    async ({ input, options, worker }) => {
+    async ({ input, options, worker, backend }) => {
       try {
-        const engine = await (worker ? Hearth.loadInWorker : Hearth.load)("/models/model/");
+        const engine = await (worker ? Hearth.loadInWorker : Hearth.load)("/models/model/", { backend });
         try {
           return { result: await engine.generate(input, options) };
         } finally {
@@ -90,7 +92,7 @@ try {
         return { error: `${e.name}: ${e.message}` };
       }
     },
-    { input, options, worker: a.worker },
+    { input, options, worker: a.worker, backend: BACKENDS[a.backend] },
   );
   for (const e of consoleErrors) console.error(`browser console: ${e}`);
   if (out.error) throw new Error(out.error);

@@ -42,12 +42,15 @@ const TEST_PAGE = `<!doctype html><meta charset="utf-8"><title>Hearth browser te
   window.hearthReady = true;
 </script>`;
 
-/** Serve pkg/ and the given model packages (name -> directory) under /models/NAME/. */
-export function serve(models) {
+/**
+ * Serve pkg/ and the given model packages (name -> directory) under /models/NAME/; cross-origin
+ * isolated (COOP + COEP) unless `isolated: false`.
+ */
+export function serve(models, { isolated = true } = {}) {
   const routes = { "/pkg/": path.join(ROOT, "pkg") };
   for (const [name, dir] of Object.entries(models)) routes[`/models/${name}/`] = dir;
   // An empty favicon: a 404 for it would be the only console error of a clean run.
-  return startServer({ routes, pages: { "/": TEST_PAGE, "/favicon.ico": "" } });
+  return startServer({ routes, pages: { "/": TEST_PAGE, "/favicon.ico": "" }, isolated });
 }
 
 /** A fresh browser context (its own IndexedDB) with the test page open; console errors collected. */
@@ -67,11 +70,12 @@ export async function openPage(browser, server) {
 const nativeRuns = new Map();
 
 /**
- * `hearth generate --backend gpu --json` natively (lavapipe here): what the browser must match.
- * Greedy, so deterministic: each distinct call runs once per test process.
+ * `hearth generate --backend gpu --json` natively (lavapipe here), or with `backend: "cpu"` the fast
+ * CPU engine: what the browser must match. Greedy, so deterministic: each distinct call runs once
+ * per test process.
  */
-export function nativeGenerate({ model = SMOLLM2, prompt, chat = false, system, maxTokens, kvCache }) {
-  const args = ["generate", "--model", model, "--backend", "gpu", "--json", "--max-tokens", String(maxTokens), "--prompt", prompt];
+export function nativeGenerate({ model = SMOLLM2, prompt, chat = false, system, maxTokens, kvCache, backend = "gpu" }) {
+  const args = ["generate", "--model", model, "--backend", backend, "--json", "--max-tokens", String(maxTokens), "--prompt", prompt];
   if (kvCache) args.push("--kv-cache", kvCache);
   if (chat) args.push("--chat");
   if (system !== undefined) args.push("--system", system);

@@ -1,5 +1,6 @@
-// The browser gives exactly what the native engine gives: greedy ids of the real SmolLM2 package
-// through the main-thread API, the worker API, stream() and chat.completions, against
+// The browser's GPU engine (`backend: "webgpu"`, which SwiftShader would not get by default) gives
+// exactly what the native engine gives: greedy ids of the real SmolLM2 package through the
+// main-thread API, the worker API, stream() and chat.completions, against
 // `hearth generate --backend gpu --json` run natively in the test itself. Also: loading never holds
 // the model in wasm memory.
 //
@@ -45,7 +46,7 @@ test("greedy ids, streamed text and chat completions equal the native engine's; 
       const progress = [];
       // Wasm memory with each event: it only grows, so the last value is the load's peak.
       const onProgress = (p) => progress.push({ ...p, memory: wasmMemoryBytes() });
-      const engine = await Hearth.load("/models/smollm2/", { onProgress });
+      const engine = await Hearth.load("/models/smollm2/", { onProgress, backend: "webgpu" });
       const memory = wasmMemoryBytes();
       const generated = await engine.generate(RAW, { max_tokens: N });
       const messages = [{ role: "user", content: CHAT }];
@@ -116,6 +117,8 @@ test("greedy ids, streamed text and chat completions equal the native engine's; 
   assert.ok(growth <= 8 << 20, `loading ${modelBytes} bytes of weights grew wasm memory by ${growth} bytes`);
   assert.ok(got.memory < modelBytes / 2, `peak wasm memory ${got.memory} bytes for a ${modelBytes}-byte model`);
   assert.equal(got.info.kvF16, false, "SwiftShader has no shader-f16");
+  assert.equal(got.info.backend, "webgpu", "backend: \"webgpu\" runs the GPU engine even on a software adapter");
+  assert.match(got.info.backendReason, /asked for/);
   assert.deepEqual(consoleErrors, []);
 });
 
@@ -125,7 +128,7 @@ test("the worker API gives the same ids, for a plain prompt (streamed) and for t
   const got = await page.evaluate(
     async ({ RAW, CHAT, N, CHAT_N }) => {
       const progress = [];
-      const engine = await Hearth.loadInWorker("/models/smollm2/", { onProgress: (p) => progress.push(p.phase) });
+      const engine = await Hearth.loadInWorker("/models/smollm2/", { onProgress: (p) => progress.push(p.phase), backend: "webgpu" });
       const chunks = [];
       const stream = engine.stream(RAW, { max_tokens: N });
       for await (const chunk of stream) chunks.push(chunk);

@@ -1,6 +1,7 @@
-// What the package exports, and what it says about the browser: Hearth.support() on SwiftShader, and
-// a browser without WebGPU (navigator.gpu removed before the page runs), where load() must fail with
-// WebGPUUnavailableError instead of anything obscure. No model is loaded: these take seconds.
+// What the package exports, and what it says about the browser: Hearth.support() on SwiftShader (a
+// software adapter: "auto" chooses the CPU engine), and a browser without WebGPU (navigator.gpu
+// removed before the page runs), where "auto" chooses the CPU engine and `backend: "webgpu"` fails
+// with WebGPUUnavailableError instead of anything obscure. No model is loaded: these take seconds.
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -9,7 +10,7 @@ import { launch, MINUTES, openPage, serve, SMOLLM2 } from "./harness.mjs";
 const ERRORS = [
   "WebGPUUnavailableError", "AdapterLimitsError", "QuotaExceededError", "IntegrityError", "NetworkError",
   "UnsupportedModelError", "ContextLengthError", "BadPackageError", "InvalidArgumentError", "GpuError",
-  "EngineDisposedError",
+  "OutOfMemoryError", "EngineDisposedError",
 ];
 
 let browser, server;
@@ -48,18 +49,23 @@ test("the module's exports: Hearth (also the default export) and the error class
   await context.close();
 });
 
-test("Hearth.support() sees SwiftShader's WebGPU: an adapter, no shader-f16", { timeout: 2 * MINUTES }, async () => {
+test("Hearth.support() sees SwiftShader's WebGPU: an adapter, no shader-f16, software, so the CPU engine", { timeout: 2 * MINUTES }, async () => {
   const { context, page } = await openPage(browser, server);
   const s = await page.evaluate(() => Hearth.support());
   assert.equal(s.webgpu, true, JSON.stringify(s));
   assert.equal(s.shaderF16, false, "SwiftShader offers no shader-f16");
-  assert.equal(typeof s.adapter, "string");
+  assert.match(s.adapter, /swiftshader/i);
   assert.ok(s.maxStorageBufferBindingSize >= 128 << 20, `maxStorageBufferBindingSize ${s.maxStorageBufferBindingSize}`);
   assert.equal(s.reason, null);
+  assert.equal(s.softwareAdapter, true);
+  assert.equal(s.backend, "cpu");
+  assert.match(s.backendReason, /swiftshader.*software/i);
+  assert.equal(s.crossOriginIsolated, true, "the test server sends COOP and COEP");
+  assert.equal(s.cpuMemoryLimit, 4 * 2 ** 30, "headless Chromium reports 8 GiB of device memory: wasm32's 4 GiB is the limit");
   await context.close();
 });
 
-test("without WebGPU: support() says why, load() rejects with WebGPUUnavailableError", { timeout: 2 * MINUTES }, async () => {
+test("without WebGPU: support() says why and chooses the CPU; backend \"webgpu\" rejects with WebGPUUnavailableError", { timeout: 2 * MINUTES }, async () => {
   const context = await browser.newContext();
   // As in a browser that has no WebGPU: navigator.gpu is undefined before any script runs.
   await context.addInitScript(() => Object.defineProperty(Navigator.prototype, "gpu", { get: () => undefined }));
@@ -70,7 +76,7 @@ test("without WebGPU: support() says why, load() rejects with WebGPUUnavailableE
     const s = await Hearth.support();
     let error = null;
     try {
-      await Hearth.load("/models/smollm2/");
+      await Hearth.load("/models/smollm2/", { backend: "webgpu" });
     } catch (e) {
       error = { name: e.name, message: e.message };
     }
@@ -78,6 +84,8 @@ test("without WebGPU: support() says why, load() rejects with WebGPUUnavailableE
   });
   assert.equal(got.support.webgpu, false);
   assert.match(got.support.reason, /navigator\.gpu/);
+  assert.equal(got.support.backend, "cpu");
+  assert.equal(got.support.backendReason, got.support.reason);
   assert.equal(got.error?.name, "WebGPUUnavailableError", JSON.stringify(got.error));
   assert.match(got.error.message, /WebGPU/);
   await context.close();

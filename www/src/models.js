@@ -57,8 +57,10 @@ class ProgressView {
   update(event) {
     this.phases[event.phase] = event;
     if (event.phase === "download") this.#speed.add(event.loaded);
-    const { download, cache, gpu } = this.phases;
-    const gpuText = gpu ? ` · on the GPU: ${Math.floor((100 * gpu.loaded) / Math.max(1, gpu.total))}%` : "";
+    const { download, cache } = this.phases;
+    // The last step: into GPU buffers ("gpu") or the CPU engine's memory ("memory").
+    const [where, place] = this.phases.gpu ? ["the GPU", this.phases.gpu] : ["memory", this.phases.memory];
+    const gpuText = place ? ` · in ${where}: ${Math.floor((100 * place.loaded) / Math.max(1, place.total))}%` : "";
     if (event.phase === "ready") {
       this.#render("Ready", 1, 1, "");
     } else if (download && download.loaded < download.total) {
@@ -75,9 +77,9 @@ class ProgressView {
     } else if (cache && cache.loaded < cache.total) {
       this.#render("Reading from this device", cache.loaded, cache.total,
         `${formatBytes(cache.loaded)} of ${formatBytes(cache.total)} · ${cache.file}${gpuText}`);
-    } else if (gpu) {
-      this.#render("Uploading to the GPU", gpu.loaded, gpu.total,
-        `${formatBytes(gpu.loaded)} of ${formatBytes(gpu.total)} · ${gpu.file}`);
+    } else if (place) {
+      this.#render(where === "memory" ? "Copying into memory" : "Uploading to the GPU", place.loaded, place.total,
+        `${formatBytes(place.loaded)} of ${formatBytes(place.total)} · ${place.file}`);
     }
   }
 
@@ -140,7 +142,9 @@ export async function createModelPanel({ Hearth, support, onEngine }) {
     else if (copy) parts.push(`partly stored (${formatBytes(copy.bytes)}): loading resumes`);
     else if (url) parts.push(navigator.onLine ? "downloads once, then stays on this device" : "not stored: needs the network");
     $("model-details").textContent = parts.join(" · ");
-    $("load").disabled = Boolean(loading) || !support.webgpu || !url || (!navigator.onLine && !copy?.complete);
+    $("load").disabled = Boolean(loading) || !url || (!navigator.onLine && !copy?.complete) ||
+      ($("backend-select").value === "webgpu" && !support.webgpu);
+    $("backend-details").textContent = backendDetails($("backend-select").value);
   }
 
   async function refreshStored() {
@@ -177,20 +181,40 @@ export async function createModelPanel({ Hearth, support, onEngine }) {
     renderDetails();
   }
 
+  /** What the choice in "Run on" means on this browser. */
+  function backendDetails(choice) {
+    if (choice === "webgpu") {
+      return support.webgpu ? `On ${support.adapter}.` : `Not available: ${support.reason}`;
+    }
+    if (choice === "cpu") return "WebAssembly with SIMD on this device's processor.";
+    return `Here: the ${support.backend === "webgpu" ? "GPU" : "CPU"}, because ${support.backendReason}.`;
+  }
+
   function renderInfo(info) {
+    const engineRows = (info) =>
+      info.backend === "cpu"
+        ? [
+            ["Runs on", `the CPU: ${info.adapter}, ${info.threads} thread${info.threads === 1 ? "" : "s"}`],
+            ["Why", info.backendReason],
+          ]
+        : [
+            ["Runs on", `the GPU: ${info.adapter}` + (info.software ? " (a CPU emulation of a GPU: slow)" : "")],
+            ["Why", info.backendReason],
+            ["shader-f16", info.kvF16 ? "used (KV cache in f16)" : "not used (KV cache in f32)"],
+            ["GPU memory", formatBytes(info.gpuBytes)],
+          ];
     const rows = info
       ? [
           ["Model", info.name],
           ["Architecture", info.architecture],
-          ["Adapter", info.adapter + (info.software ? " (a CPU emulation of a GPU: slow)" : "")],
-          ["shader-f16", info.kvF16 ? "used (KV cache in f16)" : "not used (KV cache in f32)"],
-          ["GPU memory", formatBytes(info.gpuBytes)],
+          ...engineRows(info),
           ["Context", `${info.contextLength} tokens`],
           ["Vocabulary", `${info.vocabSize} tokens`],
         ]
       : [
           ["Adapter", support.webgpu ? support.adapter : "none (WebGPU unavailable)"],
           ["shader-f16", support.webgpu ? (support.shaderF16 ? "available" : "not available") : "–"],
+          ["Automatic choice", `the ${support.backend === "webgpu" ? "GPU" : "CPU"}: ${support.backendReason}`],
           ["Model", "none loaded"],
         ];
     $("info").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
@@ -215,6 +239,7 @@ export async function createModelPanel({ Hearth, support, onEngine }) {
     try {
       // revalidate: false — a model stored whole loads without a single request.
       engine = await Hearth.loadInWorker(url, {
+        backend: $("backend-select").value,
         signal: loading.signal,
         revalidate: false,
         onProgress: (event) => progress.update(event),
@@ -242,6 +267,7 @@ export async function createModelPanel({ Hearth, support, onEngine }) {
   }
 
   select.addEventListener("change", renderDetails);
+  $("backend-select").addEventListener("change", renderDetails);
   urlInput.addEventListener("input", renderDetails);
   $("load-form").addEventListener("submit", (e) => {
     e.preventDefault();

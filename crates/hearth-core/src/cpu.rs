@@ -262,6 +262,13 @@ impl<P: Products> Engine<P> {
         self.cache.layers.iter().map(|l| (l.k.len() + l.v.len()) * 4).sum()
     }
 
+    /// Bytes the KV cache will hold at `positions` positions (f32 keys and values; windowed layers
+    /// hold at most their window).
+    pub fn kv_cache_bytes_at(config: &ModelConfig, positions: usize) -> u64 {
+        let row = 2 * config.kv_dim() as u64 * 4;
+        (0..config.n_layers).map(|l| config.layer_window(l).map_or(positions, |w| w.min(positions)) as u64 * row).sum()
+    }
+
     /// Positions already in the KV cache.
     pub fn position(&self) -> usize {
         self.cache.len

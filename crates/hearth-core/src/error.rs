@@ -38,6 +38,10 @@ pub enum HearthError {
     /// The adapter's limits are too small for this model (a tensor row wider than a binding, ...).
     #[error("GPU adapter limit: {0}")]
     AdapterLimit(String),
+    /// The model does not fit this machine's (or this wasm module's) memory: `bytes` needed by
+    /// `what`, and `limit` says what stood in the way.
+    #[error("not enough memory for {what}: {bytes} bytes needed; {limit}")]
+    OutOfMemory { what: String, bytes: u64, limit: String },
 }
 
 pub type Result<T, E = HearthError> = std::result::Result<T, E>;

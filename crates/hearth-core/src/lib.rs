@@ -2,6 +2,7 @@
 //! templates, sampling, the decode loop, the CPU reference engine and the fast CPU engine. No GPU and
 //! no browser code lives here, so it builds for native targets and for wasm32 alike.
 
+pub mod assemble;
 pub mod chat;
 pub mod convert;
 pub mod cpu;

@@ -262,26 +262,47 @@ impl Tensor {
 
     /// Inverse of [`Tensor::to_bytes`], validating every length against the shape.
     pub fn from_bytes(name: &str, shape: Vec<usize>, dtype: DType, group: Option<usize>, bytes: &[u8]) -> Result<Self> {
-        let n: usize = shape.iter().product();
-        let cols = shape.last().copied().unwrap_or(1);
+        let mut fill = TensorFill::new(name, shape, dtype, group)?;
+        fill.write(0, bytes.len() as u64, &mut |at, dst| dst.copy_from_slice(&bytes[at as usize..][..dst.len()]));
+        if !fill.is_complete() {
+            return Err(HearthError::bad_package(
+                format!("tensor `{name}`"),
+                format!("{} bytes of data, too few for {dtype:?} of shape {:?}", bytes.len(), fill.tensor.shape),
+            ));
+        }
+        Ok(fill.tensor)
+    }
+}
+
+/// A tensor filled from pieces of its serialized form (`Tensor::to_bytes`) as they arrive, in any
+/// order: its arrays are allocated once at their final size and every piece is copied straight into
+/// place, so assembling a model never holds its bytes twice (the browser's CPU engine loads this way).
+pub struct TensorFill {
+    name: String,
+    tensor: Tensor,
+    /// Each part's range in the serialized form, in storage order.
+    ranges: Vec<PartRange>,
+    /// Part bytes written so far. Pieces never overlap (callers feed each byte range once), so the
+    /// tensor is complete when this reaches the parts' total.
+    filled: u64,
+}
+
+impl TensorFill {
+    /// Validate the encoding against the shape and allocate the arrays (zeroed). A failed
+    /// allocation is an error, not an abort: wasm32 has 4 GiB at most and a browser may give less.
+    pub fn new(name: &str, shape: Vec<usize>, dtype: DType, group: Option<usize>) -> Result<Self> {
         let bad = |detail: String| HearthError::bad_package(format!("tensor `{name}`"), detail);
-        let mut offset = 0usize;
-        let mut take = |len: usize| -> Result<&[u8]> {
-            offset = offset.next_multiple_of(PART_ALIGN);
-            let part = bytes.get(offset..offset + len).ok_or_else(|| {
-                bad(format!("{} bytes of data, too few for {dtype:?} of shape {shape:?}", bytes.len()))
-            })?;
-            offset += len;
-            Ok(part)
-        };
+        let n = shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| bad(format!("shape {shape:?} has more values than this machine can count")))?;
+        let cols = shape.last().copied().unwrap_or(1);
         let data = match dtype {
-            DType::F32 => TensorData::F32(bytemuck::pod_collect_to_vec(take(n * 4)?)),
-            DType::F16 => TensorData::F16(bytemuck::pod_collect_to_vec(take(n * 2)?)),
+            DType::F32 => TensorData::F32(alloc_zeroed(name, n)?),
+            DType::F16 => TensorData::F16(alloc_zeroed(name, n)?),
             DType::Q8 => {
                 check_groups(cols, Q8_GROUP, "q8").map_err(|e| bad(e.to_string()))?;
-                let codes = bytemuck::pod_collect_to_vec(take(n)?);
-                let scales = bytemuck::pod_collect_to_vec(take(n / Q8_GROUP * 2)?);
-                TensorData::Q8(Q8Data { codes, scales })
+                TensorData::Q8(Q8Data { codes: alloc_zeroed(name, n)?, scales: alloc_zeroed(name, n / Q8_GROUP)? })
             }
             DType::Q4 => {
                 let group = group.ok_or_else(|| bad("q4 tensor without a group size".into()))?;
@@ -289,14 +310,89 @@ impl Tensor {
                     return Err(bad(format!("q4 group size {group} (32, 64 or 128 allowed)")));
                 }
                 check_groups(cols, group, "q4").map_err(|e| bad(e.to_string()))?;
-                let codes = take(n / 2)?.to_vec();
-                let scales = bytemuck::pod_collect_to_vec(take(n / group * 2)?);
-                let mins = bytemuck::pod_collect_to_vec(take(n / group * 2)?);
-                TensorData::Q4(Q4Data { group, codes, scales, mins })
+                TensorData::Q4(Q4Data {
+                    group,
+                    codes: alloc_zeroed(name, n / 2)?,
+                    scales: alloc_zeroed(name, n / group)?,
+                    mins: alloc_zeroed(name, n / group)?,
+                })
             }
         };
-        Ok(Tensor { shape, data })
+        let mut tensor = Tensor { shape, data };
+        let mut at = 0u64;
+        let ranges = parts_mut(&mut tensor.data)
+            .iter()
+            .map(|part| {
+                let offset = at.next_multiple_of(PART_ALIGN as u64);
+                at = offset + part.len() as u64;
+                PartRange { offset, length: part.len() as u64 }
+            })
+            .collect();
+        Ok(TensorFill { name: name.to_string(), tensor, ranges, filled: 0 })
     }
+
+    /// Each part's range in the serialized form, in storage order (`DType::part_names`).
+    pub fn ranges(&self) -> &[PartRange] {
+        &self.ranges
+    }
+
+    /// Bytes of the serialized form that carry data (the end of the last part).
+    pub fn data_len(&self) -> u64 {
+        self.ranges.last().map_or(0, |r| r.offset + r.length)
+    }
+
+    /// Take the piece of the serialized form at `at..at + len`: `copy(offset_in_piece, dst)` must
+    /// fill `dst` with the piece's bytes from that offset. Bytes outside every part (alignment
+    /// padding, trailing words) are skipped.
+    pub fn write(&mut self, at: u64, len: u64, copy: &mut dyn FnMut(u64, &mut [u8])) {
+        for (range, part) in self.ranges.iter().zip(parts_mut(&mut self.tensor.data)) {
+            let (lo, hi) = (at.max(range.offset), (at + len).min(range.offset + range.length));
+            if lo < hi {
+                copy(lo - at, &mut part[(lo - range.offset) as usize..(hi - range.offset) as usize]);
+                self.filled += hi - lo;
+            }
+        }
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.filled == self.ranges.iter().map(|r| r.length).sum::<u64>()
+    }
+
+    /// The tensor, once every byte of its parts has been written.
+    pub fn finish(self) -> Result<Tensor> {
+        if !self.is_complete() {
+            return Err(HearthError::bad_package(
+                format!("tensor `{}`", self.name),
+                format!("{} of its {} bytes arrived", self.filled, self.data_len()),
+            ));
+        }
+        Ok(self.tensor)
+    }
+}
+
+/// The arrays of `data` as bytes, in storage order (`DType::part_names`).
+fn parts_mut(data: &mut TensorData) -> Vec<&mut [u8]> {
+    match data {
+        TensorData::F32(v) => vec![bytemuck::cast_slice_mut(v)],
+        TensorData::F16(v) => vec![bytemuck::cast_slice_mut(v)],
+        TensorData::Q8(Q8Data { codes, scales }) => {
+            vec![bytemuck::cast_slice_mut(codes), bytemuck::cast_slice_mut(scales)]
+        }
+        TensorData::Q4(Q4Data { codes, scales, mins, .. }) => {
+            vec![codes, bytemuck::cast_slice_mut(scales), bytemuck::cast_slice_mut(mins)]
+        }
+    }
+}
+
+fn alloc_zeroed<T: bytemuck::Zeroable + Clone>(name: &str, len: usize) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| HearthError::OutOfMemory {
+        what: format!("tensor `{name}`"),
+        bytes: (len as u64).saturating_mul(std::mem::size_of::<T>() as u64),
+        limit: "the allocation failed".into(),
+    })?;
+    v.resize(len, T::zeroed());
+    Ok(v)
 }
 
 fn check_groups(cols: usize, group: usize, what: &str) -> Result<()> {

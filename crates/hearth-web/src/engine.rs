@@ -10,10 +10,10 @@ use hearth_core::manifest::Manifest;
 use hearth_core::model::Prompter;
 use hearth_core::sampling::SamplingParams;
 use hearth_core::HearthError;
-use hearth_gpu::GpuEngine;
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 
+use crate::compute::Compute;
 use crate::{js_error, named_error, now, to_js};
 
 /// What `begin()` takes: a prompt or chat messages, the sampling settings (flattened, with
@@ -56,7 +56,12 @@ struct Step {
 struct Info {
     name: String,
     architecture: String,
+    /// `"webgpu"` or `"cpu"`.
+    backend: &'static str,
+    /// The GPU adapter's name, or the CPU kernels (`"CPU (wasm simd128)"`).
     adapter: String,
+    /// Threads the CPU engine spreads its products over (1 on the GPU engine: the page's one).
+    threads: usize,
     kv_f16: bool,
     software: bool,
     context_length: usize,
@@ -66,12 +71,12 @@ struct Info {
 }
 
 struct State {
-    gpu: GpuEngine,
+    compute: Compute,
     prompter: Prompter,
     generation: Option<Generation>,
 }
 
-/// A loaded model on the GPU.
+/// A loaded model, on the GPU or the CPU.
 #[wasm_bindgen]
 pub struct Engine {
     /// Empty while a step is running (the GPU engine is borrowed across an await).
@@ -82,19 +87,34 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub(crate) fn new(gpu: GpuEngine, prompter: Prompter, manifest: Manifest) -> Self {
+    pub(crate) fn new(compute: Compute, prompter: Prompter, manifest: Manifest) -> Self {
         let c = &manifest.config;
-        let info = Info {
+        let weight_bytes = manifest.shards.iter().map(|s| s.size).sum::<u64>();
+        let common = |backend, adapter, threads| Info {
             name: manifest.name.clone(),
             architecture: manifest.architecture.clone(),
-            adapter: gpu.adapter_name().to_string(),
-            kv_f16: gpu.kv_f16(),
-            software: gpu.software(),
-            context_length: gpu.context_length(),
+            backend,
+            adapter,
+            threads,
+            kv_f16: false,
+            software: false,
+            context_length: compute.context_length(),
             vocab_size: c.vocab_size,
-            gpu_bytes: manifest.shards.iter().map(|s| s.size).sum::<u64>() + gpu.kv_cache_bytes(),
+            gpu_bytes: 0,
         };
-        let state = State { gpu, prompter, generation: None };
+        let info = match &compute {
+            Compute::Gpu(gpu) => Info {
+                kv_f16: gpu.kv_f16(),
+                software: gpu.software(),
+                gpu_bytes: weight_bytes + gpu.kv_cache_bytes(),
+                ..common("webgpu", gpu.adapter_name().to_string(), 1)
+            },
+            Compute::Cpu { .. } => {
+                let simd = format!("{:?}", hearth_core::fast::kernels::Simd::detect()).to_lowercase();
+                common("cpu", format!("CPU (wasm {simd})"), crate::threads())
+            }
+        };
+        let state = State { compute, prompter, generation: None };
         Engine { state: Rc::new(RefCell::new(Some(state))), cancelled: Rc::new(Cell::new(false)), info }
     }
 }
@@ -129,8 +149,8 @@ impl Engine {
             stop_strings: req.stop,
             top_logits: 0,
         };
-        let generation = Generation::new(request, state.gpu.context_length(), now()).map_err(js_error)?;
-        state.gpu.reset();
+        let generation = Generation::new(request, state.compute.context_length(), now()).map_err(js_error)?;
+        state.compute.reset();
         let prompt_tokens = generation.prompt_tokens();
         state.generation = Some(generation);
         self.cancelled.set(false);
@@ -166,14 +186,14 @@ impl Engine {
 }
 
 async fn run_step(state: &mut State) -> Result<JsValue, JsValue> {
-    let State { gpu, prompter, generation } = state;
+    let State { compute, prompter, generation } = state;
     let generation = generation.as_mut().ok_or_else(|| {
         js_error(HearthError::InvalidArgument("no generation in progress: call begin() first".into()))
     })?;
     let input = generation
         .input()
         .ok_or_else(|| js_error(HearthError::InvalidArgument("this generation has finished".into())))?;
-    let id = gpu.sample_next_async(input.tokens, input.sampler, input.history).await.map_err(js_error)?;
+    let id = compute.sample_next(input).await.map_err(js_error)?;
     let text = generation.accept(id, &prompter.tokenizer, now()).map_err(js_error)?;
     let step = if generation.is_done() {
         let out = generation.output(now());

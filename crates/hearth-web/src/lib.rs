@@ -1,8 +1,10 @@
-//! Hearth in the browser: the GPU engine behind a small wasm-bindgen API that the package's
-//! JavaScript (`pkg/src/*.js`) drives. Two classes: [`Loader`] fills the GPU with a model's weights
-//! shard by shard as JavaScript fetches them, and [`Engine`] generates one token per `step()` call,
-//! so JavaScript can stream, abort and queue between tokens. The contract is in `docs/WEB.md`.
+//! Hearth in the browser: the GPU engine and the fast CPU engine behind a small wasm-bindgen API that
+//! the package's JavaScript (`pkg/src/*.js`) drives. Two classes: [`Loader`] fills the GPU (or wasm
+//! memory) with a model's weights shard by shard as JavaScript fetches them, and [`Engine`]
+//! generates one token per `step()` call, so JavaScript can stream, abort and queue between tokens.
+//! The contract is in `docs/WEB.md`.
 
+mod compute;
 mod engine;
 mod loader;
 
@@ -11,6 +13,10 @@ use wasm_bindgen::prelude::*;
 
 pub use engine::Engine;
 pub use loader::Loader;
+/// `initThreadPool(n)`: start the CPU engine's `n` worker threads (the threaded build only; call it
+/// once, from a worker: the pool blocks the calling thread while it works, which a page may not).
+#[cfg(all(feature = "threads", target_arch = "wasm32"))]
+pub use wasm_bindgen_rayon::init_thread_pool;
 
 /// Panics that slip through become readable console errors instead of "unreachable executed".
 #[wasm_bindgen(start)]
@@ -23,6 +29,7 @@ pub(crate) fn js_error(e: HearthError) -> JsValue {
     let name = match &e {
         HearthError::Gpu(_) => "GpuError",
         HearthError::AdapterLimit(_) => "AdapterLimitsError",
+        HearthError::OutOfMemory { .. } => "OutOfMemoryError",
         HearthError::UnsupportedArchitecture(_) | HearthError::UnsupportedTensorType { .. } => "UnsupportedModelError",
         HearthError::BadPackage { .. } | HearthError::BadModelFile { .. } | HearthError::Io { .. } => "BadPackageError",
         HearthError::Integrity { .. } => "IntegrityError",
@@ -38,6 +45,14 @@ pub(crate) fn named_error(name: &str, message: &str) -> JsValue {
     let error = js_sys::Error::new(message);
     error.set_name(name);
     error.into()
+}
+
+/// Threads the CPU engine's products run on: rayon's pool in the threaded build, else this one.
+pub(crate) fn threads() -> usize {
+    #[cfg(feature = "threads")]
+    return rayon::current_num_threads();
+    #[cfg(not(feature = "threads"))]
+    1
 }
 
 /// Seconds on the page's (or worker's) monotonic clock.

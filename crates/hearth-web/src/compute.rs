@@ -1,0 +1,43 @@
+//! The two engines a page can run a model on, behind one `sample_next`: the GPU engine (WebGPU) and
+//! the fast CPU engine (wasm, SIMD128; threads in the threaded build). Which one runs is chosen in
+//! JavaScript (`backend` in `Hearth.load`); everything above this file is the same for both.
+
+use hearth_core::fast::FastEngine;
+use hearth_core::generate::{Backend as _, StepInput};
+use hearth_core::Result;
+use hearth_gpu::GpuEngine;
+
+/// Both engines are large; boxed, the enum is a pointer and a tag.
+pub(crate) enum Compute {
+    Gpu(Box<GpuEngine>),
+    Cpu {
+        engine: Box<FastEngine>,
+        /// Positions allowed: the model's context length, or less where the page asked (`maxContext`).
+        context_length: usize,
+    },
+}
+
+impl Compute {
+    /// Run `input.tokens` and choose the next id (the GPU samples on the device; the CPU engine
+    /// hands its logits to `hearth_core`'s sampler).
+    pub async fn sample_next(&mut self, input: StepInput<'_>) -> Result<u32> {
+        match self {
+            Compute::Gpu(gpu) => gpu.sample_next_async(input.tokens, input.sampler, input.history).await,
+            Compute::Cpu { engine, .. } => engine.forward_sample(input.tokens, input.sampler, input.history),
+        }
+    }
+
+    pub fn reset(&mut self) {
+        match self {
+            Compute::Gpu(gpu) => gpu.reset(),
+            Compute::Cpu { engine, .. } => engine.reset(),
+        }
+    }
+
+    pub fn context_length(&self) -> usize {
+        match self {
+            Compute::Gpu(gpu) => gpu.context_length(),
+            Compute::Cpu { context_length, .. } => *context_length,
+        }
+    }
+}
