@@ -52,6 +52,8 @@ lint:
 	cargo clippy --release --workspace --all-targets -- -D warnings
 	# The engine as the browser will build it: no threads, async GPU read-backs only.
 	cargo clippy --release --target wasm32-unknown-unknown -p hearth-core -p hearth-gpu -p hearth-web -- -D warnings
+	# The threaded browser build's own code (the CPU engine's pool).
+	cargo clippy --release --target wasm32-unknown-unknown -p hearth-web --features threads -- -D warnings
 
 $(HEARTH): FORCE
 	cargo build --release -p hearth-cli

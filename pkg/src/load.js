@@ -10,6 +10,7 @@ import {
 } from "./errors.js";
 import { fetchText, fetchVerified } from "./fetch.js";
 import { checkBackend, chooseBackend, cpuMemoryLimit } from "./support.js";
+import { startThreadPool } from "./threads.js";
 import { HearthEngine } from "./engine.js";
 import { signalOf } from "./options.js";
 import * as store from "./store.js";
@@ -28,7 +29,7 @@ function loadWasm(variant = "wasm") {
     const ready = module
       .then(async (m) => {
         await m.default();
-        if (variant === "wasm-threads") await m.initThreadPool(threadCount());
+        if (variant === "wasm-threads") await startThreadPool(m, threadCount());
         return m;
       })
       .catch((e) => {

@@ -115,7 +115,15 @@ export async function loadInWorker(modelUrl, options = {}) {
   try {
     const info = await channel.request(
       "load",
-      { url, options: { cache: options.cache ?? true, maxContext: options.maxContext, revalidate: options.revalidate } },
+      {
+        url,
+        options: {
+          cache: options.cache ?? true,
+          maxContext: options.maxContext,
+          revalidate: options.revalidate,
+          backend: options.backend,
+        },
+      },
       { signal, waitOnAbort: true, onEvent: (m) => m.type === "progress" && report(m.progress) },
     );
     return new WorkerEngine(worker, channel, info);

@@ -6,13 +6,14 @@
 // Gemma 3 (local layers with a window of 8 and their own RoPE base between global ones, QK-norm,
 // post-norms, GeGLU); BLOOM (ALiBi over 6 heads, LayerNorm, embedding norm, biases) and GPT-2
 // (learned positions). Then the real Gemma 3 270M, whose first greedy tokens must be llama.cpp's.
+// Both engines: the GPU engine on SwiftShader and the CPU engine in wasm.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { execFileSync } from "node:child_process";
-import { launch, serve, openPage, nativeGenerate, tinyPackage, MINUTES, ROOT, HEARTH } from "./harness.mjs";
+import { assertSameGreedy, launch, serve, openPage, nativeGenerate, tinyPackage, MINUTES, ROOT, HEARTH } from "./harness.mjs";
 
 const MODELS = ["qwen2", "qwen2_yarn", "mistral_swa", "gemma2", "gemma3", "bloom", "gpt2"];
 const PROMPT = "the cat sat on the mat";
@@ -42,53 +43,72 @@ after(async () => {
   await server?.close();
 });
 
+// Each engine against its native twin: the GPU engine (forced: SwiftShader would get the CPU one)
+// against `hearth generate --backend gpu`, the CPU engine (wasm, SIMD128) against `--backend cpu`.
+const ENGINES = [
+  { backend: "webgpu", native: "gpu" },
+  { backend: "cpu", native: "cpu" },
+];
+
 for (const name of MODELS) {
-  test(`${name}: the browser gives the native greedy ids`, { timeout: 3 * MINUTES }, async () => {
-    // SwiftShader has no shader-f16, so the browser keeps an f32 KV cache; the native run must too.
-    // (Random weights make near-ties common: an f16 cache changes GPT-2's greedy ids after 6 tokens.)
-    const native = nativeGenerate({ model: packages[name], prompt: PROMPT, maxTokens: MAX_TOKENS, kvCache: "f32" });
+  for (const { backend, native: nativeBackend } of ENGINES) {
+    test(`${name}, ${backend}: the browser gives the native greedy ids`, { timeout: 3 * MINUTES }, async () => {
+      // SwiftShader has no shader-f16, so the browser keeps an f32 KV cache; the native run must too.
+      // (Random weights make near-ties common: an f16 cache changes GPT-2's greedy ids after 6 tokens.)
+      const native = nativeGenerate({ model: packages[name], prompt: PROMPT, maxTokens: MAX_TOKENS, kvCache: "f32", backend: nativeBackend, margins: nativeBackend === "cpu" });
+      const { context, page, consoleErrors } = await openPage(browser, server);
+      const got = await page.evaluate(
+        async ({ url, prompt, maxTokens, backend }) => {
+          const engine = await Hearth.load(url, { cache: false, backend });
+          const r = await engine.generate(prompt, { max_tokens: maxTokens });
+          await engine.dispose();
+          return { ids: r.ids, prompt_ids: r.prompt_ids, text: r.text, architecture: engine.info.architecture, backend: engine.info.backend };
+        },
+        { url: `/models/${name}/`, prompt: PROMPT, maxTokens: MAX_TOKENS, backend },
+      );
+      const fixture = JSON.parse(fs.readFileSync(path.join(ROOT, `tests/fixtures/tiny/${name}.json`), "utf8"));
+      assert.equal(got.architecture, fixture.arch);
+      assert.equal(got.backend, backend);
+      assert.deepEqual(got.prompt_ids, native.prompt_ids);
+      assert.ok(native.ids.length > 8, "the generation runs past the windows of 8 keys");
+      const what = `${name}: browser ids differ from \`hearth generate --backend ${nativeBackend}\``;
+      if (backend === "webgpu") {
+        assert.deepEqual(got.ids, native.ids, what);
+        assert.equal(got.text, native.text);
+      } else if (assertSameGreedy(got.ids, native, what) === native.ids.length) {
+        // The CPU engines round differently (wasm SIMD128 and native AVX2): equal up to a near-tie.
+        assert.equal(got.text, native.text);
+      }
+      assert.deepEqual(consoleErrors, []);
+      await context.close();
+    });
+  }
+}
+
+for (const { backend, native: nativeBackend } of ENGINES) {
+  test(`Gemma 3 270M, ${backend}: the browser gives llama.cpp's greedy ids and the native engine's`, {
+    timeout: 5 * MINUTES,
+  }, async () => {
+    const prompt = "The capital of France is";
+    const fixture = JSON.parse(fs.readFileSync(path.join(ROOT, "tests/fixtures/gemma3/generation.json"), "utf8"));
+    const reference = fixture.prompts.find((p) => p.prompt === prompt);
+    const native = nativeGenerate({ model: GEMMA3, prompt, maxTokens: 8, kvCache: "f32", backend: nativeBackend, margins: nativeBackend === "cpu" });
     const { context, page, consoleErrors } = await openPage(browser, server);
     const got = await page.evaluate(
-      async ({ url, prompt, maxTokens }) => {
-        const engine = await Hearth.load(url, { cache: false });
-        const r = await engine.generate(prompt, { max_tokens: maxTokens });
+      async ({ url, prompt, backend }) => {
+        const engine = await Hearth.load(url, { cache: false, backend });
+        const r = await engine.generate(prompt, { max_tokens: 8 });
         await engine.dispose();
-        return { ids: r.ids, prompt_ids: r.prompt_ids, text: r.text, architecture: engine.info.architecture };
+        return { ids: r.ids, prompt_ids: r.prompt_ids, architecture: engine.info.architecture };
       },
-      { url: `/models/${name}/`, prompt: PROMPT, maxTokens: MAX_TOKENS },
+      { url: "/models/gemma3-270m/", prompt, backend },
     );
-    const fixture = JSON.parse(fs.readFileSync(path.join(ROOT, `tests/fixtures/tiny/${name}.json`), "utf8"));
-    assert.equal(got.architecture, fixture.arch);
-    assert.deepEqual(got.prompt_ids, native.prompt_ids);
-    assert.ok(native.ids.length > 8, "the generation runs past the windows of 8 keys");
-    assert.deepEqual(got.ids, native.ids, `${name}: browser ids differ from \`hearth generate --backend gpu\``);
-    assert.equal(got.text, native.text);
+    assert.equal(got.architecture, "gemma3");
+    assert.deepEqual(got.prompt_ids, reference.prompt_ids, "tokenized as llama.cpp does");
+    assert.deepEqual(got.ids, reference.greedy_ids.slice(0, 8), "llama.cpp's first 8 greedy tokens");
+    if (backend === "webgpu") assert.deepEqual(got.ids, native.ids);
+    else assertSameGreedy(got.ids, native, "Gemma 3 270M on the CPU");
     assert.deepEqual(consoleErrors, []);
     await context.close();
   });
 }
-
-test("Gemma 3 270M: the browser gives llama.cpp's greedy ids and the native engine's", {
-  timeout: 5 * MINUTES,
-}, async () => {
-  const prompt = "The capital of France is";
-  const fixture = JSON.parse(fs.readFileSync(path.join(ROOT, "tests/fixtures/gemma3/generation.json"), "utf8"));
-  const reference = fixture.prompts.find((p) => p.prompt === prompt);
-  const native = nativeGenerate({ model: GEMMA3, prompt, maxTokens: 8, kvCache: "f32" });
-  const { context, page, consoleErrors } = await openPage(browser, server);
-  const got = await page.evaluate(
-    async ({ url, prompt }) => {
-      const engine = await Hearth.load(url, { cache: false });
-      const r = await engine.generate(prompt, { max_tokens: 8 });
-      await engine.dispose();
-      return { ids: r.ids, prompt_ids: r.prompt_ids, architecture: engine.info.architecture };
-    },
-    { url: "/models/gemma3-270m/", prompt },
-  );
-  assert.equal(got.architecture, "gemma3");
-  assert.deepEqual(got.prompt_ids, reference.prompt_ids, "tokenized as llama.cpp does");
-  assert.deepEqual(got.ids, reference.greedy_ids.slice(0, 8), "llama.cpp's first 8 greedy tokens");
-  assert.deepEqual(got.ids, native.ids);
-  assert.deepEqual(consoleErrors, []);
-  await context.close();
-});

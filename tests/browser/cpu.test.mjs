@@ -1,6 +1,7 @@
 // The CPU engine in the browser. On SwiftShader (a software WebGPU adapter) `backend: "auto"`, the
 // default, chooses it; it must give the native fast CPU engine's greedy ids (`hearth generate
-// --backend cpu`): in a plain page on one thread, and in a cross-origin isolated page's worker on a
+// --backend cpu`; up to a near-tie, where rounding may choose either: harness.mjs NEAR_TIE): in a
+// plain page on one thread, and in a cross-origin isolated page's worker on a
 // pool of threads (the threaded wasm build). Loading copies each shard straight into place, so wasm
 // memory ends near the model's size. A model that would not fit the page's memory is refused before
 // any shard is downloaded, naming both sizes.
@@ -8,7 +9,7 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import { launch, MINUTES, nativeGenerate, openPage, serve, SMOLLM2 } from "./harness.mjs";
+import { assertSameGreedy, launch, MINUTES, nativeGenerate, openPage, serve, SMOLLM2 } from "./harness.mjs";
 
 const RAW = "The capital of France is";
 const CHAT = "What is the capital of Germany?";
@@ -51,14 +52,16 @@ async function run(page, worker) {
 }
 
 function assertNative(got) {
-  const raw = nativeGenerate({ prompt: RAW, maxTokens: N, backend: "cpu" });
-  const chat = nativeGenerate({ prompt: CHAT, chat: true, maxTokens: CHAT_N, backend: "cpu" });
+  const raw = nativeGenerate({ prompt: RAW, maxTokens: N, backend: "cpu", margins: true });
+  const chat = nativeGenerate({ prompt: CHAT, chat: true, maxTokens: CHAT_N, backend: "cpu", margins: true });
   assert.deepEqual(got.raw.prompt_ids, raw.prompt_ids);
-  assert.deepEqual(got.raw.ids, raw.ids, "plain prompt: the native CPU engine's ids");
-  assert.equal(got.raw.text, raw.text);
-  assert.deepEqual(got.chat.ids, chat.ids, "chat template: the native CPU engine's ids");
-  assert.equal(got.chat.finish_reason, "stop");
-  assert.equal(got.chunks.join(""), chat.text);
+  assert.deepEqual(got.chat.prompt_ids, chat.prompt_ids);
+  // Equal, or equal up to a near-tie (harness.mjs: NEAR_TIE); where all are equal, so is the text.
+  if (assertSameGreedy(got.raw.ids, raw, "plain prompt") === raw.ids.length) assert.equal(got.raw.text, raw.text);
+  if (assertSameGreedy(got.chat.ids, chat, "chat template") === chat.ids.length) {
+    assert.equal(got.chat.finish_reason, chat.finish_reason);
+  }
+  assert.equal(got.chunks.join(""), got.chat.text, "stream chunks concatenate to the text");
   assert.equal(got.info.backend, "cpu");
   assert.match(got.info.backendReason, /swiftshader.*software/i);
   assert.match(got.info.adapter, /^CPU \(wasm simd128\)$/);
@@ -109,8 +112,9 @@ test("a model larger than the page may use is refused before any shard is downlo
   });
   assert.equal(got.limit, 128 << 20);
   assert.deepEqual({ name: got.error?.name, isClass: got.error?.isClass }, { name: "OutOfMemoryError", isClass: true }, JSON.stringify(got.error));
-  // Weights, the KV cache at the model's 8192 positions, the working memory, and the page's limit.
-  assert.match(got.error.message, /weights 9\d MiB, KV cache 360 MiB at 8192 positions.*maxContext.*this page may use 128 MiB \(half of this device's 0\.25 GiB/s);
+  // Weights, the KV cache at the model's 8192 positions (f16: 30 layers x 2 x 192 values x 2 bytes
+  // per position), the working memory, and the page's limit.
+  assert.match(got.error.message, /weights 9\d MiB, KV cache 180 MiB at 8192 positions.*maxContext.*this page may use 128 MiB \(half of this device's 0\.25 GiB/s);
   const shards = plain.log.slice(before).filter((r) => r.path.includes("/shard-"));
   assert.deepEqual(shards, [], "no shard was requested");
   await context.close();

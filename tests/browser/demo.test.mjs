@@ -9,7 +9,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { launch, nativeGenerate, shardFiles, ROOT, SMOLLM2, MINUTES } from "./harness.mjs";
+import { assertSameGreedyText, launch, nativeGenerate, shardFiles, ROOT, SMOLLM2, MINUTES } from "./harness.mjs";
 import { startServer } from "../../scripts/static-server.mjs";
 import { demoRoutes } from "../../scripts/serve-demo.mjs";
 
@@ -92,13 +92,16 @@ const statsPattern =
 
 /** The greedy answer and stats must be the CLI's for the same conversation. */
 async function assertNativeAnswer(answer, { prompt, maxTokens }) {
-  const native = nativeGenerate({ prompt, chat: true, system: SYSTEM, maxTokens, backend: "cpu" });
-  assert.equal(await answer.locator(".content").textContent(), native.text, "the answer differs from `hearth generate`");
+  // The demo runs the CPU engine here: its text is the native CPU engine's, up to a near-tie.
+  const request = { prompt, chat: true, system: SYSTEM, maxTokens, backend: "cpu" };
+  const native = nativeGenerate(request);
+  const text = await answer.locator(".content").textContent();
+  assertSameGreedyText(text, request, "the answer differs from `hearth generate`");
   const stats = await answer.locator(".stats").textContent();
   const match = stats.match(statsPattern);
   assert.ok(match, `stats under the answer: ${stats}`);
   assert.equal(Number(match[1]), native.prompt_ids.length, "prompt tokens in the stats");
-  assert.equal(Number(match[2]), native.ids.length, "generated tokens in the stats");
+  if (text === native.text) assert.equal(Number(match[2]), native.ids.length, "generated tokens in the stats");
   return native;
 }
 
@@ -151,8 +154,9 @@ test("the demo downloads (cancel, resume), chats, stops, reloads offline, chats 
   assert.equal(await page.locator("#messages b").count(), 0, "no markup from a message is rendered");
   assert.equal(await page.locator(".message.user .content").first().textContent(), first);
 
-  // 3. A second turn of the same conversation, stopped while it streams.
-  await settings(page, { maxTokens: 64 });
+  // 3. A second turn of the same conversation, stopped while it streams (the CPU engine decodes tens
+  // of tokens a second here: room for far more than the time it takes to press Stop).
+  await settings(page, { maxTokens: 1024 });
   const answer2 = await ask(page, "Now tell me a long story about a lighthouse keeper.", { until: "start" });
   await answer2.locator(".content").filter({ hasText: /\S/ }).waitFor({ timeout: 5 * MINUTES });
   await page.screenshot({ path: path.join(ARTIFACTS, "demo-chat.png"), fullPage: true });
@@ -187,7 +191,7 @@ test("the demo downloads (cancel, resume), chats, stops, reloads offline, chats 
   await chatReady(page);
   // New chat while an answer streams: the page is cleared and the old turn must not leak into the
   // next conversation (the answer below must be the CLI's for a single turn).
-  await settings(page, { temperature: 0, maxTokens: 64 });
+  await settings(page, { temperature: 0, maxTokens: 1024 });
   const abandoned = await ask(page, "Count from one to fifty.", { until: "start" });
   await abandoned.locator(".content").filter({ hasText: /\S/ }).waitFor({ timeout: 5 * MINUTES });
   await page.getByRole("button", { name: "New chat" }).click();
@@ -262,6 +266,8 @@ test("a lost GPU device is reported with a reload button, and the reloaded page 
   const context = await browser.newContext();
   const errors = [];
   const page = await openDemo(context, errors);
+  // The GPU engine (SwiftShader would get the CPU one by default); the choice is kept on reload.
+  await page.getByLabel("Run on").selectOption("webgpu");
   await page.getByRole("button", { name: "Load model" }).click();
   await chatReady(page);
   // What a driver reset or a GPU process crash does to a real page.
@@ -274,9 +280,11 @@ test("a lost GPU device is reported with a reload button, and the reloaded page 
 
   await alert.getByRole("button", { name: "Reload the page" }).click();
   await page.locator("html[data-ready=true]").waitFor({ timeout: MINUTES });
+  assert.equal(await page.getByLabel("Run on").inputValue(), "webgpu");
   await page.getByRole("button", { name: "Load model" }).click();
   await chatReady(page);
   assert.match(await page.locator("#load-status").textContent(), /ready, loaded from this device/);
+  assert.match(await page.locator("#info").textContent(), /Runs onthe GPU: .*swiftshader/i);
   assert.ok(await page.getByRole("alert").isHidden());
   assert.deepEqual(errors, []);
   await context.close();

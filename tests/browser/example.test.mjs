@@ -8,7 +8,7 @@ import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { launch, MINUTES, nativeGenerate, ROOT, SMOLLM2 } from "./harness.mjs";
+import { assertSameGreedy, launch, MINUTES, nativeGenerate, ROOT, SMOLLM2 } from "./harness.mjs";
 import { startServer } from "../../scripts/static-server.mjs";
 
 let tmp, browser, server;
@@ -41,7 +41,7 @@ test("the packed package installs into the Vite example, builds, and generates t
   npm(["install"], app);
   execFileSync(path.join(app, "node_modules/.bin/vite"), ["build", "--logLevel", "warn"], { cwd: app, stdio: "inherit" });
 
-  const expected = nativeGenerate({ prompt: "The capital of France is", maxTokens: 3, backend: "cpu" });
+  const expected = nativeGenerate({ prompt: "The capital of France is", maxTokens: 3, backend: "cpu", margins: true });
   server = await startServer({ routes: { "/": path.join(app, "dist"), "/models/smollm2/": SMOLLM2 }, pages: { "/favicon.ico": "" } });
   browser = await launch();
   // One profile for both runs: the worker run reads the shards the first run stored in IndexedDB.
@@ -54,8 +54,10 @@ test("the packed package installs into the Vite example, builds, and generates t
     await page.goto(`${server.url}/?max_tokens=3&worker=${worker}`);
     await page.waitForFunction(() => document.body.dataset.done || document.body.dataset.error, null, { timeout: 0 });
     const ids = JSON.parse((await page.evaluate(() => document.body.dataset.ids)) ?? "null");
-    assert.deepEqual(ids, expected.ids, `worker=${worker}: ${await page.textContent("#status")}`);
-    assert.equal(await page.textContent("#output"), expected.text);
+    assert.ok(ids, `worker=${worker}: ${await page.textContent("#status")}`);
+    if (assertSameGreedy(ids, expected, `worker=${worker}`) === expected.ids.length) {
+      assert.equal(await page.textContent("#output"), expected.text);
+    }
     // The server sends COOP + COEP: in a worker the CPU engine runs threaded, on the page on one thread.
     const cores = await page.evaluate(() => navigator.hardwareConcurrency);
     assert.equal(Number(await page.evaluate(() => document.body.dataset.threads)), worker === "1" ? Math.min(16, cores) : 1);

@@ -2,6 +2,7 @@
 // imports the real package from /pkg/, the model packages the tests serve, and the native CLI whose
 // output the browser must reproduce.
 
+import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
@@ -74,8 +75,9 @@ const nativeRuns = new Map();
  * CPU engine: what the browser must match. Greedy, so deterministic: each distinct call runs once
  * per test process.
  */
-export function nativeGenerate({ model = SMOLLM2, prompt, chat = false, system, maxTokens, kvCache, backend = "gpu" }) {
+export function nativeGenerate({ model = SMOLLM2, prompt, chat = false, system, maxTokens, kvCache, backend = "gpu", margins = false }) {
   const args = ["generate", "--model", model, "--backend", backend, "--json", "--max-tokens", String(maxTokens), "--prompt", prompt];
+  if (margins) args.push("--margins");
   if (kvCache) args.push("--kv-cache", kvCache);
   if (chat) args.push("--chat");
   if (system !== undefined) args.push("--system", system);
@@ -85,6 +87,48 @@ export function nativeGenerate({ model = SMOLLM2, prompt, chat = false, system, 
     nativeRuns.set(key, JSON.parse(out));
   }
   return structuredClone(nativeRuns.get(key));
+}
+
+/**
+ * A near-tie, in logits: where the native engine's two largest logits are closer than this, another
+ * engine that rounds differently may choose the other token. The browser's CPU engine (wasm,
+ * SIMD128: 4-lane sums, no FMA) and the native one (AVX2: 8-lane fused sums) run the same 8-bit
+ * products and differ only in f32 summation order and the math library's last bits; through the
+ * 8-bit rounding of each product's input (one code flips where a value sits on a rounding boundary)
+ * that moves logits by hundredths: the divergences seen on SmolLM2 were at margins of 0.008 and
+ * 0.024. 0.1 leaves room for that, and is far below the margins of an ordinary greedy step (0.5-8).
+ */
+export const NEAR_TIE = 0.1;
+
+/**
+ * The browser's greedy `ids` against the native run of the same request (`margins: true`): equal,
+ * or equal up to a step where the native choice was a near-tie, after which the two continuations
+ * are different texts and are not compared. Returns how many ids were compared equal.
+ */
+export function assertSameGreedy(ids, native, what) {
+  assert.ok(native.margins?.length >= native.ids.length, "the native run needs margins: true");
+  for (let i = 0; i < Math.min(ids.length, native.ids.length); i++) {
+    if (ids[i] === native.ids[i]) continue;
+    assert.ok(
+      native.margins[i] < NEAR_TIE,
+      `${what}: step ${i} chose ${ids[i]}, the native engine ${native.ids[i]} by a margin of ${native.margins[i]} logits (not a near-tie)`,
+    );
+    return i;
+  }
+  assert.deepEqual(ids, native.ids, what);
+  return ids.length;
+}
+
+/**
+ * As assertSameGreedy, for text only (the demo page shows no ids): `text` must be the native text,
+ * or begin with the native text of the tokens before one of its near-ties.
+ */
+export function assertSameGreedyText(text, request, what) {
+  const native = nativeGenerate({ ...request, margins: true });
+  if (text === native.text) return;
+  const ties = native.margins.map((m, i) => (m < NEAR_TIE ? i : -1)).filter((i) => i >= 0 && i < native.ids.length);
+  const agreed = ties.some((i) => i === 0 || text.startsWith(nativeGenerate({ ...request, maxTokens: i }).text));
+  assert.ok(agreed, `${what}: ${JSON.stringify(text)} differs from the native ${JSON.stringify(native.text)} before any near-tie (margins ${native.margins.map((m) => m.toFixed(3))})`);
 }
 
 /** The prompts of tests/fixtures/smollm2/generation.json: [{kind: "raw" | "chat", prompt, ...}]. */

@@ -134,11 +134,13 @@ test("the worker API gives the same ids, for a plain prompt (streamed) and for t
       for await (const chunk of stream) chunks.push(chunk);
       const streamed = await stream.result;
       const chatGenerated = await engine.generate([{ role: "user", content: CHAT }], { max_tokens: CHAT_N });
+      const backend = engine.info.backend;
       await engine.dispose();
-      return { progress: [...new Set(progress)], chunks, streamed, chatGenerated };
+      return { progress: [...new Set(progress)], chunks, streamed, chatGenerated, backend };
     },
     { RAW, CHAT, N, CHAT_N },
   );
+  assert.equal(got.backend, "webgpu", "the worker gets the backend option too");
   assert.deepEqual(got.streamed.ids, raw.ids, "worker, plain prompt");
   assert.deepEqual(got.streamed.prompt_ids, raw.prompt_ids);
   assert.equal(got.streamed.text, raw.text);

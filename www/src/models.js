@@ -5,6 +5,7 @@ import { $, el, formatBytes, formatSeconds, describeError, showAlert, clearAlert
 
 const CUSTOM = "custom";
 const LAST_URL = "hearth-demo:model";
+const LAST_BACKEND = "hearth-demo:backend"; // localStorage: the "Run on" choice
 
 /** models.json: [{name, url, size, architecture, quantization, default?}], URLs made absolute. */
 async function fetchCatalog() {
@@ -267,7 +268,14 @@ export async function createModelPanel({ Hearth, support, onEngine }) {
   }
 
   select.addEventListener("change", renderDetails);
-  $("backend-select").addEventListener("change", renderDetails);
+  // The choice is kept across visits, like the model.
+  const backendSelect = $("backend-select");
+  backendSelect.value = localStorage.getItem(LAST_BACKEND) ?? "auto";
+  if (!backendSelect.value) backendSelect.value = "auto"; // a stored value this page no longer offers
+  backendSelect.addEventListener("change", () => {
+    localStorage.setItem(LAST_BACKEND, backendSelect.value);
+    renderDetails();
+  });
   urlInput.addEventListener("input", renderDetails);
   $("load-form").addEventListener("submit", (e) => {
     e.preventDefault();

@@ -87,6 +87,10 @@ enum Command {
         /// Report the K largest logits at the last prompt position.
         #[arg(long, default_value_t = 0)]
         top_logits: usize,
+        /// With --json: each step's largest logit minus the second largest (`margins`), to tell a
+        /// near-tie from a real difference when comparing engines.
+        #[arg(long)]
+        margins: bool,
         /// Print one JSON object instead of streaming text.
         #[arg(long)]
         json: bool,
@@ -228,7 +232,19 @@ fn run(cli: Cli) -> Result<()> {
             let ids = model.prompter.tokenizer.encode(&text, special, true)?;
             println!("{}", serde_json::to_string(&ids)?);
         }
-        Command::Generate { model, prompt, chat, system, max_tokens, sampling, stop, engine, top_logits, json } => {
+        Command::Generate {
+            model,
+            prompt,
+            chat,
+            system,
+            max_tokens,
+            sampling,
+            stop,
+            engine,
+            top_logits,
+            margins,
+            json,
+        } => {
             let mut model = Model::open(&model)?;
             let prompt_ids = if chat {
                 let mut messages = Vec::new();
@@ -241,8 +257,14 @@ fn run(cli: Cli) -> Result<()> {
                 model.encode_text(&prompt)?
             };
             let mut engine = open_backend(engine, &model)?;
-            let req =
-                GenerateRequest { prompt_ids, max_tokens, sampling: sampling.into(), stop_strings: stop, top_logits };
+            let req = GenerateRequest {
+                prompt_ids,
+                max_tokens,
+                sampling: sampling.into(),
+                stop_strings: stop,
+                top_logits,
+                margins,
+            };
             let clock = Instant::now();
             let now = || clock.elapsed().as_secs_f64();
             let mut stdout = std::io::stdout();
@@ -254,7 +276,7 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             })?;
             if json {
-                let obj = json!({
+                let mut obj = json!({
                     "prompt_ids": out.prompt_ids,
                     "ids": out.ids,
                     "text": out.text,
@@ -262,6 +284,9 @@ fn run(cli: Cli) -> Result<()> {
                     "top_logits": out.top_logits.iter().map(|(id, l)| json!([id, l])).collect::<Vec<_>>(),
                     "usage": out.usage,
                 });
+                if margins {
+                    obj["margins"] = json!(out.margins);
+                }
                 println!("{obj}");
             } else {
                 println!();

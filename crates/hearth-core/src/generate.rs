@@ -42,6 +42,8 @@ pub struct GenerateRequest {
     pub stop_strings: Vec<String>,
     /// How many of the largest logits at the last prompt position to report.
     pub top_logits: usize,
+    /// Report each step's margin (`GenerateOutput::margins`): reads every step's logits back.
+    pub margins: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +73,11 @@ pub struct GenerateOutput {
     pub top_logits: Vec<(u32, f32)>,
     pub finish_reason: FinishReason,
     pub usage: Usage,
+    /// With `GenerateRequest::margins`: at each step, the largest logit minus the second largest,
+    /// after the penalties (a greedy choice is a near-tie when this is small: engines that round
+    /// differently may choose differently there, and only there). Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub margins: Vec<f32>,
 }
 
 /// The `k` largest logits, largest first.
@@ -269,6 +276,7 @@ impl Generation {
             top_logits: self.top_logits.clone(),
             finish_reason: self.finish.unwrap_or(FinishReason::Length),
             usage,
+            margins: Vec::new(),
         }
     }
 }
@@ -284,14 +292,24 @@ pub fn generate(
 ) -> Result<GenerateOutput> {
     let mut gen = Generation::new(req.clone(), backend.context_length(), now())?;
     backend.reset();
+    let mut margins = Vec::new();
     loop {
         // Logits come back to the CPU only when they are asked for.
-        let wants_logits = gen.is_prefill() && req.top_logits > 0;
+        let wants_top = gen.is_prefill() && req.top_logits > 0;
         let Some(step) = gen.input() else { break };
-        let id = if wants_logits {
+        let id = if wants_top || req.margins {
             let mut logits = backend.forward(step.tokens, false)?;
+            // The sampler applies the penalties to `logits` in place before it chooses.
             let id = step.sampler.sample(&mut logits, step.history);
-            gen.set_top_logits(top_k_logits(&logits, req.top_logits));
+            if req.margins {
+                margins.push(match top_k_logits(&logits, 2)[..] {
+                    [(_, a), (_, b)] => a - b,
+                    _ => f32::INFINITY,
+                });
+            }
+            if wants_top {
+                gen.set_top_logits(top_k_logits(&logits, req.top_logits));
+            }
             id
         } else {
             backend.forward_sample(step.tokens, step.sampler, step.history)?
@@ -301,7 +319,7 @@ pub fn generate(
             on_text(&piece)?;
         }
     }
-    Ok(gen.output(now()))
+    Ok(GenerateOutput { margins, ..gen.output(now()) })
 }
 
 fn rate(n: usize, secs: f64) -> f64 {

@@ -148,6 +148,7 @@ impl Engine {
             sampling: req.sampling,
             stop_strings: req.stop,
             top_logits: 0,
+            margins: false,
         };
         let generation = Generation::new(request, state.compute.context_length(), now()).map_err(js_error)?;
         state.compute.reset();

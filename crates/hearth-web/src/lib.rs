@@ -7,16 +7,16 @@
 mod compute;
 mod engine;
 mod loader;
+#[cfg(all(feature = "threads", target_arch = "wasm32"))]
+mod threads;
 
 use hearth_core::HearthError;
 use wasm_bindgen::prelude::*;
 
 pub use engine::Engine;
 pub use loader::Loader;
-/// `initThreadPool(n)`: start the CPU engine's `n` worker threads (the threaded build only; call it
-/// once, from a worker: the pool blocks the calling thread while it works, which a page may not).
 #[cfg(all(feature = "threads", target_arch = "wasm32"))]
-pub use wasm_bindgen_rayon::init_thread_pool;
+pub use threads::ThreadPool;
 
 /// Panics that slip through become readable console errors instead of "unreachable executed".
 #[wasm_bindgen(start)]
