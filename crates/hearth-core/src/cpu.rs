@@ -3,9 +3,10 @@
 //! kernel is tested against. Weights stay in their package encoding and are decoded one row at a
 //! time.
 //!
-//! The forward pass is written once, as `Engine<P>`: `P` is how matrix products are computed.
-//! `CpuEngine` (`Exact`, f32 arithmetic on the decoded weights) is the reference;
-//! `crate::fast::FastEngine` runs the same pass with 8-bit activations and integer SIMD kernels.
+//! The forward pass is written once, as `Engine<P>`: `P` is how matrix products and attention are
+//! computed, and what the KV cache stores. `CpuEngine` (`Exact`: f32 arithmetic on the decoded
+//! weights, an f32 cache) is the reference; `crate::fast::FastEngine` runs the same pass with 8-bit
+//! activations, integer SIMD kernels and an f16 cache.
 
 use std::collections::HashMap;
 
@@ -47,37 +48,64 @@ struct Layer {
 /// One layer's keys and values, `[row][kv_dim]` flattened, position p in row `p % rows`. A
 /// full-attention layer has a row per position so far; a sliding-window layer (Mistral, Gemma's
 /// local layers) a ring of `window` rows, so its memory stays bounded however long generation runs.
-struct LayerCache {
-    k: Vec<f32>,
-    v: Vec<f32>,
+/// `T` is what a value is stored as: f32 for the reference, f16 for the fast engine (`Products::Cache`).
+pub struct LayerCache<T> {
+    pub k: Vec<T>,
+    pub v: Vec<T>,
     /// `usize::MAX` for full attention (no ring).
-    rows: usize,
+    pub rows: usize,
 }
 
-impl LayerCache {
+impl<T: CacheElement> LayerCache<T> {
     fn new(window: Option<usize>) -> Self {
         LayerCache { k: Vec::new(), v: Vec::new(), rows: window.unwrap_or(usize::MAX) }
     }
 
-    fn store(&mut self, pos: usize, k: &[f32], v: &[f32]) {
+    /// Store the key and value of position `pos` (rounded to `T`).
+    pub fn store(&mut self, pos: usize, k: &[f32], v: &[f32]) {
         let at = (pos % self.rows) * k.len();
         if self.k.len() < at + k.len() {
-            self.k.resize(at + k.len(), 0.0);
-            self.v.resize(at + v.len(), 0.0);
+            self.k.resize(at + k.len(), T::default());
+            self.v.resize(at + v.len(), T::default());
         }
-        self.k[at..at + k.len()].copy_from_slice(k);
-        self.v[at..at + v.len()].copy_from_slice(v);
+        T::store(&mut self.k[at..at + k.len()], k);
+        T::store(&mut self.v[at..at + v.len()], v);
+    }
+}
+
+/// What a KV cache stores a value as.
+pub trait CacheElement: Copy + Default + Send + Sync + 'static {
+    /// `dst[i] = src[i]`, rounded to nearest (even) where `Self` is narrower than f32.
+    fn store(dst: &mut [Self], src: &[f32]);
+}
+
+impl CacheElement for f32 {
+    fn store(dst: &mut [f32], src: &[f32]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+/// As llama.cpp's default cache (`type_k = type_v = f16`): half the memory of f32, a relative
+/// rounding error of at most 2^-11 per value.
+impl CacheElement for half::f16 {
+    fn store(dst: &mut [half::f16], src: &[f32]) {
+        use half::slice::HalfFloatSliceExt;
+        dst.convert_from_f32_slice(src);
     }
 }
 
 /// The KV cache of every layer and how many positions it holds.
-struct KvCache {
-    layers: Vec<LayerCache>,
+struct KvCache<T> {
+    layers: Vec<LayerCache<T>>,
     len: usize,
 }
 
-/// How an engine computes `out[t][r] = W[r] · x[t]`; everything else in the forward pass is shared.
+/// How an engine computes `out[t][r] = W[r] · x[t]` and attention, and what its KV cache stores;
+/// everything else in the forward pass is shared.
 pub trait Products: Default + Send + Sync {
+    /// What the KV cache stores keys and values as.
+    type Cache: CacheElement;
+
     /// `out` is `[n][w.rows()]`, `x` is `[n][w.cols()]`.
     fn matmul(&self, w: &Tensor, x: &[f32], n: usize, out: &mut [f32]);
 
@@ -88,6 +116,23 @@ pub trait Products: Default + Send + Sync {
             self.matmul(w, x, n, out);
         }
     }
+
+    /// Attention of `n` tokens at positions `start..start + n` of one layer: stores each token's
+    /// key and value (`k`, `v`: `[n][kv_dim]`, rotated) in `cache`, and writes the attention of its
+    /// queries (`q`: `[n][q_dim]`) over the keys it sees (`window`, as `attention_at`) to `out`
+    /// (`[n][q_dim]`).
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        c: &ModelConfig,
+        cache: &mut LayerCache<Self::Cache>,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        start: usize,
+        window: Option<usize>,
+        out: &mut [f32],
+    );
 }
 
 /// The reference products: f32 arithmetic on the weights as decoded (`matmul`).
@@ -95,15 +140,39 @@ pub trait Products: Default + Send + Sync {
 pub struct Exact;
 
 impl Products for Exact {
+    type Cache = f32;
+
     fn matmul(&self, w: &Tensor, x: &[f32], n: usize, out: &mut [f32]) {
         matmul(w, x, n, out)
+    }
+
+    /// Token by token: each stores its key and value, then attends (`attention_at`). (A ring
+    /// shorter than the batch would otherwise lose keys the batch's first queries still need.)
+    fn attention(
+        &self,
+        c: &ModelConfig,
+        cache: &mut LayerCache<f32>,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        start: usize,
+        window: Option<usize>,
+        out: &mut [f32],
+    ) {
+        let (qd, kvd) = (c.q_dim(), c.kv_dim());
+        for t in 0..q.len() / qd {
+            let pos = start + t;
+            cache.store(pos, &k[t * kvd..(t + 1) * kvd], &v[t * kvd..(t + 1) * kvd]);
+            let out = &mut out[t * qd..(t + 1) * qd];
+            attention_at(c, &q[t * qd..(t + 1) * qd], &cache.k, &cache.v, pos, window, cache.rows, out);
+        }
     }
 }
 
 /// The exact f32 reference engine.
 pub type CpuEngine = Engine<Exact>;
 
-pub struct Engine<P> {
+pub struct Engine<P: Products> {
     products: P,
     config: ModelConfig,
     embed: Tensor,
@@ -119,7 +188,7 @@ pub struct Engine<P> {
     inv_freq: Vec<f32>,
     /// The sliding-window layers' frequencies when their base differs (Gemma 3).
     inv_freq_local: Option<Vec<f32>>,
-    cache: KvCache,
+    cache: KvCache<P::Cache>,
 }
 
 impl<P: Products> Engine<P> {
@@ -259,13 +328,13 @@ impl<P: Products> Engine<P> {
 
     /// Bytes the KV cache holds now (windowed layers hold at most their window).
     pub fn kv_cache_bytes(&self) -> usize {
-        self.cache.layers.iter().map(|l| (l.k.len() + l.v.len()) * 4).sum()
+        self.cache.layers.iter().map(|l| (l.k.len() + l.v.len()) * std::mem::size_of::<P::Cache>()).sum()
     }
 
-    /// Bytes the KV cache will hold at `positions` positions (f32 keys and values; windowed layers
-    /// hold at most their window).
+    /// Bytes the KV cache will hold at `positions` positions (keys and values as `P::Cache`: f32
+    /// for the reference, f16 for the fast engine; windowed layers hold at most their window).
     pub fn kv_cache_bytes_at(config: &ModelConfig, positions: usize) -> u64 {
-        let row = 2 * config.kv_dim() as u64 * 4;
+        let row = 2 * config.kv_dim() as u64 * std::mem::size_of::<P::Cache>() as u64;
         (0..config.n_layers).map(|l| config.layer_window(l).map_or(positions, |w| w.min(positions)) as u64 * row).sum()
     }
 
@@ -378,16 +447,7 @@ impl<P: Products> Engine<P> {
                     }
                 }
             }
-            // Token by token: each stores its key and value, then attends. (A ring shorter than the
-            // batch would otherwise lose keys the batch's first queries still need.)
-            let (qd, kvd) = (c.q_dim(), c.kv_dim());
-            let cache = &mut self.cache.layers[li];
-            for t in 0..n {
-                let pos = start + t;
-                cache.store(pos, &k[t * kvd..(t + 1) * kvd], &v[t * kvd..(t + 1) * kvd]);
-                let out = &mut attn[t * qd..(t + 1) * qd];
-                attention_at(&c, &q[t * qd..(t + 1) * qd], &cache.k, &cache.v, pos, window, cache.rows, out);
-            }
+            self.products.attention(&c, &mut self.cache.layers[li], &q, &k, &v, start, window, &mut attn);
             let layer = &self.layers[li];
             self.products.matmul(&layer.wo, &attn, n, &mut proj);
             if let Some([bo, _, _]) = &layer.linear_bias {
@@ -557,7 +617,7 @@ pub fn alibi_slope(h: usize, n_heads: usize, max_bias: f32) -> f32 {
     (-max_bias * exponent).exp2()
 }
 
-fn softmax(x: &mut [f32]) {
+pub(crate) fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for v in x.iter_mut() {

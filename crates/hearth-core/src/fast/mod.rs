@@ -4,8 +4,11 @@
 //! runtime detection, `avx2`; SIMD128 in a wasm module built with it, `simd128`; or the scalar
 //! fallback) and spreads the output rows over threads.
 //! Float weights (f16, f32) take the reference's product.
+//! Keys and values are cached as f16, as llama.cpp's default cache stores them; attention reads
+//! them widening as it goes, its heads spread over threads (`attention`).
 
 pub mod acts;
+pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 pub mod kernels;
@@ -17,7 +20,10 @@ mod tests;
 use acts::{Acts, Layout};
 use kernels::{Packed, Simd};
 
-use crate::cpu::{self, Engine, Products};
+use half::f16;
+
+use crate::cpu::{self, Engine, LayerCache, Products};
+use crate::manifest::ModelConfig;
 use crate::quant::Tensor;
 
 /// The fast engine.
@@ -46,6 +52,22 @@ impl Quantized {
 }
 
 impl Products for Quantized {
+    type Cache = f16;
+
+    fn attention(
+        &self,
+        c: &ModelConfig,
+        cache: &mut LayerCache<f16>,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        start: usize,
+        window: Option<usize>,
+        out: &mut [f32],
+    ) {
+        attention::attention(self.simd, c, cache, q, k, v, start, window, out)
+    }
+
     fn matmul(&self, w: &Tensor, x: &[f32], n: usize, out: &mut [f32]) {
         self.matmuls(x, n, &mut [(w, out)]);
     }

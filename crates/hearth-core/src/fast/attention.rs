@@ -1,0 +1,327 @@
+//! The fast engine's attention over its f16 KV cache (llama.cpp's default cache type): each key and
+//! value row is widened to f32 as it is read (exactly: every f16 is an f32), the dot products over
+//! the head run in eight independent lanes (`cpu::dot`) and the weighted sum of values as a plain
+//! `o += w * v` loop. With AVX2 (`Simd::Avx2`, which implies F16C) both read the f16 rows directly,
+//! eight values per `vcvtph2ps`; elsewhere a row is widened into a buffer first and the loops are
+//! left to the compiler to vectorize (SSE2 natively, SIMD128 in wasm). Every version multiplies and
+//! adds separately (no FMA) in the same lanes and order, so every target, and any number of
+//! threads, computes the same bits. Query heads (and, in a prompt, tokens) are independent, so they
+//! are spread over threads when there is enough work to pay for it.
+
+use half::f16;
+
+use super::kernels::Simd;
+use crate::cpu::{alibi_slope, dot, softmax, LayerCache};
+use crate::manifest::{ModelConfig, PositionKind};
+
+/// Below this many cached values read (keys and values of every head and token), one thread.
+#[cfg(feature = "parallel")]
+const PARALLEL_MIN_VALUES: usize = 1 << 15;
+
+/// `Products::attention` for an f16 cache. When the batch cannot overwrite a row any of its own
+/// queries reads (one token, or a cache whose ring does not wrap within the batch) every key and
+/// value is stored first and all (token, head) pairs run at once; otherwise token by token.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    simd: Simd,
+    c: &ModelConfig,
+    cache: &mut LayerCache<f16>,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    start: usize,
+    window: Option<usize>,
+    out: &mut [f32],
+) {
+    let (qd, kvd) = (c.q_dim(), c.kv_dim());
+    let n = q.len() / qd;
+    if n == 1 || start + n <= cache.rows {
+        for t in 0..n {
+            cache.store(start + t, &k[t * kvd..(t + 1) * kvd], &v[t * kvd..(t + 1) * kvd]);
+        }
+        heads(simd, c, q, cache, start, window, out);
+    } else {
+        for t in 0..n {
+            cache.store(start + t, &k[t * kvd..(t + 1) * kvd], &v[t * kvd..(t + 1) * kvd]);
+            heads(simd, c, &q[t * qd..(t + 1) * qd], cache, start + t, window, &mut out[t * qd..(t + 1) * qd]);
+        }
+    }
+}
+
+/// Attention of the queries `q` (`[n][q_dim]`, tokens at positions `start..start + n`, all of
+/// whose keys are in `cache`) into `out`, one job per (token, head).
+fn heads(
+    simd: Simd,
+    c: &ModelConfig,
+    q: &[f32],
+    cache: &LayerCache<f16>,
+    start: usize,
+    window: Option<usize>,
+    out: &mut [f32],
+) {
+    let hd = c.head_dim;
+    let n = q.len() / c.q_dim();
+    let span = |pos: usize| pos + 1 - window.map_or(0, |w| (pos + 1).saturating_sub(w));
+    let longest = span(start + n - 1);
+    let job = |scratch: &mut Scratch, (i, o): (usize, &mut [f32])| {
+        let (t, head) = (i / c.n_heads, i % c.n_heads);
+        head_attention(simd, c, &q[i * hd..(i + 1) * hd], cache, start + t, head, window, o, scratch);
+    };
+    #[cfg(feature = "parallel")]
+    {
+        let values: usize = (0..n).map(|t| span(start + t)).sum::<usize>() * 2 * c.n_heads * hd;
+        if values >= PARALLEL_MIN_VALUES && n * c.n_heads > 1 {
+            use rayon::prelude::*;
+            return out.par_chunks_mut(hd).enumerate().for_each_init(|| Scratch::new(longest, hd), job);
+        }
+    }
+    let mut scratch = Scratch::new(longest, hd);
+    out.chunks_mut(hd).enumerate().for_each(|pair| job(&mut scratch, pair));
+}
+
+/// One job's buffers: the scores, and one row widened to f32.
+struct Scratch {
+    scores: Vec<f32>,
+    row: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(span: usize, hd: usize) -> Self {
+        Scratch { scores: vec![0f32; span], row: vec![0f32; hd] }
+    }
+}
+
+/// `cpu::attention_at` for one head, reading the f16 cache: the same arithmetic on the widened
+/// values, and the same order of operations. With AVX2 the whole loop is compiled for AVX and
+/// F16C, so the row kernels are inlined into it.
+#[allow(clippy::too_many_arguments)]
+fn head_attention(
+    simd: Simd,
+    c: &ModelConfig,
+    qh: &[f32],
+    cache: &LayerCache<f16>,
+    pos: usize,
+    head: usize,
+    window: Option<usize>,
+    o: &mut [f32],
+    s: &mut Scratch,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd == Simd::Avx2 {
+        // SAFETY: `Simd::Avx2` is only detected with AVX2 (hence AVX) and F16C.
+        return unsafe { head_attention_f16c(c, qh, cache, pos, head, window, o, s) };
+    }
+    head_body(simd, c, qh, cache, pos, head, window, o, s)
+}
+
+/// `head_attention` compiled for AVX and F16C.
+///
+/// # Safety
+/// The CPU must have AVX and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn head_attention_f16c(
+    c: &ModelConfig,
+    qh: &[f32],
+    cache: &LayerCache<f16>,
+    pos: usize,
+    head: usize,
+    window: Option<usize>,
+    o: &mut [f32],
+    s: &mut Scratch,
+) {
+    head_body(Simd::Avx2, c, qh, cache, pos, head, window, o, s)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn head_body(
+    simd: Simd,
+    c: &ModelConfig,
+    qh: &[f32],
+    cache: &LayerCache<f16>,
+    pos: usize,
+    head: usize,
+    window: Option<usize>,
+    o: &mut [f32],
+    s: &mut Scratch,
+) {
+    let (hd, kvd) = (c.head_dim, c.kv_dim());
+    let kvh = head / (c.n_heads / c.n_kv_heads);
+    let scale = c.attention_scale();
+    let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+    let slope = match (&c.alibi, c.position) {
+        (Some(alibi), PositionKind::Alibi) => alibi_slope(head, c.n_heads, alibi.max_bias),
+        _ => 0.0,
+    };
+    let rows = cache.rows;
+    // Row of `first`, then of each following position (a ring wraps to row 0).
+    let first_row = first % rows;
+    let next = |r: usize| if r + 1 == rows { 0 } else { r + 1 };
+    let scores = &mut s.scores[..pos + 1 - first];
+    let mut r = first_row;
+    for (score, p) in scores.iter_mut().zip(first..=pos) {
+        let at = r * kvd + kvh * hd;
+        let mut x = dot_f16(simd, qh, &cache.k[at..at + hd], &mut s.row) * scale;
+        if let Some(cap) = c.attn_softcap {
+            x = cap * (x / cap).tanh();
+        }
+        // ALiBi: a key d positions back costs slope * d.
+        *score = x - slope * (pos - p) as f32;
+        r = next(r);
+    }
+    softmax(scores);
+    o.fill(0.0);
+    let mut r = first_row;
+    for &w in scores.iter() {
+        let at = r * kvd + kvh * hd;
+        add_scaled_f16(simd, o, w, &cache.v[at..at + hd], &mut s.row);
+        r = next(r);
+    }
+}
+
+/// `cpu::dot(q, k)` of the widened `k` (`row`: a buffer of `k.len()` values).
+#[inline(always)]
+fn dot_f16(simd: Simd, q: &[f32], k: &[f16], row: &mut [f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd == Simd::Avx2 {
+        // SAFETY: `Simd::Avx2` is only detected with AVX2 and F16C.
+        return unsafe { x86::dot_f16(q, k) };
+    }
+    let _ = simd;
+    widen(k, row);
+    dot(q, row)
+}
+
+/// `o[i] += w * v[i]` of the widened `v` (`row`: a buffer of `v.len()` values).
+#[inline(always)]
+fn add_scaled_f16(simd: Simd, o: &mut [f32], w: f32, v: &[f16], row: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd == Simd::Avx2 {
+        // SAFETY: as in `dot_f16`.
+        return unsafe { x86::add_scaled_f16(o, w, v) };
+    }
+    let _ = simd;
+    widen(v, row);
+    for (o, &v) in o.iter_mut().zip(row.iter()) {
+        *o += w * v;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    /// `cpu::dot(q, k)` with `k` widened by F16C: one 256-bit register holds its eight lanes, each
+    /// a product added to the lane's sum (no FMA), and the lanes and the tail are summed as there.
+    ///
+    /// # Safety
+    /// The CPU must have AVX and F16C.
+    #[target_feature(enable = "avx,f16c")]
+    #[inline]
+    pub unsafe fn dot_f16(q: &[f32], k: &[f16]) -> f32 {
+        let n = q.len().min(k.len());
+        let full = n / 8 * 8;
+        let tail: f32 = q[full..n].iter().zip(&k[full..n]).map(|(x, y)| x * y.to_f32()).sum();
+        let mut acc = _mm256_setzero_ps();
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 <= full <= both lengths.
+            let (kv, qv) = unsafe {
+                (_mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i).cast())), _mm256_loadu_ps(q.as_ptr().add(i)))
+            };
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(qv, kv));
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds eight f32.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        lanes.iter().sum::<f32>() + tail
+    }
+
+    /// `o[i] += w * v[i]` with `v` widened by F16C (a product, then a sum: no FMA).
+    ///
+    /// # Safety
+    /// The CPU must have AVX and F16C.
+    #[target_feature(enable = "avx,f16c")]
+    #[inline]
+    pub unsafe fn add_scaled_f16(o: &mut [f32], w: f32, v: &[f16]) {
+        let n = o.len().min(v.len());
+        let full = n / 8 * 8;
+        let wv = _mm256_set1_ps(w);
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 <= full <= both lengths.
+            unsafe {
+                let vv = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i).cast()));
+                let ov = _mm256_loadu_ps(o.as_ptr().add(i));
+                _mm256_storeu_ps(o.as_mut_ptr().add(i), _mm256_add_ps(ov, _mm256_mul_ps(wv, vv)));
+            }
+        }
+        for (o, v) in o[full..n].iter_mut().zip(&v[full..n]) {
+            *o += w * v.to_f32();
+        }
+    }
+}
+
+/// `dst[i] = src[i]` as f32 (exact). Natively half's slice conversion (F16C on x86-64, FP16 on
+/// AArch64, where the CPU has them); in wasm, which has no such instruction, a branch-free version
+/// that SIMD128 vectorizes.
+#[inline]
+pub fn widen(src: &[f16], dst: &mut [f32]) {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(dst);
+    }
+    #[cfg(target_arch = "wasm32")]
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = widen_one(s.to_bits());
+    }
+}
+
+/// One f16's bits as f32, without branches: exponent and mantissa moved into place and scaled by
+/// 2^112 (the difference of the two formats' exponent biases; exact, and right for subnormals and
+/// zero too), infinities and NaNs given f32's all-ones exponent, then the sign.
+#[inline(always)]
+pub fn widen_one(h: u16) -> f32 {
+    let magnitude = u32::from(h & 0x7fff) << 13;
+    let scaled = (f32::from_bits(magnitude) * f32::from_bits(0x7780_0000)).to_bits();
+    let bits = if magnitude >= 0x0f80_0000 { magnitude | 0x7f80_0000 } else { scaled };
+    f32::from_bits(bits | (u32::from(h & 0x8000) << 16))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The F16C versions compute the portable ones' bits, on lengths with and without a tail.
+    #[test]
+    fn every_version_computes_the_same_bits() {
+        let values = |n: usize, seed: u32| -> Vec<f32> {
+            (0..n).map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 1000.0 - 1.0).collect()
+        };
+        for n in [1, 7, 8, 16, 31, 64, 67, 128, 256] {
+            let q = values(n, 7);
+            let k: Vec<f16> = values(n, 99).iter().map(|&x| f16::from_f32(x * 3.0)).collect();
+            let mut row = vec![0f32; n];
+            let mut o = values(n, 5);
+            let mut o_portable = o.clone();
+            let want = dot_f16(Simd::Scalar, &q, &k, &mut row);
+            add_scaled_f16(Simd::Scalar, &mut o_portable, 0.37, &k, &mut row);
+            let simd = Simd::detect();
+            assert_eq!(dot_f16(simd, &q, &k, &mut row).to_bits(), want.to_bits(), "{simd:?} n={n}");
+            add_scaled_f16(simd, &mut o, 0.37, &k, &mut row);
+            assert!(o.iter().zip(&o_portable).all(|(a, b)| a.to_bits() == b.to_bits()), "{simd:?} n={n}");
+        }
+    }
+
+    #[test]
+    fn widen_one_is_exact_for_every_f16() {
+        for bits in 0..=u16::MAX {
+            let want = f16::from_bits(bits).to_f32();
+            let got = widen_one(bits);
+            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{bits:#06x}: {got} vs {want}");
+        }
+    }
+}
