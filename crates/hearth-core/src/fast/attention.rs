@@ -14,9 +14,12 @@ use super::kernels::Simd;
 use crate::cpu::{alibi_slope, dot, softmax, LayerCache};
 use crate::manifest::{ModelConfig, PositionKind};
 
-/// Below this many cached values read (keys and values of every head and token), one thread.
+/// Below this many cached values read (keys and values of every head and token), one thread. In
+/// wasm far more: a pool worker takes tens to hundreds of microseconds to wake (`Atomics.wait`), and
+/// with a parallel attention in each of SmolLM2's 30 layers the 2-thread browser engine decoded
+/// slower than the 1-thread one (see `fast::PARALLEL_MIN_MACS`).
 #[cfg(feature = "parallel")]
-const PARALLEL_MIN_VALUES: usize = 1 << 15;
+const PARALLEL_MIN_VALUES: usize = if cfg!(target_arch = "wasm32") { 1 << 21 } else { 1 << 15 };
 
 /// `Products::attention` for an f16 cache. When the batch cannot overwrite a row any of its own
 /// queries reads (one token, or a cache whose ring does not wrap within the batch) every key and

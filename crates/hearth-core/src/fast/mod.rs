@@ -90,6 +90,8 @@ impl Products for Quantized {
         // Each job takes a range of one matrix's rows: in `out` ([token][row]) that is one piece of
         // every token's row, so the pieces are handed out as disjoint slices.
         let total: usize = packed.iter().map(|(p, _)| p.rows()).sum();
+        #[cfg(feature = "parallel")]
+        let macs: usize = packed.iter().map(|(p, _)| p.rows() * p.cols() * n).sum();
         let chunk = total.div_ceil(8 * threads()).max(4);
         let mut jobs = Vec::new();
         for (p, out) in packed.iter_mut() {
@@ -123,12 +125,23 @@ impl Products for Quantized {
         #[cfg(feature = "parallel")]
         {
             use rayon::prelude::*;
-            jobs.into_par_iter().for_each(run);
+            if macs >= PARALLEL_MIN_MACS {
+                return jobs.into_par_iter().for_each(run);
+            }
         }
-        #[cfg(not(feature = "parallel"))]
         jobs.into_iter().for_each(run);
     }
 }
+
+/// Below this many multiply-adds a product runs on the calling thread, because waking the pool
+/// costs more than sharing the work saves. Natively rayon's idle threads spin a little before they
+/// sleep, so a wake costs microseconds; a browser's pool workers sleep in `Atomics.wait` and take
+/// tens to hundreds of microseconds to wake. With every product of a decode step parallel, the
+/// 2-thread wasm engine decoded SmolLM2 slower than the 1-thread one (18.8 vs 27.7 tok/s, README);
+/// in wasm only products of a few million multiply-adds (SmolLM2's head, every product of a
+/// 1B-parameter model, any prompt) are shared.
+#[cfg(feature = "parallel")]
+const PARALLEL_MIN_MACS: usize = if cfg!(target_arch = "wasm32") { 1 << 21 } else { 1 << 16 };
 
 fn threads() -> usize {
     #[cfg(feature = "parallel")]
