@@ -55,17 +55,7 @@ impl ShardAssembler {
     /// Take shard `index` (`len` bytes, already verified): `copy(offset_in_shard, dst)` fills `dst`
     /// with the shard's bytes from that offset.
     pub fn feed_shard(&mut self, index: usize, len: u64, copy: &mut dyn FnMut(u64, &mut [u8])) -> Result<()> {
-        let entry = self
-            .manifest
-            .shards
-            .get(index)
-            .ok_or_else(|| HearthError::InvalidArgument(format!("the model has no shard {index}")))?;
-        if entry.size != len {
-            return Err(HearthError::bad_package(
-                &entry.file,
-                format!("{len} bytes, but the manifest says {}", entry.size),
-            ));
-        }
+        self.manifest.check_shard(index, len)?;
         if std::mem::replace(&mut self.shards_fed[index], true) {
             return Err(HearthError::InvalidArgument(format!("shard {index} was already loaded")));
         }

@@ -360,6 +360,19 @@ pub struct ShardPiece {
 }
 
 impl Manifest {
+    /// Shard `index`'s entry, once `len` (the bytes a loader was handed for it) matches its size.
+    pub fn check_shard(&self, index: usize, len: u64) -> crate::Result<&FileEntry> {
+        let entry = self
+            .shards
+            .get(index)
+            .ok_or_else(|| crate::HearthError::InvalidArgument(format!("the model has no shard {index}")))?;
+        if entry.size != len {
+            let detail = format!("{len} bytes, but the manifest says {}", entry.size);
+            return Err(crate::HearthError::bad_package(&entry.file, detail));
+        }
+        Ok(entry)
+    }
+
     /// Every tensor piece stored in shard `shard`. Shards are consecutive stretches of one byte
     /// sequence (a tensor that does not fit its shard continues at byte 0 of the next), so this is
     /// interval arithmetic on each tensor's position in that sequence.

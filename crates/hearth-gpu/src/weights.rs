@@ -472,16 +472,7 @@ impl WeightUploads {
         shard_len: u64,
         copy: &mut dyn FnMut(u64, &mut [u8]),
     ) -> Result<()> {
-        let entry = manifest
-            .shards
-            .get(shard)
-            .ok_or_else(|| HearthError::InvalidArgument(format!("the model has no shard {shard}")))?;
-        if entry.size != shard_len {
-            return Err(HearthError::bad_package(
-                &entry.file,
-                format!("{shard_len} bytes, but the manifest says {}", entry.size),
-            ));
-        }
+        manifest.check_shard(shard, shard_len)?;
         if self.shards_fed.contains(&shard) {
             return Err(HearthError::InvalidArgument(format!("shard {shard} was already loaded")));
         }
