@@ -334,8 +334,12 @@ impl<P: Products> Engine<P> {
     /// Bytes the KV cache will hold at `positions` positions (keys and values as `P::Cache`: f32
     /// for the reference, f16 for the fast engine; windowed layers hold at most their window).
     pub fn kv_cache_bytes_at(config: &ModelConfig, positions: usize) -> u64 {
-        let row = 2 * config.kv_dim() as u64 * std::mem::size_of::<P::Cache>() as u64;
-        (0..config.n_layers).map(|l| config.layer_window(l).map_or(positions, |w| w.min(positions)) as u64 * row).sum()
+        // Saturating: a page asks this of a manifest before any engine checked its tensors.
+        let heads = (config.n_kv_heads as u64).saturating_mul(config.head_dim as u64);
+        let row = heads.saturating_mul(2 * std::mem::size_of::<P::Cache>() as u64);
+        (0..config.n_layers)
+            .map(|l| (config.layer_window(l).map_or(positions, |w| w.min(positions)) as u64).saturating_mul(row))
+            .fold(0u64, u64::saturating_add)
     }
 
     /// Positions already in the KV cache.

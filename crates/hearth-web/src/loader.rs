@@ -57,10 +57,17 @@ const CPU_WORKING_BYTES: u64 = 64 << 20;
 fn check_cpu_memory(manifest: &Manifest, options: &LoadOptions) -> Result<(), HearthError> {
     let Some(limit) = options.memory_limit.filter(|l| l.is_finite() && *l > 0.0) else { return Ok(()) };
     let c = &manifest.config;
+    // Every layer has tensors, so a layer count above the tensor count is a broken (or hostile)
+    // manifest; checked first, so that the cache's size below is not a loop over billions of layers.
+    if c.n_layers > manifest.tensors.len() {
+        let detail = format!("config.n_layers is {}, but it lists {} tensors", c.n_layers, manifest.tensors.len());
+        return Err(HearthError::bad_package("manifest.json", detail));
+    }
     let positions = options.max_context.unwrap_or(c.context_length).clamp(1, c.context_length);
-    let weights: u64 = manifest.tensors.iter().map(|t| t.length).sum();
+    // Saturating: the lengths come from the manifest, which may be hostile.
+    let weights = manifest.tensors.iter().fold(0u64, |n, t| n.saturating_add(t.length));
     let cache = FastEngine::kv_cache_bytes_at(c, positions);
-    let needed = weights + cache + CPU_WORKING_BYTES;
+    let needed = weights.saturating_add(cache).saturating_add(CPU_WORKING_BYTES);
     if needed as f64 <= limit {
         return Ok(());
     }
