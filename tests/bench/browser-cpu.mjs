@@ -28,6 +28,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { startServer } from "../../scripts/static-server.mjs";
+import { QUIET_ARGS } from "../browser/harness.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const USAGE =
@@ -116,9 +117,8 @@ const isolated = await startServer({ routes, pages, isolated: true });
 const browser = await chromium.launch({
   executablePath: a.chromium,
   headless: true,
-  // No WebGPU flags: backend "cpu" is asked for explicitly. The networking flags keep Chromium from
-  // calling hosts this network refuses (../shared/TOOLCHAIN.md).
-  args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  // No WebGPU flags: backend "cpu" is asked for explicitly.
+  args: QUIET_ARGS,
 });
 
 /** Runs one configuration in a fresh context; returns its figures. */

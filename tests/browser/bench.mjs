@@ -27,16 +27,13 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { startServer } from "../../scripts/static-server.mjs";
+import { QUIET_ARGS, SWIFTSHADER_ARGS } from "./harness.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const USAGE =
   "usage: node tests/browser/bench.mjs [--chromium PATH] [--gpu] [--model DIR] [--prompt-tokens N] [--gen-tokens N]\n" +
   "       [--worker] [--headed] [--chromium-arg ARG]... [--timeout S]";
 
-// Without a network to talk to, Chromium keeps retrying hosts; these keep it quiet (../shared/TOOLCHAIN.md).
-const QUIET = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
-// WebGPU on SwiftShader (what the browser tests use; tests/browser/harness.mjs).
-const SWIFTSHADER = ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader", "--use-webgpu-adapter=swiftshader"];
 // WebGPU on the machine's GPU through Vulkan, headless included.
 const GPU = ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-angle=vulkan", "--disable-vulkan-surface", "--ignore-gpu-blocklist"];
 
@@ -90,7 +87,7 @@ const server = await startServer({
 const browser = await chromium.launch({
   executablePath: a.chromium,
   headless: !a.headed,
-  args: [...(a.gpu ? GPU : SWIFTSHADER), ...QUIET, ...a["chromium-arg"]],
+  args: [...(a.gpu ? GPU : SWIFTSHADER_ARGS), ...QUIET_ARGS, ...a["chromium-arg"]],
 });
 const GPU_HINT = a.gpu ? " (with --gpu: check that this Chromium reaches the GPU here; try --headed or other --chromium-arg)" : "";
 let code = 0;

@@ -15,18 +15,16 @@ export const HEARTH = path.join(ROOT, "target/release/hearth");
 export const SMOLLM2 = path.join(ROOT, ".cache/packages/smollm2-135m-instruct");
 const GGUF = path.join(ROOT, ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
 
-// SwiftShader's Vulkan behind Chromium's WebGPU; without the networking flags Chromium keeps trying
-// to reach hosts this network refuses (../shared/TOOLCHAIN.md).
-export const CHROMIUM_ARGS = [
+// Without these Chromium keeps trying to reach hosts this network refuses (../shared/TOOLCHAIN.md).
+export const QUIET_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+// SwiftShader's Vulkan behind Chromium's WebGPU.
+export const SWIFTSHADER_ARGS = [
   "--enable-unsafe-webgpu",
   "--enable-features=Vulkan",
   "--use-vulkan=swiftshader",
   "--use-webgpu-adapter=swiftshader",
-  "--no-sandbox",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
 ];
+export const CHROMIUM_ARGS = [...SWIFTSHADER_ARGS, ...QUIET_ARGS];
 
 export function launch() {
   return chromium.launch({ executablePath: "/usr/bin/chromium", headless: true, args: CHROMIUM_ARGS });
