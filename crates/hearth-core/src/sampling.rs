@@ -70,6 +70,25 @@ impl SamplingParams {
 pub struct Sampler {
     params: SamplingParams,
     rng: ChaCha8Rng,
+    /// The tokens allowed at the next step, a bit per vocabulary entry (bit `t % 32` of word
+    /// `t / 32`), as a grammar constraint sets it; None allows every token.
+    mask: Option<Vec<u32>>,
+}
+
+/// Whether token `t` is allowed by `mask` (bits as [`Sampler::set_mask`] takes them); tokens past
+/// the mask's end are not.
+pub fn mask_allows(mask: &[u32], t: u32) -> bool {
+    mask.get(t as usize / 32).is_some_and(|w| w >> (t % 32) & 1 == 1)
+}
+
+/// Set every logit that `mask` does not allow to minus infinity, before penalties and sampling:
+/// such a token can then never be chosen, by argmax or by the sampling chain (which drops them).
+pub fn apply_mask(logits: &mut [f32], mask: &[u32]) {
+    for (t, l) in logits.iter_mut().enumerate() {
+        if !mask_allows(mask, t as u32) {
+            *l = f32::NEG_INFINITY;
+        }
+    }
 }
 
 /// Index of the largest value (the first one on ties).
@@ -87,7 +106,18 @@ impl Sampler {
     pub fn new(params: SamplingParams) -> Result<Self> {
         params.validate()?;
         let rng = ChaCha8Rng::seed_from_u64(params.seed);
-        Ok(Sampler { params, rng })
+        Ok(Sampler { params, rng, mask: None })
+    }
+
+    /// Restrict the next choices to the tokens whose bits are set (a constraint's mask; see
+    /// [`mask_allows`]), or lift the restriction with None. Stays until changed.
+    pub fn set_mask(&mut self, mask: Option<Vec<u32>>) {
+        self.mask = mask;
+    }
+
+    /// The mask [`set_mask`](Self::set_mask) set: a backend that samples on its device applies it there.
+    pub fn mask(&self) -> Option<&[u32]> {
+        self.mask.as_deref()
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -97,6 +127,9 @@ impl Sampler {
     /// Pick the next token. `logits` is modified (penalties applied). `history` holds the tokens so far.
     /// Consumes one [`draw`](Self::draw) when the temperature is above 0, none when greedy.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        if let Some(mask) = &self.mask {
+            apply_mask(logits, mask);
+        }
         let counts = self.penalty_counts(history);
         let draw = if self.params.temperature > 0.0 { self.draw() } else { 0.0 };
         choose(&self.params, logits, &counts, draw)
@@ -141,7 +174,7 @@ pub fn apply_penalties(params: &SamplingParams, logits: &mut [f32], counts: &[(u
     }
 }
 
-/// The token [`Sampler::sample`] picks, as a pure function: penalties for `counts` are applied to
+/// The token [`Sampler::sample`] picks, as a pure function (after its mask): penalties for `counts` are applied to
 /// `logits` in place, then argmax (temperature 0; `draw` is unused) or the sampling chain with the
 /// uniform `draw` in [0, 1). A draw of 1 or more takes the last kept candidate.
 pub fn choose(params: &SamplingParams, logits: &mut [f32], counts: &[(u32, u32)], draw: f32) -> u32 {
@@ -172,7 +205,13 @@ pub fn kept_candidates(params: &SamplingParams, logits: &[f32]) -> Vec<(u32, f32
     // Candidates sorted by logit, best first. The index breaks ties so the order is fully defined
     // (the GPU sampler uses the same order).
     let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    // Masked-out tokens (minus infinity) are never candidates; if every logit is masked out the
+    // chain runs over all of them (a constraint never asks for that: it always allows a token).
+    let mut cand: Vec<(u32, f32)> =
+        logits.iter().enumerate().filter(|(_, &l)| l != f32::NEG_INFINITY).map(|(i, &l)| (i as u32, l)).collect();
+    if cand.is_empty() {
+        cand = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    }
     if cand.is_empty() {
         return cand;
     }
@@ -306,6 +345,27 @@ mod tests {
         assert_eq!(choose(&params, &mut tied.to_vec(), &[], 1.0), 4);
         let sum: f32 = kept.iter().map(|c| c.1).sum();
         assert!((sum - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_mask_limits_greedy_and_sampled_choices_to_its_tokens() {
+        // Allow tokens 0, 2 and 4 only: greedy takes 2 (2.5), sampling never leaves the set.
+        let mask = vec![0b10101];
+        let mut g = Sampler::new(SamplingParams::default()).unwrap();
+        g.set_mask(Some(mask.clone()));
+        assert_eq!(g.sample(&mut logits(), &[]), 2);
+        let mut s = Sampler::new(SamplingParams { temperature: 2.0, seed: 3, ..Default::default() }).unwrap();
+        s.set_mask(Some(mask));
+        let picks: Vec<u32> = (0..300).map(|_| s.sample(&mut logits(), &[])).collect();
+        assert!(picks.iter().all(|t| [0, 2, 4].contains(t)), "{picks:?}");
+        assert!([0, 2, 4].iter().all(|t| picks.contains(t)));
+        // A draw of 1 takes the last kept candidate, which must still be allowed.
+        let params = SamplingParams { temperature: 1.0, ..Default::default() };
+        let mut masked = logits();
+        apply_mask(&mut masked, &[0b10101]);
+        assert_eq!(choose(&params, &mut masked, &[], 1.0), 4);
+        s.set_mask(None);
+        assert!((0..300).any(|_| s.sample(&mut logits(), &[]) == 1));
     }
 
     #[test]
