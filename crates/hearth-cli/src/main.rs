@@ -7,8 +7,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hearth_core::chat::ChatMessage;
+use hearth_core::constrain::{JsonSchemaFormat, ResponseFormat};
 use hearth_core::convert::{convert, ConvertOptions, QuantChoice};
 use hearth_core::cpu::CpuEngine;
+use hearth_core::error::HearthError;
 use hearth_core::fast::FastEngine;
 use hearth_core::generate::{generate, GenerateRequest};
 use hearth_core::model::Model;
@@ -94,6 +96,8 @@ enum Command {
         /// Print one JSON object instead of streaming text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        format: FormatArgs,
     },
     /// Measure load, prefill and decode speed; prints one JSON line.
     Bench {
@@ -196,10 +200,47 @@ fn open_cpu(
     })
 }
 
+/// What the generated text must be; at most one of these.
+#[derive(Args)]
+#[group(multiple = false)]
+struct FormatArgs {
+    /// The output is JSON valid against the JSON Schema in FILE.
+    #[arg(long, value_name = "FILE")]
+    json_schema: Option<PathBuf>,
+    /// The output matches PATTERN (the whole output).
+    #[arg(long, value_name = "PATTERN")]
+    regex: Option<String>,
+    /// The output follows the Lark-style grammar in FILE (llguidance's syntax).
+    #[arg(long, value_name = "FILE")]
+    grammar: Option<PathBuf>,
+}
+
+impl FormatArgs {
+    fn response_format(&self) -> Result<ResponseFormat> {
+        let read =
+            |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()));
+        Ok(if let Some(path) = &self.json_schema {
+            let schema = serde_json::from_str(&read(path)?)
+                .map_err(|e| HearthError::InvalidArgument(format!("{} is not JSON: {e}", path.display())))?;
+            ResponseFormat::JsonSchema {
+                json_schema: JsonSchemaFormat { name: None, description: None, schema, strict: None },
+            }
+        } else if let Some(pattern) = &self.regex {
+            ResponseFormat::Regex { pattern: pattern.clone() }
+        } else if let Some(path) = &self.grammar {
+            ResponseFormat::Grammar { grammar: read(path)? }
+        } else {
+            ResponseFormat::Text
+        })
+    }
+}
+
 fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        // A bad request (an invalid schema, grammar or option value) is a usage error, as clap's are.
+        let usage = matches!(e.downcast_ref::<HearthError>(), Some(HearthError::InvalidArgument(_)));
+        std::process::exit(if usage { 2 } else { 1 });
     }
 }
 
@@ -244,7 +285,9 @@ fn run(cli: Cli) -> Result<()> {
             top_logits,
             margins,
             json,
+            format,
         } => {
+            let response_format = format.response_format()?;
             let mut model = Model::open(&model)?;
             let prompt_ids = if chat {
                 let mut messages = Vec::new();
@@ -264,6 +307,7 @@ fn run(cli: Cli) -> Result<()> {
                 stop_strings: stop,
                 top_logits,
                 margins,
+                response_format,
             };
             let clock = Instant::now();
             let now = || clock.elapsed().as_secs_f64();

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::constrain::{Constraint, ResponseFormat};
 use crate::error::{HearthError, Result};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
@@ -44,6 +45,8 @@ pub struct GenerateRequest {
     pub top_logits: usize,
     /// Report each step's margin (`GenerateOutput::margins`): reads every step's logits back.
     pub margins: bool,
+    /// What the output must be (free text, JSON, a regular expression, a grammar).
+    pub response_format: ResponseFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,8 +149,14 @@ pub struct Generation {
     top_logits: Vec<(u32, f32)>,
     t0: f64,
     t_first: Option<f64>,
-    /// Forward passes of single generated tokens, timed from the first sampled token on.
+    /// Forward passes after the prompt's, timed from the first sampled token on.
     decode_steps: usize,
+    /// The grammar the output follows, when `req.response_format` asks for one.
+    constraint: Option<Constraint>,
+    /// A stop string ended the generation.
+    stops_hit: bool,
+    /// Text of tokens forced before the first choice, returned with the first accepted token's.
+    held: String,
 }
 
 /// What the backend runs next: `tokens` at the next positions, then a choice made with `sampler`
@@ -159,9 +168,10 @@ pub struct StepInput<'a> {
 }
 
 impl Generation {
-    /// Check the request against the context; `now` is the caller's clock in seconds. The backend
-    /// must be reset before the first step.
-    pub fn new(req: GenerateRequest, context_length: usize, now: f64) -> Result<Self> {
+    /// Check the request against the context and compile its response format (with `tokenizer`'s
+    /// vocabulary); `now` is the caller's clock in seconds. The backend must be reset before the
+    /// first step.
+    pub fn new(req: GenerateRequest, tokenizer: &Tokenizer, context_length: usize, now: f64) -> Result<Self> {
         let n_prompt = req.prompt_ids.len();
         if n_prompt == 0 {
             return Err(HearthError::InvalidArgument("the prompt is empty".into()));
@@ -173,8 +183,18 @@ impl Generation {
                 context_length,
             });
         }
-        Ok(Generation {
-            sampler: Sampler::new(req.sampling.clone())?,
+        let sampler = Sampler::new(req.sampling.clone())?;
+        let mut constraint = match req.response_format.is_free() {
+            true => None,
+            false => tokenizer.grammars()?.constraint(&req.response_format)?,
+        };
+        // What the grammar forces before the first choice (a fixed opening) runs with the prompt.
+        let forced = match &mut constraint {
+            Some(c) => c.forced()?,
+            None => Vec::new(),
+        };
+        let mut gen = Generation {
+            sampler,
             history: req.prompt_ids.clone(),
             run_from: 0,
             ids: Vec::new(),
@@ -186,8 +206,30 @@ impl Generation {
             t0: now,
             t_first: None,
             decode_steps: 0,
+            constraint,
+            stops_hit: false,
+            held: String::new(),
             req,
-        })
+        };
+        let all_forced = forced.len() <= gen.req.max_tokens;
+        for t in forced.into_iter().take(gen.req.max_tokens) {
+            let piece = gen.push(t, tokenizer)?;
+            gen.held.push_str(&piece);
+        }
+        let Some(c) = &mut gen.constraint else { return Ok(gen) };
+        let complete = c.is_finished() && all_forced;
+        if gen.finish.is_none() && !complete && gen.ids.len() < gen.req.max_tokens {
+            gen.sampler.set_mask(Some(c.mask()?));
+            return Ok(gen);
+        }
+        // The grammar allows one text only (a `const`): it is the output, no pass needed.
+        if gen.finish.is_none() {
+            gen.finish = Some(if complete { FinishReason::Stop } else { FinishReason::Length });
+        }
+        let mut out = std::mem::take(&mut gen.held);
+        gen.flush_held_text(tokenizer, &mut out)?;
+        gen.text = out;
+        Ok(gen)
     }
 
     /// The next forward pass (the whole prompt first, then the last chosen token), or None when done.
@@ -217,7 +259,8 @@ impl Generation {
     }
 
     /// The token chosen after the last input; returns the text that became final (held back only
-    /// while it might be the start of a stop string).
+    /// while it might be the start of a stop string). Under a constraint, the tokens the grammar
+    /// forces next are taken too (the next input runs them with `id` in one chunk).
     pub fn accept(&mut self, id: u32, tokenizer: &Tokenizer, now: f64) -> Result<String> {
         if self.finish.is_some() {
             return Err(HearthError::InvalidArgument("this generation has finished".into()));
@@ -227,32 +270,75 @@ impl Generation {
         } else {
             self.decode_steps += 1;
         }
+        let mut out = std::mem::take(&mut self.held);
         if self.ids.len() >= self.req.max_tokens {
             self.finish = Some(FinishReason::Length);
-            return Ok(String::new());
-        }
-        if tokenizer.is_stop(id) {
+        } else if tokenizer.is_stop(id) {
             self.finish = Some(FinishReason::Stop);
-            return Ok(String::new());
+        } else {
+            self.run_from = self.history.len();
+            out.push_str(&self.push(id, tokenizer)?);
+            self.take_forced(id, tokenizer, &mut out)?;
         }
-        self.ids.push(id);
-        self.history.push(id);
-        self.run_from = self.history.len() - 1;
-        let piece = self.decoder.push(tokenizer, id)?;
-        let (mut out, hit) = self.stops.push(&piece);
-        if hit {
-            self.finish = Some(FinishReason::Stop);
-        } else if self.ids.len() == self.req.max_tokens {
+        if self.finish.is_none() && self.ids.len() == self.req.max_tokens {
             self.finish = Some(FinishReason::Length);
-            // Bytes of an incomplete character, and text held back for a stop string that never came.
-            let tail = self.decoder.finish(tokenizer)?;
-            let (safe, hit) = self.stops.push(&tail);
-            out.push_str(&safe);
-            if !hit {
-                out.push_str(&self.stops.flush());
-            }
+        }
+        match (self.finish, &mut self.constraint) {
+            (Some(_), _) => self.flush_held_text(tokenizer, &mut out)?,
+            (None, Some(c)) => self.sampler.set_mask(Some(c.mask()?)),
+            (None, None) => {}
         }
         self.text.push_str(&out);
+        Ok(out)
+    }
+
+    /// At the end: the bytes of an incomplete character and text held back for a stop string that
+    /// never came (nothing, when a stop string ended the text).
+    fn flush_held_text(&mut self, tokenizer: &Tokenizer, out: &mut String) -> Result<()> {
+        if self.stops_hit {
+            return Ok(());
+        }
+        let tail = self.decoder.finish(tokenizer)?;
+        let (safe, hit) = self.stops.push(&tail);
+        out.push_str(&safe);
+        if !hit {
+            out.push_str(&self.stops.flush());
+        }
+        Ok(())
+    }
+
+    /// Tell the constraint the chosen `id` and append the tokens it then forces; a grammar that
+    /// is complete ends the generation.
+    fn take_forced(&mut self, id: u32, tokenizer: &Tokenizer, out: &mut String) -> Result<()> {
+        let Some(c) = &mut self.constraint else { return Ok(()) };
+        c.commit(id)?;
+        let forced = c.forced()?;
+        let mut finished = c.is_finished();
+        for t in forced {
+            if self.finish.is_some() || self.ids.len() == self.req.max_tokens {
+                finished = false;
+                break;
+            }
+            // The grammar forces only text, never a stop token.
+            out.push_str(&self.push(t, tokenizer)?);
+        }
+        if self.finish.is_none() && finished {
+            self.finish = Some(FinishReason::Stop);
+        }
+        Ok(())
+    }
+
+    /// Append a generated token: its text, once final and not part of a stop string. A stop
+    /// string ends the generation.
+    fn push(&mut self, id: u32, tokenizer: &Tokenizer) -> Result<String> {
+        self.ids.push(id);
+        self.history.push(id);
+        let piece = self.decoder.push(tokenizer, id)?;
+        let (out, hit) = self.stops.push(&piece);
+        if hit {
+            self.finish = Some(FinishReason::Stop);
+            self.stops_hit = true;
+        }
         Ok(out)
     }
 
@@ -290,7 +376,7 @@ pub fn generate(
     now: &dyn Fn() -> f64,
     on_text: &mut dyn FnMut(&str) -> Result<()>,
 ) -> Result<GenerateOutput> {
-    let mut gen = Generation::new(req.clone(), backend.context_length(), now())?;
+    let mut gen = Generation::new(req.clone(), tokenizer, backend.context_length(), now())?;
     backend.reset();
     let mut margins = Vec::new();
     loop {

@@ -4,6 +4,7 @@
 
 pub mod assemble;
 pub mod chat;
+pub mod constrain;
 pub mod convert;
 pub mod cpu;
 pub mod error;

@@ -1,19 +1,46 @@
 //! Tokenization through the Hugging Face `tokenizers` library, plus incremental detokenization for
 //! streaming.
 
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+
+use crate::constrain::Grammars;
 use crate::error::{HearthError, Result};
 use crate::manifest::TokenizerInfo;
 
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    /// Shared with the grammar engine, which tokenizes the text a grammar forces. Encoding flips
+    /// the special-token switch, so it takes the write lock; everything else reads.
+    inner: Arc<RwLock<tokenizers::Tokenizer>>,
     info: TokenizerInfo,
+    /// Built on the first constrained generation (a trie of every token's bytes: not worth its
+    /// time and memory for a user who never constrains).
+    grammars: OnceLock<Grammars>,
 }
 
 impl Tokenizer {
     pub fn from_json(json: &[u8], info: TokenizerInfo) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(json)
             .map_err(|e| HearthError::Tokenizer(format!("cannot load tokenizer.json: {e}")))?;
-        Ok(Tokenizer { inner, info })
+        Ok(Tokenizer { inner: Arc::new(RwLock::new(inner)), info, grammars: OnceLock::new() })
+    }
+
+    /// The library tokenizer, for the grammar engine.
+    pub(crate) fn shared(&self) -> Arc<RwLock<tokenizers::Tokenizer>> {
+        self.inner.clone()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, tokenizers::Tokenizer> {
+        // A panic while encoding cannot leave the tokenizer half-changed: carry on.
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The compiled vocabulary for constrained generation, built once.
+    pub fn grammars(&self) -> Result<&Grammars> {
+        if let Some(g) = self.grammars.get() {
+            return Ok(g);
+        }
+        let built = Grammars::new(self)?;
+        Ok(self.grammars.get_or_init(|| built))
     }
 
     pub fn info(&self) -> &TokenizerInfo {
@@ -21,18 +48,17 @@ impl Tokenizer {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.read().get_vocab_size(true)
     }
 
     /// Token ids of `text`. With `parse_special`, special-token texts such as `<|im_start|>` become their
     /// ids; without it they are tokenized as ordinary text. Adds the bos token if the model wants one
     /// and `add_bos` is set.
     pub fn encode(&mut self, text: &str, parse_special: bool, add_bos: bool) -> Result<Vec<u32>> {
-        self.inner.set_encode_special_tokens(!parse_special);
-        let enc = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(|e| HearthError::Tokenizer(format!("cannot encode text: {e}")))?;
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        inner.set_encode_special_tokens(!parse_special);
+        let enc =
+            inner.encode_fast(text, false).map_err(|e| HearthError::Tokenizer(format!("cannot encode text: {e}")))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if add_bos && self.info.add_bos {
             if let Some(bos) = self.info.bos_id {
@@ -45,11 +71,11 @@ impl Tokenizer {
 
     /// Text of `ids`, special tokens included (a chat template's markers stay visible when asked for).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(|e| HearthError::Tokenizer(format!("cannot decode tokens: {e}")))
+        self.read().decode(ids, skip_special).map_err(|e| HearthError::Tokenizer(format!("cannot decode tokens: {e}")))
     }
 
     pub fn token_text(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+        self.read().id_to_token(id)
     }
 
     pub fn is_stop(&self, id: u32) -> bool {

@@ -5,6 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use hearth_core::chat::ChatMessage;
+use hearth_core::constrain::ResponseFormat;
 use hearth_core::generate::{FinishReason, GenerateRequest, Generation, Usage};
 use hearth_core::manifest::Manifest;
 use hearth_core::model::Prompter;
@@ -28,6 +29,9 @@ struct Request {
     max_tokens: usize,
     #[serde(default)]
     stop: Vec<String>,
+    /// What the output must be (`{type: "json_schema", ...}` and the other OpenAI/Hearth shapes).
+    #[serde(default)]
+    response_format: ResponseFormat,
     #[serde(flatten)]
     sampling: SamplingParams,
 }
@@ -149,8 +153,10 @@ impl Engine {
             stop_strings: req.stop,
             top_logits: 0,
             margins: false,
+            response_format: req.response_format,
         };
-        let generation = Generation::new(request, state.compute.context_length(), now()).map_err(js_error)?;
+        let generation = Generation::new(request, &state.prompter.tokenizer, state.compute.context_length(), now())
+            .map_err(js_error)?;
         state.compute.reset();
         let prompt_tokens = generation.prompt_tokens();
         state.generation = Some(generation);
