@@ -155,7 +155,7 @@ pub struct Generation {
     constraint: Option<Constraint>,
     /// A stop string ended the generation.
     stops_hit: bool,
-    /// Text of tokens forced before the first choice, returned with the first accepted token's.
+    /// Text of tokens forced before the first choice, until [`Generation::opening_text`] takes it.
     held: String,
 }
 
@@ -226,9 +226,9 @@ impl Generation {
         if gen.finish.is_none() {
             gen.finish = Some(if complete { FinishReason::Stop } else { FinishReason::Length });
         }
-        let mut out = std::mem::take(&mut gen.held);
-        gen.flush_held_text(tokenizer, &mut out)?;
-        gen.text = out;
+        let mut tail = String::new();
+        gen.flush_held_text(tokenizer, &mut tail)?;
+        gen.held.push_str(&tail);
         Ok(gen)
     }
 
@@ -238,6 +238,15 @@ impl Generation {
             return None;
         }
         Some(StepInput { tokens: &self.history[self.run_from..], sampler: &mut self.sampler, history: &self.history })
+    }
+
+    /// The text a constraint forces before the first choice (a fixed opening, or all of a
+    /// constant output, in which case the generation is already done); take it once, before
+    /// the first step.
+    pub fn opening_text(&mut self) -> String {
+        let text = std::mem::take(&mut self.held);
+        self.text.push_str(&text);
+        text
     }
 
     /// Whether the next forward pass is the prompt's (whose logits `top_logits` asks for).
@@ -270,7 +279,7 @@ impl Generation {
         } else {
             self.decode_steps += 1;
         }
-        let mut out = std::mem::take(&mut self.held);
+        let mut out = String::new();
         if self.ids.len() >= self.req.max_tokens {
             self.finish = Some(FinishReason::Length);
         } else if tokenizer.is_stop(id) {
@@ -378,6 +387,10 @@ pub fn generate(
 ) -> Result<GenerateOutput> {
     let mut gen = Generation::new(req.clone(), tokenizer, backend.context_length(), now())?;
     backend.reset();
+    let opening = gen.opening_text();
+    if !opening.is_empty() {
+        on_text(&opening)?;
+    }
     let mut margins = Vec::new();
     loop {
         // Logits come back to the CPU only when they are asked for.

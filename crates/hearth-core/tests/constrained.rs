@@ -70,7 +70,13 @@ fn run(
         response_format: format,
     };
     let mut counting = Counting { inner: engine, passes: 0 };
-    let out = generate(&mut counting, model.tokenizer(), &req, &|| 0.0, &mut |_| Ok(()))?;
+    let mut streamed = String::new();
+    let out = generate(&mut counting, model.tokenizer(), &req, &|| 0.0, &mut |piece| {
+        streamed.push_str(piece);
+        Ok(())
+    })?;
+    // Forced text (a constant output too) streams like sampled text.
+    assert_eq!(streamed, out.text, "the streamed pieces are not the output");
     Ok(Run { out, passes: counting.passes })
 }
 

@@ -197,11 +197,15 @@ async fn run_step(state: &mut State) -> Result<JsValue, JsValue> {
     let generation = generation.as_mut().ok_or_else(|| {
         js_error(HearthError::InvalidArgument("no generation in progress: call begin() first".into()))
     })?;
-    let input = generation
-        .input()
-        .ok_or_else(|| js_error(HearthError::InvalidArgument("this generation has finished".into())))?;
-    let id = compute.sample_next(input).await.map_err(js_error)?;
-    let text = generation.accept(id, &prompter.tokenizer, now()).map_err(js_error)?;
+    // A constraint's forced opening comes with the first step; a constant output is all of it.
+    let mut text = generation.opening_text();
+    if !generation.is_done() {
+        let input = generation
+            .input()
+            .ok_or_else(|| js_error(HearthError::InvalidArgument("this generation has finished".into())))?;
+        let id = compute.sample_next(input).await.map_err(js_error)?;
+        text.push_str(&generation.accept(id, &prompter.tokenizer, now()).map_err(js_error)?);
+    }
     let step = if generation.is_done() {
         let out = generation.output(now());
         Step {
