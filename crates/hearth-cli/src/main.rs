@@ -308,6 +308,7 @@ fn run(cli: Cli) -> Result<()> {
                 top_logits,
                 margins,
                 response_format,
+                cache_prompt: true,
             };
             let clock = Instant::now();
             let now = || clock.elapsed().as_secs_f64();

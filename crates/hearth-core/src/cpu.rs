@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 
 use crate::error::{HearthError, Result};
+use crate::generate::ring_keeps;
 use crate::manifest::{
     Activation, FfnKind, ModelConfig, NormKind, PositionKind, RopeScaling, RopeStyle, ARCHITECTURES,
 };
@@ -353,6 +354,25 @@ impl<P: Products> Engine<P> {
             layer.v.clear();
         }
         self.cache.len = 0;
+    }
+
+    /// Keep the first `len` positions and forget the rest, so a generation can go on from a prefix
+    /// it shares with the last one; false (nothing changed) when `len` is past the end or a ring
+    /// layer no longer holds the keys a query at `len` sees (see `generate::ring_keeps`).
+    pub fn truncate(&mut self, len: usize) -> bool {
+        let end = self.cache.len;
+        let windows = (0..self.config.n_layers).map(|l| self.config.layer_window(l));
+        if len > end || !windows.zip(&self.cache.layers).all(|(w, l)| w.is_none_or(|w| ring_keeps(w, l.rows, len, end)))
+        {
+            return false;
+        }
+        let row = self.config.kv_dim();
+        for layer in self.cache.layers.iter_mut().filter(|l| l.rows == usize::MAX) {
+            layer.k.truncate(len * row);
+            layer.v.truncate(len * row);
+        }
+        self.cache.len = len;
+        true
     }
 
     /// The model's norm (RMSNorm, or LayerNorm with its bias) of each row of `x` into `out`.

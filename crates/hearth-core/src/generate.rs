@@ -19,7 +19,63 @@ pub trait Backend {
     }
     /// Forget every position.
     fn reset(&mut self);
+    /// Keep the first `len` positions and forget the rest; false (nothing changed) when the cache
+    /// cannot continue from `len` (the caller resets). Backends that cannot truncate say false.
+    fn truncate(&mut self, _len: usize) -> bool {
+        false
+    }
     fn context_length(&self) -> usize;
+}
+
+/// Whether a sliding-window layer's ring of `rows` rows (position p in row p % rows), written up to
+/// position `end` (exclusive), still holds every key a query at position `len` sees: positions
+/// `len - window` on (one more than the window, so either convention of where a window starts is
+/// covered). A row is overwritten once a position `rows` later has been written.
+pub fn ring_keeps(window: usize, rows: usize, len: usize, end: usize) -> bool {
+    len == 0 || len.saturating_sub(window).saturating_add(rows) >= end
+}
+
+/// The ids whose keys and values a backend's cache holds after the last generation, so the next
+/// one can start after the longest prefix it shares with them (multi-turn chat and agent loops
+/// re-send the same long prefix every call).
+#[derive(Debug, Default, Clone)]
+pub struct PromptCache {
+    ids: Vec<u32>,
+}
+
+impl PromptCache {
+    /// Make `backend` ready for `prompt`: returns how many leading prompt ids it still holds (at
+    /// most all but the last, whose logits choose the first token), after truncating it there,
+    /// or 0 after a reset (`reuse` false, nothing shared, or a ring that has moved on).
+    pub fn prepare(&mut self, backend: &mut dyn Backend, prompt: &[u32], reuse: bool) -> usize {
+        self.prepare_with(prompt, reuse, |keep| {
+            if keep > 0 && backend.truncate(keep) {
+                keep
+            } else {
+                backend.reset();
+                0
+            }
+        })
+    }
+
+    /// [`prepare`](Self::prepare) for a backend behind another interface: `cut(keep)` truncates
+    /// its cache to `keep` positions, or resets it, and returns how many it kept.
+    pub fn prepare_with(&mut self, prompt: &[u32], reuse: bool, cut: impl FnOnce(usize) -> usize) -> usize {
+        let shared = self.ids.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let keep = if reuse { shared.min(prompt.len().saturating_sub(1)) } else { 0 };
+        self.ids.clear();
+        cut(keep)
+    }
+
+    /// After a generation (finished or stopped between steps): the ids its cache now holds.
+    pub fn store(&mut self, generation: &Generation) {
+        self.ids = generation.cached_ids().to_vec();
+    }
+
+    /// Forget what the cache holds (after a failed step: its state is unknown).
+    pub fn clear(&mut self) {
+        self.ids.clear();
+    }
 }
 
 impl<P: crate::cpu::Products> Backend for crate::cpu::Engine<P> {
@@ -28,6 +84,9 @@ impl<P: crate::cpu::Products> Backend for crate::cpu::Engine<P> {
     }
     fn reset(&mut self) {
         crate::cpu::Engine::reset(self)
+    }
+    fn truncate(&mut self, len: usize) -> bool {
+        crate::cpu::Engine::truncate(self, len)
     }
     fn context_length(&self) -> usize {
         self.config().context_length
@@ -47,6 +106,24 @@ pub struct GenerateRequest {
     pub margins: bool,
     /// What the output must be (free text, JSON, a regular expression, a grammar).
     pub response_format: ResponseFormat,
+    /// Start after the longest prefix this prompt shares with what the cache holds
+    /// ([`PromptCache`]); false runs the whole prompt again.
+    pub cache_prompt: bool,
+}
+
+impl Default for GenerateRequest {
+    fn default() -> Self {
+        GenerateRequest {
+            prompt_ids: Vec::new(),
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop_strings: Vec::new(),
+            top_logits: 0,
+            margins: false,
+            response_format: ResponseFormat::Text,
+            cache_prompt: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +138,9 @@ pub enum FinishReason {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values were already in the cache (not run again).
+    #[serde(default)]
+    pub cached_tokens: usize,
     pub completion_tokens: usize,
     pub prefill_tok_s: f64,
     pub decode_tok_s: f64,
@@ -157,6 +237,10 @@ pub struct Generation {
     stops_hit: bool,
     /// Text of tokens forced before the first choice, until [`Generation::opening_text`] takes it.
     held: String,
+    /// Leading prompt tokens already in the backend's cache (not run).
+    cached: usize,
+    /// Leading `history` ids that have been run (their keys and values are in the cache).
+    ran: usize,
 }
 
 /// What the backend runs next: `tokens` at the next positions, then a choice made with `sampler`
@@ -169,12 +253,23 @@ pub struct StepInput<'a> {
 
 impl Generation {
     /// Check the request against the context and compile its response format (with `tokenizer`'s
-    /// vocabulary); `now` is the caller's clock in seconds. The backend must be reset before the
-    /// first step.
-    pub fn new(req: GenerateRequest, tokenizer: &Tokenizer, context_length: usize, now: f64) -> Result<Self> {
+    /// vocabulary); `now` is the caller's clock in seconds. The backend must hold exactly the first
+    /// `cached` prompt tokens (0 after a reset; [`PromptCache::prepare`] says how many).
+    pub fn new(
+        req: GenerateRequest,
+        tokenizer: &Tokenizer,
+        context_length: usize,
+        cached: usize,
+        now: f64,
+    ) -> Result<Self> {
         let n_prompt = req.prompt_ids.len();
         if n_prompt == 0 {
             return Err(HearthError::InvalidArgument("the prompt is empty".into()));
+        }
+        if cached >= n_prompt {
+            return Err(HearthError::InvalidArgument(format!(
+                "{cached} cached tokens leave none of the {n_prompt}-token prompt to run"
+            )));
         }
         if n_prompt + req.max_tokens > context_length {
             return Err(HearthError::ContextLengthExceeded {
@@ -196,7 +291,7 @@ impl Generation {
         let mut gen = Generation {
             sampler,
             history: req.prompt_ids.clone(),
-            run_from: 0,
+            run_from: cached,
             ids: Vec::new(),
             text: String::new(),
             decoder: IncrementalDecoder::new(),
@@ -209,6 +304,8 @@ impl Generation {
             constraint,
             stops_hit: false,
             held: String::new(),
+            cached,
+            ran: cached,
             req,
         };
         let all_forced = forced.len() <= gen.req.max_tokens;
@@ -238,6 +335,12 @@ impl Generation {
             return None;
         }
         Some(StepInput { tokens: &self.history[self.run_from..], sampler: &mut self.sampler, history: &self.history })
+    }
+
+    /// The ids whose keys and values the backend's cache holds now: the prompt and the generated
+    /// ids that have run (not the last chosen, nor tokens forced after it).
+    pub fn cached_ids(&self) -> &[u32] {
+        &self.history[..self.ran]
     }
 
     /// The text a constraint forces before the first choice (a fixed opening, or all of a
@@ -279,6 +382,8 @@ impl Generation {
         } else {
             self.decode_steps += 1;
         }
+        // The input that chose `id` has run.
+        self.ran = self.history.len();
         let mut out = String::new();
         if self.ids.len() >= self.req.max_tokens {
             self.finish = Some(FinishReason::Length);
@@ -357,9 +462,10 @@ impl Generation {
         let t_first = self.t_first.unwrap_or(now);
         let usage = Usage {
             prompt_tokens: n_prompt,
+            cached_tokens: self.cached,
             completion_tokens: self.ids.len(),
             // Prefill includes choosing the first token (the GPU does both in one submission).
-            prefill_tok_s: rate(n_prompt, t_first - self.t0),
+            prefill_tok_s: rate(n_prompt - self.cached, t_first - self.t0),
             // Over the tokens after the first: each needed one forward pass of its own.
             decode_tok_s: rate(self.decode_steps, now - t_first),
             ttft_s: t_first - self.t0,
@@ -385,8 +491,38 @@ pub fn generate(
     now: &dyn Fn() -> f64,
     on_text: &mut dyn FnMut(&str) -> Result<()>,
 ) -> Result<GenerateOutput> {
-    let mut gen = Generation::new(req.clone(), tokenizer, backend.context_length(), now())?;
-    backend.reset();
+    generate_cached(backend, tokenizer, req, &mut PromptCache::default(), now, on_text)
+}
+
+/// [`generate`] on a backend that kept its cache from earlier calls, as `cache` records: the
+/// prompt runs from the end of the prefix it shares with them (`req.cache_prompt`).
+pub fn generate_cached(
+    backend: &mut dyn Backend,
+    tokenizer: &Tokenizer,
+    req: &GenerateRequest,
+    cache: &mut PromptCache,
+    now: &dyn Fn() -> f64,
+    on_text: &mut dyn FnMut(&str) -> Result<()>,
+) -> Result<GenerateOutput> {
+    let t0 = now();
+    let cached = cache.prepare(backend, &req.prompt_ids, req.cache_prompt);
+    let mut gen = Generation::new(req.clone(), tokenizer, backend.context_length(), cached, t0)?;
+    let out = run_generation(&mut gen, backend, tokenizer, req, now, on_text);
+    match &out {
+        Ok(_) => cache.store(&gen),
+        Err(_) => cache.clear(),
+    }
+    out
+}
+
+fn run_generation(
+    gen: &mut Generation,
+    backend: &mut dyn Backend,
+    tokenizer: &Tokenizer,
+    req: &GenerateRequest,
+    now: &dyn Fn() -> f64,
+    on_text: &mut dyn FnMut(&str) -> Result<()>,
+) -> Result<GenerateOutput> {
     let opening = gen.opening_text();
     if !opening.is_empty() {
         on_text(&opening)?;

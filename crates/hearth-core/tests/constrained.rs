@@ -68,6 +68,7 @@ fn run(
         top_logits: 0,
         margins: false,
         response_format: format,
+        cache_prompt: true,
     };
     let mut counting = Counting { inner: engine, passes: 0 };
     let mut streamed = String::new();
@@ -317,6 +318,7 @@ fn invalid_constraints_are_rejected_before_any_token() {
             top_logits: 0,
             margins: false,
             response_format: format.clone(),
+            cache_prompt: true,
         };
         let mut counting = Counting { inner: &mut engine, passes: 0 };
         let err = generate(&mut counting, model.tokenizer(), &req, &|| 0.0, &mut |_| Ok(())).unwrap_err();

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 
 #[cfg(not(target_arch = "wasm32"))]
-use hearth_core::generate::Backend;
+use hearth_core::generate::{ring_keeps, Backend};
 use hearth_core::manifest::{
     Activation as ModelActivation, FfnKind, Manifest, ModelConfig, PositionKind, RopeStyle, ARCHITECTURES,
 };
@@ -96,6 +96,8 @@ pub struct GpuEngine {
     weight_bytes: u64,
     /// What each layer's attention reads of its cache.
     attention_reads: Vec<AttentionReads>,
+    /// Each windowed layer's window and ring rows (None: a row per position), for `truncate`.
+    rings: Vec<Option<(usize, usize)>>,
     last_step: StepCounts,
     /// What each pipeline is called in profiles.
     labels: HashMap<wgpu::ComputePipeline, String>,
@@ -275,6 +277,7 @@ impl GpuEngine {
         let rope_store = b.kernels.rope_store(kv_f16, c.qkv_bias, c.qk_norm);
         let mut kv_cache_bytes = 0u64;
         let mut attention_reads = Vec::new();
+        let mut rings = Vec::new();
         let ffn_activation = match c.activation {
             ModelActivation::Silu => Activation::Silu,
             ModelActivation::GeluTanh => Activation::GeluTanh,
@@ -291,6 +294,7 @@ impl GpuEngine {
                 bytes_per_position: 2 * row_bytes * readers as u64,
             });
             let cache_rows = attention_dims.cache_rows as usize;
+            rings.push(window.map(|w| (w, cache_rows)));
             let cache_words = cache_rows * c.kv_dim() / if kv_f16 { 2 } else { 1 };
             kv_cache_bytes += 2 * 4 * cache_words as u64;
             let k_cache = storage(&device, "k cache", cache_words);
@@ -505,6 +509,7 @@ impl GpuEngine {
             kv_cache_bytes,
             weight_bytes: decode_weight_bytes(m),
             attention_reads,
+            rings,
             last_step: StepCounts::default(),
             labels,
             buffers: Buffers { step, tokens, x, last, logits, logits_all, token_staging },
@@ -552,6 +557,18 @@ impl GpuEngine {
 
     pub fn reset(&mut self) {
         self.position = 0;
+    }
+
+    /// Keep the first `len` positions and forget the rest (the next step writes from `len` on);
+    /// false, nothing changed, when `len` is past the end or a windowed layer's ring has moved
+    /// past keys a query at `len` sees (`hearth_core::generate::ring_keeps`).
+    pub fn truncate(&mut self, len: usize) -> bool {
+        let end = self.position;
+        if len > end || !self.rings.iter().flatten().all(|&(w, rows)| ring_keeps(w, rows, len, end)) {
+            return false;
+        }
+        self.position = len;
+        true
     }
 
     /// Record and submit one chunk of at most `self.chunk` tokens, the layers and then `head`; with
@@ -760,6 +777,9 @@ impl Backend for GpuEngine {
     }
     fn reset(&mut self) {
         GpuEngine::reset(self)
+    }
+    fn truncate(&mut self, len: usize) -> bool {
+        GpuEngine::truncate(self, len)
     }
     fn context_length(&self) -> usize {
         GpuEngine::context_length(self)

@@ -34,6 +34,22 @@ impl Compute {
         }
     }
 
+    /// Keep the first `keep` positions of the cache if it can continue from there, else reset;
+    /// returns how many were kept (`hearth_core::generate::PromptCache::prepare_with`).
+    pub fn cut(&mut self, keep: usize) -> usize {
+        let kept = keep > 0
+            && match self {
+                Compute::Gpu(gpu) => gpu.truncate(keep),
+                Compute::Cpu { engine, .. } => engine.truncate(keep),
+            };
+        if kept {
+            keep
+        } else {
+            self.reset();
+            0
+        }
+    }
+
     pub fn context_length(&self) -> usize {
         match self {
             Compute::Gpu(gpu) => gpu.context_length(),

@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use hearth_core::chat::ChatMessage;
 use hearth_core::constrain::ResponseFormat;
-use hearth_core::generate::{FinishReason, GenerateRequest, Generation, Usage};
+use hearth_core::generate::{FinishReason, GenerateRequest, Generation, PromptCache, Usage};
 use hearth_core::manifest::Manifest;
 use hearth_core::model::Prompter;
 use hearth_core::sampling::SamplingParams;
@@ -32,8 +32,15 @@ struct Request {
     /// What the output must be (`{type: "json_schema", ...}` and the other OpenAI/Hearth shapes).
     #[serde(default)]
     response_format: ResponseFormat,
+    /// Reuse the prefix this prompt shares with what the cache holds (default true).
+    #[serde(default = "yes")]
+    cache_prompt: bool,
     #[serde(flatten)]
     sampling: SamplingParams,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_max_tokens() -> usize {
@@ -78,6 +85,8 @@ struct State {
     compute: Compute,
     prompter: Prompter,
     generation: Option<Generation>,
+    /// What the compute's KV cache holds, for the next `begin` to reuse.
+    prompt_cache: PromptCache,
 }
 
 /// A loaded model, on the GPU or the CPU.
@@ -118,7 +127,7 @@ impl Engine {
                 common("cpu", format!("CPU (wasm {simd})"), crate::threads())
             }
         };
-        let state = State { compute, prompter, generation: None };
+        let state = State { compute, prompter, generation: None, prompt_cache: PromptCache::default() };
         Engine { state: Rc::new(RefCell::new(Some(state))), cancelled: Rc::new(Cell::new(false)), info }
     }
 }
@@ -135,17 +144,10 @@ impl Engine {
 
     /// Start a generation (replacing any unfinished one); returns `{ promptTokens }`.
     pub fn begin(&self, request: JsValue) -> Result<JsValue, JsValue> {
-        let json = js_sys::JSON::stringify(&request).map(String::from).unwrap_or_default();
-        let req: Request = serde_json::from_str(&json)
-            .map_err(|e| js_error(HearthError::InvalidArgument(format!("generation options: {e}"))))?;
+        let req = parse_request(&request)?;
         let mut slot = self.state.try_borrow_mut().map_err(|_| busy())?;
         let state = slot.as_mut().ok_or_else(busy)?;
-        let prompt_ids = match (&req.prompt, &req.messages) {
-            (Some(text), None) => state.prompter.encode_text(text),
-            (None, Some(messages)) => state.prompter.encode_chat(messages),
-            _ => Err(HearthError::InvalidArgument("give either `prompt` (a string) or `messages` (chat)".into())),
-        }
-        .map_err(js_error)?;
+        let prompt_ids = encode_prompt(&mut state.prompter, &req).map_err(js_error)?;
         let request = GenerateRequest {
             prompt_ids,
             max_tokens: req.max_tokens,
@@ -154,10 +156,18 @@ impl Engine {
             top_logits: 0,
             margins: false,
             response_format: req.response_format,
+            cache_prompt: req.cache_prompt,
         };
-        let generation = Generation::new(request, &state.prompter.tokenizer, state.compute.context_length(), now())
-            .map_err(js_error)?;
-        state.compute.reset();
+        // A generation still in progress leaves its steps in the cache: they count as cached.
+        if let Some(unfinished) = state.generation.take() {
+            state.prompt_cache.store(&unfinished);
+        }
+        let compute = &mut state.compute;
+        let cached =
+            state.prompt_cache.prepare_with(&request.prompt_ids, request.cache_prompt, |keep| compute.cut(keep));
+        let generation =
+            Generation::new(request, &state.prompter.tokenizer, state.compute.context_length(), cached, now())
+                .map_err(js_error)?;
         let prompt_tokens = generation.prompt_tokens();
         state.generation = Some(generation);
         self.cancelled.set(false);
@@ -171,12 +181,28 @@ impl Engine {
             let taken = slot.try_borrow_mut().ok().and_then(|mut s| s.take());
             let mut state = taken.ok_or_else(busy)?;
             let result = run_step(&mut state).await;
-            if cancelled.replace(false) || result.is_err() {
+            if result.is_err() {
+                // A failed step may have left the cache half-written: reuse none of it.
+                state.prompt_cache.clear();
                 state.generation = None;
+            } else if cancelled.replace(false) || state.generation.as_ref().is_some_and(Generation::is_done) {
+                if let Some(g) = state.generation.take() {
+                    state.prompt_cache.store(&g);
+                }
             }
             *slot.borrow_mut() = Some(state);
             result
         })
+    }
+
+    /// Tokens of the request's prompt, encoded exactly as `begin` encodes it (`messages` through the
+    /// chat template); the generation in progress, if any, is left alone.
+    #[wasm_bindgen(js_name = countTokens)]
+    pub fn count_tokens(&self, request: JsValue) -> Result<usize, JsValue> {
+        let req = parse_request(&request)?;
+        let mut slot = self.state.try_borrow_mut().map_err(|_| busy())?;
+        let state = slot.as_mut().ok_or_else(busy)?;
+        Ok(encode_prompt(&mut state.prompter, &req).map_err(js_error)?.len())
     }
 
     /// Drop the generation in progress (after an abort); the engine stays ready for the next one.
@@ -184,7 +210,10 @@ impl Engine {
         match self.state.try_borrow_mut() {
             Ok(mut slot) if slot.is_some() => {
                 if let Some(s) = slot.as_mut() {
-                    s.generation = None;
+                    // Between steps the cache is whole: the steps run so far stay reusable.
+                    if let Some(g) = s.generation.take() {
+                        s.prompt_cache.store(&g);
+                    }
                 }
             }
             _ => self.cancelled.set(true),
@@ -192,8 +221,23 @@ impl Engine {
     }
 }
 
+/// The request `begin` and `countTokens` take (docs/WEB.md), from its JavaScript object.
+fn parse_request(request: &JsValue) -> Result<Request, JsValue> {
+    let json = js_sys::JSON::stringify(request).map(String::from).unwrap_or_default();
+    serde_json::from_str(&json).map_err(|e| js_error(HearthError::InvalidArgument(format!("generation options: {e}"))))
+}
+
+/// The prompt's token ids: `prompt` as plain text, or `messages` through the chat template.
+fn encode_prompt(prompter: &mut Prompter, req: &Request) -> Result<Vec<u32>, HearthError> {
+    match (&req.prompt, &req.messages) {
+        (Some(text), None) => prompter.encode_text(text),
+        (None, Some(messages)) => prompter.encode_chat(messages),
+        _ => Err(HearthError::InvalidArgument("give either `prompt` (a string) or `messages` (chat)".into())),
+    }
+}
+
 async fn run_step(state: &mut State) -> Result<JsValue, JsValue> {
-    let State { compute, prompter, generation } = state;
+    let State { compute, prompter, generation, .. } = state;
     let generation = generation.as_mut().ok_or_else(|| {
         js_error(HearthError::InvalidArgument("no generation in progress: call begin() first".into()))
     })?;
