@@ -1,7 +1,16 @@
 // Chooses the next token from the logits exactly as hearth-core's `sampling::choose` does on the
-// CPU, so that decoding reads back one u32 per token instead of the whole logits vector:
-// penalties, then argmax (temperature 0), else top-k -> softmax at the temperature -> top-p ->
-// min-p -> one uniform draw walked through the kept candidates.
+// CPU, so that decoding reads back one u32 per token instead of the whole logits vector: the
+// token mask, penalties, then argmax (temperature 0), else top-k -> softmax at the temperature ->
+// top-p -> min-p -> one uniform draw walked through the kept candidates.
+//
+// Mask. A constraint's allowed tokens, a bit per token (`mask`), apply when `params.masked` is set.
+// The CPU sets a masked token's logit to minus infinity and never takes a minus-infinity logit as a
+// candidate; WGSL has no infinity to write (and may assume none occurs), so here a token is simply
+// not a candidate when its bit is clear or its (penalized) logit's bits are minus infinity's: it
+// takes no part in the argmax, counts for no top-k, adds no probability mass and is never compacted.
+// Penalties need not skip masked tokens: they only change logits that are not candidates anyway.
+// When no token is a candidate at all, the result is what the CPU's chain gives on a vocabulary of
+// minus infinities (see `sample`).
 //
 // One workgroup of 256 invocations; no sorting, any vocabulary size.
 //
@@ -53,6 +62,10 @@ struct Params {
     n_penalized: u32,
     // Uniform in [0, 1); 1 or more takes the last kept candidate, as on the CPU.
     draw: f32,
+    // 1: only the tokens whose bits are set in `mask` are candidates; 0: every token is.
+    masked: u32,
+    // Words of `mask` written this step; tokens from 32 * mask_words on are not allowed.
+    mask_words: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -62,6 +75,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read> penalties: array<vec2<u32>>;
 // result[0]: the chosen token.
 @group(0) @binding(3) var<storage, read_write> result: array<u32>;
+// The allowed tokens when `params.masked`: bit t % 32 of word t / 32 for token t; ceil(vocab / 32)
+// words, of which the first `params.mask_words` are this step's.
+@group(0) @binding(4) var<storage, read> mask: array<u32>;
 
 const WORKGROUP: u32 = 256u;
 // Reductions and scans run in two levels of 16 (16 * 16 = WORKGROUP).
@@ -111,11 +127,36 @@ var<private> my_totals: vec4<f32>;
 struct Candidate {
     logit: f32,
     index: u32,
+    // Whether the mask allows it and its logit is not minus infinity: only such tokens are in any
+    // set (the CPU drops minus-infinity candidates, and a masked logit is minus infinity there).
+    allowed: bool,
 }
 
-// The j-th candidate of the compacted list.
+// The minus-infinity bit pattern (the logits' bits are compared, never an infinite value).
+const NEG_INF_BITS: u32 = 0xff800000u;
+
+// Whether token i with logit l is a candidate: the mask allows it (when one applies) and l is not
+// minus infinity. The branch is on a uniform value: no divergence, no mask read when unmasked.
+fn is_candidate(i: u32, l: f32) -> bool {
+    let not_minus_inf = bitcast<u32>(l) != NEG_INF_BITS;
+    if (params.masked == 0u) {
+        return not_minus_inf;
+    }
+    // i < vocab, so i / 32 is within the buffer's ceil(vocab / 32) words.
+    let w = i / 32u;
+    let word = select(0u, mask[w], w < params.mask_words);
+    return not_minus_inf & (((word >> (i % 32u)) & 1u) == 1u);
+}
+
+// Token i of the vocabulary as a candidate.
+fn at(i: u32) -> Candidate {
+    let l = logits[i];
+    return Candidate(l, i, is_candidate(i, l));
+}
+
+// The j-th candidate of the compacted list (only allowed ones are compacted).
 fn listed(j: u32) -> Candidate {
-    return Candidate(compact_logit[j], compact_index[j]);
+    return Candidate(compact_logit[j], compact_index[j], true);
 }
 
 // A u32 whose unsigned order is the float's total order (as Rust's f32::total_cmp): negative
@@ -162,7 +203,7 @@ fn above_min_p(q: f32) -> bool {
 // and pay for a divergent branch on every candidate of every pass.
 fn weight(c: Candidate, p: vec2<u32>, mass: bool) -> f32 {
     let q = probability(c.logit);
-    return select(0.0, select(1.0, q, mass), within_cuts(p) & above_min_p(q));
+    return select(0.0, select(1.0, q, mass), c.allowed & within_cuts(p) & above_min_p(q));
 }
 
 // ---- Reductions ----
@@ -191,20 +232,20 @@ fn reduce_sum(v: vec4<f32>) -> vec4<f32> {
 }
 
 // Whether (v, i) beats (best_v, best_i) for argmax: larger, or equal with a lower index; NONE marks
-// an invocation that saw no logit.
+// an invocation that saw no candidate.
 fn beats(v: f32, i: u32, best_v: f32, best_i: u32) -> bool {
     return i != NONE && (best_i == NONE || v > best_v || (v == best_v && i < best_i));
 }
 
-// The index of the largest logit, the first one on ties, compared with `>` like the CPU's argmax
-// (so -0 equals +0).
+// The index of the largest candidate logit, the first one on ties, compared with `>` like the
+// CPU's argmax (so -0 equals +0); NONE when no token is a candidate.
 fn argmax_pass() -> u32 {
     var v = 0.0;
     var idx = NONE;
     for (var i = lid; i < params.vocab; i += WORKGROUP) {
-        let l = logits[i];
-        if (beats(l, i, v, idx)) {
-            v = l;
+        let c = at(i);
+        if (c.allowed && beats(c.logit, i, v, idx)) {
+            v = c.logit;
             idx = i;
         }
     }
@@ -233,7 +274,7 @@ fn argmax_pass() -> u32 {
             idx = group_best_index[j];
         }
     }
-    return select(idx, 0u, idx == NONE);
+    return idx;
 }
 
 // ---- Passes over the candidates ----
@@ -262,7 +303,7 @@ fn totals_at(first: vec2<u32>, step: vec2<u32>, mass: bool) -> vec4<f32> {
         }
     } else {
         for (var i = lid; i < params.vocab; i += WORKGROUP) {
-            acc += weights_above(Candidate(logits[i], i), last_key, last_rank, mass);
+            acc += weights_above(at(i), last_key, last_rank, mass);
         }
     }
     my_totals = acc;
@@ -272,7 +313,7 @@ fn totals_at(first: vec2<u32>, step: vec2<u32>, mass: bool) -> vec4<f32> {
 // (probability, 1) for a member of the set, 0 otherwise.
 fn membership(c: Candidate) -> vec2<f32> {
     let q = probability(c.logit);
-    return select(vec2<f32>(0.0), vec2<f32>(q, 1.0), within_cuts(position(c)) & above_min_p(q));
+    return select(vec2<f32>(0.0), vec2<f32>(q, 1.0), c.allowed & within_cuts(position(c)) & above_min_p(q));
 }
 
 // Over the set: x = the sum of probabilities, y = how many candidates.
@@ -284,7 +325,7 @@ fn set_totals() -> vec2<f32> {
         }
     } else {
         for (var i = lid; i < params.vocab; i += WORKGROUP) {
-            acc += membership(Candidate(logits[i], i));
+            acc += membership(at(i));
         }
     }
     my_totals = vec4<f32>(acc, 0.0, 0.0);
@@ -308,7 +349,7 @@ fn group_totals(key: u32) -> vec4<f32> {
         }
     } else {
         for (var i = lid; i < params.vocab; i += WORKGROUP) {
-            acc += group_member(Candidate(logits[i], i), key);
+            acc += group_member(at(i), key);
         }
     }
     return reduce_sum(acc);
@@ -339,7 +380,7 @@ fn compact(floor: vec2<u32>, mine: u32) {
         offset += partial_counts[t];
     }
     for (var i = lid; i < params.vocab; i += WORKGROUP) {
-        let c = Candidate(logits[i], i);
+        let c = at(i);
         let p = position(c);
         if (at_or_above(p, floor) && weight(c, p, false) != 0.0 && offset < CAPACITY) {
             compact_logit[offset] = c.logit;
@@ -450,10 +491,25 @@ fn sample(@builtin(local_invocation_index) local_index: u32) {
     // The penalized logits must be visible to every invocation before anyone reads them.
     storageBarrier();
 
-    let best = argmax_pass();
+    let found = argmax_pass();
+    // No candidate: the CPU's argmax over minus infinities takes token 0.
+    let best = select(found, 0u, found == NONE);
     if (params.temperature == 0.0) {
         if (lid == 0u) {
             result[0] = best;
+        }
+        return;
+    }
+    let top_k_on = params.top_k > 0u && params.top_k < params.vocab;
+    if (lid == 0u) {
+        broadcast = u32(found == NONE);
+    }
+    if (workgroupUniformLoad(&broadcast) != 0u) {
+        // No candidate (a mask that allows nothing): the CPU's chain then runs over every token,
+        // all tied at minus infinity, in index order, with NaN probabilities: min-p keeps the first,
+        // otherwise the walk ends on the last of the top-k (or of the vocabulary).
+        if (lid == 0u) {
+            result[0] = select(select(params.vocab - 1u, params.top_k - 1u, top_k_on), 0u, params.min_p > 0.0);
         }
         return;
     }
@@ -461,8 +517,8 @@ fn sample(@builtin(local_invocation_index) local_index: u32) {
     let bits = index_bits();
     index_mask = select(0xffffffffu, (1u << bits) - 1u, bits < 32u);
 
-    // Top-k: the k-th candidate is the last position with k candidates at or above it.
-    let top_k_on = params.top_k > 0u && params.top_k < params.vocab;
+    // Top-k: the k-th candidate is the last position with k candidates at or above it (none when
+    // fewer candidates than k are allowed: the cut stays at (0, 0) and keeps them all).
     if (top_k_on) {
         top_k_cut = search(false, f32(params.top_k), false);
     }

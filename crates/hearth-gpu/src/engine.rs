@@ -670,7 +670,7 @@ impl GpuEngine {
     pub async fn profile_step_async(&mut self, token: u32) -> Result<Vec<KernelTime>> {
         let mut profiler = Profiler::new(&self.ctx)?;
         self.check_room(1)?;
-        self.sampler.prepare(&self.ctx.queue, &SamplingParams::default(), 0.0, &[])?;
+        self.sampler.prepare(&self.ctx.queue, &SamplingParams::default(), 0.0, &[], None)?;
         self.run_chunk(&[token], Head::Sample, Some(&mut profiler))?;
         profiler.read(&self.ctx).await
     }
@@ -700,27 +700,30 @@ impl GpuEngine {
     }
 
     /// Run `tokens` and choose the next token on the GPU, reading back only its id (4 bytes).
-    /// `draw` and `counts` come from the caller's `Sampler` (`draw`, `penalty_counts`), so the GPU
-    /// picks what `hearth_core::sampling::choose` would (up to the rounding of sums).
+    /// `draw`, `counts` and `mask` come from the caller's `Sampler` (`draw`, `penalty_counts`,
+    /// `mask`: the tokens a constraint allows, None for all), so the GPU picks what
+    /// `hearth_core::sampling::apply_mask` then `choose` would (up to the rounding of sums).
     pub async fn forward_sample_async(
         &mut self,
         tokens: &[u32],
         params: &SamplingParams,
         draw: f32,
         counts: &[(u32, u32)],
+        mask: Option<&[u32]>,
     ) -> Result<u32> {
-        self.sampler.prepare(&self.ctx.queue, params, draw, counts)?;
+        self.sampler.prepare(&self.ctx.queue, params, draw, counts, mask)?;
         self.run(tokens, Head::Sample)?;
         let id: Vec<u32> = map_read_async(&self.ctx, &self.buffers.token_staging).await?;
         id.first().copied().ok_or_else(|| HearthError::Gpu("the sampled token did not come back".into()))
     }
 
-    /// [`GpuEngine::forward_sample_async`] with the draw and penalty counts taken from `sampler`
-    /// (`history`: every token so far), as `hearth_core::generate::Generation` hands them out.
+    /// [`GpuEngine::forward_sample_async`] with the draw, penalty counts and mask taken from
+    /// `sampler` (`history`: every token so far), as `hearth_core::generate::Generation` hands
+    /// them out: the token `Sampler::sample` would pick from this step's logits.
     pub async fn sample_next_async(&mut self, tokens: &[u32], sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
         let counts = sampler.penalty_counts(history);
         let draw = if sampler.params().temperature > 0.0 { sampler.draw() } else { 0.0 };
-        self.forward_sample_async(tokens, sampler.params(), draw, &counts).await
+        self.forward_sample_async(tokens, sampler.params(), draw, &counts, sampler.mask()).await
     }
 
     /// Run `tokens`; return the last token's logits, or every token's with `all_logits`.
@@ -749,13 +752,14 @@ impl GpuEngine {
         params: &SamplingParams,
         draw: f32,
         counts: &[(u32, u32)],
+        mask: Option<&[u32]>,
     ) -> Result<u32> {
-        pollster::block_on(self.forward_sample_async(tokens, params, draw, counts))
+        pollster::block_on(self.forward_sample_async(tokens, params, draw, counts, mask))
     }
 
     /// Run `tokens` and return the greedy next token (4 bytes read back).
     pub fn forward_argmax(&mut self, tokens: &[u32]) -> Result<u32> {
-        self.forward_sample(tokens, &SamplingParams::default(), 0.0, &[])
+        self.forward_sample(tokens, &SamplingParams::default(), 0.0, &[], None)
     }
 
     pub fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {

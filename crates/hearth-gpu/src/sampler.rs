@@ -1,10 +1,11 @@
 //! The next token chosen on the GPU (`shaders/sample.wgsl`), so a decoding step reads back 4 bytes
 //! instead of the whole logits vector. It gives the token `hearth_core::sampling::choose` gives on
-//! the CPU for the same logits, penalty counts and draw (up to the rounding of sums, see the shader).
+//! the CPU for the same logits, penalty counts, draw and token mask (up to the rounding of sums, see
+//! the shader).
 //!
-//! Per step the caller takes the penalty counts and, when the temperature is above 0, one draw from
-//! its `Sampler` (which keeps the seeded generator), then [`GpuSampler::prepare`] writes them and
-//! [`GpuSampler::record`] adds the dispatch after the output head.
+//! Per step the caller takes the penalty counts, the mask and, when the temperature is above 0, one
+//! draw from its `Sampler` (which keeps the seeded generator), then [`GpuSampler::prepare`] writes
+//! them and [`GpuSampler::record`] adds the dispatch after the output head.
 
 use hearth_core::sampling::SamplingParams;
 use hearth_core::{HearthError, Result};
@@ -13,7 +14,7 @@ use crate::context::GpuContext;
 use crate::kernels::{bind_group, entry, storage, uniform, whole};
 
 const SHADER: &str = include_str!("../../../shaders/sample.wgsl");
-/// The shader's `Params`: 10 scalars, padded to a multiple of 16 bytes.
+/// The shader's `Params`: 12 scalars (a multiple of 16 bytes).
 const PARAM_WORDS: usize = 12;
 /// Penalty entries written per `write_buffer` call (from a stack array, not a vector).
 const PENALTY_CHUNK: usize = 256;
@@ -24,6 +25,8 @@ pub struct GpuSampler {
     params: wgpu::Buffer,
     penalties: wgpu::Buffer,
     result: wgpu::Buffer,
+    /// The allowed tokens of a masked step, a bit per token: ceil(vocab / 32) words.
+    mask: wgpu::Buffer,
     vocab: u32,
     max_penalized: usize,
 }
@@ -49,23 +52,34 @@ impl GpuSampler {
         // Two u32 per entry.
         let penalties = storage(device, "penalty counts", 2 * max_penalized.max(1));
         let result = storage(device, "sampled token", 1);
+        let mask = storage(device, "token mask", mask_words(vocab));
         let bind_group = bind_group(
             device,
             &pipeline,
-            &[entry(0, whole(&params)), entry(1, whole(logits)), entry(2, whole(&penalties)), entry(3, whole(&result))],
+            &[
+                entry(0, whole(&params)),
+                entry(1, whole(logits)),
+                entry(2, whole(&penalties)),
+                entry(3, whole(&result)),
+                entry(4, whole(&mask)),
+            ],
         );
-        GpuSampler { pipeline, bind_group, params, penalties, result, vocab, max_penalized }
+        GpuSampler { pipeline, bind_group, params, penalties, result, mask, vocab, max_penalized }
     }
 
     /// Write this step's settings (queue writes only: no buffer or vector is created per token). `draw` is the
     /// uniform number in [0, 1) from `Sampler::draw` (unused when greedy); `counts` the
-    /// `(token, occurrences)` list from `Sampler::penalty_counts`, each token at most once.
+    /// `(token, occurrences)` list from `Sampler::penalty_counts`, each token at most once; `mask`
+    /// the allowed tokens from `Sampler::mask` (bit `t % 32` of word `t / 32`; tokens past its end
+    /// are not allowed), applied as `sampling::apply_mask` applies it before the penalties. The
+    /// mask costs one write of at most ceil(vocab / 32) words, and nothing when None.
     pub fn prepare(
         &self,
         queue: &wgpu::Queue,
         params: &SamplingParams,
         draw: f32,
         counts: &[(u32, u32)],
+        mask: Option<&[u32]>,
     ) -> Result<()> {
         params.validate()?;
         if counts.len() > self.max_penalized {
@@ -82,6 +96,8 @@ impl GpuSampler {
         if !draw.is_finite() || draw < 0.0 {
             return Err(HearthError::InvalidArgument(format!("the draw must be a finite number >= 0, got {draw}")));
         }
+        // Words past the vocabulary's only hold tokens that do not exist: not written.
+        let written = mask.map_or(0, |m| m.len().min(mask_words(self.vocab)));
         let words: [u32; PARAM_WORDS] = [
             self.vocab,
             params.temperature.to_bits(),
@@ -93,10 +109,13 @@ impl GpuSampler {
             params.frequency_penalty.to_bits(),
             counts.len() as u32,
             draw.to_bits(),
-            0,
-            0,
+            mask.is_some() as u32,
+            written as u32,
         ];
         queue.write_buffer(&self.params, 0, bytemuck::cast_slice(&words));
+        if let Some(mask) = mask.filter(|_| written > 0) {
+            queue.write_buffer(&self.mask, 0, bytemuck::cast_slice(&mask[..written]));
+        }
         let mut chunk = [0u32; 2 * PENALTY_CHUNK];
         for (c, part) in counts.chunks(PENALTY_CHUNK).enumerate() {
             for (slot, &(token, n)) in chunk.chunks_exact_mut(2).zip(part) {
@@ -120,4 +139,9 @@ impl GpuSampler {
     pub fn result(&self) -> &wgpu::Buffer {
         &self.result
     }
+}
+
+/// Words of a mask covering `vocab` tokens.
+fn mask_words(vocab: u32) -> usize {
+    (vocab as usize).div_ceil(32)
 }

@@ -14,11 +14,25 @@
 //! boundary exceeds `TOL` = 1e-4 (ten times the bound): there the GPU must give exactly the CPU's
 //! token. Random draws (anywhere) must give a token of the CPU's kept set, and the CPU's token
 //! itself unless the draw lies within `TOL` of a boundary.
+//!
+//! Token masks (a constraint's allowed tokens): the GPU is given the logits and the mask, the CPU
+//! the logits after `apply_mask`, as `Sampler::sample` does; both must pick the same token, always
+//! an allowed one, with the mask dense, sparse, of one or a few tokens, shorter or longer than the
+//! vocabulary, or allowing nothing; and a masked greedy step of a real (tiny) model on the GPU
+//! engine must take the CPU engine's masked argmax.
 
-use hearth_core::sampling::{apply_penalties, choose, kept_candidates, Sampler, SamplingParams};
+use std::path::Path;
+
+use hearth_core::convert::{convert, ConvertOptions};
+use hearth_core::cpu::CpuEngine;
+use hearth_core::generate::Backend;
+use hearth_core::package::Package;
+use hearth_core::sampling::{
+    apply_mask, apply_penalties, argmax, choose, kept_candidates, mask_allows, Sampler, SamplingParams,
+};
 use hearth_gpu::kernels::{map_read, storage};
 use hearth_gpu::sampler::GpuSampler;
-use hearth_gpu::GpuContext;
+use hearth_gpu::{GpuContext, GpuEngine};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 
@@ -59,8 +73,20 @@ impl<'a> Rig<'a> {
     /// The GPU's token, through the engine's path: upload the logits (the engine's output head
     /// writes them), prepare, record, copy 4 bytes, read them.
     fn sample(&self, logits: &[f32], params: &SamplingParams, draw: f32, counts: &[(u32, u32)]) -> u32 {
+        self.sample_masked(logits, params, draw, counts, None)
+    }
+
+    /// [`Rig::sample`] with a token mask (as `Sampler::mask` gives it).
+    fn sample_masked(
+        &self,
+        logits: &[f32],
+        params: &SamplingParams,
+        draw: f32,
+        counts: &[(u32, u32)],
+        mask: Option<&[u32]>,
+    ) -> u32 {
         self.ctx.queue.write_buffer(&self.logits, 0, bytemuck::cast_slice(logits));
-        self.sampler.prepare(&self.ctx.queue, params, draw, counts).unwrap();
+        self.sampler.prepare(&self.ctx.queue, params, draw, counts, mask).unwrap();
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
@@ -134,24 +160,35 @@ fn check_midpoints(rig: &Rig, logits: &[f32], params: &SamplingParams, counts: &
 /// A top-p that cuts halfway through a candidate (the first wide enough at or past the cumulative
 /// probability `near`), so that rounding cannot move the cut.
 fn top_p_between(params: &SamplingParams, logits: &[f32], counts: &[(u32, u32)], near: f32) -> f32 {
+    try_top_p_between(params, logits, counts, near).unwrap()
+}
+
+/// [`top_p_between`], or None when no candidate is wide enough.
+fn try_top_p_between(params: &SamplingParams, logits: &[f32], counts: &[(u32, u32)], near: f32) -> Option<f32> {
     let open = SamplingParams { top_p: 1.0, min_p: 0.0, ..params.clone() };
     let cuts = intervals(&open, logits, counts);
-    let (_, lo, hi) = *cuts.iter().find(|c| c.2 >= near && (c.2 - c.1) / 2.0 > TOL).unwrap();
-    (lo + hi) / 2.0
+    let (_, lo, hi) = *cuts.iter().find(|c| c.2 >= near && (c.2 - c.1) / 2.0 > TOL)?;
+    Some((lo + hi) / 2.0)
 }
 
 /// A min-p whose floor lies halfway (in log space) between the probabilities of two neighbouring
 /// candidates, the first below `near` times the best, with at least 10% between them.
 fn min_p_between(params: &SamplingParams, logits: &[f32], counts: &[(u32, u32)], near: f32) -> f32 {
+    let cut = try_min_p_between(params, logits, counts, near);
+    cut.unwrap_or_else(|| panic!("min-p {near}: no neighbours far enough apart to cut safely"))
+}
+
+/// [`min_p_between`], or None when no candidate lies below `near` times the best or the
+/// neighbours there are too close.
+fn try_min_p_between(params: &SamplingParams, logits: &[f32], counts: &[(u32, u32)], near: f32) -> Option<f32> {
     let open = SamplingParams { top_p: 1.0, min_p: 0.0, ..params.clone() };
     let mut penalized = logits.to_vec();
     apply_penalties(params, &mut penalized, counts);
     let kept = kept_candidates(&open, &penalized);
     let best = kept[0].1;
-    let j = kept.iter().position(|c| c.1 < near * best).unwrap();
+    let j = kept.iter().position(|c| c.1 < near * best)?;
     let (above, below) = (kept[j - 1].1, kept[j].1);
-    assert!(above > 1.1 * below, "min-p {near}: neighbours too close to cut safely");
-    (above * below).sqrt() / best
+    (above > 1.1 * below).then(|| (above * below).sqrt() / best)
 }
 
 #[test]
@@ -339,10 +376,397 @@ fn prepare_rejects_what_the_shader_cannot_apply() {
     let sampler = GpuSampler::new(&ctx, &logits, 100, 2);
     let params = SamplingParams { temperature: 1.0, presence_penalty: 1.0, ..Default::default() };
     let q = &ctx.queue;
-    assert!(sampler.prepare(q, &params, 0.5, &[(1, 1), (5, 2)]).is_ok());
-    assert!(sampler.prepare(q, &params, 0.5, &[(1, 1), (5, 2), (9, 1)]).is_err(), "more than max_penalized");
-    assert!(sampler.prepare(q, &params, 0.5, &[(5, 1), (1, 2)]).is_err(), "not sorted");
-    assert!(sampler.prepare(q, &params, 0.5, &[(5, 1), (5, 2)]).is_err(), "a token twice");
-    assert!(sampler.prepare(q, &params, f32::NAN, &[]).is_err(), "a NaN draw");
-    assert!(sampler.prepare(q, &SamplingParams { top_p: 0.0, ..params }, 0.5, &[]).is_err(), "invalid params");
+    assert!(sampler.prepare(q, &params, 0.5, &[(1, 1), (5, 2)], None).is_ok());
+    assert!(sampler.prepare(q, &params, 0.5, &[(1, 1), (5, 2), (9, 1)], None).is_err(), "more than max_penalized");
+    assert!(sampler.prepare(q, &params, 0.5, &[(5, 1), (1, 2)], None).is_err(), "not sorted");
+    assert!(sampler.prepare(q, &params, 0.5, &[(5, 1), (5, 2)], None).is_err(), "a token twice");
+    assert!(sampler.prepare(q, &params, f32::NAN, &[], None).is_err(), "a NaN draw");
+    assert!(sampler.prepare(q, &SamplingParams { top_p: 0.0, ..params }, 0.5, &[], None).is_err(), "invalid params");
+    // Masks of any length (past the vocabulary's 4 words, or none at all) are fine.
+    assert!(sampler.prepare(q, &params, 0.5, &[], Some(&[u32::MAX; 9])).is_ok());
+    assert!(sampler.prepare(q, &params, 0.5, &[], Some(&[])).is_ok());
+}
+
+// ---- Token masks ----
+
+/// Midpoint draws tested per masked setting (plus a draw of 1, past the total).
+const MASKED_DRAWS: usize = 6;
+
+/// A mask of `words` words allowing exactly `tokens` (those that fit).
+fn mask_of(tokens: impl IntoIterator<Item = u32>, words: usize) -> Vec<u32> {
+    let mut mask = vec![0u32; words];
+    for t in tokens {
+        if let Some(w) = mask.get_mut(t as usize / 32) {
+            *w |= 1 << (t % 32);
+        }
+    }
+    mask
+}
+
+/// Each of `vocab` tokens allowed with probability 1 / `one_in`.
+fn random_mask(vocab: usize, one_in: u32, rng: &mut ChaCha8Rng) -> Vec<u32> {
+    let tokens: Vec<u32> = (0..vocab as u32).filter(|_| rng.next_u32() % one_in == 0).collect();
+    mask_of(tokens, vocab.div_ceil(32))
+}
+
+fn disallow(mask: &mut [u32], t: u32) {
+    if let Some(w) = mask.get_mut(t as usize / 32) {
+        *w &= !(1 << (t % 32));
+    }
+}
+
+/// Tokens by logit, best first (lower index first on ties).
+fn by_logit(logits: &[f32]) -> Vec<u32> {
+    let mut sorted: Vec<u32> = (0..logits.len() as u32).collect();
+    sorted.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    sorted
+}
+
+/// The masks the masked tests run, in this order (each is written over the last one's words: a
+/// shader that read past this step's words would see the dense mask's). None of them allows the
+/// most likely token, so each changes the greedy choice.
+fn masks(logits: &[f32], seed: u64) -> Vec<(&'static str, Vec<u32>)> {
+    let vocab = logits.len();
+    let words = vocab.div_ceil(32);
+    let sorted = by_logit(logits);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let tail = |rng: &mut ChaCha8Rng| sorted[100 + (rng.next_u64() % (vocab as u64 - 100)) as usize];
+    let mut dense = random_mask(vocab, 2, &mut rng);
+    disallow(&mut dense, sorted[0]);
+    // A third of the dense mask's words: the tokens past them are not allowed.
+    let short = dense[..words / 3].to_vec();
+    let mut sparse = random_mask(vocab, 64, &mut rng);
+    disallow(&mut sparse, sorted[0]);
+    let one = mask_of([tail(&mut rng)], words);
+    // Two favourites and three tail tokens: fewer than top-k.
+    let few = mask_of([sorted[2], sorted[5], tail(&mut rng), tail(&mut rng), tail(&mut rng)], words);
+    // Past the vocabulary: the last word's unused bits and extra words, all set.
+    let mut long = random_mask(vocab, 2, &mut rng);
+    disallow(&mut long, sorted[0]);
+    if vocab % 32 != 0 {
+        long[words - 1] |= u32::MAX << (vocab % 32);
+    }
+    long.extend([u32::MAX; 3]);
+    vec![
+        ("dense", dense),
+        ("shorter than the vocabulary", short),
+        ("sparse (1 in 64)", sparse),
+        ("one token", one),
+        ("a few tokens", few),
+        ("longer than the vocabulary", long),
+    ]
+}
+
+/// The settings the masked tests run on `masked` (the logits after the mask: cuts are placed
+/// among the allowed candidates; those that cannot be placed safely are left out). `true`: with
+/// the penalty counts.
+fn masked_settings(masked: &[f32]) -> Vec<(String, SamplingParams, bool)> {
+    let greedy = SamplingParams::default();
+    let penalties = SamplingParams { repetition_penalty: 1.3, presence_penalty: 0.4, frequency_penalty: 0.2, ..greedy };
+    let temp = SamplingParams { temperature: 0.7, ..Default::default() };
+    let top_k = SamplingParams { top_k: 40, ..temp.clone() };
+    let mut out = vec![
+        ("greedy".to_string(), SamplingParams::default(), false),
+        ("greedy, penalties".into(), penalties.clone(), true),
+        ("temperature alone".into(), temp.clone(), false),
+        ("top-k 40".into(), top_k.clone(), false),
+        ("top-k 3".into(), SamplingParams { top_k: 3, ..temp.clone() }, false),
+        ("penalties, top-k 40".into(), SamplingParams { top_k: 40, temperature: 0.9, ..penalties }, true),
+    ];
+    if let Some(top_p) = try_top_p_between(&temp, masked, &[], 0.9) {
+        out.push(("top-p".into(), SamplingParams { top_p, ..temp.clone() }, false));
+    }
+    if let Some(min_p) = try_min_p_between(&temp, masked, &[], 0.05) {
+        out.push(("min-p".into(), SamplingParams { min_p, ..temp.clone() }, false));
+    }
+    if let (Some(top_p), Some(min_p)) =
+        (try_top_p_between(&top_k, masked, &[], 0.8), try_min_p_between(&top_k, masked, &[], 0.02))
+    {
+        out.push(("top-k, top-p and min-p".into(), SamplingParams { top_p, min_p, ..top_k }, false));
+    }
+    out
+}
+
+/// The GPU given `logits` and `mask` against the CPU given the masked logits, greedy or at the
+/// midpoint draws of the CPU's kept candidates and at a draw of 1; returns how many were checked.
+fn check_masked(
+    rig: &Rig,
+    logits: &[f32],
+    mask: &[u32],
+    params: &SamplingParams,
+    counts: &[(u32, u32)],
+    what: &str,
+) -> usize {
+    let mut masked = logits.to_vec();
+    apply_mask(&mut masked, mask);
+    let draws = if params.temperature == 0.0 {
+        vec![0.0]
+    } else {
+        let cuts = intervals(params, &masked, counts);
+        assert!(cuts.iter().all(|c| mask_allows(mask, c.0)), "{what}: the CPU kept a masked token");
+        let midpoints: Vec<f32> = midpoint_draws(&cuts).into_iter().map(|c| c.1).collect();
+        let stride = midpoints.len().div_ceil(MASKED_DRAWS).max(1);
+        midpoints.into_iter().step_by(stride).chain([1.0]).collect()
+    };
+    for &draw in &draws {
+        let cpu = choose(params, &mut masked.clone(), counts, draw);
+        let gpu = rig.sample_masked(logits, params, draw, counts, Some(mask));
+        assert_eq!(gpu, cpu, "{what}: draw {draw}");
+        assert!(mask_allows(mask, gpu), "{what}: draw {draw}: the GPU took the masked token {gpu}");
+    }
+    draws.len()
+}
+
+#[test]
+fn masked_choices_match_the_cpu_for_every_kind_of_mask() {
+    let Some(ctx) = context() else { return };
+    for vocab in VOCABS {
+        let rig = Rig::new(&ctx, vocab);
+        let logits = peaked_logits(vocab, 6);
+        let sorted = by_logit(&logits);
+        for (name, mask) in masks(&logits, 7) {
+            let allowed = (0..vocab as u32).filter(|&t| mask_allows(&mask, t)).count();
+            let mut masked = logits.clone();
+            apply_mask(&mut masked, &mask);
+            // Penalize favourites (masked or not) and the best allowed tokens, some several times.
+            let best_allowed = by_logit(&masked);
+            let mut counts: Vec<(u32, u32)> =
+                sorted[..4].iter().chain(&best_allowed[..3]).enumerate().map(|(j, &t)| (t, 1 + j as u32 % 3)).collect();
+            counts.sort();
+            counts.dedup_by_key(|c| c.0);
+            let mut checked = 0;
+            for (what, params, penalized) in masked_settings(&masked) {
+                let counts = if penalized { &counts[..] } else { &[] };
+                checked +=
+                    check_masked(&rig, &logits, &mask, &params, counts, &format!("vocab {vocab}, {name}, {what}"));
+            }
+            // The mask matters: greedy without it takes a token it does not allow.
+            assert!(!mask_allows(&mask, sorted[0]), "{name}");
+            assert_eq!(rig.sample(&logits, &SamplingParams::default(), 0.0, &[]), sorted[0], "{name}: unmasked");
+            eprintln!("vocab {vocab}, {name} mask ({allowed} allowed): {checked} choices match the CPU's");
+        }
+    }
+}
+
+/// Equal logits cut inside by the mask: the tied group's allowed members in index order.
+#[test]
+fn masked_ties_are_taken_in_index_order() {
+    let Some(ctx) = context() else { return };
+    for vocab in VOCABS {
+        let rig = Rig::new(&ctx, vocab);
+        let mut logits = peaked_logits(vocab, 8);
+        // Every fifth token tied at the top; the mask allows one in three of them and a tail.
+        let tied: Vec<u32> = (0..vocab as u32).step_by(5).collect();
+        tied.iter().for_each(|&t| logits[t as usize] = 30.0);
+        let tail = (1..vocab as u32).step_by(7).filter(|t| t % 5 != 0);
+        let mask = mask_of(tied.iter().step_by(3).copied().chain(tail), vocab.div_ceil(32));
+        let temp = SamplingParams { temperature: 1.0, ..Default::default() };
+        let mut masked = logits.clone();
+        apply_mask(&mut masked, &mask);
+        let first: Vec<u32> = tied.iter().step_by(3).take(9).copied().collect();
+        for params in [SamplingParams::default(), SamplingParams { top_k: 9, ..temp.clone() }, temp.clone()] {
+            let what = format!("vocab {vocab}, tied, {params:?}");
+            if params.top_k == 9 {
+                let kept: Vec<u32> = intervals(&params, &masked, &[]).iter().map(|c| c.0).collect();
+                assert_eq!(kept, first, "the CPU keeps the first nine allowed by index");
+            }
+            check_masked(&rig, &logits, &mask, &params, &[], &what);
+        }
+    }
+}
+
+/// A mask that allows no token (all zeros, empty, or only tokens past the vocabulary): the CPU's
+/// chain then runs over a vocabulary of minus infinities, and the GPU gives its token.
+#[test]
+fn a_mask_that_allows_nothing_gives_the_cpus_token() {
+    let Some(ctx) = context() else { return };
+    let vocab = VOCABS[1];
+    let rig = Rig::new(&ctx, vocab);
+    let logits = peaked_logits(vocab, 9);
+    let words = vocab.div_ceil(32);
+    let past_the_end = mask_of(vocab as u32..32 * words as u32 + 64, words + 2);
+    let temp = SamplingParams { temperature: 0.8, ..Default::default() };
+    let settings = [
+        (SamplingParams::default(), 0),
+        (temp.clone(), vocab as u32 - 1),
+        (SamplingParams { top_k: 40, ..temp.clone() }, 39),
+        (SamplingParams { top_p: 0.9, ..temp.clone() }, vocab as u32 - 1),
+        (SamplingParams { min_p: 0.05, top_k: 40, ..temp.clone() }, 0),
+    ];
+    for mask in [vec![0; words], vec![], past_the_end] {
+        for (params, expected) in &settings {
+            for draw in [0.0, 0.5, 1.0] {
+                let mut masked = logits.clone();
+                apply_mask(&mut masked, &mask);
+                let cpu = choose(params, &mut masked, &[], draw);
+                assert_eq!(cpu, *expected, "CPU, {} words, {params:?}", mask.len());
+                let gpu = rig.sample_masked(&logits, params, draw, &[], Some(&mask));
+                assert_eq!(gpu, cpu, "{} words, {params:?}, draw {draw}", mask.len());
+            }
+        }
+    }
+}
+
+/// Logits of minus infinity are never candidates (as on the CPU), with or without a mask: a top-k
+/// larger than the finite logits keeps only those, and a draw of 1 takes the last of them.
+#[test]
+fn minus_infinity_logits_are_never_candidates() {
+    let Some(ctx) = context() else { return };
+    let vocab = VOCABS[1];
+    let rig = Rig::new(&ctx, vocab);
+    let mut logits = vec![f32::NEG_INFINITY; vocab];
+    let finite = [3, 40, 41, 500, 777, 999];
+    for (j, &t) in finite.iter().enumerate() {
+        logits[t] = 1.0 - 0.5 * j as f32;
+    }
+    let temp = SamplingParams { temperature: 1.0, ..Default::default() };
+    for params in [SamplingParams { top_k: 40, ..temp.clone() }, temp.clone()] {
+        for draw in [0.1, 0.6, 0.97, 1.0] {
+            let cpu = choose(&params, &mut logits.clone(), &[], draw);
+            assert!(finite.contains(&(cpu as usize)));
+            assert_eq!(rig.sample(&logits, &params, draw, &[]), cpu, "{params:?}, draw {draw}");
+            // A mask that also allows tokens whose logits are minus infinity.
+            let mask = mask_of([0, 1, 2, 40, 500, 999, 998], vocab.div_ceil(32));
+            let mut masked = logits.clone();
+            apply_mask(&mut masked, &mask);
+            let cpu = choose(&params, &mut masked, &[], draw);
+            assert!([40, 500, 999].contains(&cpu));
+            assert_eq!(rig.sample_masked(&logits, &params, draw, &[], Some(&mask)), cpu, "masked, draw {draw}");
+        }
+    }
+}
+
+/// Two samplers with one seed, one sampling on the CPU and one handing its counts, draw and mask
+/// to the GPU, over steps that change the mask (or lift it: the mask buffer's stale words must
+/// then be ignored); random draws, so the GPU's token must be the CPU's unless the draw lies within
+/// `TOL` of a boundary between two kept candidates, and it is always allowed.
+#[test]
+fn masked_steps_follow_the_cpu_sampler_draw_by_draw() {
+    let Some(ctx) = context() else { return };
+    let vocab = VOCABS[0];
+    let rig = Rig::new(&ctx, vocab);
+    let logits = peaked_logits(vocab, 10);
+    let params = SamplingParams {
+        temperature: 1.0,
+        top_k: 50,
+        top_p: 0.95,
+        repetition_penalty: 1.1,
+        seed: 21,
+        ..Default::default()
+    };
+    let mut cpu = Sampler::new(params.clone()).unwrap();
+    let mut gpu = Sampler::new(params.clone()).unwrap();
+    let mut history: Vec<u32> = by_logit(&logits)[..8].to_vec();
+    let mut exact = 0;
+    // Three rounds of: no mask, then each kind of mask (other random ones each round).
+    let steps: Vec<Option<Vec<u32>>> = (0..3)
+        .flat_map(|round| [None].into_iter().chain(masks(&logits, 11 + round).into_iter().map(|m| Some(m.1))))
+        .collect();
+    for (step, mask) in steps.iter().enumerate() {
+        cpu.set_mask(mask.clone());
+        gpu.set_mask(mask.clone());
+        let mask = mask.as_deref();
+        let want = cpu.sample(&mut logits.clone(), &history);
+        let counts = gpu.penalty_counts(&history);
+        let draw = gpu.draw();
+        let got = rig.sample_masked(&logits, gpu.params(), draw, &counts, gpu.mask());
+        let mut masked = logits.clone();
+        if let Some(mask) = mask {
+            assert!(mask_allows(mask, got), "step {step}: the GPU took the masked token {got}");
+            apply_mask(&mut masked, mask);
+        }
+        let cuts = intervals(&params, &masked, &counts);
+        let Some(&(_, lo, hi)) = cuts.iter().find(|c| c.0 == got) else {
+            panic!("step {step}, draw {draw}: the GPU's token {got} is not among the CPU's {} kept", cuts.len());
+        };
+        if got == want {
+            exact += 1;
+        } else {
+            assert!(
+                (draw - lo).abs() < TOL || (draw - hi).abs() < TOL,
+                "step {step}, draw {draw}: GPU {got}, CPU {want}"
+            );
+        }
+        history.push(want);
+    }
+    eprintln!("{exact} of {} masked and unmasked steps gave exactly the CPU sampler's token", steps.len());
+}
+
+/// A real model: the tiny Llama of `tests/fixtures/tiny/` on the GPU engine, each step's choice made
+/// through `Backend::forward_sample` (the decode loop's path) with a mask set on the `Sampler`,
+/// against the CPU engine's logits for the same tokens with `apply_mask` and argmax (greedy), or
+/// `Sampler::sample` with the same seed (sampled; within `TOL` of a boundary the GPU's slightly
+/// different logits may take the neighbour). Each mask excludes the unmasked argmax.
+#[test]
+fn a_masked_step_of_a_tiny_model_on_the_gpu_takes_the_cpu_engines_masked_choice() {
+    let Some(mut ctx) = context() else { return };
+    ctx.kv_f16 = false;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("llama_linear");
+    convert(&root.join("tests/fixtures/tiny/llama_linear.gguf"), &out, &ConvertOptions::default()).unwrap();
+    let package = Package::open(&out).unwrap();
+    let mut gpu = GpuEngine::new(ctx, &package, None).unwrap();
+    let mut cpu = CpuEngine::from_package(&package).unwrap();
+    let vocab = gpu.config().vocab_size;
+    let words = vocab.div_ceil(32);
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let greedy = SamplingParams::default();
+    let sampled = SamplingParams { temperature: 0.8, top_k: 20, repetition_penalty: 1.2, seed: 5, ..greedy.clone() };
+    for params in [greedy, sampled] {
+        gpu.reset();
+        cpu.reset();
+        let mut gpu_sampler = Sampler::new(params.clone()).unwrap();
+        let mut cpu_sampler = Sampler::new(params.clone()).unwrap();
+        // The same draws again, to tell how far each lies from a boundary.
+        let mut draws = Sampler::new(params.clone()).unwrap();
+        let mut history: Vec<u32> = (0..12u32).map(|i| (i * 37 + 11) % vocab as u32).collect();
+        let mut input = history.clone();
+        for step in 0..16 {
+            let logits = cpu.forward(&input, false).unwrap();
+            let free = argmax(&logits);
+            let mut mask = match step % 4 {
+                0 => random_mask(vocab, 4, &mut rng),
+                // The least likely token alone.
+                1 => mask_of([*by_logit(&logits).last().unwrap()], words),
+                2 => random_mask(vocab, 2, &mut rng)[..words / 2].to_vec(),
+                _ => mask_of((0..3).map(|_| rng.next_u32() % vocab as u32), words),
+            };
+            disallow(&mut mask, free);
+            let mut masked = logits.clone();
+            apply_mask(&mut masked, &mask);
+            cpu_sampler.set_mask(Some(mask.clone()));
+            gpu_sampler.set_mask(Some(mask.clone()));
+            let counts = cpu_sampler.penalty_counts(&history);
+            let want = cpu_sampler.sample(&mut logits.clone(), &history);
+            let got = Backend::forward_sample(&mut gpu, &input, &mut gpu_sampler, &history).unwrap();
+            let what = format!("temperature {}, step {step}", params.temperature);
+            assert!(mask_allows(&mask, got), "{what}: the GPU took the masked token {got}");
+            assert_ne!(got, free, "{what}");
+            if params.temperature == 0.0 {
+                assert_eq!(want, argmax(&masked));
+                let order = by_logit(&masked);
+                // Infinite when one token alone is allowed.
+                let margin = masked[order[0] as usize] - masked[order[1] as usize];
+                // The engines' logits differ by ~1e-5: a closer race could go either way.
+                if margin > 1e-3 {
+                    assert_eq!(got, want, "{what}: margin {margin}");
+                } else {
+                    eprintln!("{what}: margin {margin}, GPU {got}, CPU {want}");
+                }
+            } else {
+                let draw = draws.draw();
+                let cuts = intervals(&params, &masked, &counts);
+                let near = cuts.iter().any(|c| (draw - c.1).abs() < TOL || (draw - c.2).abs() < TOL);
+                assert!(got == want || near, "{what}: draw {draw}: GPU {got}, CPU {want}");
+                assert!(cuts.iter().any(|c| c.0 == got), "{what}: the GPU's {got} is not among the CPU's kept");
+            }
+            history.push(want);
+            input = vec![want];
+        }
+        eprintln!(
+            "tiny Llama, temperature {}: 16 masked steps on the GPU engine match the CPU engine",
+            params.temperature
+        );
+    }
 }
