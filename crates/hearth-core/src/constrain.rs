@@ -84,16 +84,18 @@ impl ResponseFormat {
     }
 }
 
-/// JSON may put whitespace between any two tokens; a model sampling at a high temperature can
-/// fall into emitting it forever. So each gap holds at most 24 whitespace characters (room for
-/// a newline and the indentation of pretty-printed JSON twelve levels deep), unless the schema
-/// sets llguidance's own `x-guidance` options.
+/// JSON may put whitespace between any two tokens, and a small model easily falls into emitting
+/// newlines forever. So a gap holds at most one line break and 20 spaces or tabs (pretty-printed
+/// JSON ten levels deep), unless the schema sets llguidance's own `x-guidance` options.
 fn bounded_whitespace(mut schema: Value) -> Value {
     if let Some(obj) = schema.as_object_mut() {
-        obj.entry("x-guidance").or_insert_with(|| json!({ "whitespace_pattern": r"[\x20\x0A\x0D\x09]{1,24}" }));
+        obj.entry("x-guidance").or_insert_with(|| json!({ "whitespace_pattern": WHITESPACE }));
     }
     schema
 }
+
+/// The whitespace allowed between two JSON tokens (a regular expression, as llguidance takes it).
+const WHITESPACE: &str = r"[\x20\x09]{1,20}|\r?\n[\x20\x09]{0,20}";
 
 /// A tokenizer's vocabulary compiled for llguidance; makes a [`Constraint`] per generation.
 pub struct Grammars {

@@ -396,7 +396,8 @@ impl Manifest {
             .filter_map(|(i, t)| {
                 let start = starts.get(t.shard)? + t.offset;
                 let (lo, hi) = (start.max(begin), (start + t.length).min(end));
-                (lo < hi).then_some(ShardPiece {
+                // `then`, not `then_some`: the differences exist only where the ranges overlap.
+                (lo < hi).then(|| ShardPiece {
                     tensor: i,
                     offset_in_tensor: lo - start,
                     offset_in_shard: lo - begin,

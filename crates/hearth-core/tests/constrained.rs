@@ -147,6 +147,9 @@ fn every_schema_of_the_suite_gives_valid_json_greedy_and_sampled() {
                 failures.push(format!("{name} ({how}): ended by {:?}: {text}", r.out.finish_reason));
             } else if let Some(why) = invalid(schema, text) {
                 failures.push(format!("{name} ({how}): {why}: {text}"));
+            } else if text.contains("\n\n") || text.contains(&" ".repeat(21)) {
+                // A raw line break is whitespace between tokens (strings escape theirs).
+                failures.push(format!("{name} ({how}): more whitespace in a gap than allowed: {text:?}"));
             }
         }
     }

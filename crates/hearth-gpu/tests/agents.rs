@@ -1,0 +1,108 @@
+//! Issue 15 on the GPU engine with the real SmolLM2: constrained output chooses the same ids with
+//! the mask applied on the GPU (`sample.wgsl`) as with the logits read back and masked on the CPU,
+//! and prefix reuse gives a fresh engine's ids.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hearth_core::chat::ChatMessage;
+use hearth_core::constrain::{JsonSchemaFormat, ResponseFormat};
+use hearth_core::convert::{convert, ConvertOptions};
+use hearth_core::generate::{generate, generate_cached, FinishReason, GenerateOutput, GenerateRequest, PromptCache};
+use hearth_core::model::Model;
+use hearth_gpu::{GpuContext, GpuEngine};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// SmolLM2 converted into `dir`, and a GPU engine for it (None without an adapter).
+fn smollm2(dir: &Path) -> Option<(Model, GpuEngine)> {
+    let ctx = GpuContext::new().expect("opening the GPU device")?;
+    let root = repo_root();
+    assert!(Command::new("bash").arg(root.join("scripts/fetch-smollm2.sh")).status().unwrap().success());
+    let out = dir.join("smollm2");
+    convert(&root.join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"), &out, &ConvertOptions::default()).unwrap();
+    let model = Model::open(&out).unwrap();
+    let engine = GpuEngine::new(ctx, &model.package, Some(1024)).unwrap();
+    Some((model, engine))
+}
+
+fn run(model: &Model, engine: &mut GpuEngine, req: &GenerateRequest) -> GenerateOutput {
+    generate(engine, model.tokenizer(), req, &|| 0.0, &mut |_| Ok(())).unwrap()
+}
+
+/// Greedy constrained generations: `margins` reads each step's logits back and chooses on the CPU
+/// (hearth_core's `apply_mask` then argmax); without it the GPU sampler applies the uploaded mask.
+/// Same ids, and every output is complete JSON / matches its pattern.
+#[test]
+fn the_gpu_mask_chooses_what_the_cpu_mask_chooses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((mut model, mut engine)) = smollm2(tmp.path()) else {
+        eprintln!("\n!!! NO GPU ADAPTER: skipping GPU test (install mesa-vulkan-drivers for lavapipe) !!!\n");
+        return;
+    };
+    let text = std::fs::read_to_string(repo_root().join("tests/fixtures/schemas/json_schemas.json")).unwrap();
+    let fx: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let picked = ["enum-in-object", "tool-call", "browser-action"];
+    let mut formats: Vec<(String, String, ResponseFormat)> = fx["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| picked.contains(&c["name"].as_str().unwrap()))
+        .map(|c| {
+            let schema = c["schema"].clone();
+            let prompt = format!("{} Reply with JSON valid against: {schema}", c["prompt"].as_str().unwrap());
+            let format = JsonSchemaFormat { name: None, description: None, schema, strict: None };
+            (c["name"].as_str().unwrap().to_string(), prompt, ResponseFormat::JsonSchema { json_schema: format })
+        })
+        .collect();
+    assert_eq!(formats.len(), picked.len());
+    formats.push((
+        "regex".into(),
+        "Give a US phone number.".into(),
+        ResponseFormat::Regex { pattern: r"\(\d{3}\) \d{3}-\d{4}".into() },
+    ));
+    for (name, prompt, format) in formats {
+        let prompt_ids = model.encode_chat(&[ChatMessage::new("user", &prompt)]).unwrap();
+        let req = GenerateRequest { prompt_ids, max_tokens: 40, response_format: format.clone(), ..Default::default() };
+        let on_gpu = run(&model, &mut engine, &req);
+        let on_cpu = run(&model, &mut engine, &GenerateRequest { margins: true, ..req.clone() });
+        eprintln!("{name}: {:?}", on_gpu.text);
+        assert_eq!(on_gpu.ids, on_cpu.ids, "{name}: GPU-masked {:?} vs CPU-masked {:?}", on_gpu.text, on_cpu.text);
+        assert_eq!(on_gpu.finish_reason, FinishReason::Stop, "{name}: {:?}", on_gpu.text);
+        match format {
+            ResponseFormat::Regex { .. } => {
+                let digits = on_gpu.text.chars().filter(char::is_ascii_digit).count();
+                assert!(on_gpu.text.starts_with('(') && digits == 10, "{:?}", on_gpu.text);
+            }
+            _ => {
+                serde_json::from_str::<serde_json::Value>(&on_gpu.text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+        }
+    }
+}
+
+/// A second chat turn on the GPU engine runs only its new tokens and gives a fresh engine's ids.
+#[test]
+fn a_second_turn_on_the_gpu_reuses_the_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((mut model, mut engine)) = smollm2(tmp.path()) else {
+        eprintln!("\n!!! NO GPU ADAPTER: skipping GPU test !!!\n");
+        return;
+    };
+    let mut cache = PromptCache::default();
+    let mut messages = vec![ChatMessage::new("user", "Name two colours of the rainbow.")];
+    let turn1 =
+        GenerateRequest { prompt_ids: model.encode_chat(&messages).unwrap(), max_tokens: 24, ..Default::default() };
+    let out1 = generate_cached(&mut engine, model.tokenizer(), &turn1, &mut cache, &|| 0.0, &mut |_| Ok(())).unwrap();
+    messages.push(ChatMessage::new("assistant", &out1.text));
+    messages.push(ChatMessage::new("user", "And one more?"));
+    let turn2 =
+        GenerateRequest { prompt_ids: model.encode_chat(&messages).unwrap(), max_tokens: 24, ..Default::default() };
+    let out2 = generate_cached(&mut engine, model.tokenizer(), &turn2, &mut cache, &|| 0.0, &mut |_| Ok(())).unwrap();
+    eprintln!("turn 2: {} prompt tokens, {} cached: {:?}", turn2.prompt_ids.len(), out2.usage.cached_tokens, out2.text);
+    assert!(out2.usage.cached_tokens >= turn1.prompt_ids.len(), "turn 1's prompt is reused");
+    let fresh = run(&model, &mut engine, &turn2);
+    assert_eq!(out2.ids, fresh.ids, "reuse changed the answer: {:?} vs {:?}", out2.text, fresh.text);
+}
