@@ -318,3 +318,53 @@ fn bench_reports_counters_context_and_profile() {
     let out = hearth(&["bench", "--model", package(), "--backend", "cpu", "--context", "10"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--context needs the GPU"));
 }
+
+/// `--json-schema FILE`, `--regex PATTERN`, `--grammar FILE`: the output in `text` follows them;
+/// one that llguidance rejects exits 2 naming the problem, as does giving two of them.
+#[test]
+fn constrained_generation_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let schema = tmp.path().join("schema.json");
+    std::fs::write(
+        &schema,
+        r#"{"type":"object","properties":{"city":{"type":"string","maxLength":20},"population":{"type":"integer","minimum":0}},"required":["city","population"],"additionalProperties":false}"#,
+    )
+    .unwrap();
+    let out = generate_json(&[
+        "--chat",
+        "--prompt",
+        "The largest city in France, as JSON.",
+        "--json-schema",
+        schema.to_str().unwrap(),
+    ]);
+    let value: serde_json::Value = serde_json::from_str(out["text"].as_str().unwrap()).expect("the text is JSON");
+    assert!(value["city"].is_string() && value["population"].is_u64(), "{value}");
+    assert_eq!(value.as_object().unwrap().len(), 2, "{value}");
+    assert_eq!(out["finish_reason"], "stop");
+
+    let out = generate_json(&["--prompt", "Today's date:", "--regex", r"20[0-9]{2}-[01][0-9]-[0-3][0-9]"]);
+    let text = out["text"].as_str().unwrap();
+    assert!(text.len() == 10 && text.starts_with("20") && &text[4..5] == "-" && &text[7..8] == "-", "{text:?}");
+
+    let grammar = tmp.path().join("answer.lark");
+    std::fs::write(&grammar, "start: (\"yes\" | \"no\") \", because \" /[a-z ]{1,30}/ \".\"\n").unwrap();
+    let out = generate_json(&["--chat", "--prompt", "Is the sea salty?", "--grammar", grammar.to_str().unwrap()]);
+    let text = out["text"].as_str().unwrap();
+    assert!((text.starts_with("yes, because ") || text.starts_with("no, because ")) && text.ends_with('.'), "{text:?}");
+
+    let bad = tmp.path().join("bad.json");
+    std::fs::write(&bad, r#"{"type":"integer","minimum":3,"maximum":1}"#).unwrap();
+    for args in [
+        vec!["--json-schema", bad.to_str().unwrap()],
+        vec!["--regex", "(unclosed"],
+        vec!["--regex", "a", "--grammar", grammar.to_str().unwrap()],
+    ] {
+        let mut all = vec!["generate", "--model", package(), "--prompt", "hi"];
+        all.extend(args.iter().copied());
+        let out = hearth(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "nothing generated for {args:?}");
+        assert!(err.contains("invalid") || err.contains("cannot be used with"), "{args:?}: {err}");
+    }
+}

@@ -91,7 +91,46 @@ fn bounded_whitespace(mut schema: Value) -> Value {
     if let Some(obj) = schema.as_object_mut() {
         obj.entry("x-guidance").or_insert_with(|| json!({ "whitespace_pattern": WHITESPACE }));
     }
+    bound_integers(&mut schema, 0);
     schema
+}
+
+/// The integers a JSON parser in JavaScript reads exactly: ±(2^53 − 1), as I-JSON (RFC 7493)
+/// recommends.
+const SAFE_INTEGER: i64 = (1 << 53) - 1;
+
+/// Give every integer without a bound the safe range: an unbounded integer lets a small model write
+/// digits until the token budget ends ("population": 1111111…) and no JavaScript reader could
+/// hold such a value anyway. Data (`const`, `enum`, `default`, `examples`) is left alone; the walk
+/// stops at a depth no real schema reaches (the schema is someone else's input).
+fn bound_integers(schema: &mut Value, depth: usize) {
+    if depth > 64 {
+        return;
+    }
+    match schema {
+        Value::Object(obj) => {
+            let integer = match obj.get("type") {
+                Some(Value::String(t)) => t == "integer",
+                Some(Value::Array(ts)) => ts.iter().any(|t| t == "integer"),
+                _ => false,
+            };
+            if integer {
+                if !obj.contains_key("minimum") && !obj.contains_key("exclusiveMinimum") {
+                    obj.insert("minimum".into(), json!(-SAFE_INTEGER));
+                }
+                if !obj.contains_key("maximum") && !obj.contains_key("exclusiveMaximum") {
+                    obj.insert("maximum".into(), json!(SAFE_INTEGER));
+                }
+            }
+            for (key, value) in obj.iter_mut() {
+                if !matches!(key.as_str(), "const" | "enum" | "default" | "examples" | "x-guidance") {
+                    bound_integers(value, depth + 1);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| bound_integers(v, depth + 1)),
+        _ => {}
+    }
 }
 
 /// The whitespace allowed between two JSON tokens (a regular expression, as llguidance takes it).
@@ -331,6 +370,30 @@ mod tests {
         assert_eq!(sentencepiece_bytes("<0x0A>"), b"\n");
         assert_eq!(sentencepiece_bytes("\u{2581}the"), b" the");
         assert_eq!(sentencepiece_bytes("<0xZZ>"), b"<0xZZ>");
+    }
+
+    #[test]
+    fn unbounded_integers_get_the_safe_range_and_data_is_left_alone() {
+        let mut schema = json!({
+            "type": "object",
+            "properties": {
+                "n": { "type": "integer" },
+                "m": { "type": ["integer", "null"], "maximum": 5 },
+                "x": { "type": "number" },
+                "c": { "const": { "type": "integer" } }
+            },
+            "$defs": { "d": { "type": "integer", "exclusiveMinimum": 0 } }
+        });
+        bound_integers(&mut schema, 0);
+        assert_eq!(
+            schema["properties"]["n"],
+            json!({ "type": "integer", "minimum": -SAFE_INTEGER, "maximum": SAFE_INTEGER })
+        );
+        assert_eq!(schema["properties"]["m"]["maximum"], 5);
+        assert_eq!(schema["properties"]["m"]["minimum"], -SAFE_INTEGER);
+        assert_eq!(schema["properties"]["x"], json!({ "type": "number" }));
+        assert_eq!(schema["properties"]["c"], json!({ "const": { "type": "integer" } }));
+        assert_eq!(schema["$defs"]["d"], json!({ "type": "integer", "exclusiveMinimum": 0, "maximum": SAFE_INTEGER }));
     }
 
     #[test]
