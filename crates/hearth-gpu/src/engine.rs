@@ -17,8 +17,9 @@
 
 use std::collections::HashMap;
 
+use hearth_core::generate::ring_keeps;
 #[cfg(not(target_arch = "wasm32"))]
-use hearth_core::generate::{ring_keeps, Backend};
+use hearth_core::generate::Backend;
 use hearth_core::manifest::{
     Activation as ModelActivation, FfnKind, Manifest, ModelConfig, PositionKind, RopeStyle, ARCHITECTURES,
 };
