@@ -106,9 +106,43 @@ export interface SamplingOptions {
   stop?: string | string[];
 }
 
+/** A JSON Schema (draft 2020-12 keywords as llguidance supports them), as plain JSON. */
+export type JsonSchema = { [keyword: string]: unknown } | boolean;
+
+/**
+ * What the generated text must be; the output is constrained token by token, so it always follows
+ * the schema, expression or grammar (a generation that reaches `max_tokens` first ends with
+ * `finish_reason: "length"` and an incomplete text). OpenAI's shapes, plus Hearth's `regex` and
+ * `grammar`. A schema, pattern or grammar the engine cannot compile rejects with
+ * {@link InvalidArgumentError} before any token is generated.
+ */
+export type ResponseFormat =
+  /** Free text (the default). */
+  | { type: "text" }
+  /** Any JSON object. */
+  | { type: "json_object" }
+  /** JSON valid against `schema` (`name`, `description` and `strict` are accepted; the output always follows the schema). */
+  | { type: "json_schema"; json_schema: { schema: JsonSchema; name?: string; description?: string; strict?: boolean } }
+  /** Text the regular expression matches as a whole (no anchors needed). */
+  | { type: "regex"; pattern: string }
+  /** Text in the language of a Lark-style context-free grammar (llguidance's syntax; `start` is the top rule). */
+  | { type: "grammar"; grammar: string };
+
+/**
+ * Every option Hearth takes. Any other field rejects with {@link InvalidArgumentError} naming it;
+ * OpenAI's `logprobs` (except `false`), `top_logprobs`, `logit_bias`, `tools`, `tool_choice` and
+ * `parallel_tool_calls` reject as "not supported yet".
+ */
 export interface GenerateOptions extends SamplingOptions {
   /** Most tokens to generate (default 256). */
   max_tokens?: number;
+  /** Constrain the output to JSON, a JSON Schema, a regular expression or a grammar. */
+  response_format?: ResponseFormat;
+  /**
+   * Reuse the part of the KV cache the prompt shares with what the engine ran last (default
+   * `true`): only the rest of the prompt is read. `false` reads the whole prompt again.
+   */
+  cache_prompt?: boolean;
   /**
    * Aborts the generation: the promise (or the stream) rejects with a `DOMException` named
    * `"AbortError"` and the engine is ready for the next call. Aborted while waiting in the queue,
@@ -119,6 +153,8 @@ export interface GenerateOptions extends SamplingOptions {
 
 export interface Usage {
   prompt_tokens: number;
+  /** Prompt tokens reused from the KV cache (not read again); see `cache_prompt`. */
+  cached_tokens: number;
   completion_tokens: number;
   /** Prompt tokens per second. */
   prefill_tok_s: number;
@@ -185,19 +221,37 @@ export interface EngineInfo {
 // OpenAI-style chat completions
 
 /**
- * Request of {@link ChatCompletions.create}, as in OpenAI's API. Other OpenAI fields (`model`, ...)
- * are ignored. Unlike OpenAI, whose default temperature is 1, a missing `temperature` here means
- * greedy decoding (temperature 0).
+ * Request of {@link ChatCompletions.create}, as in OpenAI's API. Every field is checked: one not
+ * declared here rejects with {@link InvalidArgumentError} naming it (OpenAI's `n` > 1, `logprobs`,
+ * `top_logprobs`, `logit_bias`, `tools`, `tool_choice`, `parallel_tool_calls`: "not supported
+ * yet"). Unlike OpenAI, whose default temperature is 1, a missing `temperature` here means greedy
+ * decoding (temperature 0).
  */
 export interface ChatCompletionRequest extends SamplingOptions {
   messages: ChatMessage[];
   stream?: boolean;
+  /** Accepted with `stream: true` and ignored: the last chunk always carries `usage`. */
+  stream_options?: { include_usage?: boolean };
   /** Most tokens to generate (default 256). */
   max_tokens?: number;
-  /** Same as max_tokens (OpenAI's newer name). */
+  /** Same as max_tokens (OpenAI's newer name); if both are given they must be equal. */
   max_completion_tokens?: number;
+  /** Constrain the output (`json_object`, `json_schema`, and Hearth's `regex` and `grammar`). */
+  response_format?: ResponseFormat;
+  /** As in {@link GenerateOptions.cache_prompt} (default `true`). */
+  cache_prompt?: boolean;
   /** Only 1 is supported. */
   n?: 1;
+  /** Only `false` (the default) is supported yet. */
+  logprobs?: false;
+  /** Ignored: the engine runs the model it loaded; responses' `model` is that model's name. */
+  model?: string;
+  /** Ignored (OpenAI's end-user id). */
+  user?: string;
+  /** Ignored: nothing is stored. */
+  store?: boolean;
+  /** Ignored (OpenAI's stored-completion tags). */
+  metadata?: Record<string, string>;
   signal?: AbortSignal;
 }
 
@@ -205,6 +259,8 @@ export interface ChatCompletionUsage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+  /** `cached_tokens`: prompt tokens reused from the KV cache. */
+  prompt_tokens_details: { cached_tokens: number };
 }
 
 export interface ChatCompletion {
@@ -252,12 +308,20 @@ export interface Engine {
   /**
    * Generates text for a plain prompt (a string, used as is) or a conversation (messages, rendered
    * with the model's chat template).
-   * @throws {InvalidArgumentError} an option of the wrong type or range
-   * @throws {ContextLengthError} the prompt does not fit the context
+   * @throws {InvalidArgumentError} an option of the wrong type or range, a field Hearth does not
+   *   support, or a response_format the engine cannot compile (before any token)
+   * @throws {ContextLengthError} the prompt plus max_tokens does not fit the context
    */
   generate(input: string | ChatMessage[], options?: GenerateOptions): Promise<GenerateResult>;
   /** Like {@link generate}, yielding the text as it is generated. Errors surface when iterating. */
   stream(input: string | ChatMessage[], options?: GenerateOptions): GenerationStream;
+  /**
+   * Tokens of the prompt {@link generate} would run for the same `input` and `options` (messages
+   * through the chat template): its `usage.prompt_tokens`. Options are checked as generate checks
+   * them; only the prompt is counted. Queued behind earlier calls, like them.
+   * @throws {InvalidArgumentError} an input or option generate would reject
+   */
+  countTokens(input: string | ChatMessage[], options?: GenerateOptions): Promise<number>;
   readonly chat: { readonly completions: ChatCompletions };
   /** Waits for the calls already made, then frees the GPU memory; later calls throw {@link EngineDisposedError}. */
   dispose(): Promise<void>;
@@ -269,6 +333,7 @@ export declare class HearthEngine implements Engine {
   readonly info: EngineInfo;
   generate(input: string | ChatMessage[], options?: GenerateOptions): Promise<GenerateResult>;
   stream(input: string | ChatMessage[], options?: GenerateOptions): GenerationStream;
+  countTokens(input: string | ChatMessage[], options?: GenerateOptions): Promise<number>;
   readonly chat: { readonly completions: ChatCompletions };
   dispose(): Promise<void>;
 }
@@ -362,11 +427,16 @@ export class NetworkError extends HearthError {
 }
 /** The package's format version or the model's architecture or tensor types are not supported. */
 export class UnsupportedModelError extends HearthError {}
-/** The prompt does not fit the context (see `info.contextLength` and `maxContext`). */
-export class ContextLengthError extends HearthError {}
+/** The prompt plus `max_tokens` does not fit the context (see `info.contextLength` and `maxContext`). */
+export class ContextLengthError extends HearthError {
+  /** Tokens the request needs: the prompt's plus `max_tokens`. */
+  readonly requested: number;
+  /** Tokens the context holds (`info.contextLength`). */
+  readonly available: number;
+}
 /** The manifest, tokenizer or tensors are malformed. */
 export class BadPackageError extends HearthError {}
-/** An argument or option of the wrong type or range. */
+/** An argument or option of the wrong type or range, or a field Hearth does not support (the message names it). */
 export class InvalidArgumentError extends HearthError {}
 /** The GPU failed (device lost, a read-back failed, ...). */
 export class GpuError extends HearthError {}

@@ -1,7 +1,8 @@
 // Entry of the module Web Worker behind Hearth.loadInWorker() (src/worker-proxy.js holds the other
 // end). It loads one model and answers calls by id:
 //   in:  {id, type: "load", url, options} | {id, type: "generate", input, options}
-//        | {id, type: "dispose"} | {id, type: "abort"} (aborts call `id`)
+//        | {id, type: "countTokens", input, options} | {id, type: "dispose"}
+//        | {id, type: "abort"} (aborts call `id`)
 //   out: {id, type: "progress", progress} | {id, type: "chunk", text}
 //        | {id, type: "result", value} | {id, type: "error", error: {name, message, ...}}
 
@@ -24,6 +25,9 @@ async function handle(data, signal, post) {
       for await (const text of stream) post({ type: "chunk", text });
       return stream.result;
     }
+    case "countTokens":
+      if (!engine) throw new EngineDisposedError();
+      return engine.countTokens(data.input, { ...data.options, signal });
     case "dispose":
       await engine?.dispose();
       return undefined;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what building the wasm package and the browser tests need on a fresh machine: Node.js,
 # Chromium (its SwiftShader gives headless WebGPU without a GPU), and the npm tools in package.json
-# (wasm-opt from `binaryen`, `playwright-core` to drive Chromium). Idempotent: each step checks first.
+# (wasm-opt from `binaryen`, `playwright-core` to drive Chromium, `ajv` + `ajv-formats` to validate
+# the browser tests' JSON outputs against their schemas). Idempotent: each step checks first.
 # With --no-chromium (the demo: you open the page in your own browser) Chromium is not installed.
 set -euo pipefail
 chromium=1
@@ -28,7 +29,7 @@ if [ "$chromium" = 1 ] && [ ! -x /usr/bin/chromium ]; then
   apt_install chromium fonts-dejavu-core
 fi
 # npm ci when node_modules is missing, incomplete or older than the lock file.
-if [ ! -x node_modules/.bin/wasm-opt ] || [ ! -d node_modules/playwright-core ] \
+if [ ! -x node_modules/.bin/wasm-opt ] || [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/ajv-formats ] \
   || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund --loglevel=error
 fi

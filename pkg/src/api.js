@@ -1,6 +1,7 @@
 // What the main-thread engine and the worker proxy answer the same way: `info`, `generate` (the
-// result of a stream), `stream` and `chat.completions`. Each supplies the one thing that differs:
-// how a generation runs, `run(input, options, push, signal)`, resolving with generate()'s result.
+// result of a stream), `stream`, `countTokens` and `chat.completions`. Each supplies what differs:
+// how a generation runs, `run(input, options, push, signal)`, resolving with generate()'s result,
+// and how a prompt is counted, `count(input, options)`, resolving with its number of tokens.
 
 import { signalOf } from "./options.js";
 import { TextStream } from "./stream.js";
@@ -9,10 +10,12 @@ import { createChat } from "./chat.js";
 export class EngineApi {
   #info;
   #run;
+  #count;
 
-  constructor(info, run) {
+  constructor(info, run, count) {
     this.#info = Object.freeze(info);
     this.#run = run;
+    this.#count = count;
     /** OpenAI-style chat completions: `engine.chat.completions.create({messages, ...})`. */
     this.chat = createChat(this);
   }
@@ -25,6 +28,18 @@ export class EngineApi {
   /** Runs one generation to its end. */
   generate(input, options) {
     return this.stream(input, options).result;
+  }
+
+  /**
+   * Tokens of the prompt `generate(input, options)` would run (messages through the chat template):
+   * its `usage.prompt_tokens`. Queued behind the calls made before it.
+   */
+  countTokens(input, options) {
+    try {
+      return this.#count(input, options);
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 
   /** Runs one generation, yielding its text as it becomes final. */

@@ -2,12 +2,7 @@
 // so code written for the OpenAI SDK runs with little change. Shared by the engine and the worker
 // proxy: it only needs `info`, `generate` and `stream`.
 
-import { InvalidArgumentError } from "./errors.js";
-
-const PASSED = [
-  "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
-  "frequency_penalty", "penalty_last_n", "seed", "stop", "signal",
-];
+import { chatRequest } from "./options.js";
 
 function randomId() {
   const bytes = crypto.getRandomValues(new Uint8Array(12));
@@ -19,21 +14,8 @@ function usageOf(u) {
     prompt_tokens: u.prompt_tokens,
     completion_tokens: u.completion_tokens,
     total_tokens: u.prompt_tokens + u.completion_tokens,
+    prompt_tokens_details: { cached_tokens: u.cached_tokens ?? 0 },
   };
-}
-
-function toOptions(params) {
-  if (params === null || typeof params !== "object") {
-    throw new InvalidArgumentError("create() takes {messages, ...}");
-  }
-  if (!Array.isArray(params.messages)) throw new InvalidArgumentError("messages must be an array");
-  if (params.n != null && params.n !== 1) throw new InvalidArgumentError("only n = 1 is supported");
-  const options = {};
-  for (const k of PASSED) if (params[k] != null) options[k] = params[k];
-  // Unlike OpenAI (default temperature 1), a missing temperature means greedy decoding.
-  const max = params.max_tokens ?? params.max_completion_tokens;
-  if (max != null) options.max_tokens = max;
-  return options;
 }
 
 // eslint-disable-next-line require-yield
@@ -60,16 +42,20 @@ async function* chunks(stream, { id, created, model }) {
 
 export function createChat(engine) {
   function create(params) {
-    let options;
+    let request;
     try {
-      options = toOptions(params);
+      // Every field checked (options.js): one Hearth does not support is an error, never dropped.
+      // Unlike OpenAI (default temperature 1), a missing temperature means greedy decoding.
+      request = chatRequest(params);
     } catch (e) {
       return params?.stream ? failed(e) : Promise.reject(e);
     }
+    const { messages, options, stream } = request;
+    // `model` is the loaded model's name, whatever the request's `model` said (one engine, one model).
     const meta = { id: randomId(), created: Math.floor(Date.now() / 1000), model: engine.info.name };
     // The stream is returned as is (not in a promise); `await create({stream: true})` gives it too.
-    if (params.stream) return chunks(engine.stream(params.messages, options), meta);
-    return engine.generate(params.messages, options).then((r) => ({
+    if (stream) return chunks(engine.stream(messages, options), meta);
+    return engine.generate(messages, options).then((r) => ({
       id: meta.id,
       object: "chat.completion",
       created: meta.created,

@@ -3,7 +3,7 @@
 // through a queue (a promise chain) and holds it until its generation has ended or been cancelled.
 
 import { EngineDisposedError, abortError, fromWasm, raceAbort } from "./errors.js";
-import { buildRequest } from "./options.js";
+import { buildRequest, signalOf } from "./options.js";
 import { EngineApi } from "./api.js";
 
 /** wasm-bindgen values as plain JSON-like data (Maps to objects, typed arrays to arrays). */
@@ -25,7 +25,11 @@ export class HearthEngine extends EngineApi {
 
   /** Not for users: engines come from Hearth.load(). `extra`: info the wasm engine cannot know. */
   constructor(wasmEngine, extra = {}) {
-    super({ ...plain(wasmEngine.info()), ...extra }, (input, options, push, signal) => this.#run(input, options, push, signal));
+    super(
+      { ...plain(wasmEngine.info()), ...extra },
+      (input, options, push, signal) => this.#run(input, options, push, signal),
+      (input, options) => this.#count(input, options),
+    );
     this.#engine = wasmEngine;
   }
 
@@ -61,6 +65,18 @@ export class HearthEngine extends EngineApi {
       throw new EngineDisposedError();
     }
     return release;
+  }
+
+  async #count(input, options) {
+    const request = buildRequest(input, options);
+    const release = await this.#acquire(signalOf(options));
+    try {
+      return this.#engine.countTokens(request);
+    } catch (e) {
+      throw fromWasm(e);
+    } finally {
+      release();
+    }
   }
 
   async #run(input, options, push, signal) {

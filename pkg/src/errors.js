@@ -69,7 +69,14 @@ export class NetworkError extends HearthError {
 }
 
 export class UnsupportedModelError extends HearthError {}
-export class ContextLengthError extends HearthError {}
+/**
+ * The prompt plus max_tokens does not fit the context: `requested` (prompt tokens + max_tokens) and
+ * `available` (the context length) say by how much.
+ */
+export class ContextLengthError extends HearthError {
+  /** @type {number|undefined} */ requested;
+  /** @type {number|undefined} */ available;
+}
 export class BadPackageError extends HearthError {}
 export class InvalidArgumentError extends HearthError {}
 export class GpuError extends HearthError {}
@@ -134,14 +141,20 @@ export function fromWasm(err) {
   const message = typeof err === "string" ? err : (err?.message ?? String(err));
   const cls = WASM_NAMES[name];
   if (!cls) return err instanceof Error ? err : new HearthError(message);
-  // Keep the wasm name where it differs from the class (TokenizerError -> BadPackageError).
-  return withMessage(cls, message, cls.name === name ? undefined : { wasmName: name });
+  // Keep the wasm name where it differs from the class (TokenizerError -> BadPackageError), and the
+  // numbers wasm attaches (ContextLengthError: requested, available).
+  const extra = cls.name === name ? {} : { wasmName: name };
+  for (const k of NUMBERS) if (typeof err?.[k] === "number") extra[k] = err[k];
+  return withMessage(cls, message, extra);
 }
+
+// Properties of wasm's errors that carry numbers (ContextLengthError).
+const NUMBERS = ["requested", "available"];
 
 /** Serializable form of an error, for postMessage. */
 export function toPlain(err) {
   const plain = { name: err?.name ?? "Error", message: err?.message ?? String(err) };
-  for (const k of ["file", "expected", "actual", "url", "status", "needed", "available"]) {
+  for (const k of ["file", "expected", "actual", "url", "status", "needed", "available", "requested", "wasmName"]) {
     if (err?.[k] !== undefined) plain[k] = err[k];
   }
   return plain;

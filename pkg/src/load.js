@@ -125,12 +125,21 @@ export function reporter(onProgress) {
   };
 }
 
+const LOAD_OPTIONS = ["onProgress", "signal", "cache", "maxContext", "revalidate", "backend"];
+
 export function checkOptions(modelUrl, options) {
   if (typeof modelUrl !== "string" && !(modelUrl instanceof URL)) {
     throw new InvalidArgumentError("load() takes the URL of a model package directory");
   }
   if (options === null || typeof options !== "object") throw new InvalidArgumentError("options must be an object");
-  const { onProgress, maxContext, revalidate, backend } = options;
+  // No option is silently ignored: a misspelled one is an error naming it.
+  for (const [k, v] of Object.entries(options)) {
+    if (v != null && !LOAD_OPTIONS.includes(k)) {
+      throw new InvalidArgumentError(`options.${k} is not supported (load() takes ${LOAD_OPTIONS.join(", ")})`);
+    }
+  }
+  const { onProgress, maxContext, revalidate, backend, cache } = options;
+  if (cache != null && typeof cache !== "boolean") throw new InvalidArgumentError("options.cache must be a boolean");
   if (!checkBackend(backend)) {
     throw new InvalidArgumentError('options.backend must be "auto", "webgpu" or "cpu"');
   }

@@ -78,9 +78,19 @@ export class WorkerEngine extends EngineApi {
 
   /** Not for users: engines come from Hearth.loadInWorker(). */
   constructor(worker, channel, info) {
-    super(info, (input, options, push, signal) => this.#run(input, options, push, signal));
+    super(
+      info,
+      (input, options, push, signal) => this.#run(input, options, push, signal),
+      (input, options) => this.#count(input, options),
+    );
     this.#worker = worker;
     this.#channel = channel;
+  }
+
+  async #count(input, options) {
+    const { prompt, messages, ...rest } = buildRequest(input, options);
+    if (this.#closing) throw new EngineDisposedError();
+    return this.#channel.request("countTokens", { input: prompt ?? messages, options: rest }, { signal: signalOf(options) });
   }
 
   async #run(input, options, push, signal) {

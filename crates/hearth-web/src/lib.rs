@@ -38,7 +38,14 @@ pub(crate) fn js_error(e: HearthError) -> JsValue {
         HearthError::Tokenizer(_) => "TokenizerError",
         HearthError::ChatTemplate(_) => "ChatTemplateError",
     };
-    named_error(name, &e.to_string())
+    let error = named_error(name, &e.to_string());
+    // The numbers a caller needs to shorten the request: prompt plus new tokens, and the context.
+    if let HearthError::ContextLengthExceeded { prompt_tokens, max_new_tokens, context_length } = e {
+        let set = |key: &str, n: usize| js_sys::Reflect::set(&error, &key.into(), &(n as f64).into());
+        let _ = set("requested", prompt_tokens + max_new_tokens);
+        let _ = set("available", context_length);
+    }
+    error
 }
 
 pub(crate) fn named_error(name: &str, message: &str) -> JsValue {
