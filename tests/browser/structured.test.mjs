@@ -452,3 +452,22 @@ test("the GPU engine (WebGPU on SwiftShader) follows a schema too: a short enum 
   assert.deepEqual(gpuErrors, []);
   await context.close();
 });
+
+test("a second chat turn reuses the first from the cache (prompt_tokens_details.cached_tokens), with the answer a full prefill gives", { timeout: 5 * MINUTES }, async () => {
+  const r = await page.evaluate(async () => {
+    const messages = [{ role: "user", content: "Name two colours of the rainbow." }];
+    const first = await engine.chat.completions.create({ messages, max_tokens: 24 });
+    messages.push(first.choices[0].message, { role: "user", content: "And one more?" });
+    const firstPrompt = first.usage.prompt_tokens;
+    const reused = await engine.chat.completions.create({ messages, max_tokens: 16 });
+    const full = await engine.chat.completions.create({ messages, max_tokens: 16, cache_prompt: false });
+    const counted = await engine.countTokens(messages);
+    return { firstPrompt, counted, reused: reused.usage, full: full.usage, texts: [reused.choices[0].message.content, full.choices[0].message.content] };
+  });
+  console.log(JSON.stringify(r));
+  assert.equal(r.reused.prompt_tokens, r.counted);
+  assert.ok(r.reused.prompt_tokens_details.cached_tokens >= r.firstPrompt, "the first turn's prompt is reused");
+  assert.ok(r.reused.prompt_tokens_details.cached_tokens < r.counted, "the last prompt token always runs");
+  assert.equal(r.full.prompt_tokens_details.cached_tokens, 0, "cache_prompt: false runs the whole prompt");
+  assert.equal(r.texts[0], r.texts[1], "reuse changed the answer");
+});
