@@ -94,20 +94,14 @@ fn schema_messages(schema: &Value, prompt: &str) -> Vec<ChatMessage> {
     ]
 }
 
-const GREEDY: SamplingParams = SamplingParams {
-    temperature: 0.0,
-    top_k: 0,
-    top_p: 1.0,
-    min_p: 0.0,
-    repetition_penalty: 1.0,
-    presence_penalty: 0.0,
-    frequency_penalty: 0.0,
-    penalty_last_n: 64,
-    seed: 0,
-};
+fn greedy() -> SamplingParams {
+    SamplingParams::default()
+}
 
 /// Temperature 1 over the whole vocabulary: the constraint alone keeps the output valid.
-const SAMPLED: SamplingParams = SamplingParams { temperature: 1.0, seed: 7, ..GREEDY };
+fn sampled() -> SamplingParams {
+    SamplingParams { temperature: 1.0, seed: 7, ..Default::default() }
+}
 
 /// Why `text` is not a valid instance of `schema` (formats checked too), or None.
 fn invalid(schema: &Value, text: &str) -> Option<String> {
@@ -133,7 +127,7 @@ fn every_schema_of_the_suite_gives_valid_json_greedy_and_sampled() {
     for case in cases {
         let (name, schema) = (case["name"].as_str().unwrap(), &case["schema"]);
         let messages = schema_messages(schema, case["prompt"].as_str().unwrap());
-        for (how, sampling) in [("greedy", GREEDY), ("sampled", SAMPLED)] {
+        for (how, sampling) in [("greedy", greedy()), ("sampled", sampled())] {
             let r = match run(&mut model, &mut engine, Prompt::Chat(&messages), schema_format(schema), sampling, 400) {
                 Ok(r) => r,
                 Err(e) => {
@@ -182,7 +176,7 @@ fn regex_outputs_match_on_byte_level_and_sentencepiece_vocabularies() {
         let mut engine = FastEngine::from_source(&model.package).expect("load");
         for (prompt, pattern) in cases {
             let whole = regex::Regex::new(&format!("^(?:{pattern})$")).unwrap();
-            for sampling in [GREEDY, SAMPLED] {
+            for sampling in [greedy(), sampled()] {
                 let text = format!("Question: {prompt}\nAnswer: ");
                 let format = ResponseFormat::Regex { pattern: pattern.into() };
                 let r = run(&mut model, &mut engine, Prompt::Text(&text), format, sampling, 120).unwrap();
@@ -208,7 +202,7 @@ list: "[" item ("," " "? item)* "]"
 item: WORD | list
 WORD: /[a-z]{1,10}/
 "#;
-    for sampling in [GREEDY, SAMPLED] {
+    for sampling in [greedy(), sampled()] {
         let messages = [ChatMessage::new("user", "Group the animals cat, dog, eagle and owl into nested lists.")];
         let format = ResponseFormat::Grammar { grammar: nested.into() };
         let r = run(&mut model, &mut engine, Prompt::Chat(&messages), format, sampling, 200).unwrap();
@@ -221,7 +215,7 @@ WORD: /[a-z]{1,10}/
     let forced = format!("start: \"Answer: \" WORD \"{suffix}.\"\nWORD: /[a-z]{{1,12}}/\n");
     let messages = [ChatMessage::new("user", "Name one colour.")];
     let format = ResponseFormat::Grammar { grammar: forced };
-    let r = run(&mut model, &mut engine, Prompt::Chat(&messages), format, GREEDY, 100).unwrap();
+    let r = run(&mut model, &mut engine, Prompt::Chat(&messages), format, greedy(), 100).unwrap();
     let whole = regex::Regex::new(&format!("^Answer: [a-z]{{1,12}}{}\\.$", regex::escape(suffix))).unwrap();
     eprintln!("forced: {:?}, {} tokens in {} passes", r.out.text, r.out.ids.len(), r.passes);
     assert_eq!(r.out.finish_reason, FinishReason::Stop);
@@ -316,7 +310,7 @@ fn invalid_constraints_are_rejected_before_any_token() {
         let req = GenerateRequest {
             prompt_ids,
             max_tokens: 10,
-            sampling: GREEDY,
+            sampling: greedy(),
             stop_strings: Vec::new(),
             top_logits: 0,
             margins: false,
