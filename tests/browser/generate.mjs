@@ -98,18 +98,19 @@ try {
   if (out.error) throw new Error(out.error);
   const r = out.result;
   const u = r.usage;
-  // serde_json's order (sorted keys), as the CLI prints it.
+  // The CLI's order: its `json!` object as written, `usage` in the Rust struct's field order.
   const json = {
-    finish_reason: r.finish_reason,
-    ids: r.ids,
     prompt_ids: r.prompt_ids,
+    ids: r.ids,
     text: r.text,
+    finish_reason: r.finish_reason,
     top_logits: [],
     usage: {
-      completion_tokens: u.completion_tokens,
-      decode_tok_s: u.decode_tok_s,
-      prefill_tok_s: u.prefill_tok_s,
       prompt_tokens: u.prompt_tokens,
+      cached_tokens: u.cached_tokens ?? 0,
+      completion_tokens: u.completion_tokens,
+      prefill_tok_s: u.prefill_tok_s,
+      decode_tok_s: u.decode_tok_s,
       ttft_s: u.ttft_s,
     },
   };
