@@ -5,37 +5,15 @@
 
 mod common;
 
+use common::Recording;
 use hearth_core::chat::ChatMessage;
 use hearth_core::constrain::{JsonSchemaFormat, ResponseFormat};
 use hearth_core::fast::FastEngine;
 use hearth_core::generate::{generate, Backend, FinishReason, GenerateOutput, GenerateRequest};
 use hearth_core::model::Model;
-use hearth_core::sampling::{mask_allows, Sampler, SamplingParams};
+use hearth_core::sampling::{mask_allows, SamplingParams};
 use hearth_core::HearthError;
 use serde_json::Value;
-
-/// Counts the forward passes a generation makes and the tokens they run.
-struct Counting<'a> {
-    inner: &'a mut dyn Backend,
-    passes: usize,
-}
-
-impl Backend for Counting<'_> {
-    fn forward(&mut self, tokens: &[u32], all_logits: bool) -> hearth_core::Result<Vec<f32>> {
-        self.passes += 1;
-        self.inner.forward(tokens, all_logits)
-    }
-    fn forward_sample(&mut self, tokens: &[u32], sampler: &mut Sampler, history: &[u32]) -> hearth_core::Result<u32> {
-        self.passes += 1;
-        self.inner.forward_sample(tokens, sampler, history)
-    }
-    fn reset(&mut self) {
-        self.inner.reset()
-    }
-    fn context_length(&self) -> usize {
-        self.inner.context_length()
-    }
-}
 
 struct Run {
     out: GenerateOutput,
@@ -70,7 +48,7 @@ fn run(
         response_format: format,
         cache_prompt: true,
     };
-    let mut counting = Counting { inner: engine, passes: 0 };
+    let mut counting = Recording { inner: engine, runs: Vec::new() };
     let mut streamed = String::new();
     let out = generate(&mut counting, model.tokenizer(), &req, &|| 0.0, &mut |piece| {
         streamed.push_str(piece);
@@ -78,7 +56,7 @@ fn run(
     })?;
     // Forced text (a constant output too) streams like sampled text.
     assert_eq!(streamed, out.text, "the streamed pieces are not the output");
-    Ok(Run { out, passes: counting.passes })
+    Ok(Run { out, passes: counting.runs.len() })
 }
 
 fn schema_format(schema: &Value) -> ResponseFormat {
@@ -317,10 +295,10 @@ fn invalid_constraints_are_rejected_before_any_token() {
             response_format: format.clone(),
             cache_prompt: true,
         };
-        let mut counting = Counting { inner: &mut engine, passes: 0 };
+        let mut counting = Recording { inner: &mut engine, runs: Vec::new() };
         let err = generate(&mut counting, model.tokenizer(), &req, &|| 0.0, &mut |_| Ok(())).unwrap_err();
         eprintln!("{format:?}: {err}");
         assert!(matches!(err, HearthError::InvalidArgument(_)), "{format:?}: {err}");
-        assert_eq!(counting.passes, 0);
+        assert!(counting.runs.is_empty());
     }
 }

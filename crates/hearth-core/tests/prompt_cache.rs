@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::Recording;
+
 use hearth_core::chat::ChatMessage;
 use hearth_core::convert::{convert, ConvertOptions};
 use hearth_core::fast::FastEngine;
@@ -12,33 +14,6 @@ use hearth_core::generate::{
     generate, generate_cached, Backend, FinishReason, GenerateOutput, GenerateRequest, PromptCache,
 };
 use hearth_core::model::Model;
-use hearth_core::sampling::Sampler;
-
-/// Records how many tokens each forward pass runs, and passes truncation through.
-struct Recording<'a> {
-    inner: &'a mut dyn Backend,
-    runs: Vec<usize>,
-}
-
-impl Backend for Recording<'_> {
-    fn forward(&mut self, tokens: &[u32], all_logits: bool) -> hearth_core::Result<Vec<f32>> {
-        self.runs.push(tokens.len());
-        self.inner.forward(tokens, all_logits)
-    }
-    fn forward_sample(&mut self, tokens: &[u32], sampler: &mut Sampler, history: &[u32]) -> hearth_core::Result<u32> {
-        self.runs.push(tokens.len());
-        self.inner.forward_sample(tokens, sampler, history)
-    }
-    fn reset(&mut self) {
-        self.inner.reset()
-    }
-    fn truncate(&mut self, len: usize) -> bool {
-        self.inner.truncate(len)
-    }
-    fn context_length(&self) -> usize {
-        self.inner.context_length()
-    }
-}
 
 fn request(prompt_ids: Vec<u32>, max_tokens: usize) -> GenerateRequest {
     GenerateRequest { prompt_ids, max_tokens, ..Default::default() }

@@ -7,6 +7,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use hearth_core::convert::{convert, ConvertOptions};
+use hearth_core::generate::Backend;
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
@@ -63,4 +64,35 @@ pub fn gemma3_package() -> PathBuf {
     })
     .1
     .clone()
+}
+
+/// Records how many tokens each forward pass runs, and passes truncation through.
+pub struct Recording<'a> {
+    pub inner: &'a mut dyn Backend,
+    pub runs: Vec<usize>,
+}
+
+impl Backend for Recording<'_> {
+    fn forward(&mut self, tokens: &[u32], all_logits: bool) -> hearth_core::Result<Vec<f32>> {
+        self.runs.push(tokens.len());
+        self.inner.forward(tokens, all_logits)
+    }
+    fn forward_sample(
+        &mut self,
+        tokens: &[u32],
+        sampler: &mut hearth_core::sampling::Sampler,
+        history: &[u32],
+    ) -> hearth_core::Result<u32> {
+        self.runs.push(tokens.len());
+        self.inner.forward_sample(tokens, sampler, history)
+    }
+    fn reset(&mut self) {
+        self.inner.reset()
+    }
+    fn truncate(&mut self, len: usize) -> bool {
+        self.inner.truncate(len)
+    }
+    fn context_length(&self) -> usize {
+        self.inner.context_length()
+    }
 }
