@@ -76,9 +76,46 @@ export function loadInWorker(modelUrl: string | URL, options?: LoadOptions): Pro
 // Generating
 
 export interface ChatMessage {
-  /** "system", "user" or "assistant", as the model's chat template knows them. */
+  /** "system", "user", "assistant" or "tool", as the model's chat template knows them. */
   role: string;
-  content: string;
+  /** May be `null` in an assistant message that only calls tools. */
+  content: string | null;
+  /** An assistant message's calls, as a response carried them (pass the message back as it came). */
+  tool_calls?: ToolCall[];
+  /** A `"tool"` message's answer to the call with this id (required there). */
+  tool_call_id?: string;
+}
+
+/**
+ * A function the model may call. The arguments it writes always follow `parameters` (a JSON
+ * Schema of an object; none: no arguments) when a call is made.
+ */
+export interface Tool {
+  type: "function";
+  function: { name: string; description?: string; parameters?: JsonSchema; strict?: boolean };
+}
+
+/**
+ * `"auto"` (the default): text or calls, as the model decides; once it opens a call, the call is
+ * constrained. `"none"`: text only (the tools are still shown). `"required"`: one or more calls.
+ * A named function: calls of that function.
+ */
+export type ToolChoice = "auto" | "none" | "required" | { type: "function"; function: { name: string } };
+
+/** A call in a response: `arguments` is JSON text valid against the tool's `parameters`. */
+export interface ToolCall {
+  /** "call_" followed by random hex. */
+  id: string;
+  type: "function";
+  function: { name: string; arguments: string };
+}
+
+/** Options of a request that offers tools (messages only: the chat template shows them). */
+export interface ToolOptions {
+  tools?: Tool[];
+  tool_choice?: ToolChoice;
+  /** Whether one answer may hold several calls (default `true`). */
+  parallel_tool_calls?: boolean;
 }
 
 /** Sampling settings, as in OpenAI's API. Missing fields leave that step out. */
@@ -104,6 +141,11 @@ export interface SamplingOptions {
   seed?: number;
   /** Stop before any of these strings; they are not part of the text. */
   stop?: string | string[];
+  /**
+   * Added to these tokens' logits before anything else: token id (as a string key) to a bias from
+   * -100 to 100 (-100 all but bans a token, 100 all but forces it), as in OpenAI's API.
+   */
+  logit_bias?: Record<string, number>;
 }
 
 /** A JSON Schema (draft 2020-12 keywords as llguidance supports them), as plain JSON. */
@@ -128,12 +170,21 @@ export type ResponseFormat =
   /** Text in the language of a Lark-style context-free grammar (llguidance's syntax; `start` is the top rule). */
   | { type: "grammar"; grammar: string };
 
-/**
- * Every option Hearth takes. Any other field rejects with {@link InvalidArgumentError} naming it;
- * OpenAI's `logprobs` (except `false`), `top_logprobs`, `logit_bias`, `tools`, `tool_choice` and
- * `parallel_tool_calls` reject as "not supported yet".
- */
-export interface GenerateOptions extends SamplingOptions {
+/** Options asking for each generated token's log-probability. */
+export interface LogprobsOptions {
+  /**
+   * Report each generated token's log-probability (`GenerateResult.logprobs`; OpenAI's
+   * `choices[0].logprobs`): the log-softmax of the model's logits with `logit_bias` added, before
+   * the penalties, temperature, top-k/p and a grammar's mask. On the GPU engine only the chosen and
+   * the `top_logprobs` best are read back.
+   */
+  logprobs?: boolean;
+  /** With `logprobs: true`: the 0 to 20 most likely tokens at each step, most likely first (default 0). */
+  top_logprobs?: number;
+}
+
+/** Every option Hearth takes. Any other field rejects with {@link InvalidArgumentError} naming it. */
+export interface GenerateOptions extends SamplingOptions, ToolOptions, LogprobsOptions {
   /** Most tokens to generate (default 256). */
   max_tokens?: number;
   /** Constrain the output to JSON, a JSON Schema, a regular expression or a grammar. */
@@ -164,11 +215,19 @@ export interface Usage {
   ttft_s: number;
 }
 
-/** `"stop"`: a stop token or stop string ended the text; `"length"`: max_tokens was reached. */
-export type FinishReason = "stop" | "length";
+/**
+ * `"stop"`: a stop token or stop string ended the text; `"length"`: max_tokens was reached;
+ * `"tool_calls"`: the answer ended after its calls.
+ */
+export type FinishReason = "stop" | "length" | "tool_calls";
 
 export interface GenerateResult {
+  /** The text; with tools, the text outside the calls. */
   text: string;
+  /** The calls the answer made, when it made any (a call cut by max_tokens keeps what it had). */
+  tool_calls?: ToolCall[];
+  /** With `logprobs: true`: one entry per generated id. */
+  logprobs?: TokenLogprob[];
   usage: Usage;
   finish_reason: FinishReason;
   /** The generated token ids (a stop token that ended the text is not included). */
@@ -182,6 +241,12 @@ export interface GenerateResult {
  * generation and frees the engine for the next call.
  */
 export interface GenerationStream extends AsyncIterableIterator<string> {
+  /**
+   * Everything in the order it came instead of the text alone: `{content}`, with tools
+   * `{tool_calls: [ToolCallDelta]}` (OpenAI's deltas), with `logprobs` each step's entries
+   * `{logprobs}`. Iterate either this or the stream, not both.
+   */
+  deltas(): AsyncIterableIterator<{ content?: string; tool_calls?: ToolCallDelta[]; logprobs?: TokenLogprob[] }>;
   /** Set once the generation has ended. */
   readonly usage: Usage | undefined;
   /** Set once the generation has ended. */
@@ -191,6 +256,28 @@ export interface GenerationStream extends AsyncIterableIterator<string> {
    * iteration has not; it rejects if the generation fails, is aborted or the stream is closed early.
    */
   readonly result: Promise<GenerateResult>;
+}
+
+/** One alternative at a step. */
+export interface TopLogprob {
+  id: number;
+  /** The token's text alone (a replacement character where it holds part of a character). */
+  token: string;
+  /** The token's bytes. */
+  bytes: number[];
+  logprob: number;
+}
+
+/** A generated token's log-probability and the most likely tokens at its step. */
+export interface TokenLogprob extends TopLogprob {
+  top_logprobs: TopLogprob[];
+  /** A grammar forced this token (no choice was made): `logprob` 0 and no alternatives. */
+  forced?: true;
+}
+
+/** OpenAI's `logprobs` of a choice or chunk (Hearth's entries without `id` and `forced`). */
+export interface ChatLogprobs {
+  content: { token: string; logprob: number; bytes: number[]; top_logprobs: { token: string; logprob: number; bytes: number[] }[] }[];
 }
 
 /** What was loaded and where it runs. */
@@ -222,12 +309,11 @@ export interface EngineInfo {
 
 /**
  * Request of {@link ChatCompletions.create}, as in OpenAI's API. Every field is checked: one not
- * declared here rejects with {@link InvalidArgumentError} naming it (OpenAI's `n` > 1, `logprobs`,
- * `top_logprobs`, `logit_bias`, `tools`, `tool_choice`, `parallel_tool_calls`: "not supported
- * yet"). Unlike OpenAI, whose default temperature is 1, a missing `temperature` here means greedy
- * decoding (temperature 0).
+ * declared here rejects with {@link InvalidArgumentError} naming it (OpenAI's `n` > 1: "not
+ * supported yet"). Unlike OpenAI, whose default temperature is 1, a missing `temperature` here
+ * means greedy decoding (temperature 0).
  */
-export interface ChatCompletionRequest extends SamplingOptions {
+export interface ChatCompletionRequest extends SamplingOptions, ToolOptions, LogprobsOptions {
   messages: ChatMessage[];
   stream?: boolean;
   /** Accepted with `stream: true` and ignored: the last chunk always carries `usage`. */
@@ -242,8 +328,6 @@ export interface ChatCompletionRequest extends SamplingOptions {
   cache_prompt?: boolean;
   /** Only 1 is supported. */
   n?: 1;
-  /** Only `false` (the default) is supported yet. */
-  logprobs?: false;
   /** Ignored: the engine runs the model it loaded; responses' `model` is that model's name. */
   model?: string;
   /** Ignored (OpenAI's end-user id). */
@@ -271,7 +355,8 @@ export interface ChatCompletion {
   created: number;
   /** The model's name from its manifest. */
   model: string;
-  choices: [{ index: 0; message: { role: "assistant"; content: string }; finish_reason: FinishReason }];
+  /** With calls, `content` is the text before them, or `null` when there is none. */
+  choices: [{ index: 0; message: { role: "assistant"; content: string | null; tool_calls?: ToolCall[] }; logprobs?: ChatLogprobs; finish_reason: FinishReason }];
   usage: ChatCompletionUsage;
 }
 
@@ -280,10 +365,21 @@ export interface ChatCompletionChunk {
   object: "chat.completion.chunk";
   created: number;
   model: string;
-  /** The first chunk's delta has `role`; the last chunk has a `finish_reason` and no content. */
-  choices: [{ index: 0; delta: { role?: "assistant"; content?: string }; finish_reason: FinishReason | null }];
+  /**
+   * The first chunk's delta has `role`; the last chunk has a `finish_reason` and no content. A
+   * call opens with a delta carrying its `index`, `id`, `type` and `function.name` (arguments
+   * `""`); the following deltas of that `index` carry pieces of `function.arguments`.
+   */
+  choices: [{ index: 0; delta: { role?: "assistant"; content?: string | null; tool_calls?: ToolCallDelta[] }; logprobs?: ChatLogprobs; finish_reason: FinishReason | null }];
   /** On the last chunk only. */
   usage?: ChatCompletionUsage;
+}
+
+export interface ToolCallDelta {
+  index: number;
+  id?: string;
+  type?: "function";
+  function: { name?: string; arguments: string };
 }
 
 export interface ChatCompletions {

@@ -3,7 +3,7 @@
 //   in:  {id, type: "load", url, options} | {id, type: "generate", input, options}
 //        | {id, type: "countTokens", input, options} | {id, type: "dispose"}
 //        | {id, type: "abort"} (aborts call `id`)
-//   out: {id, type: "progress", progress} | {id, type: "chunk", text}
+//   out: {id, type: "progress", progress} | {id, type: "chunk", chunk} (text, {tool_calls} or {logprobs})
 //        | {id, type: "result", value} | {id, type: "error", error: {name, message, ...}}
 
 import { load } from "./src/load.js";
@@ -22,7 +22,7 @@ async function handle(data, signal, post) {
     case "generate": {
       if (!engine) throw new EngineDisposedError();
       const stream = engine.stream(data.input, { ...data.options, signal });
-      for await (const text of stream) post({ type: "chunk", text });
+      for await (const d of stream.deltas()) post({ type: "chunk", chunk: "content" in d ? d.content : d });
       return stream.result;
     }
     case "countTokens":

@@ -1,7 +1,15 @@
-// Chooses the next token from the logits exactly as hearth-core's `sampling::choose` does on the
+// Chooses the next token from the logits exactly as hearth-core's `Sampler::sample` does on the
 // CPU, so that decoding reads back one u32 per token instead of the whole logits vector: the
-// token mask, penalties, then argmax (temperature 0), else top-k -> softmax at the temperature ->
-// top-p -> min-p -> one uniform draw walked through the kept candidates.
+// logit bias, the token mask, penalties, then argmax (temperature 0), else top-k -> softmax at the
+// temperature -> top-p -> min-p -> one uniform draw walked through the kept candidates.
+//
+// Logit bias. (token, bias) pairs, each token once, added to the logits in place before anything
+// else, as the CPU adds them (the same f32 add, so the same bits).
+//
+// Log-probabilities (when `params.logprobs` is set). The log-softmax of the biased logits, before
+// the penalties, the mask and the rest of the chain (hearth_core::logprobs): the chosen token's
+// value and the `top_logprobs` most likely tokens, so that the read-back grows by 8 bytes per
+// alternative instead of becoming the whole vocabulary. See `logprob_stats`.
 //
 // Mask. A constraint's allowed tokens, a bit per token (`mask`), apply when `params.masked` is set.
 // The CPU sets a masked token's logit to minus infinity and never takes a minus-infinity logit as a
@@ -66,6 +74,13 @@ struct Params {
     masked: u32,
     // Words of `mask` written this step; tokens from 32 * mask_words on are not allowed.
     mask_words: u32,
+    // Entries of `bias` to add.
+    n_biased: u32,
+    // 1: compute the log-probabilities into result[1..]; 0: only the token.
+    logprobs: u32,
+    // How many alternatives (0 to MAX_TOP) when `logprobs` is set.
+    top_logprobs: u32,
+    padding: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -73,11 +88,18 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> logits: array<f32>;
 // (token, occurrences), each token at most once: invocations apply them in parallel.
 @group(0) @binding(2) var<storage, read> penalties: array<vec2<u32>>;
-// result[0]: the chosen token.
+// result[0]: the chosen token. With `params.logprobs`: result[1], its log-probability's bits; then
+// for each alternative j, most likely first, result[2 + 2j] its token and result[3 + 2j] its
+// log-probability's bits.
 @group(0) @binding(3) var<storage, read_write> result: array<u32>;
 // The allowed tokens when `params.masked`: bit t % 32 of word t / 32 for token t; ceil(vocab / 32)
 // words, of which the first `params.mask_words` are this step's.
 @group(0) @binding(4) var<storage, read> mask: array<u32>;
+// (token, the bias's bits), each token at most once: invocations add them in parallel.
+@group(0) @binding(5) var<storage, read> bias: array<vec2<u32>>;
+// With `params.logprobs`: the logit of the token of `penalties[j]` before its penalty, so the
+// chosen token's log-probability is taken before the penalties.
+@group(0) @binding(6) var<storage, read_write> unpenalized_logits: array<f32>;
 
 const WORKGROUP: u32 = 256u;
 // Reductions and scans run in two levels of 16 (16 * 16 = WORKGROUP).
@@ -85,6 +107,8 @@ const FAN: u32 = 16u;
 // Candidates compaction can hold (8 KiB of the 16 KiB of workgroup memory WebGPU guarantees).
 const CAPACITY: u32 = 1024u;
 const NONE: u32 = 0xffffffffu;
+// Most alternatives the log-probabilities report (hearth_core::logprobs::MAX_TOP_LOGPROBS).
+const MAX_TOP: u32 = 20u;
 
 var<workgroup> partial_sums: array<vec4<f32>, WORKGROUP>;
 var<workgroup> group_sums: array<vec4<f32>, FAN>;
@@ -112,6 +136,8 @@ var<private> sum_exp: f32 = 1.0;
 // The last position kept by top-k and by top-p; (0, 0) keeps everything.
 var<private> top_k_cut: vec2<u32>;
 var<private> top_p_cut: vec2<u32>;
+// The log-sum-exp of the biased logits (when `params.logprobs`).
+var<private> log_sum_exp: f32;
 // Min-p: candidates less likely than this are dropped (when min_p_on).
 var<private> min_prob: f32;
 var<private> min_p_on: bool;
@@ -237,6 +263,37 @@ fn beats(v: f32, i: u32, best_v: f32, best_i: u32) -> bool {
     return i != NONE && (best_i == NONE || v > best_v || (v == best_v && i < best_i));
 }
 
+struct Best {
+    value: f32,
+    index: u32,
+}
+
+// The best of every invocation's (v, idx) by `beats`: the same in every invocation.
+fn reduce_best(v: f32, idx: u32) -> Best {
+    partial_best_value[lid] = v;
+    partial_best_index[lid] = idx;
+    workgroupBarrier();
+    if (lid < FAN) {
+        var g = Best(0.0, NONE);
+        for (var j = 0u; j < FAN; j++) {
+            let k = lid * FAN + j;
+            if (beats(partial_best_value[k], partial_best_index[k], g.value, g.index)) {
+                g = Best(partial_best_value[k], partial_best_index[k]);
+            }
+        }
+        group_best_value[lid] = g.value;
+        group_best_index[lid] = g.index;
+    }
+    workgroupBarrier();
+    var best = Best(0.0, NONE);
+    for (var j = 0u; j < FAN; j++) {
+        if (beats(group_best_value[j], group_best_index[j], best.value, best.index)) {
+            best = Best(group_best_value[j], group_best_index[j]);
+        }
+    }
+    return best;
+}
+
 // The index of the largest candidate logit, the first one on ties, compared with `>` like the
 // CPU's argmax (so -0 equals +0); NONE when no token is a candidate.
 fn argmax_pass() -> u32 {
@@ -249,32 +306,90 @@ fn argmax_pass() -> u32 {
             idx = i;
         }
     }
-    partial_best_value[lid] = v;
-    partial_best_index[lid] = idx;
-    workgroupBarrier();
-    if (lid < FAN) {
-        v = 0.0;
-        idx = NONE;
-        for (var j = 0u; j < FAN; j++) {
-            let k = lid * FAN + j;
-            if (beats(partial_best_value[k], partial_best_index[k], v, idx)) {
-                v = partial_best_value[k];
-                idx = partial_best_index[k];
-            }
-        }
-        group_best_value[lid] = v;
-        group_best_index[lid] = idx;
+    return reduce_best(v, idx).index;
+}
+
+// ---- Log-probabilities ----
+// Over the whole vocabulary (every token, whatever the mask), on the biased logits before the
+// penalties. Top-k: each invocation keeps its own best k (sorted, in `own_*`) of its strided
+// slice in one pass; then each of k rounds takes the best of the invocations' heads with
+// `reduce_best` (the CPU's order: logit descending, the lower index first) and the invocation it
+// came from moves on to its next: k rounds of 2 barriers, no k * 256 list to merge in workgroup
+// memory (which the sampler's own arrays fill). The first round's is the maximum. The log-sum-exp
+// is a second pass, max + log(sum of exp(l - max)), summed like the sampler's masses in f32 (the
+// CPU accumulates in f64: see the tests' tolerance).
+
+var<private> own_value: array<f32, MAX_TOP>;
+var<private> own_index: array<u32, MAX_TOP>;
+var<private> own_len: u32;
+
+// Keep (v, i) among this invocation's best k (1 <= k <= MAX_TOP), sorted best first.
+fn keep_best(v: f32, i: u32, k: u32) {
+    if (own_len == k && !beats(v, i, own_value[k - 1u], own_index[k - 1u])) {
+        return;
     }
-    workgroupBarrier();
-    v = 0.0;
-    idx = NONE;
-    for (var j = 0u; j < FAN; j++) {
-        if (beats(group_best_value[j], group_best_index[j], v, idx)) {
-            v = group_best_value[j];
-            idx = group_best_index[j];
+    // The slot it takes, after moving down those it beats (the last drops off a full list).
+    var j = min(own_len, k - 1u);
+    own_len = min(own_len + 1u, k);
+    while (j > 0u && beats(v, i, own_value[j - 1u], own_index[j - 1u])) {
+        own_value[j] = own_value[j - 1u];
+        own_index[j] = own_index[j - 1u];
+        j -= 1u;
+    }
+    own_value[j] = v;
+    own_index[j] = i;
+}
+
+// Sets log_sum_exp, and writes the alternatives into result[2..] (invocation 0).
+fn logprob_stats() {
+    let k = clamp(params.top_logprobs, 1u, MAX_TOP);
+    for (var i = lid; i < params.vocab; i += WORKGROUP) {
+        keep_best(logits[i], i, k);
+    }
+    var top_value: array<f32, MAX_TOP>;
+    var top_index: array<u32, MAX_TOP>;
+    var head = 0u;
+    for (var r = 0u; r < k; r++) {
+        let offered = head < own_len;
+        let at_head = min(head, MAX_TOP - 1u);
+        let best = reduce_best(own_value[at_head], select(NONE, own_index[at_head], offered));
+        if (offered && best.index == own_index[at_head]) {
+            head += 1u;
+        }
+        top_value[r] = best.value;
+        top_index[r] = best.index;
+    }
+    var sum = 0.0;
+    for (var i = lid; i < params.vocab; i += WORKGROUP) {
+        sum += exp(logits[i] - top_value[0]);
+    }
+    log_sum_exp = top_value[0] + log(reduce_sum(vec4<f32>(sum, 0.0, 0.0, 0.0)).x);
+    if (lid == 0u) {
+        for (var r = 0u; r < min(params.top_logprobs, k); r++) {
+            result[2u + 2u * r] = top_index[r];
+            result[3u + 2u * r] = bitcast<u32>(top_value[r] - log_sum_exp);
         }
     }
-    return idx;
+}
+
+// The logit of token t before the penalties (bias included): kept by `apply_penalties` when t was
+// penalized (a binary search: the entries are sorted by token).
+fn unpenalized(t: u32) -> f32 {
+    var lo = 0u;
+    var hi = params.n_penalized;
+    while (lo < hi) {
+        let mid = (lo + hi) / 2u;
+        let token = penalties[mid].x;
+        if (token == t) {
+            return unpenalized_logits[mid];
+        }
+        if (token < t) {
+            lo = mid + 1u;
+        } else {
+            hi = mid;
+        }
+    }
+    return logits[t];
 }
 
 // ---- Passes over the candidates ----
@@ -475,6 +590,9 @@ fn apply_penalties() {
         // Tokens outside the vocabulary are ignored, as on the CPU.
         if (entry.x < params.vocab) {
             var l = logits[entry.x];
+            if (params.logprobs != 0u) {
+                unpenalized_logits[j] = l;
+            }
             if (params.repetition_penalty != 1.0) {
                 l = select(l * params.repetition_penalty, l / params.repetition_penalty, l > 0.0);
             }
@@ -484,21 +602,48 @@ fn apply_penalties() {
     }
 }
 
+// Every branch around barriers below is on uniform parameters.
 @compute @workgroup_size(256)
 fn sample(@builtin(local_invocation_index) local_index: u32) {
     lid = local_index;
+    if (params.n_biased > 0u) {
+        apply_bias();
+        storageBarrier();
+    }
+    if (params.logprobs != 0u) {
+        logprob_stats();
+        // Read before the penalties change anything.
+        storageBarrier();
+    }
     apply_penalties();
     // The penalized logits must be visible to every invocation before anyone reads them.
     storageBarrier();
+    let chosen = choose();
+    if (lid == 0u) {
+        result[0] = chosen;
+        if (params.logprobs != 0u) {
+            result[1] = bitcast<u32>(unpenalized(chosen) - log_sum_exp);
+        }
+    }
+}
 
+fn apply_bias() {
+    for (var j = lid; j < params.n_biased; j += WORKGROUP) {
+        let entry = bias[j];
+        // Tokens outside the vocabulary are ignored (the engines reject them before a step).
+        if (entry.x < params.vocab) {
+            logits[entry.x] += bitcast<f32>(entry.y);
+        }
+    }
+}
+
+// The chain after the penalties: the chosen token, the same in every invocation.
+fn choose() -> u32 {
     let found = argmax_pass();
     // No candidate: the CPU's argmax over minus infinities takes token 0.
     let best = select(found, 0u, found == NONE);
     if (params.temperature == 0.0) {
-        if (lid == 0u) {
-            result[0] = best;
-        }
-        return;
+        return best;
     }
     let top_k_on = params.top_k > 0u && params.top_k < params.vocab;
     if (lid == 0u) {
@@ -508,10 +653,7 @@ fn sample(@builtin(local_invocation_index) local_index: u32) {
         // No candidate (a mask that allows nothing): the CPU's chain then runs over every token,
         // all tied at minus infinity, in index order, with NaN probabilities: min-p keeps the first,
         // otherwise the walk ends on the last of the top-k (or of the vocabulary).
-        if (lid == 0u) {
-            result[0] = select(select(params.vocab - 1u, params.top_k - 1u, top_k_on), 0u, params.min_p > 0.0);
-        }
-        return;
+        return select(select(params.vocab - 1u, params.top_k - 1u, top_k_on), 0u, params.min_p > 0.0);
     }
     max_logit = logits[best];
     let bits = index_bits();
@@ -553,9 +695,7 @@ fn sample(@builtin(local_invocation_index) local_index: u32) {
     }
     let within = workgroupUniformLoad(&broadcast) != 0u;
     let chosen = search(within, select(kept.y, r, within), within);
-    if (lid == 0u) {
-        // Key 0 (a NaN) would mean that no position met the goal, which the sums above rule out;
-        // the most likely token beats a stray index if it ever happens.
-        result[0] = select(index_mask - chosen.y, best, chosen.x == 0u);
-    }
+    // Key 0 (a NaN) would mean that no position met the goal, which the sums above rule out; the
+    // most likely token beats a stray index if it ever happens.
+    return select(index_mask - chosen.y, best, chosen.x == 0u);
 }

@@ -18,6 +18,18 @@ function usageOf(u) {
   };
 }
 
+/** Hearth's per-token entries in OpenAI's `logprobs` shape ({content: [{token, logprob, bytes, top_logprobs}]}). */
+function logprobsOf(entries) {
+  const entry = ({ token, logprob, bytes }) => ({ token, logprob, bytes });
+  return { content: entries.map((e) => ({ ...entry(e), top_logprobs: e.top_logprobs.map(entry) })) };
+}
+
+/** The response's message: content, and the calls when there are any (content null without text). */
+function messageOf(r) {
+  if (!r.tool_calls) return { role: "assistant", content: r.text };
+  return { role: "assistant", content: r.text === "" ? null : r.text, tool_calls: r.tool_calls };
+}
+
 // eslint-disable-next-line require-yield
 async function* failed(error) {
   throw error;
@@ -32,8 +44,10 @@ async function* chunks(stream, { id, created, model }) {
     choices: [{ index: 0, delta, finish_reason }],
   });
   let first = true;
-  for await (const content of stream) {
-    yield chunk(first ? { role: "assistant", content } : { content }, null);
+  for await (const { logprobs, ...delta } of stream.deltas()) {
+    const c = chunk(first ? { role: "assistant", ...(delta.tool_calls && { content: null }), ...delta } : delta, null);
+    if (logprobs) c.choices[0].logprobs = logprobsOf(logprobs);
+    yield c;
     first = false;
   }
   const result = await stream.result;
@@ -60,7 +74,7 @@ export function createChat(engine) {
       object: "chat.completion",
       created: meta.created,
       model: meta.model,
-      choices: [{ index: 0, message: { role: "assistant", content: r.text }, finish_reason: r.finish_reason }],
+      choices: [{ index: 0, message: messageOf(r), ...(r.logprobs && { logprobs: logprobsOf(r.logprobs) }), finish_reason: r.finish_reason }],
       usage: usageOf(r.usage),
     }));
   }

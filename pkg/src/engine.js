@@ -17,6 +17,21 @@ export function plain(value) {
   return value;
 }
 
+/**
+ * One step's tool-call delta from wasm ({type: "call", index, name} or {type: "arguments", index,
+ * text}) as OpenAI streams it, also added to `calls` (the response's `tool_calls`). A call's id is
+ * made here, where it opens.
+ */
+function toolCallDelta(d, calls) {
+  if (d.type === "call") {
+    const id = "call_" + Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, "0")).join("");
+    calls[d.index] = { id, type: "function", function: { name: d.name, arguments: "" } };
+    return { index: d.index, id, type: "function", function: { name: d.name, arguments: "" } };
+  }
+  calls[d.index].function.arguments += d.text;
+  return { index: d.index, function: { arguments: d.text } };
+}
+
 export class HearthEngine extends EngineApi {
   #engine;
   #tail = Promise.resolve();
@@ -88,6 +103,8 @@ export class HearthEngine extends EngineApi {
     try {
       engine.begin(request);
       let text = "";
+      const calls = [];
+      const logprobs = [];
       for (;;) {
         if (signal.aborted) throw abortError(signal);
         pending = Promise.resolve().then(() => engine.step());
@@ -97,10 +114,17 @@ export class HearthEngine extends EngineApi {
           text += r.text;
           push(r.text);
         }
+        for (const d of r.toolCalls ?? []) push({ tool_calls: [toolCallDelta(d, calls)] });
+        if (r.logprobs?.length > 0) {
+          logprobs.push(...r.logprobs);
+          push({ logprobs: r.logprobs });
+        }
         if (r.done) {
           finished = true;
           return {
             text,
+            ...(calls.length > 0 && { tool_calls: calls }),
+            ...(request.logprobs != null && { logprobs }),
             usage: r.usage,
             finish_reason: r.finishReason,
             ids: r.ids ?? [],

@@ -104,6 +104,46 @@ const FORMATS = {
   grammar: { grammar: [nonEmpty, true] },
 };
 
+// OpenAI's tools: functions whose arguments follow a JSON Schema (names are checked in wasm).
+const MAX_TOOLS = 128;
+const functionDef = (v, path) =>
+  members(v, path, "an object {name, description?, parameters?, strict?}", {
+    name: [nonEmpty, true],
+    description: [string],
+    parameters: [(s, p) => (isObject(s) ? json(s, p) : fail(`${p} must be an object (a JSON Schema), got ${show(s)}`))],
+    strict: [boolean],
+  });
+
+function tools(v, path) {
+  if (!Array.isArray(v)) fail(`${path} must be an array of {type: "function", function: {name, parameters}}`);
+  if (v.length > MAX_TOOLS) fail(`${path} has ${v.length} tools; at most ${MAX_TOOLS}`);
+  return v.map((t, i) => {
+    if (t?.type !== "function") fail(`${path}[${i}].type must be "function", got ${show(t?.type)}`);
+    return members(t, `${path}[${i}]`, "an object {type, function}", { type: [(x) => x, true], function: [functionDef, true] });
+  });
+}
+
+function toolChoice(v, path) {
+  if (v === "auto" || v === "none" || v === "required") return v;
+  if (isObject(v) && v.type === "function") {
+    return members(v, path, "an object", {
+      type: [(x) => x, true],
+      function: [(f, p) => members(f, p, "an object {name}", { name: [nonEmpty, true] }), true],
+    });
+  }
+  return fail(`${path} must be "auto", "none", "required" or {type: "function", function: {name}}, got ${show(v)}`);
+}
+
+/** OpenAI's logit_bias: {token id: bias in [-100, 100]} (ids are checked against the vocabulary in wasm). */
+function logitBias(v, path) {
+  if (!isObject(v)) fail(`${path} must be an object {token id: bias}, got ${show(v)}`);
+  for (const [id, bias] of Object.entries(v)) {
+    if (!/^(0|[1-9][0-9]{0,9})$/.test(id)) fail(`${path}: ${show(id)} is not a token id`);
+    if (typeof bias !== "number" || !(bias >= -100 && bias <= 100)) fail(`${path}[${id}] must be a number from -100 to 100, got ${show(bias)}`);
+  }
+  return { ...v };
+}
+
 function responseFormat(v, path) {
   const types = Object.keys(FORMATS);
   if (!isObject(v)) fail(`${path} must be an object such as {type: "json_object"}, got ${show(v)}`);
@@ -116,7 +156,7 @@ function responseFormat(v, path) {
 // Every field Hearth accepts, in one place. `option`: a generate()/stream()/countTokens() option,
 // also a chat.completions.create() field, passed to wasm as checked; `chat`: chat.completions.create()
 // only; `local`: used in JavaScript, never passed to wasm. Any other name is rejected, naming it.
-// notYet(): OpenAI fields Hearth will support (issue 15): rejected as "not supported yet";
+// notYet(): OpenAI fields Hearth does not support yet (`n` > 1): rejected as "not supported yet";
 // supporting one is giving it its check here. null or undefined means absent, for every field.
 const FIELDS = {
   max_tokens: { option: int(1) },
@@ -133,12 +173,12 @@ const FIELDS = {
   response_format: { option: responseFormat },
   cache_prompt: { option: boolean },
   signal: { option: signal, local: true },
-  logprobs: { option: notYet(false) },
-  top_logprobs: { option: notYet() },
-  logit_bias: { option: notYet() },
-  tools: { option: notYet() },
-  tool_choice: { option: notYet() },
-  parallel_tool_calls: { option: notYet() },
+  logprobs: { option: boolean },
+  top_logprobs: { option: number((v) => Number.isSafeInteger(v) && v >= 0 && v <= 20, "an integer from 0 to 20") },
+  logit_bias: { option: logitBias },
+  tools: { option: tools },
+  tool_choice: { option: toolChoice },
+  parallel_tool_calls: { option: boolean },
 
   // chat.completions.create() only. `model`, `user`, `store`, `metadata` and `stream_options` have
   // no effect on the output (README: "Request fields"); they are checked and ignored.
@@ -188,8 +228,22 @@ export function signalOf(options) {
   return v == null ? undefined : signal(v, "options.signal");
 }
 
-// The fields a message may have; false: OpenAI's, not supported yet (they come with tools).
-const MESSAGE_FIELDS = { role: true, content: true, tool_calls: false, tool_call_id: false };
+// The fields a message may have.
+const MESSAGE_FIELDS = ["role", "content", "tool_calls", "tool_call_id"];
+
+/** An assistant message's calls, as a response carried them: [{id, type: "function", function: {name, arguments}}]. */
+function toolCalls(v, path) {
+  if (!Array.isArray(v)) fail(`${path} must be an array of {id, type: "function", function: {name, arguments}}`);
+  return v.map((c, i) => {
+    const p = `${path}[${i}]`;
+    if (c?.type !== "function") fail(`${p}.type must be "function", got ${show(c?.type)}`);
+    return members(c, p, "an object {id, type, function}", {
+      id: [string, true],
+      type: [(x) => x, true],
+      function: [(f, fp) => members(f, fp, "an object {name, arguments}", { name: [nonEmpty, true], arguments: [string, true] }), true],
+    });
+  });
+}
 
 /** Text of one message's content: a string, or OpenAI's array of {type: "text", text} parts. */
 function contentText(content, i) {
@@ -203,11 +257,19 @@ function contentText(content, i) {
 function message(m, i) {
   if (!isObject(m)) fail(`messages[${i}] must be an object {role, content}`);
   for (const [k, v] of Object.entries(m)) {
-    if (v == null || MESSAGE_FIELDS[k] === true) continue;
-    fail(`messages[${i}].${k} is not supported${Object.hasOwn(MESSAGE_FIELDS, k) ? " yet" : " (a message takes role and content)"}`);
+    if (v != null && !MESSAGE_FIELDS.includes(k)) fail(`messages[${i}].${k} is not supported (a message takes ${MESSAGE_FIELDS.join(", ")})`);
   }
   if (typeof m.role !== "string") fail(`messages[${i}].role must be a string`);
-  return { role: m.role, content: contentText(m.content, i) };
+  const out = { role: m.role };
+  if (m.tool_calls != null) {
+    if (m.role !== "assistant") fail(`messages[${i}].tool_calls is only for an assistant message`);
+    out.tool_calls = toolCalls(m.tool_calls, `messages[${i}].tool_calls`);
+  }
+  // An assistant message that only calls tools has no content (null in OpenAI's responses).
+  out.content = m.content == null && out.tool_calls ? "" : contentText(m.content, i);
+  if (m.role === "tool") out.tool_call_id = string(m.tool_call_id, `messages[${i}].tool_call_id`);
+  else if (m.tool_call_id != null) fail(`messages[${i}].tool_call_id is only for a "tool" message`);
+  return out;
 }
 
 /**
@@ -228,6 +290,12 @@ export function buildRequest(input, options = {}) {
   for (const [name, value] of Object.entries(checkFields(options, false, "options."))) {
     if (!FIELDS[name].local) request[name] = value;
   }
+  // OpenAI's two fields are wasm's one: `logprobs` = how many alternatives (absent: none).
+  const { logprobs, top_logprobs: top } = request;
+  delete request.top_logprobs;
+  delete request.logprobs;
+  if (top != null && logprobs !== true) fail("top_logprobs needs logprobs: true");
+  if (logprobs) request.logprobs = top ?? 0;
   request.max_tokens ??= DEFAULT_MAX_TOKENS;
   // Sampling without a seed: a fresh one each call (a fixed default would repeat the same text).
   if (request.temperature > 0 && request.seed == null) {

@@ -1,5 +1,7 @@
 // The object `stream()` returns, for the engine and the worker proxy alike: an async iterator of text
-// chunks that also carries `usage`, `finish_reason` and a `result` promise.
+// chunks that also carries `usage`, `finish_reason` and a `result` promise. `deltas()` iterates
+// everything in the order it came instead: `{content}`, with tools `{tool_calls: [...]}`, and with
+// `logprobs` the entries of each step's tokens, `{logprobs: [...]}`.
 //
 // The generation is driven by `run(push, signal)` (started by the first next() or by reading
 // `result`), not by the consumer's pulls: the GPU keeps decoding while the page renders a chunk, and
@@ -24,7 +26,7 @@ export class TextStream {
   #settle;
 
   /**
-   * @param {(push: (text: string) => void, signal: AbortSignal) => Promise<object>} run
+   * @param {(push: (chunk: string | {tool_calls: object[]} | {logprobs: object[]}) => void, signal: AbortSignal) => Promise<object>} run
    * @param {AbortSignal} [signal] the caller's signal
    */
   constructor(run, signal) {
@@ -46,6 +48,27 @@ export class TextStream {
   }
 
   async next() {
+    for (;;) {
+      const r = await this.#pull();
+      if (r.done || typeof r.value === "string") return r;
+    }
+  }
+
+  /** `{content}`, `{tool_calls}` and `{logprobs}` deltas instead of the text alone (iterate one or the other). */
+  deltas() {
+    return {
+      [Symbol.asyncIterator]() {
+        return this;
+      },
+      next: async () => {
+        const r = await this.#pull();
+        return r.done || typeof r.value !== "string" ? r : { value: { content: r.value }, done: false };
+      },
+      return: () => this.return(),
+    };
+  }
+
+  async #pull() {
     this.#start();
     for (;;) {
       if (this.#chunks.length > 0) return { value: this.#chunks.shift(), done: false };
@@ -82,9 +105,9 @@ export class TextStream {
       else user.addEventListener("abort", forward, { once: true });
       this.#result.finally(() => user.removeEventListener("abort", forward)).catch(() => {});
     }
-    const push = (text) => {
-      if (this.#done || !text) return;
-      this.#chunks.push(text);
+    const push = (chunk) => {
+      if (this.#done || !chunk) return;
+      this.#chunks.push(chunk);
       this.#notify();
     };
     // Abort wins at once, even while run() still waits for a GPU step to settle.

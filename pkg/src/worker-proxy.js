@@ -96,7 +96,7 @@ export class WorkerEngine extends EngineApi {
   async #run(input, options, push, signal) {
     const { prompt, messages, ...rest } = buildRequest(input, options);
     if (this.#closing) throw new EngineDisposedError();
-    const onEvent = (m) => m.type === "chunk" && push(m.text);
+    const onEvent = (m) => m.type === "chunk" && push(m.chunk);
     return this.#channel.request("generate", { input: prompt ?? messages, options: rest }, { signal, onEvent });
   }
 

@@ -289,11 +289,11 @@ test("a field Hearth does not support is rejected naming it at every entry point
   const cases = [
     // [options, chat request fields, the message]
     [{ temprature: 0.5 }, { temprature: 0.5 }, /^(options\.)?temprature is not supported \(/],
-    [{ logprobs: true }, { logprobs: true }, /^(options\.)?logprobs = true is not supported yet$/],
-    [{ tools: [] }, { tools: [{ type: "function", function: { name: "f" } }] }, /^(options\.)?tools is not supported yet$/],
-    [{ logit_bias: { 1: 5 } }, { tool_choice: "auto" }, /^(options\.)?(logit_bias|tool_choice) is not supported yet$/],
+    [{ logprobs: true, top_logprobs: 21 }, { logprobs: "yes" }, /^(options\.top_logprobs must be an integer from 0 to 20, got 21|logprobs must be true or false, got "yes")$/],
+    [{ tools: [{ type: "function" }] }, { tools: [{ type: "function", function: { name: "f", parms: {} } }] }, /^(options\.)?tools\[0\]\.(function is required|function\.parms is not supported)/],
+    [{ logit_bias: { x: 5 } }, { tool_choice: "sometimes" }, /^(options\.logit_bias: "x" is not a token id|tool_choice must be "auto", "none", "required" or)/],
     [{ stream: true }, { n: 2 }, /^(options\.stream is not supported \(|n = 2 is not supported yet$)/],
-    [{ top_logprobs: 2 }, { parallel_tool_calls: false }, /^(options\.)?(top_logprobs|parallel_tool_calls) is not supported yet$/],
+    [{ top_logprobs: 2 }, { parallel_tool_calls: "no" }, /^(top_logprobs needs logprobs: true|parallel_tool_calls must be true or false)/],
   ];
   for (const which of ["page", "worker"]) {
     for (const [bad, chatBad, re] of cases) {
@@ -306,16 +306,16 @@ test("a field Hearth does not support is rejected naming it at every entry point
       }
     }
   }
-  // A message field Hearth would drop (OpenAI's `name`), a tool message's id (not yet), and a
-  // misspelled load() option.
+  // A message field Hearth would drop (OpenAI's `name`), a tool message without its call's id, and
+  // a misspelled load() option.
   const others = await page.evaluate(async () => ({
     name: await fail(() => engine.generate([{ role: "user", content: "Hi", name: "bob" }])),
-    toolCallId: await fail(() => workerEngine.chat.completions.create({ messages: [{ role: "tool", content: "1", tool_call_id: "c1" }] })),
+    toolCallId: await fail(() => workerEngine.chat.completions.create({ messages: [{ role: "tool", content: "1" }] })),
     load: await fail(() => Hearth.load("/models/smollm2/", { maxcontext: 512 })),
     loadInWorker: await fail(() => Hearth.loadInWorker("/models/smollm2/", { maxcontext: 512 })),
   }));
   assert.match(others.name.message, /^messages\[0\]\.name is not supported/);
-  assert.match(others.toolCallId.message, /^messages\[0\]\.tool_call_id is not supported yet$/);
+  assert.match(others.toolCallId.message, /^messages\[0\]\.tool_call_id must be a string, got undefined$/);
   for (const k of ["load", "loadInWorker"]) {
     assert.equal(others[k]?.name, "InvalidArgumentError", k);
     assert.match(others[k].message, /^options\.maxcontext is not supported \(load\(\) takes .*maxContext/, k);

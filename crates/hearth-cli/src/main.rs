@@ -93,6 +93,11 @@ enum Command {
         /// near-tie from a real difference when comparing engines.
         #[arg(long)]
         margins: bool,
+        /// With --json: each generated token's log-probability and the K (0 to 20) most likely
+        /// tokens at its step (`logprobs`: the log-softmax of the logits with --logit-bias added,
+        /// before penalties, temperature, top-k/p and a grammar's mask; forced tokens get 0).
+        #[arg(long, value_name = "K", requires = "json")]
+        logprobs: Option<usize>,
         /// Print one JSON object instead of streaming text.
         #[arg(long)]
         json: bool,
@@ -163,6 +168,18 @@ struct SamplingArgs {
     frequency_penalty: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Add BIAS (-100 to 100) to token ID's logit before anything else (repeatable; a later one
+    /// for the same ID replaces an earlier).
+    #[arg(long, value_name = "ID=BIAS", value_parser = token_bias)]
+    logit_bias: Vec<(u32, f32)>,
+}
+
+/// `ID=BIAS` of `--logit-bias` (the range is checked with the other sampling settings).
+fn token_bias(arg: &str) -> std::result::Result<(u32, f32), String> {
+    let (id, bias) = arg.split_once('=').ok_or("expected ID=BIAS, such as 123=-100")?;
+    let id = id.trim().parse().map_err(|_| format!("{id:?} is not a token id"))?;
+    let bias = bias.trim().parse().map_err(|_| format!("{bias:?} is not a number"))?;
+    Ok((id, bias))
 }
 
 impl From<SamplingArgs> for SamplingParams {
@@ -176,6 +193,7 @@ impl From<SamplingArgs> for SamplingParams {
             presence_penalty: a.presence_penalty,
             frequency_penalty: a.frequency_penalty,
             seed: a.seed,
+            logit_bias: a.logit_bias.into_iter().collect(),
             ..SamplingParams::default()
         }
     }
@@ -284,6 +302,7 @@ fn run(cli: Cli) -> Result<()> {
             engine,
             top_logits,
             margins,
+            logprobs,
             json,
             format,
         } => {
@@ -307,8 +326,10 @@ fn run(cli: Cli) -> Result<()> {
                 stop_strings: stop,
                 top_logits,
                 margins,
+                logprobs,
                 response_format,
                 cache_prompt: true,
+                ..Default::default()
             };
             let clock = Instant::now();
             let now = || clock.elapsed().as_secs_f64();
@@ -331,6 +352,9 @@ fn run(cli: Cli) -> Result<()> {
                 });
                 if margins {
                     obj["margins"] = json!(out.margins);
+                }
+                if logprobs.is_some() {
+                    obj["logprobs"] = json!(out.logprobs);
                 }
                 println!("{obj}");
             } else {

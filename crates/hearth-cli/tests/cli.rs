@@ -368,3 +368,53 @@ fn constrained_generation_flags() {
         assert!(err.contains("invalid") || err.contains("cannot be used with"), "{args:?}: {err}");
     }
 }
+
+/// `--logprobs K` adds `logprobs` to the JSON: per generated id its text, bytes, log-probability
+/// and the K most likely tokens (sorted, the greedy choice first); `--logit-bias ID=BIAS` moves the
+/// choice; out-of-range values exit 2 naming the problem.
+#[test]
+fn logprobs_and_logit_bias_flags() {
+    let args = ["--prompt", "The capital of France is", "--max-tokens", "4", "--backend", "cpu"];
+    let out = generate_json(&[&args[..], &["--logprobs", "2"]].concat());
+    let ids = out["ids"].as_array().unwrap();
+    let logprobs = out["logprobs"].as_array().unwrap();
+    assert_eq!(logprobs.len(), ids.len());
+    let mut text = Vec::new();
+    for (entry, id) in logprobs.iter().zip(ids) {
+        assert_eq!(&entry["id"], id);
+        let top = entry["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        assert_eq!(&top[0]["id"], id, "greedy takes the most likely token");
+        let (lp, first, second) = (
+            entry["logprob"].as_f64().unwrap(),
+            top[0]["logprob"].as_f64().unwrap(),
+            top[1]["logprob"].as_f64().unwrap(),
+        );
+        assert!(lp <= 0.0 && lp == first && first >= second, "{entry}");
+        assert!(entry.get("forced").is_none());
+        text.extend(entry["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8));
+    }
+    assert_eq!(String::from_utf8(text).unwrap(), out["text"].as_str().unwrap());
+    // Without the flag there is no such key.
+    assert!(generate_json(&args).get("logprobs").is_none());
+
+    // Banning the first choice changes it.
+    let first = ids[0].as_u64().unwrap();
+    let banned = generate_json(&[&args[..], &["--logit-bias", &format!("{first}=-100")]].concat());
+    assert_ne!(banned["ids"][0].as_u64().unwrap(), first);
+
+    for (flag, value, why) in [
+        ("--logprobs", "21", "at most 20"),
+        ("--logit-bias", "5=101", "token 5"),
+        ("--logit-bias", "49152=1", "outside the vocabulary"),
+    ] {
+        let out = hearth(&[&["generate", "--model", package()], &args[..], &[flag, value, "--json"]].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(err.contains(why), "{flag} {value}: {err}");
+    }
+    // Malformed values are clap's usage errors.
+    let out = hearth(&[&["generate", "--model", package()], &args[..], &["--logit-bias", "5"]].concat());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ID=BIAS"));
+}

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::error::{HearthError, Result};
 use crate::tokenizer::Tokenizer;
+use crate::tools::Tools;
 
 /// What the generated text must be, in OpenAI's `response_format` shapes plus Hearth's `regex` and
 /// `grammar` (Lark syntax as llguidance takes it).
@@ -87,7 +88,7 @@ impl ResponseFormat {
 /// JSON may put whitespace between any two tokens, and a small model easily falls into emitting
 /// newlines forever. So a gap holds at most one line break and 20 spaces or tabs (pretty-printed
 /// JSON ten levels deep), unless the schema sets llguidance's own `x-guidance` options.
-fn bounded_whitespace(mut schema: Value) -> Value {
+pub(crate) fn bounded_whitespace(mut schema: Value) -> Value {
     if let Some(obj) = schema.as_object_mut() {
         obj.entry("x-guidance").or_insert_with(|| json!({ "whitespace_pattern": WHITESPACE }));
     }
@@ -168,8 +169,24 @@ impl Grammars {
     /// Compile `format`; None for free text. A schema or grammar llguidance rejects is an
     /// `InvalidArgument` naming what is wrong.
     pub fn constraint(&self, format: &ResponseFormat) -> Result<Option<Constraint>> {
-        let Some(grammar) = format.grammar() else { return Ok(None) };
-        let invalid = |e: String| HearthError::InvalidArgument(format!("invalid {}: {e}", format.kind()));
+        match format.grammar() {
+            Some(grammar) => self.compile(grammar, format.kind()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The constraint of a request that may call `tools`: their grammar when a call may be made
+    /// (with `format` for an answer without one), else `format`'s.
+    pub fn constraint_with_tools(&self, format: &ResponseFormat, tools: &Tools) -> Result<Option<Constraint>> {
+        match tools.grammar(format)? {
+            Some(lark) => self.compile(TopLevelGrammar::from_lark(lark), "tools").map(Some),
+            None => self.constraint(format),
+        }
+    }
+
+    /// `what` names the grammar's source in errors.
+    fn compile(&self, grammar: TopLevelGrammar, what: &str) -> Result<Constraint> {
+        let invalid = |e: String| HearthError::InvalidArgument(format!("invalid {what}: {e}"));
         // The default limits bound the work of one step and the size of a grammar (hostile schemas
         // included); they are generous for real schemas.
         let limits = ParserLimits::default();
@@ -186,7 +203,7 @@ impl Grammars {
         if let Some(e) = matcher.get_error() {
             return Err(invalid(e));
         }
-        Ok(Some(Constraint { matcher, stop_ids: self.stop_ids.clone(), vocab_size: self.vocab_size }))
+        Ok(Constraint { matcher, stop_ids: self.stop_ids.clone(), vocab_size: self.vocab_size })
     }
 }
 
@@ -333,7 +350,7 @@ fn sentencepiece_bytes(piece: &str) -> Vec<u8> {
 }
 
 /// GPT-2's byte-level alphabet backwards: each of the 256 characters it uses for a byte, to that byte.
-fn byte_level_chars() -> impl Fn(char) -> Option<u8> {
+pub(crate) fn byte_level_chars() -> impl Fn(char) -> Option<u8> {
     let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
     let mut table = std::collections::HashMap::with_capacity(256);
     let mut next = 256u32;

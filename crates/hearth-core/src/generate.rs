@@ -4,8 +4,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::constrain::{Constraint, ResponseFormat};
 use crate::error::{HearthError, Result};
+use crate::logprobs::{check_top_logprobs, StepLogprobs, TokenLogprob};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
+use crate::tools::{FunctionCall, ParsedOutput, Tools};
 
 /// A forward pass: the CPU engine now, the GPU engine later.
 pub trait Backend {
@@ -15,7 +17,22 @@ pub trait Backend {
     /// penalties). Backends that sample on their device override this so only the id comes back.
     fn forward_sample(&mut self, tokens: &[u32], sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
         let mut logits = self.forward(tokens, false)?;
+        sampler.params().check_vocab(logits.len())?;
         Ok(sampler.sample(&mut logits, history))
+    }
+    /// [`forward_sample`](Self::forward_sample), and the chosen token's log-probability with the
+    /// `k` most likely tokens' ([`crate::logprobs`] defines the distribution). Backends that sample
+    /// on their device override this so only those figures come back.
+    fn forward_sample_logprobs(
+        &mut self,
+        tokens: &[u32],
+        sampler: &mut Sampler,
+        history: &[u32],
+        k: usize,
+    ) -> Result<(u32, StepLogprobs)> {
+        let mut logits = self.forward(tokens, false)?;
+        sampler.params().check_vocab(logits.len())?;
+        Ok(sampler.sample_with_logprobs(&mut logits, history, k))
     }
     /// Forget every position.
     fn reset(&mut self);
@@ -109,6 +126,15 @@ pub struct GenerateRequest {
     /// Start after the longest prefix this prompt shares with what the cache holds
     /// ([`PromptCache`]); false runs the whole prompt again.
     pub cache_prompt: bool,
+    /// None: no log-probabilities. Some(k), k in 0..=20: each generated token's log-probability
+    /// and the `k` most likely tokens at its step (`GenerateOutput::logprobs`): the log-softmax
+    /// of the logits with `sampling.logit_bias` added, before the penalties, the temperature,
+    /// top-k / top-p / min-p and the grammar's mask ([`crate::logprobs`] argues why). A token a
+    /// grammar forced gets 0, no alternatives and `forced: true`.
+    pub logprobs: Option<usize>,
+    /// Functions the model may call and how (`tool_choice`); the prompt must already show them
+    /// (`Prompter::encode_chat_with_tools`).
+    pub tools: Tools,
 }
 
 impl Default for GenerateRequest {
@@ -122,6 +148,8 @@ impl Default for GenerateRequest {
             margins: false,
             response_format: ResponseFormat::Text,
             cache_prompt: true,
+            logprobs: None,
+            tools: Tools::default(),
         }
     }
 }
@@ -133,6 +161,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` reached.
     Length,
+    /// The output ended after one or more complete tool calls.
+    ToolCalls,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -161,6 +191,12 @@ pub struct GenerateOutput {
     /// differently may choose differently there, and only there). Empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub margins: Vec<f32>,
+    /// With `GenerateRequest::logprobs`: one entry per id of `ids`. Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<TokenLogprob>,
+    /// With tools: the calls in `text` (which holds them as the model wrote them), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<FunctionCall>,
 }
 
 /// The `k` largest logits, largest first.
@@ -227,6 +263,9 @@ pub struct Generation {
     stops: StopStrings,
     finish: Option<FinishReason>,
     top_logits: Vec<(u32, f32)>,
+    /// With `req.logprobs`: an entry per generated id, and the figures of the step being accepted.
+    logprobs: Vec<TokenLogprob>,
+    step_logprobs: Option<StepLogprobs>,
     t0: f64,
     t_first: Option<f64>,
     /// Forward passes after the prompt's, timed from the first sampled token on.
@@ -279,9 +318,16 @@ impl Generation {
             });
         }
         let sampler = Sampler::new(req.sampling.clone())?;
-        let mut constraint = match req.response_format.is_free() {
+        if let Some(k) = req.logprobs {
+            check_top_logprobs(k)?;
+        }
+        if !req.sampling.logit_bias.is_empty() {
+            req.sampling.check_vocab(tokenizer.vocab_size())?;
+        }
+        req.tools.validate()?;
+        let mut constraint = match req.response_format.is_free() && !req.tools.may_call() {
             true => None,
-            false => tokenizer.grammars()?.constraint(&req.response_format)?,
+            false => tokenizer.grammars()?.constraint_with_tools(&req.response_format, &req.tools)?,
         };
         // What the grammar forces before the first choice (a fixed opening) runs with the prompt.
         let forced = match &mut constraint {
@@ -298,6 +344,8 @@ impl Generation {
             stops: StopStrings::new(req.stop_strings.clone()),
             finish: None,
             top_logits: Vec::new(),
+            logprobs: Vec::new(),
+            step_logprobs: None,
             t0: now,
             t_first: None,
             decode_steps: 0,
@@ -365,9 +413,33 @@ impl Generation {
         self.req.prompt_ids.len()
     }
 
+    /// Whether the output may hold tool calls (split them out with `tools::ToolCallParser`).
+    pub fn may_call_tools(&self) -> bool {
+        self.req.tools.may_call()
+    }
+
     /// The prompt's largest logits, for a caller that read them back (`GenerateRequest::top_logits`).
     pub fn set_top_logits(&mut self, top: Vec<(u32, f32)>) {
         self.top_logits = top;
+    }
+
+    /// `GenerateRequest::logprobs`: with Some(k), a caller that samples itself (the browser's
+    /// driver) computes each step's figures (`GpuEngine::sample_next_logprobs_async`, or
+    /// `Sampler::sample_with_logprobs` on logits it holds) and hands them to
+    /// [`set_step_logprobs`](Self::set_step_logprobs) before each [`accept`](Self::accept).
+    pub fn logprobs_requested(&self) -> Option<usize> {
+        self.req.logprobs
+    }
+
+    /// The figures of the step whose token the next [`accept`](Self::accept) takes; that call
+    /// fails without them when the request asks for logprobs.
+    pub fn set_step_logprobs(&mut self, step: StepLogprobs) {
+        self.step_logprobs = Some(step);
+    }
+
+    /// The entries of `GenerateRequest::logprobs` so far, one per generated id.
+    pub fn logprobs(&self) -> &[TokenLogprob] {
+        &self.logprobs
     }
 
     /// The token chosen after the last input; returns the text that became final (held back only
@@ -376,6 +448,11 @@ impl Generation {
     pub fn accept(&mut self, id: u32, tokenizer: &Tokenizer, now: f64) -> Result<String> {
         if self.finish.is_some() {
             return Err(HearthError::InvalidArgument("this generation has finished".into()));
+        }
+        if self.req.logprobs.is_some() && self.step_logprobs.is_none() {
+            return Err(HearthError::InvalidArgument(
+                "this generation reports logprobs: set_step_logprobs must come before accept".into(),
+            ));
         }
         if self.t_first.is_none() {
             self.t_first = Some(now);
@@ -403,6 +480,8 @@ impl Generation {
             (None, None) => {}
         }
         self.text.push_str(&out);
+        // A stop token, or a token past the budget, is not reported.
+        self.step_logprobs = None;
         Ok(out)
     }
 
@@ -445,6 +524,14 @@ impl Generation {
     /// Append a generated token: its text, once final and not part of a stop string. A stop
     /// string ends the generation.
     fn push(&mut self, id: u32, tokenizer: &Tokenizer) -> Result<String> {
+        if self.req.logprobs.is_some() {
+            // The step's figures belong to the chosen token, the first pushed after them; every
+            // other token is one the grammar forced.
+            self.logprobs.push(match self.step_logprobs.take() {
+                Some(step) => TokenLogprob::chosen(tokenizer, id, &step)?,
+                None => TokenLogprob::forced(tokenizer, id)?,
+            });
+        }
         self.ids.push(id);
         self.history.push(id);
         let piece = self.decoder.push(tokenizer, id)?;
@@ -470,14 +557,27 @@ impl Generation {
             decode_tok_s: rate(self.decode_steps, now - t_first),
             ttft_s: t_first - self.t0,
         };
+        let mut finish_reason = self.finish.unwrap_or(FinishReason::Length);
+        let tool_calls = match self.req.tools.may_call() {
+            true => {
+                let parsed = ParsedOutput::parse(&self.text);
+                if finish_reason == FinishReason::Stop && parsed.complete > 0 {
+                    finish_reason = FinishReason::ToolCalls;
+                }
+                parsed.calls
+            }
+            false => Vec::new(),
+        };
         GenerateOutput {
             prompt_ids: self.req.prompt_ids.clone(),
             ids: self.ids.clone(),
             text: self.text.clone(),
             top_logits: self.top_logits.clone(),
-            finish_reason: self.finish.unwrap_or(FinishReason::Length),
+            finish_reason,
             usage,
             margins: Vec::new(),
+            logprobs: self.logprobs.clone(),
+            tool_calls,
         }
     }
 }
@@ -532,10 +632,18 @@ fn run_generation(
         // Logits come back to the CPU only when they are asked for.
         let wants_top = gen.is_prefill() && req.top_logits > 0;
         let Some(step) = gen.input() else { break };
-        let id = if wants_top || req.margins {
+        let (id, figures) = if wants_top || req.margins {
             let mut logits = backend.forward(step.tokens, false)?;
-            // The sampler applies the penalties to `logits` in place before it chooses.
-            let id = step.sampler.sample(&mut logits, step.history);
+            step.sampler.params().check_vocab(logits.len())?;
+            // The sampler applies the bias, the mask and the penalties to `logits` in place before
+            // it chooses.
+            let (id, figures) = match req.logprobs {
+                Some(k) => {
+                    let (id, figures) = step.sampler.sample_with_logprobs(&mut logits, step.history, k);
+                    (id, Some(figures))
+                }
+                None => (step.sampler.sample(&mut logits, step.history), None),
+            };
             if req.margins {
                 margins.push(match top_k_logits(&logits, 2)[..] {
                     [(_, a), (_, b)] => a - b,
@@ -545,10 +653,16 @@ fn run_generation(
             if wants_top {
                 gen.set_top_logits(top_k_logits(&logits, req.top_logits));
             }
-            id
+            (id, figures)
+        } else if let Some(k) = req.logprobs {
+            let (id, figures) = backend.forward_sample_logprobs(step.tokens, step.sampler, step.history, k)?;
+            (id, Some(figures))
         } else {
-            backend.forward_sample(step.tokens, step.sampler, step.history)?
+            (backend.forward_sample(step.tokens, step.sampler, step.history)?, None)
         };
+        if let Some(figures) = figures {
+            gen.set_step_logprobs(figures);
+        }
         let piece = gen.accept(id, tokenizer, now())?;
         if !piece.is_empty() {
             on_text(&piece)?;

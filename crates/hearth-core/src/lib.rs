@@ -12,6 +12,7 @@ pub mod fast;
 pub mod generate;
 pub mod ggml_quants;
 pub mod gguf;
+pub mod logprobs;
 pub mod manifest;
 pub mod model;
 pub mod package;
@@ -19,5 +20,6 @@ pub mod quant;
 pub mod sampling;
 pub mod synthetic;
 pub mod tokenizer;
+pub mod tools;
 
 pub use error::{HearthError, Result};

@@ -7,6 +7,7 @@ use crate::error::{HearthError, Result};
 use crate::manifest::TokenizerInfo;
 use crate::package::Package;
 use crate::tokenizer::Tokenizer;
+use crate::tools::Tools;
 
 pub struct Model {
     pub package: Package,
@@ -33,6 +34,10 @@ impl Model {
 
     pub fn encode_chat(&mut self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
         self.prompter.encode_chat(messages)
+    }
+
+    pub fn encode_chat_with_tools(&mut self, messages: &[ChatMessage], tools: &Tools) -> Result<Vec<u32>> {
+        self.prompter.encode_chat_with_tools(messages, tools)
     }
 }
 
@@ -66,16 +71,21 @@ impl Prompter {
     /// Render `messages` with the model's chat template (generation prompt added) and tokenize the
     /// result, with the template's special tokens as specials.
     pub fn encode_chat(&mut self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-        let text = self.render_chat(messages)?;
+        self.encode_chat_with_tools(messages, &Tools::default())
+    }
+
+    /// [`encode_chat`](Self::encode_chat) with functions the model may call shown to it.
+    pub fn encode_chat_with_tools(&mut self, messages: &[ChatMessage], tools: &Tools) -> Result<Vec<u32>> {
+        let text = self.render_chat(messages, tools)?;
         // A template that writes the bos token itself must not get a second one.
         let add_bos = self.bos_text.is_empty() || !text.starts_with(&self.bos_text);
         self.tokenizer.encode(&text, true, add_bos)
     }
 
-    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+    pub fn render_chat(&self, messages: &[ChatMessage], tools: &Tools) -> Result<String> {
         let template = self.chat_template.as_ref().ok_or_else(|| {
             HearthError::ChatTemplate(format!("model `{}` has no chat template; use a plain prompt", self.model_name))
         })?;
-        template.render(messages, true)
+        template.render(messages, tools, true)
     }
 }

@@ -1,11 +1,19 @@
-//! Choosing the next token from logits: penalties, then greedy or temperature / top-k / top-p / min-p
-//! sampling from a seeded generator (the same seed gives the same tokens).
+//! Choosing the next token from logits: the logit bias, penalties, then greedy or temperature /
+//! top-k / top-p / min-p sampling from a seeded generator (the same seed gives the same tokens).
+
+use std::collections::BTreeMap;
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{HearthError, Result};
+use crate::logprobs::StepLogprobs;
+
+/// Most entries a `logit_bias` may hold (the GPU sampler uploads them to a buffer of this size).
+pub const MAX_LOGIT_BIAS: usize = 1024;
+/// A bias is between these, as OpenAI's: -100 all but bans a token, 100 all but forces it.
+pub const LOGIT_BIAS_LIMIT: f32 = 100.0;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -27,6 +35,37 @@ pub struct SamplingParams {
     /// How many of the most recent tokens the penalties look at.
     pub penalty_last_n: usize,
     pub seed: u64,
+    /// Added to the logits of these tokens before anything else (OpenAI's `logit_bias`: token id to
+    /// a bias in [-100, 100]; JSON keys are strings, `{"logit_bias": {"123": -100}}`).
+    #[serde(deserialize_with = "token_map")]
+    pub logit_bias: BTreeMap<u32, f32>,
+}
+
+/// A map keyed by token id from JSON's string keys (`"123"`), also when serde buffers the map
+/// first (a `#[serde(flatten)]`ed `SamplingParams`, where a plain `u32` key would be refused).
+fn token_map<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<BTreeMap<u32, f32>, D::Error> {
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    struct Id(u32);
+    impl<'de> Deserialize<'de> for Id {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            struct Visit;
+            impl serde::de::Visitor<'_> for Visit {
+                type Value = Id;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a token id")
+                }
+                fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Id, E> {
+                    u32::try_from(v).map(Id).map_err(|_| E::custom(format!("{v} is not a token id")))
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Id, E> {
+                    v.parse().map(Id).map_err(|_| E::custom(format!("{v:?} is not a token id")))
+                }
+            }
+            d.deserialize_any(Visit)
+        }
+    }
+    let map = BTreeMap::<Id, f32>::deserialize(d)?;
+    Ok(map.into_iter().map(|(id, bias)| (id.0, bias)).collect())
 }
 
 impl Default for SamplingParams {
@@ -41,6 +80,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             penalty_last_n: 64,
             seed: 0,
+            logit_bias: BTreeMap::new(),
         }
     }
 }
@@ -63,7 +103,25 @@ impl SamplingParams {
         if !self.presence_penalty.is_finite() || !self.frequency_penalty.is_finite() {
             return bad("presence and frequency penalties must be finite".into());
         }
+        if self.logit_bias.len() > MAX_LOGIT_BIAS {
+            return bad(format!("logit_bias has {} entries; at most {MAX_LOGIT_BIAS}", self.logit_bias.len()));
+        }
+        if let Some((t, b)) = self.logit_bias.iter().find(|(_, b)| !(-LOGIT_BIAS_LIMIT..=LOGIT_BIAS_LIMIT).contains(*b))
+        {
+            return bad(format!("logit_bias for token {t} is {b}; a bias must be between -100 and 100"));
+        }
         Ok(())
+    }
+
+    /// Whether every token `logit_bias` names is one of the `vocab` a model has (the engine, or a
+    /// tokenizer, knows that; [`validate`](Self::validate) does not).
+    pub fn check_vocab(&self, vocab: usize) -> Result<()> {
+        match self.logit_bias.keys().next_back() {
+            Some(&t) if t as usize >= vocab => Err(HearthError::InvalidArgument(format!(
+                "logit_bias names token {t}, outside the vocabulary of {vocab} tokens"
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -79,6 +137,16 @@ pub struct Sampler {
 /// the mask's end are not.
 pub fn mask_allows(mask: &[u32], t: u32) -> bool {
     mask.get(t as usize / 32).is_some_and(|w| w >> (t % 32) & 1 == 1)
+}
+
+/// Add each token's bias to its logit (tokens outside `logits` are ignored: the engines reject
+/// them before a step, [`SamplingParams::check_vocab`]).
+pub fn apply_logit_bias(logits: &mut [f32], bias: &BTreeMap<u32, f32>) {
+    for (&t, &b) in bias {
+        if let Some(l) = logits.get_mut(t as usize) {
+            *l += b;
+        }
+    }
 }
 
 /// Set every logit that `mask` does not allow to minus infinity, before penalties and sampling:
@@ -124,9 +192,26 @@ impl Sampler {
         &self.params
     }
 
-    /// Pick the next token. `logits` is modified (penalties applied). `history` holds the tokens so far.
-    /// Consumes one [`draw`](Self::draw) when the temperature is above 0, none when greedy.
+    /// Pick the next token. `logits` is modified (the logit bias, the mask and the penalties
+    /// applied, in that order). `history` holds the tokens so far. Consumes one
+    /// [`draw`](Self::draw) when the temperature is above 0, none when greedy.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        apply_logit_bias(logits, &self.params.logit_bias);
+        self.sample_biased(logits, history)
+    }
+
+    /// [`sample`](Self::sample), and the chosen token's log-probability with the `k` most likely
+    /// tokens', computed from the logits with the bias applied, before the mask and the penalties
+    /// (the distribution [`crate::logprobs`] defines).
+    pub fn sample_with_logprobs(&mut self, logits: &mut [f32], history: &[u32], k: usize) -> (u32, StepLogprobs) {
+        apply_logit_bias(logits, &self.params.logit_bias);
+        let biased = logits.to_vec();
+        let id = self.sample_biased(logits, history);
+        (id, StepLogprobs::from_logits(&biased, id, k))
+    }
+
+    /// The rest of [`sample`](Self::sample) once the bias is in `logits`.
+    fn sample_biased(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         if let Some(mask) = &self.mask {
             apply_mask(logits, mask);
         }
@@ -174,7 +259,7 @@ pub fn apply_penalties(params: &SamplingParams, logits: &mut [f32], counts: &[(u
     }
 }
 
-/// The token [`Sampler::sample`] picks, as a pure function (after its mask): penalties for `counts` are applied to
+/// The token [`Sampler::sample`] picks, as a pure function (after its bias and mask): penalties for `counts` are applied to
 /// `logits` in place, then argmax (temperature 0; `draw` is unused) or the sampling chain with the
 /// uniform `draw` in [0, 1). A draw of 1 or more takes the last kept candidate.
 pub fn choose(params: &SamplingParams, logits: &mut [f32], counts: &[(u32, u32)], draw: f32) -> u32 {
@@ -366,6 +451,61 @@ mod tests {
         assert_eq!(choose(&params, &mut masked, &[], 1.0), 4);
         s.set_mask(None);
         assert!((0..300).any(|_| s.sample(&mut logits(), &[]) == 1));
+    }
+
+    #[test]
+    fn the_logit_bias_comes_before_the_mask_and_the_penalties() {
+        let bias =
+            |pairs: &[(u32, f32)]| SamplingParams { logit_bias: pairs.iter().copied().collect(), ..Default::default() };
+        // -100 on the best (3.0) leaves 5 (2.9); +100 on the worst (-1.0) makes it the best.
+        assert_eq!(Sampler::new(bias(&[(1, -100.0)])).unwrap().sample(&mut logits(), &[]), 5);
+        assert_eq!(Sampler::new(bias(&[(3, 100.0)])).unwrap().sample(&mut logits(), &[]), 3);
+        // Biased first: 2.9 - 4 = -1.1, then the repetition penalty multiplies it (-1.65 < -1.0 of
+        // token 3, which wins with every other token biased away). Penalized first it would be
+        // 2.9 / 1.5 - 4 = -2.07.
+        let mut p = bias(&[(0, -50.0), (1, -50.0), (2, -50.0), (4, -50.0), (5, -4.0)]);
+        p.repetition_penalty = 1.5;
+        let mut l = logits();
+        assert_eq!(Sampler::new(p).unwrap().sample(&mut l, &[5]), 3);
+        assert!((l[5] - (2.9 - 4.0) * 1.5).abs() < 1e-6, "{}", l[5]);
+        // A masked token stays masked whatever its bias.
+        let mut s = Sampler::new(bias(&[(1, 100.0)])).unwrap();
+        s.set_mask(Some(vec![0b10101]));
+        assert_eq!(s.sample(&mut logits(), &[]), 2);
+    }
+
+    #[test]
+    fn logit_bias_is_checked_and_read_from_json_string_keys() {
+        let bias = |t: u32, b: f32| SamplingParams { logit_bias: [(t, b)].into_iter().collect(), ..Default::default() };
+        assert!(bias(7, -100.0).validate().is_ok() && bias(7, 100.0).validate().is_ok());
+        for b in [100.5, -101.0, f32::NAN, f32::INFINITY] {
+            let err = bias(7, b).validate().unwrap_err().to_string();
+            assert!(err.contains("token 7"), "{err}");
+        }
+        let many = SamplingParams {
+            logit_bias: (0..=MAX_LOGIT_BIAS as u32).map(|t| (t, 1.0)).collect(),
+            ..Default::default()
+        };
+        assert!(matches!(many.validate(), Err(HearthError::InvalidArgument(m)) if m.contains("1025 entries")));
+        assert!(bias(5, 1.0).check_vocab(6).is_ok());
+        assert!(matches!(bias(6, 1.0).check_vocab(6), Err(HearthError::InvalidArgument(m)) if m.contains("token 6")));
+
+        let p: SamplingParams = serde_json::from_str(r#"{"logit_bias": {"123": -100, "7": 2.5}}"#).unwrap();
+        assert_eq!(p.logit_bias, [(7, 2.5), (123, -100.0)].into_iter().collect());
+        // Flattened into another request (the browser's), as `begin` reads it.
+        #[derive(Deserialize)]
+        struct Request {
+            #[serde(default)]
+            max_tokens: usize,
+            #[serde(flatten)]
+            sampling: SamplingParams,
+        }
+        let r: Request =
+            serde_json::from_str(r#"{"max_tokens": 3, "temperature": 0.5, "logit_bias": {"9": 1}}"#).unwrap();
+        assert_eq!((r.max_tokens, r.sampling.temperature), (3, 0.5));
+        assert_eq!(r.sampling.logit_bias, [(9, 1.0)].into_iter().collect());
+        assert!(serde_json::from_str::<SamplingParams>(r#"{"logit_bias": {"x": 1}}"#).is_err());
+        assert!(serde_json::from_str::<SamplingParams>("{}").unwrap().logit_bias.is_empty());
     }
 
     #[test]

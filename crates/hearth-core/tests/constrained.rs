@@ -47,6 +47,7 @@ fn run(
         margins: false,
         response_format: format,
         cache_prompt: true,
+        ..Default::default()
     };
     let mut counting = Recording { inner: engine, runs: Vec::new() };
     let mut streamed = String::new();
@@ -294,6 +295,7 @@ fn invalid_constraints_are_rejected_before_any_token() {
             margins: false,
             response_format: format.clone(),
             cache_prompt: true,
+            ..Default::default()
         };
         let mut counting = Recording { inner: &mut engine, runs: Vec::new() };
         let err = generate(&mut counting, model.tokenizer(), &req, &|| 0.0, &mut |_| Ok(())).unwrap_err();

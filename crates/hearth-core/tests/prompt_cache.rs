@@ -40,7 +40,7 @@ fn fresh(model: &Model, engine: &mut dyn Backend, req: &GenerateRequest) -> Vec<
 /// a stop token ended it; all but the last when the budget did).
 fn ran(out: &GenerateOutput) -> Vec<u32> {
     let generated = match out.finish_reason {
-        FinishReason::Stop => out.ids.len(),
+        FinishReason::Stop | FinishReason::ToolCalls => out.ids.len(),
         FinishReason::Length => out.ids.len().saturating_sub(1),
     };
     out.prompt_ids.iter().chain(&out.ids[..generated]).copied().collect()

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use hearth_core::generate::ring_keeps;
 #[cfg(not(target_arch = "wasm32"))]
 use hearth_core::generate::Backend;
+use hearth_core::logprobs::StepLogprobs;
 use hearth_core::manifest::{
     Activation as ModelActivation, FfnKind, Manifest, ModelConfig, PositionKind, RopeStyle, ARCHITECTURES,
 };
@@ -35,7 +36,7 @@ use crate::kernels::{
     WORKGROUP,
 };
 use crate::profile::{KernelTime, Profiler};
-use crate::sampler::GpuSampler;
+use crate::sampler::{result_bytes, GpuSampler, RESULT_WORDS};
 use crate::weights::{WeightBuffer, WeightUploads};
 
 /// Most tokens one forward pass takes; longer prompts are run in chunks of this many.
@@ -51,6 +52,8 @@ struct Buffers {
     logits_all: wgpu::Buffer,
     /// Where the sampled token id is copied for reading back.
     token_staging: wgpu::Buffer,
+    /// Where the id and its log-probabilities are copied when they are asked for.
+    logprobs_staging: wgpu::Buffer,
 }
 
 /// Figures of one step, for benchmarks: how many dispatches it recorded and how many bytes of
@@ -76,8 +79,9 @@ enum Head {
     None,
     /// Output head for the last token: logits.
     Last,
-    /// Output head for the last token, then the sampler: one token id.
-    Sample,
+    /// Output head for the last token, then the sampler: one token id, and with Some(k) its
+    /// log-probability and k alternatives.
+    Sample(Option<usize>),
     /// Output head for every token.
     All,
 }
@@ -239,6 +243,12 @@ impl GpuEngine {
         let token_staging = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("token read back"),
             size: 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let logprobs_staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("logprobs read back"),
+            size: (RESULT_WORDS * 4) as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -513,7 +523,7 @@ impl GpuEngine {
             rings,
             last_step: StepCounts::default(),
             labels,
-            buffers: Buffers { step, tokens, x, last, logits, logits_all, token_staging },
+            buffers: Buffers { step, tokens, x, last, logits, logits_all, token_staging, logprobs_staging },
             layers,
             head_last,
             sampler,
@@ -616,17 +626,18 @@ impl GpuEngine {
         match head {
             Head::None => {}
             Head::All => record(&mut encoder, &self.head_all, step, &mut profiler),
-            Head::Last | Head::Sample => {
+            Head::Last | Head::Sample(_) => {
                 let row = (c.hidden_size * 4) as u64;
                 encoder.copy_buffer_to_buffer(&b.x, (n as u64 - 1) * row, &b.last, 0, row);
                 record(&mut encoder, &self.head_last, Step { start: step.start + n - 1, n_tokens: 1 }, &mut profiler);
-                if head == Head::Sample {
+                if let Head::Sample(logprobs) = head {
                     dispatched += 1;
                     match profiler.as_deref_mut() {
                         Some(p) => self.sampler.record(&mut p.pass(&mut encoder, "sample")),
                         None => self.sampler.record(&mut encoder.begin_compute_pass(&Default::default())),
                     }
-                    encoder.copy_buffer_to_buffer(self.sampler.result(), 0, &b.token_staging, 0, 4);
+                    let staging = if logprobs.is_some() { &b.logprobs_staging } else { &b.token_staging };
+                    encoder.copy_buffer_to_buffer(self.sampler.result(), 0, staging, 0, result_bytes(logprobs));
                 }
             }
         }
@@ -671,8 +682,8 @@ impl GpuEngine {
     pub async fn profile_step_async(&mut self, token: u32) -> Result<Vec<KernelTime>> {
         let mut profiler = Profiler::new(&self.ctx)?;
         self.check_room(1)?;
-        self.sampler.prepare(&self.ctx.queue, &SamplingParams::default(), 0.0, &[], None)?;
-        self.run_chunk(&[token], Head::Sample, Some(&mut profiler))?;
+        self.sampler.prepare(&self.ctx.queue, &SamplingParams::default(), 0.0, &[], None, None)?;
+        self.run_chunk(&[token], Head::Sample(None), Some(&mut profiler))?;
         profiler.read(&self.ctx).await
     }
 
@@ -712,19 +723,50 @@ impl GpuEngine {
         counts: &[(u32, u32)],
         mask: Option<&[u32]>,
     ) -> Result<u32> {
-        self.sampler.prepare(&self.ctx.queue, params, draw, counts, mask)?;
-        self.run(tokens, Head::Sample)?;
-        let id: Vec<u32> = map_read_async(&self.ctx, &self.buffers.token_staging).await?;
-        id.first().copied().ok_or_else(|| HearthError::Gpu("the sampled token did not come back".into()))
+        Ok(self.forward_sample_logprobs_async(tokens, params, draw, counts, mask, None).await?.0)
+    }
+
+    /// [`GpuEngine::forward_sample_async`], and with `logprobs` = Some(k) (k <= 20) the chosen
+    /// token's log-probability and the k most likely tokens' (`hearth_core::logprobs` defines
+    /// them: the biased logits before penalties, temperature, cuts and mask), computed on the GPU
+    /// in the sampler's dispatch: the read-back grows from 4 to (k + 1) * 8 bytes.
+    pub async fn forward_sample_logprobs_async(
+        &mut self,
+        tokens: &[u32],
+        params: &SamplingParams,
+        draw: f32,
+        counts: &[(u32, u32)],
+        mask: Option<&[u32]>,
+        logprobs: Option<usize>,
+    ) -> Result<(u32, Option<StepLogprobs>)> {
+        self.sampler.prepare(&self.ctx.queue, params, draw, counts, mask, logprobs)?;
+        self.run(tokens, Head::Sample(logprobs))?;
+        let staging = if logprobs.is_some() { &self.buffers.logprobs_staging } else { &self.buffers.token_staging };
+        let words: Vec<u32> = map_read_async(&self.ctx, staging).await?;
+        self.sampler.read_result(&words, logprobs)
     }
 
     /// [`GpuEngine::forward_sample_async`] with the draw, penalty counts and mask taken from
     /// `sampler` (`history`: every token so far), as `hearth_core::generate::Generation` hands
     /// them out: the token `Sampler::sample` would pick from this step's logits.
     pub async fn sample_next_async(&mut self, tokens: &[u32], sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
+        Ok(self.sample_next_logprobs_async(tokens, sampler, history, None).await?.0)
+    }
+
+    /// [`GpuEngine::sample_next_async`] with the log-probabilities of
+    /// [`GpuEngine::forward_sample_logprobs_async`] (None: as `sample_next_async`). For the
+    /// browser's driver: `Generation::logprobs_requested` says what to pass, and the figures go to
+    /// `Generation::set_step_logprobs` before `accept`.
+    pub async fn sample_next_logprobs_async(
+        &mut self,
+        tokens: &[u32],
+        sampler: &mut Sampler,
+        history: &[u32],
+        logprobs: Option<usize>,
+    ) -> Result<(u32, Option<StepLogprobs>)> {
         let counts = sampler.penalty_counts(history);
         let draw = if sampler.params().temperature > 0.0 { sampler.draw() } else { 0.0 };
-        self.forward_sample_async(tokens, sampler.params(), draw, &counts, sampler.mask()).await
+        self.forward_sample_logprobs_async(tokens, sampler.params(), draw, &counts, sampler.mask(), logprobs).await
     }
 
     /// Run `tokens`; return the last token's logits, or every token's with `all_logits`.
@@ -779,6 +821,16 @@ impl Backend for GpuEngine {
     }
     fn forward_sample(&mut self, tokens: &[u32], sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
         pollster::block_on(self.sample_next_async(tokens, sampler, history))
+    }
+    fn forward_sample_logprobs(
+        &mut self,
+        tokens: &[u32],
+        sampler: &mut Sampler,
+        history: &[u32],
+        k: usize,
+    ) -> Result<(u32, StepLogprobs)> {
+        let (id, figures) = pollster::block_on(self.sample_next_logprobs_async(tokens, sampler, history, Some(k)))?;
+        Ok((id, figures.unwrap_or_default()))
     }
     fn reset(&mut self) {
         GpuEngine::reset(self)

@@ -6,16 +6,25 @@
 //! Per step the caller takes the penalty counts, the mask and, when the temperature is above 0, one
 //! draw from its `Sampler` (which keeps the seeded generator), then [`GpuSampler::prepare`] writes
 //! them and [`GpuSampler::record`] adds the dispatch after the output head.
+//!
+//! The logit bias (`SamplingParams::logit_bias`) is uploaded when it changes, and added first. On
+//! request the same dispatch computes the log-probabilities `hearth_core::logprobs` defines: the
+//! chosen token's and the k most likely tokens', read back with the id ((k + 1) * 8 bytes).
 
-use hearth_core::sampling::SamplingParams;
+use std::cell::RefCell;
+
+use hearth_core::logprobs::{StepLogprobs, MAX_TOP_LOGPROBS};
+use hearth_core::sampling::{SamplingParams, MAX_LOGIT_BIAS};
 use hearth_core::{HearthError, Result};
 
 use crate::context::GpuContext;
 use crate::kernels::{bind_group, entry, storage, uniform, whole};
 
 const SHADER: &str = include_str!("../../../shaders/sample.wgsl");
-/// The shader's `Params`: 12 scalars (a multiple of 16 bytes).
-const PARAM_WORDS: usize = 12;
+/// The shader's `Params`: 15 scalars and padding (a multiple of 16 bytes).
+const PARAM_WORDS: usize = 16;
+/// Words of the result: the token, its log-probability, (id, log-probability) per alternative.
+pub const RESULT_WORDS: usize = 2 + 2 * MAX_TOP_LOGPROBS;
 /// Penalty entries written per `write_buffer` call (from a stack array, not a vector).
 const PENALTY_CHUNK: usize = 256;
 
@@ -27,6 +36,10 @@ pub struct GpuSampler {
     result: wgpu::Buffer,
     /// The allowed tokens of a masked step, a bit per token: ceil(vocab / 32) words.
     mask: wgpu::Buffer,
+    /// (token, bias bits) pairs, at most `MAX_LOGIT_BIAS`.
+    bias: wgpu::Buffer,
+    /// What `bias` holds, so an unchanged bias is not written again.
+    uploaded_bias: RefCell<Vec<[u32; 2]>>,
     vocab: u32,
     max_penalized: usize,
 }
@@ -51,8 +64,10 @@ impl GpuSampler {
         let params = uniform(device, "sampling params", &[0; PARAM_WORDS]);
         // Two u32 per entry.
         let penalties = storage(device, "penalty counts", 2 * max_penalized.max(1));
-        let result = storage(device, "sampled token", 1);
+        let result = storage(device, "sampled token", RESULT_WORDS);
         let mask = storage(device, "token mask", mask_words(vocab));
+        let bias = storage(device, "logit bias", 2 * MAX_LOGIT_BIAS);
+        let unpenalized = storage(device, "logits before penalties", max_penalized.max(1));
         let bind_group = bind_group(
             device,
             &pipeline,
@@ -62,9 +77,12 @@ impl GpuSampler {
                 entry(2, whole(&penalties)),
                 entry(3, whole(&result)),
                 entry(4, whole(&mask)),
+                entry(5, whole(&bias)),
+                entry(6, whole(&unpenalized)),
             ],
         );
-        GpuSampler { pipeline, bind_group, params, penalties, result, mask, vocab, max_penalized }
+        let uploaded_bias = RefCell::new(Vec::new());
+        GpuSampler { pipeline, bind_group, params, penalties, result, mask, bias, uploaded_bias, vocab, max_penalized }
     }
 
     /// Write this step's settings (queue writes only: no buffer or vector is created per token). `draw` is the
@@ -72,7 +90,9 @@ impl GpuSampler {
     /// `(token, occurrences)` list from `Sampler::penalty_counts`, each token at most once; `mask`
     /// the allowed tokens from `Sampler::mask` (bit `t % 32` of word `t / 32`; tokens past its end
     /// are not allowed), applied as `sampling::apply_mask` applies it before the penalties. The
-    /// mask costs one write of at most ceil(vocab / 32) words, and nothing when None.
+    /// mask costs one write of at most ceil(vocab / 32) words, and nothing when None. The logit
+    /// bias comes from `params`. `logprobs`: Some(k) (k <= 20) computes the log-probabilities too
+    /// ([`GpuSampler::read_result`]).
     pub fn prepare(
         &self,
         queue: &wgpu::Queue,
@@ -80,8 +100,13 @@ impl GpuSampler {
         draw: f32,
         counts: &[(u32, u32)],
         mask: Option<&[u32]>,
+        logprobs: Option<usize>,
     ) -> Result<()> {
         params.validate()?;
+        params.check_vocab(self.vocab as usize)?;
+        if let Some(k) = logprobs {
+            hearth_core::logprobs::check_top_logprobs(k)?;
+        }
         if counts.len() > self.max_penalized {
             return Err(HearthError::InvalidArgument(format!(
                 "{} penalized tokens, more than the {} this GPU sampler was built for",
@@ -111,8 +136,18 @@ impl GpuSampler {
             draw.to_bits(),
             mask.is_some() as u32,
             written as u32,
+            params.logit_bias.len() as u32,
+            logprobs.is_some() as u32,
+            logprobs.unwrap_or(0) as u32,
+            0,
         ];
         queue.write_buffer(&self.params, 0, bytemuck::cast_slice(&words));
+        let bias: Vec<[u32; 2]> = params.logit_bias.iter().map(|(&t, b)| [t, b.to_bits()]).collect();
+        let mut uploaded = self.uploaded_bias.borrow_mut();
+        if !bias.is_empty() && *uploaded != bias {
+            queue.write_buffer(&self.bias, 0, bytemuck::cast_slice(&bias));
+            *uploaded = bias;
+        }
         if let Some(mask) = mask.filter(|_| written > 0) {
             queue.write_buffer(&self.mask, 0, bytemuck::cast_slice(&mask[..written]));
         }
@@ -135,10 +170,36 @@ impl GpuSampler {
         pass.dispatch_workgroups(1, 1, 1);
     }
 
-    /// Buffer whose first u32 is the chosen id, to be copied into a MAP_READ staging buffer.
+    /// Buffer whose first u32 is the chosen id, to be copied into a MAP_READ staging buffer: its
+    /// first [`result_bytes`] bytes.
     pub fn result(&self) -> &wgpu::Buffer {
         &self.result
     }
+
+    /// The chosen id and, when `logprobs` was Some(k) in [`prepare`](Self::prepare), its figures
+    /// (k alternatives, or the whole vocabulary if smaller), from the first
+    /// [`result_bytes`]`(logprobs)` bytes of [`result`](Self::result).
+    pub fn read_result(&self, words: &[u32], logprobs: Option<usize>) -> Result<(u32, Option<StepLogprobs>)> {
+        let need = result_bytes(logprobs) as usize / 4;
+        let Some(words) = words.get(..need) else {
+            return Err(HearthError::Gpu("the sampled token did not come back".into()));
+        };
+        let figures = logprobs.map(|k| StepLogprobs {
+            logprob: f32::from_bits(words[1]),
+            top: words[2..]
+                .chunks_exact(2)
+                .take(k.min(self.vocab as usize))
+                .map(|p| (p[0], f32::from_bits(p[1])))
+                .collect(),
+        });
+        Ok((words[0], figures))
+    }
+}
+
+/// Bytes of the result a step reads back: the id (4), and with Some(k) its log-probability (4) and
+/// k alternatives (8 each).
+pub fn result_bytes(logprobs: Option<usize>) -> u64 {
+    logprobs.map_or(4, |k| 8 * (k as u64 + 1))
 }
 
 /// Words of a mask covering `vocab` tokens.

@@ -1,6 +1,6 @@
 //! Issue 15 on the GPU engine with the real SmolLM2: constrained output chooses the same ids with
-//! the mask applied on the GPU (`sample.wgsl`) as with the logits read back and masked on the CPU,
-//! and prefix reuse gives a fresh engine's ids.
+//! the mask applied on the GPU (`sample.wgsl`) as with the logits read back and masked on the CPU
+//! (a required tool call too), and prefix reuse gives a fresh engine's ids.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,6 +10,7 @@ use hearth_core::constrain::{JsonSchemaFormat, ResponseFormat};
 use hearth_core::convert::{convert, ConvertOptions};
 use hearth_core::generate::{generate, generate_cached, FinishReason, GenerateOutput, GenerateRequest, PromptCache};
 use hearth_core::model::Model;
+use hearth_core::tools::Tools;
 use hearth_gpu::{GpuContext, GpuEngine};
 
 fn repo_root() -> PathBuf {
@@ -81,6 +82,25 @@ fn the_gpu_mask_chooses_what_the_cpu_mask_chooses() {
             }
         }
     }
+    // A required tool call: the calls' grammar through the same mask.
+    let tools: Tools = serde_json::from_value(serde_json::json!({
+        "tools": [{ "type": "function", "function": { "name": "get_weather", "parameters": {
+            "type": "object", "properties": { "city": { "type": "string", "maxLength": 30 } }, "required": ["city"] } } }],
+        "tool_choice": "required",
+        "parallel_tool_calls": false
+    }))
+    .unwrap();
+    let messages = [ChatMessage::new("user", "What's the weather like in Paris?")];
+    let prompt_ids = model.encode_chat_with_tools(&messages, &tools).unwrap();
+    let req = GenerateRequest { prompt_ids, max_tokens: 40, tools, ..Default::default() };
+    let on_gpu = run(&model, &mut engine, &req);
+    let on_cpu = run(&model, &mut engine, &GenerateRequest { margins: true, ..req.clone() });
+    eprintln!("tool call: {:?}", on_gpu.tool_calls);
+    assert_eq!(on_gpu.ids, on_cpu.ids, "tool call: GPU-masked {:?} vs CPU-masked {:?}", on_gpu.text, on_cpu.text);
+    assert_eq!(on_gpu.finish_reason, FinishReason::ToolCalls, "{:?}", on_gpu.text);
+    assert_eq!(on_gpu.tool_calls.len(), 1);
+    let args: serde_json::Value = serde_json::from_str(&on_gpu.tool_calls[0].arguments).unwrap();
+    assert!(args["city"].is_string(), "{args}");
 }
 
 /// A second chat turn on the GPU engine runs only its new tokens and gives a fresh engine's ids.

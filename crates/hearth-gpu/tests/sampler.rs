@@ -26,12 +26,14 @@ use std::path::Path;
 use hearth_core::convert::{convert, ConvertOptions};
 use hearth_core::cpu::CpuEngine;
 use hearth_core::generate::Backend;
+use hearth_core::logprobs::StepLogprobs;
 use hearth_core::package::Package;
 use hearth_core::sampling::{
-    apply_mask, apply_penalties, argmax, choose, kept_candidates, mask_allows, Sampler, SamplingParams,
+    apply_logit_bias, apply_mask, apply_penalties, argmax, choose, kept_candidates, mask_allows, Sampler,
+    SamplingParams, MAX_LOGIT_BIAS,
 };
 use hearth_gpu::kernels::{map_read, storage};
-use hearth_gpu::sampler::GpuSampler;
+use hearth_gpu::sampler::{result_bytes, GpuSampler, RESULT_WORDS};
 use hearth_gpu::{GpuContext, GpuEngine};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
@@ -49,7 +51,8 @@ fn context() -> Option<GpuContext> {
     ctx
 }
 
-/// A logits buffer, the sampler over it and a staging buffer for the chosen id.
+/// A logits buffer, the sampler over it and a staging buffer for the chosen id (and its
+/// log-probabilities).
 struct Rig<'a> {
     ctx: &'a GpuContext,
     logits: wgpu::Buffer,
@@ -63,7 +66,7 @@ impl<'a> Rig<'a> {
         let sampler = GpuSampler::new(ctx, &logits, vocab as u32, 64);
         let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("sampled token"),
-            size: 4,
+            size: 4 * RESULT_WORDS as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -85,16 +88,30 @@ impl<'a> Rig<'a> {
         counts: &[(u32, u32)],
         mask: Option<&[u32]>,
     ) -> u32 {
+        self.sample_logprobs(logits, params, draw, counts, mask, None).0
+    }
+
+    /// [`Rig::sample_masked`] with the log-probabilities when `logprobs` is Some(k): the bytes the
+    /// engine reads back for them.
+    fn sample_logprobs(
+        &self,
+        logits: &[f32],
+        params: &SamplingParams,
+        draw: f32,
+        counts: &[(u32, u32)],
+        mask: Option<&[u32]>,
+        logprobs: Option<usize>,
+    ) -> (u32, Option<StepLogprobs>) {
         self.ctx.queue.write_buffer(&self.logits, 0, bytemuck::cast_slice(logits));
-        self.sampler.prepare(&self.ctx.queue, params, draw, counts, mask).unwrap();
+        self.sampler.prepare(&self.ctx.queue, params, draw, counts, mask, logprobs).unwrap();
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             self.sampler.record(&mut pass);
         }
-        encoder.copy_buffer_to_buffer(self.sampler.result(), 0, &self.staging, 0, 4);
+        encoder.copy_buffer_to_buffer(self.sampler.result(), 0, &self.staging, 0, result_bytes(logprobs));
         self.ctx.queue.submit([encoder.finish()]);
-        map_read::<u32>(self.ctx, &self.staging).unwrap()[0]
+        self.sampler.read_result(&map_read::<u32>(self.ctx, &self.staging).unwrap(), logprobs).unwrap()
     }
 }
 
@@ -376,15 +393,21 @@ fn prepare_rejects_what_the_shader_cannot_apply() {
     let sampler = GpuSampler::new(&ctx, &logits, 100, 2);
     let params = SamplingParams { temperature: 1.0, presence_penalty: 1.0, ..Default::default() };
     let q = &ctx.queue;
-    assert!(sampler.prepare(q, &params, 0.5, &[(1, 1), (5, 2)], None).is_ok());
-    assert!(sampler.prepare(q, &params, 0.5, &[(1, 1), (5, 2), (9, 1)], None).is_err(), "more than max_penalized");
-    assert!(sampler.prepare(q, &params, 0.5, &[(5, 1), (1, 2)], None).is_err(), "not sorted");
-    assert!(sampler.prepare(q, &params, 0.5, &[(5, 1), (5, 2)], None).is_err(), "a token twice");
-    assert!(sampler.prepare(q, &params, f32::NAN, &[], None).is_err(), "a NaN draw");
-    assert!(sampler.prepare(q, &SamplingParams { top_p: 0.0, ..params }, 0.5, &[], None).is_err(), "invalid params");
+    assert!(sampler.prepare(q, &params, 0.5, &[(1, 1), (5, 2)], None, None).is_ok());
+    assert!(
+        sampler.prepare(q, &params, 0.5, &[(1, 1), (5, 2), (9, 1)], None, None).is_err(),
+        "more than max_penalized"
+    );
+    assert!(sampler.prepare(q, &params, 0.5, &[(5, 1), (1, 2)], None, None).is_err(), "not sorted");
+    assert!(sampler.prepare(q, &params, 0.5, &[(5, 1), (5, 2)], None, None).is_err(), "a token twice");
+    assert!(sampler.prepare(q, &params, f32::NAN, &[], None, None).is_err(), "a NaN draw");
+    assert!(
+        sampler.prepare(q, &SamplingParams { top_p: 0.0, ..params.clone() }, 0.5, &[], None, None).is_err(),
+        "invalid params"
+    );
     // Masks of any length (past the vocabulary's 4 words, or none at all) are fine.
-    assert!(sampler.prepare(q, &params, 0.5, &[], Some(&[u32::MAX; 9])).is_ok());
-    assert!(sampler.prepare(q, &params, 0.5, &[], Some(&[])).is_ok());
+    assert!(sampler.prepare(q, &params, 0.5, &[], Some(&[u32::MAX; 9]), None).is_ok());
+    assert!(sampler.prepare(q, &params, 0.5, &[], Some(&[]), None).is_ok());
 }
 
 // ---- Token masks ----
@@ -768,5 +791,205 @@ fn a_masked_step_of_a_tiny_model_on_the_gpu_takes_the_cpu_engines_masked_choice(
             "tiny Llama, temperature {}: 16 masked steps on the GPU engine match the CPU engine",
             params.temperature
         );
+    }
+}
+
+// ---- Logit bias and log-probabilities ----
+
+/// Log-probabilities: the GPU sums exp(l - max) in f32 over strided slices (192 adds per
+/// invocation for the 49157-token vocabulary, then two levels of 16), the CPU in f64: the sum's
+/// relative error is at most ~(192 + 32) * 2^-24 = 1.3e-5, WGSL's `exp` adds up to 3 + 2|x| ulps
+/// per term (~4e-6 relative at x = -30, where terms stop mattering) and `log` 2^-21, so the
+/// log-sum-exp is within ~2e-5 and each logprob, an f32 difference of two values below ~150, within
+/// that plus an ulp (1.5e-5): `LOGPROB_TOL` = 1e-4. The ids need no tolerance: both sides order the
+/// same biased logits (the bias is one f32 add on each side, the same bits) by value, then index.
+const LOGPROB_TOL: f32 = 1e-4;
+
+fn bias_of(pairs: impl IntoIterator<Item = (u32, f32)>) -> std::collections::BTreeMap<u32, f32> {
+    pairs.into_iter().collect()
+}
+
+/// `n` (at most the vocabulary) biases in [-6, 6] on random tokens, the `also` tokens among them.
+fn random_bias(vocab: usize, n: usize, also: &[u32], seed: u64) -> std::collections::BTreeMap<u32, f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut bias = bias_of(also.iter().map(|&t| (t, 3.0 * normal(&mut rng))));
+    while bias.len() < n {
+        bias.insert(rng.next_u32() % vocab as u32, (3.0 * normal(&mut rng)).clamp(-6.0, 6.0));
+    }
+    bias
+}
+
+fn with_bias(params: &SamplingParams, bias: &std::collections::BTreeMap<u32, f32>) -> SamplingParams {
+    SamplingParams { logit_bias: bias.clone(), ..params.clone() }
+}
+
+fn biased(logits: &[f32], bias: &std::collections::BTreeMap<u32, f32>) -> Vec<f32> {
+    let mut out = logits.to_vec();
+    apply_logit_bias(&mut out, bias);
+    out
+}
+
+/// The GPU, given the logits and a bias, takes the token the CPU takes from the logits with the
+/// bias added (as `Sampler::sample` does): greedy, and sampled at every wide candidate's midpoint
+/// with penalties on the biased favourites; the bias goes in before the penalties; and a bias
+/// that changes from call to call (it is uploaded only when it does) is the one applied.
+#[test]
+fn the_logit_bias_gives_the_cpus_token() {
+    let Some(ctx) = context() else { return };
+    let greedy = SamplingParams::default();
+    let sampled = SamplingParams {
+        temperature: 0.8,
+        top_k: 40,
+        repetition_penalty: 1.3,
+        presence_penalty: 0.5,
+        ..greedy.clone()
+    };
+    for vocab in VOCABS {
+        let rig = Rig::new(&ctx, vocab);
+        let logits = peaked_logits(vocab, 12);
+        let order = by_logit(&logits);
+        let biases = [
+            bias_of([(order[0], -100.0)]),
+            bias_of([(order[vocab - 1], 100.0)]),
+            // As many as the sampler takes (half the small vocabulary).
+            random_bias(vocab, MAX_LOGIT_BIAS.min(vocab / 2), &order[..12], 1),
+        ];
+        for bias in &biases {
+            let biased = biased(&logits, bias);
+            let cpu = choose(&greedy, &mut biased.clone(), &[], 0.0);
+            assert_eq!(cpu, argmax(&biased));
+            assert_eq!(rig.sample(&logits, &with_bias(&greedy, bias), 0.0, &[]), cpu, "vocab {vocab}, greedy");
+            let mut counts: Vec<(u32, u32)> = by_logit(&biased)[..6].iter().map(|&t| (t, 1 + t % 3)).collect();
+            counts.sort();
+            let cuts = intervals(&sampled, &biased, &counts);
+            let draws = midpoint_draws(&cuts);
+            assert!(!draws.is_empty());
+            for (token, draw) in draws {
+                let gpu = rig.sample(&logits, &with_bias(&sampled, bias), draw, &counts);
+                assert_eq!(gpu, token, "vocab {vocab}, {} biases, draw {draw}", bias.len());
+            }
+        }
+        // Token a: 3 - 4 = -1, then the repetition penalty doubles it to -2, above b's -2.2 (the
+        // penalty first would give 3 / 2 - 4 = -2.5, below b). Every other logit is -10.
+        let (a, b) = (vocab as u32 / 3, 17);
+        let mut flat = vec![-10.0; vocab];
+        flat[a as usize] = 3.0;
+        flat[b as usize] = -2.2;
+        let params = SamplingParams { repetition_penalty: 2.0, logit_bias: bias_of([(a, -4.0)]), ..greedy.clone() };
+        let mut cpu = Sampler::new(params.clone()).unwrap();
+        assert_eq!(cpu.sample(&mut flat.clone(), &[a]), a, "CPU: bias, then penalty");
+        assert_eq!(rig.sample(&flat, &params, 0.0, &[(a, 1)]), a, "vocab {vocab}: bias, then penalty");
+        // Changing biases of one entry each: a stale upload would apply the previous one.
+        let steps = [
+            bias_of([(order[0], -100.0)]),
+            bias_of([(order[0], -100.0)]),
+            bias_of([(order[5], 50.0)]),
+            bias_of([]),
+            bias_of([(order[0], -100.0)]),
+            bias_of([(order[7], 60.0)]),
+        ];
+        for (step, bias) in steps.iter().enumerate() {
+            let want = argmax(&biased(&logits, bias));
+            assert_eq!(rig.sample(&logits, &with_bias(&greedy, bias), 0.0, &[]), want, "vocab {vocab}, step {step}");
+        }
+    }
+}
+
+#[test]
+fn prepare_rejects_the_biases_and_logprobs_the_cpu_rejects() {
+    let Some(ctx) = context() else { return };
+    let logits = storage(&ctx.device, "logits", 100);
+    let sampler = GpuSampler::new(&ctx, &logits, 100, 2);
+    let q = &ctx.queue;
+    let prepare = |bias: std::collections::BTreeMap<u32, f32>, logprobs| {
+        let params = SamplingParams { logit_bias: bias, ..Default::default() };
+        sampler.prepare(q, &params, 0.0, &[], None, logprobs).map_err(|e| e.to_string())
+    };
+    assert!(prepare(bias_of([(99, -100.0), (0, 100.0)]), Some(20)).is_ok());
+    for (bias, logprobs, why) in [
+        (bias_of([(3, 100.5)]), None, "token 3"),
+        (bias_of([(3, f32::NAN)]), None, "token 3"),
+        (bias_of([(100, 1.0)]), None, "outside the vocabulary of 100"),
+        (bias_of((0..=MAX_LOGIT_BIAS as u32).map(|t| (t, 1.0))), None, "1025 entries"),
+        (bias_of([]), Some(21), "at most 20"),
+    ] {
+        match prepare(bias, logprobs) {
+            Err(e) => assert!(e.contains(why), "{e:?} does not say {why:?}"),
+            Ok(()) => panic!("{why}: accepted"),
+        }
+    }
+}
+
+/// Check the GPU's token and log-probabilities against the CPU's for `logits` under `params` (with
+/// its bias), `counts`, `draw` and `mask`, for each k.
+fn check_logprobs(
+    rig: &Rig,
+    logits: &[f32],
+    params: &SamplingParams,
+    counts: &[(u32, u32)],
+    draw: f32,
+    mask: Option<&[u32]>,
+    what: &str,
+) {
+    let biased = biased(logits, &params.logit_bias);
+    let mut chain = biased.clone();
+    if let Some(mask) = mask {
+        apply_mask(&mut chain, mask);
+    }
+    let cpu = choose(params, &mut chain, counts, draw);
+    for k in [0, 1, 7, 20] {
+        let (gpu, figures) = rig.sample_logprobs(logits, params, draw, counts, mask, Some(k));
+        let figures = figures.unwrap();
+        assert_eq!(gpu, cpu, "{what}, k {k}: the token");
+        // The distribution is the biased logits' before the mask and the penalties.
+        let want = StepLogprobs::from_logits(&biased, cpu, k);
+        let ids = |s: &StepLogprobs| s.top.iter().map(|t| t.0).collect::<Vec<_>>();
+        assert_eq!(ids(&figures), ids(&want), "{what}, k {k}: the top ids");
+        for (g, w) in figures.top.iter().zip(&want.top).chain([(&(gpu, figures.logprob), &(cpu, want.logprob))]) {
+            assert!((g.1 - w.1).abs() < LOGPROB_TOL, "{what}, k {k}, token {}: GPU {} vs CPU {}", w.0, g.1, w.1);
+        }
+    }
+}
+
+/// The GPU's log-probabilities are the CPU's for the same logits: greedy, sampled with penalties on
+/// the favourites (so the chosen token is often a penalized one: its value is taken before the
+/// penalty), under a mask that excludes the favourite (still first in the list), with a bias, on
+/// tied logits (ids in index order) and on vocabularies smaller than the workgroup and than k.
+#[test]
+fn logprobs_match_the_cpus_log_softmax() {
+    let Some(ctx) = context() else { return };
+    for vocab in [VOCABS[0], VOCABS[1], 200, 13] {
+        let rig = Rig::new(&ctx, vocab);
+        let logits = peaked_logits(vocab, 14);
+        let order = by_logit(&logits);
+        let bias = random_bias(vocab, 40.min(vocab), &order[..3.min(vocab)], 2);
+        let greedy = SamplingParams::default();
+        let mut counts: Vec<(u32, u32)> = order[..6.min(vocab)].iter().map(|&t| (t, 2)).collect();
+        counts.sort();
+        let sampled =
+            SamplingParams { temperature: 0.9, repetition_penalty: 1.2, presence_penalty: 0.3, ..greedy.clone() };
+        check_logprobs(&rig, &logits, &greedy, &[], 0.0, None, &format!("vocab {vocab}, greedy"));
+        check_logprobs(
+            &rig,
+            &logits,
+            &with_bias(&greedy, &bias),
+            &counts,
+            0.0,
+            None,
+            &format!("vocab {vocab}, biased"),
+        );
+        let mut masked = vec![u32::MAX; vocab.div_ceil(32)];
+        disallow(&mut masked, order[0]);
+        check_logprobs(&rig, &logits, &greedy, &[], 0.0, Some(&masked), &format!("vocab {vocab}, masked"));
+        let mut penalized = logits.clone();
+        apply_penalties(&sampled, &mut penalized, &counts);
+        for (token, draw) in midpoint_draws(&intervals(&sampled, &logits, &counts)).into_iter().take(4) {
+            let what = format!("vocab {vocab}, sampled, draw {draw} (token {token})");
+            check_logprobs(&rig, &logits, &sampled, &counts, draw, None, &what);
+        }
+        // Integer logits: many ties, which both sides list by index.
+        let mut rng = ChaCha8Rng::seed_from_u64(15);
+        let tied: Vec<f32> = (0..vocab).map(|_| (2.0 * normal(&mut rng)).round()).collect();
+        check_logprobs(&rig, &tied, &greedy, &[], 0.0, None, &format!("vocab {vocab}, tied"));
     }
 }

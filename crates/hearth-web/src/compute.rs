@@ -4,6 +4,7 @@
 
 use hearth_core::fast::FastEngine;
 use hearth_core::generate::{Backend as _, StepInput};
+use hearth_core::logprobs::StepLogprobs;
 use hearth_core::Result;
 use hearth_gpu::GpuEngine;
 
@@ -19,11 +20,21 @@ pub(crate) enum Compute {
 
 impl Compute {
     /// Run `input.tokens` and choose the next id (the GPU samples on the device; the CPU engine
-    /// hands its logits to `hearth_core`'s sampler).
-    pub async fn sample_next(&mut self, input: StepInput<'_>) -> Result<u32> {
-        match self {
-            Compute::Gpu(gpu) => gpu.sample_next_async(input.tokens, input.sampler, input.history).await,
-            Compute::Cpu { engine, .. } => engine.forward_sample(input.tokens, input.sampler, input.history),
+    /// hands its logits to `hearth_core`'s sampler); with `logprobs` Some(k), also the chosen
+    /// token's log-probability and the k most likely tokens' (on the GPU only those come back).
+    pub async fn sample_next(
+        &mut self,
+        input: StepInput<'_>,
+        logprobs: Option<usize>,
+    ) -> Result<(u32, Option<StepLogprobs>)> {
+        let StepInput { tokens, sampler, history } = input;
+        match (self, logprobs) {
+            (Compute::Gpu(gpu), _) => gpu.sample_next_logprobs_async(tokens, sampler, history, logprobs).await,
+            (Compute::Cpu { engine, .. }, Some(k)) => {
+                let (id, step) = engine.forward_sample_logprobs(tokens, sampler, history, k)?;
+                Ok((id, Some(step)))
+            }
+            (Compute::Cpu { engine, .. }, None) => Ok((engine.forward_sample(tokens, sampler, history)?, None)),
         }
     }
 

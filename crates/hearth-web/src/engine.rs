@@ -7,9 +7,11 @@ use std::rc::Rc;
 use hearth_core::chat::ChatMessage;
 use hearth_core::constrain::ResponseFormat;
 use hearth_core::generate::{FinishReason, GenerateRequest, Generation, PromptCache, Usage};
+use hearth_core::logprobs::TokenLogprob;
 use hearth_core::manifest::Manifest;
 use hearth_core::model::Prompter;
 use hearth_core::sampling::SamplingParams;
+use hearth_core::tools::{ToolCallParser, ToolDelta, Tools};
 use hearth_core::HearthError;
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
@@ -35,8 +37,14 @@ struct Request {
     /// Reuse the prefix this prompt shares with what the cache holds (default true).
     #[serde(default = "yes")]
     cache_prompt: bool,
+    /// Each generated token's log-probability and this many alternatives (0 to 20); absent: none.
+    #[serde(default)]
+    logprobs: Option<usize>,
     #[serde(flatten)]
     sampling: SamplingParams,
+    /// `tools`, `tool_choice` and `parallel_tool_calls`, as OpenAI takes them.
+    #[serde(flatten)]
+    tools: Tools,
 }
 
 fn yes() -> bool {
@@ -50,7 +58,14 @@ fn default_max_tokens() -> usize {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Step {
+    /// New text; with tools, only the content (not the calls).
     text: String,
+    /// With tools: the calls as they stream (each opened by its name, then its arguments in pieces).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<ToolDelta>,
+    /// With `logprobs`: the entries of the tokens this step generated.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    logprobs: Vec<TokenLogprob>,
     done: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     finish_reason: Option<FinishReason>,
@@ -85,6 +100,10 @@ struct State {
     compute: Compute,
     prompter: Prompter,
     generation: Option<Generation>,
+    /// Splits the generation's text into content and calls when it may call tools.
+    tool_parser: Option<ToolCallParser>,
+    /// How many of the generation's logprobs entries the steps have returned.
+    logprobs_sent: usize,
     /// What the compute's KV cache holds, for the next `begin` to reuse.
     prompt_cache: PromptCache,
 }
@@ -127,7 +146,14 @@ impl Engine {
                 common("cpu", format!("CPU (wasm {simd})"), crate::threads())
             }
         };
-        let state = State { compute, prompter, generation: None, prompt_cache: PromptCache::default() };
+        let state = State {
+            compute,
+            prompter,
+            generation: None,
+            tool_parser: None,
+            logprobs_sent: 0,
+            prompt_cache: PromptCache::default(),
+        };
         Engine { state: Rc::new(RefCell::new(Some(state))), cancelled: Rc::new(Cell::new(false)), info }
     }
 }
@@ -157,6 +183,8 @@ impl Engine {
             margins: false,
             response_format: req.response_format,
             cache_prompt: req.cache_prompt,
+            tools: req.tools,
+            logprobs: req.logprobs,
         };
         // A generation still in progress leaves its steps in the cache: they count as cached.
         if let Some(unfinished) = state.generation.take() {
@@ -169,6 +197,8 @@ impl Engine {
             Generation::new(request, &state.prompter.tokenizer, state.compute.context_length(), cached, now())
                 .map_err(js_error)?;
         let prompt_tokens = generation.prompt_tokens();
+        state.tool_parser = generation.may_call_tools().then(ToolCallParser::default);
+        state.logprobs_sent = 0;
         state.generation = Some(generation);
         self.cancelled.set(false);
         to_js(&serde_json::json!({ "promptTokens": prompt_tokens }))
@@ -230,30 +260,56 @@ fn parse_request(request: &JsValue) -> Result<Request, JsValue> {
 /// The prompt's token ids: `prompt` as plain text, or `messages` through the chat template.
 fn encode_prompt(prompter: &mut Prompter, req: &Request) -> Result<Vec<u32>, HearthError> {
     match (&req.prompt, &req.messages) {
+        (Some(_), None) if !req.tools.tools.is_empty() => Err(HearthError::InvalidArgument(
+            "tools are shown to the model through its chat template: give `messages`, not `prompt`".into(),
+        )),
         (Some(text), None) => prompter.encode_text(text),
-        (None, Some(messages)) => prompter.encode_chat(messages),
+        (None, Some(messages)) => prompter.encode_chat_with_tools(messages, &req.tools),
         _ => Err(HearthError::InvalidArgument("give either `prompt` (a string) or `messages` (chat)".into())),
     }
 }
 
 async fn run_step(state: &mut State) -> Result<JsValue, JsValue> {
-    let State { compute, prompter, generation, .. } = state;
+    let State { compute, prompter, generation, tool_parser, logprobs_sent, .. } = state;
     let generation = generation.as_mut().ok_or_else(|| {
         js_error(HearthError::InvalidArgument("no generation in progress: call begin() first".into()))
     })?;
     // A constraint's forced opening comes with the first step; a constant output is all of it.
+    let logprobs = generation.logprobs_requested();
     let mut text = generation.opening_text();
     if !generation.is_done() {
         let input = generation
             .input()
             .ok_or_else(|| js_error(HearthError::InvalidArgument("this generation has finished".into())))?;
-        let id = compute.sample_next(input).await.map_err(js_error)?;
+        let (id, figures) = compute.sample_next(input, logprobs).await.map_err(js_error)?;
+        if let Some(figures) = figures {
+            generation.set_step_logprobs(figures);
+        }
         text.push_str(&generation.accept(id, &prompter.tokenizer, now()).map_err(js_error)?);
     }
+    let mut tool_calls = Vec::new();
+    if let Some(parser) = tool_parser {
+        let mut deltas = parser.push(&text);
+        if generation.is_done() {
+            deltas.extend(parser.finish());
+        }
+        text.clear();
+        for d in deltas {
+            match d {
+                ToolDelta::Content { text: t } => text.push_str(&t),
+                call => tool_calls.push(call),
+            }
+        }
+    }
+    // Entries not sent yet (a forced opening's come with the first step).
+    let logprobs = generation.logprobs().get(*logprobs_sent..).unwrap_or_default().to_vec();
+    *logprobs_sent += logprobs.len();
     let step = if generation.is_done() {
         let out = generation.output(now());
         Step {
             text,
+            tool_calls,
+            logprobs,
             done: true,
             finish_reason: Some(out.finish_reason),
             usage: Some(out.usage),
@@ -261,7 +317,7 @@ async fn run_step(state: &mut State) -> Result<JsValue, JsValue> {
             prompt_ids: Some(out.prompt_ids),
         }
     } else {
-        Step { text, done: false, finish_reason: None, usage: None, ids: None, prompt_ids: None }
+        Step { text, tool_calls, logprobs, done: false, finish_reason: None, usage: None, ids: None, prompt_ids: None }
     };
     to_js(&step)
 }
