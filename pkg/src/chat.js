@@ -4,9 +4,9 @@
 
 import { chatRequest } from "./options.js";
 
-function randomId() {
-  const bytes = crypto.getRandomValues(new Uint8Array(12));
-  return "chatcmpl-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+/** 24 random hex digits, for OpenAI-style ids (completions here, tool calls in engine.js). */
+export function randomHex() {
+  return Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function usageOf(u) {
@@ -66,7 +66,7 @@ export function createChat(engine) {
     }
     const { messages, options, stream } = request;
     // `model` is the loaded model's name, whatever the request's `model` said (one engine, one model).
-    const meta = { id: randomId(), created: Math.floor(Date.now() / 1000), model: engine.info.name };
+    const meta = { id: "chatcmpl-" + randomHex(), created: Math.floor(Date.now() / 1000), model: engine.info.name };
     // The stream is returned as is (not in a promise); `await create({stream: true})` gives it too.
     if (stream) return chunks(engine.stream(messages, options), meta);
     return engine.generate(messages, options).then((r) => ({

@@ -5,6 +5,7 @@
 import { EngineDisposedError, abortError, fromWasm, raceAbort } from "./errors.js";
 import { buildRequest, signalOf } from "./options.js";
 import { EngineApi } from "./api.js";
+import { randomHex } from "./chat.js";
 
 /** wasm-bindgen values as plain JSON-like data (Maps to objects, typed arrays to arrays). */
 export function plain(value) {
@@ -24,7 +25,7 @@ export function plain(value) {
  */
 function toolCallDelta(d, calls) {
   if (d.type === "call") {
-    const id = "call_" + Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, "0")).join("");
+    const id = "call_" + randomHex();
     calls[d.index] = { id, type: "function", function: { name: d.name, arguments: "" } };
     return { index: d.index, id, type: "function", function: { name: d.name, arguments: "" } };
   }

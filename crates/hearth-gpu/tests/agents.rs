@@ -2,36 +2,13 @@
 //! the mask applied on the GPU (`sample.wgsl`) as with the logits read back and masked on the CPU
 //! (a required tool call too), and prefix reuse gives a fresh engine's ids.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use common::{repo_root, run, smollm2};
 use hearth_core::chat::ChatMessage;
 use hearth_core::constrain::{JsonSchemaFormat, ResponseFormat};
-use hearth_core::convert::{convert, ConvertOptions};
-use hearth_core::generate::{generate, generate_cached, FinishReason, GenerateOutput, GenerateRequest, PromptCache};
-use hearth_core::model::Model;
+use hearth_core::generate::{generate_cached, FinishReason, GenerateRequest, PromptCache};
 use hearth_core::tools::Tools;
-use hearth_gpu::{GpuContext, GpuEngine};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-/// SmolLM2 converted into `dir`, and a GPU engine for it (None without an adapter).
-fn smollm2(dir: &Path) -> Option<(Model, GpuEngine)> {
-    let ctx = GpuContext::new().expect("opening the GPU device")?;
-    let root = repo_root();
-    assert!(Command::new("bash").arg(root.join("scripts/fetch-smollm2.sh")).status().unwrap().success());
-    let out = dir.join("smollm2");
-    convert(&root.join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"), &out, &ConvertOptions::default()).unwrap();
-    let model = Model::open(&out).unwrap();
-    let engine = GpuEngine::new(ctx, &model.package, Some(1024)).unwrap();
-    Some((model, engine))
-}
-
-fn run(model: &Model, engine: &mut GpuEngine, req: &GenerateRequest) -> GenerateOutput {
-    generate(engine, model.tokenizer(), req, &|| 0.0, &mut |_| Ok(())).unwrap()
-}
 
 /// Greedy constrained generations: `margins` reads each step's logits back and chooses on the CPU
 /// (hearth_core's `apply_mask` then argmax); without it the GPU sampler applies the uploaded mask.
@@ -39,7 +16,7 @@ fn run(model: &Model, engine: &mut GpuEngine, req: &GenerateRequest) -> Generate
 #[test]
 fn the_gpu_mask_chooses_what_the_cpu_mask_chooses() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some((mut model, mut engine)) = smollm2(tmp.path()) else {
+    let Some((mut model, mut engine)) = smollm2(tmp.path(), 1024) else {
         eprintln!("\n!!! NO GPU ADAPTER: skipping GPU test (install mesa-vulkan-drivers for lavapipe) !!!\n");
         return;
     };
@@ -107,7 +84,7 @@ fn the_gpu_mask_chooses_what_the_cpu_mask_chooses() {
 #[test]
 fn a_second_turn_on_the_gpu_reuses_the_first() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some((mut model, mut engine)) = smollm2(tmp.path()) else {
+    let Some((mut model, mut engine)) = smollm2(tmp.path(), 1024) else {
         eprintln!("\n!!! NO GPU ADAPTER: skipping GPU test !!!\n");
         return;
     };

@@ -7,42 +7,19 @@
 //! within `TOL` = 1e-4 (the argument is in `tests/sampler.rs`, `LOGPROB_TOL`). With no adapter the
 //! test says so loudly and returns.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use common::{run, smollm2};
 use hearth_core::chat::ChatMessage;
-use hearth_core::convert::{convert, ConvertOptions};
-use hearth_core::generate::{generate, GenerateOutput, GenerateRequest};
-use hearth_core::model::Model;
+use hearth_core::generate::GenerateRequest;
 use hearth_core::sampling::SamplingParams;
-use hearth_gpu::{GpuContext, GpuEngine};
 
 const TOL: f32 = 1e-4;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-/// SmolLM2 converted into `dir`, and a GPU engine for it (None without an adapter).
-fn smollm2(dir: &Path) -> Option<(Model, GpuEngine)> {
-    let ctx = GpuContext::new().expect("opening the GPU device")?;
-    let root = repo_root();
-    assert!(Command::new("bash").arg(root.join("scripts/fetch-smollm2.sh")).status().unwrap().success());
-    let out = dir.join("smollm2");
-    convert(&root.join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"), &out, &ConvertOptions::default()).unwrap();
-    let model = Model::open(&out).unwrap();
-    let engine = GpuEngine::new(ctx, &model.package, Some(512)).unwrap();
-    Some((model, engine))
-}
-
-fn run(model: &Model, engine: &mut GpuEngine, req: &GenerateRequest) -> GenerateOutput {
-    generate(engine, model.tokenizer(), req, &|| 0.0, &mut |_| Ok(())).unwrap()
-}
 
 #[test]
 fn gpu_logprobs_and_bias_equal_the_cpus_from_the_same_logits() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some((mut model, mut engine)) = smollm2(tmp.path()) else {
+    let Some((mut model, mut engine)) = smollm2(tmp.path(), 512) else {
         eprintln!("\n!!! NO GPU ADAPTER: skipping GPU test (install mesa-vulkan-drivers for lavapipe) !!!\n");
         return;
     };
