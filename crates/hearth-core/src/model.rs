@@ -63,6 +63,11 @@ impl Prompter {
         Ok(Prompter { tokenizer, model_name: model_name.to_string(), chat_template, bos_text })
     }
 
+    /// Whether the model has a chat template (messages can be used); without one, only plain prompts.
+    pub fn has_chat_template(&self) -> bool {
+        self.chat_template.is_some()
+    }
+
     /// Token ids for a plain-text prompt (special-token texts are tokenized as text).
     pub fn encode_text(&mut self, text: &str) -> Result<Vec<u32>> {
         self.tokenizer.encode(text, false, true)

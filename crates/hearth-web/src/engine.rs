@@ -92,6 +92,8 @@ struct Info {
     software: bool,
     context_length: usize,
     vocab_size: usize,
+    /// Whether messages can be used (the package has a chat template); otherwise plain prompts only.
+    chat_template: bool,
     /// Weights plus KV cache, in bytes.
     gpu_bytes: u64,
 }
@@ -132,6 +134,7 @@ impl Engine {
             software: false,
             context_length: compute.context_length(),
             vocab_size: c.vocab_size,
+            chat_template: prompter.has_chat_template(),
             gpu_bytes: 0,
         };
         let info = match &compute {
