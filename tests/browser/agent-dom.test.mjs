@@ -344,3 +344,20 @@ test("bad arguments fail before anything runs, naming what is wrong", async () =
   errors.forEach((e, i) => assert.match(e ?? "no error", expected[i]));
   await page.close();
 });
+
+test("a deeply nested page is read to a bounded depth (512 levels), not followed to the bottom", async () => {
+  const page = await open("hidden.html");
+  const out = await page.evaluate(async () => {
+    let node = document.body;
+    for (let i = 0; i < 2000; i++) node = node.appendChild(document.createElement("div"));
+    node.textContent = "the bottom";
+    try {
+      const s = await agent.snapshot(document.body);
+      return { ok: true, buttons: s.elements.map((e) => e.name), bottom: s.text.includes("the bottom") };
+    } catch (e) {
+      return { ok: false, error: String(e) };
+    }
+  });
+  assert.deepEqual(out, { ok: true, buttons: ["Seen button", "More"], bottom: false });
+  await page.close();
+});

@@ -21,6 +21,7 @@ const SKIPPED = new Set(["SCRIPT", "STYLE", "NOSCRIPT", "TEMPLATE", "HEAD", "MET
 const MAX_NAME = 80;
 const MAX_TEXT_LINE = 300;
 const MAX_OPTIONS = 25;
+const MAX_NESTING = 512;
 
 /** Throws InvalidArgumentError unless `selector` is a valid CSS selector. */
 export function checkSelector(selector, name) {
@@ -219,7 +220,9 @@ function walk(root, { registry, exclude }) {
     bufferHeading = false;
   };
 
-  const visit = (node, skipText, excluded) => {
+  const visit = (node, skipText, excluded, level = 0) => {
+    // A hostile page can nest elements deeper than the call stack goes; nobody reads that deep.
+    if (level > MAX_NESTING) return;
     if (node.nodeType === Node.TEXT_NODE) {
       if (skipText) return;
       const parent = node.parentElement ?? node.parentNode?.host;
@@ -229,7 +232,7 @@ function walk(root, { registry, exclude }) {
       return;
     }
     if (node.nodeType === Node.DOCUMENT_FRAGMENT_NODE) {
-      for (const child of node.childNodes) visit(child, skipText, excluded);
+      for (const child of node.childNodes) visit(child, skipText, excluded, level + 1);
       return;
     }
     if (node.nodeType !== Node.ELEMENT_NODE || SKIPPED.has(node.tagName)) return;
@@ -253,8 +256,8 @@ function walk(root, { registry, exclude }) {
       flush();
       const record = describe(el, kind, registry.idOf(el));
       lines.push({ text: record.line, depth, priority: 0, record });
-      // A control's own text is its name; its subtree is only walked for contenteditable roots'
-      // nothing, and for composite widgets (a listbox's options) below.
+      // A control's text is its name, so its subtree is not walked again; except a combobox's or a
+      // generic clickable container's, which may hold controls of their own (a listbox's options).
       if (!["combobox", "clickable"].includes(kind) || el.tagName === "INPUT" || el.tagName === "SELECT") return;
     }
     const role = el.getAttribute("role");
@@ -277,7 +280,7 @@ function walk(root, { registry, exclude }) {
     if (display === "table-cell") buffer.push(" | ");
     // A label's text is its control's name (the control's line carries it): not repeated as text.
     const labelText = el.tagName === "LABEL" && el.control;
-    for (const child of renderedChildren(el)) visit(child, skipText || labelText, excluded);
+    for (const child of renderedChildren(el)) visit(child, skipText || labelText, excluded, level + 1);
     if (display === "table-row") buffer.push(" |");
     if (block || landmark) flush(true);
     if (list) lists--;
