@@ -199,11 +199,6 @@ function walk(root, { registry, exclude }) {
   let buffer = [];
   let bufferInView = false;
 
-  const inView = (el) => {
-    const r = el.getBoundingClientRect();
-    const win = el.ownerDocument.defaultView;
-    return r.bottom > 0 && r.right > 0 && r.top < win.innerHeight && r.left < win.innerWidth;
-  };
   let bufferHeading = false;
   // A line's marker ("- ", "## ", a cell's " | ") waits for its text: it is kept across an inner
   // block's start and dropped at the end of its element if no text came (`final`).
@@ -220,19 +215,19 @@ function walk(root, { registry, exclude }) {
     bufferHeading = false;
   };
 
-  const visit = (node, skipText, excluded, level = 0) => {
+  // `at`: what the walk knows of the element whose children these are: {skipText, excluded, level,
+  // textShown, inView} (the last two measured once per element, for all its text nodes).
+  const visit = (node, at) => {
     // A hostile page can nest elements deeper than the call stack goes; nobody reads that deep.
-    if (level > MAX_NESTING) return;
+    if (at.level > MAX_NESTING) return;
     if (node.nodeType === Node.TEXT_NODE) {
-      if (skipText) return;
-      const parent = node.parentElement ?? node.parentNode?.host;
-      if (parent && !textShown(parent)) return;
-      if (node.data.trim() && parent && inView(parent)) bufferInView = true;
+      if (at.skipText || !at.textShown) return;
+      if (node.data.trim() && at.inView) bufferInView = true;
       buffer.push(node.data);
       return;
     }
     if (node.nodeType === Node.DOCUMENT_FRAGMENT_NODE) {
-      for (const child of node.childNodes) visit(child, skipText, excluded, level + 1);
+      for (const child of node.childNodes) visit(child, { ...at, level: at.level + 1 });
       return;
     }
     if (node.nodeType !== Node.ELEMENT_NODE || SKIPPED.has(node.tagName)) return;
@@ -250,7 +245,7 @@ function walk(root, { registry, exclude }) {
     // What starts a line of its own (a table cell only starts a cell: " | ").
     const block = !display.startsWith("inline") && display !== "contents" && display !== "table-cell";
     // An excluded element and everything in it are shown, but never as controls.
-    excluded ||= Boolean(exclude && el.matches(exclude));
+    const excluded = at.excluded || Boolean(exclude && el.matches(exclude));
     const kind = excluded ? null : kindOf(el);
     if (kind && style.visibility === "visible") {
       flush();
@@ -280,23 +275,30 @@ function walk(root, { registry, exclude }) {
     if (display === "table-cell") buffer.push(" | ");
     // A label's text is its control's name (the control's line carries it): not repeated as text.
     const labelText = el.tagName === "LABEL" && el.control;
-    for (const child of renderedChildren(el)) visit(child, skipText || labelText, excluded, level + 1);
+    // A box-less element (a slot: display: contents) is where its parent's box is.
+    const seen = style.display === "contents" && at.inView !== undefined ? at.inView : inView(el, rect);
+    const inner = { skipText: at.skipText || labelText, excluded, level: at.level + 1, textShown: textShown(el, style, rect), inView: seen };
+    for (const child of renderedChildren(el)) visit(child, inner);
     if (display === "table-row") buffer.push(" |");
     if (block || landmark) flush(true);
     if (list) lists--;
     if (landmark) depth--;
   };
 
-  visit(root, false, false);
+  visit(root, { skipText: false, excluded: false, level: 0 });
   flush(true);
   return lines;
 }
 
-/** Whether a text node under `el` is seen: visible, not transparent, not clipped away, not zero-sized. */
-function textShown(el) {
-  const style = el.ownerDocument.defaultView.getComputedStyle(el);
+/** Whether `el` (its box `r`) is in its window's viewport. */
+function inView(el, r) {
+  const win = el.ownerDocument.defaultView;
+  return r.bottom > 0 && r.right > 0 && r.top < win.innerHeight && r.left < win.innerWidth;
+}
+
+/** Whether text directly in `el` is seen: visible, not transparent, not clipped away, not zero-sized. */
+function textShown(el, style, r) {
   if (style.visibility !== "visible" || style.opacity === "0" || parseFloat(style.fontSize) < 2) return false;
-  const r = el.getBoundingClientRect();
   const win = el.ownerDocument.defaultView;
   // Pushed off the page (left: -9999px) or clipped to a pixel (the usual "visually hidden" class).
   if (r.right + win.scrollX <= 0 || r.bottom + win.scrollY <= 0) return false;
