@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use crate::error::{HearthError, Result};
-use crate::generate::ring_keeps;
+use crate::generate::{ring_keeps, ring_rows};
 use crate::manifest::{
     Activation, FfnKind, ModelConfig, NormKind, PositionKind, RopeScaling, RopeStyle, ARCHITECTURES,
 };
@@ -48,7 +48,8 @@ struct Layer {
 
 /// One layer's keys and values, `[row][kv_dim]` flattened, position p in row `p % rows`. A
 /// full-attention layer has a row per position so far; a sliding-window layer (Mistral, Gemma's
-/// local layers) a ring of `window` rows, so its memory stays bounded however long generation runs.
+/// local layers) a ring of `generate::ring_rows(window)` rows, so its memory stays bounded however
+/// long generation runs.
 /// `T` is what a value is stored as: f32 for the reference, f16 for the fast engine (`Products::Cache`).
 pub struct LayerCache<T> {
     pub k: Vec<T>,
@@ -59,7 +60,7 @@ pub struct LayerCache<T> {
 
 impl<T: CacheElement> LayerCache<T> {
     fn new(window: Option<usize>) -> Self {
-        LayerCache { k: Vec::new(), v: Vec::new(), rows: window.unwrap_or(usize::MAX) }
+        LayerCache { k: Vec::new(), v: Vec::new(), rows: window.map_or(usize::MAX, ring_rows) }
     }
 
     /// Store the key and value of position `pos` (rounded to `T`).
@@ -339,7 +340,9 @@ impl<P: Products> Engine<P> {
         let heads = (config.n_kv_heads as u64).saturating_mul(config.head_dim as u64);
         let row = heads.saturating_mul(2 * std::mem::size_of::<P::Cache>() as u64);
         (0..config.n_layers)
-            .map(|l| (config.layer_window(l).map_or(positions, |w| w.min(positions)) as u64).saturating_mul(row))
+            .map(|l| {
+                (config.layer_window(l).map_or(positions, |w| ring_rows(w).min(positions)) as u64).saturating_mul(row)
+            })
             .fold(0u64, u64::saturating_add)
     }
 

@@ -44,6 +44,20 @@ pub trait Backend {
     fn context_length(&self) -> usize;
 }
 
+/// Rows a sliding-window layer's ring keeps beyond its window: twice the window, at most
+/// `RING_SLACK_MAX`. A follow-up prompt (an agent's next step, a chat's next turn) that changes up
+/// to that many trailing positions of the last one still finds the keys its shared prefix needs
+/// (`ring_keeps`) and reuses it; with a ring of only the window, every prompt longer than the
+/// window would run in full on every call. The cap bounds the memory a large window adds; small
+/// windows (the tiny test models') still wrap within a short prompt.
+pub const RING_SLACK_MAX: usize = 1024;
+
+/// How many rows a sliding-window layer of `window` positions keeps in the CPU engines (see
+/// [`RING_SLACK_MAX`]; the GPU engine's rings are still the window and one chunk).
+pub fn ring_rows(window: usize) -> usize {
+    window + (2 * window).min(RING_SLACK_MAX)
+}
+
 /// Whether a sliding-window layer's ring of `rows` rows (position p in row p % rows), written up to
 /// position `end` (exclusive), still holds every key a query at position `len` sees: positions
 /// `len - window` on (one more than the window, so either convention of where a window starts is

@@ -11,7 +11,7 @@ use hearth_core::chat::ChatMessage;
 use hearth_core::convert::{convert, ConvertOptions};
 use hearth_core::fast::FastEngine;
 use hearth_core::generate::{
-    generate, generate_cached, Backend, FinishReason, GenerateOutput, GenerateRequest, PromptCache,
+    generate, generate_cached, ring_rows, Backend, FinishReason, GenerateOutput, GenerateRequest, PromptCache,
 };
 use hearth_core::model::Model;
 
@@ -131,15 +131,18 @@ fn an_agent_loop_prefills_only_what_each_step_adds() {
     }
 }
 
-/// Sliding-window layers keep rings: continuing from the end of what ran reuses them even far past
-/// the window; a prompt that diverges earlier than the ring still holds runs in full (0 cached) —
-/// and either way the ids are the fresh engine's. Gemma 3 270M (window 512, 5 of 6 layers local)
-/// and the tiny Gemma 3 (window 8, so every reuse is past it).
+/// Sliding-window layers keep rings of more than their window (`ring_rows`): continuing from the end
+/// of what ran reuses them even far past the window, and so does a prompt that diverges more than a
+/// window (but less than the ring) before the end, as an agent's next step does; one that diverges
+/// earlier than the ring still holds runs in full (0 cached) — and every time the ids are the fresh
+/// engine's. Gemma 3 270M (window 512, 5 of 6 layers local) and the tiny Gemma 3 (window 8, so every
+/// reuse is past it, and a ring of 24 that a short prompt outruns).
 #[test]
 fn sliding_window_models_reuse_only_what_their_rings_still_hold() {
     let tiny_dir = tempfile::tempdir().unwrap();
     let tiny = tiny_dir.path().join("gemma3");
     convert(&common::repo_root().join("tests/fixtures/tiny/gemma3.gguf"), &tiny, &ConvertOptions::default()).unwrap();
+    let mut outran_a_ring = false;
     for (package, words) in [(common::gemma3_package(), 260), (tiny, 30)] {
         let mut model = Model::open(&package).expect("open");
         let window = model.package.manifest.config.sliding_window.expect("a windowed model");
@@ -160,12 +163,26 @@ fn sliding_window_models_reuse_only_what_their_rings_still_hold() {
         assert_eq!(first2, cont.prompt_ids.len() - ran(&out1).len());
         assert_eq!(out2.ids, fresh(&model, &mut reference, &cont), "{}: reuse changed the ids", package.display());
 
-        // Diverge more than a window before the end: the rings no longer hold it, run all.
-        let mut early = cont.prompt_ids[..cont.prompt_ids.len() - window - 4].to_vec();
-        early.extend(model.encode_text(" something else").unwrap().into_iter().skip(1));
-        let early = request(early, 6);
-        let (out3, first3) = cached_call(&model, &mut engine, &mut cache, &early);
-        assert_eq!((out3.usage.cached_tokens, first3), (0, early.prompt_ids.len()), "{}", package.display());
-        assert_eq!(out3.ids, fresh(&model, &mut reference, &early));
+        // Diverge a window and a bit before the end: inside the ring's slack, so reused.
+        let keep = ran(&out2).len() - window - 4;
+        let mut near = ran(&out2)[..keep].to_vec();
+        near.extend(model.encode_text(" something else").unwrap().into_iter().skip(1));
+        let near = request(near, 6);
+        let (out4, first4) = cached_call(&model, &mut engine, &mut cache, &near);
+        assert_eq!((out4.usage.cached_tokens, first4), (keep, near.prompt_ids.len() - keep), "{}", package.display());
+        assert_eq!(out4.ids, fresh(&model, &mut reference, &near), "{}: reuse changed the ids", package.display());
+
+        // Diverge earlier than the ring holds: run all.
+        let held = ring_rows(window);
+        if ran(&out4).len() > held + 8 {
+            outran_a_ring = true;
+            let mut early = ran(&out4)[..ran(&out4).len() - held - 4].to_vec();
+            early.extend(model.encode_text(" something else").unwrap().into_iter().skip(1));
+            let early = request(early, 6);
+            let (out5, first5) = cached_call(&model, &mut engine, &mut cache, &early);
+            assert_eq!((out5.usage.cached_tokens, first5), (0, early.prompt_ids.len()), "{}", package.display());
+            assert_eq!(out5.ids, fresh(&model, &mut reference, &early));
+        }
     }
+    assert!(outran_a_ring, "no prompt was longer than a ring");
 }

@@ -185,7 +185,8 @@ fn a_windowed_model_stays_correct_and_bounded_far_past_its_window() {
     for &t in &tokens[40..] {
         last = engine.forward(&[t], false).unwrap();
     }
-    assert_eq!(engine.kv_cache_bytes(), c.n_layers * 2 * 8 * c.kv_dim() * 4, "the cache is a ring of 8 rows");
+    let rows = hearth_core::generate::ring_rows(8);
+    assert_eq!(engine.kv_cache_bytes(), c.n_layers * 2 * rows * c.kv_dim() * 4, "the cache is a ring of {rows} rows");
     let field = c.n_layers * (8 - 1) + 1;
     engine.reset();
     let fresh = engine.forward(&tokens[120 - field..], false).unwrap();
