@@ -6,11 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-version=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
-if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$version" ]; then
-  # Not --locked: a locked dependency of the CLI is missing from the registry mirror here.
-  cargo install wasm-bindgen-cli --version "$version"
-fi
+bash scripts/install-wasm-bindgen.sh
 wasm_opt=${WASM_OPT:-node_modules/.bin/wasm-opt}
 if [ ! -x "$wasm_opt" ]; then
   echo "error: $wasm_opt is missing; run scripts/browser-setup.sh (npm's binaryen: Debian's is too old)" >&2

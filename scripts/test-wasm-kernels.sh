@@ -10,11 +10,7 @@ if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   rustup target add wasm32-unknown-unknown
 fi
 # The runner must be the version of the wasm-bindgen crate the test links.
-version=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
-if [ "$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{print $2}')" != "$version" ]; then
-  # Not --locked: a locked dependency of the CLI is missing from the registry mirror here.
-  cargo install wasm-bindgen-cli --version "$version"
-fi
+bash scripts/install-wasm-bindgen.sh
 
 args=()
 if [ "${1:-}" = "--bench" ]; then

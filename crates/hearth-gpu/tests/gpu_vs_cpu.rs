@@ -60,10 +60,11 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
 }
 
-/// Greedy continuation of `prompt` on the GPU, each token chosen on the GPU (4 bytes read back).
-fn gpu_greedy(gpu: &mut GpuEngine, prompt: &[u32], n: usize) -> Vec<u32> {
-    gpu.reset();
-    let mut out = vec![gpu.forward_argmax(prompt).unwrap()];
+/// `n` greedy tokens after the forward pass that gave the last-position logits `first`: the first
+/// chosen from them, each next one on the GPU (4 bytes read back). The prompt runs once: on
+/// lavapipe each of its tokens costs a good part of a second.
+fn greedy_after(gpu: &mut GpuEngine, first: &[f32], n: usize) -> Vec<u32> {
+    let mut out = vec![argmax(first)];
     while out.len() < n {
         out.push(gpu.forward_argmax(&[*out.last().unwrap()]).unwrap());
     }
@@ -75,10 +76,10 @@ fn gpu_greedy(gpu: &mut GpuEngine, prompt: &[u32], n: usize) -> Vec<u32> {
 /// against llama.cpp) leaves room for other GPUs' arithmetic and is far below any real error (a
 /// wrong kernel moves logits by whole units).
 const LOGIT_TOLERANCE: f32 = 1e-3;
-const GREEDY_TOKENS: usize = 32;
+const GREEDY_TOKENS: usize = 16;
 const MIN_PROMPTS_MATCHING: usize = 12;
 
-/// All 15 fixture prompts: last-position logits against the CPU engine, and 32 greedy tokens
+/// All 15 fixture prompts: last-position logits against the CPU engine, and 16 greedy tokens
 /// against llama.cpp's (which the CPU engine reproduces exactly, see hearth-core's tests).
 #[test]
 fn smollm2_on_the_gpu_matches_the_cpu_engine_and_llama_cpp() {
@@ -98,7 +99,7 @@ fn smollm2_on_the_gpu_matches_the_cpu_engine_and_llama_cpp() {
         assert_eq!(argmax(&g), argmax(&c), "prompt {i}: top-1 differs");
         // llama.cpp's continuation ends early where it produced an end-of-generation token.
         let k = GREEDY_TOKENS.min(expected.len());
-        let greedy = gpu_greedy(&mut gpu, prompt, k);
+        let greedy = greedy_after(&mut gpu, &g, k);
         if greedy[..] == expected[..k] {
             matching += 1;
         } else {
@@ -129,9 +130,10 @@ fn smollm2_with_the_gpu_kernels_matches_the_cpu_engine() {
         ctx.software = false;
         ctx.subgroups &= subgroups;
         let mut gpu = GpuEngine::new(ctx, &package, Some(128)).unwrap();
-        let worst = max_diff(&gpu.forward(prompt, false).unwrap(), &want);
+        let got = gpu.forward(prompt, false).unwrap();
+        let worst = max_diff(&got, &want);
         assert!(worst < LOGIT_TOLERANCE, "subgroups {subgroups}: logits differ by {worst}");
-        assert_eq!(gpu_greedy(&mut gpu, prompt, 8), expected[..8], "subgroups {subgroups}");
+        assert_eq!(greedy_after(&mut gpu, &got, 8), expected[..8], "subgroups {subgroups}");
     }
 }
 
@@ -152,8 +154,9 @@ fn smollm2_with_an_f16_kv_cache_stays_close_to_the_cpu_engine() {
         let (prompt, expected) = &fixture_prompts()[i];
         cpu.reset();
         gpu.reset();
-        worst = worst.max(max_diff(&gpu.forward(prompt, false).unwrap(), &cpu.forward(prompt, false).unwrap()));
-        assert_eq!(gpu_greedy(&mut gpu, prompt, 8), expected[..8], "prompt {i}");
+        let got = gpu.forward(prompt, false).unwrap();
+        worst = worst.max(max_diff(&got, &cpu.forward(prompt, false).unwrap()));
+        assert_eq!(greedy_after(&mut gpu, &got, 8), expected[..8], "prompt {i}");
     }
     eprintln!("f16 KV cache: largest logit difference {worst:.2e}");
     assert!(worst < 0.1, "logits differ by {worst}");
