@@ -1,4 +1,4 @@
-// runAgent with real models in headless Chromium (issue 16, items 3 and 4): over at least 30 steps
+// runAgent with real models in headless Chromium (issue 16, items 3 and 4): over at least 50 steps
 // of SmolLM2 and Gemma 3 270M, greedy and seeded, every action the model produced parsed and named
 // an existing element that can take it, of an allowed kind; a prompt-injection page never gets an
 // action outside `allow`, past `confirm`, or a password into the prompt; abort stops within the
@@ -74,18 +74,18 @@ function invalid(step, allowed) {
   return null;
 }
 
-test("every action over 30+ steps of SmolLM2 and Gemma 3 (greedy and seeded) parses and names an existing element that can take it", { timeout: 15 * MINUTES }, async () => {
+test("every action over 50+ steps of SmolLM2 and Gemma 3 (greedy and seeded) parses and names an existing element that can take it", { timeout: 20 * MINUTES }, async () => {
   const allowed = ["click", "type", "select", "check", "uncheck", "scroll", "answer", "done", "fail"];
   const tally = [];
   let total = 0;
   // Gemma 3 (no chat template here, a 262k-token head) is the slower.
-  // (30 steps take about 5 minutes here; tests/agent/bench.mjs runs a hundred and more.)
-  for (const [model, want] of [["smollm2", 20], ["gemma3", 10]]) {
+  for (const [model, want] of [["smollm2", 30], ["gemma3", 20]]) {
     const page = await open("shop.html", model);
     let steps = 0;
     for (let run = 0; steps < want; run++) {
       const { route, goal } = SHOP_GOALS[run % SHOP_GOALS.length];
-      const options = run < SHOP_GOALS.length ? { temperature: 0 } : { temperature: 0.8, seed: run };
+      // Greedy and seeded runs take turns, so that each model gets both.
+      const options = run % 2 === 0 ? { temperature: 0 } : { temperature: 0.8, seed: run };
       const result = await page.evaluate(
         async ({ route, goal, allowed, options }) => {
           state.cart = [];
@@ -124,7 +124,7 @@ test("every action over 30+ steps of SmolLM2 and Gemma 3 (greedy and seeded) par
     await page.evaluate(() => engine.dispose());
     await page.close();
   }
-  assert.ok(total >= 30, `${total} steps`);
+  assert.ok(total >= 50, `${total} steps`);
   console.log(tally.join("\n"));
 });
 
