@@ -53,9 +53,10 @@ pub trait Backend {
 pub const RING_SLACK_MAX: usize = 1024;
 
 /// How many rows a sliding-window layer of `window` positions keeps in the CPU engines (see
-/// [`RING_SLACK_MAX`]; the GPU engine's rings are still the window and one chunk).
+/// [`RING_SLACK_MAX`]; the GPU engine's rings are still the window and one chunk). Saturating: a
+/// manifest's window is not bounded above, and a wrapped sum would make a ring too small.
 pub fn ring_rows(window: usize) -> usize {
-    window + (2 * window).min(RING_SLACK_MAX)
+    window.saturating_add(window.saturating_mul(2).min(RING_SLACK_MAX))
 }
 
 /// Whether a sliding-window layer's ring of `rows` rows (position p in row p % rows), written up to
@@ -709,6 +710,16 @@ mod tests {
         }
         out.push_str(&s.flush());
         (out, false)
+    }
+
+    #[test]
+    fn rings_keep_twice_the_window_beyond_it_at_most_1024_rows_and_never_wrap_around() {
+        assert_eq!(ring_rows(8), 24);
+        assert_eq!(ring_rows(512), 1536);
+        assert_eq!(ring_rows(4096), 4096 + 1024);
+        // A hostile manifest's window: the sum saturates instead of wrapping to a tiny ring.
+        assert_eq!(ring_rows(usize::MAX), usize::MAX);
+        assert_eq!(ring_rows(usize::MAX - 10), usize::MAX);
     }
 
     #[test]

@@ -173,10 +173,10 @@ fn sliding_window_models_reuse_only_what_their_rings_still_hold() {
         assert_eq!(out4.ids, fresh(&model, &mut reference, &near), "{}: reuse changed the ids", package.display());
 
         // Diverge earlier than the ring holds: run all.
-        let held = ring_rows(window);
-        if ran(&out4).len() > held + 8 {
+        let (held, cached) = (ring_rows(window), ran(&out4));
+        if cached.len() > held + 8 {
             outran_a_ring = true;
-            let mut early = ran(&out4)[..ran(&out4).len() - held - 4].to_vec();
+            let mut early = cached[..cached.len() - held - 4].to_vec();
             early.extend(model.encode_text(" something else").unwrap().into_iter().skip(1));
             let early = request(early, 6);
             let (out5, first5) = cached_call(&model, &mut engine, &mut cache, &early);

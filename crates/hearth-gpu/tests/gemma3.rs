@@ -82,8 +82,10 @@ fn gemma3_past_a_window_matches_the_cpu_engine_at_every_step() {
         if top2_margin(&want) > LOGIT_TOLERANCE {
             assert_eq!(argmax(&got), argmax(&want), "step {step}: top-1 differs");
         }
-        let token = argmax(&want);
-        (got, want) = (gpu.forward(&[token], false).unwrap(), cpu.forward(&[token], false).unwrap());
+        if step + 1 < STEPS {
+            let token = argmax(&want);
+            (got, want) = (gpu.forward(&[token], false).unwrap(), cpu.forward(&[token], false).unwrap());
+        }
     }
     eprintln!(
         "Gemma 3 270M (window {WINDOW}) on {}: {PROMPT}-token prompt + {STEPS} steps: largest logit difference {worst:.2e}",
