@@ -4,6 +4,7 @@
 //        | {id, type: "countTokens", input, options} | {id, type: "dispose"}
 //        | {id, type: "abort"} (aborts call `id`)
 //   out: {id, type: "progress", progress} | {id, type: "chunk", chunk} (text, {tool_calls} or {logprobs})
+//        | {id, type: "disposing"} (a dispose request was received)
 //        | {id, type: "result", value} | {id, type: "error", error: {name, message, ...}}
 
 import { load } from "./src/load.js";
@@ -29,6 +30,8 @@ async function handle(data, signal, post) {
       if (!engine) throw new EngineDisposedError();
       return engine.countTokens(data.input, { ...data.options, signal });
     case "dispose":
+      // Answered at once, so the page knows this worker is not stuck (src/worker-proxy.js).
+      post({ type: "disposing" });
       await engine?.dispose();
       return undefined;
     default:

@@ -61,8 +61,29 @@ export async function startServer({ routes, pages = {}, port = 0, host = "127.0.
   const prefixes = Object.keys(routes).sort((a, b) => b.length - a.length);
 
   const server = http.createServer((req, res) => {
-    const urlPath = decodeURIComponent(new URL(req.url, "http://x").pathname);
-    const entry = { method: req.method, path: urlPath, status: 200 };
+    try {
+      serve(req, res);
+    } catch (e) {
+      // Whatever a request holds, the server answers it and keeps serving the next one.
+      if (!res.headersSent) res.writeHead(500, { "Content-Type": "text/plain; charset=utf-8" });
+      res.end(`internal error: ${e.message}\n`);
+    }
+  });
+
+  /** The request's path, percent-decoded, or null when it cannot name a file: a malformed escape,
+   * a NUL byte (which the file system APIs reject by throwing) or a path that is not absolute. */
+  const decodePath = (url) => {
+    try {
+      const decoded = decodeURIComponent(new URL(url, "http://x").pathname);
+      return decoded.includes("\0") || !decoded.startsWith("/") ? null : decoded;
+    } catch {
+      return null;
+    }
+  };
+
+  const serve = (req, res) => {
+    const urlPath = decodePath(req.url);
+    const entry = { method: req.method, path: urlPath ?? req.url, status: 200 };
     log.push(entry);
     const isolation = {
       "Cross-Origin-Opener-Policy": "same-origin",
@@ -75,6 +96,7 @@ export async function startServer({ routes, pages = {}, port = 0, host = "127.0.
       res.writeHead(status, { ...headers, "Content-Type": type ?? "text/plain; charset=utf-8" });
       res.end(body);
     };
+    if (urlPath === null) return send(400, "bad request path\n");
     if (hooks.status.has(urlPath)) return send(hooks.status.get(urlPath), "failing on purpose\n");
     if (pages[urlPath] !== undefined) return send(200, pages[urlPath], TYPES[".html"]);
     const prefix = prefixes.find((p) => urlPath.startsWith(p));
@@ -82,7 +104,7 @@ export async function startServer({ routes, pages = {}, port = 0, host = "127.0.
     const root = path.resolve(routes[prefix]);
     let file = path.resolve(root, "." + urlPath.slice(prefix.length - 1));
     if (file !== root && !file.startsWith(root + path.sep)) return send(403, "outside the served folder\n");
-    if (fs.existsSync(file) && fs.statSync(file).isDirectory()) file = path.join(file, "index.html");
+    if (fs.statSync(file, { throwIfNoEntry: false })?.isDirectory()) file = path.join(file, "index.html");
     const type = TYPES[path.extname(file)] ?? "application/octet-stream";
     if (hooks.replace.has(urlPath)) return send(200, hooks.replace.get(urlPath), type);
     fs.readFile(file, (err, body) => {
@@ -102,7 +124,7 @@ export async function startServer({ routes, pages = {}, port = 0, host = "127.0.
       if (pace !== undefined) return sendSlowly(res, { ...headers, "Content-Type": type }, body, pace);
       send(200, body, type);
     });
-  });
+  };
   await new Promise((resolve, reject) => {
     server.once("error", reject); // EADDRINUSE and the like
     server.listen(port, host, () => {

@@ -38,6 +38,8 @@ export class HearthEngine extends EngineApi {
   #tail = Promise.resolve();
   #closing = false;
   #disposed = null;
+  /** Why the engine stopped by itself: a call trapped inside wasm (see #fail). */
+  #crash = null;
 
   /** Not for users: engines come from Hearth.load(). `extra`: info the wasm engine cannot know. */
   constructor(wasmEngine, extra = {}) {
@@ -52,20 +54,23 @@ export class HearthEngine extends EngineApi {
   /** Waits for the calls already made, then releases the GPU memory; later calls reject. */
   dispose() {
     this.#closing = true;
-    this.#disposed ??= this.#acquire(undefined, true).then((release) => {
-      try {
-        this.#engine.free();
-      } finally {
-        this.#engine = null;
-        release();
-      }
-    });
+    this.#disposed ??= this.#acquire(undefined, true).then(
+      (release) => {
+        try {
+          this.#engine.free();
+        } finally {
+          this.#engine = null;
+          release();
+        }
+      },
+      () => {}, // already gone (a call trapped): nothing left to free
+    );
     return this.#disposed;
   }
 
   /** Waits for every earlier call; resolves with the function that lets the next one run. */
   async #acquire(signal, internal = false) {
-    if (this.#closing && !internal) throw new EngineDisposedError();
+    if (this.#closing && !internal) throw new EngineDisposedError(this.#crash ?? undefined);
     let release;
     const held = new Promise((resolve) => (release = resolve));
     const previous = this.#tail;
@@ -78,9 +83,31 @@ export class HearthEngine extends EngineApi {
     }
     if (!this.#engine) {
       release();
-      throw new EngineDisposedError();
+      throw new EngineDisposedError(this.#crash ?? undefined);
     }
     return release;
+  }
+
+  /**
+   * The error a failed wasm call becomes. A trap (`WebAssembly.RuntimeError`: a panic, or an
+   * allocation that failed) leaves the module's view of this engine half-changed (a step marked as
+   * running for ever), so the engine is disposed on the spot and says so, now and on every later
+   * call, instead of answering EngineBusyError for ever.
+   */
+  #fail(e) {
+    if (!(e instanceof WebAssembly.RuntimeError)) return fromWasm(e);
+    this.#crash ??=
+      `This engine stopped after an internal error in the wasm module (${e.message}) and was ` +
+      "disposed; load the model again.";
+    this.#closing = true;
+    const engine = this.#engine;
+    this.#engine = null;
+    try {
+      engine?.free();
+    } catch {
+      // Still marked as borrowed by the call that trapped: its memory stays with the module.
+    }
+    return new EngineDisposedError(this.#crash, { cause: e });
   }
 
   async #count(input, options) {
@@ -89,7 +116,7 @@ export class HearthEngine extends EngineApi {
     try {
       return this.#engine.countTokens(request);
     } catch (e) {
-      throw fromWasm(e);
+      throw this.#fail(e);
     } finally {
       release();
     }
@@ -134,7 +161,7 @@ export class HearthEngine extends EngineApi {
         }
       }
     } catch (e) {
-      throw fromWasm(e);
+      throw this.#fail(e);
     } finally {
       // After an abort the step in flight still owns the engine: cancel once it has settled.
       const settle = () => {

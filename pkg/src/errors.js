@@ -84,8 +84,8 @@ export class GpuError extends HearthError {}
 export class OutOfMemoryError extends HearthError {}
 
 export class EngineDisposedError extends HearthError {
-  constructor(message = "This engine was disposed; load the model again.") {
-    super(message);
+  constructor(message = "This engine was disposed; load the model again.", options) {
+    super(message, options);
   }
 }
 

@@ -26,6 +26,11 @@ class Channel {
     worker.addEventListener("messageerror", () => this.#fail(new HearthError("Hearth's worker sent an unreadable message")));
   }
 
+  /** Ends every call in flight with `error`; later requests reject with it. */
+  close(error) {
+    this.#fail(error);
+  }
+
   #fail(error) {
     this.#dead = error;
     for (const deliver of [...this.#calls.values()]) deliver({ type: "error", error });
@@ -69,6 +74,9 @@ class Channel {
   }
 }
 
+/** How long a worker may take to answer a dispose request before it is terminated. */
+const DISPOSE_ACK_MS = 1000;
+
 /** The engine's API, answered by the worker. */
 export class WorkerEngine extends EngineApi {
   #worker;
@@ -100,13 +108,28 @@ export class WorkerEngine extends EngineApi {
     return this.#channel.request("generate", { input: prompt ?? messages, options: rest }, { signal, onEvent });
   }
 
-  /** Lets the calls already made finish, frees the engine and ends the worker. */
+  /**
+   * Lets the calls already made finish, frees the engine and ends the worker. A worker that does not
+   * even acknowledge the request within DISPOSE_ACK_MS is stuck inside a call (a hostile chat
+   * template, say) and is terminated at once; its calls reject with EngineDisposedError.
+   */
   dispose() {
     this.#closing = true;
-    this.#disposed ??= this.#channel
-      .request("dispose", {})
-      .catch(() => {})
-      .then(() => this.#worker.terminate());
+    this.#disposed ??= new Promise((resolve) => {
+      let acknowledged = false;
+      let ended = false;
+      const end = () => {
+        if (ended) return;
+        ended = true;
+        clearTimeout(timer);
+        this.#worker.terminate();
+        this.#channel.close(new EngineDisposedError());
+        resolve();
+      };
+      const timer = setTimeout(() => acknowledged || end(), DISPOSE_ACK_MS);
+      const onEvent = (m) => m.type === "disposing" && (acknowledged = true);
+      this.#channel.request("dispose", {}, { onEvent }).catch(() => {}).then(end);
+    });
     return this.#disposed;
   }
 }

@@ -34,6 +34,26 @@ impl ChatMessage {
     }
 }
 
+/// What one render of a chat template may spend. A model file's template is someone else's code:
+/// without these a few hundred bytes of nested loops run for hours or build gigabytes. Each limit is
+/// far above what real templates need (`tests::real_templates_stay_far_below_the_limits`).
+pub mod limits {
+    /// Largest template source accepted (real ones are 1–20 KB).
+    pub const SOURCE_BYTES: usize = 256 * 1024;
+    /// minijinja instructions per render: a fixed allowance plus one per byte of the chat, so a long
+    /// chat never runs out while a template that loops over nothing in particular stops in well
+    /// under a second.
+    pub const FUEL_BASE: u64 = 1_000_000;
+    pub const FUEL_PER_INPUT_BYTE: u64 = 16;
+    /// Output bytes per render: a fixed allowance plus a multiple of the chat's own bytes (a template
+    /// writes each message once, with a few tags around it).
+    pub const OUTPUT_BASE: usize = 1024 * 1024;
+    pub const OUTPUT_PER_INPUT_BYTE: usize = 4;
+    /// Macro and include nesting (minijinja allows 500; each level costs native stack, which a wasm
+    /// module has little of).
+    pub const RECURSION: usize = 64;
+}
+
 pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
@@ -47,7 +67,15 @@ const TEMPLATE_NAME: &str = "chat";
 
 impl ChatTemplate {
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        if source.len() > limits::SOURCE_BYTES {
+            return Err(HearthError::ChatTemplate(format!(
+                "the model's chat template is {} bytes, over the limit of {} bytes",
+                source.len(),
+                limits::SOURCE_BYTES
+            )));
+        }
         let mut env = Environment::new();
+        env.set_recursion_limit(limits::RECURSION);
         // Python string and dict methods (`.strip()`, `.items()`, ...) that HF templates call.
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         minijinja_contrib::add_to_environment(&mut env);
@@ -64,20 +92,93 @@ impl ChatTemplate {
     /// The chat as the model reads it, `tools` shown as the template shows them (or, when it has
     /// no place for them, in the system message: see [`with_tools_as_text`]).
     pub fn render(&self, messages: &[ChatMessage], tools: &Tools, add_generation_prompt: bool) -> Result<String> {
-        let template = self.env.get_template(TEMPLATE_NAME).map_err(|e| HearthError::ChatTemplate(e.to_string()))?;
+        self.render_with_cost(messages, tools, add_generation_prompt).map(|(text, _)| text)
+    }
+
+    /// [`render`](Self::render), also saying what the render spent against its [`limits`].
+    pub fn render_with_cost(
+        &self,
+        messages: &[ChatMessage],
+        tools: &Tools,
+        add_generation_prompt: bool,
+    ) -> Result<(String, RenderCost)> {
         let (messages, tools) = match self.takes_tools {
             true => (Cow::Borrowed(messages), (!tools.tools.is_empty()).then(|| tools.template_value())),
             false => (Cow::Owned(with_tools_as_text(messages, tools)), None),
         };
-        template
-            .render(context! {
-                messages => messages_value(&messages),
-                tools => minijinja::Value::from(Serde(tools)),
+        let input_bytes = serde_json::to_string(&*messages).map_or(0, |s| s.len())
+            + tools.as_ref().and_then(|t| serde_json::to_string(t).ok()).map_or(0, |s| s.len());
+        let messages = messages_value(&messages);
+        let tools = minijinja::Value::from(Serde(tools));
+        let fuel = limits::FUEL_BASE + limits::FUEL_PER_INPUT_BYTE * input_bytes as u64;
+        let mut env = self.env.clone();
+        env.set_fuel(Some(fuel));
+        let template = env.get_template(TEMPLATE_NAME).map_err(|e| HearthError::ChatTemplate(e.to_string()))?;
+        let cap = limits::OUTPUT_BASE + limits::OUTPUT_PER_INPUT_BYTE * input_bytes;
+        let mut out = CappedWriter { bytes: Vec::new(), cap, over: false };
+        let rendered = template.render_captured_to(
+            context! {
+                messages => messages,
+                tools => tools,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token.as_str(),
                 eos_token => self.eos_token.as_str(),
-            })
-            .map_err(|e| HearthError::ChatTemplate(format!("cannot render the chat: {e}")))
+            },
+            &mut out,
+        );
+        match rendered {
+            Ok(captured) => {
+                let fuel_used = captured.state().fuel_levels().map_or(0, |(used, _)| used);
+                let cost = RenderCost { fuel_used, fuel_limit: fuel, output_bytes: out.bytes.len(), output_limit: cap };
+                let text = String::from_utf8(out.bytes)
+                    .map_err(|_| HearthError::ChatTemplate("the chat template wrote invalid UTF-8".into()))?;
+                Ok((text, cost))
+            }
+            Err(_) if out.over => Err(HearthError::ChatTemplate(format!(
+                "the chat template's output passed the limit of {cap} bytes for this chat \
+                 ({} + {} per byte of messages and tools)",
+                limits::OUTPUT_BASE,
+                limits::OUTPUT_PER_INPUT_BYTE
+            ))),
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(HearthError::ChatTemplate(format!(
+                "the chat template ran past its limit of {fuel} steps for this chat ({} + {} per byte \
+                 of messages and tools): it loops too much to be a chat template",
+                limits::FUEL_BASE,
+                limits::FUEL_PER_INPUT_BYTE
+            ))),
+            Err(e) => Err(HearthError::ChatTemplate(format!("cannot render the chat: {e}"))),
+        }
+    }
+}
+
+/// What one render spent, and what it was allowed.
+#[derive(Debug, Clone, Copy)]
+pub struct RenderCost {
+    pub fuel_used: u64,
+    pub fuel_limit: u64,
+    pub output_bytes: usize,
+    pub output_limit: usize,
+}
+
+/// The render's output, refusing bytes past `cap` (minijinja then stops with a write error).
+struct CappedWriter {
+    bytes: Vec<u8>,
+    cap: usize,
+    over: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.cap {
+            self.over = true;
+            return Err(std::io::Error::other("chat template output limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -208,5 +309,50 @@ mod tests {
         assert_eq!(t.render(&[ChatMessage::new("user", "  ok ")], &Tools::default(), false).unwrap(), "<s>OK");
         let err = t.render(&[ChatMessage::new("bad", "x")], &Tools::default(), false).unwrap_err();
         assert!(err.to_string().contains("roles must alternate"), "{err}");
+    }
+
+    fn render_err(src: &str) -> String {
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        t.render(&[ChatMessage::new("user", "hi")], &Tools::default(), true).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn nested_loops_run_out_of_fuel() {
+        // 10^10 iterations unbounded; the fuel stops it after about a million steps.
+        let err =
+            render_err("{% for a in range(100000) %}{% for b in range(100000) %}{{ '' }}{% endfor %}{% endfor %}");
+        assert!(err.contains("limit of") && err.contains("steps"), "{err}");
+    }
+
+    #[test]
+    fn output_past_the_cap_is_refused() {
+        // 100 MB of output; each step is cheap, so it is the output cap (about 1 MB here) that stops it.
+        let err = render_err("{% for a in range(100000) %}{{ 'x' * 1000 }}{% endfor %}");
+        assert!(err.contains("output passed the limit"), "{err}");
+    }
+
+    #[test]
+    fn deep_macro_recursion_is_refused() {
+        let err = render_err("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}");
+        assert!(err.contains("recursion"), "{err}");
+    }
+
+    #[test]
+    fn an_oversized_template_is_refused_with_its_size() {
+        let src = "x".repeat(limits::SOURCE_BYTES + 1);
+        let err = ChatTemplate::new(&src, "", "").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(&format!("{} bytes", limits::SOURCE_BYTES + 1)), "{err}");
+    }
+
+    #[test]
+    fn a_long_chat_gets_fuel_and_output_in_proportion() {
+        // 400 messages of 2 KB: 800 KB of chat, so the fixed allowances alone would not do.
+        let t = ChatTemplate::new(CHATML, "", "<|im_end|>").unwrap();
+        let chat: Vec<_> =
+            (0..400).map(|i| ChatMessage::new(["user", "assistant"][i % 2], &"word ".repeat(400))).collect();
+        let (text, cost) = t.render_with_cost(&chat, &Tools::default(), true).unwrap();
+        assert!(text.len() > 800_000);
+        assert!(cost.output_bytes * 2 < cost.output_limit, "{cost:?}");
+        assert!(cost.fuel_used * 10 < cost.fuel_limit, "{cost:?}");
     }
 }

@@ -24,6 +24,9 @@ pub enum HearthError {
     BadPackage { path: String, detail: String },
     #[error("integrity check failed for {file}: expected sha256 {expected}, got {actual}")]
     Integrity { file: String, expected: String, actual: String },
+    /// A package file whose size is not the manifest's (checked before its hash).
+    #[error("integrity check failed for {file}: the manifest says {expected} bytes, found {actual} {what}")]
+    WrongSize { file: String, expected: u64, actual: u64, what: &'static str },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("chat template: {0}")]

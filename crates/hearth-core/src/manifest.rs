@@ -266,6 +266,22 @@ pub struct TensorEntry {
     pub parts: BTreeMap<String, PartRange>,
 }
 
+/// Upper bounds on a model's configuration, checked by [`ModelConfig::validate`] before any engine,
+/// loader or converter sizes anything from it. The largest real models stay well inside (a 405B
+/// Llama: 126 layers, width 16384, 128 heads of 128, FFN 53248; Gemma 3: a 262k vocabulary; contexts
+/// of a few million), while `LAYERS · CONTEXT · WIDTH · 8` stays below 2^63.
+pub mod limits {
+    pub const LAYERS: usize = 1 << 10;
+    /// Hidden size, and also heads × head_dim (the query width).
+    pub const WIDTH: usize = 1 << 17;
+    pub const HEADS: usize = 1 << 10;
+    pub const HEAD_DIM: usize = 1 << 11;
+    pub const FFN: usize = 1 << 19;
+    pub const VOCAB: usize = 1 << 22;
+    /// Positions: context length, sliding window, a RoPE scaling's original context.
+    pub const CONTEXT: usize = 1 << 24;
+}
+
 impl ModelConfig {
     pub fn q_dim(&self) -> usize {
         self.n_heads * self.head_dim
@@ -283,6 +299,28 @@ impl ModelConfig {
     /// Check the numbers that the engines divide by or index with, so a bad manifest is an error and
     /// never a panic.
     pub fn validate(&self) -> Result<(), String> {
+        // Upper bounds first: every product the engines form from these (q_dim, a layer's KV rows,
+        // the cache's bytes) then fits a u64 with room to spare, and no count can make a loader
+        // loop or allocate for ever. Each is far above any real model (docs/SECURITY.md).
+        for (name, value, max) in [
+            ("n_layers", self.n_layers, limits::LAYERS),
+            ("hidden_size", self.hidden_size, limits::WIDTH),
+            ("n_heads", self.n_heads, limits::HEADS),
+            ("n_kv_heads", self.n_kv_heads, limits::HEADS),
+            ("head_dim", self.head_dim, limits::HEAD_DIM),
+            ("ffn_size", self.ffn_size, limits::FFN),
+            ("vocab_size", self.vocab_size, limits::VOCAB),
+            ("context_length", self.context_length, limits::CONTEXT),
+            ("sliding_window", self.sliding_window.unwrap_or(0), limits::CONTEXT),
+            ("sliding_window_pattern", self.sliding_window_pattern.unwrap_or(0), limits::LAYERS),
+        ] {
+            if value > max {
+                return Err(format!("config.{name} is {value}, above the limit of {max}"));
+            }
+        }
+        if self.q_dim() > limits::WIDTH {
+            return Err(format!("config.n_heads × head_dim is {}, above the limit of {}", self.q_dim(), limits::WIDTH));
+        }
         let positive = [
             ("n_layers", self.n_layers),
             ("hidden_size", self.hidden_size),
@@ -296,12 +334,41 @@ impl ModelConfig {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("config.{name} must be positive"));
         }
+        if self.n_kv_heads > self.n_heads {
+            return Err(format!("config.n_kv_heads {} is more than n_heads {}", self.n_kv_heads, self.n_heads));
+        }
         if self.n_heads % self.n_kv_heads != 0 {
             return Err(format!("{} heads cannot share {} key/value heads", self.n_heads, self.n_kv_heads));
         }
         if let Some(rope) = &self.rope {
             if rope.dim == 0 || rope.dim % 2 != 0 || rope.dim > self.head_dim {
                 return Err(format!("rope.dim {} must be even and at most head_dim {}", rope.dim, self.head_dim));
+            }
+            let finite_positive = |v: f32| v.is_finite() && v > 0.0;
+            if !finite_positive(rope.base) || rope.local_base.is_some_and(|b| !finite_positive(b)) {
+                return Err("rope.base and rope.local_base must be positive numbers".into());
+            }
+            let scaling_ok = match &rope.scaling {
+                None => true,
+                Some(RopeScaling::Linear { factor }) => finite_positive(*factor),
+                Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context_length }) => {
+                    [*factor, *low_freq_factor, *high_freq_factor].into_iter().all(finite_positive)
+                        && (1..=limits::CONTEXT).contains(original_context_length)
+                }
+                Some(RopeScaling::Yarn { factor, original_context_length, beta_fast, beta_slow, attn_factor }) => {
+                    [*factor, *attn_factor].into_iter().all(finite_positive)
+                        && beta_fast.is_finite()
+                        && beta_slow.is_finite()
+                        && (1..=limits::CONTEXT).contains(original_context_length)
+                }
+            };
+            if !scaling_ok {
+                return Err(format!("rope.scaling {:?} holds a value out of range", rope.scaling));
+            }
+        }
+        if let Some(alibi) = &self.alibi {
+            if !(alibi.max_bias.is_finite() && alibi.max_bias >= 0.0) {
+                return Err(format!("alibi.max_bias {} must be a finite non-negative number", alibi.max_bias));
             }
         }
         for (name, value) in [

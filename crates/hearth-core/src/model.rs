@@ -45,7 +45,9 @@ impl Model {
 pub struct Prompter {
     pub tokenizer: Tokenizer,
     model_name: String,
-    chat_template: Option<ChatTemplate>,
+    /// `Err` holds why the model's template could not be used; that only matters to chat use, so
+    /// plain prompts work with a broken template.
+    chat_template: Option<std::result::Result<ChatTemplate, String>>,
     bos_text: String,
 }
 
@@ -56,10 +58,12 @@ impl Prompter {
         let text_of = |id: Option<u32>| id.and_then(|id| tokenizer.token_text(id)).unwrap_or_default();
         let bos_text = text_of(info.bos_id);
         let eos_text = text_of(info.eos_id);
-        let chat_template = match &info.chat_template {
-            Some(src) => Some(ChatTemplate::new(src, &bos_text, &eos_text)?),
-            None => None,
-        };
+        let chat_template = info.chat_template.as_ref().map(|src| {
+            ChatTemplate::new(src, &bos_text, &eos_text).map_err(|e| match e {
+                HearthError::ChatTemplate(why) => why,
+                other => other.to_string(),
+            })
+        });
         Ok(Prompter { tokenizer, model_name: model_name.to_string(), chat_template, bos_text })
     }
 
@@ -88,9 +92,16 @@ impl Prompter {
     }
 
     pub fn render_chat(&self, messages: &[ChatMessage], tools: &Tools) -> Result<String> {
-        let template = self.chat_template.as_ref().ok_or_else(|| {
-            HearthError::ChatTemplate(format!("model `{}` has no chat template; use a plain prompt", self.model_name))
-        })?;
-        template.render(messages, tools, true)
+        match &self.chat_template {
+            Some(Ok(template)) => template.render(messages, tools, true),
+            Some(Err(why)) => Err(HearthError::ChatTemplate(format!(
+                "model `{}`'s chat template cannot be used ({why}); use a plain prompt",
+                self.model_name
+            ))),
+            None => Err(HearthError::ChatTemplate(format!(
+                "model `{}` has no chat template; use a plain prompt",
+                self.model_name
+            ))),
+        }
     }
 }

@@ -35,6 +35,31 @@ struct OpenShard {
     written: u64,
 }
 
+/// Removes what killed conversions left: `.{base}.partial-PID` directories whose process is gone
+/// (where `/proc` can tell), or older than a day (where it cannot). Best effort: a directory that
+/// cannot be removed is left for the next run.
+fn remove_stale_partials(parent: &Path, base: &str) {
+    let prefix = format!(".{base}.partial-");
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    let can_see_processes = Path::new("/proc/self").exists();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() {
+            continue;
+        }
+        let stale = if can_see_processes {
+            !Path::new("/proc").join(pid.to_string()).exists()
+        } else {
+            let age = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+            age.is_some_and(|a| a.as_secs() > 24 * 3600)
+        };
+        if stale && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Streams tensors into shards of at most `shard_size` bytes.
 pub struct PackageWriter {
     tmp_dir: PathBuf,
@@ -66,6 +91,7 @@ impl PackageWriter {
         };
         fs::create_dir_all(&parent).map_err(|e| HearthError::io("create directory", &parent, e))?;
         let base = out_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "package".into());
+        remove_stale_partials(&parent, &base);
         let tmp_dir = parent.join(format!(".{base}.partial-{}", std::process::id()));
         if tmp_dir.exists() {
             fs::remove_dir_all(&tmp_dir).map_err(|e| HearthError::io("remove stale", &tmp_dir, e))?;
@@ -236,13 +262,37 @@ impl Package {
         Ok(Package { dir, manifest })
     }
 
-    /// Check every shard and file against the sizes and sha256 hashes in the manifest.
+    /// Check every shard and file against the sizes and sha256 hashes in the manifest. The size
+    /// comes first (from the file system, so a shard that is a link to `/dev/zero`, a FIFO or a huge
+    /// file is refused without reading it) and the hash is computed as the file streams past.
     pub fn verify(&self) -> Result<()> {
         for entry in self.manifest.shards.iter().chain(&self.manifest.files) {
             let path = self.dir.join(&entry.file);
-            let bytes = fs::read(&path).map_err(|e| HearthError::io("read", &path, e))?;
-            let actual = sha256_hex(&bytes);
-            if bytes.len() as u64 != entry.size || actual != entry.sha256 {
+            // Not opened before it is known to be a regular file: opening a FIFO blocks.
+            let meta = fs::metadata(&path).map_err(|e| HearthError::io("inspect", &path, e))?;
+            let actual_size = if meta.is_file() { meta.len() } else { 0 };
+            if !meta.is_file() || actual_size != entry.size {
+                return Err(HearthError::WrongSize {
+                    file: path.display().to_string(),
+                    expected: entry.size,
+                    actual: actual_size,
+                    what: if meta.is_file() { "bytes" } else { "bytes (not a regular file)" },
+                });
+            }
+            let file = File::open(&path).map_err(|e| HearthError::io("open", &path, e))?;
+            let mut hasher = Sha256::new();
+            // At most the stated size is read, even if the file grows meanwhile.
+            let (mut reader, mut buf, mut copied) = (file.take(entry.size), vec![0u8; 1 << 20], 0u64);
+            loop {
+                let n = reader.read(&mut buf).map_err(|e| HearthError::io("read", &path, e))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                copied += n as u64;
+            }
+            let actual = hex(&hasher.finalize());
+            if copied != entry.size || actual != entry.sha256 {
                 return Err(HearthError::Integrity {
                     file: path.display().to_string(),
                     expected: entry.sha256.clone(),

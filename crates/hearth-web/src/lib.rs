@@ -32,7 +32,7 @@ pub(crate) fn js_error(e: HearthError) -> JsValue {
         HearthError::OutOfMemory { .. } => "OutOfMemoryError",
         HearthError::UnsupportedArchitecture(_) | HearthError::UnsupportedTensorType { .. } => "UnsupportedModelError",
         HearthError::BadPackage { .. } | HearthError::BadModelFile { .. } | HearthError::Io { .. } => "BadPackageError",
-        HearthError::Integrity { .. } => "IntegrityError",
+        HearthError::Integrity { .. } | HearthError::WrongSize { .. } => "IntegrityError",
         HearthError::ContextLengthExceeded { .. } => "ContextLengthError",
         HearthError::InvalidArgument(_) => "InvalidArgumentError",
         HearthError::Tokenizer(_) => "TokenizerError",

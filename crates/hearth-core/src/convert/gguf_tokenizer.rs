@@ -265,12 +265,21 @@ fn sentencepiece_bpe(gguf: &GgufFile, vocab: &Vocab) -> Result<Value> {
     let add_space_prefix = gguf.get_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
     let ids: HashMap<&str, usize> = vocab.tokens.iter().enumerate().rev().map(|(i, t)| (t.as_str(), i)).collect();
 
+    let hashes = PieceHashes::new(&vocab.tokens);
+
     let mut merges: Vec<(f64, usize, &str, &str)> = Vec::new();
     for (id, piece) in vocab.tokens.iter().enumerate() {
         if vocab.types[id] != 1 {
             continue;
         }
+        // Looking each half up by its text would cost O(len²) per piece (a crafted 400 KB piece took
+        // minutes); hashes of every prefix and suffix make it O(len), and the text lookup only
+        // confirms the candidates.
+        let (prefixes, suffixes) = hashes.prefix_and_suffix_hashes(piece.as_bytes());
         for (cut, _) in piece.char_indices().skip(1) {
+            if !hashes.known(prefixes[cut]) || !hashes.known(suffixes[cut]) {
+                continue;
+            }
             let (a, b) = piece.split_at(cut);
             if ids.contains_key(a) && ids.contains_key(b) {
                 merges.push((scores[id], id, a, b));
@@ -316,4 +325,64 @@ fn sentencepiece_bpe(gguf: &GgufFile, vocab: &Vocab) -> Result<Value> {
             "merges": merges,
         }
     }))
+}
+
+/// Polynomial hashes of byte strings modulo the prime 2^61 − 1: after O(len) work on a piece, whether
+/// any of its prefixes or suffixes hashes like a vocabulary token is an O(1) question.
+struct PieceHashes {
+    tokens: std::collections::HashSet<u64>,
+}
+
+impl PieceHashes {
+    const MODULUS: u64 = (1 << 61) - 1;
+    const BASE: u64 = 0x5bd1_e995_3c6e_f372 % Self::MODULUS;
+
+    fn new(tokens: &[String]) -> Self {
+        PieceHashes { tokens: tokens.iter().map(|t| Self::hash(t.as_bytes())).collect() }
+    }
+
+    fn mul(a: u64, b: u64) -> u64 {
+        ((a as u128 * b as u128) % Self::MODULUS as u128) as u64
+    }
+
+    fn hash(bytes: &[u8]) -> u64 {
+        bytes.iter().fold(0, |h, &b| (Self::mul(h, Self::BASE) + b as u64 + 1) % Self::MODULUS)
+    }
+
+    fn known(&self, hash: u64) -> bool {
+        self.tokens.contains(&hash)
+    }
+
+    /// `(p, s)` with `p[i]` the hash of `bytes[..i]` and `s[i]` the hash of `bytes[i..]`.
+    fn prefix_and_suffix_hashes(&self, bytes: &[u8]) -> (Vec<u64>, Vec<u64>) {
+        let n = bytes.len();
+        let mut prefix = Vec::with_capacity(n + 1);
+        let mut power = Vec::with_capacity(n + 1);
+        prefix.push(0);
+        power.push(1);
+        for (i, &b) in bytes.iter().enumerate() {
+            prefix.push((Self::mul(prefix[i], Self::BASE) + b as u64 + 1) % Self::MODULUS);
+            power.push(Self::mul(power[i], Self::BASE));
+        }
+        // hash(bytes[i..]) = hash(bytes) − hash(bytes[..i])·BASE^(n−i)
+        let suffix =
+            (0..=n).map(|i| (prefix[n] + Self::MODULUS - Self::mul(prefix[i], power[n - i])) % Self::MODULUS).collect();
+        (prefix, suffix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PieceHashes;
+
+    #[test]
+    fn prefix_and_suffix_hashes_equal_the_hashes_of_the_parts() {
+        let hashes = PieceHashes::new(&[]);
+        let piece = "▁hello wörld".as_bytes();
+        let (prefix, suffix) = hashes.prefix_and_suffix_hashes(piece);
+        for i in 0..=piece.len() {
+            assert_eq!(prefix[i], PieceHashes::hash(&piece[..i]), "prefix {i}");
+            assert_eq!(suffix[i], PieceHashes::hash(&piece[i..]), "suffix {i}");
+        }
+    }
 }

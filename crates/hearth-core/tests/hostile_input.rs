@@ -1,0 +1,233 @@
+//! Hostile input (docs/SECURITY.md), each case built here from a reproducer: a SentencePiece
+//! vocabulary with a 400 KB piece, manifests whose sizes are absurd, shards replaced by a device
+//! file or cut short, chat templates that loop or do not parse, and directories that killed
+//! conversions left behind. Each must end in a typed error (or, for the vocabulary, a result) in
+//! bounded time, and never in a panic, an abort or a lost package.
+
+mod common;
+
+use std::path::Path;
+
+use hearth_core::chat::ChatMessage;
+use hearth_core::convert::{convert, tokenizer_from_gguf, ConvertOptions};
+use hearth_core::gguf::GgufFile;
+use hearth_core::manifest::TokenizerInfo;
+use hearth_core::model::Prompter;
+use hearth_core::package::{parse_manifest, Package};
+use hearth_core::tools::Tools;
+use hearth_core::HearthError;
+
+/// A GGUF (version 3) with metadata only: `(key, value)` where a value is a string, a u32, or an
+/// array of strings, f32s or i32s.
+enum Meta {
+    Str(String),
+    U32(u32),
+    Strs(Vec<String>),
+    F32s(Vec<f32>),
+    I32s(Vec<i32>),
+}
+
+fn gguf_bytes(meta: &[(&str, Meta)]) -> Vec<u8> {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    }
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend(0u64.to_le_bytes()); // tensors
+    out.extend((meta.len() as u64).to_le_bytes());
+    for (key, value) in meta {
+        string(&mut out, key);
+        match value {
+            Meta::Str(s) => {
+                out.extend(8u32.to_le_bytes());
+                string(&mut out, s);
+            }
+            Meta::U32(v) => {
+                out.extend(4u32.to_le_bytes());
+                out.extend(v.to_le_bytes());
+            }
+            Meta::Strs(items) => {
+                out.extend(9u32.to_le_bytes());
+                out.extend(8u32.to_le_bytes());
+                out.extend((items.len() as u64).to_le_bytes());
+                items.iter().for_each(|s| string(&mut out, s));
+            }
+            Meta::F32s(items) => {
+                out.extend(9u32.to_le_bytes());
+                out.extend(6u32.to_le_bytes());
+                out.extend((items.len() as u64).to_le_bytes());
+                items.iter().for_each(|v| out.extend(v.to_le_bytes()));
+            }
+            Meta::I32s(items) => {
+                out.extend(9u32.to_le_bytes());
+                out.extend(5u32.to_le_bytes());
+                out.extend((items.len() as u64).to_le_bytes());
+                items.iter().for_each(|v| out.extend(v.to_le_bytes()));
+            }
+        }
+    }
+    out
+}
+
+/// A SentencePiece vocabulary: `<unk>`, `<s>`, `</s>`, the pieces `a` … `a`×16 and `b`, and one
+/// piece of `long` bytes. Looking every split of every piece up by its text was quadratic in the
+/// piece's length: this 400 KB piece took minutes.
+#[test]
+fn a_sentencepiece_vocabulary_with_a_400_kb_piece_converts() {
+    let long = 400_000;
+    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"].map(String::from).to_vec();
+    tokens.extend((1..=16).map(|n| "a".repeat(n)));
+    tokens.push("b".into());
+    tokens.push(format!("{}b", "a".repeat(long - 1)));
+    let n = tokens.len();
+    let mut types = vec![1i32; n];
+    types[0] = 2;
+    types[1] = 3;
+    types[2] = 3;
+    let scores: Vec<f32> = (0..n).map(|i| -(i as f32)).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("vocab.gguf");
+    std::fs::write(
+        &path,
+        gguf_bytes(&[
+            ("general.architecture", Meta::Str("llama".into())),
+            ("tokenizer.ggml.model", Meta::Str("llama".into())),
+            ("tokenizer.ggml.tokens", Meta::Strs(tokens)),
+            ("tokenizer.ggml.scores", Meta::F32s(scores)),
+            ("tokenizer.ggml.token_type", Meta::I32s(types)),
+            ("tokenizer.ggml.bos_token_id", Meta::U32(1)),
+            ("tokenizer.ggml.eos_token_id", Meta::U32(2)),
+        ]),
+    )
+    .unwrap();
+    let gguf = GgufFile::open(&path).unwrap();
+    let tokenizer = tokenizer_from_gguf(&gguf).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&tokenizer.json).unwrap();
+    let merges = json["model"]["merges"].as_array().unwrap();
+    // "a"+"a" … "a"×8+"a"×8 make the 15 runs of a's; the long piece splits into a vocabulary prefix
+    // and suffix nowhere ("a"×k + "a…ab" needs a suffix that is a piece, and only "b" is).
+    assert!(merges.iter().any(|m| m == &serde_json::json!(["a", "a"])), "{merges:?}");
+    assert!(
+        merges.iter().all(|m| m[0].as_str().map_or(0, str::len) + m[1].as_str().map_or(0, str::len) <= 16),
+        "no merge forms the long piece"
+    );
+}
+
+/// The tiny Qwen2 model's tokenizer with `template` as its chat template.
+fn prompter_with_template(template: &str) -> Prompter {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pkg");
+    tiny_package(&dir);
+    let package = Package::open(&dir).unwrap();
+    let tokenizer = package.read_file(&package.manifest.tokenizer.file).unwrap();
+    let info = TokenizerInfo { chat_template: Some(template.to_string()), ..package.manifest.tokenizer.clone() };
+    Prompter::new("hostile", &tokenizer, info).unwrap()
+}
+
+#[test]
+fn a_template_that_does_not_parse_only_breaks_chat() {
+    let mut p = prompter_with_template("{% for m in messages %}{{ m.content ");
+    assert!(!p.encode_text("plain text still works").unwrap().is_empty());
+    let err = p.encode_chat(&[ChatMessage::new("user", "hi")]).unwrap_err();
+    assert!(matches!(&err, HearthError::ChatTemplate(m) if m.contains("cannot parse")), "{err}");
+}
+
+#[test]
+fn a_template_that_loops_stops_at_its_fuel_and_the_prompter_stays_usable() {
+    let mut p = prompter_with_template(
+        "{% for a in range(100000) %}{% for b in range(100000) %}{{ '' }}{% endfor %}{% endfor %}",
+    );
+    let err = p.encode_chat(&[ChatMessage::new("user", "hi")]).unwrap_err();
+    assert!(matches!(&err, HearthError::ChatTemplate(m) if m.contains("steps")), "{err}");
+    assert!(!p.encode_text("still usable").unwrap().is_empty());
+}
+
+/// A real model's template (SmolLM2's ChatML; the Gemma 3 270M GGUF here carries none) on a long
+/// chat with tools: each limit is at least four times (fuel: ten times) what it uses, so the
+/// limits never refuse a real chat.
+#[test]
+fn real_templates_stay_far_below_the_limits() {
+    let tools: Tools = serde_json::from_value(serde_json::json!({"tools": [{"type": "function", "function": {
+        "name": "search", "description": "Search the web",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]}))
+    .unwrap();
+    let chat: Vec<ChatMessage> =
+        std::iter::once(ChatMessage::new("system", "You are helpful."))
+            .chain((0..200).map(|i| {
+                ChatMessage::new(["user", "assistant"][i % 2], &format!("message {i}: {}", "text ".repeat(50)))
+            }))
+            .collect();
+    let gguf = common::smollm2_gguf();
+    let file = GgufFile::open(&gguf).unwrap();
+    let source = file.get_str("tokenizer.chat_template").expect("a chat template").to_string();
+    let template = hearth_core::chat::ChatTemplate::new(&source, "<s>", "</s>").unwrap();
+    let (text, cost) = template.render_with_cost(&chat, &tools, true).unwrap();
+    eprintln!("{}: {} bytes, {cost:?}", gguf.display(), text.len());
+    assert!(cost.fuel_used * 10 < cost.fuel_limit, "{cost:?}");
+    assert!(cost.output_bytes * 4 < cost.output_limit, "{cost:?}");
+}
+
+/// A real manifest (the Llama 3.2 1B shape fixture) with one config field made absurd: each is
+/// refused by the parser, naming the field, before anything is sized from it.
+#[test]
+fn absurd_config_values_are_refused_naming_the_field() {
+    let path = common::repo_root().join("tests/fixtures/shapes/llama-3.2-1b-instruct/manifest.json");
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(parse_manifest(text.as_bytes(), "fixture").is_ok(), "the fixture itself is valid");
+    for (field, value) in [
+        ("n_layers", serde_json::json!(1u64 << 40)),
+        ("context_length", serde_json::json!(1u64 << 27)),
+        ("head_dim", serde_json::json!(1u64 << 30)),
+        ("vocab_size", serde_json::json!(u32::MAX)),
+        ("n_kv_heads", serde_json::json!(64)),
+    ] {
+        let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+        m["config"][field] = value.clone();
+        let err = parse_manifest(m.to_string().as_bytes(), "edited").unwrap_err().to_string();
+        assert!(err.contains(field), "{field} = {value}: {err}");
+    }
+}
+
+fn tiny_package(dir: &Path) {
+    let gguf = common::repo_root().join("tests/fixtures/tiny/qwen2.gguf");
+    convert(&gguf, dir, &ConvertOptions::default()).unwrap();
+}
+
+#[test]
+fn verify_checks_sizes_before_reading_and_refuses_device_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pkg");
+    tiny_package(&dir);
+    let package = Package::open(&dir).unwrap();
+    package.verify().unwrap();
+    let shard = dir.join(&package.manifest.shards[0].file);
+
+    // A shard that is a link to an endless device: refused at once, without reading it.
+    let saved = std::fs::read(&shard).unwrap();
+    std::fs::remove_file(&shard).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &shard).unwrap();
+    let err = package.verify().unwrap_err();
+    assert!(matches!(&err, HearthError::WrongSize { what, .. } if what.contains("not a regular file")), "{err}");
+
+    // Cut short: the sizes, not two equal-looking hashes.
+    std::fs::remove_file(&shard).unwrap();
+    std::fs::write(&shard, &saved[..saved.len() - 1]).unwrap();
+    let err = package.verify().unwrap_err();
+    assert!(matches!(&err, HearthError::WrongSize { expected, actual, .. } if *expected == *actual + 1), "{err}");
+}
+
+#[test]
+fn directories_left_by_killed_conversions_are_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    // No process has this id (Linux caps ids at 2^22); process 1 always exists.
+    let stale = tmp.path().join(".pkg.partial-999999999");
+    let live = tmp.path().join(".pkg.partial-1");
+    for d in [&stale, &live] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::write(d.join("shard-00000.bin"), b"half a shard").unwrap();
+    }
+    tiny_package(&tmp.path().join("pkg"));
+    assert!(!stale.exists(), "the dead conversion's directory is gone");
+    assert!(live.exists(), "a running conversion's directory is left alone");
+}

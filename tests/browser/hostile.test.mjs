@@ -1,0 +1,119 @@
+// A model package is input someone else wrote (docs/SECURITY.md). Its chat template runs inside the
+// engine: here packages of the tiny Qwen2 model, each with a hostile template written into its
+// manifest, loaded on the CPU engine in the page and in a worker. A template that loops for ever
+// stops with an InvalidArgumentError ("chat template: ...") and the engine stays usable; one that does not parse leaves plain
+// prompts working; one that exhausts wasm memory (string doubling, which minijinja cannot bound)
+// traps, and the engine says it was disposed instead of refusing every later call as busy; a worker
+// stuck in a slow render (each step a 100 MB string: few steps, much time) is ended by dispose().
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { launch, serve, openPage, tinyPackage, MINUTES } from "./harness.mjs";
+
+const TEMPLATES = {
+  // 10^10 iterations: only the fuel limit ends it.
+  loops: "{% for a in range(100000) %}{% for b in range(100000) %}{{ '' }}{% endfor %}{% endfor %}",
+  // Not Jinja.
+  broken: "{% for m in messages %}{{ m.content ",
+  // Cheap in fuel (a few steps per iteration), dear in time (a 100 MB string each): about an hour.
+  slow: "{% for i in range(100000) %}{{ ('x' * 100000000) | length }}{% endfor %}",
+  // 100 MB doubled 6 times: past wasm32's 4 GiB.
+  doubling:
+    "{% set ns = namespace(s='x' * 100000000) %}{% for i in range(6) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
+};
+
+let browser;
+let server;
+const dirs = [];
+
+/** The tiny Qwen2 package with `template` as its chat template (shards and files linked, not copied). */
+function withTemplate(base, template) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "hearth-hostile-"));
+  dirs.push(dir);
+  const manifest = JSON.parse(fs.readFileSync(path.join(base, "manifest.json"), "utf8"));
+  for (const f of [...manifest.shards, ...manifest.files]) fs.symlinkSync(path.join(base, f.file), path.join(dir, f.file));
+  manifest.tokenizer.chat_template = template;
+  fs.writeFileSync(path.join(dir, "manifest.json"), JSON.stringify(manifest));
+  return dir;
+}
+
+before(async () => {
+  const base = tinyPackage("qwen2");
+  const packages = Object.fromEntries(Object.entries(TEMPLATES).map(([name, t]) => [name, withTemplate(base, t)]));
+  server = await serve(packages);
+  browser = await launch();
+}, { timeout: 5 * MINUTES });
+
+after(async () => {
+  await browser?.close();
+  await server?.close();
+  for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** In the page: `{name, message}` of what `f` throws, or "resolved". */
+const CAPTURE = `window.capture = async (f) => { try { await f(); return "resolved"; } catch (e) { return { name: e.name, message: e.message }; } };`;
+
+test("a looping template stops with an InvalidArgumentError naming the chat template, a broken one only affects chat; plain prompts still work", { timeout: 5 * MINUTES }, async () => {
+  const { context, page } = await openPage(browser, server);
+  await page.evaluate(CAPTURE);
+  const got = await page.evaluate(async () => {
+    const out = {};
+    for (const model of ["loops", "broken"]) {
+      const engine = await Hearth.load(`/models/${model}/`, { backend: "cpu", cache: false });
+      const started = performance.now();
+      out[model] = {
+        chat: await capture(() => engine.generate([{ role: "user", content: "hi" }], { max_tokens: 2 })),
+        chatMs: performance.now() - started,
+        plain: (await engine.generate("the cat", { max_tokens: 3, temperature: 0 })).ids.length === 3,
+      };
+      await engine.dispose();
+    }
+    return out;
+  });
+  assert.equal(got.loops.chat.name, "InvalidArgumentError", JSON.stringify(got.loops));
+  assert.match(got.loops.chat.message, /^chat template: .*limit of \d+ steps/);
+  assert.ok(got.loops.plain, "plain generation after the failed chat");
+  assert.equal(got.broken.chat.name, "InvalidArgumentError", JSON.stringify(got.broken));
+  assert.match(got.broken.chat.message, /cannot parse/);
+  assert.ok(got.broken.plain, "a template that does not parse leaves plain prompts working");
+  await context.close();
+});
+
+test("a template that exhausts wasm memory disposes its engine, with a message that says so", { timeout: 5 * MINUTES }, async () => {
+  const { context, page } = await openPage(browser, server);
+  await page.evaluate(CAPTURE);
+  const got = await page.evaluate(async () => {
+    const engine = await Hearth.load("/models/doubling/", { backend: "cpu", cache: false });
+    const chat = await capture(() => engine.generate([{ role: "user", content: "hi" }], { max_tokens: 2 }));
+    const later = await capture(() => engine.generate("the cat", { max_tokens: 2 }));
+    const dispose = await capture(() => engine.dispose());
+    return { chat, later, dispose };
+  });
+  assert.equal(got.chat.name, "EngineDisposedError", JSON.stringify(got));
+  assert.match(got.chat.message, /internal error/);
+  assert.equal(got.later.name, "EngineDisposedError", "not EngineBusyError for ever");
+  assert.match(got.later.message, /internal error/);
+  assert.equal(got.dispose, "resolved");
+  await context.close();
+});
+
+test("dispose() ends a worker stuck in a call", { timeout: 5 * MINUTES }, async () => {
+  const { context, page } = await openPage(browser, server);
+  await page.evaluate(CAPTURE);
+  const got = await page.evaluate(async () => {
+    const engine = await Hearth.loadInWorker("/models/slow/", { backend: "cpu", cache: false });
+    const call = capture(() => engine.generate([{ role: "user", content: "hi" }], { max_tokens: 2 }));
+    await new Promise((r) => setTimeout(r, 200)); // the worker is inside the render now
+    const started = performance.now();
+    await engine.dispose(); // were it to wait for the render, this test would time out
+    const disposeMs = performance.now() - started;
+    return { disposeMs, call: await call, after: await capture(() => engine.generate("x", { max_tokens: 1 })) };
+  });
+  console.log(`dispose() of a stuck worker took ${got.disposeMs.toFixed(0)} ms`);
+  assert.equal(got.call.name, "EngineDisposedError", JSON.stringify(got.call));
+  assert.equal(got.after.name, "EngineDisposedError");
+  await context.close();
+});

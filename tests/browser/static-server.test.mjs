@@ -1,0 +1,53 @@
+// The demo's static server (scripts/static-server.mjs) answers hostile request paths with an error
+// status and keeps serving: malformed percent-escapes, NUL bytes, paths that climb out of the served
+// folder, and paths that are not paths at all. Raw requests (fetch would normalise the paths first).
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import http from "node:http";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { startServer } from "../../scripts/static-server.mjs";
+
+/** GET `rawPath` exactly as written; resolves to the status (or the socket error's code). */
+function get(url, rawPath) {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve) => {
+    const req = http.request({ hostname, port, path: rawPath, method: "GET" }, (res) => {
+      res.resume();
+      res.on("end", () => resolve(res.statusCode));
+    });
+    req.on("error", (e) => resolve(e.code));
+    req.end();
+  });
+}
+
+test("hostile request paths get 4xx answers and the server keeps serving", async () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "hearth-static-"));
+  fs.writeFileSync(path.join(root, "index.html"), "<p>ok</p>");
+  const server = await startServer({ routes: { "/": root } });
+  try {
+    const hostile = {
+      "/%E0%A4%A": 400, // a cut-off UTF-8 escape: decodeURIComponent throws URIError
+      "/%": 400,
+      "/%zz": 400,
+      "/%00": 400, // NUL: the file system calls throw on it
+      "/index.html%00.png": 400,
+      "/a/%2e%2e/%2e%2e/%2e%2e/etc/passwd": 404, // the URL parser resolves the dots: /etc/passwd inside the root
+      "/..%2f..%2f..%2fetc%2fpasswd": 403,
+      "/%2e%2e%5c%2e%2e%5cwindows": 404, // backslashes are names on POSIX, not separators
+      [`/${"a/".repeat(2000)}`]: 404,
+      "/does-not-exist.wasm": 404,
+    };
+    for (const [rawPath, status] of Object.entries(hostile)) {
+      assert.equal(await get(server.url, rawPath), status, rawPath.slice(0, 60));
+    }
+    // Still up, and still right.
+    assert.equal(await get(server.url, "/index.html"), 200);
+    assert.equal(await get(server.url, "/"), 200);
+  } finally {
+    await server.close();
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
