@@ -22,9 +22,9 @@ chat: setup $(PACKAGE)/manifest.json
 ## test: formatting, lints and the whole test suite: Rust (native, on lavapipe where there is no
 ## GPU), then the npm package in headless Chromium (WebGPU on SwiftShader).
 test: setup model lint
-	cargo test --release --workspace --lib --bins --tests
+	cargo test --release $(TEST_TARGETS)
 	bash scripts/test-wasm-kernels.sh
-	$(MAKE) browser-test
+	$(MAKE) browser-test HEARTH_TARGETS="$(TEST_TARGETS)"
 
 ## browser-test: build the wasm into pkg/ and run tests/browser/ against the real package.
 browser-test: wasm $(PACKAGE)/manifest.json
@@ -55,8 +55,13 @@ lint:
 	# The threaded browser build's own code (the CPU engine's pool).
 	cargo clippy --release --target wasm32-unknown-unknown -p hearth-web --features threads -- -D warnings
 
+# What `cargo build` builds to get $(HEARTH). `make test` asks for the test build's own targets:
+# the dependencies' features depend on what else is in the build, so `-p hearth-cli` alone would
+# compile them all a second time (5 minutes) where the test build's CLI is already there.
+TEST_TARGETS := --workspace --lib --bins --tests
+HEARTH_TARGETS ?= -p hearth-cli
 $(HEARTH): FORCE
-	cargo build --release -p hearth-cli
+	cargo build --release $(HEARTH_TARGETS)
 
 $(PACKAGE)/manifest.json: $(HEARTH)
 	@bash scripts/fetch-smollm2.sh

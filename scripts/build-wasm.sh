@@ -16,9 +16,15 @@ fi
 # JS glue + size optimization: target/.../hearth_web.wasm -> $2/hearth_web.js + hearth_web_bg.wasm.
 # wasm-opt must be told which features the module uses (rustc's defaults, SIMD128 from
 # .cargo/config.toml, and for the threaded build shared memory and atomics: "$3").
+# -O1, not -O3: npm's wasm-opt is itself wasm (one thread), and -O3 took 3 minutes per build here
+# against 41 s; LLVM has already optimized the code, and on 2026-12-03 (this 2-core VM, headless
+# Chromium, `node tests/browser/bench.mjs --prompt-tokens 64 --gen-tokens 32`, two runs each,
+# taking turns) the CPU engine decoded 24.2 / 22.1 tok/s with -O1 against 23.4 / 19.8 with -O3
+# and prefilled 45.7 / 45.5 against 43.9 / 47.7; -O1's module is 4% larger but gzips 2% smaller
+# (1.90 against 1.95 MB), which is what a page downloads.
 bind() {
   wasm-bindgen --target web --out-dir "$2" --out-name hearth_web "$1"
-  "$wasm_opt" -O3 --enable-bulk-memory --enable-reference-types --enable-nontrapping-float-to-int \
+  "$wasm_opt" -O1 --enable-bulk-memory --enable-reference-types --enable-nontrapping-float-to-int \
     --enable-sign-ext --enable-mutable-globals --enable-multivalue --enable-simd ${3:-} \
     "$2/hearth_web_bg.wasm" -o "$2/hearth_web_bg.wasm"
   echo "built $2/hearth_web_bg.wasm ($(du -k "$2/hearth_web_bg.wasm" | cut -f1) KiB)"

@@ -161,7 +161,7 @@ fn smollm2_logits_stay_within_activation_rounding_of_the_exact_engine() {
     let prompts: Vec<_> = fx["prompts"].as_array().unwrap().iter().collect();
     assert_eq!(prompts.len(), 15, "10 raw and 5 chat prompts");
     let package = Package::open(common::smollm2_package()).unwrap();
-    let c = compare_on_prompts::<Quantized>(&package, &prompts, usize::MAX, SMOLLM2_TOP_TOLERANCE);
+    let c = compare_on_prompts::<Quantized>(&package, &prompts, MATCH_PREFIX, SMOLLM2_TOP_TOLERANCE);
     assert!(c.worst <= SMOLLM2_TOLERANCE, "fast and exact logits differ by {}", c.worst);
     assert!(c.worst_top <= SMOLLM2_TOP_TOLERANCE, "fast and exact top logits differ by {}", c.worst_top);
     assert!(c.worst_llama <= LLAMA_CPP_TOLERANCE, "fast and llama.cpp logits differ by {}", c.worst_llama);
@@ -438,7 +438,7 @@ fn an_f16_cache_alone_moves_real_models_logits_by_little() {
     let fx = common::fixture("smollm2/generation_q4_1.json");
     let prompts: Vec<_> = fx["prompts"].as_array().unwrap().iter().collect();
     let package = Package::open(common::smollm2_package()).unwrap();
-    let smollm2 = compare_on_prompts::<ExactWithF16Cache>(&package, &prompts, usize::MAX, F16_CACHE_REAL_TOLERANCE);
+    let smollm2 = compare_on_prompts::<ExactWithF16Cache>(&package, &prompts, MATCH_PREFIX, F16_CACHE_REAL_TOLERANCE);
     let fx = common::fixture("gemma3/generation.json");
     let prompts: Vec<_> =
         fx["prompts"].as_array().unwrap().iter().filter(|p| p["prompt_ids"].as_array().unwrap().len() < 512).collect();
