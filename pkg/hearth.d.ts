@@ -51,6 +51,12 @@ export interface LoadOptions {
    * manifest, tokenizer and shards are all stored loads without any request; otherwise as usual.
    */
   revalidate?: boolean;
+  /**
+   * Milliseconds a download may go without receiving a byte (default 30000). Past it the load
+   * rejects with a `NetworkError` saying so; the shards verified so far stay stored, and loading
+   * again resumes with the missing ones.
+   */
+  stallTimeout?: number;
 }
 
 /**
@@ -61,7 +67,9 @@ export interface LoadOptions {
  * @throws {WebGPUUnavailableError} `backend: "webgpu"` and the browser has no WebGPU or no adapter
  * @throws {OutOfMemoryError} the CPU engine would need more memory than the page may use (checked before downloading)
  * @throws {QuotaExceededError} the origin's storage cannot hold the model (checked before downloading)
- * @throws {NetworkError | IntegrityError | UnsupportedModelError | BadPackageError | GpuError | AdapterLimitsError}
+ * @throws {BadPackageError} the manifest is malformed or hostile (file names outside the package,
+ * counts past their bounds, a file over 1 GiB): refused before any other request, nothing stored
+ * @throws {NetworkError | IntegrityError | UnsupportedModelError | GpuError | AdapterLimitsError}
  */
 export function load(modelUrl: string | URL, options?: LoadOptions): Promise<HearthEngine>;
 
@@ -517,9 +525,12 @@ export class IntegrityError extends HearthError {
   readonly expected: string;
   readonly actual: string;
 }
-/** A request failed (`status` null: offline, CORS, unreachable) or answered a non-2xx status. */
+/**
+ * A request failed (`status` null: offline, CORS, unreachable, or no byte arrived within
+ * `stallTimeout`) or answered a non-2xx status.
+ */
 export class NetworkError extends HearthError {
-  constructor(url: string, status: number | null, cause?: unknown);
+  constructor(url: string, status: number | null, cause?: unknown, what?: string);
   readonly url: string;
   readonly status: number | null;
 }

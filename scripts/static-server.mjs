@@ -51,6 +51,8 @@ export async function startServer({ routes, pages = {}, port = 0, host = "127.0.
     corrupt: new Map(),
     /** path -> n: send the headers and n bytes of the body, then destroy the socket. */
     cut: new Map(),
+    /** path -> n: send the headers and n bytes of the body, then nothing, keeping the socket open. */
+    stall: new Map(),
     /** path -> HTTP status to answer with instead. */
     status: new Map(),
     /** path -> Buffer or string served instead of the file. */
@@ -113,6 +115,13 @@ export async function startServer({ routes, pages = {}, port = 0, host = "127.0.
         body = Buffer.from(body);
         body[body.length >> 1] ^= 0xff;
       }
+      const stall = hooks.stall.get(urlPath);
+      if (stall !== undefined) {
+        entry.status = "stalled";
+        res.writeHead(200, { ...headers, "Content-Type": type, "Content-Length": body.length });
+        res.write(body.subarray(0, stall));
+        return;
+      }
       const cut = hooks.cut.get(urlPath);
       if (cut !== undefined) {
         entry.status = "cut";
@@ -148,6 +157,11 @@ export async function startServer({ routes, pages = {}, port = 0, host = "127.0.
       log.length = 0;
       for (const hook of Object.values(hooks)) hook.clear();
     },
-    close: () => new Promise((resolve) => server.close(resolve)),
+    // Connections a stalled answer keeps open would hold close() for ever: end them all.
+    close: () =>
+      new Promise((resolve) => {
+        server.close(resolve);
+        server.closeAllConnections();
+      }),
   };
 }

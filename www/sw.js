@@ -1,6 +1,7 @@
 // The demo's service worker: keeps the page, its scripts, the package (JS and wasm) and models.json
-// so the page opens and chats with the network off. Model weights are not its business: the
-// package stores them in IndexedDB, so requests under models/ pass straight through.
+// so the page opens and chats with the network off. Model files are not its business: the package
+// stores them in IndexedDB and asks for them with `cache: "no-store"` (pkg/src/fetch.js), wherever
+// they are served from, so those requests (and anything under models/) pass straight through.
 //
 // Network first, cache as the fallback: online, a visitor always gets the current files (and they
 // refresh the cache); offline, the last ones seen.
@@ -44,6 +45,7 @@ function mine(request) {
   const url = new URL(request.url);
   return (
     request.method === "GET" &&
+    request.cache !== "no-store" &&
     url.origin === scope.origin &&
     url.pathname.startsWith(scope.pathname) &&
     !url.pathname.startsWith(scope.pathname + "models/")
@@ -54,7 +56,8 @@ async function networkFirst(request) {
   const cache = await caches.open(CACHE);
   try {
     const response = await fetch(request);
-    if (response.ok) await cache.put(request, response.clone());
+    // Only whole, same-origin answers: never an error page, a redirect's result or a partial body.
+    if (response.status === 200 && response.type === "basic" && !response.redirected) await cache.put(request, response.clone());
     return response;
   } catch (e) {
     const cached = await cache.match(request, { ignoreSearch: true });

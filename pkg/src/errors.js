@@ -54,12 +54,17 @@ export class IntegrityError extends HearthError {
 }
 
 export class NetworkError extends HearthError {
-  /** @param {string} url @param {number|null} status HTTP status, or null when the request failed */
-  constructor(url, status, cause) {
+  /**
+   * @param {string} url @param {number|null} status HTTP status, or null when the request failed
+   * @param {unknown} [cause] @param {string} [what] what happened, where it was not a failed request
+   */
+  constructor(url, status, cause, what) {
     super(
       status != null
         ? `GET ${url} answered HTTP ${status}`
-        : `GET ${url} failed${cause?.message ? `: ${cause.message}` : ""} (offline, blocked by ` +
+        : what
+          ? `GET ${url}: ${what}`
+          : `GET ${url} failed${cause?.message ? `: ${cause.message}` : ""} (offline, blocked by ` +
             "CORS, or the server is unreachable)",
       cause ? { cause } : undefined,
     );

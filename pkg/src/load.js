@@ -8,7 +8,7 @@ import {
   BadPackageError, HearthError, InvalidArgumentError, NetworkError,
   QuotaExceededError, UnsupportedModelError, WebGPUUnavailableError, abortError, fromWasm, raceAbort,
 } from "./errors.js";
-import { fetchText, fetchVerified } from "./fetch.js";
+import { fetchText, fetchVerified, packageFileUrl, STALL_TIMEOUT_MS } from "./fetch.js";
 import { checkBackend, chooseBackend, cpuMemoryLimit } from "./support.js";
 import { startThreadPool } from "./threads.js";
 import { HearthEngine } from "./engine.js";
@@ -18,6 +18,7 @@ import * as store from "./store.js";
 const AHEAD = 3; // downloads in flight beyond the shard being uploaded
 const PROGRESS_STEP = 4 << 20; // report download progress at least every 4 MiB
 const QUOTA_MARGIN = 16 << 20; // the estimate is approximate; leave room for the records themselves
+const MAX_SHARD_BYTES = 2 ** 30; // what `hearth convert --shard-mb` allows (1024); each is one buffer
 
 const wasmModules = new Map(); // "wasm" | "wasm-threads" -> Promise<module>, once per realm
 
@@ -83,11 +84,18 @@ function parseManifest(text) {
   if (!Array.isArray(m.shards) || !m.shards.every(entryOk) || !(m.files ?? []).every(entryOk)) {
     throw new BadPackageError("manifest.json: every entry of shards and files needs {file, size, sha256}");
   }
+  for (const e of [...m.shards, ...(m.files ?? [])]) {
+    if (e.size > MAX_SHARD_BYTES) {
+      throw new BadPackageError(
+        `manifest.json: ${e.file} is ${e.size} bytes; Hearth loads files of at most 1 GiB each (convert again with a smaller --shard-mb)`,
+      );
+    }
+  }
   return m;
 }
 
 /** The tokenizer's text: the stored one if the manifest still lists the same sha256, else fetched. */
-async function tokenizerText(url, manifest, stored, signal) {
+async function tokenizerText(url, manifest, stored, signal, stallMs) {
   const file = manifest.tokenizer?.file ?? "tokenizer.json";
   const entry = (manifest.files ?? []).find((f) => f.file === file);
   if (!entry) throw new BadPackageError(`manifest.json lists no size and sha256 for ${file}`);
@@ -100,7 +108,7 @@ async function tokenizerText(url, manifest, stored, signal) {
     }
     if (old?.sha256 === entry.sha256) return stored.tokenizerText;
   }
-  const bytes = await fetchVerified(new URL(file, url).href, entry, { signal });
+  const bytes = await fetchVerified(packageFileUrl(url, file), entry, { signal, stallMs });
   return new TextDecoder().decode(bytes);
 }
 
@@ -125,7 +133,7 @@ export function reporter(onProgress) {
   };
 }
 
-const LOAD_OPTIONS = ["onProgress", "signal", "cache", "maxContext", "revalidate", "backend"];
+const LOAD_OPTIONS = ["onProgress", "signal", "cache", "maxContext", "revalidate", "backend", "stallTimeout"];
 
 export function checkOptions(modelUrl, options) {
   if (typeof modelUrl !== "string" && !(modelUrl instanceof URL)) {
@@ -138,7 +146,7 @@ export function checkOptions(modelUrl, options) {
       throw new InvalidArgumentError(`options.${k} is not supported (load() takes ${LOAD_OPTIONS.join(", ")})`);
     }
   }
-  const { onProgress, maxContext, revalidate, backend, cache } = options;
+  const { onProgress, maxContext, revalidate, backend, cache, stallTimeout } = options;
   if (cache != null && typeof cache !== "boolean") throw new InvalidArgumentError("options.cache must be a boolean");
   if (!checkBackend(backend)) {
     throw new InvalidArgumentError('options.backend must be "auto", "webgpu" or "cpu"');
@@ -152,6 +160,9 @@ export function checkOptions(modelUrl, options) {
   if (maxContext != null && !(Number.isSafeInteger(maxContext) && maxContext > 0)) {
     throw new InvalidArgumentError("options.maxContext must be a positive integer");
   }
+  if (stallTimeout != null && !(Number.isFinite(stallTimeout) && stallTimeout > 0 && stallTimeout <= 2 ** 31 - 1)) {
+    throw new InvalidArgumentError("options.stallTimeout must be a positive number of milliseconds (at most 2^31 - 1)");
+  }
 }
 
 /**
@@ -161,11 +172,19 @@ export function checkOptions(modelUrl, options) {
  */
 export async function load(modelUrl, options = {}) {
   checkOptions(modelUrl, options);
-  const { onProgress, cache = true, maxContext, revalidate = true, backend: requested = "auto" } = options;
   const signal = signalOf(options);
   if (signal?.aborted) throw abortError(signal);
-  const report = reporter(onProgress);
   const url = store.modelKey(modelUrl);
+  // One tab (or worker) at a time loads a model that it stores: another waits, then finds the
+  // shards stored (or a newer version's, replacing these) rather than racing on the same records.
+  if (options.cache === false) return loadPackage(url, options, signal);
+  return store.withModelLock(url, signal, () => loadPackage(url, options, signal));
+}
+
+async function loadPackage(url, options, signal) {
+  const { onProgress, cache = true, maxContext, revalidate = true, backend: requested = "auto" } = options;
+  const stallMs = options.stallTimeout ?? STALL_TIMEOUT_MS;
+  const report = reporter(onProgress);
   const useCache = Boolean(cache) && (await store.usable());
 
   // 1. Manifest and tokenizer; offline (or told not to revalidate a complete copy), the stored ones.
@@ -176,7 +195,7 @@ export async function load(modelUrl, options = {}) {
     manifestText = stored.manifestText;
   } else {
     try {
-      manifestText = await fetchText(new URL("manifest.json", url).href, signal);
+      manifestText = await fetchText(new URL("manifest.json", url).href, signal, { stallMs });
     } catch (e) {
       if (!(e instanceof NetworkError && e.status === null && stored)) throw e;
       manifestText = stored.manifestText;
@@ -189,27 +208,20 @@ export async function load(modelUrl, options = {}) {
   if (choice.backend === "webgpu" && !globalThis.navigator?.gpu) {
     throw new WebGPUUnavailableError("navigator.gpu is missing");
   }
-  const tokenizer = offline ? stored.tokenizerText : await tokenizerText(url, manifest, stored, signal);
-
-  // 2. What is stored, and room for what is not.
-  const shards = manifest.shards;
-  const have = useCache ? await store.storedShards(url) : new Set();
-  const isStored = shards.map((s) => have.has(s.sha256));
-  const missing = shards.map((_, i) => i).filter((i) => !isStored[i]);
-  const download = { loaded: 0, reported: 0, total: missing.reduce((n, i) => n + shards[i].size, 0) };
-  const resumed = missing.length < shards.length ? { resumed: true } : {};
-  if (useCache && !offline) {
-    await store.deleteStaleShards(url, new Set(shards.map((s) => s.sha256)));
-    if (missing.length > 0) await checkQuota(download.total + manifestText.length + tokenizer.length);
-    // The record first, so that the shards stored below are findable (and resumable) at once.
-    const record = { url, name: manifest.name ?? "", manifestText, tokenizerText: tokenizer, storedAt: Date.now() };
-    await store.putModel(record);
+  // The whole manifest is validated by the Rust code that reads it natively (file names, config
+  // bounds, every tensor inside the shards) before any other request is made or anything stored.
+  const wasm = await wasmFor(choice.backend, signal);
+  try {
+    wasm.checkManifest(manifestText);
+  } catch (e) {
+    throw fromWasm(e);
   }
+  const tokenizer = offline ? stored.tokenizerText : await tokenizerText(url, manifest, stored, signal, stallMs);
   if (signal?.aborted) throw abortError(signal);
 
-  // 3. The wasm Loader: opens the device and allocates every buffer (or, for the CPU, checks the
-  // model against the memory it may use and allocates every tensor), no weights yet.
-  const wasm = await wasmFor(choice.backend, signal);
+  // 2. The wasm Loader: opens the device and allocates every buffer (or, for the CPU, checks the
+  // model against the memory it may use and allocates every tensor), no weights yet. Before the
+  // store: a model that cannot run here leaves nothing behind.
   let loader;
   try {
     const limit = cpuMemoryLimit();
@@ -225,6 +237,29 @@ export async function load(modelUrl, options = {}) {
     throw fromWasm(e);
   }
 
+  // 3. What is stored, and room for what is not.
+  const shards = manifest.shards;
+  let have, download, isStored, missing, resumed;
+  try {
+    if (signal?.aborted) throw abortError(signal);
+    have = useCache ? await store.storedShards(url) : new Set();
+    isStored = shards.map((s) => have.has(s.sha256));
+    missing = shards.map((_, i) => i).filter((i) => !isStored[i]);
+    download = { loaded: 0, reported: 0, total: missing.reduce((n, i) => n + shards[i].size, 0) };
+    resumed = missing.length < shards.length ? { resumed: true } : {};
+    if (useCache && !offline) {
+      await store.deleteStaleShards(url, new Set(shards.map((s) => s.sha256)));
+      if (missing.length > 0) await checkQuota(download.total + manifestText.length + tokenizer.length);
+      // The record first, so that the shards stored below are findable (and resumable) at once.
+      const record = { url, name: manifest.name ?? "", manifestText, tokenizerText: tokenizer, storedAt: Date.now() };
+      await store.putModel(record);
+    }
+    if (signal?.aborted) throw abortError(signal);
+  } catch (e) {
+    loader.free();
+    throw e;
+  }
+
   // 4. Shards in order; downloads run ahead of the upload and store what they verified.
   const stop = new AbortController(); // ends the downloads when the load fails or is aborted
   const onAbort = () => stop.abort(abortError(signal));
@@ -236,8 +271,9 @@ export async function load(modelUrl, options = {}) {
 
   const fetchShard = async (i) => {
     const s = shards[i];
-    const buffer = await fetchVerified(new URL(s.file, url).href, s, {
+    const buffer = await fetchVerified(packageFileUrl(url, s.file), s, {
       signal: stop.signal,
+      stallMs,
       onBytes: (n) => {
         download.loaded += n;
         if (download.loaded - download.reported >= PROGRESS_STEP) reportDownload(s.file);

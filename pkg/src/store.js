@@ -4,7 +4,7 @@
 // A shard is written by one put of its whole verified buffer, so a reader sees all of it or nothing;
 // keying by sha256 means a new version of a package never mixes with the old one's bytes.
 
-import { HearthError, QuotaExceededError } from "./errors.js";
+import { HearthError, QuotaExceededError, abortError } from "./errors.js";
 
 const DB_NAME = "hearth";
 const DB_VERSION = 1;
@@ -135,6 +135,20 @@ export async function listModels() {
 export async function isComplete(url) {
   const record = await getModel(url);
   return record ? (await describe(record)).complete : false;
+}
+
+/**
+ * Runs `fn` holding this origin's lock on model `url` (Web Locks: across tabs and workers), so that
+ * one load or delete at a time writes a model's records and shards. Without Web Locks, just runs it.
+ */
+export async function withModelLock(url, signal, fn) {
+  const locks = globalThis.navigator?.locks;
+  if (!locks) return fn();
+  try {
+    return await locks.request(`hearth-model ${url}`, signal ? { signal } : {}, fn);
+  } catch (e) {
+    throw signal?.aborted ? abortError(signal) : e;
+  }
 }
 
 /** Deletes the model record and all its shards; resolves with whether anything was stored. */

@@ -155,6 +155,7 @@ export async function loadInWorker(modelUrl, options = {}) {
           maxContext: options.maxContext,
           revalidate: options.revalidate,
           backend: options.backend,
+          stallTimeout: options.stallTimeout,
         },
       },
       { signal, waitOnAbort: true, onEvent: (m) => m.type === "progress" && report(m.progress) },

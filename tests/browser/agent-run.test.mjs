@@ -78,9 +78,10 @@ test("every action over 50+ steps of SmolLM2 and Gemma 3 (greedy and seeded) par
   const allowed = ["click", "type", "select", "check", "uncheck", "scroll", "answer", "done", "fail"];
   const tally = [];
   let total = 0;
-  // Gemma 3 (no chat template here, a 262k-token head) is the slower: most steps are SmolLM2's,
-  // Gemma 3 gets three runs (greedy, seeded, greedy).
-  for (const [model, want] of [["smollm2", 40], ["gemma3", 10]]) {
+  // Measured on 2026-12-03 (the CI run of the test command, 2 cores): a SmolLM2 step took 11 s
+  // (40 in 452 s: its chat template, and its runs go on to maxSteps), a Gemma 3 step 6 s (12 in
+  // 76 s): so most of the 50 are Gemma 3's.
+  for (const [model, want] of [["smollm2", 20], ["gemma3", 30]]) {
     const started = Date.now();
     const page = await open("shop.html", model);
     let steps = 0;

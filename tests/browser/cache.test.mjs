@@ -1,6 +1,7 @@
 // Weights through the network into IndexedDB: a second load makes no shard request and works with
 // the network cut; a corrupted shard is an integrity error and never stored; an interrupted download
-// keeps its complete shards and the next load fetches only the missing ones. SmolLM2 in 8 MiB
+// keeps its complete shards and the next load fetches only the missing ones, and so does one that
+// stalls (stallTimeout); two tabs loading one model download it once (Web Locks). SmolLM2 in 8 MiB
 // shards (13 of them) so that a load has shards before and after the one that fails.
 
 import { after, before, test } from "node:test";
@@ -134,6 +135,56 @@ test("an interrupted download resumes with only the missing shards", { timeout: 
   assert.equal(second.error, undefined, JSON.stringify(second.error));
   const missing = files.filter((_, i) => !stored.includes(hashes[i]));
   assert.deepEqual(shardRequests().sort(), missing.sort(), "only the missing shards are fetched");
+  assert.deepEqual((await storedHashes(page)).sort(), [...hashes].sort());
+  await context.close();
+});
+
+test("a server that stops sending fails the load after stallTimeout with a NetworkError and keeps the verified shards", { timeout: 3 * MINUTES }, async () => {
+  const { context, page } = await openPage(browser, server);
+  const stalled = `/models/small/${files[4]}`;
+  server.hooks.stall.set(stalled, 1 << 20);
+  let got;
+  try {
+    got = await page.evaluate(async () => {
+      try {
+        // 5 s: the timer runs on the page's clock, which a busy main thread (feeding a shard) also
+        // holds up, so the other shards must not come near it on a slow machine.
+        await Hearth.load("/models/small/", { stallTimeout: 5000 });
+        return null;
+      } catch (e) {
+        return { name: e.name, message: e.message, url: e.url, status: e.status };
+      }
+    });
+  } finally {
+    server.hooks.stall.delete(stalled);
+  }
+  assert.equal(got?.name, "NetworkError", JSON.stringify(got));
+  assert.ok(got.url.endsWith(stalled), got.url);
+  assert.equal(got.status, null);
+  assert.match(got.message, /no data arrived for 5 s/);
+  // Shards 0-3 were verified and stored before the load waited on shard 4.
+  const stored = await storedHashes(page);
+  assert.ok(stored.length >= 4 && !stored.includes(hashes[4]), `${stored.length} shards stored`);
+  await context.close();
+});
+
+test("two tabs loading one model download it once: the second waits for the first, then reads what it stored", { timeout: 5 * MINUTES }, async () => {
+  const { context, page } = await openPage(browser, server);
+  const other = await context.newPage();
+  await other.goto(server.url + "/");
+  await other.waitForFunction(() => window.hearthReady === true);
+  server.log.length = 0;
+  const [a, b] = await Promise.all([loadAndGenerate(page), loadAndGenerate(other)]);
+  assert.equal(a.error, undefined, JSON.stringify(a.error));
+  assert.deepEqual(b, a, "both tabs generate the same ids");
+  // One request per shard in all: without the lock both tabs would fetch every missing shard.
+  assert.deepEqual(shardRequests().sort(), [...files].sort());
+  // What Hearth.cache.list() reports is what IndexedDB holds.
+  const listed = (await page.evaluate(() => Hearth.cache.list())).filter((m) => m.url.endsWith("/models/small/"));
+  const manifest = JSON.parse(fs.readFileSync(path.join(dir, "manifest.json"), "utf8"));
+  assert.equal(listed.length, 1);
+  assert.equal(listed[0].bytes, manifest.shards.reduce((n, s) => n + s.size, 0));
+  assert.equal(listed[0].complete, true);
   assert.deepEqual((await storedHashes(page)).sort(), [...hashes].sort());
   await context.close();
 });

@@ -29,20 +29,42 @@ let browser;
 let server;
 const dirs = [];
 
-/** The tiny Qwen2 package with `template` as its chat template (shards and files linked, not copied). */
-function withTemplate(base, template) {
+// Manifests that must be refused before any other request, with nothing stored: each edits the
+// tiny Qwen2 manifest and names what the error must say.
+const MANIFESTS = {
+  // A tokenizer outside the package (the files entry copied, so only the name is wrong).
+  climbing: [(m) => renameTokenizer(m, "../loops/tokenizer.json"), /not a plain file name/],
+  elsewhere: [(m) => renameTokenizer(m, "https://example.invalid/tokenizer.json"), /not a plain file name/],
+  // Escaped: no "/" in the name, but a server that decodes "%2F" would climb out.
+  escaped: [(m) => renameTokenizer(m, "..%2Floops%2Ftokenizer.json"), /not a plain file name/],
+  // 2^40 layers: a petabyte of KV cache were anything sized from it.
+  layers: [(m) => (m.config.n_layers = 2 ** 40), /n_layers/],
+  // A 100 GB shard: no buffer for it, so no request for it.
+  huge: [(m) => (m.shards[0].size = 100e9), /at most 1 GiB/],
+};
+
+function renameTokenizer(m, file) {
+  m.files.find((f) => f.file === m.tokenizer.file).file = file;
+  m.tokenizer.file = file;
+}
+
+/** The tiny Qwen2 package with its manifest edited by `edit` (shards and files linked, not copied). */
+function withManifest(base, edit) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "hearth-hostile-"));
   dirs.push(dir);
   const manifest = JSON.parse(fs.readFileSync(path.join(base, "manifest.json"), "utf8"));
   for (const f of [...manifest.shards, ...manifest.files]) fs.symlinkSync(path.join(base, f.file), path.join(dir, f.file));
-  manifest.tokenizer.chat_template = template;
+  edit(manifest);
   fs.writeFileSync(path.join(dir, "manifest.json"), JSON.stringify(manifest));
   return dir;
 }
 
 before(async () => {
   const base = tinyPackage("qwen2");
-  const packages = Object.fromEntries(Object.entries(TEMPLATES).map(([name, t]) => [name, withTemplate(base, t)]));
+  const packages = {
+    ...Object.fromEntries(Object.entries(TEMPLATES).map(([name, t]) => [name, withManifest(base, (m) => (m.tokenizer.chat_template = t))])),
+    ...Object.fromEntries(Object.entries(MANIFESTS).map(([name, [edit]]) => [name, withManifest(base, edit)])),
+  };
   server = await serve(packages);
   browser = await launch();
 }, { timeout: 5 * MINUTES });
@@ -115,5 +137,27 @@ test("dispose() ends a worker stuck in a call", { timeout: 5 * MINUTES }, async 
   console.log(`dispose() of a stuck worker took ${got.disposeMs.toFixed(0)} ms`);
   assert.equal(got.call.name, "EngineDisposedError", JSON.stringify(got.call));
   assert.equal(got.after.name, "EngineDisposedError");
+  await context.close();
+});
+
+test("a hostile manifest is refused before any other request, and nothing of it is stored", { timeout: 3 * MINUTES }, async () => {
+  const { context, page } = await openPage(browser, server);
+  for (const [name, [, message]] of Object.entries(MANIFESTS)) {
+    server.log.length = 0;
+    const got = await page.evaluate(async (name) => {
+      try {
+        await Hearth.load(`/models/${name}/`, { backend: "cpu" });
+        return "resolved";
+      } catch (e) {
+        return { name: e.name, message: e.message };
+      }
+    }, name);
+    assert.equal(got.name, "BadPackageError", `${name}: ${JSON.stringify(got)}`);
+    assert.match(got.message, message, name);
+    const requested = server.log.map((e) => e.path).filter((p) => !p.startsWith("/pkg/"));
+    assert.deepEqual(requested, [`/models/${name}/manifest.json`], `${name}: requests after the manifest`);
+  }
+  const listed = await page.evaluate(() => Hearth.cache.list());
+  assert.deepEqual(listed, [], "no record of a refused package");
   await context.close();
 });

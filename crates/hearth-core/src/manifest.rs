@@ -280,6 +280,37 @@ pub mod limits {
     pub const VOCAB: usize = 1 << 22;
     /// Positions: context length, sliding window, a RoPE scaling's original context.
     pub const CONTEXT: usize = 1 << 24;
+
+    /// The upper bound of each count in `config`.
+    const BOUNDS: [(&str, usize); 10] = [
+        ("n_layers", LAYERS),
+        ("hidden_size", WIDTH),
+        ("n_heads", HEADS),
+        ("n_kv_heads", HEADS),
+        ("head_dim", HEAD_DIM),
+        ("ffn_size", FFN),
+        ("vocab_size", VOCAB),
+        ("context_length", CONTEXT),
+        ("sliding_window", CONTEXT),
+        ("sliding_window_pattern", LAYERS),
+    ];
+
+    /// Checks `config` (as JSON) against the bounds, naming the first field past its own. It reads
+    /// the JSON rather than the typed config so that a value too large for a 32-bit `usize` (wasm)
+    /// is named too, not reported by serde as a number of the wrong type.
+    pub fn check(config: &serde_json::Value) -> Result<(), String> {
+        for (name, max) in BOUNDS {
+            let Some(value) = config.get(name).filter(|v| v.is_number()) else { continue };
+            let over = match value.as_u64() {
+                Some(n) => n > max as u64,
+                None => value.as_f64().is_some_and(|f| f > max as f64),
+            };
+            if over {
+                return Err(format!("config.{name} is {value}, above the limit of {max}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl ModelConfig {
@@ -302,22 +333,7 @@ impl ModelConfig {
         // Upper bounds first: every product the engines form from these (q_dim, a layer's KV rows,
         // the cache's bytes) then fits a u64 with room to spare, and no count can make a loader
         // loop or allocate for ever. Each is far above any real model (docs/SECURITY.md).
-        for (name, value, max) in [
-            ("n_layers", self.n_layers, limits::LAYERS),
-            ("hidden_size", self.hidden_size, limits::WIDTH),
-            ("n_heads", self.n_heads, limits::HEADS),
-            ("n_kv_heads", self.n_kv_heads, limits::HEADS),
-            ("head_dim", self.head_dim, limits::HEAD_DIM),
-            ("ffn_size", self.ffn_size, limits::FFN),
-            ("vocab_size", self.vocab_size, limits::VOCAB),
-            ("context_length", self.context_length, limits::CONTEXT),
-            ("sliding_window", self.sliding_window.unwrap_or(0), limits::CONTEXT),
-            ("sliding_window_pattern", self.sliding_window_pattern.unwrap_or(0), limits::LAYERS),
-        ] {
-            if value > max {
-                return Err(format!("config.{name} is {value}, above the limit of {max}"));
-            }
-        }
+        limits::check(&serde_json::to_value(self).map_err(|e| format!("config: {e}"))?)?;
         if self.q_dim() > limits::WIDTH {
             return Err(format!("config.n_heads × head_dim is {}, above the limit of {}", self.q_dim(), limits::WIDTH));
         }

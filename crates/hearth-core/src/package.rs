@@ -194,6 +194,9 @@ impl PackageWriter {
             .map_err(|e| HearthError::InvalidArgument(format!("cannot serialize manifest: {e}")))?;
         let path = self.tmp_dir.join(MANIFEST_FILE);
         fs::write(&path, json).map_err(|e| HearthError::io("write", &path, e))?;
+        // The round trip: only a package that the reader accepts (the manifest with every bound
+        // and layout check, each file's size and sha256) may replace anything.
+        Package::open(&self.tmp_dir)?.verify()?;
 
         // Swap the old package (if any) aside, move the new one in, then delete the old one.
         let old = self.tmp_dir.with_extension("old");
@@ -357,6 +360,8 @@ pub fn parse_manifest(json: &[u8], origin: &str) -> Result<Manifest> {
             format!("package format version {version}; this build of Hearth reads version {FORMAT_VERSION}"),
         ));
     }
+    // The bounds before the types: a count too large for this target's usize is named, not a serde error.
+    crate::manifest::limits::check(&value["config"]).map_err(|detail| HearthError::bad_package(origin, detail))?;
     let manifest: Manifest =
         serde_json::from_value(value).map_err(|e| HearthError::bad_package(origin, format!("manifest: {e}")))?;
     validate_layout(&manifest).map_err(|detail| HearthError::bad_package(origin, detail))?;
@@ -370,8 +375,15 @@ fn validate_layout(m: &Manifest) -> std::result::Result<(), String> {
             return Err(format!("shard {i} is named `{}`, expected `{}`", s.file, shard_file_name(i)));
         }
     }
+    // The characters `hearth convert` writes names with: no separator, no "%" that a server would
+    // decode into one, no leading "." (hidden files, "..").
+    let plain = |name: &str| {
+        !name.starts_with('.')
+            && !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
     for f in &m.files {
-        if f.file.contains('/') || f.file.contains('\\') || f.file.starts_with('.') {
+        if !plain(&f.file) {
             return Err(format!("file name `{}` is not a plain file name", f.file));
         }
     }
@@ -384,7 +396,7 @@ fn validate_layout(m: &Manifest) -> std::result::Result<(), String> {
             .get(t.shard)
             .ok_or_else(|| format!("tensor `{}` names shard {}, which does not exist", t.name, t.shard))?;
         // Bytes available from the tensor's start to the end of the package.
-        let available = m.shards[t.shard..].iter().map(|s| s.size).sum::<u64>().saturating_sub(t.offset);
+        let available = m.shards[t.shard..].iter().fold(0u64, |n, s| n.saturating_add(s.size)).saturating_sub(t.offset);
         if t.offset > first.size || t.length > available {
             return Err(format!("tensor `{}` runs past the end of the shards", t.name));
         }
@@ -394,7 +406,15 @@ fn validate_layout(m: &Manifest) -> std::result::Result<(), String> {
             }
         }
         // Readers bind parts by name (the GPU engine does), so each must be there with its exact size.
-        let n: usize = t.shape.iter().product();
+        // Checked, and in u64 first: on wasm32 a usize product wraps silently.
+        let n = t
+            .shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| {
+                format!("tensor `{}`: shape {:?} has more elements than can be addressed", t.name, t.shape)
+            })?;
         let cols = t.shape.last().copied().unwrap_or(1);
         let lengths = t.dtype.part_lengths(n, cols, t.group_size).ok_or_else(|| {
             format!(

@@ -38,13 +38,13 @@ impl DType {
     }
 
     /// Byte length of each part (in `part_names` order) for `n` values, or None if `group` does not
-    /// suit the encoding or the row length `cols`.
+    /// suit the encoding or the row length `cols`, or a length does not fit a u64.
     pub fn part_lengths(self, n: usize, cols: usize, group: Option<usize>) -> Option<Vec<u64>> {
         let n64 = n as u64;
         let groups = |g: usize| (cols > 0 && cols % g == 0).then_some(n64 / g as u64 * 2);
         Some(match self {
-            DType::F32 => vec![4 * n64],
-            DType::F16 => vec![2 * n64],
+            DType::F32 => vec![n64.checked_mul(4)?],
+            DType::F16 => vec![n64.checked_mul(2)?],
             DType::Q8 => vec![n64, groups(Q8_GROUP)?],
             DType::Q4 => {
                 let g = group.filter(|g| [32, 64, 128].contains(g))?;

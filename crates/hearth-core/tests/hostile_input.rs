@@ -177,6 +177,8 @@ fn absurd_config_values_are_refused_naming_the_field() {
     assert!(parse_manifest(text.as_bytes(), "fixture").is_ok(), "the fixture itself is valid");
     for (field, value) in [
         ("n_layers", serde_json::json!(1u64 << 40)),
+        // Past u64 and usize alike: named, not a serde type error.
+        ("hidden_size", serde_json::json!(1e30)),
         ("context_length", serde_json::json!(1u64 << 27)),
         ("head_dim", serde_json::json!(1u64 << 30)),
         ("vocab_size", serde_json::json!(u32::MAX)),
@@ -189,9 +191,41 @@ fn absurd_config_values_are_refused_naming_the_field() {
     }
 }
 
+/// A tensor whose shape multiplies past 64 bits (2^33 × 2^33): refused with a checked product,
+/// where an unchecked one wraps to 0 and matches empty parts.
+#[test]
+fn a_tensor_shape_past_64_bits_is_refused() {
+    let path = common::repo_root().join("tests/fixtures/shapes/llama-3.2-1b-instruct/manifest.json");
+    let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    m["tensors"][0]["shape"] = serde_json::json!([1u64 << 33, 1u64 << 33]);
+    let err = parse_manifest(m.to_string().as_bytes(), "edited").unwrap_err().to_string();
+    assert!(err.contains("more elements than can be addressed"), "{err}");
+}
+
 fn tiny_package(dir: &Path) {
     let gguf = common::repo_root().join("tests/fixtures/tiny/qwen2.gguf");
     convert(&gguf, dir, &ConvertOptions::default()).unwrap();
+}
+
+/// The tiny Qwen2 GGUF with its context length patched to 2^32 - 1 (the same bytes, so every
+/// offset stays right): `convert --force` over a good package fails naming the field, and the good
+/// package is still there, whole.
+#[test]
+fn a_conversion_the_reader_would_refuse_never_replaces_a_package() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pkg");
+    tiny_package(&dir);
+    let mut gguf = std::fs::read(common::repo_root().join("tests/fixtures/tiny/qwen2.gguf")).unwrap();
+    let key = b"qwen2.context_length";
+    let at = gguf.windows(key.len()).position(|w| w == key).expect("the key") + key.len();
+    assert_eq!(gguf[at..at + 4], 4u32.to_le_bytes(), "a u32 value");
+    gguf[at + 4..at + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+    let hostile = tmp.path().join("hostile.gguf");
+    std::fs::write(&hostile, &gguf).unwrap();
+    let options = ConvertOptions { overwrite: true, ..ConvertOptions::default() };
+    let err = convert(&hostile, &dir, &options).unwrap_err();
+    assert!(err.to_string().contains("context_length"), "{err}");
+    Package::open(&dir).unwrap().verify().unwrap();
 }
 
 #[test]

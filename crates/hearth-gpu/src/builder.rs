@@ -217,7 +217,7 @@ impl<'a> Builder<'a> {
         if n != len {
             return Err(HearthError::bad_package(self.origin, format!("{names:?} hold {n} values, not {len}")));
         }
-        let buffer = storage(self.device(), label, n);
+        let buffer = storage(self.device(), label, n)?;
         self.uploads.plan_vectors(label, buffer.clone(), &parts, |v| v)?;
         Ok(buffer)
     }
@@ -259,13 +259,13 @@ impl<'a> Builder<'a> {
     /// Without RoPE, one unused value.
     pub fn rope_frequencies(&mut self, rope: Option<&RopeConfig>) -> Result<wgpu::Buffer> {
         let Some(rope) = rope else {
-            return Ok(storage(self.device(), "no rope frequencies", 1));
+            return storage(self.device(), "no rope frequencies", 1);
         };
         let Some(&i) = self.index.get("rope_freqs.weight") else {
             let values = rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), None);
             return Ok(storage_init(self.device(), "rope frequencies", &values));
         };
-        let buffer = storage(self.device(), "rope frequencies", rope.dim / 2);
+        let buffer = storage(self.device(), "rope frequencies", rope.dim / 2)?;
         let rope = rope.clone();
         self.uploads.plan_vector(buffer.clone(), i, &self.manifest.tensors[i], move |factors| {
             rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), Some(&factors))

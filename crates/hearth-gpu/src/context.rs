@@ -1,5 +1,7 @@
 //! The device: one adapter, one queue, the limits the engine may use.
 
+use std::sync::{Arc, Mutex};
+
 use hearth_core::{HearthError, Result};
 
 pub struct GpuContext {
@@ -20,6 +22,30 @@ pub struct GpuContext {
     pub subgroups: bool,
     /// Timestamp queries between passes were requested (`hearth bench --profile`).
     pub timestamps: bool,
+    /// What the device reported outside any error scope (wgpu's default would panic).
+    pub errors: DeviceErrors,
+}
+
+/// The first error the device reported, kept until someone checks: wgpu's default handler panics
+/// (a process abort natively, a trap in wasm), this one turns the error into a typed one at the
+/// next check (the end of `GpuEngine::prepare`, every read-back).
+#[derive(Clone, Default)]
+pub struct DeviceErrors(Arc<Mutex<Option<String>>>);
+
+impl DeviceErrors {
+    fn record(&self, message: String) {
+        if let Ok(mut first) = self.0.lock() {
+            first.get_or_insert(message);
+        }
+    }
+
+    /// `Err(GpuError)` with the first error reported since the last check, if any.
+    pub fn check(&self) -> Result<()> {
+        match self.0.lock().ok().and_then(|mut first| first.take()) {
+            Some(message) => Err(HearthError::Gpu(format!("the GPU reported an error: {message}"))),
+            None => Ok(()),
+        }
+    }
 }
 
 impl GpuContext {
@@ -54,6 +80,9 @@ impl GpuContext {
             })
             .await
             .map_err(|e| HearthError::Gpu(format!("cannot open a device on {}: {e}", info.name)))?;
+        let errors = DeviceErrors::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| sink.record(e.to_string())));
         Ok(Some(GpuContext {
             device,
             queue,
@@ -63,6 +92,7 @@ impl GpuContext {
             kv_f16: offered.contains(wgpu::Features::SHADER_F16),
             subgroups: wanted.contains(wgpu::Features::SUBGROUP),
             timestamps: wanted.contains(wgpu::Features::TIMESTAMP_QUERY),
+            errors,
         }))
     }
 }

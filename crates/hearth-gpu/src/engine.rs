@@ -209,7 +209,7 @@ impl GpuEngine {
         let scratch_len =
             |chunk| (0..c.n_layers).map(|l| attention::scratch_len(&kernels, &attention_dims(l, chunk), chunk)).max();
         let chunk = (1..=MAX_CHUNK).rev().find(|&n| scratch_len(n).unwrap_or(0) as u64 * 4 <= limit).unwrap_or(1);
-        let attention_scratch = storage(&device, "attention scratch", scratch_len(chunk).unwrap_or(1));
+        let attention_scratch = storage(&device, "attention scratch", scratch_len(chunk).unwrap_or(1))?;
 
         let mut b = Builder {
             ctx: &ctx,
@@ -219,8 +219,8 @@ impl GpuEngine {
             index: m.tensors.iter().enumerate().map(|(i, e)| (e.name.as_str(), i)).collect(),
             uploads: WeightUploads::default(),
             eps: c.norm_eps,
-            normed: storage(&device, "normed", chunk * c.hidden_size),
-            no_norm: storage(&device, "no norm", 4),
+            normed: storage(&device, "normed", chunk * c.hidden_size)?,
+            no_norm: storage(&device, "no norm", 4)?,
             scratch: Vec::new(),
         };
         let (h, qd, kvd, f, v) =
@@ -229,17 +229,17 @@ impl GpuEngine {
         let act = |label: &str, per_token: u32| storage(&device, label, chunk * per_token as usize);
         let step = uniform_of(&device, "step", &Step { start: 0, n_tokens: 0 });
         let one_token = uniform_of(&device, "one token", &Step { start: 0, n_tokens: 1 });
-        let tokens = storage(&device, "tokens", chunk);
-        let x = act("x", h);
+        let tokens = storage(&device, "tokens", chunk)?;
+        let x = act("x", h)?;
         // An output projection before its norm (post-norm models only).
-        let proj = act("projection", if c.post_norms { h } else { 1 });
-        let qkv = act("qkv", qkv_dim);
-        let q = act("q", qd);
-        let attn = act("attention out", qd);
-        let ffn = act("ffn hidden", f);
-        let last = storage(&device, "last hidden", c.hidden_size);
-        let logits = storage(&device, "logits", c.vocab_size);
-        let logits_all = storage(&device, "logits, every token", chunk * c.vocab_size);
+        let proj = act("projection", if c.post_norms { h } else { 1 })?;
+        let qkv = act("qkv", qkv_dim)?;
+        let q = act("q", qd)?;
+        let attn = act("attention out", qd)?;
+        let ffn = act("ffn hidden", f)?;
+        let last = storage(&device, "last hidden", c.hidden_size)?;
+        let logits = storage(&device, "logits", c.vocab_size)?;
+        let logits_all = storage(&device, "logits, every token", chunk * c.vocab_size)?;
         let token_staging = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("token read back"),
             size: 4,
@@ -306,10 +306,20 @@ impl GpuEngine {
             });
             let cache_rows = attention_dims.cache_rows as usize;
             rings.push(window.map(|w| (w, cache_rows)));
-            let cache_words = cache_rows * c.kv_dim() / if kv_f16 { 2 } else { 1 };
+            // In u64: on wasm32 a context of 2^24 rows times a wide KV row wraps a usize.
+            let row_words = (c.kv_dim() / if kv_f16 { 2 } else { 1 }) as u64;
+            if cache_rows as u64 * row_words * 4 > limit {
+                return Err(HearthError::AdapterLimit(format!(
+                    "layer {l}'s KV cache for {cache_rows} positions needs {} bytes; this adapter binds at most \
+                     {limit} bytes at once: load with maxContext at most {}",
+                    cache_rows as u64 * row_words * 4,
+                    limit / (row_words * 4)
+                )));
+            }
+            let cache_words = cache_rows * row_words as usize;
             kv_cache_bytes += 2 * 4 * cache_words as u64;
-            let k_cache = storage(&device, "k cache", cache_words);
-            let v_cache = storage(&device, "v cache", cache_words);
+            let k_cache = storage(&device, "k cache", cache_words)?;
+            let v_cache = storage(&device, "v cache", cache_words)?;
             let attn_norm = b.norm(&format!("blk.{l}.attn_norm"))?;
             let ffn_norm = b.norm(&format!("blk.{l}.ffn_norm"))?;
             let linear_bias = if c.linear_bias {
@@ -489,7 +499,7 @@ impl GpuEngine {
             step: &one_token,
             fuse,
         })?;
-        let sampler = GpuSampler::new(&ctx, &logits, v, capacity);
+        let sampler = GpuSampler::new(&ctx, &logits, v, capacity)?;
         let head_all = b.product(Product {
             pieces: head_pieces,
             input: &x,
@@ -531,6 +541,8 @@ impl GpuEngine {
             _weights: weights,
             _scratch: scratch,
         };
+        // Anything the device refused while the buffers and pipelines were made.
+        engine.ctx.errors.check()?;
         Ok(PendingEngine { engine, manifest: m.clone(), uploads })
     }
 

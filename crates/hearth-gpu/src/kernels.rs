@@ -400,14 +400,23 @@ pub fn uniform_of<T: bytemuck::Pod>(device: &wgpu::Device, label: &str, value: &
     uniform(device, label, bytemuck::cast_slice(std::slice::from_ref(value)))
 }
 
-/// A zeroed f32/u32 storage buffer of `len` elements.
-pub fn storage(device: &wgpu::Device, label: &str, len: usize) -> wgpu::Buffer {
-    device.create_buffer(&wgpu::BufferDescriptor {
+/// A zeroed f32/u32 storage buffer of `len` elements, or `AdapterLimitsError` naming it when the
+/// device could not bind it whole (wgpu would report that as an error only once it is used).
+pub fn storage(device: &wgpu::Device, label: &str, len: usize) -> Result<wgpu::Buffer> {
+    let size = len.max(1) as u64 * 4;
+    let limits = device.limits();
+    let max = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+    if size > max {
+        return Err(HearthError::AdapterLimit(format!(
+            "the {label} buffer needs {size} bytes; this adapter binds at most {max} bytes at once"
+        )));
+    }
+    Ok(device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
-        size: (len.max(1) * 4) as u64,
+        size,
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
-    })
+    }))
 }
 
 /// A storage buffer holding `values`.
@@ -503,6 +512,8 @@ pub async fn map_read_async<T: bytemuck::Pod>(ctx: &GpuContext, staging: &wgpu::
         bytemuck::pod_collect_to_vec(&view)
     };
     staging.unmap();
+    // Whatever the device reported while this work ran (a validation or out-of-memory error).
+    ctx.errors.check()?;
     Ok(out)
 }
 

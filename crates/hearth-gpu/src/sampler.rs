@@ -47,7 +47,7 @@ pub struct GpuSampler {
 impl GpuSampler {
     /// `logits`: a storage buffer of `vocab` f32 the engine's output head writes; modified in place.
     /// `max_penalized`: most distinct tokens a penalty list may hold (the engine passes its context length).
-    pub fn new(ctx: &GpuContext, logits: &wgpu::Buffer, vocab: u32, max_penalized: usize) -> Self {
+    pub fn new(ctx: &GpuContext, logits: &wgpu::Buffer, vocab: u32, max_penalized: usize) -> Result<Self> {
         let device = &ctx.device;
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("sample.wgsl"),
@@ -63,11 +63,11 @@ impl GpuSampler {
         });
         let params = uniform(device, "sampling params", &[0; PARAM_WORDS]);
         // Two u32 per entry.
-        let penalties = storage(device, "penalty counts", 2 * max_penalized.max(1));
-        let result = storage(device, "sampled token", RESULT_WORDS);
-        let mask = storage(device, "token mask", mask_words(vocab));
-        let bias = storage(device, "logit bias", 2 * MAX_LOGIT_BIAS);
-        let unpenalized = storage(device, "logits before penalties", max_penalized.max(1));
+        let penalties = storage(device, "penalty counts", 2 * max_penalized.max(1))?;
+        let result = storage(device, "sampled token", RESULT_WORDS)?;
+        let mask = storage(device, "token mask", mask_words(vocab))?;
+        let bias = storage(device, "logit bias", 2 * MAX_LOGIT_BIAS)?;
+        let unpenalized = storage(device, "logits before penalties", max_penalized.max(1))?;
         let bind_group = bind_group(
             device,
             &pipeline,
@@ -82,7 +82,18 @@ impl GpuSampler {
             ],
         );
         let uploaded_bias = RefCell::new(Vec::new());
-        GpuSampler { pipeline, bind_group, params, penalties, result, mask, bias, uploaded_bias, vocab, max_penalized }
+        Ok(GpuSampler {
+            pipeline,
+            bind_group,
+            params,
+            penalties,
+            result,
+            mask,
+            bias,
+            uploaded_bias,
+            vocab,
+            max_penalized,
+        })
     }
 
     /// Write this step's settings (queue writes only: no buffer or vector is created per token). `draw` is the

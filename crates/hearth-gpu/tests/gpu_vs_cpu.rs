@@ -340,3 +340,23 @@ fn a_decode_step_counts_what_it_records_and_reads() {
         profiled(&mut gpu, next, long.dispatches);
     }
 }
+
+/// A context of 2^24 positions (the manifest's bound): SmolLM2's KV cache for it (768 bytes a row)
+/// cannot be bound whole on any adapter of today, so `prepare` refuses with `AdapterLimitsError`
+/// naming the cache and a `maxContext` that fits, where wgpu used to panic ("Buffer binding range
+/// exceeds ...") once the buffer was used.
+#[test]
+fn a_context_past_the_adapters_binding_limit_is_refused_naming_a_max_context_that_fits() {
+    let Some(ctx) = context() else { return };
+    let limit = ctx.limits.max_storage_buffer_binding_size;
+    let package = Package::open(smollm2_package()).unwrap();
+    let mut manifest = package.manifest.clone();
+    manifest.config.context_length = 1 << 24;
+    let Err(err) = GpuEngine::prepare(ctx, &manifest, "edited", None) else { panic!("prepared") };
+    let message = err.to_string();
+    assert!(matches!(err, hearth_core::HearthError::AdapterLimit(_)), "{message}");
+    assert!(message.contains("KV cache") && message.contains("maxContext at most"), "{message}");
+    let fits: u64 = message.rsplit(' ').next().and_then(|n| n.parse().ok()).expect("a number at the end");
+    let row_bytes = 3 * 64 * 4; // 3 KV heads of 64 dimensions, f32
+    assert!(fits * row_bytes <= limit && (fits + 1) * row_bytes > limit, "{fits} rows for a limit of {limit}");
+}

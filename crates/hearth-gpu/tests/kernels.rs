@@ -304,7 +304,7 @@ fn embedding_gather_matches_the_cpu_for_every_encoding_and_split_tables() {
             }
             let tb = storage_init(&ctx.device, "tokens", &tokens);
             let step = uniform(&ctx.device, "step", &[0, tokens.len() as u32]);
-            let out = storage(&ctx.device, "out", tokens.len() * hidden);
+            let out = storage(&ctx.device, "out", tokens.len() * hidden).unwrap();
             for piece in &pieces {
                 let dims = uniform(
                     &ctx.device,
@@ -471,7 +471,7 @@ fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
                 let step = uniform(&ctx.device, "step", &[start as u32, n as u32]);
                 let freq = storage_init(&ctx.device, "inv freq", &inv_freq);
                 let qkv_b = storage_init(&ctx.device, "qkv", &qkv);
-                let q_b = storage(&ctx.device, "q", n * qd);
+                let q_b = storage(&ctx.device, "q", n * qd).unwrap();
                 let k_b = storage_init(&ctx.device, "k cache", &k_init);
                 let v_b = storage_init(&ctx.device, "v cache", &k_init);
                 let bias_b = storage_init(&ctx.device, "qkv bias", &bias);
@@ -807,8 +807,8 @@ fn check_attention(
     let q_b = storage_init(&ctx.device, "q", &q);
     let k_b = storage_init(&ctx.device, "k", &cache_words(&k, f16));
     let v_b = storage_init(&ctx.device, "v", &cache_words(&v, f16));
-    let scratch = storage(&ctx.device, "scratch", attention::scratch_len(&kernels, &dims, n));
-    let out = storage(&ctx.device, "out", n * qd);
+    let scratch = storage(&ctx.device, "scratch", attention::scratch_len(&kernels, &dims, n)).unwrap();
+    let out = storage(&ctx.device, "out", n * qd).unwrap();
     let buffers = AttentionBuffers { step: &step, q: &q_b, k_cache: &k_b, v_cache: &v_b, out: &out, scratch: &scratch };
     let dispatches = attention::prepare(&kernels, &ctx.device, dims, f16, &buffers).unwrap();
     run_dispatches(ctx, &dispatches, Step { start: start as u32, n_tokens: n as u32 });
@@ -881,7 +881,7 @@ fn norms_match_their_references() {
         let xb = storage_init(&ctx.device, "x", &x);
         let wb = storage_init(&ctx.device, "weight", &weight);
         let bb = storage_init(&ctx.device, "bias", &bias);
-        let out = storage(&ctx.device, "out", n * h);
+        let out = storage(&ctx.device, "out", n * h).unwrap();
         let mut entries =
             vec![entry(0, whole(&dims)), entry(1, whole(&step)), entry(2, whole(&xb)), entry(3, whole(&wb))];
         entries.push(entry(4, whole(&out)));

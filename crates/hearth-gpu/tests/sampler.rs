@@ -62,8 +62,8 @@ struct Rig<'a> {
 
 impl<'a> Rig<'a> {
     fn new(ctx: &'a GpuContext, vocab: usize) -> Self {
-        let logits = storage(&ctx.device, "logits", vocab);
-        let sampler = GpuSampler::new(ctx, &logits, vocab as u32, 64);
+        let logits = storage(&ctx.device, "logits", vocab).unwrap();
+        let sampler = GpuSampler::new(ctx, &logits, vocab as u32, 64).unwrap();
         let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("sampled token"),
             size: 4 * RESULT_WORDS as u64,
@@ -389,8 +389,8 @@ fn tied_logits_are_taken_in_index_order() {
 #[test]
 fn prepare_rejects_what_the_shader_cannot_apply() {
     let Some(ctx) = context() else { return };
-    let logits = storage(&ctx.device, "logits", 100);
-    let sampler = GpuSampler::new(&ctx, &logits, 100, 2);
+    let logits = storage(&ctx.device, "logits", 100).unwrap();
+    let sampler = GpuSampler::new(&ctx, &logits, 100, 2).unwrap();
     let params = SamplingParams { temperature: 1.0, presence_penalty: 1.0, ..Default::default() };
     let q = &ctx.queue;
     assert!(sampler.prepare(q, &params, 0.5, &[(1, 1), (5, 2)], None, None).is_ok());
@@ -898,8 +898,8 @@ fn the_logit_bias_gives_the_cpus_token() {
 #[test]
 fn prepare_rejects_the_biases_and_logprobs_the_cpu_rejects() {
     let Some(ctx) = context() else { return };
-    let logits = storage(&ctx.device, "logits", 100);
-    let sampler = GpuSampler::new(&ctx, &logits, 100, 2);
+    let logits = storage(&ctx.device, "logits", 100).unwrap();
+    let sampler = GpuSampler::new(&ctx, &logits, 100, 2).unwrap();
     let q = &ctx.queue;
     let prepare = |bias: std::collections::BTreeMap<u32, f32>, logprobs| {
         let params = SamplingParams { logit_bias: bias, ..Default::default() };

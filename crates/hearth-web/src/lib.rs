@@ -82,6 +82,14 @@ pub(crate) fn to_js<T: serde::Serialize>(value: &T) -> Result<JsValue, JsValue> 
         .map_err(|e| named_error("InvalidArgumentError", &e.to_string()))
 }
 
+/// Validates a package's `manifest.json` as the native reader does (format, file names, config
+/// bounds, every tensor inside the shards): `load()` calls it before any other request, so a
+/// hostile manifest makes no request and stores nothing.
+#[wasm_bindgen(js_name = checkManifest)]
+pub fn check_manifest(manifest_text: &str) -> Result<(), JsValue> {
+    hearth_core::package::parse_manifest(manifest_text.as_bytes(), "manifest.json").map(drop).map_err(js_error)
+}
+
 /// Bytes of wasm linear memory: it only grows, so this is the peak so far (the browser tests check
 /// that loading a model keeps it near one shard, however large the model).
 #[wasm_bindgen(js_name = memoryBytes)]
