@@ -193,10 +193,11 @@ impl PackageWriter {
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| HearthError::InvalidArgument(format!("cannot serialize manifest: {e}")))?;
         let path = self.tmp_dir.join(MANIFEST_FILE);
+        // The round trip: only a manifest that the reader accepts (every bound and layout check,
+        // on the very bytes written) may replace anything. The files' sizes and hashes in it were
+        // taken from the bytes as they were written, so reading them back would only repeat that.
+        parse_manifest(&json, &path.display().to_string())?;
         fs::write(&path, json).map_err(|e| HearthError::io("write", &path, e))?;
-        // The round trip: only a package that the reader accepts (the manifest with every bound
-        // and layout check, each file's size and sha256) may replace anything.
-        Package::open(&self.tmp_dir)?.verify()?;
 
         // Swap the old package (if any) aside, move the new one in, then delete the old one.
         let old = self.tmp_dir.with_extension("old");

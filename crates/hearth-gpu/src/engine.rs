@@ -32,8 +32,8 @@ use crate::attention::{self, AttentionBuffers, AttentionDims};
 use crate::builder::{Builder, Dispatch, Fuse, Product, RopeDims, RopeStore, Step};
 use crate::context::GpuContext;
 use crate::kernels::{
-    bind_group, entry, map_read_async, read_back_async, storage, uniform, uniform_of, whole, Activation, Kernels,
-    WORKGROUP,
+    bind_group, entry, map_read_async, read_back_async, storage, storage_limit, uniform, uniform_of, whole, Activation,
+    Kernels, WORKGROUP,
 };
 use crate::profile::{KernelTime, Profiler};
 use crate::sampler::{result_bytes, GpuSampler, RESULT_WORDS};
@@ -306,16 +306,18 @@ impl GpuEngine {
             });
             let cache_rows = attention_dims.cache_rows as usize;
             rings.push(window.map(|w| (w, cache_rows)));
-            // In u64: on wasm32 a context of 2^24 rows times a wide KV row wraps a usize.
-            let row_words = (c.kv_dim() / if kv_f16 { 2 } else { 1 }) as u64;
-            if cache_rows as u64 * row_words * 4 > limit {
+            // In u64: on wasm32 a context of 2^24 rows times a wide KV row wraps a usize. Checked
+            // here, before `storage` would, to say which maxContext fits.
+            let row_bytes = (c.kv_dim() / if kv_f16 { 2 } else { 1 }) as u64 * 4;
+            let (cache_bytes, max) = (cache_rows as u64 * row_bytes, storage_limit(&device));
+            if cache_bytes > max {
                 return Err(HearthError::AdapterLimit(format!(
-                    "layer {l}'s KV cache for {cache_rows} positions needs {} bytes; this adapter binds at most \
-                     {limit} bytes at once: load with maxContext at most {}",
-                    cache_rows as u64 * row_words * 4,
-                    limit / (row_words * 4)
+                    "layer {l}'s KV cache for {cache_rows} positions needs {cache_bytes} bytes; this adapter \
+                     binds at most {max} bytes at once: load with maxContext at most {}",
+                    max / row_bytes
                 )));
             }
+            let row_words = row_bytes / 4;
             let cache_words = cache_rows * row_words as usize;
             kv_cache_bytes += 2 * 4 * cache_words as u64;
             let k_cache = storage(&device, "k cache", cache_words)?;

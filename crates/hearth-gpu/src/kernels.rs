@@ -404,8 +404,7 @@ pub fn uniform_of<T: bytemuck::Pod>(device: &wgpu::Device, label: &str, value: &
 /// device could not bind it whole (wgpu would report that as an error only once it is used).
 pub fn storage(device: &wgpu::Device, label: &str, len: usize) -> Result<wgpu::Buffer> {
     let size = len.max(1) as u64 * 4;
-    let limits = device.limits();
-    let max = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+    let max = storage_limit(device);
     if size > max {
         return Err(HearthError::AdapterLimit(format!(
             "the {label} buffer needs {size} bytes; this adapter binds at most {max} bytes at once"
@@ -417,6 +416,12 @@ pub fn storage(device: &wgpu::Device, label: &str, len: usize) -> Result<wgpu::B
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     }))
+}
+
+/// The most bytes one storage buffer may hold and be bound whole on `device`.
+pub fn storage_limit(device: &wgpu::Device) -> u64 {
+    let limits = device.limits();
+    limits.max_storage_buffer_binding_size.min(limits.max_buffer_size)
 }
 
 /// A storage buffer holding `values`.
