@@ -142,16 +142,10 @@ test("dispose() ends a worker stuck in a call", { timeout: 5 * MINUTES }, async 
 
 test("a hostile manifest is refused before any other request, and nothing of it is stored", { timeout: 3 * MINUTES }, async () => {
   const { context, page } = await openPage(browser, server);
+  await page.evaluate(CAPTURE);
   for (const [name, [, message]] of Object.entries(MANIFESTS)) {
     server.log.length = 0;
-    const got = await page.evaluate(async (name) => {
-      try {
-        await Hearth.load(`/models/${name}/`, { backend: "cpu" });
-        return "resolved";
-      } catch (e) {
-        return { name: e.name, message: e.message };
-      }
-    }, name);
+    const got = await page.evaluate((name) => capture(() => Hearth.load(`/models/${name}/`, { backend: "cpu" })), name);
     assert.equal(got.name, "BadPackageError", `${name}: ${JSON.stringify(got)}`);
     assert.match(got.message, message, name);
     const requested = server.log.map((e) => e.path).filter((p) => !p.startsWith("/pkg/"));
