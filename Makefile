@@ -20,10 +20,11 @@ chat: setup $(PACKAGE)/manifest.json
 	$(HEARTH) generate --model $(PACKAGE) --chat --prompt "$(PROMPT)" --max-tokens 200
 
 ## test: formatting, lints and the whole test suite: Rust (native, on lavapipe where there is no
-## GPU), then the npm package in headless Chromium (WebGPU on SwiftShader).
+## GPU), each fuzz target for a minute, then the npm package in headless Chromium (WebGPU on SwiftShader).
 test: setup model lint
 	cargo test --release $(TEST_TARGETS)
 	bash scripts/test-wasm-kernels.sh
+	bash scripts/fuzz.sh
 	$(MAKE) browser-test HEARTH_TARGETS="$(TEST_TARGETS)"
 
 ## browser-test: build the wasm into pkg/ and run tests/browser/ against the real package.
@@ -49,6 +50,7 @@ model:
 
 lint:
 	cargo fmt --all -- --check
+	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
 	# The engine as the browser will build it: no threads, async GPU read-backs only.
 	cargo clippy --release --target wasm32-unknown-unknown -p hearth-core -p hearth-gpu -p hearth-web -- -D warnings

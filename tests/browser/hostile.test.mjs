@@ -2,9 +2,10 @@
 // engine: here packages of the tiny Qwen2 model, each with a hostile template written into its
 // manifest, loaded on the CPU engine in the page and in a worker. A template that loops for ever
 // stops with an InvalidArgumentError ("chat template: ...") and the engine stays usable; one that does not parse leaves plain
-// prompts working; one that exhausts wasm memory (string doubling, which minijinja cannot bound)
-// traps, and the engine says it was disposed instead of refusing every later call as busy; a worker
-// stuck in a slow render (each step a 100 MB string: few steps, much time) is ended by dispose().
+// prompts working; one that allocates past its memory budget (string doubling, which minijinja's
+// fuel does not see; hearth_core::budget) traps at the budget, and the engine says it was disposed
+// instead of refusing every later call as busy; a worker stuck in a slow render (each step a search
+// of a 30 MB string: few steps, much time) is ended by dispose().
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -18,9 +19,10 @@ const TEMPLATES = {
   loops: "{% for a in range(100000) %}{% for b in range(100000) %}{{ '' }}{% endfor %}{% endfor %}",
   // Not Jinja.
   broken: "{% for m in messages %}{{ m.content ",
-  // Cheap in fuel (a few steps per iteration), dear in time (a 100 MB string each): about an hour.
-  slow: "{% for i in range(100000) %}{{ ('x' * 100000000) | length }}{% endfor %}",
-  // 100 MB doubled 6 times: past wasm32's 4 GiB.
+  // Inside every budget (600,000 steps, one 30 MB string), dear in time: each step searches the
+  // 30 MB string, for the better part of an hour in all.
+  slow: "{% set s = 'x' * 30000000 %}{% for i in range(100000) %}{% if 'y' in s %}{% endif %}{% endfor %}",
+  // 100 MB doubled 6 times: past wasm32's 4 GiB, were it not for the 64 MiB memory budget.
   doubling:
     "{% set ns = namespace(s='x' * 100000000) %}{% for i in range(6) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
 };
@@ -104,7 +106,7 @@ test("a looping template stops with an InvalidArgumentError naming the chat temp
   await context.close();
 });
 
-test("a template that exhausts wasm memory disposes its engine, with a message that says so", { timeout: 5 * MINUTES }, async () => {
+test("a template that allocates past its memory budget disposes its engine, with a message that says so", { timeout: 5 * MINUTES }, async () => {
   const { context, page } = await openPage(browser, server);
   await page.evaluate(CAPTURE);
   const got = await page.evaluate(async () => {

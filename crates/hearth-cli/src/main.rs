@@ -20,6 +20,11 @@ use hearth_core::synthetic::SyntheticWeights;
 use hearth_gpu::{GpuContext, GpuEngine};
 use serde_json::json;
 
+/// Chat templates render on a memory budget (`hearth_core::budget`), enforced by this allocator.
+#[global_allocator]
+static ALLOCATOR: hearth_core::budget::BudgetedAlloc<std::alloc::System> =
+    hearth_core::budget::BudgetedAlloc(std::alloc::System);
+
 #[derive(Parser)]
 #[command(name = "hearth", version, about = "Run language models on your own machine; build packages for the browser")]
 struct Cli {

@@ -47,9 +47,10 @@ impl ShardAssembler {
         &self.manifest
     }
 
-    /// Bytes the tensors occupy in memory.
+    /// Bytes the tensors occupy in memory: their parts, without the package's alignment padding
+    /// (what [`crate::plan::CpuPlan`] plans as weights).
     pub fn bytes(&self) -> u64 {
-        self.fills.iter().map(TensorFill::data_len).sum()
+        self.fills.iter().flat_map(TensorFill::ranges).map(|r| r.length).sum()
     }
 
     /// Take shard `index` (`len` bytes, already verified): `copy(offset_in_shard, dst)` fills `dst`

@@ -1,12 +1,14 @@
 //! Chat templates: the Jinja templates that Hugging Face models ship, rendered with `minijinja`.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use minijinja::value::Serde;
 use minijinja::{context, Environment, Error, ErrorKind};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
+use crate::budget::{with_budget, Budget, Overrun};
 use crate::error::{HearthError, Result};
 use crate::tools::{call_text, ToolCall, Tools};
 
@@ -49,9 +51,26 @@ pub mod limits {
     /// writes each message once, with a few tags around it).
     pub const OUTPUT_BASE: usize = 1024 * 1024;
     pub const OUTPUT_PER_INPUT_BYTE: usize = 4;
+    /// Bytes a render may hold at once (`crate::budget`): a fixed allowance plus a multiple of the
+    /// chat's bytes. Fuel counts one step per operation however large, so without this a string
+    /// doubled a few dozen times takes all memory within a few steps.
+    pub const MEMORY_BASE: u64 = 64 << 20;
+    pub const MEMORY_PER_INPUT_BYTE: u64 = 64;
+    /// Bytes a render may allocate in all, freed or not, as a multiple of what it may hold: this
+    /// bounds the time spent building strings that are thrown away.
+    pub const MEMORY_TOTAL_FACTOR: u64 = 16;
+    /// Seconds a compile or render may take natively (real templates take milliseconds); in the
+    /// browser the bound is the worker, which `dispose()` ends.
+    pub const SECONDS: f64 = 2.0;
     /// Macro and include nesting (minijinja allows 500; each level costs native stack, which a wasm
     /// module has little of).
     pub const RECURSION: usize = 64;
+
+    /// The budget of a render of a chat of `input_bytes` bytes (0: compiling the template).
+    pub fn budget(input_bytes: u64) -> crate::budget::Budget {
+        let live = MEMORY_BASE + MEMORY_PER_INPUT_BYTE * input_bytes;
+        crate::budget::Budget { live, total: live * MEMORY_TOTAL_FACTOR, seconds: SECONDS }
+    }
 }
 
 pub struct ChatTemplate {
@@ -61,6 +80,9 @@ pub struct ChatTemplate {
     /// The template reads a `tools` variable (Hugging Face's convention for tool use); one that
     /// does not gets the tools in a system message and calls and results as text.
     takes_tools: bool,
+    /// How a render passed its budget, once one did: natively its thread sleeps holding that memory
+    /// (or runs on to its fuel), so this template is not run again (each render would leave another).
+    overran: OnceLock<Overrun>,
 }
 
 const TEMPLATE_NAME: &str = "chat";
@@ -74,19 +96,35 @@ impl ChatTemplate {
                 limits::SOURCE_BYTES
             )));
         }
-        let mut env = Environment::new();
-        env.set_recursion_limit(limits::RECURSION);
-        // Python string and dict methods (`.strip()`, `.items()`, ...) that HF templates call.
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        minijinja_contrib::add_to_environment(&mut env);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, Error> {
-            Err(Error::new(ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template_owned(TEMPLATE_NAME, source.to_string())
-            .map_err(|e| HearthError::ChatTemplate(format!("cannot parse the model's chat template: {e}")))?;
-        let takes_tools =
-            env.get_template(TEMPLATE_NAME).map(|t| t.undeclared_variables(false).contains("tools")).unwrap_or(false);
-        Ok(ChatTemplate { env, bos_token: bos_token.to_string(), eos_token: eos_token.to_string(), takes_tools })
+        // Compiled on the render's budget too: minijinja folds constant expressions as it compiles,
+        // so `'x' * 100000000` costs its 100 MB before any render.
+        let source = source.to_string();
+        let compile = move || {
+            let mut env = Environment::new();
+            env.set_recursion_limit(limits::RECURSION);
+            // Python string and dict methods (`.strip()`, `.items()`, ...) that HF templates call.
+            env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+            minijinja_contrib::add_to_environment(&mut env);
+            env.add_function("raise_exception", |msg: String| -> std::result::Result<String, Error> {
+                Err(Error::new(ErrorKind::InvalidOperation, msg))
+            });
+            env.add_template_owned(TEMPLATE_NAME, source).map_err(|e| e.to_string())?;
+            let takes_tools = env
+                .get_template(TEMPLATE_NAME)
+                .map(|t| t.undeclared_variables(false).contains("tools"))
+                .unwrap_or(false);
+            Ok::<_, String>((env, takes_tools))
+        };
+        let (compiled, _) = with_budget(limits::budget(0), compile).map_err(|o| overrun_error("compiling", o, 0))?;
+        let (env, takes_tools) =
+            compiled.map_err(|e| HearthError::ChatTemplate(format!("cannot parse the model's chat template: {e}")))?;
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+            takes_tools,
+            overran: OnceLock::new(),
+        })
     }
 
     /// The chat as the model reads it, `tools` shown as the template shows them (or, when it has
@@ -111,25 +149,47 @@ impl ChatTemplate {
         let messages = messages_value(&messages);
         let tools = minijinja::Value::from(Serde(tools));
         let fuel = limits::FUEL_BASE + limits::FUEL_PER_INPUT_BYTE * input_bytes as u64;
+        let cap = limits::OUTPUT_BASE + limits::OUTPUT_PER_INPUT_BYTE * input_bytes;
+        let budget = limits::budget(input_bytes as u64);
         let mut env = self.env.clone();
         env.set_fuel(Some(fuel));
-        let template = env.get_template(TEMPLATE_NAME).map_err(|e| HearthError::ChatTemplate(e.to_string()))?;
-        let cap = limits::OUTPUT_BASE + limits::OUTPUT_PER_INPUT_BYTE * input_bytes;
-        let mut out = CappedWriter { bytes: Vec::new(), cap, over: false };
-        let rendered = template.render_captured_to(
-            context! {
-                messages => messages,
-                tools => tools,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => self.bos_token.as_str(),
-                eos_token => self.eos_token.as_str(),
-            },
-            &mut out,
-        );
+        let globals = context! {
+            messages => messages,
+            tools => tools,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token.clone(),
+            eos_token => self.eos_token.clone(),
+        };
+        // The render on its own budget of memory (crate::budget): a step of minijinja may allocate
+        // without bound (a string doubled), which fuel does not see.
+        let render = move || {
+            let template = env.get_template(TEMPLATE_NAME).map_err(|e| e.to_string())?;
+            let mut out = CappedWriter { bytes: Vec::new(), cap, over: false };
+            let rendered = template.render_captured_to(globals, &mut out);
+            let fuel_used = rendered.as_ref().ok().and_then(|c| c.state().fuel_levels()).map_or(0, |(used, _)| used);
+            Ok::<_, String>((rendered.map(drop), fuel_used, out))
+        };
+        if let Some(&overrun) = self.overran.get() {
+            return Err(overrun_error("rendering", overrun, input_bytes as u64));
+        }
+        let (rendered, spent) = with_budget(budget, render).map_err(|overrun| {
+            if overrun != Overrun::Panic {
+                let _ = self.overran.set(overrun);
+            }
+            overrun_error("rendering", overrun, input_bytes as u64)
+        })?;
+        let (rendered, fuel_used, out) = rendered.map_err(HearthError::ChatTemplate)?;
         match rendered {
-            Ok(captured) => {
-                let fuel_used = captured.state().fuel_levels().map_or(0, |(used, _)| used);
-                let cost = RenderCost { fuel_used, fuel_limit: fuel, output_bytes: out.bytes.len(), output_limit: cap };
+            Ok(()) => {
+                let cost = RenderCost {
+                    fuel_used,
+                    fuel_limit: fuel,
+                    output_bytes: out.bytes.len(),
+                    output_limit: cap,
+                    memory_peak: spent.peak,
+                    memory_total: spent.total,
+                    budget,
+                };
                 let text = String::from_utf8(out.bytes)
                     .map_err(|_| HearthError::ChatTemplate("the chat template wrote invalid UTF-8".into()))?;
                 Ok((text, cost))
@@ -151,6 +211,24 @@ impl ChatTemplate {
     }
 }
 
+/// The error for a compile or render of a template that passed its [`limits::budget`].
+fn overrun_error(doing: &str, overrun: Overrun, input_bytes: u64) -> HearthError {
+    let b = limits::budget(input_bytes);
+    HearthError::ChatTemplate(match overrun {
+        Overrun::Memory => format!(
+            "{doing} the chat template allocated past its limits of {} bytes at once and {} in all \
+             ({} + {} per byte of messages and tools, and {} times that)",
+            b.live,
+            b.total,
+            limits::MEMORY_BASE,
+            limits::MEMORY_PER_INPUT_BYTE,
+            limits::MEMORY_TOTAL_FACTOR
+        ),
+        Overrun::Time => format!("{doing} the chat template took longer than its limit of {} s", b.seconds),
+        Overrun::Panic => format!("{doing} the chat template failed inside minijinja"),
+    })
+}
+
 /// What one render spent, and what it was allowed.
 #[derive(Debug, Clone, Copy)]
 pub struct RenderCost {
@@ -158,6 +236,11 @@ pub struct RenderCost {
     pub fuel_limit: u64,
     pub output_bytes: usize,
     pub output_limit: usize,
+    /// The most bytes the render held at once, and the bytes it allocated in all (both 0 where
+    /// `crate::budget::BudgetedAlloc` is not the global allocator, which also enforces `budget`).
+    pub memory_peak: u64,
+    pub memory_total: u64,
+    pub budget: Budget,
 }
 
 /// The render's output, refusing bytes past `cap` (minijinja then stops with a write error).

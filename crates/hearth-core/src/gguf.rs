@@ -401,7 +401,11 @@ impl GgufFile {
                                 ),
                             ));
                         }
-                        Some(n_elements / block * block_bytes)
+                        // Checked: the dimensions are the file's, and an F32 tensor of 2^62 values
+                        // would wrap to a small byte count that fits the file.
+                        Some((n_elements / block).checked_mul(block_bytes).ok_or_else(|| {
+                            HearthError::bad_file(&name, format!("tensor `{tname}` has absurd dimensions {dims:?}"))
+                        })?)
                     }
                 };
                 let offset = data_start.checked_add(rel_offset).ok_or_else(|| {

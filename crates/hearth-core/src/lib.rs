@@ -3,6 +3,7 @@
 //! no browser code lives here, so it builds for native targets and for wasm32 alike.
 
 pub mod assemble;
+pub mod budget;
 pub mod chat;
 pub mod constrain;
 pub mod convert;
@@ -16,6 +17,7 @@ pub mod logprobs;
 pub mod manifest;
 pub mod model;
 pub mod package;
+pub mod plan;
 pub mod quant;
 pub mod sampling;
 pub mod synthetic;

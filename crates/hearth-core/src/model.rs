@@ -1,6 +1,7 @@
 //! A model package opened for generation: manifest, tokenizer and chat template together.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::error::{HearthError, Result};
@@ -45,9 +46,13 @@ impl Model {
 pub struct Prompter {
     pub tokenizer: Tokenizer,
     model_name: String,
-    /// `Err` holds why the model's template could not be used; that only matters to chat use, so
-    /// plain prompts work with a broken template.
-    chat_template: Option<std::result::Result<ChatTemplate, String>>,
+    /// The template's source and the bos and eos texts it is given, compiled on first chat use:
+    /// it only matters there, so plain prompts work with a broken template, and a template that
+    /// passes its budget while compiling (crate::budget) does so inside a chat call, where the
+    /// browser's engine turns a wasm trap into `EngineDisposedError`, not inside a load.
+    chat_source: Option<(String, String, String)>,
+    /// `Err` holds why the model's template cannot be used.
+    chat_template: OnceLock<std::result::Result<ChatTemplate, String>>,
     bos_text: String,
 }
 
@@ -58,18 +63,19 @@ impl Prompter {
         let text_of = |id: Option<u32>| id.and_then(|id| tokenizer.token_text(id)).unwrap_or_default();
         let bos_text = text_of(info.bos_id);
         let eos_text = text_of(info.eos_id);
-        let chat_template = info.chat_template.as_ref().map(|src| {
-            ChatTemplate::new(src, &bos_text, &eos_text).map_err(|e| match e {
-                HearthError::ChatTemplate(why) => why,
-                other => other.to_string(),
-            })
-        });
-        Ok(Prompter { tokenizer, model_name: model_name.to_string(), chat_template, bos_text })
+        let chat_source = info.chat_template.map(|src| (src, bos_text.clone(), eos_text));
+        Ok(Prompter {
+            tokenizer,
+            model_name: model_name.to_string(),
+            chat_source,
+            chat_template: OnceLock::new(),
+            bos_text,
+        })
     }
 
     /// Whether the model has a chat template (messages can be used); without one, only plain prompts.
     pub fn has_chat_template(&self) -> bool {
-        self.chat_template.is_some()
+        self.chat_source.is_some()
     }
 
     /// Token ids for a plain-text prompt (special-token texts are tokenized as text).
@@ -92,7 +98,15 @@ impl Prompter {
     }
 
     pub fn render_chat(&self, messages: &[ChatMessage], tools: &Tools) -> Result<String> {
-        match &self.chat_template {
+        let template = self.chat_source.as_ref().map(|(src, bos, eos)| {
+            self.chat_template.get_or_init(|| {
+                ChatTemplate::new(src, bos, eos).map_err(|e| match e {
+                    HearthError::ChatTemplate(why) => why,
+                    other => other.to_string(),
+                })
+            })
+        });
+        match template {
             Some(Ok(template)) => template.render(messages, tools, true),
             Some(Err(why)) => Err(HearthError::ChatTemplate(format!(
                 "model `{}`'s chat template cannot be used ({why}); use a plain prompt",

@@ -19,7 +19,15 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     pub fn from_json(json: &[u8], info: TokenizerInfo) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_bytes(json)
+        // The JSON first: `tokenizers` panics (`expect("Helper")`) on a syntax error, a byte that is
+        // not UTF-8 or an escape that is no character inside a `decoder` object, where it should
+        // return an error (found by fuzz/tokenizer_json).
+        let text = std::str::from_utf8(json)
+            .map_err(|e| HearthError::Tokenizer(format!("cannot load tokenizer.json: it is not JSON: {e}")))?;
+        serde_json::from_str::<CheckedJson>(text)
+            .map_err(|e| HearthError::Tokenizer(format!("cannot load tokenizer.json: it is not JSON: {e}")))?;
+        let inner = text
+            .parse::<tokenizers::Tokenizer>()
             .map_err(|e| HearthError::Tokenizer(format!("cannot load tokenizer.json: {e}")))?;
         Ok(Tokenizer { inner: Arc::new(RwLock::new(inner)), info, grammars: OnceLock::new() })
     }
@@ -125,5 +133,57 @@ impl IncrementalDecoder {
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();
         Ok(full.get(prefix.len()..).unwrap_or("").to_string())
+    }
+}
+
+/// Any JSON value, checked whole (every string decoded, escapes included) and kept nowhere: what
+/// `serde::de::IgnoredAny` does, except that it skips strings without decoding their escapes.
+struct CheckedJson;
+
+impl<'de> serde::Deserialize<'de> for CheckedJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(CheckedJson)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for CheckedJson {
+    type Value = CheckedJson;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<Self, E> {
+        Ok(CheckedJson)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<Self, E> {
+        Ok(CheckedJson)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<Self, E> {
+        Ok(CheckedJson)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<Self, E> {
+        Ok(CheckedJson)
+    }
+
+    fn visit_str<E>(self, _: &str) -> std::result::Result<Self, E> {
+        Ok(CheckedJson)
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<Self, E> {
+        Ok(CheckedJson)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Self, A::Error> {
+        while seq.next_element::<CheckedJson>()?.is_some() {}
+        Ok(CheckedJson)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self, A::Error> {
+        while map.next_entry::<CheckedJson, CheckedJson>()?.is_some() {}
+        Ok(CheckedJson)
     }
 }

@@ -17,6 +17,11 @@ use hearth_core::package::{parse_manifest, Package};
 use hearth_core::tools::Tools;
 use hearth_core::HearthError;
 
+/// As in the CLI and the wasm module: chat templates render on a memory budget.
+#[global_allocator]
+static ALLOCATOR: hearth_core::budget::BudgetedAlloc<std::alloc::System> =
+    hearth_core::budget::BudgetedAlloc(std::alloc::System);
+
 /// A GGUF (version 3) with metadata only: `(key, value)` where a value is a string, a u32, or an
 /// array of strings, f32s or i32s.
 enum Meta {
@@ -116,13 +121,25 @@ fn a_sentencepiece_vocabulary_with_a_400_kb_piece_converts() {
 
 /// The tiny Qwen2 model's tokenizer with `template` as its chat template.
 fn prompter_with_template(template: &str) -> Prompter {
+    Prompter::new("hostile", &tiny_tokenizer(), tiny_info(template)).unwrap()
+}
+
+/// The tiny Qwen2 package's `tokenizer.json`.
+fn tiny_tokenizer() -> Vec<u8> {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pkg");
     tiny_package(&dir);
     let package = Package::open(&dir).unwrap();
-    let tokenizer = package.read_file(&package.manifest.tokenizer.file).unwrap();
-    let info = TokenizerInfo { chat_template: Some(template.to_string()), ..package.manifest.tokenizer.clone() };
-    Prompter::new("hostile", &tokenizer, info).unwrap()
+    package.read_file(&package.manifest.tokenizer.file).unwrap()
+}
+
+/// The tiny Qwen2 package's tokenizer settings with `template` as its chat template.
+fn tiny_info(template: &str) -> TokenizerInfo {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pkg");
+    tiny_package(&dir);
+    let info = Package::open(&dir).unwrap().manifest.tokenizer;
+    TokenizerInfo { chat_template: Some(template.to_string()), ..info }
 }
 
 #[test]
@@ -141,6 +158,33 @@ fn a_template_that_loops_stops_at_its_fuel_and_the_prompter_stays_usable() {
     let err = p.encode_chat(&[ChatMessage::new("user", "hi")]).unwrap_err();
     assert!(matches!(&err, HearthError::ChatTemplate(m) if m.contains("steps")), "{err}");
     assert!(!p.encode_text("still usable").unwrap().is_empty());
+}
+
+/// Templates that fuel does not stop, each a few steps: a string doubled 40 times (a terabyte),
+/// 60 MB strings built and dropped in a loop (an hour of copying), a 200 MB constant (folded when
+/// the template compiles), and a 30 MB string searched end to end in a loop (no allocation; 5,000
+/// searches, several seconds). Each stops at its memory or time budget with an error naming it, and plain
+/// prompts still work.
+#[test]
+fn templates_that_fuel_does_not_stop_end_at_their_memory_or_time_budget() {
+    for (template, limit) in [
+        ("{% set ns = namespace(s='x' * 1000) %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}", "at once"),
+        ("{% for i in range(100000) %}{% set s = 'x' * (60000000 + i) %}{% endfor %}", "in all"),
+        ("{{ ('x' * 100000000) ~ ('x' * 100000000) }}", "at once"),
+        ("{% set s = 'x' * 30000000 %}{% for i in range(5000) %}{% if 'y' in s %}{% endif %}{% endfor %}", "longer than"),
+    ] {
+        let started = std::time::Instant::now();
+        let err = match Prompter::new("hostile", &tiny_tokenizer(), tiny_info(template)) {
+            Err(e) => e,
+            Ok(mut p) => {
+                let err = p.encode_chat(&[ChatMessage::new("user", "hi")]).unwrap_err();
+                assert!(!p.encode_text("still usable").unwrap().is_empty());
+                err
+            }
+        };
+        eprintln!("{template}: {err} ({:?})", started.elapsed());
+        assert!(matches!(&err, HearthError::ChatTemplate(m) if m.contains(limit)), "{template}: {err}");
+    }
 }
 
 /// A real model's template (SmolLM2's ChatML; the Gemma 3 270M GGUF here carries none) on a long
@@ -166,6 +210,9 @@ fn real_templates_stay_far_below_the_limits() {
     eprintln!("{}: {} bytes, {cost:?}", gguf.display(), text.len());
     assert!(cost.fuel_used * 10 < cost.fuel_limit, "{cost:?}");
     assert!(cost.output_bytes * 4 < cost.output_limit, "{cost:?}");
+    assert!(cost.memory_peak > 0, "the budget counts the render's allocations: {cost:?}");
+    assert!(cost.memory_peak * 10 < cost.budget.live, "{cost:?}");
+    assert!(cost.memory_total * 10 < cost.budget.total, "{cost:?}");
 }
 
 /// A real manifest (the Llama 3.2 1B shape fixture) with one config field made absurd: each is
@@ -200,6 +247,37 @@ fn a_tensor_shape_past_64_bits_is_refused() {
     m["tensors"][0]["shape"] = serde_json::json!([1u64 << 33, 1u64 << 33]);
     let err = parse_manifest(m.to_string().as_bytes(), "edited").unwrap_err().to_string();
     assert!(err.contains("more elements than can be addressed"), "{err}");
+}
+
+/// The tiny Qwen2 GGUF with one F32 tensor's length patched to 2^62 values: 2^64 bytes, which a
+/// wrapping product makes 0 bytes that "fit" the file. The reader refuses it, naming the tensor.
+#[test]
+fn a_gguf_tensor_whose_byte_count_wraps_is_refused() {
+    let mut gguf = std::fs::read(common::repo_root().join("tests/fixtures/tiny/qwen2.gguf")).unwrap();
+    let name = b"output_norm.weight";
+    let at = gguf.windows(name.len()).position(|w| w == name).expect("the tensor's entry") + name.len();
+    assert_eq!(gguf[at..at + 4], 1u32.to_le_bytes(), "one dimension");
+    gguf[at + 4..at + 12].copy_from_slice(&(1u64 << 62).to_le_bytes());
+    let tmp = tempfile::tempdir().unwrap();
+    let hostile = tmp.path().join("hostile.gguf");
+    std::fs::write(&hostile, &gguf).unwrap();
+    let err = GgufFile::open(&hostile).unwrap_err().to_string();
+    assert!(err.contains("output_norm.weight") && err.contains("absurd dimensions"), "{err}");
+}
+
+/// A `tokenizer.json` whose `decoder` object holds a syntax error, a byte that is not UTF-8, or an
+/// escape that is no character (found by the fuzz target `tokenizer_json`: the `tokenizers` library
+/// panics on each instead of returning its error). Each is refused with a tokenizer error.
+#[test]
+fn a_tokenizer_json_broken_inside_its_decoder_is_refused() {
+    let json = tiny_tokenizer();
+    let at = json.windows(10).position(|w| w == b"\"decoder\":").expect("a decoder") + 10;
+    let close = at + json[at..].iter().position(|&b| b == b'}').expect("the decoder's end");
+    for insert in [&b"!"[..], b",\"x\":\"\xee\"", b",\"x\":\"\\ud800\""] {
+        let broken = [&json[..close], insert, &json[close..]].concat();
+        let err = Prompter::new("hostile", &broken, tiny_info("")).err().expect("refused");
+        assert!(matches!(&err, HearthError::Tokenizer(m) if m.contains("not JSON")), "{err}");
+    }
 }
 
 fn tiny_package(dir: &Path) {

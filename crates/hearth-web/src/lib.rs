@@ -18,6 +18,12 @@ pub use loader::Loader;
 #[cfg(all(feature = "threads", target_arch = "wasm32"))]
 pub use threads::ThreadPool;
 
+/// Chat templates render on a memory budget (`hearth_core::budget`): past it the module traps and
+/// the engine is disposed, instead of the template taking all of wasm32's 4 GiB first.
+#[global_allocator]
+static ALLOCATOR: hearth_core::budget::BudgetedAlloc<std::alloc::System> =
+    hearth_core::budget::BudgetedAlloc(std::alloc::System);
+
 /// Panics that slip through become readable console errors instead of "unreachable executed".
 #[wasm_bindgen(start)]
 pub fn start() {

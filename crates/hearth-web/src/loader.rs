@@ -8,6 +8,7 @@ use hearth_core::fast::FastEngine;
 use hearth_core::manifest::Manifest;
 use hearth_core::model::Prompter;
 use hearth_core::package::parse_manifest;
+use hearth_core::plan::CpuPlan;
 use hearth_core::HearthError;
 use hearth_gpu::{GpuContext, GpuEngine, PendingEngine};
 use serde::Deserialize;
@@ -50,44 +51,11 @@ struct LoadOptions {
     memory_limit_reason: Option<String>,
 }
 
-/// Room for what is not weights or cache: activations, logits, the tokenizer, the wasm module's own.
-const CPU_WORKING_BYTES: u64 = 64 << 20;
-
 /// Refuse a model that the CPU engine cannot hold within the page's limit, naming both sizes.
 fn check_cpu_memory(manifest: &Manifest, options: &LoadOptions) -> Result<(), HearthError> {
     let Some(limit) = options.memory_limit.filter(|l| l.is_finite() && *l > 0.0) else { return Ok(()) };
-    let c = &manifest.config;
-    // Every layer has tensors, so a layer count above the tensor count is a broken (or hostile)
-    // manifest; checked first, so that the cache's size below is not a loop over billions of layers.
-    if c.n_layers > manifest.tensors.len() {
-        let detail = format!("config.n_layers is {}, but it lists {} tensors", c.n_layers, manifest.tensors.len());
-        return Err(HearthError::bad_package("manifest.json", detail));
-    }
-    let positions = options.max_context.unwrap_or(c.context_length).clamp(1, c.context_length);
-    // Saturating: the lengths come from the manifest, which may be hostile.
-    let weights = manifest.tensors.iter().fold(0u64, |n, t| n.saturating_add(t.length));
-    let cache = FastEngine::kv_cache_bytes_at(c, positions);
-    let needed = weights.saturating_add(cache).saturating_add(CPU_WORKING_BYTES);
-    if needed as f64 <= limit {
-        return Ok(());
-    }
-    let mib = |b: u64| format!("{:.0} MiB", b as f64 / f64::from(1 << 20));
-    Err(HearthError::OutOfMemory {
-        what: format!(
-            "`{}` on the CPU engine (weights {}, KV cache {} at {positions} positions, {} working memory; \
-             a smaller maxContext shrinks the cache)",
-            manifest.name,
-            mib(weights),
-            mib(cache),
-            mib(CPU_WORKING_BYTES)
-        ),
-        bytes: needed,
-        limit: format!(
-            "this page may use {} ({})",
-            mib(limit as u64),
-            options.memory_limit_reason.as_deref().unwrap_or("the limit the page gave")
-        ),
-    })
+    let why = options.memory_limit_reason.as_deref().unwrap_or("the limit the page gave");
+    CpuPlan::fast(manifest, options.max_context)?.check(&manifest.name, limit as u64, why)
 }
 
 #[wasm_bindgen]
