@@ -121,25 +121,20 @@ fn a_sentencepiece_vocabulary_with_a_400_kb_piece_converts() {
 
 /// The tiny Qwen2 model's tokenizer with `template` as its chat template.
 fn prompter_with_template(template: &str) -> Prompter {
-    Prompter::new("hostile", &tiny_tokenizer(), tiny_info(template)).unwrap()
+    let (tokenizer, info) = tiny_tokenizer(template);
+    Prompter::new("hostile", &tokenizer, info).unwrap()
 }
 
-/// The tiny Qwen2 package's `tokenizer.json`.
-fn tiny_tokenizer() -> Vec<u8> {
+/// The tiny Qwen2 package's `tokenizer.json`, and its tokenizer settings with `template` as its
+/// chat template (one conversion for both).
+fn tiny_tokenizer(template: &str) -> (Vec<u8>, TokenizerInfo) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pkg");
     tiny_package(&dir);
     let package = Package::open(&dir).unwrap();
-    package.read_file(&package.manifest.tokenizer.file).unwrap()
-}
-
-/// The tiny Qwen2 package's tokenizer settings with `template` as its chat template.
-fn tiny_info(template: &str) -> TokenizerInfo {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("pkg");
-    tiny_package(&dir);
-    let info = Package::open(&dir).unwrap().manifest.tokenizer;
-    TokenizerInfo { chat_template: Some(template.to_string()), ..info }
+    let json = package.read_file(&package.manifest.tokenizer.file).unwrap();
+    let info = TokenizerInfo { chat_template: Some(template.to_string()), ..package.manifest.tokenizer };
+    (json, info)
 }
 
 #[test]
@@ -174,7 +169,8 @@ fn templates_that_fuel_does_not_stop_end_at_their_memory_or_time_budget() {
         ("{% set s = 'x' * 30000000 %}{% for i in range(5000) %}{% if 'y' in s %}{% endif %}{% endfor %}", "longer than"),
     ] {
         let started = std::time::Instant::now();
-        let err = match Prompter::new("hostile", &tiny_tokenizer(), tiny_info(template)) {
+        let (tokenizer, info) = tiny_tokenizer(template);
+        let err = match Prompter::new("hostile", &tokenizer, info) {
             Err(e) => e,
             Ok(mut p) => {
                 let err = p.encode_chat(&[ChatMessage::new("user", "hi")]).unwrap_err();
@@ -270,12 +266,12 @@ fn a_gguf_tensor_whose_byte_count_wraps_is_refused() {
 /// panics on each instead of returning its error). Each is refused with a tokenizer error.
 #[test]
 fn a_tokenizer_json_broken_inside_its_decoder_is_refused() {
-    let json = tiny_tokenizer();
+    let (json, info) = tiny_tokenizer("");
     let at = json.windows(10).position(|w| w == b"\"decoder\":").expect("a decoder") + 10;
     let close = at + json[at..].iter().position(|&b| b == b'}').expect("the decoder's end");
     for insert in [&b"!"[..], b",\"x\":\"\xee\"", b",\"x\":\"\\ud800\""] {
         let broken = [&json[..close], insert, &json[close..]].concat();
-        let err = Prompter::new("hostile", &broken, tiny_info("")).err().expect("refused");
+        let err = Prompter::new("hostile", &broken, info.clone()).err().expect("refused");
         assert!(matches!(&err, HearthError::Tokenizer(m) if m.contains("not JSON")), "{err}");
     }
 }
