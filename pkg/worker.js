@@ -6,9 +6,17 @@
 //   out: {id, type: "progress", progress} | {id, type: "chunk", chunk} (text, {tool_calls} or {logprobs})
 //        | {id, type: "disposing"} (a dispose request was received)
 //        | {id, type: "result", value} | {id, type: "error", error: {name, message, ...}}
+//        | {type: "template", running} (no id: the chat template's render starts or ends; the page
+//          stops this worker when one runs too long)
 
 import { load } from "./src/load.js";
+import { watchTemplates } from "./src/engine.js";
 import { EngineDisposedError, toPlain } from "./src/errors.js";
+
+watchTemplates({
+  enter: () => self.postMessage({ type: "template", running: true }),
+  leave: () => self.postMessage({ type: "template", running: false }),
+});
 
 let engine = null;
 const calls = new Map(); // call id -> AbortController

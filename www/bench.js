@@ -38,7 +38,8 @@ export async function runBench(Hearth, modelUrl, { promptTokens = 128, genTokens
     const u = r.usage;
     const result = {
       adapter: info.adapter,
-      backend: "gpu",
+      // As `hearth bench` names them: the engine that ran ("auto" picks the CPU on a software adapter).
+      backend: info.backend === "cpu" ? "cpu" : "gpu",
       browser: navigator.userAgent.match(/(Chrom(e|ium)|Firefox|Version)\/[\d.]+/)?.[0] ?? navigator.userAgent,
       context: u.prompt_tokens,
       decode_tok_s: u.decode_tok_s,

@@ -33,6 +33,29 @@ function toolCallDelta(d, calls) {
   return { index: d.index, function: { arguments: d.text } };
 }
 
+/** Told before and after each wasm call that runs the chat template (see watchTemplates). */
+let templateWatch = null;
+
+/**
+ * Has `watch.enter()` and `watch.leave()` called around every synchronous wasm call that renders the
+ * model's chat template: the worker (../../worker.js) reports them to the page, which stops a worker
+ * whose render runs past its time limit (a wasm call cannot be interrupted from inside).
+ */
+export function watchTemplates(watch) {
+  templateWatch = watch;
+}
+
+/** `call()`, inside the template watch when the request has messages (a chat: the template runs). */
+function rendering(request, call) {
+  if (!request.messages || !templateWatch) return call();
+  templateWatch.enter();
+  try {
+    return call();
+  } finally {
+    templateWatch.leave();
+  }
+}
+
 export class HearthEngine extends EngineApi {
   #engine;
   #tail = Promise.resolve();
@@ -114,7 +137,7 @@ export class HearthEngine extends EngineApi {
     const request = buildRequest(input, options);
     const release = await this.#acquire(signalOf(options));
     try {
-      return this.#engine.countTokens(request);
+      return rendering(request, () => this.#engine.countTokens(request));
     } catch (e) {
       throw this.#fail(e);
     } finally {
@@ -129,7 +152,7 @@ export class HearthEngine extends EngineApi {
     let pending = null;
     let finished = false;
     try {
-      engine.begin(request);
+      rendering(request, () => engine.begin(request));
       let text = "";
       const calls = [];
       const logprobs = [];

@@ -99,14 +99,16 @@ async function tokenizerText(url, manifest, stored, signal, stallMs) {
   const file = manifest.tokenizer?.file ?? "tokenizer.json";
   const entry = (manifest.files ?? []).find((f) => f.file === file);
   if (!entry) throw new BadPackageError(`manifest.json lists no size and sha256 for ${file}`);
-  if (stored?.tokenizerText) {
+  // Either stored version's tokenizer, when it is this one.
+  for (const version of [stored, stored?.previous]) {
+    if (!version?.tokenizerText) continue;
     let old;
     try {
-      old = JSON.parse(stored.manifestText).files?.find((f) => f.file === file);
+      old = JSON.parse(version.manifestText).files?.find((f) => f.file === file);
     } catch {
       // a stored manifest we cannot read: fetch again
     }
-    if (old?.sha256 === entry.sha256) return stored.tokenizerText;
+    if (old?.sha256 === entry.sha256) return version.tokenizerText;
   }
   const bytes = await fetchVerified(packageFileUrl(url, file), entry, { signal, stallMs });
   return new TextDecoder().decode(bytes);
@@ -187,18 +189,20 @@ async function loadPackage(url, options, signal) {
   const report = reporter(onProgress);
   const useCache = Boolean(cache) && (await store.usable());
 
-  // 1. Manifest and tokenizer; offline (or told not to revalidate a complete copy), the stored ones.
+  // 1. Manifest and tokenizer; offline (or told not to revalidate a complete copy), the stored ones
+  // of the newest version stored whole (during an update, the version before it).
   const stored = useCache ? await store.getModel(url) : undefined;
+  const usable = await store.usableVersion(stored);
   let manifestText;
-  let offline = Boolean(stored) && !revalidate && (await store.isComplete(url));
+  let offline = Boolean(usable) && !revalidate;
   if (offline) {
-    manifestText = stored.manifestText;
+    manifestText = usable.manifestText;
   } else {
     try {
       manifestText = await fetchText(new URL("manifest.json", url).href, signal, { stallMs });
     } catch (e) {
-      if (!(e instanceof NetworkError && e.status === null && stored)) throw e;
-      manifestText = stored.manifestText;
+      if (!(e instanceof NetworkError && e.status === null && usable)) throw e;
+      manifestText = usable.manifestText;
       offline = true;
     }
   }
@@ -216,7 +220,7 @@ async function loadPackage(url, options, signal) {
   } catch (e) {
     throw fromWasm(e);
   }
-  const tokenizer = offline ? stored.tokenizerText : await tokenizerText(url, manifest, stored, signal, stallMs);
+  const tokenizer = offline ? usable.tokenizerText : await tokenizerText(url, manifest, stored, signal, stallMs);
   if (signal?.aborted) throw abortError(signal);
 
   // 2. The wasm Loader: opens the device and allocates every buffer (or, for the CPU, checks the
@@ -239,7 +243,8 @@ async function loadPackage(url, options, signal) {
 
   // 3. What is stored, and room for what is not.
   const shards = manifest.shards;
-  let have, download, isStored, missing, resumed;
+  let have, download, isStored, missing, resumed, record;
+  const hashes = new Set(shards.map((s) => s.sha256));
   try {
     if (signal?.aborted) throw abortError(signal);
     have = useCache ? await store.storedShards(url) : new Set();
@@ -248,10 +253,29 @@ async function loadPackage(url, options, signal) {
     download = { loaded: 0, reported: 0, total: missing.reduce((n, i) => n + shards[i].size, 0) };
     resumed = missing.length < shards.length ? { resumed: true } : {};
     if (useCache && !offline) {
-      await store.deleteStaleShards(url, new Set(shards.map((s) => s.sha256)));
-      if (missing.length > 0) await checkQuota(download.total + manifestText.length + tokenizer.length);
+      // An update: the complete version stored before this one is kept (and loads offline) until
+      // this one is stored whole, unless the origin has no room for both.
+      let previous;
+      if (usable && usable.manifestText !== manifestText) {
+        const { name, manifestText: text, tokenizerText: tokens, storedAt } = usable;
+        previous = { name, manifestText: text, tokenizerText: tokens, storedAt };
+      }
+      const keep = (version) => new Set([...hashes, ...(version ? store.shardsOf(version.manifestText).map((s) => s.sha256) : [])]);
+      await store.deleteStaleShards(url, keep(previous));
+      const needed = download.total + manifestText.length + tokenizer.length;
+      if (missing.length > 0) {
+        try {
+          await checkQuota(needed);
+        } catch (e) {
+          if (!(e instanceof QuotaExceededError && previous)) throw e;
+          previous = undefined;
+          await store.deleteStaleShards(url, keep(previous));
+          await checkQuota(needed);
+        }
+      }
       // The record first, so that the shards stored below are findable (and resumable) at once.
-      const record = { url, name: manifest.name ?? "", manifestText, tokenizerText: tokenizer, storedAt: Date.now() };
+      record = { url, name: manifest.name ?? "", manifestText, tokenizerText: tokenizer, storedAt: Date.now() };
+      if (previous) record.previous = previous;
       await store.putModel(record);
     }
     if (signal?.aborted) throw abortError(signal);
@@ -329,6 +353,12 @@ async function loadPackage(url, options, signal) {
       report({ phase: choice.backend === "cpu" ? "memory" : "gpu", loaded: uploaded, total, file: s.file });
     }
     if (signal?.aborted) throw abortError(signal);
+    if (record?.previous) {
+      // Every shard of this version is stored: the one it replaces can go.
+      const { previous, ...current } = record;
+      await store.putModel(current);
+      await store.deleteStaleShards(url, hashes);
+    }
     finished = true;
     const engine = loader.finish();
     let hearth;

@@ -1,5 +1,8 @@
 // IndexedDB cache of model packages, with the raw indexedDB API (no wrapper library to ship).
-//   "models": keyed by the package's directory URL -> {url, name, manifestText, tokenizerText, storedAt}
+//   "models": keyed by the package's directory URL -> {url, name, manifestText, tokenizerText, storedAt,
+//             previous?}: the version being stored and, while an update downloads, the complete
+//             version before it ({name, manifestText, tokenizerText, storedAt}), which still loads
+//             offline until the new one is whole
 //   "shards": keyed by `${url}|${sha256}`         -> the shard's bytes (ArrayBuffer)
 // A shard is written by one put of its whole verified buffer, so a reader sees all of it or nothing;
 // keying by sha256 means a new version of a package never mixes with the old one's bytes.
@@ -112,17 +115,37 @@ export async function deleteStaleShards(url, keep) {
   await transact(["shards"], "readwrite", (s) => stale.forEach((h) => s.delete(shardKey(url, h))));
 }
 
-/** Bytes stored and completeness of one model record. */
-async function describe(record) {
-  const shards = JSON.parse(record.manifestText).shards ?? [];
+/** The shards a stored manifest lists ([] when it cannot be read). */
+export function shardsOf(manifestText) {
+  try {
+    return JSON.parse(manifestText).shards ?? [];
+  } catch {
+    return [];
+  }
+}
+
+/** A record's versions, newest first: the one being stored, then the complete one it replaces. */
+const versions = (record) => (record ? [record, record.previous].filter(Boolean) : []);
+
+/** The newest version of `record` whose every shard is stored (it loads offline), or undefined. */
+export async function usableVersion(record) {
+  if (!record) return undefined;
   const have = await storedShards(record.url);
-  const stored = shards.filter((s) => have.has(s.sha256));
+  return versions(record).find((v) => shardsOf(v.manifestText).every((s) => have.has(s.sha256)));
+}
+
+/** Bytes stored (of every version) and whether a version loads offline, for one model record. */
+async function describe(record) {
+  const have = await storedShards(record.url);
+  const sizes = new Map(versions(record).flatMap((v) => shardsOf(v.manifestText).map((s) => [s.sha256, s.size])));
+  const usable = versions(record).find((v) => shardsOf(v.manifestText).every((s) => have.has(s.sha256)));
+  const shown = usable ?? record;
   return {
     url: record.url,
-    name: record.name,
-    bytes: stored.reduce((n, s) => n + s.size, 0),
-    complete: stored.length === shards.length,
-    storedAt: record.storedAt,
+    name: shown.name,
+    bytes: [...sizes].reduce((n, [sha256, size]) => n + (have.has(sha256) ? size : 0), 0),
+    complete: Boolean(usable),
+    storedAt: shown.storedAt,
   };
 }
 
@@ -131,10 +154,9 @@ export async function listModels() {
   return Promise.all(records.map(describe));
 }
 
-/** Whether the manifest, the tokenizer and every shard of `url` are stored. */
+/** Whether the manifest, the tokenizer and every shard of a version of `url` are stored. */
 export async function isComplete(url) {
-  const record = await getModel(url);
-  return record ? (await describe(record)).complete : false;
+  return Boolean(await usableVersion(await getModel(url)));
 }
 
 /**

@@ -3,7 +3,7 @@
 // with the same API whose calls become messages. Options are checked here, so a bad argument fails
 // at once and nothing uncloneable (an AbortSignal, a callback) is posted.
 
-import { EngineDisposedError, HearthError, abortError, fromPlain } from "./errors.js";
+import { EngineDisposedError, HearthError, InvalidArgumentError, abortError, fromPlain } from "./errors.js";
 import { buildRequest, signalOf } from "./options.js";
 import { EngineApi } from "./api.js";
 import { checkOptions, reporter } from "./load.js";
@@ -16,9 +16,15 @@ class Channel {
   #next = 1;
   #dead = null;
 
+  /** Called with `running` when the worker starts or ends a chat template's render. */
+  onTemplate = null;
+
   constructor(worker) {
     this.#worker = worker;
-    worker.addEventListener("message", ({ data }) => this.#calls.get(data.id)?.(data));
+    worker.addEventListener("message", ({ data }) => {
+      if (data.type === "template") this.onTemplate?.(data.running);
+      else this.#calls.get(data.id)?.(data);
+    });
     worker.addEventListener("error", (e) => {
       e.preventDefault();
       this.#fail(new HearthError(`Hearth's worker failed: ${e.message || "worker.js did not load"}`));
@@ -77,6 +83,13 @@ class Channel {
 /** How long a worker may take to answer a dispose request before it is terminated. */
 const DISPOSE_ACK_MS = 1000;
 
+/**
+ * How long one render of the chat template may run in the worker before the worker is stopped.
+ * Natively a render stops at 2 s (hearth_core::chat::limits::SECONDS; real templates take
+ * milliseconds); wasm is slower and the page's clock runs late on a busy page, so 5 times that.
+ */
+export const TEMPLATE_MS = 10_000;
+
 /** The engine's API, answered by the worker. */
 export class WorkerEngine extends EngineApi {
   #worker;
@@ -93,6 +106,25 @@ export class WorkerEngine extends EngineApi {
     );
     this.#worker = worker;
     this.#channel = channel;
+    let timer = null;
+    channel.onTemplate = (running) => {
+      clearTimeout(timer);
+      if (running) timer = setTimeout(() => this.#templateOverran(), TEMPLATE_MS);
+    };
+  }
+
+  /** The worker has been inside one render for TEMPLATE_MS: a wasm call cannot be stopped, so it goes. */
+  #templateOverran() {
+    this.#closing = true;
+    this.#worker.terminate();
+    // As the wasm module reports a template past its limits (errors.js: ChatTemplateError).
+    const error = new InvalidArgumentError(
+      `chat template: a render ran for more than ${TEMPLATE_MS / 1000} s (real templates take milliseconds); ` +
+        "the worker was stopped and the engine disposed",
+    );
+    error.wasmName = "ChatTemplateError";
+    this.#channel.close(error);
+    this.#disposed ??= Promise.resolve();
   }
 
   async #count(input, options) {
@@ -122,6 +154,7 @@ export class WorkerEngine extends EngineApi {
         if (ended) return;
         ended = true;
         clearTimeout(timer);
+        this.#channel.onTemplate?.(false); // no render outlives the worker
         this.#worker.terminate();
         this.#channel.close(new EngineDisposedError());
         resolve();

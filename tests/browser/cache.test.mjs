@@ -1,14 +1,16 @@
 // Weights through the network into IndexedDB: a second load makes no shard request and works with
 // the network cut; a corrupted shard is an integrity error and never stored; an interrupted download
 // keeps its complete shards and the next load fetches only the missing ones, and so does one that
-// stalls (stallTimeout); two tabs loading one model download it once (Web Locks). SmolLM2 in 8 MiB
+// stalls (stallTimeout); two tabs loading one model download it once (Web Locks); an update keeps
+// the old version loading offline until the new one is stored whole. SmolLM2 in 8 MiB
 // shards (13 of them) so that a load has shards before and after the one that fails.
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
-import { launch, MINUTES, openPage, serve, shardFiles, smallShards } from "./harness.mjs";
+import { launch, MINUTES, openPage, serve, shardFiles, smallShards, tinyPackage } from "./harness.mjs";
 
 let browser, server, dir, files, hashes;
 before(async () => {
@@ -245,4 +247,59 @@ test("storage quota: too little room fails before any download; a quota hit mid-
   assert.equal(resumed.error, undefined, JSON.stringify(resumed.error));
   assert.deepEqual(shardRequests().sort(), files.filter((_, i) => !kept.includes(hashes[i])).sort());
   await context.close();
+});
+
+test("an update keeps the stored version loading offline until the new one is stored whole, then removes it", { timeout: 5 * MINUTES }, async () => {
+  // One URL whose package changes: a tiny model first, then SmolLM2 (13 shards) in its place.
+  const swap = fs.mkdtempSync(path.join(os.tmpdir(), "hearth-update-"));
+  const publish = (from) => {
+    for (const f of fs.readdirSync(swap)) fs.rmSync(path.join(swap, f));
+    for (const f of fs.readdirSync(from)) fs.copyFileSync(path.join(from, f), path.join(swap, f));
+  };
+  const old = tinyPackage("qwen2");
+  const oldHashes = JSON.parse(fs.readFileSync(path.join(old, "manifest.json"), "utf8")).shards.map((s) => s.sha256);
+  const updated = await serve({ small: swap });
+  const { context, page } = await openPage(browser, updated);
+  try {
+    publish(old);
+    const first = await loadAndGenerate(page);
+    assert.equal(first.error, undefined, JSON.stringify(first.error));
+
+    // The new version's download fails part-way: the old one is still stored whole.
+    publish(dir);
+    const cut = `/models/small/${files[7]}`;
+    updated.hooks.cut.set(cut, 3 << 20);
+    const failed = await loadAndGenerate(page);
+    updated.hooks.cut.delete(cut);
+    assert.equal(failed.error?.name, "NetworkError", JSON.stringify(failed));
+    const partial = await storedHashes(page);
+    assert.deepEqual(oldHashes.filter((h) => !partial.includes(h)), [], "the old version's shards are kept");
+    assert.ok(hashes.some((h) => partial.includes(h)), "the new version's verified shards are kept");
+    const listed = await page.evaluate(() => Hearth.cache.list());
+    assert.equal(listed.length, 1);
+    assert.equal(listed[0].complete, true, "a complete version is stored");
+    assert.equal(await page.evaluate(() => Hearth.cache.has("/models/small/")), true);
+
+    // Offline, the old version loads and gives its tokens.
+    await context.setOffline(true);
+    const offline = await loadAndGenerate(page);
+    await context.setOffline(false);
+    assert.deepEqual(offline, first, "offline, the old version runs");
+
+    // Online again, the update resumes; once whole, only the new version is stored.
+    updated.log.length = 0;
+    const done = await loadAndGenerate(page);
+    assert.equal(done.error, undefined, JSON.stringify(done.error));
+    assert.notDeepEqual(done.ids, first.ids);
+    const fetched = updated.requests("/models/small/shard-").map((e) => path.basename(e.path));
+    assert.deepEqual(fetched.sort(), files.filter((_, i) => !partial.includes(hashes[i])).sort(), "only the missing shards are fetched");
+    assert.deepEqual((await storedHashes(page)).sort(), [...hashes].sort(), "the old version's shards are gone");
+    const [entry] = await page.evaluate(() => Hearth.cache.list());
+    const manifest = JSON.parse(fs.readFileSync(path.join(dir, "manifest.json"), "utf8"));
+    assert.equal(entry.bytes, manifest.shards.reduce((n, s) => n + s.size, 0));
+  } finally {
+    await context.close();
+    await updated.close();
+    fs.rmSync(swap, { recursive: true, force: true });
+  }
 });

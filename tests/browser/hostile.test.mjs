@@ -5,7 +5,8 @@
 // prompts working; one that allocates past its memory budget (string doubling, which minijinja's
 // fuel does not see; hearth_core::budget) traps at the budget, and the engine says it was disposed
 // instead of refusing every later call as busy; a worker stuck in a slow render (each step a search
-// of a 30 MB string: few steps, much time) is ended by dispose().
+// of a 30 MB string: few steps, much time) is ended by dispose(), and by itself once the render
+// has run for 10 s.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -139,6 +140,32 @@ test("dispose() ends a worker stuck in a call", { timeout: 5 * MINUTES }, async 
   console.log(`dispose() of a stuck worker took ${got.disposeMs.toFixed(0)} ms`);
   assert.equal(got.call.name, "EngineDisposedError", JSON.stringify(got.call));
   assert.equal(got.after.name, "EngineDisposedError");
+  await context.close();
+});
+
+test("a worker inside one chat template render past its time limit is stopped: the call names the limit, the engine is disposed", { timeout: 5 * MINUTES }, async () => {
+  const { context, page } = await openPage(browser, server);
+  await page.evaluate(CAPTURE);
+  const got = await page.evaluate(async () => {
+    const results = {};
+    // generate() and countTokens() both render the template.
+    for (const call of ["generate", "countTokens"]) {
+      const engine = await Hearth.loadInWorker("/models/slow/", { backend: "cpu", cache: false });
+      const chat = [{ role: "user", content: "hi" }];
+      results[call] = await capture(() => (call === "generate" ? engine.generate(chat, { max_tokens: 2 }) : engine.countTokens(chat)));
+      results[`${call} after`] = await capture(() => engine.generate("x", { max_tokens: 1 }));
+      results[`${call} dispose`] = await engine.dispose().then(() => "resolved");
+    }
+    return results;
+  });
+  // Were the render not stopped, each call would run for the better part of an hour (the test's
+  // limit fails it first); the worker's own engine could not report this error from inside it.
+  for (const call of ["generate", "countTokens"]) {
+    assert.equal(got[call].name, "InvalidArgumentError", JSON.stringify(got[call]));
+    assert.match(got[call].message, /^chat template: a render ran for more than 10 s/);
+    assert.equal(got[`${call} after`].name, "EngineDisposedError");
+    assert.equal(got[`${call} dispose`], "resolved");
+  }
   await context.close();
 });
 

@@ -1,12 +1,33 @@
 //! What a model will take in memory, computed from its manifest before anything is allocated or
 //! downloaded, in checked `u64` arithmetic (never `usize`, which is 32 bits in wasm). The browser's
-//! loader refuses a model past the page's limit with these numbers; the fuzz targets and the
-//! property tests (`tests/size_arithmetic.rs`) hold the allocators to them.
+//! loader refuses a model past the page's limit with these numbers; the GPU engine sizes its KV
+//! cache from `GpuPlan`; the fuzz targets and the property tests (`tests/size_arithmetic.rs`) hold
+//! the allocators to them.
 
 use crate::cpu::CpuEngine;
 use crate::error::{HearthError, Result};
 use crate::fast::FastEngine;
 use crate::manifest::Manifest;
+
+/// The manifest checked for planning, the KV cache positions at `max_context` (within 1 and the
+/// model's own) and the bytes of every tensor part.
+fn positions_and_weights(manifest: &Manifest, max_context: Option<usize>) -> Result<(usize, u64)> {
+    let c = &manifest.config;
+    let bad = |detail: String| HearthError::bad_package("manifest.json", detail);
+    c.validate().map_err(bad)?;
+    // Every layer has tensors, so more layers than tensors is a broken (or hostile) manifest.
+    if c.n_layers > manifest.tensors.len() {
+        return Err(bad(format!("config.n_layers is {}, but it lists {} tensors", c.n_layers, manifest.tensors.len())));
+    }
+    let positions = max_context.unwrap_or(c.context_length).clamp(1, c.context_length);
+    let weights = manifest
+        .tensors
+        .iter()
+        .flat_map(|t| t.parts.values())
+        .try_fold(0u64, |n, part| n.checked_add(part.length))
+        .ok_or_else(|| bad("the tensors' sizes add up past 2^64 bytes".into()))?;
+    Ok((positions, weights))
+}
 
 /// Room for what is not weights or cache: activations, logits, the tokenizer, the wasm module's own.
 pub const CPU_WORKING_BYTES: u64 = 64 << 20;
@@ -38,25 +59,8 @@ impl CpuPlan {
         max_context: Option<usize>,
         cache_at: fn(&crate::manifest::ModelConfig, usize) -> u64,
     ) -> Result<Self> {
-        let c = &manifest.config;
-        let bad = |detail: String| HearthError::bad_package("manifest.json", detail);
-        c.validate().map_err(bad)?;
-        // Every layer has tensors, so more layers than tensors is a broken (or hostile) manifest.
-        if c.n_layers > manifest.tensors.len() {
-            return Err(bad(format!(
-                "config.n_layers is {}, but it lists {} tensors",
-                c.n_layers,
-                manifest.tensors.len()
-            )));
-        }
-        let positions = max_context.unwrap_or(c.context_length).clamp(1, c.context_length);
-        let weights = manifest
-            .tensors
-            .iter()
-            .flat_map(|t| t.parts.values())
-            .try_fold(0u64, |n, part| n.checked_add(part.length))
-            .ok_or_else(|| bad("the tensors' sizes add up past 2^64 bytes".into()))?;
-        Ok(CpuPlan { positions, weights, cache: cache_at(c, positions) })
+        let (positions, weights) = positions_and_weights(manifest, max_context)?;
+        Ok(CpuPlan { positions, weights, cache: cache_at(&manifest.config, positions) })
     }
 
     /// Weights, cache and working memory together (saturating: a sum past 2^64 is past any limit).
@@ -83,5 +87,66 @@ impl CpuPlan {
             bytes: self.total(),
             limit: format!("this page may use {} ({why})", mib(limit)),
         })
+    }
+}
+
+/// The KV cache of a model on the GPU engine, as `GpuEngine::prepare` allocates it: per layer a K
+/// and a V buffer of `cache_rows[l]` rows. A windowed layer keeps a ring of its window plus room for
+/// one prefill chunk's own keys (all stored before any of its queries reads: attention.wgsl).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuPlan {
+    /// KV cache positions: the context asked for, within 1 and the model's own.
+    pub positions: usize,
+    /// Tokens per prefill chunk the rings are sized for.
+    pub chunk: usize,
+    /// The package's tensor bytes (what is uploaded; the GPU's buffers add alignment and f32 norms).
+    pub weights: u64,
+    /// Rows of each layer's K (and V) buffer.
+    pub cache_rows: Vec<usize>,
+    /// Bytes of one row of K (or V): f16 pairs in one word each, or f32.
+    pub cache_row_bytes: u64,
+    /// Bytes of every K and V buffer together.
+    pub cache: u64,
+}
+
+impl GpuPlan {
+    pub fn new(manifest: &Manifest, max_context: Option<usize>, kv_f16: bool, chunk: usize) -> Result<Self> {
+        let (positions, weights) = positions_and_weights(manifest, max_context)?;
+        let c = &manifest.config;
+        let chunk = chunk.max(1);
+        let cache_rows: Vec<usize> = (0..c.n_layers).map(|l| Self::rows(c, l, positions, chunk)).collect();
+        // Bounded by the config's limits (kv_dim ≤ 2^21, rows ≤ 2^24, layers ≤ 2^10): no product
+        // here comes near 2^64, and u64 keeps it whole on wasm32 too.
+        let words = (c.kv_dim() / if kv_f16 { 2 } else { 1 }) as u64;
+        let cache_row_bytes = words * 4;
+        let cache = cache_rows.iter().map(|&rows| 2 * rows as u64 * cache_row_bytes).sum();
+        Ok(GpuPlan { positions, chunk, weights, cache_rows, cache_row_bytes, cache })
+    }
+
+    /// Rows of layer `l`'s cache at `positions` for prefill chunks of `chunk` tokens.
+    pub fn rows(c: &crate::manifest::ModelConfig, l: usize, positions: usize, chunk: usize) -> usize {
+        c.layer_window(l).map_or(positions, |w| w.saturating_add(chunk.max(1) - 1).min(positions))
+    }
+
+    /// Bytes of layer `l`'s K buffer (and of its V buffer).
+    pub fn layer_bytes(&self, l: usize) -> u64 {
+        self.cache_rows.get(l).map_or(0, |&rows| rows as u64 * self.cache_row_bytes)
+    }
+
+    /// Refuse a layer's K or V buffer past what the adapter binds at once (`binding` bytes), naming
+    /// the `maxContext` that would fit.
+    pub fn check_binding(&self, binding: u64) -> Result<()> {
+        for l in 0..self.cache_rows.len() {
+            let bytes = self.layer_bytes(l);
+            if bytes > binding {
+                return Err(HearthError::AdapterLimit(format!(
+                    "layer {l}'s KV cache for {} positions needs {bytes} bytes; this adapter binds at most \
+                     {binding} bytes at once: load with maxContext at most {}",
+                    self.cache_rows[l],
+                    binding / self.cache_row_bytes.max(1)
+                )));
+            }
+        }
+        Ok(())
     }
 }

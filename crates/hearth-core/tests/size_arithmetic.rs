@@ -1,6 +1,7 @@
 //! The size arithmetic on hostile numbers (issue 17, docs/SECURITY.md): for random configs and
 //! tensor tables in a manifest, either the reader accepts it and every size the loader plans
-//! (`CpuPlan`) and allocates (`ShardAssembler`) equals one computed here independently in u128,
+//! (`CpuPlan`, and `GpuPlan`'s KV cache) and allocates (`ShardAssembler`) equals one computed here
+//! independently in u128,
 //! or it refuses with a typed error. Never a panic, a wrapped product, or an allocation larger than
 //! what the plan said (the assembler is only built where the plan is small, and its bytes checked).
 
@@ -11,7 +12,7 @@ mod common;
 use hearth_core::assemble::ShardAssembler;
 use hearth_core::generate::ring_rows;
 use hearth_core::package::parse_manifest;
-use hearth_core::plan::{CpuPlan, CPU_WORKING_BYTES};
+use hearth_core::plan::{CpuPlan, GpuPlan, CPU_WORKING_BYTES};
 use hearth_core::HearthError;
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -49,6 +50,22 @@ fn cache_bytes(c: &Value, positions: u64) -> u128 {
         .sum()
 }
 
+/// The GPU engine's K (or V) buffer of each layer at `positions`, chunks of `chunk` tokens: rows
+/// of f32, or of f16 pairs in one 4-byte word each (GpuPlan's definition, written out again).
+fn gpu_layer_bytes(c: &Value, positions: u64, f16: bool, chunk: u64) -> Vec<u128> {
+    let n = |k: &str| c[k].as_u64().map(u128::from);
+    let (layers, kv_heads, head_dim) = (n("n_layers").unwrap(), n("n_kv_heads").unwrap(), n("head_dim").unwrap());
+    let (window, pattern) = (n("sliding_window"), n("sliding_window_pattern"));
+    let words = if f16 { kv_heads * head_dim / 2 } else { kv_heads * head_dim };
+    (0..layers)
+        .map(|l| {
+            let windowed = window.filter(|_| !matches!(pattern, Some(p) if p > 0 && (l + 1) % p == 0));
+            let rows = windowed.map_or(positions as u128, |w| (w + u128::from(chunk) - 1).min(positions as u128));
+            rows * words * 4
+        })
+        .collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1500, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -58,7 +75,7 @@ proptest! {
         layers in size(), hidden in size(), heads in size(), kv_heads in size(), head_dim in size(),
         ffn in size(), vocab in size(), context in size(), window in proptest::option::of(size()),
         pattern in proptest::option::of(size()), max_context in proptest::option::of(0usize..1 << 26),
-        limit in size(),
+        limit in size(), kv_f16 in any::<bool>(), chunk in 1usize..=64, binding in size(),
     ) {
         let mut m = base();
         let c = &mut m["config"];
@@ -99,6 +116,17 @@ proptest! {
                 prop_assert!(matches!(e, HearthError::OutOfMemory { bytes, .. } if u128::from(bytes) == total), "{e:?}");
                 prop_assert!(total > u128::from(limit));
             }
+        }
+        // The GPU engine's KV cache: planned from the same checked manifest, each layer's buffer
+        // checked against one binding.
+        let gpu = GpuPlan::new(&manifest, max_context, kv_f16, chunk).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        let layers = gpu_layer_bytes(&m["config"], positions, kv_f16, chunk as u64);
+        prop_assert_eq!(u128::from(gpu.cache), layers.iter().map(|b| 2 * b).sum::<u128>());
+        prop_assert_eq!(gpu.weights, plan.weights);
+        let over = layers.iter().any(|&b| b > u128::from(binding));
+        match gpu.check_binding(binding) {
+            Ok(()) => prop_assert!(!over),
+            Err(e) => prop_assert!(over && matches!(e, HearthError::AdapterLimit(_)), "{e:?}"),
         }
     }
 

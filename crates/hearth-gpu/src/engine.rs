@@ -25,6 +25,7 @@ use hearth_core::manifest::{
     Activation as ModelActivation, FfnKind, Manifest, ModelConfig, PositionKind, RopeStyle, ARCHITECTURES,
 };
 use hearth_core::package::TensorSource;
+use hearth_core::plan::GpuPlan;
 use hearth_core::sampling::{Sampler, SamplingParams};
 use hearth_core::{HearthError, Result};
 
@@ -190,7 +191,7 @@ impl GpuEngine {
         // long generation runs.
         let attention_dims = |l: usize, chunk: usize| {
             let window = c.layer_window(l);
-            let cache_rows = window.map_or(capacity, |w| (w + chunk - 1).min(capacity));
+            let cache_rows = GpuPlan::rows(&c, l, capacity, chunk);
             let (scale, softcap) = (c.attention_scale(), c.attn_softcap);
             AttentionDims::new(
                 c.n_heads,
@@ -210,6 +211,9 @@ impl GpuEngine {
             |chunk| (0..c.n_layers).map(|l| attention::scratch_len(&kernels, &attention_dims(l, chunk), chunk)).max();
         let chunk = (1..=MAX_CHUNK).rev().find(|&n| scratch_len(n).unwrap_or(0) as u64 * 4 <= limit).unwrap_or(1);
         let attention_scratch = storage(&device, "attention scratch", scratch_len(chunk).unwrap_or(1))?;
+        // The KV cache, planned in u64 (hearth_core::plan) and checked against one binding.
+        let plan = GpuPlan::new(m, max_context, kv_f16, chunk)?;
+        plan.check_binding(storage_limit(&device))?;
 
         let mut b = Builder {
             ctx: &ctx,
@@ -286,6 +290,7 @@ impl GpuEngine {
         }
 
         let rope_store = b.kernels.rope_store(kv_f16, c.qkv_bias, c.qk_norm);
+        // What the K and V buffers hold as allocated (tests compare it with the plan's definition).
         let mut kv_cache_bytes = 0u64;
         let mut attention_reads = Vec::new();
         let mut rings = Vec::new();
@@ -295,33 +300,20 @@ impl GpuEngine {
         };
         for l in 0..c.n_layers {
             let p = |s: &str| format!("blk.{l}.{s}.weight");
-            // Rows are f32, or f16 pairs in one word.
             let window = c.layer_window(l);
             let attention_dims = attention_dims(l, chunk);
             let readers = attention::reads_per_row(&b.kernels, &attention_dims);
-            let row_bytes = (c.kv_dim() * if kv_f16 { 2 } else { 4 }) as u64;
             attention_reads.push(AttentionReads {
                 visible: attention_dims.visible(),
-                bytes_per_position: 2 * row_bytes * readers as u64,
+                bytes_per_position: 2 * plan.cache_row_bytes * readers as u64,
             });
-            let cache_rows = attention_dims.cache_rows as usize;
+            let cache_rows = plan.cache_rows[l];
             rings.push(window.map(|w| (w, cache_rows)));
-            // In u64: on wasm32 a context of 2^24 rows times a wide KV row wraps a usize. Checked
-            // here, before `storage` would, to say which maxContext fits.
-            let row_bytes = (c.kv_dim() / if kv_f16 { 2 } else { 1 }) as u64 * 4;
-            let (cache_bytes, max) = (cache_rows as u64 * row_bytes, storage_limit(&device));
-            if cache_bytes > max {
-                return Err(HearthError::AdapterLimit(format!(
-                    "layer {l}'s KV cache for {cache_rows} positions needs {cache_bytes} bytes; this adapter \
-                     binds at most {max} bytes at once: load with maxContext at most {}",
-                    max / row_bytes
-                )));
-            }
-            let row_words = row_bytes / 4;
-            let cache_words = cache_rows * row_words as usize;
-            kv_cache_bytes += 2 * 4 * cache_words as u64;
+            // Bounded by check_binding above (at most one binding's bytes, so it fits a usize).
+            let cache_words = (plan.layer_bytes(l) / 4) as usize;
             let k_cache = storage(&device, "k cache", cache_words)?;
             let v_cache = storage(&device, "v cache", cache_words)?;
+            kv_cache_bytes += k_cache.size() + v_cache.size();
             let attn_norm = b.norm(&format!("blk.{l}.attn_norm"))?;
             let ffn_norm = b.norm(&format!("blk.{l}.ffn_norm"))?;
             let linear_bias = if c.linear_bias {
