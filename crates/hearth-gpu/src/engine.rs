@@ -210,10 +210,11 @@ impl GpuEngine {
         let scratch_len =
             |chunk| (0..c.n_layers).map(|l| attention::scratch_len(&kernels, &attention_dims(l, chunk), chunk)).max();
         let chunk = (1..=MAX_CHUNK).rev().find(|&n| scratch_len(n).unwrap_or(0) as u64 * 4 <= limit).unwrap_or(1);
-        let attention_scratch = storage(&device, "attention scratch", scratch_len(chunk).unwrap_or(1))?;
-        // The KV cache, planned in u64 (hearth_core::plan) and checked against one binding.
+        // The KV cache, planned in u64 (hearth_core::plan) and checked against one binding before
+        // any buffer is created.
         let plan = GpuPlan::new(m, max_context, kv_f16, chunk)?;
         plan.check_binding(storage_limit(&device))?;
+        let attention_scratch = storage(&device, "attention scratch", scratch_len(chunk).unwrap_or(1))?;
 
         let mut b = Builder {
             ctx: &ctx,
