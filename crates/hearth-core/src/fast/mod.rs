@@ -125,7 +125,8 @@ impl Products for Quantized {
         #[cfg(feature = "parallel")]
         {
             use rayon::prelude::*;
-            if macs >= PARALLEL_MIN_MACS {
+            // One thread: the pool's only worker would run the jobs while this thread waits.
+            if macs >= PARALLEL_MIN_MACS && threads() > 1 {
                 return jobs.into_par_iter().for_each(run);
             }
         }
