@@ -224,6 +224,36 @@ fn scalar_kernels_compute_the_same_bits_on_every_target() {
     assert_eq!(digest, SCALAR_DIGEST, "the scalar kernels' outputs differ from the native x86-64 ones");
 }
 
+/// A decode step's product (one token, rows several at a time) gives, bit for bit, what the same
+/// token gets inside a multi-token product: 8-bit activations turn a last-bit difference into
+/// another code, and the browser's engine is compared with the native one's greedy tokens.
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test)]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+fn one_token_products_equal_that_token_in_a_multi_token_product_bit_for_bit() {
+    let simd = Simd::detect();
+    for (i, shape) in cases().into_iter().enumerate() {
+        let c = case(i, shape);
+        let p = Packed::of(&c.weights).expect("packed");
+        let (rows, cols) = (p.rows(), p.cols());
+        let x = values(cols, 77 + i as u64);
+        let one = Acts::quantize(&x, 1, cols, p.layout());
+        let two = Acts::quantize(&[x.clone(), x].concat(), 2, cols, p.layout());
+        let (mut alone, mut pair) = (vec![0f32; rows], vec![0f32; rows * 2]);
+        simd.rows(p, 0, &one, &mut alone);
+        simd.rows(p, 0, &two, &mut pair);
+        for r in 0..rows {
+            assert_eq!(
+                alone[r].to_bits(),
+                pair[r * 2].to_bits(),
+                "{simd:?} {} row {r}: {} vs {}",
+                c.name,
+                alone[r],
+                pair[r * 2]
+            );
+        }
+    }
+}
+
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test)]
 #[cfg_attr(not(target_arch = "wasm32"), test)]
 fn products_with_simd_kernels_match_the_scalar_products() {

@@ -131,7 +131,10 @@ unsafe fn row_tile<const T: usize>(
 /// One token (a decode step): rows `TILE` at a time, so each of the token's blocks is loaded once
 /// for `TILE` rows and the rows' sums are independent chains. A row's own overhead (its scales,
 /// the min term, the horizontal sum) was most of a short row's time one row at a time: SmolLM2's
-/// rows have 18 blocks.
+/// rows have 18 blocks. Each row's arithmetic is `row_tile::<1>`'s, in the same order (even and
+/// odd blocks in their own sums, FMA, then the same reductions), so its results are bit for bit
+/// the same: 8-bit activations turn a last-bit difference into a different code now and then,
+/// which over a model moves logits by tenths, and the browser's engine is tested against these.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_of_one_token(w: Packed, first: usize, a: &Acts, out: &mut [f32], sd: &mut [[f32; WINDOW]; TILE]) {
     let mut j = 0;
@@ -145,8 +148,6 @@ unsafe fn rows_of_one_token(w: Packed, first: usize, a: &Acts, out: &mut [f32], 
 }
 
 /// Rows `r0..r0 + R` times the one token of `a`.
-// A block's index reaches the token, every row and every row's scales: a range reads best.
-#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_for_token<const R: usize>(
     w: Packed,
@@ -158,61 +159,63 @@ unsafe fn rows_for_token<const R: usize>(
     let (x, d) = (a.codes(0).as_ptr(), a.scales(0));
     let blocks = w.cols() / BLOCK;
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); R];
-    match w {
-        Packed::Q4 { codes, scales, mins, group, cols } => {
-            let (gpr, shift) = (cols / group, (group / BLOCK).trailing_zeros());
-            let mask = _mm256_set1_epi8(0x0f);
-            let row: [*const u8; R] = std::array::from_fn(|i| codes.as_ptr().add((r0 + i) * cols / 2));
-            let mut b0 = 0;
-            while b0 < blocks {
-                let len = (blocks - b0).min(WINDOW);
-                for (i, sd) in sd.iter_mut().enumerate().take(R) {
-                    let s = &scales[(r0 + i) * gpr..(r0 + i + 1) * gpr];
-                    combined_scales(s, shift, &d[b0..b0 + len], b0, &mut sd[..len]);
-                }
-                for k in 0..len {
-                    let b = b0 + k;
-                    let xv = _mm256_loadu_si256(x.add(b * BLOCK) as *const __m256i);
-                    for i in 0..R {
-                        let c = _mm_loadu_si128(row[i].add(b * BLOCK / 2) as *const __m128i);
-                        let wv = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(c), c), mask);
-                        let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
-                        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_broadcast_ss(&sd[i][k]), acc[i]);
-                    }
-                }
-                b0 += len;
-            }
+    let mask = _mm256_set1_epi8(0x0f);
+    // Even blocks (of each window) in acc[0], odd ones in acc[1], as row_tile sums them.
+    let mut acc = [[_mm256_setzero_ps(); R]; 2];
+    let (per_group_shift, per_row) = match w {
+        Packed::Q4 { group, cols, .. } => ((group / BLOCK).trailing_zeros(), cols / group),
+        Packed::Q8 { .. } => (0, blocks),
+    };
+    // One block of every row: the token's codes loaded once.
+    macro_rules! block {
+        ($b:expr, $k:expr, $half:expr) => {{
+            let (b, k) = ($b, $k);
+            let xv = _mm256_loadu_si256(x.add(b * BLOCK) as *const __m256i);
             for i in 0..R {
-                let m = &mins[(r0 + i) * gpr..(r0 + i + 1) * gpr];
-                out[i] = hsum(acc[i]) + min_term(m, a.group_sums(0));
-            }
-        }
-        Packed::Q8 { codes, scales, cols } => {
-            let row: [*const i8; R] = std::array::from_fn(|i| codes.as_ptr().add((r0 + i) * cols));
-            let mut b0 = 0;
-            while b0 < blocks {
-                let len = (blocks - b0).min(WINDOW);
-                for (i, sd) in sd.iter_mut().enumerate().take(R) {
-                    let s = &scales[(r0 + i) * blocks..(r0 + i + 1) * blocks];
-                    combined_scales(s, 0, &d[b0..b0 + len], b0, &mut sd[..len]);
-                }
-                for k in 0..len {
-                    let b = b0 + k;
-                    let xv = _mm256_loadu_si256(x.add(b * BLOCK) as *const __m256i);
-                    for i in 0..R {
-                        let wv = _mm256_loadu_si256(row[i].add(b * BLOCK) as *const __m256i);
+                let sums = match w {
+                    Packed::Q4 { codes, cols, .. } => {
+                        let c =
+                            _mm_loadu_si128(codes.as_ptr().add((r0 + i) * cols / 2 + b * BLOCK / 2) as *const __m128i);
+                        let wv = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(c), c), mask);
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones)
+                    }
+                    Packed::Q8 { codes, cols, .. } => {
+                        let wv = _mm256_loadu_si256(codes.as_ptr().add((r0 + i) * cols + b * BLOCK) as *const __m256i);
                         // maddubs takes unsigned weights: the weight's sign moves onto the activation.
                         let (magnitude, signed) = (_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-                        let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, signed), ones);
-                        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_broadcast_ss(&sd[i][k]), acc[i]);
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, signed), ones)
                     }
-                }
-                b0 += len;
+                };
+                let scale = _mm256_broadcast_ss(&sd[i][k]);
+                acc[$half][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[$half][i]);
             }
-            for i in 0..R {
-                out[i] = hsum(acc[i]);
-            }
+        }};
+    }
+    let scales = match w {
+        Packed::Q4 { scales, .. } | Packed::Q8 { scales, .. } => scales,
+    };
+    let mut b0 = 0;
+    while b0 < blocks {
+        let len = (blocks - b0).min(WINDOW);
+        for (i, sd) in sd.iter_mut().enumerate().take(R) {
+            let s = &scales[(r0 + i) * per_row..(r0 + i + 1) * per_row];
+            combined_scales(s, per_group_shift, &d[b0..b0 + len], b0, &mut sd[..len]);
+        }
+        let mut k = 0;
+        while k + 2 <= len {
+            block!(b0 + k, k, 0);
+            block!(b0 + k + 1, k + 1, 1);
+            k += 2;
+        }
+        if k < len {
+            block!(b0 + k, k, 0);
+        }
+        b0 += len;
+    }
+    for i in 0..R {
+        out[i] = hsum(_mm256_add_ps(acc[0][i], acc[1][i]));
+        if let Packed::Q4 { mins, .. } = w {
+            out[i] += min_term(&mins[(r0 + i) * per_row..(r0 + i + 1) * per_row], a.group_sums(0));
         }
     }
 }
