@@ -127,18 +127,20 @@ export function shardsOf(manifestText) {
 /** A record's versions, newest first: the one being stored, then the complete one it replaces. */
 const versions = (record) => (record ? [record, record.previous].filter(Boolean) : []);
 
-/** The newest version of `record` whose every shard is stored (it loads offline), or undefined. */
+/** The newest version of `record` whose every shard is in `have` (it loads offline), or undefined. */
+const completeVersion = (record, have) =>
+  versions(record).find((v) => shardsOf(v.manifestText).every((s) => have.has(s.sha256)));
+
+/** The newest version of `record` whose every shard is stored, or undefined. */
 export async function usableVersion(record) {
-  if (!record) return undefined;
-  const have = await storedShards(record.url);
-  return versions(record).find((v) => shardsOf(v.manifestText).every((s) => have.has(s.sha256)));
+  return record ? completeVersion(record, await storedShards(record.url)) : undefined;
 }
 
 /** Bytes stored (of every version) and whether a version loads offline, for one model record. */
 async function describe(record) {
   const have = await storedShards(record.url);
   const sizes = new Map(versions(record).flatMap((v) => shardsOf(v.manifestText).map((s) => [s.sha256, s.size])));
-  const usable = versions(record).find((v) => shardsOf(v.manifestText).every((s) => have.has(s.sha256)));
+  const usable = completeVersion(record, have);
   const shown = usable ?? record;
   return {
     url: record.url,
