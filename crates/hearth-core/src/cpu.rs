@@ -135,6 +135,15 @@ pub trait Products: Default + Send + Sync {
         window: Option<usize>,
         out: &mut [f32],
     );
+
+    /// The feed-forward activation (the reference's exact function unless an implementation
+    /// rounds as its peer does).
+    fn activation(&self, kind: Activation) -> fn(f32) -> f32 {
+        match kind {
+            Activation::Silu => silu,
+            Activation::GeluTanh => gelu_tanh,
+        }
+    }
 }
 
 /// The reference products: f32 arithmetic on the weights as decoded (`matmul`).
@@ -390,6 +399,19 @@ impl<P: Products> Engine<P> {
     /// Run `tokens` at the next positions. Returns the logits of the last token, or of every token
     /// (`[tokens.len() * vocab]`) with `all_logits`.
     pub fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        // Natively the whole pass runs on a worker of the thread pool: each parallel product is
+        // then shared from inside the pool with workers that are spinning between products, where
+        // from outside it every product would wake a worker and put this thread to sleep and wake
+        // it again (~150 times a SmolLM2 step). One thread never leaves the caller.
+        #[cfg(all(feature = "parallel", not(target_arch = "wasm32")))]
+        if rayon::current_thread_index().is_none() && rayon::current_num_threads() > 1 {
+            return rayon::scope(|_| self.forward_here(tokens, all_logits));
+        }
+        self.forward_here(tokens, all_logits)
+    }
+
+    /// `forward` on the calling thread.
+    fn forward_here(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
         let c = self.config.clone();
         let n = tokens.len();
         if n == 0 {
@@ -437,10 +459,7 @@ impl<P: Products> Engine<P> {
         let mut gate = vec![0f32; n * c.ffn_size];
         let mut up = vec![0f32; n * c.ffn_size];
         let mut proj = vec![0f32; n * h];
-        let act = match c.activation {
-            Activation::Silu => silu,
-            Activation::GeluTanh => gelu_tanh,
-        };
+        let act = self.products.activation(c.activation);
 
         for li in 0..self.layers.len() {
             let layer = &self.layers[li];

@@ -164,18 +164,51 @@ fn head_body(
     let next = |r: usize| if r + 1 == rows { 0 } else { r + 1 };
     let scores = &mut s.scores[..pos + 1 - first];
     let mut r = first_row;
-    for (score, p) in scores.iter_mut().zip(first..=pos) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if simd == Simd::Avx2 && hd % 8 == 0 {
+        // Eight positions at a time (their dot products are independent chains); each position's
+        // arithmetic is the one-row version's.
+        while done + 8 <= scores.len() {
+            let keys: [&[f16]; 8] = std::array::from_fn(|_| {
+                let at = r * kvd + kvh * hd;
+                r = next(r);
+                &cache.k[at..at + hd]
+            });
+            // SAFETY: `Simd::Avx2` is only detected with AVX2 and F16C; every key row has `hd` values.
+            let dots = unsafe { x86::dot8_f16(qh, keys) };
+            scores[done..done + 8].copy_from_slice(&dots);
+            done += 8;
+        }
+    }
+    for score in &mut scores[done..] {
         let at = r * kvd + kvh * hd;
-        let mut x = dot_f16(simd, qh, &cache.k[at..at + hd], &mut s.row) * scale;
+        *score = dot_f16(simd, qh, &cache.k[at..at + hd], &mut s.row);
+        r = next(r);
+    }
+    for (score, p) in scores.iter_mut().zip(first..=pos) {
+        let mut x = *score * scale;
         if let Some(cap) = c.attn_softcap {
             x = cap * (x / cap).tanh();
         }
         // ALiBi: a key d positions back costs slope * d.
         *score = x - slope * (pos - p) as f32;
-        r = next(r);
     }
     softmax(scores);
     o.fill(0.0);
+    #[cfg(target_arch = "x86_64")]
+    if simd == Simd::Avx2 && hd % 8 == 0 {
+        let values = |d0: usize, width: usize| {
+            let mut r = first_row;
+            scores.iter().map(move |&w| {
+                let at = r * kvd + kvh * hd + d0;
+                r = next(r);
+                (w, &cache.v[at..at + width])
+            })
+        };
+        // SAFETY: as above; each value row slice has the width of its `o` chunk.
+        return unsafe { x86::weigh_values_f16(o, values) };
+    }
     let mut r = first_row;
     for &w in scores.iter() {
         let at = r * kvd + kvh * hd;
@@ -241,6 +274,115 @@ mod x86 {
         // SAFETY: `lanes` holds eight f32.
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
         lanes.iter().sum::<f32>() + tail
+    }
+
+    /// `dot_f16(q, k)` for eight key rows at once: eight independent chains of the same lane sums,
+    /// transposed so that one vector holds lane `m` of all eight, then summed lane by lane in
+    /// `dot_f16`'s order (`q.len()` a multiple of 8, so there is no tail).
+    ///
+    /// # Safety
+    /// The CPU must have AVX and F16C; every `k` row has `q.len()` values.
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn dot8_f16(q: &[f32], k: [&[f16]; 8]) -> [f32; 8] {
+        debug_assert!(q.len() % 8 == 0 && k.iter().all(|k| k.len() == q.len()));
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for i in (0..q.len()).step_by(8) {
+            // SAFETY: i + 8 <= q.len(), the length of every row.
+            unsafe {
+                let qv = _mm256_loadu_ps(q.as_ptr().add(i));
+                for (acc, k) in acc.iter_mut().zip(&k) {
+                    let kv = _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i).cast()));
+                    *acc = _mm256_add_ps(*acc, _mm256_mul_ps(qv, kv));
+                }
+            }
+        }
+        let lanes = transpose8(acc);
+        // `Iterator::sum` starts at -0.0, and -0.0 + x is x: the sum is ((l0 + l1) + l2) + ….
+        let mut sum = lanes[0];
+        for lane in &lanes[1..] {
+            sum = _mm256_add_ps(sum, *lane);
+        }
+        let mut out = [0f32; 8];
+        // SAFETY: `out` holds eight f32.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum) };
+        out
+    }
+
+    /// The 8 × 8 transpose: `out[m]`'s lane `j` is `rows[j]`'s lane `m`.
+    #[target_feature(enable = "avx")]
+    fn transpose8(rows: [__m256; 8]) -> [__m256; 8] {
+        let [r0, r1, r2, r3, r4, r5, r6, r7] = rows;
+        let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+        let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+        let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+        let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+        let (u0, u1) = (_mm256_shuffle_ps::<0x44>(t0, t2), _mm256_shuffle_ps::<0xee>(t0, t2));
+        let (u2, u3) = (_mm256_shuffle_ps::<0x44>(t1, t3), _mm256_shuffle_ps::<0xee>(t1, t3));
+        let (u4, u5) = (_mm256_shuffle_ps::<0x44>(t4, t6), _mm256_shuffle_ps::<0xee>(t4, t6));
+        let (u6, u7) = (_mm256_shuffle_ps::<0x44>(t5, t7), _mm256_shuffle_ps::<0xee>(t5, t7));
+        [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ]
+    }
+
+    /// `o += Σ_p w_p · v_p` over `values(d0, width)` = the (weight, value row from dimension `d0`)
+    /// pairs in position order: `o` taken 64 values at a time and held in registers across all
+    /// positions, each value `o[i] += w * v[i]` as `add_scaled_f16` computes it, in the same order.
+    ///
+    /// # Safety
+    /// The CPU must have AVX and F16C; `o.len()` is a multiple of 8 and every row `width` long.
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn weigh_values_f16<'a, I>(o: &mut [f32], values: impl Fn(usize, usize) -> I)
+    where
+        I: Iterator<Item = (f32, &'a [f16])>,
+    {
+        for d0 in (0..o.len()).step_by(64) {
+            let width = (o.len() - d0).min(64);
+            let chunk = &mut o[d0..d0 + width];
+            // SAFETY: passed on.
+            unsafe {
+                match width / 8 {
+                    8 => weigh::<8, I>(chunk, values(d0, width)),
+                    7 => weigh::<7, I>(chunk, values(d0, width)),
+                    6 => weigh::<6, I>(chunk, values(d0, width)),
+                    5 => weigh::<5, I>(chunk, values(d0, width)),
+                    4 => weigh::<4, I>(chunk, values(d0, width)),
+                    3 => weigh::<3, I>(chunk, values(d0, width)),
+                    2 => weigh::<2, I>(chunk, values(d0, width)),
+                    _ => weigh::<1, I>(chunk, values(d0, width)),
+                }
+            }
+        }
+    }
+
+    /// `weigh_values_f16` for one chunk of `8 · V` values.
+    #[target_feature(enable = "avx,f16c")]
+    unsafe fn weigh<'a, const V: usize, I>(o: &mut [f32], values: I)
+    where
+        I: Iterator<Item = (f32, &'a [f16])>,
+    {
+        debug_assert_eq!(o.len(), 8 * V);
+        // SAFETY: `o` has 8 · V values and so has every row.
+        unsafe {
+            let mut acc: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(o.as_ptr().add(8 * v)));
+            for (w, row) in values {
+                let wv = _mm256_set1_ps(w);
+                for (v, acc) in acc.iter_mut().enumerate() {
+                    let vv = _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(8 * v).cast()));
+                    *acc = _mm256_add_ps(*acc, _mm256_mul_ps(wv, vv));
+                }
+            }
+            for (v, acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(o.as_mut_ptr().add(8 * v), *acc);
+            }
+        }
     }
 
     /// `o[i] += w * v[i]` with `v` widened by F16C (a product, then a sum: no FMA).
@@ -316,6 +458,50 @@ mod tests {
             assert_eq!(dot_f16(simd, &q, &k, &mut row).to_bits(), want.to_bits(), "{simd:?} n={n}");
             add_scaled_f16(simd, &mut o, 0.37, &k, &mut row);
             assert!(o.iter().zip(&o_portable).all(|(a, b)| a.to_bits() == b.to_bits()), "{simd:?} n={n}");
+        }
+    }
+
+    /// A whole attention (eight positions at a time, values held in registers, where the CPU has
+    /// AVX2) gives the portable version's bits: head dims with and without whole 64-value chunks,
+    /// position counts around multiples of 8, a ring that wraps, ALiBi and a soft cap.
+    #[test]
+    fn attention_computes_the_same_bits_on_every_path() {
+        let value = |i: usize, seed: u32| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 500.0 - 2.0;
+        for (hd, window, extra) in [
+            (64, None, ""),
+            (128, Some(13), ""),
+            (256, None, r#","attn_softcap":2.5"#),
+            (72, Some(20), ""),
+            (64, None, r#","alibi":{"max_bias":8.0}"#),
+        ] {
+            let position = if extra.contains("alibi") { "alibi" } else { "rope" };
+            let config: ModelConfig = serde_json::from_str(&format!(
+                r#"{{"n_layers":1,"hidden_size":{h},"n_heads":4,"n_kv_heads":2,"head_dim":{hd},"ffn_size":8,
+                "vocab_size":8,"context_length":64,"norm":"rms","norm_eps":1e-5,"activation":"silu",
+                "position":"{position}","tied_embeddings":true{extra}}}"#,
+                h = 4 * hd,
+            ))
+            .expect("test config");
+            let (qd, kvd) = (config.q_dim(), config.kv_dim());
+            for positions in [1, 7, 8, 9, 17, 40] {
+                let rows = window.map_or(usize::MAX, |w| w + 3);
+                let mut cache = LayerCache::<f16> { k: Vec::new(), v: Vec::new(), rows };
+                let mut outs = Vec::new();
+                for simd in [Simd::Scalar, Simd::detect()] {
+                    cache.k.clear();
+                    cache.v.clear();
+                    let (mut out, mut all) = (vec![0f32; qd], Vec::new());
+                    for p in 0..positions {
+                        let kv = |seed| (0..kvd).map(|i| value(i + p * kvd, seed)).collect::<Vec<_>>();
+                        let q: Vec<f32> = (0..qd).map(|i| value(i + p * qd, 3)).collect();
+                        attention(simd, &config, &mut cache, &q, &kv(5), &kv(9), p, window, &mut out);
+                        all.extend_from_slice(&out);
+                    }
+                    outs.push(all);
+                }
+                let same = outs[0].iter().zip(&outs[1]).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{:?} hd={hd} window={window:?} positions={positions} {extra}", Simd::detect());
+            }
         }
     }
 

@@ -44,6 +44,9 @@ pub unsafe fn rows(w: Packed, first: usize, a: &Acts, out: &mut [f32]) {
     }
 }
 
+/// How far ahead of the weight codes being read a decode step asks for the next ones.
+const PREFETCH: usize = 4096;
+
 /// Blocks whose combined scales (weight scale times activation step) are computed together.
 const WINDOW: usize = 64;
 
@@ -166,10 +169,25 @@ unsafe fn rows_for_token<const R: usize>(
         Packed::Q4 { group, cols, .. } => ((group / BLOCK).trailing_zeros(), cols / group),
         Packed::Q8 { .. } => (0, blocks),
     };
+    // The rows' codes are one contiguous run, consumed at `step` bytes per block; the run
+    // `PREFETCH` bytes further on (the next passes' rows) is asked for at the same pace. The
+    // hardware's prefetcher loses track of four short interleaved rows (SmolLM2's q4 rows are 288
+    // bytes): without this a decode step waits on most weight loads.
+    let (run, step) = match w {
+        Packed::Q4 { codes, cols, .. } => (codes.as_ptr().wrapping_add(r0 * cols / 2) as *const i8, R * BLOCK / 2),
+        Packed::Q8 { codes, cols, .. } => (codes.as_ptr().wrapping_add(r0 * cols), R * BLOCK),
+    };
+    let ahead = run.wrapping_add(PREFETCH);
     // One block of every row: the token's codes loaded once.
     macro_rules! block {
         ($b:expr, $k:expr, $half:expr) => {{
             let (b, k) = ($b, $k);
+            let mut line = 0;
+            while line < step {
+                // A hint: no fault past the end of the weights.
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(b * step + line));
+                line += 64;
+            }
             let xv = _mm256_loadu_si256(x.add(b * BLOCK) as *const __m256i);
             for i in 0..R {
                 let sums = match w {

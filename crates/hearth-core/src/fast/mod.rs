@@ -4,6 +4,7 @@
 //! runtime detection, `avx2`; SIMD128 in a wasm module built with it, `simd128`; or the scalar
 //! fallback) and spreads the output rows over threads.
 //! Float weights (f16, f32) take the reference's product.
+//! GELU is read from a table over f16 inputs, as llama.cpp's CPU run computes it (`gelu`).
 //! Keys and values are cached as f16, as llama.cpp's default cache stores them; attention reads
 //! them widening as it goes, its heads spread over threads (`attention`).
 
@@ -11,6 +12,7 @@ pub mod acts;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub mod gelu;
 pub mod kernels;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128;
@@ -23,7 +25,7 @@ use kernels::{Packed, Simd};
 use half::f16;
 
 use crate::cpu::{self, Engine, LayerCache, Products};
-use crate::manifest::ModelConfig;
+use crate::manifest::{Activation, ModelConfig};
 use crate::quant::Tensor;
 
 /// The fast engine.
@@ -70,6 +72,14 @@ impl Products for Quantized {
 
     fn matmul(&self, w: &Tensor, x: &[f32], n: usize, out: &mut [f32]) {
         self.matmuls(x, n, &mut [(w, out)]);
+    }
+
+    /// GELU through llama.cpp's f16 table (`gelu`); SiLU exact.
+    fn activation(&self, kind: Activation) -> fn(f32) -> f32 {
+        match kind {
+            Activation::Silu => cpu::silu,
+            Activation::GeluTanh => gelu::gelu_f16,
+        }
     }
 
     /// Every packed matrix's rows in one parallel pass, each input quantized once per layout.
