@@ -163,13 +163,12 @@ fn head_body(
     let first_row = first % rows;
     let next = |r: usize| if r + 1 == rows { 0 } else { r + 1 };
     let scores = &mut s.scores[..pos + 1 - first];
-    let mut r = first_row;
-    let mut done = 0;
+    // With AVX2, eight positions at a time (their dot products are independent chains); each
+    // position's arithmetic is the one-row version's. `done` positions are scored, `r` is next.
     #[cfg(target_arch = "x86_64")]
-    if simd == Simd::Avx2 && hd % 8 == 0 {
-        // Eight positions at a time (their dot products are independent chains); each position's
-        // arithmetic is the one-row version's.
-        while done + 8 <= scores.len() {
+    let (done, mut r) = {
+        let (mut done, mut r) = (0, first_row);
+        while simd == Simd::Avx2 && hd % 8 == 0 && done + 8 <= scores.len() {
             let keys: [&[f16]; 8] = std::array::from_fn(|_| {
                 let at = r * kvd + kvh * hd;
                 r = next(r);
@@ -180,7 +179,10 @@ fn head_body(
             scores[done..done + 8].copy_from_slice(&dots);
             done += 8;
         }
-    }
+        (done, r)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (done, mut r) = (0, first_row);
     for score in &mut scores[done..] {
         let at = r * kvd + kvh * hd;
         *score = dot_f16(simd, qh, &cache.k[at..at + hd], &mut s.row);

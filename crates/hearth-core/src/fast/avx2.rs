@@ -27,22 +27,33 @@ pub unsafe fn rows(w: Packed, first: usize, a: &Acts, out: &mut [f32]) {
     if a.n == 1 {
         return rows_of_one_token(w, first, a, out, &mut sd);
     }
-    for (j, dst) in out.chunks_exact_mut(a.n).enumerate() {
-        let r = first + j;
-        let mut t = 0;
-        while t < a.n {
-            let tile = (a.n - t).min(TILE);
-            let dst = &mut dst[t..t + tile];
-            match tile {
-                4 => row_tile::<4>(w, r, a, t, dst, &mut sd),
-                3 => row_tile::<3>(w, r, a, t, dst, &mut sd),
-                2 => row_tile::<2>(w, r, a, t, dst, &mut sd),
-                _ => row_tile::<1>(w, r, a, t, dst, &mut sd),
+    // Tokens in groups whose codes fit in L1 together, each group past every row: a row is
+    // then read once per group from L2, and each token's codes come from L1, not the whole
+    // prompt's codes from L2 for every row (most of a prefill's stalls were those loads).
+    let group = (L1_TOKEN_BYTES / a.cols.max(1) / TILE * TILE).max(TILE);
+    for g0 in (0..a.n).step_by(group) {
+        let g1 = (g0 + group).min(a.n);
+        for (j, dst) in out.chunks_exact_mut(a.n).enumerate() {
+            let r = first + j;
+            let mut t = g0;
+            while t < g1 {
+                let tile = (g1 - t).min(TILE);
+                let dst = &mut dst[t..t + tile];
+                match tile {
+                    4 => row_tile::<4>(w, r, a, t, dst, &mut sd),
+                    3 => row_tile::<3>(w, r, a, t, dst, &mut sd),
+                    2 => row_tile::<2>(w, r, a, t, dst, &mut sd),
+                    _ => row_tile::<1>(w, r, a, t, dst, &mut sd),
+                }
+                t += tile;
             }
-            t += tile;
         }
     }
 }
+
+/// The bytes of token codes a prefill keeps in L1 at once (of a 32-48 KiB L1 data cache, leaving
+/// room for the weight row, the scales and the stack).
+const L1_TOKEN_BYTES: usize = 16 * 1024;
 
 /// How far ahead of the weight codes being read a decode step asks for the next ones.
 const PREFETCH: usize = 4096;
@@ -170,9 +181,11 @@ unsafe fn rows_for_token<const R: usize>(
         Packed::Q8 { .. } => (0, blocks),
     };
     // The rows' codes are one contiguous run, consumed at `step` bytes per block; the run
-    // `PREFETCH` bytes further on (the next passes' rows) is asked for at the same pace. The
-    // hardware's prefetcher loses track of four short interleaved rows (SmolLM2's q4 rows are 288
-    // bytes): without this a decode step waits on most weight loads.
+    // `PREFETCH` bytes further on (the next passes' rows) is asked for at the same pace. Without
+    // it most of a decode step's time went to waiting on weight loads (a model is read once per
+    // token, and the hardware's streams stop at every 4 KiB page and barely train on four short
+    // interleaved rows: SmolLM2's q4 rows are 288 bytes); with it SmolLM2 decoded 1.25-1.35x
+    // faster on one thread (README, 2026-12-03). 1 KiB ahead gained little, 16 KiB less than 4-8.
     let (run, step) = match w {
         Packed::Q4 { codes, cols, .. } => (codes.as_ptr().wrapping_add(r0 * cols / 2) as *const i8, R * BLOCK / 2),
         Packed::Q8 { codes, cols, .. } => (codes.as_ptr().wrapping_add(r0 * cols), R * BLOCK),
