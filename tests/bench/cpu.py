@@ -32,7 +32,10 @@ def llama_cpp_runner(gguf, threads, prompt_tokens, gen_tokens):
     import numpy as np
     from llama_cpp import Llama
 
-    llm = Llama(model_path=gguf, n_ctx=prompt_tokens + gen_tokens + 8, n_batch=512, n_threads=threads,
+    # llama-cpp-python keeps the logits of one batch (n_batch rows): a prompt longer than the batch
+    # would index past them.
+    n_ctx = prompt_tokens + gen_tokens + 8
+    llm = Llama(model_path=gguf, n_ctx=n_ctx, n_batch=max(512, n_ctx), n_threads=threads,
                 n_threads_batch=threads, verbose=False)
     vocab = llm.n_vocab()
     # The same prompt as `hearth bench` (crates/hearth-cli/src/main.rs).

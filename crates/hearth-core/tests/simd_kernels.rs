@@ -224,6 +224,32 @@ fn scalar_kernels_compute_the_same_bits_on_every_target() {
     assert_eq!(digest, SCALAR_DIGEST, "the scalar kernels' outputs differ from the native x86-64 ones");
 }
 
+/// The attention softmax's outputs on x86-64, as `SCALAR_DIGEST` is for the kernels: its `exp` and
+/// its sums are plain f32 operations in a fixed order, so wasm must give the same bits (and the
+/// GELU table, built in f64 and rounded to f16, the same entries).
+const SOFTMAX_GELU_DIGEST: u64 = 0x5d6a_e178_5503_2de5;
+
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test)]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+fn softmax_and_gelu_compute_the_same_bits_on_every_target() {
+    let mut digest = 0xcbf2_9ce4_8422_2325u64;
+    let mut add = |v: f32| {
+        for byte in v.to_bits().to_le_bytes() {
+            digest = (digest ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
+        }
+    };
+    for (i, n) in [1, 7, 8, 33, 129, 1000].into_iter().enumerate() {
+        let mut scores: Vec<f32> = values(n, 40 + i as u64).iter().map(|v| v * 30.0).collect();
+        hearth_core::fast::softmax::softmax(&mut scores);
+        scores.into_iter().for_each(&mut add);
+    }
+    for v in values(4096, 99) {
+        add(hearth_core::fast::gelu::gelu_f16(v * 12.0));
+    }
+    eprintln!("softmax/gelu digest {digest:#018x}");
+    assert_eq!(digest, SOFTMAX_GELU_DIGEST, "softmax or GELU outputs differ from the native x86-64 ones");
+}
+
 /// A decode step's product (one token, rows several at a time) gives, bit for bit, what the same
 /// token gets inside a multi-token product: 8-bit activations turn a last-bit difference into
 /// another code, and the browser's engine is compared with the native one's greedy tokens.

@@ -11,7 +11,8 @@
 use half::f16;
 
 use super::kernels::Simd;
-use crate::cpu::{alibi_slope, dot, softmax, LayerCache};
+use super::softmax::softmax;
+use crate::cpu::{alibi_slope, dot, LayerCache};
 use crate::manifest::{ModelConfig, PositionKind};
 
 /// Below this many cached values read (keys and values of every head and token), one thread. In

@@ -16,6 +16,7 @@ pub mod gelu;
 pub mod kernels;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128;
+pub mod softmax;
 #[cfg(test)]
 mod tests;
 
