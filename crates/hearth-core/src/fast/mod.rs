@@ -6,7 +6,8 @@
 //! Float weights (f16, f32) take the reference's product.
 //! GELU is read from a table over f16 inputs, as llama.cpp's CPU run computes it (`gelu`).
 //! Keys and values are cached as f16, as llama.cpp's default cache stores them; attention reads
-//! them widening as it goes, its heads spread over threads (`attention`).
+//! them widening as it goes, its heads spread over threads (`attention`), the scores' softmax with
+//! an `exp` of plain f32 operations (`softmax`).
 
 pub mod acts;
 pub mod attention;
