@@ -346,6 +346,8 @@ mod x86 {
     where
         I: Iterator<Item = (f32, &'a [f16])>,
     {
+        // A shorter last chunk would be read as eight values.
+        assert!(o.len() % 8 == 0, "weigh_values_f16 takes whole groups of eight values");
         for d0 in (0..o.len()).step_by(64) {
             let width = (o.len() - d0).min(64);
             let chunk = &mut o[d0..d0 + width];
@@ -376,6 +378,7 @@ mod x86 {
         unsafe {
             let mut acc: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(o.as_ptr().add(8 * v)));
             for (w, row) in values {
+                debug_assert_eq!(row.len(), 8 * V);
                 let wv = _mm256_set1_ps(w);
                 for (v, acc) in acc.iter_mut().enumerate() {
                     let vv = _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(8 * v).cast()));
