@@ -34,7 +34,8 @@ export async function runBench(Hearth, modelUrl, { promptTokens = 128, genTokens
     const extra = Math.max(0, warm.prompt_ids.length - 1);
     const words = Math.max(1, promptTokens - extra);
     log(`prompt of ${words} words, ${genTokens} tokens to generate...`);
-    const r = await engine.generate(promptText(words), { max_tokens: genTokens });
+    // The warm-up's prompt is a prefix of this one: the whole prompt is run, not reused.
+    const r = await engine.generate(promptText(words), { max_tokens: genTokens, cache_prompt: false });
     const u = r.usage;
     const result = {
       adapter: info.adapter,

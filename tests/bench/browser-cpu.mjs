@@ -151,9 +151,11 @@ async function runOne(config) {
         // pkg/wasm/'s memory is the page's engine only when it runs on the page (hearth-1).
         const mem = worker ? null : (await import("/pkg/wasm/hearth_web.js")).memoryBytes;
         const memAfterLoad = mem ? mem() : null;
-        await engine.generate(prompt, { max_tokens: warm }); // warm-up
+        // Without cache_prompt: false the timed run would reuse the warm-up's prompt from the KV
+        // cache and "prefill" one token (wllama's completions run their whole prompt).
+        await engine.generate(prompt, { max_tokens: warm, cache_prompt: false }); // warm-up
         t = performance.now();
-        const out = await engine.generate(prompt, { max_tokens: gen });
+        const out = await engine.generate(prompt, { max_tokens: gen, cache_prompt: false });
         const wall_s = (performance.now() - t) / 1000;
         const info = engine.info;
         const result = {
