@@ -145,14 +145,16 @@ test("a regular expression, a grammar and json_object through generate; their ou
         phone.push(await run("Question: Give a US phone number.\nAnswer: ", { type: "regex", pattern: PHONE }, sampling));
       }
       const grammar = await run([{ role: "user", content: "Name one colour." }], { type: "grammar", grammar: GRAMMAR });
-      // json_object bounds nothing but the syntax: a prompt that asks for a short object (an open one
-      // can run past any budget at temperature 1).
+      // json_object bounds nothing but the syntax: a prompt that asks for a short object, sampled
+      // at 0.7 (at temperature 1 a 135M model's object wanders into long strings and nested
+      // objects, past any budget, at some seeds and not others, and a last-bit change in the
+      // engine's arithmetic picks other samples).
       const object = [];
       const cat = [
         { role: "system", content: "Reply with a short JSON object." },
         { role: "user", content: "Give the name and age of a cat." },
       ];
-      for (const sampling of [{}, { temperature: 1, seed: 5 }]) object.push(await run(cat, { type: "json_object" }, sampling));
+      for (const sampling of [{}, { temperature: 0.7, seed: 5 }]) object.push(await run(cat, { type: "json_object" }, sampling));
       return { phone, grammar, object };
     },
     { PHONE, GRAMMAR },
