@@ -116,23 +116,16 @@ unsafe fn row_tile<const T: usize>(
             }
         }};
     }
-    let mut b0 = 0;
-    while b0 < blocks {
-        let len = (blocks - b0).min(WINDOW);
-        for i in 0..T {
-            combined_scales(scales, shift, &d[i][b0..b0 + len], b0, &mut sd[i][..len]);
-        }
-        let mut k = 0;
-        while k + 2 <= len {
-            block!(b0 + k, k, 0);
-            block!(b0 + k + 1, k + 1, 1);
-            k += 2;
-        }
-        if k < len {
-            block!(b0 + k, k, 0);
-        }
-        b0 += len;
-    }
+    walk_blocks!(
+        blocks,
+        WINDOW,
+        |b0, len| {
+            for i in 0..T {
+                combined_scales(scales, shift, &d[i][b0..b0 + len], b0, &mut sd[i][..len]);
+            }
+        },
+        block
+    );
     for i in 0..T {
         out[i] = hsum(_mm256_add_ps(acc[0][i], acc[1][i]));
         if let Packed::Q4 { mins, group, cols, .. } = w {
@@ -225,24 +218,17 @@ unsafe fn rows_for_token<const R: usize>(
     let scales = match w {
         Packed::Q4 { scales, .. } | Packed::Q8 { scales, .. } => scales,
     };
-    let mut b0 = 0;
-    while b0 < blocks {
-        let len = (blocks - b0).min(WINDOW);
-        for (i, sd) in sd.iter_mut().enumerate().take(R) {
-            let s = &scales[(r0 + i) * per_row..(r0 + i + 1) * per_row];
-            combined_scales(s, per_group_shift, &d[b0..b0 + len], b0, &mut sd[..len]);
-        }
-        let mut k = 0;
-        while k + 2 <= len {
-            block!(b0 + k, k, 0);
-            block!(b0 + k + 1, k + 1, 1);
-            k += 2;
-        }
-        if k < len {
-            block!(b0 + k, k, 0);
-        }
-        b0 += len;
-    }
+    walk_blocks!(
+        blocks,
+        WINDOW,
+        |b0, len| {
+            for (i, sd) in sd.iter_mut().enumerate().take(R) {
+                let s = &scales[(r0 + i) * per_row..(r0 + i + 1) * per_row];
+                combined_scales(s, per_group_shift, &d[b0..b0 + len], b0, &mut sd[..len]);
+            }
+        },
+        block
+    );
     for i in 0..R {
         out[i] = hsum(_mm256_add_ps(acc[0][i], acc[1][i]));
         if let Packed::Q4 { mins, .. } = w {

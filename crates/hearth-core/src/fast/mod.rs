@@ -9,6 +9,34 @@
 //! them widening as it goes, its heads spread over threads (`attention`), the scores' softmax with
 //! an `exp` of plain f32 operations (`softmax`).
 
+/// A row's blocks as every kernel walks them (`avx2`, `simd128`), written once because the
+/// kernels' bit-for-bit agreement (a decode step's product equals that token's in a prompt's, and
+/// the browser's engine is compared with the native one) rests on this order: windows of
+/// `$window` blocks, `$scales` run first for each (with `$b0`, `$len` bound to the window's first
+/// block and length: it fills the window's combined scales), then `$block!(b, k, half)` for each
+/// block `b` (`k` its index in the window), even blocks of the window into sum 0 and odd ones into
+/// sum 1, so consecutive additions do not wait on each other.
+macro_rules! walk_blocks {
+    ($blocks:expr, $window:expr, |$b0:ident, $len:ident| $scales:block, $block:ident) => {{
+        let blocks = $blocks;
+        let mut $b0 = 0;
+        while $b0 < blocks {
+            let $len = (blocks - $b0).min($window);
+            $scales
+            let mut k = 0;
+            while k + 2 <= $len {
+                $block!($b0 + k, k, 0);
+                $block!($b0 + k + 1, k + 1, 1);
+                k += 2;
+            }
+            if k < $len {
+                $block!($b0 + k, k, 0);
+            }
+            $b0 += $len;
+        }
+    }};
+}
+
 pub mod acts;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]

@@ -176,23 +176,16 @@ unsafe fn row_tile<const T: usize, U: Unpack>(
             }
         }};
     }
-    let mut b0 = 0;
-    while b0 < row.blocks {
-        let len = (row.blocks - b0).min(WINDOW);
-        for i in 0..T {
-            combined_scales(row.scales, row.shift, &d[i][b0..b0 + len], b0, &mut sd[i][..len]);
-        }
-        let mut k = 0;
-        while k + 2 <= len {
-            block!(b0 + k, k, 0);
-            block!(b0 + k + 1, k + 1, 1);
-            k += 2;
-        }
-        if k < len {
-            block!(b0 + k, k, 0);
-        }
-        b0 += len;
-    }
+    walk_blocks!(
+        row.blocks,
+        WINDOW,
+        |b0, len| {
+            for i in 0..T {
+                combined_scales(row.scales, row.shift, &d[i][b0..b0 + len], b0, &mut sd[i][..len]);
+            }
+        },
+        block
+    );
     for i in 0..T {
         out[i] = hsum(f32x4_add(acc[0][i], acc[1][i]));
         if !row.mins.is_empty() {
