@@ -12,6 +12,7 @@ use half::f16;
 
 use super::acts::{Acts, BLOCK};
 use super::kernels::Packed;
+use super::WINDOW;
 
 /// Tokens sharing one pass over a row.
 const TILE: usize = 4;
@@ -57,9 +58,6 @@ const L1_TOKEN_BYTES: usize = 16 * 1024;
 
 /// How far ahead of the weight codes being read a decode step asks for the next ones.
 const PREFETCH: usize = 4096;
-
-/// Blocks whose combined scales (weight scale times activation step) are computed together.
-const WINDOW: usize = 64;
 
 /// Row `r` times tokens `t0..t0 + T`. The blocks' combined scales are computed eight at a time
 /// into a small buffer first (one broadcast per block and token then), and even and odd blocks

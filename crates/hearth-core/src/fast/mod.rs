@@ -9,6 +9,10 @@
 //! them widening as it goes, its heads spread over threads (`attention`), the scores' softmax with
 //! an `exp` of plain f32 operations (`softmax`).
 
+/// Blocks whose combined scales (weight scale times activation step) are computed together.
+#[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
+const WINDOW: usize = 64;
+
 /// A row's blocks as every kernel walks them (`avx2`, `simd128`), written once because the
 /// kernels' bit-for-bit agreement (a decode step's product equals that token's in a prompt's, and
 /// the browser's engine is compared with the native one) rests on this order: windows of
@@ -16,6 +20,7 @@
 /// block and length: it fills the window's combined scales), then `$block!(b, k, half)` for each
 /// block `b` (`k` its index in the window), even blocks of the window into sum 0 and odd ones into
 /// sum 1, so consecutive additions do not wait on each other.
+#[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
 macro_rules! walk_blocks {
     ($blocks:expr, $window:expr, |$b0:ident, $len:ident| $scales:block, $block:ident) => {{
         let blocks = $blocks;

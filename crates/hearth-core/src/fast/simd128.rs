@@ -18,15 +18,13 @@ use half::f16;
 
 use super::acts::{Acts, BLOCK};
 use super::kernels::Packed;
+use super::WINDOW;
 
 /// Tokens sharing one pass over a row.
 const TILE: usize = 4;
 
 /// Rows whose scales and mins are converted together.
 const ROWS: usize = 16;
-
-/// Blocks whose combined scales (weight scale times activation step) are computed together.
-const WINDOW: usize = 64;
 
 /// `kernels::Simd::rows` with SIMD128.
 ///
