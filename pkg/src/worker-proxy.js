@@ -130,14 +130,14 @@ export class WorkerEngine extends EngineApi {
   async #count(input, options) {
     const { prompt, messages, ...rest } = buildRequest(input, options);
     if (this.#closing) throw new EngineDisposedError();
-    return this.#channel.request("countTokens", { input: prompt ?? messages, options: rest }, { signal: signalOf(options) });
+    return this.#channel.request("countTokens", { input: prompt ?? messages, options: asOptions(rest) }, { signal: signalOf(options) });
   }
 
   async #run(input, options, push, signal) {
     const { prompt, messages, ...rest } = buildRequest(input, options);
     if (this.#closing) throw new EngineDisposedError();
     const onEvent = (m) => m.type === "chunk" && push(m.chunk);
-    return this.#channel.request("generate", { input: prompt ?? messages, options: rest }, { signal, onEvent });
+    return this.#channel.request("generate", { input: prompt ?? messages, options: asOptions(rest) }, { signal, onEvent });
   }
 
   /**
@@ -168,6 +168,14 @@ export class WorkerEngine extends EngineApi {
 }
 
 /** Like Hearth.load(), but the model is loaded and run in a dedicated Web Worker. */
+/**
+ * A validated request (`buildRequest`) as generate() options again, for the worker to validate anew:
+ * wasm's one `logprobs` (how many alternatives) is OpenAI's two fields there.
+ */
+function asOptions({ logprobs, ...rest }) {
+  return logprobs == null ? rest : { ...rest, logprobs: true, top_logprobs: logprobs };
+}
+
 export async function loadInWorker(modelUrl, options = {}) {
   checkOptions(modelUrl, options);
   const signal = signalOf(options);
@@ -189,6 +197,7 @@ export async function loadInWorker(modelUrl, options = {}) {
           revalidate: options.revalidate,
           backend: options.backend,
           stallTimeout: options.stallTimeout,
+          relaxedSimd: options.relaxedSimd,
         },
       },
       { signal, waitOnAbort: true, onEvent: (m) => m.type === "progress" && report(m.progress) },
