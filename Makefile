@@ -54,8 +54,8 @@ lint:
 	cargo clippy --release --workspace --all-targets -- -D warnings
 	# The engine as the browser will build it: no threads, async GPU read-backs only.
 	cargo clippy --release --target wasm32-unknown-unknown -p hearth-core -p hearth-gpu -p hearth-web -- -D warnings
-	# The threaded browser build's own code (the CPU engine's pool).
-	cargo clippy --release --target wasm32-unknown-unknown -p hearth-web --features threads -- -D warnings
+	# The threaded browser build's own code (the CPU engine's pool), with the relaxed-SIMD kernels.
+	cargo clippy --release --target wasm32-unknown-unknown -p hearth-web --features threads,relaxed-simd -- -D warnings
 
 # What `cargo build` builds to get $(HEARTH). `make test` asks for the test build's own targets:
 # the dependencies' features depend on what else is in the build, so `-p hearth-cli` alone would

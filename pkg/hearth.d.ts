@@ -57,6 +57,12 @@ export interface LoadOptions {
    * again resumes with the missing ones.
    */
   stallTimeout?: number;
+  /**
+   * The CPU engine's kernels use WebAssembly relaxed SIMD's 8-bit dot products where the browser
+   * has it (default `true`: Chrome and Edge 114+); `false` runs the plain SIMD128 build. Both give
+   * the same outputs bit for bit; `engine.info.adapter` says which runs.
+   */
+  relaxedSimd?: boolean;
 }
 
 /**
@@ -297,7 +303,7 @@ export interface EngineInfo {
   backend: "webgpu" | "cpu";
   /** Why that backend, in words (e.g. "the WebGPU adapter (google swiftshader) runs in software; ..."). */
   backendReason: string;
-  /** The WebGPU adapter, e.g. "google swiftshader", or the CPU kernels, e.g. "CPU (wasm simd128)". */
+  /** The WebGPU adapter, e.g. "google swiftshader", or the CPU kernels: "CPU (wasm relaxed-simd)" or "CPU (wasm simd128)". */
   adapter: string;
   /** Threads the CPU engine uses (1 on the GPU engine). */
   threads: number;
@@ -465,6 +471,8 @@ export interface Support {
   backendReason: string;
   /** Whether the page is cross-origin isolated (COOP + COEP headers). */
   crossOriginIsolated: boolean;
+  /** Whether the browser has WebAssembly relaxed SIMD (the CPU engine's faster kernels). */
+  relaxedSimd: boolean;
   /** Bytes of memory the CPU engine may use (wasm32's 4 GiB, or half of `navigator.deviceMemory`). */
   cpuMemoryLimit: number;
 }

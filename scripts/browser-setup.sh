@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what building the wasm package and the browser tests need on a fresh machine: Node.js,
-# Chromium (its SwiftShader gives headless WebGPU without a GPU), and the npm tools in package.json
+# Chromium (its SwiftShader gives headless WebGPU without a GPU) and its WebDriver, and the npm tools in package.json
 # (wasm-opt from `binaryen`, `playwright-core` to drive Chromium, `ajv` + `ajv-formats` to validate
 # the browser tests' JSON outputs against their schemas). Idempotent: each step checks first.
 # With --no-chromium (the demo: you open the page in your own browser) Chromium is not installed.
@@ -24,9 +24,10 @@ if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); proce
   echo "error: Node.js $(node --version) is too old: the browser tests need 20.19 or later" >&2
   exit 1
 fi
-if [ "$chromium" = 1 ] && [ ! -x /usr/bin/chromium ]; then
-  # Fonts so that pages (and the demo's screenshots) render text.
-  apt_install chromium fonts-dejavu-core
+if [ "$chromium" = 1 ] && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; }; then
+  # Fonts so that pages (and the demo's screenshots) render text; the driver runs the relaxed-SIMD
+  # kernel tests in Chromium (scripts/test-wasm-kernels.sh).
+  apt_install chromium chromium-driver fonts-dejavu-core
 fi
 # npm ci when node_modules is missing, incomplete or older than the lock file.
 if [ ! -x node_modules/.bin/wasm-opt ] || [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/ajv-formats ] \

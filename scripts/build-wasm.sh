@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Build the browser engine into the npm package: crates/hearth-web → pkg/wasm/ (single-threaded) and
-# pkg/wasm-threads/ (threaded: the CPU engine on a pool of workers), each hearth_web.js + .wasm.
+# pkg/wasm-threads/ (threaded: the CPU engine on a pool of workers), each hearth_web.js + .wasm, and
+# the same two with relaxed SIMD's dot products in the CPU kernels (feature `relaxed-simd`) in
+# pkg/wasm-relaxed/ and pkg/wasm-threads-relaxed/, for browsers that have it (pkg/src/load.js
+# probes). The relaxed builds differ from the plain ones only in hearth-core and the crates above it,
+# so cargo rebuilds just those (about 30 s each here, not the 1.5-3 minutes of a whole build).
 # Needs the wasm32 target, wasm-bindgen-cli of the same version as the wasm-bindgen crate, and
 # wasm-opt from the npm package `binaryen` (scripts/setup.sh and scripts/browser-setup.sh install them).
 set -euo pipefail
@@ -30,9 +34,11 @@ bind() {
   echo "built $2/hearth_web_bg.wasm ($(du -k "$2/hearth_web_bg.wasm" | cut -f1) KiB)"
 }
 
-# The single-threaded build: every page.
+# The single-threaded builds: every page.
 cargo build --release --target wasm32-unknown-unknown -p hearth-web
 bind target/wasm32-unknown-unknown/release/hearth_web.wasm pkg/wasm
+cargo build --release --target wasm32-unknown-unknown -p hearth-web --features relaxed-simd
+bind target/wasm32-unknown-unknown/release/hearth_web.wasm pkg/wasm-relaxed --enable-relaxed-simd
 
 # The threaded build, for the CPU engine in cross-origin isolated pages' workers (pkg/src/load.js
 # chooses): a shared memory needs std rebuilt with atomics, which stable Rust does with
@@ -45,7 +51,10 @@ for arg in --shared-memory --import-memory --max-memory=4294967296 \
   --export=__wasm_init_tls --export=__tls_size --export=__tls_align --export=__tls_base; do
   threads_flags+=" -C link-arg=$arg"
 done
-RUSTC_BOOTSTRAP=1 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$threads_flags" \
-  cargo build --release --target wasm32-unknown-unknown -p hearth-web --features threads \
-  -Z build-std=panic_abort,std --target-dir target/wasm-threads
-bind target/wasm-threads/wasm32-unknown-unknown/release/hearth_web.wasm pkg/wasm-threads --enable-threads
+for relaxed in "" relaxed-simd; do
+  RUSTC_BOOTSTRAP=1 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$threads_flags" \
+    cargo build --release --target wasm32-unknown-unknown -p hearth-web --features "threads $relaxed" \
+    -Z build-std=panic_abort,std --target-dir target/wasm-threads
+  bind target/wasm-threads/wasm32-unknown-unknown/release/hearth_web.wasm \
+    "pkg/wasm-threads${relaxed:+-relaxed}" --enable-threads ${relaxed:+--enable-relaxed-simd}
+done

@@ -9,7 +9,7 @@ import {
   QuotaExceededError, UnsupportedModelError, WebGPUUnavailableError, abortError, fromWasm, raceAbort,
 } from "./errors.js";
 import { fetchText, fetchVerified, packageFileUrl, STALL_TIMEOUT_MS } from "./fetch.js";
-import { checkBackend, chooseBackend, cpuMemoryLimit } from "./support.js";
+import { checkBackend, chooseBackend, cpuMemoryLimit, hasRelaxedSimd } from "./support.js";
 import { startThreadPool } from "./threads.js";
 import { HearthEngine } from "./engine.js";
 import { signalOf } from "./options.js";
@@ -20,17 +20,31 @@ const PROGRESS_STEP = 4 << 20; // report download progress at least every 4 MiB
 const QUOTA_MARGIN = 16 << 20; // the estimate is approximate; leave room for the records themselves
 const MAX_SHARD_BYTES = 2 ** 30; // what `hearth convert --shard-mb` allows (1024); each is one buffer
 
-const wasmModules = new Map(); // "wasm" | "wasm-threads" -> Promise<module>, once per realm
+// The builds (scripts/build-wasm.sh): single-threaded or threaded (the CPU engine on a pool of
+// workers), each plain SIMD128 or with relaxed SIMD's dot products in the CPU kernels.
+const wasmModules = new Map(); // variant -> Promise<module>, once per realm
+
+/** The variant's glue, by literal paths so that bundlers see every module. */
+function importWasm(variant) {
+  switch (variant) {
+    case "wasm-threads-relaxed":
+      return import("../wasm-threads-relaxed/hearth_web.js");
+    case "wasm-threads":
+      return import("../wasm-threads/hearth_web.js");
+    case "wasm-relaxed":
+      return import("../wasm-relaxed/hearth_web.js");
+    default:
+      return import("../wasm/hearth_web.js");
+  }
+}
 
 /** The wasm module, initialized once per realm (page or worker). */
 function loadWasm(variant = "wasm") {
   if (!wasmModules.has(variant)) {
-    // Literal paths, so that bundlers see both modules.
-    const module = variant === "wasm-threads" ? import("../wasm-threads/hearth_web.js") : import("../wasm/hearth_web.js");
-    const ready = module
+    const ready = importWasm(variant)
       .then(async (m) => {
         await m.default();
-        if (variant === "wasm-threads") await startThreadPool(m, threadCount());
+        if (variant.startsWith("wasm-threads")) await startThreadPool(m, threadCount(), variant);
         return m;
       })
       .catch((e) => {
@@ -48,22 +62,29 @@ function threadCount() {
 }
 
 /**
- * The module for `backend`, and for the CPU engine whether it can use threads: they share the wasm
- * memory, which needs a cross-origin isolated realm (COOP + COEP headers), and the thread that
- * waits on the pool must be allowed to block, which only a worker is. Otherwise, or if the threaded
- * module does not load, the single-threaded one.
+ * The module for `backend`, best first, falling back to the next when one does not load. The CPU
+ * engine uses threads where it can: they share the wasm memory, which needs a cross-origin isolated
+ * realm (COOP + COEP headers), and the thread that waits on the pool must be allowed to block,
+ * which only a worker is. Relaxed SIMD where the browser has it, unless `relaxedSimd` is false.
  */
-async function wasmFor(backend, signal) {
+async function wasmFor(backend, relaxedSimd, signal) {
   const isWorker = typeof globalThis.WorkerGlobalScope === "function" && globalThis instanceof globalThis.WorkerGlobalScope;
-  if (backend === "cpu" && globalThis.crossOriginIsolated && isWorker && threadCount() > 1) {
+  const threads = backend === "cpu" && globalThis.crossOriginIsolated && isWorker && threadCount() > 1;
+  const relaxed = relaxedSimd !== false && hasRelaxedSimd();
+  const variants = [
+    ...(threads ? [...(relaxed ? ["wasm-threads-relaxed"] : []), "wasm-threads"] : []),
+    ...(relaxed ? ["wasm-relaxed"] : []),
+    "wasm",
+  ];
+  for (const variant of variants.slice(0, -1)) {
     try {
-      return await raceAbort(loadWasm("wasm-threads"), signal);
+      return await raceAbort(loadWasm(variant), signal);
     } catch (e) {
       if (signal?.aborted) throw e;
-      console.warn("Hearth: the threaded CPU engine did not load; running on one thread.", e);
+      console.warn(`Hearth: the ${variant} build did not load; trying the next one.`, e);
     }
   }
-  return raceAbort(loadWasm(), signal);
+  return raceAbort(loadWasm(variants.at(-1)), signal);
 }
 
 function parseManifest(text) {
@@ -135,7 +156,9 @@ export function reporter(onProgress) {
   };
 }
 
-const LOAD_OPTIONS = ["onProgress", "signal", "cache", "maxContext", "revalidate", "backend", "stallTimeout"];
+const LOAD_OPTIONS = [
+  "onProgress", "signal", "cache", "maxContext", "revalidate", "backend", "stallTimeout", "relaxedSimd",
+];
 
 export function checkOptions(modelUrl, options) {
   if (typeof modelUrl !== "string" && !(modelUrl instanceof URL)) {
@@ -148,8 +171,11 @@ export function checkOptions(modelUrl, options) {
       throw new InvalidArgumentError(`options.${k} is not supported (load() takes ${LOAD_OPTIONS.join(", ")})`);
     }
   }
-  const { onProgress, maxContext, revalidate, backend, cache, stallTimeout } = options;
+  const { onProgress, maxContext, revalidate, backend, cache, stallTimeout, relaxedSimd } = options;
   if (cache != null && typeof cache !== "boolean") throw new InvalidArgumentError("options.cache must be a boolean");
+  if (relaxedSimd != null && typeof relaxedSimd !== "boolean") {
+    throw new InvalidArgumentError("options.relaxedSimd must be a boolean");
+  }
   if (!checkBackend(backend)) {
     throw new InvalidArgumentError('options.backend must be "auto", "webgpu" or "cpu"');
   }
@@ -214,7 +240,7 @@ async function loadPackage(url, options, signal) {
   }
   // The whole manifest is validated by the Rust code that reads it natively (file names, config
   // bounds, every tensor inside the shards) before any other request is made or anything stored.
-  const wasm = await wasmFor(choice.backend, signal);
+  const wasm = await wasmFor(choice.backend, options.relaxedSimd, signal);
   try {
     wasm.checkManifest(manifestText);
   } catch (e) {

@@ -1,13 +1,17 @@
 // One thread of the CPU engine's pool (src/threads.js starts it): instantiate the threaded module on
 // the memory the engine's realm shares, say so, then run one of rayon's threads for good.
 
-import init, { runPoolThread } from "../wasm-threads/hearth_web.js";
-
 self.addEventListener(
   "message",
   async ({ data }) => {
+    let runPoolThread;
     try {
-      await init({ module_or_path: data.module, memory: data.memory });
+      // The glue of the build the engine's realm runs (literal paths, for bundlers).
+      const glue = data.variant === "wasm-threads-relaxed"
+        ? await import("../wasm-threads-relaxed/hearth_web.js")
+        : await import("../wasm-threads/hearth_web.js");
+      await glue.default({ module_or_path: data.module, memory: data.memory });
+      runPoolThread = glue.runPoolThread;
     } catch (e) {
       self.postMessage({ type: "error", message: String(e?.message ?? e) });
       return;

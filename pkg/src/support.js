@@ -8,6 +8,28 @@ const BACKENDS = ["auto", "webgpu", "cpu"];
 const SOFTWARE_ADAPTER = /swiftshader|llvmpipe|lavapipe|softpipe|software|basic render|warp/i;
 const WASM32_BYTES = 4 * 2 ** 30;
 
+// A function that returns i32x4.relaxed_dot_i8x16_i7x16_add_s of three zero vectors: it validates
+// only where the browser has relaxed SIMD (Chrome and Edge 114+; not yet Firefox or Safari).
+const RELAXED_SIMD_BODY = [0x00, ...[0, 1, 2].flatMap(() => [0xfd, 0x0c, ...new Array(16).fill(0)]), 0xfd, 0x93, 0x02, 0x0b];
+const RELAXED_SIMD_PROBE = new Uint8Array([
+  0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // "\0asm", version 1
+  0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7b, // types: () -> v128
+  0x03, 0x02, 0x01, 0x00, // one function of that type
+  0x0a, RELAXED_SIMD_BODY.length + 2, 0x01, RELAXED_SIMD_BODY.length, ...RELAXED_SIMD_BODY, // its code
+]);
+
+/**
+ * Whether this browser has WebAssembly relaxed SIMD, for the builds whose CPU kernels use its 8-bit
+ * dot products (pkg/wasm-relaxed/, pkg/wasm-threads-relaxed/).
+ */
+export function hasRelaxedSimd() {
+  try {
+    return WebAssembly.validate(RELAXED_SIMD_PROBE);
+  } catch {
+    return false;
+  }
+}
+
 export function checkBackend(backend) {
   return backend == null || BACKENDS.includes(backend);
 }
@@ -25,6 +47,7 @@ export async function support() {
     backend,
     backendReason,
     crossOriginIsolated: Boolean(globalThis.crossOriginIsolated),
+    relaxedSimd: hasRelaxedSimd(),
     cpuMemoryLimit: cpuMemoryLimit().bytes,
   };
 }

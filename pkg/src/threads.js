@@ -8,10 +8,10 @@ const START_TIMEOUT_MS = 30_000;
 
 let workers = []; // kept referenced: a worker sharing memory must not be collected
 
-/** Starts `threads` pool threads for the threaded module `m` (once per realm). */
-export async function startThreadPool(m, threads) {
+/** Starts `threads` pool threads for the threaded module `m`, build `variant` (once per realm). */
+export async function startThreadPool(m, threads, variant) {
   const pool = new m.ThreadPool(threads);
-  const init = { module: m.sharedModule(), memory: m.sharedMemory(), queue: pool.queue() };
+  const init = { variant, module: m.sharedModule(), memory: m.sharedMemory(), queue: pool.queue() };
   workers = await Promise.all(Array.from({ length: threads }, () => startWorker(init)));
   pool.build();
 }

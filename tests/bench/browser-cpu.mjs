@@ -9,6 +9,11 @@
 //                   (pkg/wasm-threads/, a pool of navigator.hardwareConcurrency workers)
 //   wllama-2        wllama, n_threads 2, isolated page (its multi-thread build)
 //
+// Hearth runs its relaxed-SIMD builds where Chromium has relaxed SIMD (pkg/wasm-relaxed/,
+// pkg/wasm-threads-relaxed/; engine.info.adapter says "relaxed-simd"). Two more configurations, not
+// run unless listed in --configs, take the plain SIMD128 builds instead ({ relaxedSimd: false }):
+// hearth-1-simd128 and hearth-threads-simd128.
+//
 //   node tests/bench/browser-cpu.mjs [--rounds N] [--gen-tokens N] [--configs a,b] [--wllama DIR]
 //        [--package DIR] [--gguf FILE] [--chromium PATH] [--out FILE]
 //
@@ -35,6 +40,9 @@ const USAGE =
   "usage: node tests/bench/browser-cpu.mjs [--rounds N] [--gen-tokens N] [--configs hearth-1,wllama-1,hearth-threads,wllama-2]\n" +
   "       [--wllama DIR] [--package DIR] [--gguf FILE] [--chromium PATH] [--out FILE] [--timeout S]";
 const ALL = ["hearth-1", "wllama-1", "hearth-threads", "wllama-2"];
+const EXTRA = ["hearth-1-simd128", "hearth-threads-simd128"];
+/** "hearth-1-simd128" -> "hearth-1": the page and API a configuration uses. */
+const base = (c) => c.replace(/-simd128$/, "");
 
 let a;
 try {
@@ -71,8 +79,8 @@ if (!Number.isInteger(rounds) || rounds < 1 || !Number.isInteger(genTokens) || g
   process.exit(2);
 }
 for (const c of configs) {
-  if (!ALL.includes(c)) {
-    console.error(`error: unknown configuration ${c} (known: ${ALL.join(", ")})`);
+  if (!ALL.includes(c) && !EXTRA.includes(c)) {
+    console.error(`error: unknown configuration ${c} (known: ${[...ALL, ...EXTRA].join(", ")})`);
     process.exit(2);
   }
 }
@@ -123,7 +131,7 @@ const browser = await chromium.launch({
 
 /** Runs one configuration in a fresh context; returns its figures. */
 async function runOne(config) {
-  const server = config === "hearth-1" || config === "wllama-1" ? plain : isolated;
+  const server = base(config) === "hearth-1" || config === "wllama-1" ? plain : isolated;
   const context = await browser.newContext();
   const page = await context.newPage();
   const errors = [];
@@ -140,16 +148,18 @@ async function runOne(config) {
     const args = { prompt: PROMPT, gen: genTokens, warm: warmupTokens, ggufUrl: "/gguf/" + path.basename(a.gguf) };
     let r;
     if (config.startsWith("hearth")) {
-      r = await page.evaluate(async ({ prompt, gen, warm, worker }) => {
+      r = await page.evaluate(async ({ prompt, gen, warm, worker, relaxedSimd }) => {
         const { Hearth } = await import("/pkg/hearth.js");
         const isolatedPage = globalThis.crossOriginIsolated;
         let t = performance.now();
+        const options = { backend: "cpu", relaxedSimd };
         const engine = worker
-          ? await Hearth.loadInWorker("/models/smollm2/", { backend: "cpu" })
-          : await Hearth.load("/models/smollm2/", { backend: "cpu" });
+          ? await Hearth.loadInWorker("/models/smollm2/", options)
+          : await Hearth.load("/models/smollm2/", options);
         const load_s = (performance.now() - t) / 1000;
-        // pkg/wasm/'s memory is the page's engine only when it runs on the page (hearth-1).
-        const mem = worker ? null : (await import("/pkg/wasm/hearth_web.js")).memoryBytes;
+        // The module's memory is the page's engine only when it runs on the page (hearth-1).
+        const build = engine.info.adapter.includes("relaxed-simd") ? "wasm-relaxed" : "wasm";
+        const mem = worker ? null : (await import(`/pkg/${build}/hearth_web.js`)).memoryBytes;
         const memAfterLoad = mem ? mem() : null;
         // Without cache_prompt: false the timed run would reuse the warm-up's prompt from the KV
         // cache and "prefill" one token (wllama's completions run their whole prompt).
@@ -177,7 +187,7 @@ async function runOne(config) {
         };
         await engine.dispose();
         return result;
-      }, { ...args, worker: config === "hearth-threads" });
+      }, { ...args, worker: base(config) === "hearth-threads", relaxedSimd: !config.endsWith("-simd128") });
     } else {
       r = await page.evaluate(async ({ prompt, gen, warm, ggufUrl, nThreads }) => {
         const { Wllama } = await import("/wllama/index.js");
@@ -247,7 +257,7 @@ try {
       try {
         const r = await runOne(config);
         r.loadavg_1m = load;
-        if (config === "hearth-threads" && r.threads < Math.min(16, r.hardware_concurrency)) {
+        if (base(config) === "hearth-threads" && r.threads < Math.min(16, r.hardware_concurrency)) {
           console.error(`warning: hearth-threads ran on ${r.threads} thread(s), not ${r.hardware_concurrency}: ${(r.console_warnings ?? []).join(" / ") || "no console warning"}`);
         }
         results[config].push(r);
@@ -285,6 +295,7 @@ for (const c of configs) {
     engine: c.startsWith("hearth") ? "hearth-cpu" : `wllama-${wllamaVersion}`,
     // One number, or every count seen when runs differ (a threaded build that fell back to one thread).
     threads: ((t) => (t.length === 1 ? t[0] : t.length ? t : null))([...new Set(ok.map((r) => r.threads))].sort()),
+    kernels: c.startsWith("hearth") ? [...new Set(ok.map((r) => r.adapter))].join(" / ") || null : undefined,
     isolated: ok[0]?.isolated ?? null,
     rounds: ok.length,
     statistic: "median",
@@ -294,7 +305,7 @@ for (const c of configs) {
     decode_tok_s: median(ok.map((r) => r.decode_tok_s)),
     load_s: median(ok.map((r) => r.load_s)),
     ttft_s: median(ok.map((r) => r.ttft_s)),
-    ...(c === "hearth-1"
+    ...(base(c) === "hearth-1"
       ? { wasm_memory_peak: Math.max(...ok.map((r) => r.wasm_memory_peak ?? 0)), package_bytes: packageBytes, gguf_bytes: ggufBytes }
       : {}),
     browser: `Chromium ${chromiumVersion}`,
@@ -306,7 +317,7 @@ const rows = [["configuration", "threads", "prompt", "generated", "prefill tok/s
 for (const c of configs) {
   const ok = results[c].filter((r) => !r.error);
   rows.push([
-    c === "hearth-1" || c === "hearth-threads" ? `Hearth CPU (${c === "hearth-1" ? "Hearth.load, plain page" : "loadInWorker, isolated page"})` : `wllama ${wllamaVersion} (n_threads ${c === "wllama-2" ? 2 : 1}${c === "wllama-2" ? ", isolated page" : ", plain page"})`,
+    c.startsWith("hearth") ? `Hearth CPU (${base(c) === "hearth-1" ? "Hearth.load, plain page" : "loadInWorker, isolated page"}, ${summary[c].kernels ?? "–"})` : `wllama ${wllamaVersion} (n_threads ${c === "wllama-2" ? 2 : 1}${c === "wllama-2" ? ", isolated page" : ", plain page"})`,
     [].concat(summary[c].threads ?? "–").join("/"),
     String(summary[c].prompt_tokens ?? "–"),
     String(summary[c].gen_tokens ?? "–"),

@@ -143,7 +143,7 @@ test("the demo downloads (cancel, resume), chats, stops, reloads offline, chats 
   assert.equal(counts[MODEL_PATH + shards[2]], 1);
   // SwiftShader is a software adapter: "Automatic" runs the CPU engine, threaded (the demo server
   // sends COOP and COEP, and the model runs in a worker), and the panel says so and why.
-  assert.match(await page.locator("#info").textContent(), /Runs onthe CPU: CPU \(wasm simd128\), \d+ threads?Whythe WebGPU adapter \(.*swiftshader.*\) runs in software/is);
+  assert.match(await page.locator("#info").textContent(), /Runs onthe CPU: CPU \(wasm relaxed-simd\), \d+ threads?Whythe WebGPU adapter \(.*swiftshader.*\) runs in software/is);
 
   // 2. A greedy answer, streamed, with stats; markup in a message stays text.
   await settings(page, { system: SYSTEM, temperature: 0, maxTokens: 4 });

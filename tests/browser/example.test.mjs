@@ -26,7 +26,8 @@ const npm = (args, cwd) => execFileSync("npm", [...args, "--no-audit", "--no-fun
 test("the packed package installs into the Vite example, builds, and generates the native tokens", { timeout: 8 * MINUTES }, async () => {
   const tarball = path.join(tmp, npm(["pack", "--pack-destination", tmp], path.join(ROOT, "pkg")).trim().split("\n").at(-1));
   const listing = execFileSync("tar", ["-tzf", tarball], { encoding: "utf8" });
-  for (const file of ["package/hearth.js", "package/hearth.d.ts", "package/worker.js", "package/wasm/hearth_web_bg.wasm", "package/wasm/hearth_web.js"]) {
+  const builds = ["wasm", "wasm-relaxed", "wasm-threads", "wasm-threads-relaxed"].flatMap((b) => [`package/${b}/hearth_web_bg.wasm`, `package/${b}/hearth_web.js`]);
+  for (const file of ["package/hearth.js", "package/hearth.d.ts", "package/worker.js", ...builds]) {
     assert.ok(listing.includes(file), `${file} is in the tarball`);
   }
   const app = path.join(tmp, "app");

@@ -34,10 +34,14 @@ export function launch() {
 const TEST_PAGE = `<!doctype html><meta charset="utf-8"><title>Hearth browser test</title>
 <script type="module">
   import * as hearth from "/pkg/hearth.js";
-  import { memoryBytes } from "/pkg/wasm/hearth_web.js";
+  import * as plainBuild from "/pkg/wasm/hearth_web.js";
+  import * as relaxedBuild from "/pkg/wasm-relaxed/hearth_web.js";
+  import { hasRelaxedSimd } from "/pkg/src/support.js";
   window.hearth = hearth;
   window.Hearth = hearth.Hearth;
-  window.wasmMemoryBytes = memoryBytes;
+  // The memory of the module a default load runs on this page (src/load.js: the relaxed-SIMD build
+  // where the browser has relaxed SIMD).
+  window.wasmMemoryBytes = (hasRelaxedSimd() ? relaxedBuild : plainBuild).memoryBytes;
   window.hearthReady = true;
 </script>`;
 

@@ -76,7 +76,46 @@ fn the_build_has_simd_kernels_where_expected() {
     // without `+simd128` or a cfg that stopped matching must fail here, not pass quietly.
     #[cfg(target_arch = "wasm32")]
     assert_ne!(Simd::detect(), Simd::Scalar, "build the wasm tests with -C target-feature=+simd128");
+    // And the relaxed build must run its own kernels, not quietly the plain SIMD128 ones.
+    #[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
+    assert_eq!(Simd::detect(), Simd::RelaxedSimd128);
     eprintln!("kernels: {:?}", Simd::detect());
+}
+
+/// The relaxed-SIMD kernels give the SIMD128 kernels' outputs bit for bit: each i32 lane sums the
+/// same integer products (`fast/simd128.rs`), so the scaled f32 sums are the same operations on
+/// the same values. Every case shape and token count (each activation block has a code of ±127),
+/// and q4 codes of every byte value.
+#[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
+#[wasm_bindgen_test]
+fn relaxed_simd_kernels_compute_the_simd128_kernels_bits() {
+    for (i, shape) in cases().into_iter().enumerate() {
+        let Case { name, weights, x } = case(i, shape);
+        let p = packed(&weights);
+        for (n, x) in TOKENS.into_iter().zip(&x) {
+            let a = Acts::quantize(x, n, p.cols(), p.layout());
+            assert!(a.codes.iter().any(|&c| c.unsigned_abs() == 127), "{name}: no extreme activation codes");
+            let (mut relaxed, mut plain) = (vec![0f32; p.rows() * n], vec![0f32; p.rows() * n]);
+            Simd::RelaxedSimd128.rows(p, 0, &a, &mut relaxed);
+            Simd::Simd128.rows(p, 0, &a, &mut plain);
+            let same = relaxed.iter().zip(&plain).all(|(r, s)| r.to_bits() == s.to_bits());
+            assert!(same, "{name} n={n}: the relaxed kernel's outputs differ from SIMD128's");
+        }
+    }
+    // Every byte value among the q4 codes.
+    let (rows, cols) = (16, 2 * BLOCK);
+    let codes: Vec<u8> = (0..rows * cols / 2).map(|i| (i * 7 + i / 256) as u8).collect();
+    assert!((0..=255u8).all(|b| codes.contains(&b)));
+    let scales: Vec<f16> = values(rows * 2, 9).iter().map(|v| f16::from_f32(v * 0.01)).collect();
+    let mins: Vec<f16> = values(rows * 2, 10).iter().map(|v| f16::from_f32(v * 0.1)).collect();
+    let p = Packed::Q4 { codes: &codes, scales: &scales, mins: &mins, group: 32, cols };
+    for n in [1, 5] {
+        let a = Acts::quantize(&values(n * cols, 11), n, cols, p.layout());
+        let (mut relaxed, mut plain) = (vec![0f32; rows * n], vec![0f32; rows * n]);
+        Simd::RelaxedSimd128.rows(p, 0, &a, &mut relaxed);
+        Simd::Simd128.rows(p, 0, &a, &mut plain);
+        assert!(relaxed.iter().zip(&plain).all(|(r, s)| r.to_bits() == s.to_bits()), "every byte value, n={n}");
+    }
 }
 
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test)]
@@ -355,15 +394,19 @@ fn kernel_throughput() {
         for n in [1, 8] {
             let a = Acts::quantize(&values(n * cols, 8), n, cols, p.layout());
             let mut out = vec![0f32; rows * n];
-            // The two alternate, in rounds of 100 ms, and each keeps its best round: other work on
-            // the machine slows rounds down, never speeds them up.
-            let kernels = [Simd::Scalar, Simd::detect()];
-            let mut per_token = [f64::INFINITY; 2];
-            for simd in kernels {
+            // The kernels alternate, in rounds of 100 ms, and each keeps its best round: other work
+            // on the machine slows rounds down, never speeds them up. The relaxed build also times
+            // the plain SIMD128 kernels it replaces.
+            let mut kernels = vec![Simd::Scalar];
+            #[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
+            kernels.push(Simd::Simd128);
+            kernels.push(Simd::detect());
+            let mut per_token = vec![f64::INFINITY; kernels.len()];
+            for &simd in &kernels {
                 simd.rows(p, 0, &a, &mut out); // warm-up (and wasm's tier-up)
             }
             for _round in 0..5 {
-                for (best, simd) in per_token.iter_mut().zip(kernels) {
+                for (best, &simd) in per_token.iter_mut().zip(&kernels) {
                     let (start, mut calls) = (now_ms(), 0u32);
                     while calls < 2 || now_ms() - start < 100.0 {
                         simd.rows(p, 0, &a, &mut out);
@@ -372,15 +415,12 @@ fn kernel_throughput() {
                     *best = best.min((now_ms() - start) / f64::from(calls) / n as f64);
                 }
             }
-            report!(
-                "{dtype:?} {cols}->{rows} n={n}: scalar {:.3} ms/token ({:.0} tok/s), {:?} {:.3} ms/token ({:.0} tok/s), {:.2}x",
-                per_token[0],
-                1e3 / per_token[0],
-                Simd::detect(),
-                per_token[1],
-                1e3 / per_token[1],
-                per_token[0] / per_token[1]
-            );
+            let figures: Vec<String> = kernels
+                .iter()
+                .zip(&per_token)
+                .map(|(k, t)| format!("{k:?} {t:.3} ms/token ({:.0} tok/s, {:.2}x scalar)", 1e3 / t, per_token[0] / t))
+                .collect();
+            report!("{dtype:?} {cols}->{rows} n={n}: {}", figures.join(", "));
         }
     }
 }

@@ -145,7 +145,7 @@ impl Engine {
                 ..common("webgpu", gpu.adapter_name().to_string(), 1)
             },
             Compute::Cpu { .. } => {
-                let simd = format!("{:?}", hearth_core::fast::kernels::Simd::detect()).to_lowercase();
+                let simd = hearth_core::fast::kernels::Simd::detect().name();
                 common("cpu", format!("CPU (wasm {simd})"), crate::threads())
             }
         };

@@ -74,6 +74,11 @@ pub enum Simd {
     /// no run-time detection, and a module using it does not load where it is missing.
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     Simd128,
+    /// SIMD128 with relaxed SIMD's 8-bit dot products for q4 weights, in a module built with the
+    /// `relaxed-simd` feature (which then loads only where the browser has relaxed SIMD; the
+    /// package's loader probes for it). Its outputs equal `Simd128`'s bit for bit.
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
+    RelaxedSimd128,
 }
 
 impl Simd {
@@ -83,10 +88,25 @@ impl Simd {
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
             return Simd::Avx2;
         }
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
+        return Simd::RelaxedSimd128;
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128", not(feature = "relaxed-simd")))]
         return Simd::Simd128;
         #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
         Simd::Scalar
+    }
+
+    /// The kernels' name as `engine.info` reports it: "scalar", "avx2", "simd128", "relaxed-simd".
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => "avx2",
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Simd::Simd128 => "simd128",
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
+            Simd::RelaxedSimd128 => "relaxed-simd",
+        }
     }
 
     /// Rows `first..first + out.len() / a.n` of `w` times every token of `a` (quantized with
@@ -106,6 +126,9 @@ impl Simd {
             // SAFETY: every length was checked above.
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             Simd::Simd128 => unsafe { super::simd128::rows(w, first, a, out) },
+            // SAFETY: as above; the module was built with relaxed SIMD, so it runs where that exists.
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
+            Simd::RelaxedSimd128 => unsafe { super::simd128::rows_relaxed(w, first, a, out) },
         }
     }
 }

@@ -11,6 +11,17 @@
 //! The f16 weight scales and mins are converted to f32 for 16 rows at a time (contiguous in the
 //! package's arrays, so short rows cost no per-row remainders), four at a time with integer
 //! operations (exact for every f16; there is no F16C here).
+//!
+//! With the `relaxed-simd` feature the module also has `rows_relaxed`, for browsers with relaxed
+//! SIMD: q4 blocks are multiplied in 8 bits by `i16x8.relaxed_dot_i8x16_i7x16_s` (one `pmaddubsw`
+//! on x86), which is exact here because its second operand, the 4-bit codes, is below 128, where the
+//! instruction's result is defined, and its pairs of products cannot reach the i16 limits. The low
+//! and high nibbles' pairs are added in i16 and widened once (`pmaddwd` by ones): four instructions
+//! per block and token where the 16-bit kernel takes seven (the `i32x4..._add_s` form, twice, took
+//! as many as the 16-bit kernel and was slower). Bytes are reordered (weights once per block,
+//! activations once per call) so that each i32 lane sums the very products it sums in the 16-bit
+//! kernel: the lanes' integers are equal, and so is every bit of the output. q8 weights span all 8
+//! bits, which the instruction does not define, and keep the 16-bit kernel.
 
 use core::arch::wasm32::*;
 
@@ -32,9 +43,44 @@ const ROWS: usize = 16;
 /// The lengths must be those `Simd::rows` checks (the weight codes and the activations are read
 /// through raw pointers).
 pub unsafe fn rows(w: Packed, first: usize, a: &Acts, out: &mut [f32]) {
-    // Widened once here rather than per block and weight row: the activations are a few KiB,
-    // the rows many times that.
-    let x16: Vec<i16> = a.codes.iter().map(|&c| i16::from(c)).collect();
+    let x = widened(a);
+    match w {
+        Packed::Q4 { codes, cols, .. } => {
+            rows_with(w, first, a, &x, out, |r| Q4Codes(codes.as_ptr().add(r * cols / 2)))
+        }
+        Packed::Q8 { codes, cols, .. } => rows_with(w, first, a, &x, out, |r| Q8Codes(codes.as_ptr().add(r * cols))),
+    }
+}
+
+/// `kernels::Simd::rows` with relaxed SIMD's 8-bit dot products for q4 weights (q8 weights take
+/// the SIMD128 kernel).
+///
+/// # Safety
+/// As `rows`; and the module runs only where relaxed SIMD exists (a module using it does not
+/// validate elsewhere, so this holds wherever it can be called).
+#[cfg(feature = "relaxed-simd")]
+#[target_feature(enable = "relaxed-simd")]
+pub unsafe fn rows_relaxed(w: Packed, first: usize, a: &Acts, out: &mut [f32]) {
+    match w {
+        Packed::Q4 { codes, cols, .. } => {
+            let x = reordered(a);
+            rows_with(w, first, a, &x, out, |r| Q4Relaxed(codes.as_ptr().add(r * cols / 2)))
+        }
+        Packed::Q8 { .. } => rows(w, first, a, out),
+    }
+}
+
+/// Each row (`row(r)` reads row `r`'s codes) times every token of `x`, the activations prepared
+/// for that reader.
+#[inline(always)]
+unsafe fn rows_with<K: Kernel>(
+    w: Packed,
+    first: usize,
+    a: &Acts,
+    x: &[v128],
+    out: &mut [f32],
+    row: impl Fn(usize) -> K,
+) {
     // Each tile token's combined scales for a window (reused, not cleared: each window writes
     // what it reads).
     let mut sd = [[0f32; WINDOW]; TILE];
@@ -53,23 +99,44 @@ pub unsafe fn rows(w: Packed, first: usize, a: &Acts, out: &mut [f32]) {
             to_f32s(&mins[span], &mut ms[..count * per_row]);
         }
         for (j, dst) in dst.chunks_exact_mut(a.n).enumerate() {
-            let r = r0 + j;
-            let row = Row {
+            let scales = Row {
                 scales: &ws[j * per_row..(j + 1) * per_row],
                 shift,
                 mins: if mins.is_empty() { &[] } else { &ms[j * per_row..(j + 1) * per_row] },
                 blocks,
             };
-            match w {
-                Packed::Q4 { codes, cols, .. } => {
-                    tiles(&row, &Q4Codes(codes.as_ptr().add(r * cols / 2)), a, &x16, dst, &mut sd)
-                }
-                Packed::Q8 { codes, cols, .. } => {
-                    tiles(&row, &Q8Codes(codes.as_ptr().add(r * cols)), a, &x16, dst, &mut sd)
-                }
-            }
+            tiles(&scales, &row(r0 + j), a, x, dst, &mut sd);
         }
     }
+}
+
+/// The activations widened to i16 once per call rather than per block and weight row (they are
+/// a few KiB, the rows many times that): four vectors per block.
+fn widened(a: &Acts) -> Vec<v128> {
+    let mut x = Vec::with_capacity(a.codes.len() / 8);
+    for c in a.codes.chunks_exact(16) {
+        // SAFETY: 16 bytes.
+        let c = unsafe { v128_load(c.as_ptr() as *const v128) };
+        x.extend([i16x8_extend_low_i8x16(c), i16x8_extend_high_i8x16(c)]);
+    }
+    x
+}
+
+/// Lane `j` of the 16-bit q4 kernel sums the products of a block's bytes 2j, 2j + 1, 8 + 2j and
+/// 9 + 2j (low and high nibbles); relaxed SIMD's dot product sums bytes 4j..4j + 4 into lane `j`,
+/// so both operands are put in this order first.
+#[cfg(feature = "relaxed-simd")]
+#[inline(always)]
+fn lane_order(v: v128) -> v128 {
+    i8x16_shuffle::<0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15>(v, v)
+}
+
+/// The activations in `lane_order`: per block, the even positions' codes then the odd ones', two
+/// vectors.
+#[cfg(feature = "relaxed-simd")]
+fn reordered(a: &Acts) -> Vec<v128> {
+    // SAFETY: 16 bytes each.
+    a.codes.chunks_exact(16).map(|c| lane_order(unsafe { v128_load(c.as_ptr() as *const v128) })).collect()
 }
 
 /// One weight row's scales (and q4 mins; empty for q8), as f32.
@@ -81,17 +148,38 @@ struct Row<'a> {
     blocks: usize,
 }
 
-/// A weight row's codes, one block at a time as four i16x8 vectors in the activations' order.
-trait Unpack {
+/// A weight row's codes, one block at a time, and the block's integer dot product with one
+/// token's prepared activations.
+trait Kernel {
+    /// Vectors of prepared activations per block.
+    const VECS: usize;
+    /// A block as the kernel holds it for the tile's tokens.
+    type Block: Copy;
     /// # Safety
     /// `b` must be a block of the row.
-    unsafe fn block(&self, b: usize) -> [v128; 4];
+    unsafe fn block(&self, b: usize) -> Self::Block;
+    /// The block's products with `x` (its `VECS` vectors), summed into four i32 lanes: lane `j`
+    /// holds the products of the block's bytes 2j, 2j + 1, 8 + 2j and 9 + 2j in every kernel.
+    /// # Safety
+    /// `x` must point at `VECS` vectors.
+    unsafe fn dot(w: Self::Block, x: *const v128) -> v128;
+}
+
+/// `i32x4.dot_i16x8_s` of four vectors each.
+#[inline(always)]
+unsafe fn dot16(w: [v128; 4], x: *const v128) -> v128 {
+    let s01 = i32x4_add(i32x4_dot_i16x8(w[0], *x), i32x4_dot_i16x8(w[1], *x.add(1)));
+    let s23 = i32x4_add(i32x4_dot_i16x8(w[2], *x.add(2)), i32x4_dot_i16x8(w[3], *x.add(3)));
+    i32x4_add(s01, s23)
 }
 
 /// A q4 row: 16 bytes per block, even positions in the low nibbles.
 struct Q4Codes(*const u8);
 
-impl Unpack for Q4Codes {
+impl Kernel for Q4Codes {
+    const VECS: usize = 4;
+    type Block = [v128; 4];
+
     #[inline(always)]
     unsafe fn block(&self, b: usize) -> [v128; 4] {
         let c = v128_load(self.0.add(b * BLOCK / 2) as *const v128);
@@ -101,12 +189,20 @@ impl Unpack for Q4Codes {
         let mask = u16x8_splat(0x0f);
         [v128_and(lo, mask), v128_and(hi, mask), u16x8_shr(lo, 4), u16x8_shr(hi, 4)]
     }
+
+    #[inline(always)]
+    unsafe fn dot(w: [v128; 4], x: *const v128) -> v128 {
+        dot16(w, x)
+    }
 }
 
 /// A q8 row: 32 signed bytes per block.
 struct Q8Codes(*const i8);
 
-impl Unpack for Q8Codes {
+impl Kernel for Q8Codes {
+    const VECS: usize = 4;
+    type Block = [v128; 4];
+
     #[inline(always)]
     unsafe fn block(&self, b: usize) -> [v128; 4] {
         let p = self.0.add(b * BLOCK) as *const v128;
@@ -118,15 +214,48 @@ impl Unpack for Q8Codes {
             i16x8_extend_high_i8x16(c1),
         ]
     }
+
+    #[inline(always)]
+    unsafe fn dot(w: [v128; 4], x: *const v128) -> v128 {
+        dot16(w, x)
+    }
+}
+
+/// A q4 row for relaxed SIMD: a block's bytes in `lane_order`, split into low and high nibbles.
+#[cfg(feature = "relaxed-simd")]
+struct Q4Relaxed(*const u8);
+
+#[cfg(feature = "relaxed-simd")]
+impl Kernel for Q4Relaxed {
+    const VECS: usize = 2;
+    type Block = [v128; 2];
+
+    #[inline(always)]
+    unsafe fn block(&self, b: usize) -> [v128; 2] {
+        let c = v128_load(self.0.add(b * BLOCK / 2) as *const v128);
+        let c = lane_order(c);
+        let mask = u8x16_splat(0x0f);
+        [v128_and(c, mask), v128_and(u16x8_shr(c, 4), mask)]
+    }
+
+    #[inline(always)]
+    unsafe fn dot(w: [v128; 2], x: *const v128) -> v128 {
+        // The codes (0..=15) are the second operand, whose top bit must be clear. Pairs of
+        // products in i16 (at most 2 · 127 · 15 each, 4 · 127 · 15 after the addition), widened
+        // once per block rather than once per half.
+        let low = i16x8_relaxed_dot_i8x16_i7x16(*x, w[0]);
+        let high = i16x8_relaxed_dot_i8x16_i7x16(*x.add(1), w[1]);
+        i32x4_extadd_pairwise_i16x8(i16x8_add(low, high))
+    }
 }
 
 /// One row times every token, `TILE` tokens per pass.
 #[inline(always)]
-unsafe fn tiles<U: Unpack>(
+unsafe fn tiles<K: Kernel>(
     row: &Row,
-    unpack: &U,
+    kernel: &K,
     a: &Acts,
-    x16: &[i16],
+    x: &[v128],
     dst: &mut [f32],
     sd: &mut [[f32; WINDOW]; TILE],
 ) {
@@ -135,10 +264,10 @@ unsafe fn tiles<U: Unpack>(
         let tile = (a.n - t).min(TILE);
         let out = &mut dst[t..t + tile];
         match tile {
-            4 => row_tile::<4, U>(row, unpack, a, x16, t, out, sd),
-            3 => row_tile::<3, U>(row, unpack, a, x16, t, out, sd),
-            2 => row_tile::<2, U>(row, unpack, a, x16, t, out, sd),
-            _ => row_tile::<1, U>(row, unpack, a, x16, t, out, sd),
+            4 => row_tile::<4, K>(row, kernel, a, x, t, out, sd),
+            3 => row_tile::<3, K>(row, kernel, a, x, t, out, sd),
+            2 => row_tile::<2, K>(row, kernel, a, x, t, out, sd),
+            _ => row_tile::<1, K>(row, kernel, a, x, t, out, sd),
         }
         t += tile;
     }
@@ -147,29 +276,27 @@ unsafe fn tiles<U: Unpack>(
 /// The row times tokens `t0..t0 + T`. Even and odd blocks accumulate separately, so consecutive
 /// additions do not wait on each other.
 #[inline(always)]
-unsafe fn row_tile<const T: usize, U: Unpack>(
+unsafe fn row_tile<const T: usize, K: Kernel>(
     row: &Row,
-    unpack: &U,
+    kernel: &K,
     a: &Acts,
-    x16: &[i16],
+    x: &[v128],
     t0: usize,
     out: &mut [f32],
     sd: &mut [[f32; WINDOW]; TILE],
 ) {
-    // Token i's block b is the four vectors at x[i] + 4b.
-    let x: [*const v128; T] = std::array::from_fn(|i| x16.as_ptr().add((t0 + i) * a.cols) as *const v128);
+    // Token i's block b is the `K::VECS` vectors at x[i] + VECS · b.
+    let per_token = a.cols / BLOCK * K::VECS;
+    let x: [*const v128; T] = std::array::from_fn(|i| x.as_ptr().add((t0 + i) * per_token));
     let d: [&[f32]; T] = std::array::from_fn(|i| a.scales(t0 + i));
     let mut acc = [[f32x4_splat(0.0); T]; 2];
     macro_rules! block {
         ($b:expr, $k:expr, $half:expr) => {{
             let (b, k) = ($b, $k);
-            let [w0, w1, w2, w3] = unpack.block(b);
+            let w = kernel.block(b);
             for i in 0..T {
-                let xp = x[i].add(4 * b);
-                let s01 = i32x4_add(i32x4_dot_i16x8(w0, v128_load(xp)), i32x4_dot_i16x8(w1, v128_load(xp.add(1))));
-                let s23 =
-                    i32x4_add(i32x4_dot_i16x8(w2, v128_load(xp.add(2))), i32x4_dot_i16x8(w3, v128_load(xp.add(3))));
-                let scaled = f32x4_mul(f32x4_convert_i32x4(i32x4_add(s01, s23)), f32x4_splat(sd[i][k]));
+                let sums = K::dot(w, x[i].add(K::VECS * b));
+                let scaled = f32x4_mul(f32x4_convert_i32x4(sums), f32x4_splat(sd[i][k]));
                 acc[$half][i] = f32x4_add(acc[$half][i], scaled);
             }
         }};
