@@ -20,6 +20,13 @@
 // When no token is a candidate at all, the result is what the CPU's chain gives on a vocabulary of
 // minus infinities (see `sample`).
 //
+// Penalty state carried on the GPU. The (token, occurrences) list over the last `window` tokens
+// lives in `penalties`, its length in `recent.n_penalized`, the window itself in `recent.ring`.
+// After choosing, the kernel counts the chosen token in and the token leaving the window out, so
+// a step the host queued before it knew this step's token (hearth_core::generate's steps ahead)
+// finds the counts it would have computed from the history. The list stays one entry per token
+// (its order is free: entries are found by a parallel search, not by bisection).
+//
 // One workgroup of 256 invocations; no sorting, any vocabulary size.
 //
 // Order. Candidates are ordered as on the CPU: by logit descending, the lower index first on equal
@@ -66,8 +73,8 @@ struct Params {
     repetition_penalty: f32,
     presence_penalty: f32,
     frequency_penalty: f32,
-    // Entries of `penalties` to apply.
-    n_penalized: u32,
+    // Tokens the penalties look back over (`recent.ring`'s length); 0: penalties off, nothing kept.
+    window: u32,
     // Uniform in [0, 1); 1 or more takes the last kept candidate, as on the CPU.
     draw: f32,
     // 1: only the tokens whose bits are set in `mask` are candidates; 0: every token is.
@@ -80,14 +87,23 @@ struct Params {
     logprobs: u32,
     // How many alternatives (0 to MAX_TOP) when `logprobs` is set.
     top_logprobs: u32,
-    padding: u32,
+    // Tokens of the history when this step chooses (prompt and generated): the chosen token's
+    // index in it.
+    history_len: u32,
+}
+
+struct Recent {
+    // Entries of `penalties` in use.
+    n_penalized: u32,
+    // The last `params.window` tokens of the history: token i in ring[i % window].
+    ring: array<u32>,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 // The step's logits; the penalties are applied in place (the engine recomputes them every step).
 @group(0) @binding(1) var<storage, read_write> logits: array<f32>;
 // (token, occurrences), each token at most once: invocations apply them in parallel.
-@group(0) @binding(2) var<storage, read> penalties: array<vec2<u32>>;
+@group(0) @binding(2) var<storage, read_write> penalties: array<vec2<u32>>;
 // result[0]: the chosen token. With `params.logprobs`: result[1], its log-probability's bits; then
 // for each alternative j, most likely first, result[2 + 2j] its token and result[3 + 2j] its
 // log-probability's bits.
@@ -100,6 +116,7 @@ struct Params {
 // With `params.logprobs`: the logit of the token of `penalties[j]` before its penalty, so the
 // chosen token's log-probability is taken before the penalties.
 @group(0) @binding(6) var<storage, read_write> unpenalized_logits: array<f32>;
+@group(0) @binding(7) var<storage, read_write> recent: Recent;
 
 const WORKGROUP: u32 = 256u;
 // Reductions and scans run in two levels of 16 (16 * 16 = WORKGROUP).
@@ -122,6 +139,8 @@ var<workgroup> compact_logit: array<f32, CAPACITY>;
 var<workgroup> compact_index: array<u32, CAPACITY>;
 // A value invocation 0 hands to all of them for a branch around barriers.
 var<workgroup> broadcast: u32;
+// The entries of `penalties` holding two tokens (NONE: not listed), found by `find_entries`.
+var<workgroup> found: array<u32, 2>;
 
 var<private> lid: u32;
 // From here to my_totals, every invocation holds the same values (they come from reductions each
@@ -372,24 +391,67 @@ fn logprob_stats() {
     }
 }
 
-// The logit of token t before the penalties (bias included): kept by `apply_penalties` when t was
-// penalized (a binary search: the entries are sorted by token).
-fn unpenalized(t: u32) -> f32 {
-    var lo = 0u;
-    var hi = params.n_penalized;
-    while (lo < hi) {
-        let mid = (lo + hi) / 2u;
-        let token = penalties[mid].x;
-        if (token == t) {
-            return unpenalized_logits[mid];
+// The entries of `penalties` that hold tokens a and b (NONE where not listed), in every
+// invocation: each token is listed at most once, so at most one invocation writes each half.
+fn find_entries(a: u32, b: u32) -> vec2<u32> {
+    if (lid == 0u) {
+        found = array<u32, 2>(NONE, NONE);
+    }
+    workgroupBarrier();
+    let n = recent.n_penalized;
+    for (var j = lid; j < n; j += WORKGROUP) {
+        let token = penalties[j].x;
+        if (token == a) {
+            found[0] = j;
         }
-        if (token < t) {
-            lo = mid + 1u;
-        } else {
-            hi = mid;
+        if (token == b) {
+            found[1] = j;
         }
     }
-    return logits[t];
+    let both = workgroupUniformLoad(&found);
+    return vec2<u32>(both[0], both[1]);
+}
+
+// The logit of token t before the penalties (bias included): kept by `apply_penalties` when t was
+// penalized. Every invocation calls it.
+fn unpenalized(t: u32) -> f32 {
+    let entry = find_entries(t, NONE).x;
+    return select(logits[t], unpenalized_logits[min(entry, arrayLength(&unpenalized_logits) - 1u)], entry != NONE);
+}
+
+// The penalty state after `chosen` joins the history (see the header): its count up, the count of
+// the token leaving the window down, an entry removed when its count reaches 0 (the last entry
+// takes its place). Every invocation calls it; invocation 0 writes.
+fn remember(chosen: u32) {
+    let window = params.window;
+    let slot = params.history_len % window;
+    let leaving = select(NONE, recent.ring[slot], params.history_len >= window);
+    let entries = find_entries(chosen, leaving);
+    if (lid == 0u) {
+        var n = recent.n_penalized;
+        var at = entries.x;
+        if (at != NONE) {
+            penalties[at].y += 1u;
+        } else {
+            // The buffer has room for one entry more than a window holds, for this moment.
+            at = n;
+            penalties[at] = vec2<u32>(chosen, 1u);
+            n += 1u;
+        }
+        // A token leaving the window is listed (found above, or just added if it is `chosen`).
+        let j = select(entries.y, at, leaving == chosen);
+        if (leaving != NONE && j != NONE) {
+            let left = penalties[j].y - 1u;
+            if (left == 0u) {
+                penalties[j] = penalties[n - 1u];
+                n -= 1u;
+            } else {
+                penalties[j].y = left;
+            }
+        }
+        recent.ring[slot] = chosen;
+        recent.n_penalized = n;
+    }
 }
 
 // ---- Passes over the candidates ----
@@ -585,7 +647,7 @@ fn search(mass: bool, goal: f32, strict: bool) -> vec2<u32> {
 // ---- The chain ----
 
 fn apply_penalties() {
-    for (var j = lid; j < params.n_penalized; j += WORKGROUP) {
+    for (var j = lid; j < recent.n_penalized; j += WORKGROUP) {
         let entry = penalties[j];
         // Tokens outside the vocabulary are ignored, as on the CPU.
         if (entry.x < params.vocab) {
@@ -619,11 +681,19 @@ fn sample(@builtin(local_invocation_index) local_index: u32) {
     // The penalized logits must be visible to every invocation before anyone reads them.
     storageBarrier();
     let chosen = choose();
+    if (params.logprobs != 0u) {
+        let logprob = unpenalized(chosen) - log_sum_exp;
+        if (lid == 0u) {
+            result[1] = bitcast<u32>(logprob);
+        }
+    }
     if (lid == 0u) {
         result[0] = chosen;
-        if (params.logprobs != 0u) {
-            result[1] = bitcast<u32>(unpenalized(chosen) - log_sum_exp);
-        }
+    }
+    if (params.window > 0u) {
+        // Every invocation has read `penalties` (apply_penalties, unpenalized) before it changes.
+        storageBarrier();
+        remember(chosen);
     }
 }
 

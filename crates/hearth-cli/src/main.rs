@@ -131,6 +131,10 @@ enum Command {
         /// and a table on stderr).
         #[arg(long)]
         profile: bool,
+        /// GPU: wait for each decode step's token before submitting the next (by default up to
+        /// QUEUE_DEPTH steps are queued, as `generate` runs them).
+        #[arg(long)]
+        one_at_a_time: bool,
     },
 }
 
@@ -370,8 +374,9 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Bench { model, engine, prompt_tokens, gen_tokens, synthetic, context, profile } => {
-            bench(&model, engine, BenchPlan { prompt_tokens, gen_tokens, synthetic, context, profile })?
+        Command::Bench { model, engine, prompt_tokens, gen_tokens, synthetic, context, profile, one_at_a_time } => {
+            let plan = BenchPlan { prompt_tokens, gen_tokens, synthetic, context, profile, queued: !one_at_a_time };
+            bench(&model, engine, plan)?
         }
     }
     Ok(())
@@ -385,6 +390,8 @@ struct BenchPlan {
     /// Positions before the prompt.
     context: usize,
     profile: bool,
+    /// GPU: decode steps queued ahead of the tokens read back.
+    queued: bool,
 }
 
 /// The engine a benchmark runs: the GPU's, with its counters, or a CPU engine.
@@ -401,6 +408,30 @@ impl BenchEngine {
             BenchEngine::Cpu(_, engine) => Ok(hearth_core::sampling::argmax(&engine.forward(tokens, false)?)),
         }
     }
+
+    /// `n` greedy decode steps after the token `first`; the last token. With `queued`, the GPU
+    /// keeps up to `QUEUE_DEPTH` steps submitted ahead of the tokens read back, as `generate` does.
+    fn decode(&mut self, first: u32, n: usize, queued: bool) -> hearth_core::Result<u32> {
+        let BenchEngine::Gpu(engine) = self else { return (0..n).try_fold(first, |id, _| self.step(&[id])) };
+        if !queued {
+            return (0..n).try_fold(first, |id, _| engine.forward_argmax(&[id]));
+        }
+        use hearth_core::generate::{Backend as _, QueuedStep};
+        let mut sampler = hearth_core::sampling::Sampler::new(Default::default())?;
+        let history = [first];
+        let (mut submitted, mut last) = (0, first);
+        for _ in 0..n {
+            while engine.queued() < hearth_gpu::QUEUE_DEPTH && submitted < n {
+                let ahead = engine.queued();
+                let input = [last];
+                let tokens = (ahead == 0).then_some(&input[..]);
+                engine.queue_step(QueuedStep { tokens, sampler: &mut sampler, history: &history, ahead }, None)?;
+                submitted += 1;
+            }
+            last = engine.next_queued()?.0;
+        }
+        Ok(last)
+    }
 }
 
 /// Greedy decoding of a synthetic prompt; decode speed counts the tokens after the first, each timed
@@ -410,7 +441,7 @@ impl BenchEngine {
 /// decode step records and reads (dispatches, weight and KV-cache bytes) and the bandwidth that
 /// makes at the measured speed.
 fn bench(dir: &std::path::Path, choice: EngineArgs, plan: BenchPlan) -> Result<()> {
-    let BenchPlan { prompt_tokens, gen_tokens, synthetic, context, profile } = plan;
+    let BenchPlan { prompt_tokens, gen_tokens, synthetic, context, profile, queued } = plan;
     if prompt_tokens == 0 || gen_tokens < 2 {
         bail!("--prompt-tokens must be at least 1 and --gen-tokens at least 2");
     }
@@ -454,9 +485,7 @@ fn bench(dir: &std::path::Path, choice: EngineArgs, plan: BenchPlan) -> Result<(
     let mut id = engine.step(&prompt)?;
     let ttft_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    for _ in 1..gen_tokens {
-        id = engine.step(&[id])?;
-    }
+    id = engine.decode(id, gen_tokens - 1, queued)?;
     let decode_s = t1.elapsed().as_secs_f64();
     let decode_tok_s = (gen_tokens - 1) as f64 / decode_s;
     let mut report = json!({
@@ -476,6 +505,7 @@ fn bench(dir: &std::path::Path, choice: EngineArgs, plan: BenchPlan) -> Result<(
             report["backend"] = json!("gpu");
             report["adapter"] = json!(e.adapter_name());
             report["f16"] = json!(e.kv_f16());
+            report["queued"] = json!(queued);
             report["dispatches_per_token"] = json!(counts.dispatches);
             report["weight_bytes_per_token"] = json!(counts.weight_bytes);
             report["kv_bytes_per_token"] = json!(counts.kv_bytes);

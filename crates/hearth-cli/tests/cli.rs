@@ -257,8 +257,19 @@ fn bench_synthetic_needs_only_the_manifest() {
             "ttft_s",
         ];
         if backend == "gpu" {
-            want.extend(["achieved_gb_s", "dispatches_per_token", "kv_bytes_per_token", "weight_bytes_per_token"]);
+            want.extend([
+                "achieved_gb_s",
+                "dispatches_per_token",
+                "kv_bytes_per_token",
+                "queued",
+                "weight_bytes_per_token",
+            ]);
             want.sort_unstable();
+            // Decode steps queued as `generate` queues them, unless asked to wait for each token.
+            assert_eq!(v["queued"], true);
+            let one = ok(&[&["bench", "--synthetic", "--one-at-a-time", "--model", dir][..], &args].concat());
+            let one: serde_json::Value = serde_json::from_str(one.trim()).expect("one JSON line");
+            assert_eq!(one["queued"], false);
         }
         assert_eq!(keys, want);
         assert_eq!(v["backend"], backend);

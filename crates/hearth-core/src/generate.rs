@@ -34,6 +34,25 @@ pub trait Backend {
         sampler.params().check_vocab(logits.len())?;
         Ok(sampler.sample_with_logprobs(&mut logits, history, k))
     }
+    /// Steps this backend can have queued at once ([`queue_step`](Self::queue_step)); 0 (the
+    /// default): it cannot queue, and the loop waits for each token before the next step.
+    fn queue_depth(&self) -> usize {
+        0
+    }
+    /// Submit `step` without waiting for the token it chooses; with `logprobs` Some(k), its figures
+    /// as [`forward_sample_logprobs`](Self::forward_sample_logprobs) gives them. A step whose
+    /// `tokens` is None runs the token the step queued before it chooses, which the backend keeps
+    /// (as it keeps the penalty counts) without the host reading it.
+    fn queue_step(&mut self, _step: QueuedStep<'_>, _logprobs: Option<usize>) -> Result<()> {
+        Err(HearthError::InvalidArgument("this backend cannot queue steps".into()))
+    }
+    /// The token (and, when asked, its figures) of the oldest queued step not read yet, waiting
+    /// for it.
+    fn next_queued(&mut self) -> Result<(u32, Option<StepLogprobs>)> {
+        Err(HearthError::InvalidArgument("no step is queued".into()))
+    }
+    /// Forget the queued steps not read yet: the cache goes back to the positions before them.
+    fn drop_queued(&mut self) {}
     /// Forget every position.
     fn reset(&mut self);
     /// Keep the first `len` positions and forget the rest; false (nothing changed) when the cache
@@ -305,6 +324,24 @@ pub struct StepInput<'a> {
     pub history: &'a [u32],
 }
 
+/// A step to queue behind `ahead` steps whose tokens the host has not read yet
+/// ([`Generation::queued_input`], [`Backend::queue_step`]). With `ahead` 0 it is the
+/// [`StepInput`]; otherwise `tokens` is None (the input is what the step before chooses) and the
+/// history when it chooses is `history` and those `ahead` tokens.
+pub struct QueuedStep<'a> {
+    pub tokens: Option<&'a [u32]>,
+    pub sampler: &'a mut Sampler,
+    pub history: &'a [u32],
+    pub ahead: usize,
+}
+
+impl QueuedStep<'_> {
+    /// Tokens of the history when this step chooses.
+    pub fn history_len(&self) -> usize {
+        self.history.len() + self.ahead
+    }
+}
+
 impl Generation {
     /// Check the request against the context and compile its response format (with `tokenizer`'s
     /// vocabulary); `now` is the caller's clock in seconds. The backend must hold exactly the first
@@ -398,6 +435,25 @@ impl Generation {
             return None;
         }
         Some(StepInput { tokens: &self.history[self.run_from..], sampler: &mut self.sampler, history: &self.history })
+    }
+
+    /// The step to queue while `queued` steps wait to be read ([`accept`](Self::accept)ed in
+    /// order), or None: done, or the next step's input depends on a token not read yet. With
+    /// nothing queued it is [`input`](Self::input). Ahead of the tokens read, a step runs the
+    /// token the one before it chooses: only without a constraint (its mask and forced tokens
+    /// follow each token) and while the budget may still need it. Such a step's choice costs one
+    /// draw from the sampler, in order, as when each step waits for the last (the draws do not
+    /// depend on the tokens); steps found unneeded (a stop) are dropped, their draws unused.
+    pub fn queued_input(&mut self, queued: usize) -> Option<QueuedStep<'_>> {
+        if self.finish.is_some() {
+            return None;
+        }
+        let tokens = match queued {
+            0 => Some(&self.history[self.run_from..]),
+            _ if self.constraint.is_some() || self.ids.len() + queued >= self.req.max_tokens => return None,
+            _ => None,
+        };
+        Some(QueuedStep { tokens, sampler: &mut self.sampler, history: &self.history, ahead: queued })
     }
 
     /// The ids whose keys and values the backend's cache holds now: the prompt and the generated
@@ -642,6 +698,16 @@ fn run_generation(
     if !opening.is_empty() {
         on_text(&opening)?;
     }
+    // Logits read back (top logits, margins) need every step to wait; otherwise a backend that
+    // can queue steps gets them ahead.
+    let depth = backend.queue_depth();
+    if depth > 0 && req.top_logits == 0 && !req.margins {
+        let out = run_queued(gen, backend, tokenizer, req, depth, now, on_text);
+        // Steps past the end (a stop) and steps an error left behind are not part of the cache.
+        backend.drop_queued();
+        out?;
+        return Ok(gen.output(now()));
+    }
     let mut margins = Vec::new();
     loop {
         // Logits come back to the CPU only when they are asked for.
@@ -684,6 +750,42 @@ fn run_generation(
         }
     }
     Ok(GenerateOutput { margins, ..gen.output(now()) })
+}
+
+/// The loop with up to `depth` steps queued: while the host turns one token into text, the backend
+/// already runs the next ones. The tokens, and so the text, are those of the loop above.
+fn run_queued(
+    gen: &mut Generation,
+    backend: &mut dyn Backend,
+    tokenizer: &Tokenizer,
+    req: &GenerateRequest,
+    depth: usize,
+    now: &dyn Fn() -> f64,
+    on_text: &mut dyn FnMut(&str) -> Result<()>,
+) -> Result<()> {
+    let mut queued = 0;
+    loop {
+        while queued < depth {
+            let Some(step) = gen.queued_input(queued) else { break };
+            backend.queue_step(step, req.logprobs)?;
+            queued += 1;
+        }
+        if queued == 0 {
+            return Ok(());
+        }
+        let (id, figures) = backend.next_queued()?;
+        queued -= 1;
+        if let Some(figures) = figures {
+            gen.set_step_logprobs(figures);
+        }
+        let piece = gen.accept(id, tokenizer, now())?;
+        if !piece.is_empty() {
+            on_text(&piece)?;
+        }
+        if gen.is_done() {
+            return Ok(());
+        }
+    }
 }
 
 fn rate(n: usize, secs: f64) -> f64 {

@@ -86,6 +86,11 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Whether any penalty changes a logit (otherwise the history is not looked at).
+    pub fn penalizes(&self) -> bool {
+        self.repetition_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(HearthError::InvalidArgument(m));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
@@ -231,7 +236,7 @@ impl Sampler {
     /// (so each token appears once); empty when every penalty is neutral.
     pub fn penalty_counts(&self, history: &[u32]) -> Vec<(u32, u32)> {
         let p = &self.params;
-        if p.repetition_penalty == 1.0 && p.presence_penalty == 0.0 && p.frequency_penalty == 0.0 {
+        if !p.penalizes() {
             return Vec::new();
         }
         let mut recent = history[history.len().saturating_sub(p.penalty_last_n)..].to_vec();

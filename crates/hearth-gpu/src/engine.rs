@@ -15,11 +15,11 @@
 //! products, use a plain GELU MLP, and either add ALiBi biases to the attention scores (the RoPE
 //! kernel then only stores keys and values) or add a learned position row to each embedding.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
-use hearth_core::generate::ring_keeps;
 #[cfg(not(target_arch = "wasm32"))]
 use hearth_core::generate::Backend;
+use hearth_core::generate::{ring_keeps, QueuedStep};
 use hearth_core::logprobs::StepLogprobs;
 use hearth_core::manifest::{
     Activation as ModelActivation, FfnKind, Manifest, ModelConfig, PositionKind, RopeStyle, ARCHITECTURES,
@@ -33,15 +33,21 @@ use crate::attention::{self, AttentionBuffers, AttentionDims};
 use crate::builder::{Builder, Dispatch, Fuse, Product, RopeDims, RopeStore, Step};
 use crate::context::GpuContext;
 use crate::kernels::{
-    bind_group, entry, map_read_async, read_back_async, storage, storage_limit, uniform, uniform_of, whole, Activation,
-    Kernels, WORKGROUP,
+    bind_group, entry, read_back_async, storage, storage_limit, uniform, uniform_of, whole, Activation, Kernels,
+    WORKGROUP,
 };
 use crate::profile::{KernelTime, Profiler};
-use crate::sampler::{result_bytes, GpuSampler, RESULT_WORDS};
+use crate::sampler::{result_bytes, GpuSampler, Penalties, RESULT_WORDS};
 use crate::weights::{WeightBuffer, WeightUploads};
 
 /// Most tokens one forward pass takes; longer prompts are run in chunks of this many.
 pub const MAX_CHUNK: usize = 64;
+
+/// Decode steps submitted at most before the first one's token is read back
+/// ([`GpuEngine::queue_step`]): while the host reads one token, the GPU runs the next two
+/// steps, so it never waits for the host's round trip (a map of the result, the text, the next
+/// submission). Steps found unneeded at a stop cost the GPU that many tokens' work at most.
+pub const QUEUE_DEPTH: usize = 3;
 
 /// The engine's buffers that a step writes or reads back.
 struct Buffers {
@@ -51,10 +57,39 @@ struct Buffers {
     last: wgpu::Buffer,
     logits: wgpu::Buffer,
     logits_all: wgpu::Buffer,
-    /// Where the sampled token id is copied for reading back.
-    token_staging: wgpu::Buffer,
-    /// Where the id and its log-probabilities are copied when they are asked for.
-    logprobs_staging: wgpu::Buffer,
+    /// Where each queued step's result (its id, and its log-probabilities when asked for) is
+    /// copied for reading back: one per step that can be queued, used in turn.
+    staging: Vec<wgpu::Buffer>,
+}
+
+/// A step submitted whose token has not been read back.
+struct Queued {
+    /// Its buffer in `Buffers::staging`, mapped once the step has run.
+    slot: usize,
+    /// Positions it took.
+    tokens: usize,
+    logprobs: Option<usize>,
+    mapped: futures_channel::oneshot::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+    /// Natively, what the host waits for (in a browser the map resolves by itself).
+    submission: wgpu::SubmissionIndex,
+}
+
+/// A step's input tokens.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    /// Written from the host.
+    Tokens(&'a [u32]),
+    /// The token the last step chose, copied on the GPU from the sampler's result.
+    Chosen,
+}
+
+impl Input<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Input::Tokens(tokens) => tokens.len(),
+            Input::Chosen => 1,
+        }
+    }
 }
 
 /// Figures of one step, for benchmarks: how many dispatches it recorded and how many bytes of
@@ -81,8 +116,8 @@ enum Head {
     /// Output head for the last token: logits.
     Last,
     /// Output head for the last token, then the sampler: one token id, and with Some(k) its
-    /// log-probability and k alternatives.
-    Sample(Option<usize>),
+    /// log-probability and k alternatives, copied into staging buffer `slot`.
+    Sample { logprobs: Option<usize>, slot: usize },
     /// Output head for every token.
     All,
 }
@@ -93,6 +128,13 @@ pub struct GpuEngine {
     /// Positions the KV cache holds.
     capacity: usize,
     position: usize,
+    /// One past the last position written since the last reset (queued steps that were dropped
+    /// wrote past `position`): what a windowed layer's ring may hold, for `truncate`.
+    written_end: usize,
+    /// Steps submitted and not read back, oldest first.
+    queue: VecDeque<Queued>,
+    /// The staging buffer the next queued step takes.
+    next_slot: usize,
     /// Tokens per forward pass (`MAX_CHUNK`, or fewer when attention's scratch would not fit a binding).
     chunk: usize,
     kv_f16: bool,
@@ -245,18 +287,16 @@ impl GpuEngine {
         let last = storage(&device, "last hidden", c.hidden_size)?;
         let logits = storage(&device, "logits", c.vocab_size)?;
         let logits_all = storage(&device, "logits, every token", chunk * c.vocab_size)?;
-        let token_staging = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("token read back"),
-            size: 4,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let logprobs_staging = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("logprobs read back"),
-            size: (RESULT_WORDS * 4) as u64,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let staging = (0..QUEUE_DEPTH)
+            .map(|_| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("sampled token read back"),
+                    size: (RESULT_WORDS * 4) as u64,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect();
         let inv_freq = b.rope_frequencies(rope.as_ref())?;
         let local_inv_freq = b.local_rope_frequencies(rope.as_ref());
         let mut weights: Vec<WeightBuffer> = Vec::new();
@@ -520,6 +560,9 @@ impl GpuEngine {
             config: c,
             capacity,
             position: 0,
+            written_end: 0,
+            queue: VecDeque::new(),
+            next_slot: 0,
             chunk,
             kv_f16,
             kv_cache_bytes,
@@ -528,7 +571,7 @@ impl GpuEngine {
             rings,
             last_step: StepCounts::default(),
             labels,
-            buffers: Buffers { step, tokens, x, last, logits, logits_all, token_staging, logprobs_staging },
+            buffers: Buffers { step, tokens, x, last, logits, logits_all, staging },
             layers,
             head_last,
             sampler,
@@ -574,37 +617,69 @@ impl GpuEngine {
     }
 
     pub fn reset(&mut self) {
+        self.drop_queued();
         self.position = 0;
+        self.written_end = 0;
     }
 
     /// Keep the first `len` positions and forget the rest (the next step writes from `len` on);
     /// false, nothing changed, when `len` is past the end or a windowed layer's ring has moved
-    /// past keys a query at `len` sees (`hearth_core::generate::ring_keeps`).
+    /// past keys a query at `len` sees (`hearth_core::generate::ring_keeps`). Queued steps not
+    /// read yet are dropped first.
     pub fn truncate(&mut self, len: usize) -> bool {
-        let end = self.position;
-        if len > end || !self.rings.iter().flatten().all(|&(w, rows)| ring_keeps(w, rows, len, end)) {
+        self.drop_queued();
+        let end = self.written_end.max(self.position);
+        if len > self.position || !self.rings.iter().flatten().all(|&(w, rows)| ring_keeps(w, rows, len, end)) {
             return false;
         }
         self.position = len;
         true
     }
 
+    /// Steps queued and not read back yet.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Forget the queued steps not read back: the next step writes where the first of them did.
+    /// Their keys and values stay in the cache's rows until overwritten (`written_end`).
+    pub fn drop_queued(&mut self) {
+        for q in self.queue.drain(..) {
+            // Cancels the map if it is still pending.
+            self.buffers.staging[q.slot].unmap();
+            self.position -= q.tokens;
+        }
+    }
+
     /// Record and submit one chunk of at most `self.chunk` tokens, the layers and then `head`; with
     /// a profiler, each dispatch in a timed pass of its own.
-    fn run_chunk(&mut self, tokens: &[u32], head: Head, mut profiler: Option<&mut Profiler>) -> Result<()> {
-        let n = tokens.len() as u32;
+    fn run_chunk(
+        &mut self,
+        input: Input<'_>,
+        head: Head,
+        mut profiler: Option<&mut Profiler>,
+    ) -> Result<wgpu::SubmissionIndex> {
+        let n = input.len() as u32;
         let c = &self.config;
-        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-            return Err(HearthError::InvalidArgument(format!(
-                "token id {t} is outside the vocabulary of {}",
-                c.vocab_size
-            )));
-        }
         let b = &self.buffers;
         let step = Step { start: self.position as u32, n_tokens: n };
-        self.ctx.queue.write_buffer(&b.step, 0, bytemuck::bytes_of(&step));
-        self.ctx.queue.write_buffer(&b.tokens, 0, bytemuck::cast_slice(tokens));
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        match input {
+            Input::Tokens(tokens) => {
+                if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                    return Err(HearthError::InvalidArgument(format!(
+                        "token id {t} is outside the vocabulary of {}",
+                        c.vocab_size
+                    )));
+                }
+                self.ctx.queue.write_buffer(&b.tokens, 0, bytemuck::cast_slice(tokens));
+            }
+            // The sampler's result is always an id of the vocabulary.
+            Input::Chosen => encoder.copy_buffer_to_buffer(self.sampler.result(), 0, &b.tokens, 0, 4),
+        }
+        // Queue writes land before the next submission, after every earlier one: a step queued
+        // behind others finds its own position.
+        self.ctx.queue.write_buffer(&b.step, 0, bytemuck::bytes_of(&step));
         let mut dispatched = 0;
         let labels = &self.labels;
         // Only the launches this step runs: the counts and profiles show what the GPU does.
@@ -633,17 +708,17 @@ impl GpuEngine {
         match head {
             Head::None => {}
             Head::All => record(&mut encoder, &self.head_all, step, &mut profiler),
-            Head::Last | Head::Sample(_) => {
+            Head::Last | Head::Sample { .. } => {
                 let row = (c.hidden_size * 4) as u64;
                 encoder.copy_buffer_to_buffer(&b.x, (n as u64 - 1) * row, &b.last, 0, row);
                 record(&mut encoder, &self.head_last, Step { start: step.start + n - 1, n_tokens: 1 }, &mut profiler);
-                if let Head::Sample(logprobs) = head {
+                if let Head::Sample { logprobs, slot } = head {
                     dispatched += 1;
                     match profiler.as_deref_mut() {
                         Some(p) => self.sampler.record(&mut p.pass(&mut encoder, "sample")),
                         None => self.sampler.record(&mut encoder.begin_compute_pass(&Default::default())),
                     }
-                    let staging = if logprobs.is_some() { &b.logprobs_staging } else { &b.token_staging };
+                    let staging = &b.staging[slot];
                     encoder.copy_buffer_to_buffer(self.sampler.result(), 0, staging, 0, result_bytes(logprobs));
                 }
             }
@@ -651,15 +726,16 @@ impl GpuEngine {
         if let Some(p) = profiler {
             p.resolve(&mut encoder);
         }
-        self.ctx.queue.submit([encoder.finish()]);
-        let end = self.position + tokens.len();
+        let submission = self.ctx.queue.submit([encoder.finish()]);
+        let end = self.position + n as usize;
         self.last_step = StepCounts {
             dispatches: dispatched,
             weight_bytes: self.weight_bytes,
             kv_bytes: self.kv_bytes_read(end - 1),
         };
         self.position = end;
-        Ok(())
+        self.written_end = self.written_end.max(end);
+        Ok(submission)
     }
 
     /// Bytes of the KV cache that attention reads for a query at `position`: every layer's visible
@@ -678,6 +754,7 @@ impl GpuEngine {
     /// at a long context measured cheaply (`hearth bench --context`), since attention's work does
     /// not depend on the values it reads. Not for generating text.
     pub fn skip_positions(&mut self, n: usize) -> Result<()> {
+        self.drop_queued();
         if n > 0 {
             self.check_room(n)?;
             self.position += n;
@@ -687,21 +764,27 @@ impl GpuEngine {
 
     /// Run one decode step of `token` (greedy) with every dispatch timed: GPU time per kernel.
     pub async fn profile_step_async(&mut self, token: u32) -> Result<Vec<KernelTime>> {
+        self.drop_queued();
         let mut profiler = Profiler::new(&self.ctx)?;
         self.check_room(1)?;
-        self.sampler.prepare(&self.ctx.queue, &SamplingParams::default(), 0.0, &[], None, None)?;
-        self.run_chunk(&[token], Head::Sample(None), Some(&mut profiler))?;
+        self.sampler.prepare(&self.ctx.queue, &SamplingParams::default(), 0.0, Penalties::Counts(&[]), None, None)?;
+        self.run_chunk(Input::Tokens(&[token]), Head::Sample { logprobs: None, slot: 0 }, Some(&mut profiler))?;
         profiler.read(&self.ctx).await
     }
 
-    /// Run `tokens` chunk by chunk, the last chunk followed by `head`.
-    fn run(&mut self, tokens: &[u32], head: Head) -> Result<()> {
-        self.check_room(tokens.len())?;
+    /// Run `input` chunk by chunk, the last chunk followed by `head`; the last submission.
+    fn run(&mut self, input: Input<'_>, head: Head) -> Result<wgpu::SubmissionIndex> {
+        self.check_room(input.len())?;
+        let Input::Tokens(tokens) = input else { return self.run_chunk(input, head, None) };
         let chunks = tokens.len().div_ceil(self.chunk);
         for (i, chunk) in tokens.chunks(self.chunk).enumerate() {
-            self.run_chunk(chunk, if i + 1 == chunks { head } else { Head::None }, None)?;
+            let submission =
+                self.run_chunk(Input::Tokens(chunk), if i + 1 == chunks { head } else { Head::None }, None)?;
+            if i + 1 == chunks {
+                return Ok(submission);
+            }
         }
-        Ok(())
+        Err(HearthError::InvalidArgument("forward needs at least one token".into()))
     }
 
     fn check_room(&self, n: usize) -> Result<()> {
@@ -746,11 +829,96 @@ impl GpuEngine {
         mask: Option<&[u32]>,
         logprobs: Option<usize>,
     ) -> Result<(u32, Option<StepLogprobs>)> {
-        self.sampler.prepare(&self.ctx.queue, params, draw, counts, mask, logprobs)?;
-        self.run(tokens, Head::Sample(logprobs))?;
-        let staging = if logprobs.is_some() { &self.buffers.logprobs_staging } else { &self.buffers.token_staging };
-        let words: Vec<u32> = map_read_async(&self.ctx, staging).await?;
-        self.sampler.read_result(&words, logprobs)
+        self.drop_queued();
+        self.sampler.prepare(&self.ctx.queue, params, draw, Penalties::Counts(counts), mask, logprobs)?;
+        self.submit_sample(Input::Tokens(tokens), logprobs)?;
+        self.next_queued_async().await
+    }
+
+    /// Submit `step` (its tokens, or the token the step queued before it chooses) and the choice
+    /// after it, without waiting: [`GpuEngine::next_queued_async`] reads the oldest step's token.
+    /// At most [`QUEUE_DEPTH`] steps wait at once. The draw (when sampling) and the penalty counts
+    /// come from `step.sampler` and its history; after a queued step they stay on the GPU, counted
+    /// as the kernel chooses, so the steps choose what one-at-a-time steps would.
+    pub fn queue_step(&mut self, step: QueuedStep<'_>, logprobs: Option<usize>) -> Result<()> {
+        if self.queue.len() >= QUEUE_DEPTH {
+            return Err(HearthError::InvalidArgument(format!(
+                "{QUEUE_DEPTH} steps are queued already: read one back first"
+            )));
+        }
+        let history_len = step.history_len();
+        let QueuedStep { tokens, sampler, history, .. } = step;
+        let draw = if sampler.params().temperature > 0.0 { sampler.draw() } else { 0.0 };
+        let (input, counts) = match tokens {
+            Some(tokens) => (Input::Tokens(tokens), Some(sampler.penalty_counts(history))),
+            None if self.queue.is_empty() => {
+                return Err(HearthError::InvalidArgument(
+                    "a step can run the previous step's token only while that step is queued".into(),
+                ))
+            }
+            None => (Input::Chosen, None),
+        };
+        let penalties = match &counts {
+            Some(counts) => Penalties::History { counts, history },
+            None => Penalties::Carried { history_len },
+        };
+        self.sampler.prepare(&self.ctx.queue, sampler.params(), draw, penalties, sampler.mask(), logprobs)?;
+        self.submit_sample(input, logprobs)
+    }
+
+    /// Run `input` and the sampler, and start mapping the step's result (mapping right after the
+    /// submission waits for this step only, not for those queued after it).
+    fn submit_sample(&mut self, input: Input<'_>, logprobs: Option<usize>) -> Result<()> {
+        let slot = self.next_slot;
+        let start = self.position;
+        let submission = self.run(input, Head::Sample { logprobs, slot })?;
+        self.next_slot = (slot + 1) % QUEUE_DEPTH;
+        let (tx, mapped) = futures_channel::oneshot::channel();
+        self.buffers.staging[slot].slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.queue.push_back(Queued { slot, tokens: self.position - start, logprobs, mapped, submission });
+        Ok(())
+    }
+
+    /// The token (and figures, when asked) of the oldest queued step, once the GPU has run it.
+    pub async fn next_queued_async(&mut self) -> Result<(u32, Option<StepLogprobs>)> {
+        let Some(q) = self.queue.pop_front() else {
+            return Err(HearthError::InvalidArgument("no step is queued".into()));
+        };
+        let staging = &self.buffers.staging[q.slot];
+        // Natively the map completes inside `poll`; in a browser the poll returns at once and the
+        // map resolves when WebGPU calls back.
+        let waited = self
+            .ctx
+            .device
+            .poll(wgpu::PollType::Wait { submission_index: Some(q.submission), timeout: None })
+            .map_err(|e| HearthError::Gpu(format!("waiting for the GPU failed: {e}")));
+        let read = async {
+            waited?;
+            q.mapped
+                .await
+                .map_err(|_| HearthError::Gpu("the GPU never answered a read".into()))?
+                .map_err(|e| HearthError::Gpu(format!("cannot read a GPU buffer: {e}")))?;
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| HearthError::Gpu(format!("cannot map a GPU buffer: {e}")))?;
+            Ok::<Vec<u32>, HearthError>(bytemuck::pod_collect_to_vec(&view))
+        };
+        let words = read.await;
+        staging.unmap();
+        let words = match words {
+            Ok(words) => words,
+            Err(e) => {
+                // The steps behind it ran from a state no one can vouch for.
+                self.drop_queued();
+                return Err(e);
+            }
+        };
+        // Whatever the device reported while this work ran (a validation or out-of-memory error).
+        self.ctx.errors.check()?;
+        self.sampler.read_result(&words, q.logprobs)
     }
 
     /// [`GpuEngine::forward_sample_async`] with the draw, penalty counts and mask taken from
@@ -778,15 +946,16 @@ impl GpuEngine {
 
     /// Run `tokens`; return the last token's logits, or every token's with `all_logits`.
     pub async fn forward_async(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        self.drop_queued();
         if !all_logits {
-            self.run(tokens, Head::Last)?;
+            self.run(Input::Tokens(tokens), Head::Last)?;
             return read_back_async::<f32>(&self.ctx, &self.buffers.logits, 0, self.config.vocab_size).await;
         }
         self.check_room(tokens.len())?;
         let vocab = self.config.vocab_size;
         let mut out = Vec::with_capacity(tokens.len() * vocab);
         for chunk in tokens.chunks(self.chunk) {
-            self.run_chunk(chunk, Head::All, None)?;
+            self.run_chunk(Input::Tokens(chunk), Head::All, None)?;
             out.extend(read_back_async::<f32>(&self.ctx, &self.buffers.logits_all, 0, chunk.len() * vocab).await?);
         }
         Ok(out)
@@ -838,6 +1007,18 @@ impl Backend for GpuEngine {
     ) -> Result<(u32, StepLogprobs)> {
         let (id, figures) = pollster::block_on(self.sample_next_logprobs_async(tokens, sampler, history, Some(k)))?;
         Ok((id, figures.unwrap_or_default()))
+    }
+    fn queue_depth(&self) -> usize {
+        QUEUE_DEPTH
+    }
+    fn queue_step(&mut self, step: QueuedStep<'_>, logprobs: Option<usize>) -> Result<()> {
+        GpuEngine::queue_step(self, step, logprobs)
+    }
+    fn next_queued(&mut self) -> Result<(u32, Option<StepLogprobs>)> {
+        pollster::block_on(self.next_queued_async())
+    }
+    fn drop_queued(&mut self) {
+        GpuEngine::drop_queued(self)
     }
     fn reset(&mut self) {
         GpuEngine::reset(self)

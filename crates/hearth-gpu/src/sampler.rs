@@ -7,6 +7,10 @@
 //! draw from its `Sampler` (which keeps the seeded generator), then [`GpuSampler::prepare`] writes
 //! them and [`GpuSampler::record`] adds the dispatch after the output head.
 //!
+//! The penalty counts can also stay on the GPU ([`Penalties`]): the kernel counts each chosen token
+//! in (and the one leaving the penalty window out), so the engine can queue a step before it has
+//! read back the token the step before it chose.
+//!
 //! The logit bias (`SamplingParams::logit_bias`) is uploaded when it changes, and added first. On
 //! request the same dispatch computes the log-probabilities `hearth_core::logprobs` defines: the
 //! chosen token's and the k most likely tokens', read back with the id ((k + 1) * 8 bytes).
@@ -21,7 +25,7 @@ use crate::context::GpuContext;
 use crate::kernels::{bind_group, entry, storage, uniform, whole};
 
 const SHADER: &str = include_str!("../../../shaders/sample.wgsl");
-/// The shader's `Params`: 15 scalars and padding (a multiple of 16 bytes).
+/// The shader's `Params`: 16 scalars (a multiple of 16 bytes).
 const PARAM_WORDS: usize = 16;
 /// Words of the result: the token, its log-probability, (id, log-probability) per alternative.
 pub const RESULT_WORDS: usize = 2 + 2 * MAX_TOP_LOGPROBS;
@@ -38,10 +42,28 @@ pub struct GpuSampler {
     mask: wgpu::Buffer,
     /// (token, bias bits) pairs, at most `MAX_LOGIT_BIAS`.
     bias: wgpu::Buffer,
+    /// The shader's `Recent`: how many entries of `penalties` are in use, then the ring of the
+    /// last window of the history.
+    recent: wgpu::Buffer,
     /// What `bias` holds, so an unchanged bias is not written again.
     uploaded_bias: RefCell<Vec<[u32; 2]>>,
     vocab: u32,
     max_penalized: usize,
+}
+
+/// Where a step's penalty counts come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Penalties<'a> {
+    /// `(token, occurrences)` from `Sampler::penalty_counts`, written for this step only.
+    Counts(&'a [(u32, u32)]),
+    /// The same counts with the `history` they were taken from (every token so far): written with
+    /// the history's last window, so the kernel keeps them up to date for the steps after
+    /// ([`Penalties::Carried`]).
+    History { counts: &'a [(u32, u32)], history: &'a [u32] },
+    /// What the previous step left on the GPU, after its choice made the history `history_len`
+    /// tokens long. Nothing is written; the previous step must have been prepared with
+    /// [`Penalties::History`] or [`Penalties::Carried`] and the same parameters.
+    Carried { history_len: usize },
 }
 
 impl GpuSampler {
@@ -62,12 +84,14 @@ impl GpuSampler {
             cache: None,
         });
         let params = uniform(device, "sampling params", &[0; PARAM_WORDS]);
-        // Two u32 per entry.
-        let penalties = storage(device, "penalty counts", 2 * max_penalized.max(1))?;
+        // Two u32 per entry, and room for one entry more than a window holds: the kernel counts
+        // the chosen token in before it counts the leaving one out.
+        let penalties = storage(device, "penalty counts", 2 * (max_penalized + 1))?;
+        let recent = storage(device, "penalty window", 1 + max_penalized.max(1))?;
         let result = storage(device, "sampled token", RESULT_WORDS)?;
         let mask = storage(device, "token mask", mask_words(vocab))?;
         let bias = storage(device, "logit bias", 2 * MAX_LOGIT_BIAS)?;
-        let unpenalized = storage(device, "logits before penalties", max_penalized.max(1))?;
+        let unpenalized = storage(device, "logits before penalties", max_penalized + 1)?;
         let bind_group = bind_group(
             device,
             &pipeline,
@@ -79,6 +103,7 @@ impl GpuSampler {
                 entry(4, whole(&mask)),
                 entry(5, whole(&bias)),
                 entry(6, whole(&unpenalized)),
+                entry(7, whole(&recent)),
             ],
         );
         let uploaded_bias = RefCell::new(Vec::new());
@@ -90,6 +115,7 @@ impl GpuSampler {
             result,
             mask,
             bias,
+            recent,
             uploaded_bias,
             vocab,
             max_penalized,
@@ -97,8 +123,9 @@ impl GpuSampler {
     }
 
     /// Write this step's settings (queue writes only: no buffer or vector is created per token). `draw` is the
-    /// uniform number in [0, 1) from `Sampler::draw` (unused when greedy); `counts` the
-    /// `(token, occurrences)` list from `Sampler::penalty_counts`, each token at most once; `mask`
+    /// uniform number in [0, 1) from `Sampler::draw` (unused when greedy); `penalties` the
+    /// `(token, occurrences)` list from `Sampler::penalty_counts` (each token at most once) or the
+    /// counts the last step left ([`Penalties`]); `mask`
     /// the allowed tokens from `Sampler::mask` (bit `t % 32` of word `t / 32`; tokens past its end
     /// are not allowed), applied as `sampling::apply_mask` applies it before the penalties. The
     /// mask costs one write of at most ceil(vocab / 32) words, and nothing when None. The logit
@@ -109,7 +136,7 @@ impl GpuSampler {
         queue: &wgpu::Queue,
         params: &SamplingParams,
         draw: f32,
-        counts: &[(u32, u32)],
+        penalties: Penalties<'_>,
         mask: Option<&[u32]>,
         logprobs: Option<usize>,
     ) -> Result<()> {
@@ -118,20 +145,31 @@ impl GpuSampler {
         if let Some(k) = logprobs {
             hearth_core::logprobs::check_top_logprobs(k)?;
         }
-        if counts.len() > self.max_penalized {
-            return Err(HearthError::InvalidArgument(format!(
-                "{} penalized tokens, more than the {} this GPU sampler was built for",
-                counts.len(),
-                self.max_penalized
-            )));
-        }
-        // The shader applies the entries in parallel: a token listed twice would race.
-        if counts.windows(2).any(|w| w[0].0 >= w[1].0) {
-            return Err(HearthError::InvalidArgument("penalty counts must be sorted by token, each token once".into()));
-        }
         if !draw.is_finite() || draw < 0.0 {
             return Err(HearthError::InvalidArgument(format!("the draw must be a finite number >= 0, got {draw}")));
         }
+        // The window the kernel keeps (0: none). A history never outgrows the context, and
+        // `max_penalized` is the engine's context length: a longer window never fills.
+        let window = if params.penalizes() { params.penalty_last_n.min(self.max_penalized) } else { 0 };
+        let (window, history_len) = match penalties {
+            Penalties::Counts(counts) => {
+                self.write_counts(queue, counts)?;
+                (0, 0)
+            }
+            Penalties::History { counts, history } => {
+                self.write_counts(queue, counts)?;
+                self.write_window(queue, history, window);
+                (window, history.len())
+            }
+            Penalties::Carried { history_len } => {
+                if mask.is_some() {
+                    return Err(HearthError::InvalidArgument(
+                        "a step whose input the GPU chose cannot be masked (its mask depends on that token)".into(),
+                    ));
+                }
+                (window, history_len)
+            }
+        };
         // Words past the vocabulary's only hold tokens that do not exist: not written.
         let written = mask.map_or(0, |m| m.len().min(mask_words(self.vocab)));
         let words: [u32; PARAM_WORDS] = [
@@ -143,14 +181,14 @@ impl GpuSampler {
             params.repetition_penalty.to_bits(),
             params.presence_penalty.to_bits(),
             params.frequency_penalty.to_bits(),
-            counts.len() as u32,
+            window as u32,
             draw.to_bits(),
             mask.is_some() as u32,
             written as u32,
             params.logit_bias.len() as u32,
             logprobs.is_some() as u32,
             logprobs.unwrap_or(0) as u32,
-            0,
+            u32::try_from(history_len).unwrap_or(u32::MAX),
         ];
         queue.write_buffer(&self.params, 0, bytemuck::cast_slice(&words));
         let bias: Vec<[u32; 2]> = params.logit_bias.iter().map(|(&t, b)| [t, b.to_bits()]).collect();
@@ -162,6 +200,23 @@ impl GpuSampler {
         if let Some(mask) = mask.filter(|_| written > 0) {
             queue.write_buffer(&self.mask, 0, bytemuck::cast_slice(&mask[..written]));
         }
+        Ok(())
+    }
+
+    /// The penalty list and its length.
+    fn write_counts(&self, queue: &wgpu::Queue, counts: &[(u32, u32)]) -> Result<()> {
+        if counts.len() > self.max_penalized {
+            return Err(HearthError::InvalidArgument(format!(
+                "{} penalized tokens, more than the {} this GPU sampler was built for",
+                counts.len(),
+                self.max_penalized
+            )));
+        }
+        // The shader applies the entries in parallel: a token listed twice would race.
+        if counts.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(HearthError::InvalidArgument("penalty counts must be sorted by token, each token once".into()));
+        }
+        queue.write_buffer(&self.recent, 0, bytemuck::bytes_of(&(counts.len() as u32)));
         let mut chunk = [0u32; 2 * PENALTY_CHUNK];
         for (c, part) in counts.chunks(PENALTY_CHUNK).enumerate() {
             for (slot, &(token, n)) in chunk.chunks_exact_mut(2).zip(part) {
@@ -171,6 +226,25 @@ impl GpuSampler {
             queue.write_buffer(&self.penalties, offset, bytemuck::cast_slice(&chunk[..2 * part.len()]));
         }
         Ok(())
+    }
+
+    /// The last `window` tokens of `history` into the ring (token i in slot i % window): at most
+    /// two writes, straight from the history.
+    fn write_window(&self, queue: &wgpu::Queue, history: &[u32], window: usize) {
+        if window == 0 {
+            return;
+        }
+        let first = history.len().saturating_sub(window);
+        let tail = &history[first..];
+        let slot = first % window;
+        let (to_end, wrapped) = tail.split_at(tail.len().min(window - slot));
+        let at = |slot: usize| 4 * (1 + slot) as u64;
+        if !to_end.is_empty() {
+            queue.write_buffer(&self.recent, at(slot), bytemuck::cast_slice(to_end));
+        }
+        if !wrapped.is_empty() {
+            queue.write_buffer(&self.recent, at(0), bytemuck::cast_slice(wrapped));
+        }
     }
 
     /// Record the dispatch into the caller's compute pass (the engine records it after the output

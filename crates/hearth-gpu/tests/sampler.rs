@@ -33,7 +33,7 @@ use hearth_core::sampling::{
     SamplingParams, MAX_LOGIT_BIAS,
 };
 use hearth_gpu::kernels::{map_read, storage};
-use hearth_gpu::sampler::{result_bytes, GpuSampler, RESULT_WORDS};
+use hearth_gpu::sampler::{result_bytes, GpuSampler, Penalties, RESULT_WORDS};
 use hearth_gpu::{GpuContext, GpuEngine};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
@@ -103,7 +103,7 @@ impl<'a> Rig<'a> {
         logprobs: Option<usize>,
     ) -> (u32, Option<StepLogprobs>) {
         self.ctx.queue.write_buffer(&self.logits, 0, bytemuck::cast_slice(logits));
-        self.sampler.prepare(&self.ctx.queue, params, draw, counts, mask, logprobs).unwrap();
+        self.sampler.prepare(&self.ctx.queue, params, draw, Penalties::Counts(counts), mask, logprobs).unwrap();
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
@@ -393,21 +393,26 @@ fn prepare_rejects_what_the_shader_cannot_apply() {
     let sampler = GpuSampler::new(&ctx, &logits, 100, 2).unwrap();
     let params = SamplingParams { temperature: 1.0, presence_penalty: 1.0, ..Default::default() };
     let q = &ctx.queue;
-    assert!(sampler.prepare(q, &params, 0.5, &[(1, 1), (5, 2)], None, None).is_ok());
+    assert!(sampler.prepare(q, &params, 0.5, Penalties::Counts(&[(1, 1), (5, 2)]), None, None).is_ok());
     assert!(
-        sampler.prepare(q, &params, 0.5, &[(1, 1), (5, 2), (9, 1)], None, None).is_err(),
+        sampler.prepare(q, &params, 0.5, Penalties::Counts(&[(1, 1), (5, 2), (9, 1)]), None, None).is_err(),
         "more than max_penalized"
     );
-    assert!(sampler.prepare(q, &params, 0.5, &[(5, 1), (1, 2)], None, None).is_err(), "not sorted");
-    assert!(sampler.prepare(q, &params, 0.5, &[(5, 1), (5, 2)], None, None).is_err(), "a token twice");
-    assert!(sampler.prepare(q, &params, f32::NAN, &[], None, None).is_err(), "a NaN draw");
+    assert!(sampler.prepare(q, &params, 0.5, Penalties::Counts(&[(5, 1), (1, 2)]), None, None).is_err(), "not sorted");
     assert!(
-        sampler.prepare(q, &SamplingParams { top_p: 0.0, ..params.clone() }, 0.5, &[], None, None).is_err(),
+        sampler.prepare(q, &params, 0.5, Penalties::Counts(&[(5, 1), (5, 2)]), None, None).is_err(),
+        "a token twice"
+    );
+    assert!(sampler.prepare(q, &params, f32::NAN, Penalties::Counts(&[]), None, None).is_err(), "a NaN draw");
+    assert!(
+        sampler
+            .prepare(q, &SamplingParams { top_p: 0.0, ..params.clone() }, 0.5, Penalties::Counts(&[]), None, None)
+            .is_err(),
         "invalid params"
     );
     // Masks of any length (past the vocabulary's 4 words, or none at all) are fine.
-    assert!(sampler.prepare(q, &params, 0.5, &[], Some(&[u32::MAX; 9]), None).is_ok());
-    assert!(sampler.prepare(q, &params, 0.5, &[], Some(&[]), None).is_ok());
+    assert!(sampler.prepare(q, &params, 0.5, Penalties::Counts(&[]), Some(&[u32::MAX; 9]), None).is_ok());
+    assert!(sampler.prepare(q, &params, 0.5, Penalties::Counts(&[]), Some(&[]), None).is_ok());
 }
 
 // ---- Token masks ----
@@ -903,7 +908,7 @@ fn prepare_rejects_the_biases_and_logprobs_the_cpu_rejects() {
     let q = &ctx.queue;
     let prepare = |bias: std::collections::BTreeMap<u32, f32>, logprobs| {
         let params = SamplingParams { logit_bias: bias, ..Default::default() };
-        sampler.prepare(q, &params, 0.0, &[], None, logprobs).map_err(|e| e.to_string())
+        sampler.prepare(q, &params, 0.0, Penalties::Counts(&[]), None, logprobs).map_err(|e| e.to_string())
     };
     assert!(prepare(bias_of([(99, -100.0), (0, 100.0)]), Some(20)).is_ok());
     for (bias, logprobs, why) in [

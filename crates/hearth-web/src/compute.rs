@@ -3,7 +3,7 @@
 //! JavaScript (`backend` in `Hearth.load`); everything above this file is the same for both.
 
 use hearth_core::fast::FastEngine;
-use hearth_core::generate::{Backend as _, StepInput};
+use hearth_core::generate::{Backend as _, Generation};
 use hearth_core::logprobs::StepLogprobs;
 use hearth_core::Result;
 use hearth_gpu::GpuEngine;
@@ -19,22 +19,43 @@ pub(crate) enum Compute {
 }
 
 impl Compute {
-    /// Run `input.tokens` and choose the next id (the GPU samples on the device; the CPU engine
-    /// hands its logits to `hearth_core`'s sampler); with `logprobs` Some(k), also the chosen
-    /// token's log-probability and the k most likely tokens' (on the GPU only those come back).
-    pub async fn sample_next(
-        &mut self,
-        input: StepInput<'_>,
-        logprobs: Option<usize>,
-    ) -> Result<(u32, Option<StepLogprobs>)> {
-        let StepInput { tokens, sampler, history } = input;
-        match (self, logprobs) {
-            (Compute::Gpu(gpu), _) => gpu.sample_next_logprobs_async(tokens, sampler, history, logprobs).await,
-            (Compute::Cpu { engine, .. }, Some(k)) => {
-                let (id, step) = engine.forward_sample_logprobs(tokens, sampler, history, k)?;
-                Ok((id, Some(step)))
+    /// The next id `generation` takes (None: it is done), with its log-probability and the k most
+    /// likely tokens' when the request asks for logprobs. The GPU samples on the device and keeps
+    /// up to `hearth_gpu::QUEUE_DEPTH` steps queued, so it runs the next steps while the page
+    /// turns this token into text (hearth_core::generate's queued loop); the CPU engine runs one
+    /// step and hands its logits to `hearth_core`'s sampler.
+    pub async fn next_token(&mut self, generation: &mut Generation) -> Result<Option<(u32, Option<StepLogprobs>)>> {
+        let logprobs = generation.logprobs_requested();
+        match self {
+            Compute::Gpu(gpu) => {
+                while gpu.queued() < hearth_gpu::QUEUE_DEPTH {
+                    let Some(step) = generation.queued_input(gpu.queued()) else { break };
+                    gpu.queue_step(step, logprobs)?;
+                }
+                if gpu.queued() == 0 {
+                    return Ok(None);
+                }
+                Ok(Some(gpu.next_queued_async().await?))
             }
-            (Compute::Cpu { engine, .. }, None) => Ok((engine.forward_sample(tokens, sampler, history)?, None)),
+            Compute::Cpu { engine, .. } => {
+                let Some(input) = generation.input() else { return Ok(None) };
+                Ok(Some(match logprobs {
+                    Some(k) => {
+                        let (id, step) =
+                            engine.forward_sample_logprobs(input.tokens, input.sampler, input.history, k)?;
+                        (id, Some(step))
+                    }
+                    None => (engine.forward_sample(input.tokens, input.sampler, input.history)?, None),
+                }))
+            }
+        }
+    }
+
+    /// Forget the queued steps not read yet (at the end of a generation, or when it is dropped):
+    /// the cache goes back to the positions the generation's accepted tokens ran.
+    pub fn drop_queued(&mut self) {
+        if let Compute::Gpu(gpu) = self {
+            gpu.drop_queued();
         }
     }
 

@@ -191,6 +191,7 @@ impl Engine {
         };
         // A generation still in progress leaves its steps in the cache: they count as cached.
         if let Some(unfinished) = state.generation.take() {
+            state.compute.drop_queued();
             state.prompt_cache.store(&unfinished);
         }
         let compute = &mut state.compute;
@@ -220,6 +221,7 @@ impl Engine {
                 state.generation = None;
             } else if cancelled.replace(false) || state.generation.as_ref().is_some_and(Generation::is_done) {
                 if let Some(g) = state.generation.take() {
+                    state.compute.drop_queued();
                     state.prompt_cache.store(&g);
                 }
             }
@@ -245,6 +247,7 @@ impl Engine {
                 if let Some(s) = slot.as_mut() {
                     // Between steps the cache is whole: the steps run so far stay reusable.
                     if let Some(g) = s.generation.take() {
+                        s.compute.drop_queued();
                         s.prompt_cache.store(&g);
                     }
                 }
@@ -278,13 +281,13 @@ async fn run_step(state: &mut State) -> Result<JsValue, JsValue> {
         js_error(HearthError::InvalidArgument("no generation in progress: call begin() first".into()))
     })?;
     // A constraint's forced opening comes with the first step; a constant output is all of it.
-    let logprobs = generation.logprobs_requested();
     let mut text = generation.opening_text();
     if !generation.is_done() {
-        let input = generation
-            .input()
+        let (id, figures) = compute
+            .next_token(generation)
+            .await
+            .map_err(js_error)?
             .ok_or_else(|| js_error(HearthError::InvalidArgument("this generation has finished".into())))?;
-        let (id, figures) = compute.sample_next(input, logprobs).await.map_err(js_error)?;
         if let Some(figures) = figures {
             generation.set_step_logprobs(figures);
         }
