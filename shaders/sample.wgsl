@@ -429,17 +429,17 @@ fn remember(chosen: u32) {
     let entries = find_entries(chosen, leaving);
     if (lid == 0u) {
         var n = recent.n_penalized;
-        var at = entries.x;
-        if (at != NONE) {
-            penalties[at].y += 1u;
+        var chosen_at = entries.x;
+        if (chosen_at != NONE) {
+            penalties[chosen_at].y += 1u;
         } else {
             // The buffer has room for one entry more than a window holds, for this moment.
-            at = n;
-            penalties[at] = vec2<u32>(chosen, 1u);
+            chosen_at = n;
+            penalties[chosen_at] = vec2<u32>(chosen, 1u);
             n += 1u;
         }
         // A token leaving the window is listed (found above, or just added if it is `chosen`).
-        let j = select(entries.y, at, leaving == chosen);
+        let j = select(entries.y, chosen_at, leaving == chosen);
         if (leaving != NONE && j != NONE) {
             let left = penalties[j].y - 1u;
             if (left == 0u) {

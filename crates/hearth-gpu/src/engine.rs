@@ -846,16 +846,21 @@ impl GpuEngine {
                 "{QUEUE_DEPTH} steps are queued already: read one back first"
             )));
         }
+        // The kernel's history length and carried counts hold only for a step queued behind every
+        // unread one, with tokens exactly when nothing is queued.
+        if step.ahead != self.queue.len() || step.tokens.is_some() != self.queue.is_empty() {
+            return Err(HearthError::InvalidArgument(format!(
+                "a queued step follows every unread one ({} queued, the step says {} ahead) and has tokens only when \
+                 none is queued",
+                self.queue.len(),
+                step.ahead
+            )));
+        }
         let history_len = step.history_len();
         let QueuedStep { tokens, sampler, history, .. } = step;
         let draw = if sampler.params().temperature > 0.0 { sampler.draw() } else { 0.0 };
         let (input, counts) = match tokens {
             Some(tokens) => (Input::Tokens(tokens), Some(sampler.penalty_counts(history))),
-            None if self.queue.is_empty() => {
-                return Err(HearthError::InvalidArgument(
-                    "a step can run the previous step's token only while that step is queued".into(),
-                ))
-            }
             None => (Input::Chosen, None),
         };
         let penalties = match &counts {
@@ -894,24 +899,31 @@ impl GpuEngine {
             .device
             .poll(wgpu::PollType::Wait { submission_index: Some(q.submission), timeout: None })
             .map_err(|e| HearthError::Gpu(format!("waiting for the GPU failed: {e}")));
-        let read = async {
+        let mapped = async {
             waited?;
             q.mapped
                 .await
                 .map_err(|_| HearthError::Gpu("the GPU never answered a read".into()))?
-                .map_err(|e| HearthError::Gpu(format!("cannot read a GPU buffer: {e}")))?;
-            let view = staging
-                .slice(..)
-                .get_mapped_range()
-                .map_err(|e| HearthError::Gpu(format!("cannot map a GPU buffer: {e}")))?;
-            Ok::<Vec<u32>, HearthError>(bytemuck::pod_collect_to_vec(&view))
+                .map_err(|e| HearthError::Gpu(format!("cannot read a GPU buffer: {e}")))
         };
-        let words = read.await;
-        staging.unmap();
+        let words = match mapped.await {
+            Ok(()) => {
+                let words = staging
+                    .slice(..)
+                    .get_mapped_range()
+                    .map(|view| bytemuck::pod_collect_to_vec(&view))
+                    .map_err(|e| HearthError::Gpu(format!("cannot map a GPU buffer: {e}")));
+                // Only a mapped buffer is unmapped (unmapping another is a device error).
+                staging.unmap();
+                words
+            }
+            Err(e) => Err(e),
+        };
         let words = match words {
             Ok(words) => words,
             Err(e) => {
-                // The steps behind it ran from a state no one can vouch for.
+                // This step's positions and the steps behind it: their state is unknown.
+                self.position -= q.tokens;
                 self.drop_queued();
                 return Err(e);
             }

@@ -157,6 +157,17 @@ impl GpuSampler {
                 (0, 0)
             }
             Penalties::History { counts, history } => {
+                // The ring holds `window` tokens: a longer penalty window over a longer history
+                // could not be carried (the engine's `max_penalized` is its context: never).
+                if window < params.penalty_last_n && history.len() > window && window > 0 {
+                    return Err(HearthError::InvalidArgument(format!(
+                        "a penalty window of {} tokens over a {}-token history cannot be carried by a sampler \
+                         built for {} tokens",
+                        params.penalty_last_n,
+                        history.len(),
+                        self.max_penalized
+                    )));
+                }
                 self.write_counts(queue, counts)?;
                 self.write_window(queue, history, window);
                 (window, history.len())
