@@ -456,6 +456,23 @@ impl Generation {
         Some(QueuedStep { tokens, sampler: &mut self.sampler, history: &self.history, ahead: queued })
     }
 
+    /// Queue steps with `submit` (the backend's `queue_step`) while fewer than `depth` wait unread
+    /// and [`queued_input`](Self::queued_input) gives one; `queued` wait already. Returns how many
+    /// wait now (0: the generation needs no more steps).
+    pub fn fill_queue(
+        &mut self,
+        mut queued: usize,
+        depth: usize,
+        mut submit: impl FnMut(QueuedStep<'_>) -> Result<()>,
+    ) -> Result<usize> {
+        while queued < depth {
+            let Some(step) = self.queued_input(queued) else { break };
+            submit(step)?;
+            queued += 1;
+        }
+        Ok(queued)
+    }
+
     /// The ids whose keys and values the backend's cache holds now: the prompt and the generated
     /// ids that have run (not the last chosen, nor tokens forced after it).
     pub fn cached_ids(&self) -> &[u32] {
@@ -765,11 +782,7 @@ fn run_queued(
 ) -> Result<()> {
     let mut queued = 0;
     loop {
-        while queued < depth {
-            let Some(step) = gen.queued_input(queued) else { break };
-            backend.queue_step(step, req.logprobs)?;
-            queued += 1;
-        }
+        queued = gen.fill_queue(queued, depth, |step| backend.queue_step(step, req.logprobs))?;
         if queued == 0 {
             return Ok(());
         }

@@ -951,9 +951,9 @@ impl GpuEngine {
         history: &[u32],
         logprobs: Option<usize>,
     ) -> Result<(u32, Option<StepLogprobs>)> {
-        let counts = sampler.penalty_counts(history);
-        let draw = if sampler.params().temperature > 0.0 { sampler.draw() } else { 0.0 };
-        self.forward_sample_logprobs_async(tokens, sampler.params(), draw, &counts, sampler.mask(), logprobs).await
+        self.drop_queued();
+        self.queue_step(QueuedStep { tokens: Some(tokens), sampler, history, ahead: 0 }, logprobs)?;
+        self.next_queued_async().await
     }
 
     /// Run `tokens`; return the last token's logits, or every token's with `all_logits`.

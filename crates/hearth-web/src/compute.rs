@@ -28,11 +28,8 @@ impl Compute {
         let logprobs = generation.logprobs_requested();
         match self {
             Compute::Gpu(gpu) => {
-                while gpu.queued() < hearth_gpu::QUEUE_DEPTH {
-                    let Some(step) = generation.queued_input(gpu.queued()) else { break };
-                    gpu.queue_step(step, logprobs)?;
-                }
-                if gpu.queued() == 0 {
+                let queued = gpu.queued();
+                if generation.fill_queue(queued, hearth_gpu::QUEUE_DEPTH, |step| gpu.queue_step(step, logprobs))? == 0 {
                     return Ok(None);
                 }
                 Ok(Some(gpu.next_queued_async().await?))
