@@ -1,7 +1,8 @@
 // The architectures beyond Llama in the browser: the tiny random models of tests/fixtures/tiny/
 // (checked against llama.cpp's logits by the Rust tests) run through the npm package on SwiftShader
 // and must give the native engine's greedy ids: Qwen2 (Q/K/V biases, NeoX rotation), also with
-// YaRN rope scaling; a Mistral-style model with a window of 8 keys, generating well past it (its
+// YaRN rope scaling; Qwen3 (QK-norm, heads wider than hidden / heads); SmolLM3 (a layer without
+// RoPE); a Mistral-style model with a window of 8 keys, generating well past it (its
 // ring cache wraps); Gemma 2 (alternating local and global layers, soft-capped scores and logits);
 // Gemma 3 (local layers with a window of 8 and their own RoPE base between global ones, QK-norm,
 // post-norms, GeGLU); BLOOM (ALiBi over 6 heads, LayerNorm, embedding norm, biases) and GPT-2
@@ -14,7 +15,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { assertSameGreedy, gemma3Package, launch, serve, openPage, nativeGenerate, tinyPackage, MINUTES, ROOT } from "./harness.mjs";
 
-const MODELS = ["qwen2", "qwen2_yarn", "mistral_swa", "gemma2", "gemma3", "bloom", "gpt2"];
+const MODELS = ["qwen2", "qwen2_yarn", "qwen3", "smollm3", "mistral_swa", "gemma2", "gemma3", "bloom", "gpt2"];
 const PROMPT = "the cat sat on the mat";
 const MAX_TOKENS = 40;
 

@@ -478,7 +478,7 @@ impl<P: Products> Engine<P> {
                 rms_norm_in_place(&mut k, wk, c.norm_eps);
             }
             let window = c.layer_window(li);
-            if c.position == PositionKind::Rope {
+            if c.layer_rotates(li) {
                 let style = c.rope.as_ref().map_or(RopeStyle::Neox, |r| r.style);
                 // Gemma 3's local layers have their own base (and no scaling: see rope_magnitude).
                 let inv_freq = self.inv_freq_local.as_ref().filter(|_| window.is_some()).unwrap_or(&self.inv_freq);

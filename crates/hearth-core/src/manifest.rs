@@ -13,7 +13,7 @@ pub const FORMAT_VERSION: u32 = 1;
 /// alternating local/global layers, soft-capped scores and logits; Gemma 3: QK-norm instead of the
 /// caps, and a RoPE base of its own for local layers; BLOOM: ALiBi, LayerNorm, a norm on the
 /// embeddings, a GELU MLP and biases everywhere; GPT-2: the same with learned positions).
-pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "gemma2", "gemma3", "bloom", "gpt2"];
+pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "smollm3", "gemma2", "gemma3", "bloom", "gpt2"];
 /// Tensors start at multiples of this within a shard (WebGPU's `minStorageBufferOffsetAlignment` is at most 256).
 pub const TENSOR_ALIGN: u64 = 256;
 
@@ -68,7 +68,7 @@ pub struct ModelConfig {
     /// Biases on the Q, K and V projections (Qwen2): `blk.N.attn_{q,k,v}.bias`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub qkv_bias: bool,
-    /// RMSNorm of each query and key head before RoPE (Gemma 3): `blk.N.attn_{q,k}_norm.weight`,
+    /// RMSNorm of each query and key head before RoPE (Gemma 3, Qwen3): `blk.N.attn_{q,k}_norm.weight`,
     /// `head_dim` values each.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub qk_norm: bool,
@@ -152,6 +152,10 @@ pub struct RopeConfig {
     /// 1 000 000 globally); those layers use no `scaling`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_base: Option<f32>,
+    /// Layers (0-based, ascending) whose queries and keys are not rotated: they see no positions
+    /// but the causal mask (SmolLM3: every fourth layer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unrotated_layers: Vec<usize>,
 }
 
 /// Which elements of a head form a rotated pair.
@@ -381,6 +385,13 @@ impl ModelConfig {
             if !scaling_ok {
                 return Err(format!("rope.scaling {:?} holds a value out of range", rope.scaling));
             }
+            let ascending = rope.unrotated_layers.windows(2).all(|w| w[0] < w[1]);
+            if !ascending || rope.unrotated_layers.last().is_some_and(|&l| l >= self.n_layers) {
+                return Err(format!(
+                    "rope.unrotated_layers must be ascending layer numbers below n_layers {}",
+                    self.n_layers
+                ));
+            }
         }
         if let Some(alibi) = &self.alibi {
             if !(alibi.max_bias.is_finite() && alibi.max_bias >= 0.0) {
@@ -420,6 +431,13 @@ impl ModelConfig {
             return 1.0;
         }
         rope.scaling.as_ref().map_or(1.0, RopeScaling::magnitude)
+    }
+
+    /// Whether layer `layer` (0-based) rotates its queries and keys (RoPE models but SmolLM3's
+    /// unrotated layers).
+    pub fn layer_rotates(&self, layer: usize) -> bool {
+        self.position == PositionKind::Rope
+            && self.rope.as_ref().is_some_and(|r| r.unrotated_layers.binary_search(&layer).is_err())
     }
 
     /// The window of layer `layer` (0-based), or `None` for full attention.

@@ -232,6 +232,13 @@ fn absurd_config_values_are_refused_naming_the_field() {
         let err = parse_manifest(m.to_string().as_bytes(), "edited").unwrap_err().to_string();
         assert!(err.contains(field), "{field} = {value}: {err}");
     }
+    // Unrotated layers are looked up by bisection and name layers: ascending and below n_layers.
+    for layers in [serde_json::json!([3, 1]), serde_json::json!([2, 2]), serde_json::json!([16])] {
+        let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+        m["config"]["rope"]["unrotated_layers"] = layers.clone();
+        let err = parse_manifest(m.to_string().as_bytes(), "edited").unwrap_err().to_string();
+        assert!(err.contains("unrotated_layers"), "{layers}: {err}");
+    }
 }
 
 /// A tensor whose shape multiplies past 64 bits (2^33 × 2^33): refused with a checked product,

@@ -206,12 +206,25 @@ fn a_windowed_model_stays_correct_and_bounded_far_past_its_window() {
 /// stored `[in, out]` with Q|K|V side by side in `c_attn`; BLOOM's `query_key_value` rows grouped per
 /// head as `[head][q, k, v][head_dim]`. The safetensors converter must undo each of these, and read
 /// the same config from config.json as from the GGUF metadata, so the logits equal llama.cpp's too.
-/// Mistral: llama.cpp's converter permutes Llama's Q/K rows so that rotated pairs are adjacent
-/// (interleaved RoPE); the Transformers checkpoint has them in half-split (NeoX) order, which the
-/// converter keeps, so that package rotates NeoX-style: the same model, another config.
+/// Mistral, Llama 3 and SmolLM3: llama.cpp's converter permutes Llama's Q/K rows so that rotated
+/// pairs are adjacent (interleaved RoPE); the Transformers checkpoint has them in half-split (NeoX)
+/// order, which the converter keeps, so that package rotates NeoX-style: the same model, another
+/// config. Llama 3's frequency scaling: config.json's `rope_scaling` (type `llama3`) where the GGUF
+/// has llama.cpp's per-pair factors.
 #[test]
 fn every_architecture_from_safetensors_gives_the_gguf_logits() {
-    for fixture in ["mistral_swa", "qwen2", "qwen2_yarn", "gemma2", "gemma3", "bloom", "gpt2"] {
+    for fixture in [
+        "mistral_swa",
+        "llama_rope_freqs",
+        "qwen2",
+        "qwen2_yarn",
+        "qwen3",
+        "smollm3",
+        "gemma2",
+        "gemma3",
+        "bloom",
+        "gpt2",
+    ] {
         let fx = fixtures().into_iter().find(|f| f.name == fixture).unwrap_or_else(|| panic!("{fixture} fixture"));
         let name = fx.architecture.as_str();
         let tmp = tempfile::tempdir().unwrap();
@@ -253,8 +266,13 @@ fn every_architecture_from_safetensors_gives_the_gguf_logits() {
         let from_hf = convert_to(&hf, &tmp.path().join("from-hf"));
         assert_eq!(from_hf.manifest().architecture, name);
         let mut want = m.config.clone();
-        if name == "llama" {
+        if name == "llama" || name == "smollm3" {
             want.rope.as_mut().unwrap().style = RopeStyle::Neox;
+        }
+        if let Some(scaling) = llama3_scaling(fixture) {
+            // The GGUF holds llama.cpp's per-pair factors (rope_freqs.weight); config.json the
+            // scaling they were computed from, which the engines compute the factors of themselves.
+            want.rope.as_mut().unwrap().scaling = Some(scaling);
         }
         assert_eq!(from_hf.manifest().config, want, "{fixture}: config.json gives another config than GGUF");
         let mut engine = CpuEngine::from_package(&from_hf).unwrap();
@@ -277,10 +295,12 @@ fn to_transformers_layout(
     let mut out = HfTensors::new();
     let get = |n: &str| (shapes[n].clone(), tensors[n].clone());
     match arch {
-        "llama" | "qwen2" | "gemma2" | "gemma3" => {
-            for name in tensors.keys() {
+        "llama" | "qwen2" | "qwen3" | "smollm3" | "gemma2" | "gemma3" => {
+            // Transformers computes Llama 3's factors from config.json; llama.cpp stores them.
+            for name in tensors.keys().filter(|n| *n != "rope_freqs.weight") {
                 let (shape, mut values) = get(name);
-                if arch == "llama" && (name.ends_with("attn_q.weight") || name.ends_with("attn_k.weight")) {
+                let permuted = arch == "llama" || arch == "smollm3";
+                if permuted && (name.ends_with("attn_q.weight") || name.ends_with("attn_k.weight")) {
                     values = unpermute_rows(&values, shape[0] / c.head_dim, c.head_dim, shape[1]);
                 }
                 if arch.starts_with("gemma") && name.contains("norm.weight") {
@@ -387,10 +407,25 @@ fn unpermute_rows(values: &[f32], heads: usize, head_dim: usize, cols: usize) ->
     out
 }
 
+/// The Llama 3 scaling a fixture's `rope_freqs.weight` was computed from (make_tiny.py records it).
+fn llama3_scaling(fixture: &str) -> Option<RopeScaling> {
+    let path = repo_root().join(format!("tests/fixtures/tiny/{fixture}.json"));
+    let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let s = fx["config"]["rope"].get("freq_factors_from_llama3_scaling")?;
+    let f = |k: &str| s[k].as_f64().unwrap() as f32;
+    Some(RopeScaling::Llama3 {
+        factor: f("factor"),
+        low_freq_factor: f("low_freq_factor"),
+        high_freq_factor: f("high_freq_factor"),
+        original_context_length: s["original_context_length"].as_u64().unwrap() as usize,
+    })
+}
+
 /// config.json of a Transformers checkpoint of fixture `fixture` (config `c`).
 fn transformers_config(fixture: &str, c: &hearth_core::manifest::ModelConfig) -> serde_json::Value {
     let arch = match fixture {
         "mistral_swa" => "mistral",
+        "llama_rope_freqs" => "llama",
         "qwen2_yarn" => "qwen2",
         other => other,
     };
@@ -409,6 +444,33 @@ fn transformers_config(fixture: &str, c: &hearth_core::manifest::ModelConfig) ->
             "sliding_window": c.sliding_window.unwrap(),
             "tie_word_embeddings": c.tied_embeddings,
         }),
+        "llama" => {
+            let Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context_length }) =
+                llama3_scaling(fixture)
+            else {
+                panic!("{fixture}: no Llama 3 scaling")
+            };
+            serde_json::json!({
+                "architectures": ["LlamaForCausalLM"],
+                "hidden_size": c.hidden_size,
+                "intermediate_size": c.ffn_size,
+                "num_hidden_layers": c.n_layers,
+                "num_attention_heads": c.n_heads,
+                "num_key_value_heads": c.n_kv_heads,
+                "vocab_size": c.vocab_size,
+                "max_position_embeddings": c.context_length,
+                "rms_norm_eps": c.norm_eps,
+                "rope_theta": c.rope.as_ref().unwrap().base,
+                "rope_scaling": {
+                    "rope_type": "llama3",
+                    "factor": factor,
+                    "low_freq_factor": low_freq_factor,
+                    "high_freq_factor": high_freq_factor,
+                    "original_max_position_embeddings": original_context_length,
+                },
+                "tie_word_embeddings": c.tied_embeddings,
+            })
+        }
         "qwen2" => serde_json::json!({
             "architectures": ["Qwen2ForCausalLM"],
             "hidden_size": c.hidden_size,
@@ -428,6 +490,43 @@ fn transformers_config(fixture: &str, c: &hearth_core::manifest::ModelConfig) ->
                 }),
                 _ => serde_json::Value::Null,
             },
+            "tie_word_embeddings": c.tied_embeddings,
+        }),
+        // Qwen3: QK-norm, an explicit head_dim, and a window named but unused.
+        "qwen3" => serde_json::json!({
+            "architectures": ["Qwen3ForCausalLM"],
+            "hidden_size": c.hidden_size,
+            "intermediate_size": c.ffn_size,
+            "num_hidden_layers": c.n_layers,
+            "num_attention_heads": c.n_heads,
+            "num_key_value_heads": c.n_kv_heads,
+            "head_dim": c.head_dim,
+            "vocab_size": c.vocab_size,
+            "max_position_embeddings": c.context_length,
+            "rms_norm_eps": c.norm_eps,
+            "rope_theta": c.rope.as_ref().unwrap().base,
+            "rope_scaling": null,
+            "attention_bias": false,
+            "use_sliding_window": false,
+            "sliding_window": 64,
+            "tie_word_embeddings": c.tied_embeddings,
+        }),
+        // SmolLM3: one flag per layer, 0 where the layer does not rotate.
+        "smollm3" => serde_json::json!({
+            "architectures": ["SmolLM3ForCausalLM"],
+            "hidden_size": c.hidden_size,
+            "intermediate_size": c.ffn_size,
+            "num_hidden_layers": c.n_layers,
+            "num_attention_heads": c.n_heads,
+            "num_key_value_heads": c.n_kv_heads,
+            "vocab_size": c.vocab_size,
+            "max_position_embeddings": c.context_length,
+            "rms_norm_eps": c.norm_eps,
+            "rope_theta": c.rope.as_ref().unwrap().base,
+            "no_rope_layers": (0..c.n_layers).map(|l| u32::from(c.layer_rotates(l))).collect::<Vec<_>>(),
+            "no_rope_layer_interval": 4,
+            "use_sliding_window": false,
+            "sliding_window": null,
             "tie_word_embeddings": c.tied_embeddings,
         }),
         "gemma3" => {
@@ -525,8 +624,8 @@ fn llama_family_name(arch: &str, gguf: &str) -> String {
         (_, "ffn_norm.weight") => "post_attention_layernorm.weight",
         ("gemma", "post_attention_norm.weight") => "post_attention_layernorm.weight",
         ("gemma", "post_ffw_norm.weight") => "post_feedforward_layernorm.weight",
-        ("gemma", "attn_q_norm.weight") => "self_attn.q_norm.weight",
-        ("gemma", "attn_k_norm.weight") => "self_attn.k_norm.weight",
+        (_, "attn_q_norm.weight") => "self_attn.q_norm.weight",
+        (_, "attn_k_norm.weight") => "self_attn.k_norm.weight",
         (_, "ffn_gate.weight") => "mlp.gate_proj.weight",
         (_, "ffn_up.weight") => "mlp.up_proj.weight",
         (_, "ffn_down.weight") => "mlp.down_proj.weight",

@@ -91,3 +91,48 @@ fn incremental_decoding_never_splits_a_character() {
     // The corpus has emoji and CJK that span tokens, so some steps must have held text back.
     assert!(multi_token_chars > 0);
 }
+
+/// Each GGUF pre-tokenizer Hearth converts (`tokenizer.ggml.pre`: GPT-2's, Llama 3's `llama-bpe`,
+/// Qwen2's, SmolLM's, llama.cpp's `default`), on one vocabulary whose merges cross the boundaries
+/// those expressions draw (`tests/fixtures/make_pretokenizers.py`), against llama.cpp's ids for 262
+/// strings. The fixture records how many strings each name cuts differently from GPT-2's: a name
+/// mapped to the wrong expression fails on those.
+#[test]
+fn every_gguf_pre_tokenizer_cuts_text_as_llama_cpp_does() {
+    let fx = common::fixture("pretokenizers/ids.json");
+    let names: Vec<&str> = fx["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    for name in &names {
+        let differing = fx["cases_differing_from_gpt2"][name].as_u64().unwrap();
+        assert!(*name == "gpt-2" || differing >= 10, "{name}: only {differing} strings tell it from GPT-2's");
+        let path = common::repo_root().join(format!("tests/fixtures/pretokenizers/{name}.gguf"));
+        let gguf = GgufFile::open(&path).expect("open the vocabulary");
+        let tok = tokenizer_from_gguf(&gguf).expect("build tokenizer");
+        let info = TokenizerInfo {
+            file: "tokenizer.json".into(),
+            bos_id: tok.bos_id,
+            eos_id: tok.eos_id,
+            stop_ids: tok.stop_ids.clone(),
+            pad_id: tok.pad_id,
+            add_bos: tok.add_bos,
+            chat_template: None,
+        };
+        let mut tokenizer = Tokenizer::from_json(tok.json.as_bytes(), info).expect("load tokenizer");
+        let mut failures = Vec::new();
+        let cases = fx["cases"].as_array().unwrap();
+        for case in cases {
+            let text = case["text"].as_str().unwrap();
+            let got = tokenizer.encode(text, false, false).expect("encode");
+            let want = ids(&case["ids"][name]);
+            if got != want {
+                failures.push(format!("{text:?}: hearth {got:?} llama.cpp {want:?}"));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{name}: {} of {} strings differ:\n{}",
+            failures.len(),
+            cases.len(),
+            failures.join("\n")
+        );
+    }
+}

@@ -391,8 +391,9 @@ impl GpuEngine {
             };
             let wdown = b.split(&p("ffn_down"))?;
 
-            // Without RoPE no pair rotates: the kernels only add biases and store K and V.
-            let n_pairs = rope.as_ref().map_or(0, |r| r.dim / 2);
+            // Without RoPE (or in a layer that does not rotate) no pair rotates: the kernels only
+            // add biases and store K and V.
+            let n_pairs = rope.as_ref().filter(|_| c.layer_rotates(l)).map_or(0, |r| r.dim / 2);
             let rope_dims = uniform_of(
                 &device,
                 "rope dims",

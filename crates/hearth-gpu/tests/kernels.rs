@@ -369,7 +369,14 @@ fn config(n_heads: usize, n_kv_heads: usize, head_dim: usize, rope_dim: usize, s
         vocab_size: 100,
         context_length: 64,
         norm_eps: 1e-5,
-        rope: Some(RopeConfig { base: 10000.0, dim: rope_dim, style, scaling: None, local_base: None }),
+        rope: Some(RopeConfig {
+            base: 10000.0,
+            dim: rope_dim,
+            style,
+            scaling: None,
+            local_base: None,
+            unrotated_layers: vec![],
+        }),
         tied_embeddings: true,
         ..Default::default()
     }

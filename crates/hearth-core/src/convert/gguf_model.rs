@@ -59,7 +59,7 @@ pub(super) fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result
 
 fn model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
     match arch {
-        "llama" | "qwen2" | "gemma2" | "gemma3" => rope_model_config(gguf, arch),
+        "llama" | "qwen2" | "qwen3" | "smollm3" | "gemma2" | "gemma3" => rope_model_config(gguf, arch),
         "bloom" | "gpt2" => layer_norm_model_config(gguf, arch),
         _ => Err(HearthError::UnsupportedArchitecture(arch.to_string())),
     }
@@ -116,9 +116,9 @@ fn layer_norm_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
 
 fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
     // Pre-norm RoPE decoders that differ only in what the config below records. llama.cpp's
-    // converter permutes Llama's Q/K rows so rotated pairs are adjacent; Qwen2's and Gemma's it
-    // leaves in NeoX order.
-    let style = if arch == "llama" { RopeStyle::Interleaved } else { RopeStyle::Neox };
+    // converter permutes Llama's (and SmolLM3's) Q/K rows so rotated pairs are adjacent; Qwen's
+    // and Gemma's it leaves in NeoX order.
+    let style = if matches!(arch, "llama" | "smollm3") { RopeStyle::Interleaved } else { RopeStyle::Neox };
     let gemma = arch.starts_with("gemma");
     let key = |k: &str| format!("{arch}.{k}");
     let hidden = gguf.require_u64(&key("embedding_length"))? as usize;
@@ -175,6 +175,9 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
             // Gemma 3's local layers: llama.cpp uses 10 000 unless the file says otherwise (Gemma 2's
             // use the one base).
             local_base: (arch == "gemma3").then(|| gguf.get_f64(&key("rope.freq_base_swa")).unwrap_or(10_000.0) as f32),
+            // SmolLM3: every fourth layer attends without positions (llama.cpp fixes the interval at
+            // 4; the file says nothing).
+            unrotated_layers: if arch == "smollm3" { (3..n_layers).step_by(4).collect() } else { Vec::new() },
         }),
         alibi: None,
         // Llama/Qwen2/Mistral: every layer windowed (llama.cpp itself reads no window for these

@@ -1,7 +1,8 @@
 //! Hugging Face tensor layouts → the package's: GGUF tensor names, matrices as `[out, in]`, fused
 //! Q/K/V as Q rows then K then V (`convert::add_tensor` cuts them apart, as for GGUF), norm weights
 //! as the engines multiply by them. What each family needs:
-//! - Llama, Qwen2, Mistral: names only (Q/K stay in the NeoX order the engines rotate in).
+//! - Llama, Qwen2, Qwen3, SmolLM3, Mistral: names only (Q/K stay in the NeoX order the engines
+//!   rotate in).
 //! - Gemma 2 and 3: names, and RMSNorm weights stored as `w` for `(1 + w)` get the 1 added.
 //! - GPT-2: `Conv1D` weights stored `[in, out]` are transposed; `c_attn` holds Q|K|V side by side.
 //! - BLOOM: `query_key_value` rows are per head (`[head][q, k, v][head_dim]`), regrouped as Q, K, V.
@@ -10,7 +11,7 @@ use crate::manifest::ModelConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Family {
-    /// Llama, Mistral and Qwen2.
+    /// Llama, Mistral, Qwen2, Qwen3 and SmolLM3.
     Llama,
     /// Gemma 2 and Gemma 3.
     Gemma,
@@ -114,8 +115,9 @@ fn llama_name(family: Family, hf: &str) -> Option<String> {
         (_, "post_attention_layernorm.weight") => "ffn_norm.weight",
         (Family::Gemma, "pre_feedforward_layernorm.weight") => "ffn_norm.weight",
         (Family::Gemma, "post_feedforward_layernorm.weight") => "post_ffw_norm.weight",
-        (Family::Gemma, "self_attn.q_norm.weight") => "attn_q_norm.weight",
-        (Family::Gemma, "self_attn.k_norm.weight") => "attn_k_norm.weight",
+        // Gemma 3's and Qwen3's norms of each query and key head.
+        (_, "self_attn.q_norm.weight") => "attn_q_norm.weight",
+        (_, "self_attn.k_norm.weight") => "attn_k_norm.weight",
         _ => return None,
     };
     Some(format!("blk.{layer}.{part}"))

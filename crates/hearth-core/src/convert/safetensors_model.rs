@@ -131,6 +131,8 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
         // Mistral is Llama with a sliding window (config.json's `sliding_window`, null for none).
         "LlamaForCausalLM" | "llama" | "MistralForCausalLM" | "mistral" => ("llama", Family::Llama),
         "Qwen2ForCausalLM" | "qwen2" => ("qwen2", Family::Llama),
+        "Qwen3ForCausalLM" | "qwen3" => ("qwen3", Family::Llama),
+        "SmolLM3ForCausalLM" | "smollm3" => ("smollm3", Family::Llama),
         "Gemma2ForCausalLM" | "gemma2" => ("gemma2", Family::Gemma),
         "Gemma3ForCausalLM" | "gemma3_text" => ("gemma3", Family::Gemma),
         "GPT2LMHeadModel" | "gpt2" => ("gpt2", Family::Gpt2),
@@ -180,14 +182,24 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
                 style: RopeStyle::Neox,
                 scaling: rope_scaling(hf, &file)?,
                 local_base: gemma3.then(|| float("rope_local_base_freq", 10_000.0)),
+                unrotated_layers: if architecture == "smollm3" {
+                    smollm3_unrotated(hf, base.n_layers)
+                } else {
+                    Vec::new()
+                },
             };
-            let window = hf.get("sliding_window").and_then(Value::as_u64).filter(|&w| w > 0).map(|w| w as usize);
+            // Qwen's configs name a window they do not use (`use_sliding_window: false`).
+            let window = hf
+                .get("sliding_window")
+                .and_then(Value::as_u64)
+                .filter(|&w| w > 0 && hf.get("use_sliding_window").and_then(Value::as_bool) != Some(false))
+                .map(|w| w as usize);
             ModelConfig {
                 rope: Some(rope),
                 sliding_window: window,
                 sliding_window_pattern: if gemma && window.is_some() { Some(gemma_pattern(hf, gemma3)) } else { None },
                 activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
-                qk_norm: gemma3,
+                qk_norm: gemma3 || architecture == "qwen3",
                 post_norms: gemma,
                 embedding_scale: gemma.then(|| (hidden as f32).sqrt()),
                 // Gemma scales queries by query_pre_attn_scalar^-1/2, the head size but for 27B.
@@ -221,6 +233,22 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
         }
     };
     Ok((architecture, family, config))
+}
+
+/// SmolLM3's layers without RoPE: where `no_rope_layers` (one flag per layer, 1 = rotate) holds
+/// 0, else every `no_rope_layer_interval`-th layer (default 4, as Transformers and llama.cpp).
+fn smollm3_unrotated(hf: &Value, n_layers: usize) -> Vec<usize> {
+    if let Some(flags) = hf.get("no_rope_layers").and_then(Value::as_array) {
+        return flags
+            .iter()
+            .take(n_layers)
+            .enumerate()
+            .filter(|(_, f)| f.as_u64() == Some(0))
+            .map(|(l, _)| l)
+            .collect();
+    }
+    let interval = hf.get("no_rope_layer_interval").and_then(Value::as_u64).filter(|&n| n > 0).unwrap_or(4) as usize;
+    (interval - 1..n_layers).step_by(interval).collect()
 }
 
 /// Gemma's local/global pattern: `sliding_window_pattern`, or where `layer_types` first says
