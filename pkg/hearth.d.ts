@@ -480,6 +480,61 @@ export interface Support {
 /** What this browser offers, from `navigator.gpu` (loads nothing). */
 export function support(): Promise<Support>;
 
+/** Bytes of memory a model takes on one engine. */
+export interface MemoryPlan {
+  weights: number;
+  kvCache: number;
+  /** Activations and the module's own (the CPU engine's; 0 for the GPU, a few MB there). */
+  working: number;
+  total: number;
+}
+
+export interface InspectOptions {
+  /** As {@link LoadOptions.maxContext}: the KV cache's positions the memory figures are for. */
+  maxContext?: number;
+  /** As {@link LoadOptions.backend}. */
+  backend?: "auto" | "webgpu" | "cpu";
+  /** As {@link LoadOptions.revalidate}: `false` inspects a model stored whole without any request. */
+  revalidate?: boolean;
+  signal?: AbortSignal;
+}
+
+/** What a package needs here, from its manifest alone ({@link inspect}). */
+export interface Inspection {
+  name: string;
+  architecture: string;
+  /** Weights, counted as values. */
+  parameters: number;
+  /** Every shard and file of the package, in bytes. */
+  downloadBytes: number;
+  /** Shard bytes already stored for this URL (a load downloads the rest). */
+  storedBytes: number;
+  /** The engine `load()` would pick with the same options, and why. */
+  backend: "webgpu" | "cpu";
+  backendReason: string;
+  /** KV cache positions the figures are for (maxContext within 1 and the model's context). */
+  context: number;
+  /** Whether the GPU engine's KV cache would be f16 (the adapter has `shader-f16`). */
+  kvF16: boolean;
+  /** On the chosen engine: what `engine.info.gpuBytes` then reports for the GPU. */
+  memory: MemoryPlan;
+  cpu: MemoryPlan;
+  gpu: MemoryPlan;
+  /** Bytes a load would store, and what this site may still store (null: unknown). */
+  storage: { needed: number; available: number | null };
+  /** Whether load() with these options would start; otherwise `reasons` says why, with the numbers. */
+  fits: boolean;
+  reasons: string[];
+}
+
+/**
+ * What the package at `modelUrl` needs and whether this page can run it, before downloading it:
+ * one request (manifest.json), nothing stored. A model that does not fit is refused by `load()`
+ * with the same message, before any download.
+ * @throws {NetworkError | BadPackageError | UnsupportedModelError | InvalidArgumentError}
+ */
+export function inspect(modelUrl: string | URL, options?: InspectOptions): Promise<Inspection>;
+
 export interface CachedModel {
   /** The package's directory URL, absolute, ending in "/". */
   url: string;
@@ -568,6 +623,7 @@ export interface HearthNamespace {
   load: typeof load;
   loadInWorker: typeof loadInWorker;
   support: typeof support;
+  inspect: typeof inspect;
   cache: ModelCache;
 }
 

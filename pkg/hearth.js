@@ -4,9 +4,10 @@
 import { load } from "./src/load.js";
 import { loadInWorker } from "./src/worker-proxy.js";
 import { support } from "./src/support.js";
+import { inspect } from "./src/inspect.js";
 import { cache } from "./src/cache.js";
 
-export { load, loadInWorker, support, cache };
+export { load, loadInWorker, support, inspect, cache };
 export { HearthEngine } from "./src/engine.js";
 export {
   HearthError,
@@ -24,5 +25,5 @@ export {
   EngineDisposedError,
 } from "./src/errors.js";
 
-export const Hearth = Object.freeze({ load, loadInWorker, support, cache });
+export const Hearth = Object.freeze({ load, loadInWorker, support, inspect, cache });
 export default Hearth;

@@ -17,7 +17,7 @@ import * as store from "./store.js";
 
 const AHEAD = 3; // downloads in flight beyond the shard being uploaded
 const PROGRESS_STEP = 4 << 20; // report download progress at least every 4 MiB
-const QUOTA_MARGIN = 16 << 20; // the estimate is approximate; leave room for the records themselves
+export const QUOTA_MARGIN = 16 << 20; // the estimate is approximate; leave room for the records themselves
 const MAX_SHARD_BYTES = 2 ** 30; // what `hearth convert --shard-mb` allows (1024); each is one buffer
 
 // The builds (scripts/build-wasm.sh): single-threaded or threaded (the CPU engine on a pool of
@@ -67,7 +67,7 @@ function threadCount() {
  * realm (COOP + COEP headers), and the thread that waits on the pool must be allowed to block,
  * which only a worker is. Relaxed SIMD where the browser has it, unless `relaxedSimd` is false.
  */
-async function wasmFor(backend, relaxedSimd, signal) {
+export async function wasmFor(backend, relaxedSimd, signal) {
   const isWorker = typeof globalThis.WorkerGlobalScope === "function" && globalThis instanceof globalThis.WorkerGlobalScope;
   const threads = backend === "cpu" && globalThis.crossOriginIsolated && isWorker && threadCount() > 1;
   const relaxed = relaxedSimd !== false && hasRelaxedSimd();
@@ -87,7 +87,7 @@ async function wasmFor(backend, relaxedSimd, signal) {
   return raceAbort(loadWasm(variants.at(-1)), signal);
 }
 
-function parseManifest(text) {
+export function parseManifest(text) {
   let m;
   try {
     m = JSON.parse(text);

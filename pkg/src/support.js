@@ -72,7 +72,7 @@ function chooseFrom(gpu, requested) {
 }
 
 /** The default adapter, its name, whether it is a software one, or why there is none. */
-async function probeGpu() {
+export async function probeGpu() {
   const out = { adapter: null, label: "", software: false, reason: null };
   const gpu = globalThis.navigator?.gpu;
   if (!gpu) {

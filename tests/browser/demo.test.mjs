@@ -1,5 +1,7 @@
 // The demo page (www/) as a visitor uses it, in headless Chromium (WebGPU on SwiftShader), served by
-// the same routes as `make demo`: download the default model with progress (cancel, then resume),
+// the same routes as `make demo`: what the model needs before downloading it (Hearth.inspect: its
+// parameters and memory here; a URL without a manifest named), download the default model with
+// progress (cancel, then resume),
 // chat with streamed tokens and stats, stop an answer, reload with the network on (the stored model
 // loads without a request) and off (the service worker serves the page; the model chats again), and
 // delete the stored model. Greedy answers must equal the native CLI's. A screenshot of the page
@@ -112,6 +114,10 @@ test("the demo downloads (cancel, resume), chats, stops, reloads offline, chats 
   assert.equal(await page.getAttribute("html", "data-offline-ready"), "true", "the service worker controls the page");
   assert.ok((await page.locator("#model-select").inputValue()).endsWith(MODEL_PATH), "SmolLM2 is the default");
   assert.match(await page.locator("#model-details").textContent(), /96\.6 MB/);
+  // Hearth.inspect() before any download: SwiftShader is a software adapter, so "Automatic" means the
+  // CPU engine, at the model's whole context (8192 positions of f16 KV cache).
+  await page.locator("#model-details", { hasText: /\d+M parameters · needs [\d.]+ MB of memory on the CPU at 8192 tokens/ }).waitFor({ timeout: MINUTES });
+  assert.equal(await page.locator("#model-fit").textContent(), "", "it fits");
   assert.match(await page.locator("#network").textContent(), /^Online/);
 
   // 1. Download with progress; cancel once the first shard is stored, then resume.
@@ -234,6 +240,8 @@ test("a model URL that does not answer gives a message naming it", { timeout: 2 
   const page = await openDemo(context, errors);
   await page.getByLabel("Model package", { exact: true }).selectOption("custom");
   await page.getByLabel(/URL of a model package/).fill(server.url + "/models/no-such-model/");
+  // Inspected once typing pauses, before any load: the manifest is not there.
+  await page.locator("#model-fit", { hasText: /Its manifest could not be read\. Could not download .*no-such-model\/manifest\.json \(HTTP 404\)/ }).waitFor({ timeout: MINUTES });
   await page.getByRole("button", { name: "Load model" }).click();
   const alert = page.getByRole("alert");
   await alert.waitFor();

@@ -36,13 +36,13 @@ test("the module's exports: Hearth (also the default export) and the error class
     );
     return {
       defaultIsHearth: hearth.default === hearth.Hearth,
-      api: Object.fromEntries(["load", "loadInWorker", "support"].map((k) => [k, typeof Hearth[k]])),
+      api: Object.fromEntries(["load", "loadInWorker", "support", "inspect"].map((k) => [k, typeof Hearth[k]])),
       cache: Object.fromEntries(["has", "list", "delete", "estimate"].map((k) => [k, typeof Hearth.cache?.[k]])),
       named,
     };
   }, ERRORS);
   assert.equal(got.defaultIsHearth, true, "the default export is Hearth");
-  assert.deepEqual(got.api, { load: "function", loadInWorker: "function", support: "function" });
+  assert.deepEqual(got.api, { load: "function", loadInWorker: "function", support: "function", inspect: "function" });
   assert.deepEqual(got.cache, { has: "function", list: "function", delete: "function", estimate: "function" });
   for (const n of ERRORS) assert.deepEqual(got.named[n], { name: n, isError: true, isHearth: true }, n);
   assert.deepEqual(consoleErrors, []);

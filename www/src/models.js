@@ -131,6 +131,29 @@ export async function createModelPanel({ Hearth, support, onEngine }) {
       return null;
     }
   };
+  // Hearth.inspect() of the selection: {key, result} or {key, error}; key = backend and URL.
+  let inspection = { key: null };
+  let inspectTimer;
+  const inspectionKey = () => `${$("backend-select").value} ${selectedUrl()}`;
+  /** What the selected package needs here, from its manifest (no download), shown in the details. */
+  async function inspectSelection() {
+    const url = selectedUrl();
+    const key = inspectionKey();
+    inspection = { key };
+    if (!url) return renderDetails();
+    try {
+      // revalidate: false, as load() below: a model stored whole costs no request.
+      const result = await Hearth.inspect(url, { backend: $("backend-select").value, revalidate: false });
+      if (inspection.key === key) inspection = { key, result };
+    } catch (error) {
+      if (inspection.key === key) inspection = { key, error };
+    }
+    renderDetails();
+  }
+  const inspectSoon = (delay = 0) => {
+    clearTimeout(inspectTimer);
+    inspectTimer = setTimeout(inspectSelection, delay);
+  };
   const nameOf = (url) => catalog.find((m) => m.url === url)?.name ?? stored.find((s) => s.url === url)?.name ?? url;
 
   function renderDetails() {
@@ -142,7 +165,16 @@ export async function createModelPanel({ Hearth, support, onEngine }) {
     if (copy?.complete) parts.push("stored on this device");
     else if (copy) parts.push(`partly stored (${formatBytes(copy.bytes)}): loading resumes`);
     else if (url) parts.push(navigator.onLine ? "downloads once, then stays on this device" : "not stored: needs the network");
+    const { result, error } = inspection.key === inspectionKey() ? inspection : {};
+    if (result) {
+      const where = result.backend === "cpu" ? "of memory on the CPU" : "of GPU memory";
+      parts.push(`${formatCount(result.parameters)} parameters`,
+        `needs ${formatBytes(result.memory.total)} ${where} at ${result.context} tokens`);
+    }
     $("model-details").textContent = parts.join(" · ");
+    $("model-fit").textContent = result && !result.fits
+      ? `It will not run here: ${result.reasons.join(" ")}`
+      : error && error.name !== "AbortError" ? `Its manifest could not be read. ${describeError(error).text}` : "";
     $("load").disabled = Boolean(loading) || !url || (!navigator.onLine && !copy?.complete) ||
       ($("backend-select").value === "webgpu" && !support.webgpu);
     $("backend-details").textContent = backendDetails($("backend-select").value);
@@ -267,7 +299,10 @@ export async function createModelPanel({ Hearth, support, onEngine }) {
     }
   }
 
-  select.addEventListener("change", renderDetails);
+  select.addEventListener("change", () => {
+    renderDetails();
+    inspectSoon();
+  });
   // The choice is kept across visits, like the model.
   const backendSelect = $("backend-select");
   backendSelect.value = localStorage.getItem(LAST_BACKEND) ?? "auto";
@@ -275,8 +310,12 @@ export async function createModelPanel({ Hearth, support, onEngine }) {
   backendSelect.addEventListener("change", () => {
     localStorage.setItem(LAST_BACKEND, backendSelect.value);
     renderDetails();
+    inspectSoon();
   });
-  urlInput.addEventListener("input", renderDetails);
+  urlInput.addEventListener("input", () => {
+    renderDetails();
+    inspectSoon(500); // once typing pauses
+  });
   $("load-form").addEventListener("submit", (e) => {
     e.preventDefault();
     load();
@@ -286,4 +325,12 @@ export async function createModelPanel({ Hearth, support, onEngine }) {
 
   renderInfo(null);
   await refreshStored();
+  inspectSoon();
+}
+
+/** "135M", "1.2B": a parameter count. */
+function formatCount(n) {
+  if (n >= 1e9) return `${(n / 1e9).toFixed(1)}B`;
+  if (n >= 1e6) return `${Math.round(n / 1e6)}M`;
+  return n >= 1e3 ? `${Math.round(n / 1e3)}k` : String(n);
 }

@@ -17,5 +17,5 @@ pub mod weights;
 
 pub use builder::{run_dispatches, Dispatch, RopeDims, Step};
 pub use context::GpuContext;
-pub use engine::{GpuEngine, PendingEngine, StepCounts, QUEUE_DEPTH};
+pub use engine::{GpuEngine, PendingEngine, StepCounts, MAX_CHUNK, QUEUE_DEPTH};
 pub use weights::{Span, StoredMatrix, WeightBuffer, WeightUploads};

@@ -6,6 +6,7 @@
 
 mod compute;
 mod engine;
+mod inspect;
 mod loader;
 #[cfg(all(feature = "threads", target_arch = "wasm32"))]
 mod threads;

@@ -1,0 +1,128 @@
+// Hearth.inspect(): what a package needs and whether this page can run it, from its manifest alone
+// (one small request, nothing stored): the sizes come from the same plan `load()` checks before it
+// downloads anything (hearth_core::plan through the wasm module's planModel), so a model inspect()
+// says fits loads, and one it refuses, load() refuses with the same message.
+
+import { InvalidArgumentError, NetworkError, abortError, fromWasm, raceAbort } from "./errors.js";
+import { fetchText } from "./fetch.js";
+import { QUOTA_MARGIN, parseManifest, wasmFor } from "./load.js";
+import { signalOf } from "./options.js";
+import { checkBackend, chooseBackend, cpuMemoryLimit, probeGpu } from "./support.js";
+import * as store from "./store.js";
+
+const OPTIONS = ["maxContext", "backend", "revalidate", "signal"];
+
+function checkInspectOptions(modelUrl, options) {
+  if (typeof modelUrl !== "string" && !(modelUrl instanceof URL)) {
+    throw new InvalidArgumentError("inspect() takes the URL of a model package directory");
+  }
+  if (options === null || typeof options !== "object") throw new InvalidArgumentError("options must be an object");
+  for (const [k, v] of Object.entries(options)) {
+    if (v != null && !OPTIONS.includes(k)) {
+      throw new InvalidArgumentError(`options.${k} is not supported (inspect() takes ${OPTIONS.join(", ")})`);
+    }
+  }
+  if (/\.gguf$/i.test(new URL(modelUrl, globalThis.location?.href).pathname)) {
+    throw new InvalidArgumentError(
+      "inspect() and load() read a Hearth package directory (its manifest.json); convert a GGUF file with " +
+        "`hearth convert MODEL.gguf --out DIR` and serve DIR",
+    );
+  }
+  const { maxContext, backend, revalidate } = options;
+  if (revalidate != null && typeof revalidate !== "boolean") {
+    throw new InvalidArgumentError("options.revalidate must be a boolean");
+  }
+  if (!checkBackend(backend)) throw new InvalidArgumentError('options.backend must be "auto", "webgpu" or "cpu"');
+  if (maxContext != null && !(Number.isSafeInteger(maxContext) && maxContext > 0)) {
+    throw new InvalidArgumentError("options.maxContext must be a positive integer");
+  }
+}
+
+/**
+ * The manifest: fetched, or the stored copy when the network is unreachable; with `revalidate:
+ * false`, a model stored whole is inspected without any request (as load() then loads it).
+ */
+async function manifestText(url, revalidate, signal) {
+  const stored = async () => ((await store.usable()) ? store.usableVersion(await store.getModel(url)) : undefined);
+  if (revalidate === false) {
+    const copy = await stored();
+    if (copy) return copy.manifestText;
+  }
+  try {
+    return await fetchText(new URL("manifest.json", url).href, signal);
+  } catch (e) {
+    const copy = e instanceof NetworkError && e.status === null ? await stored() : undefined;
+    if (!copy) throw e;
+    return copy.manifestText;
+  }
+}
+
+/**
+ * What the package at `modelUrl` needs, and whether this page can run it, before downloading it:
+ * {name, architecture, parameters, downloadBytes, storedBytes, backend, backendReason, context,
+ * kvF16, memory: {weights, kvCache, working, total}, cpu, gpu, storage: {needed, available}, fits,
+ * reasons[]}. `options`: maxContext, backend and revalidate as `load()` takes them.
+ */
+export async function inspect(modelUrl, options = {}) {
+  checkInspectOptions(modelUrl, options);
+  const signal = signalOf(options);
+  if (signal?.aborted) throw abortError(signal);
+  const url = store.modelKey(modelUrl);
+  const text = await manifestText(url, options.revalidate, signal);
+  const manifest = parseManifest(text);
+  const choice = await chooseBackend(options.backend ?? "auto");
+  const gpu = choice.backend === "webgpu" ? await probeGpu() : null;
+  const limits = gpu?.adapter?.limits;
+  const kvF16 = gpu?.adapter?.features.has("shader-f16") ?? false;
+  const cpuLimit = cpuMemoryLimit();
+  const wasm = await wasmFor(choice.backend, undefined, signal);
+  let plan;
+  try {
+    plan = wasm.planModel(text, {
+      maxContext: options.maxContext,
+      kvF16,
+      binding: limits ? Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize) : undefined,
+      memoryLimit: cpuLimit.bytes,
+      memoryLimitReason: cpuLimit.reason,
+    });
+  } catch (e) {
+    throw fromWasm(e);
+  }
+
+  const reasons = [...(choice.backend === "cpu" ? plan.cpuRefusals : plan.gpuRefusals)];
+  if (choice.backend === "webgpu" && !gpu?.adapter) reasons.push(gpu?.reason ?? "no WebGPU adapter");
+  // Storage: what is not stored yet, as load() asks the quota for it.
+  let storedBytes = 0;
+  if (await store.usable()) {
+    const have = await raceAbort(store.storedShards(url), signal);
+    storedBytes = manifest.shards.reduce((n, s) => n + (have.has(s.sha256) ? s.size : 0), 0);
+  }
+  const shardBytes = manifest.shards.reduce((n, s) => n + s.size, 0);
+  const needed = shardBytes - storedBytes + (plan.downloadBytes - shardBytes) + text.length;
+  const estimate = await globalThis.navigator?.storage?.estimate?.().catch(() => null);
+  const available = estimate?.quota == null ? null : estimate.quota - (estimate.usage ?? 0);
+  if (available != null && storedBytes < shardBytes && available < needed + QUOTA_MARGIN) {
+    reasons.push(
+      `storing the model needs ${needed + QUOTA_MARGIN} bytes and this site may store ${available} more ` +
+        "(free space, or delete stored models with Hearth.cache.delete)",
+    );
+  }
+  const memory = choice.backend === "cpu" ? plan.cpu : plan.gpu;
+  return {
+    name: plan.name,
+    architecture: plan.architecture,
+    parameters: plan.parameters,
+    downloadBytes: plan.downloadBytes,
+    storedBytes,
+    backend: choice.backend,
+    backendReason: choice.reason,
+    context: plan.context,
+    kvF16: choice.backend === "webgpu" && kvF16,
+    memory,
+    cpu: plan.cpu,
+    gpu: plan.gpu,
+    storage: { needed: storedBytes < shardBytes ? needed : 0, available },
+    fits: reasons.length === 0,
+    reasons,
+  };
+}
