@@ -429,9 +429,10 @@ fn transformers_config(fixture: &str, c: &hearth_core::manifest::ModelConfig) ->
         "qwen2_yarn" => "qwen2",
         other => other,
     };
-    match arch {
-        "mistral" => serde_json::json!({
-            "architectures": ["MistralForCausalLM"],
+    // What every RoPE decoder's config.json says, and `own`, the architecture's own keys.
+    let rope_decoder = |class: &str, own: serde_json::Value| {
+        let mut json = serde_json::json!({
+            "architectures": [class],
             "hidden_size": c.hidden_size,
             "intermediate_size": c.ffn_size,
             "num_hidden_layers": c.n_layers,
@@ -441,139 +442,97 @@ fn transformers_config(fixture: &str, c: &hearth_core::manifest::ModelConfig) ->
             "max_position_embeddings": c.context_length,
             "rms_norm_eps": c.norm_eps,
             "rope_theta": c.rope.as_ref().unwrap().base,
-            "sliding_window": c.sliding_window.unwrap(),
             "tie_word_embeddings": c.tied_embeddings,
-        }),
+        });
+        json.as_object_mut().unwrap().extend(own.as_object().unwrap().clone());
+        json
+    };
+    match arch {
+        "mistral" => {
+            rope_decoder("MistralForCausalLM", serde_json::json!({ "sliding_window": c.sliding_window.unwrap() }))
+        }
         "llama" => {
             let Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context_length }) =
                 llama3_scaling(fixture)
             else {
                 panic!("{fixture}: no Llama 3 scaling")
             };
-            serde_json::json!({
-                "architectures": ["LlamaForCausalLM"],
-                "hidden_size": c.hidden_size,
-                "intermediate_size": c.ffn_size,
-                "num_hidden_layers": c.n_layers,
-                "num_attention_heads": c.n_heads,
-                "num_key_value_heads": c.n_kv_heads,
-                "vocab_size": c.vocab_size,
-                "max_position_embeddings": c.context_length,
-                "rms_norm_eps": c.norm_eps,
-                "rope_theta": c.rope.as_ref().unwrap().base,
-                "rope_scaling": {
-                    "rope_type": "llama3",
-                    "factor": factor,
-                    "low_freq_factor": low_freq_factor,
-                    "high_freq_factor": high_freq_factor,
-                    "original_max_position_embeddings": original_context_length,
-                },
-                "tie_word_embeddings": c.tied_embeddings,
-            })
-        }
-        "qwen2" => serde_json::json!({
-            "architectures": ["Qwen2ForCausalLM"],
-            "hidden_size": c.hidden_size,
-            "intermediate_size": c.ffn_size,
-            "num_hidden_layers": c.n_layers,
-            "num_attention_heads": c.n_heads,
-            "num_key_value_heads": c.n_kv_heads,
-            "vocab_size": c.vocab_size,
-            "max_position_embeddings": c.context_length,
-            "rms_norm_eps": c.norm_eps,
-            "rope_theta": c.rope.as_ref().unwrap().base,
-            "rope_scaling": match c.rope.as_ref().unwrap().scaling {
-                Some(RopeScaling::Yarn { factor, original_context_length, .. }) => serde_json::json!({
-                    "rope_type": "yarn",
-                    "factor": factor,
-                    "original_max_position_embeddings": original_context_length,
+            rope_decoder(
+                "LlamaForCausalLM",
+                serde_json::json!({
+                    "rope_scaling": {
+                        "rope_type": "llama3",
+                        "factor": factor,
+                        "low_freq_factor": low_freq_factor,
+                        "high_freq_factor": high_freq_factor,
+                        "original_max_position_embeddings": original_context_length,
+                    },
                 }),
-                _ => serde_json::Value::Null,
-            },
-            "tie_word_embeddings": c.tied_embeddings,
-        }),
+            )
+        }
+        "qwen2" => rope_decoder(
+            "Qwen2ForCausalLM",
+            serde_json::json!({
+                "rope_scaling": match c.rope.as_ref().unwrap().scaling {
+                    Some(RopeScaling::Yarn { factor, original_context_length, .. }) => serde_json::json!({
+                        "rope_type": "yarn",
+                        "factor": factor,
+                        "original_max_position_embeddings": original_context_length,
+                    }),
+                    _ => serde_json::Value::Null,
+                },
+            }),
+        ),
         // Qwen3: QK-norm, an explicit head_dim, and a window named but unused.
-        "qwen3" => serde_json::json!({
-            "architectures": ["Qwen3ForCausalLM"],
-            "hidden_size": c.hidden_size,
-            "intermediate_size": c.ffn_size,
-            "num_hidden_layers": c.n_layers,
-            "num_attention_heads": c.n_heads,
-            "num_key_value_heads": c.n_kv_heads,
-            "head_dim": c.head_dim,
-            "vocab_size": c.vocab_size,
-            "max_position_embeddings": c.context_length,
-            "rms_norm_eps": c.norm_eps,
-            "rope_theta": c.rope.as_ref().unwrap().base,
-            "rope_scaling": null,
-            "attention_bias": false,
-            "use_sliding_window": false,
-            "sliding_window": 64,
-            "tie_word_embeddings": c.tied_embeddings,
-        }),
+        "qwen3" => rope_decoder(
+            "Qwen3ForCausalLM",
+            serde_json::json!({
+                "head_dim": c.head_dim,
+                "rope_scaling": null,
+                "attention_bias": false,
+                "use_sliding_window": false,
+                "sliding_window": 64,
+            }),
+        ),
         // SmolLM3: one flag per layer, 0 where the layer does not rotate.
-        "smollm3" => serde_json::json!({
-            "architectures": ["SmolLM3ForCausalLM"],
-            "hidden_size": c.hidden_size,
-            "intermediate_size": c.ffn_size,
-            "num_hidden_layers": c.n_layers,
-            "num_attention_heads": c.n_heads,
-            "num_key_value_heads": c.n_kv_heads,
-            "vocab_size": c.vocab_size,
-            "max_position_embeddings": c.context_length,
-            "rms_norm_eps": c.norm_eps,
-            "rope_theta": c.rope.as_ref().unwrap().base,
-            "no_rope_layers": (0..c.n_layers).map(|l| u32::from(c.layer_rotates(l))).collect::<Vec<_>>(),
-            "no_rope_layer_interval": 4,
-            "use_sliding_window": false,
-            "sliding_window": null,
-            "tie_word_embeddings": c.tied_embeddings,
-        }),
+        "smollm3" => rope_decoder(
+            "SmolLM3ForCausalLM",
+            serde_json::json!({
+                "no_rope_layers": (0..c.n_layers).map(|l| u32::from(c.layer_rotates(l))).collect::<Vec<_>>(),
+                "no_rope_layer_interval": 4,
+                "use_sliding_window": false,
+                "sliding_window": null,
+            }),
+        ),
         "gemma3" => {
             let pattern = c.sliding_window_pattern.unwrap();
             let layer_types: Vec<&str> = (0..c.n_layers)
                 .map(|l| if (l + 1) % pattern == 0 { "full_attention" } else { "sliding_attention" })
                 .collect();
-            serde_json::json!({
-                "architectures": ["Gemma3ForCausalLM"],
-                "hidden_size": c.hidden_size,
-                "intermediate_size": c.ffn_size,
-                "num_hidden_layers": c.n_layers,
-                "num_attention_heads": c.n_heads,
-                "num_key_value_heads": c.n_kv_heads,
-                "head_dim": c.head_dim,
-                "vocab_size": c.vocab_size,
-                "max_position_embeddings": c.context_length,
-                "rms_norm_eps": c.norm_eps,
-                "rope_theta": c.rope.as_ref().unwrap().base,
-                "rope_local_base_freq": c.rope.as_ref().unwrap().local_base.unwrap(),
-                "sliding_window": c.sliding_window.unwrap(),
-                "layer_types": layer_types,
-                "query_pre_attn_scalar": c.head_dim,
-                "hidden_activation": "gelu_pytorch_tanh",
-                "rope_scaling": null,
-                "tie_word_embeddings": true,
-            })
+            rope_decoder(
+                "Gemma3ForCausalLM",
+                serde_json::json!({
+                    "head_dim": c.head_dim,
+                    "rope_local_base_freq": c.rope.as_ref().unwrap().local_base.unwrap(),
+                    "sliding_window": c.sliding_window.unwrap(),
+                    "layer_types": layer_types,
+                    "query_pre_attn_scalar": c.head_dim,
+                    "hidden_activation": "gelu_pytorch_tanh",
+                    "rope_scaling": null,
+                }),
+            )
         }
-        "gemma2" => serde_json::json!({
-            "architectures": ["Gemma2ForCausalLM"],
-            "hidden_size": c.hidden_size,
-            "intermediate_size": c.ffn_size,
-            "num_hidden_layers": c.n_layers,
-            "num_attention_heads": c.n_heads,
-            "num_key_value_heads": c.n_kv_heads,
-            "head_dim": c.head_dim,
-            "vocab_size": c.vocab_size,
-            "max_position_embeddings": c.context_length,
-            "rms_norm_eps": c.norm_eps,
-            "rope_theta": c.rope.as_ref().unwrap().base,
-            "sliding_window": c.sliding_window.unwrap(),
-            "query_pre_attn_scalar": c.head_dim,
-            "attn_logit_softcapping": c.attn_softcap.unwrap(),
-            "final_logit_softcapping": c.final_softcap.unwrap(),
-            "hidden_activation": "gelu_pytorch_tanh",
-            "tie_word_embeddings": true,
-        }),
+        "gemma2" => rope_decoder(
+            "Gemma2ForCausalLM",
+            serde_json::json!({
+                "head_dim": c.head_dim,
+                "sliding_window": c.sliding_window.unwrap(),
+                "query_pre_attn_scalar": c.head_dim,
+                "attn_logit_softcapping": c.attn_softcap.unwrap(),
+                "final_logit_softcapping": c.final_softcap.unwrap(),
+                "hidden_activation": "gelu_pytorch_tanh",
+            }),
+        ),
         "gpt2" => serde_json::json!({
             "architectures": ["GPT2LMHeadModel"],
             "n_embd": c.hidden_size,

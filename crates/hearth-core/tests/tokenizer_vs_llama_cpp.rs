@@ -12,6 +12,21 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array().expect("id array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
 }
 
+/// The tokenizer the converter builds from `gguf`'s vocabulary, loaded as a package's is.
+fn gguf_tokenizer(gguf: &GgufFile) -> Tokenizer {
+    let tok = tokenizer_from_gguf(gguf).expect("build tokenizer");
+    let info = TokenizerInfo {
+        file: "tokenizer.json".into(),
+        bos_id: tok.bos_id,
+        eos_id: tok.eos_id,
+        stop_ids: tok.stop_ids.clone(),
+        pad_id: tok.pad_id,
+        add_bos: tok.add_bos,
+        chat_template: tok.chat_template.clone(),
+    };
+    Tokenizer::from_json(tok.json.as_bytes(), info).expect("load tokenizer")
+}
+
 /// Every corpus string, with and without special-token parsing, must give llama.cpp's ids.
 fn assert_corpus_matches(tokenizer: &mut Tokenizer, fixture: &str) {
     let fx = common::fixture(fixture);
@@ -42,18 +57,9 @@ fn byte_level_bpe_corpus_tokenizes_exactly_like_llama_cpp() {
 fn sentencepiece_corpus_tokenizes_exactly_like_llama_cpp() {
     // Gemma 3: `tokenizer.ggml.model = llama`, 262k pieces with scores, byte fallback.
     let gguf = GgufFile::open(common::gemma3_gguf()).expect("open Gemma 3");
-    let tok = tokenizer_from_gguf(&gguf).expect("build tokenizer");
-    assert_eq!((tok.bos_id, tok.eos_id, tok.add_bos), (Some(2), Some(1), true));
-    let info = TokenizerInfo {
-        file: "tokenizer.json".into(),
-        bos_id: tok.bos_id,
-        eos_id: tok.eos_id,
-        stop_ids: tok.stop_ids.clone(),
-        pad_id: tok.pad_id,
-        add_bos: tok.add_bos,
-        chat_template: tok.chat_template.clone(),
-    };
-    let mut tokenizer = Tokenizer::from_json(tok.json.as_bytes(), info).expect("load tokenizer");
+    let mut tokenizer = gguf_tokenizer(&gguf);
+    let info = tokenizer.info();
+    assert_eq!((info.bos_id, info.eos_id, info.add_bos), (Some(2), Some(1), true));
     assert_corpus_matches(&mut tokenizer, "gemma3/tokenizer_corpus.json");
 }
 
@@ -105,18 +111,7 @@ fn every_gguf_pre_tokenizer_cuts_text_as_llama_cpp_does() {
         let differing = fx["cases_differing_from_gpt2"][name].as_u64().unwrap();
         assert!(*name == "gpt-2" || differing >= 10, "{name}: only {differing} strings tell it from GPT-2's");
         let path = common::repo_root().join(format!("tests/fixtures/pretokenizers/{name}.gguf"));
-        let gguf = GgufFile::open(&path).expect("open the vocabulary");
-        let tok = tokenizer_from_gguf(&gguf).expect("build tokenizer");
-        let info = TokenizerInfo {
-            file: "tokenizer.json".into(),
-            bos_id: tok.bos_id,
-            eos_id: tok.eos_id,
-            stop_ids: tok.stop_ids.clone(),
-            pad_id: tok.pad_id,
-            add_bos: tok.add_bos,
-            chat_template: None,
-        };
-        let mut tokenizer = Tokenizer::from_json(tok.json.as_bytes(), info).expect("load tokenizer");
+        let mut tokenizer = gguf_tokenizer(&GgufFile::open(&path).expect("open the vocabulary"));
         let mut failures = Vec::new();
         let cases = fx["cases"].as_array().unwrap();
         for case in cases {
