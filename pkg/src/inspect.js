@@ -5,28 +5,19 @@
 
 import { InvalidArgumentError, NetworkError, abortError, fromWasm, raceAbort } from "./errors.js";
 import { fetchText } from "./fetch.js";
-import { QUOTA_MARGIN, parseManifest, wasmFor } from "./load.js";
+import { packageKey, parseManifest, quotaShortfall, storageNeeded, wasmFor } from "./load.js";
 import { signalOf } from "./options.js";
 import { checkBackend, chooseBackend, cpuMemoryLimit, probeGpu } from "./support.js";
 import * as store from "./store.js";
 
 const OPTIONS = ["maxContext", "backend", "revalidate", "signal"];
 
-function checkInspectOptions(modelUrl, options) {
-  if (typeof modelUrl !== "string" && !(modelUrl instanceof URL)) {
-    throw new InvalidArgumentError("inspect() takes the URL of a model package directory");
-  }
+function checkInspectOptions(options) {
   if (options === null || typeof options !== "object") throw new InvalidArgumentError("options must be an object");
   for (const [k, v] of Object.entries(options)) {
     if (v != null && !OPTIONS.includes(k)) {
       throw new InvalidArgumentError(`options.${k} is not supported (inspect() takes ${OPTIONS.join(", ")})`);
     }
-  }
-  if (/\.gguf$/i.test(new URL(modelUrl, globalThis.location?.href).pathname)) {
-    throw new InvalidArgumentError(
-      "inspect() and load() read a Hearth package directory (its manifest.json); convert a GGUF file with " +
-        "`hearth convert MODEL.gguf --out DIR` and serve DIR",
-    );
   }
   const { maxContext, backend, revalidate } = options;
   if (revalidate != null && typeof revalidate !== "boolean") {
@@ -64,10 +55,10 @@ async function manifestText(url, revalidate, signal) {
  * reasons[]}. `options`: maxContext, backend and revalidate as `load()` takes them.
  */
 export async function inspect(modelUrl, options = {}) {
-  checkInspectOptions(modelUrl, options);
+  const url = packageKey(modelUrl, "inspect");
+  checkInspectOptions(options);
   const signal = signalOf(options);
   if (signal?.aborted) throw abortError(signal);
-  const url = store.modelKey(modelUrl);
   const text = await manifestText(url, options.revalidate, signal);
   const manifest = parseManifest(text);
   const choice = await chooseBackend(options.backend ?? "auto");
@@ -75,7 +66,8 @@ export async function inspect(modelUrl, options = {}) {
   const limits = gpu?.adapter?.limits;
   const kvF16 = gpu?.adapter?.features.has("shader-f16") ?? false;
   const cpuLimit = cpuMemoryLimit();
-  const wasm = await wasmFor(choice.backend, undefined, signal);
+  // The plain build: planModel is the same in every build, and it starts no thread pool.
+  const wasm = await wasmFor("webgpu", false, signal);
   let plan;
   try {
     plan = wasm.planModel(text, {
@@ -91,22 +83,17 @@ export async function inspect(modelUrl, options = {}) {
 
   const reasons = [...(choice.backend === "cpu" ? plan.cpuRefusals : plan.gpuRefusals)];
   if (choice.backend === "webgpu" && !gpu?.adapter) reasons.push(gpu?.reason ?? "no WebGPU adapter");
-  // Storage: what is not stored yet, as load() asks the quota for it.
-  let storedBytes = 0;
-  if (await store.usable()) {
-    const have = await raceAbort(store.storedShards(url), signal);
-    storedBytes = manifest.shards.reduce((n, s) => n + (have.has(s.sha256) ? s.size : 0), 0);
-  }
+  // Storage: what is not stored yet, as load() asks the quota for it (the shards it downloads, the
+  // manifest and the tokenizer).
+  const usable = await store.usable();
+  const have = usable ? await raceAbort(store.storedShards(url), signal) : new Set();
+  const storedBytes = manifest.shards.reduce((n, s) => n + (have.has(s.sha256) ? s.size : 0), 0);
   const shardBytes = manifest.shards.reduce((n, s) => n + s.size, 0);
-  const needed = shardBytes - storedBytes + (plan.downloadBytes - shardBytes) + text.length;
-  const estimate = await globalThis.navigator?.storage?.estimate?.().catch(() => null);
-  const available = estimate?.quota == null ? null : estimate.quota - (estimate.usage ?? 0);
-  if (available != null && storedBytes < shardBytes && available < needed + QUOTA_MARGIN) {
-    reasons.push(
-      `storing the model needs ${needed + QUOTA_MARGIN} bytes and this site may store ${available} more ` +
-        "(free space, or delete stored models with Hearth.cache.delete)",
-    );
-  }
+  const needed = storedBytes < shardBytes ? storageNeeded(manifest, text, shardBytes - storedBytes) : 0;
+  const { available, error } = await quotaShortfall(needed);
+  // Only where load() would need exactly this: it first deletes what an older version of this URL
+  // left (and, short of room, the version it replaces), which inspect() cannot size.
+  if (usable && needed > 0 && have.size === 0 && !(await store.getModel(url)) && error) reasons.push(error.message);
   const memory = choice.backend === "cpu" ? plan.cpu : plan.gpu;
   return {
     name: plan.name,
@@ -121,7 +108,7 @@ export async function inspect(modelUrl, options = {}) {
     memory,
     cpu: plan.cpu,
     gpu: plan.gpu,
-    storage: { needed: storedBytes < shardBytes ? needed : 0, available },
+    storage: { needed, available },
     fits: reasons.length === 0,
     reasons,
   };

@@ -17,7 +17,7 @@ import * as store from "./store.js";
 
 const AHEAD = 3; // downloads in flight beyond the shard being uploaded
 const PROGRESS_STEP = 4 << 20; // report download progress at least every 4 MiB
-export const QUOTA_MARGIN = 16 << 20; // the estimate is approximate; leave room for the records themselves
+const QUOTA_MARGIN = 16 << 20; // the estimate is approximate; leave room for the records themselves
 const MAX_SHARD_BYTES = 2 ** 30; // what `hearth convert --shard-mb` allows (1024); each is one buffer
 
 // The builds (scripts/build-wasm.sh): single-threaded or threaded (the CPU engine on a pool of
@@ -135,12 +135,30 @@ async function tokenizerText(url, manifest, stored, signal, stallMs) {
   return new TextDecoder().decode(bytes);
 }
 
+/**
+ * The origin's free storage (quota - usage, null when the browser does not say), and the error a
+ * download of `needed` bytes gets when it does not fit with its margin (null when it does).
+ */
+export async function quotaShortfall(needed) {
+  const estimate = await globalThis.navigator?.storage?.estimate?.().catch(() => null);
+  if (estimate?.quota == null) return { available: null, error: null };
+  const available = estimate.quota - (estimate.usage ?? 0);
+  const error = available < needed + QUOTA_MARGIN ? new QuotaExceededError(needed + QUOTA_MARGIN, available) : null;
+  return { available, error };
+}
+
+/** Bytes a load stores: the shards not stored yet, the manifest, and the tokenizer as listed. */
+export function storageNeeded(manifest, manifestText, missingShardBytes) {
+  const file = manifest.tokenizer?.file ?? "tokenizer.json";
+  const tokenizer = (manifest.files ?? []).find((f) => f.file === file);
+  return missingShardBytes + manifestText.length + (tokenizer?.size ?? 0);
+}
+
 /** Refuses to start a download that the origin's quota cannot hold. */
 async function checkQuota(needed) {
-  const estimate = await globalThis.navigator?.storage?.estimate?.().catch(() => null);
-  if (estimate?.quota == null) return;
-  const available = estimate.quota - (estimate.usage ?? 0);
-  if (available < needed + QUOTA_MARGIN) throw new QuotaExceededError(needed + QUOTA_MARGIN, available);
+  const { available, error } = await quotaShortfall(needed);
+  if (error) throw error;
+  if (available == null) return;
   // Ask not to be evicted under storage pressure; a refusal (or a worker, without persist) is fine.
   globalThis.navigator.storage.persist?.().catch(() => {});
 }
@@ -160,10 +178,32 @@ const LOAD_OPTIONS = [
   "onProgress", "signal", "cache", "maxContext", "revalidate", "backend", "stallTimeout", "relaxedSimd",
 ];
 
-export function checkOptions(modelUrl, options) {
+/**
+ * `modelUrl` as the key of its package (store.modelKey), refusing what is not a package directory's
+ * URL: another type, a malformed URL, or a GGUF file (which needs `hearth convert` first). `fn`
+ * names the function for the message.
+ */
+export function packageKey(modelUrl, fn) {
   if (typeof modelUrl !== "string" && !(modelUrl instanceof URL)) {
-    throw new InvalidArgumentError("load() takes the URL of a model package directory");
+    throw new InvalidArgumentError(`${fn}() takes the URL of a model package directory`);
   }
+  let key;
+  try {
+    key = store.modelKey(modelUrl);
+  } catch (e) {
+    throw new InvalidArgumentError(`${fn}(): ${JSON.stringify(String(modelUrl))} is not a URL (${e.message})`);
+  }
+  if (/\.gguf\/$/i.test(key)) {
+    throw new InvalidArgumentError(
+      `${fn}() reads a Hearth model package (a directory with manifest.json), not a GGUF file: convert it with ` +
+        "`hearth convert MODEL.gguf --out DIR` and serve DIR",
+    );
+  }
+  return key;
+}
+
+export function checkOptions(modelUrl, options) {
+  packageKey(modelUrl, "load");
   if (options === null || typeof options !== "object") throw new InvalidArgumentError("options must be an object");
   // No option is silently ignored: a misspelled one is an error naming it.
   for (const [k, v] of Object.entries(options)) {
@@ -202,7 +242,7 @@ export async function load(modelUrl, options = {}) {
   checkOptions(modelUrl, options);
   const signal = signalOf(options);
   if (signal?.aborted) throw abortError(signal);
-  const url = store.modelKey(modelUrl);
+  const url = packageKey(modelUrl, "load");
   // One tab (or worker) at a time loads a model that it stores: another waits, then finds the
   // shards stored (or a newer version's, replacing these) rather than racing on the same records.
   if (options.cache === false) return loadPackage(url, options, signal);
@@ -288,7 +328,7 @@ async function loadPackage(url, options, signal) {
       }
       const keep = (version) => new Set([...hashes, ...(version ? store.shardsOf(version.manifestText).map((s) => s.sha256) : [])]);
       await store.deleteStaleShards(url, keep(previous));
-      const needed = download.total + manifestText.length + tokenizer.length;
+      const needed = storageNeeded(manifest, manifestText, download.total);
       if (missing.length > 0) {
         try {
           await checkQuota(needed);

@@ -4,7 +4,8 @@
 // engine under a small device memory (navigator.deviceMemory = 0.5 GiB: 256 MiB for the engine),
 // where inspect() refuses SmolLM2 at its full context with the message load() then throws, and
 // accepts it at 256 positions; what is stored before and after a load (and, stored whole, inspected
-// without a request, or offline); a GGUF URL refused by name.
+// without a request, or offline); a storage quota too small, with load()'s message; a GGUF URL refused
+// by name (by load() too).
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -130,18 +131,55 @@ test("inspect() refuses a GGUF URL and unknown options by name", { timeout: 2 * 
     const err = async (f) => f().then(() => null, (e) => ({ name: e.name, message: e.message }));
     return {
       gguf: await err(() => Hearth.inspect("/models/model.gguf")),
+      loadGguf: await err(() => Hearth.load("/models/model.gguf", { cache: false })),
+      malformed: await err(() => Hearth.inspect("http://[::1")),
       option: await err(() => Hearth.inspect("/models/qwen3/", { cache: false })),
       context: await err(() => Hearth.inspect("/models/qwen3/", { maxContext: 0 })),
       missing: await err(() => Hearth.inspect("/models/nothing-here/")),
     };
   });
-  assert.equal(got.gguf?.name, "InvalidArgumentError");
-  assert.match(got.gguf.message, /hearth convert/);
+  for (const e of [got.gguf, got.loadGguf]) {
+    assert.equal(e?.name, "InvalidArgumentError");
+    assert.match(e.message, /not a GGUF file: convert it with `hearth convert/);
+  }
+  assert.equal(got.malformed?.name, "InvalidArgumentError");
   assert.equal(got.option?.name, "InvalidArgumentError");
   assert.match(got.option.message, /options\.cache/);
   assert.equal(got.context?.name, "InvalidArgumentError");
   assert.equal(got.missing?.name, "NetworkError");
   // The 404 of the missing manifest is the browser's console error, nothing else.
   assert.ok(consoleErrors.every((e) => /404|Failed to load resource/.test(e)), consoleErrors.join("\n"));
+  await context.close();
+});
+
+test("a quota too small for the model: inspect() gives the message load() then throws", { timeout: 3 * MINUTES }, async () => {
+  // A browser that says this site may store 30 MiB more (navigator.storage.estimate, which both
+  // load() and inspect() ask): SmolLM2's 97 MB do not fit.
+  const context = await browser.newContext();
+  await context.addInitScript(() => {
+    StorageManager.prototype.estimate = async () => ({ quota: 30 * 2 ** 20, usage: 0 });
+  });
+  const page = await context.newPage();
+  const consoleErrors = [];
+  page.on("console", (m) => m.type() === "error" && consoleErrors.push(m.text()));
+  await page.goto(server.url + "/");
+  await page.waitForFunction(() => window.hearthReady === true);
+  const got = await page.evaluate(async (url) => {
+    const need = await Hearth.inspect(url, { backend: "cpu", maxContext: 256 });
+    const refused = await Hearth.load(url, { backend: "cpu", maxContext: 256 }).then(
+      (e) => e.dispose().then(() => null),
+      (e) => ({ name: e.name, message: e.message, needed: e.needed, available: e.available }),
+    );
+    const stored = await Hearth.cache.list();
+    return { need, refused, stored };
+  }, "/models/smollm2/");
+  const { need, refused } = got;
+  assert.equal(need.fits, false, JSON.stringify({ need, refused }));
+  assert.equal(need.storage.available, 30 * 2 ** 20);
+  assert.ok(need.storage.needed > 96e6, JSON.stringify(need.storage));
+  assert.equal(refused?.name, "QuotaExceededError");
+  assert.deepEqual(need.reasons, [refused.message]);
+  assert.deepEqual(got.stored, [], "nothing stored");
+  assert.deepEqual(consoleErrors, []);
   await context.close();
 });

@@ -140,7 +140,9 @@ export async function createModelPanel({ Hearth, support, onEngine }) {
     const url = selectedUrl();
     const key = inspectionKey();
     inspection = { key };
-    if (!url) return renderDetails();
+    // Offline, only a model stored whole can be read (and loaded).
+    const complete = stored.find((s) => s.url === url)?.complete;
+    if (!url || (!navigator.onLine && !complete)) return renderDetails();
     try {
       // revalidate: false, as load() below: a model stored whole costs no request.
       const result = await Hearth.inspect(url, { backend: $("backend-select").value, revalidate: false });
@@ -174,7 +176,7 @@ export async function createModelPanel({ Hearth, support, onEngine }) {
     $("model-details").textContent = parts.join(" · ");
     $("model-fit").textContent = result && !result.fits
       ? `It will not run here: ${result.reasons.join(" ")}`
-      : error && error.name !== "AbortError" ? `Its manifest could not be read. ${describeError(error).text}` : "";
+      : error ? `${error.name === "NetworkError" ? "Its manifest could not be read. " : ""}${describeError(error).text}` : "";
     $("load").disabled = Boolean(loading) || !url || (!navigator.onLine && !copy?.complete) ||
       ($("backend-select").value === "webgpu" && !support.webgpu);
     $("backend-details").textContent = backendDetails($("backend-select").value);
@@ -204,6 +206,7 @@ export async function createModelPanel({ Hearth, support, onEngine }) {
         await Hearth.cache.delete(model.url);
         $("load-status").textContent = `Deleted ${name} from this device.`;
         await refreshStored();
+        inspectSoon(); // the storage it needs again
       });
       item.append(label, detail, remove);
       list.append(item);
@@ -296,6 +299,7 @@ export async function createModelPanel({ Hearth, support, onEngine }) {
       loading = null;
       $("cancel").hidden = true;
       await refreshStored();
+      inspectSoon(); // what is stored now
     }
   }
 
@@ -321,7 +325,12 @@ export async function createModelPanel({ Hearth, support, onEngine }) {
     load();
   });
   $("cancel").addEventListener("click", () => loading?.abort());
-  for (const event of ["online", "offline"]) window.addEventListener(event, renderDetails);
+  for (const event of ["online", "offline"]) {
+    window.addEventListener(event, () => {
+      renderDetails();
+      inspectSoon();
+    });
+  }
 
   renderInfo(null);
   await refreshStored();

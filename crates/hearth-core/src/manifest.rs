@@ -11,8 +11,9 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Architectures the engines run: pre-norm decoders that differ only in what `ModelConfig` records
 /// (Qwen2: biases on Q/K/V and NeoX-order RoPE; Gemma 2: post-norms, GeGLU, scaled embeddings,
 /// alternating local/global layers, soft-capped scores and logits; Gemma 3: QK-norm instead of the
-/// caps, and a RoPE base of its own for local layers; BLOOM: ALiBi, LayerNorm, a norm on the
-/// embeddings, a GELU MLP and biases everywhere; GPT-2: the same with learned positions).
+/// caps, and a RoPE base of its own for local layers; Qwen3: Llama with QK-norm; SmolLM3: Llama
+/// with every fourth layer unrotated; BLOOM: ALiBi, LayerNorm, a norm on the embeddings, a GELU MLP
+/// and biases everywhere; GPT-2: the same with learned positions).
 pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "smollm3", "gemma2", "gemma3", "bloom", "gpt2"];
 /// Tensors start at multiples of this within a shard (WebGPU's `minStorageBufferOffsetAlignment` is at most 256).
 pub const TENSOR_ALIGN: u64 = 256;

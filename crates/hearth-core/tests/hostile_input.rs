@@ -241,6 +241,24 @@ fn absurd_config_values_are_refused_naming_the_field() {
     }
 }
 
+/// A SmolLM3 GGUF claiming 2^32 - 1 layers: its unrotated layers (every fourth) are listed only up
+/// to the layer limit, and the count is refused by name, before a list of a billion entries is built
+/// (which took 24 GB and minutes).
+#[test]
+fn a_smollm3_with_billions_of_layers_is_refused_at_once() {
+    let path = common::repo_root().join("tests/fixtures/tiny/smollm3.gguf");
+    let mut bytes = std::fs::read(path).unwrap();
+    let key = b"smollm3.block_count";
+    let at = bytes.windows(key.len()).position(|w| w == key).expect("the key") + key.len();
+    assert_eq!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()), 4, "stored as a u32");
+    bytes[at + 4..at + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+    let tmp = tempfile::tempdir().unwrap();
+    let hostile = tmp.path().join("layers.gguf");
+    std::fs::write(&hostile, &bytes).unwrap();
+    let err = convert(&hostile, &tmp.path().join("out"), &ConvertOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("n_layers"), "{err}");
+}
+
 /// A tensor whose shape multiplies past 64 bits (2^33 × 2^33): refused with a checked product,
 /// where an unchecked one wraps to 0 and matches empty parts.
 #[test]

@@ -119,6 +119,29 @@ fn every_supported_architecture_has_a_tiny_fixture() {
 }
 
 /// A model of another architecture is refused by name, before anything is written.
+/// What make_tiny.py says of each model (where its JSON records it: the fixtures written since) and
+/// what the converter reads from the GGUF agree: the layers without RoPE and the QK-norm.
+#[test]
+fn the_converted_config_says_what_the_fixture_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for fx in fixtures() {
+        let path = repo_root().join(format!("tests/fixtures/tiny/{}.json", fx.name));
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let (Some(unrotated), Some(qk_norm)) = (json["config"].get("unrotated_layers"), json["config"].get("qk_norm"))
+        else {
+            continue;
+        };
+        let c = convert_to(&fx.gguf, &tmp.path().join(&fx.name)).manifest().config.clone();
+        let unrotated: Vec<usize> = serde_json::from_value(unrotated.clone()).unwrap();
+        let converted: Vec<usize> = (0..c.n_layers).filter(|&l| !c.layer_rotates(l)).collect();
+        assert_eq!(converted, unrotated, "{}: unrotated layers", fx.name);
+        assert_eq!(c.qk_norm, qk_norm.as_bool().unwrap(), "{}: QK-norm", fx.name);
+        checked += 1;
+    }
+    assert!(checked >= 2, "the Qwen3 and SmolLM3 fixtures record both");
+}
+
 #[test]
 fn an_unsupported_architecture_is_named_in_the_error() {
     let fx = fixtures().into_iter().find(|f| f.name == "qwen2").expect("qwen2 fixture");

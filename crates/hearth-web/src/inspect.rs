@@ -2,9 +2,10 @@
 //! for the sizes the loader will then really use (`hearth_core::plan`, as `Loader::create` checks
 //! them) and for the reasons, if any, that this page cannot run it.
 
-use hearth_core::manifest::Manifest;
+use hearth_core::manifest::{Manifest, ARCHITECTURES};
 use hearth_core::package::parse_manifest;
 use hearth_core::plan::{CpuPlan, GpuPlan, CPU_WORKING_BYTES};
+use hearth_core::HearthError;
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 
@@ -60,7 +61,11 @@ struct Plan {
 }
 
 fn parameters(manifest: &Manifest) -> u64 {
-    manifest.tensors.iter().map(|t| t.shape.iter().fold(1u64, |n, &d| n.saturating_mul(d as u64))).sum()
+    manifest
+        .tensors
+        .iter()
+        .map(|t| t.shape.iter().fold(1u64, |n, &d| n.saturating_mul(d as u64)))
+        .fold(0, u64::saturating_add)
 }
 
 /// The sizes of `manifest_text`'s model on both engines at `options.maxContext`, and the reasons
@@ -73,10 +78,19 @@ pub fn plan_model(manifest_text: &str, options: JsValue) -> Result<JsValue, JsVa
         serde_wasm_bindgen::from_value(options).map_err(|e| named_error("InvalidArgumentError", &e.to_string()))?
     };
     let manifest = parse_manifest(manifest_text.as_bytes(), "manifest.json").map_err(js_error)?;
+    // What both engines refuse first (a manifest may name any architecture).
+    if !ARCHITECTURES.contains(&manifest.architecture.as_str()) {
+        return Err(js_error(HearthError::UnsupportedArchitecture(manifest.architecture.clone())));
+    }
     let cpu = CpuPlan::fast(&manifest, options.max_context).map_err(js_error)?;
+    // Rings of windowed layers sized for full prefill chunks: the engine's own, unless attention's
+    // scratch for a chunk that long exceeds the adapter's binding, when it takes shorter chunks
+    // and smaller rings (the figure is then an upper bound).
     let gpu = GpuPlan::new(&manifest, options.max_context, options.kv_f16, hearth_gpu::MAX_CHUNK).map_err(js_error)?;
     // What the GPU engine reports as its bytes (engine.info.gpuBytes): the shards and the cache.
-    let shard_bytes = manifest.shards.iter().map(|s| s.size).sum::<u64>();
+    // Saturating: a hostile manifest's sizes may add up past 2^64.
+    let sum = |sizes: &mut dyn Iterator<Item = u64>| sizes.fold(0u64, u64::saturating_add);
+    let shard_bytes = sum(&mut manifest.shards.iter().map(|s| s.size));
     let mut cpu_refusals = Vec::new();
     if let Some(limit) = options.memory_limit.filter(|l| l.is_finite() && *l > 0.0) {
         let why = options.memory_limit_reason.as_deref().unwrap_or("the limit the page gave");
@@ -94,10 +108,15 @@ pub fn plan_model(manifest_text: &str, options: JsValue) -> Result<JsValue, JsVa
         name: manifest.name.clone(),
         architecture: manifest.architecture.clone(),
         parameters: parameters(&manifest),
-        download_bytes: shard_bytes + manifest.files.iter().map(|f| f.size).sum::<u64>(),
+        download_bytes: shard_bytes.saturating_add(sum(&mut manifest.files.iter().map(|f| f.size))),
         context: cpu.positions,
         cpu: Memory { weights: cpu.weights, kv_cache: cpu.cache, working: CPU_WORKING_BYTES, total: cpu.total() },
-        gpu: Memory { weights: shard_bytes, kv_cache: gpu.cache, working: 0, total: shard_bytes + gpu.cache },
+        gpu: Memory {
+            weights: shard_bytes,
+            kv_cache: gpu.cache,
+            working: 0,
+            total: shard_bytes.saturating_add(gpu.cache),
+        },
         cpu_refusals,
         gpu_refusals,
     })

@@ -7,7 +7,7 @@ use crate::error::{HearthError, Result};
 use crate::ggml_quants::{dequantize, q4_from_ggml, q8_from_ggml, q8_from_q5_0};
 use crate::gguf::{GgmlType, GgufFile, GgufTensorInfo};
 use crate::manifest::{
-    Activation, AlibiConfig, FfnKind, Manifest, ModelConfig, NormKind, PositionKind, RopeConfig, RopeScaling,
+    limits, Activation, AlibiConfig, FfnKind, Manifest, ModelConfig, NormKind, PositionKind, RopeConfig, RopeScaling,
     RopeStyle, SourceInfo, TokenizerInfo,
 };
 use crate::package::PackageWriter;
@@ -176,8 +176,13 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
             // use the one base).
             local_base: (arch == "gemma3").then(|| gguf.get_f64(&key("rope.freq_base_swa")).unwrap_or(10_000.0) as f32),
             // SmolLM3: every fourth layer attends without positions (llama.cpp fixes the interval at
-            // 4; the file says nothing).
-            unrotated_layers: if arch == "smollm3" { (3..n_layers).step_by(4).collect() } else { Vec::new() },
+            // 4; the file says nothing). Bounded by the layer limit before `validate` refuses a
+            // hostile count, so the list never grows with it.
+            unrotated_layers: if arch == "smollm3" {
+                (3..n_layers.min(limits::LAYERS + 1)).step_by(4).collect()
+            } else {
+                Vec::new()
+            },
         }),
         alibi: None,
         // Llama/Qwen2/Mistral: every layer windowed (llama.cpp itself reads no window for these

@@ -11,7 +11,7 @@ use super::hf_layout::{import, Family, Mapping};
 use super::{add_tensor, encode_f32, ConvertOptions, QuantChoice};
 use crate::error::{HearthError, Result};
 use crate::manifest::{
-    Activation, AlibiConfig, FfnKind, Manifest, ModelConfig, NormKind, PositionKind, RopeConfig, RopeScaling,
+    limits, Activation, AlibiConfig, FfnKind, Manifest, ModelConfig, NormKind, PositionKind, RopeConfig, RopeScaling,
     RopeStyle, SourceInfo, TokenizerInfo,
 };
 use crate::package::PackageWriter;
@@ -188,7 +188,9 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
                     Vec::new()
                 },
             };
-            // Qwen's configs name a window they do not use (`use_sliding_window: false`).
+            // Qwen's configs name a window they do not use (`use_sliding_window: false`). With it
+            // on, Transformers windows only the layers from `max_window_layers` on; no released
+            // Qwen turns it on, and here it would window every layer.
             let window = hf
                 .get("sliding_window")
                 .and_then(Value::as_u64)
@@ -236,8 +238,10 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
 }
 
 /// SmolLM3's layers without RoPE: where `no_rope_layers` (one flag per layer, 1 = rotate) holds
-/// 0, else every `no_rope_layer_interval`-th layer (default 4, as Transformers and llama.cpp).
+/// 0, else every `no_rope_layer_interval`-th layer (default 4, as Transformers and llama.cpp). Never
+/// past the layer limit, which `validate` then enforces: a hostile count does not size the list.
 fn smollm3_unrotated(hf: &Value, n_layers: usize) -> Vec<usize> {
+    let n_layers = n_layers.min(limits::LAYERS + 1);
     if let Some(flags) = hf.get("no_rope_layers").and_then(Value::as_array) {
         return flags
             .iter()
@@ -247,7 +251,8 @@ fn smollm3_unrotated(hf: &Value, n_layers: usize) -> Vec<usize> {
             .map(|(l, _)| l)
             .collect();
     }
-    let interval = hf.get("no_rope_layer_interval").and_then(Value::as_u64).filter(|&n| n > 0).unwrap_or(4) as usize;
+    let interval = hf.get("no_rope_layer_interval").and_then(Value::as_u64).filter(|&n| n > 0).unwrap_or(4);
+    let interval = usize::try_from(interval).unwrap_or(usize::MAX);
     (interval - 1..n_layers).step_by(interval).collect()
 }
 
@@ -357,4 +362,20 @@ fn tokenizer(dir: &Path) -> Result<(String, TokenizerInfo)> {
             chat_template,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smollm3_unrotated_layers_come_from_the_flags_or_the_interval() {
+        let flags = serde_json::json!({ "no_rope_layers": [1, 0, 1, 1, 0, 1] });
+        assert_eq!(smollm3_unrotated(&flags, 6), vec![1, 4]);
+        assert_eq!(smollm3_unrotated(&serde_json::json!({ "no_rope_layer_interval": 3 }), 7), vec![2, 5]);
+        assert_eq!(smollm3_unrotated(&serde_json::json!({}), 9), vec![3, 7]);
+        // A hostile layer count or interval sizes nothing.
+        assert_eq!(smollm3_unrotated(&serde_json::json!({}), usize::MAX).len(), (limits::LAYERS + 1) / 4);
+        assert!(smollm3_unrotated(&serde_json::json!({ "no_rope_layer_interval": u64::MAX }), usize::MAX).is_empty());
+    }
 }
