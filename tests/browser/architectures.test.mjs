@@ -2,7 +2,8 @@
 // (checked against llama.cpp's logits by the Rust tests) run through the npm package on SwiftShader
 // and must give the native engine's greedy ids: Qwen2 (Q/K/V biases, NeoX rotation), also with
 // YaRN rope scaling; Qwen3 (QK-norm, heads wider than hidden / heads); SmolLM3 (a layer without
-// RoPE); a Mistral-style model with a window of 8 keys, generating well past it (its
+// RoPE); Phi-3 (fused products cut on conversion, LongRoPE whose factors the context chooses, also
+// loaded with a maxContext within its original context); a Mistral-style model with a window of 8 keys, generating well past it (its
 // ring cache wraps); Gemma 2 (alternating local and global layers, soft-capped scores and logits);
 // Gemma 3 (local layers with a window of 8 and their own RoPE base between global ones, QK-norm,
 // post-norms, GeGLU); BLOOM (ALiBi over 6 heads, LayerNorm, embedding norm, biases) and GPT-2
@@ -15,7 +16,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { assertSameGreedy, gemma3Package, launch, serve, openPage, nativeGenerate, tinyPackage, MINUTES, ROOT } from "./harness.mjs";
 
-const MODELS = ["qwen2", "qwen2_yarn", "qwen3", "smollm3", "mistral_swa", "gemma2", "gemma3", "bloom", "gpt2"];
+const MODELS = ["qwen2", "qwen2_yarn", "qwen3", "smollm3", "phi3", "mistral_swa", "gemma2", "gemma3", "bloom", "gpt2"];
 const PROMPT = "the cat sat on the mat";
 const MAX_TOKENS = 40;
 
@@ -42,22 +43,31 @@ const ENGINES = [
   { backend: "cpu", native: "cpu" },
 ];
 
-for (const name of MODELS) {
+// Phi-3 once more with a maxContext within its original context of 256: the short LongRoPE factors
+// (the native run gets the same --max-context).
+const RUNS = [...MODELS.map((name) => ({ name })), { name: "phi3", maxContext: 256 }];
+
+for (const { name, maxContext } of RUNS) {
   for (const { backend, native: nativeBackend } of ENGINES) {
-    test(`${name}, ${backend}: the browser gives the native greedy ids`, { timeout: 3 * MINUTES }, async () => {
+    const label = maxContext ? `${name} (maxContext ${maxContext})` : name;
+    test(`${label}, ${backend}: the browser gives the native greedy ids`, { timeout: 3 * MINUTES }, async () => {
       // SwiftShader has no shader-f16, so the browser keeps an f32 KV cache; the native run must too.
       // (Random weights make near-ties common: an f16 cache changes GPT-2's greedy ids after 6 tokens.)
-      const native = nativeGenerate({ model: packages[name], prompt: PROMPT, maxTokens: MAX_TOKENS, kvCache: "f32", backend: nativeBackend, margins: nativeBackend === "cpu" });
+      const native = nativeGenerate({ model: packages[name], prompt: PROMPT, maxTokens: MAX_TOKENS, kvCache: "f32", backend: nativeBackend, margins: nativeBackend === "cpu", maxContext });
       const { context, page, consoleErrors } = await openPage(browser, server);
       const got = await page.evaluate(
-        async ({ url, prompt, maxTokens, backend }) => {
-          const engine = await Hearth.load(url, { cache: false, backend });
+        async ({ url, prompt, maxTokens, backend, maxContext }) => {
+          const engine = await Hearth.load(url, { cache: false, backend, maxContext });
           const r = await engine.generate(prompt, { max_tokens: maxTokens });
           await engine.dispose();
           return { ids: r.ids, prompt_ids: r.prompt_ids, text: r.text, architecture: engine.info.architecture, backend: engine.info.backend };
         },
-        { url: `/models/${name}/`, prompt: PROMPT, maxTokens: MAX_TOKENS, backend },
+        { url: `/models/${name}/`, prompt: PROMPT, maxTokens: MAX_TOKENS, backend, maxContext },
       );
+      if (maxContext) {
+        const full = nativeGenerate({ model: packages[name], prompt: PROMPT, maxTokens: MAX_TOKENS, kvCache: "f32", backend: nativeBackend, margins: nativeBackend === "cpu" });
+        assert.notDeepEqual(native.ids, full.ids, "the context chooses other factors, so other ids");
+      }
       const fixture = JSON.parse(fs.readFileSync(path.join(ROOT, `tests/fixtures/tiny/${name}.json`), "utf8"));
       assert.equal(got.architecture, fixture.arch);
       assert.equal(got.backend, backend);

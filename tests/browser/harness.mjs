@@ -77,9 +77,10 @@ const nativeRuns = new Map();
  * CPU engine: what the browser must match. Greedy, so deterministic: each distinct call runs once
  * per test process.
  */
-export function nativeGenerate({ model = SMOLLM2, prompt, chat = false, system, maxTokens, kvCache, backend = "gpu", margins = false }) {
+export function nativeGenerate({ model = SMOLLM2, prompt, chat = false, system, maxTokens, kvCache, backend = "gpu", margins = false, maxContext }) {
   const args = ["generate", "--model", model, "--backend", backend, "--json", "--max-tokens", String(maxTokens), "--prompt", prompt];
   if (margins) args.push("--margins");
+  if (maxContext) args.push("--max-context", String(maxContext));
   if (kvCache) args.push("--kv-cache", kvCache);
   if (chat) args.push("--chat");
   if (system !== undefined) args.push("--system", system);

@@ -41,6 +41,8 @@ enum Backend {
     Gpu,
 }
 
+// Parsed once per run: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Convert a GGUF file or a Hugging Face model directory into a Hearth model package.
@@ -149,6 +151,11 @@ struct EngineArgs {
     /// f32 elsewhere.
     #[arg(long, value_enum)]
     kv_cache: Option<KvCache>,
+    /// Positions the engine holds at most (default: the model's context length): the size of the
+    /// GPU's KV cache, as `maxContext` in the browser. LongRoPE models (Phi-3) choose their RoPE
+    /// factors by it, as llama.cpp does by its context size.
+    #[arg(long, value_name = "N")]
+    max_context: Option<usize>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -211,7 +218,7 @@ impl From<SamplingArgs> for SamplingParams {
 /// The engine asked for, or the GPU when an adapter exists and the CPU otherwise.
 fn open_backend(choice: EngineArgs, model: &Model) -> Result<Box<dyn hearth_core::generate::Backend>> {
     Ok(match open_gpu(choice)? {
-        Some(ctx) => Box::new(GpuEngine::new(ctx, &model.package, None)?),
+        Some(ctx) => Box::new(GpuEngine::new(ctx, &model.package, choice.max_context)?),
         None => open_cpu(choice, &model.package)?.1,
     })
 }
@@ -221,9 +228,10 @@ fn open_cpu(
     choice: EngineArgs,
     source: &dyn TensorSource,
 ) -> Result<(&'static str, Box<dyn hearth_core::generate::Backend>)> {
+    let context = choice.max_context.unwrap_or(source.manifest().config.context_length);
     Ok(match choice.backend {
-        Some(Backend::CpuRef) => ("cpu-ref", Box::new(CpuEngine::from_source(source)?)),
-        _ => ("cpu", Box::new(FastEngine::from_source(source)?)),
+        Some(Backend::CpuRef) => ("cpu-ref", Box::new(CpuEngine::from_source_with_context(source, context)?)),
+        _ => ("cpu", Box::new(FastEngine::from_source_with_context(source, context)?)),
     })
 }
 

@@ -200,6 +200,9 @@ pub struct Engine<P: Products> {
     /// The sliding-window layers' frequencies when their base differs (Gemma 3).
     inv_freq_local: Option<Vec<f32>>,
     cache: KvCache<P::Cache>,
+    /// Positions the cache holds at most (the model's context length unless the engine was made
+    /// with less: [`Engine::with_context`]).
+    context: usize,
 }
 
 impl<P: Products> Engine<P> {
@@ -209,6 +212,11 @@ impl<P: Products> Engine<P> {
 
     /// Load every tensor of `source` (a package, or synthetic weights), decoded into its in-memory form.
     pub fn from_source(source: &dyn TensorSource) -> Result<Self> {
+        Self::from_source_with_context(source, source.manifest().config.context_length)
+    }
+
+    /// [`Engine::from_source`] holding at most `context` positions ([`Engine::with_context`]).
+    pub fn from_source_with_context(source: &dyn TensorSource, context: usize) -> Result<Self> {
         let manifest = source.manifest();
         if !ARCHITECTURES.contains(&manifest.architecture.as_str()) {
             return Err(HearthError::UnsupportedArchitecture(manifest.architecture.clone()));
@@ -219,12 +227,21 @@ impl<P: Products> Engine<P> {
             let tensor = Tensor::from_bytes(&entry.name, entry.shape.clone(), entry.dtype, entry.group_size, &bytes)?;
             tensors.insert(entry.name.clone(), tensor);
         }
-        Self::new(manifest.config.clone(), tensors)
+        Self::with_context(manifest.config.clone(), tensors, context)
     }
 
-    pub fn new(config: ModelConfig, mut tensors: HashMap<String, Tensor>) -> Result<Self> {
+    pub fn new(config: ModelConfig, tensors: HashMap<String, Tensor>) -> Result<Self> {
+        let context = config.context_length;
+        Self::with_context(config, tensors, context)
+    }
+
+    /// An engine that holds at most `context` positions (within 1 and the model's context length).
+    /// Where the model's RoPE depends on it (LongRoPE's factors), a smaller context gives other
+    /// logits, as in llama.cpp.
+    pub fn with_context(config: ModelConfig, mut tensors: HashMap<String, Tensor>, context: usize) -> Result<Self> {
         let c = &config;
         c.validate().map_err(|e| HearthError::bad_package("model", e))?;
+        let context = context.clamp(1, c.context_length);
         let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
             let t = tensors
                 .remove(name)
@@ -311,8 +328,8 @@ impl<P: Products> Engine<P> {
             (Some(rope), PositionKind::Rope) => {
                 let factors = tensors.remove("rope_freqs.weight").map(|t| t.to_f32());
                 (
-                    rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), factors.as_deref()),
-                    rope.local_base.map(|base| rope_inv_freq(base, rope.dim, None, None)),
+                    rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), factors.as_deref(), context),
+                    rope.local_base.map(|base| rope_inv_freq(base, rope.dim, None, None, context)),
                 )
             }
             _ => (Vec::new(), None),
@@ -330,7 +347,13 @@ impl<P: Products> Engine<P> {
             inv_freq,
             inv_freq_local,
             cache,
+            context,
         })
+    }
+
+    /// Positions this engine holds at most.
+    pub fn context_length(&self) -> usize {
+        self.context
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -418,11 +441,11 @@ impl<P: Products> Engine<P> {
             return Err(HearthError::InvalidArgument("forward needs at least one token".into()));
         }
         let start = self.cache.len;
-        if start + n > c.context_length {
+        if start + n > self.context {
             return Err(HearthError::ContextLengthExceeded {
                 prompt_tokens: start + n,
                 max_new_tokens: 0,
-                context_length: c.context_length,
+                context_length: self.context,
             });
         }
         let (h, hd) = (c.hidden_size, c.head_dim);
@@ -545,8 +568,15 @@ impl<P: Products> Engine<P> {
 }
 
 /// Rotation frequency per pair: base^(-2i/dim), with the model's scaling (Llama 3.1's per-band
-/// scaling, or per-pair factors stored by llama.cpp as `rope_freqs.weight`).
-pub fn rope_inv_freq(base: f32, dim: usize, scaling: Option<&RopeScaling>, factors: Option<&[f32]>) -> Vec<f32> {
+/// scaling, or per-pair factors stored by llama.cpp as `rope_freqs.weight`). `context`: the
+/// positions the engine holds, which choose LongRoPE's factors.
+pub fn rope_inv_freq(
+    base: f32,
+    dim: usize,
+    scaling: Option<&RopeScaling>,
+    factors: Option<&[f32]>,
+    context: usize,
+) -> Vec<f32> {
     (0..dim / 2)
         .map(|i| {
             let mut f = 1.0 / (base as f64).powf(2.0 * i as f64 / dim as f64);
@@ -576,6 +606,10 @@ pub fn rope_inv_freq(base: f32, dim: usize, scaling: Option<&RopeScaling>, facto
                         let smooth = (old / wavelen - lo) / (hi - lo);
                         f = (1.0 - smooth) * f / factor + smooth * f;
                     }
+                }
+                Some(RopeScaling::LongRope { original_context_length, short_factors, long_factors, .. }) => {
+                    let chosen = if context > *original_context_length { long_factors } else { short_factors };
+                    f /= chosen.get(i).copied().unwrap_or(1.0) as f64;
                 }
                 None => {}
             }
@@ -858,7 +892,7 @@ mod tests {
 
     #[test]
     fn interleaved_and_neox_rope_agree_after_permutation() {
-        let inv = rope_inv_freq(10_000.0, 8, None, None);
+        let inv = rope_inv_freq(10_000.0, 8, None, None, 8);
         let head: Vec<f32> = (0..8).map(|i| i as f32 * 0.37 - 1.0).collect();
         let mut neox = head.clone();
         apply_rope(&mut neox, 5, &inv, RopeStyle::Neox, 1.0);

@@ -140,7 +140,7 @@ impl<P: crate::cpu::Products> Backend for crate::cpu::Engine<P> {
         crate::cpu::Engine::truncate(self, len)
     }
     fn context_length(&self) -> usize {
-        self.config().context_length
+        crate::cpu::Engine::context_length(self)
     }
 }
 

@@ -14,7 +14,7 @@ pub const FORMAT_VERSION: u32 = 1;
 /// caps, and a RoPE base of its own for local layers; Qwen3: Llama with QK-norm; SmolLM3: Llama
 /// with every fourth layer unrotated; BLOOM: ALiBi, LayerNorm, a norm on the embeddings, a GELU MLP
 /// and biases everywhere; GPT-2: the same with learned positions).
-pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "smollm3", "gemma2", "gemma3", "bloom", "gpt2"];
+pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "smollm3", "phi3", "gemma2", "gemma3", "bloom", "gpt2"];
 /// Tensors start at multiples of this within a shard (WebGPU's `minStorageBufferOffsetAlignment` is at most 256).
 pub const TENSOR_ALIGN: u64 = 256;
 
@@ -190,6 +190,11 @@ pub enum RopeScaling {
         #[serde(default = "one")]
         attn_factor: f32,
     },
+    /// LongRoPE (Phi-3 and 3.5's "su"/"longrope"): the frequencies divided per pair by
+    /// `long_factors` when the engine holds more than `original_context_length` positions, by
+    /// `short_factors` otherwise (llama.cpp's choice, made once for the context it is created
+    /// with); rotated values scaled by `attn_factor`.
+    LongRope { original_context_length: usize, attn_factor: f32, short_factors: Vec<f32>, long_factors: Vec<f32> },
 }
 
 fn yarn_beta_fast() -> f32 {
@@ -209,7 +214,7 @@ impl RopeScaling {
     pub fn magnitude(&self) -> f32 {
         match self {
             RopeScaling::Yarn { factor, attn_factor, .. } if *factor > 1.0 => attn_factor * (1.0 + 0.1 * factor.ln()),
-            RopeScaling::Yarn { attn_factor, .. } => *attn_factor,
+            RopeScaling::Yarn { attn_factor, .. } | RopeScaling::LongRope { attn_factor, .. } => *attn_factor,
             _ => 1.0,
         }
     }
@@ -381,6 +386,13 @@ impl ModelConfig {
                         && beta_fast.is_finite()
                         && beta_slow.is_finite()
                         && (1..=limits::CONTEXT).contains(original_context_length)
+                }
+                Some(RopeScaling::LongRope { original_context_length, attn_factor, short_factors, long_factors }) => {
+                    finite_positive(*attn_factor)
+                        && (1..=limits::CONTEXT).contains(original_context_length)
+                        && [short_factors, long_factors]
+                            .iter()
+                            .all(|f| f.len() == rope.dim / 2 && f.iter().copied().all(finite_positive))
                 }
             };
             if !scaling_ok {

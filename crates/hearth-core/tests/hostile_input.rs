@@ -239,6 +239,22 @@ fn absurd_config_values_are_refused_naming_the_field() {
         let err = parse_manifest(m.to_string().as_bytes(), "edited").unwrap_err().to_string();
         assert!(err.contains("unrotated_layers"), "{layers}: {err}");
     }
+    // LongRoPE's factors: one per rotated pair (dim 64: 32), finite and positive; the engines divide
+    // frequencies by them and index them by pair.
+    let pairs = |v: f32, n: usize| vec![v; n];
+    for (short, long) in
+        [(pairs(1.0, 31), pairs(2.0, 32)), (pairs(1.0, 32), pairs(0.0, 32)), (pairs(-1.0, 32), pairs(2.0, 32))]
+    {
+        let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+        m["config"]["rope"]["scaling"] = serde_json::json!({"type": "long_rope", "original_context_length": 4096,
+            "attn_factor": 1.19, "short_factors": short, "long_factors": long});
+        let err = parse_manifest(m.to_string().as_bytes(), "edited").unwrap_err().to_string();
+        assert!(err.contains("rope.scaling"), "{err}");
+    }
+    let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    m["config"]["rope"]["scaling"] = serde_json::json!({"type": "long_rope", "original_context_length": 4096,
+        "attn_factor": 1.19, "short_factors": pairs(1.0, 32), "long_factors": pairs(2.0, 32)});
+    assert!(parse_manifest(m.to_string().as_bytes(), "edited").is_ok(), "a well-formed LongRoPE config is accepted");
 }
 
 /// A SmolLM3 GGUF claiming 2^32 - 1 layers: its unrotated layers (every fourth) are listed only up

@@ -223,6 +223,35 @@ fn a_windowed_model_stays_correct_and_bounded_far_past_its_window() {
     assert!(max_diff(&last, &short) > 1e-2, "the receptive field is smaller than computed");
 }
 
+/// Phi-3's LongRoPE: an engine holding no more than the original context (256 positions) divides
+/// its frequencies by the short factors, one holding more by the long ones, as llama.cpp does
+/// (make_tiny.py: `logits_short_factors` from llama.cpp at n_ctx 256, `logits` at 1,024). The two
+/// differ by whole units (`effect_of_long_vs_short_factors`: 13.8), so a wrong choice cannot pass.
+#[test]
+fn longrope_takes_the_short_factors_within_the_original_context_and_the_long_ones_past_it() {
+    let fx = fixtures().into_iter().find(|f| f.name == "phi3").expect("phi3 fixture");
+    let tmp = tempfile::tempdir().unwrap();
+    let package = convert_to(&fx.gguf, &tmp.path().join("phi3"));
+    let path = repo_root().join("tests/fixtures/tiny/phi3.json");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for seq in json["sequences"].as_array().unwrap() {
+        let tokens: Vec<u32> = seq["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+        let rows = |v: &serde_json::Value| -> Vec<f32> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32))
+                .collect()
+        };
+        for (context, want) in [(256, rows(&seq["logits_short_factors"])), (257, rows(&seq["logits"]))] {
+            let mut engine = CpuEngine::from_source_with_context(&package, context).unwrap();
+            let diff = max_diff(&engine.forward(&tokens, true).unwrap(), &want);
+            eprintln!("phi3, context {context}, {} tokens: max |CPU - llama.cpp| = {diff:.2e}", tokens.len());
+            assert!(diff <= TOLERANCE, "phi3 at context {context}: logits differ from llama.cpp by {diff}");
+        }
+    }
+}
+
 /// Each architecture from a Hugging Face directory (config.json, model.safetensors, tokenizer.json)
 /// holding the fixture's weights in the Transformers layout, written here from the GGUF package:
 /// Transformers names; Gemma's (2 and 3) norm weights stored as `w` for `(1 + w)`; GPT-2's `Conv1D` matrices
@@ -243,6 +272,7 @@ fn every_architecture_from_safetensors_gives_the_gguf_logits() {
         "qwen2_yarn",
         "qwen3",
         "smollm3",
+        "phi3",
         "gemma2",
         "gemma3",
         "bloom",
@@ -318,6 +348,27 @@ fn to_transformers_layout(
     let mut out = HfTensors::new();
     let get = |n: &str| (shapes[n].clone(), tensors[n].clone());
     match arch {
+        "phi3" => {
+            // Q, K and V rows in one `qkv_proj`, gate and up rows in one `gate_up_proj`.
+            let fused = |names: &[String]| {
+                let parts: Vec<(Vec<usize>, Vec<f32>)> = names.iter().map(|n| get(n)).collect();
+                let rows = parts.iter().map(|(s, _)| s[0]).sum();
+                (vec![rows, parts[0].0[1]], parts.into_iter().flat_map(|(_, v)| v).collect::<Vec<f32>>())
+            };
+            for name in tensors.keys() {
+                let layer = name.strip_prefix("blk.").and_then(|r| r.split_once('.')).map(|(l, _)| l.to_string());
+                let fused_name = |part: &str| format!("model.layers.{}.{part}", layer.clone().unwrap());
+                if name.ends_with("attn_q.weight") {
+                    let names = ["attn_q", "attn_k", "attn_v"].map(|p| name.replace("attn_q", p));
+                    out.insert(fused_name("self_attn.qkv_proj.weight"), fused(&names));
+                } else if name.ends_with("ffn_gate.weight") {
+                    let names = [name.clone(), name.replace("ffn_gate", "ffn_up")];
+                    out.insert(fused_name("mlp.gate_up_proj.weight"), fused(&names));
+                } else if !["attn_k.weight", "attn_v.weight", "ffn_up.weight"].iter().any(|s| name.ends_with(s)) {
+                    out.insert(llama_family_name(arch, name), get(name));
+                }
+            }
+        }
         "llama" | "qwen2" | "qwen3" | "smollm3" | "gemma2" | "gemma3" => {
             // Transformers computes Llama 3's factors from config.json; llama.cpp stores them.
             for name in tensors.keys().filter(|n| *n != "rope_freqs.weight") {
@@ -517,6 +568,26 @@ fn transformers_config(fixture: &str, c: &hearth_core::manifest::ModelConfig) ->
                 "sliding_window": 64,
             }),
         ),
+        // Phi-3.5: LongRoPE's factors, the original context at the top level (as Phi-3's config.json
+        // has it), partial rotary dimensions (Phi-4-mini's key), and a window Hearth ignores as
+        // llama.cpp does.
+        "phi3" => {
+            let rope = c.rope.as_ref().unwrap();
+            let Some(RopeScaling::LongRope { original_context_length, short_factors, long_factors, .. }) =
+                &rope.scaling
+            else {
+                panic!("phi3: no LongRoPE")
+            };
+            rope_decoder(
+                "Phi3ForCausalLM",
+                serde_json::json!({
+                    "rope_scaling": { "type": "longrope", "short_factor": short_factors, "long_factor": long_factors },
+                    "original_max_position_embeddings": original_context_length,
+                    "partial_rotary_factor": rope.dim as f64 / c.head_dim as f64,
+                    "sliding_window": 8,
+                }),
+            )
+        }
         // SmolLM3: one flag per layer, 0 where the layer does not rotate.
         "smollm3" => rope_decoder(
             "SmolLM3ForCausalLM",

@@ -256,26 +256,28 @@ impl<'a> Builder<'a> {
 
     /// The RoPE frequencies; with a `rope_freqs.weight` tensor they wait for its bytes. The
     /// sliding-window layers' own (`local_base`, unscaled) are [`Builder::local_rope_frequencies`].
-    /// Without RoPE, one unused value.
-    pub fn rope_frequencies(&mut self, rope: Option<&RopeConfig>) -> Result<wgpu::Buffer> {
+    /// Without RoPE, one unused value. `capacity`: the positions the engine holds (LongRoPE's
+    /// factors depend on it).
+    pub fn rope_frequencies(&mut self, rope: Option<&RopeConfig>, capacity: usize) -> Result<wgpu::Buffer> {
         let Some(rope) = rope else {
             return storage(self.device(), "no rope frequencies", 1);
         };
         let Some(&i) = self.index.get("rope_freqs.weight") else {
-            let values = rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), None);
+            let values = rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), None, capacity);
             return Ok(storage_init(self.device(), "rope frequencies", &values));
         };
         let buffer = storage(self.device(), "rope frequencies", rope.dim / 2)?;
         let rope = rope.clone();
         self.uploads.plan_vector(buffer.clone(), i, &self.manifest.tensors[i], move |factors| {
-            rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), Some(&factors))
+            rope_inv_freq(rope.base, rope.dim, rope.scaling.as_ref(), Some(&factors), capacity)
         })?;
         Ok(buffer)
     }
 
     pub fn local_rope_frequencies(&mut self, rope: Option<&RopeConfig>) -> Option<wgpu::Buffer> {
         let rope = rope?;
-        let values = rope_inv_freq(rope.local_base?, rope.dim, None, None);
+        // Unscaled: no choice depends on the context.
+        let values = rope_inv_freq(rope.local_base?, rope.dim, None, None, 0);
         Some(storage_init(self.device(), "local rope frequencies", &values))
     }
 

@@ -297,7 +297,7 @@ impl GpuEngine {
                 })
             })
             .collect();
-        let inv_freq = b.rope_frequencies(rope.as_ref())?;
+        let inv_freq = b.rope_frequencies(rope.as_ref(), capacity)?;
         let local_inv_freq = b.local_rope_frequencies(rope.as_ref());
         let mut weights: Vec<WeightBuffer> = Vec::new();
 

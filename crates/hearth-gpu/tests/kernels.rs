@@ -458,7 +458,7 @@ fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
                         }
                     }
                 }
-                let inv_freq = hearth_core::cpu::rope_inv_freq(10000.0, rope_dim, None, None);
+                let inv_freq = hearth_core::cpu::rope_inv_freq(10000.0, rope_dim, None, None, 0);
                 let sentinel = random(capacity * kvd, 8);
                 let k_init = cache_words(&sentinel, f16);
                 let dims = uniform_of(
@@ -610,7 +610,7 @@ fn qkv_product_with_rope_epilogue_matches_the_cpu() {
                 let inv_freq = if rope_dim == 0 {
                     vec![0.0]
                 } else {
-                    hearth_core::cpu::rope_inv_freq(10000.0, rope_dim, None, None)
+                    hearth_core::cpu::rope_inv_freq(10000.0, rope_dim, None, None, 0)
                 };
                 let mut want = biased.clone();
                 if rope_dim > 0 {

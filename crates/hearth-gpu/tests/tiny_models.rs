@@ -79,6 +79,40 @@ fn gpu_logits_match_llama_cpp_at_every_position() {
     }
 }
 
+/// Phi-3's LongRoPE on the GPU: an engine created for at most the original context (256 positions)
+/// takes the short factors, one created for more the long ones, as llama.cpp does (the fixture's
+/// `logits_short_factors` at n_ctx 256 and `logits` at 1,024 differ by whole units). f32 cache, the
+/// tolerance of the first test.
+#[test]
+fn longrope_takes_its_factors_by_the_context_the_engine_holds() {
+    let dir = repo_root().join("tests/fixtures/tiny");
+    let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("phi3.json")).unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("phi3");
+    convert(&dir.join("phi3.gguf"), &out, &ConvertOptions::default()).unwrap();
+    let package = Package::open(&out).unwrap();
+    let seq = &fx["sequences"][1];
+    let tokens: Vec<u32> = seq["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+    let rows = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32))
+            .collect()
+    };
+    for (context, oracle) in [(256, "logits_short_factors"), (257, "logits")] {
+        let Some(mut ctx) = GpuContext::new().expect("opening the GPU device") else {
+            eprintln!("\n!!! NO GPU ADAPTER: skipping GPU test (install mesa-vulkan-drivers for lavapipe) !!!\n");
+            return;
+        };
+        ctx.kv_f16 = false;
+        let mut engine = GpuEngine::new(ctx, &package, Some(context)).unwrap();
+        let diff = max_diff(&engine.forward(&tokens, true).unwrap(), &rows(&seq[oracle]));
+        eprintln!("phi3, context {context}: max |GPU - llama.cpp| = {diff:.2e}");
+        assert!(diff <= 2e-3, "phi3 at context {context}: logits differ from llama.cpp by {diff}");
+    }
+}
+
 /// Generation far past the window on the GPU: 120 positions with a window of 8, one token at a
 /// time after a 40-token prompt, so each layer's ring (8 + tokens per chunk - 1 rows) wraps. The
 /// CPU engine, whose ring the hearth-core test checks exactly (the last logits equal those of the

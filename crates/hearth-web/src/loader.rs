@@ -134,7 +134,7 @@ impl Loader {
                 let (manifest, tensors) = assembler.finish().map_err(js_error)?;
                 let max = manifest.config.context_length;
                 let context_length = self.max_context.unwrap_or(max).clamp(1, max);
-                let engine = FastEngine::new(manifest.config, tensors).map_err(js_error)?;
+                let engine = FastEngine::with_context(manifest.config, tensors, context_length).map_err(js_error)?;
                 Compute::Cpu { engine: Box::new(engine), context_length }
             }
         };

@@ -21,6 +21,9 @@ pub(super) fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result
 
     let mut writer = PackageWriter::new(out, opts.shard_bytes, opts.overwrite)?;
     for info in &gguf.tensors {
+        if LONG_ROPE_FACTORS.contains(&info.name.as_str()) {
+            continue; // in the config (`RopeScaling::LongRope`)
+        }
         let tensor = convert_tensor(&gguf, info, opts)?;
         add_tensor(&mut writer, &info.name, &tensor, &config, input)?;
     }
@@ -59,7 +62,7 @@ pub(super) fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result
 
 fn model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
     match arch {
-        "llama" | "qwen2" | "qwen3" | "smollm3" | "gemma2" | "gemma3" => rope_model_config(gguf, arch),
+        "llama" | "qwen2" | "qwen3" | "smollm3" | "phi3" | "gemma2" | "gemma3" => rope_model_config(gguf, arch),
         "bloom" | "gpt2" => layer_norm_model_config(gguf, arch),
         _ => Err(HearthError::UnsupportedArchitecture(arch.to_string())),
     }
@@ -133,7 +136,7 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
         gguf.tensor("token_embd.weight").ok_or_else(|| HearthError::bad_file(&file, "no token_embd.weight tensor"))?;
     let vocab_size = embd.shape()[0];
     let scaling = match gguf.get_str(&key("rope.scaling.type")) {
-        None | Some("none") => None,
+        None | Some("none") => long_rope(gguf, arch)?,
         Some("linear") => Some(RopeScaling::Linear { factor: gguf.require_f64(&key("rope.scaling.factor"))? as f32 }),
         // llama.cpp's defaults where the file says nothing.
         Some("yarn") => Some(RopeScaling::Yarn {
@@ -150,7 +153,10 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
             ));
         }
     };
-    let window = gguf.get_u64(&key("attention.sliding_window")).filter(|&w| w > 0).map(|w| w as usize);
+    // llama.cpp ignores Phi-3's window (its converter writes one that the model's other settings
+    // contradict), and so does this.
+    let window =
+        gguf.get_u64(&key("attention.sliding_window")).filter(|&w| w > 0 && arch != "phi3").map(|w| w as usize);
     let n_layers = gguf.require_u64(&key("block_count"))? as usize;
     Ok(ModelConfig {
         n_layers,
@@ -211,6 +217,26 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
         final_softcap: gguf.get_f64(&key("final_logit_softcapping")).filter(|&c| c > 0.0).map(|c| c as f32),
         ..Default::default()
     })
+}
+
+/// The tensors of LongRoPE's factors (Phi-3), which the package keeps in its config.
+const LONG_ROPE_FACTORS: [&str; 2] = ["rope_factors_long.weight", "rope_factors_short.weight"];
+
+/// Phi-3's LongRoPE, where the file has both factor tensors: llama.cpp divides the frequencies by
+/// the long ones when its context exceeds the original one, by the short ones otherwise, and scales
+/// rotated values by `rope.scaling.attn_factor` (1 without it).
+fn long_rope(gguf: &GgufFile, arch: &str) -> Result<Option<RopeScaling>> {
+    let [Some(long), Some(short)] = LONG_ROPE_FACTORS.map(|name| gguf.tensor(name)) else {
+        return Ok(None);
+    };
+    let key = |k: &str| format!("{arch}.{k}");
+    let factors = |info: &GgufTensorInfo| dequantize(info.ggml_type, &gguf.read_tensor(info)?, &info.name);
+    Ok(Some(RopeScaling::LongRope {
+        original_context_length: gguf.require_u64(&key("rope.scaling.original_context_length"))? as usize,
+        attn_factor: gguf.get_f64(&key("rope.scaling.attn_factor")).unwrap_or(1.0) as f32,
+        short_factors: factors(short)?,
+        long_factors: factors(long)?,
+    }))
 }
 
 fn convert_tensor(gguf: &GgufFile, info: &GgufTensorInfo, opts: &ConvertOptions) -> Result<Tensor> {

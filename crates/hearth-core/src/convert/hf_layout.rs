@@ -1,8 +1,8 @@
 //! Hugging Face tensor layouts → the package's: GGUF tensor names, matrices as `[out, in]`, fused
 //! Q/K/V as Q rows then K then V (`convert::add_tensor` cuts them apart, as for GGUF), norm weights
 //! as the engines multiply by them. What each family needs:
-//! - Llama, Qwen2, Qwen3, SmolLM3, Mistral: names only (Q/K stay in the NeoX order the engines
-//!   rotate in).
+//! - Llama, Qwen2, Qwen3, SmolLM3, Mistral, Phi-3: names only (Q/K stay in the NeoX order the
+//!   engines rotate in; Phi-3's fused `qkv_proj` and `gate_up_proj` are cut as GGUF's are).
 //! - Gemma 2 and 3: names, and RMSNorm weights stored as `w` for `(1 + w)` get the 1 added.
 //! - GPT-2: `Conv1D` weights stored `[in, out]` are transposed; `c_attn` holds Q|K|V side by side.
 //! - BLOOM: `query_key_value` rows are per head (`[head][q, k, v][head_dim]`), regrouped as Q, K, V.
@@ -11,7 +11,7 @@ use crate::manifest::ModelConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Family {
-    /// Llama, Mistral, Qwen2, Qwen3 and SmolLM3.
+    /// Llama, Mistral, Qwen2, Qwen3, SmolLM3 and Phi-3.
     Llama,
     /// Gemma 2 and Gemma 3.
     Gemma,
@@ -109,6 +109,9 @@ fn llama_name(family: Family, hf: &str) -> Option<String> {
         (_, "mlp.gate_proj.weight") => "ffn_gate.weight",
         (_, "mlp.up_proj.weight") => "ffn_up.weight",
         (_, "mlp.down_proj.weight") => "ffn_down.weight",
+        // Phi-3's fused products: Q, K and V rows; gate rows, then up rows.
+        (_, "self_attn.qkv_proj.weight") => "attn_qkv.weight",
+        (_, "mlp.gate_up_proj.weight") => "ffn_up.weight",
         // Llama's norm before the MLP is called "post attention"; Gemma's is a norm of the
         // attention output, and its MLP's comes "pre feed-forward".
         (Family::Gemma, "post_attention_layernorm.weight") => "post_attention_norm.weight",

@@ -11,7 +11,7 @@ mod safetensors_model;
 use std::path::Path;
 
 use crate::error::{HearthError, Result};
-use crate::manifest::{Manifest, ModelConfig};
+use crate::manifest::{FfnKind, Manifest, ModelConfig};
 use crate::package::PackageWriter;
 use crate::quant::{DType, Tensor};
 
@@ -75,9 +75,11 @@ pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Manife
 }
 
 /// Add `tensor` to the package as `name` (and return its name and shape), or, for a fused
-/// `blk.N.attn_qkv.{weight,bias}` (BLOOM, GPT-2: Q, K and V rows one after another), its Q, K and V
-/// rows as the three tensors every other architecture has, so the engines know one layout. Rows are
-/// independent in every encoding, so cutting the encoded tensor changes no value.
+/// `blk.N.attn_qkv.{weight,bias}` (BLOOM, GPT-2, Phi-3: Q, K and V rows one after another), its Q, K
+/// and V rows as the three tensors every other architecture has, and for a fused gate|up
+/// `blk.N.ffn_up.weight` of twice the MLP's rows (Phi-3: gate rows first) its gate and up halves, so
+/// the engines know one layout. Rows are independent in every encoding, so cutting the encoded
+/// tensor changes no value.
 fn add_tensor(
     writer: &mut PackageWriter,
     name: &str,
@@ -85,6 +87,21 @@ fn add_tensor(
     c: &ModelConfig,
     source: &Path,
 ) -> Result<Vec<(String, Vec<usize>)>> {
+    if let Some(layer) = name.strip_suffix(".ffn_up.weight") {
+        let (rows, f) = (tensor.rows(), c.ffn_size);
+        if c.ffn == FfnKind::Gated && tensor.shape.len() == 2 && rows == 2 * f {
+            let mut added = Vec::with_capacity(2);
+            for (part, start) in [("ffn_gate", 0), ("ffn_up", f)] {
+                let part_name = format!("{layer}.{part}.weight");
+                let t = tensor.row_slice(start, f).ok_or_else(|| {
+                    HearthError::bad_file(source.display(), format!("`{name}` cannot be cut into gate and up rows"))
+                })?;
+                writer.add_tensor(&part_name, &t)?;
+                added.push((part_name, t.shape));
+            }
+            return Ok(added);
+        }
+    }
     let Some(layer) = name.strip_suffix(".attn_qkv.weight").or_else(|| name.strip_suffix(".attn_qkv.bias")) else {
         writer.add_tensor(name, tensor)?;
         return Ok(vec![(name.to_string(), tensor.shape.clone())]);

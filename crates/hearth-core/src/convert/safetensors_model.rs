@@ -133,6 +133,7 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
         "Qwen2ForCausalLM" | "qwen2" => ("qwen2", Family::Llama),
         "Qwen3ForCausalLM" | "qwen3" => ("qwen3", Family::Llama),
         "SmolLM3ForCausalLM" | "smollm3" => ("smollm3", Family::Llama),
+        "Phi3ForCausalLM" | "phi3" => ("phi3", Family::Llama),
         "Gemma2ForCausalLM" | "gemma2" => ("gemma2", Family::Gemma),
         "Gemma3ForCausalLM" | "gemma3_text" => ("gemma3", Family::Gemma),
         "GPT2LMHeadModel" | "gpt2" => ("gpt2", Family::Gpt2),
@@ -176,9 +177,11 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
         Family::Llama | Family::Gemma => {
             let gemma = family == Family::Gemma;
             let gemma3 = architecture == "gemma3";
+            // Phi-4-mini rotates the first 3/4 of each head.
+            let rotated = hf.get("partial_rotary_factor").and_then(Value::as_f64).unwrap_or(1.0);
             let rope = RopeConfig {
                 base: float("rope_theta", 10_000.0),
-                dim: head_dim,
+                dim: (head_dim as f64 * rotated) as usize,
                 style: RopeStyle::Neox,
                 scaling: rope_scaling(hf, &file)?,
                 local_base: gemma3.then(|| float("rope_local_base_freq", 10_000.0)),
@@ -191,10 +194,12 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
             // Qwen's configs name a window they do not use (`use_sliding_window: false`). With it
             // on, Transformers windows only the layers from `max_window_layers` on; no released
             // Qwen turns it on, and here it would window every layer.
+            // Phi-3's window is ignored, as llama.cpp ignores it.
             let window = hf
                 .get("sliding_window")
                 .and_then(Value::as_u64)
                 .filter(|&w| w > 0 && hf.get("use_sliding_window").and_then(Value::as_bool) != Some(false))
+                .filter(|_| architecture != "phi3")
                 .map(|w| w as usize);
             ModelConfig {
                 rope: Some(rope),
@@ -296,6 +301,36 @@ fn rope_scaling(hf: &Value, file: &str) -> Result<Option<RopeScaling>> {
                 beta_fast: f("beta_fast").unwrap_or(32.0),
                 beta_slow: f("beta_slow").unwrap_or(1.0),
                 attn_factor: f("attention_factor").map_or(1.0, |a| a / default_magnitude),
+            })
+        }
+        // Phi-3's LongRoPE (called "su" before): factors per pair, the long ones past the original
+        // context; the magnitude is Transformers' `attention_factor`, else computed from the
+        // extension as Transformers and llama.cpp's converter compute it.
+        "longrope" | "su" => {
+            let original = s
+                .get("original_max_position_embeddings")
+                .or_else(|| hf.get("original_max_position_embeddings"))
+                .and_then(Value::as_u64)
+                .ok_or_else(|| {
+                    HearthError::bad_file(file, "longrope scaling without original_max_position_embeddings")
+                })?;
+            let context = hf.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(original);
+            let scale = context as f64 / original.max(1) as f64;
+            let default_magnitude =
+                if scale > 1.0 { (1.0 + scale.ln() / (original.max(2) as f64).ln()).sqrt() } else { 1.0 };
+            let factors = |k: &str| -> Result<Vec<f32>> {
+                s.get(k)
+                    .and_then(Value::as_array)
+                    .and_then(|a| a.iter().map(|v| v.as_f64().map(|v| v as f32)).collect::<Option<Vec<_>>>())
+                    .ok_or_else(|| {
+                        HearthError::bad_file(file, format!("longrope scaling without a numeric `{k}` list"))
+                    })
+            };
+            Some(RopeScaling::LongRope {
+                original_context_length: original as usize,
+                attn_factor: f("attention_factor").unwrap_or(default_magnitude as f32),
+                short_factors: factors("short_factor")?,
+                long_factors: factors("long_factor")?,
             })
         }
         "default" | "" => None,
