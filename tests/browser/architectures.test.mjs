@@ -1,6 +1,7 @@
-// The architectures beyond Llama in the browser: the tiny random models of tests/fixtures/tiny/
-// (checked against llama.cpp's logits by the Rust tests) run through the npm package on SwiftShader
-// and must give the native engine's greedy ids: Qwen2 (Q/K/V biases, NeoX rotation), also with
+// The architectures beyond SmolLM2's Llama in the browser: the tiny random models of
+// tests/fixtures/tiny/ (checked against llama.cpp's logits by the Rust tests) run through the npm
+// package on SwiftShader and must give the native engine's greedy ids: Llama 3 (rope_freqs.weight's
+// frequency factors, uploaded as the shards arrive), Qwen2 (Q/K/V biases, NeoX rotation), also with
 // YaRN rope scaling; Qwen3 (QK-norm, heads wider than hidden / heads); SmolLM3 (a layer without
 // RoPE); Phi-3 (fused products cut on conversion, LongRoPE whose factors the context chooses, also
 // loaded with a maxContext within its original context); a Mistral-style model with a window of 8 keys, generating well past it (its
@@ -16,7 +17,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { assertSameGreedy, gemma3Package, launch, serve, openPage, nativeGenerate, tinyPackage, MINUTES, ROOT } from "./harness.mjs";
 
-const MODELS = ["qwen2", "qwen2_yarn", "qwen3", "smollm3", "phi3", "mistral_swa", "gemma2", "gemma3", "bloom", "gpt2"];
+const MODELS = ["llama_rope_freqs", "qwen2", "qwen2_yarn", "qwen3", "smollm3", "phi3", "mistral_swa", "gemma2", "gemma3", "bloom", "gpt2"];
 const PROMPT = "the cat sat on the mat";
 const MAX_TOKENS = 40;
 

@@ -103,6 +103,23 @@ fn incremental_decoding_never_splits_a_character() {
 /// those expressions draw (`tests/fixtures/make_pretokenizers.py`), against llama.cpp's ids for 262
 /// strings. The fixture records how many strings each name cuts differently from GPT-2's: a name
 /// mapped to the wrong expression fails on those.
+/// A vocabulary named like Phi-3 (`phi3-specials.gguf`): whitespace after its special tokens is
+/// dropped (but after `<unk>`, `<s>`, `<|endoftext|>`), as llama.cpp does for a model so named,
+/// following Phi-3's tokenizer.json; chat-shaped strings with special-token parsing on against
+/// llama.cpp's ids. Without the rule, `<|user|>\n` keeps its newline and every case but the last
+/// differs.
+#[test]
+fn phi3_special_tokens_drop_the_whitespace_after_them_as_llama_cpp_does() {
+    let fx = common::fixture("pretokenizers/ids.json");
+    let strip = &fx["special_strip"];
+    let path = common::repo_root().join("tests/fixtures/pretokenizers").join(strip["gguf"].as_str().unwrap());
+    let mut tokenizer = gguf_tokenizer(&GgufFile::open(&path).expect("open the vocabulary"));
+    for case in strip["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(tokenizer.encode(text, true, false).expect("encode"), ids(&case["ids"]), "{text:?}");
+    }
+}
+
 #[test]
 fn every_gguf_pre_tokenizer_cuts_text_as_llama_cpp_does() {
     let fx = common::fixture("pretokenizers/ids.json");

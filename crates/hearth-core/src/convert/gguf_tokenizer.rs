@@ -87,7 +87,11 @@ pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<GgufTokenizer> {
         }
     };
     let end_of_generation = end_of_generation_ids(&vocab);
-    tokenizer["added_tokens"] = added_tokens(&vocab, &end_of_generation);
+    // llama.cpp recognises Phi-3 by its name (general.name) and gives its special tokens the strip
+    // rule of Phi-3's own tokenizer.json.
+    let name = gguf.get_str("general.name").unwrap_or_default().to_lowercase();
+    let phi3 = name.contains("phi-3") || name.contains("phi3");
+    tokenizer["added_tokens"] = added_tokens(&vocab, &end_of_generation, phi3);
 
     let mut stop_ids: Vec<u32> =
         ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
@@ -165,8 +169,9 @@ fn end_of_generation_ids(vocab: &Vocab) -> Vec<usize> {
 
 /// Control and user-defined tokens become added tokens, matched before the model runs. User-defined
 /// ones are matched always; control ones (and end-of-generation texts, which llama.cpp turns into
-/// control tokens) only when special-token parsing is on.
-fn added_tokens(vocab: &Vocab, end_of_generation: &[usize]) -> Value {
+/// control tokens) only when special-token parsing is on. `phi3`: whitespace after each is dropped
+/// (`rstrip`), but after `<unk>`, `<s>` and `<|endoftext|>`, as llama.cpp and Phi-3's tokenizer do.
+fn added_tokens(vocab: &Vocab, end_of_generation: &[usize], phi3: bool) -> Value {
     let tokens: Vec<Value> = vocab
         .tokens
         .iter()
@@ -182,7 +187,7 @@ fn added_tokens(vocab: &Vocab, end_of_generation: &[usize]) -> Value {
                 "content": text,
                 "single_word": false,
                 "lstrip": false,
-                "rstrip": false,
+                "rstrip": phi3 && !["<unk>", "<s>", "<|endoftext|>"].contains(&text.as_str()),
                 "normalized": false,
                 "special": ty != TOKEN_TYPE_USER_DEFINED,
             })
