@@ -37,7 +37,11 @@ export interface LoadOptions {
    * shard is downloaded and nothing is read from or written to the cache.
    */
   cache?: boolean;
-  /** Cap on the context (KV cache positions) below the model's own, to use less memory. */
+  /**
+   * Cap on the context (KV cache positions) below the model's own, to use less memory. LongRoPE
+   * models (Phi-3.5, Phi-4-mini) take their short RoPE factors at or below their original context
+   * (4096), the long ones above it, as llama.cpp does.
+   */
   maxContext?: number;
   /**
    * Where the model runs (default `"auto"`): `"webgpu"` the GPU engine, `"cpu"` the CPU engine

@@ -468,12 +468,19 @@ fn bench(dir: &std::path::Path, choice: EngineArgs, plan: BenchPlan) -> Result<(
             manifest.config.context_length
         );
     }
+    if choice.max_context.is_some_and(|m| m < positions) {
+        bail!("--max-context is below the {positions} positions --context, --prompt-tokens and --gen-tokens need");
+    }
     let gpu = open_gpu(choice)?;
     if context > 0 && gpu.is_none() {
         bail!("--context needs the GPU engine (the CPU engines compute every position)");
     }
     let mut engine = match gpu {
-        Some(ctx) => BenchEngine::Gpu(Box::new(GpuEngine::new(ctx, source.as_ref(), Some(positions))?)),
+        Some(ctx) => {
+            // Only the positions measured, unless told otherwise (LongRoPE chooses by it).
+            let capacity = choice.max_context.unwrap_or(positions);
+            BenchEngine::Gpu(Box::new(GpuEngine::new(ctx, source.as_ref(), Some(capacity))?))
+        }
         None => {
             let (name, engine) = open_cpu(choice, source.as_ref())?;
             BenchEngine::Cpu(name, engine)

@@ -4,7 +4,7 @@
 //! everything is written, so a failed conversion never leaves a half-written package behind and never
 //! destroys the one that was there.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -69,6 +69,8 @@ pub struct PackageWriter {
     shards: Vec<FileEntry>,
     files: Vec<FileEntry>,
     tensors: Vec<TensorEntry>,
+    /// The names in `tensors`, to refuse one written twice.
+    names: HashSet<String>,
     committed: bool,
 }
 
@@ -105,6 +107,7 @@ impl PackageWriter {
             shards: Vec::new(),
             files: Vec::new(),
             tensors: Vec::new(),
+            names: HashSet::new(),
             committed: false,
         })
     }
@@ -136,6 +139,11 @@ impl PackageWriter {
     }
 
     pub fn add_tensor(&mut self, name: &str, tensor: &Tensor) -> Result<()> {
+        // A source with a tensor twice (or a fused one beside its parts) would otherwise have the
+        // later one silently win.
+        if !self.names.insert(name.to_string()) {
+            return Err(HearthError::InvalidArgument(format!("the model has tensor `{name}` twice")));
+        }
         let (bytes, parts) = tensor.to_bytes();
         let len = bytes.len() as u64;
         // Start where the tensor fits at an aligned offset; a tensor bigger than a shard starts a fresh one.

@@ -275,6 +275,38 @@ fn a_smollm3_with_billions_of_layers_is_refused_at_once() {
     assert!(err.contains("n_layers"), "{err}");
 }
 
+/// A tiny fixture's GGUF with the first occurrence of `from` replaced by `to` (same length), converted.
+fn convert_patched(
+    fixture: &str,
+    from: &str,
+    to: &str,
+) -> (hearth_core::Result<hearth_core::manifest::Manifest>, bool) {
+    let mut bytes = std::fs::read(common::repo_root().join(format!("tests/fixtures/tiny/{fixture}.gguf"))).unwrap();
+    let at = bytes.windows(from.len()).position(|w| w == from.as_bytes()).expect("the name");
+    bytes[at..at + to.len()].copy_from_slice(to.as_bytes());
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("patched.gguf");
+    std::fs::write(&path, &bytes).unwrap();
+    let out = tmp.path().join("out");
+    let result = convert(&path, &out, &ConvertOptions::default());
+    (result, out.exists())
+}
+
+/// A GGUF holding a tensor twice (here Qwen2's K renamed to Q) is refused by name instead of the
+/// later one silently replacing the first; and a Phi-3 with one of LongRoPE's two factor tensors is
+/// refused rather than converted without them. Nothing is written for either.
+#[test]
+fn a_tensor_twice_or_half_of_longrope_is_refused() {
+    let (result, written) = convert_patched("qwen2", "blk.0.attn_k.weight", "blk.0.attn_q.weight");
+    let err = result.unwrap_err().to_string();
+    assert!(err.contains("`blk.0.attn_q.weight` twice"), "{err}");
+    assert!(!written);
+    let (result, written) = convert_patched("phi3", "rope_factors_short.weight", "rope_factors_shorx.weight");
+    let err = result.unwrap_err().to_string();
+    assert!(err.contains("rope_factors_long and rope_factors_short"), "{err}");
+    assert!(!written);
+}
+
 /// A tensor whose shape multiplies past 64 bits (2^33 × 2^33): refused with a checked product,
 /// where an unchecked one wraps to 0 and matches empty parts.
 #[test]

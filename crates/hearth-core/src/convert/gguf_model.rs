@@ -135,8 +135,16 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
     let embd =
         gguf.tensor("token_embd.weight").ok_or_else(|| HearthError::bad_file(&file, "no token_embd.weight tensor"))?;
     let vocab_size = embd.shape()[0];
+    let has_long_rope_factors = LONG_ROPE_FACTORS.iter().any(|name| gguf.tensor(name).is_some());
     let scaling = match gguf.get_str(&key("rope.scaling.type")) {
         None | Some("none") => long_rope(gguf, arch)?,
+        // The factor tensors go into LongRoPE's config only: with another scaling they would be lost.
+        Some(other) if has_long_rope_factors => {
+            return Err(HearthError::bad_file(
+                &file,
+                format!("LongRoPE factor tensors with rope scaling `{other}`: not a combination llama.cpp runs"),
+            ));
+        }
         Some("linear") => Some(RopeScaling::Linear { factor: gguf.require_f64(&key("rope.scaling.factor"))? as f32 }),
         // llama.cpp's defaults where the file says nothing.
         Some("yarn") => Some(RopeScaling::Yarn {
@@ -226,13 +234,29 @@ const LONG_ROPE_FACTORS: [&str; 2] = ["rope_factors_long.weight", "rope_factors_
 /// the long ones when its context exceeds the original one, by the short ones otherwise, and scales
 /// rotated values by `rope.scaling.attn_factor` (1 without it).
 fn long_rope(gguf: &GgufFile, arch: &str) -> Result<Option<RopeScaling>> {
-    let [Some(long), Some(short)] = LONG_ROPE_FACTORS.map(|name| gguf.tensor(name)) else {
-        return Ok(None);
+    let file = gguf.path.display().to_string();
+    let (long, short) = match LONG_ROPE_FACTORS.map(|name| gguf.tensor(name)) {
+        [None, None] => return Ok(None),
+        [Some(long), Some(short)] => (long, short),
+        _ => {
+            return Err(HearthError::bad_file(
+                &file,
+                "one of rope_factors_long and rope_factors_short without the other",
+            ))
+        }
     };
+    if gguf.tensor("rope_freqs.weight").is_some() {
+        // llama.cpp would use rope_freqs alone; the package keeps one set of factors.
+        return Err(HearthError::bad_file(&file, "rope_freqs.weight beside LongRoPE's factor tensors"));
+    }
     let key = |k: &str| format!("{arch}.{k}");
     let factors = |info: &GgufTensorInfo| dequantize(info.ggml_type, &gguf.read_tensor(info)?, &info.name);
     Ok(Some(RopeScaling::LongRope {
-        original_context_length: gguf.require_u64(&key("rope.scaling.original_context_length"))? as usize,
+        // llama.cpp's default: the training context.
+        original_context_length: gguf
+            .get_u64(&key("rope.scaling.original_context_length"))
+            .or_else(|| gguf.get_u64(&key("context_length")))
+            .unwrap_or(2048) as usize,
         attn_factor: gguf.get_f64(&key("rope.scaling.attn_factor")).unwrap_or(1.0) as f32,
         short_factors: factors(short)?,
         long_factors: factors(long)?,

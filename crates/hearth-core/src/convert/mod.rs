@@ -89,7 +89,7 @@ fn add_tensor(
 ) -> Result<Vec<(String, Vec<usize>)>> {
     if let Some(layer) = name.strip_suffix(".ffn_up.weight") {
         let (rows, f) = (tensor.rows(), c.ffn_size);
-        if c.ffn == FfnKind::Gated && tensor.shape.len() == 2 && rows == 2 * f {
+        if c.ffn == FfnKind::Gated && tensor.shape.len() == 2 && f.checked_mul(2) == Some(rows) {
             let mut added = Vec::with_capacity(2);
             for (part, start) in [("ffn_gate", 0), ("ffn_up", f)] {
                 let part_name = format!("{layer}.{part}.weight");

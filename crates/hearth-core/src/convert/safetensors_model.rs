@@ -177,14 +177,26 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
         Family::Llama | Family::Gemma => {
             let gemma = family == Family::Gemma;
             let gemma3 = architecture == "gemma3";
+            // Transformers 5 keeps the RoPE keys in `rope_parameters` (per attention type for Gemma 3).
+            let params = |kind: &str, k: &str| {
+                hf.get(k).or_else(|| {
+                    let p = hf.get("rope_parameters")?;
+                    p.get(kind).unwrap_or(p).get(k)
+                })
+            };
+            let theta = |kind: &str, k: &str| params(kind, k).and_then(Value::as_f64).unwrap_or(10_000.0) as f32;
             // Phi-4-mini rotates the first 3/4 of each head.
-            let rotated = hf.get("partial_rotary_factor").and_then(Value::as_f64).unwrap_or(1.0);
+            let rotated = params("full_attention", "partial_rotary_factor").and_then(Value::as_f64).unwrap_or(1.0);
             let rope = RopeConfig {
-                base: float("rope_theta", 10_000.0),
-                dim: (head_dim as f64 * rotated) as usize,
+                base: theta("full_attention", "rope_theta"),
+                dim: (head_dim as f64 * rotated).round() as usize,
                 style: RopeStyle::Neox,
                 scaling: rope_scaling(hf, &file)?,
-                local_base: gemma3.then(|| float("rope_local_base_freq", 10_000.0)),
+                local_base: gemma3.then(|| {
+                    hf.get("rope_local_base_freq")
+                        .and_then(Value::as_f64)
+                        .map_or_else(|| theta("sliding_attention", "rope_theta"), |b| b as f32)
+                }),
                 unrotated_layers: if architecture == "smollm3" {
                     smollm3_unrotated(hf, base.n_layers)
                 } else {
@@ -274,7 +286,9 @@ fn gemma_pattern(hf: &Value, gemma3: bool) -> usize {
 }
 
 fn rope_scaling(hf: &Value, file: &str) -> Result<Option<RopeScaling>> {
-    let Some(s) = hf.get("rope_scaling").filter(|s| !s.is_null()) else {
+    // Transformers 5's `rope_parameters` (the full-attention layers' where it is per attention type).
+    let parameters = || hf.get("rope_parameters").map(|p| p.get("full_attention").unwrap_or(p));
+    let Some(s) = hf.get("rope_scaling").filter(|s| !s.is_null()).or_else(parameters).filter(|s| !s.is_null()) else {
         return Ok(None);
     };
     let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("");
@@ -412,5 +426,40 @@ mod tests {
         // A hostile layer count or interval sizes nothing.
         assert_eq!(smollm3_unrotated(&serde_json::json!({}), usize::MAX).len(), (limits::LAYERS + 1) / 4);
         assert!(smollm3_unrotated(&serde_json::json!({ "no_rope_layer_interval": u64::MAX }), usize::MAX).is_empty());
+    }
+
+    /// Phi-3.5-mini's config.json as Transformers 4 writes it (`rope_scaling`, the original context at
+    /// the top level) and as Transformers 5 does (everything in `rope_parameters`) give one config:
+    /// LongRoPE with the magnitude sqrt(1 + ln 32 / ln 4096) = 1.1902 (Phi-3.5's 131072 over 4096),
+    /// and Phi-4-mini's partial rotary factor.
+    #[test]
+    fn phi3_rope_settings_come_from_either_transformers_layout() {
+        let (short, long) = (vec![1.0; 48], vec![2.0; 48]);
+        let common = serde_json::json!({
+            "architectures": ["Phi3ForCausalLM"], "hidden_size": 3072, "num_attention_heads": 24,
+            "num_key_value_heads": 8, "num_hidden_layers": 32, "intermediate_size": 8192, "vocab_size": 200064,
+            "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "sliding_window": 262144,
+        });
+        let with = |extra: serde_json::Value| {
+            let mut hf = common.clone();
+            hf.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            model_config(&hf, Path::new("config.json")).unwrap().2
+        };
+        let v4 = with(serde_json::json!({
+            "rope_theta": 10000.0, "partial_rotary_factor": 0.75, "original_max_position_embeddings": 4096,
+            "rope_scaling": { "type": "longrope", "short_factor": short, "long_factor": long },
+        }));
+        let v5 = with(serde_json::json!({ "rope_parameters": {
+            "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
+            "original_max_position_embeddings": 4096, "short_factor": short, "long_factor": long,
+        }}));
+        assert_eq!(v4, v5);
+        let rope = v4.rope.unwrap();
+        assert_eq!(rope.dim, 96);
+        let Some(RopeScaling::LongRope { original_context_length: 4096, attn_factor, .. }) = rope.scaling else {
+            panic!("no LongRoPE: {:?}", rope.scaling)
+        };
+        assert!((attn_factor - 1.190_238).abs() < 1e-6, "{attn_factor}");
+        assert_eq!(v4.sliding_window, None, "Phi-3's window is ignored, as llama.cpp ignores it");
     }
 }
