@@ -19,12 +19,14 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dir = args.first().context("usage: agent_bench PACKAGE [--gpu]")?;
     let mut model = Model::open(dir)?;
+    // Both engines hold the same positions, so a LongRoPE model (Phi-3) rotates alike on either.
+    const CONTEXT: usize = 4096;
     let (name, mut engine): (String, Box<dyn Backend>) = if args.iter().any(|a| a == "--gpu") {
         let ctx = GpuContext::new()?.context("no GPU adapter")?;
         let name = ctx.adapter_name.clone();
-        (name, Box::new(GpuEngine::new(ctx, &model.package, Some(4096))?))
+        (name, Box::new(GpuEngine::new(ctx, &model.package, Some(CONTEXT))?))
     } else {
-        ("cpu (fast engine)".into(), Box::new(FastEngine::from_source(&model.package)?))
+        ("cpu (fast engine)".into(), Box::new(FastEngine::from_source_with_context(&model.package, CONTEXT)?))
     };
     let clock = Instant::now();
     let now = || clock.elapsed().as_secs_f64();
