@@ -41,6 +41,8 @@ struct Sequence {
     llama_cpp: Vec<f32>,
     /// For GELU models: the float64 pass with the exact GELU (see the module comment).
     exact_gelu: Option<Vec<f32>>,
+    /// For LongRoPE models: llama.cpp's logits at the original context (the short factors).
+    short_factors: Option<Vec<f32>>,
 }
 
 impl Sequence {
@@ -87,7 +89,8 @@ fn fixtures() -> Vec<Fixture> {
                         .collect()
                 };
                 let exact_gelu = s.get("logits_f64_exact_gelu").map(rows);
-                Sequence { tokens, llama_cpp: rows(&s["logits"]), exact_gelu }
+                let short_factors = s.get("logits_short_factors").map(rows);
+                Sequence { tokens, llama_cpp: rows(&s["logits"]), exact_gelu, short_factors }
             })
             .collect();
         out.push(Fixture {
@@ -232,20 +235,11 @@ fn longrope_takes_the_short_factors_within_the_original_context_and_the_long_one
     let fx = fixtures().into_iter().find(|f| f.name == "phi3").expect("phi3 fixture");
     let tmp = tempfile::tempdir().unwrap();
     let package = convert_to(&fx.gguf, &tmp.path().join("phi3"));
-    let path = repo_root().join("tests/fixtures/tiny/phi3.json");
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    for seq in json["sequences"].as_array().unwrap() {
-        let tokens: Vec<u32> = seq["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
-        let rows = |v: &serde_json::Value| -> Vec<f32> {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32))
-                .collect()
-        };
-        for (context, want) in [(256, rows(&seq["logits_short_factors"])), (257, rows(&seq["logits"]))] {
+    for seq in &fx.sequences {
+        let (tokens, short) = (&seq.tokens, seq.short_factors.as_deref().expect("logits_short_factors"));
+        for (context, want) in [(256, short), (257, &seq.llama_cpp[..])] {
             let mut engine = CpuEngine::from_source_with_context(&package, context).unwrap();
-            let diff = max_diff(&engine.forward(&tokens, true).unwrap(), &want);
+            let diff = max_diff(&engine.forward(tokens, true).unwrap(), want);
             eprintln!("phi3, context {context}, {} tokens: max |CPU - llama.cpp| = {diff:.2e}", tokens.len());
             assert!(diff <= TOLERANCE, "phi3 at context {context}: logits differ from llama.cpp by {diff}");
         }

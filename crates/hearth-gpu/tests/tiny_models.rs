@@ -26,6 +26,20 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
+/// A fixture sequence's token ids.
+fn tokens(seq: &serde_json::Value) -> Vec<u32> {
+    seq["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
+}
+
+/// Logits `[position][vocab]` of a fixture, flattened.
+fn logits(rows: &serde_json::Value) -> Vec<f32> {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32))
+        .collect()
+}
+
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
@@ -60,16 +74,9 @@ fn gpu_logits_match_llama_cpp_at_every_position() {
             ctx.kv_f16 = kv_f16;
             let mut engine = GpuEngine::new(ctx, &package, None).unwrap();
             for seq in fx["sequences"].as_array().unwrap() {
-                let tokens: Vec<u32> =
-                    seq["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+                let tokens = tokens(seq);
                 // GELU models: the exact-GELU float64 pass; the others: llama.cpp.
-                let oracle = seq.get("logits_f64_exact_gelu").unwrap_or(&seq["logits"]);
-                let want: Vec<f32> = oracle
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32))
-                    .collect();
+                let want = logits(seq.get("logits_f64_exact_gelu").unwrap_or(&seq["logits"]));
                 engine.reset();
                 let diff = max_diff(&engine.forward(&tokens, true).unwrap(), &want);
                 eprintln!("{name}: {} tokens, f16 cache {kv_f16}: max |GPU - oracle| = {diff:.2e}", tokens.len());
@@ -92,14 +99,7 @@ fn longrope_takes_its_factors_by_the_context_the_engine_holds() {
     convert(&dir.join("phi3.gguf"), &out, &ConvertOptions::default()).unwrap();
     let package = Package::open(&out).unwrap();
     let seq = &fx["sequences"][1];
-    let tokens: Vec<u32> = seq["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
-    let rows = |v: &serde_json::Value| -> Vec<f32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32))
-            .collect()
-    };
+    let tokens = tokens(seq);
     for (context, oracle) in [(256, "logits_short_factors"), (257, "logits")] {
         let Some(mut ctx) = GpuContext::new().expect("opening the GPU device") else {
             eprintln!("\n!!! NO GPU ADAPTER: skipping GPU test (install mesa-vulkan-drivers for lavapipe) !!!\n");
@@ -107,7 +107,7 @@ fn longrope_takes_its_factors_by_the_context_the_engine_holds() {
         };
         ctx.kv_f16 = false;
         let mut engine = GpuEngine::new(ctx, &package, Some(context)).unwrap();
-        let diff = max_diff(&engine.forward(&tokens, true).unwrap(), &rows(&seq[oracle]));
+        let diff = max_diff(&engine.forward(&tokens, true).unwrap(), &logits(&seq[oracle]));
         eprintln!("phi3, context {context}: max |GPU - llama.cpp| = {diff:.2e}");
         assert!(diff <= 2e-3, "phi3 at context {context}: logits differ from llama.cpp by {diff}");
     }
