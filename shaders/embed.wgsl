@@ -18,6 +18,7 @@ struct Dims {
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<storage, read> codes: array<u32>;
 @group(0) @binding(4) var<storage, read> scales: array<u32>;
+// q4's mins; the K-quants' `high` bits (kquants.wgsl, which kernels.rs puts in front).
 @group(0) @binding(5) var<storage, read> mins: array<u32>;
 @group(0) @binding(6) var<uniform> step: Step;
 
@@ -106,4 +107,53 @@ fn embed_f32(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     emit(t, i, bitcast<f32>(codes[k]));
+}
+
+@compute @workgroup_size(64)
+fn embed_q5(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let k = value_index(gid.y, gid.x);
+    if (k == 0xffffffffu) {
+        return;
+    }
+    // Group g: words 5g .. 5g + 3 of low bits, word 5g + 4 of fifth bits.
+    let g = k / 32u;
+    let j = k % 32u;
+    let q = ((codes[5u * g + j / 8u] >> (4u * (j % 8u))) & 15u) | (((codes[5u * g + 4u] >> j) & 1u) << 4u);
+    emit(gid.y, gid.x, f32(q) * half_of(scales[g / 2u], g) + half_of(mins[g / 2u], g));
+}
+
+// The low four bits of value k (q4, q4k, q5k, q6k).
+fn low_bits(k: u32) -> u32 {
+    return (codes[k / 8u] >> (4u * (k % 8u))) & 15u;
+}
+
+@compute @workgroup_size(64)
+fn embed_q4k(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let k = value_index(gid.y, gid.x);
+    if (k == 0xffffffffu) {
+        return;
+    }
+    let sm = k4_sub_scale(k / 32u);
+    emit(gid.y, gid.x, f32(low_bits(k)) * sm.x - sm.y);
+}
+
+@compute @workgroup_size(64)
+fn embed_q5k(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let k = value_index(gid.y, gid.x);
+    if (k == 0xffffffffu) {
+        return;
+    }
+    let q = low_bits(k) | (((k5_high(k / 32u) >> (k % 32u)) & 1u) << 4u);
+    let sm = k4_sub_scale(k / 32u);
+    emit(gid.y, gid.x, f32(q) * sm.x - sm.y);
+}
+
+@compute @workgroup_size(64)
+fn embed_q6k(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let k = value_index(gid.y, gid.x);
+    if (k == 0xffffffffu) {
+        return;
+    }
+    let q = low_bits(k) | (((k6_high(k / 16u) >> (2u * (k % 16u))) & 3u) << 4u);
+    emit(gid.y, gid.x, k6_scale(k / 16u) * (f32(q) - 32.0));
 }

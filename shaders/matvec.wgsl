@@ -15,8 +15,9 @@
 //
 // kernels.rs assembles each shader module from this file's sections (each opens with a line
 // `// ==== name`): what comes before the first section, which every module shares, then either
-// `blocked` + one encoding's `blocked q4` / `q8` / `f16` / `f32` after a generated line
-// `const TB: u32 = ...;`, or `decode` + one encoding's `decode q4` / ... (how its weights are
+// `blocked` + one encoding's `blocked q4` / `q5` / `q8` / `f16` / `f32` / `q4k` / `q5k` / `q6k` (the
+// K-quants with `blocked k`) after a generated line `const TB: u32 = ...;`, or `decode` + one
+// encoding's `decode q4` / ... (how its weights are
 // loaded: the binding's element type differs) + one of the two ways of adding up the lanes' sums
 // (`sums in workgroup memory`, `sums with subgroups`) + what is done with the totals (`decode
 // store`: the fusions above; `decode rope`: the QKV product's RoPE and KV-cache store, with
@@ -35,7 +36,8 @@
 //   a value per output row of the whole matrix (a split matrix's pieces index it at row_offset);
 // - ACCUMULATE: y += W·x (the residual add).
 //
-// Weight encodings: see docs/FORMAT.md. Workgroups are numbered along x, then y (a grid row holds
+// Weight encodings: see docs/FORMAT.md; the K-quants' headers are read by kquants.wgsl, which
+// kernels.rs puts in front of every module. Workgroups are numbered along x, then y (a grid row holds
 // at most 65,535).
 
 struct Dims {
@@ -63,6 +65,7 @@ struct Step {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 // Binding 4, the weight codes, is declared by each section.
 @group(0) @binding(5) var<storage, read> scales: array<u32>;
+// q4's mins; the K-quants' `high` bits (kquants.wgsl).
 @group(0) @binding(6) var<storage, read> mins: array<u32>;
 @group(0) @binding(7) var<storage, read> norm_weight: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read> bias: array<f32>;
@@ -330,6 +333,68 @@ fn matvec_rows_q4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     rows(wg, groups, lid.x);
 }
 
+// ==== blocked q5
+// Five u32 words = one group of 32: four of low bits as q4's, then the fifth bits (bit k = value k);
+// each value q·scale + min.
+fn block_dots(row: u32, t0: u32) -> array<f32, TB> {
+    var acc: array<f32, TB>;
+    let nt = block_len(t0);
+    let groups = dims.cols / 32u;
+    for (var gi = 0u; gi < groups; gi = gi + 1u) {
+        let g = row * groups + gi;
+        let scale = scale_at(g);
+        let offset = min_at(g);
+        for (var w = 0u; w < 4u; w = w + 1u) {
+            let q = q5_codes8(g, w);
+            let col = 32u * gi + 8u * w;
+            for (var t = 0u; t < TB; t = t + 1u) {
+                if (t < nt) {
+                    let xa = x4(t0 + t, col);
+                    let xb = x4(t0 + t, col + 4u);
+                    let sx = dot(xa + xb, vec4<f32>(1.0));
+                    acc[t] = acc[t] + scale * (dot(q[0], xa) + dot(q[1], xb)) + offset * sx;
+                }
+            }
+        }
+    }
+    return acc;
+}
+
+// The eight codes 8w .. 8w + 7 of group g, as two vec4s.
+fn q5_codes8(g: u32, w: u32) -> array<vec4<f32>, 2> {
+    let word = codes[5u * g + w];
+    let high = codes[5u * g + 4u] >> (8u * w);
+    let lo = (vec4<u32>(word, word >> 4u, word >> 8u, word >> 12u) & vec4<u32>(15u))
+        | ((vec4<u32>(high, high >> 1u, high >> 2u, high >> 3u) & vec4<u32>(1u)) << vec4<u32>(4u));
+    let hi = (vec4<u32>(word >> 16u, word >> 20u, word >> 24u, word >> 28u) & vec4<u32>(15u))
+        | ((vec4<u32>(high >> 4u, high >> 5u, high >> 6u, high >> 7u) & vec4<u32>(1u)) << vec4<u32>(4u));
+    return array<vec4<f32>, 2>(vec4<f32>(lo), vec4<f32>(hi));
+}
+
+// Weights col .. col + 3 of `row` (col a multiple of 4).
+fn weights4(row: u32, col: u32) -> vec4<f32> {
+    let i = row * dims.cols + col;
+    let g = i / 32u;
+    let k = i % 32u;
+    let word = codes[5u * g + k / 8u] >> (4u * (k % 8u));
+    let high = codes[5u * g + 4u] >> k;
+    let q = (vec4<u32>(word, word >> 4u, word >> 8u, word >> 12u) & vec4<u32>(15u))
+        | ((vec4<u32>(high, high >> 1u, high >> 2u, high >> 3u) & vec4<u32>(1u)) << vec4<u32>(4u));
+    return vec4<f32>(q) * scale_at(g) + min_at(g);
+}
+
+@compute @workgroup_size(64)
+fn matvec_tiled_q5(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                   @builtin(local_invocation_id) lid: vec3<u32>) {
+    tiled(wg, groups, lid.x);
+}
+
+@compute @workgroup_size(64)
+fn matvec_rows_q5(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                  @builtin(local_invocation_id) lid: vec3<u32>) {
+    rows(wg, groups, lid.x);
+}
+
 // ==== blocked q8
 // One u32 word = four signed 8-bit codes, each value q·scale (a scale per 32).
 fn block_dots(row: u32, t0: u32) -> array<f32, TB> {
@@ -444,6 +509,92 @@ fn matvec_rows_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     rows(wg, groups, lid.x);
 }
 
+// ==== blocked k
+// The K-quants' block_dots: four weights at a time from the encoding's weights4 (each sub-block's
+// scale is decoded again per four weights: cheap beside the loads on the adapters this split is for).
+fn block_dots(row: u32, t0: u32) -> array<f32, TB> {
+    var acc: array<f32, TB>;
+    let nt = block_len(t0);
+    for (var col = 0u; col < dims.cols; col = col + 4u) {
+        let w = weights4(row, col);
+        for (var t = 0u; t < TB; t = t + 1u) {
+            if (t < nt) {
+                acc[t] = acc[t] + dot(w, x4(t0 + t, col));
+            }
+        }
+    }
+    return acc;
+}
+
+// ==== blocked q4k
+// Weights col .. col + 3 of `row` (col a multiple of 4): half a word of low bits, as q4.
+fn weights4(row: u32, col: u32) -> vec4<f32> {
+    let i = row * dims.cols + col;
+    let word = codes[i / 8u] >> (4u * (i % 8u));
+    let q = vec4<f32>(vec4<u32>(word, word >> 4u, word >> 8u, word >> 12u) & vec4<u32>(15u));
+    let sm = k4_sub_scale(i / 32u);
+    return q * sm.x - sm.y;
+}
+
+@compute @workgroup_size(64)
+fn matvec_tiled_q4k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                    @builtin(local_invocation_id) lid: vec3<u32>) {
+    tiled(wg, groups, lid.x);
+}
+
+@compute @workgroup_size(64)
+fn matvec_rows_q4k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                   @builtin(local_invocation_id) lid: vec3<u32>) {
+    rows(wg, groups, lid.x);
+}
+
+// ==== blocked q5k
+// Weights col .. col + 3 of `row`: the low bits as q4k, the fifth bits from the sub-block's word.
+fn weights4(row: u32, col: u32) -> vec4<f32> {
+    let i = row * dims.cols + col;
+    let word = codes[i / 8u] >> (4u * (i % 8u));
+    let h = k5_high(i / 32u) >> (i % 32u);
+    let q = (vec4<u32>(word, word >> 4u, word >> 8u, word >> 12u) & vec4<u32>(15u))
+        | ((vec4<u32>(h, h >> 1u, h >> 2u, h >> 3u) & vec4<u32>(1u)) << vec4<u32>(4u));
+    let sm = k4_sub_scale(i / 32u);
+    return vec4<f32>(q) * sm.x - sm.y;
+}
+
+@compute @workgroup_size(64)
+fn matvec_tiled_q5k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                    @builtin(local_invocation_id) lid: vec3<u32>) {
+    tiled(wg, groups, lid.x);
+}
+
+@compute @workgroup_size(64)
+fn matvec_rows_q5k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                   @builtin(local_invocation_id) lid: vec3<u32>) {
+    rows(wg, groups, lid.x);
+}
+
+// ==== blocked q6k
+// Weights col .. col + 3 of `row`: low bits as q4k, two more from the 16 values' high word.
+fn weights4(row: u32, col: u32) -> vec4<f32> {
+    let i = row * dims.cols + col;
+    let word = codes[i / 8u] >> (4u * (i % 8u));
+    let h = k6_high(i / 16u) >> (2u * (i % 16u));
+    let q = (vec4<u32>(word, word >> 4u, word >> 8u, word >> 12u) & vec4<u32>(15u))
+        | ((vec4<u32>(h, h >> 2u, h >> 4u, h >> 6u) & vec4<u32>(3u)) << vec4<u32>(4u));
+    return k6_scale(i / 16u) * (vec4<f32>(q) - 32.0);
+}
+
+@compute @workgroup_size(64)
+fn matvec_tiled_q6k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                    @builtin(local_invocation_id) lid: vec3<u32>) {
+    tiled(wg, groups, lid.x);
+}
+
+@compute @workgroup_size(64)
+fn matvec_rows_q6k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                   @builtin(local_invocation_id) lid: vec3<u32>) {
+    rows(wg, groups, lid.x);
+}
+
 // ==== decode
 // One token on a GPU: workgroup w computes rows w·ROWS .. w·ROWS + ROWS - 1. The input (normed by
 // its weight when NORM) is staged once per workgroup in workgroup memory, TILE values at a time,
@@ -508,6 +659,13 @@ fn staged_chunk(c: u32) -> array<vec4<f32>, 8> {
     return v;
 }
 
+// The eight codes of a word (value k in bits 4k..4k+3) times eight inputs.
+fn q4_word(word: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
+    let lo = vec4<f32>(vec4<u32>(word, word >> 4u, word >> 8u, word >> 12u) & vec4<u32>(15u));
+    let hi = vec4<f32>(vec4<u32>(word >> 16u, word >> 20u, word >> 24u, word >> 28u) & vec4<u32>(15u));
+    return dot(lo, a) + dot(hi, b);
+}
+
 fn decode(wg: vec3<u32>, groups: vec3<u32>, lid: u32) {
     let first = (wg.y * groups.x + wg.x) * ROWS;
     // The same for the whole workgroup, so leaving early keeps the barriers uniform.
@@ -546,13 +704,6 @@ fn decode(wg: vec3<u32>, groups: vec3<u32>, lid: u32) {
 @group(0) @binding(4) var<storage, read> codes: array<vec4<u32>>;
 const CHUNK: u32 = 32u;
 
-// The eight codes of a word (value k in bits 4k..4k+3) times eight inputs.
-fn q4_word(word: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
-    let lo = vec4<f32>(vec4<u32>(word, word >> 4u, word >> 8u, word >> 12u) & vec4<u32>(15u));
-    let hi = vec4<f32>(vec4<u32>(word >> 16u, word >> 20u, word >> 24u, word >> 28u) & vec4<u32>(15u));
-    return dot(lo, a) + dot(hi, b);
-}
-
 // Chunk c of `row` times the inputs xc, whose sum is x_sum: Σ (q·scale + min)·x.
 fn chunk_dot(row: u32, c: u32, xc: array<vec4<f32>, 8>, x_sum: f32) -> f32 {
     let w = codes[row * (dims.cols / CHUNK) + c];
@@ -564,6 +715,32 @@ fn chunk_dot(row: u32, c: u32, xc: array<vec4<f32>, 8>, x_sum: f32) -> f32 {
 
 @compute @workgroup_size(64)
 fn matvec_decode_q4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                    @builtin(local_invocation_id) lid: vec3<u32>) {
+    decode(wg, groups, lid.x);
+}
+
+// ==== decode q5
+// 20 bytes = one group of 32 five-bit codes (16 of low bits, a word of fifth bits), one scale and
+// min: five word loads (20-byte groups are not 16-byte aligned).
+@group(0) @binding(4) var<storage, read> codes: array<u32>;
+const CHUNK: u32 = 32u;
+
+fn chunk_dot(row: u32, c: u32, xc: array<vec4<f32>, 8>, x_sum: f32) -> f32 {
+    let g = row * (dims.cols / CHUNK) + c;
+    let at = 5u * g;
+    let h = codes[at + 4u];
+    var fifth = 0.0;
+    for (var j = 0u; j < 8u; j = j + 1u) {
+        let b = h >> (4u * j);
+        fifth = fifth + dot(vec4<f32>(vec4<u32>(b, b >> 1u, b >> 2u, b >> 3u) & vec4<u32>(1u)), xc[j]);
+    }
+    let q = q4_word(codes[at], xc[0], xc[1]) + q4_word(codes[at + 1u], xc[2], xc[3])
+        + q4_word(codes[at + 2u], xc[4], xc[5]) + q4_word(codes[at + 3u], xc[6], xc[7]) + 16.0 * fifth;
+    return scale_at(g) * q + min_at(g) * x_sum;
+}
+
+@compute @workgroup_size(64)
+fn matvec_decode_q5(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
                     @builtin(local_invocation_id) lid: vec3<u32>) {
     decode(wg, groups, lid.x);
 }
@@ -623,6 +800,90 @@ fn chunk_dot(row: u32, c: u32, xc: array<vec4<f32>, 8>, x_sum: f32) -> f32 {
 
 @compute @workgroup_size(64)
 fn matvec_decode_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                     @builtin(local_invocation_id) lid: vec3<u32>) {
+    decode(wg, groups, lid.x);
+}
+
+// ==== decode q4k
+// 16 bytes = the low four bits of one sub-block's 32 values; its scale and min come from the
+// super-block's header, which the eight sub-blocks read alike (cached).
+@group(0) @binding(4) var<storage, read> codes: array<vec4<u32>>;
+const CHUNK: u32 = 32u;
+
+// Σ (q·d·sc - dmin·m)·x = d·sc·Σ q·x - dmin·m·Σ x.
+fn chunk_dot(row: u32, c: u32, xc: array<vec4<f32>, 8>, x_sum: f32) -> f32 {
+    let s = row * (dims.cols / CHUNK) + c;
+    let w = codes[s];
+    let q = q4_word(w.x, xc[0], xc[1]) + q4_word(w.y, xc[2], xc[3]) + q4_word(w.z, xc[4], xc[5])
+        + q4_word(w.w, xc[6], xc[7]);
+    let sm = k4_sub_scale(s);
+    return sm.x * q - sm.y * x_sum;
+}
+
+@compute @workgroup_size(64)
+fn matvec_decode_q4k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                     @builtin(local_invocation_id) lid: vec3<u32>) {
+    decode(wg, groups, lid.x);
+}
+
+// ==== decode q5k
+// As q4k, plus one word of the sub-block's fifth bits.
+@group(0) @binding(4) var<storage, read> codes: array<vec4<u32>>;
+const CHUNK: u32 = 32u;
+
+// Σ over the 32 values of (fifth bit k of `h`) · x_k.
+fn fifth_bits_dot(h: u32, xc: array<vec4<f32>, 8>) -> f32 {
+    var sum = 0.0;
+    for (var j = 0u; j < 8u; j = j + 1u) {
+        let b = h >> (4u * j);
+        sum = sum + dot(vec4<f32>(vec4<u32>(b, b >> 1u, b >> 2u, b >> 3u) & vec4<u32>(1u)), xc[j]);
+    }
+    return sum;
+}
+
+fn chunk_dot(row: u32, c: u32, xc: array<vec4<f32>, 8>, x_sum: f32) -> f32 {
+    let s = row * (dims.cols / CHUNK) + c;
+    let w = codes[s];
+    let q = q4_word(w.x, xc[0], xc[1]) + q4_word(w.y, xc[2], xc[3]) + q4_word(w.z, xc[4], xc[5])
+        + q4_word(w.w, xc[6], xc[7]) + 16.0 * fifth_bits_dot(k5_high(s), xc);
+    let sm = k4_sub_scale(s);
+    return sm.x * q - sm.y * x_sum;
+}
+
+@compute @workgroup_size(64)
+fn matvec_decode_q5k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                     @builtin(local_invocation_id) lid: vec3<u32>) {
+    decode(wg, groups, lid.x);
+}
+
+// ==== decode q6k
+// 16 bytes of low bits and two words of high bits = one sub-block: two runs of 16 values, each
+// with its own scale.
+@group(0) @binding(4) var<storage, read> codes: array<vec4<u32>>;
+const CHUNK: u32 = 32u;
+
+// Eight six-bit values (low bits from `low` as q4, high pairs at bits 2k of `high`), less 32,
+// times eight inputs.
+fn q6_word(low: u32, high: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
+    let lo = (vec4<u32>(low, low >> 4u, low >> 8u, low >> 12u) & vec4<u32>(15u))
+        | ((vec4<u32>(high, high >> 2u, high >> 4u, high >> 6u) & vec4<u32>(3u)) << vec4<u32>(4u));
+    let hi = (vec4<u32>(low >> 16u, low >> 20u, low >> 24u, low >> 28u) & vec4<u32>(15u))
+        | ((vec4<u32>(high >> 8u, high >> 10u, high >> 12u, high >> 14u) & vec4<u32>(3u)) << vec4<u32>(4u));
+    return dot(vec4<f32>(lo) - 32.0, a) + dot(vec4<f32>(hi) - 32.0, b);
+}
+
+fn chunk_dot(row: u32, c: u32, xc: array<vec4<f32>, 8>, x_sum: f32) -> f32 {
+    let s = row * (dims.cols / CHUNK) + c;
+    let w = codes[s];
+    let h0 = k6_high(2u * s);
+    let h1 = k6_high(2u * s + 1u);
+    let first = q6_word(w.x, h0, xc[0], xc[1]) + q6_word(w.y, h0 >> 16u, xc[2], xc[3]);
+    let second = q6_word(w.z, h1, xc[4], xc[5]) + q6_word(w.w, h1 >> 16u, xc[6], xc[7]);
+    return k6_scale(2u * s) * first + k6_scale(2u * s + 1u) * second;
+}
+
+@compute @workgroup_size(64)
+fn matvec_decode_q6k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
                      @builtin(local_invocation_id) lid: vec3<u32>) {
     decode(wg, groups, lid.x);
 }

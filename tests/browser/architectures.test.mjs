@@ -17,7 +17,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { assertSameGreedy, gemma3Package, launch, serve, openPage, nativeGenerate, tinyPackage, MINUTES, ROOT } from "./harness.mjs";
 
-const MODELS = ["llama_rope_freqs", "qwen2", "qwen2_yarn", "qwen3", "smollm3", "phi3", "mistral_swa", "gemma2", "gemma3", "bloom", "gpt2"];
+const MODELS = ["llama_rope_freqs", "llama_q5_k_m", "qwen2", "qwen2_yarn", "qwen3", "smollm3", "phi3", "mistral_swa", "gemma2", "gemma3", "bloom", "gpt2"];
 const PROMPT = "the cat sat on the mat";
 const MAX_TOKENS = 40;
 

@@ -16,7 +16,7 @@ use crate::manifest::{
     Activation, FfnKind, ModelConfig, NormKind, PositionKind, RopeScaling, RopeStyle, ARCHITECTURES,
 };
 use crate::package::{Package, TensorSource};
-use crate::quant::{Tensor, TensorData};
+use crate::quant::{DType, Tensor, TensorData};
 
 /// A norm's weight, and its bias for LayerNorm.
 struct Norm {
@@ -792,7 +792,9 @@ pub fn matmul(w: &Tensor, x: &[f32], n: usize, out: &mut [f32]) {
     const BLOCK: usize = 16;
     let mut by_row = vec![0f32; rows * n];
     let work = |(bi, chunk): (usize, &mut [f32])| {
-        let mut row = vec![0f32; if n > 1 { cols } else { 0 }];
+        // q5 and K-quant rows are decoded even for one token (no product of their own here).
+        let decodes = matches!(w.dtype(), DType::Q5) || w.dtype().is_k_quant();
+        let mut row = vec![0f32; if n > 1 || decodes { cols } else { 0 }];
         for (j, dst) in chunk.chunks_mut(n).enumerate() {
             let r = bi * BLOCK + j;
             // Several tokens (prefill): decode the row once and reuse it for each of them.
@@ -822,6 +824,10 @@ pub fn matmul(w: &Tensor, x: &[f32], n: usize, out: &mut [f32]) {
                         )
                     }
                     TensorData::F16(v) => v[r * cols..(r + 1) * cols].iter().zip(xt).map(|(w, x)| w.to_f32() * x).sum(),
+                    TensorData::Q5(_) | TensorData::Q4k(_) | TensorData::Q5k(_) | TensorData::Q6k(_) => {
+                        w.dequantize_row(r, &mut row);
+                        dot(&row, xt)
+                    }
                 };
             }
         }

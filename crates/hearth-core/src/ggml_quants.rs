@@ -1,5 +1,6 @@
 //! ggml's block formats, as llama.cpp stores them in GGUF files: decoding to f32, and the lossless
-//! re-packing of Q4_0 / Q4_1 / Q8_0 into Hearth's `q4` / `q8`.
+//! re-packing of Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 into Hearth's `q4` / `q5` / `q8` and of Q4_K /
+//! Q5_K / Q6_K into `q4k` / `q5k` / `q6k`.
 //!
 //! The formulas follow ggml's reference `dequantize_row_*` functions; the test suite checks them
 //! value for value against llama.cpp's own Python port (`gguf.quants`) on random blocks.
@@ -8,7 +9,7 @@ use half::f16;
 
 use crate::error::{HearthError, Result};
 use crate::gguf::GgmlType;
-use crate::quant::{Q4Data, Q8Data, Tensor, TensorData, Q8_GROUP};
+use crate::quant::{k4_scale_min, KData, Q4Data, Q8Data, Tensor, TensorData, K_BLOCK, Q8_GROUP};
 
 fn f16_at(b: &[u8], i: usize) -> f16 {
     f16::from_le_bytes([b[i], b[i + 1]])
@@ -101,15 +102,6 @@ fn dequant_q8_0(b: &[u8], y: &mut [f32]) {
     }
 }
 
-/// The 6-bit scale and min of sub-block `j` of a Q4_K / Q5_K super-block.
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        ((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
-    }
-}
-
 // Q4_K: 256 weights: f16 d, f16 dmin, 12 bytes of packed 6-bit scales/mins, 128 bytes of nibbles.
 fn dequant_q4_k(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0).to_f32();
@@ -117,8 +109,8 @@ fn dequant_q4_k(b: &[u8], y: &mut [f32]) {
     let scales = &b[4..16];
     let qs = &b[16..144];
     for (chunk, (q, out)) in qs.chunks(32).zip(y.chunks_mut(64)).enumerate() {
-        let (sc1, m1) = scale_min_k4(2 * chunk, scales);
-        let (sc2, m2) = scale_min_k4(2 * chunk + 1, scales);
+        let (sc1, m1) = k4_scale_min(2 * chunk, scales);
+        let (sc2, m2) = k4_scale_min(2 * chunk + 1, scales);
         let (d1, m1) = (d * f32::from(sc1), dmin * f32::from(m1));
         let (d2, m2) = (d * f32::from(sc2), dmin * f32::from(m2));
         for l in 0..32 {
@@ -136,8 +128,8 @@ fn dequant_q5_k(b: &[u8], y: &mut [f32]) {
     let qh = &b[16..48];
     let qs = &b[48..176];
     for (chunk, (q, out)) in qs.chunks(32).zip(y.chunks_mut(64)).enumerate() {
-        let (sc1, m1) = scale_min_k4(2 * chunk, scales);
-        let (sc2, m2) = scale_min_k4(2 * chunk + 1, scales);
+        let (sc1, m1) = k4_scale_min(2 * chunk, scales);
+        let (sc2, m2) = k4_scale_min(2 * chunk + 1, scales);
         let (d1, m1) = (d * f32::from(sc1), dmin * f32::from(m1));
         let (d2, m2) = (d * f32::from(sc2), dmin * f32::from(m2));
         let (u1, u2) = (1u8 << (2 * chunk), 2u8 << (2 * chunk));
@@ -176,6 +168,88 @@ fn dequant_q6_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
+/// Re-lay GGUF Q4_K, Q5_K or Q6_K blocks into `q4k` / `q5k` / `q6k` (docs/FORMAT.md), moving bits
+/// and copying scales without computing anything, so every value decodes exactly as llama.cpp's.
+/// The codes leave ggml's interleaved order for plain value order (value `i`'s low four bits in byte
+/// `i / 2`, as `q4`), so a kernel reads the 32 values of a sub-block as 16 consecutive bytes.
+pub fn k_from_ggml(ty: GgmlType, bytes: &[u8], shape: Vec<usize>, tensor: &str) -> Result<Tensor> {
+    let block_bytes = match ty {
+        GgmlType::Q4K => 144,
+        GgmlType::Q5K => 176,
+        GgmlType::Q6K => 210,
+        _ => return Err(unsupported(tensor, ty)),
+    };
+    let cols = shape.last().copied().unwrap_or(0);
+    let n: usize = shape.iter().product();
+    if cols == 0 || cols % K_BLOCK != 0 || bytes.len() != n / K_BLOCK * block_bytes {
+        return Err(HearthError::bad_file(
+            format!("tensor `{tensor}`"),
+            format!("{} bytes of {} do not hold shape {shape:?} in whole rows of blocks", bytes.len(), ty.name()),
+        ));
+    }
+    let mut codes = vec![0u8; n / 2];
+    // Value i (of the tensor) gets low nibble `low`.
+    let mut put = |i: usize, low: u8| codes[i / 2] |= (low & 0x0f) << (4 * (i % 2));
+    let mut k = KData { codes: Vec::new(), scales: Vec::new(), high: Vec::new() };
+    match ty {
+        GgmlType::Q4K | GgmlType::Q5K => {
+            let five = ty == GgmlType::Q5K;
+            k.scales.reserve(n / K_BLOCK * 16);
+            if five {
+                k.high = vec![0u8; n / 8];
+            }
+            for (bi, b) in bytes.chunks_exact(block_bytes).enumerate() {
+                k.scales.extend_from_slice(&b[..16]);
+                let (qh, qs) = if five { (&b[16..48], &b[48..176]) } else { (&b[..0], &b[16..144]) };
+                // ggml: byte l of 32-byte chunk c holds value 64c + l (low nibble) and 64c + 32 + l
+                // (high nibble); Q5_K's fifth bit of value 32j + l is bit j of qh[l].
+                for (c, q) in qs.chunks_exact(32).enumerate() {
+                    for (l, &byte) in q.iter().enumerate() {
+                        for (half, low) in [(0, byte & 0x0f), (1, byte >> 4)] {
+                            let j = 2 * c + half;
+                            let i = bi * K_BLOCK + 32 * j + l;
+                            put(i, low);
+                            if five {
+                                k.high[i / 8] |= ((qh[l] >> j) & 1) << (i % 8);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        _ => {
+            k.scales.reserve(n / K_BLOCK * 20);
+            k.high = vec![0u8; n / 4];
+            for (bi, b) in bytes.chunks_exact(block_bytes).enumerate() {
+                let (ql, qh) = (&b[..128], &b[128..192]);
+                k.scales.extend_from_slice(&b[192..210]);
+                k.scales.extend_from_slice(&[0, 0]);
+                // ggml: in half h, byte l of qh holds the top two bits of values 128h + 32s + l for
+                // s = 0..4 (bits 2s, 2s + 1); their low nibbles are ql[64h + l] (s = 0, 2: low,
+                // high nibble) and ql[64h + 32 + l] (s = 1, 3).
+                for h in 0..2 {
+                    for l in 0..32 {
+                        for s in 0..4 {
+                            let byte = ql[64 * h + 32 * (s % 2) + l];
+                            let low = if s < 2 { byte & 0x0f } else { byte >> 4 };
+                            let i = bi * K_BLOCK + 128 * h + 32 * s + l;
+                            put(i, low);
+                            k.high[i / 4] |= ((qh[32 * h + l] >> (2 * s)) & 3) << (2 * (i % 4));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    k.codes = codes;
+    let data = match ty {
+        GgmlType::Q4K => TensorData::Q4k(k),
+        GgmlType::Q5K => TensorData::Q5k(k),
+        _ => TensorData::Q6k(k),
+    };
+    Ok(Tensor { shape, data })
+}
+
 /// Re-pack GGUF Q4_0 / Q4_1 blocks into `q4` (group 32) without changing a single decoded value:
 /// Q4_1 is `q * d + m` already; Q4_0's `(q - 8) * d` equals `q * d + (-8 * d)` exactly in f32, because
 /// `q * d` and `8 * d` are exact (at most 15 significant bits) and so is their difference. (The one
@@ -212,6 +286,46 @@ pub fn q4_from_ggml(ty: GgmlType, bytes: &[u8], shape: Vec<usize>, tensor: &str)
         codes.extend((0..16).map(|k| nib(2 * k) | (nib(2 * k + 1) << 4)));
     }
     Ok(Tensor { shape, data: TensorData::Q4(Q4Data { group: 32, codes, scales, mins }) })
+}
+
+/// Re-pack GGUF Q5_0 / Q5_1 blocks into `q5` without changing a decoded value, as `q4_from_ggml`
+/// does for Q4_0 / Q4_1: Q5_1 is `q * d + m`; Q5_0's `(q - 16) * d` equals `q * d + (-16 * d)`
+/// exactly (at most 16 significant bits each), save the sign of a zero.
+pub fn q5_from_ggml(ty: GgmlType, bytes: &[u8], shape: Vec<usize>, tensor: &str) -> Result<Tensor> {
+    let header = match ty {
+        GgmlType::Q5_0 => 2,
+        GgmlType::Q5_1 => 4,
+        _ => return Err(unsupported(tensor, ty)),
+    };
+    let block_bytes = header + 20;
+    let n_blocks = bytes.len() / block_bytes;
+    let mut codes = Vec::with_capacity(n_blocks * 20);
+    let mut scales = Vec::with_capacity(n_blocks);
+    let mut mins = Vec::with_capacity(n_blocks);
+    for b in bytes.chunks_exact(block_bytes) {
+        let d = f16_at(b, 0);
+        let min = if ty == GgmlType::Q5_0 {
+            let m = f16::from_f32(-16.0 * d.to_f32());
+            if m.is_infinite() && d.is_finite() {
+                return Err(HearthError::bad_file(
+                    format!("tensor `{tensor}`"),
+                    format!("Q5_0 scale {d} is too large to re-pack losslessly (|16 * d| exceeds f16)"),
+                ));
+            }
+            m
+        } else {
+            f16_at(b, 2)
+        };
+        scales.push(d);
+        mins.push(min);
+        // ggml: the fifth bits as a word (bit j = weight j), then byte j = weight j (low nibble) |
+        // weight j+16 (high nibble). Hearth: sequential nibbles, then the same word.
+        let q = &b[header + 4..header + 20];
+        let nib = |k: usize| if k < 16 { q[k] & 0x0f } else { q[k - 16] >> 4 };
+        codes.extend((0..16).map(|k| nib(2 * k) | (nib(2 * k + 1) << 4)));
+        codes.extend_from_slice(&b[header..header + 4]);
+    }
+    Ok(Tensor { shape, data: TensorData::Q5(Q4Data { group: 32, codes, scales, mins }) })
 }
 
 /// Re-pack GGUF Q8_0 blocks into `q8`: the same codes and scales, split into two arrays.
@@ -298,5 +412,61 @@ mod tests {
             expected.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             got.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
         );
+    }
+
+    /// K-quant blocks whose f16 scales run over every finite kind: normal and subnormal, of both
+    /// signs, and zero (Q6_K's d is often subnormal; a decoder that flushes it would differ).
+    fn k_blocks(ty: GgmlType, n: usize, seed: u64) -> Vec<u8> {
+        let bb = ty.block_layout().map(|(_, b)| b as usize).unwrap_or(0);
+        let mut raw = blocks(n, bb, seed);
+        let scales: &[usize] = if ty == GgmlType::Q6K { &[208] } else { &[0, 2] };
+        for (bi, b) in raw.chunks_mut(bb).enumerate() {
+            for (k, &at) in scales.iter().enumerate() {
+                let bits: u16 = match (bi + k) % 5 {
+                    0 => 0x2e66,          // 0.1
+                    1 => 0x0123,          // subnormal
+                    2 => 0x8000 | 0x0301, // negative subnormal
+                    3 => 0xa0f0,          // negative normal
+                    _ => {
+                        if k == 0 {
+                            0
+                        } else {
+                            0x1400
+                        }
+                    } // zero, or 2^-10
+                };
+                b[at..at + 2].copy_from_slice(&bits.to_le_bytes());
+            }
+        }
+        raw
+    }
+
+    #[test]
+    fn k_quant_relayout_is_bit_exact_and_cuts_by_rows() {
+        for ty in [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+            // 3 rows of 512: 6 super-blocks, every scale kind in several sub-block positions.
+            let raw = k_blocks(ty, 6, 11);
+            let expected: Vec<u32> = dequantize(ty, &raw, "t").unwrap().iter().map(|v| v.to_bits()).collect();
+            let t = k_from_ggml(ty, &raw, vec![3, 512], "t").unwrap();
+            let got: Vec<u32> = t.to_f32().iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, expected, "{ty:?}");
+            let middle: Vec<u32> = t.row_slice(1, 2).unwrap().to_f32().iter().map(|v| v.to_bits()).collect();
+            assert_eq!(middle, expected[512..], "{ty:?} rows 1..3");
+            let (bytes, parts) = t.to_bytes();
+            let bb = ty.block_layout().map(|(_, b)| b).unwrap_or(0);
+            let stored: u64 = parts.iter().map(|(_, r)| r.length).sum();
+            // As large as the GGUF's blocks; Q6_K's headers take two bytes more per block.
+            assert_eq!(stored, 6 * bb + if ty == GgmlType::Q6K { 12 } else { 0 }, "{ty:?}");
+            assert_eq!(Tensor::from_bytes("t", vec![3, 512], t.dtype(), None, &bytes).unwrap(), t);
+        }
+    }
+
+    #[test]
+    fn k_quant_relayout_refuses_rows_that_are_not_whole_blocks() {
+        let raw = k_blocks(GgmlType::Q4K, 3, 1);
+        assert!(k_from_ggml(GgmlType::Q4K, &raw, vec![3, 256], "t").is_ok());
+        assert!(k_from_ggml(GgmlType::Q4K, &raw, vec![2, 384], "t").is_err());
+        assert!(k_from_ggml(GgmlType::Q4K, &raw[..300], vec![3, 256], "t").is_err());
+        assert!(k_from_ggml(GgmlType::Q4_0, &raw, vec![3, 256], "t").is_err());
     }
 }

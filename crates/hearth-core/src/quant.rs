@@ -4,6 +4,12 @@
 //!   consecutive weights along a row (G = 32, 64 or 128). Codes are packed two per byte, low nibble first,
 //!   in row-major order; scales and mins are separate row-major arrays.
 //! - `q8`: signed 8-bit codes, value `q * scale`, one f16 scale per group of 32 along a row.
+//! - `q5`: GGUF's Q5_0 and Q5_1 kept losslessly: `q4`'s value `q * scale + min` (group 32) with
+//!   five-bit codes, each group's 16 bytes of low bits followed by a word of fifth bits.
+//! - `q4k`, `q5k`, `q6k`: GGUF's Q4_K, Q5_K and Q6_K kept losslessly (`ggml_quants::k_from_ggml`):
+//!   super-blocks of 256 values whose low four bits are codes as in `q4`, whose fifth (Q5_K) or
+//!   fifth and sixth (Q6_K) bits are a separate array, and whose scales are each super-block's own
+//!   header. Decoded exactly as llama.cpp decodes them; never produced by quantizing.
 //! - `f16`, `f32`: plain little-endian arrays.
 //!
 //! See `docs/FORMAT.md` for the byte layout inside a package.
@@ -15,6 +21,18 @@ use crate::error::{HearthError, Result};
 
 /// Group size of `q8` (fixed: it is GGUF Q8_0's block).
 pub const Q8_GROUP: usize = 32;
+/// Group size of `q5` (GGUF Q5_0 / Q5_1's block), and the code bytes of one group: 16 of low
+/// bits, then a little-endian word whose bit k is value k's fifth bit.
+pub const Q5_GROUP: usize = 32;
+const Q5_GROUP_BYTES: usize = 20;
+
+/// Values per super-block of the K-quant encodings (GGUF's `QK_K`).
+pub const K_BLOCK: usize = 256;
+/// Header bytes per super-block: `q4k` and `q5k` keep GGUF's d, dmin and 12 bytes of packed 6-bit
+/// scales and mins; `q6k` its 16 signed scales and d, then two zero bytes (so a header is whole words).
+const K4_HEADER: usize = 16;
+const K6_HEADER: usize = 20;
+
 /// Sub-arrays of a quantized tensor start at multiples of this, so each can be bound as a GPU buffer range.
 pub const PART_ALIGN: usize = 256;
 
@@ -25,6 +43,10 @@ pub enum DType {
     F16,
     Q8,
     Q4,
+    Q5,
+    Q4k,
+    Q5k,
+    Q6k,
 }
 
 impl DType {
@@ -33,8 +55,15 @@ impl DType {
         match self {
             DType::F32 | DType::F16 => &["data"],
             DType::Q8 => &["codes", "scales"],
-            DType::Q4 => &["codes", "scales", "mins"],
+            DType::Q4 | DType::Q5 => &["codes", "scales", "mins"],
+            DType::Q4k => &["codes", "scales"],
+            DType::Q5k | DType::Q6k => &["codes", "scales", "high"],
         }
+    }
+
+    /// Whether this is one of the K-quant encodings (kept from GGUF, never quantized to).
+    pub fn is_k_quant(self) -> bool {
+        matches!(self, DType::Q4k | DType::Q5k | DType::Q6k)
     }
 
     /// Byte length of each part (in `part_names` order) for `n` values, or None if `group` does not
@@ -50,6 +79,15 @@ impl DType {
                 let g = group.filter(|g| [32, 64, 128].contains(g))?;
                 vec![n64 / 2, groups(g)?, groups(g)?]
             }
+            DType::Q5 => vec![groups(Q5_GROUP)? / 2 * Q5_GROUP_BYTES as u64, groups(Q5_GROUP)?, groups(Q5_GROUP)?],
+            DType::Q4k | DType::Q5k | DType::Q6k => {
+                let blocks = (cols > 0 && cols % K_BLOCK == 0).then_some(n64 / K_BLOCK as u64)?;
+                match self {
+                    DType::Q4k => vec![n64 / 2, blocks * K4_HEADER as u64],
+                    DType::Q5k => vec![n64 / 2, blocks * K4_HEADER as u64, n64 / 8],
+                    _ => vec![n64 / 2, blocks * K6_HEADER as u64, n64 / 4],
+                }
+            }
         })
     }
 
@@ -59,6 +97,10 @@ impl DType {
             DType::F16 => "f16",
             DType::Q8 => "q8",
             DType::Q4 => "q4",
+            DType::Q5 => "q5",
+            DType::Q4k => "q4k",
+            DType::Q5k => "q5k",
+            DType::Q6k => "q6k",
         }
     }
 }
@@ -78,12 +120,29 @@ pub struct Q8Data {
     pub scales: Vec<f16>,
 }
 
+/// A K-quant tensor (`q4k`, `q5k`, `q6k`; see `docs/FORMAT.md`): the arrays as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KData {
+    /// `n / 2` bytes of each value's low four bits, as `q4`'s codes.
+    pub codes: Vec<u8>,
+    /// One header per super-block of 256 values (16 bytes; 20 for `q6k`).
+    pub scales: Vec<u8>,
+    /// Each value's fifth bit (`q5k`: bit `i % 8` of byte `i / 8`) or fifth and sixth bits (`q6k`:
+    /// bits `2 (i % 4)`.. of byte `i / 4`); empty for `q4k`.
+    pub high: Vec<u8>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum TensorData {
     F32(Vec<f32>),
     F16(Vec<f16>),
     Q8(Q8Data),
     Q4(Q4Data),
+    /// `q5`: `Q4Data` of group 32 whose codes hold 20 bytes per group (see [`Q5_GROUP`]).
+    Q5(Q4Data),
+    Q4k(KData),
+    Q5k(KData),
+    Q6k(KData),
 }
 
 /// A tensor in row-major order; matrices are `[rows (outputs), cols (inputs)]`.
@@ -107,6 +166,10 @@ impl Tensor {
             TensorData::F16(_) => DType::F16,
             TensorData::Q8(_) => DType::Q8,
             TensorData::Q4(_) => DType::Q4,
+            TensorData::Q5(_) => DType::Q5,
+            TensorData::Q4k(_) => DType::Q4k,
+            TensorData::Q5k(_) => DType::Q5k,
+            TensorData::Q6k(_) => DType::Q6k,
         }
     }
 
@@ -125,7 +188,7 @@ impl Tensor {
 
     pub fn group_size(&self) -> Option<usize> {
         match &self.data {
-            TensorData::Q4(q) => Some(q.group),
+            TensorData::Q4(q) | TensorData::Q5(q) => Some(q.group),
             TensorData::Q8(_) => Some(Q8_GROUP),
             _ => None,
         }
@@ -152,6 +215,15 @@ impl Tensor {
                 scales: q.scales[a / q.group..b / q.group].to_vec(),
                 mins: q.mins[a / q.group..b / q.group].to_vec(),
             }),
+            TensorData::Q5(q) => TensorData::Q5(Q4Data {
+                group: Q5_GROUP,
+                codes: q.codes[a / Q5_GROUP * Q5_GROUP_BYTES..b / Q5_GROUP * Q5_GROUP_BYTES].to_vec(),
+                scales: q.scales[a / Q5_GROUP..b / Q5_GROUP].to_vec(),
+                mins: q.mins[a / Q5_GROUP..b / Q5_GROUP].to_vec(),
+            }),
+            TensorData::Q4k(k) => TensorData::Q4k(k.values(a..b, K4_HEADER)),
+            TensorData::Q5k(k) => TensorData::Q5k(k.values(a..b, K4_HEADER)),
+            TensorData::Q6k(k) => TensorData::Q6k(k.values(a..b, K6_HEADER)),
         };
         Some(Tensor { shape: vec![count, cols], data })
     }
@@ -181,6 +253,12 @@ impl Tensor {
                 }
                 check_groups(cols, group, "q4")?;
                 TensorData::Q4(quantize_q4(values, group))
+            }
+            DType::Q5 | DType::Q4k | DType::Q5k | DType::Q6k => {
+                return Err(HearthError::InvalidArgument(format!(
+                    "{} is kept from GGUF files as it is, not made by quantizing (choose q4 or q8)",
+                    dtype.name()
+                )))
             }
         };
         Ok(Tensor { shape, data })
@@ -221,6 +299,54 @@ impl Tensor {
                     }
                 }
             }
+            TensorData::Q5(q) => {
+                for (gi, o) in out.chunks_mut(Q5_GROUP).enumerate() {
+                    let g = start / Q5_GROUP + gi;
+                    let (s, m) = (q.scales[g].to_f32(), q.mins[g].to_f32());
+                    let codes = &q.codes[g * Q5_GROUP_BYTES..][..Q5_GROUP_BYTES];
+                    let high = u32::from_le_bytes([codes[16], codes[17], codes[18], codes[19]]);
+                    for (k, o) in o.iter_mut().enumerate() {
+                        let q = ((codes[k / 2] >> (4 * (k % 2))) & 0x0f) as u32 | (((high >> k) & 1) << 4);
+                        *o = q as f32 * s + m;
+                    }
+                }
+            }
+            TensorData::Q4k(k) | TensorData::Q5k(k) => {
+                let five = matches!(self.data, TensorData::Q5k(_));
+                for (b, o) in out.chunks_mut(K_BLOCK).enumerate() {
+                    let block = start / K_BLOCK + b;
+                    let header = &k.scales[block * K4_HEADER..][..K4_HEADER];
+                    let (d, dmin) = (f16_le(header, 0), f16_le(header, 2));
+                    for (j, o) in o.chunks_mut(32).enumerate() {
+                        let (sc, m) = k4_scale_min(j, &header[4..]);
+                        // As ggml: d·sc and dmin·m are exact in f32, and so is d1·q; one rounding.
+                        let (d1, m1) = (d * f32::from(sc), dmin * f32::from(m));
+                        for (l, o) in o.iter_mut().enumerate() {
+                            let i = block * K_BLOCK + 32 * j + l;
+                            let mut q = (k.codes[i / 2] >> (4 * (i % 2))) & 0x0f;
+                            if five {
+                                q |= ((k.high[i / 8] >> (i % 8)) & 1) << 4;
+                            }
+                            *o = d1 * f32::from(q) - m1;
+                        }
+                    }
+                }
+            }
+            TensorData::Q6k(k) => {
+                for (b, o) in out.chunks_mut(K_BLOCK).enumerate() {
+                    let block = start / K_BLOCK + b;
+                    let header = &k.scales[block * K6_HEADER..][..K6_HEADER];
+                    let d = f16_le(header, 16);
+                    for (l, o) in o.iter_mut().enumerate() {
+                        let i = block * K_BLOCK + l;
+                        let low = (k.codes[i / 2] >> (4 * (i % 2))) & 0x0f;
+                        let high = (k.high[i / 4] >> (2 * (i % 4))) & 3;
+                        let q = i32::from(low | (high << 4)) - 32;
+                        // d · sc · q is exact in f32 (at most 11 + 7 + 5 significant bits).
+                        *o = d * f32::from(header[l / 16] as i8) * q as f32;
+                    }
+                }
+            }
         }
     }
 
@@ -239,7 +365,11 @@ impl Tensor {
             TensorData::F32(v) => vec![bytemuck::cast_slice(v)],
             TensorData::F16(v) => vec![bytemuck::cast_slice(v)],
             TensorData::Q8(q) => vec![bytemuck::cast_slice(&q.codes), bytemuck::cast_slice(&q.scales)],
-            TensorData::Q4(q) => vec![&q.codes, bytemuck::cast_slice(&q.scales), bytemuck::cast_slice(&q.mins)],
+            TensorData::Q4(q) | TensorData::Q5(q) => {
+                vec![&q.codes, bytemuck::cast_slice(&q.scales), bytemuck::cast_slice(&q.mins)]
+            }
+            TensorData::Q4k(k) => vec![&k.codes, &k.scales],
+            TensorData::Q5k(k) | TensorData::Q6k(k) => vec![&k.codes, &k.scales, &k.high],
         };
         self.dtype().part_names().iter().copied().zip(bytes).collect()
     }
@@ -317,6 +447,26 @@ impl TensorFill {
                     mins: alloc_zeroed(name, n / group)?,
                 })
             }
+            DType::Q5 => {
+                check_groups(cols, Q5_GROUP, "q5").map_err(|e| bad(e.to_string()))?;
+                TensorData::Q5(Q4Data {
+                    group: Q5_GROUP,
+                    codes: alloc_zeroed(name, n / Q5_GROUP * Q5_GROUP_BYTES)?,
+                    scales: alloc_zeroed(name, n / Q5_GROUP)?,
+                    mins: alloc_zeroed(name, n / Q5_GROUP)?,
+                })
+            }
+            DType::Q4k | DType::Q5k | DType::Q6k => {
+                check_groups(cols, K_BLOCK, dtype.name()).map_err(|e| bad(e.to_string()))?;
+                let lengths = dtype.part_lengths(n, cols, None).ok_or_else(|| bad(format!("rows of {cols}")))?;
+                let part = |i: usize| alloc_zeroed::<u8>(name, lengths.get(i).map_or(0, |&l| l as usize));
+                let k = KData { codes: part(0)?, scales: part(1)?, high: part(2)? };
+                match dtype {
+                    DType::Q4k => TensorData::Q4k(k),
+                    DType::Q5k => TensorData::Q5k(k),
+                    _ => TensorData::Q6k(k),
+                }
+            }
         };
         let mut tensor = Tensor { shape, data };
         let mut at = 0u64;
@@ -378,9 +528,44 @@ fn parts_mut(data: &mut TensorData) -> Vec<&mut [u8]> {
         TensorData::Q8(Q8Data { codes, scales }) => {
             vec![bytemuck::cast_slice_mut(codes), bytemuck::cast_slice_mut(scales)]
         }
-        TensorData::Q4(Q4Data { codes, scales, mins, .. }) => {
+        TensorData::Q4(Q4Data { codes, scales, mins, .. }) | TensorData::Q5(Q4Data { codes, scales, mins, .. }) => {
             vec![codes, bytemuck::cast_slice_mut(scales), bytemuck::cast_slice_mut(mins)]
         }
+        TensorData::Q4k(KData { codes, scales, .. }) => vec![codes, scales],
+        TensorData::Q5k(KData { codes, scales, high }) | TensorData::Q6k(KData { codes, scales, high }) => {
+            vec![codes, scales, high]
+        }
+    }
+}
+
+impl KData {
+    /// Values `range` (whole super-blocks) in the same encoding, whose headers take `header` bytes.
+    fn values(&self, range: std::ops::Range<usize>, header: usize) -> KData {
+        let per_value = |part: &[u8], total: usize| {
+            // Bytes of `part` per value, as a fraction: the part's length over the value count.
+            let (a, b) = (range.start * part.len() / total, range.end * part.len() / total);
+            part[a..b].to_vec()
+        };
+        let total = self.codes.len() * 2;
+        KData {
+            codes: self.codes[range.start / 2..range.end / 2].to_vec(),
+            scales: self.scales[range.start / K_BLOCK * header..range.end / K_BLOCK * header].to_vec(),
+            high: if self.high.is_empty() { Vec::new() } else { per_value(&self.high, total) },
+        }
+    }
+}
+
+fn f16_le(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// The 6-bit scale and min of sub-block `j` (0..8) from the 12 packed bytes of a Q4_K / Q5_K header
+/// (ggml's `get_scale_min_k4`).
+pub fn k4_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 

@@ -146,18 +146,45 @@ impl TensorSource for SyntheticWeights {
                     out.copy_from_slice(&f16::from_f32(signed_scale(&mut rng, nominal)).to_le_bytes());
                 }
             }
-            DType::Q4 => {
-                // Codes uniform over 0..=15 (standard deviation √(255/12) ≈ 4.61) around 7.5, so
-                // `min = -7.5 * scale` centres each group on 0, give or take a little.
+            DType::Q4 | DType::Q5 => {
+                // Codes uniform over 0..=15 (standard deviation √(255/12) ≈ 4.61) around 7.5 (q5:
+                // 0..=31, 9.23 around 15.5), so `min = -7.5 * scale` centres each group on 0, give
+                // or take a little.
                 rng.fill_bytes(&mut bytes[ranges[0].clone()]);
-                let nominal = WEIGHT_STD / 4.61;
+                let (mid, spread) = if entry.dtype == DType::Q5 { (15.5, 9.23) } else { (7.5, 4.61) };
+                let nominal = WEIGHT_STD / spread;
                 let groups = ranges[1].len() / 2;
                 for g in 0..groups {
                     let s = f16::from_f32(signed_scale(&mut rng, nominal));
-                    let m = f16::from_f32(-7.5 * s.to_f32() + 0.1 * WEIGHT_STD * normal(&mut rng));
+                    let m = f16::from_f32(-mid * s.to_f32() + 0.1 * WEIGHT_STD * normal(&mut rng));
                     let (si, mi) = (ranges[1].start + 2 * g, ranges[2].start + 2 * g);
                     bytes[si..si + 2].copy_from_slice(&s.to_le_bytes());
                     bytes[mi..mi + 2].copy_from_slice(&m.to_le_bytes());
+                }
+            }
+            DType::Q4k | DType::Q5k | DType::Q6k => {
+                // Every code bit uniform. q4k / q5k: every sub-block's 6-bit scale and min 32
+                // (packed bytes 160 160 160 160 160 160 160 160 0 0 0 0), dmin = mid-code · d so
+                // the values centre on 0; q6k: every scale 16, codes -32..=31 around -0.5.
+                rng.fill_bytes(&mut bytes[ranges[0].clone()]);
+                if let Some(high) = ranges.get(2) {
+                    rng.fill_bytes(&mut bytes[high.clone()]);
+                }
+                let (mid, spread, header) = match entry.dtype {
+                    DType::Q4k => (7.5, 32.0 * 4.61, 16),
+                    DType::Q5k => (15.5, 32.0 * 9.23, 16),
+                    _ => (0.0, 16.0 * 18.5, 20),
+                };
+                for h in bytes[ranges[1].clone()].chunks_exact_mut(header) {
+                    let d = f16::from_f32(signed_scale(&mut rng, WEIGHT_STD / spread).abs());
+                    if entry.dtype == DType::Q6k {
+                        h[..16].fill(16);
+                        h[16..18].copy_from_slice(&d.to_le_bytes());
+                    } else {
+                        h[0..2].copy_from_slice(&d.to_le_bytes());
+                        h[2..4].copy_from_slice(&f16::from_f32(mid * d.to_f32()).to_le_bytes());
+                        h[4..12].fill(160);
+                    }
                 }
             }
         }

@@ -1,11 +1,13 @@
 //! Block formats against llama.cpp's formulas (as ported to Python in its `gguf` package): every decoded
-//! value must be bit-identical, and the lossless re-packing into Hearth's q4/q8 must keep it so.
+//! value must be bit-identical, and the lossless re-packing into Hearth's q4/q8/q4k/q5k/q6k must keep
+//! it so (also after the package's serialization).
 
 mod common;
 
-use hearth_core::ggml_quants::{dequantize, q4_from_ggml, q8_from_ggml};
+use hearth_core::ggml_quants::{dequantize, k_from_ggml, q4_from_ggml, q5_from_ggml, q8_from_ggml};
 use hearth_core::gguf::GgmlType;
 use hearth_core::package::Package;
+use hearth_core::quant::Tensor;
 
 fn ggml_type(name: &str) -> GgmlType {
     match name {
@@ -34,6 +36,7 @@ fn every_block_type_decodes_bit_exactly() {
     let fx = common::fixture("smollm2/dequant.json");
     let blocks = fx["blocks"].as_array().unwrap();
     assert_eq!(blocks.len(), 8, "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K");
+    let mut repacked_types = Vec::new();
     for case in blocks {
         let name = case["type"].as_str().unwrap();
         let ty = ggml_type(name);
@@ -46,21 +49,29 @@ fn every_block_type_decodes_bit_exactly() {
             case["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
         let repacked = match ty {
             GgmlType::Q4_0 | GgmlType::Q4_1 => Some(q4_from_ggml(ty, &raw, shape, name).unwrap()),
+            GgmlType::Q5_0 | GgmlType::Q5_1 => Some(q5_from_ggml(ty, &raw, shape, name).unwrap()),
             GgmlType::Q8_0 => Some(q8_from_ggml(&raw, shape)),
+            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => Some(k_from_ggml(ty, &raw, shape, name).unwrap()),
             _ => None,
         };
         if let Some(t) = repacked {
+            repacked_types.push(t.dtype().name());
+            // Through the package's bytes and back, as a loader reads it.
+            let (bytes, _) = t.to_bytes();
+            let t = Tensor::from_bytes(name, t.shape.clone(), t.dtype(), t.group_size(), &bytes).unwrap();
             let got: Vec<f32> = t.to_f32();
             for (i, (g, &e)) in got.iter().zip(&expected).enumerate() {
                 let e = f32::from_bits(e);
-                // Bit for bit, with one exception: llama.cpp's Q4_0 computes (8 - 8) * d = -0.0 when d < 0,
-                // where q * s + m gives +0.0. Equal as numbers; no product or sum can tell them apart
-                // except the sign of an exactly-zero result.
-                let same = g.to_bits() == e.to_bits() || (ty == GgmlType::Q4_0 && *g == 0.0 && e == 0.0);
+                // Bit for bit, with one exception: llama.cpp's Q4_0 computes (8 - 8) * d = -0.0 when d < 0
+                // (Q5_0: (16 - 16) * d), where q * s + m gives +0.0. Equal as numbers; no product or sum
+                // can tell them apart except the sign of an exactly-zero result.
+                let offset = matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0);
+                let same = g.to_bits() == e.to_bits() || (offset && *g == 0.0 && e == 0.0);
                 assert!(same, "{name} re-packed into Hearth's encoding, value {i}: {g:e} vs llama.cpp {e:e}");
             }
         }
     }
+    assert_eq!(repacked_types, ["q4", "q4", "q5", "q5", "q8", "q4k", "q5k", "q6k"]);
 }
 
 #[test]

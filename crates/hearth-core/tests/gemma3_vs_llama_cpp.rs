@@ -5,11 +5,11 @@
 //!
 //! What differs from the oracle, and so what the tolerances allow: llama.cpp evaluated the file's
 //! weights decoded to F32 with an F32 KV cache, but computes GELU through an f16 table; the package
-//! keeps Q8_0 and Q5_0 tensors exactly (re-packed as q8) and requantizes the 36 K-quant tensors to
-//! q8 (one 8-bit code per weight, a relative error of ~1/254 of each group's largest weight).
-//! Together these move logits (values 5-30) by up to `LOGIT_TOLERANCE`, so near-ties can flip and
-//! greedy continuations must agree on most prompts, not all (measured: 7 of 9 for all 16 tokens; the
-//! other two part at a near-tie, after 5 and 15 tokens).
+//! keeps every tensor exactly as the file holds it (Q8_0 as q8, Q5_0 as q5, Q4_K as q4k, Q6_K as
+//! q6k), so the same weights go into both, and only the GELU table and the order of f32 sums
+//! separate the two: logits (values 5-30) differ by up to `LOGIT_TOLERANCE`. A near-tie could still
+//! flip a greedy continuation; measured, all 9 agree for all 16 tokens (2026-12-04; until K-quants
+//! were kept, 7 of 9 and logits 0.24 apart).
 
 mod common;
 
@@ -20,9 +20,10 @@ use hearth_core::package::{Package, TensorSource};
 use hearth_core::quant::Tensor;
 use hearth_core::sampling::argmax;
 
-/// Largest difference allowed on llama.cpp's top-20 logits. Measured 2026-11-28: 0.24 on the short
-/// prompts, 0.31 past the window; switching the window off moves them by 13.
-const LOGIT_TOLERANCE: f32 = 0.5;
+/// Largest difference allowed on llama.cpp's top-20 logits. Measured 2026-12-04: 7.2e-3 on the short
+/// prompts, 1.0e-2 past the window (llama.cpp's f16 GELU table: the tiny Gemma fixtures show the
+/// same size); switching the window off moves them by 13.
+const LOGIT_TOLERANCE: f32 = 0.03;
 const MATCH_PREFIX: usize = 16;
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
@@ -71,7 +72,37 @@ fn greedy_continuations_agree_with_llama_cpp_on_most_prompts() {
     }
     eprintln!("Gemma 3 270M vs llama.cpp:\n{}\nlargest logit difference {worst_diff:.2e}; {matching}/{} prompts agree on {MATCH_PREFIX} tokens", report.join("\n"), short.len());
     assert!(worst_diff <= LOGIT_TOLERANCE, "prompt logits differ from llama.cpp by {worst_diff}");
-    assert!(matching * 3 >= short.len() * 2, "only {matching} of {} prompts agree with llama.cpp", short.len());
+    assert!(matching + 1 >= short.len(), "only {matching} of {} prompts agree with llama.cpp", short.len());
+}
+
+/// `hearth convert` with the default `keep` stores every tensor in the encoding that keeps its GGUF
+/// type (Q4_K as q4k, Q6_K as q6k, Q5_0 as q5, Q8_0 as q8, F32 as f32), and the package's tensors
+/// take at most 3% more bytes than the file's (q5 stores a min beside each Q5_0 scale; q6k two bytes
+/// more per block; alignment): measured 2026-12-04, 250.6 MB against 245.0 MB of tensor data (until
+/// K-quants and Q5_0 were kept, 286 MB).
+#[test]
+fn every_tensor_keeps_its_gguf_type_and_the_package_its_size() {
+    let gguf = hearth_core::gguf::GgufFile::open(common::gemma3_gguf()).unwrap();
+    let package = Package::open(common::gemma3_package()).unwrap();
+    let stored: HashMap<&str, &hearth_core::manifest::TensorEntry> =
+        package.manifest().tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    let (mut gguf_bytes, mut package_bytes) = (0u64, 0u64);
+    for info in &gguf.tensors {
+        let entry = stored.get(info.name.as_str()).unwrap_or_else(|| panic!("{} not in the package", info.name));
+        let kept = match info.ggml_type.name().as_str() {
+            "Q4_K" => "q4k",
+            "Q6_K" => "q6k",
+            "Q5_0" => "q5",
+            "Q8_0" => "q8",
+            "F32" => "f32",
+            other => panic!("{}: the file has a {other} tensor this test does not expect", info.name),
+        };
+        assert_eq!(entry.dtype.name(), kept, "{}", info.name);
+        gguf_bytes += info.n_bytes.unwrap();
+        package_bytes += entry.length;
+    }
+    eprintln!("tensor bytes: package {package_bytes}, GGUF {gguf_bytes}");
+    assert!(package_bytes * 100 <= gguf_bytes * 103, "package {package_bytes} bytes against the file's {gguf_bytes}");
 }
 
 /// A 621-token prompt and 40 tokens after it: every position from 512 on needs the window on five

@@ -113,6 +113,33 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
 }
 
+/// The fixture llama.cpp quantized itself (Q5_K_M) converts with every tensor in the encoding that
+/// keeps its GGUF type, so `cpu_logits_match_llama_cpp_at_every_position` compares the very weights
+/// llama.cpp ran: q5k and q6k (and its layer 1 mixes them across Q, K and V, which the GPU engine
+/// then runs as separate pieces of one product).
+#[test]
+fn a_k_quant_model_keeps_every_tensor_as_llama_cpp_wrote_it() {
+    let fx = fixtures().into_iter().find(|f| f.name == "llama_q5_k_m").expect("llama_q5_k_m fixture");
+    let tmp = tempfile::tempdir().unwrap();
+    let package = convert_to(&fx.gguf, &tmp.path().join("p"));
+    let gguf = hearth_core::gguf::GgufFile::open(&fx.gguf).unwrap();
+    let mut kinds = std::collections::BTreeSet::new();
+    for info in &gguf.tensors {
+        let entry = package.manifest().tensors.iter().find(|t| t.name == info.name).unwrap();
+        let kept = match info.ggml_type.name().as_str() {
+            "Q5_K" => "q5k",
+            "Q6_K" => "q6k",
+            "F32" => "f32",
+            other => panic!("{}: unexpected {other}", info.name),
+        };
+        assert_eq!(entry.dtype.name(), kept, "{}", info.name);
+        kinds.insert(kept);
+    }
+    assert_eq!(kinds.into_iter().collect::<Vec<_>>(), ["f32", "q5k", "q6k"]);
+    let dtype = |name: &str| package.manifest().tensors.iter().find(|t| t.name == name).unwrap().dtype.name();
+    assert_ne!(dtype("blk.1.attn_q.weight"), dtype("blk.1.attn_v.weight"), "layer 1's Q, K and V should mix encodings");
+}
+
 #[test]
 fn every_supported_architecture_has_a_tiny_fixture() {
     let covered: Vec<String> = fixtures().into_iter().map(|f| f.architecture).collect();

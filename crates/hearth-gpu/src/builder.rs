@@ -228,13 +228,27 @@ impl<'a> Builder<'a> {
         WeightBuffer::create_split(self.ctx, &mut self.uploads, &m)
     }
 
-    /// Matrices stacked by rows into one (Q/K/V), in pieces that fit a binding.
+    /// Matrices stacked by rows into one (Q/K/V), in pieces that fit a binding. Matrices of
+    /// different encodings (a K-quant GGUF's Q4_K queries beside Q6_K values) become pieces of
+    /// their own, each at its rows' place in the product's output.
     pub fn stacked(&mut self, label: &str, names: &[String]) -> Result<Vec<WeightBuffer>> {
         let parts = names.iter().map(|n| self.matrix(n)).collect::<Result<Vec<_>>>()?;
-        let stacked = StoredMatrix::stack(label, &parts.iter().collect::<Vec<_>>()).ok_or_else(|| {
-            HearthError::bad_package(self.origin, format!("{names:?} differ in encoding or row length"))
-        })?;
-        WeightBuffer::create_split(self.ctx, &mut self.uploads, &stacked)
+        if let Some(stacked) = StoredMatrix::stack(label, &parts.iter().collect::<Vec<_>>()) {
+            return WeightBuffer::create_split(self.ctx, &mut self.uploads, &stacked);
+        }
+        if parts.iter().any(|m| m.cols != parts[0].cols) {
+            return Err(HearthError::bad_package(self.origin, format!("{names:?} differ in row length")));
+        }
+        let mut pieces = Vec::new();
+        let mut first_row = 0;
+        for m in &parts {
+            for mut piece in WeightBuffer::create_split(self.ctx, &mut self.uploads, m)? {
+                piece.first_row += first_row;
+                pieces.push(piece);
+            }
+            first_row += m.rows as u32;
+        }
+        Ok(pieces)
     }
 
     /// Gate and up stacked piece by piece: each piece holds gate rows r0..r1 then up rows r0..r1,

@@ -19,6 +19,8 @@ const MATVEC: &str = include_str!("../../../shaders/matvec.wgsl");
 /// How a line opening a section of `matvec.wgsl` begins (the section's name follows).
 const SECTION_MARK: &str = "// ==== ";
 const EMBED: &str = include_str!("../../../shaders/embed.wgsl");
+/// K-quant header and high-bit decoding, put in front of the modules that read weights.
+const KQUANTS: &str = include_str!("../../../shaders/kquants.wgsl");
 const ROPE: &str = include_str!("../../../shaders/rope.wgsl");
 /// RoPE's rotation, put in front of `rope.wgsl` and of `matvec.wgsl`'s decode kernel with the
 /// `decode rope` epilogue, so both rotate alike.
@@ -118,7 +120,7 @@ impl Kernels {
             subgroups: device.features().contains(wgpu::Features::SUBGROUP),
             decode_rows: DECODE_ROWS,
             matvec_modules: RefCell::new(HashMap::new()),
-            embed_module: module("embed.wgsl", EMBED),
+            embed_module: module("embed.wgsl", &[KQUANTS, EMBED].concat()),
             rope_module: module("rope.wgsl", &[ROTARY, ROPE].concat()),
             attention_module: module("attention.wgsl", ATTENTION),
             norm_module: module("norm.wgsl", NORM),
@@ -248,7 +250,7 @@ impl Kernels {
             .or_insert_with(|| {
                 let (label, source) = match kernel {
                     MatvecModule::Blocked(block) => {
-                        (format!("matvec.wgsl ({encoding}, TB {block})"), matvec_blocked_source(block, encoding))
+                        (format!("matvec.wgsl ({encoding}, TB {block})"), matvec_blocked_source(block, key.dtype))
                     }
                     MatvecModule::Decode { rope } => {
                         let label = format!("matvec.wgsl (decode {encoding}{})", if rope { ", rope" } else { "" });
@@ -362,9 +364,11 @@ enum MatvecModule {
 }
 
 /// `matvec.wgsl`'s blocked kernels for weights in `encoding` and token blocks of `block`.
-fn matvec_blocked_source(block: u32, encoding: &str) -> String {
-    let blocked = [matvec_section("blocked"), matvec_section(&format!("blocked {encoding}"))].concat();
-    format!("const TB: u32 = {block}u;\n{}{blocked}", matvec_shared())
+fn matvec_blocked_source(block: u32, dtype: DType) -> String {
+    let encoding = dtype.name();
+    let k_quant = if dtype.is_k_quant() { matvec_section("blocked k") } else { "" };
+    let blocked = [matvec_section("blocked"), k_quant, matvec_section(&format!("blocked {encoding}"))].concat();
+    format!("const TB: u32 = {block}u;\n{KQUANTS}{}{blocked}", matvec_shared())
 }
 
 /// `matvec.wgsl`'s decode kernel for weights in `encoding`, its sums added up with subgroup
@@ -375,6 +379,7 @@ fn matvec_decode_source(encoding: &str, subgroups: bool, rope: bool) -> String {
     let (rotary, epilogue) = if rope { (ROTARY, "decode rope") } else { ("", "decode store") };
     [
         rotary,
+        KQUANTS,
         matvec_shared(),
         matvec_section("decode"),
         matvec_section(&format!("decode {encoding}")),

@@ -6,6 +6,8 @@
 //! adapter's `software` flag. With no adapter at all, each test says so loudly and returns.
 
 use hearth_core::cpu::{apply_rope, attention_at, matmul, rms_norm, silu};
+use hearth_core::ggml_quants::{k_from_ggml, q5_from_ggml};
+use hearth_core::gguf::GgmlType;
 use hearth_core::manifest::{AlibiConfig, ModelConfig, PositionKind, RopeConfig, RopeStyle, TensorEntry};
 use hearth_core::quant::{DType, Tensor};
 use hearth_gpu::attention::{self, AttentionBuffers, AttentionDims};
@@ -49,12 +51,15 @@ struct Packed {
 }
 
 fn packed(index: usize, shape: Vec<usize>, values: &[f32], dtype: DType, group: usize) -> Packed {
-    let tensor = Tensor::from_f32(shape.clone(), values, dtype, group).unwrap();
+    packed_tensor(index, Tensor::from_f32(shape, values, dtype, group).unwrap())
+}
+
+fn packed_tensor(index: usize, tensor: Tensor) -> Packed {
     let (bytes, parts) = tensor.to_bytes();
     let entry = TensorEntry {
         name: format!("t{index}"),
-        dtype,
-        shape,
+        dtype: tensor.dtype(),
+        shape: tensor.shape.clone(),
         shard: 0,
         offset: 0,
         length: bytes.len() as u64,
@@ -79,6 +84,47 @@ fn upload(ctx: &GpuContext, matrix: &StoredMatrix, sources: &[&Packed]) -> Vec<W
 
 const ENCODINGS: [(DType, usize); 5] =
     [(DType::Q4, 32), (DType::Q4, 128), (DType::Q8, 32), (DType::F16, 32), (DType::F32, 32)];
+
+/// The encodings made only from GGUF blocks (never by quantizing), each with a GGUF type it keeps.
+const KEPT: [(DType, GgmlType); 4] = [
+    (DType::Q5, GgmlType::Q5_1),
+    (DType::Q4k, GgmlType::Q4K),
+    (DType::Q5k, GgmlType::Q5K),
+    (DType::Q6k, GgmlType::Q6K),
+];
+
+/// A `rows` × `cols` matrix of random GGUF blocks re-laid as `hearth convert` keeps them: every
+/// code and packed scale bit random, the f16 scales (d, dmin or m) of every kind a real file
+/// holds — normal and subnormal (Q6_K's d often is), positive and negative, and zero now and then.
+fn kept(dtype: DType, rows: usize, cols: usize, seed: u64) -> Tensor {
+    let ty = KEPT.iter().find(|(d, _)| *d == dtype).map(|&(_, t)| t).unwrap();
+    let (_, block_bytes) = ty.block_layout().unwrap();
+    let block_bytes = block_bytes as usize;
+    let (block_values, _) = ty.block_layout().unwrap();
+    let blocks = rows * cols / block_values as usize;
+    let mut raw: Vec<u8> = random(blocks * block_bytes, seed).iter().map(|v| ((v + 1.0) * 128.0) as u8).collect();
+    let scale_at: &[usize] = if ty == GgmlType::Q6K { &[208] } else { &[0, 2] };
+    let kinds = random(2 * blocks, seed + 1);
+    for (b, block) in raw.chunks_mut(block_bytes).enumerate() {
+        for (k, &at) in scale_at.iter().enumerate() {
+            let r = kinds[2 * b + k];
+            let magnitude = (r.abs() * 4096.0) as u16;
+            // Normal values from 2^-14 to about 0.06, or subnormal ones, or (rarely) zero.
+            let bits = match b % 7 {
+                0 | 3 => 0x0400 + magnitude % 0x2800,
+                1 | 5 => 1 + magnitude % 0x3ff,
+                2 | 4 => 0x2000 + magnitude % 0x0c00,
+                _ => 0,
+            } | if r < 0.0 { 0x8000 } else { 0 };
+            block[at..at + 2].copy_from_slice(&bits.to_le_bytes());
+        }
+    }
+    if dtype == DType::Q5 {
+        q5_from_ggml(ty, &raw, vec![rows, cols], "random").unwrap()
+    } else {
+        k_from_ggml(ty, &raw, vec![rows, cols], "random").unwrap()
+    }
+}
 
 fn gelu_tanh(v: f32) -> f32 {
     0.5 * v * (1.0 + (0.797_884_6 * (v + 0.044_715 * v * v * v)).tanh())
@@ -137,23 +183,28 @@ fn matvec_matches_the_cpu_for_every_encoding_fusion_split_and_block() {
                 if matches!(dtype, DType::Q4 | DType::Q8) && cols % group != 0 {
                     continue;
                 }
-                for fusion in [
-                    Fusion::Plain,
-                    Fusion::Norm,
-                    Fusion::SwiGlu,
-                    Fusion::GeGlu,
-                    Fusion::Accumulate,
-                    Fusion::BiasGelu,
-                    Fusion::Softcap,
-                ] {
+                for fusion in FUSIONS {
                     for &n in tokens {
                         check_matvec(&ctx, kernels, split, dtype, group, fusion, rows, cols, n);
                     }
                 }
             }
         }
+        // Kept GGUF types: rows of whole super-blocks, one of them past the decode kernel's input tile.
+        for (rows, cols) in [(77usize, 512usize), (21, 2304)] {
+            for (dtype, _) in KEPT {
+                for fusion in FUSIONS {
+                    for &n in tokens {
+                        check_matvec(&ctx, kernels, split, dtype, 0, fusion, rows, cols, n);
+                    }
+                }
+            }
+        }
     }
 }
+
+const FUSIONS: [Fusion; 7] =
+    [Fusion::Plain, Fusion::Norm, Fusion::SwiGlu, Fusion::GeGlu, Fusion::Accumulate, Fusion::BiasGelu, Fusion::Softcap];
 
 #[allow(clippy::too_many_arguments)]
 fn check_matvec(
@@ -169,7 +220,11 @@ fn check_matvec(
 ) {
     let gated = matches!(fusion, Fusion::SwiGlu | Fusion::GeGlu);
     let w_rows = if gated { 2 * rows } else { rows };
-    let w = packed(0, vec![w_rows, cols], &random(w_rows * cols, 1), dtype, group);
+    let w = if KEPT.iter().any(|(d, _)| *d == dtype) {
+        packed_tensor(0, kept(dtype, w_rows, cols, 1))
+    } else {
+        packed(0, vec![w_rows, cols], &random(w_rows * cols, 1), dtype, group)
+    };
     let tensor = &w.tensor;
     // Inputs of a realistic spread (activations well above 1 before a norm).
     let x: Vec<f32> = random(n * cols, 2).iter().map(|v| v * 3.0).collect();
@@ -240,18 +295,54 @@ fn check_matvec(
     };
     let mut pieces = upload(ctx, &w.matrix, &[&w]);
     assert_eq!(pieces.len(), 1);
-    let w = pieces.remove(0);
+    let inputs = ProductInputs { x: &x, initial: &initial, norm_weight: &norm_weight, bias: &bias, eps };
+    let got = gpu_product(ctx, kernels, key, &pieces.remove(0), rows, n, &inputs);
+
+    for i in 0..n * rows {
+        let diff = (got[i] - expected[i]).abs();
+        assert!(
+            diff <= tolerance[i],
+            "{dtype:?}/{group} {fusion:?}, {rows}x{cols}, {n} tokens, {split}: output {i} is {} on the GPU, {} on \
+             the CPU (tolerance {})",
+            got[i],
+            expected[i],
+            tolerance[i]
+        );
+    }
+}
+
+struct ProductInputs<'a> {
+    x: &'a [f32],
+    /// What y holds before (ACCUMULATE adds to it).
+    initial: &'a [f32],
+    norm_weight: &'a [f32],
+    bias: &'a [f32],
+    eps: f32,
+}
+
+/// y = the product of `w` (its first `rows` rows, and the up rows after them when gated) with `n`
+/// tokens of input, through the pipeline of `key`.
+fn gpu_product(
+    ctx: &GpuContext,
+    kernels: &Kernels,
+    key: MatvecKey,
+    w: &WeightBuffer,
+    rows: usize,
+    n: usize,
+    inputs: &ProductInputs<'_>,
+) -> Vec<f32> {
+    let cols = w.cols;
     let (gx, gy) = kernels.matvec_grid(key.block, rows as u32);
     let dims = uniform(
         &ctx.device,
         "dims",
-        &[rows as u32, cols as u32, w.group, rows as u32, 0, eps.to_bits(), rows as u32, CAP.to_bits()],
+        &[rows as u32, cols, w.group, rows as u32, 0, inputs.eps.to_bits(), rows as u32, CAP.to_bits()],
     );
     let step = uniform(&ctx.device, "step", &[0, n as u32]);
-    let xb = storage_init(&ctx.device, "x", &x);
-    let y = storage_init(&ctx.device, "y", &initial);
-    let nw = storage_init(&ctx.device, "norm", &norm_weight);
-    let bb = storage_init(&ctx.device, "bias", &bias);
+    let xb = storage_init(&ctx.device, "x", inputs.x);
+    let y = storage_init(&ctx.device, "y", inputs.initial);
+    let nw = storage_init(&ctx.device, "norm", inputs.norm_weight);
+    let bb = storage_init(&ctx.device, "bias", inputs.bias);
     let pipeline = kernels.matvec(key);
     let mut entries = vec![
         entry(0, whole(&dims)),
@@ -265,18 +356,91 @@ fn check_matvec(
     }
     entries.extend(w.weight_entries(4));
     dispatch_once(ctx, &pipeline, &entries, (gx, gy, (n as u32).div_ceil(kernels.matvec_tokens(key.block))));
-    let got: Vec<f32> = read_back(ctx, &y, 0, n * rows).unwrap();
+    read_back(ctx, &y, 0, n * rows).unwrap()
+}
 
-    for i in 0..n * rows {
-        let diff = (got[i] - expected[i]).abs();
-        assert!(
-            diff <= tolerance[i],
-            "{dtype:?}/{group} {fusion:?}, {rows}x{cols}, {n} tokens, {split}: output {i} is {} on the GPU, {} on \
-             the CPU (tolerance {})",
-            got[i],
-            expected[i],
-            tolerance[i]
-        );
+/// Every q5 and K-quant weight decoded by every kernel that reads one is bit-identical to the CPU's
+/// decoding (which `dequant_vs_llama_cpp` and hearth-core's unit tests hold to llama.cpp's): a
+/// product with one-hot inputs (token t = column t) gives each weight times 1 plus exact zeros, so
+/// y[t][r] must be W[r][t] to the bit, in the row split, the tiled kernel (512 tokens: every
+/// column) and the decode kernel (one token per column, a sample of columns across sub-blocks and
+/// super-blocks), with both ways of adding up its sums; and the embedding gather (scale 1), where
+/// even the sign of a zero must match.
+#[test]
+fn kept_gguf_weights_decode_bit_exactly_in_every_kernel() {
+    let Some(ctx) = context() else { return };
+    let (rows, cols) = (37usize, 512usize);
+    let mut kernels = vec![("row split", Kernels::new(&ctx.device, true))];
+    if ctx.device.features().contains(wgpu::Features::SUBGROUP) {
+        kernels.push(("subgroup sums", Kernels::new(&ctx.device, false).with_subgroups(true)));
+    }
+    kernels.push(("workgroup sums", Kernels::new(&ctx.device, false).with_subgroups(false)));
+    for (dtype, _) in KEPT {
+        let w = packed_tensor(0, kept(dtype, rows, cols, 7));
+        let dense = w.tensor.to_f32();
+        let piece = upload(&ctx, &w.matrix, &[&w]).remove(0);
+        let key = |block| MatvecKey {
+            dtype,
+            block,
+            norm: false,
+            activation: Activation::None,
+            gated: false,
+            accumulate: false,
+            bias: false,
+            rope: false,
+            kv_f16: false,
+        };
+        let one_hot = |columns: &[usize]| {
+            let mut x = vec![0f32; columns.len() * cols];
+            for (t, &c) in columns.iter().enumerate() {
+                x[t * cols + c] = 1.0;
+            }
+            x
+        };
+        let same = |got: &[f32], columns: &[usize], what: &str| {
+            for (t, &c) in columns.iter().enumerate() {
+                for r in 0..rows {
+                    let (g, e) = (got[t * rows + r], dense[r * cols + c]);
+                    // A sum that starts at +0 cannot give -0: the sign of a zero weight is the one
+                    // bit a product cannot show (and the one no product depends on).
+                    let exact = g.to_bits() == e.to_bits() || (g == 0.0 && e == 0.0);
+                    assert!(exact, "{dtype:?} {what}: weight ({r}, {c}) is {g:e}, not {e:e}");
+                }
+            }
+        };
+        let (no_norm, no_bias) = (vec![1f32; cols], vec![0f32; rows]);
+        for (name, k) in &kernels {
+            let all: Vec<usize> = (0..cols).collect();
+            let x = one_hot(&all);
+            let initial = vec![0f32; cols * rows];
+            let inputs = ProductInputs { x: &x, initial: &initial, norm_weight: &no_norm, bias: &no_bias, eps: 0.0 };
+            same(
+                &gpu_product(&ctx, k, key(PREFILL_BLOCK), &piece, rows, cols, &inputs),
+                &all,
+                &format!("{name}, prefill"),
+            );
+            for c in [0usize, 1, 31, 32, 47, 255, 256, 300, 511] {
+                let x = one_hot(&[c]);
+                let initial = vec![0f32; rows];
+                let inputs =
+                    ProductInputs { x: &x, initial: &initial, norm_weight: &no_norm, bias: &no_bias, eps: 0.0 };
+                same(&gpu_product(&ctx, k, key(1), &piece, rows, 1, &inputs), &[c], &format!("{name}, decode"));
+            }
+        }
+        // The gather: every row once, scale 1.
+        let tokens: Vec<u32> = (0..rows as u32).collect();
+        let tb = storage_init(&ctx.device, "tokens", &tokens);
+        let step = uniform(&ctx.device, "step", &[0, rows as u32]);
+        let out = storage(&ctx.device, "out", rows * cols).unwrap();
+        let dims = uniform(&ctx.device, "dims", &[cols as u32, 0, rows as u32, 0, 1f32.to_bits()]);
+        let mut entries =
+            vec![entry(0, whole(&dims)), entry(1, whole(&tb)), entry(2, whole(&out)), entry(6, whole(&step))];
+        entries.extend(piece.weight_entries(3));
+        let grid = ((cols as u32).div_ceil(WORKGROUP), rows as u32, 1);
+        dispatch_once(&ctx, &kernels[0].1.embed(dtype, false), &entries, grid);
+        let got: Vec<u32> = read_back::<f32>(&ctx, &out, 0, rows * cols).unwrap().iter().map(|v| v.to_bits()).collect();
+        let want: Vec<u32> = dense.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, want, "{dtype:?}: the embedding gather");
     }
 }
 

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::{add_tensor, encode_f32, tokenizer_from_gguf, ConvertOptions, QuantChoice};
 use crate::error::{HearthError, Result};
-use crate::ggml_quants::{dequantize, q4_from_ggml, q8_from_ggml, q8_from_q5_0};
+use crate::ggml_quants::{dequantize, k_from_ggml, q4_from_ggml, q5_from_ggml, q8_from_ggml, q8_from_q5_0};
 use crate::gguf::{GgmlType, GgufFile, GgufTensorInfo};
 use crate::manifest::{
     limits, Activation, AlibiConfig, FfnKind, Manifest, ModelConfig, NormKind, PositionKind, RopeConfig, RopeScaling,
@@ -294,14 +294,20 @@ fn convert_tensor(gguf: &GgufFile, info: &GgufTensorInfo, opts: &ConvertOptions)
             return q4_from_ggml(ty, &bytes, shape, &info.name);
         }
         (QuantChoice::Keep | QuantChoice::Q8, GgmlType::Q8_0, true) => return Ok(q8_from_ggml(&bytes, shape)),
-        (QuantChoice::Keep | QuantChoice::Q8, GgmlType::Q5_0, true) => return Ok(q8_from_q5_0(&bytes, shape)),
+        (QuantChoice::Keep, GgmlType::Q5_0 | GgmlType::Q5_1, true) => {
+            return q5_from_ggml(ty, &bytes, shape, &info.name)
+        }
+        (QuantChoice::Q8, GgmlType::Q5_0, true) => return Ok(q8_from_q5_0(&bytes, shape)),
+        (QuantChoice::Keep, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K, true) => {
+            return k_from_ggml(ty, &bytes, shape, &info.name)
+        }
         _ => {}
     }
     let values = dequantize(ty, &bytes, &info.name)?;
     let dtype = match (opts.quant, ty) {
         (QuantChoice::Keep, GgmlType::F32 | GgmlType::BF16) => DType::F32,
         (QuantChoice::Keep, GgmlType::F16) => DType::F16,
-        // Block formats without a lossless Hearth twin (K-quants, Q5_1): the closer of the two.
+        // Block types asked to become another encoding.
         (QuantChoice::Keep | QuantChoice::Q8, _) => DType::Q8,
         (QuantChoice::Q4, _) => DType::Q4,
         (QuantChoice::F16, _) => DType::F16,

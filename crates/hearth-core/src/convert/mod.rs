@@ -20,9 +20,8 @@ pub use gguf_tokenizer::{tokenizer_from_gguf, GgufTokenizer};
 /// What to turn 2-D weight matrices into. Vectors (norm weights, biases) always stay f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuantChoice {
-    /// Keep the source encoding where Hearth has a lossless equivalent (F32, F16, BF16 as f32,
-    /// Q4_0/Q4_1 as q4, Q8_0 and Q5_0 as q8); requantize other GGUF block types (K-quants, Q5_1)
-    /// to q8, the closer of Hearth's two.
+    /// Keep the source encoding: every type Hearth reads has a lossless equivalent (F32, F16, BF16
+    /// as f32, Q4_0/Q4_1 as q4, Q5_0/Q5_1 as q5, Q8_0 as q8, Q4_K / Q5_K / Q6_K as q4k / q5k / q6k).
     Keep,
     Q4,
     Q8,

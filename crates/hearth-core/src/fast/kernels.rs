@@ -37,7 +37,10 @@ impl<'a> Packed<'a> {
                 let ok = cols % BLOCK == 0 && q.codes.len() == rows * cols && q.scales.len() == rows * cols / BLOCK;
                 ok.then_some(Packed::Q8 { codes: &q.codes, scales: &q.scales, cols })
             }
+            // q5 and the K-quants take the reference's product (each row decoded to f32 as it is
+            // used) until they have integer kernels of their own.
             TensorData::F32(_) | TensorData::F16(_) => None,
+            TensorData::Q5(_) | TensorData::Q4k(_) | TensorData::Q5k(_) | TensorData::Q6k(_) => None,
         }
     }
 
