@@ -6,13 +6,90 @@
 use half::f16;
 
 use super::acts::{Acts, Layout, BLOCK};
-use crate::quant::{Tensor, TensorData};
+use super::kept::{self, Kept};
+use crate::quant::{DType, Tensor, TensorData};
 
 /// A quantized matrix as the kernels read it (the package's arrays, unchanged).
 #[derive(Clone, Copy)]
 pub enum Packed<'a> {
     Q4 { codes: &'a [u8], scales: &'a [f16], mins: &'a [f16], group: usize, cols: usize },
     Q8 { codes: &'a [i8], scales: &'a [f16], cols: usize },
+}
+
+/// A matrix the fast engine multiplies with integer kernels: Hearth's own q4 and q8 (`Packed`,
+/// with kernels written for each SIMD instruction set) or an encoding kept from a GGUF file
+/// (`kept.rs`: one generic body the compiler vectorizes).
+#[derive(Clone, Copy)]
+pub enum Matrix<'a> {
+    Packed(Packed<'a>),
+    Kept { kept: Kept<'a>, rows: usize, cols: usize },
+}
+
+impl<'a> From<Packed<'a>> for Matrix<'a> {
+    fn from(p: Packed<'a>) -> Self {
+        Matrix::Packed(p)
+    }
+}
+
+impl<'a> Matrix<'a> {
+    /// The integer view of `w`, or `None` for float weights or arrays whose lengths do not match
+    /// the shape.
+    pub fn of(w: &'a Tensor) -> Option<Matrix<'a>> {
+        let (rows, cols) = (w.rows(), w.cols());
+        if cols == 0 {
+            return None;
+        }
+        match &w.data {
+            TensorData::Q4(_) | TensorData::Q8(_) => Packed::of(w).map(Matrix::Packed),
+            TensorData::F32(_) | TensorData::F16(_) => None,
+            TensorData::Q5(q) => {
+                let blocks = rows * cols / BLOCK;
+                let ok = cols % BLOCK == 0
+                    && q.codes.len() == blocks * 20
+                    && q.scales.len() == blocks
+                    && q.mins.len() == blocks;
+                let kept = Kept::Q5 { codes: &q.codes, scales: &q.scales, mins: &q.mins };
+                ok.then_some(Matrix::Kept { kept, rows, cols })
+            }
+            TensorData::Q4k(k) | TensorData::Q5k(k) | TensorData::Q6k(k) => {
+                let dtype = w.dtype();
+                let lengths = dtype.part_lengths(rows * cols, cols, None)?;
+                let actual = [k.codes.len(), k.scales.len(), k.high.len()];
+                if lengths.iter().zip(&actual).any(|(&l, &a)| l != a as u64) {
+                    return None;
+                }
+                let (codes, headers, high) = (&k.codes[..], &k.scales[..], &k.high[..]);
+                let kept = match dtype {
+                    DType::Q4k => Kept::Q4k { codes, headers },
+                    DType::Q5k => Kept::Q5k { codes, headers, high },
+                    _ => Kept::Q6k { codes, headers, high },
+                };
+                Some(Matrix::Kept { kept, rows, cols })
+            }
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            Matrix::Packed(p) => p.cols(),
+            Matrix::Kept { cols, .. } => *cols,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        match self {
+            Matrix::Packed(p) => p.rows(),
+            Matrix::Kept { rows, .. } => *rows,
+        }
+    }
+
+    /// How the activations must be quantized for this matrix.
+    pub fn layout(&self) -> Layout {
+        match self {
+            Matrix::Packed(p) => p.layout(),
+            Matrix::Kept { .. } => Layout::Q4 { group: BLOCK },
+        }
+    }
 }
 
 impl<'a> Packed<'a> {
@@ -37,10 +114,7 @@ impl<'a> Packed<'a> {
                 let ok = cols % BLOCK == 0 && q.codes.len() == rows * cols && q.scales.len() == rows * cols / BLOCK;
                 ok.then_some(Packed::Q8 { codes: &q.codes, scales: &q.scales, cols })
             }
-            // q5 and the K-quants take the reference's product (each row decoded to f32 as it is
-            // used) until they have integer kernels of their own.
-            TensorData::F32(_) | TensorData::F16(_) => None,
-            TensorData::Q5(_) | TensorData::Q4k(_) | TensorData::Q5k(_) | TensorData::Q6k(_) => None,
+            _ => None,
         }
     }
 
@@ -114,13 +188,25 @@ impl Simd {
 
     /// Rows `first..first + out.len() / a.n` of `w` times every token of `a` (quantized with
     /// `w.layout()`), into `out` as `[row][token]`.
-    pub fn rows(self, w: Packed, first: usize, a: &Acts, out: &mut [f32]) {
+    pub fn rows<'a>(self, w: impl Into<Matrix<'a>>, first: usize, a: &Acts, out: &mut [f32]) {
+        let w: Matrix = w.into();
         assert!(a.cols == w.cols() && a.n > 0 && out.len() % a.n == 0, "kernel operands disagree");
         assert!(first + out.len() / a.n <= w.rows(), "rows outside the matrix");
         assert!(a.codes.len() == a.n * a.cols && a.scales.len() == a.n * a.cols / BLOCK);
-        if let Packed::Q4 { group, .. } = w {
+        if let Layout::Q4 { group } = w.layout() {
             assert_eq!(a.group_sums.len(), a.n * a.cols / group, "activations quantized for another layout");
         }
+        let w = match w {
+            Matrix::Packed(p) => p,
+            Matrix::Kept { kept, cols, .. } => {
+                // SAFETY: the CPU has the features (`detect`).
+                #[cfg(target_arch = "x86_64")]
+                if self == Simd::Avx2 {
+                    return unsafe { kept::rows_avx2(kept, cols, first, a, out) };
+                }
+                return kept::rows(kept, cols, first, a, out);
+            }
+        };
         match self {
             Simd::Scalar => rows_scalar(w, first, a, out),
             // SAFETY: the CPU has the features (`detect`), and every length was checked above.
@@ -137,7 +223,11 @@ impl Simd {
 }
 
 /// The scalar kernels, row by row and token by token.
-pub fn rows_scalar(w: Packed, first: usize, a: &Acts, out: &mut [f32]) {
+pub fn rows_scalar<'a>(w: impl Into<Matrix<'a>>, first: usize, a: &Acts, out: &mut [f32]) {
+    let w = match w.into() {
+        Matrix::Packed(p) => p,
+        Matrix::Kept { kept, cols, .. } => return kept::rows(kept, cols, first, a, out),
+    };
     for (j, dst) in out.chunks_exact_mut(a.n).enumerate() {
         let r = first + j;
         for (t, d) in dst.iter_mut().enumerate() {

@@ -47,6 +47,7 @@ pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 pub mod gelu;
+mod kept;
 pub mod kernels;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128;
@@ -55,7 +56,7 @@ pub mod softmax;
 mod tests;
 
 use acts::{Acts, Layout};
-use kernels::{Packed, Simd};
+use kernels::{Matrix, Simd};
 
 use half::f16;
 
@@ -121,7 +122,7 @@ impl Products for Quantized {
     fn matmuls(&self, x: &[f32], n: usize, products: &mut [(&Tensor, &mut [f32])]) {
         let mut packed = Vec::with_capacity(products.len());
         for (w, out) in products.iter_mut() {
-            match Packed::of(w) {
+            match Matrix::of(w) {
                 Some(p) => packed.push((p, &mut **out)),
                 None => cpu::matmul(w, x, n, out),
             }
@@ -153,7 +154,7 @@ impl Products for Quantized {
             }
         }
         let simd = self.simd;
-        let run = |(p, first, a, mut piece): (Packed, usize, &Acts, Vec<&mut [f32]>)| {
+        let run = |(p, first, a, mut piece): (Matrix, usize, &Acts, Vec<&mut [f32]>)| {
             if let [only] = piece.as_mut_slice() {
                 return simd.rows(p, first, a, only);
             }

@@ -2,10 +2,12 @@
 //! against exact f32 products within the bound that 8-bit activations allow.
 
 use super::acts::{Acts, BLOCK};
-use super::kernels::{rows_scalar, Packed, Simd};
+use super::kernels::{rows_scalar, Matrix, Simd};
 use super::Quantized;
 use crate::cpu::{self, Products};
-use crate::quant::{DType, Tensor, TensorData};
+use crate::ggml_quants::{k_from_ggml, q5_from_ggml};
+use crate::gguf::GgmlType;
+use crate::quant::{k4_scale_min, DType, Tensor, TensorData};
 
 /// Deterministic values in [-1, 1), with a few large ones so block scales differ.
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -34,8 +36,59 @@ fn cases() -> Vec<(DType, usize, usize, usize)> {
                 cases.push((DType::Q4, group, rows, cols));
             }
         }
+        cases.push((DType::Q5, 32, rows, cols));
+        if cols % 256 == 0 {
+            cases.extend([DType::Q4k, DType::Q5k, DType::Q6k].map(|d| (d, 32, rows, cols)));
+        }
     }
+    cases.extend([DType::Q4k, DType::Q5k, DType::Q6k].map(|d| (d, 32, 9, 512)));
     cases
+}
+
+/// A `rows` × `cols` matrix in `dtype`: quantized from `values` for q4 and q8; for the encodings
+/// kept from GGUF files, random GGUF blocks (every code and packed scale bit random, the f16
+/// scales between 2^-10 and 2^-6, either sign) re-laid as the converter does.
+fn weights(dtype: DType, group: usize, rows: usize, cols: usize, seed: u64) -> Tensor {
+    let ty = match dtype {
+        DType::Q5 => GgmlType::Q5_1,
+        DType::Q4k => GgmlType::Q4K,
+        DType::Q5k => GgmlType::Q5K,
+        DType::Q6k => GgmlType::Q6K,
+        _ => return Tensor::from_f32(vec![rows, cols], &values(rows * cols, seed), dtype, group).unwrap(),
+    };
+    let (block_values, block_bytes) = ty.block_layout().unwrap();
+    let blocks = rows * cols / block_values as usize;
+    let mut raw: Vec<u8> =
+        values(blocks * block_bytes as usize, seed).iter().map(|v| ((v + 1.0) * 127.0) as u8).collect();
+    let scales: &[usize] = if ty == GgmlType::Q6K { &[208] } else { &[0, 2] };
+    for (b, block) in raw.chunks_mut(block_bytes as usize).enumerate() {
+        for (k, &at) in scales.iter().enumerate() {
+            let v = half::f16::from_f32(if (b + k) % 3 == 0 { -1.0 } else { 1.0 } / (64 << (b % 5)) as f32);
+            block[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    match dtype {
+        DType::Q5 => q5_from_ggml(ty, &raw, vec![rows, cols], "w").unwrap(),
+        _ => k_from_ggml(ty, &raw, vec![rows, cols], "w").unwrap(),
+    }
+}
+
+/// Each activation block's weight minimum (the value of code 0 where the encoding has one; q6k's
+/// codes are signed, so 0), per 32 values of a q4 group or of a kept encoding.
+fn block_mins(w: &Tensor) -> Vec<f32> {
+    let blocks = w.n_elements() / BLOCK;
+    match &w.data {
+        TensorData::Q4(q) => (0..blocks).map(|b| q.mins[b * BLOCK / q.group].to_f32()).collect(),
+        TensorData::Q5(q) => q.mins.iter().map(|m| m.to_f32()).collect(),
+        TensorData::Q4k(k) | TensorData::Q5k(k) => (0..blocks)
+            .map(|b| {
+                let h = &k.scales[16 * (b / 8)..];
+                let dmin = half::f16::from_le_bytes([h[2], h[3]]).to_f32();
+                -dmin * f32::from(k4_scale_min(b % 8, &h[4..16]).1)
+            })
+            .collect(),
+        _ => vec![0.0; blocks],
+    }
 }
 
 const TOKENS: [usize; 5] = [1, 2, 3, 8, 11];
@@ -49,8 +102,8 @@ fn off_by(d: f32) -> f32 {
     d * (0.5 + 127.0 / 2048.0) * 1.0001
 }
 
-fn layout_of(w: &Tensor) -> Packed<'_> {
-    Packed::of(w).expect("packed tensor")
+fn layout_of(w: &Tensor) -> Matrix<'_> {
+    Matrix::of(w).expect("an integer matrix")
 }
 
 #[test]
@@ -61,8 +114,8 @@ fn simd_kernels_match_the_scalar_kernels() {
         return;
     }
     for (i, (dtype, group, rows, cols)) in cases().into_iter().enumerate() {
-        let wv = values(rows * cols, i as u64);
-        let w = Tensor::from_f32(vec![rows, cols], &wv, dtype, group).unwrap();
+        let w = weights(dtype, group, rows, cols, i as u64);
+        let wv = w.to_f32();
         let p = layout_of(&w);
         for n in TOKENS {
             let x = values(n * cols, 1000 + i as u64);
@@ -99,12 +152,9 @@ fn simd_kernels_match_the_scalar_kernels() {
 #[test]
 fn scalar_kernels_stay_within_the_activation_rounding_bound() {
     for (i, (dtype, group, rows, cols)) in cases().into_iter().enumerate() {
-        let w = Tensor::from_f32(vec![rows, cols], &values(rows * cols, 7 + i as u64), dtype, group).unwrap();
+        let w = weights(dtype, group, rows, cols, 7 + i as u64);
         let wv = w.to_f32();
-        let mins: Vec<f32> = match &w.data {
-            TensorData::Q4(q) => q.mins.iter().map(|m| m.to_f32()).collect(),
-            _ => vec![0.0; rows * cols / group],
-        };
+        let mins = block_mins(&w);
         let p = layout_of(&w);
         for n in TOKENS {
             let x = values(n * cols, 500 + i as u64);
@@ -121,7 +171,7 @@ fn scalar_kernels_stay_within_the_activation_rounding_bound() {
                         // q·d is off x by at most half a step plus |q| ≤ 127 times d's f16 rounding;
                         // the q4 min term meets Σ q·d (through s), rounded once more to f16.
                         let err = off_by(a.scales(t)[k / BLOCK]) as f64;
-                        let m = mins[r * cols / group + k / group] as f64;
+                        let m = mins[(r * cols + k) / BLOCK] as f64;
                         bound += err * ((wk - m).abs() + m.abs()) + m.abs() * xk.abs() * F16_STEP as f64;
                     }
                     let tol = bound * (1.0 + 1e-4) + 1e-5 * magnitude;
@@ -157,7 +207,7 @@ fn fused_products_equal_single_products_and_the_reference_for_float_weights() {
                 // transposed to the products' [token][row] layout.
                 let rows = w.rows();
                 let mut expected = vec![0f32; n * rows];
-                match Packed::of(w) {
+                match Matrix::of(w) {
                     Some(p) => {
                         let a = Acts::quantize(&x, n, cols, p.layout());
                         let mut by_row = vec![0f32; rows * n];
