@@ -57,11 +57,15 @@ pub unsafe fn rows_avx2(w: Kept, cols: usize, first: usize, a: &Acts, out: &mut 
     let six = matches!(w, Kept::Q6k { .. });
     for (j, dst) in out.chunks_exact_mut(a.n).enumerate() {
         row.unpack(w, (first + j) * (cols / BLOCK));
-        for (t, d) in dst.iter_mut().enumerate() {
-            *d = row.dot_avx2(six, a, t);
+        for (i, d) in dst.chunks_mut(TOKENS).enumerate() {
+            row.dot_avx2(six, a, TOKENS * i, d);
         }
     }
 }
+
+/// Tokens that share one pass over an unpacked row.
+#[cfg(target_arch = "x86_64")]
+const TOKENS: usize = 4;
 
 /// One row, unpacked: per 32-value block, its codes as signed bytes in the activations' order
 /// (the even values, then the odd ones), its scale (q6k: one per half, `scales[2b + h]`; else
@@ -142,35 +146,48 @@ impl Row {
         total
     }
 
-    /// `dot` with AVX2: per block, the 32 byte products summed into eight i32 lanes (each of four
-    /// consecutive positions: lanes 0, 1, 4 and 5 hold q6k's first half), scaled into f32 lanes.
+    /// `dot` with AVX2 for tokens `t0..t0 + out.len()` (at most `TOKENS`), each block's codes
+    /// loaded once for all of them: per block and token, the 32 byte products summed into eight
+    /// i32 lanes (each of four consecutive positions: lanes 0, 1, 4 and 5 hold q6k's first half),
+    /// scaled into f32 lanes.
     ///
     /// # Safety
     /// The CPU must have AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_avx2(&self, six: bool, a: &Acts, t: usize) -> f32 {
+    unsafe fn dot_avx2(&self, six: bool, a: &Acts, t0: usize, out: &mut [f32]) {
         use std::arch::x86_64::*;
-        let (x, steps, sums) = (a.codes(t), a.scales(t), a.group_sums(t));
         let ones = _mm256_set1_epi16(1);
-        let (mut acc, mut mins) = (_mm256_setzero_ps(), 0f32);
+        let mut acc = [_mm256_setzero_ps(); TOKENS];
+        // Past the last token, the last is computed again (not stored): a constant count keeps
+        // the sums in registers.
+        let token = |k: usize| t0 + k.min(out.len() - 1);
+        let xs: [&[i8]; TOKENS] = std::array::from_fn(|k| a.codes(token(k)));
+        let steps: [&[f32]; TOKENS] = std::array::from_fn(|k| a.scales(token(k)));
         for j in 0..self.mins.len() {
-            // SAFETY: `codes` and `x` hold 32 bytes per block (`Row::new`, `Simd::rows`).
+            // SAFETY: `codes` and every token's codes hold 32 bytes per block (`Row::new`, `Simd::rows`).
             let q = _mm256_loadu_si256(self.codes.as_ptr().add(BLOCK * j) as *const __m256i);
-            let xv = _mm256_loadu_si256(x.as_ptr().add(BLOCK * j) as *const __m256i);
-            // |q| ≤ 32 times |x| ≤ 127, in pairs: no i16 saturation.
-            let products = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q));
-            let lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones));
+            let magnitude = _mm256_sign_epi8(q, q);
             let scale = if six {
-                let (s0, s1) = (self.scales[2 * j] * steps[j], self.scales[2 * j + 1] * steps[j]);
+                let (s0, s1) = (self.scales[2 * j], self.scales[2 * j + 1]);
                 _mm256_setr_ps(s0, s0, s1, s1, s0, s0, s1, s1)
             } else {
-                _mm256_set1_ps(self.scales[2 * j] * steps[j])
+                _mm256_set1_ps(self.scales[2 * j])
             };
-            acc = _mm256_fmadd_ps(lanes, scale, acc);
-            mins += self.mins[j] * sums[j];
+            for k in 0..TOKENS {
+                let xv = _mm256_loadu_si256(xs[k].as_ptr().add(BLOCK * j) as *const __m256i);
+                // |q| ≤ 32 times |x| ≤ 127, in pairs: no i16 saturation.
+                let products = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(xv, q));
+                let lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones));
+                acc[k] = _mm256_fmadd_ps(lanes, _mm256_mul_ps(scale, _mm256_set1_ps(steps[k][j])), acc[k]);
+            }
         }
-        super::avx2::hsum(acc) + mins
+        // The minimum terms apart, as one dot product per token (none for q6k).
+        for (k, o) in out.iter_mut().enumerate() {
+            let sums = a.group_sums(t0 + k);
+            let mins: f32 = if six { 0.0 } else { self.mins.iter().zip(sums).map(|(m, s)| m * s).sum() };
+            *o = super::avx2::hsum(acc[k]) + mins;
+        }
     }
 }
 
