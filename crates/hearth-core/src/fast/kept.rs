@@ -164,6 +164,8 @@ impl Row {
         let token = |k: usize| t0 + k.min(out.len() - 1);
         let xs: [&[i8]; TOKENS] = std::array::from_fn(|k| a.codes(token(k)));
         let steps: [&[f32]; TOKENS] = std::array::from_fn(|k| a.scales(token(k)));
+        // Block j indexes the row's codes and scales and every token's codes and steps alike.
+        #[allow(clippy::needless_range_loop)]
         for j in 0..self.mins.len() {
             // SAFETY: `codes` and every token's codes hold 32 bytes per block (`Row::new`, `Simd::rows`).
             let q = _mm256_loadu_si256(self.codes.as_ptr().add(BLOCK * j) as *const __m256i);
