@@ -50,7 +50,9 @@ enum Command {
         input: PathBuf,
         #[arg(long)]
         out: PathBuf,
-        /// keep | q4 | q8 | f16
+        /// keep (every GGUF type losslessly, Q4_K / Q5_K / Q6_K / Q5_x included; a safetensors
+        /// model's f16 / f32) | q4 | q8 | f16. On a CPU of few cores q8 runs faster than the
+        /// kept K-quant and 5-bit types (larger, and requantized from the K-quants)
         #[arg(long, default_value = "keep")]
         quant: String,
         /// Weights per q4 scale/min group: 32, 64 or 128.
