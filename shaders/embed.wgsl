@@ -57,9 +57,9 @@ fn value_index(t: u32, i: u32) -> u32 {
     return (token - dims.first_row) * dims.hidden + i;
 }
 
+// f16 number `i % 2` of a packed pair, decoded exactly (kquants.wgsl's f16_exact).
 fn half_of(word: u32, i: u32) -> f32 {
-    let v = unpack2x16float(word);
-    return select(v.x, v.y, (i & 1u) == 1u);
+    return f16_exact(word >> (16u * (i & 1u)));
 }
 
 @compute @workgroup_size(64)

@@ -1,11 +1,11 @@
-// Decoding the K-quant encodings (docs/FORMAT.md: `q4k`, `q5k`, `q6k`), shared by matvec.wgsl and
-// embed.wgsl (kernels.rs puts this file in front of both). Each module binds a tensor's `scales`
+// Decoding the K-quant encodings (docs/FORMAT.md: `q4k`, `q5k`, `q6k`) and f16 scales, shared by
+// matvec.wgsl and embed.wgsl (kernels.rs puts this file in front of both). Each module binds a tensor's `scales`
 // (the super-blocks' headers) and, where q4 binds its mins, the `high` bits as `mins`; these
 // functions read only those two, so they compile beside either way of declaring `codes`.
 // Every value comes out bit-identical to llama.cpp's: the products below are exact in f32.
 
-// A binary16 number from its bits, subnormals included: unpack2x16float may flush them to zero,
-// and a Q6_K super-block's d is often subnormal.
+// A binary16 number from its low 16 bits, subnormals included: unpack2x16float may flush them to
+// zero, and a Q6_K super-block's d is often subnormal (every scale and min is read through this).
 fn f16_exact(bits: u32) -> f32 {
     let magnitude = bits & 0x7fffu;
     var v: f32;

@@ -78,15 +78,14 @@ override BIAS: bool = false;
 
 const WG: u32 = 64u;
 
-// f16 number `i` of an array of packed pairs.
+// f16 number `i` of an array of packed pairs, decoded exactly (kquants.wgsl's f16_exact): a
+// subnormal scale flushed to zero would zero its whole group.
 fn scale_at(i: u32) -> f32 {
-    let v = unpack2x16float(scales[i / 2u]);
-    return select(v.x, v.y, (i & 1u) == 1u);
+    return f16_exact(scales[i / 2u] >> (16u * (i & 1u)));
 }
 
 fn min_at(i: u32) -> f32 {
-    let v = unpack2x16float(mins[i / 2u]);
-    return select(v.x, v.y, (i & 1u) == 1u);
+    return f16_exact(mins[i / 2u] >> (16u * (i & 1u)));
 }
 
 // The fused steps applied to finished sums of `row`: its value before any residual add.

@@ -221,9 +221,9 @@ impl Tensor {
                 scales: q.scales[a / Q5_GROUP..b / Q5_GROUP].to_vec(),
                 mins: q.mins[a / Q5_GROUP..b / Q5_GROUP].to_vec(),
             }),
-            TensorData::Q4k(k) => TensorData::Q4k(k.values(a..b, K4_HEADER)),
-            TensorData::Q5k(k) => TensorData::Q5k(k.values(a..b, K4_HEADER)),
-            TensorData::Q6k(k) => TensorData::Q6k(k.values(a..b, K6_HEADER)),
+            TensorData::Q4k(k) => TensorData::Q4k(k.values(a..b, K4_HEADER, 1)),
+            TensorData::Q5k(k) => TensorData::Q5k(k.values(a..b, K4_HEADER, 8)),
+            TensorData::Q6k(k) => TensorData::Q6k(k.values(a..b, K6_HEADER, 4)),
         };
         Some(Tensor { shape: vec![count, cols], data })
     }
@@ -539,18 +539,18 @@ fn parts_mut(data: &mut TensorData) -> Vec<&mut [u8]> {
 }
 
 impl KData {
-    /// Values `range` (whole super-blocks) in the same encoding, whose headers take `header` bytes.
-    fn values(&self, range: std::ops::Range<usize>, header: usize) -> KData {
-        let per_value = |part: &[u8], total: usize| {
-            // Bytes of `part` per value, as a fraction: the part's length over the value count.
-            let (a, b) = (range.start * part.len() / total, range.end * part.len() / total);
-            part[a..b].to_vec()
+    /// Values `range` (whole super-blocks) in the same encoding, whose headers take `header` bytes
+    /// and whose `high` part (if any) `values_per_high_byte` values per byte (8 for q5k, 4 for q6k).
+    fn values(&self, range: std::ops::Range<usize>, header: usize, values_per_high_byte: usize) -> KData {
+        let high = if self.high.is_empty() {
+            Vec::new()
+        } else {
+            self.high[range.start / values_per_high_byte..range.end / values_per_high_byte].to_vec()
         };
-        let total = self.codes.len() * 2;
         KData {
             codes: self.codes[range.start / 2..range.end / 2].to_vec(),
             scales: self.scales[range.start / K_BLOCK * header..range.end / K_BLOCK * header].to_vec(),
-            high: if self.high.is_empty() { Vec::new() } else { per_value(&self.high, total) },
+            high,
         }
     }
 }
