@@ -250,6 +250,25 @@ pub fn k_from_ggml(ty: GgmlType, bytes: &[u8], shape: Vec<usize>, tensor: &str) 
     Ok(Tensor { shape, data })
 }
 
+/// A Q4_0 / Q5_0 block's `(q - offset) * d` as `q * d + min` (offset 8 or 16: `min = -offset * d`,
+/// exact in f16 unless it overflows, which is refused); a Q4_1 / Q5_1 block's own `m`.
+fn block_min(ty: GgmlType, b: &[u8], tensor: &str) -> Result<f16> {
+    let offset = match ty {
+        GgmlType::Q4_0 => 8.0,
+        GgmlType::Q5_0 => 16.0,
+        _ => return Ok(f16_at(b, 2)),
+    };
+    let d = f16_at(b, 0);
+    let m = f16::from_f32(-offset * d.to_f32());
+    if m.is_infinite() && d.is_finite() {
+        return Err(HearthError::bad_file(
+            format!("tensor `{tensor}`"),
+            format!("{} scale {d} is too large to re-pack losslessly (|{offset} * d| exceeds f16)", ty.name()),
+        ));
+    }
+    Ok(m)
+}
+
 /// Re-pack GGUF Q4_0 / Q4_1 blocks into `q4` (group 32) without changing a single decoded value:
 /// Q4_1 is `q * d + m` already; Q4_0's `(q - 8) * d` equals `q * d + (-8 * d)` exactly in f32, because
 /// `q * d` and `8 * d` are exact (at most 15 significant bits) and so is their difference. (The one
@@ -266,18 +285,7 @@ pub fn q4_from_ggml(ty: GgmlType, bytes: &[u8], shape: Vec<usize>, tensor: &str)
     let mut mins = Vec::with_capacity(n_blocks);
     for b in bytes.chunks_exact(block_bytes) {
         let d = f16_at(b, 0);
-        let min = if ty == GgmlType::Q4_0 {
-            let m = f16::from_f32(-8.0 * d.to_f32());
-            if m.is_infinite() && d.is_finite() {
-                return Err(HearthError::bad_file(
-                    format!("tensor `{tensor}`"),
-                    format!("Q4_0 scale {d} is too large to re-pack losslessly (|8 * d| exceeds f16)"),
-                ));
-            }
-            m
-        } else {
-            f16_at(b, 2)
-        };
+        let min = block_min(ty, b, tensor)?;
         scales.push(d);
         mins.push(min);
         // ggml: byte j = weight j (low nibble) | weight j+16 (high nibble). Hearth: sequential nibbles.
@@ -304,18 +312,7 @@ pub fn q5_from_ggml(ty: GgmlType, bytes: &[u8], shape: Vec<usize>, tensor: &str)
     let mut mins = Vec::with_capacity(n_blocks);
     for b in bytes.chunks_exact(block_bytes) {
         let d = f16_at(b, 0);
-        let min = if ty == GgmlType::Q5_0 {
-            let m = f16::from_f32(-16.0 * d.to_f32());
-            if m.is_infinite() && d.is_finite() {
-                return Err(HearthError::bad_file(
-                    format!("tensor `{tensor}`"),
-                    format!("Q5_0 scale {d} is too large to re-pack losslessly (|16 * d| exceeds f16)"),
-                ));
-            }
-            m
-        } else {
-            f16_at(b, 2)
-        };
+        let min = block_min(ty, b, tensor)?;
         scales.push(d);
         mins.push(min);
         // ggml: the fifth bits as a word (bit j = weight j), then byte j = weight j (low nibble) |

@@ -316,11 +316,9 @@ impl Tensor {
                 for (b, o) in out.chunks_mut(K_BLOCK).enumerate() {
                     let block = start / K_BLOCK + b;
                     let header = &k.scales[block * K4_HEADER..][..K4_HEADER];
-                    let (d, dmin) = (f16_le(header, 0), f16_le(header, 2));
                     for (j, o) in o.chunks_mut(32).enumerate() {
-                        let (sc, m) = k4_scale_min(j, &header[4..]);
                         // As ggml: d·sc and dmin·m are exact in f32, and so is d1·q; one rounding.
-                        let (d1, m1) = (d * f32::from(sc), dmin * f32::from(m));
+                        let (d1, m1) = k4_sub_block_scale_min(header, j);
                         for (l, o) in o.iter_mut().enumerate() {
                             let i = block * K_BLOCK + 32 * j + l;
                             let mut q = (k.codes[i / 2] >> (4 * (i % 2))) & 0x0f;
@@ -557,6 +555,13 @@ impl KData {
 
 fn f16_le(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// (d · sc, dmin · m) of sub-block `j` (0..8) of a Q4_K / Q5_K super-block whose 16-byte header is
+/// `header`: its values are `q · d·sc - dmin·m` (both products exact in f32).
+pub fn k4_sub_block_scale_min(header: &[u8], j: usize) -> (f32, f32) {
+    let (sc, m) = k4_scale_min(j, &header[4..16]);
+    (f16_le(header, 0) * f32::from(sc), f16_le(header, 2) * f32::from(m))
 }
 
 /// The 6-bit scale and min of sub-block `j` (0..8) from the 12 packed bytes of a Q4_K / Q5_K header

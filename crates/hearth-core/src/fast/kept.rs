@@ -12,7 +12,7 @@
 use half::f16;
 
 use super::acts::{Acts, BLOCK};
-use crate::quant::k4_scale_min;
+use crate::quant::k4_sub_block_scale_min;
 
 /// A kept matrix's arrays as stored.
 #[derive(Clone, Copy)]
@@ -330,9 +330,6 @@ fn unpack_nibbles(c: &[u8], fifth: u32, even: &mut [i8], odd: &mut [i8]) {
 /// Block `b`'s (d·sc, -dmin·m) from its super-block's q4k / q5k header: value = q·scale + min.
 #[inline(always)]
 fn k4_block(headers: &[u8], b: usize) -> (f32, f32) {
-    let h = &headers[16 * (b / 8)..16 * (b / 8) + 16];
-    let (sc, m) = k4_scale_min(b % 8, &h[4..]);
-    let d = f16::from_le_bytes([h[0], h[1]]).to_f32();
-    let dmin = f16::from_le_bytes([h[2], h[3]]).to_f32();
-    (d * f32::from(sc), -(dmin * f32::from(m)))
+    let (scale, min) = k4_sub_block_scale_min(&headers[16 * (b / 8)..16 * (b / 8) + 16], b % 8);
+    (scale, -min)
 }

@@ -7,7 +7,7 @@ use super::Quantized;
 use crate::cpu::{self, Products};
 use crate::ggml_quants::{k_from_ggml, q5_from_ggml};
 use crate::gguf::GgmlType;
-use crate::quant::{k4_scale_min, DType, Tensor, TensorData};
+use crate::quant::{k4_sub_block_scale_min, DType, Tensor, TensorData};
 
 /// Deterministic values in [-1, 1), with a few large ones so block scales differ.
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -80,13 +80,9 @@ fn block_mins(w: &Tensor) -> Vec<f32> {
     match &w.data {
         TensorData::Q4(q) => (0..blocks).map(|b| q.mins[b * BLOCK / q.group].to_f32()).collect(),
         TensorData::Q5(q) => q.mins.iter().map(|m| m.to_f32()).collect(),
-        TensorData::Q4k(k) | TensorData::Q5k(k) => (0..blocks)
-            .map(|b| {
-                let h = &k.scales[16 * (b / 8)..];
-                let dmin = half::f16::from_le_bytes([h[2], h[3]]).to_f32();
-                -dmin * f32::from(k4_scale_min(b % 8, &h[4..16]).1)
-            })
-            .collect(),
+        TensorData::Q4k(k) | TensorData::Q5k(k) => {
+            (0..blocks).map(|b| -k4_sub_block_scale_min(&k.scales[16 * (b / 8)..16 * (b / 8) + 16], b % 8).1).collect()
+        }
         _ => vec![0.0; blocks],
     }
 }
