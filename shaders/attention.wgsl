@@ -9,8 +9,8 @@
 //   invocations work across head dimensions (and across positions where a head has fewer than 64
 //   dimensions / 4) to weigh the values. The softmax is online: a running maximum, sum and weighted
 //   sum, rescaled as each tile raises the maximum. Each workgroup writes its (weighted sum, max,
-//   sum) per head; `attention_combine` merges a head's splits, one invocation per four output
-//   dimensions, with no barrier. A decode step takes a split per tile, up to `splits_decode`; over
+//   sum) per head; `attention_combine` merges a head's splits, one workgroup per (token, head)
+//   sharing them out. A decode step takes a split per tile, up to `splits_decode`; over
 //   a few tiles only (short context) a single split, which writes the output itself, and the
 //   combine pass is not recorded. Nothing scales with the context but the loop over tiles, so no
 //   scores buffer is needed and decode at long context fills the GPU with workgroups.
@@ -72,6 +72,10 @@ struct Step {
 @group(0) @binding(7) var<storage, read_write> partials: array<vec4<f32>>;
 
 override KV_F16: bool = false;
+// The split kernel's head dimension, set per pipeline (kernels.rs `attention_split`): its loops
+// over dimensions and over a tile's positions then have counts the compiler knows, and take four
+// loads at a time (see the split kernel).
+override HEAD_DIM: u32 = 0u;
 
 // Four values of a cache from i (a multiple of 4: head_dim is), whichever way it is stored. Four
 // at a time keeps loads wide and loop counts low (see the top of this file).
@@ -219,13 +223,14 @@ const HEAD_DIM_MAX: u32 = 256u;
 // Below every real score (a finite stand-in for -infinity, so exp(NONE - m) is a clean 0).
 const NONE: f32 = -3.4e38;
 
-// The workgroup's queries, [head][head_dim / 4]; after the last tile, the value sums of its
-// position groups.
+// The workgroup's queries, [head][head_dim / 4] (zeros for heads past its own); after the last
+// tile, the value sums of its position groups.
 var<workgroup> shared_vectors: array<vec4<f32>, 512>;
-// A tile's scores, then its softmax weights: [head][TILE].
-var<workgroup> tile_weights: array<f32, 512>;
-// Per-invocation values being reduced: [head][64].
-var<workgroup> reduction: array<f32, 512>;
+// A tile's scores, then its softmax weights, of heads 0..3 at [position] and 4..7 at
+// [TILE + position].
+var<workgroup> tile_weights: array<vec4<f32>, 128>;
+// Per-invocation values being reduced, laid out as tile_weights.
+var<workgroup> reduction: array<vec4<f32>, 128>;
 
 // The split count of this step (attention.rs's `AttentionDims::splits` mirrors it: the host
 // sizes the grid and skips the combine pass with it). A decode step takes a split per tile its
@@ -247,20 +252,111 @@ fn record(t: u32, h: u32, s: u32) -> u32 {
     return ((t * dims.n_heads + h) * splits() + s) * (dims.head_dim / 4u + 1u);
 }
 
-// Reduce reduction[g * 64 + lid] over the 64 invocations, for every head g at once (max or sum);
-// the results land in reduction[g * 64].
-fn reduce_heads(lid: u32, is_max: bool) {
+// The split kernel keeps its per-head values in pairs of vec4s (heads 0..3, 4..7) and its
+// per-head value sums in eight named vectors, with the code over heads written out: a
+// function-scope array indexed in a loop may live in memory rather than registers, which on an
+// H200 made one 64-position tile cost some 70 µs.
+
+// Reduce (lo, hi) over the 64 invocations (max or sum), in every invocation.
+fn reduce_heads(lid: u32, lo: vec4<f32>, hi: vec4<f32>, is_max: bool) -> array<vec4<f32>, 2> {
+    reduction[lid] = lo;
+    reduction[TILE + lid] = hi;
     workgroupBarrier();
     for (var stride = 32u; stride > 0u; stride = stride / 2u) {
         if (lid < stride) {
-            for (var g = 0u; g < HEADS; g = g + 1u) {
-                let i = g * 64u + lid;
-                let other = reduction[i + stride];
-                reduction[i] = select(reduction[i] + other, max(reduction[i], other), is_max);
-            }
+            let a = reduction[lid];
+            let b = reduction[lid + stride];
+            let c = reduction[TILE + lid];
+            let d = reduction[TILE + lid + stride];
+            reduction[lid] = select(a + b, max(a, b), is_max);
+            reduction[TILE + lid] = select(c + d, max(c, d), is_max);
         }
         workgroupBarrier();
     }
+    let result = array<vec4<f32>, 2>(reduction[0], reduction[TILE]);
+    // Every invocation has read the result before the next reduction overwrites it.
+    workgroupBarrier();
+    return result;
+}
+
+// Scores of heads 0..3 (or 4..7) turned into finished ones, as finish_score does for one.
+fn finish_scores(s: vec4<f32>, slope: vec4<f32>, distance: u32) -> vec4<f32> {
+    var v = s * dims.scale;
+    if (dims.softcap > 0.0) {
+        v = dims.softcap * tanh(v / dims.softcap);
+    }
+    return v - slope * f32(distance);
+}
+
+// The query vectors at dimension group d of heads h0 .. h0 + 3, dotted with k.
+fn head_dots(h0: u32, hd4: u32, d: u32, k: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(
+        dot(shared_vectors[h0 * hd4 + d], k),
+        dot(shared_vectors[(h0 + 1u) * hd4 + d], k),
+        dot(shared_vectors[(h0 + 2u) * hd4 + d], k),
+        dot(shared_vectors[(h0 + 3u) * hd4 + d], k)
+    );
+}
+
+// s plus the dots of heads h0 .. h0 + 3 with the keys' dimension groups d0 .. d0 + 3 (k0 .. k3; those
+// below hd4), added in that order: the same order of additions as one vec4 at a time.
+fn add_dots(s: vec4<f32>, h0: u32, hd4: u32, d0: u32, k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>,
+            k3: vec4<f32>) -> vec4<f32> {
+    var acc = s + head_dots(h0, hd4, d0, k0);
+    if (d0 + 1u < hd4) {
+        acc = acc + head_dots(h0, hd4, d0 + 1u, k1);
+    }
+    if (d0 + 2u < hd4) {
+        acc = acc + head_dots(h0, hd4, d0 + 2u, k2);
+    }
+    if (d0 + 3u < hd4) {
+        acc = acc + head_dots(h0, hd4, d0 + 3u, k3);
+    }
+    return acc;
+}
+
+// Each head's running weighted sum of values (four dimensions of one position group).
+struct ValueSums {
+    h0: vec4<f32>,
+    h1: vec4<f32>,
+    h2: vec4<f32>,
+    h3: vec4<f32>,
+    h4: vec4<f32>,
+    h5: vec4<f32>,
+    h6: vec4<f32>,
+    h7: vec4<f32>,
+}
+
+// Add position j's values v, weighted per head; heads 4..7 only where the workgroup has them.
+fn weigh(acc: ptr<function, ValueSums>, j: u32, v: vec4<f32>, upper: bool) {
+    let lo = tile_weights[j];
+    (*acc).h0 = (*acc).h0 + lo.x * v;
+    (*acc).h1 = (*acc).h1 + lo.y * v;
+    (*acc).h2 = (*acc).h2 + lo.z * v;
+    (*acc).h3 = (*acc).h3 + lo.w * v;
+    if (upper) {
+        let hi = tile_weights[TILE + j];
+        (*acc).h4 = (*acc).h4 + hi.x * v;
+        (*acc).h5 = (*acc).h5 + hi.y * v;
+        (*acc).h6 = (*acc).h6 + hi.z * v;
+        (*acc).h7 = (*acc).h7 + hi.w * v;
+    }
+}
+
+fn rescale_sums(acc: ptr<function, ValueSums>, lo: vec4<f32>, hi: vec4<f32>) {
+    (*acc).h0 = (*acc).h0 * lo.x;
+    (*acc).h1 = (*acc).h1 * lo.y;
+    (*acc).h2 = (*acc).h2 * lo.z;
+    (*acc).h3 = (*acc).h3 * lo.w;
+    (*acc).h4 = (*acc).h4 * hi.x;
+    (*acc).h5 = (*acc).h5 * hi.y;
+    (*acc).h6 = (*acc).h6 * hi.z;
+    (*acc).h7 = (*acc).h7 * hi.w;
+}
+
+// Component g (0..7) of the pair (lo, hi).
+fn pick(lo: vec4<f32>, hi: vec4<f32>, g: u32) -> f32 {
+    return select(lo, hi, g >= 4u)[g % 4u];
 }
 
 // Workgroup (split, head group, token): the query heads head0 .. head0 + n_h of one KV head, over
@@ -273,23 +369,27 @@ fn attention_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     let kv_head = wg.y / groups_per_kv;
     let head0 = kv_head * group_size + (wg.y % groups_per_kv) * HEADS;
     let n_h = min(HEADS, (kv_head + 1u) * group_size - head0);
+    // Whether the workgroup has heads 4..7 (the same in every invocation).
+    let upper = n_h > 4u;
     let t = wg.z;
     let a = query_of(head0, t);
-    let hd4 = dims.head_dim / 4u;
+    let hd4 = HEAD_DIM / 4u;
     // The visible positions a.first ..= a.pos in tiles, shared out evenly among the splits (they
     // differ by one tile at most).
     let tiles = (a.pos - a.first + TILE) / TILE;
     let tile_begin = wg.x * tiles / splits();
     let tile_end = (wg.x + 1u) * tiles / splits();
 
-    // The queries (heads are consecutive in q), staged once for every position.
-    for (var i = lid; i < n_h * hd4; i = i + 64u) {
-        shared_vectors[i] = q[a.q_base / 4u + i];
+    // The queries (heads are consecutive in q), staged once for every position; zeros for the
+    // heads this workgroup does not have, whose scores are then never used.
+    for (var i = lid; i < HEADS * hd4; i = i + 64u) {
+        shared_vectors[i] = select(vec4<f32>(0.0), q[a.q_base / 4u + min(i, n_h * hd4 - 1u)], i < n_h * hd4);
     }
-    var slope: array<f32, HEADS>;
-    for (var g = 0u; g < HEADS; g = g + 1u) {
-        slope[g] = alibi_slope(head0 + g);
-    }
+    let slope_lo = vec4<f32>(alibi_slope(head0), alibi_slope(head0 + 1u), alibi_slope(head0 + 2u), alibi_slope(head0 + 3u));
+    let slope_hi = vec4<f32>(alibi_slope(head0 + 4u), alibi_slope(head0 + 5u), alibi_slope(head0 + 6u), alibi_slope(head0 + 7u));
+    // Which of heads 0..3 and 4..7 exist.
+    let has_lo = vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n_h);
+    let has_hi = vec4<u32>(4u, 5u, 6u, 7u) < vec4<u32>(n_h);
     workgroupBarrier();
 
     // Weighing the values, invocation lid takes dimensions 4 * lane .. + 4 of every position
@@ -297,70 +397,84 @@ fn attention_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     let groups = 64u / hd4;
     let lane = lid % hd4;
     let position_group = lid / hd4;
-    var m: array<f32, HEADS>;
-    var l: array<f32, HEADS>;
-    var acc: array<vec4<f32>, HEADS>;
-    for (var g = 0u; g < HEADS; g = g + 1u) {
-        m[g] = NONE;
-    }
+    var m_lo = vec4<f32>(NONE);
+    var m_hi = vec4<f32>(NONE);
+    var l_lo = vec4<f32>(0.0);
+    var l_hi = vec4<f32>(0.0);
+    var acc: ValueSums;
+    let none = vec4<f32>(NONE);
     for (var tile = tile_begin; tile < tile_end; tile = tile + 1u) {
         let tile_first = a.first + tile * TILE;
         // Scores of position tile_first + lid against every head.
         let p = tile_first + lid;
-        var s: array<f32, HEADS>;
+        var s_lo = vec4<f32>(0.0);
+        var s_hi = vec4<f32>(0.0);
         if (p <= a.pos) {
             let k_base = cache_row(a.kv_dim, p) + a.kv_offset;
-            for (var d = 0u; d < hd4; d = d + 1u) {
-                let k = cached4(k_base + 4u * d, true);
-                // To the constant HEADS (guarded), so the loop unrolls and s stays in registers.
-                for (var g = 0u; g < HEADS; g = g + 1u) {
-                    if (g < n_h) {
-                        s[g] = s[g] + dot(shared_vectors[g * hd4 + d], k);
-                    }
+            // Four loads issued before any is used: a GPU waits out a load's latency once per four
+            // rather than once per vec4. Past the head's end the last vec4 is loaded again and
+            // not used.
+            for (var d0 = 0u; d0 < hd4; d0 = d0 + 4u) {
+                let d1 = min(d0 + 1u, hd4 - 1u);
+                let d2 = min(d0 + 2u, hd4 - 1u);
+                let d3 = min(d0 + 3u, hd4 - 1u);
+                let k0 = cached4(k_base + 4u * d0, true);
+                let k1 = cached4(k_base + 4u * d1, true);
+                let k2 = cached4(k_base + 4u * d2, true);
+                let k3 = cached4(k_base + 4u * d3, true);
+                s_lo = add_dots(s_lo, 0u, hd4, d0, k0, k1, k2, k3);
+                if (upper) {
+                    s_hi = add_dots(s_hi, 4u, hd4, d0, k0, k1, k2, k3);
                 }
             }
         }
-        for (var g = 0u; g < HEADS; g = g + 1u) {
-            var v = NONE;
-            if (p <= a.pos && g < n_h) {
-                v = finish_score(s[g], slope[g], a.pos - p);
-            }
-            tile_weights[g * TILE + lid] = v;
-            reduction[g * 64u + lid] = v;
-        }
-        reduce_heads(lid, true);
+        let seen = p <= a.pos;
+        let score_lo = select(none, finish_scores(s_lo, slope_lo, a.pos - p), has_lo & vec4<bool>(seen));
+        let score_hi = select(none, finish_scores(s_hi, slope_hi, a.pos - p), has_hi & vec4<bool>(seen));
         // The new maximum of each head, and what that makes of everything summed so far.
-        var rescale: array<f32, HEADS>;
-        for (var g = 0u; g < HEADS; g = g + 1u) {
-            let m_new = max(m[g], reduction[g * 64u]);
-            rescale[g] = exp(m[g] - m_new);
-            m[g] = m_new;
-        }
-        workgroupBarrier();
-        for (var g = 0u; g < HEADS; g = g + 1u) {
-            var e = 0.0;
-            if (p <= a.pos) {
-                e = exp(tile_weights[g * TILE + lid] - m[g]);
-            }
-            tile_weights[g * TILE + lid] = e;
-            reduction[g * 64u + lid] = e;
-        }
-        reduce_heads(lid, false);
-        for (var g = 0u; g < HEADS; g = g + 1u) {
-            l[g] = l[g] * rescale[g] + reduction[g * 64u];
-            acc[g] = acc[g] * rescale[g];
-        }
+        let tile_max = reduce_heads(lid, score_lo, score_hi, true);
+        let new_lo = max(m_lo, tile_max[0]);
+        let new_hi = max(m_hi, tile_max[1]);
+        let rescale_lo = exp(m_lo - new_lo);
+        let rescale_hi = exp(m_hi - new_hi);
+        m_lo = new_lo;
+        m_hi = new_hi;
+        let e_lo = select(vec4<f32>(0.0), exp(score_lo - m_lo), vec4<bool>(seen));
+        let e_hi = select(vec4<f32>(0.0), exp(score_hi - m_hi), vec4<bool>(seen));
+        tile_weights[lid] = e_lo;
+        tile_weights[TILE + lid] = e_hi;
+        // (The reduction's barriers also make the weights visible to every invocation.)
+        let tile_sum = reduce_heads(lid, e_lo, e_hi, false);
+        l_lo = l_lo * rescale_lo + tile_sum[0];
+        l_hi = l_hi * rescale_hi + tile_sum[1];
+        rescale_sums(&acc, rescale_lo, rescale_hi);
         if (position_group < groups) {
-            for (var j = position_group; j < TILE && tile_first + j <= a.pos; j = j + groups) {
-                let v = cached4(cache_row(a.kv_dim, tile_first + j) + a.kv_offset + 4u * lane, false);
-                for (var g = 0u; g < HEADS; g = g + 1u) {
-                    if (g < n_h) {
-                        acc[g] = acc[g] + tile_weights[g * TILE + j] * v;
-                    }
+            // The tile's last position this query sees (tile_first <= a.pos), and four value
+            // loads at a time, as for the keys: a load past it reads that last row again and is
+            // not used. Each head's sum takes the positions in the same order either way.
+            let last = min(TILE - 1u, a.pos - tile_first);
+            for (var j0 = position_group; j0 <= last; j0 = j0 + 4u * groups) {
+                let j1 = j0 + groups;
+                let j2 = j1 + groups;
+                let j3 = j2 + groups;
+                let row = a.kv_offset + 4u * lane;
+                let v0 = cached4(cache_row(a.kv_dim, tile_first + j0) + row, false);
+                let v1 = cached4(cache_row(a.kv_dim, tile_first + min(j1, last)) + row, false);
+                let v2 = cached4(cache_row(a.kv_dim, tile_first + min(j2, last)) + row, false);
+                let v3 = cached4(cache_row(a.kv_dim, tile_first + min(j3, last)) + row, false);
+                weigh(&acc, j0, v0, upper);
+                if (j1 <= last) {
+                    weigh(&acc, j1, v1, upper);
+                }
+                if (j2 <= last) {
+                    weigh(&acc, j2, v2, upper);
+                }
+                if (j3 <= last) {
+                    weigh(&acc, j3, v3, upper);
                 }
             }
         }
-        // The next tile overwrites the weights and the reduction.
+        // The next tile overwrites the weights.
         workgroupBarrier();
     }
 
@@ -368,60 +482,110 @@ fn attention_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     // max NONE and sum 0, which the combine pass weighs as nothing); a lone split has every
     // position, so it writes the output itself and no combine pass runs.
     if (position_group < groups) {
-        for (var g = 0u; g < HEADS; g = g + 1u) {
-            if (g < n_h) {
-                shared_vectors[(position_group * HEADS + g) * hd4 + lane] = acc[g];
-            }
-        }
+        let at = position_group * HEADS * hd4 + lane;
+        shared_vectors[at] = acc.h0;
+        shared_vectors[at + hd4] = acc.h1;
+        shared_vectors[at + 2u * hd4] = acc.h2;
+        shared_vectors[at + 3u * hd4] = acc.h3;
+        shared_vectors[at + 4u * hd4] = acc.h4;
+        shared_vectors[at + 5u * hd4] = acc.h5;
+        shared_vectors[at + 6u * hd4] = acc.h6;
+        shared_vectors[at + 7u * hd4] = acc.h7;
     }
     workgroupBarrier();
     if (lid < hd4) {
-        for (var g = 0u; g < HEADS; g = g + 1u) {
-            if (g >= n_h) {
-                break;
-            }
+        for (var g = 0u; g < n_h; g = g + 1u) {
             var total = vec4<f32>(0.0);
             for (var pg = 0u; pg < groups; pg = pg + 1u) {
                 total = total + shared_vectors[(pg * HEADS + g) * hd4 + lid];
             }
             if (splits() == 1u) {
-                out[(t * dims.n_heads + head0 + g) * hd4 + lid] = total / l[g];
+                out[(t * dims.n_heads + head0 + g) * hd4 + lid] = total / pick(l_lo, l_hi, g);
             } else {
                 let r = record(t, head0 + g, wg.x);
                 partials[r + lid] = total;
                 if (lid == 0u) {
-                    partials[r + hd4] = vec4<f32>(m[g], l[g], 0.0, 0.0);
+                    partials[r + hd4] = vec4<f32>(pick(m_lo, m_hi, g), pick(l_lo, l_hi, g), 0.0, 0.0);
                 }
             }
         }
     }
 }
 
-// One invocation per (token, query head, four dimensions): the splits' weighted sums, each
-// rescaled to the largest maximum, over the rescaled sums.
+// One workgroup per (token, query head): the splits' weighted sums, each rescaled to the largest
+// maximum, over the rescaled sums. The invocations share out the splits (their maxima and sums,
+// then, across head dimensions, their weighted sums), so no invocation walks all of them one
+// dependent load at a time: with 64 splits that made one combine pass cost as much as the split
+// kernel before it (an H200: 41 µs).
+var<workgroup> split_weights: array<f32, 256>;
+
+// The maximum (is_max) or sum of every invocation's v over the workgroup, in every invocation.
+fn combine_reduce(lid: u32, v: f32, is_max: bool) -> f32 {
+    reduction[lid].x = v;
+    workgroupBarrier();
+    for (var stride = 32u; stride > 0u; stride = stride / 2u) {
+        if (lid < stride) {
+            let other = reduction[lid + stride].x;
+            reduction[lid].x = select(reduction[lid].x + other, max(reduction[lid].x, other), is_max);
+        }
+        workgroupBarrier();
+    }
+    let total = reduction[0].x;
+    workgroupBarrier();
+    return total;
+}
+
 @compute @workgroup_size(64)
-fn attention_combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) grid: vec3<u32>) {
-    let hd4 = dims.head_dim / 4u;
-    let i = gid.y * grid.x * 64u + gid.x;
-    let per_token = dims.n_heads * hd4;
-    let t = i / per_token;
+fn attention_combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) grid: vec3<u32>,
+                     @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let row = wg.y * grid.x + wg.x;
+    let t = row / dims.n_heads;
+    // The same for the whole workgroup, so the barriers stay uniform.
     if (t >= step.n_tokens) {
         return;
     }
-    let h = (i % per_token) / hd4;
-    let lane = i % hd4;
+    let h = row % dims.n_heads;
+    let hd4 = dims.head_dim / 4u;
+    let n = splits();
     var m = NONE;
-    for (var s = 0u; s < splits(); s = s + 1u) {
+    for (var s = lid; s < n; s = s + 64u) {
         m = max(m, partials[record(t, h, s) + hd4].x);
     }
+    m = combine_reduce(lid, m, true);
+    // Each split's weight, kept for the weighted sums (256 at a time), and their share of the sum.
     var sum = 0.0;
     var acc = vec4<f32>(0.0);
-    for (var s = 0u; s < splits(); s = s + 1u) {
-        let r = record(t, h, s);
-        let stats = partials[r + hd4];
-        let w = exp(stats.x - m);
-        sum = sum + w * stats.y;
-        acc = acc + w * partials[r + lane];
+    let lane = lid % hd4;
+    let groups = max(64u / hd4, 1u);
+    let split_group = lid / hd4;
+    for (var s0 = 0u; s0 < n; s0 = s0 + 256u) {
+        for (var s = s0 + lid; s < min(n, s0 + 256u); s = s + 64u) {
+            let stats = partials[record(t, h, s) + hd4];
+            let w = exp(stats.x - m);
+            split_weights[s - s0] = w;
+            sum = sum + w * stats.y;
+        }
+        workgroupBarrier();
+        // Invocation (split group, lane) adds up every groups-th split's dimensions 4·lane.. + 4.
+        if (split_group < groups && lane < hd4) {
+            for (var s = s0 + split_group; s < min(n, s0 + 256u); s = s + groups) {
+                acc = acc + split_weights[s - s0] * partials[record(t, h, s) + lane];
+            }
+        }
+        workgroupBarrier();
     }
-    out[(t * dims.n_heads + h) * hd4 + lane] = acc / sum;
+    sum = combine_reduce(lid, sum, false);
+    // The split groups' sums of each dimension, then the output.
+    if (split_group < groups) {
+        shared_vectors[split_group * hd4 + lane] = acc;
+    }
+    workgroupBarrier();
+    if (lid < hd4) {
+        var total = vec4<f32>(0.0);
+        for (var g = 0u; g < groups; g = g + 1u) {
+            total = total + shared_vectors[g * hd4 + lid];
+        }
+        out[(t * dims.n_heads + h) * hd4 + lid] = total / sum;
+    }
 }

@@ -2,8 +2,8 @@
 // (prefill), with the steps around it fused in where that saves a pass over memory.
 //
 // Kernels, each from the same fusions (`finish`):
-// - `matvec_decode_*` (GPUs, one token): ROWS output rows per workgroup, the input staged once in
-//   workgroup memory, each lane loading a whole 16- or 32-byte chunk of weights at once, the lanes'
+// - `matvec_decode_*` (GPUs, one token): ROWS output rows per workgroup, each lane loading a whole
+//   16- or 32-byte chunk of weights at once and its input chunk once for all ROWS rows, the lanes'
 //   partial sums added up once at the end (the `decode` section).
 // - `matvec_tiled_*` (GPUs, prompts): an output tile of 32 rows × 16 tokens per workgroup, each
 //   32-column step of its weights dequantized once into workgroup memory and used for all 16
@@ -595,67 +595,73 @@ fn matvec_rows_q6k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
 }
 
 // ==== decode
-// One token on a GPU: workgroup w computes rows w·ROWS .. w·ROWS + ROWS - 1. The input (normed by
-// its weight when NORM) is staged once per workgroup in workgroup memory, TILE values at a time,
-// with the sum of every 32 of them. Lane i then takes chunks i, i + 64, ... of the tile (CHUNK
-// values each: 16 or 32 bytes of weights, one load per 16 bytes, see the encoding sections) in
-// every one of the ROWS rows: each input chunk it reads serves ROWS rows (2·ROWS with GATED), and
-// consecutive lanes read consecutive chunks of a row, so the loads coalesce. Each lane's ROWS
-// partial sums (plus the up rows' and the sum of squares) are added up across the workgroup once,
-// after the last tile.
+// One token on a GPU: workgroup w computes rows w·ROWS .. w·ROWS + ROWS - 1. Lane i takes chunks
+// i, i + 64, ... of the row (CHUNK values each: 16 or 32 bytes of weights, one load per 16 bytes,
+// see the encoding sections) in every one of the ROWS rows: it reads each input chunk once (times
+// the norm weight when NORM, with its sum for the q4-style min terms and its squares for the
+// norm) and uses it for all ROWS rows (2·ROWS with GATED), and consecutive lanes read consecutive
+// chunks of a row, so the loads coalesce. Each lane's ROWS partial sums (plus the up rows' and the
+// sum of squares) are added up across the workgroup once, at the end.
+//
+// The input is read straight from memory, not staged in workgroup memory first: no other lane
+// needs a lane's input chunk, so staging only put a barrier between the loads of the input and of
+// the weights (measured on an H200: the workgroup waited out one round of loads, then the other).
+// Now a lane's weight and input loads are all in flight at once, and the only barrier is the
+// final sum's.
 
 // Rows per workgroup (at most ROWS_MAX), chosen per adapter in kernels.rs.
 override ROWS: u32 = 8u;
 const ROWS_MAX: u32 = 8u;
-// Input values staged at a time: 8 KiB of the 16 KiB of workgroup memory WebGPU guarantees (the
-// sums take 4.4 KiB more); longer rows take several tiles.
-const TILE: u32 = 2048u;
-// A lane's running sums: gate rows from 0, up rows from UP, the input's sum of squares at SQUARES.
-const UP: u32 = ROWS_MAX;
-const SQUARES: u32 = 2u * ROWS_MAX;
-const SUMS: u32 = 2u * ROWS_MAX + 1u;
 
-var<workgroup> tile: array<vec4<f32>, TILE / 4u>;
-// The sum of each 32 staged values: q4's min term over a group is min · Σ x, once per workgroup.
-var<workgroup> tile_sums: array<f32, TILE / 32u>;
-
-// Whether a lane's sum k is one this pipeline's fusions use (a constant once ROWS is set).
-fn in_use(k: u32) -> bool {
-    return k < ROWS || (GATED && k >= UP && k < UP + ROWS) || (NORM && k == SQUARES);
+// A lane's running sums are vectors, not an array indexed in a loop, and the code that fills them
+// is written out rather than looped: a function-scope array indexed by a loop counter may live in
+// memory instead of registers (on an H200 an unrolled array version of the sampler's argmax ran
+// slower than the loop it replaced).
+struct LaneSums {
+    // Gate rows 0..3 and 4..7 of the workgroup, the up rows likewise (GATED), and the input's sum
+    // of squares (NORM).
+    gate_lo: vec4<f32>,
+    gate_hi: vec4<f32>,
+    up_lo: vec4<f32>,
+    up_hi: vec4<f32>,
+    squares: f32,
 }
 
-// Stage the token's inputs start .. start + width into the tile, with the sums of each 32; return
-// this lane's share of their sum of squares (taken before the norm weight, as the norm needs).
-fn stage(lid: u32, start: u32, width: u32) -> f32 {
-    var squares = 0.0;
-    for (var b = lid; b < (width + 31u) / 32u; b = b + WG) {
-        var sum = vec4<f32>(0.0);
-        for (var j = 0u; j < 8u; j = j + 1u) {
-            let col = 32u * b + 4u * j;
-            var v = vec4<f32>(0.0);
-            // Rows are a multiple of 4 values, not always of 32: the last block may be short.
-            if (col < width) {
-                v = x[(start + col) / 4u];
-                squares = squares + dot(v, v);
-                if (NORM) {
-                    v = v * norm_weight[(start + col) / 4u];
-                }
-            }
-            tile[col / 4u] = v;
-            sum = sum + v;
-        }
-        tile_sums[b] = dot(sum, vec4<f32>(1.0));
-    }
-    return squares;
+// The input chunk c (times the norm weight when NORM; the rest of the array unused), its sum, and
+// its sum of squares taken before the norm weight, as the norm needs.
+struct InputChunk {
+    v: array<vec4<f32>, 8>,
+    sum: f32,
+    squares: f32,
 }
 
-// The CHUNK staged values of the tile's chunk c (the rest of the array unused).
-fn staged_chunk(c: u32) -> array<vec4<f32>, 8> {
-    var v: array<vec4<f32>, 8>;
-    for (var j = 0u; j < CHUNK / 4u; j = j + 1u) {
-        v[j] = tile[c * (CHUNK / 4u) + j];
+// The input's vec4 `at` (times the norm weight when NORM), its squares added to the chunk's.
+fn input4(chunk: ptr<function, InputChunk>, at: u32) -> vec4<f32> {
+    let v = x[at];
+    (*chunk).squares = (*chunk).squares + dot(v, v);
+    if (NORM) {
+        return v * norm_weight[at];
     }
     return v;
+}
+
+fn input_chunk(c: u32) -> InputChunk {
+    var chunk: InputChunk;
+    let at = c * (CHUNK / 4u);
+    // CHUNK is 4 or 32: one or eight vec4s, written out (constant indices).
+    chunk.v[0] = input4(&chunk, at);
+    if (CHUNK == 32u) {
+        chunk.v[1] = input4(&chunk, at + 1u);
+        chunk.v[2] = input4(&chunk, at + 2u);
+        chunk.v[3] = input4(&chunk, at + 3u);
+        chunk.v[4] = input4(&chunk, at + 4u);
+        chunk.v[5] = input4(&chunk, at + 5u);
+        chunk.v[6] = input4(&chunk, at + 6u);
+        chunk.v[7] = input4(&chunk, at + 7u);
+    }
+    let sum = ((chunk.v[0] + chunk.v[1]) + (chunk.v[2] + chunk.v[3])) + ((chunk.v[4] + chunk.v[5]) + (chunk.v[6] + chunk.v[7]));
+    chunk.sum = dot(sum, vec4<f32>(1.0));
+    return chunk;
 }
 
 // The eight codes of a word (value k in bits 4k..4k+3) times eight inputs.
@@ -665,37 +671,52 @@ fn q4_word(word: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
     return dot(lo, a) + dot(hi, b);
 }
 
+// Chunk c of slots first + r0 .. r0 + 3 (those below ROWS; 0 for the others), the rows `offset`
+// further (the up rows) when asked. Past the last row, the last workgroup redoes the last row
+// rather than branch around the loads (those sums are never stored).
+fn four_rows(first: u32, r0: u32, offset: u32, c: u32, xc: InputChunk) -> vec4<f32> {
+    let last = dims.rows - 1u;
+    var d = vec4<f32>(0.0);
+    d.x = chunk_dot(decode_row(min(first + r0, last)) + offset, c, xc.v, xc.sum);
+    if (ROWS > r0 + 1u) {
+        d.y = chunk_dot(decode_row(min(first + r0 + 1u, last)) + offset, c, xc.v, xc.sum);
+    }
+    if (ROWS > r0 + 2u) {
+        d.z = chunk_dot(decode_row(min(first + r0 + 2u, last)) + offset, c, xc.v, xc.sum);
+    }
+    if (ROWS > r0 + 3u) {
+        d.w = chunk_dot(decode_row(min(first + r0 + 3u, last)) + offset, c, xc.v, xc.sum);
+    }
+    return d;
+}
+
 fn decode(wg: vec3<u32>, groups: vec3<u32>, lid: u32) {
     let first = (wg.y * groups.x + wg.x) * ROWS;
     // The same for the whole workgroup, so leaving early keeps the barriers uniform.
     if (first >= dims.rows) {
         return;
     }
-    var sums: array<f32, SUMS>;
-    for (var start = 0u; start < dims.cols; start = start + TILE) {
-        let width = min(TILE, dims.cols - start);
-        if (start > 0u) {
-            // Every lane is done with the previous tile.
-            workgroupBarrier();
+    var sums: LaneSums;
+    for (var c = lid; c < dims.cols / CHUNK; c = c + WG) {
+        let xc = input_chunk(c);
+        sums.squares = sums.squares + xc.squares;
+        sums.gate_lo = sums.gate_lo + four_rows(first, 0u, 0u, c, xc);
+        if (ROWS > 4u) {
+            sums.gate_hi = sums.gate_hi + four_rows(first, 4u, 0u, c, xc);
         }
-        sums[SQUARES] = sums[SQUARES] + stage(lid, start, width);
-        workgroupBarrier();
-        for (var c = lid; c < width / CHUNK; c = c + WG) {
-            let xc = staged_chunk(c);
-            let x_sum = tile_sums[c * CHUNK / 32u];
-            let at = start / CHUNK + c;
-            for (var r = 0u; r < ROWS; r = r + 1u) {
-                // Past the last row, the last workgroup redoes the last row rather than branch
-                // around the loads (those sums are never stored).
-                let row = decode_row(min(first + r, dims.rows - 1u));
-                sums[r] = sums[r] + chunk_dot(row, at, xc, x_sum);
-                if (GATED) {
-                    sums[UP + r] = sums[UP + r] + chunk_dot(row + dims.up_offset, at, xc, x_sum);
-                }
+        if (GATED) {
+            sums.up_lo = sums.up_lo + four_rows(first, 0u, dims.up_offset, c, xc);
+            if (ROWS > 4u) {
+                sums.up_hi = sums.up_hi + four_rows(first, 4u, dims.up_offset, c, xc);
             }
         }
     }
     epilogue(first, lid, row_totals(lid, sums));
+}
+
+// Component r (0..7) of the pair (lo, hi).
+fn pick(lo: vec4<f32>, hi: vec4<f32>, r: u32) -> f32 {
+    return select(lo, hi, r >= 4u)[r % 4u];
 }
 
 // ==== decode q4
@@ -889,36 +910,43 @@ fn matvec_decode_q6k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
 
 // ==== sums in workgroup memory
 // The decode kernel's lane sums added up without subgroup operations (browsers, and adapters
-// without them): each lane's in-use sums to workgroup memory, 64 partials → 8 → 1, two barriers.
-var<workgroup> partials: array<f32, SUMS * WG>;
-var<workgroup> eighths: array<f32, SUMS * 8u>;
+// without them): each lane's sums to workgroup memory, 64 partials → 8 → 1, two barriers. The sums
+// are five vec4s: gate rows 0..3, 4..7, up rows 0..3, 4..7, and the squares (in x).
+const SUM_VECTORS: u32 = 5u;
+var<workgroup> partials: array<vec4<f32>, SUM_VECTORS * WG>;
+var<workgroup> eighths: array<vec4<f32>, SUM_VECTORS * 8u>;
 
 // The workgroup's totals of (gate row lid, up row lid, squares), for lanes lid < ROWS.
-fn row_totals(lid: u32, v: array<f32, SUMS>) -> vec3<f32> {
-    for (var k = 0u; k < SUMS; k = k + 1u) {
-        if (in_use(k)) {
-            partials[k * WG + lid] = v[k];
-        }
-    }
+fn row_totals(lid: u32, v: LaneSums) -> vec3<f32> {
+    partials[lid] = v.gate_lo;
+    partials[WG + lid] = v.gate_hi;
+    partials[2u * WG + lid] = v.up_lo;
+    partials[3u * WG + lid] = v.up_hi;
+    partials[4u * WG + lid] = vec4<f32>(v.squares, 0.0, 0.0, 0.0);
     workgroupBarrier();
-    // Eighth i of sum k = i / 8: partials 8i .. 8i + 7 (of k * WG + 0 .. 63).
-    for (var i = lid; i < SUMS * 8u; i = i + WG) {
-        if (in_use(i / 8u)) {
-            var s = 0.0;
-            for (var j = 0u; j < 8u; j = j + 1u) {
-                s = s + partials[8u * i + j];
-            }
-            eighths[i] = s;
-        }
+    // Eighth i of vector k = i / 8: partials 8i .. 8i + 7 (of k * WG + 0 .. 63).
+    if (lid < SUM_VECTORS * 8u) {
+        let at = 8u * lid;
+        eighths[lid] = ((partials[at] + partials[at + 1u]) + (partials[at + 2u] + partials[at + 3u]))
+            + ((partials[at + 4u] + partials[at + 5u]) + (partials[at + 6u] + partials[at + 7u]));
     }
     workgroupBarrier();
     var total = vec3<f32>(0.0);
     if (lid < ROWS) {
-        for (var j = 0u; j < 8u; j = j + 1u) {
-            total = total + vec3<f32>(eighths[8u * lid + j], eighths[8u * (UP + lid) + j], eighths[8u * SQUARES + j]);
-        }
+        let gate_lo = sum_eighths(0u);
+        let gate_hi = sum_eighths(1u);
+        let up_lo = sum_eighths(2u);
+        let up_hi = sum_eighths(3u);
+        total = vec3<f32>(pick(gate_lo, gate_hi, lid), pick(up_lo, up_hi, lid), sum_eighths(4u).x);
     }
     return total;
+}
+
+// The eight eighths of vector k added up.
+fn sum_eighths(k: u32) -> vec4<f32> {
+    let at = 8u * k;
+    return ((eighths[at] + eighths[at + 1u]) + (eighths[at + 2u] + eighths[at + 3u]))
+        + ((eighths[at + 4u] + eighths[at + 5u]) + (eighths[at + 6u] + eighths[at + 7u]));
 }
 
 // ==== sums with subgroups
@@ -926,41 +954,57 @@ fn row_totals(lid: u32, v: array<f32, SUMS>) -> vec3<f32> {
 // (natively only: wgpu's WebGPU backend never does, and naga wants no `enable` directive). One
 // barrier; nothing assumed about the subgroup size or which lanes share a subgroup: after each
 // subgroup's sums, its first lane writes them and the others zeros, so every subgroup can then add
-// up all 64 slots itself.
-var<workgroup> slots: array<f32, SUMS * WG>;
+// up all 64 slots itself. The sums are five vec4s, as in the workgroup-memory variant.
+const SUM_VECTORS: u32 = 5u;
+var<workgroup> slots: array<vec4<f32>, SUM_VECTORS * WG>;
 
 // The workgroup's totals of (gate row lid, up row lid, squares), for lanes lid < ROWS.
-fn row_totals(lid: u32, v: array<f32, SUMS>) -> vec3<f32> {
+fn row_totals(lid: u32, v: LaneSums) -> vec3<f32> {
     // This lane's place in its subgroup and the subgroup's size (every lane is active here).
     let lane = subgroupExclusiveAdd(1u);
     let size = subgroupAdd(1u);
-    for (var k = 0u; k < SUMS; k = k + 1u) {
-        if (in_use(k)) {
-            let s = subgroupAdd(v[k]);
-            slots[k * WG + lid] = select(0.0, s, lane == 0u);
+    let first_lane = lane == 0u;
+    let zero = vec4<f32>(0.0);
+    slots[lid] = select(zero, subgroupAdd(v.gate_lo), first_lane);
+    if (ROWS > 4u) {
+        slots[WG + lid] = select(zero, subgroupAdd(v.gate_hi), first_lane);
+    }
+    if (GATED) {
+        slots[2u * WG + lid] = select(zero, subgroupAdd(v.up_lo), first_lane);
+        if (ROWS > 4u) {
+            slots[3u * WG + lid] = select(zero, subgroupAdd(v.up_hi), first_lane);
         }
+    }
+    if (NORM) {
+        slots[4u * WG + lid] = vec4<f32>(select(0.0, subgroupAdd(v.squares), first_lane), 0.0, 0.0, 0.0);
     }
     workgroupBarrier();
-    var total = vec3<f32>(0.0);
-    for (var k = 0u; k < SUMS; k = k + 1u) {
-        if (in_use(k)) {
-            var s = 0.0;
-            for (var j = lane; j < WG; j = j + size) {
-                s = s + slots[k * WG + j];
-            }
-            let t = subgroupAdd(s);
-            if (k == lid) {
-                total.x = t;
-            }
-            if (k == UP + lid) {
-                total.y = t;
-            }
-            if (k == SQUARES) {
-                total.z = t;
+    var gate_lo = zero;
+    var gate_hi = zero;
+    var up_lo = zero;
+    var up_hi = zero;
+    var squares = 0.0;
+    for (var j = lane; j < WG; j = j + size) {
+        gate_lo = gate_lo + slots[j];
+        if (ROWS > 4u) {
+            gate_hi = gate_hi + slots[WG + j];
+        }
+        if (GATED) {
+            up_lo = up_lo + slots[2u * WG + j];
+            if (ROWS > 4u) {
+                up_hi = up_hi + slots[3u * WG + j];
             }
         }
+        if (NORM) {
+            squares = squares + slots[4u * WG + j].x;
+        }
     }
-    return total;
+    gate_lo = subgroupAdd(gate_lo);
+    gate_hi = subgroupAdd(gate_hi);
+    up_lo = subgroupAdd(up_lo);
+    up_hi = subgroupAdd(up_hi);
+    squares = subgroupAdd(squares);
+    return vec3<f32>(pick(gate_lo, gate_hi, lid), pick(up_lo, up_hi, lid), squares);
 }
 
 // ==== decode store

@@ -1,4 +1,8 @@
-// Norms as passes of their own, one invocation per token.
+// Norms as passes of their own: on software adapters one invocation per token (`rms_norm`,
+// `layer_norm`), on GPUs one workgroup per token (`rms_norm_wide`, `layer_norm_wide`), whose 64
+// invocations take every 64th value and add up their sums in workgroup memory. A lone invocation
+// walking a token's values waits out one memory latency after another: on an H200 that made
+// Gemma 3's 640-wide post-norms 135 µs each, more than the products around them.
 //
 // - `rms_norm`: out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight. As a pre-norm only software
 //   adapters run it: on GPUs the norm is fused into the matrix product that follows (matvec.wgsl's
@@ -71,6 +75,74 @@ fn layer_norm(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let inv = 1.0 / sqrt(squares / n + dims.eps);
     for (var i = 0u; i < dims.hidden; i = i + 1u) {
+        out[base + i] = (x[base + i] - mean) * inv * weight[i] + bias[i];
+    }
+}
+
+// ---- One workgroup per token (GPUs).
+
+var<workgroup> partial: array<f32, 64>;
+
+// The sum of every invocation's v, in every invocation (uniform control flow only).
+fn workgroup_sum(lid: u32, v: f32) -> f32 {
+    partial[lid] = v;
+    workgroupBarrier();
+    for (var stride = 32u; stride > 0u; stride = stride / 2u) {
+        if (lid < stride) {
+            partial[lid] = partial[lid] + partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let total = partial[0];
+    // Every invocation has read it before a next sum overwrites it.
+    workgroupBarrier();
+    return total;
+}
+
+@compute @workgroup_size(64)
+fn rms_norm_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let t = wg.x;
+    let lid = lid3.x;
+    // The same for the whole workgroup, so the barriers stay uniform.
+    if (t >= step.n_tokens) {
+        return;
+    }
+    let base = t * dims.hidden;
+    var acc = 0.0;
+    for (var i = lid; i < dims.hidden; i = i + 64u) {
+        acc = acc + x[base + i] * x[base + i];
+    }
+    let inv = 1.0 / sqrt(workgroup_sum(lid, acc) / f32(dims.hidden) + dims.eps);
+    for (var i = lid; i < dims.hidden; i = i + 64u) {
+        var v = x[base + i] * inv * weight[i];
+        if (ADD) {
+            v = v + out[base + i];
+        }
+        out[base + i] = v;
+    }
+}
+
+@compute @workgroup_size(64)
+fn layer_norm_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let t = wg.x;
+    let lid = lid3.x;
+    if (t >= step.n_tokens) {
+        return;
+    }
+    let base = t * dims.hidden;
+    let n = f32(dims.hidden);
+    var sum = 0.0;
+    for (var i = lid; i < dims.hidden; i = i + 64u) {
+        sum = sum + x[base + i];
+    }
+    let mean = workgroup_sum(lid, sum) / n;
+    var squares = 0.0;
+    for (var i = lid; i < dims.hidden; i = i + 64u) {
+        let d = x[base + i] - mean;
+        squares = squares + d * d;
+    }
+    let inv = 1.0 / sqrt(workgroup_sum(lid, squares) / n + dims.eps);
+    for (var i = lid; i < dims.hidden; i = i + 64u) {
         out[base + i] = (x[base + i] - mean) * inv * weight[i] + bias[i];
     }
 }

@@ -139,6 +139,14 @@ enum Command {
         /// QUEUE_DEPTH steps are queued, as `generate` runs them).
         #[arg(long)]
         one_at_a_time: bool,
+        /// GPU: output rows per workgroup of the decode products (1 to 8; default 4), to measure
+        /// the alternatives on a GPU.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=8))]
+        decode_rows: Option<u32>,
+        /// GPU: add up the decode products' sums in workgroup memory even where the adapter
+        /// offers subgroup operations.
+        #[arg(long)]
+        no_subgroups: bool,
     },
 }
 
@@ -384,8 +392,28 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Bench { model, engine, prompt_tokens, gen_tokens, synthetic, context, profile, one_at_a_time } => {
-            let plan = BenchPlan { prompt_tokens, gen_tokens, synthetic, context, profile, queued: !one_at_a_time };
+        Command::Bench {
+            model,
+            engine,
+            prompt_tokens,
+            gen_tokens,
+            synthetic,
+            context,
+            profile,
+            one_at_a_time,
+            decode_rows,
+            no_subgroups,
+        } => {
+            let plan = BenchPlan {
+                prompt_tokens,
+                gen_tokens,
+                synthetic,
+                context,
+                profile,
+                queued: !one_at_a_time,
+                decode_rows,
+                subgroups: !no_subgroups,
+            };
             bench(&model, engine, plan)?
         }
     }
@@ -402,6 +430,10 @@ struct BenchPlan {
     profile: bool,
     /// GPU: decode steps queued ahead of the tokens read back.
     queued: bool,
+    /// GPU: output rows per decode workgroup, if not the default.
+    decode_rows: Option<u32>,
+    /// GPU: subgroup sums where the adapter offers them.
+    subgroups: bool,
 }
 
 /// The engine a benchmark runs: the GPU's, with its counters, or a CPU engine.
@@ -451,7 +483,7 @@ impl BenchEngine {
 /// decode step records and reads (dispatches, weight and KV-cache bytes) and the bandwidth that
 /// makes at the measured speed.
 fn bench(dir: &std::path::Path, choice: EngineArgs, plan: BenchPlan) -> Result<()> {
-    let BenchPlan { prompt_tokens, gen_tokens, synthetic, context, profile, queued } = plan;
+    let BenchPlan { prompt_tokens, gen_tokens, synthetic, context, profile, queued, decode_rows, subgroups } = plan;
     if prompt_tokens == 0 || gen_tokens < 2 {
         bail!("--prompt-tokens must be at least 1 and --gen-tokens at least 2");
     }
@@ -478,7 +510,9 @@ fn bench(dir: &std::path::Path, choice: EngineArgs, plan: BenchPlan) -> Result<(
         bail!("--context needs the GPU engine (the CPU engines compute every position)");
     }
     let mut engine = match gpu {
-        Some(ctx) => {
+        Some(mut ctx) => {
+            ctx.subgroups &= subgroups;
+            ctx.decode_rows = decode_rows.unwrap_or(ctx.decode_rows);
             // Only the positions measured, unless told otherwise (LongRoPE chooses by it).
             let capacity = choice.max_context.unwrap_or(positions);
             BenchEngine::Gpu(Box::new(GpuEngine::new(ctx, source.as_ref(), Some(capacity))?))
@@ -523,6 +557,8 @@ fn bench(dir: &std::path::Path, choice: EngineArgs, plan: BenchPlan) -> Result<(
             report["adapter"] = json!(e.adapter_name());
             report["f16"] = json!(e.kv_f16());
             report["queued"] = json!(queued);
+            report["decode_rows"] = json!(e.decode_rows());
+            report["subgroups"] = json!(e.subgroups());
             report["dispatches_per_token"] = json!(counts.dispatches);
             report["weight_bytes_per_token"] = json!(counts.weight_bytes);
             report["kv_bytes_per_token"] = json!(counts.kv_bytes);

@@ -259,17 +259,31 @@ fn bench_synthetic_needs_only_the_manifest() {
         if backend == "gpu" {
             want.extend([
                 "achieved_gb_s",
+                "decode_rows",
                 "dispatches_per_token",
                 "kv_bytes_per_token",
                 "queued",
+                "subgroups",
                 "weight_bytes_per_token",
             ]);
             want.sort_unstable();
             // Decode steps queued as `generate` queues them, unless asked to wait for each token.
             assert_eq!(v["queued"], true);
+            assert_eq!(v["decode_rows"], 4, "the default rows per decode workgroup");
             let one = ok(&[&["bench", "--synthetic", "--one-at-a-time", "--model", dir][..], &args].concat());
             let one: serde_json::Value = serde_json::from_str(one.trim()).expect("one JSON line");
             assert_eq!(one["queued"], false);
+            // The decode products' variants, as asked for, and a clear refusal outside 1..=8.
+            let flags = ["bench", "--synthetic", "--decode-rows", "2", "--no-subgroups", "--model", dir];
+            let other = ok(&[&flags[..], &args].concat());
+            let other: serde_json::Value = serde_json::from_str(other.trim()).expect("one JSON line");
+            assert_eq!(
+                (&other["decode_rows"], &other["subgroups"]),
+                (&serde_json::json!(2), &serde_json::json!(false))
+            );
+            let out = hearth(&[&["bench", "--synthetic", "--decode-rows", "9", "--model", dir][..], &args].concat());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success() && err.contains("--decode-rows") && err.contains("1..=8"), "{err}");
         }
         assert_eq!(keys, want);
         assert_eq!(v["backend"], backend);

@@ -207,7 +207,7 @@ pub fn prepare(
         let grid = move |s: Step| Some(((n_heads * s.n_tokens).div_ceil(WORKGROUP), 1, 1));
         return Ok(vec![Dispatch::single(pipeline, group, Box::new(grid))]);
     }
-    let split = kernels.attention_split(kv_f16);
+    let split = kernels.attention_split(kv_f16, dims.head_dim);
     let split_group = bind_group(
         device,
         &split,
@@ -229,9 +229,8 @@ pub fn prepare(
     );
     let head_groups = dims.head_groups();
     let split_grid = move |s: Step| Some((dims.splits(s), head_groups, s.n_tokens));
-    let lanes = n_heads * dims.head_dim / 4;
     let combine_grid = move |s: Step| {
-        let (x, y) = grid_2d((s.n_tokens * lanes).div_ceil(WORKGROUP));
+        let (x, y) = grid_2d(s.n_tokens * n_heads);
         (dims.splits(s) > 1).then_some((x, y, 1))
     };
     Ok(vec![

@@ -10,7 +10,7 @@ use hearth_core::{HearthError, Result};
 
 use crate::context::GpuContext;
 use crate::kernels::{
-    bind_group, entry, storage, storage_init, uniform, whole, Activation, Kernels, MatvecKey, PREFILL_BLOCK, WORKGROUP,
+    bind_group, entry, norm_grid, storage, storage_init, uniform, whole, Activation, Kernels, MatvecKey, PREFILL_BLOCK,
 };
 use crate::weights::{create_vector, StoredMatrix, WeightBuffer, WeightUploads};
 
@@ -413,7 +413,7 @@ impl<'a> Builder<'a> {
         self.norm_dispatch(pipeline, input, &norm.weight, norm.bias.as_ref(), step, output)
     }
 
-    /// One invocation per token of a norm.wgsl entry point.
+    /// A norm.wgsl entry point over the step's tokens.
     fn norm_dispatch(
         &mut self,
         pipeline: wgpu::ComputePipeline,
@@ -435,6 +435,7 @@ impl<'a> Builder<'a> {
         entries.extend(bias.map(|b| entry(5, whole(b))));
         let group = bind_group(self.device(), &pipeline, &entries);
         self.scratch.push(dims);
-        Dispatch::single(pipeline, group, Box::new(|s: Step| Some((s.n_tokens.div_ceil(WORKGROUP), 1, 1))))
+        let software = self.kernels.software;
+        Dispatch::single(pipeline, group, Box::new(move |s: Step| Some(norm_grid(software, s.n_tokens))))
     }
 }

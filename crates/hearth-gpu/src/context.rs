@@ -20,6 +20,10 @@ pub struct GpuContext {
     /// reduce with them; without, with a tree in workgroup memory. A caller may clear it (tests
     /// force the fallback this way) but not set it where the device lacks the feature.
     pub subgroups: bool,
+    /// Output rows per workgroup of the decode products (1 to `DECODE_ROWS_MAX`;
+    /// [`crate::kernels::DECODE_ROWS`] unless a caller sets it, as `hearth bench --decode-rows` does
+    /// to measure the alternatives on a GPU).
+    pub decode_rows: u32,
     /// Timestamp queries between passes were requested (`hearth bench --profile`).
     pub timestamps: bool,
     /// What the device reported outside any error scope (wgpu's default would panic).
@@ -91,6 +95,7 @@ impl GpuContext {
             software: is_software(&info),
             kv_f16: offered.contains(wgpu::Features::SHADER_F16),
             subgroups: wanted.contains(wgpu::Features::SUBGROUP),
+            decode_rows: crate::kernels::DECODE_ROWS,
             timestamps: wanted.contains(wgpu::Features::TIMESTAMP_QUERY),
             errors,
         }))

@@ -34,7 +34,7 @@ use crate::builder::{Builder, Dispatch, Fuse, Product, RopeDims, RopeStore, Step
 use crate::context::GpuContext;
 use crate::kernels::{
     bind_group, entry, read_back_async, storage, storage_limit, uniform, uniform_of, whole, Activation, Kernels,
-    WORKGROUP,
+    DECODE_ROWS_MAX, WORKGROUP,
 };
 use crate::profile::{KernelTime, Profiler};
 use crate::sampler::{result_bytes, GpuSampler, Penalties, RESULT_WORDS};
@@ -223,7 +223,13 @@ impl GpuEngine {
         let limit = ctx.limits.max_storage_buffer_binding_size;
         // Subgroup sums only where the device has them and the caller left them on.
         let subgroups = ctx.subgroups && device.features().contains(wgpu::Features::SUBGROUP);
-        let kernels = Kernels::new(&device, ctx.software).with_subgroups(subgroups);
+        if !(1..=DECODE_ROWS_MAX).contains(&ctx.decode_rows) {
+            return Err(HearthError::Gpu(format!(
+                "{} decode rows per workgroup: 1 to {DECODE_ROWS_MAX} are possible",
+                ctx.decode_rows
+            )));
+        }
+        let kernels = Kernels::new(&device, ctx.software).with_subgroups(subgroups).with_decode_rows(ctx.decode_rows);
         let alibi_max_bias = match (&c.alibi, c.position) {
             (Some(alibi), PositionKind::Alibi) => alibi.max_bias,
             _ => 0.0,
@@ -596,6 +602,16 @@ impl GpuEngine {
     /// Whether the adapter is a CPU implementation (kernels avoid workgroup barriers there).
     pub fn software(&self) -> bool {
         self.ctx.software
+    }
+
+    /// Output rows per workgroup of the decode products.
+    pub fn decode_rows(&self) -> u32 {
+        self.ctx.decode_rows
+    }
+
+    /// Whether the decode products add up their sums with subgroup operations.
+    pub fn subgroups(&self) -> bool {
+        self.ctx.subgroups && self.ctx.device.features().contains(wgpu::Features::SUBGROUP)
     }
 
     /// Whether the KV cache is f16.

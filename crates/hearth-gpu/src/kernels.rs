@@ -41,10 +41,13 @@ pub const ROWS_ATTENTION_MAX_ITERATIONS: usize = 55_000;
 pub const PREFILL_BLOCK: u32 = 8;
 /// Most output rows one workgroup of matvec.wgsl's decode kernel computes (its `ROWS_MAX`).
 pub const DECODE_ROWS_MAX: u32 = 8;
-/// Rows per workgroup of the decode kernel on every hardware adapter so far: each lane's input
-/// chunk then serves 8 rows, and the workgroup's input staging and final sums are shared by 8. No
-/// GPU has measured the alternatives yet ([`Kernels::with_decode_rows`] sets another count).
-pub const DECODE_ROWS: u32 = 8;
+/// Rows per workgroup of the decode kernel on hardware adapters, chosen on the one GPU measured:
+/// each lane's input chunk then serves 4 rows. On an NVIDIA H200 (Vulkan, 2026-12-04, `hearth
+/// bench --decode-rows`) 4 rows decoded SmolLM2-135M at 492 tok/s and the Llama-3.2-1B shape at
+/// 489, 8 rows at 379 and 428 (an earlier version of the kernel ran 1 and 2 rows slower than
+/// both). 4 keeps the QKV product's RoPE epilogue ([`Kernels::fuses_rope`] needs a multiple of 4).
+/// [`Kernels::with_decode_rows`] sets another count.
+pub const DECODE_ROWS: u32 = 4;
 /// Storage buffers the decode kernel with the `decode rope` epilogue binds at most (q4 weights: the
 /// input, q, codes, scales, mins, norm weight, bias, frequencies, K and V caches): more than
 /// WebGPU's guaranteed 8, so it runs only where the adapter allows this many.
@@ -315,30 +318,50 @@ impl Kernels {
         self.pipeline(&self.attention_module, "attention_rows", &[("KV_F16", if kv_f16 { 1.0 } else { 0.0 })])
     }
 
-    /// attention.wgsl's split kernel: a share of the positions for every query head of a KV head.
-    pub fn attention_split(&self, kv_f16: bool) -> wgpu::ComputePipeline {
-        self.pipeline(&self.attention_module, "attention_split", &[("KV_F16", if kv_f16 { 1.0 } else { 0.0 })])
+    /// attention.wgsl's split kernel for heads of `head_dim` dimensions: a share of the positions
+    /// for every query head of a KV head.
+    pub fn attention_split(&self, kv_f16: bool, head_dim: u32) -> wgpu::ComputePipeline {
+        let constants = [("KV_F16", if kv_f16 { 1.0 } else { 0.0 }), ("HEAD_DIM", f64::from(head_dim))];
+        self.pipeline(&self.attention_module, "attention_split", &constants)
     }
 
-    /// attention.wgsl's combine pass: the split kernel's records merged per head.
+    /// attention.wgsl's combine pass: the split kernel's records merged, one workgroup per
+    /// (token, query head).
     pub fn attention_combine(&self) -> wgpu::ComputePipeline {
         self.pipeline(&self.attention_module, "attention_combine", &[])
     }
 
-    /// A stand-alone RMSNorm, one invocation per token (software adapters; GPUs fuse the norm).
+    /// A norm.wgsl entry point: one invocation per token on software adapters (`name`), one
+    /// workgroup per token on GPUs (`name_wide`).
+    fn norm(&self, name: &str, constants: &[(&str, f64)]) -> wgpu::ComputePipeline {
+        let entry = if self.software { name.to_string() } else { format!("{name}_wide") };
+        self.pipeline(&self.norm_module, &entry, constants)
+    }
+
+    /// A stand-alone RMSNorm (software adapters; GPUs fuse the norm into the next product).
     pub fn rms_norm(&self) -> wgpu::ComputePipeline {
-        self.pipeline(&self.norm_module, "rms_norm", &[])
+        self.norm("rms_norm", &[])
     }
 
-    /// `out += rms_norm(x) * weight`, one invocation per token (Gemma's post-attention and
-    /// post-feed-forward norms, which fuse into no product: their input is a product's output).
+    /// `out += rms_norm(x) * weight` (Gemma's post-attention and post-feed-forward norms, which
+    /// fuse into no product: their input is a product's output).
     pub fn rms_norm_add(&self) -> wgpu::ComputePipeline {
-        self.pipeline(&self.norm_module, "rms_norm", &[("ADD", 1.0)])
+        self.norm("rms_norm", &[("ADD", 1.0)])
     }
 
-    /// LayerNorm with weight and bias, one invocation per token (for GPT-2 / BLOOM style models).
+    /// LayerNorm with weight and bias (for GPT-2 / BLOOM style models).
     pub fn layer_norm(&self) -> wgpu::ComputePipeline {
-        self.pipeline(&self.norm_module, "layer_norm", &[])
+        self.norm("layer_norm", &[])
+    }
+}
+
+/// Workgroups of a norm pass over `n_tokens` tokens ([`Kernels::rms_norm`] and its kin): one
+/// invocation per token on software adapters, one workgroup per token on GPUs.
+pub fn norm_grid(software: bool, n_tokens: u32) -> (u32, u32, u32) {
+    if software {
+        (n_tokens.div_ceil(WORKGROUP), 1, 1)
+    } else {
+        (n_tokens, 1, 1)
     }
 }
 
