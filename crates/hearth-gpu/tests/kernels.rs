@@ -591,121 +591,137 @@ fn cache_values(words: &[u32], f16: bool) -> Vec<f32> {
 #[test]
 fn rope_and_kv_store_match_the_cpu_for_both_pairings_and_caches() {
     let Some(ctx) = context() else { return };
-    let (n_heads, n_kv, hd, capacity, start, n) = (6usize, 2usize, 40usize, 650usize, 637usize, 5usize);
-    let (qd, kvd) = (n_heads * hd, n_kv * hd);
-    let row = qd + 2 * kvd;
+    let (n_heads, n_kv, capacity, start, n) = (6usize, 2usize, 650usize, 637usize, 5usize);
     let kernels = Kernels::new(&ctx.device, true);
-    for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
-        for rope_dim in [hd, 24] {
-            // (f16 cache, Q/K/V bias, QK-norm, magnitude: YaRN's for a factor of 4, or 1)
-            for (f16, with_bias, with_norm, magnitude) in [
-                (false, false, false, 1.0f32),
-                (true, false, false, 1.0),
-                (false, true, false, 1.0),
-                (true, true, false, 1.0),
-                (false, true, true, 1.0),
-                (true, false, true, 1.0),
-                (false, false, false, 1.138_629_4),
-            ] {
-                let qkv = random(n * row, 7);
-                let bias = random(row, 9);
-                let norm_weights: Vec<f32> = random(2 * hd, 10).iter().map(|v| 1.0 + 0.5 * v).collect();
-                let eps = 1e-6f32;
-                // What the kernel must rotate and store: the product plus its bias, each query and
-                // key head normalized.
-                let mut biased: Vec<f32> =
-                    qkv.iter().enumerate().map(|(i, x)| if with_bias { x + bias[i % row] } else { *x }).collect();
-                if with_norm {
-                    for token in biased.chunks_mut(row) {
-                        for (j, head) in token[..qd + kvd].chunks_mut(hd).enumerate() {
-                            let w = &norm_weights[if j < n_heads { 0 } else { hd }..][..hd];
-                            let mut normed = vec![0f32; hd];
-                            rms_norm(head, w, eps, hd, &mut normed);
-                            head.copy_from_slice(&normed);
+    // (f16 cache, Q/K/V bias, QK-norm, magnitude: YaRN's for a factor of 4, or 1)
+    let cases = [
+        (false, false, false, 1.0f32),
+        (true, false, false, 1.0),
+        (false, true, false, 1.0),
+        (true, true, false, 1.0),
+        (false, true, true, 1.0),
+        (true, false, true, 1.0),
+        (false, false, false, 1.138_629_4),
+    ];
+    // Head dims for QK-norm's two ways of summing a head: 40, several heads to a workgroup's 128
+    // values and heads across its edges; 256, a head over two workgroups (Gemma 3); 16, under
+    // NORM_SHARED_MIN_DIM, one invocation walking its head. 40 runs every case, the others the
+    // normalized ones.
+    for hd in [40usize, 256, 16] {
+        let (qd, kvd) = (n_heads * hd, n_kv * hd);
+        let row = qd + 2 * kvd;
+        for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
+            for rope_dim in [hd, if hd > 24 { 24 } else { hd / 2 }] {
+                for (f16, with_bias, with_norm, magnitude) in cases.into_iter().filter(|c| hd == 40 || c.2) {
+                    let qkv = random(n * row, 7);
+                    let bias = random(row, 9);
+                    let norm_weights: Vec<f32> = random(2 * hd, 10).iter().map(|v| 1.0 + 0.5 * v).collect();
+                    let eps = 1e-6f32;
+                    // What the kernel must rotate and store: the product plus its bias, each query and
+                    // key head normalized.
+                    let mut biased: Vec<f32> =
+                        qkv.iter().enumerate().map(|(i, x)| if with_bias { x + bias[i % row] } else { *x }).collect();
+                    if with_norm {
+                        for token in biased.chunks_mut(row) {
+                            for (j, head) in token[..qd + kvd].chunks_mut(hd).enumerate() {
+                                let w = &norm_weights[if j < n_heads { 0 } else { hd }..][..hd];
+                                let mut normed = vec![0f32; hd];
+                                rms_norm(head, w, eps, hd, &mut normed);
+                                head.copy_from_slice(&normed);
+                            }
                         }
                     }
-                }
-                let inv_freq = hearth_core::cpu::rope_inv_freq(10000.0, rope_dim, None, None, 0);
-                let sentinel = random(capacity * kvd, 8);
-                let k_init = cache_words(&sentinel, f16);
-                let dims = uniform_of(
-                    &ctx.device,
-                    "dims",
-                    &RopeDims {
-                        n_heads: n_heads as u32,
-                        n_kv_heads: n_kv as u32,
-                        head_dim: hd as u32,
-                        n_pairs: (rope_dim / 2) as u32,
-                        neox: u32::from(style == RopeStyle::Neox),
-                        cache_rows: capacity as u32,
-                        eps,
-                        magnitude,
-                    },
-                );
-                let step = uniform(&ctx.device, "step", &[start as u32, n as u32]);
-                let freq = storage_init(&ctx.device, "inv freq", &inv_freq);
-                let qkv_b = storage_init(&ctx.device, "qkv", &qkv);
-                let q_b = storage(&ctx.device, "q", n * qd).unwrap();
-                let k_b = storage_init(&ctx.device, "k cache", &k_init);
-                let v_b = storage_init(&ctx.device, "v cache", &k_init);
-                let bias_b = storage_init(&ctx.device, "qkv bias", &bias);
-                let norm_b = storage_init(&ctx.device, "qk norm", &norm_weights);
-                let entries = [
-                    entry(0, whole(&dims)),
-                    entry(1, whole(&step)),
-                    entry(2, whole(&freq)),
-                    entry(3, whole(&qkv_b)),
-                    entry(4, whole(&q_b)),
-                    entry(5, whole(&k_b)),
-                    entry(6, whole(&v_b)),
-                    entry(7, whole(&bias_b)),
-                    entry(8, whole(&norm_b)),
-                ];
-                dispatch_once(
-                    &ctx,
-                    &kernels.rope_store(f16, with_bias, with_norm),
-                    &entries,
-                    ((row as u32 / 2).div_ceil(WORKGROUP), n as u32, 1),
-                );
-                let q: Vec<f32> = read_back(&ctx, &q_b, 0, n * qd).unwrap();
-                let k = cache_values(&read_back::<u32>(&ctx, &k_b, 0, k_init.len()).unwrap(), f16);
-                let v = cache_values(&read_back::<u32>(&ctx, &v_b, 0, k_init.len()).unwrap(), f16);
-                let untouched = cache_values(&k_init, f16);
+                    let inv_freq = hearth_core::cpu::rope_inv_freq(10000.0, rope_dim, None, None, 0);
+                    let sentinel = random(capacity * kvd, 8);
+                    let k_init = cache_words(&sentinel, f16);
+                    let dims = uniform_of(
+                        &ctx.device,
+                        "dims",
+                        &RopeDims {
+                            n_heads: n_heads as u32,
+                            n_kv_heads: n_kv as u32,
+                            head_dim: hd as u32,
+                            n_pairs: (rope_dim / 2) as u32,
+                            neox: u32::from(style == RopeStyle::Neox),
+                            cache_rows: capacity as u32,
+                            eps,
+                            magnitude,
+                        },
+                    );
+                    let step = uniform(&ctx.device, "step", &[start as u32, n as u32]);
+                    let freq = storage_init(&ctx.device, "inv freq", &inv_freq);
+                    let qkv_b = storage_init(&ctx.device, "qkv", &qkv);
+                    let q_b = storage(&ctx.device, "q", n * qd).unwrap();
+                    let k_b = storage_init(&ctx.device, "k cache", &k_init);
+                    let v_b = storage_init(&ctx.device, "v cache", &k_init);
+                    let bias_b = storage_init(&ctx.device, "qkv bias", &bias);
+                    let norm_b = storage_init(&ctx.device, "qk norm", &norm_weights);
+                    let entries = [
+                        entry(0, whole(&dims)),
+                        entry(1, whole(&step)),
+                        entry(2, whole(&freq)),
+                        entry(3, whole(&qkv_b)),
+                        entry(4, whole(&q_b)),
+                        entry(5, whole(&k_b)),
+                        entry(6, whole(&v_b)),
+                        entry(7, whole(&bias_b)),
+                        entry(8, whole(&norm_b)),
+                    ];
+                    dispatch_once(
+                        &ctx,
+                        &kernels.rope_store(f16, with_bias, with_norm),
+                        &entries,
+                        ((row as u32 / 2).div_ceil(WORKGROUP), n as u32, 1),
+                    );
+                    let q: Vec<f32> = read_back(&ctx, &q_b, 0, n * qd).unwrap();
+                    let k = cache_values(&read_back::<u32>(&ctx, &k_b, 0, k_init.len()).unwrap(), f16);
+                    let v = cache_values(&read_back::<u32>(&ctx, &v_b, 0, k_init.len()).unwrap(), f16);
+                    let untouched = cache_values(&k_init, f16);
 
-                let label = format!(
-                    "{style:?}, rope dim {rope_dim}, f16 cache {f16}, bias {with_bias}, norm {with_norm}, magnitude \
+                    let label = format!(
+                    "head dim {hd}, {style:?}, rope dim {rope_dim}, f16 cache {f16}, bias {with_bias}, norm {with_norm}, magnitude \
                      {magnitude}"
                 );
-                for t in 0..n {
-                    let pos = start + t;
-                    let mut want = biased[t * row..(t + 1) * row].to_vec();
-                    for head in want[..qd + kvd].chunks_mut(hd) {
-                        apply_rope(head, pos, &inv_freq, style, magnitude);
-                    }
-                    let src = &biased[t * row..(t + 1) * row];
-                    let check = |have: f32, want: f32, partner_scale: f32, cached: bool, what: &str| {
-                        let mut tol = (2f32).powi(-10) * partner_scale + 1e-6;
-                        if cached && f16 {
-                            tol += want.abs() * (2f32).powi(-11);
+                    for t in 0..n {
+                        let pos = start + t;
+                        let mut want = biased[t * row..(t + 1) * row].to_vec();
+                        for head in want[..qd + kvd].chunks_mut(hd) {
+                            apply_rope(head, pos, &inv_freq, style, magnitude);
                         }
-                        assert!((have - want).abs() <= tol, "{label}: {what}: GPU {have}, CPU {want}");
-                    };
-                    for i in 0..qd {
-                        let scale = src[i - i % hd..i - i % hd + hd].iter().map(|v| v.abs()).fold(0.0, f32::max) * 2.0;
-                        check(q[t * qd + i], want[i], scale, false, &format!("token {t} q[{i}]"));
+                        let src = &biased[t * row..(t + 1) * row];
+                        let check = |have: f32, want: f32, partner_scale: f32, cached: bool, what: &str| {
+                            let mut tol = (2f32).powi(-10) * partner_scale + 1e-6;
+                            if cached && f16 {
+                                tol += want.abs() * (2f32).powi(-11);
+                            }
+                            assert!((have - want).abs() <= tol, "{label}: {what}: GPU {have}, CPU {want}");
+                        };
+                        for i in 0..qd {
+                            let scale =
+                                src[i - i % hd..i - i % hd + hd].iter().map(|v| v.abs()).fold(0.0, f32::max) * 2.0;
+                            check(q[t * qd + i], want[i], scale, false, &format!("token {t} q[{i}]"));
+                        }
+                        for i in 0..kvd {
+                            let scale =
+                                src[qd + i - i % hd..qd + i - i % hd + hd].iter().map(|v| v.abs()).fold(0.0, f32::max)
+                                    * 2.0;
+                            check(k[pos * kvd + i], want[qd + i], scale, true, &format!("token {t} k[{i}]"));
+                            check(v[pos * kvd + i], want[qd + kvd + i], 0.0, true, &format!("token {t} v[{i}]"));
+                        }
                     }
-                    for i in 0..kvd {
-                        let scale =
-                            src[qd + i - i % hd..qd + i - i % hd + hd].iter().map(|v| v.abs()).fold(0.0, f32::max)
-                                * 2.0;
-                        check(k[pos * kvd + i], want[qd + i], scale, true, &format!("token {t} k[{i}]"));
-                        check(v[pos * kvd + i], want[qd + kvd + i], 0.0, true, &format!("token {t} v[{i}]"));
+                    // Rows outside the step's positions are left as they were.
+                    for p in (0..capacity).filter(|p| !(start..start + n).contains(p)) {
+                        assert_eq!(
+                            &k[p * kvd..(p + 1) * kvd],
+                            &untouched[p * kvd..(p + 1) * kvd],
+                            "{label}: k row {p}"
+                        );
+                        assert_eq!(
+                            &v[p * kvd..(p + 1) * kvd],
+                            &untouched[p * kvd..(p + 1) * kvd],
+                            "{label}: v row {p}"
+                        );
                     }
-                }
-                // Rows outside the step's positions are left as they were.
-                for p in (0..capacity).filter(|p| !(start..start + n).contains(p)) {
-                    assert_eq!(&k[p * kvd..(p + 1) * kvd], &untouched[p * kvd..(p + 1) * kvd], "{label}: k row {p}");
-                    assert_eq!(&v[p * kvd..(p + 1) * kvd], &untouched[p * kvd..(p + 1) * kvd], "{label}: v row {p}");
                 }
             }
         }
