@@ -55,11 +55,6 @@ struct Dims {
     one_split_tiles: u32,
 }
 
-struct Step {
-    start: u32,
-    n_tokens: u32,
-}
-
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;
@@ -352,11 +347,6 @@ fn rescale_sums(acc: ptr<function, ValueSums>, lo: vec4<f32>, hi: vec4<f32>) {
     (*acc).h5 = (*acc).h5 * hi.y;
     (*acc).h6 = (*acc).h6 * hi.z;
     (*acc).h7 = (*acc).h7 * hi.w;
-}
-
-// Component g (0..7) of the pair (lo, hi).
-fn pick(lo: vec4<f32>, hi: vec4<f32>, g: u32) -> f32 {
-    return select(lo, hi, g >= 4u)[g % 4u];
 }
 
 // Workgroup (split, head group, token): the query heads head0 .. head0 + n_h of one KV head, over

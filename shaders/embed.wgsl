@@ -22,11 +22,6 @@ struct Dims {
 @group(0) @binding(5) var<storage, read> mins: array<u32>;
 @group(0) @binding(6) var<uniform> step: Step;
 
-struct Step {
-    start: u32,
-    n_tokens: u32,
-}
-
 override POSITIONS: bool = false;
 
 // The table row token t reads: its token id, or its position.

@@ -54,11 +54,6 @@ struct Dims {
     cap: f32,
 }
 
-struct Step {
-    start: u32,
-    n_tokens: u32,
-}
-
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
@@ -712,11 +707,6 @@ fn decode(wg: vec3<u32>, groups: vec3<u32>, lid: u32) {
         }
     }
     epilogue(first, lid, row_totals(lid, sums));
-}
-
-// Component r (0..7) of the pair (lo, hi).
-fn pick(lo: vec4<f32>, hi: vec4<f32>, r: u32) -> f32 {
-    return select(lo, hi, r >= 4u)[r % 4u];
 }
 
 // ==== decode q4

@@ -18,11 +18,6 @@ struct Dims {
     eps: f32,
 }
 
-struct Step {
-    start: u32,
-    n_tokens: u32,
-}
-
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> x: array<f32>;

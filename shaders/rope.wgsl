@@ -36,11 +36,6 @@ struct Dims {
     magnitude: f32,
 }
 
-struct Step {
-    start: u32,
-    n_tokens: u32,
-}
-
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> inv_freq: array<f32>;

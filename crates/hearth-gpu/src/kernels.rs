@@ -27,6 +27,17 @@ const ROPE: &str = include_str!("../../../shaders/rope.wgsl");
 const ROTARY: &str = include_str!("../../../shaders/rotary.wgsl");
 const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
 const NORM: &str = include_str!("../../../shaders/norm.wgsl");
+/// What every module shares (the `Step` uniform, `pick`), put in front of each.
+const PRELUDE: &str = include_str!("../../../shaders/prelude.wgsl");
+
+/// A shader module of `parts` (in order) after the prelude.
+fn with_prelude(device: &wgpu::Device, label: &str, parts: &[&str]) -> wgpu::ShaderModule {
+    let source = [&[PRELUDE], parts].concat().concat();
+    device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(label),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    })
+}
 
 /// Invocations per workgroup of the element-wise kernels.
 pub const WORKGROUP: u32 = 64;
@@ -111,22 +122,16 @@ pub struct Kernels {
 
 impl Kernels {
     pub fn new(device: &wgpu::Device, software: bool) -> Self {
-        let module = |name: &str, src: &str| {
-            device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(name),
-                source: wgpu::ShaderSource::Wgsl(src.into()),
-            })
-        };
         Kernels {
             device: device.clone(),
             software,
             subgroups: device.features().contains(wgpu::Features::SUBGROUP),
             decode_rows: DECODE_ROWS,
             matvec_modules: RefCell::new(HashMap::new()),
-            embed_module: module("embed.wgsl", &[KQUANTS, EMBED].concat()),
-            rope_module: module("rope.wgsl", &[ROTARY, ROPE].concat()),
-            attention_module: module("attention.wgsl", ATTENTION),
-            norm_module: module("norm.wgsl", NORM),
+            embed_module: with_prelude(device, "embed.wgsl", &[KQUANTS, EMBED]),
+            rope_module: with_prelude(device, "rope.wgsl", &[ROTARY, ROPE]),
+            attention_module: with_prelude(device, "attention.wgsl", &[ATTENTION]),
+            norm_module: with_prelude(device, "norm.wgsl", &[NORM]),
             matvec: RefCell::new(HashMap::new()),
             built: RefCell::new(HashMap::new()),
             labels: RefCell::new(HashMap::new()),
@@ -260,10 +265,7 @@ impl Kernels {
                         (label, matvec_decode_source(encoding, self.subgroups, rope))
                     }
                 };
-                self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(&label),
-                    source: wgpu::ShaderSource::Wgsl(source.into()),
-                })
+                with_prelude(&self.device, &label, &[&source])
             })
             .clone();
         let pipeline = self.pipeline(&module, &entry, &constants);
