@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the fuzz targets' seed corpus (fuzz/corpus/<target>/): small valid inputs of every kind
 each target reads, so that libFuzzer starts from files that pass the first checks and mutates
-the deeper ones. Every seed is a few KB at most.
+the deeper ones. Every seed is a few KB at most, but the kept-encodings one (16 KB: K-quant rows are
+256 values wide).
 
 Run from the repository root, with `pip install gguf` and a built `target/release/hearth` (the
 manifest and tokenizer seeds are what `hearth convert` writes for the GGUF seeds):
@@ -108,6 +109,65 @@ def gguf_seed(path, arch, tokenizer, f16, tied, template):
     w.close()
 
 
+# The kept-encodings seed: rows 256 wide, as K-quant super-blocks need, with heads of 2 values so
+# that the matrices of 256 rows (the output projection, the down projection) stay small.
+KEPT_HIDDEN, KEPT_FFN, KEPT_HEAD_DIM = 256, 4, 2
+K = gguf.GGMLQuantizationType
+# Block bytes of each type, and where its f16 scales sit in a block (d, and dmin where there is one).
+BLOCKS = {K.Q4_K: (144, [0, 2]), K.Q5_K: (176, [0, 2]), K.Q6_K: (210, [208]), K.Q5_0: (22, [0]), K.Q5_1: (24, [0, 2])}
+
+
+def kept_blocks(rng, ty, rows, cols):
+    """Random blocks of `ty` for a rows × cols matrix, with finite, modest f16 scales."""
+    size, scales = BLOCKS[ty]
+    per_row = cols // (256 if ty in (K.Q4_K, K.Q5_K, K.Q6_K) else 32) * size
+    raw = rng.integers(0, 256, (rows, per_row), dtype=np.uint8)
+    for row in raw:
+        for o in range(0, per_row, size):
+            for p in scales:
+                row[o + p:o + p + 2] = np.frombuffer(np.float16(rng.uniform(0.001, 0.05)).tobytes(), dtype=np.uint8)
+    return raw
+
+
+def kept_seed(path):
+    """A Llama GGUF whose matrices are Q4_K, Q5_K, Q6_K, Q5_0 and Q5_1 blocks, which `hearth convert`
+    keeps as they are (q4k, q5k, q6k, q5): the converter's and the engines' block decoders get
+    mutated."""
+    rng = np.random.default_rng(11)
+    hidden, q_rows, kv_rows = KEPT_HIDDEN, HEADS * KEPT_HEAD_DIM, KV_HEADS * KEPT_HEAD_DIM
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_name("seed")
+    w.add_context_length(64)
+    w.add_embedding_length(hidden)
+    w.add_block_count(1)
+    w.add_feed_forward_length(KEPT_FFN)
+    w.add_head_count(HEADS)
+    w.add_head_count_kv(KV_HEADS)
+    w.add_key_length(KEPT_HEAD_DIM)
+    w.add_value_length(KEPT_HEAD_DIM)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(BPE_TOKENS)
+    w.add_token_types([3, 3, 3] + [1] * (VOCAB - 3))
+    w.add_token_merges(BPE_MERGES)
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    for name, n in [("blk.0.attn_norm.weight", hidden), ("blk.0.ffn_norm.weight", hidden), ("output_norm.weight", hidden)]:
+        w.add_tensor(name, (1.0 + 0.1 * rng.normal(size=n)).astype(np.float32))
+    for name, ty, rows in [("token_embd.weight", K.Q6_K, VOCAB), ("blk.0.attn_q.weight", K.Q5_K, q_rows),
+                           ("blk.0.attn_k.weight", K.Q4_K, kv_rows), ("blk.0.attn_v.weight", K.Q5_1, kv_rows),
+                           ("blk.0.ffn_gate.weight", K.Q4_K, KEPT_FFN), ("blk.0.ffn_up.weight", K.Q5_0, KEPT_FFN)]:
+        w.add_tensor(name, kept_blocks(rng, ty, rows, hidden), raw_dtype=ty)
+    for name, shape in [("blk.0.attn_output.weight", (hidden, q_rows)), ("blk.0.ffn_down.weight", (hidden, KEPT_FFN))]:
+        w.add_tensor(name, rng.normal(0, 0.5, size=shape).astype(np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def safetensors_bytes(tensors):
     header, data = {}, b""
     for name, a in tensors.items():
@@ -188,11 +248,15 @@ def main():
             ("llama-bpe-f16", "llama", "gpt2", True, False, CHATML),
             ("llama-spm-f32-tied", "llama", "llama", False, True, None),
             ("qwen2-bpe-f16-tied", "qwen2", "gpt2", True, True, TEMPLATES["tools"]),
+            ("llama-kept-kquants", "llama", "gpt2", None, True, None),
         ]:
             path = os.path.join(tmp, name + ".gguf")
-            gguf_seed(path, arch, tok, f16, tied, template)
+            if name == "llama-kept-kquants":
+                kept_seed(path)
+            else:
+                gguf_seed(path, arch, tok, f16, tied, template)
             data = open(path, "rb").read()
-            assert len(data) < 8192, (name, len(data))
+            assert len(data) < (20480 if name == "llama-kept-kquants" else 8192), (name, len(data))
             write("gguf_read", name, data)
             write("gguf_convert", name, data)
             out = os.path.join(tmp, name)
