@@ -94,14 +94,7 @@ fn fused(row: u32, gate: f32, up: f32, squares: f32) -> f32 {
     if (BIAS) {
         v = v + bias[dims.row_offset + row];
     }
-    if (ACT == 1u) {
-        v = v / (1.0 + exp(-v));
-    } else if (ACT == 2u) {
-        // tanh saturates long before 10; clamping keeps every implementation away from exp overflow.
-        v = 0.5 * v * (1.0 + tanh(clamp(0.7978845608 * (v + 0.044715 * v * v * v), -10.0, 10.0)));
-    } else if (ACT == 3u) {
-        v = dims.cap * tanh(v / dims.cap);
-    }
+    v = activate(v, ACT, dims.cap);
     if (GATED) {
         v = v * (up * r);
     }

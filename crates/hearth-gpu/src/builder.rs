@@ -11,6 +11,7 @@ use hearth_core::{HearthError, Result};
 use crate::context::GpuContext;
 use crate::kernels::{
     bind_group, entry, norm_grid, storage, storage_init, uniform, whole, Activation, Kernels, MatvecKey, PREFILL_BLOCK,
+    WORKGROUP,
 };
 use crate::weights::{create_vector, StoredMatrix, WeightBuffer, WeightUploads};
 
@@ -21,6 +22,14 @@ use crate::weights::{create_vector, StoredMatrix, WeightBuffer, WeightUploads};
 pub struct Step {
     pub start: u32,
     pub n_tokens: u32,
+}
+
+/// A gated MLP's gate and up weights: stacked for the fused product (matvec.wgsl's `GATED`), or,
+/// of different encodings, pieces of one plain product into [gate | up] (`Builder::glu_pass`
+/// then activates).
+pub enum GatedWeights {
+    Fused(Vec<WeightBuffer>),
+    Separate(Vec<WeightBuffer>),
 }
 
 /// A prepared dispatch's grid for a step, or `None` where the step needs no such launch (the RoPE
@@ -252,11 +261,21 @@ impl<'a> Builder<'a> {
     }
 
     /// Gate and up stacked piece by piece: each piece holds gate rows r0..r1 then up rows r0..r1,
-    /// so a gated product finds a gate row's partner `rows` further within the same binding.
-    pub fn gated(&mut self, gate: &str, up: &str) -> Result<Vec<WeightBuffer>> {
+    /// so a gated product finds a gate row's partner `rows` further within the same binding. Gate
+    /// and up of different encodings (a GGUF may keep them as different block types) cannot share
+    /// a binding: they become pieces of one product into [gate | up], and `glu_pass` activates.
+    pub fn gated(&mut self, gate: &str, up: &str) -> Result<GatedWeights> {
+        let names = [gate.to_string(), up.to_string()];
         let (gate, up) = (self.matrix(gate)?, self.matrix(up)?);
+        if gate.rows != up.rows {
+            return Err(HearthError::bad_package(self.origin, format!("{names:?} differ in rows")));
+        }
+        if StoredMatrix::stack("gate + up", &[&gate, &up]).is_none() {
+            return Ok(GatedWeights::Separate(self.stacked("gate | up", &names)?));
+        }
         let half_limit = self.ctx.limits.max_storage_buffer_binding_size / 2;
-        gate.row_ranges(half_limit)?
+        let pieces = gate
+            .row_ranges(half_limit)?
             .into_iter()
             .map(|range| {
                 let (g, u) = (gate.rows_range(range.clone()), up.rows_range(range.clone()));
@@ -265,7 +284,27 @@ impl<'a> Builder<'a> {
                 })?;
                 WeightBuffer::create(self.ctx, &mut self.uploads, &pair, range.start)
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok(GatedWeights::Fused(pieces))
+    }
+
+    /// `output[t] = activation(gate_up[t][..ffn]) · gate_up[t][ffn..]` (glu.wgsl), for
+    /// [`GatedWeights::Separate`].
+    pub fn glu_pass(
+        &mut self,
+        gate_up: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+        activation: Activation,
+        step: &wgpu::Buffer,
+    ) -> Dispatch {
+        let pipeline = self.kernels.glu(activation);
+        let ffn = self.manifest.config.ffn_size as u32;
+        let dims = uniform(self.device(), "glu dims", &[ffn, 0f32.to_bits()]);
+        let entries =
+            [entry(0, whole(&dims)), entry(1, whole(step)), entry(2, whole(gate_up)), entry(3, whole(output))];
+        let group = bind_group(self.device(), &pipeline, &entries);
+        self.scratch.push(dims);
+        Dispatch::single(pipeline, group, Box::new(move |s: Step| Some((ffn.div_ceil(WORKGROUP), s.n_tokens, 1))))
     }
 
     /// The RoPE frequencies; with a `rope_freqs.weight` tensor they wait for its bytes. The

@@ -30,7 +30,7 @@ use hearth_core::sampling::{Sampler, SamplingParams};
 use hearth_core::{HearthError, Result};
 
 use crate::attention::{self, AttentionBuffers, AttentionDims};
-use crate::builder::{Builder, Dispatch, Fuse, Product, RopeDims, RopeStore, Step};
+use crate::builder::{Builder, Dispatch, Fuse, GatedWeights, Product, RopeDims, RopeStore, Step};
 use crate::context::GpuContext;
 use crate::kernels::{
     bind_group, entry, read_back_async, storage, storage_limit, uniform, uniform_of, whole, Activation, Kernels,
@@ -290,6 +290,9 @@ impl GpuEngine {
         let q = act("q", qd)?;
         let attn = act("attention out", qd)?;
         let ffn = act("ffn hidden", f)?;
+        // [gate | up] of the layers whose gate and up differ in encoding (GatedWeights::Separate),
+        // made for the first such layer.
+        let mut gate_up = None;
         let last = storage(&device, "last hidden", c.hidden_size)?;
         let logits = storage(&device, "logits", c.vocab_size)?;
         let logits_all = storage(&device, "logits, every token", chunk * c.vocab_size)?;
@@ -391,9 +394,12 @@ impl GpuEngine {
             let layer_inv_freq = local_inv_freq.as_ref().filter(|_| window.is_some()).unwrap_or(&inv_freq);
             let magnitude = c.rope_magnitude(l);
             let wo = b.split(&p("attn_output"))?;
-            let wgu = match c.ffn {
-                FfnKind::Gated => b.gated(&p("ffn_gate"), &p("ffn_up"))?,
-                FfnKind::Plain => b.split(&p("ffn_up"))?,
+            let (wgu, separate) = match c.ffn {
+                FfnKind::Gated => match b.gated(&p("ffn_gate"), &p("ffn_up"))? {
+                    GatedWeights::Fused(w) => (w, false),
+                    GatedWeights::Separate(w) => (w, true),
+                },
+                FfnKind::Plain => (b.split(&p("ffn_up"))?, false),
             };
             let wdown = b.split(&p("ffn_down"))?;
 
@@ -491,20 +497,44 @@ impl GpuEngine {
             if let Some([post_attn, _]) = &post_norms {
                 layers.push(b.norm_add_pass(&proj, post_attn, &x, &step));
             }
-            layers.extend(b.product(Product {
-                pieces: &wgu,
-                input: &x,
-                output: &ffn,
-                out_stride: f,
-                step: &step,
-                fuse: Fuse {
-                    norm: Some(&ffn_norm),
-                    bias: bias_up,
-                    activation: ffn_activation,
-                    gated: c.ffn == FfnKind::Gated,
-                    ..Default::default()
-                },
-            })?);
+            if separate {
+                // Gate and up of different encodings: [gate | up] normed, then activated (no
+                // gated architecture has biases on its MLP).
+                if bias_up.is_some() {
+                    return Err(HearthError::bad_package(
+                        b.origin,
+                        "an MLP bias with gate and up of different encodings",
+                    ));
+                }
+                let gate_up: &wgpu::Buffer = match &mut gate_up {
+                    Some(buffer) => buffer,
+                    none => none.insert(act("ffn gate | up", 2 * f)?),
+                };
+                layers.extend(b.product(Product {
+                    pieces: &wgu,
+                    input: &x,
+                    output: gate_up,
+                    out_stride: 2 * f,
+                    step: &step,
+                    fuse: Fuse { norm: Some(&ffn_norm), ..Default::default() },
+                })?);
+                layers.push(b.glu_pass(gate_up, &ffn, ffn_activation, &step));
+            } else {
+                layers.extend(b.product(Product {
+                    pieces: &wgu,
+                    input: &x,
+                    output: &ffn,
+                    out_stride: f,
+                    step: &step,
+                    fuse: Fuse {
+                        norm: Some(&ffn_norm),
+                        bias: bias_up,
+                        activation: ffn_activation,
+                        gated: c.ffn == FfnKind::Gated,
+                        ..Default::default()
+                    },
+                })?);
+            }
             layers.extend(b.product(Product {
                 pieces: &wdown,
                 input: &ffn,

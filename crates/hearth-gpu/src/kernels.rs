@@ -27,6 +27,7 @@ const ROPE: &str = include_str!("../../../shaders/rope.wgsl");
 const ROTARY: &str = include_str!("../../../shaders/rotary.wgsl");
 const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
 const NORM: &str = include_str!("../../../shaders/norm.wgsl");
+const GLU: &str = include_str!("../../../shaders/glu.wgsl");
 /// What every module shares (the `Step` uniform, `pick`), put in front of each.
 const PRELUDE: &str = include_str!("../../../shaders/prelude.wgsl");
 
@@ -79,6 +80,18 @@ pub enum Activation {
     Softcap,
 }
 
+impl Activation {
+    /// Its code in the shaders' `ACT` constants (prelude.wgsl's `activate`).
+    fn code(self) -> f64 {
+        match self {
+            Activation::None => 0.0,
+            Activation::Silu => 1.0,
+            Activation::GeluTanh => 2.0,
+            Activation::Softcap => 3.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MatvecKey {
     pub dtype: DType,
@@ -114,6 +127,7 @@ pub struct Kernels {
     rope_module: wgpu::ShaderModule,
     attention_module: wgpu::ShaderModule,
     norm_module: wgpu::ShaderModule,
+    glu_module: wgpu::ShaderModule,
     matvec: RefCell<HashMap<MatvecKey, wgpu::ComputePipeline>>,
     /// Every other pipeline, by its module and label: entry point and the constants set.
     built: RefCell<HashMap<(wgpu::ShaderModule, String), wgpu::ComputePipeline>>,
@@ -132,6 +146,7 @@ impl Kernels {
             rope_module: with_prelude(device, "rope.wgsl", &[ROTARY, ROPE]),
             attention_module: with_prelude(device, "attention.wgsl", &[ATTENTION]),
             norm_module: with_prelude(device, "norm.wgsl", &[NORM]),
+            glu_module: with_prelude(device, "glu.wgsl", &[GLU]),
             matvec: RefCell::new(HashMap::new()),
             built: RefCell::new(HashMap::new()),
             labels: RefCell::new(HashMap::new()),
@@ -225,17 +240,11 @@ impl Kernels {
         if let Some(pipeline) = self.matvec.borrow().get(&key) {
             return pipeline.clone();
         }
-        let activation = match key.activation {
-            Activation::None => 0.0,
-            Activation::Silu => 1.0,
-            Activation::GeluTanh => 2.0,
-            Activation::Softcap => 3.0,
-        };
         assert!(!key.rope || self.runs_decode_kernel(key.block), "RoPE is fused into the GPU decode kernel only");
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
         let mut constants = vec![
             ("NORM", flag(key.norm)),
-            ("ACT", activation),
+            ("ACT", key.activation.code()),
             ("GATED", flag(key.gated)),
             ("ACCUMULATE", flag(key.accumulate)),
             ("BIAS", flag(key.bias)),
@@ -301,6 +310,12 @@ impl Kernels {
     pub fn embed(&self, dtype: DType, positions: bool) -> wgpu::ComputePipeline {
         let constants = [("POSITIONS", if positions { 1.0 } else { 0.0 })];
         self.pipeline(&self.embed_module, &format!("embed_{}", dtype.name()), &constants)
+    }
+
+    /// glu.wgsl: a gated MLP's `activation(gate) · up` as a pass of its own (gate and up of
+    /// different encodings).
+    pub fn glu(&self, activation: Activation) -> wgpu::ComputePipeline {
+        self.pipeline(&self.glu_module, "glu", &[("ACT", activation.code())])
     }
 
     pub fn rope_store(&self, kv_f16: bool, qkv_bias: bool, qk_norm: bool) -> wgpu::ComputePipeline {

@@ -190,3 +190,59 @@ fn decoding_with_the_gpu_kernels_matches_llama_cpp_at_every_position() {
         assert!(worst <= 2e-3, "{name}: decoding with the GPU kernels differs from the oracle by {worst}");
     }
 }
+
+/// Gate and up of different encodings (a GGUF may keep them as different block types): the
+/// llama_q5_k_m fixture's layer-1 up projection re-encoded from Q5_K to q8, so that layer's gate
+/// (q5k) and up (q8) cannot share the fused gated product and run as one product into
+/// [gate | up] and glu.wgsl's pass. The exact CPU engine on the same package is the oracle (the
+/// re-encoding moved the values off llama.cpp's), at every position of a prompt and of decoding
+/// one token at a time, on the software adapter's kernels and on the ones GPUs get; f32 cache,
+/// tolerance 2e-3 as above (lavapipe: ~1e-5). A wrong activation or a gate read as up moves logits
+/// by whole units.
+#[test]
+fn gate_and_up_of_different_encodings_match_the_cpu_engine() {
+    use hearth_core::package::PackageWriter;
+    use hearth_core::quant::{DType, Tensor};
+
+    let dir = repo_root().join("tests/fixtures/tiny");
+    let tmp = tempfile::tempdir().unwrap();
+    let kept = tmp.path().join("kept");
+    convert(&dir.join("llama_q5_k_m.gguf"), &kept, &ConvertOptions::default()).unwrap();
+    let source = Package::open(&kept).unwrap();
+    let mixed = tmp.path().join("mixed");
+    let mut writer = PackageWriter::new(&mixed, 32 << 20, false).unwrap();
+    for t in &source.manifest.tensors {
+        let bytes = source.read_tensor_bytes(t).unwrap();
+        let mut tensor = Tensor::from_bytes(&t.name, t.shape.clone(), t.dtype, t.group_size, &bytes).unwrap();
+        if t.name == "blk.1.ffn_up.weight" {
+            assert_eq!(t.dtype, DType::Q5k, "the fixture's up projection");
+            tensor = Tensor::from_f32(t.shape.clone(), &tensor.to_f32(), DType::Q8, 32).unwrap();
+        }
+        writer.add_tensor(&t.name, &tensor).unwrap();
+    }
+    let tokenizer = &source.manifest.tokenizer.file;
+    writer.add_file(tokenizer, &std::fs::read(kept.join(tokenizer)).unwrap()).unwrap();
+    writer.finish(source.manifest.clone()).unwrap();
+    let package = Package::open(&mixed).unwrap();
+
+    let vocab = package.manifest.config.vocab_size as u32;
+    let tokens: Vec<u32> = (0..24u32).map(|i| (i * 53 + 7) % vocab).collect();
+    let mut cpu = CpuEngine::from_package(&package).unwrap();
+    let want_prompt = cpu.forward(&tokens[..16], true).unwrap();
+    let want_steps: Vec<Vec<f32>> = tokens[16..].iter().map(|&t| cpu.forward(&[t], false).unwrap()).collect();
+    for software in [true, false] {
+        let Some(mut ctx) = GpuContext::new().expect("opening the GPU device") else {
+            eprintln!("\n!!! NO GPU ADAPTER: skipping GPU test !!!\n");
+            return;
+        };
+        ctx.software &= software;
+        ctx.kv_f16 = false;
+        let mut gpu = GpuEngine::new(ctx, &package, None).unwrap();
+        let mut worst = max_diff(&gpu.forward(&tokens[..16], true).unwrap(), &want_prompt);
+        for (&t, want) in tokens[16..].iter().zip(&want_steps) {
+            worst = worst.max(max_diff(&gpu.forward(&[t], false).unwrap(), want));
+        }
+        eprintln!("gate q5k, up q8 (software kernels {software}): max |GPU - CPU| = {worst:.2e}");
+        assert!(worst <= 2e-3, "gate and up of different encodings (software kernels {software}): {worst}");
+    }
+}
