@@ -60,11 +60,59 @@ fn remove_stale_partials(parent: &Path, base: &str) {
     }
 }
 
+/// Where tensors go in a package's shards, by their lengths alone (so a package can be planned
+/// before its bytes exist): each at the next [`TENSOR_ALIGN`] offset of the last shard if it fits
+/// there whole, else at byte 0 of a new shard (unless the last is still empty), continuing into
+/// further shards when it is longer than a shard.
+#[derive(Debug, Clone)]
+pub struct ShardLayout {
+    shard_size: u64,
+    /// Bytes in each shard so far (zero padding included).
+    sizes: Vec<u64>,
+}
+
+impl ShardLayout {
+    pub fn new(shard_size: u64) -> Self {
+        ShardLayout { shard_size, sizes: Vec::new() }
+    }
+
+    /// Place a tensor of `len` bytes: the shard it starts in and its offset there.
+    pub fn place(&mut self, len: u64) -> (usize, u64) {
+        match self.sizes.last().map(|&written| written.next_multiple_of(TENSOR_ALIGN)) {
+            Some(a) if a + len <= self.shard_size => {}
+            Some(0) => {}
+            _ => self.sizes.push(0),
+        }
+        let shard = self.sizes.len() - 1;
+        let start = self.sizes[shard].next_multiple_of(TENSOR_ALIGN);
+        self.sizes[shard] = start;
+        let mut rest = len;
+        loop {
+            let last = self.sizes.len() - 1;
+            let n = rest.min(self.shard_size - self.sizes[last]);
+            self.sizes[last] += n;
+            rest -= n;
+            if rest == 0 {
+                break;
+            }
+            self.sizes.push(0);
+        }
+        (shard, start)
+    }
+
+    /// Each shard's size.
+    pub fn shard_sizes(&self) -> &[u64] {
+        &self.sizes
+    }
+}
+
 /// Streams tensors into shards of at most `shard_size` bytes.
 pub struct PackageWriter {
     tmp_dir: PathBuf,
     out_dir: PathBuf,
     shard_size: u64,
+    /// Where each tensor goes; the shard files follow it.
+    layout: ShardLayout,
     current: Option<OpenShard>,
     shards: Vec<FileEntry>,
     files: Vec<FileEntry>,
@@ -103,6 +151,7 @@ impl PackageWriter {
             tmp_dir,
             out_dir: out_dir.to_path_buf(),
             shard_size,
+            layout: ShardLayout::new(shard_size),
             current: None,
             shards: Vec::new(),
             files: Vec::new(),
@@ -146,30 +195,27 @@ impl PackageWriter {
         }
         let (bytes, parts) = tensor.to_bytes();
         let len = bytes.len() as u64;
-        // Start where the tensor fits at an aligned offset; a tensor bigger than a shard starts a fresh one.
-        let aligned = self.current.as_ref().map(|s| s.written.next_multiple_of(TENSOR_ALIGN));
-        match aligned {
-            Some(a) if a + len <= self.shard_size => {}
-            Some(0) => {}
-            _ => self.open_shard()?,
+        let (shard, start) = self.layout.place(len);
+        // The files follow the layout: a new shard where it starts one, zeros up to the offset,
+        // then the bytes, into as many shards as the layout filled.
+        while self.current.is_none() || self.shards.len() < shard {
+            self.open_shard()?;
         }
-        let start = self.current.as_ref().map_or(0, |s| s.written.next_multiple_of(TENSOR_ALIGN));
         let pad = start - self.current.as_ref().map_or(0, |s| s.written);
         self.write(&vec![0u8; pad as usize])?;
         self.tensors.push(TensorEntry {
             name: name.to_string(),
             dtype: tensor.dtype(),
             shape: tensor.shape.clone(),
-            shard: self.shards.len(),
+            shard,
             offset: start,
             length: len,
             group_size: tensor.group_size(),
             parts: parts.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         });
-        // Spill across shards when the tensor is larger than what is left.
         let mut rest = &bytes[..];
         loop {
-            let room = self.shard_size - self.current.as_ref().map_or(0, |s| s.written);
+            let room = self.layout.shard_sizes()[self.shards.len()] - self.current.as_ref().map_or(0, |s| s.written);
             let n = rest.len().min(room as usize);
             self.write(&rest[..n])?;
             rest = &rest[n..];

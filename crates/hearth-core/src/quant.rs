@@ -159,6 +159,22 @@ pub struct PartRange {
     pub length: u64,
 }
 
+/// Where parts of these lengths lie in a tensor's bytes (each at a multiple of [`PART_ALIGN`]), and
+/// the tensor's length: zero padding to a whole u32 after the last, so a shader can read every part
+/// as an array of words.
+pub fn lay_out_parts(lengths: impl IntoIterator<Item = u64>) -> (Vec<PartRange>, u64) {
+    let mut end = 0u64;
+    let ranges = lengths
+        .into_iter()
+        .map(|length| {
+            let offset = end.next_multiple_of(PART_ALIGN as u64);
+            end = offset + length;
+            PartRange { offset, length }
+        })
+        .collect();
+    (ranges, end.next_multiple_of(4))
+}
+
 impl Tensor {
     pub fn dtype(&self) -> DType {
         match self.data {
@@ -376,16 +392,13 @@ impl Tensor {
     /// tensor's start. Returns the bytes and each part's range.
     pub fn to_bytes(&self) -> (Vec<u8>, Vec<(&'static str, PartRange)>) {
         // Package files are little-endian; so is every target Hearth builds for (x86-64, aarch64, wasm32).
-        let mut out = Vec::new();
-        let mut ranges = Vec::new();
-        for (name, bytes) in self.parts() {
-            out.resize(out.len().next_multiple_of(PART_ALIGN), 0);
-            ranges.push((name, PartRange { offset: out.len() as u64, length: bytes.len() as u64 }));
-            out.extend_from_slice(bytes);
+        let parts = self.parts();
+        let (ranges, total) = lay_out_parts(parts.iter().map(|(_, bytes)| bytes.len() as u64));
+        let mut out = vec![0u8; total as usize];
+        for ((_, bytes), range) in parts.iter().zip(&ranges) {
+            out[range.offset as usize..][..bytes.len()].copy_from_slice(bytes);
         }
-        // Zero padding to a whole u32, so a shader can read every part as an array of words.
-        out.resize(out.len().next_multiple_of(4), 0);
-        (out, ranges)
+        (out, parts.iter().map(|(name, _)| *name).zip(ranges).collect())
     }
 
     /// Inverse of [`Tensor::to_bytes`], validating every length against the shape.

@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use super::{add_tensor, encode_f32, tokenizer_from_gguf, ConvertOptions, QuantChoice};
+use std::collections::HashSet;
+
+use super::{add_tensor, encode_f32, f32_encoding, package_pieces, tokenizer_from_gguf, ConvertOptions, QuantChoice};
 use crate::error::{HearthError, Result};
 use crate::ggml_quants::{dequantize, k_from_ggml, q4_from_ggml, q5_from_ggml, q8_from_ggml, q8_from_q5_0};
 use crate::gguf::{GgmlType, GgufFile, GgufTensorInfo};
@@ -10,25 +12,102 @@ use crate::manifest::{
     limits, Activation, AlibiConfig, FfnKind, Manifest, ModelConfig, NormKind, PositionKind, RopeConfig, RopeScaling,
     RopeStyle, SourceInfo, TokenizerInfo,
 };
-use crate::package::PackageWriter;
-use crate::quant::{DType, Tensor};
+use crate::manifest::{FileEntry, TensorEntry, FORMAT_NAME, FORMAT_VERSION};
+use crate::package::{sha256_hex, shard_file_name, PackageWriter, ShardLayout};
+use crate::quant::{lay_out_parts, DType, Tensor, Q5_GROUP, Q8_GROUP};
 
 pub(super) fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Manifest> {
     let gguf = GgufFile::open(input)?;
-    let arch = gguf.require_str("general.architecture")?.to_string();
-    let config = model_config(&gguf, &arch)?;
-    let tok = tokenizer_from_gguf(&gguf)?;
-
+    let (manifest, tokenizer_json) = header(&gguf, input)?;
     let mut writer = PackageWriter::new(out, opts.shard_bytes, opts.overwrite)?;
     for info in &gguf.tensors {
         if LONG_ROPE_FACTORS.contains(&info.name.as_str()) {
             continue; // in the config (`RopeScaling::LongRope`)
         }
         let tensor = convert_tensor(&gguf, info, opts)?;
-        add_tensor(&mut writer, &info.name, &tensor, &config, input)?;
+        add_tensor(&mut writer, &info.name, &tensor, &manifest.config, input)?;
     }
-    writer.add_file("tokenizer.json", tok.json.as_bytes())?;
+    writer.add_file("tokenizer.json", tokenizer_json.as_bytes())?;
+    writer.finish(manifest)
+}
 
+/// The manifest [`convert`] writes for `input` and `opts`, from the GGUF's header alone (no tensor
+/// data is read): every tensor's encoding, shape, group, shard, offset and parts, the shards' sizes
+/// and the tokenizer file, as the converter will lay them out; the shards' hashes are empty, their
+/// bytes not yet made.
+pub(super) fn plan(input: &Path, opts: &ConvertOptions) -> Result<Manifest> {
+    let gguf = GgufFile::open(input)?;
+    let (mut manifest, tokenizer_json) = header(&gguf, input)?;
+    let mut layout = ShardLayout::new(opts.shard_bytes);
+    let mut names = HashSet::new();
+    for info in &gguf.tensors {
+        if LONG_ROPE_FACTORS.contains(&info.name.as_str()) {
+            continue;
+        }
+        let Target { dtype, group, .. } = target(info, opts)?;
+        let shape = info.shape();
+        let pieces = package_pieces(&info.name, &shape, &manifest.config).ok_or_else(|| {
+            HearthError::bad_file(
+                input.display(),
+                format!("`{}` of shape {shape:?} is not Q, K and V of this model's sizes", info.name),
+            )
+        })?;
+        let whole = pieces.len() == 1;
+        for (name, _, rows) in pieces {
+            let piece_shape = match shape.len() {
+                _ if whole => shape.clone(),
+                1 => vec![rows],
+                _ => [&[rows], &shape[1..]].concat(),
+            };
+            let cols = piece_shape.last().copied().unwrap_or(1);
+            let n = piece_shape.iter().product();
+            let lengths = dtype.part_lengths(n, cols, group).ok_or_else(|| {
+                HearthError::bad_file(
+                    input.display(),
+                    format!("`{name}` of shape {piece_shape:?} does not fit {dtype:?}"),
+                )
+            })?;
+            let (ranges, length) = lay_out_parts(lengths);
+            if !names.insert(name.clone()) {
+                return Err(HearthError::InvalidArgument(format!("the model has tensor `{name}` twice")));
+            }
+            let (shard, offset) = layout.place(length);
+            let parts = dtype.part_names().iter().map(|p| p.to_string()).zip(ranges).collect();
+            manifest.tensors.push(TensorEntry {
+                name,
+                dtype,
+                shape: piece_shape,
+                shard,
+                offset,
+                length,
+                group_size: group,
+                parts,
+            });
+        }
+    }
+    manifest.format = FORMAT_NAME.to_string();
+    manifest.format_version = FORMAT_VERSION;
+    manifest.shard_size = opts.shard_bytes;
+    manifest.shards = layout
+        .shard_sizes()
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| FileEntry { file: shard_file_name(i), size, sha256: String::new() })
+        .collect();
+    manifest.files = vec![FileEntry {
+        file: "tokenizer.json".into(),
+        size: tokenizer_json.len() as u64,
+        sha256: sha256_hex(tokenizer_json.as_bytes()),
+    }];
+    Ok(manifest)
+}
+
+/// Everything of a GGUF's package manifest but its shard, file and tensor tables, and the
+/// tokenizer's JSON.
+fn header(gguf: &GgufFile, input: &Path) -> Result<(Manifest, String)> {
+    let arch = gguf.require_str("general.architecture")?.to_string();
+    let config = model_config(gguf, &arch)?;
+    let tok = tokenizer_from_gguf(gguf)?;
     let name = gguf
         .get_str("general.name")
         .map(str::to_string)
@@ -57,7 +136,7 @@ pub(super) fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result
         files: vec![],
         tensors: vec![],
     };
-    writer.finish(manifest)
+    Ok((manifest, tok.json))
 }
 
 fn model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
@@ -263,7 +342,16 @@ fn long_rope(gguf: &GgufFile, arch: &str) -> Result<Option<RopeScaling>> {
     }))
 }
 
-fn convert_tensor(gguf: &GgufFile, info: &GgufTensorInfo, opts: &ConvertOptions) -> Result<Tensor> {
+/// What a GGUF tensor becomes in the package: its encoding, and whether its blocks are re-laid as
+/// they are (`from_blocks`: lossless, or Q5_0 widened to q8) or its values decoded and encoded.
+struct Target {
+    dtype: DType,
+    /// Values per (scale, min) group of q4, q5 and q8.
+    group: Option<usize>,
+    from_blocks: bool,
+}
+
+fn target(info: &GgufTensorInfo, opts: &ConvertOptions) -> Result<Target> {
     let ty = info.ggml_type;
     if info.n_bytes.is_none()
         || !matches!(
@@ -283,27 +371,30 @@ fn convert_tensor(gguf: &GgufFile, info: &GgufTensorInfo, opts: &ConvertOptions)
     {
         return Err(HearthError::UnsupportedTensorType { tensor: info.name.clone(), dtype: ty.name() });
     }
-    let bytes = gguf.read_tensor(info)?;
-    let shape = info.shape();
-    let matrix = shape.len() >= 2;
+    let matrix = info.shape().len() >= 2;
+    let group = |dtype, q4_group| match dtype {
+        DType::Q4 => Some(q4_group),
+        DType::Q5 => Some(Q5_GROUP),
+        DType::Q8 => Some(Q8_GROUP),
+        _ => None,
+    };
+    // GGUF's Q4_0 / Q4_1 blocks are groups of 32.
+    let blocks = |dtype| Ok(Target { dtype, group: group(dtype, 32), from_blocks: true });
     // Lossless re-packing where the source block format has a Hearth twin.
     match (opts.quant, ty, matrix) {
         (QuantChoice::Keep | QuantChoice::Q4, GgmlType::Q4_0 | GgmlType::Q4_1, true)
             if opts.group == 32 || opts.quant == QuantChoice::Keep =>
         {
-            return q4_from_ggml(ty, &bytes, shape, &info.name);
+            return blocks(DType::Q4)
         }
-        (QuantChoice::Keep | QuantChoice::Q8, GgmlType::Q8_0, true) => return Ok(q8_from_ggml(&bytes, shape)),
-        (QuantChoice::Keep, GgmlType::Q5_0 | GgmlType::Q5_1, true) => {
-            return q5_from_ggml(ty, &bytes, shape, &info.name)
-        }
-        (QuantChoice::Q8, GgmlType::Q5_0, true) => return Ok(q8_from_q5_0(&bytes, shape)),
-        (QuantChoice::Keep, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K, true) => {
-            return k_from_ggml(ty, &bytes, shape, &info.name)
-        }
+        (QuantChoice::Keep | QuantChoice::Q8, GgmlType::Q8_0, true) => return blocks(DType::Q8),
+        (QuantChoice::Keep, GgmlType::Q5_0 | GgmlType::Q5_1, true) => return blocks(DType::Q5),
+        (QuantChoice::Q8, GgmlType::Q5_0, true) => return blocks(DType::Q8),
+        (QuantChoice::Keep, GgmlType::Q4K, true) => return blocks(DType::Q4k),
+        (QuantChoice::Keep, GgmlType::Q5K, true) => return blocks(DType::Q5k),
+        (QuantChoice::Keep, GgmlType::Q6K, true) => return blocks(DType::Q6k),
         _ => {}
     }
-    let values = dequantize(ty, &bytes, &info.name)?;
     let dtype = match (opts.quant, ty) {
         (QuantChoice::Keep, GgmlType::F32 | GgmlType::BF16) => DType::F32,
         (QuantChoice::Keep, GgmlType::F16) => DType::F16,
@@ -312,5 +403,23 @@ fn convert_tensor(gguf: &GgufFile, info: &GgufTensorInfo, opts: &ConvertOptions)
         (QuantChoice::Q4, _) => DType::Q4,
         (QuantChoice::F16, _) => DType::F16,
     };
+    let dtype = f32_encoding(&info.shape(), dtype, opts.group);
+    Ok(Target { dtype, group: group(dtype, opts.group), from_blocks: false })
+}
+
+fn convert_tensor(gguf: &GgufFile, info: &GgufTensorInfo, opts: &ConvertOptions) -> Result<Tensor> {
+    let Target { dtype, from_blocks, .. } = target(info, opts)?;
+    let (ty, shape) = (info.ggml_type, info.shape());
+    let bytes = gguf.read_tensor(info)?;
+    if from_blocks {
+        return match (ty, dtype) {
+            (GgmlType::Q4_0 | GgmlType::Q4_1, _) => q4_from_ggml(ty, &bytes, shape, &info.name),
+            (GgmlType::Q8_0, _) => Ok(q8_from_ggml(&bytes, shape)),
+            (GgmlType::Q5_0, DType::Q8) => Ok(q8_from_q5_0(&bytes, shape)),
+            (GgmlType::Q5_0 | GgmlType::Q5_1, _) => q5_from_ggml(ty, &bytes, shape, &info.name),
+            _ => k_from_ggml(ty, &bytes, shape, &info.name),
+        };
+    }
+    let values = dequantize(ty, &bytes, &info.name)?;
     encode_f32(&info.name, shape, &values, dtype, opts.group)
 }

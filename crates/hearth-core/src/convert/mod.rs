@@ -61,9 +61,7 @@ impl Default for ConvertOptions {
 
 /// Convert `input` (a `.gguf` file or a Hugging Face model directory) into a package at `out`.
 pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Manifest> {
-    if ![32, 64, 128].contains(&opts.group) {
-        return Err(HearthError::InvalidArgument(format!("--group must be 32, 64 or 128, not {}", opts.group)));
-    }
+    check_group(opts)?;
     if input.is_dir() {
         safetensors_model::convert(input, out, opts)
     } else if input.is_file() {
@@ -73,12 +71,50 @@ pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Manife
     }
 }
 
-/// Add `tensor` to the package as `name` (and return its name and shape), or, for a fused
-/// `blk.N.attn_qkv.{weight,bias}` (BLOOM, GPT-2, Phi-3: Q, K and V rows one after another), its Q, K
-/// and V rows as the three tensors every other architecture has, and for a fused gate|up
-/// `blk.N.ffn_up.weight` of twice the MLP's rows (Phi-3: gate rows first) its gate and up halves, so
-/// the engines know one layout. Rows are independent in every encoding, so cutting the encoded
-/// tensor changes no value.
+/// The package tensors that source tensor `name` of `shape` becomes, as (name, first row, rows):
+/// itself whole; a fused gate|up `blk.N.ffn_up.weight` of twice the MLP's rows (Phi-3: gate rows
+/// first) cut into gate and up; a fused `blk.N.attn_qkv.{weight,bias}` (BLOOM, GPT-2, Phi-3: Q, K
+/// and V rows one after another) into the Q, K and V every other architecture has, so the engines
+/// know one layout. `None` when a fused Q/K/V's rows are not this model's.
+fn package_pieces(name: &str, shape: &[usize], c: &ModelConfig) -> Option<Vec<(String, usize, usize)>> {
+    let rows = shape.first().copied().unwrap_or(1);
+    if let Some(layer) = name.strip_suffix(".ffn_up.weight") {
+        let f = c.ffn_size;
+        if c.ffn == FfnKind::Gated && shape.len() == 2 && f.checked_mul(2) == Some(rows) {
+            return Some(vec![(format!("{layer}.ffn_gate.weight"), 0, f), (format!("{layer}.ffn_up.weight"), f, f)]);
+        }
+    }
+    let Some(layer) = name.strip_suffix(".attn_qkv.weight").or_else(|| name.strip_suffix(".attn_qkv.bias")) else {
+        return Some(vec![(name.to_string(), 0, rows)]);
+    };
+    let kind = if name.ends_with(".weight") { "weight" } else { "bias" };
+    let (q, kv) = (c.q_dim(), c.kv_dim());
+    (shape.len() <= 2 && rows == q + 2 * kv).then(|| {
+        [("attn_q", 0, q), ("attn_k", q, kv), ("attn_v", q + kv, kv)]
+            .into_iter()
+            .map(|(part, start, n)| (format!("{layer}.{part}.{kind}"), start, n))
+            .collect()
+    })
+}
+
+/// The manifest [`convert`] would write for a GGUF `input` and `opts`, from its header alone (no
+/// tensor data is read): what a loader needs to size the model before anything is converted or
+/// downloaded. The shards' hashes are empty.
+pub fn plan_gguf(input: &Path, opts: &ConvertOptions) -> Result<Manifest> {
+    check_group(opts)?;
+    gguf_model::plan(input, opts)
+}
+
+fn check_group(opts: &ConvertOptions) -> Result<()> {
+    if ![32, 64, 128].contains(&opts.group) {
+        return Err(HearthError::InvalidArgument(format!("--group must be 32, 64 or 128, not {}", opts.group)));
+    }
+    Ok(())
+}
+
+/// Add `tensor` to the package as `name`, or as the pieces [`package_pieces`] cuts it into (rows
+/// are independent in every encoding, so cutting the encoded tensor changes no value), and return
+/// what was added (names and shapes).
 fn add_tensor(
     writer: &mut PackageWriter,
     name: &str,
@@ -86,72 +122,56 @@ fn add_tensor(
     c: &ModelConfig,
     source: &Path,
 ) -> Result<Vec<(String, Vec<usize>)>> {
-    if let Some(layer) = name.strip_suffix(".ffn_up.weight") {
-        let (rows, f) = (tensor.rows(), c.ffn_size);
-        if c.ffn == FfnKind::Gated && tensor.shape.len() == 2 && f.checked_mul(2) == Some(rows) {
-            let mut added = Vec::with_capacity(2);
-            for (part, start) in [("ffn_gate", 0), ("ffn_up", f)] {
-                let part_name = format!("{layer}.{part}.weight");
-                let t = tensor.row_slice(start, f).ok_or_else(|| {
-                    HearthError::bad_file(source.display(), format!("`{name}` cannot be cut into gate and up rows"))
-                })?;
-                writer.add_tensor(&part_name, &t)?;
-                added.push((part_name, t.shape));
-            }
-            return Ok(added);
-        }
-    }
-    let Some(layer) = name.strip_suffix(".attn_qkv.weight").or_else(|| name.strip_suffix(".attn_qkv.bias")) else {
-        writer.add_tensor(name, tensor)?;
-        return Ok(vec![(name.to_string(), tensor.shape.clone())]);
-    };
-    let kind = if name.ends_with(".weight") { "weight" } else { "bias" };
-    let parts = split_qkv(tensor, c).ok_or_else(|| {
+    let pieces = package_pieces(name, &tensor.shape, c).ok_or_else(|| {
         HearthError::bad_file(
             source.display(),
             format!("`{name}` of shape {:?} is not Q, K and V of this model's sizes", tensor.shape),
         )
     })?;
-    let mut added = Vec::with_capacity(3);
-    for (part, t) in ["attn_q", "attn_k", "attn_v"].iter().zip(parts) {
-        let part_name = format!("{layer}.{part}.{kind}");
-        writer.add_tensor(&part_name, &t)?;
-        added.push((part_name, t.shape));
+    if let [(whole, 0, _)] = &pieces[..] {
+        writer.add_tensor(whole, tensor)?;
+        return Ok(vec![(whole.clone(), tensor.shape.clone())]);
+    }
+    // A vector (a fused bias) is cut as a matrix of one-value rows.
+    let vector = tensor.shape.len() == 1;
+    let matrix =
+        if vector { Tensor { shape: vec![tensor.shape[0], 1], data: tensor.data.clone() } } else { tensor.clone() };
+    let mut added = Vec::with_capacity(pieces.len());
+    for (part_name, start, rows) in pieces {
+        let mut part = matrix.row_slice(start, rows).ok_or_else(|| {
+            HearthError::bad_file(source.display(), format!("`{name}` cannot be cut into {part_name}'s rows"))
+        })?;
+        if vector {
+            part.shape = vec![rows];
+        }
+        writer.add_tensor(&part_name, &part)?;
+        added.push((part_name, part.shape));
     }
     Ok(added)
 }
 
-/// A fused Q/K/V matrix (or bias) cut into Q, K and V by rows; `None` when its rows do not fit `c`.
-fn split_qkv(fused: &Tensor, c: &ModelConfig) -> Option<Vec<Tensor>> {
-    let (q, kv) = (c.q_dim(), c.kv_dim());
-    let vector = fused.shape.len() == 1;
-    let matrix =
-        if vector { Tensor { shape: vec![fused.shape[0], 1], data: fused.data.clone() } } else { fused.clone() };
-    if matrix.rows() != q + 2 * kv {
-        return None;
+/// The encoding an f32 weight of `shape` gets when `dtype` is chosen: vectors stay f32, and
+/// matrices whose rows do not fill whole groups fall back to f16.
+fn f32_encoding(shape: &[usize], dtype: DType, group: usize) -> DType {
+    if shape.len() < 2 {
+        return DType::F32;
     }
-    let parts = [(0, q), (q, kv), (q + kv, kv)]
-        .into_iter()
-        .map(|(start, n)| matrix.row_slice(start, n))
-        .collect::<Option<Vec<_>>>()?;
-    Some(if vector {
-        parts.into_iter().map(|t| Tensor { shape: vec![t.shape[0]], data: t.data }).collect()
-    } else {
-        parts
-    })
-}
-
-/// Encode an f32 weight as chosen; matrices whose rows do not fill whole groups fall back to f16.
-fn encode_f32(name: &str, shape: Vec<usize>, values: &[f32], dtype: DType, group: usize) -> Result<Tensor> {
-    let vector = shape.len() < 2;
-    let dtype = if vector { DType::F32 } else { dtype };
     let cols = shape.last().copied().unwrap_or(1);
     let group_needed = match dtype {
         DType::Q4 => group,
         DType::Q8 => crate::quant::Q8_GROUP,
         _ => 1,
     };
-    let dtype = if cols % group_needed != 0 { DType::F16 } else { dtype };
+    if cols % group_needed != 0 {
+        DType::F16
+    } else {
+        dtype
+    }
+}
+
+/// Encode an f32 weight as chosen ([`f32_encoding`]).
+fn encode_f32(name: &str, shape: Vec<usize>, values: &[f32], dtype: DType, group: usize) -> Result<Tensor> {
+    let dtype = f32_encoding(&shape, dtype, group);
     Tensor::from_f32(shape, values, dtype, group)
         .map_err(|e| HearthError::InvalidArgument(format!("tensor `{name}`: {e}")))
 }

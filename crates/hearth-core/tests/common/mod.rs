@@ -52,8 +52,8 @@ pub fn smollm2_package() -> PathBuf {
     .clone()
 }
 
-/// Gemma 3 270M converted with default options (`keep`: Q8_0 and Q5_0 re-packed losslessly into q8,
-/// the K-quants requantized to q8), once per test binary.
+/// Gemma 3 270M converted with default options (`keep`: every block type kept losslessly, Q8_0 as
+/// q8, Q5_0 as q5, Q4_K and Q6_K as q4k and q6k), once per test binary.
 pub fn gemma3_package() -> PathBuf {
     static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     DIR.get_or_init(|| {
