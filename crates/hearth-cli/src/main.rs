@@ -8,13 +8,15 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hearth_core::chat::ChatMessage;
 use hearth_core::constrain::{JsonSchemaFormat, ResponseFormat};
-use hearth_core::convert::{convert, ConvertOptions, QuantChoice};
+use hearth_core::convert::{convert, plan_gguf, ConvertOptions, QuantChoice};
 use hearth_core::cpu::CpuEngine;
 use hearth_core::error::HearthError;
 use hearth_core::fast::FastEngine;
 use hearth_core::generate::{generate, GenerateRequest};
+use hearth_core::manifest::ARCHITECTURES;
 use hearth_core::model::Model;
-use hearth_core::package::TensorSource;
+use hearth_core::package::{parse_manifest, TensorSource, MANIFEST_FILE};
+use hearth_core::plan::{CpuPlan, GpuPlan, ModelSizes};
 use hearth_core::sampling::SamplingParams;
 use hearth_core::synthetic::SyntheticWeights;
 use hearth_gpu::{GpuContext, GpuEngine};
@@ -64,6 +66,25 @@ enum Command {
         /// Replace an existing package at --out.
         #[arg(long)]
         force: bool,
+    },
+    /// What a model needs, before it is converted or loaded: its parameters, the package's bytes
+    /// and the memory on each engine at a context, as one JSON line (the figures of
+    /// `Hearth.inspect()`). PATH: a package directory, or a GGUF file (sized as `hearth convert`
+    /// would convert it, from its header: no tensor data is read).
+    Inspect {
+        path: PathBuf,
+        /// KV cache positions to size for (default: the model's context length).
+        #[arg(long)]
+        max_context: Option<usize>,
+        /// The GPU's KV cache to size: f16 (adapters with shader-f16, the default) or f32.
+        #[arg(long, value_enum, default_value = "f16")]
+        kv_cache: KvCache,
+        /// For a GGUF: the conversion's --quant.
+        #[arg(long, default_value = "keep")]
+        quant: String,
+        /// For a GGUF: the conversion's --group.
+        #[arg(long, default_value_t = 32)]
+        group: usize,
     },
     /// Print the token ids of TEXT as a JSON array.
     Tokenize {
@@ -312,6 +333,29 @@ fn run(cli: Cli) -> Result<()> {
                 bytes as f64 / 1e6,
                 started.elapsed().as_secs_f64()
             );
+        }
+        Command::Inspect { path, max_context, kv_cache, quant, group } => {
+            let (manifest, source) = if path.is_file() {
+                let opts = ConvertOptions { quant: quant.parse::<QuantChoice>()?, group, ..Default::default() };
+                let manifest = plan_gguf(&path, &opts).with_context(|| format!("reading {}", path.display()))?;
+                let bytes = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?.len();
+                (manifest, json!({ "kind": "gguf", "bytes": bytes }))
+            } else {
+                let file = path.join(MANIFEST_FILE);
+                let text = std::fs::read(&file)
+                    .with_context(|| format!("{} is neither a GGUF file nor a package directory", path.display()))?;
+                (parse_manifest(&text, &file.display().to_string())?, json!({ "kind": "package" }))
+            };
+            if !ARCHITECTURES.contains(&manifest.architecture.as_str()) {
+                return Err(HearthError::UnsupportedArchitecture(manifest.architecture.clone()).into());
+            }
+            let cpu = CpuPlan::fast(&manifest, max_context)?;
+            let kv_f16 = matches!(kv_cache, KvCache::F16);
+            let gpu = GpuPlan::new(&manifest, max_context, kv_f16, hearth_gpu::MAX_CHUNK)?;
+            let mut out = serde_json::to_value(ModelSizes::of(&manifest, &cpu, &gpu))?;
+            out["kvF16"] = json!(kv_f16);
+            out["source"] = source;
+            println!("{out}");
         }
         Command::Tokenize { model, special, text } => {
             let mut model = Model::open(&model)?;

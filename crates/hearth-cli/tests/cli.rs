@@ -443,3 +443,49 @@ fn logprobs_and_logit_bias_flags() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ID=BIAS"));
 }
+
+/// `hearth inspect` of the GGUF (its header, planned as the conversion will lay it out) and of the
+/// package `hearth convert` made from it give the same figures, and the package's bytes are the
+/// files' real sizes on disk; a smaller context shrinks only the caches; an f32 GPU cache is twice
+/// the f16 one. (That the plans are what the engines allocate is tested with the plans, in
+/// hearth-core's size_arithmetic and the GPU engine's tests.)
+#[test]
+fn inspect_sizes_a_gguf_as_its_converted_package() {
+    let gguf = root().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let inspect = |args: &[&str]| -> serde_json::Value { serde_json::from_str(&ok(args)).expect("one JSON line") };
+    let mut of_gguf = inspect(&["inspect", gguf.to_str().unwrap()]);
+    let mut of_package = inspect(&["inspect", package()]);
+    assert_eq!(of_gguf["source"]["kind"], "gguf");
+    assert_eq!(of_gguf["source"]["bytes"], std::fs::metadata(&gguf).unwrap().len());
+    assert_eq!(of_package["source"]["kind"], "package");
+    let on_disk: u64 = std::fs::read_dir(package())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name() != "manifest.json")
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert_eq!(of_package["downloadBytes"], on_disk, "the package's shards and tokenizer");
+    assert_eq!(of_package["architecture"], "llama");
+    assert_eq!(of_package["context"], 8192);
+    // 134.5M parameters: SmolLM2-135M's, tied embeddings counted once.
+    assert_eq!(of_package["parameters"], 134_515_008u64);
+    for v in [&mut of_gguf, &mut of_package] {
+        v.as_object_mut().unwrap().remove("source");
+    }
+    assert_eq!(of_gguf, of_package);
+
+    let short = inspect(&["inspect", package(), "--max-context", "1024"]);
+    let f32_cache = inspect(&["inspect", package(), "--kv-cache", "f32"]);
+    assert_eq!(short["context"], 1024);
+    assert_eq!(short["cpu"]["weights"], of_package["cpu"]["weights"]);
+    assert_eq!(short["gpu"]["kvCache"].as_u64().unwrap() * 8, of_package["gpu"]["kvCache"].as_u64().unwrap());
+    assert_eq!(f32_cache["gpu"]["kvCache"].as_u64().unwrap(), 2 * of_package["gpu"]["kvCache"].as_u64().unwrap());
+
+    let err = hearth(&["inspect", root().join("README.md").to_str().unwrap()]);
+    assert!(!err.status.success());
+    assert!(
+        String::from_utf8_lossy(&err.stderr).contains("not a GGUF file"),
+        "{}",
+        String::from_utf8_lossy(&err.stderr)
+    );
+}

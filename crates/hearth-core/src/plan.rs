@@ -150,3 +150,57 @@ impl GpuPlan {
         Ok(())
     }
 }
+
+/// A model's memory on one engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Memory {
+    pub weights: u64,
+    pub kv_cache: u64,
+    /// Activations and the module's own (CPU only; on the GPU they are a few MB).
+    pub working: u64,
+    pub total: u64,
+}
+
+/// What a model needs, from its manifest alone: the figures `Hearth.inspect()` reports (through the
+/// wasm module's `planModel`) and `hearth inspect` prints, from the plans the loaders then check.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSizes {
+    pub name: String,
+    pub architecture: String,
+    /// Weights of every tensor, counted as values (not bytes).
+    pub parameters: u64,
+    /// Every shard and file of the package.
+    pub download_bytes: u64,
+    /// KV cache positions the figures are for.
+    pub context: usize,
+    pub cpu: Memory,
+    pub gpu: Memory,
+}
+
+impl ModelSizes {
+    /// The figures of `manifest` under the fast CPU engine's plan `cpu` and the GPU engine's `gpu`.
+    /// Saturating: a hostile manifest's sizes may add up past 2^64.
+    pub fn of(manifest: &Manifest, cpu: &CpuPlan, gpu: &GpuPlan) -> Self {
+        let sum = |sizes: &mut dyn Iterator<Item = u64>| sizes.fold(0u64, u64::saturating_add);
+        // What the GPU engine reports as its bytes (engine.info.gpuBytes): the shards and the cache.
+        let shard_bytes = sum(&mut manifest.shards.iter().map(|s| s.size));
+        let parameters =
+            sum(&mut manifest.tensors.iter().map(|t| t.shape.iter().fold(1u64, |n, &d| n.saturating_mul(d as u64))));
+        ModelSizes {
+            name: manifest.name.clone(),
+            architecture: manifest.architecture.clone(),
+            parameters,
+            download_bytes: shard_bytes.saturating_add(sum(&mut manifest.files.iter().map(|f| f.size))),
+            context: cpu.positions,
+            cpu: Memory { weights: cpu.weights, kv_cache: cpu.cache, working: CPU_WORKING_BYTES, total: cpu.total() },
+            gpu: Memory {
+                weights: shard_bytes,
+                kv_cache: gpu.cache,
+                working: 0,
+                total: shard_bytes.saturating_add(gpu.cache),
+            },
+        }
+    }
+}
