@@ -72,16 +72,19 @@ def weights(rng, arch, tied):
     return out
 
 
-def gguf_seed(path, arch, tokenizer, f16, tied, template):
-    rng = np.random.default_rng(sum(os.path.basename(path).encode()))
-    w = gguf.GGUFWriter(path, arch)
+def add_header(w, hidden, ffn, tokenizer, head_dim=None):
+    """A one-layer model's hyperparameters (heads of `head_dim` values where given, else
+    hidden / heads) and the tokenizer: the BPE one ("gpt2") or the SentencePiece one."""
     w.add_name("seed")
     w.add_context_length(64)
-    w.add_embedding_length(HIDDEN)
+    w.add_embedding_length(hidden)
     w.add_block_count(1)
-    w.add_feed_forward_length(FFN)
+    w.add_feed_forward_length(ffn)
     w.add_head_count(HEADS)
     w.add_head_count_kv(KV_HEADS)
+    if head_dim:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(10000.0)
     if tokenizer == "gpt2":
@@ -99,6 +102,12 @@ def gguf_seed(path, arch, tokenizer, f16, tied, template):
         w.add_token_types(SPM_TYPES)
         w.add_bos_token_id(1)
         w.add_eos_token_id(2)
+
+
+def gguf_seed(path, arch, tokenizer, f16, tied, template):
+    rng = np.random.default_rng(sum(os.path.basename(path).encode()))
+    w = gguf.GGUFWriter(path, arch)
+    add_header(w, HIDDEN, FFN, tokenizer)
     if template:
         w.add_chat_template(template)
     for name, a in weights(rng, arch, tied).items():
@@ -136,24 +145,7 @@ def kept_seed(path):
     rng = np.random.default_rng(11)
     hidden, q_rows, kv_rows = KEPT_HIDDEN, HEADS * KEPT_HEAD_DIM, KV_HEADS * KEPT_HEAD_DIM
     w = gguf.GGUFWriter(path, "llama")
-    w.add_name("seed")
-    w.add_context_length(64)
-    w.add_embedding_length(hidden)
-    w.add_block_count(1)
-    w.add_feed_forward_length(KEPT_FFN)
-    w.add_head_count(HEADS)
-    w.add_head_count_kv(KV_HEADS)
-    w.add_key_length(KEPT_HEAD_DIM)
-    w.add_value_length(KEPT_HEAD_DIM)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_freq_base(10000.0)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
-    w.add_token_list(BPE_TOKENS)
-    w.add_token_types([3, 3, 3] + [1] * (VOCAB - 3))
-    w.add_token_merges(BPE_MERGES)
-    w.add_bos_token_id(0)
-    w.add_eos_token_id(1)
+    add_header(w, hidden, KEPT_FFN, "gpt2", KEPT_HEAD_DIM)
     for name, n in [("blk.0.attn_norm.weight", hidden), ("blk.0.ffn_norm.weight", hidden), ("output_norm.weight", hidden)]:
         w.add_tensor(name, (1.0 + 0.1 * rng.normal(size=n)).astype(np.float32))
     for name, ty, rows in [("token_embd.weight", K.Q6_K, VOCAB), ("blk.0.attn_q.weight", K.Q5_K, q_rows),
