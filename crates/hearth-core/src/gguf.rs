@@ -236,7 +236,12 @@ pub struct GgufFile {
 struct HeaderReader<R> {
     inner: R,
     pos: u64,
+    /// The file's length (for a prefix, what the server says the whole file has).
     len: u64,
+    /// The bytes there are to read: `len` for a file, the prefix's length for a prefix.
+    available: u64,
+    /// Whether a read wanted bytes past `available` (for a prefix: ask for more).
+    ran_out: bool,
     file: String,
 }
 
@@ -244,6 +249,7 @@ impl<R: Read> HeaderReader<R> {
     fn bytes<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
         let mut buf = [0u8; N];
         self.inner.read_exact(&mut buf).map_err(|_| {
+            self.ran_out = true;
             HearthError::bad_file(&self.file, format!("truncated while reading {what} at byte {}", self.pos))
         })?;
         self.pos += N as u64;
@@ -273,6 +279,11 @@ impl<R: Read> HeaderReader<R> {
 
     fn string(&mut self, what: &str) -> Result<String> {
         let n = self.count(what, u64::MAX, 1)?;
+        // Nothing allocated for bytes a prefix does not hold (a server may claim any file length).
+        if n > self.available.saturating_sub(self.pos) {
+            self.ran_out = true;
+            return Err(HearthError::bad_file(&self.file, format!("truncated inside {what}")));
+        }
         let mut buf = vec![0u8; n as usize];
         self.inner
             .read_exact(&mut buf)
@@ -325,8 +336,27 @@ impl GgufFile {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| HearthError::io("open", path, e))?;
         let len = file.metadata().map_err(|e| HearthError::io("stat", path, e))?.len();
-        let name = path.display().to_string();
-        let mut r = HeaderReader { inner: BufReader::with_capacity(1 << 20, file), pos: 0, len, file: name.clone() };
+        let inner = BufReader::with_capacity(1 << 20, file);
+        let file = path.display().to_string();
+        Self::parse(&mut HeaderReader { inner, pos: 0, len, available: len, ran_out: false, file }, path)
+    }
+
+    /// The header of a GGUF of `len` bytes from its first bytes (`prefix`, a range request's
+    /// answer): `Ok(None)` when the header runs past the prefix (ask for more), an error when the
+    /// bytes are not a GGUF header that fits `len`. `name` (a URL) names it in errors; its tensors'
+    /// bytes are not here, so `read_tensor` cannot read them.
+    pub fn from_prefix(prefix: &[u8], len: u64, name: &str) -> Result<Option<Self>> {
+        let available = (prefix.len() as u64).min(len);
+        let mut r = HeaderReader { inner: prefix, pos: 0, len, available, ran_out: false, file: name.to_string() };
+        match Self::parse(&mut r, Path::new(name)) {
+            Ok(gguf) => Ok(Some(gguf)),
+            Err(_) if r.ran_out && available < len => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn parse<R: Read>(r: &mut HeaderReader<R>, path: &Path) -> Result<Self> {
+        let (len, name) = (r.len, r.file.clone());
 
         let magic: [u8; 4] = r.bytes("magic")?;
         if &magic != GGUF_MAGIC {

@@ -66,3 +66,58 @@ fn the_plan_of_the_real_models_is_what_convert_writes() {
     check(&common::smollm2_gguf(), &ConvertOptions { shard_bytes: 8 << 20, ..Default::default() });
     check(&common::gemma3_gguf(), &ConvertOptions::default());
 }
+
+/// A GGUF's header from its first bytes, as a range request returns them (how the browser will
+/// read a GGUF URL's header): a prefix too short asks for more, one long enough gives the file's
+/// own header and the same plan; bytes that are not a GGUF are refused at once, and a length the
+/// prefix does not hold is never allocated (a server may claim any file size).
+#[test]
+fn a_header_read_from_a_prefix_is_the_files_and_plans_the_same() {
+    use std::io::Read;
+
+    use hearth_core::convert::plan_gguf_header;
+    use hearth_core::gguf::GgufFile;
+
+    let url = "https://example.test/models/model.gguf";
+    for path in [common::smollm2_gguf(), common::gemma3_gguf()] {
+        let len = std::fs::metadata(&path).unwrap().len();
+        let mut head = Vec::new();
+        std::fs::File::open(&path).unwrap().take(64 << 20).read_to_end(&mut head).unwrap();
+        let whole = GgufFile::open(&path).unwrap();
+        // Doubling from 64 KiB, as a loader would ask.
+        let mut n = 64 << 10;
+        let header = loop {
+            match GgufFile::from_prefix(&head[..n], len, url).unwrap() {
+                Some(header) => break header,
+                None => {
+                    assert!(n < head.len(), "{}: no header within 64 MiB", path.display());
+                    n = (2 * n).min(head.len());
+                }
+            }
+        };
+        eprintln!("{}: the header fits the first {n} bytes", path.display());
+        assert!(GgufFile::from_prefix(&head[..n / 2], len, url).unwrap().is_none());
+        assert_eq!(header.metadata, whole.metadata);
+        let table = |g: &GgufFile| -> Vec<_> {
+            g.tensors.iter().map(|t| (t.name.clone(), t.dims.clone(), t.ggml_type, t.offset, t.n_bytes)).collect()
+        };
+        assert_eq!(table(&header), table(&whole));
+        let opts = ConvertOptions::default();
+        let (mut from_url, from_file) = (plan_gguf_header(&header, &opts).unwrap(), plan_gguf(&path, &opts).unwrap());
+        assert_eq!(from_url.source.file, "model.gguf");
+        from_url.source.file = from_file.source.file.clone();
+        assert_eq!(serde_json::to_value(&from_url).unwrap(), serde_json::to_value(&from_file).unwrap());
+    }
+
+    let not_gguf = GgufFile::from_prefix(b"PK\x03\x04 a zip archive", 1 << 30, url).unwrap_err();
+    assert!(not_gguf.to_string().contains("not a GGUF file"), "{not_gguf}");
+    // GGUF v3, no tensors, one metadata entry whose key claims 2^40 bytes.
+    let mut claim = b"GGUF".to_vec();
+    for word in [3u64.to_le_bytes()[..4].to_vec(), 0u64.to_le_bytes().to_vec(), 1u64.to_le_bytes().to_vec()] {
+        claim.extend(word);
+    }
+    claim.extend((1u64 << 40).to_le_bytes());
+    assert!(GgufFile::from_prefix(&claim, 1 << 50, url).unwrap().is_none(), "more bytes, not 1 TiB");
+    let whole_file = GgufFile::from_prefix(&claim, claim.len() as u64, url).unwrap_err();
+    assert!(whole_file.to_string().contains("impossible for a file"), "{whole_file}");
+}

@@ -18,7 +18,7 @@ use crate::quant::{lay_out_parts, DType, Tensor, Q5_GROUP, Q8_GROUP};
 
 pub(super) fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Manifest> {
     let gguf = GgufFile::open(input)?;
-    let (manifest, tokenizer_json) = header(&gguf, input)?;
+    let (manifest, tokenizer_json) = header(&gguf)?;
     let mut writer = PackageWriter::new(out, opts.shard_bytes, opts.overwrite)?;
     for info in &gguf.tensors {
         if LONG_ROPE_FACTORS.contains(&info.name.as_str()) {
@@ -31,13 +31,13 @@ pub(super) fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result
     writer.finish(manifest)
 }
 
-/// The manifest [`convert`] writes for `input` and `opts`, from the GGUF's header alone (no tensor
-/// data is read): every tensor's encoding, shape, group, shard, offset and parts, the shards' sizes
-/// and the tokenizer file, as the converter will lay them out; the shards' hashes are empty, their
-/// bytes not yet made.
-pub(super) fn plan(input: &Path, opts: &ConvertOptions) -> Result<Manifest> {
-    let gguf = GgufFile::open(input)?;
-    let (mut manifest, tokenizer_json) = header(&gguf, input)?;
+/// The manifest [`convert`] writes for `gguf` and `opts`, from its header alone (no tensor data is
+/// read): every tensor's encoding, shape, group, shard, offset and parts, the shards' sizes and the
+/// tokenizer file, as the converter will lay them out; the shards' hashes are empty, their bytes
+/// not yet made.
+pub(super) fn plan(gguf: &GgufFile, opts: &ConvertOptions) -> Result<Manifest> {
+    let input = &gguf.path;
+    let (mut manifest, tokenizer_json) = header(gguf)?;
     let mut layout = ShardLayout::new(opts.shard_bytes);
     let mut names = HashSet::new();
     for info in &gguf.tensors {
@@ -104,7 +104,8 @@ pub(super) fn plan(input: &Path, opts: &ConvertOptions) -> Result<Manifest> {
 
 /// Everything of a GGUF's package manifest but its shard, file and tensor tables, and the
 /// tokenizer's JSON.
-fn header(gguf: &GgufFile, input: &Path) -> Result<(Manifest, String)> {
+fn header(gguf: &GgufFile) -> Result<(Manifest, String)> {
+    let input = &gguf.path;
     let arch = gguf.require_str("general.architecture")?.to_string();
     let config = model_config(gguf, &arch)?;
     let tok = tokenizer_from_gguf(gguf)?;

@@ -11,6 +11,7 @@ mod safetensors_model;
 use std::path::Path;
 
 use crate::error::{HearthError, Result};
+use crate::gguf::GgufFile;
 use crate::manifest::{FfnKind, Manifest, ModelConfig};
 use crate::package::PackageWriter;
 use crate::quant::{DType, Tensor};
@@ -101,8 +102,13 @@ fn package_pieces(name: &str, shape: &[usize], c: &ModelConfig) -> Option<Vec<(S
 /// tensor data is read): what a loader needs to size the model before anything is converted or
 /// downloaded. The shards' hashes are empty.
 pub fn plan_gguf(input: &Path, opts: &ConvertOptions) -> Result<Manifest> {
+    plan_gguf_header(&GgufFile::open(input)?, opts)
+}
+
+/// [`plan_gguf`] of a header already read (`GgufFile::from_prefix`: the first bytes of a GGUF URL).
+pub fn plan_gguf_header(gguf: &GgufFile, opts: &ConvertOptions) -> Result<Manifest> {
     check_group(opts)?;
-    gguf_model::plan(input, opts)
+    gguf_model::plan(gguf, opts)
 }
 
 fn check_group(opts: &ConvertOptions) -> Result<()> {
