@@ -252,7 +252,8 @@ fn record(t: u32, h: u32, s: u32) -> u32 {
 // function-scope array indexed in a loop may live in memory rather than registers, which on an
 // H200 made one 64-position tile cost some 70 µs.
 
-// Reduce (lo, hi) over the 64 invocations (max or sum), in every invocation.
+// Reduce (lo, hi) over the 64 invocations (max or sum), in every invocation: the split kernel's
+// per-head values, and the combine pass's one value (in every component).
 fn reduce_heads(lid: u32, lo: vec4<f32>, hi: vec4<f32>, is_max: bool) -> array<vec4<f32>, 2> {
     reduction[lid] = lo;
     reduction[TILE + lid] = hi;
@@ -509,22 +510,6 @@ fn attention_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
 // kernel before it (an H200: 41 µs).
 var<workgroup> split_weights: array<f32, 256>;
 
-// The maximum (is_max) or sum of every invocation's v over the workgroup, in every invocation.
-fn combine_reduce(lid: u32, v: f32, is_max: bool) -> f32 {
-    reduction[lid].x = v;
-    workgroupBarrier();
-    for (var stride = 32u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            let other = reduction[lid + stride].x;
-            reduction[lid].x = select(reduction[lid].x + other, max(reduction[lid].x, other), is_max);
-        }
-        workgroupBarrier();
-    }
-    let total = reduction[0].x;
-    workgroupBarrier();
-    return total;
-}
-
 @compute @workgroup_size(64)
 fn attention_combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) grid: vec3<u32>,
                      @builtin(local_invocation_id) lid3: vec3<u32>) {
@@ -542,7 +527,7 @@ fn attention_combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     for (var s = lid; s < n; s = s + 64u) {
         m = max(m, partials[record(t, h, s) + hd4].x);
     }
-    m = combine_reduce(lid, m, true);
+    m = reduce_heads(lid, vec4<f32>(m), vec4<f32>(m), true)[0].x;
     // Each split's weight, kept for the weighted sums (256 at a time), and their share of the sum.
     var sum = 0.0;
     var acc = vec4<f32>(0.0);
@@ -565,7 +550,7 @@ fn attention_combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
         }
         workgroupBarrier();
     }
-    sum = combine_reduce(lid, sum, false);
+    sum = reduce_heads(lid, vec4<f32>(sum), vec4<f32>(sum), false)[0].x;
     // The split groups' sums of each dimension, then the output.
     if (split_group < groups) {
         shared_vectors[split_group * hd4 + lane] = acc;

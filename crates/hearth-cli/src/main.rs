@@ -13,10 +13,9 @@ use hearth_core::cpu::CpuEngine;
 use hearth_core::error::HearthError;
 use hearth_core::fast::FastEngine;
 use hearth_core::generate::{generate, GenerateRequest};
-use hearth_core::manifest::ARCHITECTURES;
 use hearth_core::model::Model;
 use hearth_core::package::{parse_manifest, TensorSource, MANIFEST_FILE};
-use hearth_core::plan::{CpuPlan, GpuPlan, ModelSizes};
+use hearth_core::plan::ModelSizes;
 use hearth_core::sampling::SamplingParams;
 use hearth_core::synthetic::SyntheticWeights;
 use hearth_gpu::{GpuContext, GpuEngine};
@@ -346,13 +345,9 @@ fn run(cli: Cli) -> Result<()> {
                     .with_context(|| format!("{} is neither a GGUF file nor a package directory", path.display()))?;
                 (parse_manifest(&text, &file.display().to_string())?, json!({ "kind": "package" }))
             };
-            if !ARCHITECTURES.contains(&manifest.architecture.as_str()) {
-                return Err(HearthError::UnsupportedArchitecture(manifest.architecture.clone()).into());
-            }
-            let cpu = CpuPlan::fast(&manifest, max_context)?;
             let kv_f16 = matches!(kv_cache, KvCache::F16);
-            let gpu = GpuPlan::new(&manifest, max_context, kv_f16, hearth_gpu::MAX_CHUNK)?;
-            let mut out = serde_json::to_value(ModelSizes::of(&manifest, &cpu, &gpu))?;
+            let (sizes, ..) = ModelSizes::plan(&manifest, max_context, kv_f16, hearth_gpu::MAX_CHUNK)?;
+            let mut out = serde_json::to_value(sizes)?;
             out["kvF16"] = json!(kv_f16);
             out["source"] = source;
             println!("{out}");

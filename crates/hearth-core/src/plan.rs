@@ -7,7 +7,7 @@
 use crate::cpu::CpuEngine;
 use crate::error::{HearthError, Result};
 use crate::fast::FastEngine;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ARCHITECTURES};
 
 /// The manifest checked for planning, the KV cache positions at `max_context` (within 1 and the
 /// model's own) and the bytes of every tensor part.
@@ -180,6 +180,23 @@ pub struct ModelSizes {
 }
 
 impl ModelSizes {
+    /// Both engines' plans for `manifest` at `max_context` (the GPU's cache f16 when `kv_f16`, its
+    /// windowed layers' rings sized for prefill chunks of `chunk`) and the figures from them. An
+    /// architecture no engine runs is refused first: a manifest may name any.
+    pub fn plan(
+        manifest: &Manifest,
+        max_context: Option<usize>,
+        kv_f16: bool,
+        chunk: usize,
+    ) -> Result<(Self, CpuPlan, GpuPlan)> {
+        if !ARCHITECTURES.contains(&manifest.architecture.as_str()) {
+            return Err(HearthError::UnsupportedArchitecture(manifest.architecture.clone()));
+        }
+        let cpu = CpuPlan::fast(manifest, max_context)?;
+        let gpu = GpuPlan::new(manifest, max_context, kv_f16, chunk)?;
+        Ok((Self::of(manifest, &cpu, &gpu), cpu, gpu))
+    }
+
     /// The figures of `manifest` under the fast CPU engine's plan `cpu` and the GPU engine's `gpu`.
     /// Saturating: a hostile manifest's sizes may add up past 2^64.
     pub fn of(manifest: &Manifest, cpu: &CpuPlan, gpu: &GpuPlan) -> Self {

@@ -2,10 +2,8 @@
 //! for the sizes the loader will then really use (`hearth_core::plan`, as `Loader::create` checks
 //! them) and for the reasons, if any, that this page cannot run it.
 
-use hearth_core::manifest::ARCHITECTURES;
 use hearth_core::package::parse_manifest;
-use hearth_core::plan::{CpuPlan, GpuPlan, Memory, ModelSizes};
-use hearth_core::HearthError;
+use hearth_core::plan::{Memory, ModelSizes};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 
@@ -57,15 +55,11 @@ pub fn plan_model(manifest_text: &str, options: JsValue) -> Result<JsValue, JsVa
         serde_wasm_bindgen::from_value(options).map_err(|e| named_error("InvalidArgumentError", &e.to_string()))?
     };
     let manifest = parse_manifest(manifest_text.as_bytes(), "manifest.json").map_err(js_error)?;
-    // What both engines refuse first (a manifest may name any architecture).
-    if !ARCHITECTURES.contains(&manifest.architecture.as_str()) {
-        return Err(js_error(HearthError::UnsupportedArchitecture(manifest.architecture.clone())));
-    }
-    let cpu = CpuPlan::fast(&manifest, options.max_context).map_err(js_error)?;
     // Rings of windowed layers sized for full prefill chunks: the engine's own, unless attention's
     // scratch for a chunk that long exceeds the adapter's binding, when it takes shorter chunks
     // and smaller rings (the figure is then an upper bound).
-    let gpu = GpuPlan::new(&manifest, options.max_context, options.kv_f16, hearth_gpu::MAX_CHUNK).map_err(js_error)?;
+    let (sizes, cpu, gpu) =
+        ModelSizes::plan(&manifest, options.max_context, options.kv_f16, hearth_gpu::MAX_CHUNK).map_err(js_error)?;
     let mut cpu_refusals = Vec::new();
     if let Some(limit) = options.memory_limit.filter(|l| l.is_finite() && *l > 0.0) {
         let why = options.memory_limit_reason.as_deref().unwrap_or("the limit the page gave");
@@ -80,7 +74,6 @@ pub fn plan_model(manifest_text: &str, options: JsValue) -> Result<JsValue, JsVa
         }
     }
     // ModelSizes's fields, with the refusals (serde's flatten would make a JS Map of it).
-    let ModelSizes { name, architecture, parameters, download_bytes, context, cpu, gpu } =
-        ModelSizes::of(&manifest, &cpu, &gpu);
+    let ModelSizes { name, architecture, parameters, download_bytes, context, cpu, gpu } = sizes;
     to_js(&Plan { name, architecture, parameters, download_bytes, context, cpu, gpu, cpu_refusals, gpu_refusals })
 }

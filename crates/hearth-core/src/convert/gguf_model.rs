@@ -46,12 +46,7 @@ pub(super) fn plan(gguf: &GgufFile, opts: &ConvertOptions) -> Result<Manifest> {
         }
         let Target { dtype, group, .. } = target(info, opts)?;
         let shape = info.shape();
-        let pieces = package_pieces(&info.name, &shape, &manifest.config).ok_or_else(|| {
-            HearthError::bad_file(
-                input.display(),
-                format!("`{}` of shape {shape:?} is not Q, K and V of this model's sizes", info.name),
-            )
-        })?;
+        let pieces = package_pieces(&info.name, &shape, &manifest.config, input)?;
         let whole = pieces.len() == 1;
         for (name, _, rows) in pieces {
             let piece_shape = match shape.len() {

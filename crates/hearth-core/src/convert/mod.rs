@@ -76,26 +76,30 @@ pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Manife
 /// itself whole; a fused gate|up `blk.N.ffn_up.weight` of twice the MLP's rows (Phi-3: gate rows
 /// first) cut into gate and up; a fused `blk.N.attn_qkv.{weight,bias}` (BLOOM, GPT-2, Phi-3: Q, K
 /// and V rows one after another) into the Q, K and V every other architecture has, so the engines
-/// know one layout. `None` when a fused Q/K/V's rows are not this model's.
-fn package_pieces(name: &str, shape: &[usize], c: &ModelConfig) -> Option<Vec<(String, usize, usize)>> {
+/// know one layout. An error (naming `source`) when a fused Q/K/V's rows are not this model's.
+fn package_pieces(name: &str, shape: &[usize], c: &ModelConfig, source: &Path) -> Result<Vec<(String, usize, usize)>> {
     let rows = shape.first().copied().unwrap_or(1);
     if let Some(layer) = name.strip_suffix(".ffn_up.weight") {
         let f = c.ffn_size;
         if c.ffn == FfnKind::Gated && shape.len() == 2 && f.checked_mul(2) == Some(rows) {
-            return Some(vec![(format!("{layer}.ffn_gate.weight"), 0, f), (format!("{layer}.ffn_up.weight"), f, f)]);
+            return Ok(vec![(format!("{layer}.ffn_gate.weight"), 0, f), (format!("{layer}.ffn_up.weight"), f, f)]);
         }
     }
     let Some(layer) = name.strip_suffix(".attn_qkv.weight").or_else(|| name.strip_suffix(".attn_qkv.bias")) else {
-        return Some(vec![(name.to_string(), 0, rows)]);
+        return Ok(vec![(name.to_string(), 0, rows)]);
     };
     let kind = if name.ends_with(".weight") { "weight" } else { "bias" };
     let (q, kv) = (c.q_dim(), c.kv_dim());
-    (shape.len() <= 2 && rows == q + 2 * kv).then(|| {
-        [("attn_q", 0, q), ("attn_k", q, kv), ("attn_v", q + kv, kv)]
-            .into_iter()
-            .map(|(part, start, n)| (format!("{layer}.{part}.{kind}"), start, n))
-            .collect()
-    })
+    if shape.len() > 2 || rows != q + 2 * kv {
+        return Err(HearthError::bad_file(
+            source.display(),
+            format!("`{name}` of shape {shape:?} is not Q, K and V of this model's sizes"),
+        ));
+    }
+    Ok([("attn_q", 0, q), ("attn_k", q, kv), ("attn_v", q + kv, kv)]
+        .into_iter()
+        .map(|(part, start, n)| (format!("{layer}.{part}.{kind}"), start, n))
+        .collect())
 }
 
 /// The manifest [`convert`] would write for a GGUF `input` and `opts`, from its header alone (no
@@ -128,12 +132,7 @@ fn add_tensor(
     c: &ModelConfig,
     source: &Path,
 ) -> Result<Vec<(String, Vec<usize>)>> {
-    let pieces = package_pieces(name, &tensor.shape, c).ok_or_else(|| {
-        HearthError::bad_file(
-            source.display(),
-            format!("`{name}` of shape {:?} is not Q, K and V of this model's sizes", tensor.shape),
-        )
-    })?;
+    let pieces = package_pieces(name, &tensor.shape, c, source)?;
     if let [(whole, 0, _)] = &pieces[..] {
         writer.add_tensor(whole, tensor)?;
         return Ok(vec![(whole.clone(), tensor.shape.clone())]);
