@@ -503,14 +503,18 @@ export interface InspectOptions {
   signal?: AbortSignal;
 }
 
-/** What a package needs here, from its manifest alone ({@link inspect}). */
+/** What a package needs here, from its manifest (or a GGUF's header) alone ({@link inspect}). */
 export interface Inspection {
   name: string;
   architecture: string;
   /** Weights, counted as values. */
   parameters: number;
-  /** Every shard and file of the package, in bytes. */
+  /** Every shard and file of the package, in bytes (of a GGUF: of the package made of it). */
   downloadBytes: number;
+  /** What was read: a package's manifest, or a GGUF's header (the figures are then those of the
+   * package `hearth convert` makes of it); `bytes`: the package's, or the GGUF file's length (null
+   * when the server does not say). */
+  source: { kind: "package" | "gguf"; bytes: number | null };
   /** Shard bytes already stored for this URL (a load downloads the rest). */
   storedBytes: number;
   /** The engine `load()` would pick with the same options, and why. */
@@ -533,7 +537,9 @@ export interface Inspection {
 
 /**
  * What the package at `modelUrl` needs and whether this page can run it, before downloading it:
- * one request (manifest.json), nothing stored. A model that does not fit is refused by `load()`
+ * one request (manifest.json), nothing stored. `modelUrl` may name a GGUF file: only its header is
+ * read (range requests of 2 MiB, doubling while the header runs on; a server without range support
+ * sends one stream, cancelled once the header is read). A model that does not fit is refused by `load()`
  * with the same message, before any download.
  * @throws {NetworkError | BadPackageError | UnsupportedModelError | InvalidArgumentError}
  */

@@ -17,7 +17,9 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 
 /** The demo's routes; the browser test serves exactly these. */
 export function demoRoutes({ models = path.join(ROOT, ".cache/packages") } = {}) {
-  return { "/": path.join(ROOT, "www"), "/pkg/": path.join(ROOT, "pkg"), "/models/": models };
+  // /gguf/: the GGUF files fetched into .cache/models, to paste into the demo (inspected from
+  // their headers by range requests).
+  return { "/": path.join(ROOT, "www"), "/pkg/": path.join(ROOT, "pkg"), "/models/": models, "/gguf/": path.join(ROOT, ".cache/models") };
 }
 
 async function main() {

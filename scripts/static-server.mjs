@@ -1,7 +1,8 @@
 // A small static HTTP server for the demo (scripts/serve-demo.mjs) and the browser tests: serves
 // directories under URL prefixes with the right MIME types and COOP/COEP headers, logs every
-// request, and has hooks that break responses on purpose (corrupt bytes, cut a body short, fail with
-// a status, replace a body, send it slowly).
+// request, answers single byte-range requests (206, as a GGUF URL's header is read) unless told to
+// ignore them, and has hooks that break responses on purpose (corrupt bytes, cut a body short, fail
+// with a status, replace a body, send it slowly).
 
 import http from "node:http";
 import fs from "node:fs";
@@ -39,12 +40,33 @@ function sendSlowly(res, headers, body, bytesPerSecond) {
 }
 
 /**
+ * The byte range `header` asks of a file of `size` bytes: {start, end} (end inclusive), "unsatisfiable"
+ * (416), or null when the header is absent or not one range of bytes (then the whole file is sent,
+ * as RFC 9110 allows).
+ */
+export function parseRange(header, size) {
+  const m = /^bytes=(\d*)-(\d*)$/.exec(header ?? "");
+  if (!m || (m[1] === "" && m[2] === "")) return null;
+  if (m[1] === "") {
+    // The last n bytes.
+    const n = Number(m[2]);
+    return n === 0 || size === 0 ? "unsatisfiable" : { start: Math.max(0, size - n), end: size - 1 };
+  }
+  const start = Number(m[1]);
+  const end = m[2] === "" ? size - 1 : Math.min(Number(m[2]), size - 1);
+  if (m[2] !== "" && Number(m[2]) < start) return null; // invalid: ignored
+  return start >= size ? "unsatisfiable" : { start, end };
+}
+
+/**
  * @param {{ routes: Record<string, string>, pages?: Record<string, string>, port?: number, host?: string, isolated?: boolean }} options
  *   routes: URL prefix ("/pkg/") -> directory; pages: exact path -> HTML served as is; isolated:
  *   send COOP + COEP (default), which make pages cross-origin isolated (the threaded CPU engine).
  */
 export async function startServer({ routes, pages = {}, port = 0, host = "127.0.0.1", isolated = true }) {
-  /** Every request, in order: { method, path, status }. */
+  /** Every request, in order: { method, path, status }, and for a file streamed (a range, or one
+   * in hooks.noRange) `range` ([start, end], end inclusive), `sent` (bytes handed to the socket so
+   * far) and, once the response is closed, `finished` (false: the client went away before the end). */
   const log = [];
   const hooks = {
     /** path -> true: flip one byte in the middle of the body. */
@@ -59,6 +81,8 @@ export async function startServer({ routes, pages = {}, port = 0, host = "127.0.
     replace: new Map(),
     /** path -> bytes per second: send the body in 64 KiB pieces at that pace. */
     throttle: new Map(),
+    /** path -> true: ignore Range headers, as servers without range support do (200, the whole file). */
+    noRange: new Map(),
   };
   const prefixes = Object.keys(routes).sort((a, b) => b.length - a.length);
 
@@ -109,6 +133,10 @@ export async function startServer({ routes, pages = {}, port = 0, host = "127.0.
     if (fs.statSync(file, { throwIfNoEntry: false })?.isDirectory()) file = path.join(file, "index.html");
     const type = TYPES[path.extname(file)] ?? "application/octet-stream";
     if (hooks.replace.has(urlPath)) return send(200, hooks.replace.get(urlPath), type);
+    const bodyHooks = [hooks.corrupt, hooks.stall, hooks.cut, hooks.throttle];
+    if ((req.headers.range !== undefined || hooks.noRange.has(urlPath)) && !bodyHooks.some((h) => h.has(urlPath))) {
+      return streamFile(req, res, file, { ...headers, "Content-Type": type }, entry, !hooks.noRange.has(urlPath));
+    }
     fs.readFile(file, (err, body) => {
       if (err) return send(404, "not found\n");
       if (hooks.corrupt.has(urlPath)) {
@@ -134,6 +162,42 @@ export async function startServer({ routes, pages = {}, port = 0, host = "127.0.
       send(200, body, type);
     });
   };
+  /** The file (or the byte range asked of it, where `ranges`) streamed from disk, counting what is sent. */
+  const streamFile = (req, res, file, headers, entry, ranges) => {
+    const size = fs.statSync(file, { throwIfNoEntry: false })?.size;
+    if (size === undefined) {
+      entry.status = 404;
+      res.writeHead(404, headers);
+      return res.end("not found\n");
+    }
+    const range = ranges ? parseRange(req.headers.range, size) : null;
+    const rangeHeaders = ranges ? { "Accept-Ranges": "bytes" } : {};
+    if (range === "unsatisfiable") {
+      entry.status = 416;
+      res.writeHead(416, { ...headers, ...rangeHeaders, "Content-Range": `bytes */${size}` });
+      return res.end();
+    }
+    const { start, end } = range ?? { start: 0, end: size - 1 };
+    entry.status = range ? 206 : 200;
+    entry.range = [start, end];
+    entry.sent = 0;
+    res.writeHead(entry.status, {
+      ...headers,
+      ...rangeHeaders,
+      "Content-Length": end - start + 1,
+      ...(range ? { "Content-Range": `bytes ${start}-${end}/${size}` } : {}),
+    });
+    if (size === 0 || req.method === "HEAD") return res.end();
+    const stream = fs.createReadStream(file, { start, end });
+    stream.on("data", (chunk) => (entry.sent += chunk.length));
+    stream.on("error", () => res.destroy());
+    res.on("close", () => {
+      entry.finished = res.writableFinished; // false: the client went away first
+      stream.destroy();
+    });
+    stream.pipe(res);
+  };
+
   await new Promise((resolve, reject) => {
     server.once("error", reject); // EADDRINUSE and the like
     server.listen(port, host, () => {

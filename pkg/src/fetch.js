@@ -62,11 +62,11 @@ function stallWatch(url, signal, ms) {
   return watch;
 }
 
-/** GET `url`, then `read(response, arm)` with the stall timer re-armed by each chunk. */
-async function get(url, signal, stallMs, read) {
+/** GET `url` (with `headers`), then `read(response, arm)` with the stall timer re-armed by each chunk. */
+export async function get(url, signal, stallMs, read, headers = {}) {
   const watch = stallWatch(url, signal, stallMs);
   try {
-    const response = await fetch(url, { cache: "no-store", signal: watch.signal });
+    const response = await fetch(url, { cache: "no-store", signal: watch.signal, headers });
     if (!response.ok) throw new NetworkError(url, response.status);
     watch.arm();
     return await read(response, watch.arm);

@@ -1,10 +1,11 @@
 // Hearth.inspect(): what a package needs and whether this page can run it, from its manifest alone
-// (one small request, nothing stored): the sizes come from the same plan `load()` checks before it
+// (one small request, nothing stored; for a GGUF URL, its header: gguf.js): the sizes come from the same plan `load()` checks before it
 // downloads anything (hearth_core::plan through the wasm module's planModel), so a model inspect()
 // says fits loads, and one it refuses, load() refuses with the same message.
 
 import { InvalidArgumentError, NetworkError, abortError, fromWasm, raceAbort } from "./errors.js";
 import { fetchText } from "./fetch.js";
+import { isGgufUrl, planGgufUrl } from "./gguf.js";
 import { packageKey, parseManifest, quotaShortfall, storageNeeded, wasmFor } from "./load.js";
 import { signalOf } from "./options.js";
 import { checkBackend, chooseBackend, cpuMemoryLimit, probeGpu } from "./support.js";
@@ -50,17 +51,20 @@ async function manifestText(url, revalidate, signal) {
 
 /**
  * What the package at `modelUrl` needs, and whether this page can run it, before downloading it:
- * {name, architecture, parameters, downloadBytes, storedBytes, backend, backendReason, context,
- * kvF16, memory: {weights, kvCache, working, total}, cpu, gpu, storage: {needed, available}, fits,
- * reasons[]}. `options`: maxContext, backend and revalidate as `load()` takes them.
+ * {name, architecture, parameters, downloadBytes, source: {kind, bytes}, storedBytes, backend,
+ * backendReason, context, kvF16, memory: {weights, kvCache, working, total}, cpu, gpu, storage:
+ * {needed, available}, fits, reasons[]}. `modelUrl` may also name a GGUF file: then only its header
+ * is read (range requests), the figures are those of the package `hearth convert` makes of it (as
+ * `hearth inspect MODEL.gguf` prints them), and `source` is {kind: "gguf", bytes: the file's length,
+ * null when the server does not say}. `options`: maxContext, backend and revalidate as `load()`
+ * takes them.
  */
 export async function inspect(modelUrl, options = {}) {
-  const url = packageKey(modelUrl, "inspect");
+  const gguf = isGgufUrl(modelUrl);
+  const url = packageKey(modelUrl, "inspect", { gguf });
   checkInspectOptions(options);
   const signal = signalOf(options);
   if (signal?.aborted) throw abortError(signal);
-  const text = await manifestText(url, options.revalidate, signal);
-  const manifest = parseManifest(text);
   const choice = await chooseBackend(options.backend ?? "auto");
   const gpu = choice.backend === "webgpu" ? await probeGpu() : null;
   const limits = gpu?.adapter?.limits;
@@ -68,17 +72,28 @@ export async function inspect(modelUrl, options = {}) {
   const cpuLimit = cpuMemoryLimit();
   // The plain build: planModel is the same in every build, and it starts no thread pool.
   const wasm = await wasmFor("webgpu", false, signal);
-  let plan;
-  try {
-    plan = wasm.planModel(text, {
-      maxContext: options.maxContext,
-      kvF16,
-      binding: limits ? Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize) : undefined,
-      memoryLimit: cpuLimit.bytes,
-      memoryLimitReason: cpuLimit.reason,
-    });
-  } catch (e) {
-    throw fromWasm(e);
+  const planOptions = {
+    maxContext: options.maxContext,
+    kvF16,
+    binding: limits ? Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize) : undefined,
+    memoryLimit: cpuLimit.bytes,
+    memoryLimitReason: cpuLimit.reason,
+  };
+  let text, manifest, plan, source;
+  if (gguf) {
+    const href = new URL(String(modelUrl), globalThis.location?.href).href;
+    let length;
+    ({ manifestText: text, manifest, plan, length } = await planGgufUrl(href, wasm, planOptions, { signal }));
+    source = { kind: "gguf", bytes: length };
+  } else {
+    text = await manifestText(url, options.revalidate, signal);
+    manifest = parseManifest(text);
+    try {
+      plan = wasm.planModel(text, planOptions);
+    } catch (e) {
+      throw fromWasm(e);
+    }
+    source = { kind: "package", bytes: plan.downloadBytes };
   }
 
   const reasons = [...(choice.backend === "cpu" ? plan.cpuRefusals : plan.gpuRefusals)];
@@ -100,6 +115,7 @@ export async function inspect(modelUrl, options = {}) {
     architecture: plan.architecture,
     parameters: plan.parameters,
     downloadBytes: plan.downloadBytes,
+    source,
     storedBytes,
     backend: choice.backend,
     backendReason: choice.reason,

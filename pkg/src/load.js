@@ -180,12 +180,12 @@ const LOAD_OPTIONS = [
 
 /**
  * `modelUrl` as the key of its package (store.modelKey), refusing what is not a package directory's
- * URL: another type, a malformed URL, or a GGUF file (which needs `hearth convert` first). `fn`
- * names the function for the message.
+ * URL: another type, a malformed URL, or a GGUF file unless `gguf` (inspect() reads one; load()
+ * needs `hearth convert` first). `fn` names the function for the message.
  */
-export function packageKey(modelUrl, fn) {
+export function packageKey(modelUrl, fn, { gguf = false } = {}) {
   if (typeof modelUrl !== "string" && !(modelUrl instanceof URL)) {
-    throw new InvalidArgumentError(`${fn}() takes the URL of a model package directory`);
+    throw new InvalidArgumentError(`${fn}() takes the URL of a model package directory${gguf ? " or a GGUF file" : ""}`);
   }
   let key;
   try {
@@ -193,10 +193,10 @@ export function packageKey(modelUrl, fn) {
   } catch (e) {
     throw new InvalidArgumentError(`${fn}(): ${JSON.stringify(String(modelUrl))} is not a URL (${e.message})`);
   }
-  if (/\.gguf\/$/i.test(key)) {
+  if (!gguf && /\.gguf\/$/i.test(key)) {
     throw new InvalidArgumentError(
       `${fn}() reads a Hearth model package (a directory with manifest.json), not a GGUF file: convert it with ` +
-        "`hearth convert MODEL.gguf --out DIR` and serve DIR",
+        "`hearth convert MODEL.gguf --out DIR` and serve DIR (Hearth.inspect() sizes a GGUF URL as it is)",
     );
   }
   return key;

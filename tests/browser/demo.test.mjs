@@ -1,6 +1,7 @@
 // The demo page (www/) as a visitor uses it, in headless Chromium (WebGPU on SwiftShader), served by
 // the same routes as `make demo`: what the model needs before downloading it (Hearth.inspect: its
-// parameters and memory here; a URL without a manifest named), download the default model with
+// parameters and memory here; a URL without a manifest named; a GGUF URL sized from its header),
+// download the default model with
 // progress (cancel, then resume),
 // chat with streamed tokens and stats, stop an answer, reload with the network on (the stored model
 // loads without a request) and off (the service worker serves the page; the model chats again), and
@@ -249,6 +250,26 @@ test("a model URL that does not answer gives a message naming it", { timeout: 2 
   assert.equal(await page.locator("#load-status").textContent(), "The model did not load.");
   // The one expected console line: Chrome reports the 404 itself.
   assert.deepEqual(errors.filter((e) => !/status of 404/.test(e)), []);
+  await context.close();
+});
+
+test("a pasted GGUF URL is sized from its header, and Load asks for a converted package", { timeout: 2 * MINUTES }, async () => {
+  const context = await browser.newContext();
+  const errors = [];
+  const page = await openDemo(context, errors);
+  await page.getByLabel("Model package", { exact: true }).selectOption("custom");
+  server.reset();
+  await page.getByLabel(/URL of a model package/).fill(server.url + "/gguf/SmolLM2-135M-Instruct.Q4_1.gguf");
+  // Its parameters and memory, as for a package, and what the file is.
+  const details = page.locator("#model-details", { hasText: /parameters · needs .* at \d+ tokens · a GGUF file of 98\.4 MB/ });
+  await details.waitFor({ timeout: MINUTES });
+  assert.match(await details.textContent(), /^135M parameters/);
+  assert.match(await page.locator("#model-fit").textContent(), /convert it with `hearth convert MODEL\.gguf --out DIR`/);
+  assert.ok(await page.getByRole("button", { name: "Load model" }).isDisabled());
+  // Nothing but the header was asked for.
+  const asked = server.requests("/gguf/");
+  assert.ok(asked.length >= 1 && asked.every((e) => e.status === 206 && e.range[1] < 2 ** 21), JSON.stringify(asked));
+  assert.deepEqual(errors, []);
   await context.close();
 });
 

@@ -51,3 +51,55 @@ test("hostile request paths get 4xx answers and the server keeps serving", async
     fs.rmSync(root, { recursive: true, force: true });
   }
 });
+
+/** GET `rawPath` with `headers`; resolves to {status, headers, body}. */
+function getWith(url, rawPath, headers) {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve, reject) => {
+    const req = http.request({ hostname, port, path: rawPath, method: "GET", headers }, (res) => {
+      const chunks = [];
+      res.on("data", (c) => chunks.push(c));
+      res.on("end", () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) }));
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+test("byte ranges: one range gets 206 and those bytes, a range past the end 416, others the whole file; noRange ignores them", async () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "hearth-static-"));
+  const bytes = Buffer.from(Array.from({ length: 1000 }, (_, i) => (i * 7) & 0xff));
+  fs.writeFileSync(path.join(root, "model.gguf"), bytes);
+  const server = await startServer({ routes: { "/": root } });
+  try {
+    const cases = [
+      ["bytes=0-99", 206, 0, 99],
+      ["bytes=990-", 206, 990, 999],
+      ["bytes=-10", 206, 990, 999],
+      ["bytes=500-5000", 206, 500, 999],
+      ["bytes=0-1,5-6", 200, 0, 999], // several ranges: not served as ranges here
+      ["bytes=9-3", 200, 0, 999],
+    ];
+    for (const [range, status, start, end] of cases) {
+      const r = await getWith(server.url, "/model.gguf", { Range: range });
+      assert.equal(r.status, status, range);
+      assert.deepEqual(r.body, bytes.subarray(start, end + 1), range);
+      assert.equal(r.headers["accept-ranges"], "bytes", range);
+      if (status === 206) assert.equal(r.headers["content-range"], `bytes ${start}-${end}/1000`, range);
+    }
+    const past = await getWith(server.url, "/model.gguf", { Range: "bytes=1000-" });
+    assert.equal(past.status, 416);
+    assert.equal(past.headers["content-range"], "bytes */1000");
+    assert.equal(server.log.at(-1).status, 416);
+    assert.deepEqual(server.log.at(-4).range, [500, 999]);
+    server.hooks.noRange.set("/model.gguf", true);
+    const ignored = await getWith(server.url, "/model.gguf", { Range: "bytes=0-99" });
+    assert.equal(ignored.status, 200);
+    assert.equal(ignored.headers["accept-ranges"], undefined);
+    assert.deepEqual(ignored.body, bytes);
+    assert.equal(server.log.at(-1).sent, 1000);
+  } finally {
+    await server.close();
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});

@@ -21,6 +21,9 @@ async function fetchCatalog() {
   }
 }
 
+/** Whether `url` (absolute) names a GGUF file: inspected from its header, not loadable here yet. */
+const isGguf = (url) => /\.gguf$/i.test(new URL(url).pathname);
+
 /** The form Hearth keys its cache by: absolute, ending in "/". */
 function directoryUrl(url) {
   const u = new URL(url, document.baseURI);
@@ -126,7 +129,9 @@ export async function createModelPanel({ Hearth, support, onEngine }) {
     const text = urlInput.value.trim();
     if (!text) return null;
     try {
-      return directoryUrl(text);
+      // A GGUF file's URL as it is (its query may be a signature); a package's as its directory.
+      const absolute = new URL(text, document.baseURI).href;
+      return isGguf(absolute) ? absolute : directoryUrl(text);
     } catch {
       return null;
     }
@@ -163,21 +168,26 @@ export async function createModelPanel({ Hearth, support, onEngine }) {
     const url = selectedUrl();
     const model = catalog.find((m) => m.url === url);
     const copy = stored.find((s) => s.url === url);
+    const gguf = url && isGguf(url);
     const parts = model ? [model.architecture, model.quantization, formatBytes(model.size)] : [];
     if (copy?.complete) parts.push("stored on this device");
     else if (copy) parts.push(`partly stored (${formatBytes(copy.bytes)}): loading resumes`);
-    else if (url) parts.push(navigator.onLine ? "downloads once, then stays on this device" : "not stored: needs the network");
+    else if (url && !gguf) parts.push(navigator.onLine ? "downloads once, then stays on this device" : "not stored: needs the network");
     const { result, error } = inspection.key === inspectionKey() ? inspection : {};
     if (result) {
       const where = result.backend === "cpu" ? "of memory on the CPU" : "of GPU memory";
       parts.push(`${formatCount(result.parameters)} parameters`,
         `needs ${formatBytes(result.memory.total)} ${where} at ${result.context} tokens`);
     }
+    if (result?.source.kind === "gguf") parts.push(`a GGUF file of ${formatBytes(result.source.bytes ?? NaN)}`);
     $("model-details").textContent = parts.join(" · ");
-    $("model-fit").textContent = result && !result.fits
+    const convert = gguf
+      ? " To load it here, convert it with `hearth convert MODEL.gguf --out DIR` and paste DIR's URL."
+      : "";
+    $("model-fit").textContent = (result && !result.fits
       ? `It will not run here: ${result.reasons.join(" ")}`
-      : error ? `${error.name === "NetworkError" ? "Its manifest could not be read. " : ""}${describeError(error).text}` : "";
-    $("load").disabled = Boolean(loading) || !url || (!navigator.onLine && !copy?.complete) ||
+      : error ? `${error.name === "NetworkError" ? `Its ${gguf ? "header" : "manifest"} could not be read. ` : ""}${describeError(error).text}` : "") + convert;
+    $("load").disabled = Boolean(loading) || !url || gguf || (!navigator.onLine && !copy?.complete) ||
       ($("backend-select").value === "webgpu" && !support.webgpu);
     $("backend-details").textContent = backendDetails($("backend-select").value);
   }

@@ -1,7 +1,11 @@
 //! What a package needs before anything of it is downloaded: `Hearth.inspect()` asks [`plan_model`]
 //! for the sizes the loader will then really use (`hearth_core::plan`, as `Loader::create` checks
-//! them) and for the reasons, if any, that this page cannot run it.
+//! them) and for the reasons, if any, that this page cannot run it; for a GGUF URL, from the package
+//! its header plans ([`plan_gguf`]).
 
+use hearth_core::convert::{plan_gguf_header, ConvertOptions};
+use hearth_core::gguf::GgufFile;
+use hearth_core::manifest::Manifest;
 use hearth_core::package::parse_manifest;
 use hearth_core::plan::{Memory, ModelSizes};
 use serde::{Deserialize, Serialize};
@@ -49,17 +53,50 @@ struct Plan {
 /// each would refuse it under the limits given (the same checks and messages as `Loader.create`).
 #[wasm_bindgen(js_name = planModel)]
 pub fn plan_model(manifest_text: &str, options: JsValue) -> Result<JsValue, JsValue> {
-    let options: PlanOptions = if options.is_undefined() || options.is_null() {
-        PlanOptions::default()
-    } else {
-        serde_wasm_bindgen::from_value(options).map_err(|e| named_error("InvalidArgumentError", &e.to_string()))?
-    };
+    let options = plan_options(options)?;
     let manifest = parse_manifest(manifest_text.as_bytes(), "manifest.json").map_err(js_error)?;
+    to_js(&plan(&manifest, &options)?)
+}
+
+/// A GGUF's package planned from its first bytes (`prefix`, of a file of `length` bytes named
+/// `name`), as `hearth convert` would lay it out and [`plan_model`] sizes it: `{manifestText, plan}`
+/// (the manifest's shards not hashed yet: their bytes are not made), or `undefined` when the
+/// header runs past `prefix` (ask for more bytes). An architecture no engine runs is refused here,
+/// before any tensor data is downloaded.
+#[wasm_bindgen(js_name = planGguf)]
+pub fn plan_gguf(prefix: &[u8], length: f64, name: &str, options: JsValue) -> Result<JsValue, JsValue> {
+    let options = plan_options(options)?;
+    if !(length.is_finite() && length >= 0.0) {
+        return Err(named_error("InvalidArgumentError", "the GGUF's length must be a number of bytes"));
+    }
+    let Some(gguf) = GgufFile::from_prefix(prefix, length as u64, name).map_err(js_error)? else {
+        return Ok(JsValue::UNDEFINED);
+    };
+    let manifest = plan_gguf_header(&gguf, &ConvertOptions::default()).map_err(js_error)?;
+    let manifest_text = serde_json::to_string(&manifest)
+        .map_err(|e| named_error("BadPackageError", &format!("cannot write the planned manifest: {e}")))?;
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Planned {
+        manifest_text: String,
+        plan: Plan,
+    }
+    to_js(&Planned { manifest_text, plan: plan(&manifest, &options)? })
+}
+
+fn plan_options(options: JsValue) -> Result<PlanOptions, JsValue> {
+    if options.is_undefined() || options.is_null() {
+        return Ok(PlanOptions::default());
+    }
+    serde_wasm_bindgen::from_value(options).map_err(|e| named_error("InvalidArgumentError", &e.to_string()))
+}
+
+fn plan(manifest: &Manifest, options: &PlanOptions) -> Result<Plan, JsValue> {
     // Rings of windowed layers sized for full prefill chunks: the engine's own, unless attention's
     // scratch for a chunk that long exceeds the adapter's binding, when it takes shorter chunks
     // and smaller rings (the figure is then an upper bound).
     let (sizes, cpu, gpu) =
-        ModelSizes::plan(&manifest, options.max_context, options.kv_f16, hearth_gpu::MAX_CHUNK).map_err(js_error)?;
+        ModelSizes::plan(manifest, options.max_context, options.kv_f16, hearth_gpu::MAX_CHUNK).map_err(js_error)?;
     let mut cpu_refusals = Vec::new();
     if let Some(limit) = options.memory_limit.filter(|l| l.is_finite() && *l > 0.0) {
         let why = options.memory_limit_reason.as_deref().unwrap_or("the limit the page gave");
@@ -75,5 +112,5 @@ pub fn plan_model(manifest_text: &str, options: JsValue) -> Result<JsValue, JsVa
     }
     // ModelSizes's fields, with the refusals (serde's flatten would make a JS Map of it).
     let ModelSizes { name, architecture, parameters, download_bytes, context, cpu, gpu } = sizes;
-    to_js(&Plan { name, architecture, parameters, download_bytes, context, cpu, gpu, cpu_refusals, gpu_refusals })
+    Ok(Plan { name, architecture, parameters, download_bytes, context, cpu, gpu, cpu_refusals, gpu_refusals })
 }
