@@ -20,10 +20,7 @@ pub(super) fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result
     let gguf = GgufFile::open(input)?;
     let (manifest, tokenizer_json) = header(&gguf)?;
     let mut writer = PackageWriter::new(out, opts.shard_bytes, opts.overwrite)?;
-    for info in &gguf.tensors {
-        if LONG_ROPE_FACTORS.contains(&info.name.as_str()) {
-            continue; // in the config (`RopeScaling::LongRope`)
-        }
+    for info in gguf.tensors.iter().filter(|t| in_package(t)) {
         let tensor = convert_tensor(&gguf, info, opts)?;
         add_tensor(&mut writer, &info.name, &tensor, &manifest.config, input)?;
     }
@@ -36,14 +33,16 @@ pub(super) fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result
 /// tokenizer file, as the converter will lay them out; the shards' hashes are empty, their bytes
 /// not yet made.
 pub(super) fn plan(gguf: &GgufFile, opts: &ConvertOptions) -> Result<Manifest> {
+    Ok(plan_with_tokenizer(gguf, opts)?.0)
+}
+
+/// [`plan`], and the tokenizer.json the package holds (its hash is in the manifest).
+pub(super) fn plan_with_tokenizer(gguf: &GgufFile, opts: &ConvertOptions) -> Result<(Manifest, String)> {
     let input = &gguf.path;
     let (mut manifest, tokenizer_json) = header(gguf)?;
     let mut layout = ShardLayout::new(opts.shard_bytes);
     let mut names = HashSet::new();
-    for info in &gguf.tensors {
-        if LONG_ROPE_FACTORS.contains(&info.name.as_str()) {
-            continue;
-        }
+    for info in gguf.tensors.iter().filter(|t| in_package(t)) {
         let Target { dtype, group, .. } = target(info, opts)?;
         let shape = info.shape();
         let pieces = package_pieces(&info.name, &shape, &manifest.config, input)?;
@@ -94,7 +93,7 @@ pub(super) fn plan(gguf: &GgufFile, opts: &ConvertOptions) -> Result<Manifest> {
         size: tokenizer_json.len() as u64,
         sha256: sha256_hex(tokenizer_json.as_bytes()),
     }];
-    Ok(manifest)
+    Ok((manifest, tokenizer_json))
 }
 
 /// Everything of a GGUF's package manifest but its shard, file and tensor tables, and the
@@ -305,6 +304,12 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
 /// The tensors of LongRoPE's factors (Phi-3), which the package keeps in its config.
 const LONG_ROPE_FACTORS: [&str; 2] = ["rope_factors_long.weight", "rope_factors_short.weight"];
 
+/// Whether the GGUF's tensor `info` becomes package tensors: all but LongRoPE's factors, which go
+/// into the config (`RopeScaling::LongRope`).
+pub(super) fn in_package(info: &GgufTensorInfo) -> bool {
+    !LONG_ROPE_FACTORS.contains(&info.name.as_str())
+}
+
 /// Phi-3's LongRoPE, where the file has both factor tensors: llama.cpp divides the frequencies by
 /// the long ones when its context exceeds the original one, by the short ones otherwise, and scales
 /// rotated values by `rope.scaling.attn_factor` (1 without it).
@@ -404,18 +409,39 @@ fn target(info: &GgufTensorInfo, opts: &ConvertOptions) -> Result<Target> {
 }
 
 fn convert_tensor(gguf: &GgufFile, info: &GgufTensorInfo, opts: &ConvertOptions) -> Result<Tensor> {
+    target(info, opts)?; // an unsupported type is refused before its bytes are read
+    convert_tensor_bytes(info, &gguf.read_tensor(info)?, opts, &gguf.path)
+}
+
+/// Tensor `info` of the package from its bytes exactly as the GGUF stores them.
+pub(super) fn convert_tensor_bytes(
+    info: &GgufTensorInfo,
+    bytes: &[u8],
+    opts: &ConvertOptions,
+    file: &Path,
+) -> Result<Tensor> {
     let Target { dtype, from_blocks, .. } = target(info, opts)?;
     let (ty, shape) = (info.ggml_type, info.shape());
-    let bytes = gguf.read_tensor(info)?;
+    if info.n_bytes != Some(bytes.len() as u64) {
+        return Err(HearthError::bad_file(
+            file.display(),
+            format!(
+                "`{}` has {} bytes of data, not the {:?} its type and shape need",
+                info.name,
+                bytes.len(),
+                info.n_bytes
+            ),
+        ));
+    }
     if from_blocks {
         return match (ty, dtype) {
-            (GgmlType::Q4_0 | GgmlType::Q4_1, _) => q4_from_ggml(ty, &bytes, shape, &info.name),
-            (GgmlType::Q8_0, _) => Ok(q8_from_ggml(&bytes, shape)),
-            (GgmlType::Q5_0, DType::Q8) => Ok(q8_from_q5_0(&bytes, shape)),
-            (GgmlType::Q5_0 | GgmlType::Q5_1, _) => q5_from_ggml(ty, &bytes, shape, &info.name),
-            _ => k_from_ggml(ty, &bytes, shape, &info.name),
+            (GgmlType::Q4_0 | GgmlType::Q4_1, _) => q4_from_ggml(ty, bytes, shape, &info.name),
+            (GgmlType::Q8_0, _) => Ok(q8_from_ggml(bytes, shape)),
+            (GgmlType::Q5_0, DType::Q8) => Ok(q8_from_q5_0(bytes, shape)),
+            (GgmlType::Q5_0 | GgmlType::Q5_1, _) => q5_from_ggml(ty, bytes, shape, &info.name),
+            _ => k_from_ggml(ty, bytes, shape, &info.name),
         };
     }
-    let values = dequantize(ty, &bytes, &info.name)?;
+    let values = dequantize(ty, bytes, &info.name)?;
     encode_f32(&info.name, shape, &values, dtype, opts.group)
 }

@@ -4,6 +4,7 @@
 //! every source, so the engines look tensors up one way.
 
 mod gguf_model;
+mod gguf_stream;
 mod gguf_tokenizer;
 mod hf_layout;
 mod safetensors_model;
@@ -16,6 +17,7 @@ use crate::manifest::{FfnKind, Manifest, ModelConfig};
 use crate::package::PackageWriter;
 use crate::quant::{DType, Tensor};
 
+pub use gguf_stream::{FinishedShard, GgufStream};
 pub use gguf_tokenizer::{tokenizer_from_gguf, GgufTokenizer};
 
 /// What to turn 2-D weight matrices into. Vectors (norm weights, biases) always stay f32.
@@ -122,9 +124,8 @@ fn check_group(opts: &ConvertOptions) -> Result<()> {
     Ok(())
 }
 
-/// Add `tensor` to the package as `name`, or as the pieces [`package_pieces`] cuts it into (rows
-/// are independent in every encoding, so cutting the encoded tensor changes no value), and return
-/// what was added (names and shapes).
+/// Add `tensor` to the package as `name`, or as the pieces [`package_pieces`] cuts it into, and
+/// return what was added (names and shapes).
 fn add_tensor(
     writer: &mut PackageWriter,
     name: &str,
@@ -132,16 +133,34 @@ fn add_tensor(
     c: &ModelConfig,
     source: &Path,
 ) -> Result<Vec<(String, Vec<usize>)>> {
+    let pieces = cut_pieces(name, tensor, c, source)?;
+    let mut added = Vec::with_capacity(pieces.len());
+    for (part_name, part) in pieces {
+        writer.add_tensor(&part_name, part.as_ref())?;
+        added.push((part_name, part.shape.clone()));
+    }
+    Ok(added)
+}
+
+/// `tensor` (source tensor `name`) as the package tensors [`package_pieces`] makes of it: itself
+/// whole (borrowed), or its rows cut into pieces (rows are independent in every encoding, so
+/// cutting the encoded tensor changes no value).
+fn cut_pieces<'t>(
+    name: &str,
+    tensor: &'t Tensor,
+    c: &ModelConfig,
+    source: &Path,
+) -> Result<Vec<(String, std::borrow::Cow<'t, Tensor>)>> {
+    use std::borrow::Cow;
     let pieces = package_pieces(name, &tensor.shape, c, source)?;
     if let [(whole, 0, _)] = &pieces[..] {
-        writer.add_tensor(whole, tensor)?;
-        return Ok(vec![(whole.clone(), tensor.shape.clone())]);
+        return Ok(vec![(whole.clone(), Cow::Borrowed(tensor))]);
     }
     // A vector (a fused bias) is cut as a matrix of one-value rows.
     let vector = tensor.shape.len() == 1;
     let matrix =
         if vector { Tensor { shape: vec![tensor.shape[0], 1], data: tensor.data.clone() } } else { tensor.clone() };
-    let mut added = Vec::with_capacity(pieces.len());
+    let mut cut = Vec::with_capacity(pieces.len());
     for (part_name, start, rows) in pieces {
         let mut part = matrix.row_slice(start, rows).ok_or_else(|| {
             HearthError::bad_file(source.display(), format!("`{name}` cannot be cut into {part_name}'s rows"))
@@ -149,10 +168,9 @@ fn add_tensor(
         if vector {
             part.shape = vec![rows];
         }
-        writer.add_tensor(&part_name, &part)?;
-        added.push((part_name, part.shape));
+        cut.push((part_name, Cow::Owned(part)));
     }
-    Ok(added)
+    Ok(cut)
 }
 
 /// The encoding an f32 weight of `shape` gets when `dtype` is chosen: vectors stay f32, and
