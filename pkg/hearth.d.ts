@@ -73,6 +73,11 @@ export interface LoadOptions {
  * Loads the model package at `modelUrl` (a directory URL holding `manifest.json`, resolved against
  * the page's URL) onto the GPU, or the CPU (see `backend`). Shards are verified against the
  * manifest's sha256, stored in IndexedDB and uploaded one at a time; a stored model loads offline.
+ * `modelUrl` may name a GGUF file (`….gguf`): its header is read first (a model that cannot run
+ * here is refused before any tensor data is fetched), then the file is converted as it downloads
+ * into the package `hearth convert` would make, stored shard by shard (each with its sha256) and
+ * loaded from the store; a cut-off download resumes at the first missing shard (a range request).
+ * It needs IndexedDB (`cache: false` is refused for it).
  *
  * @throws {WebGPUUnavailableError} `backend: "webgpu"` and the browser has no WebGPU or no adapter
  * @throws {OutOfMemoryError} the CPU engine would need more memory than the page may use (checked before downloading)

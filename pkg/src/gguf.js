@@ -52,15 +52,16 @@ class Prefix {
 }
 
 /** The total of a 206's `Content-Range: bytes a-b/total` (null where unknown or unreadable). */
-function rangeOf(response) {
+export function rangeOf(response) {
   const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(response.headers.get("Content-Range") ?? "");
   return m ? { start: Number(m[1]), end: Number(m[2]), total: m[3] === "*" ? null : Number(m[3]) } : null;
 }
 
 /**
- * The package the GGUF at `url` plans: {manifest, manifestText, plan, length, ranges}. `plan` is
- * planModel's answer for it under `planOptions`; `length` the file's bytes (null when the server
- * does not say); `ranges` whether the server answered range requests. Refuses an architecture no
+ * The package the GGUF at `url` plans: {manifest, manifestText, plan, length, ranges, name, header}.
+ * `plan` is planModel's answer for it under `planOptions`; `length` the file's bytes (null when the
+ * server does not say); `ranges` whether the server answered range requests; `header` the bytes
+ * read (the whole header: what a GgufConverter starts from). Refuses an architecture no
  * engine runs, and a file that is not a GGUF, before any tensor data is downloaded.
  */
 export async function planGgufUrl(url, wasm, planOptions, { signal, stallMs = STALL_TIMEOUT_MS } = {}) {
@@ -76,7 +77,8 @@ export async function planGgufUrl(url, wasm, planOptions, { signal, stallMs = ST
       throw fromWasm(e);
     }
     if (!planned) return null;
-    return { manifest: JSON.parse(planned.manifestText), manifestText: planned.manifestText, plan: planned.plan, length, ranges };
+    const { manifestText, plan } = planned;
+    return { manifest: JSON.parse(manifestText), manifestText, plan, length, ranges, name, header: prefix.view() };
   };
   const tooLarge = () =>
     new BadPackageError(`${name}: its header runs past ${MAX_HEADER >> 20} MiB, more than Hearth reads of a GGUF's header`);

@@ -31,6 +31,25 @@ function checkInspectOptions(options) {
 }
 
 /**
+ * What planModel (and planGguf) check a model against for `choice` (chooseBackend's answer): the
+ * adapter's largest binding and f16 KV cache on the GPU, the CPU engine's memory limit.
+ */
+export async function planOptionsFor(choice, maxContext) {
+  const gpu = choice.backend === "webgpu" ? await probeGpu() : null;
+  const limits = gpu?.adapter?.limits;
+  const kvF16 = gpu?.adapter?.features.has("shader-f16") ?? false;
+  const cpuLimit = cpuMemoryLimit();
+  const planOptions = {
+    maxContext,
+    kvF16,
+    binding: limits ? Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize) : undefined,
+    memoryLimit: cpuLimit.bytes,
+    memoryLimitReason: cpuLimit.reason,
+  };
+  return { gpu, kvF16, planOptions };
+}
+
+/**
  * The manifest: fetched, or the stored copy when the network is unreachable; with `revalidate:
  * false`, a model stored whole is inspected without any request (as load() then loads it).
  */
@@ -66,19 +85,9 @@ export async function inspect(modelUrl, options = {}) {
   const signal = signalOf(options);
   if (signal?.aborted) throw abortError(signal);
   const choice = await chooseBackend(options.backend ?? "auto");
-  const gpu = choice.backend === "webgpu" ? await probeGpu() : null;
-  const limits = gpu?.adapter?.limits;
-  const kvF16 = gpu?.adapter?.features.has("shader-f16") ?? false;
-  const cpuLimit = cpuMemoryLimit();
+  const { gpu, kvF16, planOptions } = await planOptionsFor(choice, options.maxContext);
   // The plain build: planModel is the same in every build, and it starts no thread pool.
   const wasm = await wasmFor("webgpu", false, signal);
-  const planOptions = {
-    maxContext: options.maxContext,
-    kvF16,
-    binding: limits ? Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize) : undefined,
-    memoryLimit: cpuLimit.bytes,
-    memoryLimitReason: cpuLimit.reason,
-  };
   let text, manifest, plan, source;
   if (gguf) {
     const href = new URL(String(modelUrl), globalThis.location?.href).href;

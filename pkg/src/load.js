@@ -9,6 +9,8 @@ import {
   QuotaExceededError, UnsupportedModelError, WebGPUUnavailableError, abortError, fromWasm, raceAbort,
 } from "./errors.js";
 import { fetchText, fetchVerified, packageFileUrl, STALL_TIMEOUT_MS } from "./fetch.js";
+import { isGgufUrl } from "./gguf.js";
+import { storeGguf } from "./gguf-load.js";
 import { checkBackend, chooseBackend, cpuMemoryLimit, hasRelaxedSimd } from "./support.js";
 import { startThreadPool } from "./threads.js";
 import { HearthEngine } from "./engine.js";
@@ -155,7 +157,7 @@ export function storageNeeded(manifest, manifestText, missingShardBytes) {
 }
 
 /** Refuses to start a download that the origin's quota cannot hold. */
-async function checkQuota(needed) {
+export async function checkQuota(needed) {
   const { available, error } = await quotaShortfall(needed);
   if (error) throw error;
   if (available == null) return;
@@ -203,8 +205,14 @@ export function packageKey(modelUrl, fn, { gguf = false } = {}) {
 }
 
 export function checkOptions(modelUrl, options) {
-  packageKey(modelUrl, "load");
+  packageKey(modelUrl, "load", { gguf: true });
   if (options === null || typeof options !== "object") throw new InvalidArgumentError("options must be an object");
+  if (isGgufUrl(modelUrl) && options.cache === false) {
+    throw new InvalidArgumentError(
+      "options.cache: false cannot load a GGUF URL: it is converted into this site's storage as it downloads " +
+        "(convert it with `hearth convert MODEL.gguf --out DIR` to load it uncached)",
+    );
+  }
   // No option is silently ignored: a misspelled one is an error naming it.
   for (const [k, v] of Object.entries(options)) {
     if (v != null && !LOAD_OPTIONS.includes(k)) {
@@ -234,18 +242,27 @@ export function checkOptions(modelUrl, options) {
 }
 
 /**
- * Loads the model package at `modelUrl` (a directory holding manifest.json) onto the GPU, or the
- * CPU (`options.backend`: "auto" by default, "webgpu" or "cpu").
+ * Loads the model package at `modelUrl` (a directory holding manifest.json, or a GGUF file, which
+ * is converted into a stored package as it downloads) onto the GPU, or the CPU (`options.backend`:
+ * "auto" by default, "webgpu" or "cpu").
  * @returns {Promise<HearthEngine>}
  */
 export async function load(modelUrl, options = {}) {
   checkOptions(modelUrl, options);
   const signal = signalOf(options);
   if (signal?.aborted) throw abortError(signal);
-  const url = packageKey(modelUrl, "load");
+  const url = packageKey(modelUrl, "load", { gguf: true });
   // One tab (or worker) at a time loads a model that it stores: another waits, then finds the
   // shards stored (or a newer version's, replacing these) rather than racing on the same records.
   if (options.cache === false) return loadPackage(url, options, signal);
+  if (isGgufUrl(modelUrl)) {
+    // Converted into the store as it downloads (gguf-load.js), then loaded from there.
+    const href = new URL(String(modelUrl), globalThis.location?.href).href;
+    return store.withModelLock(url, signal, async () => {
+      await storeGguf(href, url, options, signal);
+      return loadPackage(url, { ...options, revalidate: false }, signal);
+    });
+  }
   return store.withModelLock(url, signal, () => loadPackage(url, options, signal));
 }
 

@@ -21,7 +21,7 @@ async function fetchCatalog() {
   }
 }
 
-/** Whether `url` (absolute) names a GGUF file: inspected from its header, not loadable here yet. */
+/** Whether `url` (absolute) names a GGUF file (kept as it is: its query may be a signature). */
 const isGguf = (url) => /\.gguf$/i.test(new URL(url).pathname);
 
 /** The form Hearth keys its cache by: absolute, ending in "/". */
@@ -172,22 +172,21 @@ export async function createModelPanel({ Hearth, support, onEngine }) {
     const parts = model ? [model.architecture, model.quantization, formatBytes(model.size)] : [];
     if (copy?.complete) parts.push("stored on this device");
     else if (copy) parts.push(`partly stored (${formatBytes(copy.bytes)}): loading resumes`);
-    else if (url && !gguf) parts.push(navigator.onLine ? "downloads once, then stays on this device" : "not stored: needs the network");
+    else if (url) parts.push(navigator.onLine ? "downloads once, then stays on this device" : "not stored: needs the network");
     const { result, error } = inspection.key === inspectionKey() ? inspection : {};
     if (result) {
       const where = result.backend === "cpu" ? "of memory on the CPU" : "of GPU memory";
       parts.push(`${formatCount(result.parameters)} parameters`,
         `needs ${formatBytes(result.memory.total)} ${where} at ${result.context} tokens`);
     }
-    if (result?.source.kind === "gguf") parts.push(`a GGUF file of ${formatBytes(result.source.bytes ?? NaN)}`);
+    if (result?.source.kind === "gguf") {
+      parts.push(`a GGUF file of ${formatBytes(result.source.bytes ?? NaN)}, converted on this device as it downloads`);
+    }
     $("model-details").textContent = parts.join(" · ");
-    const convert = gguf
-      ? " To load it here, convert it with `hearth convert MODEL.gguf --out DIR` and paste DIR's URL."
-      : "";
-    $("model-fit").textContent = (result && !result.fits
+    $("model-fit").textContent = result && !result.fits
       ? `It will not run here: ${result.reasons.join(" ")}`
-      : error ? `${error.name === "NetworkError" ? `Its ${gguf ? "header" : "manifest"} could not be read. ` : ""}${describeError(error).text}` : "") + convert;
-    $("load").disabled = Boolean(loading) || !url || gguf || (!navigator.onLine && !copy?.complete) ||
+      : error ? `${error.name === "NetworkError" ? `Its ${gguf ? "header" : "manifest"} could not be read. ` : ""}${describeError(error).text}` : "";
+    $("load").disabled = Boolean(loading) || !url || (!navigator.onLine && !copy?.complete) ||
       ($("backend-select").value === "webgpu" && !support.webgpu);
     $("backend-details").textContent = backendDetails($("backend-select").value);
   }

@@ -6,6 +6,7 @@
 
 mod compute;
 mod engine;
+mod gguf;
 mod inspect;
 mod loader;
 #[cfg(all(feature = "threads", target_arch = "wasm32"))]
@@ -15,6 +16,7 @@ use hearth_core::HearthError;
 use wasm_bindgen::prelude::*;
 
 pub use engine::Engine;
+pub use gguf::GgufConverter;
 pub use loader::Loader;
 #[cfg(all(feature = "threads", target_arch = "wasm32"))]
 pub use threads::ThreadPool;

@@ -1,9 +1,13 @@
-// Hearth.inspect() of a GGUF URL: only the header is read, and the figures are those of the package
-// `hearth convert` makes of the file. SmolLM2 (header within the first 2 MiB) against the package
+// A GGUF URL in the browser. load(): converted into a stored package as it downloads, shard for
+// shard the package `hearth convert` writes (the stored hashes equal the natively converted
+// package's), generating what that package generates; a download cut off resumes with a range
+// request from the first missing shard's first tensor; a second load asks for nothing. inspect():
+// only the header is read, and the figures are those of the package `hearth convert` makes of it. SmolLM2 (header within the first 2 MiB) against the package
 // converted from it, inspected on the same page; Gemma 3 (a 262k-token vocabulary: 2, 4, then 8 MiB
 // read in three contiguous range requests) against `hearth inspect` of the file; a server that
 // ignores Range (one stream, cancelled once the header is in); an architecture Hearth does not run
-// (refused after the first 2 MiB of a 95 MB file), a file that is not a GGUF, and a 404.
+// (refused by inspect() and load() after the first 2 MiB of a 95 MB file, nothing stored), a file
+// that is not a GGUF, and a 404.
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -11,7 +15,7 @@ import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { HEARTH, launch, MINUTES, openPage, ROOT, serve, SMOLLM2 } from "./harness.mjs";
+import { assertSameGreedyText, HEARTH, launch, MINUTES, openPage, ROOT, serve, SMOLLM2 } from "./harness.mjs";
 
 const MiB = 2 ** 20;
 const SMOLLM2_GGUF = path.join(ROOT, ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -105,7 +109,7 @@ test("Gemma 3's GGUF: its 8 MiB header read in three contiguous ranges, the figu
   await context.close();
 });
 
-test("an architecture Hearth does not run is refused after the first range; a page that is not a GGUF and a 404 by name; load() still asks for a package", { timeout: 3 * MINUTES }, async () => {
+test("an architecture Hearth does not run is refused after the first range; a page that is not a GGUF and a 404 by name; load() of one uncached refused", { timeout: 3 * MINUTES }, async () => {
   const { context, page, consoleErrors } = await openPage(browser, server);
   server.reset();
   const got = await page.evaluate(async () => {
@@ -114,19 +118,123 @@ test("an architecture Hearth does not run is refused after the first range; a pa
       mamba: await err(() => Hearth.inspect("/models/gguf/mamba.gguf")),
       page: await err(() => Hearth.inspect("/models/gguf/page.gguf")),
       missing: await err(() => Hearth.inspect("/models/gguf/missing.gguf")),
-      load: await err(() => Hearth.load("/models/gguf/smollm2.gguf", { cache: false })),
+      loadMamba: await err(() => Hearth.load("/models/gguf/mamba.gguf")),
+      uncached: await err(() => Hearth.load("/models/gguf/smollm2.gguf", { cache: false })),
+      stored: await Hearth.cache.list(),
     };
   });
   assert.equal(got.mamba?.name, "UnsupportedModelError", JSON.stringify(got.mamba));
   assert.match(got.mamba.message, /mamba/);
-  assert.deepEqual(seen("/models/gguf/mamba.gguf"), [[206, [0, 2 * MiB - 1]]], "nothing past the header's first 2 MiB");
+  assert.equal(got.loadMamba?.name, "UnsupportedModelError", JSON.stringify(got.loadMamba));
+  const firstRange = [206, [0, 2 * MiB - 1]];
+  assert.deepEqual(seen("/models/gguf/mamba.gguf"), [firstRange, firstRange], "nothing past the header's first 2 MiB");
+  assert.deepEqual(got.stored, [], "nothing stored");
   assert.equal(got.page?.name, "BadPackageError", JSON.stringify(got.page));
   assert.match(got.page.message, /not a GGUF file/);
   assert.equal(got.missing?.name, "NetworkError");
   assert.equal(got.missing.status, 404);
-  assert.equal(got.load?.name, "InvalidArgumentError");
-  assert.match(got.load.message, /hearth convert MODEL\.gguf/);
-  assert.deepEqual(server.requests("/models/gguf/smollm2.gguf"), [], "load() asked for nothing");
+  assert.equal(got.uncached?.name, "InvalidArgumentError");
+  assert.match(got.uncached.message, /cache: false cannot load a GGUF URL/);
+  assert.deepEqual(server.requests("/models/gguf/smollm2.gguf"), [], "a refused load asks for nothing");
   assert.ok(consoleErrors.every((e) => /404|Failed to load resource/.test(e)), consoleErrors.join("\n"));
+  await context.close();
+});
+
+/** The stored record of `key` (its manifest's shards), read from the page's IndexedDB. */
+const storedShards = (page, key) =>
+  page.evaluate(
+    (key) =>
+      new Promise((resolve, reject) => {
+        const open = indexedDB.open("hearth");
+        open.onerror = () => reject(open.error);
+        open.onsuccess = () => {
+          const get = open.result.transaction("models").objectStore("models").get(key);
+          get.onsuccess = () => resolve(JSON.parse(get.result.manifestText).shards);
+          get.onerror = () => reject(get.error);
+        };
+      }),
+    key,
+  );
+
+test("load() of SmolLM2's GGUF: converted into the store shard for shard as hearth convert does, cut off and resumed, then generating what the package generates", { timeout: 10 * MINUTES }, async () => {
+  const { context, page, consoleErrors } = await openPage(browser, server);
+  server.reset();
+  const size = fs.statSync(SMOLLM2_GGUF).size;
+  const ggufPath = "/models/gguf/smollm2.gguf";
+  // The first try dies 48 MB into the file: the first 32 MiB shard is made and stored, the second not.
+  server.hooks.cut.set(ggufPath, 48e6);
+  const first = await page.evaluate(async (url) => {
+    const events = [];
+    const error = await Hearth.load(url, { backend: "cpu", onProgress: (e) => events.push(e) }).then(
+      (e) => e.dispose().then(() => null),
+      (e) => ({ name: e.name, message: e.message }),
+    );
+    return { error, events, stored: await Hearth.cache.list() };
+  }, ggufPath);
+  assert.equal(first.error?.name, "NetworkError", JSON.stringify(first.error));
+  assert.equal(first.stored.length, 1);
+  assert.equal(first.stored[0].complete, false);
+  const pkg = JSON.parse(fs.readFileSync(path.join(SMOLLM2, "manifest.json"), "utf8"));
+  assert.equal(first.stored[0].bytes, pkg.shards[0].size, "the first shard stored");
+  server.hooks.cut.clear();
+  server.log.length = 0;
+
+  const prompt = "The capital of France is";
+  const second = await page.evaluate(async ({ url, pkgUrl, prompt }) => {
+    const events = [];
+    const engine = await Hearth.load(url, { backend: "cpu", onProgress: (e) => events.push(e) });
+    const fromGguf = await engine.generate(prompt, { max_tokens: 12 });
+    await engine.dispose();
+    const reference = await Hearth.load(pkgUrl, { backend: "cpu", cache: false });
+    const fromPackage = await reference.generate(prompt, { max_tokens: 12 });
+    await reference.dispose();
+    return { events, fromGguf: fromGguf.text, fromPackage: fromPackage.text, stored: await Hearth.cache.list() };
+  }, { url: ggufPath, pkgUrl: "/models/smollm2/", prompt });
+  // Resumed: the header again (2 MiB), then one range from the second shard's first tensor on.
+  const asked = seen(ggufPath);
+  assert.equal(asked.length, 2, JSON.stringify(asked));
+  assert.deepEqual(asked[0], [206, [0, 2 * MiB - 1]]);
+  const [status, [from, to]] = asked[1];
+  assert.equal(status, 206);
+  assert.ok(from > pkg.shards[0].size * 0.9 && from < pkg.shards[0].size + 4 * MiB && to === size - 1, `resumed from byte ${from}`);
+  assert.ok(second.events.some((e) => e.phase === "download" && e.resumed), "progress says it resumed");
+  assert.ok(second.events.some((e) => e.phase === "ready"));
+  // Stored whole, shard for shard what `hearth convert` wrote.
+  assert.equal(second.stored.length, 1);
+  assert.equal(second.stored[0].complete, true);
+  const key = new URL(ggufPath + "/", server.url).href;
+  const shards = await storedShards(page, key);
+  assert.deepEqual(shards.map((s) => [s.size, s.sha256]), pkg.shards.map((s) => [s.size, s.sha256]));
+  assert.equal(second.fromGguf, second.fromPackage);
+  assertSameGreedyText(second.fromGguf, { prompt, maxTokens: 12, backend: "cpu" }, "SmolLM2 from its GGUF URL");
+
+  // Stored: loading again reads the header only (the file is the same), and offline nothing.
+  server.log.length = 0;
+  const again = await page.evaluate(async (url) => {
+    const engine = await Hearth.load(url, { backend: "cpu" });
+    await engine.dispose();
+  }, ggufPath);
+  assert.equal(again, undefined);
+  assert.deepEqual(seen(ggufPath), [[206, [0, 2 * MiB - 1]]]);
+  // In a worker too (the URL reaches it as the page's absolute URL of the file).
+  const inWorker = await page.evaluate(async ({ url, prompt }) => {
+    const engine = await Hearth.loadInWorker(url, { backend: "cpu", revalidate: false });
+    const r = await engine.generate(prompt, { max_tokens: 12 });
+    await engine.dispose();
+    return r.text;
+  }, { url: ggufPath, prompt });
+  assert.equal(inWorker, second.fromGguf);
+  server.log.length = 0;
+  await context.setOffline(true);
+  const offline = await page.evaluate(async (url) => {
+    const engine = await Hearth.load(url, { backend: "cpu" });
+    const r = await engine.generate("Hi", { max_tokens: 2 });
+    await engine.dispose();
+    return r.text.length;
+  }, ggufPath);
+  await context.setOffline(false);
+  assert.ok(offline >= 0);
+  assert.deepEqual(server.requests("/models/"), []);
+  assert.deepEqual(consoleErrors.filter((e) => !/ERR_INTERNET_DISCONNECTED|ERR_CONNECTION|Failed to load resource/.test(e)), []);
   await context.close();
 });

@@ -1,0 +1,150 @@
+// Hearth.load() of a GGUF URL: the file is converted into a package as it downloads and the package
+// stored in IndexedDB under the URL, shard by shard, each with its own sha256; load() then loads the
+// stored package as it loads any (so a later load is verified and works offline the same way). The
+// header is read first (gguf.js), so a model that cannot run here, or does not fit the storage
+// quota, is refused before any tensor data is fetched. A cut-off conversion resumes at its first
+// missing shard, with a range request from the first tensor that shard needs.
+
+import { AdapterLimitsError, HearthError, NetworkError, OutOfMemoryError, fromWasm } from "./errors.js";
+import { get, STALL_TIMEOUT_MS } from "./fetch.js";
+import { planGgufUrl, rangeOf } from "./gguf.js";
+import { planOptionsFor } from "./inspect.js";
+import { checkQuota, reporter, storageNeeded, wasmFor } from "./load.js";
+import { chooseBackend } from "./support.js";
+import * as store from "./store.js";
+
+const PROGRESS_STEP = 4 << 20; // report download progress at least every 4 MiB
+
+/** The planned manifest's text with the shards' hashes known so far ("" for the rest). */
+function withHashes(manifest, hashes) {
+  return JSON.stringify({ ...manifest, shards: manifest.shards.map((s, i) => ({ ...s, sha256: hashes[i] })) });
+}
+
+/**
+ * Makes sure the package of the GGUF at `href` is stored whole under `key`: nothing to do when it
+ * is (with `revalidate: false`, or offline, without a request; otherwise when the file's header
+ * plans the same package), else the conversion, resumed where an earlier one of the same file
+ * stopped. Runs under the model's lock (load() holds it).
+ */
+export async function storeGguf(href, key, options, signal) {
+  const { onProgress, maxContext, revalidate = true, backend: requested = "auto", relaxedSimd } = options;
+  const stallMs = options.stallTimeout ?? STALL_TIMEOUT_MS;
+  const report = reporter(onProgress);
+  if (!(await store.usable())) {
+    throw new HearthError(
+      "IndexedDB is not usable here, and a GGUF URL is converted into this site's storage before it loads: " +
+        "convert it with `hearth convert MODEL.gguf --out DIR` and load DIR instead",
+    );
+  }
+  const stored = await store.getModel(key);
+  const complete = await store.usableVersion(stored);
+  if (complete && !revalidate) return;
+
+  const choice = await chooseBackend(requested);
+  const { planOptions } = await planOptionsFor(choice, maxContext);
+  const wasm = await wasmFor(choice.backend, relaxedSimd, signal);
+  let planned;
+  try {
+    planned = await planGgufUrl(href, wasm, planOptions, { signal, stallMs });
+  } catch (e) {
+    if (complete && e instanceof NetworkError && e.status === null) return; // offline: the stored copy
+    throw e;
+  }
+  const sameFile = (record) => record?.gguf?.planned === planned.manifestText && record.gguf.length === planned.length;
+  if (complete && sameFile(complete)) return;
+  // What Loader.create would refuse, refused before the download (the same checks and messages).
+  const refusals = choice.backend === "cpu" ? planned.plan.cpuRefusals : planned.plan.gpuRefusals;
+  if (refusals.length > 0) {
+    throw new (choice.backend === "cpu" ? OutOfMemoryError : AdapterLimitsError)(refusals.join(" "));
+  }
+
+  let converter;
+  try {
+    converter = new wasm.GgufConverter(planned.header, planned.length ?? Number.MAX_SAFE_INTEGER, planned.name);
+  } catch (e) {
+    throw fromWasm(e);
+  }
+  try {
+    const { manifest } = planned;
+    // The shards an earlier conversion of this very file stored, in order from the first.
+    const hashes = manifest.shards.map(() => "");
+    if (sameFile(stored)) {
+      const have = await store.storedShards(key);
+      const old = store.shardsOf(stored.manifestText);
+      for (let i = 0; i < hashes.length && old[i]?.sha256 && have.has(old[i].sha256); i++) hashes[i] = old[i].sha256;
+    }
+    const first = hashes.indexOf("");
+    // Whatever else this URL stored (another file's package) goes; the room the rest needs is checked.
+    await store.deleteStaleShards(key, new Set(hashes.filter(Boolean)));
+    const missing = manifest.shards.slice(first).reduce((n, s) => n + s.size, 0);
+    const tokenizerText = converter.tokenizerJson();
+    await checkQuota(storageNeeded(manifest, planned.manifestText, missing));
+    const record = {
+      url: key,
+      name: manifest.name ?? "",
+      manifestText: withHashes(manifest, hashes),
+      tokenizerText,
+      storedAt: Date.now(),
+      gguf: { href, length: planned.length, planned: planned.manifestText },
+    };
+    await store.putModel(record);
+
+    const from = first > 0 ? converter.resumeAt(first) : converter.position();
+    const resumed = first > 0 ? { resumed: true } : {};
+    const progress = { loaded: 0, reported: 0, total: planned.length == null ? null : planned.length - from };
+    const reportDownload = () => {
+      progress.reported = progress.loaded;
+      report({ phase: "download", loaded: progress.loaded, total: progress.total, file: planned.name, ...resumed });
+    };
+    await get(
+      href,
+      signal,
+      stallMs,
+      async (response, arm) => {
+        // A server without ranges sends the whole file: what comes before `from` is dropped.
+        let skip = from;
+        if (response.status === 206) {
+          const r = rangeOf(response);
+          if (r && r.start !== from) {
+            throw new NetworkError(href, null, undefined, `asked for the bytes from ${from}, the server sent them from ${r.start}`);
+          }
+          skip = 0;
+        }
+        const reader = response.body.getReader();
+        try {
+          while (!converter.isDone()) {
+            const { done, value } = await reader.read();
+            if (done) break;
+            arm();
+            const n = Math.min(skip, value.length);
+            skip -= n;
+            progress.loaded += value.length - n;
+            let finished;
+            try {
+              finished = converter.feed(value.subarray(n));
+            } catch (e) {
+              throw fromWasm(e);
+            }
+            for (const shard of finished) {
+              await store.putShard(key, shard.sha256, shard.bytes.buffer);
+              hashes[shard.index] = shard.sha256;
+              record.manifestText = withHashes(manifest, hashes);
+              await store.putModel(record);
+              arm();
+            }
+            if (progress.loaded - progress.reported >= PROGRESS_STEP) reportDownload();
+          }
+        } finally {
+          reader.cancel().catch(() => {});
+        }
+      },
+      from > 0 ? { Range: `bytes=${from}-` } : {},
+    );
+    reportDownload();
+    if (!converter.isDone()) {
+      throw new NetworkError(href, null, undefined, `the file ended at byte ${converter.position()}, before its last tensor's data`);
+    }
+  } finally {
+    converter.free();
+  }
+}
