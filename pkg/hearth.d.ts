@@ -67,6 +67,12 @@ export interface LoadOptions {
    * the same outputs bit for bit; `engine.info.adapter` says which runs.
    */
   relaxedSimd?: boolean;
+  /**
+   * A GGUF URL only: the file's SHA-256 (64 hex digits). The whole file is then fetched and hashed
+   * as it converts; a mismatch rejects with `IntegrityError` and deletes what was stored from it.
+   * Checked when the file is downloaded (a package already stored from it loads without it).
+   */
+  sha256?: string;
 }
 
 /**

@@ -41,11 +41,14 @@ export class QuotaExceededError extends HearthError {
 }
 
 export class IntegrityError extends HearthError {
-  /** @param {string} file @param {string} expected @param {string} actual @param {string} [kind] */
-  constructor(file, expected, actual, kind = "sha256") {
+  /**
+   * @param {string} file @param {string} expected @param {string} actual @param {string} [kind]
+   * @param {string} [source] whose the expected value is, and what a mismatch means
+   */
+  constructor(file, expected, actual, kind = "sha256", source = "the manifest's") {
     super(
-      `${file}: ${kind} ${actual} does not match the manifest's ${expected}; the file on the ` +
-        "server is corrupt, truncated or from another version of the package.",
+      `${file}: ${kind} ${actual} does not match ${source} ${expected}; the file on the ` +
+        (source === "the manifest's" ? "server is corrupt, truncated or from another version of the package." : "server is corrupt, truncated or another file."),
     );
     this.file = file;
     this.expected = expected;

@@ -3,9 +3,10 @@
 // stored package as it loads any (so a later load is verified and works offline the same way). The
 // header is read first (gguf.js), so a model that cannot run here, or does not fit the storage
 // quota, is refused before any tensor data is fetched. A cut-off conversion resumes at its first
-// missing shard, with a range request from the first tensor that shard needs.
+// missing shard, with a range request from the first tensor that shard needs. With the `sha256`
+// option the whole file is fetched and hashed as it streams, and a mismatch deletes what it made.
 
-import { AdapterLimitsError, HearthError, NetworkError, OutOfMemoryError, fromWasm } from "./errors.js";
+import { AdapterLimitsError, HearthError, IntegrityError, NetworkError, OutOfMemoryError, fromWasm } from "./errors.js";
 import { get, STALL_TIMEOUT_MS } from "./fetch.js";
 import { planGgufUrl, rangeOf } from "./gguf.js";
 import { planOptionsFor } from "./inspect.js";
@@ -64,6 +65,7 @@ export async function storeGguf(href, key, options, signal) {
   } catch (e) {
     throw fromWasm(e);
   }
+  let hasher = null;
   try {
     const { manifest } = planned;
     // The shards an earlier conversion of this very file stored, in order from the first.
@@ -91,7 +93,10 @@ export async function storeGguf(href, key, options, signal) {
 
     const from = first > 0 ? converter.resumeAt(first) : converter.position();
     const resumed = first > 0 ? { resumed: true } : {};
-    const progress = { loaded: 0, reported: 0, total: planned.length == null ? null : planned.length - from };
+    // With `sha256`, the whole file is hashed as it streams (what comes before `from` too).
+    hasher = options.sha256 ? new wasm.Sha256Stream() : null;
+    const start = hasher ? 0 : from;
+    const progress = { loaded: 0, reported: 0, total: planned.length == null ? null : planned.length - start };
     const reportDownload = () => {
       progress.reported = progress.loaded;
       report({ phase: "download", loaded: progress.loaded, total: progress.total, file: planned.name, ...resumed });
@@ -101,24 +106,26 @@ export async function storeGguf(href, key, options, signal) {
       signal,
       stallMs,
       async (response, arm) => {
-        // A server without ranges sends the whole file: what comes before `from` is dropped.
+        // A server without ranges sends the whole file: what comes before `from` is not converted.
         let skip = from;
         if (response.status === 206) {
           const r = rangeOf(response);
-          if (r && r.start !== from) {
-            throw new NetworkError(href, null, undefined, `asked for the bytes from ${from}, the server sent them from ${r.start}`);
+          if (r && r.start !== start) {
+            throw new NetworkError(href, null, undefined, `asked for the bytes from ${start}, the server sent them from ${r.start}`);
           }
-          skip = 0;
+          skip = from - start;
         }
         const reader = response.body.getReader();
         try {
-          while (!converter.isDone()) {
+          // To the end of the file when it is hashed, else to the last tensor's data.
+          while (hasher || !converter.isDone()) {
             const { done, value } = await reader.read();
             if (done) break;
             arm();
+            hasher?.update(value);
             const n = Math.min(skip, value.length);
             skip -= n;
-            progress.loaded += value.length - n;
+            progress.loaded += value.length;
             let finished;
             try {
               finished = converter.feed(value.subarray(n));
@@ -138,13 +145,20 @@ export async function storeGguf(href, key, options, signal) {
           reader.cancel().catch(() => {});
         }
       },
-      from > 0 ? { Range: `bytes=${from}-` } : {},
+      start > 0 ? { Range: `bytes=${start}-` } : {},
     );
     reportDownload();
     if (!converter.isDone()) {
       throw new NetworkError(href, null, undefined, `the file ended at byte ${converter.position()}, before its last tensor's data`);
     }
+    const actual = hasher?.hex();
+    if (hasher && actual !== options.sha256.toLowerCase()) {
+      // Made from a file that is not the one asked for: none of it stays.
+      await store.deleteModel(key);
+      throw new IntegrityError(planned.name, options.sha256.toLowerCase(), actual, "sha256", "the sha256 option's");
+    }
   } finally {
     converter.free();
+    hasher?.free();
   }
 }

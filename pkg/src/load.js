@@ -177,7 +177,7 @@ export function reporter(onProgress) {
 }
 
 const LOAD_OPTIONS = [
-  "onProgress", "signal", "cache", "maxContext", "revalidate", "backend", "stallTimeout", "relaxedSimd",
+  "onProgress", "signal", "cache", "maxContext", "revalidate", "backend", "stallTimeout", "relaxedSimd", "sha256",
 ];
 
 /**
@@ -207,6 +207,14 @@ export function packageKey(modelUrl, fn, { gguf = false } = {}) {
 export function checkOptions(modelUrl, options) {
   packageKey(modelUrl, "load", { gguf: true });
   if (options === null || typeof options !== "object") throw new InvalidArgumentError("options must be an object");
+  if (options.sha256 != null) {
+    if (!isGgufUrl(modelUrl)) {
+      throw new InvalidArgumentError("options.sha256 checks a GGUF file; a package's files are checked against its manifest");
+    }
+    if (typeof options.sha256 !== "string" || !/^[0-9a-f]{64}$/i.test(options.sha256)) {
+      throw new InvalidArgumentError("options.sha256 must be the file's SHA-256 as 64 hex digits");
+    }
+  }
   if (isGgufUrl(modelUrl) && options.cache === false) {
     throw new InvalidArgumentError(
       "options.cache: false cannot load a GGUF URL: it is converted into this site's storage as it downloads " +

@@ -200,6 +200,7 @@ export async function loadInWorker(modelUrl, options = {}) {
           backend: options.backend,
           stallTimeout: options.stallTimeout,
           relaxedSimd: options.relaxedSimd,
+          sha256: options.sha256,
         },
       },
       { signal, waitOnAbort: true, onEvent: (m) => m.type === "progress" && report(m.progress) },

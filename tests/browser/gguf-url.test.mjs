@@ -15,11 +15,13 @@ import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { assertSameGreedyText, HEARTH, launch, MINUTES, openPage, ROOT, serve, SMOLLM2 } from "./harness.mjs";
+import crypto from "node:crypto";
+import { assertSameGreedyText, HEARTH, launch, MINUTES, openPage, ROOT, serve, SMOLLM2, tinyPackage } from "./harness.mjs";
 
 const MiB = 2 ** 20;
 const SMOLLM2_GGUF = path.join(ROOT, ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
 const GEMMA3_GGUF = path.join(ROOT, ".cache/models/gemma-3-270m-q4_k_m.gguf");
+const QWEN3_GGUF = path.join(ROOT, "tests/fixtures/tiny/qwen3.gguf");
 let browser, server, dir;
 
 before(async () => {
@@ -27,6 +29,7 @@ before(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), "hearth-gguf-"));
   fs.symlinkSync(SMOLLM2_GGUF, path.join(dir, "smollm2.gguf"));
   fs.symlinkSync(GEMMA3_GGUF, path.join(dir, "gemma3.gguf"));
+  fs.symlinkSync(QWEN3_GGUF, path.join(dir, "qwen3.gguf"));
   // SmolLM2's header with its architecture renamed "mamba" (same length), the rest of the file's
   // length as a hole: a GGUF of an architecture no engine runs, 95 MB long.
   const head = fs.readFileSync(SMOLLM2_GGUF).subarray(0, 4 * MiB);
@@ -38,7 +41,7 @@ before(async () => {
   fs.truncateSync(path.join(dir, "mamba.gguf"), fs.statSync(SMOLLM2_GGUF).size);
   fs.writeFileSync(path.join(dir, "page.gguf"), "<!doctype html><p>Not found, but a 200</p>");
   browser = await launch();
-  server = await serve({ smollm2: SMOLLM2, gguf: dir });
+  server = await serve({ smollm2: SMOLLM2, qwen3: tinyPackage("qwen3"), gguf: dir });
 }, { timeout: 5 * MINUTES });
 after(async () => {
   await browser?.close();
@@ -120,6 +123,8 @@ test("an architecture Hearth does not run is refused after the first range; a pa
       missing: await err(() => Hearth.inspect("/models/gguf/missing.gguf")),
       loadMamba: await err(() => Hearth.load("/models/gguf/mamba.gguf")),
       uncached: await err(() => Hearth.load("/models/gguf/smollm2.gguf", { cache: false })),
+      badSha: await err(() => Hearth.load("/models/gguf/smollm2.gguf", { sha256: "abc" })),
+      packageSha: await err(() => Hearth.load("/models/smollm2/", { sha256: "0".repeat(64) })),
       stored: await Hearth.cache.list(),
     };
   });
@@ -135,6 +140,10 @@ test("an architecture Hearth does not run is refused after the first range; a pa
   assert.equal(got.missing.status, 404);
   assert.equal(got.uncached?.name, "InvalidArgumentError");
   assert.match(got.uncached.message, /cache: false cannot load a GGUF URL/);
+  assert.equal(got.badSha?.name, "InvalidArgumentError");
+  assert.match(got.badSha.message, /64 hex digits/);
+  assert.equal(got.packageSha?.name, "InvalidArgumentError");
+  assert.match(got.packageSha.message, /checks a GGUF file/);
   assert.deepEqual(server.requests("/models/gguf/smollm2.gguf"), [], "a refused load asks for nothing");
   assert.ok(consoleErrors.every((e) => /404|Failed to load resource/.test(e)), consoleErrors.join("\n"));
   await context.close();
@@ -236,5 +245,44 @@ test("load() of SmolLM2's GGUF: converted into the store shard for shard as hear
   assert.ok(offline >= 0);
   assert.deepEqual(server.requests("/models/"), []);
   assert.deepEqual(consoleErrors.filter((e) => !/ERR_INTERNET_DISCONNECTED|ERR_CONNECTION|Failed to load resource/.test(e)), []);
+  await context.close();
+});
+
+test("load() of a GGUF from a server without range support, checked against its sha256: the converted package's ids; a wrong sha256 fails with IntegrityError and keeps nothing", { timeout: 5 * MINUTES }, async () => {
+  const ggufPath = "/models/gguf/qwen3.gguf";
+  const sha256 = crypto.createHash("sha256").update(fs.readFileSync(QWEN3_GGUF)).digest("hex");
+  const wrong = sha256.replace(/^./, (c) => (c === "0" ? "1" : "0"));
+  server.reset();
+  server.hooks.noRange.set(ggufPath, true);
+  const { context, page, consoleErrors } = await openPage(browser, server);
+  const got = await page.evaluate(async ({ url, pkgUrl, sha256, wrong }) => {
+    const failed = await Hearth.load(url, { backend: "cpu", sha256: wrong }).then(
+      (e) => e.dispose().then(() => null),
+      (e) => ({ name: e.name, message: e.message, expected: e.expected, actual: e.actual }),
+    );
+    const storedAfterFailure = await Hearth.cache.list();
+    const engine = await Hearth.load(url, { backend: "cpu", sha256 });
+    const fromGguf = await engine.generate("Hello there", { max_tokens: 8 });
+    await engine.dispose();
+    const reference = await Hearth.load(pkgUrl, { backend: "cpu", cache: false });
+    const fromPackage = await reference.generate("Hello there", { max_tokens: 8 });
+    await reference.dispose();
+    return { failed, storedAfterFailure, fromGguf: fromGguf.ids, fromPackage: fromPackage.ids, stored: await Hearth.cache.list() };
+  }, { url: ggufPath, pkgUrl: "/models/qwen3/", sha256, wrong });
+  assert.equal(got.failed?.name, "IntegrityError", JSON.stringify(got.failed));
+  assert.equal(got.failed.expected, wrong);
+  assert.equal(got.failed.actual, sha256);
+  assert.match(got.failed.message, /does not match the sha256 option's/);
+  assert.deepEqual(got.storedAfterFailure, [], "nothing of the wrong file is kept");
+  assert.deepEqual(got.fromGguf, got.fromPackage);
+  assert.equal(got.fromGguf.length, 8);
+  // Every request for the file was answered whole (200): the header's stream, cancelled, and the
+  // data's, read to the end for the hash; per load.
+  assert.deepEqual(seen(ggufPath).map(([status]) => status), [200, 200, 200, 200]);
+  const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, ".cache/packages/tiny-qwen3/manifest.json"), "utf8"));
+  const shards = await storedShards(page, new URL(ggufPath + "/", server.url).href);
+  assert.deepEqual(shards.map((s) => s.sha256), pkg.shards.map((s) => s.sha256));
+  assert.equal(got.stored[0]?.complete, true);
+  assert.deepEqual(consoleErrors, []);
   await context.close();
 });

@@ -4,6 +4,7 @@
 
 use hearth_core::convert::{ConvertOptions, GgufStream};
 use hearth_core::gguf::GgufFile;
+use sha2::{Digest, Sha256};
 use wasm_bindgen::prelude::*;
 
 use crate::{js_error, named_error};
@@ -71,5 +72,30 @@ impl GgufConverter {
     #[wasm_bindgen(js_name = isDone)]
     pub fn is_done(&self) -> bool {
         self.stream.is_done()
+    }
+}
+
+/// SHA-256 over bytes given in pieces (crypto.subtle hashes only whole buffers): the `sha256`
+/// option of `load()` checks a whole GGUF as it streams.
+#[wasm_bindgen(js_name = Sha256Stream)]
+#[derive(Default)]
+pub struct Sha256Stream {
+    hasher: Sha256,
+}
+
+#[wasm_bindgen(js_class = Sha256Stream)]
+impl Sha256Stream {
+    #[wasm_bindgen(constructor)]
+    pub fn new() -> Sha256Stream {
+        Sha256Stream::default()
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+    }
+
+    /// The lowercase hex digest of everything given so far.
+    pub fn hex(&self) -> String {
+        self.hasher.clone().finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 }

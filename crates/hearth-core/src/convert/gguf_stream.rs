@@ -16,6 +16,10 @@ use crate::gguf::GgufFile;
 use crate::manifest::Manifest;
 use crate::package::sha256_hex;
 
+/// The largest source tensor the stream holds (with its converted copy, about three times this in
+/// memory): 1 GiB, far above a browser-sized model's largest (Llama 3 8B's Q4_K embedding: 290 MB).
+pub const MAX_TENSOR_BYTES: u64 = 1 << 30;
+
 /// One finished shard of the package: its index in the manifest, bytes and lowercase hex SHA-256.
 #[derive(Debug)]
 pub struct FinishedShard {
@@ -67,6 +71,17 @@ impl GgufStream {
         let mut end = 0;
         for (i, info) in gguf.tensors.iter().enumerate().filter(|(_, t)| in_package(t)) {
             let n = info.n_bytes.unwrap_or(0); // planning refused a type of unknown size
+            if n > MAX_TENSOR_BYTES {
+                return Err(HearthError::bad_file(
+                    &file,
+                    format!(
+                        "`{}` is {n} bytes; a GGUF is converted from a URL one tensor at a time in memory, at most {} MiB \
+                         (convert it with `hearth convert` instead)",
+                        info.name,
+                        MAX_TENSOR_BYTES >> 20
+                    ),
+                ));
+            }
             if info.offset < end {
                 return Err(HearthError::bad_file(
                     &file,
