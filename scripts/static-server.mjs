@@ -132,6 +132,9 @@ export async function startServer({ routes, pages = {}, port = 0, host = "127.0.
     if (file !== root && !file.startsWith(root + path.sep)) return send(403, "outside the served folder\n");
     if (fs.statSync(file, { throwIfNoEntry: false })?.isDirectory()) file = path.join(file, "index.html");
     const type = TYPES[path.extname(file)] ?? "application/octet-stream";
+    // Which version of the file this is (a GGUF load checks that a resume reads the same file).
+    const mtime = fs.statSync(file, { throwIfNoEntry: false })?.mtime;
+    if (mtime) headers["Last-Modified"] = mtime.toUTCString();
     if (hooks.replace.has(urlPath)) return send(200, hooks.replace.get(urlPath), type);
     const bodyHooks = [hooks.corrupt, hooks.stall, hooks.cut, hooks.throttle];
     if ((req.headers.range !== undefined || hooks.noRange.has(urlPath)) && !bodyHooks.some((h) => h.has(urlPath))) {

@@ -8,7 +8,7 @@
 
 import { AdapterLimitsError, HearthError, IntegrityError, NetworkError, OutOfMemoryError, fromWasm } from "./errors.js";
 import { get, STALL_TIMEOUT_MS } from "./fetch.js";
-import { planGgufUrl, rangeOf } from "./gguf.js";
+import { madeFrom, planGgufUrl, rangeOf, validatorOf } from "./gguf.js";
 import { planOptionsFor } from "./inspect.js";
 import { checkQuota, reporter, storageNeeded, wasmFor } from "./load.js";
 import { chooseBackend } from "./support.js";
@@ -51,8 +51,7 @@ export async function storeGguf(href, key, options, signal) {
     if (complete && e instanceof NetworkError && e.status === null) return; // offline: the stored copy
     throw e;
   }
-  const sameFile = (record) => record?.gguf?.planned === planned.manifestText && record.gguf.length === planned.length;
-  if (complete && sameFile(complete)) return;
+  if (complete && madeFrom(complete, planned)) return;
   // What Loader.create would refuse, refused before the download (the same checks and messages).
   const refusals = choice.backend === "cpu" ? planned.plan.cpuRefusals : planned.plan.gpuRefusals;
   if (refusals.length > 0) {
@@ -61,16 +60,18 @@ export async function storeGguf(href, key, options, signal) {
 
   let converter;
   try {
-    converter = new wasm.GgufConverter(planned.header, planned.length ?? Number.MAX_SAFE_INTEGER, planned.name);
+    converter = new wasm.GgufConverter(planned.header, planned.length ?? Number.MAX_SAFE_INTEGER, planned.name, planned.extra);
   } catch (e) {
     throw fromWasm(e);
   }
   let hasher = null;
   try {
     const { manifest } = planned;
-    // The shards an earlier conversion of this very file stored, in order from the first.
+    // The shards an earlier conversion of this very file stored, in order from the first. (With
+    // `sha256` the record lists none until the whole file is verified, so nothing unverified is
+    // reused.)
     const hashes = manifest.shards.map(() => "");
-    if (sameFile(stored)) {
+    if (madeFrom(stored, planned)) {
       const have = await store.storedShards(key);
       const old = store.shardsOf(stored.manifestText);
       for (let i = 0; i < hashes.length && old[i]?.sha256 && have.has(old[i].sha256); i++) hashes[i] = old[i].sha256;
@@ -87,16 +88,23 @@ export async function storeGguf(href, key, options, signal) {
       manifestText: withHashes(manifest, hashes),
       tokenizerText,
       storedAt: Date.now(),
-      gguf: { href, length: planned.length, planned: planned.manifestText },
+      gguf: { href, length: planned.length, validator: planned.validator, planned: planned.manifestText },
     };
     await store.putModel(record);
 
-    const from = first > 0 ? converter.resumeAt(first) : converter.position();
+    let from;
+    try {
+      from = first > 0 ? converter.resumeAt(first) : converter.position();
+    } catch (e) {
+      throw fromWasm(e);
+    }
     const resumed = first > 0 ? { resumed: true } : {};
     // With `sha256`, the whole file is hashed as it streams (what comes before `from` too).
     hasher = options.sha256 ? new wasm.Sha256Stream() : null;
     const start = hasher ? 0 : from;
-    const progress = { loaded: 0, reported: 0, total: planned.length == null ? null : planned.length - start };
+    // Progress counts the file's bytes this load fetches: from `start`, or all of them where the
+    // server sends the whole file.
+    const progress = { loaded: 0, reported: 0, total: null };
     const reportDownload = () => {
       progress.reported = progress.loaded;
       report({ phase: "download", loaded: progress.loaded, total: progress.total, file: planned.name, ...resumed });
@@ -106,15 +114,20 @@ export async function storeGguf(href, key, options, signal) {
       signal,
       stallMs,
       async (response, arm) => {
+        const version = validatorOf(response);
+        if (planned.validator && version && version !== planned.validator) {
+          throw new NetworkError(href, null, undefined, "the file changed on the server since its header was read; load it again");
+        }
         // A server without ranges sends the whole file: what comes before `from` is not converted.
         let skip = from;
         if (response.status === 206) {
           const r = rangeOf(response);
-          if (r && r.start !== start) {
-            throw new NetworkError(href, null, undefined, `asked for the bytes from ${start}, the server sent them from ${r.start}`);
+          if (r && (r.start !== start || (planned.length != null && r.total != null && r.total !== planned.length))) {
+            throw new NetworkError(href, null, undefined, `asked for bytes ${start}- of ${planned.length}, the server sent ${r.start}- of ${r.total}`);
           }
           skip = from - start;
         }
+        progress.total = planned.length == null ? null : planned.length - (response.status === 206 ? start : 0);
         const reader = response.body.getReader();
         try {
           // To the end of the file when it is hashed, else to the last tensor's data.
@@ -130,13 +143,20 @@ export async function storeGguf(href, key, options, signal) {
             try {
               finished = converter.feed(value.subarray(n));
             } catch (e) {
-              throw fromWasm(e);
+              throw asHearthError(e, `converting ${planned.name}`);
             }
+            arm(); // a large tensor converts in one go
             for (const shard of finished) {
-              await store.putShard(key, shard.sha256, shard.bytes.buffer);
+              try {
+                await store.putShard(key, shard.sha256, shard.bytes.buffer);
+              } catch (e) {
+                throw asHearthError(e, `storing shard ${shard.index} of ${planned.name}`);
+              }
               hashes[shard.index] = shard.sha256;
-              record.manifestText = withHashes(manifest, hashes);
-              await store.putModel(record);
+              if (!hasher) {
+                record.manifestText = withHashes(manifest, hashes);
+                await store.putModel(record);
+              }
               arm();
             }
             if (progress.loaded - progress.reported >= PROGRESS_STEP) reportDownload();
@@ -147,18 +167,30 @@ export async function storeGguf(href, key, options, signal) {
       },
       start > 0 ? { Range: `bytes=${start}-` } : {},
     );
+    if (converter.isDone()) progress.loaded = progress.total ?? progress.loaded; // what follows the last tensor is not needed
     reportDownload();
     if (!converter.isDone()) {
       throw new NetworkError(href, null, undefined, `the file ended at byte ${converter.position()}, before its last tensor's data`);
     }
-    const actual = hasher?.hex();
-    if (hasher && actual !== options.sha256.toLowerCase()) {
-      // Made from a file that is not the one asked for: none of it stays.
-      await store.deleteModel(key);
-      throw new IntegrityError(planned.name, options.sha256.toLowerCase(), actual, "sha256", "the sha256 option's");
+    if (hasher) {
+      const actual = hasher.hex();
+      if (actual !== options.sha256.toLowerCase()) {
+        // Made from a file that is not the one asked for: none of it stays.
+        await store.deleteModel(key);
+        throw new IntegrityError(planned.name, options.sha256.toLowerCase(), actual, "sha256", "the sha256 option's");
+      }
+      // Verified: now the record lists the shards (and loads).
+      record.manifestText = withHashes(manifest, hashes);
+      await store.putModel(record);
     }
   } finally {
     converter.free();
     hasher?.free();
   }
+}
+
+/** `e` as a HearthError (fetch's wrapper would call anything else a network failure). */
+function asHearthError(e, what) {
+  const error = fromWasm(e);
+  return error instanceof HearthError ? error : new HearthError(`${what} failed: ${e?.message ?? e}`, { cause: e });
 }

@@ -51,6 +51,24 @@ class Prefix {
   }
 }
 
+/**
+ * What says which version of the file a response is: its Last-Modified (readable cross-origin) or
+ * a strong ETag; null when the server gives neither.
+ */
+export function validatorOf(response) {
+  const etag = response.headers.get("ETag");
+  return response.headers.get("Last-Modified") ?? (etag && !etag.startsWith("W/") ? etag : null);
+}
+
+/**
+ * Whether a stored model `record` was made from the file `planned` (planGgufUrl's answer) read:
+ * the same header (so the same plan), length and version as the server names it.
+ */
+export function madeFrom(record, planned) {
+  const made = record?.gguf;
+  return made?.planned === planned.manifestText && made.length === planned.length && made.validator === planned.validator;
+}
+
 /** The total of a 206's `Content-Range: bytes a-b/total` (null where unknown or unreadable). */
 export function rangeOf(response) {
   const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(response.headers.get("Content-Range") ?? "");
@@ -58,10 +76,13 @@ export function rangeOf(response) {
 }
 
 /**
- * The package the GGUF at `url` plans: {manifest, manifestText, plan, length, ranges, name, header}.
+ * The package the GGUF at `url` plans: {manifest, manifestText, plan, length, ranges, validator,
+ * name, header, extra}.
  * `plan` is planModel's answer for it under `planOptions`; `length` the file's bytes (null when the
- * server does not say); `ranges` whether the server answered range requests; `header` the bytes
- * read (the whole header: what a GgufConverter starts from). Refuses an architecture no
+ * server does not say); `ranges` whether the server answered range requests; `validator` the
+ * file's version as the server names it (validatorOf); `header` the bytes
+ * read (the whole header) and `extra` the tensors planning read apart (LongRoPE's factors): what a
+ * GgufConverter starts from. Refuses an architecture no
  * engine runs, and a file that is not a GGUF, before any tensor data is downloaded.
  */
 export async function planGgufUrl(url, wasm, planOptions, { signal, stallMs = STALL_TIMEOUT_MS } = {}) {
@@ -69,16 +90,27 @@ export async function planGgufUrl(url, wasm, planOptions, { signal, stallMs = ST
   const prefix = new Prefix();
   let length = null;
   let ranges = false;
+  let validator = null;
+  // Tensors planning reads besides the header (LongRoPE's factors), fetched apart: name -> bytes.
+  const extra = {};
   const plan = () => {
     let planned;
     try {
-      planned = wasm.planGguf(prefix.view(), length ?? UNKNOWN_LENGTH, name, planOptions);
+      planned = wasm.planGguf(prefix.view(), length ?? UNKNOWN_LENGTH, name, planOptions, extra);
     } catch (e) {
       throw fromWasm(e);
     }
-    if (!planned) return null;
+    if (!planned || planned.needs) return planned ?? null;
     const { manifestText, plan } = planned;
-    return { manifest: JSON.parse(manifestText), manifestText, plan, length, ranges, name, header: prefix.view() };
+    return { manifest: JSON.parse(manifestText), manifestText, plan, length, ranges, validator, name, header: prefix.view(), extra };
+  };
+  // The header is in; what planning still needs is fetched (a few hundred bytes each), then it plans.
+  const complete = async (planned) => {
+    if (!planned.needs) return planned;
+    for (const { name: tensor, start, end } of planned.needs) extra[tensor] = await readRange(url, start, end, signal, stallMs);
+    const again = plan();
+    if (!again || again.needs) throw new BadPackageError(`${name}: its factor tensors did not plan`);
+    return again;
   };
   const tooLarge = () =>
     new BadPackageError(`${name}: its header runs past ${MAX_HEADER >> 20} MiB, more than Hearth reads of a GGUF's header`);
@@ -117,9 +149,12 @@ export async function planGgufUrl(url, wasm, planOptions, { signal, stallMs = ST
     signal,
     stallMs,
     async (response, arm) => {
+      validator = validatorOf(response);
       if (response.status === 206) {
+        const r = rangeOf(response);
+        if (r && r.start !== 0) throw new NetworkError(url, null, undefined, `asked for its first bytes, the server sent them from ${r.start}`);
         ranges = true;
-        length = rangeOf(response)?.total ?? null;
+        length = r?.total ?? null;
         await read(response, arm, FIRST_READ);
         return plan();
       }
@@ -134,12 +169,13 @@ export async function planGgufUrl(url, wasm, planOptions, { signal, stallMs = ST
     },
     { Range: `bytes=0-${FIRST_READ - 1}` },
   );
-  if (first) return first;
+  if (first) return complete(first);
 
   for (;;) {
     const from = prefix.length;
     if (from >= MAX_HEADER) throw tooLarge();
     const to = Math.min(from * 2, MAX_HEADER, length ?? Infinity);
+    if (to <= from) throw new NetworkError(url, null, undefined, `the file ends at byte ${length}, inside its header`);
     await get(
       url,
       signal,
@@ -155,6 +191,46 @@ export async function planGgufUrl(url, wasm, planOptions, { signal, stallMs = ST
     );
     if (prefix.length === from) throw new NetworkError(url, null, undefined, `the server sent no bytes from ${from}`);
     const planned = plan();
-    if (planned) return planned;
+    if (planned) return complete(planned);
   }
+}
+
+/**
+ * Bytes `start` to `end` (exclusive) of `url`: a range request, or, where the server sends the
+ * whole file, its stream read that far and cancelled.
+ */
+async function readRange(url, start, end, signal, stallMs) {
+  const out = new Uint8Array(end - start);
+  let at = 0;
+  await get(
+    url,
+    signal,
+    stallMs,
+    async (response, arm) => {
+      let skip = start;
+      if (response.status === 206) {
+        const r = rangeOf(response);
+        if (r && r.start !== start) throw new NetworkError(url, null, undefined, `asked for bytes from ${start}, the server sent them from ${r.start}`);
+        skip = 0;
+      }
+      const reader = response.body.getReader();
+      try {
+        while (at < out.length) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          arm();
+          const n = Math.min(skip, value.length);
+          skip -= n;
+          const piece = value.subarray(n, n + out.length - at);
+          out.set(piece, at);
+          at += piece.length;
+        }
+      } finally {
+        reader.cancel().catch(() => {});
+      }
+    },
+    { Range: `bytes=${start}-${end - 1}` },
+  );
+  if (at < out.length) throw new NetworkError(url, null, undefined, `the file ended before byte ${end}`);
+  return out;
 }

@@ -5,7 +5,7 @@
 
 import { InvalidArgumentError, NetworkError, abortError, fromWasm, raceAbort } from "./errors.js";
 import { fetchText } from "./fetch.js";
-import { isGgufUrl, planGgufUrl } from "./gguf.js";
+import { isGgufUrl, madeFrom, planGgufUrl } from "./gguf.js";
 import { packageKey, parseManifest, quotaShortfall, storageNeeded, wasmFor } from "./load.js";
 import { signalOf } from "./options.js";
 import { checkBackend, chooseBackend, cpuMemoryLimit, probeGpu } from "./support.js";
@@ -69,6 +69,31 @@ async function manifestText(url, revalidate, signal) {
 }
 
 /**
+ * A GGUF URL's package: planned from the file's header, with the shards load() stored of this very
+ * file (gguf-load.js) counted as stored; or, with `revalidate: false` or offline, the package
+ * stored whole from it, without a request. {text, manifest, plan, source}.
+ */
+async function ggufManifest(modelUrl, key, revalidate, wasm, planOptions, planModel, signal) {
+  const stored = (await store.usable()) ? await raceAbort(store.getModel(key), signal) : undefined;
+  const complete = await store.usableVersion(stored);
+  const fromStore = () => {
+    const text = complete.manifestText;
+    return { text, manifest: parseManifest(text), plan: planModel(text), source: { kind: "gguf", bytes: complete.gguf?.length ?? null } };
+  };
+  if (complete && revalidate === false) return fromStore();
+  let planned;
+  try {
+    planned = await planGgufUrl(new URL(String(modelUrl), globalThis.location?.href).href, wasm, planOptions, { signal });
+  } catch (e) {
+    if (complete && e instanceof NetworkError && e.status === null) return fromStore();
+    throw e;
+  }
+  // The planned manifest's shards have no hashes; the stored record's list those made so far.
+  const manifest = madeFrom(stored, planned) ? JSON.parse(stored.manifestText) : planned.manifest;
+  return { text: planned.manifestText, manifest, plan: planned.plan, source: { kind: "gguf", bytes: planned.length } };
+}
+
+/**
  * What the package at `modelUrl` needs, and whether this page can run it, before downloading it:
  * {name, architecture, parameters, downloadBytes, source: {kind, bytes}, storedBytes, backend,
  * backendReason, context, kvF16, memory: {weights, kvCache, working, total}, cpu, gpu, storage:
@@ -80,7 +105,7 @@ async function manifestText(url, revalidate, signal) {
  */
 export async function inspect(modelUrl, options = {}) {
   const gguf = isGgufUrl(modelUrl);
-  const url = packageKey(modelUrl, "inspect", { gguf });
+  const url = packageKey(modelUrl, "inspect");
   checkInspectOptions(options);
   const signal = signalOf(options);
   if (signal?.aborted) throw abortError(signal);
@@ -88,20 +113,20 @@ export async function inspect(modelUrl, options = {}) {
   const { gpu, kvF16, planOptions } = await planOptionsFor(choice, options.maxContext);
   // The plain build: planModel is the same in every build, and it starts no thread pool.
   const wasm = await wasmFor("webgpu", false, signal);
-  let text, manifest, plan, source;
-  if (gguf) {
-    const href = new URL(String(modelUrl), globalThis.location?.href).href;
-    let length;
-    ({ manifestText: text, manifest, plan, length } = await planGgufUrl(href, wasm, planOptions, { signal }));
-    source = { kind: "gguf", bytes: length };
-  } else {
-    text = await manifestText(url, options.revalidate, signal);
-    manifest = parseManifest(text);
+  const planModel = (text) => {
     try {
-      plan = wasm.planModel(text, planOptions);
+      return wasm.planModel(text, planOptions);
     } catch (e) {
       throw fromWasm(e);
     }
+  };
+  let text, manifest, plan, source;
+  if (gguf) {
+    ({ text, manifest, plan, source } = await ggufManifest(modelUrl, url, options.revalidate, wasm, planOptions, planModel, signal));
+  } else {
+    text = await manifestText(url, options.revalidate, signal);
+    manifest = parseManifest(text);
+    plan = planModel(text);
     source = { kind: "package", bytes: plan.downloadBytes };
   }
 

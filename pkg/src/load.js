@@ -181,13 +181,13 @@ const LOAD_OPTIONS = [
 ];
 
 /**
- * `modelUrl` as the key of its package (store.modelKey), refusing what is not a package directory's
- * URL: another type, a malformed URL, or a GGUF file unless `gguf` (inspect() reads one; load()
- * needs `hearth convert` first). `fn` names the function for the message.
+ * `modelUrl` as the key of its package (store.modelKey): a package directory's URL, or a GGUF
+ * file's (`….gguf`, converted as it loads). Refused: another type, a malformed URL, a folder
+ * named `….gguf/`. `fn` names the function for the message.
  */
-export function packageKey(modelUrl, fn, { gguf = false } = {}) {
+export function packageKey(modelUrl, fn) {
   if (typeof modelUrl !== "string" && !(modelUrl instanceof URL)) {
-    throw new InvalidArgumentError(`${fn}() takes the URL of a model package directory${gguf ? " or a GGUF file" : ""}`);
+    throw new InvalidArgumentError(`${fn}() takes the URL of a model package directory or a GGUF file`);
   }
   let key;
   try {
@@ -195,17 +195,16 @@ export function packageKey(modelUrl, fn, { gguf = false } = {}) {
   } catch (e) {
     throw new InvalidArgumentError(`${fn}(): ${JSON.stringify(String(modelUrl))} is not a URL (${e.message})`);
   }
-  if (!gguf && /\.gguf\/$/i.test(key)) {
+  if (/\.gguf\/$/i.test(key) && !isGgufUrl(modelUrl)) {
     throw new InvalidArgumentError(
-      `${fn}() reads a Hearth model package (a directory with manifest.json), not a GGUF file: convert it with ` +
-        "`hearth convert MODEL.gguf --out DIR` and serve DIR (Hearth.inspect() sizes a GGUF URL as it is)",
+      `${fn}(): ${JSON.stringify(String(modelUrl))} names a folder ending in .gguf; a GGUF file's URL ends in .gguf`,
     );
   }
   return key;
 }
 
 export function checkOptions(modelUrl, options) {
-  packageKey(modelUrl, "load", { gguf: true });
+  packageKey(modelUrl, "load");
   if (options === null || typeof options !== "object") throw new InvalidArgumentError("options must be an object");
   if (options.sha256 != null) {
     if (!isGgufUrl(modelUrl)) {
@@ -259,7 +258,7 @@ export async function load(modelUrl, options = {}) {
   checkOptions(modelUrl, options);
   const signal = signalOf(options);
   if (signal?.aborted) throw abortError(signal);
-  const url = packageKey(modelUrl, "load", { gguf: true });
+  const url = packageKey(modelUrl, "load");
   // One tab (or worker) at a time loads a model that it stores: another waits, then finds the
   // shards stored (or a newer version's, replacing these) rather than racing on the same records.
   if (options.cache === false) return loadPackage(url, options, signal);

@@ -22,6 +22,7 @@ const MiB = 2 ** 20;
 const SMOLLM2_GGUF = path.join(ROOT, ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
 const GEMMA3_GGUF = path.join(ROOT, ".cache/models/gemma-3-270m-q4_k_m.gguf");
 const QWEN3_GGUF = path.join(ROOT, "tests/fixtures/tiny/qwen3.gguf");
+const PHI3_GGUF = path.join(ROOT, "tests/fixtures/tiny/phi3.gguf");
 let browser, server, dir;
 
 before(async () => {
@@ -30,6 +31,7 @@ before(async () => {
   fs.symlinkSync(SMOLLM2_GGUF, path.join(dir, "smollm2.gguf"));
   fs.symlinkSync(GEMMA3_GGUF, path.join(dir, "gemma3.gguf"));
   fs.symlinkSync(QWEN3_GGUF, path.join(dir, "qwen3.gguf"));
+  fs.symlinkSync(PHI3_GGUF, path.join(dir, "phi3.gguf"));
   // SmolLM2's header with its architecture renamed "mamba" (same length), the rest of the file's
   // length as a hole: a GGUF of an architecture no engine runs, 95 MB long.
   const head = fs.readFileSync(SMOLLM2_GGUF).subarray(0, 4 * MiB);
@@ -41,7 +43,7 @@ before(async () => {
   fs.truncateSync(path.join(dir, "mamba.gguf"), fs.statSync(SMOLLM2_GGUF).size);
   fs.writeFileSync(path.join(dir, "page.gguf"), "<!doctype html><p>Not found, but a 200</p>");
   browser = await launch();
-  server = await serve({ smollm2: SMOLLM2, qwen3: tinyPackage("qwen3"), gguf: dir });
+  server = await serve({ smollm2: SMOLLM2, qwen3: tinyPackage("qwen3"), phi3: tinyPackage("phi3"), gguf: dir });
 }, { timeout: 5 * MINUTES });
 after(async () => {
   await browser?.close();
@@ -233,17 +235,20 @@ test("load() of SmolLM2's GGUF: converted into the store shard for shard as hear
     return r.text;
   }, { url: ggufPath, prompt });
   assert.equal(inWorker, second.fromGguf);
+  // inspect() now counts the stored package as stored.
+  const inspected = await page.evaluate((url) => Hearth.inspect(url, { backend: "cpu" }), ggufPath);
+  assert.equal(inspected.storedBytes, pkg.shards.reduce((n, s) => n + s.size, 0));
+  assert.equal(inspected.storage.needed, 0);
   server.log.length = 0;
   await context.setOffline(true);
   const offline = await page.evaluate(async (url) => {
     const engine = await Hearth.load(url, { backend: "cpu" });
     const r = await engine.generate("Hi", { max_tokens: 2 });
     await engine.dispose();
-    return r.text.length;
+    return r.ids.length;
   }, ggufPath);
   await context.setOffline(false);
-  assert.ok(offline >= 0);
-  assert.deepEqual(server.requests("/models/"), []);
+  assert.equal(offline, 2, "offline, the stored package loads and generates");
   assert.deepEqual(consoleErrors.filter((e) => !/ERR_INTERNET_DISCONNECTED|ERR_CONNECTION|Failed to load resource/.test(e)), []);
   await context.close();
 });
@@ -283,6 +288,66 @@ test("load() of a GGUF from a server without range support, checked against its 
   const shards = await storedShards(page, new URL(ggufPath + "/", server.url).href);
   assert.deepEqual(shards.map((s) => s.sha256), pkg.shards.map((s) => s.sha256));
   assert.equal(got.stored[0]?.complete, true);
+  // Loaded again: the header only while the file is the same; a new version of it (its
+  // Last-Modified) is converted again, whole.
+  const loadAgain = () =>
+    page.evaluate(async (url) => {
+      const engine = await Hearth.load(url, { backend: "cpu" });
+      const r = await engine.generate("Hello there", { max_tokens: 8 });
+      await engine.dispose();
+      return r.ids;
+    }, ggufPath);
+  server.log.length = 0;
+  assert.deepEqual(await loadAgain(), got.fromPackage);
+  assert.equal(seen(ggufPath).length, 1, JSON.stringify(seen(ggufPath)));
+  const { atime, mtime } = fs.statSync(QWEN3_GGUF);
+  fs.utimesSync(QWEN3_GGUF, atime, new Date(mtime.getTime() - 3600e3));
+  try {
+    server.log.length = 0;
+    assert.deepEqual(await loadAgain(), got.fromPackage);
+    assert.equal(seen(ggufPath).length, 2, "the header, then the whole file again");
+  } finally {
+    fs.utimesSync(QWEN3_GGUF, atime, mtime);
+  }
   assert.deepEqual(consoleErrors, []);
   await context.close();
 });
+
+// Phi-3.5's LongRoPE factors go into the package's config, so planning reads their bytes: fetched
+// apart (a range request each, or the file's stream read that far), then planned and converted as
+// the file converts natively.
+for (const ranges of [true, false]) {
+  test(`Phi-3's LongRoPE GGUF ${ranges ? "with range requests" : "from a server without range support"}: its factor tensors fetched apart, inspected and loaded as its converted package`, { timeout: 3 * MINUTES }, async () => {
+    const ggufPath = "/models/gguf/phi3.gguf";
+    server.reset();
+    if (!ranges) server.hooks.noRange.set(ggufPath, true);
+    const { context, page, consoleErrors } = await openPage(browser, server);
+    const got = await page.evaluate(async ({ url, pkgUrl }) => {
+      const options = { backend: "cpu", maxContext: 512 };
+      const inspected = await Hearth.inspect(url, options);
+      const reference = await Hearth.inspect(pkgUrl, options);
+      const engine = await Hearth.load(url, options);
+      const fromGguf = await engine.generate("Hello there", { max_tokens: 8 });
+      await engine.dispose();
+      const pkg = await Hearth.load(pkgUrl, { ...options, cache: false });
+      const fromPackage = await pkg.generate("Hello there", { max_tokens: 8 });
+      await pkg.dispose();
+      return { inspected, reference, fromGguf: fromGguf.ids, fromPackage: fromPackage.ids };
+    }, { url: ggufPath, pkgUrl: "/models/phi3/" });
+    assert.deepEqual(figures(got.inspected), figures(got.reference));
+    assert.deepEqual(got.fromGguf, got.fromPackage);
+    const info = JSON.parse(fs.readFileSync(path.join(ROOT, "tests/fixtures/tiny/phi3.json"), "utf8"));
+    assert.ok(info.tensors.some((t) => t.name === "rope_factors_long.weight"));
+    const requests = seen(ggufPath);
+    // inspect(): the header, then the two factor tensors; load(): the same, then the data.
+    assert.equal(requests.length, 7, JSON.stringify(requests));
+    const factorReads = [requests[1], requests[2]];
+    if (ranges) for (const [status, [a, b]] of factorReads) assert.ok(status === 206 && b - a + 1 === 24, JSON.stringify(factorReads));
+    else assert.ok(requests.every(([status]) => status === 200));
+    const pkgManifest = JSON.parse(fs.readFileSync(path.join(ROOT, ".cache/packages/tiny-phi3/manifest.json"), "utf8"));
+    const shards = await storedShards(page, new URL(ggufPath + "/", server.url).href);
+    assert.deepEqual(shards.map((s) => s.sha256), pkgManifest.shards.map((s) => s.sha256));
+    assert.deepEqual(consoleErrors, []);
+    await context.close();
+  });
+}

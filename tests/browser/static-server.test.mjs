@@ -85,6 +85,7 @@ test("byte ranges: one range gets 206 and those bytes, a range past the end 416,
       assert.equal(r.status, status, range);
       assert.deepEqual(r.body, bytes.subarray(start, end + 1), range);
       assert.equal(r.headers["accept-ranges"], "bytes", range);
+      assert.equal(r.headers["last-modified"], fs.statSync(path.join(root, "model.gguf")).mtime.toUTCString(), range);
       if (status === 206) assert.equal(r.headers["content-range"], `bytes ${start}-${end}/1000`, range);
     }
     const past = await getWith(server.url, "/model.gguf", { Range: "bytes=1000-" });

@@ -24,6 +24,9 @@ async function fetchCatalog() {
 /** Whether `url` (absolute) names a GGUF file (kept as it is: its query may be a signature). */
 const isGguf = (url) => /\.gguf$/i.test(new URL(url).pathname);
 
+/** The key Hearth.cache lists `url`'s model under (a GGUF file's too: its URL and a "/"). */
+const storedKey = (url) => (url && isGguf(url) ? directoryUrl(url) : url);
+
 /** The form Hearth keys its cache by: absolute, ending in "/". */
 function directoryUrl(url) {
   const u = new URL(url, document.baseURI);
@@ -146,7 +149,7 @@ export async function createModelPanel({ Hearth, support, onEngine }) {
     const key = inspectionKey();
     inspection = { key };
     // Offline, only a model stored whole can be read (and loaded).
-    const complete = stored.find((s) => s.url === url)?.complete;
+    const complete = stored.find((s) => s.url === storedKey(url))?.complete;
     if (!url || (!navigator.onLine && !complete)) return renderDetails();
     try {
       // revalidate: false, as load() below: a model stored whole costs no request.
@@ -161,13 +164,13 @@ export async function createModelPanel({ Hearth, support, onEngine }) {
     clearTimeout(inspectTimer);
     inspectTimer = setTimeout(inspectSelection, delay);
   };
-  const nameOf = (url) => catalog.find((m) => m.url === url)?.name ?? stored.find((s) => s.url === url)?.name ?? url;
+  const nameOf = (url) => catalog.find((m) => m.url === url)?.name ?? stored.find((s) => s.url === storedKey(url))?.name ?? url;
 
   function renderDetails() {
     $("custom-url-row").hidden = select.value !== CUSTOM;
     const url = selectedUrl();
     const model = catalog.find((m) => m.url === url);
-    const copy = stored.find((s) => s.url === url);
+    const copy = stored.find((s) => s.url === storedKey(url));
     const gguf = url && isGguf(url);
     const parts = model ? [model.architecture, model.quantization, formatBytes(model.size)] : [];
     if (copy?.complete) parts.push("stored on this device");

@@ -19,6 +19,9 @@ pub enum HearthError {
     UnsupportedTensorType { tensor: String, dtype: String },
     #[error("unsupported architecture `{0}` (supported: {supported}; Mistral converts as llama)", supported = crate::manifest::ARCHITECTURES.join(", "))]
     UnsupportedArchitecture(String),
+    /// A model Hearth runs, given a way it cannot take it yet (the message says which, and what to do).
+    #[error("{0}")]
+    UnsupportedSource(String),
     /// A model package (manifest + shards) is malformed or does not match this build.
     #[error("invalid model package {path}: {detail}")]
     BadPackage { path: String, detail: String },

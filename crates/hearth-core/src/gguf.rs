@@ -226,6 +226,10 @@ impl GgufTensorInfo {
 #[derive(Debug)]
 pub struct GgufFile {
     pub path: PathBuf,
+    /// Whether `path` is a file to read tensor data from (false: a header read from a prefix).
+    on_disk: bool,
+    /// For a header read from a prefix: tensors' bytes fetched apart ([`Self::supply_tensor`]).
+    supplied: BTreeMap<String, Vec<u8>>,
     pub version: u32,
     pub metadata: BTreeMap<String, GgufValue>,
     pub tensors: Vec<GgufTensorInfo>,
@@ -338,7 +342,8 @@ impl GgufFile {
         let len = file.metadata().map_err(|e| HearthError::io("stat", path, e))?.len();
         let inner = BufReader::with_capacity(1 << 20, file);
         let file = path.display().to_string();
-        Self::parse(&mut HeaderReader { inner, pos: 0, len, available: len, ran_out: false, file }, path)
+        let gguf = Self::parse(&mut HeaderReader { inner, pos: 0, len, available: len, ran_out: false, file }, path)?;
+        Ok(GgufFile { on_disk: true, ..gguf })
     }
 
     /// The header of a GGUF of `len` bytes from its first bytes (`prefix`, a range request's
@@ -458,7 +463,24 @@ impl GgufFile {
             })
             .collect::<Result<Vec<_>>>()?;
 
-        Ok(GgufFile { path: path.to_path_buf(), version, metadata, tensors, file_len: len })
+        let supplied = BTreeMap::new();
+        Ok(GgufFile { path: path.to_path_buf(), on_disk: false, supplied, version, metadata, tensors, file_len: len })
+    }
+
+    /// Supplies tensor `name`'s bytes to a header read from a prefix (fetched apart: a range
+    /// request), for [`Self::read_tensor`]; they must be as many as its type and shape take.
+    pub fn supply_tensor(&mut self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        let info = self
+            .tensor(name)
+            .ok_or_else(|| HearthError::InvalidArgument(format!("{}: no tensor `{name}`", self.path.display())))?;
+        if info.n_bytes != Some(bytes.len() as u64) {
+            return Err(HearthError::bad_file(
+                self.path.display(),
+                format!("`{name}` needs {:?} bytes, {} were supplied", info.n_bytes, bytes.len()),
+            ));
+        }
+        self.supplied.insert(name.to_string(), bytes);
+        Ok(())
     }
 
     pub fn tensor(&self, name: &str) -> Option<&GgufTensorInfo> {
@@ -471,6 +493,18 @@ impl GgufFile {
             tensor: info.name.clone(),
             dtype: info.ggml_type.name(),
         })?;
+        if !self.on_disk {
+            // A header from a prefix: only what was supplied (what planning reads:
+            // `convert::tensors_read_to_plan`).
+            return self.supplied.get(&info.name).cloned().ok_or_else(|| {
+                HearthError::UnsupportedSource(format!(
+                    "{}: `{}`'s data is needed to plan the package, and only the header of this GGUF was read \
+                     (fetch its bytes and supply them, or convert the file with `hearth convert`)",
+                    self.path.display(),
+                    info.name
+                ))
+            });
+        }
         let mut f = File::open(&self.path).map_err(|e| HearthError::io("open", &self.path, e))?;
         f.seek(SeekFrom::Start(info.offset)).map_err(|e| HearthError::io("seek in", &self.path, e))?;
         let mut buf = vec![0u8; n as usize];

@@ -121,3 +121,39 @@ fn a_header_read_from_a_prefix_is_the_files_and_plans_the_same() {
     let whole_file = GgufFile::from_prefix(&claim, claim.len() as u64, url).unwrap_err();
     assert!(whole_file.to_string().contains("impossible for a file"), "{whole_file}");
 }
+
+/// A GGUF whose plan needs tensor data (Phi-3.5's LongRoPE factors go into the config) cannot be
+/// planned from its header alone: refused by name, with what to do, rather than by a failed file
+/// open (the browser has no file).
+#[test]
+fn a_header_that_needs_tensor_data_to_plan_is_refused_by_name() {
+    use hearth_core::convert::plan_gguf_header;
+    use hearth_core::gguf::GgufFile;
+    use hearth_core::HearthError;
+
+    let path = common::repo_root().join("tests/fixtures/tiny/phi3.gguf");
+    let bytes = std::fs::read(&path).unwrap();
+    // Even with every byte at hand: a header is what a URL's first bytes give.
+    let header = GgufFile::from_prefix(&bytes, bytes.len() as u64, "phi3.gguf").unwrap().unwrap();
+    match plan_gguf_header(&header, &ConvertOptions::default()) {
+        Err(HearthError::UnsupportedSource(message)) => {
+            assert!(message.contains("rope_factors_") && message.contains("hearth convert"), "{message}");
+        }
+        other => panic!("phi3's header planned without its LongRoPE factors: {other:?}"),
+    }
+    // With the factor tensors' bytes supplied (a range request each, in the browser), the header
+    // plans what the file plans.
+    let mut header = header;
+    let needed: Vec<_> = hearth_core::convert::tensors_read_to_plan(&header).into_iter().cloned().collect();
+    assert_eq!(needed.len(), 2);
+    for info in &needed {
+        let range = info.offset as usize..(info.offset + info.n_bytes.unwrap()) as usize;
+        header.supply_tensor(&info.name, bytes[range].to_vec()).unwrap();
+    }
+    let planned = serde_json::to_value(plan_gguf_header(&header, &ConvertOptions::default()).unwrap()).unwrap();
+    let mut from_file = serde_json::to_value(plan_gguf(&path, &ConvertOptions::default()).unwrap()).unwrap();
+    from_file["source"]["file"] = "phi3.gguf".into();
+    assert_eq!(planned, from_file);
+    // Bytes of the wrong length are refused.
+    assert!(header.supply_tensor(&needed[0].name, vec![0; 3]).is_err());
+}

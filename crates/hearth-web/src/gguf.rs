@@ -2,12 +2,63 @@
 //! streams them, into the package shards `hearth convert` would write (hearth_core's `GgufStream`),
 //! each with its hash, so the page stores them and loads them as it loads any package.
 
-use hearth_core::convert::{ConvertOptions, GgufStream};
+use hearth_core::convert::{tensors_read_to_plan, ConvertOptions, GgufStream};
 use hearth_core::gguf::GgufFile;
 use sha2::{Digest, Sha256};
 use wasm_bindgen::prelude::*;
 
 use crate::{js_error, named_error};
+
+/// The most bytes a tensor that planning reads (LongRoPE's factors: a few hundred) may claim: the
+/// page fetches each apart, and a header may claim anything.
+const MAX_PLAN_TENSOR_BYTES: u64 = 1 << 20;
+
+/// A GGUF's header from its first bytes: not all there yet, missing tensor data that planning
+/// reads, or ready.
+pub(crate) enum Header {
+    Incomplete,
+    /// `[{name, start, end}]` (end exclusive): fetch these bytes and pass them as `extra`.
+    Needs(js_sys::Array),
+    Ready(GgufFile),
+}
+
+/// The header in `prefix` (a file of `length` bytes named `name`) with the tensors planning reads
+/// supplied from `extra` (`{name: Uint8Array}`, or undefined).
+pub(crate) fn read_header(prefix: &[u8], length: f64, name: &str, extra: &JsValue) -> Result<Header, JsValue> {
+    if !(length.is_finite() && length >= 0.0) {
+        return Err(named_error("InvalidArgumentError", "the GGUF's length must be a number of bytes"));
+    }
+    let Some(mut gguf) = GgufFile::from_prefix(prefix, length as u64, name).map_err(js_error)? else {
+        return Ok(Header::Incomplete);
+    };
+    let needs = js_sys::Array::new();
+    let wanted: Vec<_> = tensors_read_to_plan(&gguf).into_iter().cloned().collect();
+    for info in wanted {
+        let n = info.n_bytes.unwrap_or(u64::MAX);
+        if n > MAX_PLAN_TENSOR_BYTES {
+            return Err(named_error(
+                "BadPackageError",
+                &format!("{name}: `{}` claims {n} bytes, more than a factor tensor can have", info.name),
+            ));
+        }
+        let given = if extra.is_object() {
+            js_sys::Reflect::get(extra, &info.name.as_str().into())?
+        } else {
+            JsValue::UNDEFINED
+        };
+        match given.dyn_into::<js_sys::Uint8Array>() {
+            Ok(bytes) => gguf.supply_tensor(&info.name, bytes.to_vec()).map_err(js_error)?,
+            Err(_) => {
+                let need = js_sys::Object::new();
+                js_sys::Reflect::set(&need, &"name".into(), &info.name.as_str().into())?;
+                js_sys::Reflect::set(&need, &"start".into(), &(info.offset as f64).into())?;
+                js_sys::Reflect::set(&need, &"end".into(), &((info.offset + n) as f64).into())?;
+                needs.push(&need);
+            }
+        }
+    }
+    Ok(if needs.length() > 0 { Header::Needs(needs) } else { Header::Ready(gguf) })
+}
 
 #[wasm_bindgen]
 pub struct GgufConverter {
@@ -17,15 +68,15 @@ pub struct GgufConverter {
 #[wasm_bindgen]
 impl GgufConverter {
     /// The converter of the GGUF whose first bytes are `prefix` (a file of `length` bytes named
-    /// `name`); the prefix must hold the whole header (`planGguf` said so).
+    /// `name`), with `extra` the tensors planning reads, as `planGguf` took them: what it planned.
     #[wasm_bindgen(constructor)]
-    pub fn new(prefix: &[u8], length: f64, name: &str) -> Result<GgufConverter, JsValue> {
-        if !(length.is_finite() && length >= 0.0) {
-            return Err(named_error("InvalidArgumentError", "the GGUF's length must be a number of bytes"));
-        }
-        let gguf = GgufFile::from_prefix(prefix, length as u64, name).map_err(js_error)?.ok_or_else(|| {
-            named_error("InvalidArgumentError", &format!("{name}: the header runs past the bytes given"))
-        })?;
+    pub fn new(prefix: &[u8], length: f64, name: &str, extra: JsValue) -> Result<GgufConverter, JsValue> {
+        let Header::Ready(gguf) = read_header(prefix, length, name, &extra)? else {
+            return Err(named_error(
+                "InvalidArgumentError",
+                &format!("{name}: the header or its factor tensors are not all given"),
+            ));
+        };
         let stream = GgufStream::new(gguf, ConvertOptions::default()).map_err(js_error)?;
         Ok(GgufConverter { stream })
     }

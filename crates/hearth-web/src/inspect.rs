@@ -3,14 +3,14 @@
 //! them) and for the reasons, if any, that this page cannot run it; for a GGUF URL, from the package
 //! its header plans ([`plan_gguf`]).
 
-use hearth_core::convert::{plan_gguf_header, ConvertOptions};
-use hearth_core::gguf::GgufFile;
+use hearth_core::convert::{ConvertOptions, GgufStream};
 use hearth_core::manifest::Manifest;
 use hearth_core::package::parse_manifest;
 use hearth_core::plan::{Memory, ModelSizes};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 
+use crate::gguf::{read_header, Header};
 use crate::{js_error, named_error, to_js};
 
 #[derive(Deserialize, Default)]
@@ -59,21 +59,28 @@ pub fn plan_model(manifest_text: &str, options: JsValue) -> Result<JsValue, JsVa
 }
 
 /// A GGUF's package planned from its first bytes (`prefix`, of a file of `length` bytes named
-/// `name`), as `hearth convert` would lay it out and [`plan_model`] sizes it: `{manifestText, plan}`
-/// (the manifest's shards not hashed yet: their bytes are not made), or `undefined` when the
-/// header runs past `prefix` (ask for more bytes). An architecture no engine runs is refused here,
-/// before any tensor data is downloaded.
+/// `name`; `extra`: the bytes of tensors planning reads, `{name: Uint8Array}`), as `hearth convert`
+/// would lay it out and [`plan_model`] sizes it: `{manifestText, plan}` (the manifest's shards not
+/// hashed yet: their bytes are not made); `undefined` when the header runs past `prefix` (ask for
+/// more bytes); `{needs: [{name, start, end}]}` when planning reads tensor data not in `extra`
+/// (LongRoPE's factors: fetch those bytes and ask again). An architecture no engine runs is
+/// refused here, before any tensor data is downloaded.
 #[wasm_bindgen(js_name = planGguf)]
-pub fn plan_gguf(prefix: &[u8], length: f64, name: &str, options: JsValue) -> Result<JsValue, JsValue> {
+pub fn plan_gguf(prefix: &[u8], length: f64, name: &str, options: JsValue, extra: JsValue) -> Result<JsValue, JsValue> {
     let options = plan_options(options)?;
-    if !(length.is_finite() && length >= 0.0) {
-        return Err(named_error("InvalidArgumentError", "the GGUF's length must be a number of bytes"));
-    }
-    let Some(gguf) = GgufFile::from_prefix(prefix, length as u64, name).map_err(js_error)? else {
-        return Ok(JsValue::UNDEFINED);
+    let gguf = match read_header(prefix, length, name, &extra)? {
+        Header::Incomplete => return Ok(JsValue::UNDEFINED),
+        Header::Needs(needs) => {
+            let out = js_sys::Object::new();
+            js_sys::Reflect::set(&out, &"needs".into(), &needs)?;
+            return Ok(out.into());
+        }
+        Header::Ready(gguf) => gguf,
     };
-    let manifest = plan_gguf_header(&gguf, &ConvertOptions::default()).map_err(js_error)?;
-    let manifest_text = serde_json::to_string(&manifest)
+    // The stream load() converts with: its checks (tensor order, tensor sizes) refuse here too.
+    let stream = GgufStream::new(gguf, ConvertOptions::default()).map_err(js_error)?;
+    let manifest = stream.manifest();
+    let manifest_text = serde_json::to_string(manifest)
         .map_err(|e| named_error("BadPackageError", &format!("cannot write the planned manifest: {e}")))?;
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
@@ -81,7 +88,7 @@ pub fn plan_gguf(prefix: &[u8], length: f64, name: &str, options: JsValue) -> Re
         manifest_text: String,
         plan: Plan,
     }
-    to_js(&Planned { manifest_text, plan: plan(&manifest, &options)? })
+    to_js(&Planned { manifest_text, plan: plan(manifest, &options)? })
 }
 
 fn plan_options(options: JsValue) -> Result<PlanOptions, JsValue> {

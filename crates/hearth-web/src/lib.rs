@@ -39,7 +39,9 @@ pub(crate) fn js_error(e: HearthError) -> JsValue {
         HearthError::Gpu(_) => "GpuError",
         HearthError::AdapterLimit(_) => "AdapterLimitsError",
         HearthError::OutOfMemory { .. } => "OutOfMemoryError",
-        HearthError::UnsupportedArchitecture(_) | HearthError::UnsupportedTensorType { .. } => "UnsupportedModelError",
+        HearthError::UnsupportedArchitecture(_)
+        | HearthError::UnsupportedTensorType { .. }
+        | HearthError::UnsupportedSource(_) => "UnsupportedModelError",
         HearthError::BadPackage { .. } | HearthError::BadModelFile { .. } | HearthError::Io { .. } => "BadPackageError",
         HearthError::Integrity { .. } | HearthError::WrongSize { .. } => "IntegrityError",
         HearthError::ContextLengthExceeded { .. } => "ContextLengthError",

@@ -304,6 +304,12 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
 /// The tensors of LongRoPE's factors (Phi-3), which the package keeps in its config.
 const LONG_ROPE_FACTORS: [&str; 2] = ["rope_factors_long.weight", "rope_factors_short.weight"];
 
+/// The tensors whose data planning reads (not only the header): LongRoPE's factors, which go into
+/// the config. A header read from a prefix needs them supplied (`GgufFile::supply_tensor`).
+pub(super) fn tensors_read_to_plan(gguf: &GgufFile) -> Vec<&GgufTensorInfo> {
+    LONG_ROPE_FACTORS.iter().filter_map(|name| gguf.tensor(name)).collect()
+}
+
 /// Whether the GGUF's tensor `info` becomes package tensors: all but LongRoPE's factors, which go
 /// into the config (`RopeScaling::LongRope`).
 pub(super) fn in_package(info: &GgufTensorInfo) -> bool {

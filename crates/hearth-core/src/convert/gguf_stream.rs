@@ -16,9 +16,11 @@ use crate::gguf::GgufFile;
 use crate::manifest::Manifest;
 use crate::package::sha256_hex;
 
-/// The largest source tensor the stream holds (with its converted copy, about three times this in
-/// memory): 1 GiB, far above a browser-sized model's largest (Llama 3 8B's Q4_K embedding: 290 MB).
-pub const MAX_TENSOR_BYTES: u64 = 1 << 30;
+/// The largest source tensor the stream holds: 512 MiB, above a browser-sized model's largest
+/// (Llama 3 8B Q4_K_M's Q6_K head: 431 MB). Converting one takes up to about five times its size at
+/// once (its bytes, f32 values for an f16 source, a fused tensor's pieces, their bytes), which
+/// must stay well inside wasm32's 4 GiB.
+pub const MAX_TENSOR_BYTES: u64 = 512 << 20;
 
 /// One finished shard of the package: its index in the manifest, bytes and lowercase hex SHA-256.
 #[derive(Debug)]
@@ -195,6 +197,10 @@ impl GgufStream {
                 continue;
             }
             let take = (end - self.at).min(bytes.len() as u64) as usize;
+            if self.pending.is_empty() {
+                // Once, at its size: growing by doubling would take up to twice the tensor.
+                self.pending.reserve_exact((end - start) as usize);
+            }
             self.pending.extend_from_slice(&bytes[..take]);
             self.at += take as u64;
             bytes = &bytes[take..];

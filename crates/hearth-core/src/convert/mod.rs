@@ -117,6 +117,13 @@ pub fn plan_gguf_header(gguf: &GgufFile, opts: &ConvertOptions) -> Result<Manife
     gguf_model::plan(gguf, opts)
 }
 
+/// The tensors of `gguf` whose bytes [`plan_gguf_header`] reads besides the header (LongRoPE's
+/// factors: Phi-3.5): a header read from a prefix needs them supplied first
+/// (`GgufFile::supply_tensor`), each a small range of the file.
+pub fn tensors_read_to_plan(gguf: &GgufFile) -> Vec<&crate::gguf::GgufTensorInfo> {
+    gguf_model::tensors_read_to_plan(gguf)
+}
+
 fn check_group(opts: &ConvertOptions) -> Result<()> {
     if ![32, 64, 128].contains(&opts.group) {
         return Err(HearthError::InvalidArgument(format!("--group must be 32, 64 or 128, not {}", opts.group)));
