@@ -251,6 +251,7 @@ def main():
             assert len(data) < (20480 if name == "llama-kept-kquants" else 8192), (name, len(data))
             write("gguf_read", name, data)
             write("gguf_convert", name, data)
+            write("gguf_stream", name, data)
             out = os.path.join(tmp, name)
             subprocess.run([HEARTH, "convert", path, "--out", out], check=True,
                            stdout=subprocess.DEVNULL)

@@ -487,19 +487,23 @@ impl Manifest {
         Ok(entry)
     }
 
-    /// Every tensor piece stored in shard `shard`. Shards are consecutive stretches of one byte
-    /// sequence (a tensor that does not fit its shard continues at byte 0 of the next), so this is
-    /// interval arithmetic on each tensor's position in that sequence.
-    pub fn pieces_in_shard(&self, shard: usize) -> Vec<ShardPiece> {
-        let starts: Vec<u64> = self
-            .shards
+    /// Each shard's first byte in the one byte sequence the shards are stretches of.
+    pub fn shard_starts(&self) -> Vec<u64> {
+        self.shards
             .iter()
             .scan(0u64, |at, s| {
                 let start = *at;
                 *at += s.size;
                 Some(start)
             })
-            .collect();
+            .collect()
+    }
+
+    /// Every tensor piece stored in shard `shard`. Shards are consecutive stretches of one byte
+    /// sequence (a tensor that does not fit its shard continues at byte 0 of the next), so this is
+    /// interval arithmetic on each tensor's position in that sequence.
+    pub fn pieces_in_shard(&self, shard: usize) -> Vec<ShardPiece> {
+        let starts = self.shard_starts();
         let Some((&begin, size)) = starts.get(shard).zip(self.shards.get(shard).map(|s| s.size)) else {
             return Vec::new();
         };

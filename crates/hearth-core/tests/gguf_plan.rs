@@ -39,14 +39,7 @@ fn check(gguf: &Path, opts: &ConvertOptions) {
 
 #[test]
 fn the_plan_of_every_tiny_fixture_is_what_convert_writes_for_every_choice() {
-    let dir = common::repo_root().join("tests/fixtures/tiny");
-    let mut ggufs: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
-        .collect();
-    ggufs.sort();
-    assert!(ggufs.len() >= 10, "the tiny fixtures in {}", dir.display());
+    let ggufs = common::tiny_ggufs();
     for gguf in &ggufs {
         for opts in [
             ConvertOptions::default(),

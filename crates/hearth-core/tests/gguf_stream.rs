@@ -78,14 +78,7 @@ fn check(gguf: &Path, opts: &ConvertOptions, piece: usize, header: GgufFile) -> 
 
 #[test]
 fn every_tiny_fixture_streamed_is_the_package_convert_writes() {
-    let dir = common::repo_root().join("tests/fixtures/tiny");
-    let mut ggufs: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
-        .collect();
-    ggufs.sort();
-    assert!(ggufs.len() >= 10, "the tiny fixtures in {}", dir.display());
+    let ggufs = common::tiny_ggufs();
     let mut spilled = 0;
     for gguf in &ggufs {
         for (opts, piece) in [

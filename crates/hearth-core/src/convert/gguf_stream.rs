@@ -105,15 +105,7 @@ impl GgufStream {
                 manifest.tensors.len()
             )));
         }
-        let shard_starts = manifest
-            .shards
-            .iter()
-            .scan(0u64, |at, s| {
-                let start = *at;
-                *at += s.size;
-                Some(start)
-            })
-            .collect();
+        let shard_starts = manifest.shard_starts();
         let at = sources.first().map_or(0, |s| s.data.start);
         Ok(GgufStream {
             gguf,

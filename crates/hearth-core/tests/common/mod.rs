@@ -19,6 +19,19 @@ pub fn fixture(name: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("fixture {} is not JSON: {e}", path.display()))
 }
 
+/// Every tiny random model of `tests/fixtures/tiny/` (the GGUFs `make_tiny.py` writes), in name order.
+pub fn tiny_ggufs() -> Vec<PathBuf> {
+    let dir = repo_root().join("tests/fixtures/tiny");
+    let mut ggufs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
+    ggufs.sort();
+    assert!(ggufs.len() >= 10, "the tiny fixtures in {}", dir.display());
+    ggufs
+}
+
 /// Run a fetch script (idempotent) and return the model file it provides.
 fn fetched(script: &str, file: &str) -> PathBuf {
     let root = repo_root();
