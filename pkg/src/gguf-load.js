@@ -6,7 +6,9 @@
 // missing shard, with a range request from the first tensor that shard needs. With the `sha256`
 // option the whole file is fetched and hashed as it streams, and a mismatch deletes what it made.
 
-import { AdapterLimitsError, HearthError, IntegrityError, NetworkError, OutOfMemoryError, fromWasm } from "./errors.js";
+import {
+  AdapterLimitsError, HearthError, IntegrityError, NetworkError, OutOfMemoryError, WebGPUUnavailableError, fromWasm,
+} from "./errors.js";
 import { get, STALL_TIMEOUT_MS } from "./fetch.js";
 import { madeFrom, planGgufUrl, rangeOf, validatorOf } from "./gguf.js";
 import { planOptionsFor } from "./inspect.js";
@@ -42,7 +44,9 @@ export async function storeGguf(href, key, options, signal) {
   if (complete && !revalidate) return;
 
   const choice = await chooseBackend(requested);
-  const { planOptions } = await planOptionsFor(choice, maxContext);
+  const { gpu, planOptions } = await planOptionsFor(choice, maxContext);
+  // Asked for WebGPU without it: refused before the download, not after the conversion.
+  if (choice.backend === "webgpu" && !gpu?.adapter) throw new WebGPUUnavailableError(gpu?.reason ?? "no WebGPU adapter");
   const wasm = await wasmFor(choice.backend, relaxedSimd, signal);
   let planned;
   try {

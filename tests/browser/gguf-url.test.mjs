@@ -351,3 +351,22 @@ for (const ranges of [true, false]) {
     await context.close();
   });
 }
+
+test("load() of a GGUF URL asked for WebGPU where there is none is refused before any request", { timeout: 2 * MINUTES }, async () => {
+  const context = await browser.newContext();
+  await context.addInitScript(() => delete Navigator.prototype.gpu);
+  const page = await context.newPage();
+  await page.goto(server.url + "/");
+  await page.waitForFunction(() => window.hearthReady === true);
+  server.reset();
+  const got = await page.evaluate(() =>
+    Hearth.load("/models/gguf/smollm2.gguf", { backend: "webgpu" }).then(
+      (e) => e.dispose().then(() => null),
+      (e) => ({ name: e.name, message: e.message }),
+    ),
+  );
+  assert.equal(got?.name, "WebGPUUnavailableError", JSON.stringify(got));
+  assert.match(got.message, /navigator\.gpu is missing/);
+  assert.deepEqual(server.requests("/models/gguf/"), []);
+  await context.close();
+});
