@@ -10,7 +10,7 @@ import {
   AdapterLimitsError, HearthError, IntegrityError, NetworkError, OutOfMemoryError, WebGPUUnavailableError, fromWasm,
 } from "./errors.js";
 import { get, STALL_TIMEOUT_MS } from "./fetch.js";
-import { madeFrom, planGgufUrl, rangeOf, validatorOf } from "./gguf.js";
+import { bodyStart, madeFrom, planGgufUrl, validatorOf } from "./gguf.js";
 import { planOptionsFor } from "./inspect.js";
 import { checkQuota, reporter, storageNeeded, wasmFor } from "./load.js";
 import { chooseBackend } from "./support.js";
@@ -123,15 +123,9 @@ export async function storeGguf(href, key, options, signal) {
           throw new NetworkError(href, null, undefined, "the file changed on the server since its header was read; load it again");
         }
         // A server without ranges sends the whole file: what comes before `from` is not converted.
-        let skip = from;
-        if (response.status === 206) {
-          const r = rangeOf(response);
-          if (r && (r.start !== start || (planned.length != null && r.total != null && r.total !== planned.length))) {
-            throw new NetworkError(href, null, undefined, `asked for bytes ${start}- of ${planned.length}, the server sent ${r.start}- of ${r.total}`);
-          }
-          skip = from - start;
-        }
-        progress.total = planned.length == null ? null : planned.length - (response.status === 206 ? start : 0);
+        const at = bodyStart(response, href, start, planned.length);
+        let skip = from - at;
+        progress.total = planned.length == null ? null : planned.length - at;
         const reader = response.body.getReader();
         try {
           // To the end of the file when it is hashed, else to the last tensor's data.

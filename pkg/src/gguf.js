@@ -70,9 +70,23 @@ export function madeFrom(record, planned) {
 }
 
 /** The total of a 206's `Content-Range: bytes a-b/total` (null where unknown or unreadable). */
-export function rangeOf(response) {
+function rangeOf(response) {
   const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(response.headers.get("Content-Range") ?? "");
   return m ? { start: Number(m[1]), end: Number(m[2]), total: m[3] === "*" ? null : Number(m[3]) } : null;
+}
+
+/**
+ * The file offset `response`'s body begins at: `start` for a 206 that answers the range asked (its
+ * Content-Range, where readable, starting there and, where both are known, totalling `length`), 0
+ * for the whole file (a server that ignores Range). Another range is a NetworkError.
+ */
+export function bodyStart(response, url, start, length = null) {
+  if (response.status !== 206) return 0;
+  const r = rangeOf(response);
+  if (r && (r.start !== start || (length != null && r.total != null && r.total !== length))) {
+    throw new NetworkError(url, null, undefined, `asked for bytes ${start}- of ${length ?? "?"}, the server sent ${r.start}- of ${r.total ?? "?"}`);
+  }
+  return start;
 }
 
 /**
@@ -151,10 +165,9 @@ export async function planGgufUrl(url, wasm, planOptions, { signal, stallMs = ST
     async (response, arm) => {
       validator = validatorOf(response);
       if (response.status === 206) {
-        const r = rangeOf(response);
-        if (r && r.start !== 0) throw new NetworkError(url, null, undefined, `asked for its first bytes, the server sent them from ${r.start}`);
+        bodyStart(response, url, 0);
         ranges = true;
-        length = r?.total ?? null;
+        length = rangeOf(response)?.total ?? null;
         await read(response, arm, FIRST_READ);
         return plan();
       }
@@ -181,8 +194,7 @@ export async function planGgufUrl(url, wasm, planOptions, { signal, stallMs = ST
       signal,
       stallMs,
       async (response, arm) => {
-        const r = response.status === 206 ? rangeOf(response) : null;
-        if (response.status !== 206 || (r && r.start !== from)) {
+        if (bodyStart(response, url, from) !== from) {
           throw new NetworkError(url, null, undefined, `asked for bytes ${from}-${to - 1}, the server answered with others (HTTP ${response.status})`);
         }
         await read(response, arm, to);
@@ -207,12 +219,7 @@ async function readRange(url, start, end, signal, stallMs) {
     signal,
     stallMs,
     async (response, arm) => {
-      let skip = start;
-      if (response.status === 206) {
-        const r = rangeOf(response);
-        if (r && r.start !== start) throw new NetworkError(url, null, undefined, `asked for bytes from ${start}, the server sent them from ${r.start}`);
-        skip = 0;
-      }
+      let skip = start - bodyStart(response, url, start);
       const reader = response.body.getReader();
       try {
         while (at < out.length) {
