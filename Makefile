@@ -47,6 +47,7 @@ setup-demo:
 model:
 	@bash scripts/fetch-smollm2.sh
 	@bash scripts/fetch-gemma3.sh
+	@bash scripts/split-ggufs.sh
 
 lint:
 	cargo fmt --all -- --check

@@ -70,9 +70,10 @@ export interface LoadOptions {
   /**
    * A GGUF URL only: the file's SHA-256 (64 hex digits). The whole file is then fetched and hashed
    * as it converts; a mismatch rejects with `IntegrityError` and deletes what was stored from it.
-   * Checked when the file is downloaded (a package already stored from it loads without it).
+   * Checked when the file is downloaded (a package already stored from it loads without it). For a
+   * model split across files: an array, one hash per file, in order.
    */
-  sha256?: string;
+  sha256?: string | string[];
 }
 
 /**
@@ -83,7 +84,9 @@ export interface LoadOptions {
  * here is refused before any tensor data is fetched), then the file is converted as it downloads
  * into the package `hearth convert` would make, stored shard by shard (each with its sha256) and
  * loaded from the store; a cut-off download resumes at the first missing shard (a range request).
- * It needs IndexedDB (`cache: false` is refused for it).
+ * It needs IndexedDB (`cache: false` is refused for it). A model split across files loads from its
+ * first file's URL (`NAME-00001-of-0000N.gguf`: the others are found by name) or from an array of
+ * all its files' URLs, in order; it is stored under the first's.
  *
  * @throws {WebGPUUnavailableError} `backend: "webgpu"` and the browser has no WebGPU or no adapter
  * @throws {OutOfMemoryError} the CPU engine would need more memory than the page may use (checked before downloading)
@@ -92,14 +95,17 @@ export interface LoadOptions {
  * counts past their bounds, a file over 1 GiB): refused before any other request, nothing stored
  * @throws {NetworkError | IntegrityError | UnsupportedModelError | GpuError | AdapterLimitsError}
  */
-export function load(modelUrl: string | URL, options?: LoadOptions): Promise<HearthEngine>;
+export function load(modelUrl: ModelUrl, options?: LoadOptions): Promise<HearthEngine>;
+
+/** A package directory's URL, a GGUF file's, or the URLs of a split GGUF's files, in order. */
+export type ModelUrl = string | URL | Array<string | URL>;
 
 /**
  * Like {@link load}, but the model is loaded and run in a dedicated module Web Worker, so the page
  * stays responsive. The returned engine has the same API; progress, aborts and errors (as the same
  * classes) cross the worker boundary.
  */
-export function loadInWorker(modelUrl: string | URL, options?: LoadOptions): Promise<Engine>;
+export function loadInWorker(modelUrl: ModelUrl, options?: LoadOptions): Promise<Engine>;
 
 // ---------------------------------------------------------------------------------------------
 // Generating
@@ -523,8 +529,8 @@ export interface Inspection {
   /** Every shard and file of the package, in bytes (of a GGUF: of the package made of it). */
   downloadBytes: number;
   /** What was read: a package's manifest, or a GGUF's header (the figures are then those of the
-   * package `hearth convert` makes of it); `bytes`: the package's, or the GGUF file's length (null
-   * when the server does not say). */
+   * package `hearth convert` makes of it); `bytes`: the package's, or the GGUF file's length (a split
+   * model's: all its files'; null when the server does not say). */
   source: { kind: "package" | "gguf"; bytes: number | null };
   /** Shard bytes already stored for this URL (a load downloads the rest). */
   storedBytes: number;
@@ -554,7 +560,7 @@ export interface Inspection {
  * with the same message, before any download.
  * @throws {NetworkError | BadPackageError | UnsupportedModelError | InvalidArgumentError}
  */
-export function inspect(modelUrl: string | URL, options?: InspectOptions): Promise<Inspection>;
+export function inspect(modelUrl: ModelUrl, options?: InspectOptions): Promise<Inspection>;
 
 export interface CachedModel {
   /** The package's directory URL, absolute, ending in "/". */

@@ -5,12 +5,15 @@
 // quota, is refused before any tensor data is fetched. A cut-off conversion resumes at its first
 // missing shard, with a range request from the first tensor that shard needs. With the `sha256`
 // option the whole file is fetched and hashed as it streams, and a mismatch deletes what it made.
+// A model split across files is their bytes back to back: each file is fetched in turn, whole
+// after the one where the conversion starts (its header is bytes the converter skips).
 
 import {
-  AdapterLimitsError, HearthError, IntegrityError, NetworkError, OutOfMemoryError, WebGPUUnavailableError, fromWasm,
+  AdapterLimitsError, HearthError, IntegrityError, InvalidArgumentError, NetworkError, OutOfMemoryError, WebGPUUnavailableError,
+  fromWasm,
 } from "./errors.js";
 import { get, STALL_TIMEOUT_MS } from "./fetch.js";
-import { bodyStart, madeFrom, planGgufUrl, validatorOf } from "./gguf.js";
+import { bodyStart, locate, madeFrom, planGgufUrl, validatorOf } from "./gguf.js";
 import { planOptionsFor } from "./inspect.js";
 import { checkQuota, reporter, storageNeeded, wasmFor } from "./load.js";
 import { chooseBackend } from "./support.js";
@@ -24,12 +27,12 @@ function withHashes(manifest, hashes) {
 }
 
 /**
- * Makes sure the package of the GGUF at `href` is stored whole under `key`: nothing to do when it
+ * Makes sure the package of the GGUF at `hrefs` (ggufFiles' answer) is stored whole under `key`: nothing to do when it
  * is (with `revalidate: false`, or offline, without a request; otherwise when the file's header
  * plans the same package), else the conversion, resumed where an earlier one of the same file
  * stopped. Runs under the model's lock (load() holds it).
  */
-export async function storeGguf(href, key, options, signal) {
+export async function storeGguf(hrefs, key, options, signal) {
   const { onProgress, maxContext, revalidate = true, backend: requested = "auto", relaxedSimd } = options;
   const stallMs = options.stallTimeout ?? STALL_TIMEOUT_MS;
   const report = reporter(onProgress);
@@ -50,12 +53,20 @@ export async function storeGguf(href, key, options, signal) {
   const wasm = await wasmFor(choice.backend, relaxedSimd, signal);
   let planned;
   try {
-    planned = await planGgufUrl(href, wasm, planOptions, { signal, stallMs });
+    planned = await planGgufUrl(hrefs, wasm, planOptions, { signal, stallMs });
   } catch (e) {
     if (complete && e instanceof NetworkError && e.status === null) return; // offline: the stored copy
     throw e;
   }
   if (complete && madeFrom(complete, planned)) return;
+  const { files } = planned;
+  // One hash per file (an array for a split model's files).
+  const sha256 = options.sha256 == null ? null : [options.sha256].flat().map((h) => h.toLowerCase());
+  if (sha256 && sha256.length !== files.length) {
+    throw new InvalidArgumentError(
+      `options.sha256 gives ${sha256.length} hash(es), and ${planned.name} is a model of ${files.length} file(s): give one per file, in order`,
+    );
+  }
   // What Loader.create would refuse, refused before the download (the same checks and messages).
   const refusals = choice.backend === "cpu" ? planned.plan.cpuRefusals : planned.plan.gpuRefusals;
   if (refusals.length > 0) {
@@ -64,11 +75,11 @@ export async function storeGguf(href, key, options, signal) {
 
   let converter;
   try {
-    converter = new wasm.GgufConverter(planned.header, planned.length ?? Number.MAX_SAFE_INTEGER, planned.name, planned.extra);
+    converter = new wasm.GgufConverter(planned.headers, planned.extra);
   } catch (e) {
     throw fromWasm(e);
   }
-  let hasher = null;
+  let hashers = null;
   try {
     const { manifest } = planned;
     // The shards an earlier conversion of this very file stored, in order from the first. (With
@@ -92,7 +103,7 @@ export async function storeGguf(href, key, options, signal) {
       manifestText: withHashes(manifest, hashes),
       tokenizerText,
       storedAt: Date.now(),
-      gguf: { href, length: planned.length, validator: planned.validator, planned: planned.manifestText },
+      gguf: { href: files[0].href, files: files.map((f) => f.href), length: planned.length, validator: planned.validator, planned: planned.manifestText },
     };
     await store.putModel(record);
 
@@ -103,79 +114,101 @@ export async function storeGguf(href, key, options, signal) {
       throw fromWasm(e);
     }
     const resumed = first > 0 ? { resumed: true } : {};
-    // With `sha256`, the whole file is hashed as it streams (what comes before `from` too).
-    hasher = options.sha256 ? new wasm.Sha256Stream() : null;
-    const start = hasher ? 0 : from;
-    // Progress counts the file's bytes this load fetches: from `start`, or all of them where the
-    // server sends the whole file.
-    const progress = { loaded: 0, reported: 0, total: null };
+    // With `sha256`, every file is hashed whole as it streams (what comes before `from` too).
+    hashers = sha256 ? files.map(() => new wasm.Sha256Stream()) : null;
+    // Where each file begins in the files taken back to back (only the last's length may be unknown).
+    const starts = files.map((_, i) => files.slice(0, i).reduce((n, f) => n + f.length, 0));
+    const firstFile = hashers ? 0 : locate(files, from).index;
+    // Where each fetch starts in its file: `from` in the first fetched, else the file's start.
+    const fetchFrom = (i) => (hashers ? 0 : Math.max(0, from - starts[i]));
+    // Progress counts the bytes this load fetches: from where each fetch starts, or whole files
+    // where the server sends them whole.
+    const todo = files.slice(firstFile).map((f, i) => (f.length == null ? null : f.length - fetchFrom(firstFile + i)));
+    const progress = { loaded: 0, reported: 0, total: todo.includes(null) ? null : todo.reduce((a, b) => a + b, 0) };
+    let current = files[firstFile];
     const reportDownload = () => {
       progress.reported = progress.loaded;
-      report({ phase: "download", loaded: progress.loaded, total: progress.total, file: planned.name, ...resumed });
+      report({ phase: "download", loaded: progress.loaded, total: progress.total, file: current.name, ...resumed });
     };
-    await get(
-      href,
-      signal,
-      stallMs,
-      async (response, arm) => {
-        const version = validatorOf(response);
-        if (planned.validator && version && version !== planned.validator) {
-          throw new NetworkError(href, null, undefined, "the file changed on the server since its header was read; load it again");
-        }
-        // A server without ranges sends the whole file: what comes before `from` is not converted.
-        const at = bodyStart(response, href, start, planned.length);
-        let skip = from - at;
-        progress.total = planned.length == null ? null : planned.length - at;
-        const reader = response.body.getReader();
-        try {
-          // To the end of the file when it is hashed, else to the last tensor's data.
-          while (hasher || !converter.isDone()) {
-            const { done, value } = await reader.read();
-            if (done) break;
-            arm();
-            hasher?.update(value);
-            const n = Math.min(skip, value.length);
-            skip -= n;
-            progress.loaded += value.length;
-            let finished;
-            try {
-              finished = converter.feed(value.subarray(n));
-            } catch (e) {
-              throw asHearthError(e, `converting ${planned.name}`);
-            }
-            arm(); // a large tensor converts in one go
-            for (const shard of finished) {
-              try {
-                await store.putShard(key, shard.sha256, shard.bytes.buffer);
-              } catch (e) {
-                throw asHearthError(e, `storing shard ${shard.index} of ${planned.name}`);
-              }
-              hashes[shard.index] = shard.sha256;
-              if (!hasher) {
-                record.manifestText = withHashes(manifest, hashes);
-                await store.putModel(record);
-              }
-              arm();
-            }
-            if (progress.loaded - progress.reported >= PROGRESS_STEP) reportDownload();
+    for (let i = firstFile; i < files.length && (hashers || !converter.isDone()); i++) {
+      current = files[i];
+      const { href, length } = current;
+      const start = fetchFrom(i);
+      // The bytes of this file the converter takes: from `from` (if it is here) to the file's end.
+      const begin = Math.max(0, from - starts[i]);
+      const end = length ?? Infinity;
+      let pos;
+      await get(
+        href,
+        signal,
+        stallMs,
+        async (response, arm) => {
+          const version = validatorOf(response);
+          if (current.validator && version && version !== current.validator) {
+            throw new NetworkError(href, null, undefined, "the file changed on the server since its header was read; load it again");
           }
-        } finally {
-          reader.cancel().catch(() => {});
-        }
-      },
-      start > 0 ? { Range: `bytes=${start}-` } : {},
-    );
+          // A server without ranges sends the whole file: what comes before `begin` is not converted.
+          pos = bodyStart(response, href, start, length);
+          if (pos < start && progress.total != null) progress.total += start - pos; // sent whole
+          const reader = response.body.getReader();
+          try {
+            // To the end of the file when it is hashed, else to the last tensor's data.
+            while (hashers || !converter.isDone()) {
+              const { done, value } = await reader.read();
+              if (done) break;
+              arm();
+              hashers?.[i].update(value);
+              progress.loaded += value.length;
+              const lo = Math.min(Math.max(begin - pos, 0), value.length);
+              const hi = Math.min(Math.max(end - pos, 0), value.length);
+              pos += value.length;
+              if (hi <= lo) continue;
+              let finished;
+              try {
+                finished = converter.feed(value.subarray(lo, hi));
+              } catch (e) {
+                throw asHearthError(e, `converting ${planned.name}`);
+              }
+              arm(); // a large tensor converts in one go
+              for (const shard of finished) {
+                try {
+                  await store.putShard(key, shard.sha256, shard.bytes.buffer);
+                } catch (e) {
+                  throw asHearthError(e, `storing shard ${shard.index} of ${planned.name}`);
+                }
+                hashes[shard.index] = shard.sha256;
+                if (!hashers) {
+                  record.manifestText = withHashes(manifest, hashes);
+                  await store.putModel(record);
+                }
+                arm();
+              }
+              if (progress.loaded - progress.reported >= PROGRESS_STEP) reportDownload();
+            }
+          } finally {
+            reader.cancel().catch(() => {});
+          }
+        },
+        start > 0 ? { Range: `bytes=${start}-` } : {},
+      );
+      // The next file's bytes follow this one's: it must have been all there.
+      if (i + 1 < files.length && !converter.isDone() && pos < end) {
+        throw new NetworkError(href, null, undefined, `the file ended at byte ${pos} of ${length}`);
+      }
+    }
     if (converter.isDone()) progress.loaded = progress.total ?? progress.loaded; // what follows the last tensor is not needed
     reportDownload();
     if (!converter.isDone()) {
-      throw new NetworkError(href, null, undefined, `the file ended at byte ${converter.position()}, before its last tensor's data`);
+      throw new NetworkError(current.href, null, undefined, `the file ended at byte ${converter.position() - starts[files.indexOf(current)]}, before its last tensor's data`);
     }
-    if (hasher) {
-      const actual = hasher.hex();
-      if (actual !== options.sha256.toLowerCase()) {
-        // Made from a file that is not the one asked for: none of it stays.
-        await store.deleteModel(key);
-        throw new IntegrityError(planned.name, options.sha256.toLowerCase(), actual, "sha256", "the sha256 option's");
+    if (hashers) {
+      for (const [i, hasher] of hashers.entries()) {
+        const actual = hasher.hex();
+        if (actual !== sha256[i]) {
+          // Made from a file that is not the one asked for: none of it stays.
+          await store.deleteModel(key);
+          throw new IntegrityError(files[i].name, sha256[i], actual, "sha256", "the sha256 option's");
+        }
       }
       // Verified: now the record lists the shards (and loads).
       record.manifestText = withHashes(manifest, hashes);
@@ -183,7 +216,7 @@ export async function storeGguf(href, key, options, signal) {
     }
   } finally {
     converter.free();
-    hasher?.free();
+    for (const hasher of hashers ?? []) hasher.free();
   }
 }
 

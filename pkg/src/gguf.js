@@ -1,6 +1,7 @@
-// A GGUF URL's header, and the Hearth package it plans, from the file's first bytes only: range
-// requests of 2 MiB, then 4, 8, ... (Gemma 3's 262k-token vocabulary needs 8 MiB), or, from a server
-// that ignores Range, one stream cancelled as soon as the header is read. The plan is wasm's
+// A GGUF URL's header (each file's, for a model split across files), and the Hearth package it
+// plans, from the files' first bytes only: range requests of 2 MiB, then 4, 8, ... (Gemma 3's
+// 262k-token vocabulary needs 8 MiB), or, from a server that ignores Range, one stream cancelled as
+// soon as the header is read. The plan is wasm's
 // planGguf (hearth_core's plan_gguf_header, the converter's own layout), so what inspect() sizes is
 // the package `hearth convert` would write.
 
@@ -9,7 +10,12 @@ import { STALL_TIMEOUT_MS, get } from "./fetch.js";
 
 /** The first request's bytes; each later one doubles what is held. */
 export const FIRST_READ = 2 << 20;
-/** No header is read past this: a file claiming more is refused, not downloaded. */
+/**
+ * The first request's bytes for a split model's later files: their headers are only their own
+ * tensors' entries (SmolLM2's second of three: 9 KB).
+ */
+const LATER_FIRST_READ = 64 << 10;
+/** No header is read past this (all of a split model's files' together): a file claiming more is refused, not downloaded. */
 export const MAX_HEADER = 64 << 20;
 /** The length given to the plan when the server does not say (it then checks no offset against it). */
 const UNKNOWN_LENGTH = Number.MAX_SAFE_INTEGER;
@@ -90,50 +96,139 @@ export function bodyStart(response, url, start, length = null) {
 }
 
 /**
- * The package the GGUF at `url` plans: {manifest, manifestText, plan, length, ranges, validator,
- * name, header, extra}.
- * `plan` is planModel's answer for it under `planOptions`; `length` the file's bytes (null when the
- * server does not say); `ranges` whether the server answered range requests; `validator` the
- * file's version as the server names it (validatorOf); `header` the bytes
- * read (the whole header) and `extra` the tensors planning read apart (LongRoPE's factors): what a
- * GgufConverter starts from. Refuses an architecture no
- * engine runs, and a file that is not a GGUF, before any tensor data is downloaded.
+ * The GGUF files `modelUrl` names, as absolute URLs: one URL ending in .gguf (for the first file
+ * of a split model, `NAME-00001-of-0000N.gguf`, the others are found by name once its header is
+ * read), or an array of them (a split model's files, in order, where their names or queries are
+ * not llama.cpp's pattern: signed URLs). null for anything else.
  */
-export async function planGgufUrl(url, wasm, planOptions, { signal, stallMs = STALL_TIMEOUT_MS } = {}) {
-  const name = fileName(url);
-  const prefix = new Prefix();
-  let length = null;
-  let ranges = false;
-  let validator = null;
+export function ggufFiles(modelUrl) {
+  const urls = Array.isArray(modelUrl) ? modelUrl : [modelUrl];
+  if (urls.length === 0 || !urls.every((u) => (typeof u === "string" || u instanceof URL) && isGgufUrl(u))) return null;
+  return urls.map((u) => new URL(String(u), globalThis.location?.href).href);
+}
+
+/**
+ * The URLs of all `planned.splits` files of the split model whose first file is at `first` (its
+ * header read): the `given` URLs where there are several, or the names planGguf gives by
+ * llama.cpp's naming, in the first file's folder and with its query.
+ */
+function splitUrls(given, first, planned) {
+  const { splits, names } = planned;
+  if (given.length > 1) {
+    if (given.length !== splits) {
+      throw new BadPackageError(`${fileName(first)} is split 1 of ${splits} of a model, and ${given.length} URLs were given`);
+    }
+    return given;
+  }
+  if (!names) {
+    throw new BadPackageError(
+      `${fileName(first)} is split 1 of ${splits} of a model, and its name does not say where the others are: ` +
+        `give all ${splits} files' URLs, in order, as an array`,
+    );
+  }
+  return names.map((name) => {
+    const url = new URL(first);
+    url.pathname = url.pathname.replace(/[^/]*$/, encodeURIComponent(name));
+    return url.href;
+  });
+}
+
+/**
+ * The package the GGUF at `urls` (ggufFiles' answer) plans: {manifest, manifestText, plan, files,
+ * headers, length, validator, name, extra}. `plan` is planModel's answer for it under
+ * `planOptions`; `files` one entry per file (a split model has several: found by name, or the URLs
+ * given): {href, name, length (null where the server does not say), ranges (whether the server
+ * answered range requests), validator (the file's version as the server names it: validatorOf)};
+ * `headers` the bytes read of each (its whole header) as planGguf and a GgufConverter take them;
+ * `length` all the files' bytes (null where unknown), `validator` what names all their versions;
+ * `extra` the tensors planning read apart (LongRoPE's factors). Refuses an architecture no engine
+ * runs, and a file that is not a GGUF, before any tensor data is downloaded.
+ */
+export async function planGgufUrl(urls, wasm, planOptions, { signal, stallMs = STALL_TIMEOUT_MS } = {}) {
+  // Each file read so far: {href, name, prefix, length, ranges, validator}.
+  const files = [];
   // Tensors planning reads besides the header (LongRoPE's factors), fetched apart: name -> bytes.
   const extra = {};
+  const headers = () => files.map((f) => ({ prefix: f.prefix.view(), length: f.length ?? UNKNOWN_LENGTH, name: f.name }));
   const plan = () => {
-    let planned;
     try {
-      planned = wasm.planGguf(prefix.view(), length ?? UNKNOWN_LENGTH, name, planOptions, extra);
+      return wasm.planGguf(headers(), planOptions, extra) ?? null;
     } catch (e) {
       throw fromWasm(e);
     }
-    if (!planned || planned.needs) return planned ?? null;
-    const { manifestText, plan } = planned;
-    return { manifest: JSON.parse(manifestText), manifestText, plan, length, ranges, validator, name, header: prefix.view(), extra };
   };
-  // The header is in; what planning still needs is fetched (a few hundred bytes each), then it plans.
-  const complete = async (planned) => {
-    if (!planned.needs) return planned;
-    for (const { name: tensor, start, end } of planned.needs) extra[tensor] = await readRange(url, start, end, signal, stallMs);
-    const again = plan();
-    if (!again || again.needs) throw new BadPackageError(`${name}: its factor tensors did not plan`);
-    return again;
+  let hrefs = urls;
+  let planned;
+  for (;;) {
+    const href = hrefs[files.length];
+    const file = { href, name: fileName(href), prefix: new Prefix(), length: null, ranges: false, validator: null };
+    files.push(file);
+    const held = files.reduce((n, f) => n + f.prefix.length, 0);
+    const firstRead = files.length === 1 ? FIRST_READ : LATER_FIRST_READ;
+    planned = await readHeader(file, plan, { firstRead, limit: MAX_HEADER - held }, signal, stallMs);
+    if (!planned.splits) break;
+    // This file's header is in, and the model has more files: their offsets follow its length.
+    if (file.length == null) {
+      throw new NetworkError(href, null, undefined, "the server does not say how long this file of a split model is");
+    }
+    if (files.length === 1) hrefs = splitUrls(urls, href, planned);
+    if (files.length >= hrefs.length) throw new BadPackageError(`${files[0].name}: its files did not plan`);
+  }
+  if (files.length < urls.length) {
+    throw new BadPackageError(`${files[0].name} is a model in one file, and ${urls.length} URLs were given`);
+  }
+  if (planned.needs) {
+    // The header is in; what planning still needs is fetched (a few hundred bytes each), then it plans.
+    for (const { name: tensor, start, end } of planned.needs) {
+      const { file, at } = locate(files, start);
+      extra[tensor] = await readRange(file.href, at, at + end - start, signal, stallMs);
+    }
+    planned = plan();
+    if (!planned || planned.needs) throw new BadPackageError(`${files[0].name}: its factor tensors did not plan`);
+  }
+  const { manifestText, plan: sizes } = planned;
+  const lengths = files.map((f) => f.length);
+  return {
+    manifest: JSON.parse(manifestText),
+    manifestText,
+    plan: sizes,
+    files: files.map(({ href, name, length, ranges, validator }) => ({ href, name, length, ranges, validator })),
+    headers: headers(),
+    length: lengths.includes(null) ? null : lengths.reduce((a, b) => a + b, 0),
+    // One file: its version as it is (what records stored before split models hold).
+    validator: files.length === 1 ? files[0].validator : JSON.stringify(files.map((f) => f.validator)),
+    name: files[0].name,
+    extra,
   };
+}
+
+/** The file holding byte `offset` of `files` taken back to back, and where in it: {file, index, at}. */
+export function locate(files, offset) {
+  let start = 0;
+  for (const [index, file] of files.entries()) {
+    if (file.length == null || offset < start + file.length || index === files.length - 1) {
+      return { file, index, at: offset - start };
+    }
+    start += file.length;
+  }
+  throw new RangeError("no files");
+}
+
+/**
+ * Reads `file`'s header (`file.href`) onto `file.prefix` until `plan()` answers: a range request of
+ * `firstRead` bytes, then doubling, or one stream read that far and cancelled; never more than
+ * `limit` bytes. Sets the file's length, ranges and validator; returns plan()'s answer.
+ */
+async function readHeader(file, plan, { firstRead, limit }, signal, stallMs) {
+  const { href: url, name, prefix } = file;
   const tooLarge = () =>
-    new BadPackageError(`${name}: its header runs past ${MAX_HEADER >> 20} MiB, more than Hearth reads of a GGUF's header`);
+    new BadPackageError(`${name}: its header runs past what Hearth reads of a GGUF's header (${MAX_HEADER >> 20} MiB, a split model's files together)`);
 
   // Reads `response`'s body onto the prefix; with `until`, stops (cancelling the rest) once it
   // returns a result, which it is asked each time the prefix has doubled.
   const read = async (response, arm, limit, until) => {
     const reader = response.body.getReader();
-    let next = prefix.length + FIRST_READ;
+    let next = prefix.length + firstRead;
     try {
       for (;;) {
         const { done, value } = await reader.read();
@@ -163,32 +258,32 @@ export async function planGgufUrl(url, wasm, planOptions, { signal, stallMs = ST
     signal,
     stallMs,
     async (response, arm) => {
-      validator = validatorOf(response);
+      file.validator = validatorOf(response);
       if (response.status === 206) {
         bodyStart(response, url, 0);
-        ranges = true;
-        length = rangeOf(response)?.total ?? null;
-        await read(response, arm, FIRST_READ);
+        file.ranges = true;
+        file.length = rangeOf(response)?.total ?? null;
+        await read(response, arm, Math.min(firstRead, limit));
         return plan();
       }
       // The whole file is coming: read until the header is there, then stop.
       const encoded = response.headers.get("Content-Encoding");
       const declared = Number(response.headers.get("Content-Length"));
-      length = !encoded && Number.isSafeInteger(declared) && declared > 0 ? declared : null;
-      const planned = await read(response, arm, MAX_HEADER, plan);
+      file.length = !encoded && Number.isSafeInteger(declared) && declared > 0 ? declared : null;
+      const planned = await read(response, arm, limit, plan);
       if (planned) return planned;
-      length = prefix.length; // it ended: that is all of it
+      file.length = prefix.length; // it ended: that is all of it
       return plan();
     },
-    { Range: `bytes=0-${FIRST_READ - 1}` },
+    { Range: `bytes=0-${Math.min(firstRead, limit) - 1}` },
   );
-  if (first) return complete(first);
+  if (first) return first;
 
   for (;;) {
     const from = prefix.length;
-    if (from >= MAX_HEADER) throw tooLarge();
-    const to = Math.min(from * 2, MAX_HEADER, length ?? Infinity);
-    if (to <= from) throw new NetworkError(url, null, undefined, `the file ends at byte ${length}, inside its header`);
+    if (from >= limit) throw tooLarge();
+    const to = Math.min(from * 2, limit, file.length ?? Infinity);
+    if (to <= from) throw new NetworkError(url, null, undefined, `the file ends at byte ${file.length}, inside its header`);
     await get(
       url,
       signal,
@@ -203,7 +298,7 @@ export async function planGgufUrl(url, wasm, planOptions, { signal, stallMs = ST
     );
     if (prefix.length === from) throw new NetworkError(url, null, undefined, `the server sent no bytes from ${from}`);
     const planned = plan();
-    if (planned) return complete(planned);
+    if (planned) return planned;
   }
 }
 

@@ -5,7 +5,7 @@
 
 import { InvalidArgumentError, NetworkError, abortError, fromWasm, raceAbort } from "./errors.js";
 import { fetchText } from "./fetch.js";
-import { isGgufUrl, madeFrom, planGgufUrl } from "./gguf.js";
+import { ggufFiles, madeFrom, planGgufUrl } from "./gguf.js";
 import { packageKey, parseManifest, quotaShortfall, storageNeeded, wasmFor } from "./load.js";
 import { signalOf } from "./options.js";
 import { checkBackend, chooseBackend, cpuMemoryLimit, probeGpu } from "./support.js";
@@ -83,7 +83,7 @@ async function ggufManifest(modelUrl, key, revalidate, wasm, planOptions, planMo
   if (complete && revalidate === false) return fromStore();
   let planned;
   try {
-    planned = await planGgufUrl(new URL(String(modelUrl), globalThis.location?.href).href, wasm, planOptions, { signal });
+    planned = await planGgufUrl(ggufFiles(modelUrl), wasm, planOptions, { signal });
   } catch (e) {
     if (complete && e instanceof NetworkError && e.status === null) return fromStore();
     throw e;
@@ -104,7 +104,7 @@ async function ggufManifest(modelUrl, key, revalidate, wasm, planOptions, planMo
  * takes them.
  */
 export async function inspect(modelUrl, options = {}) {
-  const gguf = isGgufUrl(modelUrl);
+  const gguf = ggufFiles(modelUrl) != null;
   const url = packageKey(modelUrl, "inspect");
   checkInspectOptions(options);
   const signal = signalOf(options);

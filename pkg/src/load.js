@@ -9,7 +9,7 @@ import {
   QuotaExceededError, UnsupportedModelError, WebGPUUnavailableError, abortError, fromWasm, raceAbort,
 } from "./errors.js";
 import { fetchText, fetchVerified, packageFileUrl, STALL_TIMEOUT_MS } from "./fetch.js";
-import { isGgufUrl } from "./gguf.js";
+import { ggufFiles, isGgufUrl } from "./gguf.js";
 import { storeGguf } from "./gguf-load.js";
 import { checkBackend, chooseBackend, cpuMemoryLimit, hasRelaxedSimd } from "./support.js";
 import { startThreadPool } from "./threads.js";
@@ -182,10 +182,17 @@ const LOAD_OPTIONS = [
 
 /**
  * `modelUrl` as the key of its package (store.modelKey): a package directory's URL, or a GGUF
- * file's (`….gguf`, converted as it loads). Refused: another type, a malformed URL, a folder
- * named `….gguf/`. `fn` names the function for the message.
+ * file's (`….gguf`, converted as it loads; for an array of a split model's files, the first's).
+ * Refused: another type, a malformed URL, a folder named `….gguf/`. `fn` names the function for
+ * the message.
  */
 export function packageKey(modelUrl, fn) {
+  if (Array.isArray(modelUrl)) {
+    if (!ggufFiles(modelUrl)) {
+      throw new InvalidArgumentError(`${fn}() takes an array only of a split GGUF's files: URLs each ending in .gguf, in order`);
+    }
+    return packageKey(modelUrl[0], fn);
+  }
   if (typeof modelUrl !== "string" && !(modelUrl instanceof URL)) {
     throw new InvalidArgumentError(`${fn}() takes the URL of a model package directory or a GGUF file`);
   }
@@ -206,15 +213,19 @@ export function packageKey(modelUrl, fn) {
 export function checkOptions(modelUrl, options) {
   packageKey(modelUrl, "load");
   if (options === null || typeof options !== "object") throw new InvalidArgumentError("options must be an object");
+  const gguf = ggufFiles(modelUrl) != null;
   if (options.sha256 != null) {
-    if (!isGgufUrl(modelUrl)) {
+    if (!gguf) {
       throw new InvalidArgumentError("options.sha256 checks a GGUF file; a package's files are checked against its manifest");
     }
-    if (typeof options.sha256 !== "string" || !/^[0-9a-f]{64}$/i.test(options.sha256)) {
-      throw new InvalidArgumentError("options.sha256 must be the file's SHA-256 as 64 hex digits");
+    const hashes = [options.sha256].flat();
+    if (hashes.length === 0 || !hashes.every((h) => typeof h === "string" && /^[0-9a-f]{64}$/i.test(h))) {
+      throw new InvalidArgumentError(
+        "options.sha256 must be the file's SHA-256 as 64 hex digits (for a split model, an array of them, one per file)",
+      );
     }
   }
-  if (isGgufUrl(modelUrl) && options.cache === false) {
+  if (gguf && options.cache === false) {
     throw new InvalidArgumentError(
       "options.cache: false cannot load a GGUF URL: it is converted into this site's storage as it downloads " +
         "(convert it with `hearth convert MODEL.gguf --out DIR` to load it uncached)",
@@ -262,11 +273,11 @@ export async function load(modelUrl, options = {}) {
   // One tab (or worker) at a time loads a model that it stores: another waits, then finds the
   // shards stored (or a newer version's, replacing these) rather than racing on the same records.
   if (options.cache === false) return loadPackage(url, options, signal);
-  if (isGgufUrl(modelUrl)) {
+  const gguf = ggufFiles(modelUrl);
+  if (gguf) {
     // Converted into the store as it downloads (gguf-load.js), then loaded from there.
-    const href = new URL(String(modelUrl), globalThis.location?.href).href;
     return store.withModelLock(url, signal, async () => {
-      await storeGguf(href, url, options, signal);
+      await storeGguf(gguf, url, options, signal);
       return loadPackage(url, { ...options, revalidate: false }, signal);
     });
   }

@@ -6,7 +6,7 @@
 import { EngineDisposedError, HearthError, InvalidArgumentError, abortError, fromPlain } from "./errors.js";
 import { buildRequest, signalOf } from "./options.js";
 import { EngineApi } from "./api.js";
-import { isGgufUrl } from "./gguf.js";
+import { ggufFiles } from "./gguf.js";
 import { checkOptions, reporter } from "./load.js";
 import { modelKey } from "./store.js";
 
@@ -182,9 +182,9 @@ export async function loadInWorker(modelUrl, options = {}) {
   const signal = signalOf(options);
   if (signal?.aborted) throw abortError(signal);
   const report = reporter(options.onProgress);
-  // Relative URLs are the page's, not the worker script's. A GGUF file's URL is passed as it is
-  // (its query may be a signature the server needs).
-  const url = isGgufUrl(modelUrl) ? new URL(String(modelUrl), globalThis.location?.href).href : modelKey(modelUrl);
+  // Relative URLs are the page's, not the worker script's. A GGUF file's URLs are passed as they
+  // are (a query may be a signature the server needs).
+  const url = ggufFiles(modelUrl) ?? modelKey(modelUrl);
   // This exact form lets bundlers (Vite, webpack 5) find and emit the worker.
   const worker = new Worker(new URL("../worker.js", import.meta.url), { type: "module" });
   const channel = new Channel(worker);

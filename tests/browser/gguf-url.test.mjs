@@ -16,7 +16,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import crypto from "node:crypto";
-import { assertSameGreedyText, HEARTH, launch, MINUTES, openPage, ROOT, serve, SMOLLM2, tinyPackage } from "./harness.mjs";
+import { assertSameGreedyText, HEARTH, launch, MINUTES, openPage, ROOT, serve, SMOLLM2, storedShards, tinyPackage } from "./harness.mjs";
 
 const MiB = 2 ** 20;
 const SMOLLM2_GGUF = path.join(ROOT, ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -150,22 +150,6 @@ test("an architecture Hearth does not run is refused after the first range; a pa
   assert.ok(consoleErrors.every((e) => /404|Failed to load resource/.test(e)), consoleErrors.join("\n"));
   await context.close();
 });
-
-/** The stored record of `key` (its manifest's shards), read from the page's IndexedDB. */
-const storedShards = (page, key) =>
-  page.evaluate(
-    (key) =>
-      new Promise((resolve, reject) => {
-        const open = indexedDB.open("hearth");
-        open.onerror = () => reject(open.error);
-        open.onsuccess = () => {
-          const get = open.result.transaction("models").objectStore("models").get(key);
-          get.onsuccess = () => resolve(JSON.parse(get.result.manifestText).shards);
-          get.onerror = () => reject(get.error);
-        };
-      }),
-    key,
-  );
 
 test("load() of SmolLM2's GGUF: converted into the store shard for shard as hearth convert does, cut off and resumed, then generating what the package generates", { timeout: 10 * MINUTES }, async () => {
   const { context, page, consoleErrors } = await openPage(browser, server);

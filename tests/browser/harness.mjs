@@ -176,3 +176,19 @@ export function gemma3Package() {
 export function shardFiles(dir) {
   return JSON.parse(fs.readFileSync(path.join(dir, "manifest.json"), "utf8")).shards.map((s) => s.file);
 }
+
+/** The manifest shards of the model stored under `key`, read from the page's IndexedDB. */
+export const storedShards = (page, key) =>
+  page.evaluate(
+    (key) =>
+      new Promise((resolve, reject) => {
+        const open = indexedDB.open("hearth");
+        open.onerror = () => reject(open.error);
+        open.onsuccess = () => {
+          const get = open.result.transaction("models").objectStore("models").get(key);
+          get.onsuccess = () => (get.result ? resolve(JSON.parse(get.result.manifestText).shards) : reject(new Error(`nothing stored under ${key}`)));
+          get.onerror = () => reject(get.error);
+        };
+      }),
+    key,
+  );

@@ -8,11 +8,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hearth_core::chat::ChatMessage;
 use hearth_core::constrain::{JsonSchemaFormat, ResponseFormat};
-use hearth_core::convert::{convert, plan_gguf, ConvertOptions, QuantChoice};
+use hearth_core::convert::{convert, plan_gguf_header, ConvertOptions, QuantChoice};
 use hearth_core::cpu::CpuEngine;
 use hearth_core::error::HearthError;
 use hearth_core::fast::FastEngine;
 use hearth_core::generate::{generate, GenerateRequest};
+use hearth_core::gguf::GgufFile;
 use hearth_core::model::Model;
 use hearth_core::package::{parse_manifest, TensorSource, MANIFEST_FILE};
 use hearth_core::plan::ModelSizes;
@@ -336,9 +337,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect { path, max_context, kv_cache, quant, group } => {
             let (manifest, source) = if path.is_file() {
                 let opts = ConvertOptions { quant: quant.parse::<QuantChoice>()?, group, ..Default::default() };
-                let manifest = plan_gguf(&path, &opts).with_context(|| format!("reading {}", path.display()))?;
-                let bytes = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?.len();
-                (manifest, json!({ "kind": "gguf", "bytes": bytes }))
+                // A split model's first file reads them all: `bytes` counts every file.
+                let gguf = GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?;
+                let manifest = plan_gguf_header(&gguf, &opts).with_context(|| format!("reading {}", path.display()))?;
+                (manifest, json!({ "kind": "gguf", "bytes": gguf.file_len }))
             } else {
                 let file = path.join(MANIFEST_FILE);
                 let text = std::fs::read(&file)

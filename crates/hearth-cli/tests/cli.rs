@@ -473,6 +473,17 @@ fn inspect_sizes_a_gguf_as_its_converted_package() {
         v.as_object_mut().unwrap().remove("source");
     }
     assert_eq!(of_gguf, of_package);
+    // The same model split in 3 files (gguf-py's split: scripts/split-ggufs.sh), from its first
+    // file: the same figures, and `bytes` all three files'.
+    let split = Command::new("bash").arg(root().join("scripts/split-ggufs.sh")).status().unwrap();
+    assert!(split.success(), "scripts/split-ggufs.sh");
+    let files: Vec<_> =
+        (1..=3).map(|i| root().join(format!(".cache/models/split/smollm2-0000{i}-of-00003.gguf"))).collect();
+    let mut of_split = inspect(&["inspect", files[0].to_str().unwrap()]);
+    let bytes: u64 = files.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+    assert_eq!(of_split["source"], serde_json::json!({ "kind": "gguf", "bytes": bytes }));
+    of_split.as_object_mut().unwrap().remove("source");
+    assert_eq!(of_split, of_package);
 
     let short = inspect(&["inspect", package(), "--max-context", "1024"]);
     let f32_cache = inspect(&["inspect", package(), "--kv-cache", "f32"]);

@@ -18,6 +18,15 @@ const MAX_TENSORS: u64 = 1 << 20;
 const MAX_METADATA: u64 = 1 << 20;
 const MAX_DIMS: u32 = 4;
 
+/// llama.cpp's keys for a model split across files (`llama-gguf-split`, gguf-py's `split_max_*`):
+/// the file's place (from 0), how many files, and how many tensors all of them hold. The first
+/// file holds all the metadata; each file is a whole GGUF with its own tensors and offsets.
+pub const SPLIT_NO: &str = "split.no";
+pub const SPLIT_COUNT: &str = "split.count";
+pub const SPLIT_TENSORS_COUNT: &str = "split.tensors.count";
+/// More files than a model is split into (a browser reads every one's header before anything else).
+const MAX_SPLITS: u64 = 1024;
+
 /// The tensor element/block types of ggml, by their on-disk id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GgmlType {
@@ -233,7 +242,11 @@ pub struct GgufFile {
     pub version: u32,
     pub metadata: BTreeMap<String, GgufValue>,
     pub tensors: Vec<GgufTensorInfo>,
+    /// The bytes of all its files (one, unless the model is split), taken back to back: tensors'
+    /// offsets count in this run.
     pub file_len: u64,
+    /// Each file and its first byte in that run.
+    files: Vec<(PathBuf, u64)>,
 }
 
 /// Reads primitive values while tracking the position, so every length can be checked against what is left.
@@ -336,7 +349,39 @@ impl<R: Read> HeaderReader<R> {
 }
 
 impl GgufFile {
+    /// The GGUF at `path`; for the first file of a split model (`NAME-00001-of-0000N.gguf`), the
+    /// model of all its files (found beside it by name: [`Self::split_names`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let first = Self::open_one(path)?;
+        let Some((no, count)) = first.split()? else {
+            return Ok(first);
+        };
+        let file_name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let names = if no == 0 { Self::split_names(&file_name, count) } else { None };
+        let Some(names) = names else {
+            let why = if no == 0 {
+                "its name does not say where the others are: name the files as llama.cpp does"
+            } else {
+                "give the first of its files, which names the others"
+            };
+            return Err(HearthError::bad_file(
+                path.display(),
+                format!(
+                    "is split {} of {count} of a model; {why} (NAME-00001-of-{count:05}.gguf, NAME-00002-of-{count:05}.gguf, ...)",
+                    no + 1
+                ),
+            ));
+        };
+        let mut parts = vec![first];
+        for name in &names[1..] {
+            parts.push(Self::open_one(path.with_file_name(name))?);
+        }
+        Self::join(parts)
+    }
+
+    /// One file, split or not.
+    fn open_one(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| HearthError::io("open", path, e))?;
         let len = file.metadata().map_err(|e| HearthError::io("stat", path, e))?.len();
@@ -464,7 +509,95 @@ impl GgufFile {
             .collect::<Result<Vec<_>>>()?;
 
         let supplied = BTreeMap::new();
-        Ok(GgufFile { path: path.to_path_buf(), on_disk: false, supplied, version, metadata, tensors, file_len: len })
+        let files = vec![(path.to_path_buf(), 0)];
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            on_disk: false,
+            supplied,
+            version,
+            metadata,
+            tensors,
+            file_len: len,
+            files,
+        })
+    }
+
+    /// Where this file is in a split model: `(place from 0, files)`, or None for a model in one
+    /// file (no split keys, or a count of 1). An error for split keys no writer makes.
+    pub fn split(&self) -> Result<Option<(u64, u64)>> {
+        let (Some(no), Some(count)) = (self.get(SPLIT_NO), self.get(SPLIT_COUNT)) else {
+            return Ok(None);
+        };
+        match (no.as_u64(), count.as_u64()) {
+            (Some(_), Some(0 | 1)) => Ok(None),
+            (Some(no), Some(count)) if no < count && count <= MAX_SPLITS => Ok(Some((no, count))),
+            _ => Err(HearthError::bad_file(
+                self.path.display(),
+                format!("`{SPLIT_NO}` {no:?} and `{SPLIT_COUNT}` {count:?} are not a place among at most {MAX_SPLITS} files"),
+            )),
+        }
+    }
+
+    /// The names of all `count` files of a split model whose first file is named `first`, by
+    /// llama.cpp's naming (`NAME-00001-of-00003.gguf`, `NAME-00002-of-00003.gguf`, ...); None when
+    /// `first` is not named so.
+    pub fn split_names(first: &str, count: u64) -> Option<Vec<String>> {
+        let stem = first.strip_suffix(&format!("-00001-of-{count:05}.gguf"))?;
+        Some((1..=count).map(|i| format!("{stem}-{i:05}-of-{count:05}.gguf")).collect())
+    }
+
+    /// The model of a split GGUF from its files' headers, in order (each as `open` or `from_prefix`
+    /// reads one): the first file's metadata, every file's tensors, offsets counting in the files
+    /// taken back to back. Refused: files that are not the splits 1..n of n, in order, or tensors
+    /// fewer or more than the first file says.
+    pub fn join(parts: Vec<GgufFile>) -> Result<GgufFile> {
+        let n = parts.len() as u64;
+        let mut parts = parts.into_iter();
+        let Some(mut joined) = parts.next() else {
+            return Err(HearthError::InvalidArgument("no GGUF file to join".into()));
+        };
+        let name = joined.path.display().to_string();
+        if n == 1 && joined.split()?.is_none() {
+            return Ok(joined);
+        }
+        let place = |file: &GgufFile, i: u64| -> Result<()> {
+            match file.split()? {
+                Some((no, count)) if no == i && count == n => Ok(()),
+                Some((no, count)) => Err(HearthError::bad_file(
+                    file.path.display(),
+                    format!("is split {} of {count}, where split {} of {n} of {name} was expected", no + 1, i + 1),
+                )),
+                None => Err(HearthError::bad_file(
+                    file.path.display(),
+                    format!("is not a split model's file, where split {} of {n} of {name} was expected", i + 1),
+                )),
+            }
+        };
+        place(&joined, 0)?;
+        for (i, part) in (1..).zip(parts) {
+            place(&part, i)?;
+            let base = joined.file_len;
+            joined.file_len = base.checked_add(part.file_len).ok_or_else(|| {
+                HearthError::bad_file(part.path.display(), "the split's files claim more than 2^64 bytes together")
+            })?;
+            joined.files.push((part.path.clone(), base));
+            joined.on_disk &= part.on_disk;
+            joined.supplied.extend(part.supplied);
+            // Each file's offsets were checked against its own length, so these stay inside it.
+            joined.tensors.extend(part.tensors.into_iter().map(|t| GgufTensorInfo { offset: t.offset + base, ..t }));
+        }
+        if let Some(total) = joined.get(SPLIT_TENSORS_COUNT) {
+            if total.as_u64() != Some(joined.tensors.len() as u64) {
+                return Err(HearthError::bad_file(
+                    &name,
+                    format!(
+                        "`{SPLIT_TENSORS_COUNT}` says {total:?} tensors; its {n} files hold {}",
+                        joined.tensors.len()
+                    ),
+                ));
+            }
+        }
+        Ok(joined)
     }
 
     /// Supplies tensor `name`'s bytes to a header read from a prefix (fetched apart: a range
@@ -481,6 +614,11 @@ impl GgufFile {
         }
         self.supplied.insert(name.to_string(), bytes);
         Ok(())
+    }
+
+    /// How many files it was read from (more than one: a split model joined).
+    pub fn file_count(&self) -> usize {
+        self.files.len()
     }
 
     pub fn tensor(&self, name: &str) -> Option<&GgufTensorInfo> {
@@ -505,10 +643,12 @@ impl GgufFile {
                 ))
             });
         }
-        let mut f = File::open(&self.path).map_err(|e| HearthError::io("open", &self.path, e))?;
-        f.seek(SeekFrom::Start(info.offset)).map_err(|e| HearthError::io("seek in", &self.path, e))?;
+        // The file holding it: the last to start at or before it (offsets count in the files back to back).
+        let (path, base) = self.files.iter().rev().find(|(_, base)| *base <= info.offset).unwrap_or(&self.files[0]);
+        let mut f = File::open(path).map_err(|e| HearthError::io("open", path, e))?;
+        f.seek(SeekFrom::Start(info.offset - base)).map_err(|e| HearthError::io("seek in", path, e))?;
         let mut buf = vec![0u8; n as usize];
-        f.read_exact(&mut buf).map_err(|e| HearthError::io("read tensor data from", &self.path, e))?;
+        f.read_exact(&mut buf).map_err(|e| HearthError::io("read tensor data from", path, e))?;
         Ok(buf)
     }
 

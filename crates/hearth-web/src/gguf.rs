@@ -13,24 +13,78 @@ use crate::{js_error, named_error};
 /// page fetches each apart, and a header may claim anything.
 const MAX_PLAN_TENSOR_BYTES: u64 = 1 << 20;
 
-/// A GGUF's header from its first bytes: not all there yet, missing tensor data that planning
-/// reads, or ready.
+/// A GGUF's header from its files' first bytes: not all there yet, more files of a split model
+/// to read, missing tensor data that planning reads, or ready.
 pub(crate) enum Header {
+    /// The last file's header runs past its prefix.
     Incomplete,
-    /// `[{name, start, end}]` (end exclusive): fetch these bytes and pass them as `extra`.
+    /// The first file is split 1 of `count`: read the headers of the others too, in order.
+    /// `names`: all the files' names by llama.cpp's naming (None where the first is not so named).
+    Splits {
+        count: u64,
+        names: Option<Vec<String>>,
+    },
+    /// `[{name, start, end}]` (end exclusive, counting in the files back to back): fetch these
+    /// bytes and pass them as `extra`.
     Needs(js_sys::Array),
     Ready(GgufFile),
 }
 
-/// The header in `prefix` (a file of `length` bytes named `name`) with the tensors planning reads
-/// supplied from `extra` (`{name: Uint8Array}`, or undefined).
-pub(crate) fn read_header(prefix: &[u8], length: f64, name: &str, extra: &JsValue) -> Result<Header, JsValue> {
+/// One file's first bytes as the page read them: `{prefix: Uint8Array, length, name}`.
+fn file_prefix(part: &JsValue) -> Result<(Vec<u8>, f64, String), JsValue> {
+    let get = |key: &str| js_sys::Reflect::get(part, &key.into());
+    let prefix = get("prefix")?
+        .dyn_into::<js_sys::Uint8Array>()
+        .map_err(|_| named_error("InvalidArgumentError", "each GGUF file's `prefix` must be a Uint8Array"))?;
+    let length = get("length")?.as_f64().unwrap_or(f64::NAN);
     if !(length.is_finite() && length >= 0.0) {
-        return Err(named_error("InvalidArgumentError", "the GGUF's length must be a number of bytes"));
+        return Err(named_error("InvalidArgumentError", "each GGUF file's `length` must be a number of bytes"));
     }
-    let Some(mut gguf) = GgufFile::from_prefix(prefix, length as u64, name).map_err(js_error)? else {
-        return Ok(Header::Incomplete);
+    let name = get("name")?.as_string().unwrap_or_default();
+    Ok((prefix.to_vec(), length, name))
+}
+
+/// The header of the GGUF whose files' first bytes are `files` (`[{prefix, length, name}]`: one
+/// file, or the files of a split model in order, each but the last read whole to its header's
+/// end), with the tensors planning reads supplied from `extra` (`{name: Uint8Array}`, or
+/// undefined).
+pub(crate) fn read_header(files: &JsValue, extra: &JsValue) -> Result<Header, JsValue> {
+    let files: js_sys::Array = files
+        .clone()
+        .dyn_into()
+        .map_err(|_| named_error("InvalidArgumentError", "the GGUF's files must be an array"))?;
+    let n = files.length();
+    let mut headers = Vec::with_capacity(n as usize);
+    for (i, file) in (0..).zip(files.iter()) {
+        let (prefix, length, name) = file_prefix(&file)?;
+        match GgufFile::from_prefix(&prefix, length as u64, &name).map_err(js_error)? {
+            Some(header) => headers.push(header),
+            None if i + 1 == n => return Ok(Header::Incomplete),
+            None => {
+                return Err(named_error("InvalidArgumentError", &format!("{name}: its header is not all given")));
+            }
+        }
+    }
+    let Some(first) = headers.first() else {
+        return Err(named_error("InvalidArgumentError", "no GGUF file given"));
     };
+    let name = first.path.display().to_string();
+    match first.split().map_err(js_error)? {
+        Some((0, count)) if (headers.len() as u64) < count => {
+            return Ok(Header::Splits { count, names: GgufFile::split_names(&name, count) });
+        }
+        Some((no, count)) if no > 0 => {
+            return Err(named_error(
+                "BadPackageError",
+                &format!(
+                    "{name} is split {} of {count} of a model: load the first of its files (NAME-00001-of-{count:05}.gguf)",
+                    no + 1
+                ),
+            ));
+        }
+        _ => {}
+    }
+    let mut gguf = GgufFile::join(headers).map_err(js_error)?;
     let needs = js_sys::Array::new();
     let wanted: Vec<_> = tensors_read_to_plan(&gguf).into_iter().cloned().collect();
     for info in wanted {
@@ -67,14 +121,15 @@ pub struct GgufConverter {
 
 #[wasm_bindgen]
 impl GgufConverter {
-    /// The converter of the GGUF whose first bytes are `prefix` (a file of `length` bytes named
-    /// `name`), with `extra` the tensors planning reads, as `planGguf` took them: what it planned.
+    /// The converter of the GGUF whose files' first bytes are `files` (`[{prefix, length, name}]`),
+    /// with `extra` the tensors planning reads, as `planGguf` took them: what it planned. Its
+    /// positions count in the files taken back to back.
     #[wasm_bindgen(constructor)]
-    pub fn new(prefix: &[u8], length: f64, name: &str, extra: JsValue) -> Result<GgufConverter, JsValue> {
-        let Header::Ready(gguf) = read_header(prefix, length, name, &extra)? else {
+    pub fn new(files: JsValue, extra: JsValue) -> Result<GgufConverter, JsValue> {
+        let Header::Ready(gguf) = read_header(&files, &extra)? else {
             return Err(named_error(
                 "InvalidArgumentError",
-                &format!("{name}: the header or its factor tensors are not all given"),
+                "the GGUF's headers or its factor tensors are not all given",
             ));
         };
         let stream = GgufStream::new(gguf, ConvertOptions::default()).map_err(js_error)?;
@@ -94,7 +149,7 @@ impl GgufConverter {
         self.stream.tokenizer_json().to_string()
     }
 
-    /// The file's byte that [`feed`](Self::feed) expects next.
+    /// The byte that [`feed`](Self::feed) expects next (of the files taken back to back).
     pub fn position(&self) -> f64 {
         self.stream.position() as f64
     }
@@ -105,7 +160,8 @@ impl GgufConverter {
         self.stream.resume_at(shard).map(|at| at as f64).map_err(js_error)
     }
 
-    /// The file's next bytes; returns the shards they finished: `[{index, sha256, bytes}]`.
+    /// The next bytes (a split model's files one after another, each whole from its first byte
+    /// unless the stream's position is inside it); returns the shards they finished: `[{index, sha256, bytes}]`.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<js_sys::Array, JsValue> {
         let finished = self.stream.feed(bytes).map_err(js_error)?;
         let out = js_sys::Array::new();

@@ -58,18 +58,29 @@ pub fn plan_model(manifest_text: &str, options: JsValue) -> Result<JsValue, JsVa
     to_js(&plan(&manifest, &options)?)
 }
 
-/// A GGUF's package planned from its first bytes (`prefix`, of a file of `length` bytes named
-/// `name`; `extra`: the bytes of tensors planning reads, `{name: Uint8Array}`), as `hearth convert`
-/// would lay it out and [`plan_model`] sizes it: `{manifestText, plan}` (the manifest's shards not
-/// hashed yet: their bytes are not made); `undefined` when the header runs past `prefix` (ask for
-/// more bytes); `{needs: [{name, start, end}]}` when planning reads tensor data not in `extra`
-/// (LongRoPE's factors: fetch those bytes and ask again). An architecture no engine runs is
-/// refused here, before any tensor data is downloaded.
+/// A GGUF's package planned from its files' first bytes (`files`: `[{prefix, length, name}]`, one
+/// file or the files of a split model in order; `extra`: the bytes of tensors planning reads,
+/// `{name: Uint8Array}`), as `hearth convert` would lay it out and [`plan_model`] sizes it:
+/// `{manifestText, plan}` (the manifest's shards not hashed yet: their bytes are not made);
+/// `undefined` when the last file's header runs past its prefix (ask for more bytes);
+/// `{splits, names}` when the first file is split 1 of `splits` (read the others' headers too;
+/// `names`: all the files' names, by llama.cpp's naming, or null); `{needs: [{name, start, end}]}`
+/// when planning reads tensor data not in `extra` (LongRoPE's factors: fetch those bytes, counting
+/// in the files back to back, and ask again). An architecture no engine runs is refused here,
+/// before any tensor data is downloaded.
 #[wasm_bindgen(js_name = planGguf)]
-pub fn plan_gguf(prefix: &[u8], length: f64, name: &str, options: JsValue, extra: JsValue) -> Result<JsValue, JsValue> {
+pub fn plan_gguf(files: JsValue, options: JsValue, extra: JsValue) -> Result<JsValue, JsValue> {
     let options = plan_options(options)?;
-    let gguf = match read_header(prefix, length, name, &extra)? {
+    let gguf = match read_header(&files, &extra)? {
         Header::Incomplete => return Ok(JsValue::UNDEFINED),
+        Header::Splits { count, names } => {
+            #[derive(Serialize)]
+            struct Splits {
+                splits: u64,
+                names: Option<Vec<String>>,
+            }
+            return to_js(&Splits { splits: count, names });
+        }
         Header::Needs(needs) => {
             let out = js_sys::Object::new();
             js_sys::Reflect::set(&out, &"needs".into(), &needs)?;

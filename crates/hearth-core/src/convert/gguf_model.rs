@@ -100,6 +100,15 @@ pub(super) fn plan_with_tokenizer(gguf: &GgufFile, opts: &ConvertOptions) -> Res
 /// tokenizer's JSON.
 fn header(gguf: &GgufFile) -> Result<(Manifest, String)> {
     let input = &gguf.path;
+    // One file of a split model holds only some of its tensors (the rest would be "missing").
+    if let Some((no, count)) = gguf.split()? {
+        if gguf.file_count() as u64 != count {
+            return Err(HearthError::bad_file(
+                input.display(),
+                format!("is split {} of {count} of a model, and all {count} files are needed to convert it", no + 1),
+            ));
+        }
+    }
     let arch = gguf.require_str("general.architecture")?.to_string();
     let config = model_config(gguf, &arch)?;
     let tok = tokenizer_from_gguf(gguf)?;

@@ -109,3 +109,27 @@ impl Backend for Recording<'_> {
         self.inner.context_length()
     }
 }
+
+/// Models split across files by gguf-py (`scripts/split-ggufs.sh`, run if needed): for each, the
+/// split's files in order and the GGUF they were split from.
+pub fn split_ggufs() -> Vec<(Vec<PathBuf>, PathBuf)> {
+    static SPLITS: OnceLock<Vec<(Vec<PathBuf>, PathBuf)>> = OnceLock::new();
+    SPLITS
+        .get_or_init(|| {
+            let whole = smollm2_gguf();
+            let root = repo_root();
+            let status =
+                Command::new("bash").arg(root.join("scripts/split-ggufs.sh")).status().expect("run the script");
+            assert!(status.success(), "scripts/split-ggufs.sh failed");
+            let dir = root.join(".cache/models/split");
+            let tiny = root.join("tests/fixtures/tiny");
+            [("smollm2", whole), ("qwen3", tiny.join("qwen3.gguf")), ("phi3", tiny.join("phi3.gguf"))]
+                .into_iter()
+                .map(|(name, whole)| {
+                    let files = (1..=3).map(|i| dir.join(format!("{name}-{i:05}-of-00003.gguf"))).collect();
+                    (files, whole)
+                })
+                .collect()
+        })
+        .clone()
+}
