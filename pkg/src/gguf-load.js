@@ -27,10 +27,11 @@ function withHashes(manifest, hashes) {
 }
 
 /**
- * Makes sure the package of the GGUF at `hrefs` (ggufFiles' answer) is stored whole under `key`: nothing to do when it
- * is (with `revalidate: false`, or offline, without a request; otherwise when the file's header
- * plans the same package), else the conversion, resumed where an earlier one of the same file
- * stopped. Runs under the model's lock (load() holds it).
+ * Makes sure the package of the GGUF at `hrefs` (ggufFiles' answer: one file, or a split model's
+ * first file or all its files) is stored whole under `key`: nothing to do when it is (with
+ * `revalidate: false`, or offline, without a request; otherwise when the files' headers plan the
+ * same package), else the conversion, resumed where an earlier one of the same files stopped. Runs
+ * under the model's lock (load() holds it).
  */
 export async function storeGguf(hrefs, key, options, signal) {
   const { onProgress, maxContext, revalidate = true, backend: requested = "auto", relaxedSimd } = options;
@@ -64,7 +65,8 @@ export async function storeGguf(hrefs, key, options, signal) {
   const sha256 = options.sha256 == null ? null : [options.sha256].flat().map((h) => h.toLowerCase());
   if (sha256 && sha256.length !== files.length) {
     throw new InvalidArgumentError(
-      `options.sha256 gives ${sha256.length} hash(es), and ${planned.name} is a model of ${files.length} file(s): give one per file, in order`,
+      `options.sha256 gives ${sha256.length} hash(es), and ${planned.name} is a model of ${files.length} file(s): ` +
+        "give one per file, in order",
     );
   }
   // What Loader.create would refuse, refused before the download (the same checks and messages).
@@ -103,7 +105,13 @@ export async function storeGguf(hrefs, key, options, signal) {
       manifestText: withHashes(manifest, hashes),
       tokenizerText,
       storedAt: Date.now(),
-      gguf: { href: files[0].href, files: files.map((f) => f.href), length: planned.length, validator: planned.validator, planned: planned.manifestText },
+      gguf: {
+        href: files[0].href,
+        files: files.map((f) => f.href),
+        length: planned.length,
+        validator: planned.validator,
+        planned: planned.manifestText,
+      },
     };
     await store.putModel(record);
 
@@ -199,7 +207,8 @@ export async function storeGguf(hrefs, key, options, signal) {
     if (converter.isDone()) progress.loaded = progress.total ?? progress.loaded; // what follows the last tensor is not needed
     reportDownload();
     if (!converter.isDone()) {
-      throw new NetworkError(current.href, null, undefined, `the file ended at byte ${converter.position() - starts[files.indexOf(current)]}, before its last tensor's data`);
+      const at = converter.position() - starts[files.indexOf(current)];
+      throw new NetworkError(current.href, null, undefined, `the file ended at byte ${at}, before its last tensor's data`);
     }
     if (hashers) {
       for (const [i, hasher] of hashers.entries()) {

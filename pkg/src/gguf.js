@@ -1,9 +1,8 @@
 // A GGUF URL's header (each file's, for a model split across files), and the Hearth package it
 // plans, from the files' first bytes only: range requests of 2 MiB, then 4, 8, ... (Gemma 3's
 // 262k-token vocabulary needs 8 MiB), or, from a server that ignores Range, one stream cancelled as
-// soon as the header is read. The plan is wasm's
-// planGguf (hearth_core's plan_gguf_header, the converter's own layout), so what inspect() sizes is
-// the package `hearth convert` would write.
+// soon as the header is read. The plan is wasm's planGguf (hearth_core's plan_gguf_header, the
+// converter's own layout), so what inspect() sizes is the package `hearth convert` would write.
 
 import { BadPackageError, NetworkError, fromWasm } from "./errors.js";
 import { STALL_TIMEOUT_MS, get } from "./fetch.js";
@@ -15,7 +14,10 @@ export const FIRST_READ = 2 << 20;
  * tensors' entries (SmolLM2's second of three: 9 KB).
  */
 const LATER_FIRST_READ = 64 << 10;
-/** No header is read past this (all of a split model's files' together): a file claiming more is refused, not downloaded. */
+/**
+ * No header is read past this (a split model's files' together): a file claiming more is refused,
+ * not downloaded.
+ */
 export const MAX_HEADER = 64 << 20;
 /** The length given to the plan when the server does not say (it then checks no offset against it). */
 const UNKNOWN_LENGTH = Number.MAX_SAFE_INTEGER;
@@ -222,7 +224,9 @@ export function locate(files, offset) {
 async function readHeader(file, plan, { firstRead, limit }, signal, stallMs) {
   const { href: url, name, prefix } = file;
   const tooLarge = () =>
-    new BadPackageError(`${name}: its header runs past what Hearth reads of a GGUF's header (${MAX_HEADER >> 20} MiB, a split model's files together)`);
+    new BadPackageError(
+      `${name}: its header runs past what Hearth reads of a GGUF's header (${MAX_HEADER >> 20} MiB, a split model's files together)`,
+    );
 
   // Reads `response`'s body onto the prefix; with `until`, stops (cancelling the rest) once it
   // returns a result, which it is asked each time the prefix has doubled.

@@ -113,3 +113,45 @@ fn the_real_models_streamed_from_a_prefixed_header_are_the_packages_convert_writ
         assert!(shards >= 6 && spanning > 0, "{}: {shards} shards, {spanning} tensors across two", gguf.display());
     }
 }
+
+/// Tiny Qwen2's GGUF bytes with tensor `name`'s table entry changed by `edit` (its dimensions, as
+/// written, and the offset that follows its type).
+fn patched_entry(name: &str, edit: impl FnOnce(&mut Vec<u64>, &mut u64)) -> Vec<u8> {
+    let mut gguf = std::fs::read(common::repo_root().join("tests/fixtures/tiny/qwen2.gguf")).unwrap();
+    let key = [&(name.len() as u64).to_le_bytes()[..], name.as_bytes()].concat();
+    let mut at = gguf.windows(key.len()).position(|w| w == key).expect("the tensor's entry") + key.len();
+    let n_dims = u32::from_le_bytes(gguf[at..at + 4].try_into().unwrap()) as usize;
+    at += 4;
+    let read = |g: &[u8], i: usize| u64::from_le_bytes(g[i..i + 8].try_into().unwrap());
+    let mut dims: Vec<u64> = (0..n_dims).map(|d| read(&gguf, at + 8 * d)).collect();
+    let offset_at = at + 8 * n_dims + 4;
+    let mut offset = read(&gguf, offset_at);
+    edit(&mut dims, &mut offset);
+    for (d, v) in dims.iter().enumerate() {
+        gguf[at + 8 * d..at + 8 * d + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    gguf[offset_at..offset_at + 8].copy_from_slice(&offset.to_le_bytes());
+    gguf
+}
+
+/// What a stream cannot convert one tensor at a time is refused before any data, naming the tensor
+/// and the way out (`hearth convert`): tensor data out of the table's order (here the last tensor's
+/// data placed at the first's), and a source tensor over 512 MiB (here the output norm claiming
+/// 2^28 values, in a file the server claims is 1 TiB long).
+#[test]
+fn a_stream_refuses_data_out_of_order_and_tensors_over_512_mib() {
+    let first = {
+        let gguf = std::fs::read(common::repo_root().join("tests/fixtures/tiny/qwen2.gguf")).unwrap();
+        let header = GgufFile::from_prefix(&gguf, gguf.len() as u64, "qwen2.gguf").unwrap().unwrap();
+        header.tensors[0].offset - header.tensors.iter().map(|t| t.offset).min().unwrap()
+    };
+    let moved = patched_entry("output_norm.weight", |_, offset| *offset = first);
+    let header = GgufFile::from_prefix(&moved, moved.len() as u64, "moved.gguf").unwrap().unwrap();
+    let err = GgufStream::new(header, ConvertOptions::default()).err().expect("refused").to_string();
+    assert!(err.contains("`output_norm.weight`'s data comes before") && err.contains("hearth convert"), "{err}");
+
+    let huge = patched_entry("output_norm.weight", |dims, _| dims[0] = 1 << 28);
+    let header = GgufFile::from_prefix(&huge, 1 << 40, "huge.gguf").unwrap().unwrap();
+    let err = GgufStream::new(header, ConvertOptions::default()).err().expect("refused").to_string();
+    assert!(err.contains("`output_norm.weight` is 1073741824 bytes") && err.contains("at most 512 MiB"), "{err}");
+}
