@@ -5,12 +5,13 @@
 // quota, is refused before any tensor data is fetched. A cut-off conversion resumes at its first
 // missing shard, with a range request from the first tensor that shard needs. With the `sha256`
 // option the whole file is fetched and hashed as it streams, and a mismatch deletes what it made.
+// A new version of the file replaces the package made from the old one only once converted whole.
 // A model split across files is their bytes back to back: each file is fetched in turn, whole
 // after the one where the conversion starts (its header is bytes the converter skips).
 
 import {
-  AdapterLimitsError, HearthError, IntegrityError, InvalidArgumentError, NetworkError, OutOfMemoryError, WebGPUUnavailableError,
-  fromWasm,
+  AdapterLimitsError, HearthError, IntegrityError, InvalidArgumentError, NetworkError, OutOfMemoryError, QuotaExceededError,
+  WebGPUUnavailableError, fromWasm,
 } from "./errors.js";
 import { get, STALL_TIMEOUT_MS } from "./fetch.js";
 import { bodyStart, locate, madeFrom, planGgufUrl, validatorOf } from "./gguf.js";
@@ -82,6 +83,7 @@ export async function storeGguf(hrefs, key, options, signal) {
     throw fromWasm(e);
   }
   let hashers = null;
+  let previous;
   try {
     const { manifest } = planned;
     // The shards an earlier conversion of this very file stored, in order from the first. (With
@@ -94,11 +96,23 @@ export async function storeGguf(hrefs, key, options, signal) {
       for (let i = 0; i < hashes.length && old[i]?.sha256 && have.has(old[i].sha256); i++) hashes[i] = old[i].sha256;
     }
     const first = hashes.indexOf("");
-    // Whatever else this URL stored (another file's package) goes; the room the rest needs is checked.
-    await store.deleteStaleShards(key, new Set(hashes.filter(Boolean)));
+    // A complete package made from another version of the file stays (and loads offline) until
+    // this one is whole, unless the origin has no room for both, as a package's update does.
+    // Whatever else this URL stored goes; the room the rest needs is checked.
+    previous = complete && !madeFrom(complete, planned) ? versionOf(complete) : undefined;
+    const keep = () => new Set([...hashes.filter(Boolean), ...hashesOf(previous)]);
+    await store.deleteStaleShards(key, keep());
     const missing = manifest.shards.slice(first).reduce((n, s) => n + s.size, 0);
     const tokenizerText = converter.tokenizerJson();
-    await checkQuota(storageNeeded(manifest, planned.manifestText, missing));
+    const needed = storageNeeded(manifest, planned.manifestText, missing);
+    try {
+      await checkQuota(needed);
+    } catch (e) {
+      if (!(e instanceof QuotaExceededError && previous)) throw e;
+      previous = undefined;
+      await store.deleteStaleShards(key, keep());
+      await checkQuota(needed);
+    }
     const record = {
       url: key,
       name: manifest.name ?? "",
@@ -113,6 +127,7 @@ export async function storeGguf(hrefs, key, options, signal) {
         planned: planned.manifestText,
       },
     };
+    if (previous) record.previous = previous;
     await store.putModel(record);
 
     let from;
@@ -214,19 +229,40 @@ export async function storeGguf(hrefs, key, options, signal) {
       for (const [i, hasher] of hashers.entries()) {
         const actual = hasher.hex();
         if (actual !== sha256[i]) {
-          // Made from a file that is not the one asked for: none of it stays.
-          await store.deleteModel(key);
+          // Made from a file that is not the one asked for: none of it stays (the version stored
+          // before it, if any, does).
+          await dropConversion(key, previous);
           throw new IntegrityError(files[i].name, sha256[i], actual, "sha256", "the sha256 option's");
         }
       }
-      // Verified: now the record lists the shards (and loads).
+    }
+    if (hashers || previous) {
+      // Whole (and verified): the record lists every shard, and the version it replaces goes.
+      delete record.previous;
       record.manifestText = withHashes(manifest, hashes);
       await store.putModel(record);
+      await store.deleteStaleShards(key, new Set(hashes));
     }
   } finally {
     converter.free();
     for (const hasher of hashers ?? []) hasher.free();
   }
+}
+
+/** A stored record as the version an update keeps ({name, manifestText, tokenizerText, storedAt, gguf}). */
+function versionOf(record) {
+  const { url: _url, previous: _previous, ...version } = record;
+  return version;
+}
+
+/** The shards' hashes of a stored version (none for undefined). */
+const hashesOf = (version) => (version ? store.shardsOf(version.manifestText).map((s) => s.sha256) : []);
+
+/** Undoes a conversion: back to the version stored before it, or nothing where there was none. */
+async function dropConversion(key, previous) {
+  if (!previous) return store.deleteModel(key);
+  await store.putModel({ url: key, ...previous });
+  await store.deleteStaleShards(key, new Set(hashesOf(previous)));
 }
 
 /** `e` as a HearthError (fetch's wrapper would call anything else a network failure). */

@@ -233,6 +233,50 @@ test("load() of SmolLM2's GGUF: converted into the store shard for shard as hear
   }, ggufPath);
   await context.setOffline(false);
   assert.equal(offline, 2, "offline, the stored package loads and generates");
+
+  // A new version of the file (its Last-Modified) whose download is cut off: the package made from
+  // the old one still loads (it is kept until the new one is whole); loaded again, the new one is
+  // converted to the end and replaces it.
+  const { atime, mtime } = fs.statSync(SMOLLM2_GGUF);
+  const newVersion = new Date(Math.floor(mtime.getTime() / 1000) * 1000 - 3600e3);
+  fs.utimesSync(SMOLLM2_GGUF, atime, newVersion);
+  try {
+    server.hooks.cut.set(ggufPath, 48e6);
+    const update = await page.evaluate(async ({ url, prompt }) => {
+      const error = await Hearth.load(url, { backend: "cpu" }).then(
+        (e) => e.dispose().then(() => null),
+        (e) => ({ name: e.name, message: e.message }),
+      );
+      const listed = await Hearth.cache.list();
+      const engine = await Hearth.load(url, { backend: "cpu", revalidate: false });
+      const r = await engine.generate(prompt, { max_tokens: 12 });
+      await engine.dispose();
+      return { error, listed, text: r.text };
+    }, { url: ggufPath, prompt });
+    assert.equal(update.error?.name, "NetworkError", JSON.stringify(update.error));
+    assert.equal(update.listed.length, 1);
+    assert.equal(update.listed[0].complete, true, "the old version still loads");
+    assert.equal(update.text, second.fromGguf);
+    server.hooks.cut.clear();
+    const record = await page.evaluate(async (url) => {
+      const engine = await Hearth.load(url, { backend: "cpu" });
+      await engine.dispose();
+      return new Promise((resolve, reject) => {
+        const open = indexedDB.open("hearth");
+        open.onerror = () => reject(open.error);
+        open.onsuccess = () => {
+          const get = open.result.transaction("models").objectStore("models").get(new URL(url + "/", location.href).href);
+          get.onsuccess = () => resolve({ previous: "previous" in get.result, validator: get.result.gguf.validator });
+          get.onerror = () => reject(get.error);
+        };
+      });
+    }, ggufPath);
+    assert.deepEqual(record, { previous: false, validator: newVersion.toUTCString() });
+    assert.deepEqual((await storedShards(page, key)).map((s) => s.sha256), pkg.shards.map((s) => s.sha256));
+  } finally {
+    server.hooks.cut.clear();
+    fs.utimesSync(SMOLLM2_GGUF, atime, mtime);
+  }
   assert.deepEqual(consoleErrors.filter((e) => !/ERR_INTERNET_DISCONNECTED|ERR_CONNECTION|Failed to load resource/.test(e)), []);
   await context.close();
 });
@@ -290,6 +334,26 @@ test("load() of a GGUF from a server without range support, checked against its 
     server.log.length = 0;
     assert.deepEqual(await loadAgain(), got.fromPackage);
     assert.equal(seen(ggufPath).length, 2, "the header, then the whole file again");
+    // Another version checked against a wrong sha256: refused, and the package made from the
+    // version before it is what stays stored (and loads).
+    fs.utimesSync(QWEN3_GGUF, atime, new Date(mtime.getTime() - 7200e3));
+    const refused = await page.evaluate(async ({ url, wrong }) => {
+      const error = await Hearth.load(url, { backend: "cpu", sha256: wrong }).then(
+        (e) => e.dispose().then(() => null),
+        (e) => e.name,
+      );
+      return { error, listed: await Hearth.cache.list() };
+    }, { url: ggufPath, wrong });
+    assert.equal(refused.error, "IntegrityError");
+    assert.equal(refused.listed.length, 1);
+    assert.equal(refused.listed[0].complete, true, "the version before it stays");
+    const kept = await page.evaluate(async (url) => {
+      const engine = await Hearth.load(url, { backend: "cpu", revalidate: false });
+      const r = await engine.generate("Hello there", { max_tokens: 8 });
+      await engine.dispose();
+      return r.ids;
+    }, ggufPath);
+    assert.deepEqual(kept, got.fromPackage);
   } finally {
     fs.utimesSync(QWEN3_GGUF, atime, mtime);
   }
