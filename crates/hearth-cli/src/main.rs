@@ -351,6 +351,11 @@ fn run(cli: Cli) -> Result<()> {
             let (sizes, ..) = ModelSizes::plan(&manifest, max_context, kv_f16, hearth_gpu::MAX_CHUNK)?;
             let mut out = serde_json::to_value(sizes)?;
             out["kvF16"] = json!(kv_f16);
+            // A package's bytes are its download, as `Hearth.inspect()` says.
+            let mut source = source;
+            if source["kind"] == "package" {
+                source["bytes"] = out["downloadBytes"].clone();
+            }
             out["source"] = source;
             println!("{out}");
         }
