@@ -48,6 +48,7 @@ model:
 	@bash scripts/fetch-smollm2.sh
 	@bash scripts/fetch-gemma3.sh
 	@bash scripts/split-ggufs.sh
+	@bash scripts/fetch-minilm.sh
 
 lint:
 	cargo fmt --all -- --check

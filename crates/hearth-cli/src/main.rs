@@ -95,6 +95,14 @@ enum Command {
         special: bool,
         text: String,
     },
+    /// Print the embeddings of TEXTs (an encoder package: BERT) as one JSON line:
+    /// {"embeddings": [[...], ...], "tokens": [...], "dims": N}.
+    Embed {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(required = true)]
+        texts: Vec<String>,
+    },
     /// Generate text from a prompt.
     Generate {
         #[arg(long)]
@@ -363,6 +371,21 @@ fn run(cli: Cli) -> Result<()> {
             let mut model = Model::open(&model)?;
             let ids = model.prompter.tokenizer.encode(&text, special, true)?;
             println!("{}", serde_json::to_string(&ids)?);
+        }
+        Command::Embed { model, texts } => {
+            let mut model = Model::open(&model)?;
+            let Some(encoder) = model.package.manifest.config.encoder.clone() else {
+                bail!("{} is a decoder: it generates text, and gives no embeddings", model.package.manifest.name);
+            };
+            let mut engine = FastEngine::from_package(&model.package)?;
+            let (mut embeddings, mut tokens) = (Vec::new(), Vec::new());
+            for text in &texts {
+                let ids = model.prompter.tokenizer.encode_for_embedding(text, encoder.max_tokens)?;
+                tokens.push(ids.len());
+                embeddings.push(engine.embed(&ids)?);
+            }
+            let dims = model.package.manifest.config.hidden_size;
+            println!("{}", json!({ "embeddings": embeddings, "tokens": tokens, "dims": dims }));
         }
         Command::Generate {
             model,

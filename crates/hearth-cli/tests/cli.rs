@@ -500,3 +500,35 @@ fn inspect_sizes_a_gguf_as_its_converted_package() {
         String::from_utf8_lossy(&err.stderr)
     );
 }
+
+/// `hearth embed` of an encoder (all-MiniLM-L6-v2 converted from its Transformers directory): one
+/// JSON line whose embeddings are sentence-transformers' (tests/fixtures/minilm, cosine ≥ 0.9999
+/// as hearth-core's embeddings test argues) and token counts its tokenizer's; a decoder refused.
+#[test]
+fn embed_prints_the_embeddings_of_an_encoder() {
+    let fetch = Command::new("bash").arg(root().join("scripts/fetch-minilm.sh")).status().unwrap();
+    assert!(fetch.success(), "scripts/fetch-minilm.sh");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("minilm");
+    let source = root().join(".cache/models/all-MiniLM-L6-v2");
+    ok(&["convert", source.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
+    let reference = fixture("minilm/embeddings.json");
+    let picks = [4usize, 30, 47];
+    let texts: Vec<&str> = picks.iter().map(|&i| reference["texts"][i].as_str().unwrap()).collect();
+    let out: serde_json::Value =
+        serde_json::from_str(&ok(&[&["embed", "--model", dir.to_str().unwrap()], &texts[..]].concat())).unwrap();
+    assert_eq!(out["dims"], 384);
+    for (k, &i) in picks.iter().enumerate() {
+        assert_eq!(out["tokens"][k], reference["token_ids"][i].as_array().unwrap().len(), "text {i}");
+        let ours: Vec<f64> = out["embeddings"][k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let theirs: Vec<f64> =
+            reference["embeddings"][i].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let dot: f64 = ours.iter().zip(&theirs).map(|(a, b)| a * b).sum();
+        let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let cos = dot / (norm(&ours) * norm(&theirs));
+        assert!(cos >= 0.9999, "text {i}: cosine {cos}");
+    }
+    let err = hearth(&["embed", "--model", package(), "hello"]);
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("is a decoder"), "{}", String::from_utf8_lossy(&err.stderr));
+}

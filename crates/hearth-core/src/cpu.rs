@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use crate::error::{HearthError, Result};
 use crate::generate::{ring_keeps, ring_rows};
 use crate::manifest::{
-    Activation, FfnKind, ModelConfig, NormKind, PositionKind, RopeScaling, RopeStyle, ARCHITECTURES,
+    Activation, FfnKind, ModelConfig, NormKind, Pooling, PositionKind, RopeScaling, RopeStyle, ARCHITECTURES,
 };
 use crate::package::{Package, TensorSource};
 use crate::quant::{DType, Tensor, TensorData};
@@ -142,6 +142,7 @@ pub trait Products: Default + Send + Sync {
         match kind {
             Activation::Silu => silu,
             Activation::GeluTanh => gelu_tanh,
+            Activation::Gelu => gelu,
         }
     }
 }
@@ -189,10 +190,13 @@ pub struct Engine<P: Products> {
     embed: Tensor,
     /// Learned absolute positions (GPT-2): row p is added to the embedding at position p.
     positions: Option<Tensor>,
-    /// The norm of the embeddings (BLOOM).
+    /// The norm of the embeddings (BLOOM, BERT).
     embed_norm: Option<Norm>,
+    /// An encoder's token-type-0 row, added to every embedding (BERT).
+    token_type: Option<Vec<f32>>,
     layers: Vec<Layer>,
-    output_norm: Norm,
+    /// `None` for an encoder (it has no output head).
+    output_norm: Option<Norm>,
     /// `None` when the output head shares the embedding matrix.
     output: Option<Tensor>,
     /// Rotation frequency of each rotated pair, scaling applied (empty without RoPE).
@@ -270,6 +274,14 @@ impl<P: Products> Engine<P> {
             _ => None,
         };
         let embed_norm = if c.embedding_norm { Some(norm(&mut take, "token_embd_norm")?) } else { None };
+        let token_type = match &c.encoder {
+            Some(e) => {
+                let mut row = vec![0f32; h];
+                take("token_types.weight", &[e.token_types, h])?.dequantize_row(0, &mut row);
+                Some(row)
+            }
+            None => None,
+        };
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
@@ -322,8 +334,10 @@ impl<P: Products> Engine<P> {
                 linear_bias,
             });
         }
-        let output_norm = norm(&mut take, "output_norm")?;
-        let output = if c.tied_embeddings { None } else { Some(take("output.weight", &[c.vocab_size, h])?) };
+        let decoder = c.encoder.is_none();
+        let output_norm = if decoder { Some(norm(&mut take, "output_norm")?) } else { None };
+        let output =
+            if c.tied_embeddings || !decoder { None } else { Some(take("output.weight", &[c.vocab_size, h])?) };
         let (inv_freq, inv_freq_local) = match (&c.rope, c.position) {
             (Some(rope), PositionKind::Rope) => {
                 let factors = tensors.remove("rope_freqs.weight").map(|t| t.to_f32());
@@ -341,6 +355,7 @@ impl<P: Products> Engine<P> {
             embed,
             positions,
             embed_norm,
+            token_type,
             layers,
             output_norm,
             output,
@@ -435,12 +450,71 @@ impl<P: Products> Engine<P> {
 
     /// `forward` on the calling thread.
     fn forward_here(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        let Some(output_norm) = self.output_norm.take() else {
+            return Err(HearthError::InvalidArgument(
+                "this model is an encoder: it gives embeddings (embed), not next-token logits".into(),
+            ));
+        };
+        let result = self.logits(tokens, all_logits, &output_norm);
+        self.output_norm = Some(output_norm);
+        result
+    }
+
+    /// The logits of `tokens` at the next positions, for the rows asked for.
+    fn logits(&mut self, tokens: &[u32], all_logits: bool, output_norm: &Norm) -> Result<Vec<f32>> {
+        let c = self.config.clone();
+        let (n, h) = (tokens.len(), c.hidden_size);
+        let x = self.hidden_states(tokens)?;
+        // Final norm and output head, for the rows asked for.
+        let rows = if all_logits { 0..n } else { n - 1..n };
+        let m = rows.len();
+        let mut last = vec![0f32; m * h];
+        self.norm(&x[rows.start * h..rows.end * h], output_norm, &mut last);
+        let head = self.output.as_ref().unwrap_or(&self.embed);
+        let mut logits = vec![0f32; m * c.vocab_size];
+        self.products.matmul(head, &last, m, &mut logits);
+        if let Some(cap) = c.final_softcap {
+            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+        }
+        Ok(logits)
+    }
+
+    /// An encoder's embedding of `tokens` (one text, its special tokens included), pooled and
+    /// normalized as its config says. Each call stands alone: nothing is cached.
+    pub fn embed(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let Some(e) = self.config.encoder.clone() else {
+            return Err(HearthError::InvalidArgument(
+                "this model is a decoder: it generates text, and gives no embeddings".into(),
+            ));
+        };
+        if tokens.len() > e.max_tokens {
+            return Err(HearthError::InvalidArgument(format!(
+                "{} tokens are more than the {} this encoder takes",
+                tokens.len(),
+                e.max_tokens
+            )));
+        }
+        #[cfg(all(feature = "parallel", not(target_arch = "wasm32")))]
+        let x = if rayon::current_thread_index().is_none() && rayon::current_num_threads() > 1 {
+            rayon::scope(|_| self.hidden_states(tokens))?
+        } else {
+            self.hidden_states(tokens)?
+        };
+        #[cfg(not(all(feature = "parallel", not(target_arch = "wasm32"))))]
+        let x = self.hidden_states(tokens)?;
+        Ok(pool(&x, self.config.hidden_size, e.pooling, e.normalize))
+    }
+
+    /// Every token's output of the last layer (`[n][hidden]`): a decoder's at the next positions
+    /// (stored in the KV cache), an encoder's over `tokens` alone, attending both ways.
+    fn hidden_states(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         let c = self.config.clone();
         let n = tokens.len();
         if n == 0 {
             return Err(HearthError::InvalidArgument("forward needs at least one token".into()));
         }
-        let start = self.cache.len;
+        let encoder = c.encoder.is_some();
+        let start = if encoder { 0 } else { self.cache.len };
         if start + n > self.context {
             return Err(HearthError::ContextLengthExceeded {
                 prompt_tokens: start + n,
@@ -463,6 +537,10 @@ impl<P: Products> Engine<P> {
             self.embed.dequantize_row(token as usize, row);
             if let Some(scale) = c.embedding_scale {
                 row.iter_mut().for_each(|v| *v *= scale);
+            }
+            // BERT: (token + type) + position, in Transformers' order.
+            if let Some(token_type) = &self.token_type {
+                add_in_place(row, token_type);
             }
             if let Some(positions) = &self.positions {
                 positions.dequantize_row(start + t, &mut position_row);
@@ -489,7 +567,12 @@ impl<P: Products> Engine<P> {
             // Attention block: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x)),
             // with Gemma's per-head norms before RoPE and its norm of the output before the add;
             // ALiBi models add their biases to the scores instead of rotating.
-            self.norm(&x, &layer.attn_norm, &mut xn);
+            // An encoder's norms come after the residual adds (below).
+            if encoder {
+                xn.copy_from_slice(&x);
+            } else {
+                self.norm(&x, &layer.attn_norm, &mut xn);
+            }
             self.products.matmuls(&xn, n, &mut [(&layer.wq, &mut q), (&layer.wk, &mut k), (&layer.wv, &mut v)]);
             if let Some([bq, bk, bv]) = &layer.qkv_bias {
                 add_bias(&mut q, bq);
@@ -516,7 +599,15 @@ impl<P: Products> Engine<P> {
                     }
                 }
             }
-            self.products.attention(&c, &mut self.cache.layers[li], &q, &k, &v, start, window, &mut attn);
+            if encoder {
+                // Every query over every key of the text: position n - 1 sees them all.
+                let qd = c.q_dim();
+                for (qt, out) in q.chunks(qd).zip(attn.chunks_mut(qd)) {
+                    attention_at(&c, qt, &k, &v, n - 1, None, n, out);
+                }
+            } else {
+                self.products.attention(&c, &mut self.cache.layers[li], &q, &k, &v, start, window, &mut attn);
+            }
             let layer = &self.layers[li];
             self.products.matmul(&layer.wo, &attn, n, &mut proj);
             if let Some([bo, _, _]) = &layer.linear_bias {
@@ -526,10 +617,18 @@ impl<P: Products> Engine<P> {
                 rms_norm_in_place(&mut proj, post_attn, c.norm_eps);
             }
             add_in_place(&mut x, &proj);
+            if encoder {
+                xn.copy_from_slice(&x);
+                self.norm(&xn, &layer.attn_norm, &mut x);
+            }
 
             // Feed-forward block: x += W_down · (act(W_gate·norm(x)) * W_up·norm(x)) when gated
             // (SwiGLU, GeGLU), x += W_down · act(W_up·norm(x) + b_up) + b_down when plain (GPT-2).
-            self.norm(&x, &layer.ffn_norm, &mut xn);
+            if encoder {
+                xn.copy_from_slice(&x);
+            } else {
+                self.norm(&x, &layer.ffn_norm, &mut xn);
+            }
             match &layer.w_gate {
                 Some(w_gate) => self.products.matmuls(&xn, n, &mut [(&layer.w_up, &mut up), (w_gate, &mut gate)]),
                 None => self.products.matmul(&layer.w_up, &xn, n, &mut up),
@@ -549,22 +648,38 @@ impl<P: Products> Engine<P> {
                 rms_norm_in_place(&mut proj, post_ffw, c.norm_eps);
             }
             add_in_place(&mut x, &proj);
+            if encoder {
+                xn.copy_from_slice(&x);
+                self.norm(&xn, &layer.ffn_norm, &mut x);
+            }
         }
-        self.cache.len += n;
-
-        // Final norm and output head, for the rows asked for.
-        let rows = if all_logits { 0..n } else { n - 1..n };
-        let m = rows.len();
-        let mut last = vec![0f32; m * h];
-        self.norm(&x[rows.start * h..rows.end * h], &self.output_norm, &mut last);
-        let head = self.output.as_ref().unwrap_or(&self.embed);
-        let mut logits = vec![0f32; m * c.vocab_size];
-        self.products.matmul(head, &last, m, &mut logits);
-        if let Some(cap) = c.final_softcap {
-            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+        if !encoder {
+            self.cache.len += n;
         }
-        Ok(logits)
+        Ok(x)
     }
+}
+
+/// One embedding of `x` (`[n][h]`, a text's outputs) pooled as `pooling` says, scaled to unit
+/// length with `normalize` (as sentence-transformers' `Normalize`: divided by max(norm, 1e-12)).
+pub fn pool(x: &[f32], h: usize, pooling: Pooling, normalize: bool) -> Vec<f32> {
+    let n = x.len() / h;
+    let mut out = match pooling {
+        Pooling::Cls => x[..h].to_vec(),
+        Pooling::Last => x[(n - 1) * h..].to_vec(),
+        Pooling::Mean => {
+            let mut sum = vec![0f32; h];
+            for row in x.chunks(h) {
+                add_in_place(&mut sum, row);
+            }
+            sum.iter().map(|s| s / n as f32).collect()
+        }
+    };
+    if normalize {
+        let norm = out.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        out.iter_mut().for_each(|v| *v /= norm);
+    }
+    out
 }
 
 /// Rotation frequency per pair: base^(-2i/dim), with the model's scaling (Llama 3.1's per-band
@@ -742,6 +857,11 @@ fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
 
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
+}
+
+/// GELU, exact: 0.5 x (1 + erf(x / sqrt(2))).
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 /// GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).

@@ -14,7 +14,10 @@ pub const FORMAT_VERSION: u32 = 1;
 /// caps, and a RoPE base of its own for local layers; Qwen3: Llama with QK-norm; SmolLM3: Llama
 /// with every fourth layer unrotated; BLOOM: ALiBi, LayerNorm, a norm on the embeddings, a GELU MLP
 /// and biases everywhere; GPT-2: the same with learned positions).
-pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "smollm3", "phi3", "gemma2", "gemma3", "bloom", "gpt2"];
+pub const ARCHITECTURES: &[&str] =
+    &["llama", "qwen2", "qwen3", "smollm3", "phi3", "gemma2", "gemma3", "bloom", "gpt2", "bert"];
+/// The encoders among them (embeddings, not text).
+pub const ENCODER_ARCHITECTURES: &[&str] = &["bert"];
 /// Tensors start at multiples of this within a shard (WebGPU's `minStorageBufferOffsetAlignment` is at most 256).
 pub const TENSOR_ALIGN: u64 = 256;
 
@@ -97,6 +100,34 @@ pub struct ModelConfig {
     /// `blk.N.{attn_output,ffn_up,ffn_down}.bias`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub linear_bias: bool,
+    /// An encoder (BERT): attention over the whole input both ways, each block's norm after its
+    /// residual add (`attn_norm` after attention, `ffn_norm` after the feed-forward), no output
+    /// head; it gives embeddings, pooled as this says, not text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<EncoderConfig>,
+}
+
+/// How an encoder's output becomes one embedding per text (sentence-transformers' pooling).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncoderConfig {
+    pub pooling: Pooling,
+    /// Scaled to unit length (sentence-transformers' `Normalize` module).
+    pub normalize: bool,
+    /// Tokens a text is cut to, its special tokens included (`max_seq_length`).
+    pub max_tokens: usize,
+    /// Rows of `token_types.weight`; every token is of type 0, whose row is added to each embedding.
+    pub token_types: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// The mean of every token's output.
+    Mean,
+    /// The first token's output (`[CLS]`).
+    Cls,
+    /// The last token's output.
+    Last,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -130,6 +161,8 @@ pub enum Activation {
     Silu,
     /// GELU, tanh approximation (GeGLU when gated).
     GeluTanh,
+    /// GELU, exact: `x Φ(x)` with the error function (BERT's `gelu`).
+    Gelu,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -359,6 +392,18 @@ impl ModelConfig {
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("config.{name} must be positive"));
+        }
+        if let Some(e) = &self.encoder {
+            if e.max_tokens == 0 || e.max_tokens > self.context_length || e.token_types == 0 || e.token_types > 1 << 16
+            {
+                return Err(format!(
+                    "encoder.max_tokens {} must be within 1..=context_length {}, and token_types {} within 1..=65536",
+                    e.max_tokens, self.context_length, e.token_types
+                ));
+            }
+            if self.norm != NormKind::Layer || self.position != PositionKind::Learned || self.ffn != FfnKind::Plain {
+                return Err("an encoder has LayerNorm, learned positions and a plain feed-forward".into());
+            }
         }
         if self.n_kv_heads > self.n_heads {
             return Err(format!("config.n_kv_heads {} is more than n_heads {}", self.n_kv_heads, self.n_heads));

@@ -77,6 +77,21 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// An encoder's token ids of `text` (BERT's `[CLS] … [SEP]`: the tokenizer's post-processor),
+    /// cut to `max_tokens` with its special tokens kept, as sentence-transformers cuts it.
+    /// Special-token texts in `text` are tokenized as ordinary text.
+    pub fn encode_for_embedding(&mut self, text: &str, max_tokens: usize) -> Result<Vec<u32>> {
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        inner.set_encode_special_tokens(true);
+        let truncation = tokenizers::TruncationParams { max_length: max_tokens, ..Default::default() };
+        inner.with_truncation(Some(truncation)).map_err(|e| HearthError::Tokenizer(format!("truncation: {e}")))?;
+        let enc = inner.encode_fast(text, true);
+        // Left as loaded for whatever encodes next.
+        let _ = inner.with_truncation(None);
+        let enc = enc.map_err(|e| HearthError::Tokenizer(format!("cannot encode text: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     /// Text of `ids`, special tokens included (a chat template's markers stay visible when asked for).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.read().decode(ids, skip_special).map_err(|e| HearthError::Tokenizer(format!("cannot decode tokens: {e}")))

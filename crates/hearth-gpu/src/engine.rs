@@ -216,6 +216,12 @@ impl GpuEngine {
             return Err(HearthError::UnsupportedArchitecture(m.architecture.clone()));
         }
         c.validate().map_err(|e| HearthError::bad_package(origin, e))?;
+        if c.encoder.is_some() {
+            return Err(HearthError::UnsupportedSource(format!(
+                "{origin}: `{}` is an encoder (embeddings), which the GPU engine does not run yet: use the CPU engine",
+                m.architecture
+            )));
+        }
         let rope = c.rope.clone().filter(|_| c.position == PositionKind::Rope);
         let capacity = max_context.unwrap_or(c.context_length).clamp(1, c.context_length);
         let kv_f16 = ctx.kv_f16;
@@ -347,6 +353,10 @@ impl GpuEngine {
         let ffn_activation = match c.activation {
             ModelActivation::Silu => Activation::Silu,
             ModelActivation::GeluTanh => Activation::GeluTanh,
+            // Only encoders (BERT) use the exact GELU, and they are refused above.
+            ModelActivation::Gelu => {
+                return Err(HearthError::UnsupportedSource("the GPU engine has no exact (erf) GELU yet".into()))
+            }
         };
         for l in 0..c.n_layers {
             let p = |s: &str| format!("blk.{l}.{s}.weight");

@@ -33,6 +33,18 @@ pub fn start() {
     console_error_panic_hook::set_once();
 }
 
+/// Why the browser cannot run `manifest`'s model yet, if it is an encoder (embeddings: natively,
+/// `hearth embed` runs it; the JavaScript API has no `embed()` yet).
+pub(crate) fn encoder_refusal(manifest: &hearth_core::manifest::Manifest) -> Option<String> {
+    manifest.config.encoder.as_ref().map(|_| {
+        format!(
+            "{} is an encoder ({}): it gives embeddings, which the browser API cannot compute yet \
+             (natively: `hearth embed --model DIR TEXT...`)",
+            manifest.name, manifest.architecture
+        )
+    })
+}
+
 /// A JavaScript `Error` whose `name` says what went wrong (the names `docs/WEB.md` lists).
 pub(crate) fn js_error(e: HearthError) -> JsValue {
     let name = match &e {

@@ -6,6 +6,9 @@
 //! - Gemma 2 and 3: names, and RMSNorm weights stored as `w` for `(1 + w)` get the 1 added.
 //! - GPT-2: `Conv1D` weights stored `[in, out]` are transposed; `c_attn` holds Q|K|V side by side.
 //! - BLOOM: `query_key_value` rows are per head (`[head][q, k, v][head_dim]`), regrouped as Q, K, V.
+//! - BERT: names only; the norm after attention's residual add becomes `attn_norm` and the one after
+//!   the feed-forward's `ffn_norm` (an encoder's config says they come after), the token-type
+//!   embeddings `token_types.weight`; the pooler (a classification head) is left out.
 
 use crate::manifest::ModelConfig;
 
@@ -17,6 +20,7 @@ pub(super) enum Family {
     Gemma,
     Gpt2,
     Bloom,
+    Bert,
 }
 
 /// One tensor as the package stores it.
@@ -34,6 +38,12 @@ pub(super) enum Mapping {
     Unknown,
     /// BLOOM's fused Q/K/V whose size does not fit the config.
     BadShape,
+}
+
+/// Whether `hf_name` is a buffer no engine reads, left out before its values are read (BERT's
+/// integer `position_ids`).
+pub(super) fn skipped(family: Family, hf_name: &str) -> bool {
+    family == Family::Bert && hf_name.ends_with("embeddings.position_ids")
 }
 
 /// Map `hf_name` (shape `shape`, values in row-major order) of a `family` model with config `c`.
@@ -68,6 +78,17 @@ pub(super) fn import(family: Family, c: &ModelConfig, hf_name: &str, shape: &[us
                 (shape.to_vec(), values)
             };
             one(gguf, &shape, values)
+        }
+        Family::Bert => {
+            let name = hf_name.strip_prefix("bert.").unwrap_or(hf_name);
+            // The pooler and a masked-LM head: what a sentence encoder does not use.
+            if name.starts_with("pooler.") || name.starts_with("cls.") || skipped(family, name) {
+                return Mapping::Skip;
+            }
+            match bert_name(name) {
+                Some(gguf) => one(gguf, shape, values),
+                None => Mapping::Unknown,
+            }
         }
         Family::Bloom => {
             let name = hf_name.strip_prefix("transformer.").unwrap_or(hf_name);
@@ -192,6 +213,36 @@ fn bloom_name(hf: &str) -> Option<String> {
         _ => return None,
     };
     Some(format!("blk.{layer}.{part}"))
+}
+
+fn bert_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "embeddings.word_embeddings.weight" => Some("token_embd.weight"),
+        "embeddings.position_embeddings.weight" => Some("position_embd.weight"),
+        "embeddings.token_type_embeddings.weight" => Some("token_types.weight"),
+        "embeddings.LayerNorm.weight" => Some("token_embd_norm.weight"),
+        "embeddings.LayerNorm.bias" => Some("token_embd_norm.bias"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("encoder.layer.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, kind) = part.rsplit_once('.')?;
+    let module = match module {
+        "attention.self.query" => "attn_q",
+        "attention.self.key" => "attn_k",
+        "attention.self.value" => "attn_v",
+        "attention.output.dense" => "attn_output",
+        "attention.output.LayerNorm" => "attn_norm",
+        "intermediate.dense" => "ffn_up",
+        "output.dense" => "ffn_down",
+        "output.LayerNorm" => "ffn_norm",
+        _ => return None,
+    };
+    matches!(kind, "weight" | "bias").then(|| format!("blk.{layer}.{module}.{kind}"))
 }
 
 /// `[rows, cols]` → `[cols, rows]`.

@@ -11,8 +11,8 @@ use super::hf_layout::{import, Family, Mapping};
 use super::{add_tensor, encode_f32, ConvertOptions, QuantChoice};
 use crate::error::{HearthError, Result};
 use crate::manifest::{
-    limits, Activation, AlibiConfig, FfnKind, Manifest, ModelConfig, NormKind, PositionKind, RopeConfig, RopeScaling,
-    RopeStyle, SourceInfo, TokenizerInfo,
+    limits, Activation, AlibiConfig, EncoderConfig, FfnKind, Manifest, ModelConfig, NormKind, Pooling, PositionKind,
+    RopeConfig, RopeScaling, RopeStyle, SourceInfo, TokenizerInfo,
 };
 use crate::package::PackageWriter;
 use crate::quant::DType;
@@ -26,7 +26,7 @@ pub(super) fn convert(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<M
     let config_path = dir.join("config.json");
     let hf = read_json(&config_path)?;
     let (architecture, family, config) = model_config(&hf, &config_path)?;
-    let (tokenizer_json, tokenizer_info) = tokenizer(dir)?;
+    let (tokenizer_json, tokenizer_info) = tokenizer(dir, config.encoder.is_some())?;
 
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .map_err(|e| HearthError::io("list", dir, e))?
@@ -46,6 +46,9 @@ pub(super) fn convert(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<M
         let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
         names.sort();
         for hf_name in names {
+            if super::hf_layout::skipped(family, &hf_name) {
+                continue;
+            }
             let view = st.tensor(&hf_name).map_err(|e| HearthError::bad_file(path.display(), e.to_string()))?;
             let values = to_f32(view.dtype(), view.data(), &hf_name)?;
             let t = match import(family, &config, &hf_name, view.shape(), values) {
@@ -138,6 +141,7 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
         "Gemma3ForCausalLM" | "gemma3_text" => ("gemma3", Family::Gemma),
         "GPT2LMHeadModel" | "gpt2" => ("gpt2", Family::Gpt2),
         "BloomForCausalLM" | "bloom" => ("bloom", Family::Bloom),
+        "BertModel" | "bert" => ("bert", Family::Bert),
         _ => return Err(HearthError::UnsupportedArchitecture(arch.to_string())),
     };
     let int = |k: &str| -> Result<usize> {
@@ -231,6 +235,26 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
                 ..base
             }
         }
+        Family::Bert => {
+            let act = hf.get("hidden_act").and_then(Value::as_str).unwrap_or("gelu");
+            let position = hf.get("position_embedding_type").and_then(Value::as_str).unwrap_or("absolute");
+            if act != "gelu" || position != "absolute" {
+                return Err(HearthError::bad_file(
+                    &file,
+                    format!("a BERT with `{act}` activations and `{position}` positions is not supported (`gelu` and `absolute` are)"),
+                ));
+            }
+            let dir = path.parent().unwrap_or(Path::new("."));
+            ModelConfig {
+                norm: NormKind::Layer,
+                norm_eps: float("layer_norm_eps", 1e-12),
+                activation: Activation::Gelu,
+                ffn: FfnKind::Plain,
+                position: PositionKind::Learned,
+                encoder: Some(sentence_transformers(dir, base.context_length, int("type_vocab_size").unwrap_or(2))?),
+                ..base
+            }
+        }
         Family::Gpt2 | Family::Bloom => {
             // GPT-2's "gelu_new" and BLOOM's GELU are the tanh approximation the engines compute.
             let act = hf.get("activation_function").and_then(Value::as_str).unwrap_or("gelu_new");
@@ -252,6 +276,70 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
         }
     };
     Ok((architecture, family, config))
+}
+
+/// How sentence-transformers turns the encoder's outputs into one embedding (`modules.json`: the
+/// Pooling module's `config.json`, a `Normalize` module; `sentence_bert_config.json`'s
+/// `max_seq_length`); without those files, the mean of the outputs, not normalized, at the model's
+/// full context. A module Hearth does not run (a `Dense` projection, max pooling) is refused.
+fn sentence_transformers(dir: &Path, context: usize, token_types: usize) -> Result<EncoderConfig> {
+    let mut config = EncoderConfig { pooling: Pooling::Mean, normalize: false, max_tokens: context, token_types };
+    let modules_path = dir.join("modules.json");
+    if !modules_path.exists() {
+        return Ok(config);
+    }
+    let modules = read_json(&modules_path)?;
+    for module in modules.as_array().into_iter().flatten() {
+        let kind = module.get("type").and_then(Value::as_str).unwrap_or("");
+        match kind.rsplit('.').next().unwrap_or("") {
+            "Transformer" => {}
+            "Normalize" => config.normalize = true,
+            "Pooling" => {
+                let sub = module.get("path").and_then(Value::as_str).unwrap_or("");
+                // A path inside the model's directory only.
+                if sub.contains("..") || sub.starts_with('/') {
+                    return Err(HearthError::bad_file(modules_path.display(), format!("module path `{sub}`")));
+                }
+                let pooling_path = dir.join(sub).join("config.json");
+                let p = read_json(&pooling_path)?;
+                let on = |k: &str| p.get(k).and_then(Value::as_bool) == Some(true);
+                let chosen: Vec<_> = [
+                    ("pooling_mode_mean_tokens", Some(Pooling::Mean)),
+                    ("pooling_mode_cls_token", Some(Pooling::Cls)),
+                    ("pooling_mode_lasttoken", Some(Pooling::Last)),
+                    ("pooling_mode_max_tokens", None),
+                    ("pooling_mode_mean_sqrt_len_tokens", None),
+                    ("pooling_mode_weightedmean_tokens", None),
+                ]
+                .into_iter()
+                .filter(|(k, _)| on(k))
+                .collect();
+                match chosen[..] {
+                    [(_, Some(pooling))] => config.pooling = pooling,
+                    _ => {
+                        let modes: Vec<_> = chosen.iter().map(|(k, _)| *k).collect();
+                        return Err(HearthError::bad_file(
+                            pooling_path.display(),
+                            format!("pooling {modes:?} is not supported (one of mean, CLS or last token is)"),
+                        ));
+                    }
+                }
+            }
+            _ => {
+                return Err(HearthError::bad_file(
+                    modules_path.display(),
+                    format!("the sentence-transformers module `{kind}` is not supported"),
+                ))
+            }
+        }
+    }
+    let st_path = dir.join("sentence_bert_config.json");
+    if st_path.exists() {
+        if let Some(n) = read_json(&st_path)?.get("max_seq_length").and_then(Value::as_u64) {
+            config.max_tokens = (n as usize).clamp(1, context);
+        }
+    }
+    Ok(config)
 }
 
 /// SmolLM3's layers without RoPE: where `no_rope_layers` (one flag per layer, 1 = rotate) holds
@@ -354,11 +442,18 @@ fn rope_scaling(hf: &Value, file: &str) -> Result<Option<RopeScaling>> {
 
 /// The directory's `tokenizer.json` without its post-processor (Hearth adds bos itself, as the
 /// manifest says), and the special tokens from `tokenizer_config.json` / `generation_config.json`.
-fn tokenizer(dir: &Path) -> Result<(String, TokenizerInfo)> {
+/// An encoder's keeps its post-processor (BERT's `[CLS] … [SEP]`) and loses its truncation and
+/// padding (the manifest's `max_tokens` cuts texts).
+fn tokenizer(dir: &Path, encoder: bool) -> Result<(String, TokenizerInfo)> {
     let tok_path = dir.join("tokenizer.json");
     let mut tok = read_json(&tok_path)?;
     let post = tok.get("post_processor").cloned().unwrap_or(Value::Null);
-    tok["post_processor"] = Value::Null;
+    if encoder {
+        tok["truncation"] = Value::Null;
+        tok["padding"] = Value::Null;
+    } else {
+        tok["post_processor"] = Value::Null;
+    }
     let json = tok.to_string();
     let parsed = tokenizers::Tokenizer::from_bytes(json.as_bytes())
         .map_err(|e| HearthError::Tokenizer(format!("{} does not load: {e}", tok_path.display())))?;

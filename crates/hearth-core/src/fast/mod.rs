@@ -115,6 +115,7 @@ impl Products for Quantized {
         match kind {
             Activation::Silu => cpu::silu,
             Activation::GeluTanh => gelu::gelu_f16,
+            Activation::Gelu => cpu::gelu,
         }
     }
 

@@ -133,3 +133,15 @@ pub fn split_ggufs() -> Vec<(Vec<PathBuf>, PathBuf)> {
         })
         .clone()
 }
+
+/// all-MiniLM-L6-v2 as a Transformers directory (`scripts/fetch-minilm.sh`, run if needed).
+pub fn minilm_dir() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let root = repo_root();
+        let status = Command::new("bash").arg(root.join("scripts/fetch-minilm.sh")).status().expect("run the script");
+        assert!(status.success(), "scripts/fetch-minilm.sh failed");
+        root.join(".cache/models/all-MiniLM-L6-v2")
+    })
+    .clone()
+}
