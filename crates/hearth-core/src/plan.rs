@@ -60,7 +60,9 @@ impl CpuPlan {
         cache_at: fn(&crate::manifest::ModelConfig, usize) -> u64,
     ) -> Result<Self> {
         let (positions, weights) = positions_and_weights(manifest, max_context)?;
-        Ok(CpuPlan { positions, weights, cache: cache_at(&manifest.config, positions) })
+        // An encoder keeps nothing between texts (`Engine::embed` stores no keys).
+        let cache = if manifest.config.encoder.is_some() { 0 } else { cache_at(&manifest.config, positions) };
+        Ok(CpuPlan { positions, weights, cache })
     }
 
     /// Weights, cache and working memory together (saturating: a sum past 2^64 is past any limit).

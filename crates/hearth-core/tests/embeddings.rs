@@ -29,6 +29,9 @@ fn minilm_embeds_as_sentence_transformers_does() {
     let encoder = manifest.config.encoder.clone().expect("an encoder");
     assert_eq!(encoder.max_tokens as u64, fixture["max_seq_length"].as_u64().unwrap());
     assert!(encoder.normalize);
+    // What a load is sized for: no KV cache (embed keeps nothing between texts).
+    let (_, cpu, _) = hearth_core::plan::ModelSizes::plan(&manifest, None, false, 64).unwrap();
+    assert_eq!(cpu.cache, 0);
 
     let mut model = Model::open(&dir).unwrap();
     let mut engine = CpuEngine::from_package(&model.package).unwrap();
