@@ -437,15 +437,19 @@ impl<P: Products> Engine<P> {
     /// Run `tokens` at the next positions. Returns the logits of the last token, or of every token
     /// (`[tokens.len() * vocab]`) with `all_logits`.
     pub fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
-        // Natively the whole pass runs on a worker of the thread pool: each parallel product is
-        // then shared from inside the pool with workers that are spinning between products, where
-        // from outside it every product would wake a worker and put this thread to sleep and wake
-        // it again (~150 times a SmolLM2 step). One thread never leaves the caller.
+        self.in_pool(|engine| engine.forward_here(tokens, all_logits))
+    }
+
+    /// `pass` of this engine: natively on a worker of the thread pool, where each parallel product
+    /// is then shared from inside the pool with workers that are spinning between products (from
+    /// outside it every product would wake a worker and put this thread to sleep and wake it again,
+    /// ~150 times a SmolLM2 step). One thread never leaves the caller.
+    fn in_pool<R: Send>(&mut self, pass: impl FnOnce(&mut Self) -> R + Send) -> R {
         #[cfg(all(feature = "parallel", not(target_arch = "wasm32")))]
         if rayon::current_thread_index().is_none() && rayon::current_num_threads() > 1 {
-            return rayon::scope(|_| self.forward_here(tokens, all_logits));
+            return rayon::scope(|_| pass(self));
         }
-        self.forward_here(tokens, all_logits)
+        pass(self)
     }
 
     /// `forward` on the calling thread.
@@ -494,14 +498,7 @@ impl<P: Products> Engine<P> {
                 e.max_tokens
             )));
         }
-        #[cfg(all(feature = "parallel", not(target_arch = "wasm32")))]
-        let x = if rayon::current_thread_index().is_none() && rayon::current_num_threads() > 1 {
-            rayon::scope(|_| self.hidden_states(tokens))?
-        } else {
-            self.hidden_states(tokens)?
-        };
-        #[cfg(not(all(feature = "parallel", not(target_arch = "wasm32"))))]
-        let x = self.hidden_states(tokens)?;
+        let x = self.in_pool(|engine| engine.hidden_states(tokens))?;
         Ok(pool(&x, self.config.hidden_size, e.pooling, e.normalize))
     }
 
