@@ -100,7 +100,7 @@ export async function storeGguf(hrefs, key, options, signal) {
     // this one is whole, unless the origin has no room for both, as a package's update does.
     // Whatever else this URL stored goes; the room the rest needs is checked.
     previous = complete && !madeFrom(complete, planned) ? versionOf(complete) : undefined;
-    const keep = () => new Set([...hashes.filter(Boolean), ...hashesOf(previous)]);
+    const keep = () => new Set([...hashes.filter(Boolean), ...store.hashesOf(previous)]);
     await store.deleteStaleShards(key, keep());
     const missing = manifest.shards.slice(first).reduce((n, s) => n + s.size, 0);
     const tokenizerText = converter.tokenizerJson();
@@ -255,14 +255,11 @@ function versionOf(record) {
   return version;
 }
 
-/** The shards' hashes of a stored version (none for undefined). */
-const hashesOf = (version) => (version ? store.shardsOf(version.manifestText).map((s) => s.sha256) : []);
-
 /** Undoes a conversion: back to the version stored before it, or nothing where there was none. */
 async function dropConversion(key, previous) {
   if (!previous) return store.deleteModel(key);
   await store.putModel({ url: key, ...previous });
-  await store.deleteStaleShards(key, new Set(hashesOf(previous)));
+  await store.deleteStaleShards(key, new Set(store.hashesOf(previous)));
 }
 
 /** `e` as a HearthError (fetch's wrapper would call anything else a network failure). */

@@ -361,7 +361,7 @@ async function loadPackage(url, options, signal) {
         const { name, manifestText: text, tokenizerText: tokens, storedAt } = usable;
         previous = { name, manifestText: text, tokenizerText: tokens, storedAt };
       }
-      const keep = (version) => new Set([...hashes, ...(version ? store.shardsOf(version.manifestText).map((s) => s.sha256) : [])]);
+      const keep = (version) => new Set([...hashes, ...store.hashesOf(version)]);
       await store.deleteStaleShards(url, keep(previous));
       const needed = storageNeeded(manifest, manifestText, download.total);
       if (missing.length > 0) {

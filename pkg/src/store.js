@@ -124,6 +124,9 @@ export function shardsOf(manifestText) {
   }
 }
 
+/** The shards' hashes of a stored version (none for undefined). */
+export const hashesOf = (version) => (version ? shardsOf(version.manifestText).map((s) => s.sha256) : []);
+
 /** A record's versions, newest first: the one being stored, then the complete one it replaces. */
 const versions = (record) => (record ? [record, record.previous].filter(Boolean) : []);
 

@@ -16,7 +16,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import crypto from "node:crypto";
-import { assertSameGreedyText, HEARTH, launch, MINUTES, openPage, ROOT, serve, SMOLLM2, storedShards, tinyPackage } from "./harness.mjs";
+import { assertSameGreedyText, HEARTH, launch, MINUTES, openPage, ROOT, serve, SMOLLM2, storedRecord, storedShards, tinyPackage } from "./harness.mjs";
 
 const MiB = 2 ** 20;
 const SMOLLM2_GGUF = path.join(ROOT, ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -258,20 +258,12 @@ test("load() of SmolLM2's GGUF: converted into the store shard for shard as hear
     assert.equal(update.listed[0].complete, true, "the old version still loads");
     assert.equal(update.text, second.fromGguf);
     server.hooks.cut.clear();
-    const record = await page.evaluate(async (url) => {
+    await page.evaluate(async (url) => {
       const engine = await Hearth.load(url, { backend: "cpu" });
       await engine.dispose();
-      return new Promise((resolve, reject) => {
-        const open = indexedDB.open("hearth");
-        open.onerror = () => reject(open.error);
-        open.onsuccess = () => {
-          const get = open.result.transaction("models").objectStore("models").get(new URL(url + "/", location.href).href);
-          get.onsuccess = () => resolve({ previous: "previous" in get.result, validator: get.result.gguf.validator });
-          get.onerror = () => reject(get.error);
-        };
-      });
     }, ggufPath);
-    assert.deepEqual(record, { previous: false, validator: newVersion.toUTCString() });
+    const record = await storedRecord(page, key);
+    assert.deepEqual({ previous: "previous" in record, validator: record.gguf.validator }, { previous: false, validator: newVersion.toUTCString() });
     assert.deepEqual((await storedShards(page, key)).map((s) => s.sha256), pkg.shards.map((s) => s.sha256));
   } finally {
     server.hooks.cut.clear();

@@ -177,8 +177,8 @@ export function shardFiles(dir) {
   return JSON.parse(fs.readFileSync(path.join(dir, "manifest.json"), "utf8")).shards.map((s) => s.file);
 }
 
-/** The manifest shards of the model stored under `key`, read from the page's IndexedDB. */
-export const storedShards = (page, key) =>
+/** The record of the model stored under `key` (store.js's "models"), read from the page's IndexedDB. */
+export const storedRecord = (page, key) =>
   page.evaluate(
     (key) =>
       new Promise((resolve, reject) => {
@@ -186,9 +186,12 @@ export const storedShards = (page, key) =>
         open.onerror = () => reject(open.error);
         open.onsuccess = () => {
           const get = open.result.transaction("models").objectStore("models").get(key);
-          get.onsuccess = () => (get.result ? resolve(JSON.parse(get.result.manifestText).shards) : reject(new Error(`nothing stored under ${key}`)));
+          get.onsuccess = () => (get.result ? resolve(get.result) : reject(new Error(`nothing stored under ${key}`)));
           get.onerror = () => reject(get.error);
         };
       }),
     key,
   );
+
+/** The manifest shards of the model stored under `key`. */
+export const storedShards = async (page, key) => JSON.parse((await storedRecord(page, key)).manifestText).shards;
