@@ -339,6 +339,60 @@ export interface EngineInfo {
   vocabSize: number;
   /** GPU memory of weights and KV cache, in bytes (0 on the CPU engine). */
   gpuBytes: number;
+  /** Present for an encoder (embeddings: {@link Engine.embed}); absent for a decoder, which generates text. */
+  embedding?: EmbeddingInfo;
+}
+
+/** What an encoder's embeddings are. */
+export interface EmbeddingInfo {
+  /** Numbers in each embedding. */
+  dimensions: number;
+  /** How the tokens' outputs become one vector (sentence-transformers' pooling). */
+  pooling: "mean" | "cls" | "last";
+  /** Whether embeddings are scaled to unit length unless `{normalize}` says otherwise. */
+  normalize: boolean;
+  /** Tokens of a text that count, special tokens included; the rest is cut, as sentence-transformers cuts it. */
+  maxTokens: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embeddings
+
+export interface EmbedOptions {
+  /** Scale each embedding to unit length (default: as the model says, {@link EmbeddingInfo.normalize}). */
+  normalize?: boolean;
+  /** Stops between texts: the call rejects with an `AbortError`. */
+  signal?: AbortSignal;
+}
+
+/** Request of {@link Embeddings.create}, as in OpenAI's API; a field not declared here is refused. */
+export interface EmbeddingRequest {
+  /** A text or texts (token ids are refused). */
+  input: string | string[];
+  /** Reported back as the loaded model's name, whatever it says (one engine, one model). */
+  model?: string;
+  /** `"float"` (default): arrays of numbers; `"base64"`: each embedding's little-endian float32 bytes in base64. */
+  encoding_format?: "float" | "base64";
+  /** Must equal the model's {@link EmbeddingInfo.dimensions} when given (no model here is trained to be shortened). */
+  dimensions?: number;
+  user?: string;
+  signal?: AbortSignal;
+}
+
+export interface EmbeddingResponse {
+  object: "list";
+  data: { object: "embedding"; index: number; embedding: number[] | string }[];
+  model: string;
+  /** Tokens that counted, over all texts (cut texts count their first `maxTokens`). */
+  usage: { prompt_tokens: number; total_tokens: number };
+}
+
+export interface Embeddings {
+  /**
+   * @throws {UnsupportedModelError} the model is a decoder (it generates text)
+   * @throws {InvalidArgumentError} a field of the wrong type, or not supported
+   */
+  create(request: EmbeddingRequest): Promise<EmbeddingResponse>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -456,6 +510,16 @@ export interface Engine {
    */
   countTokens(input: string | ChatMessage[], options?: GenerateOptions): Promise<number>;
   readonly chat: { readonly completions: ChatCompletions };
+  /**
+   * An encoder's embeddings of `texts`, one per text in order. Each text is cut to the model's
+   * {@link EmbeddingInfo.maxTokens}. Queued behind earlier calls, like them.
+   * @throws {UnsupportedModelError} the model is a decoder (it generates text); an encoder's
+   *   {@link generate} throws it the other way round
+   * @throws {InvalidArgumentError} texts that are not a string or a non-empty array of strings
+   */
+  embed(texts: string | string[], options?: EmbedOptions): Promise<Float32Array[]>;
+  /** OpenAI-style embeddings: `engine.embeddings.create({input, model})`. */
+  readonly embeddings: Embeddings;
   /** Waits for the calls already made, then frees the GPU memory; later calls throw {@link EngineDisposedError}. */
   dispose(): Promise<void>;
 }
@@ -468,6 +532,8 @@ export declare class HearthEngine implements Engine {
   stream(input: string | ChatMessage[], options?: GenerateOptions): GenerationStream;
   countTokens(input: string | ChatMessage[], options?: GenerateOptions): Promise<number>;
   readonly chat: { readonly completions: ChatCompletions };
+  embed(texts: string | string[], options?: EmbedOptions): Promise<Float32Array[]>;
+  readonly embeddings: Embeddings;
   dispose(): Promise<void>;
 }
 

@@ -1,7 +1,8 @@
 // Entry of the module Web Worker behind Hearth.loadInWorker() (src/worker-proxy.js holds the other
 // end). It loads one model and answers calls by id:
 //   in:  {id, type: "load", url, options} | {id, type: "generate", input, options}
-//        | {id, type: "countTokens", input, options} | {id, type: "dispose"}
+//        | {id, type: "countTokens", input, options} | {id, type: "embed", texts, options}
+//        | {id, type: "dispose"}
 //        | {id, type: "abort"} (aborts call `id`)
 //   out: {id, type: "progress", progress} | {id, type: "chunk", chunk} (text, {tool_calls} or {logprobs})
 //        | {id, type: "disposing"} (a dispose request was received)
@@ -11,6 +12,7 @@
 
 import { load } from "./src/load.js";
 import { watchTemplates } from "./src/engine.js";
+import { EMBED } from "./src/embeddings.js";
 import { EngineDisposedError, toPlain } from "./src/errors.js";
 
 watchTemplates({
@@ -37,6 +39,9 @@ async function handle(data, signal, post) {
     case "countTokens":
       if (!engine) throw new EngineDisposedError();
       return engine.countTokens(data.input, { ...data.options, signal });
+    case "embed":
+      if (!engine) throw new EngineDisposedError();
+      return engine[EMBED](data.texts, { ...data.options, signal });
     case "dispose":
       // Answered at once, so the page knows this worker is not stuck (src/worker-proxy.js).
       post({ type: "disposing" });

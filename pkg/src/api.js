@@ -1,11 +1,13 @@
 // What the main-thread engine and the worker proxy answer the same way: `info`, `generate` (the
-// result of a stream), `stream`, `countTokens` and `chat.completions`. Each supplies what differs:
-// how a generation runs, `run(input, options, push, signal)`, resolving with generate()'s result,
-// and how a prompt is counted, `count(input, options)`, resolving with its number of tokens.
+// result of a stream), `stream`, `countTokens`, `chat.completions`, `embed` and `embeddings`. Each
+// supplies what differs: how a generation runs, `run(input, options, push, signal)`, resolving with
+// generate()'s result, how a prompt is counted, `count(input, options)`, resolving with its number
+// of tokens, and how texts are embedded, `[EMBED](texts, {normalize, signal})` (embeddings.js).
 
 import { signalOf } from "./options.js";
 import { TextStream } from "./stream.js";
 import { createChat } from "./chat.js";
+import { createEmbeddings, embedOptions, embedTexts, EMBED } from "./embeddings.js";
 
 export class EngineApi {
   #info;
@@ -18,6 +20,18 @@ export class EngineApi {
     this.#count = count;
     /** OpenAI-style chat completions: `engine.chat.completions.create({messages, ...})`. */
     this.chat = createChat(this);
+    /** OpenAI-style embeddings of an encoder: `engine.embeddings.create({input, model})`. */
+    this.embeddings = createEmbeddings(this);
+  }
+
+  /**
+   * An encoder's embeddings of `texts` (a string or an array of strings), one Float32Array each, in
+   * order; `options.normalize` scales them to unit length or not (default: as the model says, see
+   * `info.embedding`). Queued behind the calls made before it.
+   */
+  async embed(texts, options) {
+    const list = embedTexts(texts);
+    return (await this[EMBED](list, embedOptions(options))).embeddings;
   }
 
   /** What was loaded and where it runs: {name, architecture, adapter, kvF16, software, ...}. */

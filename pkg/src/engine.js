@@ -6,6 +6,10 @@ import { EngineDisposedError, abortError, fromWasm, raceAbort } from "./errors.j
 import { buildRequest, signalOf } from "./options.js";
 import { EngineApi } from "./api.js";
 import { randomHex } from "./chat.js";
+import { EMBED } from "./embeddings.js";
+
+/** Milliseconds of embedding between two returns to the event loop (so an abort, or the page, gets in). */
+const EMBED_SLICE_MS = 50;
 
 /** wasm-bindgen values as plain JSON-like data (Maps to objects, typed arrays to arrays). */
 export function plain(value) {
@@ -138,6 +142,31 @@ export class HearthEngine extends EngineApi {
     const release = await this.#acquire(signalOf(options));
     try {
       return rendering(request, () => this.#engine.countTokens(request));
+    } catch (e) {
+      throw this.#fail(e);
+    } finally {
+      release();
+    }
+  }
+
+  /** Each text in its own wasm call; `options` as embeddings.js's embedOptions gives them. */
+  async [EMBED](texts, { normalize, signal }) {
+    const release = await this.#acquire(signal);
+    try {
+      const embeddings = [];
+      const tokens = [];
+      let slice = performance.now();
+      for (const text of texts) {
+        if (performance.now() - slice > EMBED_SLICE_MS) {
+          await new Promise((resolve) => setTimeout(resolve, 0));
+          slice = performance.now();
+        }
+        if (signal?.aborted) throw abortError(signal);
+        const r = this.#engine.embed(text, normalize);
+        embeddings.push(r.embedding);
+        tokens.push(r.tokens);
+      }
+      return { embeddings, tokens };
     } catch (e) {
       throw this.#fail(e);
     } finally {

@@ -62,6 +62,15 @@ export async function chooseBackend(requested = "auto") {
   return { ...chooseFrom(gpu, requested), label: gpu.label };
 }
 
+/**
+ * `choice` (chooseBackend's) for `manifest`'s model: "auto" takes the CPU engine for an encoder
+ * (embeddings), which the WebGPU engine does not run yet, whatever the adapter.
+ */
+export function backendFor(choice, requested, manifest) {
+  if (requested !== "auto" || !manifest?.config?.encoder) return choice;
+  return { backend: "cpu", reason: "an encoder (embeddings), which only the CPU engine runs yet", label: "" };
+}
+
 function chooseFrom(gpu, requested) {
   if (requested === "webgpu") return { backend: "webgpu", reason: "backend: \"webgpu\" was asked for" };
   if (!gpu.adapter) return { backend: "cpu", reason: gpu.reason };

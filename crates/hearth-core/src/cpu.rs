@@ -486,6 +486,12 @@ impl<P: Products> Engine<P> {
     /// An encoder's embedding of `tokens` (one text, its special tokens included), pooled and
     /// normalized as its config says. Each call stands alone: nothing is cached.
     pub fn embed(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.embed_with(tokens, None)
+    }
+
+    /// `embed`, scaled to unit length or not as `normalize` says (None: as the model's config says;
+    /// the browser API's `{normalize}`).
+    pub fn embed_with(&mut self, tokens: &[u32], normalize: Option<bool>) -> Result<Vec<f32>> {
         let Some(e) = self.config.encoder.clone() else {
             return Err(HearthError::InvalidArgument(
                 "this model is a decoder: it generates text, and gives no embeddings".into(),
@@ -499,7 +505,7 @@ impl<P: Products> Engine<P> {
             )));
         }
         let x = self.in_pool(|engine| engine.hidden_states(tokens))?;
-        Ok(pool(&x, self.config.hidden_size, e.pooling, e.normalize))
+        Ok(pool(&x, self.config.hidden_size, e.pooling, normalize.unwrap_or(e.normalize)))
     }
 
     /// Every token's output of the last layer (`[n][hidden]`): a decoder's at the next positions

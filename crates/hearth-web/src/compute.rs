@@ -5,7 +5,7 @@
 use hearth_core::fast::FastEngine;
 use hearth_core::generate::{Backend as _, Generation};
 use hearth_core::logprobs::StepLogprobs;
-use hearth_core::Result;
+use hearth_core::{HearthError, Result};
 use hearth_gpu::GpuEngine;
 
 /// Both engines are large; boxed, the enum is a pointer and a tag.
@@ -45,6 +45,17 @@ impl Compute {
                     None => (engine.forward_sample(input.tokens, input.sampler, input.history)?, None),
                 }))
             }
+        }
+    }
+
+    /// An encoder's embedding of `ids` (one text), normalized as `normalize` says (None: as the
+    /// model's config says). Only the CPU engine runs encoders yet; the loader keeps them off the GPU.
+    pub fn embed(&mut self, ids: &[u32], normalize: Option<bool>) -> Result<Vec<f32>> {
+        match self {
+            Compute::Gpu(_) => Err(HearthError::UnsupportedSource(
+                "the WebGPU engine does not run encoders yet: load the model with backend \"cpu\"".into(),
+            )),
+            Compute::Cpu { engine, .. } => engine.embed_with(ids, normalize),
         }
     }
 

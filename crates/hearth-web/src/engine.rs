@@ -8,7 +8,7 @@ use hearth_core::chat::ChatMessage;
 use hearth_core::constrain::ResponseFormat;
 use hearth_core::generate::{FinishReason, GenerateRequest, Generation, PromptCache, Usage};
 use hearth_core::logprobs::TokenLogprob;
-use hearth_core::manifest::Manifest;
+use hearth_core::manifest::{EncoderConfig, Manifest, Pooling};
 use hearth_core::model::Prompter;
 use hearth_core::sampling::SamplingParams;
 use hearth_core::tools::{ToolCallParser, ToolDelta, Tools};
@@ -96,6 +96,22 @@ struct Info {
     chat_template: bool,
     /// Weights plus KV cache, in bytes.
     gpu_bytes: u64,
+    /// An encoder's embeddings (`embed()`); absent for a decoder, which generates text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    embedding: Option<EmbeddingInfo>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EmbeddingInfo {
+    /// Numbers in each embedding.
+    dimensions: usize,
+    /// How the tokens' outputs become one vector: `"mean"`, `"cls"` or `"last"`.
+    pooling: Pooling,
+    /// Whether embeddings are scaled to unit length unless `{normalize}` says otherwise.
+    normalize: bool,
+    /// Tokens of a text that count (special tokens included); the rest is cut, as sentence-transformers does.
+    max_tokens: usize,
 }
 
 struct State {
@@ -118,6 +134,8 @@ pub struct Engine {
     /// `cancel()` arrived during a step: drop the generation when it ends.
     cancelled: Rc<Cell<bool>>,
     info: Info,
+    /// What `embed` needs of an encoder; None for a decoder.
+    encoder: Option<EncoderConfig>,
 }
 
 impl Engine {
@@ -136,6 +154,12 @@ impl Engine {
             vocab_size: c.vocab_size,
             chat_template: prompter.has_chat_template(),
             gpu_bytes: 0,
+            embedding: c.encoder.as_ref().map(|e| EmbeddingInfo {
+                dimensions: c.hidden_size,
+                pooling: e.pooling,
+                normalize: e.normalize,
+                max_tokens: e.max_tokens,
+            }),
         };
         let info = match &compute {
             Compute::Gpu(gpu) => Info {
@@ -157,7 +181,8 @@ impl Engine {
             logprobs_sent: 0,
             prompt_cache: PromptCache::default(),
         };
-        Engine { state: Rc::new(RefCell::new(Some(state))), cancelled: Rc::new(Cell::new(false)), info }
+        let encoder = manifest.config.encoder.clone();
+        Engine { state: Rc::new(RefCell::new(Some(state))), cancelled: Rc::new(Cell::new(false)), info, encoder }
     }
 }
 
@@ -173,6 +198,15 @@ impl Engine {
 
     /// Start a generation (replacing any unfinished one); returns `{ promptTokens }`.
     pub fn begin(&self, request: JsValue) -> Result<JsValue, JsValue> {
+        if self.encoder.is_some() {
+            return Err(named_error(
+                "UnsupportedModelError",
+                &format!(
+                    "{} is an encoder: it gives embeddings (engine.embed, engine.embeddings.create), not generated text",
+                    self.info.name
+                ),
+            ));
+        }
         let req = parse_request(&request)?;
         let mut slot = self.state.try_borrow_mut().map_err(|_| busy())?;
         let state = slot.as_mut().ok_or_else(busy)?;
@@ -228,6 +262,27 @@ impl Engine {
             *slot.borrow_mut() = Some(state);
             result
         })
+    }
+
+    /// An encoder's embedding of `text`, cut to its `maxTokens` as sentence-transformers cuts it and
+    /// pooled as the model says; scaled to unit length when `normalize` says so (undefined: as the
+    /// model says). Returns `{ embedding: Float32Array, tokens }` (tokens: those that counted).
+    pub fn embed(&self, text: String, normalize: Option<bool>) -> Result<JsValue, JsValue> {
+        let Some(encoder) = &self.encoder else {
+            return Err(named_error(
+                "UnsupportedModelError",
+                &format!("{} is a decoder: it generates text, and gives no embeddings", self.info.name),
+            ));
+        };
+        let mut slot = self.state.try_borrow_mut().map_err(|_| busy())?;
+        let state = slot.as_mut().ok_or_else(busy)?;
+        let ids = state.prompter.tokenizer.encode_for_embedding(&text, encoder.max_tokens).map_err(js_error)?;
+        let embedding = state.compute.embed(&ids, normalize).map_err(js_error)?;
+        let out = js_sys::Object::new();
+        let set = |key: &str, value: &JsValue| js_sys::Reflect::set(&out, &key.into(), value);
+        set("embedding", &js_sys::Float32Array::from(&embedding[..]).into())?;
+        set("tokens", &(ids.len() as f64).into())?;
+        Ok(out.into())
     }
 
     /// Tokens of the request's prompt, encoded exactly as `begin` encodes it (`messages` through the

@@ -33,13 +33,13 @@ pub fn start() {
     console_error_panic_hook::set_once();
 }
 
-/// Why the browser cannot run `manifest`'s model yet, if it is an encoder (embeddings: natively,
-/// `hearth embed` runs it; the JavaScript API has no `embed()` yet).
-pub(crate) fn encoder_refusal(manifest: &hearth_core::manifest::Manifest) -> Option<String> {
+/// Why the browser's WebGPU engine cannot run `manifest`'s model yet, if it is an encoder
+/// (embeddings: the CPU engine runs those, in the browser as natively).
+pub(crate) fn encoder_gpu_refusal(manifest: &hearth_core::manifest::Manifest) -> Option<String> {
     manifest.config.encoder.as_ref().map(|_| {
         format!(
-            "{} is an encoder ({}): it gives embeddings, which the browser API cannot compute yet \
-             (natively: `hearth embed --model DIR TEXT...`)",
+            "{} is an encoder ({}): the WebGPU engine does not compute embeddings yet; \
+             load it with backend \"cpu\" (or \"auto\", which takes the CPU engine for encoders)",
             manifest.name, manifest.architecture
         )
     })

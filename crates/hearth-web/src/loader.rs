@@ -78,9 +78,6 @@ impl Loader {
             serde_wasm_bindgen::from_value(options).map_err(|e| named_error("InvalidArgumentError", &e.to_string()))?
         };
         let manifest = parse_manifest(manifest_text.as_bytes(), "manifest.json").map_err(js_error)?;
-        if let Some(why) = crate::encoder_refusal(&manifest) {
-            return Err(named_error("UnsupportedModelError", &why));
-        }
         let info = manifest.tokenizer.clone();
         let prompter = Prompter::new(&manifest.name, tokenizer_text.as_bytes(), info).map_err(js_error)?;
         let pending = match options.backend {
@@ -89,6 +86,10 @@ impl Loader {
                 Pending::Cpu(Box::new(ShardAssembler::new(manifest.clone()).map_err(js_error)?))
             }
             BackendChoice::Webgpu => {
+                // Before the device is opened.
+                if let Some(why) = crate::encoder_gpu_refusal(&manifest) {
+                    return Err(named_error("UnsupportedModelError", &why));
+                }
                 let ctx = GpuContext::new_async()
                     .await
                     .map_err(js_error)?
