@@ -64,11 +64,13 @@ export async function chooseBackend(requested = "auto") {
 
 /**
  * `choice` (chooseBackend's) for `manifest`'s model: "auto" takes the CPU engine for an encoder
- * (embeddings), which the WebGPU engine does not run yet, whatever the adapter.
+ * (embeddings) or a mixture of experts, which the WebGPU engine does not run yet, whatever the adapter.
  */
 export function backendFor(choice, requested, manifest) {
-  if (requested !== "auto" || !manifest?.config?.encoder) return choice;
-  return { backend: "cpu", reason: "an encoder (embeddings), which only the CPU engine runs yet", label: "" };
+  const config = manifest?.config;
+  if (requested !== "auto" || !(config?.encoder || config?.moe)) return choice;
+  const what = config.encoder ? "an encoder (embeddings)" : "a mixture of experts";
+  return { backend: "cpu", reason: `${what}, which only the CPU engine runs yet`, label: "" };
 }
 
 function chooseFrom(gpu, requested) {

@@ -9,7 +9,9 @@
 // Gemma 3 (local layers with a window of 8 and their own RoPE base between global ones, QK-norm,
 // post-norms, GeGLU); BLOOM (ALiBi over 6 heads, LayerNorm, embedding norm, biases) and GPT-2
 // (learned positions). Then the real Gemma 3 270M, whose first greedy tokens must be llama.cpp's.
-// Both engines: the GPU engine on SwiftShader and the CPU engine in wasm.
+// Both engines: the GPU engine on SwiftShader and the CPU engine in wasm. Mixtures of experts
+// (Mixtral, Qwen2-MoE with its shared expert, Qwen3-MoE) on the CPU engine, which `auto` takes for
+// them; the GPU engine refuses them by name.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -18,6 +20,7 @@ import path from "node:path";
 import { assertSameGreedy, gemma3Package, launch, serve, openPage, nativeGenerate, tinyPackage, MINUTES, ROOT } from "./harness.mjs";
 
 const MODELS = ["llama_rope_freqs", "llama_q5_k_m", "qwen2", "qwen2_yarn", "qwen3", "smollm3", "phi3", "mistral_swa", "gemma2", "gemma3", "bloom", "gpt2"];
+const MIXTURES = ["mixtral", "qwen2moe", "qwen3moe"];
 const PROMPT = "the cat sat on the mat";
 const MAX_TOKENS = 40;
 
@@ -26,7 +29,7 @@ let server;
 const packages = {};
 
 before(async () => {
-  for (const name of MODELS) packages[name] = tinyPackage(name);
+  for (const name of [...MODELS, ...MIXTURES]) packages[name] = tinyPackage(name);
   packages["gemma3-270m"] = gemma3Package();
   server = await serve(packages);
   browser = await launch();
@@ -111,6 +114,40 @@ for (const { backend, native: nativeBackend } of ENGINES) {
     assert.deepEqual(got.ids, reference.greedy_ids.slice(0, 8), "llama.cpp's first 8 greedy tokens");
     if (backend === "webgpu") assert.deepEqual(got.ids, native.ids);
     else assertSameGreedy(got.ids, native, "Gemma 3 270M on the CPU");
+    assert.deepEqual(consoleErrors, []);
+    await context.close();
+  });
+}
+
+for (const name of MIXTURES) {
+  test(`${name} (a mixture of experts): auto takes the CPU engine, which gives the native greedy ids; webgpu is refused by name`, { timeout: 3 * MINUTES }, async () => {
+    const native = nativeGenerate({ model: packages[name], prompt: PROMPT, maxTokens: MAX_TOKENS, kvCache: "f32", backend: "cpu", margins: true });
+    const { context, page, consoleErrors } = await openPage(browser, server);
+    const got = await page.evaluate(
+      async ({ url, prompt, maxTokens }) => {
+        const engine = await Hearth.load(url, { cache: false });
+        const r = await engine.generate(prompt, { max_tokens: maxTokens });
+        const info = engine.info;
+        await engine.dispose();
+        const refused = await Hearth.load(url, { cache: false, backend: "webgpu" }).then(
+          (e) => e.dispose().then(() => null),
+          (e) => ({ name: e.name, message: e.message }),
+        );
+        return { ids: r.ids, prompt_ids: r.prompt_ids, text: r.text, info, refused };
+      },
+      { url: `/models/${name}/`, prompt: PROMPT, maxTokens: MAX_TOKENS },
+    );
+    const fixture = JSON.parse(fs.readFileSync(path.join(ROOT, `tests/fixtures/tiny/${name}.json`), "utf8"));
+    assert.equal(got.info.architecture, fixture.arch);
+    assert.equal(got.info.backend, "cpu");
+    assert.match(got.info.backendReason, /a mixture of experts/);
+    assert.deepEqual(got.prompt_ids, native.prompt_ids);
+    // The CPU engines round differently (wasm SIMD128 and native AVX2): equal up to a near-tie.
+    if (assertSameGreedy(got.ids, native, `${name}: browser ids differ from \`hearth generate --backend cpu\``) === native.ids.length) {
+      assert.equal(got.text, native.text);
+    }
+    assert.equal(got.refused?.name, "UnsupportedModelError", JSON.stringify(got.refused));
+    assert.match(got.refused.message, /is a mixture of experts, which the WebGPU engine does not run yet/);
     assert.deepEqual(consoleErrors, []);
     await context.close();
   });

@@ -200,7 +200,7 @@ test("an encoder (all-MiniLM-L6-v2, embeddings): inspect() sizes it for the CPU 
   assert.equal(got.auto.backend, "cpu");
   assert.match(got.auto.backendReason, /an encoder/);
   assert.equal(got.webgpu.fits, false);
-  assert.match(got.webgpu.reasons.join(" "), /all-MiniLM-L6-v2 is an encoder \(bert\): the WebGPU engine does not compute embeddings yet/);
+  assert.match(got.webgpu.reasons.join(" "), /all-MiniLM-L6-v2 is an encoder: the WebGPU engine does not compute embeddings yet \(bert\)/);
   assert.equal(got.error?.name, "UnsupportedModelError", JSON.stringify(got.error));
   assert.match(got.error.message, /backend "cpu"/);
   assert.deepEqual(got.stored, []);

@@ -38,12 +38,35 @@ struct Layer {
     /// adds (Gemma 3), or `None`.
     post_norms: Option<[Vec<f32>; 2]>,
     ffn_norm: Norm,
-    /// `None` for a plain (ungated) feed-forward.
-    w_gate: Option<Tensor>,
-    w_up: Tensor,
-    w_down: Tensor,
+    ffn: FeedForward,
     /// Biases of the output projection, up and down products (BLOOM, GPT-2), or `None`.
     linear_bias: Option<[Vec<f32>; 3]>,
+}
+
+enum FeedForward {
+    Dense {
+        /// `None` for a plain (ungated) feed-forward.
+        w_gate: Option<Tensor>,
+        w_up: Tensor,
+        w_down: Tensor,
+    },
+    Experts(Experts),
+}
+
+/// One gated MLP of a mixture.
+struct Expert {
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+}
+
+/// A layer's mixture of experts (`ModelConfig::moe`).
+struct Experts {
+    /// `[experts][hidden]`: each expert's logit for a token.
+    router: Tensor,
+    experts: Vec<Expert>,
+    /// The expert every token runs (Qwen2-MoE), and the weights of its sigmoid gate.
+    shared: Option<(Expert, Vec<f32>)>,
 }
 
 /// One layer's keys and values, `[row][kv_dim]` flattened, position p in row `p % rows`. A
@@ -207,6 +230,18 @@ pub struct Engine<P: Products> {
     /// Positions the cache holds at most (the model's context length unless the engine was made
     /// with less: [`Engine::with_context`]).
     context: usize,
+    /// The experts the last forward pass chose, `[layer][token]` (empty for a dense model).
+    routes: Vec<Vec<Route>>,
+}
+
+/// The experts a mixture chose for one token in one layer, and how near a tie the choice was.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// The chosen experts, most probable first.
+    pub experts: Vec<usize>,
+    /// The probability of the last chosen expert minus that of the first left out (1 when every
+    /// expert is chosen): router logits that differ by much less cannot change the choice.
+    pub margin: f32,
 }
 
 impl<P: Products> Engine<P> {
@@ -314,9 +349,36 @@ impl<P: Products> Engine<P> {
             } else {
                 None
             };
-            let w_gate = match c.ffn {
-                FfnKind::Gated => Some(take(&p("ffn_gate"), &[f, h])?),
-                FfnKind::Plain => None,
+            let ffn = match &c.moe {
+                None => FeedForward::Dense {
+                    w_gate: match c.ffn {
+                        FfnKind::Gated => Some(take(&p("ffn_gate"), &[f, h])?),
+                        FfnKind::Plain => None,
+                    },
+                    w_up: take(&p("ffn_up"), &[f, h])?,
+                    w_down: take(&p("ffn_down"), &[h, f])?,
+                },
+                Some(m) => {
+                    // `blk.N.ffn_{gate,up,down}{suffix}.weight` of `rows` rows.
+                    let mut expert = |suffix: &str, rows: usize| -> Result<Expert> {
+                        Ok(Expert {
+                            gate: take(&p(&format!("ffn_gate{suffix}")), &[rows, h])?,
+                            up: take(&p(&format!("ffn_up{suffix}")), &[rows, h])?,
+                            down: take(&p(&format!("ffn_down{suffix}")), &[h, rows])?,
+                        })
+                    };
+                    let experts =
+                        (0..m.experts).map(|e| expert(&format!(".{e}"), m.expert_ffn_size)).collect::<Result<_>>()?;
+                    let shared = match m.shared_ffn_size {
+                        Some(rows) => Some((expert("_shexp", rows)?, take(&p("ffn_gate_inp_shexp"), &[h])?.to_f32())),
+                        None => None,
+                    };
+                    FeedForward::Experts(Experts {
+                        router: take(&p("ffn_gate_inp"), &[m.experts, h])?,
+                        experts,
+                        shared,
+                    })
+                }
             };
             layers.push(Layer {
                 attn_norm: norm(&mut take, &format!("blk.{i}.attn_norm"))?,
@@ -328,9 +390,7 @@ impl<P: Products> Engine<P> {
                 wo: take(&p("attn_output"), &[h, q])?,
                 post_norms,
                 ffn_norm: norm(&mut take, &format!("blk.{i}.ffn_norm"))?,
-                w_gate,
-                w_up: take(&p("ffn_up"), &[f, h])?,
-                w_down: take(&p("ffn_down"), &[h, f])?,
+                ffn,
                 linear_bias,
             });
         }
@@ -363,7 +423,26 @@ impl<P: Products> Engine<P> {
             inv_freq_local,
             cache,
             context,
+            routes: Vec::new(),
         })
+    }
+
+    /// Experts the last forward pass ran, summed over its layers: at most `used` per layer for one
+    /// token (the others' weights are not read), at most every expert for a prompt.
+    pub fn experts_run(&self) -> usize {
+        let distinct = |layer: &Vec<Route>| {
+            let mut run: Vec<usize> = layer.iter().flat_map(|r| r.experts.iter().copied()).collect();
+            run.sort_unstable();
+            run.dedup();
+            run.len()
+        };
+        self.routes.iter().map(distinct).sum()
+    }
+
+    /// The experts the last forward pass chose for each of its tokens, `[layer][token]` (empty for
+    /// a dense model).
+    pub fn routes(&self) -> &[Vec<Route>] {
+        &self.routes
     }
 
     /// Positions this engine holds at most.
@@ -560,8 +639,11 @@ impl<P: Products> Engine<P> {
         let mut k = vec![0f32; n * c.kv_dim()];
         let mut v = vec![0f32; n * c.kv_dim()];
         let mut attn = vec![0f32; n * c.q_dim()];
-        let mut gate = vec![0f32; n * c.ffn_size];
-        let mut up = vec![0f32; n * c.ffn_size];
+        // A mixture's experts make their own (of their own sizes).
+        let dense_rows = if c.moe.is_none() { c.ffn_size } else { 0 };
+        let mut gate = vec![0f32; n * dense_rows];
+        let mut up = vec![0f32; n * dense_rows];
+        let mut routes = Vec::new();
         let mut proj = vec![0f32; n * h];
         let act = self.products.activation(c.activation);
 
@@ -632,18 +714,25 @@ impl<P: Products> Engine<P> {
             } else {
                 self.norm(&x, &layer.ffn_norm, &mut xn);
             }
-            match &layer.w_gate {
-                Some(w_gate) => self.products.matmuls(&xn, n, &mut [(&layer.w_up, &mut up), (w_gate, &mut gate)]),
-                None => self.products.matmul(&layer.w_up, &xn, n, &mut up),
+            match &layer.ffn {
+                FeedForward::Dense { w_gate, w_up, w_down } => {
+                    match w_gate {
+                        Some(w_gate) => self.products.matmuls(&xn, n, &mut [(w_up, &mut up), (w_gate, &mut gate)]),
+                        None => self.products.matmul(w_up, &xn, n, &mut up),
+                    }
+                    if let Some([_, b_up, _]) = &layer.linear_bias {
+                        add_bias(&mut up, b_up);
+                    }
+                    let gated = w_gate.is_some();
+                    for (g, u) in gate.iter_mut().zip(&up) {
+                        *g = if gated { act(*g) * u } else { act(*u) };
+                    }
+                    self.products.matmul(w_down, &gate, n, &mut proj);
+                }
+                FeedForward::Experts(experts) => {
+                    routes.push(mixture(&self.products, &c, experts, &xn, n, act, &mut proj));
+                }
             }
-            if let Some([_, b_up, _]) = &layer.linear_bias {
-                add_bias(&mut up, b_up);
-            }
-            let gated = layer.w_gate.is_some();
-            for (g, u) in gate.iter_mut().zip(&up) {
-                *g = if gated { act(*g) * u } else { act(*u) };
-            }
-            self.products.matmul(&layer.w_down, &gate, n, &mut proj);
             if let Some([_, _, b_down]) = &layer.linear_bias {
                 add_bias(&mut proj, b_down);
             }
@@ -659,8 +748,74 @@ impl<P: Products> Engine<P> {
         if !encoder {
             self.cache.len += n;
         }
+        self.routes = routes;
         Ok(x)
     }
+}
+
+/// A mixture of experts on each of the `n` rows of `x` (normed; `[n][hidden]`), into `out`
+/// (`[n][hidden]`), as llama.cpp computes it: a softmax over the router's logits, the `used` most
+/// probable experts (ties to the lower index), each run on the rows that chose it (one batch per
+/// expert) and added weighted by its probability (over the chosen ones' sum with `normalize`); a
+/// shared expert runs on every row, scaled by the sigmoid of its gate. Returns each row's route.
+fn mixture<P: Products>(
+    products: &P,
+    c: &ModelConfig,
+    layer: &Experts,
+    x: &[f32],
+    n: usize,
+    act: fn(f32) -> f32,
+    out: &mut [f32],
+) -> Vec<Route> {
+    let (h, count) = (c.hidden_size, layer.experts.len());
+    let used = c.moe.as_ref().map_or(count, |m| m.used).min(count);
+    let normalize = c.moe.as_ref().is_some_and(|m| m.normalize);
+    let mut logits = vec![0f32; n * count];
+    products.matmul(&layer.router, x, n, &mut logits);
+    // Each expert's rows and their weights.
+    let mut chosen: Vec<Vec<(usize, f32)>> = vec![Vec::new(); count];
+    let mut routes = Vec::with_capacity(n);
+    for (t, row) in logits.chunks_mut(count).enumerate() {
+        softmax(row);
+        let mut order: Vec<usize> = (0..count).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let sum: f32 = order[..used].iter().map(|&e| row[e]).sum();
+        for &e in &order[..used] {
+            chosen[e].push((t, if normalize { row[e] / sum } else { row[e] }));
+        }
+        let margin = order.get(used).map_or(1.0, |&left| row[order[used - 1]] - row[left]);
+        order.truncate(used);
+        routes.push(Route { experts: order, margin });
+    }
+    out.fill(0.0);
+    for (expert, rows) in layer.experts.iter().zip(&chosen).filter(|(_, rows)| !rows.is_empty()) {
+        let xs: Vec<f32> = rows.iter().flat_map(|&(t, _)| &x[t * h..(t + 1) * h]).copied().collect();
+        let ys = gated_mlp(products, expert, &xs, rows.len(), act);
+        for (&(t, weight), y) in rows.iter().zip(ys.chunks(h)) {
+            out[t * h..(t + 1) * h].iter_mut().zip(y).for_each(|(o, y)| *o += weight * y);
+        }
+    }
+    if let Some((expert, gate)) = &layer.shared {
+        let ys = gated_mlp(products, expert, x, n, act);
+        for ((o, y), xt) in out.chunks_mut(h).zip(ys.chunks(h)).zip(x.chunks(h)) {
+            let scale = 1.0 / (1.0 + (-dot(gate, xt)).exp());
+            o.iter_mut().zip(y).for_each(|(o, y)| *o += scale * y);
+        }
+    }
+    routes
+}
+
+/// `down · (act(gate · x) * up · x)` of each of the `n` rows of `x`.
+fn gated_mlp<P: Products>(products: &P, w: &Expert, x: &[f32], n: usize, act: fn(f32) -> f32) -> Vec<f32> {
+    let (rows, h) = (w.up.shape[0], w.down.shape[0]);
+    let (mut gate, mut up) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+    products.matmuls(x, n, &mut [(&w.up, &mut up), (&w.gate, &mut gate)]);
+    for (g, u) in gate.iter_mut().zip(&up) {
+        *g = act(*g) * u;
+    }
+    let mut out = vec![0f32; n * h];
+    products.matmul(&w.down, &gate, n, &mut out);
+    out
 }
 
 /// One embedding of `x` (`[n][h]`, a text's outputs) pooled as `pooling` says, scaled to unit

@@ -14,8 +14,9 @@ pub const FORMAT_VERSION: u32 = 1;
 /// caps, and a RoPE base of its own for local layers; Qwen3: Llama with QK-norm; SmolLM3: Llama
 /// with every fourth layer unrotated; BLOOM: ALiBi, LayerNorm, a norm on the embeddings, a GELU MLP
 /// and biases everywhere; GPT-2: the same with learned positions).
-pub const ARCHITECTURES: &[&str] =
-    &["llama", "qwen2", "qwen3", "smollm3", "phi3", "gemma2", "gemma3", "bloom", "gpt2", "bert"];
+pub const ARCHITECTURES: &[&str] = &[
+    "llama", "qwen2", "qwen3", "smollm3", "phi3", "gemma2", "gemma3", "bloom", "gpt2", "bert", "qwen2moe", "qwen3moe",
+];
 /// The encoders among them (embeddings, not text).
 pub const ENCODER_ARCHITECTURES: &[&str] = &["bert"];
 /// Tensors start at multiples of this within a shard (WebGPU's `minStorageBufferOffsetAlignment` is at most 256).
@@ -105,6 +106,29 @@ pub struct ModelConfig {
     /// head; it gives embeddings, pooled as this says, not text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoder: Option<EncoderConfig>,
+    /// A mixture of experts in place of each layer's feed-forward (Mixtral, Qwen-MoE): a router
+    /// `blk.N.ffn_gate_inp.weight` chooses `used` of `experts` gated MLPs per token,
+    /// `blk.N.ffn_{gate,up,down}.E.weight` for expert E.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe: Option<MoeConfig>,
+}
+
+/// A mixture-of-experts feed-forward: each token's router logits → probabilities (a softmax over
+/// every expert) → the `used` most probable experts, whose outputs are summed weighted by their
+/// probabilities (rescaled to sum to 1 when `normalize`), plus a shared expert where there is one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MoeConfig {
+    pub experts: usize,
+    /// Experts each token runs (top-k).
+    pub used: usize,
+    /// Rows of each expert's gate and up.
+    pub expert_ffn_size: usize,
+    /// The chosen experts' weights rescaled to sum to 1 (Mixtral, Qwen3-MoE; not Qwen2-MoE).
+    pub normalize: bool,
+    /// Rows of the shared expert every token also runs (Qwen2-MoE): `blk.N.ffn_{gate,up,down}_shexp`,
+    /// its output scaled by `sigmoid(blk.N.ffn_gate_inp_shexp · x)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_ffn_size: Option<usize>,
 }
 
 /// How an encoder's output becomes one embedding per text (sentence-transformers' pooling).
@@ -320,6 +344,8 @@ pub mod limits {
     pub const HEADS: usize = 1 << 10;
     pub const HEAD_DIM: usize = 1 << 11;
     pub const FFN: usize = 1 << 19;
+    /// Experts of a mixture (the largest real ones have 256).
+    pub const EXPERTS: usize = 1 << 10;
     pub const VOCAB: usize = 1 << 22;
     /// Positions: context length, sliding window, a RoPE scaling's original context.
     pub const CONTEXT: usize = 1 << 24;
@@ -403,6 +429,28 @@ impl ModelConfig {
             }
             if self.norm != NormKind::Layer || self.position != PositionKind::Learned || self.ffn != FfnKind::Plain {
                 return Err("an encoder has LayerNorm, learned positions and a plain feed-forward".into());
+            }
+        }
+        if let Some(m) = &self.moe {
+            let ffn_ok = |f: usize| (1..=limits::FFN).contains(&f);
+            if !(1..=limits::EXPERTS).contains(&m.experts)
+                || !(1..=m.experts).contains(&m.used)
+                || !ffn_ok(m.expert_ffn_size)
+                || m.shared_ffn_size.is_some_and(|f| !ffn_ok(f))
+            {
+                return Err(format!(
+                    "moe: {} experts ({} used) of {} rows, shared {:?}: experts must be 1..={}, used 1..=experts, \
+                     sizes 1..={}",
+                    m.experts,
+                    m.used,
+                    m.expert_ffn_size,
+                    m.shared_ffn_size,
+                    limits::EXPERTS,
+                    limits::FFN
+                ));
+            }
+            if self.ffn != FfnKind::Gated || self.encoder.is_some() {
+                return Err("a mixture of experts is of gated feed-forwards, in a decoder".into());
             }
         }
         if self.n_kv_heads > self.n_heads {

@@ -22,7 +22,7 @@
 
 mod common;
 
-use hearth_core::cpu::{self, CpuEngine, Engine, LayerCache, Products};
+use hearth_core::cpu::{self, CpuEngine, Engine, LayerCache, Products, Route};
 use hearth_core::fast::kernels::Simd;
 use hearth_core::fast::{FastEngine, Quantized};
 use hearth_core::generate::{ring_rows, Backend};
@@ -189,10 +189,54 @@ fn depth_factor(n_layers: usize) -> f32 {
     (n_layers as f32 / 2.0).max(1.0).sqrt()
 }
 
+/// What they are also multiplied by for a mixture of experts: its router is one more product, and
+/// its softmax amplifies that product's error (the chosen experts' weights scale whole expert
+/// outputs; the fixtures' routers have logits of standard deviation ~3). Measured 2026-12-05 on the
+/// three tiny mixtures over the positions before their routes part: up to 0.75 largest and 0.038
+/// relative RMS, against 0.49 and 0.028 for the dense models.
+fn mixture_factor(c: &ModelConfig) -> f32 {
+    if c.moe.is_some() {
+        1.5
+    } else {
+        1.0
+    }
+}
+
+/// Router probabilities' gap (`Route::margin`) under which the fast engine, whose activations are
+/// rounded to 8 bits (a relative RMS of 2-3% on the tiny models' logits, as on their hidden
+/// states), may choose other experts than the exact engine.
+const ROUTE_TIE: f32 = 0.05;
+
+/// Positions, from the first, at which every layer of a mixture chose the same experts on both
+/// engines (all `n` for a dense model). Where they first differ the exact engine's choice must have
+/// been a near tie (a margin under [`ROUTE_TIE`]): otherwise the fast engine routed wrongly.
+fn agreeing_positions(exact: &[Vec<Route>], fast: &[Vec<Route>], n: usize, what: &str) -> usize {
+    let set = |r: &Route| {
+        let mut experts = r.experts.clone();
+        experts.sort_unstable();
+        experts
+    };
+    for t in 0..n {
+        for (l, (e, f)) in exact.iter().zip(fast).enumerate() {
+            if set(&e[t]) != set(&f[t]) {
+                eprintln!(
+                    "{what}: layer {l}, token {t}: experts {:?} (margin {:.2e}) on the exact engine, {:?} on the fast one",
+                    e[t].experts, e[t].margin, f[t].experts
+                );
+                assert!(e[t].margin < ROUTE_TIE, "{what}: layer {l} token {t} chose other experts, not at a near tie");
+                return t;
+            }
+        }
+    }
+    n
+}
+
 /// Every tiny architecture (`tests/fixtures/tiny/`), converted as stored (mostly f32/f16: the fast
 /// engine's float products are the reference's) and requantized to q8 and to q4 (so every
 /// architecture's variations — biases, LayerNorm, ALiBi, learned positions, windows, post-norms,
-/// GeGLU — run through the integer kernels), at every position of the fixture's sequences.
+/// GeGLU, mixtures of experts — run through the integer kernels), at every position of the
+/// fixture's sequences; a mixture's up to the first position whose experts differ between the
+/// engines, which must be a near tie (`agreeing_positions`), and at least a third of them.
 #[test]
 fn tiny_architectures_stay_within_activation_rounding_of_the_exact_engine() {
     use hearth_core::convert::{convert, ConvertOptions, QuantChoice};
@@ -215,6 +259,7 @@ fn tiny_architectures_stay_within_activation_rounding_of_the_exact_engine() {
         }
         architectures.push(arch.to_string());
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let (mut fixture_compared, mut fixture_positions) = (0, 0);
         for quant in [QuantChoice::Keep, QuantChoice::Q8, QuantChoice::Q4] {
             let out = tmp.path().join(format!("{name}-{quant:?}"));
             let options = ConvertOptions { quant, ..ConvertOptions::default() };
@@ -223,15 +268,22 @@ fn tiny_architectures_stay_within_activation_rounding_of_the_exact_engine() {
             let mut exact = CpuEngine::from_package(&package).unwrap();
             let mut fast = FastEngine::from_package(&package).unwrap();
             let vocab = package.manifest().config.vocab_size;
-            let (mut diff, mut err2, mut sum2) = (0f32, 0f64, 0f64);
+            let (mut diff, mut err2, mut sum2, mut compared) = (0f32, 0f64, 0f64, 0);
             for seq in fx["sequences"].as_array().unwrap() {
                 let tokens = ids(&seq["tokens"]);
                 let want = exact.forward(&tokens, true).unwrap();
                 let got = fast.forward(&tokens, true).unwrap();
+                // From the first position whose experts differ (a near tie that rounding tipped),
+                // a mixture's two engines run different experts: compared up to there.
+                let agree =
+                    agreeing_positions(exact.routes(), fast.routes(), tokens.len(), &format!("{name} {quant:?}"));
+                compared += agree;
+                fixture_positions += tokens.len();
+                let (want, got) = (&want[..agree * vocab], &got[..agree * vocab]);
                 exact.reset();
                 fast.reset();
-                diff = diff.max(max_diff(&got, &want));
-                err2 += got.iter().zip(&want).map(|(g, w)| ((g - w) as f64).powi(2)).sum::<f64>();
+                diff = diff.max(max_diff(got, want));
+                err2 += got.iter().zip(want).map(|(g, w)| ((g - w) as f64).powi(2)).sum::<f64>();
                 sum2 += want.iter().map(|w| (*w as f64).powi(2)).sum::<f64>();
                 for (t, (g, w)) in got.chunks(vocab).zip(want.chunks(vocab)).enumerate() {
                     if top2_margin(w) > TINY_TOLERANCE {
@@ -240,17 +292,32 @@ fn tiny_architectures_stay_within_activation_rounding_of_the_exact_engine() {
                 }
                 // Token by token through the cache: the decode path (one-token tiles) agrees too.
                 let last = tokens.len() - 1;
+                if agree <= last {
+                    continue;
+                }
                 fast.forward(&tokens[..last], false).unwrap();
                 let one = fast.forward(&tokens[last..], false).unwrap();
                 fast.reset();
                 diff = diff.max(max_diff(&one, &want[last * vocab..]));
             }
             let rms = (err2 / sum2).sqrt() as f32;
-            let depth = depth_factor(package.manifest().config.n_layers);
-            eprintln!("{name:<18} {quant:?}: largest |fast - exact| {diff:.4}, relative RMS {rms:.4}");
-            assert!(rms <= TINY_RMS_TOLERANCE * depth, "{name} {quant:?}: relative RMS difference {rms}");
+            let c = &package.manifest().config;
+            let depth = depth_factor(c.n_layers) * mixture_factor(c);
+            eprintln!(
+                "{name:<18} {quant:?}: largest |fast - exact| {diff:.4}, relative RMS {rms:.4} over {compared} positions"
+            );
+            assert!(
+                compared == 0 || rms <= TINY_RMS_TOLERANCE * depth,
+                "{name} {quant:?}: relative RMS difference {rms}"
+            );
             worst = worst.max(diff / depth);
+            fixture_compared += compared;
         }
+        // Near ties part a mixture's routes early now and then, but most positions are compared.
+        assert!(
+            fixture_compared * 3 >= fixture_positions,
+            "{name}: {fixture_compared} of {fixture_positions} compared"
+        );
     }
     eprintln!("tiny models: largest |fast - exact| per depth factor {worst:.4} (tolerance {TINY_TOLERANCE})");
     assert!(worst <= TINY_TOLERANCE, "fast and exact logits of a tiny model differ by {worst}");

@@ -274,6 +274,104 @@ fn longrope_takes_the_short_factors_within_the_original_context_and_the_long_one
     }
 }
 
+/// The mixtures of experts (Mixtral-, Qwen2-MoE- and Qwen3-MoE-style fixtures): the converter reads
+/// the config make_tiny.py wrote (experts, used, sizes, whether the chosen weights are rescaled, the
+/// shared expert) and stores one matrix per expert (llama.cpp's 3-D `_exps` tensors cut), the router
+/// in f32 even when q4 is asked for (llama.cpp's quantizer leaves it too). A decode step runs only
+/// the experts its router chose: `used` per layer, counted by both CPU engines (the other experts'
+/// weights are not read), and a prompt's tokens share each expert's batch (more than `used`, at most
+/// every expert, per layer). The logits against llama.cpp are `cpu_logits_match_llama_cpp_at_every_position`'s.
+#[test]
+fn a_mixture_reads_only_the_experts_its_router_chose() {
+    use hearth_core::convert::QuantChoice;
+    use hearth_core::fast::FastEngine;
+    use hearth_core::quant::DType;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mixtures = Vec::new();
+    for fx in fixtures() {
+        let path = repo_root().join(format!("tests/fixtures/tiny/{}.json", fx.name));
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let Some(want) = json["config"].get("moe") else { continue };
+        let options = ConvertOptions { quant: QuantChoice::Q4, ..ConvertOptions::default() };
+        convert(&fx.gguf, &tmp.path().join(format!("{}-q4", fx.name)), &options).unwrap();
+        let q4 = Package::open(tmp.path().join(format!("{}-q4", fx.name))).unwrap();
+        let package = convert_to(&fx.gguf, &tmp.path().join(&fx.name));
+        let c = package.manifest().config.clone();
+        let moe = c.moe.clone().unwrap_or_else(|| panic!("{}: no mixture converted", fx.name));
+        assert_eq!(moe.experts as u64, want["experts"].as_u64().unwrap(), "{}", fx.name);
+        assert_eq!(moe.used as u64, want["used"].as_u64().unwrap(), "{}", fx.name);
+        assert_eq!(moe.expert_ffn_size as u64, want["expert_ff"].as_u64().unwrap(), "{}", fx.name);
+        assert_eq!(moe.normalize, want["normalize"].as_bool().unwrap(), "{}", fx.name);
+        assert_eq!(moe.shared_ffn_size.map(|f| f as u64), want["shared_ff"].as_u64(), "{}", fx.name);
+        let entry = |p: &Package, name: &str| p.manifest().tensors.iter().find(|t| t.name == name).cloned();
+        for e in 0..moe.experts {
+            let down = entry(&package, &format!("blk.1.ffn_down.{e}.weight")).expect("one matrix per expert");
+            assert_eq!(down.shape, [c.hidden_size, moe.expert_ffn_size], "{}", fx.name);
+        }
+        assert!(package.manifest().tensors.iter().all(|t| !t.name.contains("_exps")), "{}", fx.name);
+        assert_eq!(entry(&q4, "blk.0.ffn_gate_inp.weight").unwrap().dtype, DType::F32, "{}: router", fx.name);
+        assert_eq!(entry(&q4, "blk.0.ffn_up.3.weight").unwrap().dtype, DType::Q4, "{}: expert", fx.name);
+
+        let tokens = &fx.sequences[1].tokens;
+        let (prompt, last) = tokens.split_at(tokens.len() - 1);
+        let layers = c.n_layers;
+        let mut exact = CpuEngine::from_package(&package).unwrap();
+        let mut fast = FastEngine::from_package(&package).unwrap();
+        for (engine, (prompt_run, step_run)) in
+            [("exact", experts_per_step(&mut exact, prompt, last)), ("fast", experts_per_step(&mut fast, prompt, last))]
+        {
+            eprintln!("{} ({engine}): {prompt_run} experts for {} tokens, {step_run} for one", fx.name, prompt.len());
+            assert_eq!(step_run, layers * moe.used, "{} ({engine}): experts run for one token", fx.name);
+            assert!(
+                prompt_run > layers * moe.used && prompt_run <= layers * moe.experts,
+                "{} ({engine}): {prompt_run} experts for a prompt",
+                fx.name
+            );
+        }
+        mixtures.push(fx.name.clone());
+    }
+    assert_eq!(mixtures, ["mixtral", "qwen2moe", "qwen3moe"]);
+}
+
+/// A mixture whose metadata contradicts its tensors or itself is refused by name, before anything
+/// is written: expert tensors holding 8 experts where `llama.expert_count` says 4, and 9 experts
+/// used of 8.
+#[test]
+fn a_mixture_the_metadata_contradicts_is_refused_by_name() {
+    let fx = fixtures().into_iter().find(|f| f.name == "mixtral").expect("mixtral fixture");
+    let original = std::fs::read(&fx.gguf).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for (key, value, expected) in [
+        ("llama.expert_count", 4u32, "`blk.0.ffn_gate_exps.weight` holds 8 experts; the model's config has 4"),
+        ("llama.expert_used_count", 9, "used 1..=experts"),
+    ] {
+        let mut bytes = original.clone();
+        // The key, then its type (u32) and its u32 value.
+        let at = bytes.windows(key.len()).position(|w| w == key.as_bytes()).unwrap() + key.len();
+        assert_eq!(bytes[at..at + 4], 4u32.to_le_bytes(), "{key} is a UINT32");
+        bytes[at + 4..at + 8].copy_from_slice(&value.to_le_bytes());
+        let path = tmp.path().join("patched.gguf");
+        std::fs::write(&path, bytes).unwrap();
+        let out = tmp.path().join("out");
+        let err = convert(&path, &out, &ConvertOptions::default()).unwrap_err().to_string();
+        assert!(err.contains(expected), "{key} = {value}: {err}");
+        assert!(!out.exists(), "nothing is written for a refused model");
+    }
+}
+
+/// Experts `engine` ran for `prompt` and then for the token `last`.
+fn experts_per_step<P: hearth_core::cpu::Products>(
+    engine: &mut hearth_core::cpu::Engine<P>,
+    prompt: &[u32],
+    last: &[u32],
+) -> (usize, usize) {
+    engine.forward(prompt, false).unwrap();
+    let prompt_run = engine.experts_run();
+    engine.forward(last, false).unwrap();
+    (prompt_run, engine.experts_run())
+}
+
 /// Each architecture from a Hugging Face directory (config.json, model.safetensors, tokenizer.json)
 /// holding the fixture's weights in the Transformers layout, written here from the GGUF package:
 /// Transformers names; Gemma's (2 and 3) norm weights stored as `w` for `(1 + w)`; GPT-2's `Conv1D` matrices
@@ -284,7 +382,9 @@ fn longrope_takes_the_short_factors_within_the_original_context_and_the_long_one
 /// pairs are adjacent (interleaved RoPE); the Transformers checkpoint has them in half-split (NeoX)
 /// order, which the converter keeps, so that package rotates NeoX-style: the same model, another
 /// config. Llama 3's frequency scaling: config.json's `rope_scaling` (type `llama3`) where the GGUF
-/// has llama.cpp's per-pair factors.
+/// has llama.cpp's per-pair factors. Mixtures: Mixtral's `block_sparse_moe` (experts' `w1`/`w3`/`w2`)
+/// and Qwen-MoE's `mlp.experts` names and config keys, Qwen2-MoE's shared expert and its `[1, hidden]`
+/// gate.
 #[test]
 fn every_architecture_from_safetensors_gives_the_gguf_logits() {
     for fixture in [
@@ -299,6 +399,9 @@ fn every_architecture_from_safetensors_gives_the_gguf_logits() {
         "gemma3",
         "bloom",
         "gpt2",
+        "mixtral",
+        "qwen2moe",
+        "qwen3moe",
     ] {
         let fx = fixtures().into_iter().find(|f| f.name == fixture).unwrap_or_else(|| panic!("{fixture} fixture"));
         let name = fx.architecture.as_str();
@@ -391,7 +494,7 @@ fn to_transformers_layout(
                 }
             }
         }
-        "llama" | "qwen2" | "qwen3" | "smollm3" | "gemma2" | "gemma3" => {
+        "llama" | "qwen2" | "qwen3" | "smollm3" | "gemma2" | "gemma3" | "qwen2moe" | "qwen3moe" => {
             // Transformers computes Llama 3's factors from config.json; llama.cpp stores them.
             for name in tensors.keys().filter(|n| *n != "rope_freqs.weight") {
                 let (shape, mut values) = get(name);
@@ -402,6 +505,8 @@ fn to_transformers_layout(
                 if arch.starts_with("gemma") && name.contains("norm.weight") {
                     values.iter_mut().for_each(|w| *w -= 1.0); // stored as w for (1 + w)
                 }
+                // Qwen2-MoE's shared-expert gate is a linear layer of one output.
+                let shape = if name.ends_with("ffn_gate_inp_shexp.weight") { vec![1, shape[0]] } else { shape };
                 out.insert(llama_family_name(arch, name), (shape, values));
             }
         }
@@ -649,6 +754,40 @@ fn transformers_config(fixture: &str, c: &hearth_core::manifest::ModelConfig) ->
                 "hidden_activation": "gelu_pytorch_tanh",
             }),
         ),
+        // Mixtral: Llama's block with a mixture (its experts of `intermediate_size`, always rescaled).
+        "mixtral" => {
+            let m = c.moe.as_ref().unwrap();
+            rope_decoder(
+                "MixtralForCausalLM",
+                serde_json::json!({
+                    "intermediate_size": m.expert_ffn_size,
+                    "num_local_experts": m.experts,
+                    "num_experts_per_tok": m.used,
+                    "sliding_window": null,
+                }),
+            )
+        }
+        // Qwen-MoE: experts of `moe_intermediate_size`, rescaled as `norm_topk_prob` says, every
+        // layer sparse; Qwen2-MoE's shared expert; Qwen3-MoE's QK-norm and explicit head_dim.
+        "qwen2moe" | "qwen3moe" => {
+            let m = c.moe.as_ref().unwrap();
+            let qwen3 = arch == "qwen3moe";
+            rope_decoder(
+                if qwen3 { "Qwen3MoeForCausalLM" } else { "Qwen2MoeForCausalLM" },
+                serde_json::json!({
+                    "head_dim": c.head_dim,
+                    "num_experts": m.experts,
+                    "num_experts_per_tok": m.used,
+                    "moe_intermediate_size": m.expert_ffn_size,
+                    "shared_expert_intermediate_size": m.shared_ffn_size.unwrap_or(0),
+                    "norm_topk_prob": m.normalize,
+                    "decoder_sparse_step": 1,
+                    "mlp_only_layers": [],
+                    "use_sliding_window": false,
+                    "sliding_window": 64,
+                }),
+            )
+        }
         "gpt2" => serde_json::json!({
             "architectures": ["GPT2LMHeadModel"],
             "n_embd": c.hidden_size,
@@ -686,7 +825,28 @@ fn llama_family_name(arch: &str, gguf: &str) -> String {
     }
     let rest = gguf.strip_prefix("blk.").unwrap();
     let (layer, part) = rest.split_once('.').unwrap();
+    // A mixture's experts: Mixtral's `block_sparse_moe.experts.E.w{1,3,2}`, Qwen-MoE's
+    // `mlp.experts.E.{gate,up,down}_proj`.
+    if let Some((kind, expert)) = part.strip_suffix(".weight").and_then(|p| p.split_once('.')) {
+        let matrix = match (arch, kind) {
+            ("llama", "ffn_gate") => "w1",
+            ("llama", "ffn_up") => "w3",
+            ("llama", "ffn_down") => "w2",
+            (_, "ffn_gate") => "gate_proj",
+            (_, "ffn_up") => "up_proj",
+            (_, "ffn_down") => "down_proj",
+            (_, other) => panic!("no Transformers name for expert tensor {other}"),
+        };
+        let block = if arch == "llama" { "block_sparse_moe" } else { "mlp" };
+        return format!("model.layers.{layer}.{block}.experts.{expert}.{matrix}.weight");
+    }
     let part = match (arch, part) {
+        ("llama", "ffn_gate_inp.weight") => "block_sparse_moe.gate.weight",
+        (_, "ffn_gate_inp.weight") => "mlp.gate.weight",
+        (_, "ffn_gate_shexp.weight") => "mlp.shared_expert.gate_proj.weight",
+        (_, "ffn_up_shexp.weight") => "mlp.shared_expert.up_proj.weight",
+        (_, "ffn_down_shexp.weight") => "mlp.shared_expert.down_proj.weight",
+        (_, "ffn_gate_inp_shexp.weight") => "mlp.shared_expert_gate.weight",
         (_, "attn_norm.weight") => "input_layernorm.weight",
         (_, "attn_q.weight") => "self_attn.q_proj.weight",
         (_, "attn_k.weight") => "self_attn.k_proj.weight",

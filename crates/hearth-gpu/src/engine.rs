@@ -222,6 +222,12 @@ impl GpuEngine {
                 m.architecture
             )));
         }
+        if c.moe.is_some() {
+            return Err(HearthError::UnsupportedSource(format!(
+                "{origin}: `{}` is a mixture of experts, which the GPU engine does not run yet: use the CPU engine",
+                m.architecture
+            )));
+        }
         let rope = c.rope.clone().filter(|_| c.position == PositionKind::Rope);
         let capacity = max_context.unwrap_or(c.context_length).clamp(1, c.context_length);
         let kv_f16 = ctx.kv_f16;

@@ -34,15 +34,18 @@ pub fn start() {
 }
 
 /// Why the browser's WebGPU engine cannot run `manifest`'s model yet, if it is an encoder
-/// (embeddings: the CPU engine runs those, in the browser as natively).
-pub(crate) fn encoder_gpu_refusal(manifest: &hearth_core::manifest::Manifest) -> Option<String> {
-    manifest.config.encoder.as_ref().map(|_| {
-        format!(
-            "{} is an encoder ({}): the WebGPU engine does not compute embeddings yet; \
-             load it with backend \"cpu\" (or \"auto\", which takes the CPU engine for encoders)",
-            manifest.name, manifest.architecture
-        )
-    })
+/// (embeddings) or a mixture of experts: the CPU engine runs those, in the browser as natively.
+pub(crate) fn gpu_refusal(manifest: &hearth_core::manifest::Manifest) -> Option<String> {
+    let c = &manifest.config;
+    let what = match (&c.encoder, &c.moe) {
+        (Some(_), _) => "an encoder: the WebGPU engine does not compute embeddings yet",
+        (_, Some(_)) => "a mixture of experts, which the WebGPU engine does not run yet",
+        _ => return None,
+    };
+    Some(format!(
+        "{} is {what} ({}); load it with backend \"cpu\" (or \"auto\", which takes the CPU engine for it)",
+        manifest.name, manifest.architecture
+    ))
 }
 
 /// A JavaScript `Error` whose `name` says what went wrong (the names `docs/WEB.md` lists).

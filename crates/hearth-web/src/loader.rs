@@ -87,7 +87,7 @@ impl Loader {
             }
             BackendChoice::Webgpu => {
                 // Before the device is opened.
-                if let Some(why) = crate::encoder_gpu_refusal(&manifest) {
+                if let Some(why) = crate::gpu_refusal(&manifest) {
                     return Err(named_error("UnsupportedModelError", &why));
                 }
                 let ctx = GpuContext::new_async()

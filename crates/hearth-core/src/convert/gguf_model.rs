@@ -9,8 +9,8 @@ use crate::error::{HearthError, Result};
 use crate::ggml_quants::{dequantize, k_from_ggml, q4_from_ggml, q5_from_ggml, q8_from_ggml, q8_from_q5_0};
 use crate::gguf::{GgmlType, GgufFile, GgufTensorInfo};
 use crate::manifest::{
-    limits, Activation, AlibiConfig, FfnKind, Manifest, ModelConfig, NormKind, PositionKind, RopeConfig, RopeScaling,
-    RopeStyle, SourceInfo, TokenizerInfo,
+    limits, Activation, AlibiConfig, FfnKind, Manifest, ModelConfig, MoeConfig, NormKind, PositionKind, RopeConfig,
+    RopeScaling, RopeStyle, SourceInfo, TokenizerInfo,
 };
 use crate::manifest::{FileEntry, TensorEntry, FORMAT_NAME, FORMAT_VERSION};
 use crate::package::{sha256_hex, shard_file_name, PackageWriter, ShardLayout};
@@ -51,7 +51,8 @@ pub(super) fn plan_with_tokenizer(gguf: &GgufFile, opts: &ConvertOptions) -> Res
             let piece_shape = match shape.len() {
                 _ if whole => shape.clone(),
                 1 => vec![rows],
-                _ => [&[rows], &shape[1..]].concat(),
+                // Pieces are rows of the tensor seen as a matrix (package_pieces).
+                _ => vec![rows, shape.last().copied().unwrap_or(1)],
             };
             let cols = piece_shape.last().copied().unwrap_or(1);
             let n = piece_shape.iter().product();
@@ -145,7 +146,9 @@ fn header(gguf: &GgufFile) -> Result<(Manifest, String)> {
 
 fn model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
     match arch {
-        "llama" | "qwen2" | "qwen3" | "smollm3" | "phi3" | "gemma2" | "gemma3" => rope_model_config(gguf, arch),
+        "llama" | "qwen2" | "qwen3" | "smollm3" | "phi3" | "gemma2" | "gemma3" | "qwen2moe" | "qwen3moe" => {
+            rope_model_config(gguf, arch)
+        }
         "bloom" | "gpt2" => layer_norm_model_config(gguf, arch),
         _ => Err(HearthError::UnsupportedArchitecture(arch.to_string())),
     }
@@ -249,13 +252,14 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
     let window =
         gguf.get_u64(&key("attention.sliding_window")).filter(|&w| w > 0 && arch != "phi3").map(|w| w as usize);
     let n_layers = gguf.require_u64(&key("block_count"))? as usize;
+    let ffn_size = gguf.require_u64(&key("feed_forward_length"))? as usize;
     Ok(ModelConfig {
         n_layers,
         hidden_size: hidden,
         n_heads,
         n_kv_heads,
         head_dim,
-        ffn_size: gguf.require_u64(&key("feed_forward_length"))? as usize,
+        ffn_size,
         vocab_size,
         context_length: gguf.get_u64(&key("context_length")).map_or(2048, |v| v as usize),
         norm: NormKind::Rms,
@@ -306,8 +310,42 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
             .then(|| 1.0 / ((hidden / n_heads) as f32).sqrt()),
         attn_softcap: gguf.get_f64(&key("attn_logit_softcapping")).filter(|&c| c > 0.0).map(|c| c as f32),
         final_softcap: gguf.get_f64(&key("final_logit_softcapping")).filter(|&c| c > 0.0).map(|c| c as f32),
+        moe: moe_config(gguf, arch, ffn_size)?,
         ..Default::default()
     })
+}
+
+/// The mixture of experts of a file that has one (`{arch}.expert_count` > 0), as llama.cpp runs it:
+/// a softmax over every expert, the top `expert_used_count`, their weights rescaled to sum to 1 for
+/// Mixtral (`llama`) and Qwen3-MoE but not Qwen2-MoE, whose shared expert every token also runs.
+fn moe_config(gguf: &GgufFile, arch: &str, ffn_size: usize) -> Result<Option<MoeConfig>> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let file = gguf.path.display().to_string();
+    let experts = gguf.get_u64(&key("expert_count")).unwrap_or(0) as usize;
+    let moe_arch = matches!(arch, "qwen2moe" | "qwen3moe");
+    if experts == 0 {
+        return match moe_arch {
+            true => Err(HearthError::bad_file(&file, format!("`{arch}` without `{arch}.expert_count`"))),
+            false => Ok(None),
+        };
+    }
+    if !moe_arch && arch != "llama" {
+        return Err(HearthError::UnsupportedSource(format!("{file}: experts in a `{arch}` model are not supported")));
+    }
+    // 1 is the softmax; DeepSeek-style sigmoid gating (2) is another router.
+    if let Some(gating) = gguf.get_u64(&key("expert_gating_func")).filter(|&g| g != 1) {
+        return Err(HearthError::UnsupportedSource(format!(
+            "{file}: expert gating function {gating} (only the softmax, 1, is supported)"
+        )));
+    }
+    let shared = gguf.tensor("blk.0.ffn_up_shexp.weight").and_then(|t| t.shape().first().copied());
+    Ok(Some(MoeConfig {
+        experts,
+        used: gguf.require_u64(&key("expert_used_count"))? as usize,
+        expert_ffn_size: gguf.get_u64(&key("expert_feed_forward_length")).map_or(ffn_size, |v| v as usize),
+        normalize: gguf.get_bool(&key("expert_weights_norm")).unwrap_or(arch != "qwen2moe"),
+        shared_ffn_size: shared,
+    }))
 }
 
 /// The tensors of LongRoPE's factors (Phi-3), which the package keeps in its config.
@@ -386,6 +424,11 @@ fn target(info: &GgufTensorInfo, opts: &ConvertOptions) -> Result<Target> {
         )
     {
         return Err(HearthError::UnsupportedTensorType { tensor: info.name.clone(), dtype: ty.name() });
+    }
+    // A mixture's router stays f32 whatever is asked (llama.cpp's quantizer leaves it too): its
+    // logits choose the experts, and rounding them would change choices near a tie.
+    if info.name.ends_with(".ffn_gate_inp.weight") {
+        return Ok(Target { dtype: DType::F32, group: None, from_blocks: false });
     }
     let matrix = info.shape().len() >= 2;
     let group = |dtype, q4_group| match dtype {

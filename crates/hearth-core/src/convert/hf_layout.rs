@@ -3,6 +3,8 @@
 //! as the engines multiply by them. What each family needs:
 //! - Llama, Qwen2, Qwen3, SmolLM3, Mistral, Phi-3: names only (Q/K stay in the NeoX order the
 //!   engines rotate in; Phi-3's fused `qkv_proj` and `gate_up_proj` are cut as GGUF's are).
+//! - Mixtures of experts (Mixtral, Qwen2-MoE, Qwen3-MoE): names (one matrix per expert, as the
+//!   package stores them), and Qwen2-MoE's `[1, hidden]` shared-expert gate as a vector.
 //! - Gemma 2 and 3: names, and RMSNorm weights stored as `w` for `(1 + w)` get the 1 added.
 //! - GPT-2: `Conv1D` weights stored `[in, out]` are transposed; `c_attn` holds Q|K|V side by side.
 //! - BLOOM: `query_key_value` rows are per head (`[head][q, k, v][head_dim]`), regrouped as Q, K, V.
@@ -57,6 +59,10 @@ pub(super) fn import(family: Family, c: &ModelConfig, hf_name: &str, shape: &[us
     match family {
         Family::Llama | Family::Gemma => {
             let Some(name) = llama_name(family, hf_name) else { return Mapping::Unknown };
+            // Qwen2-MoE's shared-expert gate is a linear layer of one output.
+            if name.ends_with("ffn_gate_inp_shexp.weight") {
+                return one(name, &[values.len()], values);
+            }
             // Gemma's RMSNorm multiplies by (1 + w); the engines (and llama.cpp's GGUF) by w.
             let values = if family == Family::Gemma && name.contains("norm.weight") {
                 values.into_iter().map(|w| w + 1.0).collect()
@@ -118,6 +124,9 @@ fn llama_name(family: Family, hf: &str) -> Option<String> {
     let rest = hf.strip_prefix("model.layers.")?;
     let (layer, part) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
+    if let Some(name) = expert_name(part) {
+        return Some(format!("blk.{layer}.{name}"));
+    }
     let part = match (family, part) {
         (_, "input_layernorm.weight") => "attn_norm.weight",
         (_, "self_attn.q_proj.weight") => "attn_q.weight",
@@ -145,6 +154,33 @@ fn llama_name(family: Family, hf: &str) -> Option<String> {
         _ => return None,
     };
     Some(format!("blk.{layer}.{part}"))
+}
+
+/// A mixture's tensor in one layer: Mixtral's router `block_sparse_moe.gate` and experts
+/// `block_sparse_moe.experts.E.w{1,3,2}` (gate, up, down); Qwen-MoE's `mlp.gate`,
+/// `mlp.experts.E.{gate,up,down}_proj`, `mlp.shared_expert.*_proj` and `mlp.shared_expert_gate`.
+fn expert_name(part: &str) -> Option<String> {
+    let fixed = match part {
+        "block_sparse_moe.gate.weight" | "mlp.gate.weight" => Some("ffn_gate_inp.weight"),
+        "mlp.shared_expert.gate_proj.weight" => Some("ffn_gate_shexp.weight"),
+        "mlp.shared_expert.up_proj.weight" => Some("ffn_up_shexp.weight"),
+        "mlp.shared_expert.down_proj.weight" => Some("ffn_down_shexp.weight"),
+        "mlp.shared_expert_gate.weight" => Some("ffn_gate_inp_shexp.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = part.strip_prefix("block_sparse_moe.experts.").or_else(|| part.strip_prefix("mlp.experts."))?;
+    let (expert, matrix) = rest.split_once('.')?;
+    let expert: usize = expert.parse().ok()?;
+    let kind = match matrix {
+        "w1.weight" | "gate_proj.weight" => "gate",
+        "w3.weight" | "up_proj.weight" => "up",
+        "w2.weight" | "down_proj.weight" => "down",
+        _ => return None,
+    };
+    Some(format!("ffn_{kind}.{expert}.weight"))
 }
 
 /// GPT-2 name → (GGUF name, stored as a `Conv1D` `[in, out]`).

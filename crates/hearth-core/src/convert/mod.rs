@@ -78,8 +78,31 @@ pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Manife
 /// itself whole; a fused gate|up `blk.N.ffn_up.weight` of twice the MLP's rows (Phi-3: gate rows
 /// first) cut into gate and up; a fused `blk.N.attn_qkv.{weight,bias}` (BLOOM, GPT-2, Phi-3: Q, K
 /// and V rows one after another) into the Q, K and V every other architecture has, so the engines
-/// know one layout. An error (naming `source`) when a fused Q/K/V's rows are not this model's.
+/// know one layout; a mixture's `blk.N.ffn_{gate,up,down}_exps.weight` (`[experts][rows][cols]`, as
+/// llama.cpp stores them) into one matrix per expert, `blk.N.ffn_{gate,up,down}.E.weight`, so a
+/// decode step reads only the experts it chose. Rows count in the tensor seen as a matrix of its
+/// last dimension's columns. An error (naming `source`) when a fused Q/K/V's rows are not this
+/// model's, or an expert tensor's experts are not the config's.
 fn package_pieces(name: &str, shape: &[usize], c: &ModelConfig, source: &Path) -> Result<Vec<(String, usize, usize)>> {
+    if let Some((layer, kind)) = ["gate", "up", "down"]
+        .iter()
+        .find_map(|kind| name.strip_suffix(&format!(".ffn_{kind}_exps.weight")).map(|layer| (layer, kind)))
+    {
+        let experts = c.moe.as_ref().map(|m| m.experts);
+        let [n, rows, _] = shape else {
+            return Err(HearthError::bad_file(source.display(), format!("`{name}` of shape {shape:?} is not 3-D")));
+        };
+        if experts != Some(*n) {
+            return Err(HearthError::bad_file(
+                source.display(),
+                format!(
+                    "`{name}` holds {n} experts; the model's config has {}",
+                    experts.map_or_else(|| "none".to_string(), |e| e.to_string())
+                ),
+            ));
+        }
+        return Ok((0..*n).map(|e| (format!("{layer}.ffn_{kind}.{e}.weight"), e * rows, *rows)).collect());
+    }
     let rows = shape.first().copied().unwrap_or(1);
     if let Some(layer) = name.strip_suffix(".ffn_up.weight") {
         let f = c.ffn_size;
@@ -163,10 +186,12 @@ fn cut_pieces<'t>(
     if let [(whole, 0, _)] = &pieces[..] {
         return Ok(vec![(whole.clone(), Cow::Borrowed(tensor))]);
     }
-    // A vector (a fused bias) is cut as a matrix of one-value rows.
+    // A vector (a fused bias) is cut as a matrix of one-value rows, experts (3-D) as a matrix of
+    // every expert's rows.
     let vector = tensor.shape.len() == 1;
-    let matrix =
-        if vector { Tensor { shape: vec![tensor.shape[0], 1], data: tensor.data.clone() } } else { tensor.clone() };
+    let cols = if vector { 1 } else { tensor.shape.last().copied().unwrap_or(1) };
+    let rows = tensor.shape.iter().product::<usize>() / cols.max(1);
+    let matrix = Tensor { shape: vec![rows, cols], data: tensor.data.clone() };
     let mut cut = Vec::with_capacity(pieces.len());
     for (part_name, start, rows) in pieces {
         let mut part = matrix.row_slice(start, rows).ok_or_else(|| {

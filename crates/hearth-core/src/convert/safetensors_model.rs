@@ -11,8 +11,8 @@ use super::hf_layout::{import, Family, Mapping};
 use super::{add_tensor, encode_f32, ConvertOptions, QuantChoice};
 use crate::error::{HearthError, Result};
 use crate::manifest::{
-    limits, Activation, AlibiConfig, EncoderConfig, FfnKind, Manifest, ModelConfig, NormKind, Pooling, PositionKind,
-    RopeConfig, RopeScaling, RopeStyle, SourceInfo, TokenizerInfo,
+    limits, Activation, AlibiConfig, EncoderConfig, FfnKind, Manifest, ModelConfig, MoeConfig, NormKind, Pooling,
+    PositionKind, RopeConfig, RopeScaling, RopeStyle, SourceInfo, TokenizerInfo,
 };
 use crate::package::PackageWriter;
 use crate::quant::DType;
@@ -68,6 +68,8 @@ pub(super) fn convert(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<M
                 }
             };
             let dtype = match (opts.quant, view.dtype()) {
+                // A mixture's router stays f32, as from GGUF (gguf_model's `target`).
+                _ if t.name.ends_with(".ffn_gate_inp.weight") => DType::F32,
                 (QuantChoice::Keep, Dtype::F16) => DType::F16,
                 (QuantChoice::Keep, _) => DType::F32,
                 (QuantChoice::Q4, _) => DType::Q4,
@@ -135,6 +137,10 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
         "LlamaForCausalLM" | "llama" | "MistralForCausalLM" | "mistral" => ("llama", Family::Llama),
         "Qwen2ForCausalLM" | "qwen2" => ("qwen2", Family::Llama),
         "Qwen3ForCausalLM" | "qwen3" => ("qwen3", Family::Llama),
+        // Mixtures of experts: Mixtral is Llama's block with one.
+        "MixtralForCausalLM" | "mixtral" => ("llama", Family::Llama),
+        "Qwen2MoeForCausalLM" | "qwen2_moe" => ("qwen2moe", Family::Llama),
+        "Qwen3MoeForCausalLM" | "qwen3_moe" => ("qwen3moe", Family::Llama),
         "SmolLM3ForCausalLM" | "smollm3" => ("smollm3", Family::Llama),
         "Phi3ForCausalLM" | "phi3" => ("phi3", Family::Llama),
         "Gemma2ForCausalLM" | "gemma2" => ("gemma2", Family::Gemma),
@@ -222,7 +228,8 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
                 sliding_window: window,
                 sliding_window_pattern: if gemma && window.is_some() { Some(gemma_pattern(hf, gemma3)) } else { None },
                 activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
-                qk_norm: gemma3 || architecture == "qwen3",
+                qk_norm: gemma3 || architecture == "qwen3" || architecture == "qwen3moe",
+                moe: mixture(hf, architecture, base.ffn_size, &file)?,
                 post_norms: gemma,
                 embedding_scale: gemma.then(|| (hidden as f32).sqrt()),
                 // Gemma scales queries by query_pre_attn_scalar^-1/2, the head size but for 27B.
@@ -345,6 +352,37 @@ fn sentence_transformers(dir: &Path, context: usize, token_types: usize) -> Resu
 /// SmolLM3's layers without RoPE: where `no_rope_layers` (one flag per layer, 1 = rotate) holds
 /// 0, else every `no_rope_layer_interval`-th layer (default 4, as Transformers and llama.cpp). Never
 /// past the layer limit, which `validate` then enforces: a hostile count does not size the list.
+/// A mixture of experts where config.json has one: Mixtral's `num_local_experts` (its experts of
+/// `intermediate_size` rows, their weights rescaled), Qwen-MoE's `num_experts` of
+/// `moe_intermediate_size` rows (rescaled as `norm_topk_prob` says; Qwen2-MoE's shared expert of
+/// `shared_expert_intermediate_size`). Qwen-MoE's dense layers among the sparse ones
+/// (`decoder_sparse_step` > 1, `mlp_only_layers`) are refused by name.
+fn mixture(hf: &Value, architecture: &str, ffn_size: usize, file: &str) -> Result<Option<MoeConfig>> {
+    let int = |k: &str| hf.get(k).and_then(Value::as_u64).map(|v| v as usize);
+    let Some(experts) = int("num_local_experts").or_else(|| int("num_experts")).filter(|&e| e > 0) else {
+        return match architecture {
+            "qwen2moe" | "qwen3moe" => Err(HearthError::bad_file(file, "a mixture of experts without `num_experts`")),
+            _ => Ok(None),
+        };
+    };
+    let dense_layers = hf.get("mlp_only_layers").and_then(Value::as_array).is_some_and(|l| !l.is_empty());
+    if int("decoder_sparse_step").is_some_and(|s| s != 1) || dense_layers {
+        return Err(HearthError::UnsupportedSource(format!(
+            "{file}: dense layers among the mixture's (`decoder_sparse_step`, `mlp_only_layers`) are not supported"
+        )));
+    }
+    let used =
+        int("num_experts_per_tok").ok_or_else(|| HearthError::bad_file(file, "missing `num_experts_per_tok`"))?;
+    let qwen = architecture != "llama";
+    Ok(Some(MoeConfig {
+        experts,
+        used,
+        expert_ffn_size: if qwen { int("moe_intermediate_size").unwrap_or(ffn_size) } else { ffn_size },
+        normalize: hf.get("norm_topk_prob").and_then(Value::as_bool).unwrap_or(!qwen),
+        shared_ffn_size: int("shared_expert_intermediate_size").filter(|&f| f > 0),
+    }))
+}
+
 fn smollm3_unrotated(hf: &Value, n_layers: usize) -> Vec<usize> {
     let n_layers = n_layers.min(limits::LAYERS + 1);
     if let Some(flags) = hf.get("no_rope_layers").and_then(Value::as_array) {
