@@ -142,7 +142,8 @@ enum Command {
         #[command(flatten)]
         format: FormatArgs,
     },
-    /// Measure load, prefill and decode speed; prints one JSON line.
+    /// Measure load, prefill and decode speed; prints one JSON line. For an encoder: embeddings per
+    /// second for batches of 1, 16 and 64 texts of --prompt-tokens tokens (CPU engines).
     Bench {
         #[arg(long)]
         model: PathBuf,
@@ -564,6 +565,9 @@ fn bench(dir: &std::path::Path, choice: EngineArgs, plan: BenchPlan) -> Result<(
     // A fixed pseudo-random prompt of ordinary tokens (ids away from the specials at the start).
     let (first, span) = if vocab > 300 { (100, vocab - 200) } else { (0, vocab.max(1)) };
     let prompt: Vec<u32> = (0..prompt_tokens as u32).map(|i| first + (i * 7919) % span).collect();
+    if manifest.config.encoder.is_some() {
+        return bench_embeddings(source.as_ref(), choice, &prompt, started);
+    }
     let positions = context + prompt_tokens + gen_tokens + usize::from(profile);
     if positions > manifest.config.context_length {
         bail!(
@@ -656,6 +660,55 @@ fn bench(dir: &std::path::Path, choice: EngineArgs, plan: BenchPlan) -> Result<(
     }
     println!("{report}");
     Ok(())
+}
+
+/// Texts per batch an encoder is measured at (issue 19: 1, 16 and 64 sentences).
+const EMBED_BATCHES: [usize; 3] = [1, 16, 64];
+
+/// An encoder's speed: embeddings per second for batches of 1, 16 and 64 texts of `text`'s tokens
+/// each (`--prompt-tokens`; the CPU engines embed each text on its own), after one warm-up text.
+fn bench_embeddings(source: &dyn TensorSource, choice: EngineArgs, text: &[u32], started: Instant) -> Result<()> {
+    if matches!(choice.backend, Some(Backend::Gpu)) {
+        bail!("the GPU engine does not run encoders yet: --backend cpu");
+    }
+    let max = source.manifest().config.encoder.as_ref().map_or(0, |e| e.max_tokens);
+    if text.len() > max {
+        bail!("--prompt-tokens {} is more than the {max} tokens this encoder takes", text.len());
+    }
+    let (name, (load_s, batches)) = match choice.backend {
+        Some(Backend::CpuRef) => ("cpu-ref", embed_batches(&mut CpuEngine::from_source(source)?, text, started)?),
+        _ => ("cpu", embed_batches(&mut FastEngine::from_source(source)?, text, started)?),
+    };
+    let report = json!({
+        "tokens_per_text": text.len(),
+        "load_s": load_s,
+        "backend": name,
+        "threads": hearth_core::fast::threads(),
+        "simd": hearth_core::fast::kernels::Simd::detect().name(),
+        "batches": batches,
+    });
+    println!("{report}");
+    Ok(())
+}
+
+/// Seconds since `started` (the engine loaded), and the JSON of each batch of `EMBED_BATCHES`.
+fn embed_batches<P: hearth_core::cpu::Products>(
+    engine: &mut hearth_core::cpu::Engine<P>,
+    text: &[u32],
+    started: Instant,
+) -> Result<(f64, Vec<serde_json::Value>)> {
+    let load_s = started.elapsed().as_secs_f64();
+    engine.embed(text)?;
+    let mut batches = Vec::new();
+    for n in EMBED_BATCHES {
+        let t = Instant::now();
+        for _ in 0..n {
+            engine.embed(text)?;
+        }
+        let seconds = t.elapsed().as_secs_f64();
+        batches.push(json!({"texts": n, "seconds": seconds, "embeddings_per_s": n as f64 / seconds}));
+    }
+    Ok((load_s, batches))
 }
 
 /// The profile as a table on stderr, longest first.

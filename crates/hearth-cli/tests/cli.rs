@@ -531,4 +531,23 @@ fn embed_prints_the_embeddings_of_an_encoder() {
     let err = hearth(&["embed", "--model", package(), "hello"]);
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("is a decoder"), "{}", String::from_utf8_lossy(&err.stderr));
+
+    // `hearth bench` of an encoder: its embeddings per second for batches of 1, 16 and 64 texts
+    // (figures, not asserted: speed lives in the README), and texts longer than it takes refused.
+    let bench: serde_json::Value = serde_json::from_str(&ok(&[
+        "bench",
+        "--model",
+        dir.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--prompt-tokens",
+        "12",
+    ]))
+    .unwrap();
+    assert_eq!(bench["tokens_per_text"], 12);
+    let texts: Vec<u64> = bench["batches"].as_array().unwrap().iter().map(|b| b["texts"].as_u64().unwrap()).collect();
+    assert_eq!(texts, [1, 16, 64]);
+    assert!(bench["batches"].as_array().unwrap().iter().all(|b| b["embeddings_per_s"].as_f64().unwrap() > 0.0));
+    let err = hearth(&["bench", "--model", dir.to_str().unwrap(), "--backend", "cpu", "--prompt-tokens", "257"]);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("more than the 256 tokens"), "{err:?}");
 }

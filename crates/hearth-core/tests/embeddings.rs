@@ -35,7 +35,8 @@ fn minilm_embeds_as_sentence_transformers_does() {
 
     let mut model = Model::open(&dir).unwrap();
     let mut engine = CpuEngine::from_package(&model.package).unwrap();
-    // The fast CPU engine (its f32 products are the reference's; attention over a text is shared).
+    // The fast CPU engine (its f32 products the reference's up to the order of the sums; attention
+    // over a text is shared).
     let mut fast = FastEngine::from_package(&model.package).unwrap();
     let texts = fixture["texts"].as_array().unwrap();
     let mut ours = Vec::new();

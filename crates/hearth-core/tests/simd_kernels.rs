@@ -424,3 +424,40 @@ fn kernel_throughput() {
         }
     }
 }
+
+/// Float weights (f32, f16) through the fast engine's products (its f32 kernels: AVX2 with FMA
+/// natively, SIMD128 in wasm) against the reference's, on sizes that are no multiple of the
+/// kernels' 4 rows, 3 tokens or 8 columns: two f32 sums of the same `cols` products in different
+/// orders each lie within γ_cols · Σ|w_i x_i| of the exact value (Higham), so within twice that of
+/// each other. A lost tail or a wrong row moves a sum by whole products.
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test)]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+fn float_products_stay_within_f32_rounding_of_the_reference() {
+    let products = Quantized::with(Simd::detect());
+    let u = f32::EPSILON as f64 / 2.0;
+    for &(rows, cols) in &[(1, 1), (5, 13), (17, 96), (37, 385)] {
+        for dtype in [DType::F32, DType::F16] {
+            let w = Tensor::from_f32(vec![rows, cols], &values(rows * cols, 7), dtype, 32).unwrap();
+            let decoded = w.to_f32();
+            for n in [1, 2, 4, 7, 30] {
+                let x = values(n * cols, 8);
+                let (mut got, mut want) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+                products.matmul(&w, &x, n, &mut got);
+                hearth_core::cpu::matmul(&w, &x, n, &mut want);
+                let gamma = cols as f64 * u / (1.0 - cols as f64 * u);
+                for t in 0..n {
+                    for r in 0..rows {
+                        let xt = &x[t * cols..(t + 1) * cols];
+                        let row = &decoded[r * cols..(r + 1) * cols];
+                        let magnitude: f64 = row.iter().zip(xt).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                        let (g, e) = (got[t * rows + r] as f64, want[t * rows + r] as f64);
+                        assert!(
+                            (g - e).abs() <= 2.0 * gamma * magnitude,
+                            "{dtype:?} {rows}x{cols} n={n}: row {r} token {t}: {g} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

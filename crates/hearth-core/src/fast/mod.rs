@@ -3,7 +3,8 @@
 //! of 32 (llama.cpp's Q8 activation scheme, `acts`), multiplies in integers (`kernels`: AVX2 with
 //! runtime detection, `avx2`; SIMD128 in a wasm module built with it, `simd128`; or the scalar
 //! fallback) and spreads the output rows over threads.
-//! Float weights (f16, f32) take the reference's product.
+//! Float weights (f16, f32) are multiplied in f32 (`float`: AVX2 with FMA, SIMD128, or the
+//! reference's loop), their input not rounded, so only the order of the sums differs.
 //! GELU is read from a table over f16 inputs, as llama.cpp's CPU run computes it (`gelu`).
 //! Keys and values are cached as f16, as llama.cpp's default cache stores them; attention reads
 //! them widening as it goes, its heads spread over threads (`attention`), the scores' softmax with
@@ -46,6 +47,7 @@ pub mod acts;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod float;
 pub mod gelu;
 mod kept;
 pub mod kernels;
@@ -125,7 +127,7 @@ impl Products for Quantized {
         for (w, out) in products.iter_mut() {
             match Matrix::of(w) {
                 Some(p) => packed.push((p, &mut **out)),
-                None => cpu::matmul(w, x, n, out),
+                None => float::matmul(self.simd, w, x, n, out),
             }
         }
         let mut inputs: Vec<(Layout, Acts)> = Vec::new();
@@ -191,7 +193,8 @@ impl Products for Quantized {
 #[cfg(feature = "parallel")]
 const PARALLEL_MIN_MACS: usize = if cfg!(target_arch = "wasm32") { 1 << 21 } else { 1 << 16 };
 
-fn threads() -> usize {
+/// Threads the products are shared among (rayon's pool; 1 without the `parallel` feature).
+pub fn threads() -> usize {
     #[cfg(feature = "parallel")]
     return rayon::current_num_threads();
     #[cfg(not(feature = "parallel"))]

@@ -214,7 +214,12 @@ fn fused_products_equal_single_products_and_the_reference_for_float_weights() {
                             }
                         }
                     }
-                    None => cpu::matmul(w, &x, n, &mut expected),
+                    None => {
+                        // Float weights: the f32 kernels (float.rs) sum in another order than the
+                        // reference; float_kernels_stay_within_f32_rounding_of_the_reference.
+                        assert_within_f32_rounding(w, &x, n, got, &format!("{simd:?} n={n}"));
+                        continue;
+                    }
                 }
                 assert_eq!(got, &expected, "{simd:?} {:?} n={n}", w.dtype());
             }
@@ -259,5 +264,48 @@ fn rounding_is_to_the_nearest_even_integer() {
     for v in values {
         let y = v * 21.0;
         assert_eq!(super::acts::round_ties_even(y), y.round_ties_even(), "{y}");
+    }
+}
+
+/// `got` (`[n][rows]`) against the reference's f32 products of `w` and `x`: two sums of the same
+/// `cols` products in different orders (and FMA or not) each lie within γ_cols · Σ|w_i x_i| of the
+/// exact value (γ_k = k·2^-24 / (1 - k·2^-24), Higham's bound), so they differ by at most twice
+/// that. A wrong row, token or tail moves a sum by whole products.
+fn assert_within_f32_rounding(w: &Tensor, x: &[f32], n: usize, got: &[f32], what: &str) {
+    let (rows, cols) = (w.rows(), w.cols());
+    let mut expected = vec![0f32; n * rows];
+    cpu::matmul(w, x, n, &mut expected);
+    let u = f32::EPSILON as f64 / 2.0;
+    let gamma = cols as f64 * u / (1.0 - cols as f64 * u);
+    let mut row = vec![0f32; cols];
+    for r in 0..rows {
+        w.dequantize_row(r, &mut row);
+        for t in 0..n {
+            let xt = &x[t * cols..(t + 1) * cols];
+            let magnitude: f64 = row.iter().zip(xt).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+            let (g, e) = (got[t * rows + r] as f64, expected[t * rows + r] as f64);
+            assert!((g - e).abs() <= 2.0 * gamma * magnitude, "{what}: row {r} token {t}: {g} vs {e}");
+        }
+    }
+}
+
+/// The fast engine's float products (float.rs: rows four at a time, tokens three at a time, AVX2
+/// with FMA or the plain loop) on sizes that are not multiples of any of those nor of 8 columns,
+/// f32 and f16 weights, against the reference within f32 rounding; the SIMD and plain versions
+/// both.
+#[test]
+fn float_kernels_stay_within_f32_rounding_of_the_reference() {
+    for &(rows, cols) in &[(1, 1), (3, 7), (5, 13), (17, 96), (37, 385), (64, 1536)] {
+        for dtype in [DType::F32, DType::F16] {
+            let w = Tensor::from_f32(vec![rows, cols], &values(rows * cols, 5), dtype, 32).unwrap();
+            for n in [1, 2, 3, 4, 7, 30] {
+                let x = values(n * cols, 6);
+                for simd in [Simd::Scalar, Simd::detect()] {
+                    let mut got = vec![0f32; n * rows];
+                    super::float::matmul(simd, &w, &x, n, &mut got);
+                    assert_within_f32_rounding(&w, &x, n, &got, &format!("{simd:?} {dtype:?} {rows}x{cols} n={n}"));
+                }
+            }
+        }
     }
 }
