@@ -330,8 +330,11 @@ impl<P: Products> Engine<P> {
             } else {
                 None
             };
+            // Over each head, or each token's whole query and key (OLMoE): rms_norm_in_place norms
+            // every run of the weights' length.
+            let (q_norm, k_norm) = if c.qk_norm_whole { (q, kv) } else { (hd, hd) };
             let qk_norm = if c.qk_norm {
-                Some([take(&p("attn_q_norm"), &[hd])?.to_f32(), take(&p("attn_k_norm"), &[hd])?.to_f32()])
+                Some([take(&p("attn_q_norm"), &[q_norm])?.to_f32(), take(&p("attn_k_norm"), &[k_norm])?.to_f32()])
             } else {
                 None
             };

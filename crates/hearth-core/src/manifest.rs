@@ -16,6 +16,7 @@ pub const FORMAT_VERSION: u32 = 1;
 /// and biases everywhere; GPT-2: the same with learned positions).
 pub const ARCHITECTURES: &[&str] = &[
     "llama", "qwen2", "qwen3", "smollm3", "phi3", "gemma2", "gemma3", "bloom", "gpt2", "bert", "qwen2moe", "qwen3moe",
+    "olmoe",
 ];
 /// The encoders among them (embeddings, not text).
 pub const ENCODER_ARCHITECTURES: &[&str] = &["bert"];
@@ -77,6 +78,10 @@ pub struct ModelConfig {
     /// `head_dim` values each.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub qk_norm: bool,
+    /// With `qk_norm`: each token's whole query and key vectors are normed, not each head (OLMoE:
+    /// `attn_q_norm` of `n_heads × head_dim` values, `attn_k_norm` of `n_kv_heads × head_dim`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub qk_norm_whole: bool,
     /// RMSNorm of the attention and feed-forward outputs before their residual adds (Gemma 3):
     /// `blk.N.post_attention_norm.weight`, `blk.N.post_ffw_norm.weight`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -430,6 +435,9 @@ impl ModelConfig {
             if self.norm != NormKind::Layer || self.position != PositionKind::Learned || self.ffn != FfnKind::Plain {
                 return Err("an encoder has LayerNorm, learned positions and a plain feed-forward".into());
             }
+        }
+        if self.qk_norm_whole && !self.qk_norm {
+            return Err("qk_norm_whole without qk_norm".into());
         }
         if let Some(m) = &self.moe {
             let ffn_ok = |f: usize| (1..=limits::FFN).contains(&f);

@@ -168,6 +168,8 @@ fn the_converted_config_says_what_the_fixture_says() {
         let converted: Vec<usize> = (0..c.n_layers).filter(|&l| !c.layer_rotates(l)).collect();
         assert_eq!(converted, unrotated, "{}: unrotated layers", fx.name);
         assert_eq!(c.qk_norm, qk_norm.as_bool().unwrap(), "{}: QK-norm", fx.name);
+        let whole = json["config"].get("qk_norm_whole").is_some_and(|w| w.as_bool() == Some(true));
+        assert_eq!(c.qk_norm_whole, whole, "{}: QK-norm over whole queries and keys", fx.name);
         checked += 1;
     }
     assert!(checked >= 2, "the Qwen3 and SmolLM3 fixtures record both");
@@ -331,7 +333,7 @@ fn a_mixture_reads_only_the_experts_its_router_chose() {
         }
         mixtures.push(fx.name.clone());
     }
-    assert_eq!(mixtures, ["mixtral", "qwen2moe", "qwen3moe"]);
+    assert_eq!(mixtures, ["mixtral", "olmoe", "qwen2moe", "qwen3moe"]);
 }
 
 /// A mixture whose metadata contradicts its tensors or itself is refused by name, before anything
@@ -383,8 +385,8 @@ fn experts_per_step<P: hearth_core::cpu::Products>(
 /// order, which the converter keeps, so that package rotates NeoX-style: the same model, another
 /// config. Llama 3's frequency scaling: config.json's `rope_scaling` (type `llama3`) where the GGUF
 /// has llama.cpp's per-pair factors. Mixtures: Mixtral's `block_sparse_moe` (experts' `w1`/`w3`/`w2`)
-/// and Qwen-MoE's `mlp.experts` names and config keys, Qwen2-MoE's shared expert and its `[1, hidden]`
-/// gate.
+/// and Qwen-MoE's and OLMoE's `mlp.experts` names and config keys, Qwen2-MoE's shared expert and its
+/// `[1, hidden]` gate, OLMoE's norms of whole queries and keys.
 #[test]
 fn every_architecture_from_safetensors_gives_the_gguf_logits() {
     for fixture in [
@@ -402,6 +404,7 @@ fn every_architecture_from_safetensors_gives_the_gguf_logits() {
         "mixtral",
         "qwen2moe",
         "qwen3moe",
+        "olmoe",
     ] {
         let fx = fixtures().into_iter().find(|f| f.name == fixture).unwrap_or_else(|| panic!("{fixture} fixture"));
         let name = fx.architecture.as_str();
@@ -494,7 +497,7 @@ fn to_transformers_layout(
                 }
             }
         }
-        "llama" | "qwen2" | "qwen3" | "smollm3" | "gemma2" | "gemma3" | "qwen2moe" | "qwen3moe" => {
+        "llama" | "qwen2" | "qwen3" | "smollm3" | "gemma2" | "gemma3" | "qwen2moe" | "qwen3moe" | "olmoe" => {
             // Transformers computes Llama 3's factors from config.json; llama.cpp stores them.
             for name in tensors.keys().filter(|n| *n != "rope_freqs.weight") {
                 let (shape, mut values) = get(name);
@@ -785,6 +788,20 @@ fn transformers_config(fixture: &str, c: &hearth_core::manifest::ModelConfig) ->
                     "mlp_only_layers": [],
                     "use_sliding_window": false,
                     "sliding_window": 64,
+                }),
+            )
+        }
+        // OLMoE: experts of `intermediate_size`, not rescaled; norms of whole queries and keys.
+        "olmoe" => {
+            let m = c.moe.as_ref().unwrap();
+            rope_decoder(
+                "OlmoeForCausalLM",
+                serde_json::json!({
+                    "intermediate_size": m.expert_ffn_size,
+                    "num_experts": m.experts,
+                    "num_experts_per_tok": m.used,
+                    "norm_topk_prob": false,
+                    "clip_qkv": null,
                 }),
             )
         }

@@ -228,6 +228,12 @@ impl GpuEngine {
                 m.architecture
             )));
         }
+        if c.qk_norm_whole {
+            return Err(HearthError::UnsupportedSource(format!(
+                "{origin}: `{}` norms whole queries and keys (OLMoE), which the GPU engine does not yet: use the CPU engine",
+                m.architecture
+            )));
+        }
         let rope = c.rope.clone().filter(|_| c.position == PositionKind::Rope);
         let capacity = max_context.unwrap_or(c.context_length).clamp(1, c.context_length);
         let kv_f16 = ctx.kv_f16;

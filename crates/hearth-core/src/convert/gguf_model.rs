@@ -146,7 +146,7 @@ fn header(gguf: &GgufFile) -> Result<(Manifest, String)> {
 
 fn model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
     match arch {
-        "llama" | "qwen2" | "qwen3" | "smollm3" | "phi3" | "gemma2" | "gemma3" | "qwen2moe" | "qwen3moe" => {
+        "llama" | "qwen2" | "qwen3" | "smollm3" | "phi3" | "gemma2" | "gemma3" | "qwen2moe" | "qwen3moe" | "olmoe" => {
             rope_model_config(gguf, arch)
         }
         "bloom" | "gpt2" => layer_norm_model_config(gguf, arch),
@@ -300,6 +300,8 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
         tied_embeddings: gguf.tensor("output.weight").is_none(),
         qkv_bias: gguf.tensor("blk.0.attn_q.bias").is_some(),
         qk_norm: gguf.tensor("blk.0.attn_q_norm.weight").is_some(),
+        // OLMoE's norms are over whole queries and keys (llama.cpp: weights of n_embd values).
+        qk_norm_whole: arch == "olmoe",
         post_norms: gguf.tensor("blk.0.post_attention_norm.weight").is_some(),
         // llama.cpp scales by sqrtf(n_embd) in f32.
         embedding_scale: gemma.then(|| (hidden as f32).sqrt()),
@@ -317,12 +319,13 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
 
 /// The mixture of experts of a file that has one (`{arch}.expert_count` > 0), as llama.cpp runs it:
 /// a softmax over every expert, the top `expert_used_count`, their weights rescaled to sum to 1 for
-/// Mixtral (`llama`) and Qwen3-MoE but not Qwen2-MoE, whose shared expert every token also runs.
+/// Mixtral (`llama`) and Qwen3-MoE but not Qwen2-MoE (whose shared expert every token also runs) or
+/// OLMoE.
 fn moe_config(gguf: &GgufFile, arch: &str, ffn_size: usize) -> Result<Option<MoeConfig>> {
     let key = |k: &str| format!("{arch}.{k}");
     let file = gguf.path.display().to_string();
     let experts = gguf.get_u64(&key("expert_count")).unwrap_or(0) as usize;
-    let moe_arch = matches!(arch, "qwen2moe" | "qwen3moe");
+    let moe_arch = matches!(arch, "qwen2moe" | "qwen3moe" | "olmoe");
     if experts == 0 {
         return match moe_arch {
             true => Err(HearthError::bad_file(&file, format!("`{arch}` without `{arch}.expert_count`"))),
@@ -343,7 +346,7 @@ fn moe_config(gguf: &GgufFile, arch: &str, ffn_size: usize) -> Result<Option<Moe
         experts,
         used: gguf.require_u64(&key("expert_used_count"))? as usize,
         expert_ffn_size: gguf.get_u64(&key("expert_feed_forward_length")).map_or(ffn_size, |v| v as usize),
-        normalize: gguf.get_bool(&key("expert_weights_norm")).unwrap_or(arch != "qwen2moe"),
+        normalize: gguf.get_bool(&key("expert_weights_norm")).unwrap_or(!matches!(arch, "qwen2moe" | "olmoe")),
         shared_ffn_size: shared,
     }))
 }

@@ -141,6 +141,7 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
         "MixtralForCausalLM" | "mixtral" => ("llama", Family::Llama),
         "Qwen2MoeForCausalLM" | "qwen2_moe" => ("qwen2moe", Family::Llama),
         "Qwen3MoeForCausalLM" | "qwen3_moe" => ("qwen3moe", Family::Llama),
+        "OlmoeForCausalLM" | "olmoe" => ("olmoe", Family::Llama),
         "SmolLM3ForCausalLM" | "smollm3" => ("smollm3", Family::Llama),
         "Phi3ForCausalLM" | "phi3" => ("phi3", Family::Llama),
         "Gemma2ForCausalLM" | "gemma2" => ("gemma2", Family::Gemma),
@@ -213,6 +214,10 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
                     Vec::new()
                 },
             };
+            // OLMo's clamp of Q, K and V (none in the released OLMoE) is not implemented.
+            if hf.get("clip_qkv").is_some_and(|v| !v.is_null()) {
+                return Err(HearthError::UnsupportedSource(format!("{file}: `clip_qkv` is not supported")));
+            }
             // Qwen's configs name a window they do not use (`use_sliding_window: false`). With it
             // on, Transformers windows only the layers from `max_window_layers` on; no released
             // Qwen turns it on, and here it would window every layer.
@@ -228,7 +233,8 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
                 sliding_window: window,
                 sliding_window_pattern: if gemma && window.is_some() { Some(gemma_pattern(hf, gemma3)) } else { None },
                 activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
-                qk_norm: gemma3 || architecture == "qwen3" || architecture == "qwen3moe",
+                qk_norm: gemma3 || matches!(architecture, "qwen3" | "qwen3moe" | "olmoe"),
+                qk_norm_whole: architecture == "olmoe",
                 moe: mixture(hf, architecture, base.ffn_size, &file)?,
                 post_norms: gemma,
                 embedding_scale: gemma.then(|| (hidden as f32).sqrt()),
@@ -353,15 +359,17 @@ fn sentence_transformers(dir: &Path, context: usize, token_types: usize) -> Resu
 /// 0, else every `no_rope_layer_interval`-th layer (default 4, as Transformers and llama.cpp). Never
 /// past the layer limit, which `validate` then enforces: a hostile count does not size the list.
 /// A mixture of experts where config.json has one: Mixtral's `num_local_experts` (its experts of
-/// `intermediate_size` rows, their weights rescaled), Qwen-MoE's `num_experts` of
-/// `moe_intermediate_size` rows (rescaled as `norm_topk_prob` says; Qwen2-MoE's shared expert of
-/// `shared_expert_intermediate_size`). Qwen-MoE's dense layers among the sparse ones
+/// `intermediate_size` rows, their weights rescaled), Qwen-MoE's and OLMoE's `num_experts` of
+/// `moe_intermediate_size` rows (OLMoE: `intermediate_size`), rescaled as `norm_topk_prob` says;
+/// Qwen2-MoE's shared expert of `shared_expert_intermediate_size`. Qwen-MoE's dense layers among the sparse ones
 /// (`decoder_sparse_step` > 1, `mlp_only_layers`) are refused by name.
 fn mixture(hf: &Value, architecture: &str, ffn_size: usize, file: &str) -> Result<Option<MoeConfig>> {
     let int = |k: &str| hf.get(k).and_then(Value::as_u64).map(|v| v as usize);
     let Some(experts) = int("num_local_experts").or_else(|| int("num_experts")).filter(|&e| e > 0) else {
         return match architecture {
-            "qwen2moe" | "qwen3moe" => Err(HearthError::bad_file(file, "a mixture of experts without `num_experts`")),
+            "qwen2moe" | "qwen3moe" | "olmoe" => {
+                Err(HearthError::bad_file(file, "a mixture of experts without `num_experts`"))
+            }
             _ => Ok(None),
         };
     };
