@@ -257,6 +257,47 @@ fn absurd_config_values_are_refused_naming_the_field() {
     assert!(parse_manifest(m.to_string().as_bytes(), "edited").is_ok(), "a well-formed LongRoPE config is accepted");
 }
 
+/// A mixture of experts is bounded before any engine allocates for it: experts (an engine sizes a
+/// router's logits and a list per expert by it), experts used (at most the experts), each expert's
+/// rows, a shared expert's rows; and only a gated decoder has one. OLMoE's whole-vector QK-norm
+/// needs the QK-norm. Each refusal names `moe` (or the flag); a well-formed mixture is accepted.
+#[test]
+fn absurd_mixtures_are_refused_by_name() {
+    let path = common::repo_root().join("tests/fixtures/shapes/llama-3.2-1b-instruct/manifest.json");
+    let text = std::fs::read_to_string(path).unwrap();
+    let with = |moe: serde_json::Value, extra: Option<(&str, serde_json::Value)>| {
+        let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+        m["config"]["moe"] = moe;
+        if let Some((k, v)) = extra {
+            m["config"][k] = v;
+        }
+        parse_manifest(m.to_string().as_bytes(), "edited").map(drop)
+    };
+    let moe = |experts: u64, used: u64, rows: u64, shared: Option<u64>| {
+        serde_json::json!({"experts": experts, "used": used, "expert_ffn_size": rows, "normalize": true,
+            "shared_ffn_size": shared})
+    };
+    assert!(with(moe(8, 2, 1024, Some(2048)), None).is_ok(), "a well-formed mixture is accepted");
+    for bad in [
+        moe(0, 0, 1024, None),
+        moe(1 << 20, 2, 1024, None),
+        moe(8, 9, 1024, None),
+        moe(8, 0, 1024, None),
+        moe(8, 2, 0, None),
+        moe(8, 2, 1 << 30, None),
+        moe(8, 2, 1024, Some(1 << 30)),
+    ] {
+        let err = with(bad.clone(), None).unwrap_err().to_string();
+        assert!(err.contains("moe"), "{bad}: {err}");
+    }
+    let err = with(moe(8, 2, 1024, None), Some(("ffn", serde_json::json!("plain")))).unwrap_err().to_string();
+    assert!(err.contains("mixture of experts"), "{err}");
+    let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    m["config"]["qk_norm_whole"] = serde_json::json!(true);
+    let err = parse_manifest(m.to_string().as_bytes(), "edited").unwrap_err().to_string();
+    assert!(err.contains("qk_norm_whole"), "{err}");
+}
+
 /// A SmolLM3 GGUF claiming 2^32 - 1 layers: its unrotated layers (every fourth) are listed only up
 /// to the layer limit, and the count is refused by name, before a list of a billion entries is built
 /// (which took 24 GB and minutes).
