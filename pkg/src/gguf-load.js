@@ -11,13 +11,13 @@
 
 import {
   AdapterLimitsError, HearthError, IntegrityError, InvalidArgumentError, NetworkError, OutOfMemoryError, QuotaExceededError,
-  WebGPUUnavailableError, fromWasm,
+  UnsupportedModelError, WebGPUUnavailableError, fromWasm,
 } from "./errors.js";
 import { get, STALL_TIMEOUT_MS } from "./fetch.js";
 import { bodyStart, locate, madeFrom, planGgufUrl, validatorOf } from "./gguf.js";
 import { planOptionsFor } from "./inspect.js";
 import { checkQuota, reporter, storageNeeded, wasmFor } from "./load.js";
-import { chooseBackend } from "./support.js";
+import { backendFor, chooseBackend, cpuOnly } from "./support.js";
 import * as store from "./store.js";
 
 const PROGRESS_STEP = 4 << 20; // report download progress at least every 4 MiB
@@ -70,10 +70,13 @@ export async function storeGguf(hrefs, key, options, signal) {
         "give one per file, in order",
     );
   }
-  // What Loader.create would refuse, refused before the download (the same checks and messages).
-  const refusals = choice.backend === "cpu" ? planned.plan.cpuRefusals : planned.plan.gpuRefusals;
+  // What Loader.create would refuse, refused before the download (the same checks, messages and
+  // classes), on the engine loadPackage will take: with "auto", the CPU one for a model only it runs.
+  const engine = backendFor(choice, requested, planned.manifest).backend;
+  const refusals = engine === "cpu" ? planned.plan.cpuRefusals : planned.plan.gpuRefusals;
   if (refusals.length > 0) {
-    throw new (choice.backend === "cpu" ? OutOfMemoryError : AdapterLimitsError)(refusals.join(" "));
+    const gpuError = cpuOnly(planned.manifest) ? UnsupportedModelError : AdapterLimitsError;
+    throw new (engine === "cpu" ? OutOfMemoryError : gpuError)(refusals.join(" "));
   }
 
   let converter;

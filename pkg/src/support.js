@@ -67,10 +67,14 @@ export async function chooseBackend(requested = "auto") {
  * (embeddings) or a mixture of experts, which the WebGPU engine does not run yet, whatever the adapter.
  */
 export function backendFor(choice, requested, manifest) {
-  const config = manifest?.config;
-  if (requested !== "auto" || !(config?.encoder || config?.moe)) return choice;
-  const what = config.encoder ? "an encoder (embeddings)" : "a mixture of experts";
+  if (requested !== "auto" || !cpuOnly(manifest)) return choice;
+  const what = manifest.config.encoder ? "an encoder (embeddings)" : "a mixture of experts";
   return { backend: "cpu", reason: `${what}, which only the CPU engine runs yet`, label: "" };
+}
+
+/** Whether only the CPU engine runs `manifest`'s model (crates/hearth-web's `gpu_refusal` names why). */
+export function cpuOnly(manifest) {
+  return Boolean(manifest?.config?.encoder || manifest?.config?.moe);
 }
 
 function chooseFrom(gpu, requested) {

@@ -30,6 +30,7 @@ const packages = {};
 
 before(async () => {
   for (const name of [...MODELS, ...MIXTURES]) packages[name] = tinyPackage(name);
+  packages.ggufs = path.join(ROOT, "tests/fixtures/tiny"); // the mixtures' GGUF files, by URL
   packages["gemma3-270m"] = gemma3Package();
   server = await serve(packages);
   browser = await launch();
@@ -120,22 +121,29 @@ for (const { backend, native: nativeBackend } of ENGINES) {
 }
 
 for (const name of MIXTURES) {
-  test(`${name} (a mixture of experts): auto takes the CPU engine, which gives the native greedy ids; webgpu is refused by name`, { timeout: 3 * MINUTES }, async () => {
+  test(`${name} (a mixture of experts): auto takes the CPU engine, which gives the native greedy ids, also from its GGUF's URL; webgpu is refused by name`, { timeout: 3 * MINUTES }, async () => {
     const native = nativeGenerate({ model: packages[name], prompt: PROMPT, maxTokens: MAX_TOKENS, kvCache: "f32", backend: "cpu", margins: true });
     const { context, page, consoleErrors } = await openPage(browser, server);
     const got = await page.evaluate(
-      async ({ url, prompt, maxTokens }) => {
+      async ({ url, gguf, prompt, maxTokens }) => {
         const engine = await Hearth.load(url, { cache: false });
         const r = await engine.generate(prompt, { max_tokens: maxTokens });
         const info = engine.info;
         await engine.dispose();
-        const refused = await Hearth.load(url, { cache: false, backend: "webgpu" }).then(
-          (e) => e.dispose().then(() => null),
-          (e) => ({ name: e.name, message: e.message }),
-        );
-        return { ids: r.ids, prompt_ids: r.prompt_ids, text: r.text, info, refused };
+        const refuse = (url, options) =>
+          Hearth.load(url, options).then(
+            (e) => e.dispose().then(() => null),
+            (e) => ({ name: e.name, message: e.message }),
+          );
+        const refused = await refuse(url, { cache: false, backend: "webgpu" });
+        // The GGUF converted in the page as it downloads (3-D expert tensors cut per expert).
+        const ggufRefused = await refuse(gguf, { backend: "webgpu" });
+        const fromGguf = await Hearth.load(gguf, { backend: "cpu" });
+        const g = await fromGguf.generate(prompt, { max_tokens: maxTokens });
+        await fromGguf.dispose();
+        return { ids: r.ids, prompt_ids: r.prompt_ids, text: r.text, info, refused, ggufRefused, ggufIds: g.ids };
       },
-      { url: `/models/${name}/`, prompt: PROMPT, maxTokens: MAX_TOKENS },
+      { url: `/models/${name}/`, gguf: `/models/ggufs/${name}.gguf`, prompt: PROMPT, maxTokens: MAX_TOKENS },
     );
     const fixture = JSON.parse(fs.readFileSync(path.join(ROOT, `tests/fixtures/tiny/${name}.json`), "utf8"));
     assert.equal(got.info.architecture, fixture.arch);
@@ -148,6 +156,10 @@ for (const name of MIXTURES) {
     }
     assert.equal(got.refused?.name, "UnsupportedModelError", JSON.stringify(got.refused));
     assert.match(got.refused.message, /is a mixture of experts, which the WebGPU engine does not run yet/);
+    assert.equal(got.ggufRefused?.name, "UnsupportedModelError", JSON.stringify(got.ggufRefused));
+    assert.match(got.ggufRefused.message, /is a mixture of experts/);
+    // The same package bytes (the native converter's; gguf_stream.rs) on the same engine: the same ids.
+    assert.deepEqual(got.ggufIds, got.ids);
     assert.deepEqual(consoleErrors, []);
     await context.close();
   });
