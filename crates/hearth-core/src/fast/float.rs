@@ -1,9 +1,9 @@
 //! Products of float weights (f32 and f16: encoders such as BERT, and float checkpoints) on the fast
-//! engine. Each weight row is decoded to f32 once and multiplied with four tokens at a time (four
-//! independent sums in flight, the row read once per four tokens), with AVX2 and FMA where the CPU
-//! has them (chosen at run time) and otherwise what the compiler makes of the same loop (SIMD128
-//! in the browser's build). Activations stay f32: unlike the integer kernels nothing is rounded to
-//! 8 bits, so these products differ from the reference's only in the order (and fusing) of the sums.
+//! engine. Each weight row is decoded to f32 once (f32 rows are read in place) and multiplied with
+//! several tokens per pass: four rows by three tokens with AVX2 and FMA where the CPU has them
+//! (chosen at run time), four by two with SIMD128 in the browser's build, else the reference's dot
+//! per row and token. Activations stay f32: unlike the integer kernels nothing is rounded to 8 bits,
+//! so these products differ from the reference's only in the order (and fusing) of the sums.
 
 use super::kernels::Simd;
 use crate::quant::{Tensor, TensorData};
