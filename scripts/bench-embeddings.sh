@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Embeddings per second of all-MiniLM-L6-v2 for batches of 1, 16 and 64 texts of 30 tokens, side by
-# side in one run on this machine (issue 19's measure): Hearth's fast CPU engine natively
-# (`hearth bench`), the same engine in headless Chromium (the npm package; on the page's thread
-# and in a worker on a pool of threads), and sentence-transformers with PyTorch on the CPU. Prints
+# side in one run on this machine (issue 19's measure): Hearth's fast CPU engine and GPU engine
+# natively (`hearth bench`; the GPU's on whatever adapter wgpu finds, lavapipe where there is no GPU),
+# the same engines in headless Chromium (the npm package; the CPU engine on the page's thread and in
+# a worker on a pool of threads, WebGPU on the page), and sentence-transformers with PyTorch on the CPU. Prints
 # one JSON line per engine, then a table.
 #
 #   bash scripts/bench-embeddings.sh
@@ -34,6 +35,7 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 "$PY" scripts/bench_embeddings.py "$MODEL" "$TOKENS" "$OUT/texts.json" 2>/dev/null > "$OUT/st.json"
 ./target/release/hearth bench --model "$PACKAGE" --backend cpu --prompt-tokens "$TOKENS" > "$OUT/hearth.json"
+./target/release/hearth bench --model "$PACKAGE" --backend gpu --prompt-tokens "$TOKENS" >> "$OUT/hearth.json"
 node tests/browser/bench-embed.mjs --texts "$OUT/texts.json" --model "$PACKAGE" > "$OUT/browser.json"
 cat "$OUT/hearth.json" "$OUT/browser.json" "$OUT/st.json"
 node -e '
@@ -42,5 +44,6 @@ console.log("| engine | threads | 1 text | 16 texts | 64 texts |");
 console.log("|---|---|---|---|---|");
 for (const r of lines) {
   const eps = r.batches.map((b) => b.embeddings_per_s.toFixed(1));
-  console.log(`| ${r.backend}${r.simd ? " (" + r.simd + ")" : ""} | ${r.threads} | ${eps.join(" | ")} |`);
+  const detail = r.backend === "gpu" ? r.adapter : r.simd;
+  console.log(`| ${r.backend}${detail ? " (" + detail + ")" : ""} | ${r.threads} | ${eps.join(" | ")} |`);
 }' < <(cat "$OUT/hearth.json" "$OUT/browser.json" "$OUT/st.json")

@@ -65,8 +65,13 @@ struct Dims {
 // The split kernel's results: per (token, query head, split) a record of head_dim / 4 + 1 vec4s,
 // the weighted sum of values then (max, sum, 0, 0).
 @group(0) @binding(7) var<storage, read_write> partials: array<vec4<f32>>;
+// With SPANS, the step's token buffer: ids, then per token the first and the last position it
+// sees (an encoder's texts packed into one step, each attending over itself both ways).
+@group(0) @binding(8) var<storage, read> spans: array<u32>;
 
 override KV_F16: bool = false;
+// Each query sees the span `spans` gives it (encoders), not the positions up to its own.
+override SPANS: bool = false;
 // The split kernel's head dimension, set per pipeline (kernels.rs `attention_split`): its loops
 // over dimensions and over a tile's positions then have counts the compiler knows, and take four
 // loads at a time (see the split kernel).
@@ -144,10 +149,15 @@ fn query_of(head: u32, t: u32) -> Query {
     let hd = dims.head_dim;
     let kvh = head / (dims.n_heads / dims.n_kv_heads);
     let row = t * dims.n_heads + head;
-    let pos = step.start + t;
+    var pos = step.start + t;
     var first = 0u;
     if (dims.window > 0u && pos + 1u > dims.window) {
         first = pos + 1u - dims.window;
+    }
+    if (SPANS) {
+        // `pos` is the last position it sees (no encoder has ALiBi, which measures from it).
+        first = spans[step.n_tokens + t];
+        pos = spans[2u * step.n_tokens + t];
     }
     return Query(row * hd, row * dims.context, kvh * hd, dims.n_kv_heads * hd, pos, first, alibi_slope(head));
 }

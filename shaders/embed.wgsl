@@ -1,6 +1,6 @@
 // out[t] = row tokens[t] of the embedding table, decoded to f32, times `scale` (1, or Gemma's
-// sqrt(hidden)). One invocation per value. With POSITIONS the table is a learned position table
-// (GPT-2): row step.start + t is added to out[t] instead.
+// sqrt(hidden)). One invocation per value. Other tables add a row to what that wrote: learned
+// position tables (GPT-2, BERT) and BERT's token types (`ROWS` says which row).
 // A table too large for one storage binding is split into row ranges, one dispatch each: each
 // writes the tokens that fall in its rows.
 
@@ -22,23 +22,35 @@ struct Dims {
 @group(0) @binding(5) var<storage, read> mins: array<u32>;
 @group(0) @binding(6) var<uniform> step: Step;
 
-override POSITIONS: bool = false;
+// The row token t reads: 0 its token id; 1 its position, step.start + t (GPT-2); 2 its position
+// within its own text, for an encoder's texts packed into one step (tokens[n + t] is the position
+// its text starts at: see encoder.rs); 3 row 0 (BERT's token type of every token).
+override ROWS: u32 = 0u;
 
-// The table row token t reads: its token id, or its position.
 fn row_of(t: u32) -> u32 {
-    if (POSITIONS) {
-        return step.start + t;
+    switch ROWS {
+        case 1u: {
+            return step.start + t;
+        }
+        case 2u: {
+            return step.start + t - tokens[step.n_tokens + t];
+        }
+        case 3u: {
+            return 0u;
+        }
+        default: {
+            return tokens[t];
+        }
     }
-    return tokens[t];
 }
 
-// Write value i of token t.
+// Write value i of token t: the token table's, scaled; another table's, added.
 fn emit(t: u32, i: u32, v: f32) {
     let at = t * dims.hidden + i;
-    if (POSITIONS) {
-        out[at] = out[at] + v;
-    } else {
+    if (ROWS == 0u) {
         out[at] = v * dims.scale;
+    } else {
+        out[at] = out[at] + v;
     }
 }
 

@@ -10,6 +10,8 @@ import { EMBED } from "./embeddings.js";
 
 /** Milliseconds of embedding between two returns to the event loop (so an abort, or the page, gets in). */
 const EMBED_SLICE_MS = 50;
+/** Texts per wasm call on WebGPU: enough to fill a few packed steps, few enough that an abort waits little. */
+const EMBED_GPU_TEXTS = 64;
 
 /** wasm-bindgen values as plain JSON-like data (Maps to objects, typed arrays to arrays). */
 export function plain(value) {
@@ -155,16 +157,19 @@ export class HearthEngine extends EngineApi {
     try {
       const embeddings = [];
       const tokens = [];
+      // WebGPU packs a call's texts into steps of 512 tokens: many per call. The CPU engine runs
+      // them one by one: one per call, so an abort or the page gets in between texts.
+      const perCall = this.info.backend === "webgpu" ? EMBED_GPU_TEXTS : 1;
       let slice = performance.now();
-      for (const text of texts) {
+      for (let at = 0; at < texts.length; at += perCall) {
         if (performance.now() - slice > EMBED_SLICE_MS) {
           await new Promise((resolve) => setTimeout(resolve, 0));
           slice = performance.now();
         }
         if (signal?.aborted) throw abortError(signal);
-        const r = this.#engine.embed(text, normalize);
-        embeddings.push(r.embedding);
-        tokens.push(r.tokens);
+        const r = await this.#engine.embed(texts.slice(at, at + perCall), normalize);
+        embeddings.push(...r.embeddings);
+        tokens.push(...r.tokens);
       }
       return { embeddings, tokens };
     } catch (e) {

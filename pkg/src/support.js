@@ -63,18 +63,17 @@ export async function chooseBackend(requested = "auto") {
 }
 
 /**
- * `choice` (chooseBackend's) for `manifest`'s model: "auto" takes the CPU engine for an encoder
- * (embeddings) or a mixture of experts, which the WebGPU engine does not run yet, whatever the adapter.
+ * `choice` (chooseBackend's) for `manifest`'s model: "auto" takes the CPU engine for a mixture of
+ * experts, which the WebGPU engine does not run yet, whatever the adapter.
  */
 export function backendFor(choice, requested, manifest) {
   if (requested !== "auto" || !cpuOnly(manifest)) return choice;
-  const what = manifest.config.encoder ? "an encoder (embeddings)" : "a mixture of experts";
-  return { backend: "cpu", reason: `${what}, which only the CPU engine runs yet`, label: "" };
+  return { backend: "cpu", reason: "a mixture of experts, which only the CPU engine runs yet", label: "" };
 }
 
 /** Whether only the CPU engine runs `manifest`'s model (crates/hearth-web's `gpu_refusal` names why). */
 export function cpuOnly(manifest) {
-  return Boolean(manifest?.config?.encoder || manifest?.config?.moe);
+  return Boolean(manifest?.config?.moe);
 }
 
 function chooseFrom(gpu, requested) {

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The browser side of scripts/bench-embeddings.sh: an encoder's embeddings per second through the
 // npm package in headless Chromium (the CPU engine in wasm: on the page's thread, and in a worker
-// on a pool of threads), for batches of 1, 16 and 64 of the texts in FILE (a JSON array of
+// on a pool of threads; the WebGPU engine on the page, on whatever adapter Chromium offers), for batches of 1, 16 and 64 of the texts in FILE (a JSON array of
 // strings, written by scripts/bench_embeddings.py with their token count), after one warm-up
 // batch. One JSON line per place, with the keys `hearth bench` prints for an encoder.
 //
@@ -27,11 +27,11 @@ const texts = JSON.parse(fs.readFileSync(a.texts, "utf8"));
 const browser = await launch();
 const server = await serve({ model: a.model });
 try {
-  for (const worker of [false, true]) {
+  for (const [worker, backend] of [[false, "cpu"], [true, "cpu"], [false, "webgpu"]]) {
     const { context, page } = await openPage(browser, server);
-    const report = await page.evaluate(async ({ texts, worker }) => {
+    const report = await page.evaluate(async ({ texts, worker, backend }) => {
       const started = performance.now();
-      const engine = await (worker ? Hearth.loadInWorker : Hearth.load)("/models/model/", { backend: "cpu", cache: false });
+      const engine = await (worker ? Hearth.loadInWorker : Hearth.load)("/models/model/", { backend, cache: false });
       const load_s = (performance.now() - started) / 1000;
       const { usage } = await engine.embeddings.create({ input: texts.slice(0, 16) });
       const batches = [];
@@ -43,8 +43,9 @@ try {
       }
       const info = engine.info;
       await engine.dispose();
-      return { tokens_per_text: usage.prompt_tokens / 16, load_s, backend: `browser ${worker ? "worker" : "page"}`, threads: info.threads, adapter: info.adapter, batches };
-    }, { texts, worker });
+      const where = backend === "webgpu" ? `webgpu (${info.adapter})` : worker ? "worker" : "page";
+      return { tokens_per_text: usage.prompt_tokens / 16, load_s, backend: `browser ${where}`, threads: info.threads, adapter: info.adapter, batches };
+    }, { texts, worker, backend });
     console.log(JSON.stringify(report));
     await context.close();
   }

@@ -1,9 +1,9 @@
 // Sentence embeddings in the browser: the real all-MiniLM-L6-v2 converted from its Transformers
-// directory, loaded on the CPU engine (wasm; `backend: "auto"` takes it for an encoder), against
-// what the sentence-transformers library computed for the same 53 texts
-// (tests/fixtures/minilm/embeddings.json, made by tests/fixtures/make_embeddings.py): on the page's
-// thread and in a Web Worker on a pool of threads, through `engine.embed()` and OpenAI's
-// `engine.embeddings.create()`. Also: the retrieval ranking, batched against one at a time,
+// directory, against what the sentence-transformers library computed for the same 53 texts
+// (tests/fixtures/minilm/embeddings.json, made by tests/fixtures/make_embeddings.py): on the CPU
+// engine (wasm; `backend: "auto"` takes it beside a software WebGPU adapter) on the page's thread
+// and in a Web Worker on a pool of threads, and on the WebGPU engine (SwiftShader here; the texts
+// packed into steps of 512 tokens), through `engine.embed()` and OpenAI's `engine.embeddings.create()`. Also: the retrieval ranking, batched against one at a time,
 // `normalize`, and the typed errors (an encoder asked to generate, a decoder asked to embed, bad input).
 
 import { after, before, test } from "node:test";
@@ -39,9 +39,9 @@ const maxDiff = (a, b) => a.reduce((m, x, i) => Math.max(m, Math.abs(x - b[i])),
 
 /**
  * Each embedding within cosine 0.9999 of the library's: the bar natively (embeddings.rs), where the
- * fast CPU engine's products sum in another order than PyTorch's; wasm's SIMD128 kernels sum in
- * another order again, which moves components by ~1e-7, far inside it (the tanh GELU in place of the
- * exact one moves them by 3e-4).
+ * fast CPU engine's products sum in another order than PyTorch's; wasm's SIMD128 kernels and the
+ * GPU's sum in other orders again, which moves components by ~1e-7, far inside it (the tanh GELU in
+ * place of the exact one moves them by 3e-4).
  */
 function assertLikeLibrary(embeddings, what) {
   assert.equal(embeddings.length, fixture.texts.length, `${what}: one embedding per text`);
@@ -61,12 +61,12 @@ function ranking(all, q) {
   return docs.sort((a, b) => cosine(all[q], all[b]) - cosine(all[q], all[a]));
 }
 
-for (const worker of [false, true]) {
-  const where = worker ? "in a worker (threads)" : "on the page's thread";
+for (const [worker, backend] of [[false, "auto"], [true, "auto"], [false, "webgpu"]]) {
+  const where = backend === "webgpu" ? "on WebGPU" : worker ? "in a worker (threads)" : "on the page's thread";
   test(`all-MiniLM-L6-v2 ${where}: 53 texts embed as sentence-transformers does, batched or one at a time; the ranking is the library's`, { timeout: 6 * MINUTES }, async () => {
     const { context, page, consoleErrors } = await openPage(browser, server);
-    const got = await page.evaluate(async ({ texts, worker }) => {
-      const engine = await (worker ? Hearth.loadInWorker : Hearth.load)("/models/minilm/");
+    const got = await page.evaluate(async ({ texts, worker, backend }) => {
+      const engine = await (worker ? Hearth.loadInWorker : Hearth.load)("/models/minilm/", { backend });
       const plain = (list) => list.map((e) => Array.from(e));
       const batch = await engine.embed(texts);
       const types = batch.map((e) => Object.prototype.toString.call(e));
@@ -78,13 +78,18 @@ for (const worker of [false, true]) {
       const info = { ...engine.info, cores: navigator.hardwareConcurrency };
       await engine.dispose();
       return { info, types, batch: plain(batch), single: plain(single), unnormalized: plain(unnormalized), openai, base64 };
-    }, { texts: fixture.texts, worker });
+    }, { texts: fixture.texts, worker, backend });
 
-    assert.equal(got.info.backend, "cpu", got.info.backendReason);
-    assert.match(got.info.backendReason, /encoder/);
+    if (backend === "webgpu") {
+      assert.equal(got.info.backend, "webgpu", got.info.backendReason);
+      assert.equal(got.info.threads, 1);
+    } else {
+      assert.equal(got.info.backend, "cpu", got.info.backendReason);
+      assert.match(got.info.backendReason, /runs in software/);
+      // The worker is cross-origin isolated: the threaded build, one pool thread per core.
+      assert.equal(got.info.threads, worker ? Math.min(16, got.info.cores) : 1);
+    }
     assert.deepEqual(got.info.embedding, { dimensions: 384, pooling: "mean", normalize: true, maxTokens: 256 });
-    // The worker is cross-origin isolated: the threaded build, one pool thread per core.
-    assert.equal(got.info.threads, worker ? Math.min(16, got.info.cores) : 1);
     assert.ok(got.types.every((t) => t === "[object Float32Array]"), got.types.join());
 
     const worst = assertLikeLibrary(got.batch, where);
@@ -93,8 +98,9 @@ for (const worker of [false, true]) {
       assert.deepEqual(ranking(got.batch, q), ranking(fixture.embeddings, q), `query ${q}`);
       assert.equal(ranking(got.batch, q)[0], q + 4, `query ${q} finds its document first`);
     }
-    // Each text is computed on its own, so alone it is the same; 1e-6 leaves room for a batched
-    // computation to round differently, as the library's own does (2.2e-7, the fixture's figure).
+    // Each text is computed on its own (on WebGPU packed with others, but attending to itself
+    // alone), so alone it is the same; 1e-6 leaves room for a batched computation to round
+    // differently, as the library's own does (2.2e-7, the fixture's figure).
     got.single.forEach((e, i) => assert.ok(maxDiff(e, got.batch[i]) <= 1e-6, `text ${i} alone differs by ${maxDiff(e, got.batch[i])}`));
     // The model normalizes (its Normalize module); without it the vectors point the same way.
     got.batch.slice(0, 6).forEach((e, i) => assert.ok(Math.abs(norm(e) - 1) < 1e-5, `text ${i}: norm ${norm(e)}`));

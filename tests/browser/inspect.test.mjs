@@ -5,8 +5,7 @@
 // where inspect() refuses SmolLM2 at its full context with the message load() then throws, and
 // accepts it at 256 positions; what is stored before and after a load (and, stored whole, inspected
 // without a request, or offline); a storage quota too small, with load()'s message; unknown options
-// refused by name; an encoder (embeddings) on the CPU engine, and refused by name on the WebGPU
-// one, which does not run encoders yet. (A GGUF URL: gguf-url.test.mjs; embeddings: embed.test.mjs.)
+// refused by name; an encoder (embeddings), sized for either engine with no KV cache. (A GGUF URL: gguf-url.test.mjs; embeddings: embed.test.mjs.)
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -180,31 +179,31 @@ test("a quota too small for the model: inspect() gives the message load() then t
   await context.close();
 });
 
-test("an encoder (all-MiniLM-L6-v2, embeddings): inspect() sizes it for the CPU engine (and auto takes that), the WebGPU engine refuses it by name before any shard, and nothing is stored", { timeout: 2 * MINUTES }, async () => {
+test("an encoder (all-MiniLM-L6-v2, embeddings): inspect() sizes it for either engine with no KV cache, auto takes the CPU beside a software adapter, and WebGPU loads and embeds it", { timeout: 3 * MINUTES }, async () => {
   const { context, page, consoleErrors } = await openPage(browser, server);
   server.reset();
   const got = await page.evaluate(async () => {
     const cpu = await Hearth.inspect("/models/minilm/", { backend: "cpu" });
     const auto = await Hearth.inspect("/models/minilm/");
     const webgpu = await Hearth.inspect("/models/minilm/", { backend: "webgpu" });
-    const error = await Hearth.load("/models/minilm/", { backend: "webgpu" }).then(
-      (e) => e.dispose().then(() => null),
-      (e) => ({ name: e.name, message: e.message }),
-    );
-    return { cpu, auto, webgpu, error, stored: await Hearth.cache.list() };
+    const engine = await Hearth.load("/models/minilm/", { backend: "webgpu" });
+    const embedding = Array.from((await engine.embed("A cat sat on the mat."))[0]);
+    const info = engine.info;
+    await engine.dispose();
+    return { cpu, auto, webgpu, info, embedding };
   });
   assert.equal(got.cpu.architecture, "bert");
   assert.deepEqual(got.cpu.reasons, []);
   assert.equal(got.cpu.fits, true);
   assert.equal(got.cpu.memory.kvCache, 0, "an encoder keeps no KV cache");
   assert.equal(got.auto.backend, "cpu");
-  assert.match(got.auto.backendReason, /an encoder/);
-  assert.equal(got.webgpu.fits, false);
-  assert.match(got.webgpu.reasons.join(" "), /all-MiniLM-L6-v2 is an encoder: the WebGPU engine does not compute embeddings yet \(bert\)/);
-  assert.equal(got.error?.name, "UnsupportedModelError", JSON.stringify(got.error));
-  assert.match(got.error.message, /backend "cpu"/);
-  assert.deepEqual(got.stored, []);
-  assert.deepEqual(server.requests("/models/minilm/").filter((e) => e.path.includes("shard")), [], "no shard fetched");
+  assert.match(got.auto.backendReason, /runs in software/);
+  assert.deepEqual(got.webgpu.reasons, []);
+  assert.equal(got.webgpu.fits, true);
+  assert.equal(got.webgpu.memory.kvCache, 0, "an encoder keeps no KV cache");
+  assert.equal(got.info.backend, "webgpu");
+  assert.equal(got.embedding.length, 384);
+  assert.ok(Math.abs(Math.hypot(...got.embedding) - 1) < 1e-5, "normalized, as the model says");
   assert.deepEqual(consoleErrors, []);
   await context.close();
 });

@@ -19,7 +19,7 @@ use hearth_core::package::{parse_manifest, TensorSource, MANIFEST_FILE};
 use hearth_core::plan::ModelSizes;
 use hearth_core::sampling::SamplingParams;
 use hearth_core::synthetic::SyntheticWeights;
-use hearth_gpu::{GpuContext, GpuEngine};
+use hearth_gpu::{GpuContext, GpuEncoder, GpuEngine};
 use serde_json::json;
 
 /// Chat templates render on a memory budget (`hearth_core::budget`), enforced by this allocator.
@@ -96,10 +96,12 @@ enum Command {
         text: String,
     },
     /// Print the embeddings of TEXTs (an encoder package: BERT) as one JSON line:
-    /// {"embeddings": [[...], ...], "tokens": [...], "dims": N}.
+    /// {"embeddings": [[...], ...], "tokens": [...], "dims": N, "backend": "gpu" | "cpu" | "cpu-ref"}.
     Embed {
         #[arg(long)]
         model: PathBuf,
+        #[command(flatten)]
+        engine: EngineArgs,
         #[arg(required = true)]
         texts: Vec<String>,
     },
@@ -373,20 +375,29 @@ fn run(cli: Cli) -> Result<()> {
             let ids = model.prompter.tokenizer.encode(&text, special, true)?;
             println!("{}", serde_json::to_string(&ids)?);
         }
-        Command::Embed { model, texts } => {
+        Command::Embed { model, engine, texts } => {
             let mut model = Model::open(&model)?;
             let Some(encoder) = model.package.manifest.config.encoder.clone() else {
                 bail!("{} is a decoder: it generates text, and gives no embeddings", model.package.manifest.name);
             };
-            let mut engine = FastEngine::from_package(&model.package)?;
-            let (mut embeddings, mut tokens) = (Vec::new(), Vec::new());
-            for text in &texts {
-                let ids = model.prompter.tokenizer.encode_for_embedding(text, encoder.max_tokens)?;
-                tokens.push(ids.len());
-                embeddings.push(engine.embed(&ids)?);
-            }
+            let ids = texts
+                .iter()
+                .map(|text| model.prompter.tokenizer.encode_for_embedding(text, encoder.max_tokens))
+                .collect::<hearth_core::Result<Vec<_>>>()?;
+            let (backend, embeddings) = match open_gpu(engine)? {
+                Some(ctx) => ("gpu", GpuEncoder::new(ctx, &model.package)?.embed(&ids, None)?),
+                None if engine.backend == Some(Backend::CpuRef) => {
+                    let mut cpu = CpuEngine::from_package(&model.package)?;
+                    ("cpu-ref", ids.iter().map(|t| cpu.embed(t)).collect::<hearth_core::Result<_>>()?)
+                }
+                None => {
+                    let mut cpu = FastEngine::from_package(&model.package)?;
+                    ("cpu", ids.iter().map(|t| cpu.embed(t)).collect::<hearth_core::Result<_>>()?)
+                }
+            };
+            let tokens: Vec<usize> = ids.iter().map(Vec::len).collect();
             let dims = model.package.manifest.config.hidden_size;
-            println!("{}", json!({ "embeddings": embeddings, "tokens": tokens, "dims": dims }));
+            println!("{}", json!({ "embeddings": embeddings, "tokens": tokens, "dims": dims, "backend": backend }));
         }
         Command::Generate {
             model,
@@ -666,23 +677,34 @@ fn bench(dir: &std::path::Path, choice: EngineArgs, plan: BenchPlan) -> Result<(
 const EMBED_BATCHES: [usize; 3] = [1, 16, 64];
 
 /// An encoder's speed: embeddings per second for batches of 1, 16 and 64 texts of `text`'s tokens
-/// each (`--prompt-tokens`; the CPU engines embed each text on its own), after one warm-up text.
+/// each (`--prompt-tokens`; the CPU engines embed each text on its own, the GPU's packs a batch into
+/// steps), after one warm-up text.
 fn bench_embeddings(source: &dyn TensorSource, choice: EngineArgs, text: &[u32], started: Instant) -> Result<()> {
-    if matches!(choice.backend, Some(Backend::Gpu)) {
-        bail!("the GPU engine does not run encoders yet: --backend cpu");
-    }
     let max = source.manifest().config.encoder.as_ref().map_or(0, |e| e.max_tokens);
     if text.len() > max {
         bail!("--prompt-tokens {} is more than the {max} tokens this encoder takes", text.len());
     }
-    let (name, (load_s, batches)) = match choice.backend {
-        Some(Backend::CpuRef) => ("cpu-ref", embed_batches(&mut CpuEngine::from_source(source)?, text, started)?),
-        _ => ("cpu", embed_batches(&mut FastEngine::from_source(source)?, text, started)?),
+    let mut adapter = None;
+    let (name, (load_s, batches)) = match (open_gpu(choice)?, choice.backend) {
+        (Some(ctx), _) => {
+            let mut gpu = GpuEncoder::new(ctx, source)?;
+            adapter = Some(gpu.adapter_name().to_string());
+            ("gpu", timed_batches(started, |n| gpu.embed(&vec![text.to_vec(); n], None).map(drop))?)
+        }
+        (None, Some(Backend::CpuRef)) => {
+            let mut cpu = CpuEngine::from_source(source)?;
+            ("cpu-ref", timed_batches(started, |n| (0..n).try_for_each(|_| cpu.embed(text).map(drop)))?)
+        }
+        (None, _) => {
+            let mut cpu = FastEngine::from_source(source)?;
+            ("cpu", timed_batches(started, |n| (0..n).try_for_each(|_| cpu.embed(text).map(drop)))?)
+        }
     };
     let report = json!({
         "tokens_per_text": text.len(),
         "load_s": load_s,
         "backend": name,
+        "adapter": adapter,
         "threads": hearth_core::fast::threads(),
         "simd": hearth_core::fast::kernels::Simd::detect().name(),
         "batches": batches,
@@ -691,20 +713,18 @@ fn bench_embeddings(source: &dyn TensorSource, choice: EngineArgs, text: &[u32],
     Ok(())
 }
 
-/// Seconds since `started` (the engine loaded), and the JSON of each batch of `EMBED_BATCHES`.
-fn embed_batches<P: hearth_core::cpu::Products>(
-    engine: &mut hearth_core::cpu::Engine<P>,
-    text: &[u32],
+/// Seconds since `started` (the engine loaded), and the JSON of each batch of `EMBED_BATCHES`:
+/// `embed(n)` embeds n texts (after one warm-up text).
+fn timed_batches(
     started: Instant,
+    mut embed: impl FnMut(usize) -> hearth_core::Result<()>,
 ) -> Result<(f64, Vec<serde_json::Value>)> {
     let load_s = started.elapsed().as_secs_f64();
-    engine.embed(text)?;
+    embed(1)?;
     let mut batches = Vec::new();
     for n in EMBED_BATCHES {
         let t = Instant::now();
-        for _ in 0..n {
-            engine.embed(text)?;
-        }
+        embed(n)?;
         let seconds = t.elapsed().as_secs_f64();
         batches.push(json!({"texts": n, "seconds": seconds, "embeddings_per_s": n as f64 / seconds}));
     }

@@ -528,6 +528,20 @@ fn embed_prints_the_embeddings_of_an_encoder() {
         let cos = dot / (norm(&ours) * norm(&theirs));
         assert!(cos >= 0.9999, "text {i}: cosine {cos}");
     }
+    assert_eq!(out["backend"], "cpu", "a software adapter is passed over unless asked for");
+    // The GPU engine (lavapipe here, asked for by name): the same embeddings, all texts in one step.
+    let gpu: serde_json::Value =
+        serde_json::from_str(&ok(
+            &[&["embed", "--model", dir.to_str().unwrap(), "--backend", "gpu"], &texts[..]].concat()
+        ))
+        .unwrap();
+    assert_eq!((&gpu["backend"], &gpu["tokens"]), (&serde_json::json!("gpu"), &out["tokens"]));
+    for k in 0..picks.len() {
+        let (a, b) = (gpu["embeddings"][k].as_array().unwrap(), out["embeddings"][k].as_array().unwrap());
+        let diff = a.iter().zip(b).map(|(x, y)| (x.as_f64().unwrap() - y.as_f64().unwrap()).abs()).fold(0.0, f64::max);
+        // Both within 1e-5 of the library's per component (embeddings.rs on each engine).
+        assert!(diff <= 2e-5, "text {}: the GPU's embedding differs from the CPU's by {diff}", picks[k]);
+    }
     let err = hearth(&["embed", "--model", package(), "hello"]);
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("is a decoder"), "{}", String::from_utf8_lossy(&err.stderr));
@@ -550,4 +564,9 @@ fn embed_prints_the_embeddings_of_an_encoder() {
     assert!(bench["batches"].as_array().unwrap().iter().all(|b| b["embeddings_per_s"].as_f64().unwrap() > 0.0));
     let err = hearth(&["bench", "--model", dir.to_str().unwrap(), "--backend", "cpu", "--prompt-tokens", "257"]);
     assert!(String::from_utf8_lossy(&err.stderr).contains("more than the 256 tokens"), "{err:?}");
+    let args = ["bench", "--model", dir.to_str().unwrap(), "--backend", "gpu", "--prompt-tokens", "12"];
+    let bench: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    assert_eq!(bench["backend"], "gpu");
+    assert!(bench["adapter"].as_str().is_some_and(|a| !a.is_empty()));
+    assert_eq!(bench["batches"].as_array().unwrap().len(), 3);
 }

@@ -116,7 +116,10 @@ impl GpuPlan {
         let (positions, weights) = positions_and_weights(manifest, max_context)?;
         let c = &manifest.config;
         let chunk = chunk.max(1);
-        let cache_rows: Vec<usize> = (0..c.n_layers).map(|l| Self::rows(c, l, positions, chunk)).collect();
+        // An encoder keeps nothing between texts: its one step's keys are working memory
+        // (hearth-gpu's GpuEncoder).
+        let layers = if c.encoder.is_some() { 0 } else { c.n_layers };
+        let cache_rows: Vec<usize> = (0..layers).map(|l| Self::rows(c, l, positions, chunk)).collect();
         // Bounded by the config's limits (kv_dim ≤ 2^21, rows ≤ 2^24, layers ≤ 2^10): no product
         // here comes near 2^64, and u64 keeps it whole on wasm32 too.
         let words = (c.kv_dim() / if kv_f16 { 2 } else { 1 }) as u64;

@@ -141,6 +141,12 @@ pub struct AttentionBuffers<'a> {
     /// Scratch of at least [`scratch_len`] values: the row split's scores or the split kernel's
     /// per-split records. One buffer serves every layer (they run one after another).
     pub scratch: &'a wgpu::Buffer,
+    /// The step's token buffer, always bound (WebGPU lays out every binding a shader names);
+    /// read only with `spans`: after the ids, each token's first and last visible positions.
+    pub tokens: &'a wgpu::Buffer,
+    /// Each query attends over the span `tokens` gives it (an encoder: its own text, both ways),
+    /// not the positions up to its own.
+    pub spans: bool,
 }
 
 /// Whether attention with `dims` runs the row split on this adapter.
@@ -190,7 +196,7 @@ pub fn prepare(
     let b = buffers;
     let n_heads = dims.n_heads;
     if uses_rows(kernels, &dims) {
-        let pipeline = kernels.attention_rows(kv_f16);
+        let pipeline = kernels.attention_rows(kv_f16, b.spans);
         let group = bind_group(
             device,
             &pipeline,
@@ -202,12 +208,13 @@ pub fn prepare(
                 entry(4, whole(b.v_cache)),
                 entry(5, whole(b.scratch)),
                 entry(6, whole(b.out)),
+                entry(8, whole(b.tokens)),
             ],
         );
         let grid = move |s: Step| Some(((n_heads * s.n_tokens).div_ceil(WORKGROUP), 1, 1));
         return Ok(vec![Dispatch::single(pipeline, group, Box::new(grid))]);
     }
-    let split = kernels.attention_split(kv_f16, dims.head_dim);
+    let split = kernels.attention_split(kv_f16, dims.head_dim, b.spans);
     let split_group = bind_group(
         device,
         &split,
@@ -219,6 +226,7 @@ pub fn prepare(
             entry(4, whole(b.v_cache)),
             entry(6, whole(b.out)),
             entry(7, whole(b.scratch)),
+            entry(8, whole(b.tokens)),
         ],
     );
     let combine = kernels.attention_combine();

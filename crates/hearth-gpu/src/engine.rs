@@ -33,12 +33,12 @@ use crate::attention::{self, AttentionBuffers, AttentionDims};
 use crate::builder::{Builder, Dispatch, Fuse, GatedWeights, Product, RopeDims, RopeStore, Step};
 use crate::context::GpuContext;
 use crate::kernels::{
-    bind_group, entry, read_back_async, storage, storage_limit, uniform, uniform_of, whole, Activation, Kernels,
-    DECODE_ROWS_MAX, WORKGROUP,
+    bind_group, entry, read_back_async, storage, storage_limit, uniform, uniform_of, whole, Activation, EmbedRows,
+    Kernels, DECODE_ROWS_MAX, WORKGROUP,
 };
 use crate::profile::{KernelTime, Profiler};
 use crate::sampler::{result_bytes, GpuSampler, Penalties, RESULT_WORDS};
-use crate::weights::{WeightBuffer, WeightUploads};
+use crate::weights::{Pending, WeightBuffer, WeightUploads};
 
 /// Most tokens one forward pass takes; longer prompts are run in chunks of this many.
 pub const MAX_CHUNK: usize = 64;
@@ -162,39 +162,8 @@ pub struct GpuEngine {
     _scratch: Vec<wgpu::Buffer>,
 }
 
-/// An engine whose every buffer, pipeline and bind group exists, waiting for its weights: feed it
-/// tensors ([`PendingEngine::load`]) or shards ([`PendingEngine::feed_shard`], as they arrive over
-/// the network), then [`PendingEngine::finish`].
-pub struct PendingEngine {
-    engine: GpuEngine,
-    manifest: Manifest,
-    uploads: WeightUploads,
-}
-
-impl PendingEngine {
-    /// Every tensor the engine reads, one at a time from `source`.
-    pub fn load(mut self, source: &dyn TensorSource) -> Result<Self> {
-        self.uploads.feed_source(&self.engine.ctx.queue, source)?;
-        Ok(self)
-    }
-
-    /// Shard `index` (already checked against its sha256): `copy(at, dst)` copies its bytes from
-    /// offset `at` into `dst`, so the caller may keep the shard outside this memory.
-    pub fn feed_shard(&mut self, index: usize, len: u64, copy: &mut dyn FnMut(u64, &mut [u8])) -> Result<()> {
-        self.uploads.feed_shard(&self.engine.ctx.queue, &self.manifest, index, len, copy)
-    }
-
-    /// Tensor bytes taken so far.
-    pub fn bytes_fed(&self) -> u64 {
-        self.uploads.bytes_fed()
-    }
-
-    /// The engine, once every weight buffer has all its bytes.
-    pub fn finish(self) -> Result<GpuEngine> {
-        self.uploads.finish()?;
-        Ok(self.engine)
-    }
-}
+/// The decoder engine, waiting for its weights (see [`Pending`]).
+pub type PendingEngine = Pending<GpuEngine>;
 
 impl GpuEngine {
     /// Upload the weights of `source` and prepare every dispatch. `max_context` caps the KV cache
@@ -218,7 +187,7 @@ impl GpuEngine {
         c.validate().map_err(|e| HearthError::bad_package(origin, e))?;
         if c.encoder.is_some() {
             return Err(HearthError::UnsupportedSource(format!(
-                "{origin}: `{}` is an encoder (embeddings), which the GPU engine does not run yet: use the CPU engine",
+                "{origin}: `{}` is an encoder: it gives embeddings (GpuEncoder), not generated text",
                 m.architecture
             )));
         }
@@ -340,7 +309,8 @@ impl GpuEngine {
         for (piece, is_position) in tables {
             let scale = c.embedding_scale.unwrap_or(1.0);
             let dims = uniform(&device, "embed dims", &[h, piece.first_row, piece.rows, piece.group, scale.to_bits()]);
-            let pipeline = b.kernels.embed(piece.dtype, is_position);
+            let pipeline =
+                b.kernels.embed(piece.dtype, if is_position { EmbedRows::Positions } else { EmbedRows::Tokens });
             let mut entries = vec![
                 entry(0, whole(&dims)),
                 entry(1, whole(&tokens)),
@@ -498,6 +468,8 @@ impl GpuEngine {
                     v_cache: &v_cache,
                     out: &attn,
                     scratch: &attention_scratch,
+                    tokens: &tokens,
+                    spans: false,
                 },
             )?);
             // The output products add into the residual stream, or (with post-norms) write `proj`,
@@ -640,7 +612,8 @@ impl GpuEngine {
         };
         // Anything the device refused while the buffers and pipelines were made.
         engine.ctx.errors.check()?;
-        Ok(PendingEngine { engine, manifest: m.clone(), uploads })
+        let queue = engine.ctx.queue.clone();
+        Ok(Pending::new(engine, queue, m, uploads))
     }
 
     pub fn adapter_name(&self) -> &str {

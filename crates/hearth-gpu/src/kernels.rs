@@ -76,6 +76,8 @@ pub enum Activation {
     None,
     Silu,
     GeluTanh,
+    /// The exact GELU, `y · Φ(y)` (BERT), its erf approximated in prelude.wgsl within 1.5e-7.
+    GeluErf,
     /// `cap * tanh(y / cap)`, the cap in the product's dims (Gemma 2's logits).
     Softcap,
 }
@@ -88,8 +90,32 @@ impl Activation {
             Activation::Silu => 1.0,
             Activation::GeluTanh => 2.0,
             Activation::Softcap => 3.0,
+            Activation::GeluErf => 4.0,
         }
     }
+}
+
+/// A boolean override constant's value.
+fn flag(on: bool) -> f64 {
+    if on {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// Which row of its table an embedding gather reads for each token (embed.wgsl's `ROWS`); every
+/// table but the token table adds its row to what the token table wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbedRows {
+    /// The token's id.
+    Tokens = 0,
+    /// The token's position (GPT-2's learned positions).
+    Positions = 1,
+    /// The token's position within its own text (an encoder's texts packed into one step).
+    TextPositions = 2,
+    /// Row 0 (BERT's token type, the same for every token).
+    First = 3,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -305,10 +331,9 @@ impl Kernels {
         }
     }
 
-    /// The embedding gather for a table in `dtype`; with `positions`, the learned position table
-    /// (rows by position, added to what the gather wrote).
-    pub fn embed(&self, dtype: DType, positions: bool) -> wgpu::ComputePipeline {
-        let constants = [("POSITIONS", if positions { 1.0 } else { 0.0 })];
+    /// The embedding gather for a table in `dtype`, its rows chosen as `rows` says.
+    pub fn embed(&self, dtype: DType, rows: EmbedRows) -> wgpu::ComputePipeline {
+        let constants = [("ROWS", rows as u32 as f64)];
         self.pipeline(&self.embed_module, &format!("embed_{}", dtype.name()), &constants)
     }
 
@@ -319,7 +344,6 @@ impl Kernels {
     }
 
     pub fn rope_store(&self, kv_f16: bool, qkv_bias: bool, qk_norm: bool) -> wgpu::ComputePipeline {
-        let flag = |b: bool| if b { 1.0 } else { 0.0 };
         let constants = [("KV_F16", flag(kv_f16)), ("QKV_BIAS", flag(qkv_bias)), ("QK_NORM", flag(qk_norm))];
         self.pipeline(&self.rope_module, "rope_store", &constants)
     }
@@ -330,15 +354,17 @@ impl Kernels {
         self.software && visible * (head_dim / 2 + 2) <= ROWS_ATTENTION_MAX_ITERATIONS
     }
 
-    /// attention.wgsl's row split (software adapters).
-    pub fn attention_rows(&self, kv_f16: bool) -> wgpu::ComputePipeline {
-        self.pipeline(&self.attention_module, "attention_rows", &[("KV_F16", if kv_f16 { 1.0 } else { 0.0 })])
+    /// attention.wgsl's row split (software adapters); with `spans`, each query over the span the
+    /// step's token buffer gives it (an encoder's packed texts).
+    pub fn attention_rows(&self, kv_f16: bool, spans: bool) -> wgpu::ComputePipeline {
+        let constants = [("KV_F16", flag(kv_f16)), ("SPANS", flag(spans))];
+        self.pipeline(&self.attention_module, "attention_rows", &constants)
     }
 
     /// attention.wgsl's split kernel for heads of `head_dim` dimensions: a share of the positions
-    /// for every query head of a KV head.
-    pub fn attention_split(&self, kv_f16: bool, head_dim: u32) -> wgpu::ComputePipeline {
-        let constants = [("KV_F16", if kv_f16 { 1.0 } else { 0.0 }), ("HEAD_DIM", f64::from(head_dim))];
+    /// for every query head of a KV head (`spans` as for [`Kernels::attention_rows`]).
+    pub fn attention_split(&self, kv_f16: bool, head_dim: u32, spans: bool) -> wgpu::ComputePipeline {
+        let constants = [("KV_F16", flag(kv_f16)), ("HEAD_DIM", f64::from(head_dim)), ("SPANS", flag(spans))];
         self.pipeline(&self.attention_module, "attention_split", &constants)
     }
 

@@ -9,6 +9,7 @@
 pub mod attention;
 mod builder;
 mod context;
+mod encoder;
 mod engine;
 pub mod kernels;
 pub mod profile;
@@ -17,5 +18,6 @@ pub mod weights;
 
 pub use builder::{run_dispatches, Dispatch, RopeDims, Step};
 pub use context::GpuContext;
+pub use encoder::{GpuEncoder, PendingEncoder, PACKED_TOKENS};
 pub use engine::{GpuEngine, PendingEngine, StepCounts, MAX_CHUNK, QUEUE_DEPTH};
-pub use weights::{Span, StoredMatrix, WeightBuffer, WeightUploads};
+pub use weights::{Pending, Span, StoredMatrix, WeightBuffer, WeightUploads};

@@ -285,7 +285,7 @@ pub fn create_vector(
 const DIRECT_WINDOW: u64 = 4 << 20;
 
 /// A planned buffer waiting for its bytes.
-struct Pending {
+struct PendingBuffer {
     label: String,
     buffer: wgpu::Buffer,
     /// With a transform: the gathered bytes (allocated when the first piece arrives, dropped once
@@ -301,7 +301,7 @@ struct Pending {
     edges: HashMap<u64, ([u8; 4], u8)>,
 }
 
-impl Pending {
+impl PendingBuffer {
     /// Bytes `at..at + bytes.len()` of the buffer's content: the whole words go to the GPU now,
     /// the bytes of words that are not yet complete wait in `edges`.
     fn write_direct(&mut self, queue: &wgpu::Queue, at: u64, bytes: &[u8]) {
@@ -333,7 +333,7 @@ impl Pending {
 /// to the GPU as they come (in whole words), vectors that need decoding once all of theirs are there.
 #[derive(Default)]
 pub struct WeightUploads {
-    pending: Vec<Option<Pending>>,
+    pending: Vec<Option<PendingBuffer>>,
     /// For each tensor: (pending buffer, fill) pairs that read from it.
     readers: HashMap<usize, Vec<(usize, usize)>>,
     /// Shards fed so far (feeding one twice would count its bytes twice).
@@ -357,7 +357,7 @@ impl WeightUploads {
             self.readers.entry(span.tensor).or_default().push((index, f));
         }
         let missing = fills.iter().map(|(_, s)| s.len).sum();
-        self.pending.push(Some(Pending {
+        self.pending.push(Some(PendingBuffer {
             label: label.to_string(),
             buffer,
             staging: Vec::new(),
@@ -447,7 +447,7 @@ impl WeightUploads {
             p.missing -= hi - lo;
             self.bytes_fed += hi - lo;
             if p.missing == 0 {
-                if let Some(Pending { transform: Some(t), staging, buffer, .. }) = self.pending[index].take() {
+                if let Some(PendingBuffer { transform: Some(t), staging, buffer, .. }) = self.pending[index].take() {
                     queue.write_buffer(&buffer, 0, &t(staging)?);
                 }
             }
@@ -516,5 +516,44 @@ impl WeightUploads {
             missing.len(),
             missing.iter().take(3).copied().collect::<Vec<_>>().join(", ")
         )))
+    }
+}
+
+/// An engine (the decoder's or the encoder's) whose every buffer, pipeline and bind group exists,
+/// waiting for its weights: feed it tensors ([`Pending::load`]) or shards ([`Pending::feed_shard`],
+/// as they arrive over the network), then [`Pending::finish`].
+pub struct Pending<E> {
+    engine: E,
+    queue: wgpu::Queue,
+    manifest: Manifest,
+    uploads: WeightUploads,
+}
+
+impl<E> Pending<E> {
+    pub(crate) fn new(engine: E, queue: wgpu::Queue, manifest: &Manifest, uploads: WeightUploads) -> Self {
+        Pending { engine, queue, manifest: manifest.clone(), uploads }
+    }
+
+    /// Every tensor the engine reads, one at a time from `source`.
+    pub fn load(mut self, source: &dyn TensorSource) -> Result<Self> {
+        self.uploads.feed_source(&self.queue, source)?;
+        Ok(self)
+    }
+
+    /// Shard `index` (already checked against its sha256): `copy(at, dst)` copies its bytes from
+    /// offset `at` into `dst`, so the caller may keep the shard outside this memory.
+    pub fn feed_shard(&mut self, index: usize, len: u64, copy: &mut dyn FnMut(u64, &mut [u8])) -> Result<()> {
+        self.uploads.feed_shard(&self.queue, &self.manifest, index, len, copy)
+    }
+
+    /// Tensor bytes taken so far.
+    pub fn bytes_fed(&self) -> u64 {
+        self.uploads.bytes_fed()
+    }
+
+    /// The engine, once every weight buffer has all its bytes.
+    pub fn finish(self) -> Result<E> {
+        self.uploads.finish()?;
+        Ok(self.engine)
     }
 }

@@ -5,15 +5,15 @@
 //! barrier-free ones (software adapters) and the ones hardware GPUs get, by overriding the
 //! adapter's `software` flag. With no adapter at all, each test says so loudly and returns.
 
-use hearth_core::cpu::{apply_rope, attention_at, matmul, rms_norm, silu};
+use hearth_core::cpu::{apply_rope, attention_at, gelu, matmul, rms_norm, silu};
 use hearth_core::ggml_quants::{k_from_ggml, q5_from_ggml};
 use hearth_core::gguf::GgmlType;
 use hearth_core::manifest::{AlibiConfig, ModelConfig, PositionKind, RopeConfig, RopeStyle, TensorEntry};
 use hearth_core::quant::{DType, Tensor};
 use hearth_gpu::attention::{self, AttentionBuffers, AttentionDims};
 use hearth_gpu::kernels::{
-    dispatch_once, norm_grid, read_back, storage, storage_init, uniform, uniform_of, whole, Activation, Kernels,
-    MatvecKey, PREFILL_BLOCK, WORKGROUP,
+    dispatch_once, norm_grid, read_back, storage, storage_init, uniform, uniform_of, whole, Activation, EmbedRows,
+    Kernels, MatvecKey, PREFILL_BLOCK, WORKGROUP,
 };
 use hearth_gpu::{run_dispatches, GpuContext, RopeDims, Step, StoredMatrix, WeightBuffer, WeightUploads};
 
@@ -146,6 +146,8 @@ enum Fusion {
     Accumulate,
     /// GPT-2's up product: gelu(W·x + b).
     BiasGelu,
+    /// BERT's up product: the exact (erf) GELU of W·x + b.
+    BiasGeluErf,
     /// Gemma 2's output head: cap * tanh(W·x / cap).
     Softcap,
 }
@@ -206,8 +208,16 @@ fn matvec_matches_the_cpu_for_every_encoding_fusion_split_and_block() {
     }
 }
 
-const FUSIONS: [Fusion; 7] =
-    [Fusion::Plain, Fusion::Norm, Fusion::SwiGlu, Fusion::GeGlu, Fusion::Accumulate, Fusion::BiasGelu, Fusion::Softcap];
+const FUSIONS: [Fusion; 8] = [
+    Fusion::Plain,
+    Fusion::Norm,
+    Fusion::SwiGlu,
+    Fusion::GeGlu,
+    Fusion::Accumulate,
+    Fusion::BiasGelu,
+    Fusion::BiasGeluErf,
+    Fusion::Softcap,
+];
 
 #[allow(clippy::too_many_arguments)]
 fn check_matvec(
@@ -266,6 +276,12 @@ fn check_matvec(
                     let v = products[g] + b;
                     (gelu_tanh(v), 1.13 * (tol_g + f32::EPSILON * v.abs()) + 1e-6 * v.abs())
                 }
+                // The exact GELU's slope is below 1.13 too; the shader's erf is within 1.5e-7 of
+                // libm's, which moves v·Φ(v) by |v| · 0.75e-7 at most.
+                Fusion::BiasGeluErf => {
+                    let v = products[g] + b;
+                    (gelu(v), 1.13 * (tol_g + f32::EPSILON * v.abs()) + 1e-6 * v.abs() + 1e-7)
+                }
                 // tanh's slope is at most 1; its own error a few ulps of the result.
                 Fusion::Softcap => (CAP * (products[g] / CAP).tanh(), tol_g + 1e-6 * CAP),
                 Fusion::SwiGlu | Fusion::GeGlu => {
@@ -287,12 +303,13 @@ fn check_matvec(
         activation: match fusion {
             Fusion::SwiGlu => Activation::Silu,
             Fusion::GeGlu | Fusion::BiasGelu => Activation::GeluTanh,
+            Fusion::BiasGeluErf => Activation::GeluErf,
             Fusion::Softcap => Activation::Softcap,
             _ => Activation::None,
         },
         gated,
         accumulate: matches!(fusion, Fusion::Accumulate),
-        bias: matches!(fusion, Fusion::BiasGelu),
+        bias: matches!(fusion, Fusion::BiasGelu | Fusion::BiasGeluErf),
         rope: false,
         kv_f16: false,
     };
@@ -440,7 +457,7 @@ fn kept_gguf_weights_decode_bit_exactly_in_every_kernel() {
             vec![entry(0, whole(&dims)), entry(1, whole(&tb)), entry(2, whole(&out)), entry(6, whole(&step))];
         entries.extend(piece.weight_entries(3));
         let grid = ((cols as u32).div_ceil(WORKGROUP), rows as u32, 1);
-        dispatch_once(&ctx, &kernels[0].1.embed(dtype, false), &entries, grid);
+        dispatch_once(&ctx, &kernels[0].1.embed(dtype, EmbedRows::Tokens), &entries, grid);
         let got: Vec<u32> = read_back::<f32>(&ctx, &out, 0, rows * cols).unwrap().iter().map(|v| v.to_bits()).collect();
         let want: Vec<u32> = dense.iter().map(|v| v.to_bits()).collect();
         assert_eq!(got, want, "{dtype:?}: the embedding gather");
@@ -482,7 +499,7 @@ fn embedding_gather_matches_the_cpu_for_every_encoding_and_split_tables() {
                     vec![entry(0, whole(&dims)), entry(1, whole(&tb)), entry(2, whole(&out)), entry(6, whole(&step))];
                 entries.extend(piece.weight_entries(3));
                 let grid = ((hidden as u32).div_ceil(WORKGROUP), tokens.len() as u32, 1);
-                dispatch_once(&ctx, &kernels.embed(dtype, false), &entries, grid);
+                dispatch_once(&ctx, &kernels.embed(dtype, EmbedRows::Tokens), &entries, grid);
             }
             let got: Vec<f32> = read_back(&ctx, &out, 0, tokens.len() * hidden).unwrap();
             for (t, &id) in tokens.iter().enumerate() {
@@ -505,7 +522,7 @@ fn embedding_gather_matches_the_cpu_for_every_encoding_and_split_tables() {
                     vec![entry(0, whole(&dims)), entry(1, whole(&tb)), entry(2, whole(&out)), entry(6, whole(&step))];
                 entries.extend(piece.weight_entries(3));
                 let grid = ((hidden as u32).div_ceil(WORKGROUP), tokens.len() as u32, 1);
-                dispatch_once(&ctx, &kernels.embed(dtype, true), &entries, grid);
+                dispatch_once(&ctx, &kernels.embed(dtype, EmbedRows::Positions), &entries, grid);
             }
             let with_positions: Vec<f32> = read_back(&ctx, &out, 0, tokens.len() * hidden).unwrap();
             for t in 0..tokens.len() {
@@ -1003,7 +1020,17 @@ fn check_attention(
     let v_b = storage_init(&ctx.device, "v", &cache_words(&v, f16));
     let scratch = storage(&ctx.device, "scratch", attention::scratch_len(&kernels, &dims, n)).unwrap();
     let out = storage(&ctx.device, "out", n * qd).unwrap();
-    let buffers = AttentionBuffers { step: &step, q: &q_b, k_cache: &k_b, v_cache: &v_b, out: &out, scratch: &scratch };
+    let tokens = storage(&ctx.device, "tokens", n).unwrap();
+    let buffers = AttentionBuffers {
+        step: &step,
+        q: &q_b,
+        k_cache: &k_b,
+        v_cache: &v_b,
+        out: &out,
+        scratch: &scratch,
+        tokens: &tokens,
+        spans: false,
+    };
     let dispatches = attention::prepare(&kernels, &ctx.device, dims, f16, &buffers).unwrap();
     run_dispatches(ctx, &dispatches, Step { start: start as u32, n_tokens: n as u32 });
     let got: Vec<f32> = read_back(ctx, &out, 0, n * qd).unwrap();
@@ -1014,6 +1041,75 @@ fn check_attention(
          GPU and CPU differ by {worst}",
         ctx.software
     );
+}
+
+/// attention.wgsl with SPANS (an encoder's texts packed into one step): each query attends both
+/// ways over its own text alone, as the CPU engine's `attention_at` does over that text's keys.
+/// Texts of 1, 7, 64, 65 and 200 tokens in one step (tiles split mid-text, a text of one tile and
+/// one past it), heads of 32 (MiniLM), 64 and 128, grouped and not, both attention splits, f32
+/// cache. Tolerance as `check_attention`'s: the same sums in another order.
+#[test]
+fn attention_over_spans_sees_each_text_whole_and_nothing_else() {
+    let Some(mut ctx) = context() else { return };
+    let lengths = [7usize, 1, 200, 64, 65];
+    let n: usize = lengths.iter().sum();
+    // The token buffer: ids (unused here), then each token's first and last visible positions.
+    let mut spans = vec![0u32; 3 * n];
+    let mut at = 0;
+    for len in lengths {
+        for t in at..at + len {
+            spans[n + t] = at as u32;
+            spans[2 * n + t] = (at + len - 1) as u32;
+        }
+        at += len;
+    }
+    for (n_heads, n_kv, hd) in [(12, 12, 32), (9, 3, 64), (8, 2, 128)] {
+        let c = config(n_heads, n_kv, hd, hd, RopeStyle::Neox);
+        let (qd, kvd) = (n_heads * hd, n_kv * hd);
+        let q = random(n * qd, 31);
+        let k = random(n * kvd, 32);
+        let v = random(n * kvd, 33);
+        let mut want = vec![0f32; n * qd];
+        let mut first = 0;
+        for len in lengths {
+            let (keys, values) = (&k[first * kvd..(first + len) * kvd], &v[first * kvd..(first + len) * kvd]);
+            for t in first..first + len {
+                let out = &mut want[t * qd..(t + 1) * qd];
+                attention_at(&c, &q[t * qd..(t + 1) * qd], keys, values, len - 1, None, len, out);
+            }
+            first += len;
+        }
+        for software in [true, false] {
+            ctx.software = software;
+            let kernels = Kernels::new(&ctx.device, ctx.software);
+            let scale = 1.0 / (hd as f32).sqrt();
+            let dims = AttentionDims::new(n_heads, n_kv, hd, n, scale, n, None, 0.0, None);
+            let step = uniform(&ctx.device, "step", &[0, n as u32]);
+            let tokens = storage_init(&ctx.device, "tokens", &spans);
+            let (q_b, k_b, v_b) = (
+                storage_init(&ctx.device, "q", &q),
+                storage_init(&ctx.device, "k", &k),
+                storage_init(&ctx.device, "v", &v),
+            );
+            let scratch = storage(&ctx.device, "scratch", attention::scratch_len(&kernels, &dims, n)).unwrap();
+            let out = storage(&ctx.device, "out", n * qd).unwrap();
+            let buffers = AttentionBuffers {
+                step: &step,
+                q: &q_b,
+                k_cache: &k_b,
+                v_cache: &v_b,
+                out: &out,
+                scratch: &scratch,
+                tokens: &tokens,
+                spans: true,
+            };
+            let dispatches = attention::prepare(&kernels, &ctx.device, dims, false, &buffers).unwrap();
+            run_dispatches(&ctx, &dispatches, Step { start: 0, n_tokens: n as u32 });
+            let got: Vec<f32> = read_back(&ctx, &out, 0, n * qd).unwrap();
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst <= 1e-6, "heads {n_heads}/{n_kv} of {hd}, software split {software}: differ by {worst}");
+        }
+    }
 }
 
 /// Weight pieces: stacking by rows and splitting to a binding limit are exact rearrangements of

@@ -1,16 +1,19 @@
 //! The two engines a page can run a model on, behind one `sample_next`: the GPU engine (WebGPU) and
-//! the fast CPU engine (wasm, SIMD128; threads in the threaded build). Which one runs is chosen in
-//! JavaScript (`backend` in `Hearth.load`); everything above this file is the same for both.
+//! the fast CPU engine (wasm, SIMD128; threads in the threaded build), and an encoder's on WebGPU.
+//! Which one runs is chosen in JavaScript (`backend` in `Hearth.load`); everything above this file
+//! is the same for all.
 
 use hearth_core::fast::FastEngine;
 use hearth_core::generate::{Backend as _, Generation};
 use hearth_core::logprobs::StepLogprobs;
 use hearth_core::{HearthError, Result};
-use hearth_gpu::GpuEngine;
+use hearth_gpu::{GpuEncoder, GpuEngine};
 
 /// Both engines are large; boxed, the enum is a pointer and a tag.
 pub(crate) enum Compute {
     Gpu(Box<GpuEngine>),
+    /// An encoder on WebGPU (a decoder's steps never reach it: `Engine::begin` refuses encoders).
+    GpuEncoder(Box<GpuEncoder>),
     Cpu {
         engine: Box<FastEngine>,
         /// Positions allowed: the model's context length, or less where the page asked (`maxContext`).
@@ -34,6 +37,7 @@ impl Compute {
                 }
                 Ok(Some(gpu.next_queued_async().await?))
             }
+            Compute::GpuEncoder(_) => Err(encoder_steps()),
             Compute::Cpu { engine, .. } => {
                 let Some(input) = generation.input() else { return Ok(None) };
                 Ok(Some(match logprobs {
@@ -48,14 +52,16 @@ impl Compute {
         }
     }
 
-    /// An encoder's embedding of `ids` (one text), normalized as `normalize` says (None: as the
-    /// model's config says). Only the CPU engine runs encoders yet; the loader keeps them off the GPU.
-    pub fn embed(&mut self, ids: &[u32], normalize: Option<bool>) -> Result<Vec<f32>> {
+    /// An encoder's embeddings of `texts` (each its ids), normalized as `normalize` says (None: as
+    /// the model's config says): on WebGPU packed into steps, on the CPU one text at a time.
+    pub async fn embed(&mut self, texts: &[Vec<u32>], normalize: Option<bool>) -> Result<Vec<Vec<f32>>> {
         match self {
-            Compute::Gpu(_) => Err(HearthError::UnsupportedSource(
-                "the WebGPU engine does not run encoders yet: load the model with backend \"cpu\"".into(),
-            )),
-            Compute::Cpu { engine, .. } => engine.embed_with(ids, normalize),
+            Compute::GpuEncoder(gpu) => gpu.embed_async(texts, normalize).await,
+            Compute::Cpu { engine, .. } => texts.iter().map(|ids| engine.embed_with(ids, normalize)).collect(),
+            // Engine::embed refuses a decoder first.
+            Compute::Gpu(_) => {
+                Err(HearthError::InvalidArgument("this model is a decoder: it gives no embeddings".into()))
+            }
         }
     }
 
@@ -71,6 +77,7 @@ impl Compute {
         match self {
             Compute::Gpu(gpu) => gpu.reset(),
             Compute::Cpu { engine, .. } => engine.reset(),
+            Compute::GpuEncoder(_) => {}
         }
     }
 
@@ -81,6 +88,7 @@ impl Compute {
             && match self {
                 Compute::Gpu(gpu) => gpu.truncate(keep),
                 Compute::Cpu { engine, .. } => engine.truncate(keep),
+                Compute::GpuEncoder(_) => false,
             };
         if kept {
             keep
@@ -94,6 +102,11 @@ impl Compute {
         match self {
             Compute::Gpu(gpu) => gpu.context_length(),
             Compute::Cpu { context_length, .. } => *context_length,
+            Compute::GpuEncoder(gpu) => gpu.config().encoder.as_ref().map_or(0, |e| e.max_tokens),
         }
     }
+}
+
+fn encoder_steps() -> HearthError {
+    HearthError::UnsupportedSource("this model is an encoder: it gives embeddings, not generated text".into())
 }

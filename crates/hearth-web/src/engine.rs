@@ -168,6 +168,11 @@ impl Engine {
                 gpu_bytes: weight_bytes + gpu.kv_cache_bytes(),
                 ..common("webgpu", gpu.adapter_name().to_string(), 1)
             },
+            Compute::GpuEncoder(gpu) => Info {
+                software: gpu.software(),
+                gpu_bytes: weight_bytes,
+                ..common("webgpu", gpu.adapter_name().to_string(), 1)
+            },
             Compute::Cpu { .. } => {
                 let simd = hearth_core::fast::kernels::Simd::detect().name();
                 common("cpu", format!("CPU (wasm {simd})"), crate::threads())
@@ -264,25 +269,40 @@ impl Engine {
         })
     }
 
-    /// An encoder's embedding of `text`, cut to its `maxTokens` as sentence-transformers cuts it and
-    /// pooled as the model says; scaled to unit length when `normalize` says so (undefined: as the
-    /// model says). Returns `{ embedding: Float32Array, tokens }` (tokens: those that counted).
-    pub fn embed(&self, text: String, normalize: Option<bool>) -> Result<JsValue, JsValue> {
-        let Some(encoder) = &self.encoder else {
-            return Err(named_error(
-                "UnsupportedModelError",
-                &format!("{} is a decoder: it generates text, and gives no embeddings", self.info.name),
-            ));
-        };
-        let mut slot = self.state.try_borrow_mut().map_err(|_| busy())?;
-        let state = slot.as_mut().ok_or_else(busy)?;
-        let ids = state.prompter.tokenizer.encode_for_embedding(&text, encoder.max_tokens).map_err(js_error)?;
-        let embedding = state.compute.embed(&ids, normalize).map_err(js_error)?;
-        let out = js_sys::Object::new();
-        let set = |key: &str, value: &JsValue| js_sys::Reflect::set(&out, &key.into(), value);
-        set("embedding", &js_sys::Float32Array::from(&embedding[..]).into())?;
-        set("tokens", &(ids.len() as f64).into())?;
-        Ok(out.into())
+    /// An encoder's embeddings of `texts` (an array of strings), each cut to its `maxTokens` as
+    /// sentence-transformers cuts it and pooled as the model says; scaled to unit length when
+    /// `normalize` says so (undefined: as the model says). Resolves to `{ embeddings:
+    /// Float32Array[], tokens: number[] }` (tokens: those that counted, per text). On WebGPU the
+    /// texts run packed into steps; on the CPU one after another.
+    pub fn embed(&self, texts: Vec<String>, normalize: Option<bool>) -> js_sys::Promise {
+        let encoder = self.encoder.clone();
+        let (name, slot) = (self.info.name.clone(), self.state.clone());
+        wasm_bindgen_futures::future_to_promise(async move {
+            let Some(encoder) = encoder else {
+                return Err(named_error(
+                    "UnsupportedModelError",
+                    &format!("{name} is a decoder: it generates text, and gives no embeddings"),
+                ));
+            };
+            let taken = slot.try_borrow_mut().ok().and_then(|mut s| s.take());
+            let mut state = taken.ok_or_else(busy)?;
+            let ids: std::result::Result<Vec<Vec<u32>>, _> =
+                texts.iter().map(|t| state.prompter.tokenizer.encode_for_embedding(t, encoder.max_tokens)).collect();
+            let result = match ids {
+                Ok(ids) => state.compute.embed(&ids, normalize).await.map(|e| (ids, e)),
+                Err(e) => Err(e),
+            };
+            *slot.borrow_mut() = Some(state);
+            let (ids, embeddings) = result.map_err(js_error)?;
+            let out = js_sys::Object::new();
+            let set = |key: &str, value: &JsValue| js_sys::Reflect::set(&out, &key.into(), value);
+            let arrays: js_sys::Array =
+                embeddings.iter().map(|e| JsValue::from(js_sys::Float32Array::from(&e[..]))).collect();
+            let counts: js_sys::Array = ids.iter().map(|t| JsValue::from(t.len() as f64)).collect();
+            set("embeddings", &arrays.into())?;
+            set("tokens", &counts.into())?;
+            Ok(out.into())
+        })
     }
 
     /// Tokens of the request's prompt, encoded exactly as `begin` encodes it (`messages` through the

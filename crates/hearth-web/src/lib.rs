@@ -33,17 +33,13 @@ pub fn start() {
     console_error_panic_hook::set_once();
 }
 
-/// Why the browser's WebGPU engine cannot run `manifest`'s model yet, if it is an encoder
-/// (embeddings) or a mixture of experts: the CPU engine runs those, in the browser as natively.
+/// Why the browser's WebGPU engine cannot run `manifest`'s model yet, if it is a mixture of
+/// experts: the CPU engine runs those, in the browser as natively.
 pub(crate) fn gpu_refusal(manifest: &hearth_core::manifest::Manifest) -> Option<String> {
-    let c = &manifest.config;
-    let what = match (&c.encoder, &c.moe) {
-        (Some(_), _) => "an encoder: the WebGPU engine does not compute embeddings yet",
-        (_, Some(_)) => "a mixture of experts, which the WebGPU engine does not run yet",
-        _ => return None,
-    };
+    manifest.config.moe.as_ref()?;
     Some(format!(
-        "{} is {what} ({}); load it with backend \"cpu\" (or \"auto\", which takes the CPU engine for it)",
+        "{} is a mixture of experts ({}), which the WebGPU engine does not run yet; load it with backend \"cpu\" \
+         (or \"auto\", which takes the CPU engine for it)",
         manifest.name, manifest.architecture
     ))
 }

@@ -10,7 +10,7 @@ use hearth_core::model::Prompter;
 use hearth_core::package::parse_manifest;
 use hearth_core::plan::CpuPlan;
 use hearth_core::HearthError;
-use hearth_gpu::{GpuContext, GpuEngine, PendingEngine};
+use hearth_gpu::{GpuContext, GpuEncoder, GpuEngine, PendingEncoder, PendingEngine};
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
@@ -29,6 +29,7 @@ enum BackendChoice {
 
 enum Pending {
     Gpu(Box<PendingEngine>),
+    GpuEncoder(Box<PendingEncoder>),
     Cpu(Box<ShardAssembler>),
 }
 
@@ -98,9 +99,15 @@ impl Loader {
                     Some(label) => GpuContext { adapter_name: label, ..ctx },
                     None => ctx,
                 };
-                let pending =
-                    GpuEngine::prepare(ctx, &manifest, "manifest.json", options.max_context).map_err(js_error)?;
-                Pending::Gpu(Box::new(pending))
+                if manifest.config.encoder.is_some() {
+                    Pending::GpuEncoder(Box::new(
+                        GpuEncoder::prepare(ctx, &manifest, "manifest.json").map_err(js_error)?,
+                    ))
+                } else {
+                    let pending =
+                        GpuEngine::prepare(ctx, &manifest, "manifest.json", options.max_context).map_err(js_error)?;
+                    Pending::Gpu(Box::new(pending))
+                }
             }
         };
         Ok(Loader { pending, max_context: options.max_context, prompter, manifest })
@@ -125,6 +132,7 @@ impl Loader {
         };
         match &mut self.pending {
             Pending::Gpu(pending) => pending.feed_shard(index, len, &mut copy),
+            Pending::GpuEncoder(pending) => pending.feed_shard(index, len, &mut copy),
             Pending::Cpu(assembler) => assembler.feed_shard(index, len, &mut copy),
         }
         .map_err(js_error)
@@ -134,6 +142,7 @@ impl Loader {
     pub fn finish(self) -> Result<Engine, JsValue> {
         let compute = match self.pending {
             Pending::Gpu(pending) => Compute::Gpu(Box::new(pending.finish().map_err(js_error)?)),
+            Pending::GpuEncoder(pending) => Compute::GpuEncoder(Box::new(pending.finish().map_err(js_error)?)),
             Pending::Cpu(assembler) => {
                 let (manifest, tensors) = assembler.finish().map_err(js_error)?;
                 let max = manifest.config.context_length;
