@@ -43,11 +43,19 @@ pub struct Dispatch {
     pub decode: (wgpu::ComputePipeline, wgpu::BindGroup),
     pub prefill: (wgpu::ComputePipeline, wgpu::BindGroup),
     pub grid: Grid,
+    /// Where the GPU wrote this launch's grid (an expert's products: moe.wgsl's `moe_route` gives
+    /// an expert no token chose no workgroups); `grid` then only says whether the step records it.
+    pub indirect: Option<(wgpu::Buffer, u64)>,
 }
 
 impl Dispatch {
     pub fn single(pipeline: wgpu::ComputePipeline, bind_group: wgpu::BindGroup, grid: Grid) -> Self {
-        Dispatch { decode: (pipeline.clone(), bind_group.clone()), prefill: (pipeline, bind_group), grid }
+        Dispatch {
+            decode: (pipeline.clone(), bind_group.clone()),
+            prefill: (pipeline, bind_group),
+            grid,
+            indirect: None,
+        }
     }
 
     /// The pipeline a step of `n` tokens runs.
@@ -71,7 +79,10 @@ impl Dispatch {
         if let Some((gx, gy, gz)) = (self.grid)(step) {
             pass.set_pipeline(pipeline);
             pass.set_bind_group(0, group, &[]);
-            pass.dispatch_workgroups(gx, gy, gz);
+            match &self.indirect {
+                Some((buffer, offset)) => pass.dispatch_workgroups_indirect(buffer, *offset),
+                None => pass.dispatch_workgroups(gx, gy, gz),
+            }
         }
     }
 }
@@ -147,6 +158,15 @@ pub struct Fuse<'a> {
     /// For one token on GPUs, RoPE and the KV-cache store in the product's epilogue (the matrix
     /// must be one piece whose rows are a token's [q | k | v]: see `Kernels::fuses_rope`).
     pub rope: Option<&'a RopeStore<'a>>,
+}
+
+/// Where a product binds its input, output and step uniform, in bytes from each buffer's start (an
+/// expert's slices of the packed buffers and its own step uniform); all 0 for whole buffers.
+#[derive(Clone, Copy, Default)]
+pub struct Offsets {
+    pub input: u64,
+    pub output: u64,
+    pub step: u64,
 }
 
 /// The product `output[t] (+)= W · input[t]` of a matrix uploaded in row pieces.
@@ -337,6 +357,11 @@ impl<'a> Builder<'a> {
     /// Dispatches of one product: one per weight piece, each with a decode and a prefill pipeline
     /// (plus, for LayerNorm and on software adapters, the norm as a pass of its own).
     pub fn product(&mut self, p: Product<'_>) -> Result<Vec<Dispatch>> {
+        self.product_at(p, Offsets::default())
+    }
+
+    /// [`Builder::product`] with its buffers bound from `at`.
+    pub fn product_at(&mut self, p: Product<'_>, at: Offsets) -> Result<Vec<Dispatch>> {
         let mut out = Vec::new();
         let cols = p.pieces.first().map_or(0, |w| w.cols);
         if cols % 4 != 0 {
@@ -347,6 +372,10 @@ impl<'a> Builder<'a> {
         }
         if p.fuse.rope.is_some() && p.pieces.len() != 1 {
             return Err(HearthError::AdapterLimit("a QKV product in pieces cannot store its own keys".into()));
+        }
+        // A norm pass writes the whole of `normed` from the input's start.
+        if p.fuse.norm.is_some() && at.input != 0 {
+            return Err(HearthError::Gpu("a product that norms its input reads it from its start".into()));
         }
         let (input, norm) = match p.fuse.norm {
             Some(n) if self.kernels.software || n.bias.is_some() => {
@@ -391,15 +420,21 @@ impl<'a> Builder<'a> {
                     kv_f16: rope.is_some_and(|r| r.kv_f16),
                 };
                 let pipeline = self.kernels.matvec(key);
+                let from =
+                    |buffer, offset| wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer, offset, size: None });
                 let mut entries = vec![
                     entry(0, whole(&dims)),
-                    entry(2, whole(&input)),
-                    entry(3, whole(rope.map_or(p.output, |r| r.q))),
+                    entry(2, from(&input, at.input)),
+                    entry(3, rope.map_or(from(p.output, at.output), |r| whole(r.q))),
                     entry(7, whole(norm.unwrap_or(&self.no_norm))),
                     entry(8, whole(bias.unwrap_or(&self.no_norm))),
                 ];
                 if self.kernels.matvec_binds_step(&key) {
-                    entries.push(entry(1, whole(p.step)));
+                    // The Step struct's 8 bytes (a uniform binding of the rest could pass the
+                    // adapter's uniform binding limit).
+                    let size = std::num::NonZeroU64::new(8);
+                    let binding = wgpu::BufferBinding { buffer: p.step, offset: at.step, size };
+                    entries.push(entry(1, wgpu::BindingResource::Buffer(binding)));
                 }
                 if let Some(r) = rope {
                     entries.extend([
@@ -423,6 +458,7 @@ impl<'a> Builder<'a> {
                     let n = s.n_tokens;
                     Some(if n == 1 { (dx, dy, 1) } else { (px, py, n.div_ceil(prefill_tokens)) })
                 }),
+                indirect: None,
             });
         }
         Ok(out)

@@ -36,6 +36,7 @@ use crate::kernels::{
     bind_group, entry, read_back_async, storage, storage_limit, uniform, uniform_of, whole, Activation, EmbedRows,
     Kernels, DECODE_ROWS_MAX, WORKGROUP,
 };
+use crate::mixture::{self, MixtureScratch};
 use crate::profile::{KernelTime, Profiler};
 use crate::sampler::{result_bytes, GpuSampler, Penalties, RESULT_WORDS};
 use crate::weights::{Pending, WeightBuffer, WeightUploads};
@@ -157,6 +158,8 @@ pub struct GpuEngine {
     sampler: GpuSampler,
     /// Final norm + output head for every token (logits of every position, for tests).
     head_all: Vec<Dispatch>,
+    /// A mixture's per-layer expert step uniforms (each expert's token count of the last step).
+    expert_steps: Vec<wgpu::Buffer>,
     // Kept alive for the bind groups.
     _weights: Vec<WeightBuffer>,
     _scratch: Vec<wgpu::Buffer>,
@@ -191,9 +194,9 @@ impl GpuEngine {
                 m.architecture
             )));
         }
-        if c.moe.is_some() {
+        if c.moe.is_some() && (c.post_norms || c.linear_bias) {
             return Err(HearthError::UnsupportedSource(format!(
-                "{origin}: `{}` is a mixture of experts, which the GPU engine does not run yet: use the CPU engine",
+                "{origin}: `{}` is a mixture of experts with post-norms or MLP biases, which the GPU engine does not run",
                 m.architecture
             )));
         }
@@ -280,6 +283,10 @@ impl GpuEngine {
         // [gate | up] of the layers whose gate and up differ in encoding (GatedWeights::Separate),
         // made for the first such layer.
         let mut gate_up = None;
+        // A mixture's buffers every layer shares, and each layer's expert step uniforms.
+        let moe_scratch =
+            c.moe.as_ref().map(|moe| MixtureScratch::new(&device, moe, c.hidden_size, chunk)).transpose()?;
+        let mut expert_steps = Vec::new();
         let last = storage(&device, "last hidden", c.hidden_size)?;
         let logits = storage(&device, "logits", c.vocab_size)?;
         let logits_all = storage(&device, "logits, every token", chunk * c.vocab_size)?;
@@ -386,14 +393,6 @@ impl GpuEngine {
             let layer_inv_freq = local_inv_freq.as_ref().filter(|_| window.is_some()).unwrap_or(&inv_freq);
             let magnitude = c.rope_magnitude(l);
             let wo = b.split(&p("attn_output"))?;
-            let (wgu, separate) = match c.ffn {
-                FfnKind::Gated => match b.gated(&p("ffn_gate"), &p("ffn_up"))? {
-                    GatedWeights::Fused(w) => (w, false),
-                    GatedWeights::Separate(w) => (w, true),
-                },
-                FfnKind::Plain => (b.split(&p("ffn_up"))?, false),
-            };
-            let wdown = b.split(&p("ffn_down"))?;
 
             // Without RoPE (or in a layer that does not rotate) no pair rotates: the kernels only
             // add biases and store K and V.
@@ -491,54 +490,71 @@ impl GpuEngine {
             if let Some([post_attn, _]) = &post_norms {
                 layers.push(b.norm_add_pass(&proj, post_attn, &x, &step));
             }
-            if separate {
-                // Gate and up of different encodings: [gate | up] normed, then activated (no
-                // gated architecture has biases on its MLP).
-                if bias_up.is_some() {
-                    return Err(HearthError::bad_package(
-                        b.origin,
-                        "an MLP bias with gate and up of different encodings",
-                    ));
-                }
-                let gate_up: &wgpu::Buffer = match &mut gate_up {
-                    Some(buffer) => buffer,
-                    none => none.insert(act("ffn gate | up", 2 * f)?),
-                };
-                layers.extend(b.product(Product {
-                    pieces: &wgu,
-                    input: &x,
-                    output: gate_up,
-                    out_stride: 2 * f,
-                    step: &step,
-                    fuse: Fuse { norm: Some(&ffn_norm), ..Default::default() },
-                })?);
-                layers.push(b.glu_pass(gate_up, &ffn, ffn_activation, &step));
+            if let (Some(moe), Some(scratch)) = (&c.moe, &moe_scratch) {
+                let m = mixture::prepare(&mut b, l, moe, ffn_activation, &ffn_norm, scratch, &x, &step)?;
+                layers.extend(m.dispatches);
+                expert_steps.push(m.steps);
+                weights.extend(m.weights);
+                b.scratch.extend(m.buffers);
             } else {
-                layers.extend(b.product(Product {
-                    pieces: &wgu,
-                    input: &x,
-                    output: &ffn,
-                    out_stride: f,
-                    step: &step,
-                    fuse: Fuse {
-                        norm: Some(&ffn_norm),
-                        bias: bias_up,
-                        activation: ffn_activation,
-                        gated: c.ffn == FfnKind::Gated,
-                        ..Default::default()
+                let (wgu, separate) = match c.ffn {
+                    FfnKind::Gated => match b.gated(&p("ffn_gate"), &p("ffn_up"))? {
+                        GatedWeights::Fused(w) => (w, false),
+                        GatedWeights::Separate(w) => (w, true),
                     },
+                    FfnKind::Plain => (b.split(&p("ffn_up"))?, false),
+                };
+                let wdown = b.split(&p("ffn_down"))?;
+                if separate {
+                    // Gate and up of different encodings: [gate | up] normed, then activated (no
+                    // gated architecture has biases on its MLP).
+                    if bias_up.is_some() {
+                        return Err(HearthError::bad_package(
+                            b.origin,
+                            "an MLP bias with gate and up of different encodings",
+                        ));
+                    }
+                    let gate_up: &wgpu::Buffer = match &mut gate_up {
+                        Some(buffer) => buffer,
+                        none => none.insert(act("ffn gate | up", 2 * f)?),
+                    };
+                    layers.extend(b.product(Product {
+                        pieces: &wgu,
+                        input: &x,
+                        output: gate_up,
+                        out_stride: 2 * f,
+                        step: &step,
+                        fuse: Fuse { norm: Some(&ffn_norm), ..Default::default() },
+                    })?);
+                    layers.push(b.glu_pass(gate_up, &ffn, ffn_activation, &step));
+                } else {
+                    layers.extend(b.product(Product {
+                        pieces: &wgu,
+                        input: &x,
+                        output: &ffn,
+                        out_stride: f,
+                        step: &step,
+                        fuse: Fuse {
+                            norm: Some(&ffn_norm),
+                            bias: bias_up,
+                            activation: ffn_activation,
+                            gated: c.ffn == FfnKind::Gated,
+                            ..Default::default()
+                        },
+                    })?);
+                }
+                layers.extend(b.product(Product {
+                    pieces: &wdown,
+                    input: &ffn,
+                    output: proj_out,
+                    out_stride: h,
+                    step: &step,
+                    fuse: Fuse { bias: bias_down, ..residual },
                 })?);
-            }
-            layers.extend(b.product(Product {
-                pieces: &wdown,
-                input: &ffn,
-                output: proj_out,
-                out_stride: h,
-                step: &step,
-                fuse: Fuse { bias: bias_down, ..residual },
-            })?);
-            if let Some([_, post_ffw]) = &post_norms {
-                layers.push(b.norm_add_pass(&proj, post_ffw, &x, &step));
+                if let Some([_, post_ffw]) = &post_norms {
+                    layers.push(b.norm_add_pass(&proj, post_ffw, &x, &step));
+                }
+                weights.extend(wgu.into_iter().chain(wdown));
             }
             b.scratch.extend([k_cache, v_cache]);
             for norm in [attn_norm, ffn_norm] {
@@ -546,7 +562,7 @@ impl GpuEngine {
             }
             b.scratch.extend(linear_bias.into_iter().flatten());
             b.scratch.extend(qkv_bias.into_iter().chain(qk_norm).chain(post_norms.into_iter().flatten()));
-            weights.extend(wqkv.into_iter().chain(wo).chain(wgu).chain(wdown));
+            weights.extend(wqkv.into_iter().chain(wo));
         }
 
         let out_norm = b.norm("output_norm")?;
@@ -576,6 +592,7 @@ impl GpuEngine {
         })?;
 
         let mut scratch = b.scratch;
+        scratch.extend(moe_scratch.into_iter().flat_map(MixtureScratch::buffers));
         scratch.extend([b.normed, b.no_norm]);
         scratch.extend([one_token, qkv, q, attn, ffn, proj, attention_scratch, inv_freq]);
         scratch.extend([out_norm.weight].into_iter().chain(out_norm.bias));
@@ -607,6 +624,7 @@ impl GpuEngine {
             head_last,
             sampler,
             head_all,
+            expert_steps,
             _weights: weights,
             _scratch: scratch,
         };
@@ -785,6 +803,17 @@ impl GpuEngine {
     /// query heads (the split kernel).
     pub fn kv_bytes_read(&self, position: usize) -> u64 {
         self.attention_reads.iter().map(|r| (position + 1).min(r.visible) as u64 * r.bytes_per_position).sum()
+    }
+
+    /// A mixture of experts' experts the last step ran, per layer (those its tokens chose: the others
+    /// got no workgroups), read back from the device; empty for a dense model.
+    pub async fn experts_run_async(&self) -> Result<Vec<Vec<usize>>> {
+        let mut out = Vec::with_capacity(self.expert_steps.len());
+        for steps in &self.expert_steps {
+            let words: Vec<u32> = read_back_async(&self.ctx, steps, 0, steps.size() as usize / 4).await?;
+            out.push(words.chunks(64).enumerate().filter(|(_, s)| s[1] > 0).map(|(e, _)| e).collect());
+        }
+        Ok(out)
     }
 
     /// What the last step recorded and read: for a decode step, the figures per token.
@@ -1042,6 +1071,10 @@ impl GpuEngine {
     pub fn profile_step(&mut self, token: u32) -> Result<Vec<KernelTime>> {
         pollster::block_on(self.profile_step_async(token))
     }
+
+    pub fn experts_run(&self) -> Result<Vec<Vec<usize>>> {
+        pollster::block_on(self.experts_run_async())
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -1086,17 +1119,24 @@ impl Backend for GpuEngine {
 }
 
 /// Bytes of weights one decode step reads: every tensor once, except that the embedding tables
-/// give one row each (a tied embedding is read whole as the output head).
+/// give one row each (a tied embedding is read whole as the output head) and a mixture's token
+/// reads `used` of its `experts` experts (their average size).
 fn decode_weight_bytes(m: &Manifest) -> u64 {
+    // `blk.N.ffn_{gate,up,down}.E.weight`: an expert's (the shared expert's are `_shexp`).
+    let expert = |name: &str| {
+        let parts: Vec<&str> = name.split('.').collect();
+        parts.len() == 5 && parts[2].starts_with("ffn_") && parts[3].parse::<usize>().is_ok()
+    };
     m.tensors
         .iter()
         .map(|e| {
             let rows = e.shape.first().copied().unwrap_or(1).max(1) as u64;
             let table = e.name == "token_embd.weight" || e.name == "position_embd.weight";
-            match table {
-                true if e.name == "token_embd.weight" && m.config.tied_embeddings => e.length + e.length / rows,
-                true => e.length / rows,
-                false => e.length,
+            match (table, &m.config.moe) {
+                (true, _) if e.name == "token_embd.weight" && m.config.tied_embeddings => e.length + e.length / rows,
+                (true, _) => e.length / rows,
+                (false, Some(moe)) if expert(&e.name) => e.length * moe.used as u64 / moe.experts.max(1) as u64,
+                (false, _) => e.length,
             }
         })
         .sum()

@@ -28,6 +28,7 @@ const ROTARY: &str = include_str!("../../../shaders/rotary.wgsl");
 const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
 const NORM: &str = include_str!("../../../shaders/norm.wgsl");
 const GLU: &str = include_str!("../../../shaders/glu.wgsl");
+const MOE: &str = include_str!("../../../shaders/moe.wgsl");
 /// What every module shares (the `Step` uniform, `pick`), put in front of each.
 const PRELUDE: &str = include_str!("../../../shaders/prelude.wgsl");
 
@@ -154,6 +155,7 @@ pub struct Kernels {
     attention_module: wgpu::ShaderModule,
     norm_module: wgpu::ShaderModule,
     glu_module: wgpu::ShaderModule,
+    moe_module: wgpu::ShaderModule,
     matvec: RefCell<HashMap<MatvecKey, wgpu::ComputePipeline>>,
     /// Every other pipeline, by its module and label: entry point and the constants set.
     built: RefCell<HashMap<(wgpu::ShaderModule, String), wgpu::ComputePipeline>>,
@@ -173,6 +175,7 @@ impl Kernels {
             attention_module: with_prelude(device, "attention.wgsl", &[ATTENTION]),
             norm_module: with_prelude(device, "norm.wgsl", &[NORM]),
             glu_module: with_prelude(device, "glu.wgsl", &[GLU]),
+            moe_module: with_prelude(device, "moe.wgsl", &[MOE]),
             matvec: RefCell::new(HashMap::new()),
             built: RefCell::new(HashMap::new()),
             labels: RefCell::new(HashMap::new()),
@@ -341,6 +344,12 @@ impl Kernels {
     /// different encodings).
     pub fn glu(&self, activation: Activation) -> wgpu::ComputePipeline {
         self.pipeline(&self.glu_module, "glu", &[("ACT", activation.code())])
+    }
+
+    /// moe.wgsl's `entry` (`moe_route`, `moe_gather`, `moe_combine`): a mixture of experts around
+    /// its experts' products.
+    pub fn moe(&self, entry: &str) -> wgpu::ComputePipeline {
+        self.pipeline(&self.moe_module, entry, &[])
     }
 
     pub fn rope_store(&self, kv_f16: bool, qkv_bias: bool, qk_norm: bool) -> wgpu::ComputePipeline {

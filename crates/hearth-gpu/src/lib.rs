@@ -12,6 +12,7 @@ mod context;
 mod encoder;
 mod engine;
 pub mod kernels;
+mod mixture;
 pub mod profile;
 pub mod sampler;
 pub mod weights;
