@@ -140,7 +140,8 @@ pub struct MoeConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EncoderConfig {
     pub pooling: Pooling,
-    /// Scaled to unit length (sentence-transformers' `Normalize` module).
+    /// Scaled to unit length (sentence-transformers' `Normalize` module; from a GGUF, which does not
+    /// record it, true: llama.cpp's embedding tool and server normalize by default).
     pub normalize: bool,
     /// Tokens a text is cut to, its special tokens included (`max_seq_length`).
     pub max_tokens: usize,

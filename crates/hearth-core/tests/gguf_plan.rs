@@ -54,6 +54,21 @@ fn the_plan_of_every_tiny_fixture_is_what_convert_writes_for_every_choice() {
     }
 }
 
+/// The tiny BERT that llama.cpp's own converter wrote (tests/fixtures/tiny_bert/: its norms renamed,
+/// its Q8_0 matrices, its F32 position and token-type tables).
+#[test]
+fn the_plan_of_the_tiny_bert_is_what_convert_writes() {
+    let gguf = common::repo_root().join("tests/fixtures/tiny_bert/bert.gguf");
+    for opts in [
+        ConvertOptions::default(),
+        ConvertOptions { shard_bytes: 64 << 10, ..Default::default() },
+        ConvertOptions { quant: QuantChoice::Q4, group: 32, ..Default::default() },
+        ConvertOptions { quant: QuantChoice::F16, shard_bytes: 100 << 10, ..Default::default() },
+    ] {
+        check(&gguf, &opts);
+    }
+}
+
 #[test]
 fn the_plan_of_the_real_models_is_what_convert_writes() {
     check(&common::smollm2_gguf(), &ConvertOptions { shard_bytes: 8 << 20, ..Default::default() });

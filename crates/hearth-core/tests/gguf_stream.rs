@@ -99,6 +99,25 @@ fn every_tiny_fixture_streamed_is_the_package_convert_writes() {
     assert!(spilled >= 10, "only {spilled} runs had a tensor across two shards");
 }
 
+/// The tiny BERT that llama.cpp's own converter wrote (tests/fixtures/tiny_bert/): its norms renamed
+/// on the way, its header read from a prefix as the browser reads it.
+#[test]
+fn the_tiny_bert_streamed_is_the_package_convert_writes() {
+    let gguf = common::repo_root().join("tests/fixtures/tiny_bert/bert.gguf");
+    let file_len = std::fs::metadata(&gguf).unwrap().len();
+    let mut prefix = vec![0u8; 1 << 20];
+    std::fs::File::open(&gguf).unwrap().read_exact(&mut prefix).unwrap();
+    for (opts, piece) in [
+        (ConvertOptions::default(), 4099),
+        (ConvertOptions { shard_bytes: 64 << 10, ..Default::default() }, 1000),
+        (ConvertOptions { quant: QuantChoice::Q4, group: 32, shard_bytes: 256 << 10, ..Default::default() }, 65536),
+    ] {
+        let header = GgufFile::from_prefix(&prefix, file_len, "bert.gguf").unwrap().expect("the header fits 1 MiB");
+        let (shards, spanning) = check(&gguf, &opts, piece, header);
+        assert!(opts.shard_bytes > 1 << 20 || (shards > 2 && spanning > 0), "{shards} shards, {spanning} across two");
+    }
+}
+
 #[test]
 fn the_real_models_streamed_from_a_prefixed_header_are_the_packages_convert_writes() {
     for (gguf, prefix_bytes) in [(common::smollm2_gguf(), 2 << 20), (common::gemma3_gguf(), 8 << 20)] {

@@ -161,3 +161,43 @@ fn each_engine_refuses_the_other_kind_of_model_by_name() {
     let err = GpuEncoder::prepare(ctx, &decoder, "qwen3").err().unwrap().to_string();
     assert!(err.contains("is a decoder"), "{err}");
 }
+
+/// A BERT converted from llama.cpp's GGUF (tests/fixtures/tiny_bert: a tiny random BERT with
+/// all-MiniLM-L6-v2's vocabulary, its matrices q8, written by make_tiny_bert.py) on the GPU engine,
+/// all its texts packed into one step, against sentence-transformers' embeddings of the same model:
+/// within 1e-5 per component, hearth-core's bound for the same function of the same numbers (its
+/// q8 weights are exact, and the GPU's products take f32 activations).
+#[test]
+fn a_bert_from_gguf_embeds_on_the_gpu_as_sentence_transformers_does() {
+    let Some(ctx) = GpuContext::new().expect("opening the GPU device") else { return };
+    let root = common::repo_root();
+    let fx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("tests/fixtures/tiny_bert/bert.json")).unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("bert");
+    convert(&root.join("tests/fixtures/tiny_bert/bert.gguf"), &out, &ConvertOptions::default()).unwrap();
+    let mut model = Model::open(&out).unwrap();
+    let max_tokens = model.package.manifest.config.encoder.as_ref().unwrap().max_tokens;
+    let texts = fx["texts"].as_array().unwrap();
+    let picks: Vec<usize> =
+        fx["embed_texts"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as usize).collect();
+    let ids: Vec<Vec<u32>> = picks
+        .iter()
+        .map(|&i| model.prompter.tokenizer.encode_for_embedding(texts[i].as_str().unwrap(), max_tokens).unwrap())
+        .collect();
+    let mut engine = GpuEncoder::new(ctx, &model.package).unwrap();
+    let ours = engine.embed(&ids, None).unwrap();
+    let mut largest = 0f32;
+    for (k, (e, &i)) in ours.iter().zip(&picks).enumerate() {
+        let want: Vec<f32> = fx["embeddings_sentence_transformers"][k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let diff = largest_difference(e, &want);
+        assert!(diff <= 1e-5, "text {i}: {diff} from sentence-transformers");
+        largest = largest.max(diff);
+    }
+    eprintln!("{} texts of a BERT from GGUF: the largest |difference| {largest:.3e}", ours.len());
+}

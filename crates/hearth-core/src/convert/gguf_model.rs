@@ -9,8 +9,8 @@ use crate::error::{HearthError, Result};
 use crate::ggml_quants::{dequantize, k_from_ggml, q4_from_ggml, q5_from_ggml, q8_from_ggml, q8_from_q5_0};
 use crate::gguf::{GgmlType, GgufFile, GgufTensorInfo};
 use crate::manifest::{
-    limits, Activation, AlibiConfig, FfnKind, Manifest, ModelConfig, MoeConfig, NormKind, PositionKind, RopeConfig,
-    RopeScaling, RopeStyle, SourceInfo, TokenizerInfo,
+    limits, Activation, AlibiConfig, EncoderConfig, FfnKind, Manifest, ModelConfig, MoeConfig, NormKind, Pooling,
+    PositionKind, RopeConfig, RopeScaling, RopeStyle, SourceInfo, TokenizerInfo,
 };
 use crate::manifest::{FileEntry, TensorEntry, FORMAT_NAME, FORMAT_VERSION};
 use crate::package::{sha256_hex, shard_file_name, PackageWriter, ShardLayout};
@@ -150,6 +150,7 @@ fn model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
             rope_model_config(gguf, arch)
         }
         "bloom" | "gpt2" => layer_norm_model_config(gguf, arch),
+        "bert" => bert_model_config(gguf),
         _ => Err(HearthError::UnsupportedArchitecture(arch.to_string())),
     }
 }
@@ -199,6 +200,134 @@ fn layer_norm_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
         qkv_bias: has("blk.0.attn_qkv.bias") || has("blk.0.attn_q.bias"),
         embedding_norm: has("token_embd_norm.weight"),
         linear_bias: has("blk.0.attn_output.bias"),
+        ..Default::default()
+    })
+}
+
+/// BERT as llama.cpp's converter writes it (`convert_hf_to_gguf.py`, BertModel, arch `bert`): the
+/// config the Transformers path gives the same model (`safetensors_model`), so that the two packages
+/// are one. LayerNorm after each residual add, learned positions (the table's rows are the
+/// context), the type-0 row of `token_types.weight` added to every token, exact GELU (llama.cpp
+/// computes BERT's with ggml's tanh approximation; the model was trained with the exact one, which
+/// the Transformers path and sentence-transformers use). What llama.cpp's GGUF says of pooling
+/// (`bert.pooling_type`, from the model's sentence-transformers Pooling module): 1 mean, 2 CLS, 3
+/// last token; 0 (none: an embedding per token) and 4 (rank: a reranker's score) are refused, and
+/// without the key the mean is pooled, as the Transformers path does without sentence-transformers
+/// files (llama.cpp would give one embedding per token). The GGUF does not say whether
+/// sentence-transformers normalizes: embeddings are scaled to unit length, as llama.cpp's
+/// embedding tool and server do by default (`embd_normalize = 2`) and as the sentence encoders
+/// published as BERT GGUFs (MiniLM, BGE, E5, GTE) are used; the browser API's `normalize: false`
+/// gives the raw pooled vector. Texts are cut at the whole context: the GGUF does not keep
+/// sentence-transformers' `max_seq_length`, and llama.cpp embeds up to its context too.
+fn bert_model_config(gguf: &GgufFile) -> Result<ModelConfig> {
+    let key = |k: &str| format!("bert.{k}");
+    let file = gguf.path.display().to_string();
+    let unsupported = |what: String| Err(HearthError::UnsupportedSource(format!("{file}: {what}")));
+    if gguf.get_bool(&key("attention.causal")) == Some(true) {
+        return unsupported(
+            "a causal `bert` (`bert.attention.causal` = true) is not an encoder: BERT attends both ways".into(),
+        );
+    }
+    // RoBERTa and XLM-RoBERTa convert as `bert` with BPE or SentencePiece vocabularies and positions
+    // offset past the padding id: another model.
+    match gguf.require_str("tokenizer.ggml.model")? {
+        "bert" => {}
+        other => {
+            return unsupported(format!(
+                "a `bert` with a `{other}` vocabulary (RoBERTa, XLM-RoBERTa) is not supported (WordPiece, `bert`, is)"
+            ))
+        }
+    }
+    let pooling = match gguf.get_u64(&key("pooling_type")) {
+        None | Some(1) => Pooling::Mean,
+        Some(2) => Pooling::Cls,
+        Some(3) => Pooling::Last,
+        Some(0) => {
+            return unsupported(
+                "`bert.pooling_type` 0 (none: an embedding per token) is not supported (mean 1, CLS 2 and last 3 are)"
+                    .into(),
+            )
+        }
+        Some(4) => {
+            return unsupported(
+                "`bert.pooling_type` 4 (rank: a reranker's relevance score) is not supported (mean 1, CLS 2 and \
+                 last 3 are)"
+                    .into(),
+            )
+        }
+        Some(other) => {
+            return Err(HearthError::bad_file(&file, format!("`bert.pooling_type` {other} is not a llama.cpp pooling")))
+        }
+    };
+    let hidden = gguf.require_u64(&key("embedding_length"))? as usize;
+    let n_heads = gguf.require_u64(&key("attention.head_count"))? as usize;
+    let n_kv_heads = gguf.get_u64(&key("attention.head_count_kv")).map_or(n_heads, |v| v as usize);
+    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || hidden % n_heads != 0 {
+        return Err(HearthError::bad_file(
+            &file,
+            format!("{n_heads} heads cannot share {n_kv_heads} key/value heads of {hidden} values"),
+        ));
+    }
+    let tensor = |name: &str| {
+        gguf.tensor(name).ok_or_else(|| HearthError::bad_file(&file, format!("a `bert` without `{name}`")))
+    };
+    let vocab_size = match tensor("token_embd.weight")?.shape()[..] {
+        [rows, cols] if cols == hidden => rows,
+        ref shape => {
+            return Err(HearthError::bad_file(
+                &file,
+                format!("`token_embd.weight` of shape {shape:?} is not rows of {hidden} values"),
+            ))
+        }
+    };
+    tensor("token_embd_norm.weight")?;
+    // llama.cpp needs the count (it refuses a `bert` without it) and adds the table's type-0 row
+    // where the table is there; Hearth's encoders always add it.
+    let types_key = "tokenizer.ggml.token_type_count";
+    let token_types = gguf.get_u64(types_key).ok_or_else(|| {
+        HearthError::bad_file(&file, format!("a `bert` without `{types_key}` (llama.cpp refuses it too)"))
+    })? as usize;
+    let Some(types) = gguf.tensor("token_types.weight") else {
+        return unsupported(
+            "a `bert` without `token_types.weight` is not supported (its type-0 row is added to every token)".into(),
+        );
+    };
+    if types.shape() != [token_types, hidden] {
+        return Err(HearthError::bad_file(
+            &file,
+            format!("`token_types.weight` of shape {:?} is not {token_types} types of {hidden} values", types.shape()),
+        ));
+    }
+    // Learned positions: the table's rows are the context (llama.cpp requires them to be its
+    // training context).
+    let positions = tensor("position_embd.weight")?.shape();
+    let context_length = positions.first().copied().unwrap_or(0);
+    if let Some(n) = gguf.get_u64(&key("context_length")).filter(|&n| n != context_length as u64) {
+        return Err(HearthError::bad_file(
+            &file,
+            format!("`position_embd.weight` has {context_length} rows for a `bert.context_length` of {n}"),
+        ));
+    }
+    let has = |name: &str| gguf.tensor(name).is_some();
+    Ok(ModelConfig {
+        n_layers: gguf.require_u64(&key("block_count"))? as usize,
+        hidden_size: hidden,
+        n_heads,
+        n_kv_heads,
+        head_dim: hidden / n_heads,
+        ffn_size: gguf.require_u64(&key("feed_forward_length"))? as usize,
+        vocab_size,
+        context_length,
+        norm: NormKind::Layer,
+        norm_eps: gguf.require_f64(&key("attention.layer_norm_epsilon"))? as f32,
+        activation: Activation::Gelu,
+        ffn: FfnKind::Plain,
+        position: PositionKind::Learned,
+        tied_embeddings: !has("output.weight"),
+        qkv_bias: has("blk.0.attn_q.bias") || has("blk.0.attn_qkv.bias"),
+        embedding_norm: true,
+        linear_bias: has("blk.0.attn_output.bias"),
+        encoder: Some(EncoderConfig { pooling, normalize: true, max_tokens: context_length, token_types }),
         ..Default::default()
     })
 }

@@ -70,6 +70,9 @@ pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<GgufTokenizer> {
     let token_id = |key: &str| -> Option<u32> {
         gguf.get_u64(key).and_then(|v| u32::try_from(v).ok()).filter(|&id| (id as usize) < vocab.tokens.len())
     };
+    if model == "bert" {
+        return wordpiece(gguf, &vocab);
+    }
     let bos_id = token_id("tokenizer.ggml.bos_token_id");
     let eos_id = token_id("tokenizer.ggml.eos_token_id");
 
@@ -82,7 +85,7 @@ pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<GgufTokenizer> {
         other => {
             return Err(HearthError::bad_file(
                 &file,
-                format!("tokenizer.ggml.model `{other}` is not supported (gpt2 and llama are)"),
+                format!("tokenizer.ggml.model `{other}` is not supported (gpt2, llama and bert are)"),
             ))
         }
     };
@@ -330,6 +333,123 @@ fn sentencepiece_bpe(gguf: &GgufFile, vocab: &Vocab) -> Result<Value> {
             "merges": merges,
         }
     }))
+}
+
+/// BERT's WordPiece (`tokenizer.ggml.model = bert`) as the model's own `tokenizer.json` has it.
+/// llama.cpp's converter rewrites the vocabulary: a piece that begins a word gets a phantom space
+/// (`▁the`), a continuation loses its `##` (`##ing` → `ing`), control tokens (`[CLS]`, `[UNK]`)
+/// stay as they are; the spelling is undone here. The normalizer is BERT's (`BertNormalizer`:
+/// control characters dropped, CJK ideographs split off, accents stripped and text lowercased as
+/// `tokenizer.ggml.normalizer.{lowercase,strip_accents}` say — llama.cpp's defaults: lowercase, and
+/// strip accents when lowercasing), the pre-tokenizer BERT's (whitespace and punctuation), and
+/// every text becomes `[CLS] … [SEP]` (llama.cpp adds its bos, default 101, and its separator,
+/// default 102). Where llama.cpp's own WordPiece differs from the model's tokenizer (it strips
+/// every combining mark, Devanagari's vowel signs and Hangul's vowel and final jamo included, where
+/// BERT strips nonspacing marks only; it splits a word of more than 100 characters where BERT
+/// gives `[UNK]`) this follows the model's tokenizer, which the model was trained with.
+///
+/// An encoder's tokenizer info is what the Transformers path gives a BERT: no bos or eos of its
+/// own (the post-processor adds `[CLS]` and `[SEP]`), no stop tokens.
+fn wordpiece(gguf: &GgufFile, vocab: &Vocab) -> Result<GgufTokenizer> {
+    let file = gguf.path.display().to_string();
+    let n = vocab.tokens.len();
+    // A special token's id: the file's, else llama.cpp's default for a BERT vocabulary.
+    let special = |key: &str, default: u64| -> Result<u32> {
+        let id = gguf.get_u64(key).unwrap_or(default);
+        u32::try_from(id).ok().filter(|&id| (id as usize) < n).ok_or_else(|| {
+            HearthError::bad_file(&file, format!("`{key}` = {id} is not a token of the {n} in the vocabulary"))
+        })
+    };
+    let cls = special("tokenizer.ggml.bos_token_id", 101)?;
+    let sep = special("tokenizer.ggml.seperator_token_id", 102)?;
+    let unk = special("tokenizer.ggml.unknown_token_id", 100)?;
+    let pieces: Vec<String> = vocab
+        .tokens
+        .iter()
+        .zip(&vocab.types)
+        .map(|(text, &ty)| match text.strip_prefix('\u{2581}') {
+            _ if ty == TOKEN_TYPE_CONTROL => text.clone(),
+            Some(word) => word.to_string(),
+            None => format!("##{text}"),
+        })
+        .collect();
+    let piece = |id: u32| pieces[id as usize].clone();
+    let lowercase = gguf.get_bool("tokenizer.ggml.normalizer.lowercase").unwrap_or(true);
+    let strip_accents = gguf.get_bool("tokenizer.ggml.normalizer.strip_accents").unwrap_or(lowercase);
+    let mut map = serde_json::Map::with_capacity(n);
+    for (id, p) in pieces.iter().enumerate() {
+        // A repeated piece keeps its first id, as llama.cpp's text-to-token map does.
+        map.entry(p.clone()).or_insert_with(|| json!(id));
+    }
+    let added: Vec<Value> = pieces
+        .iter()
+        .zip(&vocab.types)
+        .enumerate()
+        .filter(|&(_, (p, &ty))| ty == TOKEN_TYPE_CONTROL && !p.is_empty())
+        .map(|(id, (p, _))| {
+            json!({
+                "id": id, "content": p, "single_word": false, "lstrip": false, "rstrip": false,
+                "normalized": false, "special": true,
+            })
+        })
+        .collect();
+    let (cls_text, sep_text) = (piece(cls), piece(sep));
+    let mut specials = serde_json::Map::new();
+    for (text, id) in [(&cls_text, cls), (&sep_text, sep)] {
+        specials.insert(text.clone(), json!({ "id": text, "ids": [id], "tokens": [text] }));
+    }
+    let special_token = |text: &str, type_id: u32| json!({ "SpecialToken": { "id": text, "type_id": type_id } });
+    let tokenizer = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {
+            "type": "BertNormalizer",
+            "clean_text": true,
+            "handle_chinese_chars": true,
+            "strip_accents": strip_accents,
+            "lowercase": lowercase,
+        },
+        "pre_tokenizer": { "type": "BertPreTokenizer" },
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [special_token(&cls_text, 0), { "Sequence": { "id": "A", "type_id": 0 } }, special_token(&sep_text, 0)],
+            "pair": [
+                special_token(&cls_text, 0),
+                { "Sequence": { "id": "A", "type_id": 0 } },
+                special_token(&sep_text, 0),
+                { "Sequence": { "id": "B", "type_id": 1 } },
+                special_token(&sep_text, 1),
+            ],
+            "special_tokens": specials,
+        },
+        "decoder": { "type": "WordPiece", "prefix": "##", "cleanup": true },
+        "model": {
+            "type": "WordPiece",
+            "unk_token": piece(unk),
+            "continuing_subword_prefix": "##",
+            "max_input_chars_per_word": 100,
+            "vocab": map,
+        },
+    });
+    let json = serde_json::to_string(&tokenizer)
+        .map_err(|e| HearthError::Tokenizer(format!("cannot serialize tokenizer.json: {e}")))?;
+    tokenizers::Tokenizer::from_bytes(json.as_bytes())
+        .map_err(|e| HearthError::Tokenizer(format!("tokenizer built from {file} does not load: {e}")))?;
+    let pad_id = gguf
+        .get_u64("tokenizer.ggml.padding_token_id")
+        .and_then(|v| u32::try_from(v).ok())
+        .filter(|&id| (id as usize) < n);
+    Ok(GgufTokenizer {
+        json,
+        bos_id: None,
+        eos_id: None,
+        stop_ids: Vec::new(),
+        pad_id,
+        add_bos: false,
+        chat_template: gguf.get_str("tokenizer.chat_template").map(str::to_string),
+    })
 }
 
 /// Polynomial hashes of byte strings modulo the prime 2^61 − 1: after O(len) work on a piece, whether

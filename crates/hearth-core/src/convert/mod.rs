@@ -82,8 +82,20 @@ pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Manife
 /// llama.cpp stores them) into one matrix per expert, `blk.N.ffn_{gate,up,down}.E.weight`, so a
 /// decode step reads only the experts it chose. Rows count in the tensor seen as a matrix of its
 /// last dimension's columns. An error (naming `source`) when a fused Q/K/V's rows are not this
-/// model's, or an expert tensor's experts are not the config's.
+/// model's, or an expert tensor's experts are not the config's. An encoder's (BERT's) norms are
+/// renamed from llama.cpp's names to the package's: `blk.N.attn_output_norm` → `blk.N.attn_norm`,
+/// `blk.N.layer_output_norm` → `blk.N.ffn_norm`.
 fn package_pieces(name: &str, shape: &[usize], c: &ModelConfig, source: &Path) -> Result<Vec<(String, usize, usize)>> {
+    // An encoder's norms after attention and after the feed-forward: llama.cpp names them
+    // `attn_output_norm` and `layer_output_norm`, the package `attn_norm` and `ffn_norm`.
+    if c.encoder.is_some() {
+        for (from, to) in [(".attn_output_norm.", ".attn_norm."), (".layer_output_norm.", ".ffn_norm.")] {
+            if let Some((layer, kind)) = name.split_once(from) {
+                let rows = shape.first().copied().unwrap_or(1);
+                return Ok(vec![(format!("{layer}{to}{kind}"), 0, rows)]);
+            }
+        }
+    }
     if let Some((layer, kind)) = ["gate", "up", "down"]
         .iter()
         .find_map(|kind| name.strip_suffix(&format!(".ffn_{kind}_exps.weight")).map(|layer| (layer, kind)))
