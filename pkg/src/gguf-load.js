@@ -11,13 +11,13 @@
 
 import {
   AdapterLimitsError, HearthError, IntegrityError, InvalidArgumentError, NetworkError, OutOfMemoryError, QuotaExceededError,
-  UnsupportedModelError, WebGPUUnavailableError, fromWasm,
+  WebGPUUnavailableError, fromWasm,
 } from "./errors.js";
 import { get, STALL_TIMEOUT_MS } from "./fetch.js";
 import { bodyStart, locate, madeFrom, planGgufUrl, validatorOf } from "./gguf.js";
 import { planOptionsFor } from "./inspect.js";
 import { checkQuota, reporter, storageNeeded, wasmFor } from "./load.js";
-import { backendFor, chooseBackend, cpuOnly } from "./support.js";
+import { chooseBackend } from "./support.js";
 import * as store from "./store.js";
 
 const PROGRESS_STEP = 4 << 20; // report download progress at least every 4 MiB
@@ -71,12 +71,11 @@ export async function storeGguf(hrefs, key, options, signal) {
     );
   }
   // What Loader.create would refuse, refused before the download (the same checks, messages and
-  // classes), on the engine loadPackage will take: with "auto", the CPU one for a model only it runs.
-  const engine = backendFor(choice, requested, planned.manifest).backend;
+  // classes), on the engine loadPackage will take.
+  const engine = choice.backend;
   const refusals = engine === "cpu" ? planned.plan.cpuRefusals : planned.plan.gpuRefusals;
   if (refusals.length > 0) {
-    const gpuError = cpuOnly(planned.manifest) ? UnsupportedModelError : AdapterLimitsError;
-    throw new (engine === "cpu" ? OutOfMemoryError : gpuError)(refusals.join(" "));
+    throw new (engine === "cpu" ? OutOfMemoryError : AdapterLimitsError)(refusals.join(" "));
   }
 
   let converter;

@@ -8,7 +8,7 @@ import { fetchText } from "./fetch.js";
 import { ggufFiles, madeFrom, planGgufUrl } from "./gguf.js";
 import { packageKey, parseManifest, quotaShortfall, storageNeeded, wasmFor } from "./load.js";
 import { signalOf } from "./options.js";
-import { backendFor, checkBackend, chooseBackend, cpuMemoryLimit, probeGpu } from "./support.js";
+import { checkBackend, chooseBackend, cpuMemoryLimit, probeGpu } from "./support.js";
 import * as store from "./store.js";
 
 const OPTIONS = ["maxContext", "backend", "revalidate", "signal"];
@@ -110,7 +110,7 @@ export async function inspect(modelUrl, options = {}) {
   const signal = signalOf(options);
   if (signal?.aborted) throw abortError(signal);
   const requested = options.backend ?? "auto";
-  let choice = await chooseBackend(requested);
+  const choice = await chooseBackend(requested);
   const { gpu, kvF16, planOptions } = await planOptionsFor(choice, options.maxContext);
   // The plain build: planModel is the same in every build, and it starts no thread pool.
   const wasm = await wasmFor("webgpu", false, signal);
@@ -131,7 +131,6 @@ export async function inspect(modelUrl, options = {}) {
     source = { kind: "package", bytes: plan.downloadBytes };
   }
 
-  choice = backendFor(choice, requested, manifest);
   const reasons = [...(choice.backend === "cpu" ? plan.cpuRefusals : plan.gpuRefusals)];
   if (choice.backend === "webgpu" && !gpu?.adapter) reasons.push(gpu?.reason ?? "no WebGPU adapter");
   // Storage: what is not stored yet, as load() asks the quota for it (the shards it downloads, the

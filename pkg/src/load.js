@@ -11,7 +11,7 @@ import {
 import { fetchText, fetchVerified, packageFileUrl, STALL_TIMEOUT_MS } from "./fetch.js";
 import { ggufFiles, isGgufUrl } from "./gguf.js";
 import { storeGguf } from "./gguf-load.js";
-import { backendFor, checkBackend, chooseBackend, cpuMemoryLimit, hasRelaxedSimd } from "./support.js";
+import { checkBackend, chooseBackend, cpuMemoryLimit, hasRelaxedSimd } from "./support.js";
 import { startThreadPool } from "./threads.js";
 import { HearthEngine } from "./engine.js";
 import { signalOf } from "./options.js";
@@ -309,7 +309,7 @@ async function loadPackage(url, options, signal) {
   }
   const manifest = parseManifest(manifestText);
   // Before the tokenizer and anything stored: asked for WebGPU without it, nothing else is worth doing.
-  const choice = backendFor(await chooseBackend(requested), requested, manifest);
+  const choice = await chooseBackend(requested);
   if (choice.backend === "webgpu" && !globalThis.navigator?.gpu) {
     throw new WebGPUUnavailableError("navigator.gpu is missing");
   }

@@ -62,20 +62,6 @@ export async function chooseBackend(requested = "auto") {
   return { ...chooseFrom(gpu, requested), label: gpu.label };
 }
 
-/**
- * `choice` (chooseBackend's) for `manifest`'s model: "auto" takes the CPU engine for a mixture of
- * experts, which the WebGPU engine does not run yet, whatever the adapter.
- */
-export function backendFor(choice, requested, manifest) {
-  if (requested !== "auto" || !cpuOnly(manifest)) return choice;
-  return { backend: "cpu", reason: "a mixture of experts, which only the CPU engine runs yet", label: "" };
-}
-
-/** Whether only the CPU engine runs `manifest`'s model (crates/hearth-web's `gpu_refusal` names why). */
-export function cpuOnly(manifest) {
-  return Boolean(manifest?.config?.moe);
-}
-
 function chooseFrom(gpu, requested) {
   if (requested === "webgpu") return { backend: "webgpu", reason: "backend: \"webgpu\" was asked for" };
   if (!gpu.adapter) return { backend: "cpu", reason: gpu.reason };

@@ -200,9 +200,10 @@ impl GpuEngine {
                 m.architecture
             )));
         }
-        if c.qk_norm_whole {
+        // qk_norm.wgsl norms the product's output before rope.wgsl adds any biases.
+        if c.qk_norm_whole && c.qkv_bias {
             return Err(HearthError::UnsupportedSource(format!(
-                "{origin}: `{}` norms whole queries and keys (OLMoE), which the GPU engine does not yet: use the CPU engine",
+                "{origin}: `{}` norms whole queries and keys after Q/K/V biases, which the GPU engine does not run",
                 m.architecture
             )));
         }
@@ -334,7 +335,8 @@ impl GpuEngine {
             layers.push(b.norm_pass(&embedded, norm, &step, &x));
         }
 
-        let rope_store = b.kernels.rope_store(kv_f16, c.qkv_bias, c.qk_norm);
+        // Per-head QK-norms in rope.wgsl; whole ones (OLMoE) in a pass of their own before it.
+        let rope_store = b.kernels.rope_store(kv_f16, c.qkv_bias, c.qk_norm && !c.qk_norm_whole);
         // What the K and V buffers hold as allocated (tests compare it with the plan's definition).
         let mut kv_cache_bytes = 0u64;
         let mut attention_reads = Vec::new();
@@ -380,7 +382,8 @@ impl GpuEngine {
             };
             let qk_norm = if c.qk_norm {
                 let names = [p("attn_q_norm"), p("attn_k_norm")];
-                Some(b.vectors(&format!("blk.{l}.qk norm"), &names, 2 * c.head_dim)?)
+                let len = if c.qk_norm_whole { c.q_dim() + c.kv_dim() } else { 2 * c.head_dim };
+                Some(b.vectors(&format!("blk.{l}.qk norm"), &names, len)?)
             } else {
                 None
             };
@@ -431,6 +434,15 @@ impl GpuEngine {
                 step: &step,
                 fuse: Fuse { norm: Some(&attn_norm), rope: fused_rope.as_ref(), ..Default::default() },
             })?);
+            if let Some(weights) = qk_norm.as_ref().filter(|_| c.qk_norm_whole) {
+                let pipeline = b.kernels.qk_norm_whole();
+                let dims = uniform(&device, "qk norm dims", &[qd, kvd, qkv_dim, c.norm_eps.to_bits()]);
+                let entries =
+                    [entry(0, whole(&dims)), entry(1, whole(&step)), entry(2, whole(&qkv)), entry(3, whole(weights))];
+                let group = bind_group(&device, &pipeline, &entries);
+                b.scratch.push(dims);
+                layers.push(Dispatch::single(pipeline, group, Box::new(|s: Step| Some((2, s.n_tokens, 1)))));
+            }
             {
                 let group = bind_group(
                     &device,
@@ -446,7 +458,7 @@ impl GpuEngine {
                         // Without biases or norms the shader never reads them; any buffer fills
                         // the slot.
                         entry(7, whole(qkv_bias.as_ref().unwrap_or(&b.no_norm))),
-                        entry(8, whole(qk_norm.as_ref().unwrap_or(&b.no_norm))),
+                        entry(8, whole(qk_norm.as_ref().filter(|_| !c.qk_norm_whole).unwrap_or(&b.no_norm))),
                     ],
                 );
                 let words = (qkv_dim / 2).div_ceil(WORKGROUP);

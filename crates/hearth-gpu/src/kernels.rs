@@ -29,6 +29,7 @@ const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
 const NORM: &str = include_str!("../../../shaders/norm.wgsl");
 const GLU: &str = include_str!("../../../shaders/glu.wgsl");
 const MOE: &str = include_str!("../../../shaders/moe.wgsl");
+const QK_NORM: &str = include_str!("../../../shaders/qk_norm.wgsl");
 /// What every module shares (the `Step` uniform, `pick`), put in front of each.
 const PRELUDE: &str = include_str!("../../../shaders/prelude.wgsl");
 
@@ -156,6 +157,7 @@ pub struct Kernels {
     norm_module: wgpu::ShaderModule,
     glu_module: wgpu::ShaderModule,
     moe_module: wgpu::ShaderModule,
+    qk_norm_module: wgpu::ShaderModule,
     matvec: RefCell<HashMap<MatvecKey, wgpu::ComputePipeline>>,
     /// Every other pipeline, by its module and label: entry point and the constants set.
     built: RefCell<HashMap<(wgpu::ShaderModule, String), wgpu::ComputePipeline>>,
@@ -176,6 +178,7 @@ impl Kernels {
             norm_module: with_prelude(device, "norm.wgsl", &[NORM]),
             glu_module: with_prelude(device, "glu.wgsl", &[GLU]),
             moe_module: with_prelude(device, "moe.wgsl", &[MOE]),
+            qk_norm_module: with_prelude(device, "qk_norm.wgsl", &[QK_NORM]),
             matvec: RefCell::new(HashMap::new()),
             built: RefCell::new(HashMap::new()),
             labels: RefCell::new(HashMap::new()),
@@ -350,6 +353,11 @@ impl Kernels {
     /// its experts' products.
     pub fn moe(&self, entry: &str) -> wgpu::ComputePipeline {
         self.pipeline(&self.moe_module, entry, &[])
+    }
+
+    /// qk_norm.wgsl: OLMoE's norm of each token's whole query and key, in place.
+    pub fn qk_norm_whole(&self) -> wgpu::ComputePipeline {
+        self.pipeline(&self.qk_norm_module, "qk_norm_whole", &[])
     }
 
     pub fn rope_store(&self, kv_f16: bool, qkv_bias: bool, qk_norm: bool) -> wgpu::ComputePipeline {

@@ -31,7 +31,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 fn a_mixture_runs_on_the_gpu_reading_only_the_experts_its_router_chose() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = repo_root().join("tests/fixtures/tiny");
-    for name in ["mixtral", "qwen2moe", "qwen3moe"] {
+    for name in ["mixtral", "qwen2moe", "qwen3moe", "olmoe"] {
         let Some(mut ctx) = GpuContext::new().expect("opening the GPU device") else {
             eprintln!("\n!!! NO GPU ADAPTER: skipping GPU test !!!\n");
             return;

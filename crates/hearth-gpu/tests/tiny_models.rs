@@ -40,21 +40,6 @@ fn logits(rows: &serde_json::Value) -> Vec<f32> {
         .collect()
 }
 
-/// Whether `package` norms whole queries and keys (OLMoE), which the GPU engine refuses by name
-/// (the CPU engines run it: hearth-core's tiny_models_vs_llama_cpp); checked here where an adapter
-/// exists.
-fn refused_whole_qk_norm(package: &Package, name: &str) -> bool {
-    if !package.manifest.config.qk_norm_whole {
-        return false;
-    }
-    if let Some(ctx) = GpuContext::new().expect("opening the GPU device") {
-        let err = GpuEngine::new(ctx, package, None).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("norms whole queries and keys"), "{name}: {err}");
-    }
-    eprintln!("{name}: norms whole queries and keys, refused by the GPU engine by name");
-    true
-}
-
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
@@ -81,9 +66,6 @@ fn gpu_logits_match_llama_cpp_at_every_position() {
         let out = tmp.path().join(&name);
         convert(&dir.join(fx["gguf"].as_str().unwrap()), &out, &ConvertOptions::default()).unwrap();
         let package = Package::open(&out).unwrap();
-        if refused_whole_qk_norm(&package, &name) {
-            continue;
-        }
         for (kv_f16, tolerance) in [(false, 2e-3f32), (true, 5e-2)] {
             let Some(mut ctx) = GpuContext::new().expect("opening the GPU device") else {
                 eprintln!("\n!!! NO GPU ADAPTER: skipping GPU test (install mesa-vulkan-drivers for lavapipe) !!!\n");
@@ -189,9 +171,6 @@ fn decoding_with_the_gpu_kernels_matches_llama_cpp_at_every_position() {
         let out = tmp.path().join(&name);
         convert(&dir.join(fx["gguf"].as_str().unwrap()), &out, &ConvertOptions::default()).unwrap();
         let package = Package::open(&out).unwrap();
-        if refused_whole_qk_norm(&package, &name) {
-            continue;
-        }
         let Some(mut ctx) = GpuContext::new().expect("opening the GPU device") else {
             eprintln!("\n!!! NO GPU ADAPTER: skipping GPU test !!!\n");
             return;

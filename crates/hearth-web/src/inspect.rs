@@ -128,7 +128,6 @@ fn plan(manifest: &Manifest, options: &PlanOptions) -> Result<Plan, JsValue> {
             gpu_refusals.push(e.to_string());
         }
     }
-    gpu_refusals.extend(crate::gpu_refusal(manifest));
     // ModelSizes's fields, with the refusals (serde's flatten would make a JS Map of it).
     let ModelSizes { name, architecture, parameters, download_bytes, context, cpu, gpu } = sizes;
     Ok(Plan { name, architecture, parameters, download_bytes, context, cpu, gpu, cpu_refusals, gpu_refusals })

@@ -33,17 +33,6 @@ pub fn start() {
     console_error_panic_hook::set_once();
 }
 
-/// Why the browser's WebGPU engine cannot run `manifest`'s model yet, if it is a mixture of
-/// experts: the CPU engine runs those, in the browser as natively.
-pub(crate) fn gpu_refusal(manifest: &hearth_core::manifest::Manifest) -> Option<String> {
-    manifest.config.moe.as_ref()?;
-    Some(format!(
-        "{} is a mixture of experts ({}), which the WebGPU engine does not run yet; load it with backend \"cpu\" \
-         (or \"auto\", which takes the CPU engine for it)",
-        manifest.name, manifest.architecture
-    ))
-}
-
 /// A JavaScript `Error` whose `name` says what went wrong (the names `docs/WEB.md` lists).
 pub(crate) fn js_error(e: HearthError) -> JsValue {
     let name = match &e {

@@ -87,10 +87,6 @@ impl Loader {
                 Pending::Cpu(Box::new(ShardAssembler::new(manifest.clone()).map_err(js_error)?))
             }
             BackendChoice::Webgpu => {
-                // Before the device is opened.
-                if let Some(why) = crate::gpu_refusal(&manifest) {
-                    return Err(named_error("UnsupportedModelError", &why));
-                }
                 let ctx = GpuContext::new_async()
                     .await
                     .map_err(js_error)?
