@@ -10,8 +10,8 @@ use hearth_core::{HearthError, Result};
 
 use crate::context::GpuContext;
 use crate::kernels::{
-    bind_group, entry, norm_grid, storage, storage_init, uniform, whole, Activation, Kernels, MatvecKey, PREFILL_BLOCK,
-    WORKGROUP,
+    bind_group, entry, norm_grid, storage, storage_init, uniform, whole, Activation, EmbedRows, Kernels, MatvecKey,
+    PREFILL_BLOCK, WORKGROUP,
 };
 use crate::weights::{create_vector, StoredMatrix, WeightBuffer, WeightUploads};
 
@@ -202,6 +202,29 @@ pub struct Builder<'a> {
 }
 
 impl<'a> Builder<'a> {
+    /// A builder for `manifest`'s model whose steps take at most `chunk` tokens.
+    pub fn new(
+        ctx: &'a GpuContext,
+        kernels: Kernels,
+        manifest: &'a Manifest,
+        origin: &'a str,
+        chunk: usize,
+    ) -> Result<Self> {
+        let c = &manifest.config;
+        Ok(Builder {
+            ctx,
+            kernels,
+            manifest,
+            origin,
+            index: manifest.tensors.iter().enumerate().map(|(i, e)| (e.name.as_str(), i)).collect(),
+            uploads: WeightUploads::default(),
+            eps: c.norm_eps,
+            normed: storage(&ctx.device, "normed", chunk * c.hidden_size)?,
+            no_norm: storage(&ctx.device, "no norm", 4)?,
+            scratch: Vec::new(),
+        })
+    }
+
     pub fn device(&self) -> &wgpu::Device {
         &self.ctx.device
     }
@@ -306,6 +329,29 @@ impl<'a> Builder<'a> {
             })
             .collect::<Result<_>>()?;
         Ok(GatedWeights::Fused(pieces))
+    }
+
+    /// An embedding gather (embed.wgsl) of one piece of a table into `output`, its rows chosen as
+    /// `rows` says (the token table's scaled by the model's embedding scale, the others added).
+    pub fn gather(
+        &mut self,
+        piece: &WeightBuffer,
+        rows: EmbedRows,
+        tokens: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+        step: &wgpu::Buffer,
+    ) -> Dispatch {
+        let h = self.manifest.config.hidden_size as u32;
+        let scale = self.manifest.config.embedding_scale.unwrap_or(1.0);
+        let dims =
+            uniform(self.device(), "embed dims", &[h, piece.first_row, piece.rows, piece.group, scale.to_bits()]);
+        let pipeline = self.kernels.embed(piece.dtype, rows);
+        let mut entries =
+            vec![entry(0, whole(&dims)), entry(1, whole(tokens)), entry(2, whole(output)), entry(6, whole(step))];
+        entries.extend(piece.weight_entries(3));
+        let group = bind_group(self.device(), &pipeline, &entries);
+        self.scratch.push(dims);
+        Dispatch::single(pipeline, group, Box::new(move |s: Step| Some((h.div_ceil(WORKGROUP), s.n_tokens, 1))))
     }
 
     /// `output[t] = activation(gate_up[t][..ffn]) · gate_up[t][ffn..]` (glu.wgsl), for

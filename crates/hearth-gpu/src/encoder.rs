@@ -20,9 +20,9 @@ use crate::attention::{self, AttentionBuffers, AttentionDims};
 use crate::builder::{run_dispatches, Builder, Dispatch, Fuse, Product, RopeDims, Step};
 use crate::context::GpuContext;
 use crate::kernels::{
-    bind_group, entry, read_back_async, storage, uniform, uniform_of, whole, Activation, EmbedRows, Kernels, WORKGROUP,
+    bind_group, entry, read_back_async, storage, uniform_of, whole, Activation, EmbedRows, Kernels, WORKGROUP,
 };
-use crate::weights::{Pending, WeightBuffer, WeightUploads};
+use crate::weights::{Pending, WeightBuffer};
 
 /// Tokens one step takes at least (more where a text may be longer): texts are packed into steps
 /// of this many. 512 holds 17 texts of 30 tokens, and the largest activation (the feed-forward's,
@@ -98,18 +98,7 @@ impl GpuEncoder {
                 (scratch_len * 4) >> 20
             )));
         }
-        let mut b = Builder {
-            ctx: &ctx,
-            kernels,
-            manifest: m,
-            origin,
-            index: m.tensors.iter().enumerate().map(|(i, e)| (e.name.as_str(), i)).collect(),
-            uploads: WeightUploads::default(),
-            eps: c.norm_eps,
-            normed: storage(&device, "normed", chunk * c.hidden_size)?,
-            no_norm: storage(&device, "no norm", 4)?,
-            scratch: Vec::new(),
-        };
+        let mut b = Builder::new(&ctx, kernels, m, origin, chunk)?;
         let (h, qd, kvd, f) = (c.hidden_size as u32, c.q_dim() as u32, c.kv_dim() as u32, c.ffn_size as u32);
         let qkv_dim = qd + 2 * kvd;
         let act = |label: &str, per_token: u32| storage(&device, label, chunk * per_token as usize);
@@ -134,28 +123,14 @@ impl GpuEncoder {
             ("position_embd.weight", EmbedRows::TextPositions),
             ("token_types.weight", EmbedRows::First),
         ];
-        let scale = c.embedding_scale.unwrap_or(1.0);
+        let normed = b.normed.clone();
         for (name, rows) in tables {
             for piece in b.split(name)? {
-                let dims =
-                    uniform(&device, "embed dims", &[h, piece.first_row, piece.rows, piece.group, scale.to_bits()]);
-                let pipeline = b.kernels.embed(piece.dtype, rows);
-                let mut entries = vec![
-                    entry(0, whole(&dims)),
-                    entry(1, whole(&tokens)),
-                    entry(2, whole(&b.normed)),
-                    entry(6, whole(&step)),
-                ];
-                entries.extend(piece.weight_entries(3));
-                let group = bind_group(&device, &pipeline, &entries);
-                b.scratch.push(dims);
-                let grid = move |s: Step| Some((h.div_ceil(WORKGROUP), s.n_tokens, 1));
-                dispatches.push(Dispatch::single(pipeline, group, Box::new(grid)));
+                dispatches.push(b.gather(&piece, rows, &tokens, &normed, &step));
                 weights.push(piece);
             }
         }
         let embed_norm = b.norm("token_embd_norm")?;
-        let normed = b.normed.clone();
         dispatches.push(b.norm_pass(&normed, &embed_norm, &step, &x));
         b.scratch.extend([embed_norm.weight].into_iter().chain(embed_norm.bias));
 

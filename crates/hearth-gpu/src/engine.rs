@@ -39,7 +39,7 @@ use crate::kernels::{
 use crate::mixture::{self, MixtureScratch};
 use crate::profile::{KernelTime, Profiler};
 use crate::sampler::{result_bytes, GpuSampler, Penalties, RESULT_WORDS};
-use crate::weights::{Pending, WeightBuffer, WeightUploads};
+use crate::weights::{Pending, WeightBuffer};
 
 /// Most tokens one forward pass takes; longer prompts are run in chunks of this many.
 pub const MAX_CHUNK: usize = 64;
@@ -255,18 +255,7 @@ impl GpuEngine {
         plan.check_binding(storage_limit(&device))?;
         let attention_scratch = storage(&device, "attention scratch", scratch_len(chunk).unwrap_or(1))?;
 
-        let mut b = Builder {
-            ctx: &ctx,
-            kernels,
-            manifest: m,
-            origin,
-            index: m.tensors.iter().enumerate().map(|(i, e)| (e.name.as_str(), i)).collect(),
-            uploads: WeightUploads::default(),
-            eps: c.norm_eps,
-            normed: storage(&device, "normed", chunk * c.hidden_size)?,
-            no_norm: storage(&device, "no norm", 4)?,
-            scratch: Vec::new(),
-        };
+        let mut b = Builder::new(&ctx, kernels, m, origin, chunk)?;
         let (h, qd, kvd, f, v) =
             (c.hidden_size as u32, c.q_dim() as u32, c.kv_dim() as u32, c.ffn_size as u32, c.vocab_size as u32);
         let qkv_dim = qd + 2 * kvd;
@@ -315,21 +304,8 @@ impl GpuEngine {
         let mut layers = Vec::new();
         let tables = embd.iter().map(|piece| (piece, false)).chain(positions.iter().map(|piece| (piece, true)));
         for (piece, is_position) in tables {
-            let scale = c.embedding_scale.unwrap_or(1.0);
-            let dims = uniform(&device, "embed dims", &[h, piece.first_row, piece.rows, piece.group, scale.to_bits()]);
-            let pipeline =
-                b.kernels.embed(piece.dtype, if is_position { EmbedRows::Positions } else { EmbedRows::Tokens });
-            let mut entries = vec![
-                entry(0, whole(&dims)),
-                entry(1, whole(&tokens)),
-                entry(2, whole(&embedded)),
-                entry(6, whole(&step)),
-            ];
-            entries.extend(piece.weight_entries(3));
-            let group = bind_group(&device, &pipeline, &entries);
-            b.scratch.push(dims);
-            let grid = move |s: Step| Some((h.div_ceil(WORKGROUP), s.n_tokens, 1));
-            layers.push(Dispatch::single(pipeline, group, Box::new(grid)));
+            let rows = if is_position { EmbedRows::Positions } else { EmbedRows::Tokens };
+            layers.push(b.gather(piece, rows, &tokens, &embedded, &step));
         }
         if let Some(norm) = &embed_norm {
             layers.push(b.norm_pass(&embedded, norm, &step, &x));

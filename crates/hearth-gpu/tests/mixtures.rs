@@ -1,5 +1,5 @@
-//! Mixtures of experts on the GPU engine: the tiny Mixtral, Qwen2-MoE (a shared expert) and
-//! Qwen3-MoE fixtures of `tests/fixtures/tiny/` (8 experts, 2 per token; written by
+//! Mixtures of experts on the GPU engine: the tiny Mixtral, Qwen2-MoE (a shared expert), Qwen3-MoE
+//! and OLMoE (whole-query norms) fixtures of `tests/fixtures/tiny/` (8 experts, 2 per token; written by
 //! `tests/fixtures/make_tiny.py` with llama.cpp's logits as the oracle) run with GPUs' kernels
 //! (tiled prompt products, the decode kernel; lavapipe runs them too), and the experts each step
 //! ran, read back from the device: a decode step runs exactly the experts the exact CPU engine's
