@@ -34,7 +34,7 @@ struct Dims {
     prefill_tokens: u32,
 }
 
-// The most experts a token uses (ModelConfig::validate holds `used` to it).
+// The most experts a token uses (mixture.rs's `prepare` holds `used` to it).
 const USED_MAX: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -79,11 +79,12 @@ fn moe_route(@builtin(local_invocation_id) lid3: vec3<u32>) {
             sum = sum + exp(logits[row + e] - m);
         }
         // The `used` largest, in order; a choice is the first of the largest left (lower index
-        // on ties), found by scanning past those already taken.
+        // on ties), found by scanning past those already taken. The first expert left is taken
+        // whatever its probability (a NaN compares false), so the choices are always distinct.
         var taken: array<u32, USED_MAX>;
         var chosen_sum = 0.0;
         for (var k = 0u; k < dims.used; k = k + 1u) {
-            var best = 0u;
+            var best = e_count;
             var best_p = -1.0;
             for (var e = 0u; e < e_count; e = e + 1u) {
                 var free = true;
@@ -91,7 +92,7 @@ fn moe_route(@builtin(local_invocation_id) lid3: vec3<u32>) {
                     free = free && taken[j] != e;
                 }
                 let p = exp(logits[row + e] - m) / sum;
-                if (free && p > best_p) {
+                if (free && (best == e_count || p > best_p)) {
                     best = e;
                     best_p = p;
                 }

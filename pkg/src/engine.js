@@ -151,7 +151,7 @@ export class HearthEngine extends EngineApi {
     }
   }
 
-  /** Each text in its own wasm call; `options` as embeddings.js's embedOptions gives them. */
+  /** Texts in wasm calls of one (CPU) or 64 (WebGPU); `options` as embeddings.js's embedOptions gives them. */
   async [EMBED](texts, { normalize, signal }) {
     const release = await this.#acquire(signal);
     try {

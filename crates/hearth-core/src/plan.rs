@@ -162,7 +162,8 @@ impl GpuPlan {
 pub struct Memory {
     pub weights: u64,
     pub kv_cache: u64,
-    /// Activations and the module's own (CPU only; on the GPU they are a few MB).
+    /// Activations and the module's own (CPU only; on the GPU a few MB for a dense model, more for a
+    /// mixture's packed expert buffers, which this does not count yet).
     pub working: u64,
     pub total: u64,
 }

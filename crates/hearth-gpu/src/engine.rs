@@ -320,10 +320,7 @@ impl GpuEngine {
         let ffn_activation = match c.activation {
             ModelActivation::Silu => Activation::Silu,
             ModelActivation::GeluTanh => Activation::GeluTanh,
-            // Only encoders (BERT) use the exact GELU, and they are refused above.
-            ModelActivation::Gelu => {
-                return Err(HearthError::UnsupportedSource("the GPU engine has no exact (erf) GELU yet".into()))
-            }
+            ModelActivation::Gelu => Activation::GeluErf,
         };
         for l in 0..c.n_layers {
             let p = |s: &str| format!("blk.{l}.{s}.weight");

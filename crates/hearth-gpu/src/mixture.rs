@@ -1,4 +1,4 @@
-//! A mixture of experts' feed-forward on the GPU (Mixtral, Qwen2-MoE, Qwen3-MoE): the router's
+//! A mixture of experts' feed-forward on the GPU (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE): the router's
 //! product, then moe.wgsl's `moe_route` on the device (softmax, top-k, each expert's token count,
 //! step uniform and grids), `moe_gather`, each expert's gated product and down product launched
 //! indirectly (an expert no token chose gets no workgroups, so a decode step reads only the chosen
@@ -19,6 +19,9 @@ const STEP_STRIDE: u64 = 256;
 const ARGS_STRIDE: u64 = 24;
 /// The most experts a token uses (moe.wgsl's `USED_MAX`).
 pub const USED_MAX: usize = 16;
+/// The most loop iterations moe_route's choice may take on software adapters (lavapipe's limiter
+/// stops an invocation at 65,535: kernels.rs's `ROWS_ATTENTION_MAX_ITERATIONS` keeps the same margin).
+const ROUTE_LOOPS_SOFTWARE_MAX: usize = 60_000;
 
 /// The buffers every mixture layer shares (they run one after another).
 pub struct MixtureScratch {
@@ -88,6 +91,16 @@ pub fn prepare(
         return Err(HearthError::UnsupportedSource(format!(
             "{} experts per token: the GPU engine takes at most {USED_MAX}",
             moe.used
+        )));
+    }
+    // moe_route's choice of a token's experts loops about experts × used × (used + 1) times in one
+    // invocation; lavapipe stops an invocation past 65,535 iterations and carries on with wrong
+    // values (attention.wgsl says more). Real mixtures stay far below (512 experts, 10 used: 56k).
+    let route_loops = moe.experts * moe.used * (moe.used + 1);
+    if b.kernels.software && route_loops > ROUTE_LOOPS_SOFTWARE_MAX {
+        return Err(HearthError::AdapterLimit(format!(
+            "{} experts of which {} per token: choosing them would run past a software adapter's loop limit",
+            moe.experts, moe.used
         )));
     }
     let device = b.device().clone();

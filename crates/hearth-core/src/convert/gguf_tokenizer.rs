@@ -360,7 +360,12 @@ fn wordpiece(gguf: &GgufFile, vocab: &Vocab) -> Result<GgufTokenizer> {
             HearthError::bad_file(&file, format!("`{key}` = {id} is not a token of the {n} in the vocabulary"))
         })
     };
-    let cls = special("tokenizer.ggml.bos_token_id", 101)?;
+    // llama.cpp opens a BERT text with its bos; a file with only a CLS id means the same token.
+    let cls_key = match gguf.get_u64("tokenizer.ggml.bos_token_id") {
+        None if gguf.get_u64("tokenizer.ggml.cls_token_id").is_some() => "tokenizer.ggml.cls_token_id",
+        _ => "tokenizer.ggml.bos_token_id",
+    };
+    let cls = special(cls_key, 101)?;
     let sep = special("tokenizer.ggml.seperator_token_id", 102)?;
     let unk = special("tokenizer.ggml.unknown_token_id", 100)?;
     let pieces: Vec<String> = vocab
