@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use crate::error::{HearthError, Result};
 use crate::generate::{ring_keeps, ring_rows};
 use crate::manifest::{
-    Activation, FfnKind, ModelConfig, NormKind, Pooling, PositionKind, RopeScaling, RopeStyle, ARCHITECTURES,
+    Activation, FfnKind, Gating, ModelConfig, NormKind, Pooling, PositionKind, RopeScaling, RopeStyle, ARCHITECTURES,
 };
 use crate::package::{Package, TensorSource};
 use crate::quant::{DType, Tensor, TensorData};
@@ -65,8 +65,11 @@ struct Experts {
     /// `[experts][hidden]`: each expert's logit for a token.
     router: Tensor,
     experts: Vec<Expert>,
-    /// The expert every token runs (Qwen2-MoE), and the weights of its sigmoid gate.
-    shared: Option<(Expert, Vec<f32>)>,
+    /// Added to the probabilities to choose experts, not to weigh them (`MoeConfig::selection_bias`).
+    selection_bias: Option<Vec<f32>>,
+    /// The expert every token runs (Qwen2-MoE, dots.llm1), and the weights of its sigmoid gate
+    /// (Qwen2-MoE's; none where its output is added unscaled).
+    shared: Option<(Expert, Option<Vec<f32>>)>,
 }
 
 /// One layer's keys and values, `[row][kv_dim]` flattened, position p in row `p % rows`. A
@@ -352,7 +355,7 @@ impl<P: Products> Engine<P> {
             } else {
                 None
             };
-            let ffn = match &c.moe {
+            let ffn = match c.moe_at(i) {
                 None => FeedForward::Dense {
                     w_gate: match c.ffn {
                         FfnKind::Gated => Some(take(&p("ffn_gate"), &[f, h])?),
@@ -362,6 +365,15 @@ impl<P: Products> Engine<P> {
                     w_down: take(&p("ffn_down"), &[h, f])?,
                 },
                 Some(m) => {
+                    let shared_gate = match (m.shared_ffn_size, m.shared_unscaled) {
+                        (Some(_), false) => Some(take(&p("ffn_gate_inp_shexp"), &[h])?.to_f32()),
+                        _ => None,
+                    };
+                    let selection_bias = match m.selection_bias {
+                        true => Some(take(&format!("blk.{i}.exp_probs_b.bias"), &[m.experts])?.to_f32()),
+                        false => None,
+                    };
+                    let router = take(&p("ffn_gate_inp"), &[m.experts, h])?;
                     // `blk.N.ffn_{gate,up,down}{suffix}.weight` of `rows` rows.
                     let mut expert = |suffix: &str, rows: usize| -> Result<Expert> {
                         Ok(Expert {
@@ -373,14 +385,10 @@ impl<P: Products> Engine<P> {
                     let experts =
                         (0..m.experts).map(|e| expert(&format!(".{e}"), m.expert_ffn_size)).collect::<Result<_>>()?;
                     let shared = match m.shared_ffn_size {
-                        Some(rows) => Some((expert("_shexp", rows)?, take(&p("ffn_gate_inp_shexp"), &[h])?.to_f32())),
+                        Some(rows) => Some((expert("_shexp", rows)?, shared_gate)),
                         None => None,
                     };
-                    FeedForward::Experts(Experts {
-                        router: take(&p("ffn_gate_inp"), &[m.experts, h])?,
-                        experts,
-                        shared,
-                    })
+                    FeedForward::Experts(Experts { router, experts, selection_bias, shared })
                 }
             };
             layers.push(Layer {
@@ -443,7 +451,7 @@ impl<P: Products> Engine<P> {
     }
 
     /// The experts the last forward pass chose for each of its tokens, `[layer][token]` (empty for
-    /// a dense model).
+    /// a dense model, and for a mixture's dense layers).
     pub fn routes(&self) -> &[Vec<Route>] {
         &self.routes
     }
@@ -642,8 +650,8 @@ impl<P: Products> Engine<P> {
         let mut k = vec![0f32; n * c.kv_dim()];
         let mut v = vec![0f32; n * c.kv_dim()];
         let mut attn = vec![0f32; n * c.q_dim()];
-        // A mixture's experts make their own (of their own sizes).
-        let dense_rows = if c.moe.is_none() { c.ffn_size } else { 0 };
+        // A mixture's experts make their own (of their own sizes); its leading dense layers use these.
+        let dense_rows = if c.moe.as_ref().is_none_or(|m| m.dense_layers > 0) { c.ffn_size } else { 0 };
         let mut gate = vec![0f32; n * dense_rows];
         let mut up = vec![0f32; n * dense_rows];
         let mut routes = Vec::new();
@@ -731,6 +739,9 @@ impl<P: Products> Engine<P> {
                         *g = if gated { act(*g) * u } else { act(*u) };
                     }
                     self.products.matmul(w_down, &gate, n, &mut proj);
+                    if c.moe.is_some() {
+                        routes.push(Vec::new()); // a mixture's dense layer chooses nothing
+                    }
                 }
                 FeedForward::Experts(experts) => {
                     routes.push(mixture(&self.products, &c, experts, &xn, n, act, &mut proj));
@@ -757,10 +768,12 @@ impl<P: Products> Engine<P> {
 }
 
 /// A mixture of experts on each of the `n` rows of `x` (normed; `[n][hidden]`), into `out`
-/// (`[n][hidden]`), as llama.cpp computes it: a softmax over the router's logits, the `used` most
-/// probable experts (ties to the lower index), each run on the rows that chose it (one batch per
-/// expert) and added weighted by its probability (over the chosen ones' sum with `normalize`); a
-/// shared expert runs on every row, scaled by the sigmoid of its gate. Returns each row's route.
+/// (`[n][hidden]`), as llama.cpp computes it: the router's logits → probabilities (a softmax, or
+/// each one's sigmoid), the `used` most probable experts (probabilities plus the selection bias;
+/// ties to the lower index), each run on the rows that chose it (one batch per expert) and added
+/// weighted by its probability (over the chosen ones' sum with `normalize`, times `weights_scale`);
+/// a shared expert runs on every row, scaled by the sigmoid of its gate where it has one. Returns
+/// each row's route.
 fn mixture<P: Products>(
     products: &P,
     c: &ModelConfig,
@@ -771,22 +784,32 @@ fn mixture<P: Products>(
     out: &mut [f32],
 ) -> Vec<Route> {
     let (h, count) = (c.hidden_size, layer.experts.len());
-    let used = c.moe.as_ref().map_or(count, |m| m.used).min(count);
-    let normalize = c.moe.as_ref().is_some_and(|m| m.normalize);
+    let Some(moe) = c.moe.as_ref() else { return Vec::new() };
+    let used = moe.used.min(count);
     let mut logits = vec![0f32; n * count];
     products.matmul(&layer.router, x, n, &mut logits);
     // Each expert's rows and their weights.
     let mut chosen: Vec<Vec<(usize, f32)>> = vec![Vec::new(); count];
     let mut routes = Vec::with_capacity(n);
+    let mut scores = vec![0f32; count];
     for (t, row) in logits.chunks_mut(count).enumerate() {
-        softmax(row);
-        let mut order: Vec<usize> = (0..count).collect();
-        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-        let sum: f32 = order[..used].iter().map(|&e| row[e]).sum();
-        for &e in &order[..used] {
-            chosen[e].push((t, if normalize { row[e] / sum } else { row[e] }));
+        match moe.gating {
+            Gating::Softmax => softmax(row),
+            Gating::Sigmoid => row.iter_mut().for_each(|v| *v = sigmoid(*v)),
         }
-        let margin = order.get(used).map_or(1.0, |&left| row[order[used - 1]] - row[left]);
+        scores.copy_from_slice(row);
+        if let Some(bias) = &layer.selection_bias {
+            add_in_place(&mut scores, bias);
+        }
+        let mut order: Vec<usize> = (0..count).collect();
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+        // llama.cpp's floor under the sum (2^-14), which only a sigmoid router can come near.
+        let sum = order[..used].iter().map(|&e| row[e]).sum::<f32>().max(NORMALIZE_SUM_MIN);
+        for &e in &order[..used] {
+            let weight = if moe.normalize { row[e] / sum } else { row[e] };
+            chosen[e].push((t, weight * moe.weights_scale));
+        }
+        let margin = order.get(used).map_or(1.0, |&left| scores[order[used - 1]] - scores[left]);
         order.truncate(used);
         routes.push(Route { experts: order, margin });
     }
@@ -801,11 +824,18 @@ fn mixture<P: Products>(
     if let Some((expert, gate)) = &layer.shared {
         let ys = gated_mlp(products, expert, x, n, act);
         for ((o, y), xt) in out.chunks_mut(h).zip(ys.chunks(h)).zip(x.chunks(h)) {
-            let scale = 1.0 / (1.0 + (-dot(gate, xt)).exp());
+            let scale = gate.as_ref().map_or(1.0, |gate| sigmoid(dot(gate, xt)));
             o.iter_mut().zip(y).for_each(|(o, y)| *o += scale * y);
         }
     }
     routes
+}
+
+/// The least sum llama.cpp divides a token's chosen weights by when it rescales them.
+const NORMALIZE_SUM_MIN: f32 = 6.103_515_6e-5;
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
 }
 
 /// `down · (act(gate · x) * up · x)` of each of the `n` rows of `x`.

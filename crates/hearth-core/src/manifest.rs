@@ -13,10 +13,11 @@ pub const FORMAT_VERSION: u32 = 1;
 /// alternating local/global layers, soft-capped scores and logits; Gemma 3: QK-norm instead of the
 /// caps, and a RoPE base of its own for local layers; Qwen3: Llama with QK-norm; SmolLM3: Llama
 /// with every fourth layer unrotated; BLOOM: ALiBi, LayerNorm, a norm on the embeddings, a GELU MLP
-/// and biases everywhere; GPT-2: the same with learned positions).
+/// and biases everywhere; GPT-2: the same with learned positions; Qwen2-MoE, Qwen3-MoE, OLMoE and
+/// dots.llm1: mixtures of experts, as `MoeConfig` records them).
 pub const ARCHITECTURES: &[&str] = &[
     "llama", "qwen2", "qwen3", "smollm3", "phi3", "gemma2", "gemma3", "bloom", "gpt2", "bert", "qwen2moe", "qwen3moe",
-    "olmoe",
+    "olmoe", "dots1",
 ];
 /// The encoders among them (embeddings, not text).
 pub const ENCODER_ARCHITECTURES: &[&str] = &["bert"];
@@ -119,8 +120,11 @@ pub struct ModelConfig {
 }
 
 /// A mixture-of-experts feed-forward: each token's router logits → probabilities (a softmax over
-/// every expert) → the `used` most probable experts, whose outputs are summed weighted by their
-/// probabilities (rescaled to sum to 1 when `normalize`), plus a shared expert where there is one.
+/// every expert, or each expert's sigmoid) → the `used` most probable experts (probabilities plus
+/// the selection bias, where there is one), whose outputs are summed weighted by their
+/// probabilities (rescaled to sum to 1 when `normalize`, then multiplied by `weights_scale`), plus
+/// a shared expert where there is one. The first `dense_layers` layers have a dense feed-forward of
+/// `ffn_size` rows instead.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MoeConfig {
     pub experts: usize,
@@ -134,6 +138,48 @@ pub struct MoeConfig {
     /// its output scaled by `sigmoid(blk.N.ffn_gate_inp_shexp · x)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_ffn_size: Option<usize>,
+    /// The shared expert's output added as it is, with no sigmoid gate (dots.llm1, DeepSeek-V3).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_unscaled: bool,
+    /// How router logits become probabilities.
+    #[serde(default, skip_serializing_if = "Gating::is_softmax")]
+    pub gating: Gating,
+    /// A per-expert bias `blk.N.exp_probs_b.bias` added to the probabilities to choose the experts,
+    /// not to weigh them (DeepSeek-V3's `e_score_correction_bias`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub selection_bias: bool,
+    /// The chosen weights' factor, after any rescaling (`routed_scaling_factor`).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub weights_scale: f32,
+    /// Leading layers whose feed-forward is dense (`first_k_dense_replace`, llama.cpp's
+    /// `leading_dense_block_count`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dense_layers: usize,
+}
+
+fn is_one(v: &f32) -> bool {
+    *v == 1.0
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+/// A router's probabilities from its logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Gating {
+    /// A softmax over every expert (Mixtral, Qwen-MoE, OLMoE).
+    #[default]
+    Softmax,
+    /// Each expert's own sigmoid (dots.llm1, DeepSeek-V3, GLM-4.5).
+    Sigmoid,
+}
+
+impl Gating {
+    pub fn is_softmax(&self) -> bool {
+        *self == Gating::Softmax
+    }
 }
 
 /// How an encoder's output becomes one embedding per text (sentence-transformers' pooling).
@@ -389,6 +435,12 @@ pub mod limits {
 }
 
 impl ModelConfig {
+    /// Layer `layer`'s mixture of experts, if its feed-forward is one (not one of the leading dense
+    /// layers).
+    pub fn moe_at(&self, layer: usize) -> Option<&MoeConfig> {
+        self.moe.as_ref().filter(|m| layer >= m.dense_layers)
+    }
+
     pub fn q_dim(&self) -> usize {
         self.n_heads * self.head_dim
     }
@@ -460,6 +512,15 @@ impl ModelConfig {
             }
             if self.ffn != FfnKind::Gated || self.encoder.is_some() {
                 return Err("a mixture of experts is of gated feed-forwards, in a decoder".into());
+            }
+            if !(m.weights_scale.is_finite() && m.weights_scale > 0.0) || m.dense_layers >= self.n_layers {
+                return Err(format!(
+                    "moe: weights_scale {} must be finite and positive, dense_layers {} fewer than the {} layers",
+                    m.weights_scale, m.dense_layers, self.n_layers
+                ));
+            }
+            if m.shared_unscaled && m.shared_ffn_size.is_none() {
+                return Err("moe: shared_unscaled without a shared expert".into());
             }
         }
         if self.n_kv_heads > self.n_heads {

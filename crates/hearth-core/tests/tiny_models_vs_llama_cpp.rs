@@ -306,18 +306,34 @@ fn a_mixture_reads_only_the_experts_its_router_chose() {
         assert_eq!(moe.expert_ffn_size as u64, want["expert_ff"].as_u64().unwrap(), "{}", fx.name);
         assert_eq!(moe.normalize, want["normalize"].as_bool().unwrap(), "{}", fx.name);
         assert_eq!(moe.shared_ffn_size.map(|f| f as u64), want["shared_ff"].as_u64(), "{}", fx.name);
+        assert_eq!(moe.shared_unscaled, want["shared_unscaled"].as_bool().unwrap(), "{}", fx.name);
+        assert_eq!(serde_json::to_value(moe.gating).unwrap(), want["gating"], "{}", fx.name);
+        assert_eq!(moe.selection_bias, want["selection_bias"].as_bool().unwrap(), "{}", fx.name);
+        assert_eq!(moe.weights_scale as f64, want["weights_scale"].as_f64().unwrap(), "{}", fx.name);
+        assert_eq!(moe.dense_layers as u64, want["dense_layers"].as_u64().unwrap(), "{}", fx.name);
         let entry = |p: &Package, name: &str| p.manifest().tensors.iter().find(|t| t.name == name).cloned();
+        let sparse = moe.dense_layers; // the first layer with a mixture
         for e in 0..moe.experts {
-            let down = entry(&package, &format!("blk.1.ffn_down.{e}.weight")).expect("one matrix per expert");
+            let down = entry(&package, &format!("blk.{sparse}.ffn_down.{e}.weight")).expect("one matrix per expert");
             assert_eq!(down.shape, [c.hidden_size, moe.expert_ffn_size], "{}", fx.name);
         }
+        for dense in 0..moe.dense_layers {
+            let down = entry(&package, &format!("blk.{dense}.ffn_down.weight")).expect("a dense layer's matrix");
+            assert_eq!(down.shape, [c.hidden_size, c.ffn_size], "{}: dense layer {dense}", fx.name);
+            assert!(entry(&package, &format!("blk.{dense}.ffn_gate_inp.weight")).is_none(), "{}", fx.name);
+        }
         assert!(package.manifest().tensors.iter().all(|t| !t.name.contains("_exps")), "{}", fx.name);
-        assert_eq!(entry(&q4, "blk.0.ffn_gate_inp.weight").unwrap().dtype, DType::F32, "{}: router", fx.name);
-        assert_eq!(entry(&q4, "blk.0.ffn_up.3.weight").unwrap().dtype, DType::Q4, "{}: expert", fx.name);
+        let router = format!("blk.{sparse}.ffn_gate_inp.weight");
+        assert_eq!(entry(&q4, &router).unwrap().dtype, DType::F32, "{}: router", fx.name);
+        assert_eq!(entry(&q4, &format!("blk.{sparse}.ffn_up.3.weight")).unwrap().dtype, DType::Q4, "{}", fx.name);
+        if moe.selection_bias {
+            let bias = entry(&q4, &format!("blk.{sparse}.exp_probs_b.bias")).expect("the selection bias");
+            assert_eq!((bias.dtype, &bias.shape[..]), (DType::F32, &[moe.experts][..]), "{}: selection bias", fx.name);
+        }
 
         let tokens = &fx.sequences[1].tokens;
         let (prompt, last) = tokens.split_at(tokens.len() - 1);
-        let layers = c.n_layers;
+        let layers = c.n_layers - moe.dense_layers;
         let mut exact = CpuEngine::from_package(&package).unwrap();
         let mut fast = FastEngine::from_package(&package).unwrap();
         for (engine, (prompt_run, step_run)) in
@@ -333,7 +349,7 @@ fn a_mixture_reads_only_the_experts_its_router_chose() {
         }
         mixtures.push(fx.name.clone());
     }
-    assert_eq!(mixtures, ["mixtral", "olmoe", "qwen2moe", "qwen3moe"]);
+    assert_eq!(mixtures, ["dots1", "mixtral", "olmoe", "qwen2moe", "qwen3moe"]);
 }
 
 /// A mixture whose metadata contradicts its tensors or itself is refused by name, before anything
@@ -405,6 +421,7 @@ fn every_architecture_from_safetensors_gives_the_gguf_logits() {
         "qwen2moe",
         "qwen3moe",
         "olmoe",
+        "dots1",
     ] {
         let fx = fixtures().into_iter().find(|f| f.name == fixture).unwrap_or_else(|| panic!("{fixture} fixture"));
         let name = fx.architecture.as_str();
@@ -497,7 +514,7 @@ fn to_transformers_layout(
                 }
             }
         }
-        "llama" | "qwen2" | "qwen3" | "smollm3" | "gemma2" | "gemma3" | "qwen2moe" | "qwen3moe" | "olmoe" => {
+        "llama" | "qwen2" | "qwen3" | "smollm3" | "gemma2" | "gemma3" | "qwen2moe" | "qwen3moe" | "olmoe" | "dots1" => {
             // Transformers computes Llama 3's factors from config.json; llama.cpp stores them.
             for name in tensors.keys().filter(|n| *n != "rope_freqs.weight") {
                 let (shape, mut values) = get(name);
@@ -791,6 +808,27 @@ fn transformers_config(fixture: &str, c: &hearth_core::manifest::ModelConfig) ->
                 }),
             )
         }
+        // dots.llm1: experts of `moe_intermediate_size` chosen by sigmoid plus a correction bias,
+        // `n_shared_experts` of the same size (one MLP), dense leading layers of `intermediate_size`.
+        "dots1" => {
+            let m = c.moe.as_ref().unwrap();
+            rope_decoder(
+                "Dots1ForCausalLM",
+                serde_json::json!({
+                    "head_dim": c.head_dim,
+                    "n_routed_experts": m.experts,
+                    "num_experts_per_tok": m.used,
+                    "moe_intermediate_size": m.expert_ffn_size,
+                    "n_shared_experts": m.shared_ffn_size.unwrap() / m.expert_ffn_size,
+                    "norm_topk_prob": m.normalize,
+                    "routed_scaling_factor": m.weights_scale,
+                    "first_k_dense_replace": m.dense_layers,
+                    "n_group": 1,
+                    "topk_group": 1,
+                    "sliding_window": null,
+                }),
+            )
+        }
         // OLMoE: experts of `intermediate_size`, not rescaled; norms of whole queries and keys.
         "olmoe" => {
             let m = c.moe.as_ref().unwrap();
@@ -860,6 +898,10 @@ fn llama_family_name(arch: &str, gguf: &str) -> String {
     let part = match (arch, part) {
         ("llama", "ffn_gate_inp.weight") => "block_sparse_moe.gate.weight",
         (_, "ffn_gate_inp.weight") => "mlp.gate.weight",
+        ("dots1", "ffn_gate_shexp.weight") => "mlp.shared_experts.gate_proj.weight",
+        ("dots1", "ffn_up_shexp.weight") => "mlp.shared_experts.up_proj.weight",
+        ("dots1", "ffn_down_shexp.weight") => "mlp.shared_experts.down_proj.weight",
+        (_, "exp_probs_b.bias") => "mlp.gate.e_score_correction_bias",
         (_, "ffn_gate_shexp.weight") => "mlp.shared_expert.gate_proj.weight",
         (_, "ffn_up_shexp.weight") => "mlp.shared_expert.up_proj.weight",
         (_, "ffn_down_shexp.weight") => "mlp.shared_expert.down_proj.weight",

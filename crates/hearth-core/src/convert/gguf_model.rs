@@ -9,8 +9,8 @@ use crate::error::{HearthError, Result};
 use crate::ggml_quants::{dequantize, k_from_ggml, q4_from_ggml, q5_from_ggml, q8_from_ggml, q8_from_q5_0};
 use crate::gguf::{GgmlType, GgufFile, GgufTensorInfo};
 use crate::manifest::{
-    limits, Activation, AlibiConfig, EncoderConfig, FfnKind, Manifest, ModelConfig, MoeConfig, NormKind, Pooling,
-    PositionKind, RopeConfig, RopeScaling, RopeStyle, SourceInfo, TokenizerInfo,
+    limits, Activation, AlibiConfig, EncoderConfig, FfnKind, Gating, Manifest, ModelConfig, MoeConfig, NormKind,
+    Pooling, PositionKind, RopeConfig, RopeScaling, RopeStyle, SourceInfo, TokenizerInfo,
 };
 use crate::manifest::{FileEntry, TensorEntry, FORMAT_NAME, FORMAT_VERSION};
 use crate::package::{sha256_hex, shard_file_name, PackageWriter, ShardLayout};
@@ -146,9 +146,8 @@ fn header(gguf: &GgufFile) -> Result<(Manifest, String)> {
 
 fn model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
     match arch {
-        "llama" | "qwen2" | "qwen3" | "smollm3" | "phi3" | "gemma2" | "gemma3" | "qwen2moe" | "qwen3moe" | "olmoe" => {
-            rope_model_config(gguf, arch)
-        }
+        "llama" | "qwen2" | "qwen3" | "smollm3" | "phi3" | "gemma2" | "gemma3" | "qwen2moe" | "qwen3moe" | "olmoe"
+        | "dots1" => rope_model_config(gguf, arch),
         "bloom" | "gpt2" => layer_norm_model_config(gguf, arch),
         "bert" => bert_model_config(gguf),
         _ => Err(HearthError::UnsupportedArchitecture(arch.to_string())),
@@ -449,12 +448,14 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
 /// The mixture of experts of a file that has one (`{arch}.expert_count` > 0), as llama.cpp runs it:
 /// a softmax over every expert, the top `expert_used_count`, their weights rescaled to sum to 1 for
 /// Mixtral (`llama`) and Qwen3-MoE but not Qwen2-MoE (whose shared expert every token also runs) or
-/// OLMoE.
+/// OLMoE. dots.llm1 (`dots1`): a sigmoid per expert (`expert_gating_func` 2), the experts chosen by
+/// it plus `exp_probs_b`, weights rescaled as `expert_weights_norm` says and multiplied by
+/// `expert_weights_scale`, an unscaled shared expert, and `leading_dense_block_count` dense layers.
 fn moe_config(gguf: &GgufFile, arch: &str, ffn_size: usize) -> Result<Option<MoeConfig>> {
     let key = |k: &str| format!("{arch}.{k}");
     let file = gguf.path.display().to_string();
     let experts = gguf.get_u64(&key("expert_count")).unwrap_or(0) as usize;
-    let moe_arch = matches!(arch, "qwen2moe" | "qwen3moe" | "olmoe");
+    let moe_arch = matches!(arch, "qwen2moe" | "qwen3moe" | "olmoe" | "dots1");
     if experts == 0 {
         return match moe_arch {
             true => Err(HearthError::bad_file(&file, format!("`{arch}` without `{arch}.expert_count`"))),
@@ -464,19 +465,52 @@ fn moe_config(gguf: &GgufFile, arch: &str, ffn_size: usize) -> Result<Option<Moe
     if !moe_arch && arch != "llama" {
         return Err(HearthError::UnsupportedSource(format!("{file}: experts in a `{arch}` model are not supported")));
     }
-    // 1 is the softmax; DeepSeek-style sigmoid gating (2) is another router.
-    if let Some(gating) = gguf.get_u64(&key("expert_gating_func")).filter(|&g| g != 1) {
+    let dots = arch == "dots1";
+    // llama.cpp's codes: 1 the softmax, 2 the sigmoid (and a file without the key: the softmax,
+    // where llama.cpp runs one; dots1 needs the key).
+    let gating = match gguf.get_u64(&key("expert_gating_func")) {
+        None if !dots => Gating::Softmax,
+        Some(1) => Gating::Softmax,
+        Some(2) => Gating::Sigmoid,
+        other => {
+            return Err(HearthError::UnsupportedSource(format!(
+                "{file}: expert gating function {} (the softmax, 1, and the sigmoid, 2, are supported)",
+                other.map_or_else(|| "missing".to_string(), |g| g.to_string())
+            )))
+        }
+    };
+    let groups = gguf.get_u64(&key("expert_group_count")).unwrap_or(1);
+    if groups > 1 {
         return Err(HearthError::UnsupportedSource(format!(
-            "{file}: expert gating function {gating} (only the softmax, 1, is supported)"
+            "{file}: experts chosen within {groups} groups (`expert_group_count`) are not supported"
         )));
     }
-    let shared = gguf.tensor("blk.0.ffn_up_shexp.weight").and_then(|t| t.shape().first().copied());
+    let shared = gguf.tensor("blk.0.ffn_up_shexp.weight").or_else(|| {
+        // The first layers may be dense: the first mixture layer's shared expert.
+        let lead = gguf.get_u64(&key("leading_dense_block_count")).unwrap_or(0);
+        gguf.tensor(&format!("blk.{lead}.ffn_up_shexp.weight"))
+    });
+    let dense_layers = match dots {
+        true => gguf.require_u64(&key("leading_dense_block_count"))? as usize,
+        false => 0,
+    };
+    let selection_bias = gguf.tensor(&format!("blk.{dense_layers}.exp_probs_b.bias")).is_some();
     Ok(Some(MoeConfig {
         experts,
         used: gguf.require_u64(&key("expert_used_count"))? as usize,
         expert_ffn_size: gguf.get_u64(&key("expert_feed_forward_length")).map_or(ffn_size, |v| v as usize),
-        normalize: gguf.get_bool(&key("expert_weights_norm")).unwrap_or(!matches!(arch, "qwen2moe" | "olmoe")),
-        shared_ffn_size: shared,
+        normalize: gguf
+            .get_bool(&key("expert_weights_norm"))
+            .unwrap_or(!matches!(arch, "qwen2moe" | "olmoe" | "dots1")),
+        shared_ffn_size: shared.and_then(|t| t.shape().first().copied()),
+        shared_unscaled: dots,
+        gating,
+        selection_bias,
+        weights_scale: match dots {
+            true => gguf.require_f64(&key("expert_weights_scale"))? as f32,
+            false => 1.0,
+        },
+        dense_layers,
     }))
 }
 

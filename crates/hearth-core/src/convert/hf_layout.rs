@@ -158,14 +158,17 @@ fn llama_name(family: Family, hf: &str) -> Option<String> {
 
 /// A mixture's tensor in one layer: Mixtral's router `block_sparse_moe.gate` and experts
 /// `block_sparse_moe.experts.E.w{1,3,2}` (gate, up, down); Qwen-MoE's `mlp.gate`,
-/// `mlp.experts.E.{gate,up,down}_proj`, `mlp.shared_expert.*_proj` and `mlp.shared_expert_gate`.
+/// `mlp.experts.E.{gate,up,down}_proj`, `mlp.shared_expert.*_proj` and `mlp.shared_expert_gate`;
+/// dots.llm1's `mlp.shared_experts.*_proj` (its shared experts as one) and the router's
+/// `mlp.gate.e_score_correction_bias`.
 fn expert_name(part: &str) -> Option<String> {
     let fixed = match part {
         "block_sparse_moe.gate.weight" | "mlp.gate.weight" => Some("ffn_gate_inp.weight"),
-        "mlp.shared_expert.gate_proj.weight" => Some("ffn_gate_shexp.weight"),
-        "mlp.shared_expert.up_proj.weight" => Some("ffn_up_shexp.weight"),
-        "mlp.shared_expert.down_proj.weight" => Some("ffn_down_shexp.weight"),
+        "mlp.shared_expert.gate_proj.weight" | "mlp.shared_experts.gate_proj.weight" => Some("ffn_gate_shexp.weight"),
+        "mlp.shared_expert.up_proj.weight" | "mlp.shared_experts.up_proj.weight" => Some("ffn_up_shexp.weight"),
+        "mlp.shared_expert.down_proj.weight" | "mlp.shared_experts.down_proj.weight" => Some("ffn_down_shexp.weight"),
         "mlp.shared_expert_gate.weight" => Some("ffn_gate_inp_shexp.weight"),
+        "mlp.gate.e_score_correction_bias" => Some("exp_probs_b.bias"),
         _ => None,
     };
     if let Some(f) = fixed {

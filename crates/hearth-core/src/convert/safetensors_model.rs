@@ -11,8 +11,8 @@ use super::hf_layout::{import, Family, Mapping};
 use super::{add_tensor, encode_f32, ConvertOptions, QuantChoice};
 use crate::error::{HearthError, Result};
 use crate::manifest::{
-    limits, Activation, AlibiConfig, EncoderConfig, FfnKind, Manifest, ModelConfig, MoeConfig, NormKind, Pooling,
-    PositionKind, RopeConfig, RopeScaling, RopeStyle, SourceInfo, TokenizerInfo,
+    limits, Activation, AlibiConfig, EncoderConfig, FfnKind, Gating, Manifest, ModelConfig, MoeConfig, NormKind,
+    Pooling, PositionKind, RopeConfig, RopeScaling, RopeStyle, SourceInfo, TokenizerInfo,
 };
 use crate::package::PackageWriter;
 use crate::quant::DType;
@@ -142,6 +142,7 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
         "Qwen2MoeForCausalLM" | "qwen2_moe" => ("qwen2moe", Family::Llama),
         "Qwen3MoeForCausalLM" | "qwen3_moe" => ("qwen3moe", Family::Llama),
         "OlmoeForCausalLM" | "olmoe" => ("olmoe", Family::Llama),
+        "Dots1ForCausalLM" | "dots1" => ("dots1", Family::Llama),
         "SmolLM3ForCausalLM" | "smollm3" => ("smollm3", Family::Llama),
         "Phi3ForCausalLM" | "phi3" => ("phi3", Family::Llama),
         "Gemma2ForCausalLM" | "gemma2" => ("gemma2", Family::Gemma),
@@ -233,7 +234,7 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
                 sliding_window: window,
                 sliding_window_pattern: if gemma && window.is_some() { Some(gemma_pattern(hf, gemma3)) } else { None },
                 activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
-                qk_norm: gemma3 || matches!(architecture, "qwen3" | "qwen3moe" | "olmoe"),
+                qk_norm: gemma3 || matches!(architecture, "qwen3" | "qwen3moe" | "olmoe" | "dots1"),
                 qk_norm_whole: architecture == "olmoe",
                 moe: mixture(hf, architecture, base.ffn_size, &file)?,
                 post_norms: gemma,
@@ -362,13 +363,17 @@ fn sentence_transformers(dir: &Path, context: usize, token_types: usize) -> Resu
 /// `intermediate_size` rows, their weights rescaled), Qwen-MoE's and OLMoE's `num_experts` of
 /// `moe_intermediate_size` rows (OLMoE: `intermediate_size`), rescaled as `norm_topk_prob` says;
 /// Qwen2-MoE's shared expert of `shared_expert_intermediate_size`. Qwen-MoE's dense layers among the sparse ones
-/// (`decoder_sparse_step` > 1, `mlp_only_layers`) are refused by name.
+/// (`decoder_sparse_step` > 1, `mlp_only_layers`) are refused by name. dots.llm1: `n_routed_experts`
+/// chosen by sigmoid plus `e_score_correction_bias`, weighted by `routed_scaling_factor`,
+/// `n_shared_experts` unscaled shared experts (one MLP), `first_k_dense_replace` dense layers.
 fn mixture(hf: &Value, architecture: &str, ffn_size: usize, file: &str) -> Result<Option<MoeConfig>> {
     let int = |k: &str| hf.get(k).and_then(Value::as_u64).map(|v| v as usize);
-    let Some(experts) = int("num_local_experts").or_else(|| int("num_experts")).filter(|&e| e > 0) else {
+    let dots = architecture == "dots1";
+    let count = if dots { int("n_routed_experts") } else { int("num_local_experts").or_else(|| int("num_experts")) };
+    let Some(experts) = count.filter(|&e| e > 0) else {
         return match architecture {
-            "qwen2moe" | "qwen3moe" | "olmoe" => {
-                Err(HearthError::bad_file(file, "a mixture of experts without `num_experts`"))
+            "qwen2moe" | "qwen3moe" | "olmoe" | "dots1" => {
+                Err(HearthError::bad_file(file, "a mixture of experts without its count of experts"))
             }
             _ => Ok(None),
         };
@@ -379,15 +384,34 @@ fn mixture(hf: &Value, architecture: &str, ffn_size: usize, file: &str) -> Resul
             "{file}: dense layers among the mixture's (`decoder_sparse_step`, `mlp_only_layers`) are not supported"
         )));
     }
+    if int("n_group").is_some_and(|g| g > 1) {
+        return Err(HearthError::UnsupportedSource(format!(
+            "{file}: experts chosen within groups (`n_group` > 1) are not supported"
+        )));
+    }
+    if let Some(scoring) = hf.get("scoring_func").and_then(Value::as_str).filter(|s| *s != "sigmoid" && dots) {
+        return Err(HearthError::UnsupportedSource(format!("{file}: dots1 with `scoring_func` {scoring}")));
+    }
     let used =
         int("num_experts_per_tok").ok_or_else(|| HearthError::bad_file(file, "missing `num_experts_per_tok`"))?;
     let qwen = architecture != "llama";
+    let expert_ffn_size = if qwen { int("moe_intermediate_size").unwrap_or(ffn_size) } else { ffn_size };
+    let shared_ffn_size = match dots {
+        true => int("n_shared_experts").filter(|&n| n > 0).map(|n| n.saturating_mul(expert_ffn_size)),
+        false => int("shared_expert_intermediate_size").filter(|&f| f > 0),
+    };
+    let weights_scale = hf.get("routed_scaling_factor").and_then(Value::as_f64).unwrap_or(1.0) as f32;
     Ok(Some(MoeConfig {
         experts,
         used,
-        expert_ffn_size: if qwen { int("moe_intermediate_size").unwrap_or(ffn_size) } else { ffn_size },
+        expert_ffn_size,
         normalize: hf.get("norm_topk_prob").and_then(Value::as_bool).unwrap_or(!qwen),
-        shared_ffn_size: int("shared_expert_intermediate_size").filter(|&f| f > 0),
+        shared_ffn_size,
+        shared_unscaled: dots && shared_ffn_size.is_some(),
+        gating: if dots { Gating::Sigmoid } else { Gating::Softmax },
+        selection_bias: dots,
+        weights_scale,
+        dense_layers: if dots { int("first_k_dense_replace").unwrap_or(0) } else { 0 },
     }))
 }
 
