@@ -1,15 +1,17 @@
 // A mixture of experts' feed-forward around the experts' own products (engine.rs, `mixture`):
 //
-// - `moe_route` (one workgroup): each token's router logits → softmax → its `used` most probable
-//   experts (ties to the lower index), their weights (rescaled to sum to 1 with `normalize`), as
-//   hearth_core's `mixture` computes them, and the shared expert's gate · x where there is one. Then, per expert, the tokens that chose it in token
+// - `moe_route` (one workgroup): each token's router logits → probabilities (a softmax, or each
+//   logit's sigmoid) → its `used` most probable experts (probability plus the selection bias where
+//   there is one; ties to the lower index), their weights (the probabilities, rescaled to sum to 1
+//   with `normalize`, times `scale`), as hearth_core's `mixture` computes them, and the shared
+//   expert's gate · x where it has a gate. Then, per expert, the tokens that chose it in token
 //   order: each (token, choice) gets its row in that expert's slice of the packed input, the
 //   expert's step uniform gets its token count, and its products' indirect dispatch arguments get
 //   their grids: zero workgroups for an expert no token chose, so its weights are never read.
 // - `moe_gather`: each token's normed input copied to its row of each expert it chose.
 // - `moe_combine`: each token's chosen experts' outputs, weighted, summed in expert order (as the
-//   CPU engines sum them), plus Qwen2-MoE's shared expert scaled by sigmoid(gate · x), added to
-//   the residual stream.
+//   CPU engines sum them), plus the shared expert's output (Qwen2-MoE's scaled by sigmoid(gate · x),
+//   dots.llm1's as it is), added to the residual stream.
 //
 // Expert e's rows of the packed buffers start at value e * region (room for a step's tokens: no
 // expert can get more); its step uniform is the 64 words at `steps[64 e]` (WebGPU's uniform
@@ -23,7 +25,7 @@ struct Dims {
     // Values per expert in the packed buffers: room for the engine's tokens per step, rounded up
     // to WebGPU's 256-byte storage offset alignment (the experts' products bind their slices).
     region: u32,
-    // 1: add the shared expert's output, scaled by the sigmoid of its gate.
+    // 1: add the shared expert's output, scaled by the sigmoid of its gate; 2: add it unscaled.
     has_shared: u32,
     // The grids of an expert's gate/up and down products: decode (one token) and prefill (tokens
     // in groups of `prefill_tokens` along z).
@@ -32,7 +34,16 @@ struct Dims {
     down_decode: vec2<u32>,
     down_prefill: vec2<u32>,
     prefill_tokens: u32,
+    // 0: a softmax over the router's logits; 1: each logit's sigmoid.
+    gating: u32,
+    // 1: `selection_bias` is added to the probabilities to choose (not to weigh) the experts.
+    has_bias: u32,
+    // The chosen weights' factor, after any rescaling.
+    scale: f32,
 }
+
+// llama.cpp's floor under the sum a token's chosen weights are rescaled by (2^-14).
+const NORMALIZE_SUM_MIN: f32 = 6.1035156e-5;
 
 // The most experts a token uses (mixture.rs's `prepare` holds `used` to it).
 const USED_MAX: u32 = 16u;
@@ -55,6 +66,17 @@ const USED_MAX: u32 = 16u;
 @group(0) @binding(10) var<storage, read_write> shared_gate: array<f32>;
 @group(0) @binding(11) var<storage, read_write> x: array<f32>;
 @group(0) @binding(12) var<storage, read> shared_gate_weight: array<f32>;
+// Per expert, added to its probability to choose it (when `has_bias`).
+@group(0) @binding(13) var<storage, read> selection_bias: array<f32>;
+
+// Expert e's probability for the token whose logits start at `row` (`m`, `sum`: the softmax's
+// maximum and sum of exponentials).
+fn probability(row: u32, e: u32, m: f32, sum: f32) -> f32 {
+    if (dims.gating == 1u) {
+        return 1.0 / (1.0 + exp(-logits[row + e]));
+    }
+    return exp(logits[row + e] - m) / sum;
+}
 
 @compute @workgroup_size(64)
 fn moe_route(@builtin(local_invocation_id) lid3: vec3<u32>) {
@@ -78,22 +100,28 @@ fn moe_route(@builtin(local_invocation_id) lid3: vec3<u32>) {
         for (var e = 0u; e < e_count; e = e + 1u) {
             sum = sum + exp(logits[row + e] - m);
         }
-        // The `used` largest, in order; a choice is the first of the largest left (lower index
-        // on ties), found by scanning past those already taken. The first expert left is taken
-        // whatever its probability (a NaN compares false), so the choices are always distinct.
+        // The `used` largest scores, in order; a choice is the first of the largest left (lower
+        // index on ties), found by scanning past those already taken. The first expert left is
+        // taken whatever its score (a NaN compares false), so the choices are always distinct.
         var taken: array<u32, USED_MAX>;
         var chosen_sum = 0.0;
         for (var k = 0u; k < dims.used; k = k + 1u) {
             var best = e_count;
-            var best_p = -1.0;
+            var best_score = -1.0;
+            var best_p = 0.0;
             for (var e = 0u; e < e_count; e = e + 1u) {
                 var free = true;
                 for (var j = 0u; j < k; j = j + 1u) {
                     free = free && taken[j] != e;
                 }
-                let p = exp(logits[row + e] - m) / sum;
-                if (free && (best == e_count || p > best_p)) {
+                let p = probability(row, e, m, sum);
+                var score = p;
+                if (dims.has_bias == 1u) {
+                    score = p + selection_bias[e];
+                }
+                if (free && (best == e_count || score > best_score)) {
                     best = e;
+                    best_score = score;
                     best_p = p;
                 }
             }
@@ -101,11 +129,13 @@ fn moe_route(@builtin(local_invocation_id) lid3: vec3<u32>) {
             chosen_sum = chosen_sum + best_p;
             routes[t * dims.used + k] = vec4<u32>(best, bitcast<u32>(best_p), 0u, 0u);
         }
-        if (dims.normalize == 1u) {
-            for (var k = 0u; k < dims.used; k = k + 1u) {
-                let r = routes[t * dims.used + k];
-                routes[t * dims.used + k].y = bitcast<u32>(bitcast<f32>(r.y) / chosen_sum);
+        // As the CPU engines: divided by the sum, then scaled.
+        for (var k = 0u; k < dims.used; k = k + 1u) {
+            var w = bitcast<f32>(routes[t * dims.used + k].y);
+            if (dims.normalize == 1u) {
+                w = w / max(chosen_sum, NORMALIZE_SUM_MIN);
             }
+            routes[t * dims.used + k].y = bitcast<u32>(w * dims.scale);
         }
     }
     storageBarrier();
@@ -182,6 +212,8 @@ fn moe_combine(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (dims.has_shared == 1u) {
         let scale = 1.0 / (1.0 + exp(-shared_gate[t]));
         acc = acc + scale * shared_out[t * dims.hidden + i];
+    } else if (dims.has_shared == 2u) {
+        acc = acc + shared_out[t * dims.hidden + i];
     }
     x[t * dims.hidden + i] = x[t * dims.hidden + i] + acc;
 }

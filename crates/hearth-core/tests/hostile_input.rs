@@ -290,6 +290,30 @@ fn absurd_mixtures_are_refused_by_name() {
         let err = with(bad.clone(), None).unwrap_err().to_string();
         assert!(err.contains("moe"), "{bad}: {err}");
     }
+    // A sigmoid router's scale and dense leading layers: finite and positive, fewer than the
+    // layers (16); an unscaled shared expert needs one; an unknown gating is not read.
+    let extend = |fields: serde_json::Value| {
+        let mut m = moe(8, 2, 1024, Some(2048));
+        m.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+        m
+    };
+    let sigmoid = serde_json::json!({"gating": "sigmoid", "selection_bias": true, "weights_scale": 2.5,
+        "dense_layers": 15, "shared_unscaled": true});
+    assert!(with(extend(sigmoid), None).is_ok(), "a well-formed sigmoid mixture is accepted");
+    for bad in [
+        serde_json::json!({"weights_scale": 0.0}),
+        serde_json::json!({"weights_scale": -1.0}),
+        serde_json::json!({"weights_scale": 1e39}),
+        serde_json::json!({"dense_layers": 16}),
+        serde_json::json!({"dense_layers": 1u64 << 40}),
+    ] {
+        let err = with(extend(bad.clone()), None).unwrap_err().to_string();
+        assert!(err.contains("moe"), "{bad}: {err}");
+    }
+    let unscaled_alone = serde_json::json!({"experts": 8, "used": 2, "expert_ffn_size": 1024, "normalize": true,
+        "shared_unscaled": true});
+    assert!(with(unscaled_alone, None).unwrap_err().to_string().contains("shared_unscaled"));
+    assert!(with(extend(serde_json::json!({"gating": "relu"})), None).is_err(), "an unknown gating");
     let err = with(moe(8, 2, 1024, None), Some(("ffn", serde_json::json!("plain")))).unwrap_err().to_string();
     assert!(err.contains("mixture of experts"), "{err}");
     let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -158,8 +158,9 @@ pub struct GpuEngine {
     sampler: GpuSampler,
     /// Final norm + output head for every token (logits of every position, for tests).
     head_all: Vec<Dispatch>,
-    /// A mixture's per-layer expert step uniforms (each expert's token count of the last step).
-    expert_steps: Vec<wgpu::Buffer>,
+    /// A mixture's per-layer expert step uniforms (each expert's token count of the last step; none
+    /// for its dense layers).
+    expert_steps: Vec<Option<wgpu::Buffer>>,
     // Kept alive for the bind groups.
     _weights: Vec<WeightBuffer>,
     _scratch: Vec<wgpu::Buffer>,
@@ -475,13 +476,16 @@ impl GpuEngine {
             if let Some([post_attn, _]) = &post_norms {
                 layers.push(b.norm_add_pass(&proj, post_attn, &x, &step));
             }
-            if let (Some(moe), Some(scratch)) = (&c.moe, &moe_scratch) {
+            if let (Some(moe), Some(scratch)) = (c.moe_at(l), &moe_scratch) {
                 let m = mixture::prepare(&mut b, l, moe, ffn_activation, &ffn_norm, scratch, &x, &step)?;
                 layers.extend(m.dispatches);
-                expert_steps.push(m.steps);
+                expert_steps.push(Some(m.steps));
                 weights.extend(m.weights);
                 b.scratch.extend(m.buffers);
             } else {
+                if c.moe.is_some() {
+                    expert_steps.push(None); // a mixture's dense layer
+                }
                 let (wgu, separate) = match c.ffn {
                     FfnKind::Gated => match b.gated(&p("ffn_gate"), &p("ffn_up"))? {
                         GatedWeights::Fused(w) => (w, false),
@@ -791,10 +795,14 @@ impl GpuEngine {
     }
 
     /// A mixture of experts' experts the last step ran, per layer (those its tokens chose: the others
-    /// got no workgroups), read back from the device; empty for a dense model.
+    /// got no workgroups), read back from the device; empty for a dense model or layer.
     pub async fn experts_run_async(&self) -> Result<Vec<Vec<usize>>> {
         let mut out = Vec::with_capacity(self.expert_steps.len());
         for steps in &self.expert_steps {
+            let Some(steps) = steps else {
+                out.push(Vec::new());
+                continue;
+            };
             let words: Vec<u32> = read_back_async(&self.ctx, steps, 0, steps.size() as usize / 4).await?;
             out.push(words.chunks(64).enumerate().filter(|(_, s)| s[1] > 0).map(|(e, _)| e).collect());
         }

@@ -1,12 +1,13 @@
-//! A mixture of experts' feed-forward on the GPU (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE): the router's
-//! product, then moe.wgsl's `moe_route` on the device (softmax, top-k, each expert's token count,
+//! A mixture of experts' feed-forward on the GPU (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, dots.llm1): the
+//! router's product, then moe.wgsl's `moe_route` on the device (softmax or sigmoid, the selection
+//! bias, top-k, the weights' rescaling and scale, each expert's token count,
 //! step uniform and grids), `moe_gather`, each expert's gated product and down product launched
 //! indirectly (an expert no token chose gets no workgroups, so a decode step reads only the chosen
 //! experts' weights; a prompt runs each expert once over the tokens that chose it), and
 //! `moe_combine` adding the weighted outputs (and the shared expert's) to the residual stream.
 //! Per layer: norm, router, route, gather, 2 per expert, the shared expert's 2, combine.
 
-use hearth_core::manifest::MoeConfig;
+use hearth_core::manifest::{Gating, MoeConfig};
 use hearth_core::{HearthError, Result};
 
 use crate::builder::{Builder, Dispatch, Fuse, GatedWeights, NormBuffers, Offsets, Product, Step};
@@ -134,9 +135,15 @@ pub fn prepare(
         usage: wgpu::BufferUsages::INDIRECT | wgpu::BufferUsages::STORAGE,
         mapped_at_creation: false,
     });
-    let shared_gate_weight = match moe.shared_ffn_size {
-        Some(_) => b.vector(&p("ffn_gate_inp_shexp"))?,
-        None => b.no_norm.clone(),
+    // moe.wgsl's `has_shared`: none, scaled by the sigmoid of its gate, or unscaled.
+    let (has_shared, shared_gate_weight) = match (moe.shared_ffn_size, moe.shared_unscaled) {
+        (None, _) => (0, b.no_norm.clone()),
+        (Some(_), false) => (1, b.vector(&p("ffn_gate_inp_shexp"))?),
+        (Some(_), true) => (2, b.no_norm.clone()),
+    };
+    let selection_bias = match moe.selection_bias {
+        true => b.vector(&format!("blk.{l}.exp_probs_b.bias"))?,
+        false => b.no_norm.clone(),
     };
     let kernels = &b.kernels;
     let grid = |block: u32, rows: usize| kernels.matvec_grid(block, rows as u32);
@@ -151,7 +158,7 @@ pub fn prepare(
             u32::from(moe.normalize),
             h,
             scratch.region,
-            u32::from(moe.shared_ffn_size.is_some()),
+            has_shared,
             gate_up_decode.0,
             gate_up_decode.1,
             gate_up_prefill.0,
@@ -161,6 +168,9 @@ pub fn prepare(
             down_prefill.0,
             down_prefill.1,
             kernels.matvec_tokens(PREFILL_BLOCK),
+            u32::from(moe.gating == Gating::Sigmoid),
+            u32::from(moe.selection_bias),
+            moe.weights_scale.to_bits(),
             0,
         ],
     );
@@ -178,6 +188,7 @@ pub fn prepare(
             entry(6, whole(&normed)),
             entry(10, whole(&scratch.shared_gate)),
             entry(12, whole(&shared_gate_weight)),
+            entry(13, whole(&selection_bias)),
         ],
     );
     dispatches.push(Dispatch::single(route, group, Box::new(|_| Some((1, 1, 1)))));
@@ -299,5 +310,5 @@ pub fn prepare(
         group,
         Box::new(move |s: Step| Some((h.div_ceil(WORKGROUP), s.n_tokens, 1))),
     ));
-    Ok(Mixture { dispatches, steps, weights, buffers: vec![dims, routes, args, shared_gate_weight] })
+    Ok(Mixture { dispatches, steps, weights, buffers: vec![dims, routes, args, shared_gate_weight, selection_bias] })
 }

@@ -1,5 +1,6 @@
-//! Mixtures of experts on the GPU engine: the tiny Mixtral, Qwen2-MoE (a shared expert), Qwen3-MoE
-//! and OLMoE (whole-query norms) fixtures of `tests/fixtures/tiny/` (8 experts, 2 per token; written by
+//! Mixtures of experts on the GPU engine: the tiny Mixtral, Qwen2-MoE (a shared expert), Qwen3-MoE,
+//! OLMoE (whole-query norms) and dots.llm1 (a sigmoid router with a selection bias, scaled weights,
+//! an unscaled shared expert, a dense first layer) fixtures of `tests/fixtures/tiny/` (8 experts, 2 per token; written by
 //! `tests/fixtures/make_tiny.py` with llama.cpp's logits as the oracle) run with GPUs' kernels
 //! (tiled prompt products, the decode kernel; lavapipe runs them too), and the experts each step
 //! ran, read back from the device: a decode step runs exactly the experts the exact CPU engine's
@@ -31,7 +32,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 fn a_mixture_runs_on_the_gpu_reading_only_the_experts_its_router_chose() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = repo_root().join("tests/fixtures/tiny");
-    for name in ["mixtral", "qwen2moe", "qwen3moe", "olmoe"] {
+    for name in ["mixtral", "qwen2moe", "qwen3moe", "olmoe", "dots1"] {
         let Some(mut ctx) = GpuContext::new().expect("opening the GPU device") else {
             eprintln!("\n!!! NO GPU ADAPTER: skipping GPU test !!!\n");
             return;
@@ -62,6 +63,7 @@ fn a_mixture_runs_on_the_gpu_reading_only_the_experts_its_router_chose() {
         // The prompt (one chunk): every position's logits, and the experts its tokens chose.
         let got = gpu.forward(prompt, true).unwrap();
         let diff = max_diff(&got, &want[..prompt.len() * vocab]);
+        eprintln!("{name}: the prompt's logits {diff:.2e} from llama.cpp's");
         assert!(diff <= 2e-3, "{name}: the prompt's logits differ from llama.cpp's by {diff}");
         cpu.forward(prompt, false).unwrap();
         let chosen = |cpu: &CpuEngine| -> Vec<BTreeSet<usize>> {
@@ -79,7 +81,10 @@ fn a_mixture_runs_on_the_gpu_reading_only_the_experts_its_router_chose() {
         let ran: Vec<BTreeSet<usize>> =
             gpu.experts_run().unwrap().into_iter().map(|l| l.into_iter().collect()).collect();
         assert_eq!(ran.len(), layers);
-        assert!(ran.iter().all(|l| l.len() == moe.used), "{name}: {ran:?}");
+        for (l, experts) in ran.iter().enumerate() {
+            let want = if l < moe.dense_layers { 0 } else { moe.used };
+            assert_eq!(experts.len(), want, "{name}: layer {l} ran {experts:?}");
+        }
         assert_eq!(ran, chosen(&cpu), "{name}: the decode step's experts");
         eprintln!("{name}: a decode step ran experts {ran:?} of {} per layer", moe.experts);
     }
