@@ -4,6 +4,7 @@
 #   model                          weights                                   runs
 #   smollm2   SmolLM2-135M-Instruct  the real package (Q4_1 GGUF, converted)   decode at context 128 and 4096,
 #   gemma3    Gemma 3 270M           the real package (Q4_K_M GGUF, converted)  and a 512-token prefill
+#                                                                              (also with --no-gemm)
 #   llama1b   Llama-3.2-1B-Instruct  shapes only (tests/fixtures/shapes/), random weights (--synthetic)
 #
 # It prints a table and writes every run's JSON line (hearth bench's, plus "model" and "case") to a
@@ -187,6 +188,9 @@ for spec in "${specs[@]}"; do
   done
   run "$name" "$label" "prefill $prefill" "$dir" "$synthetic" \
     --prompt-tokens "$prefill" --gen-tokens "$gen"
+  # The earlier tiled prompt kernel, until a GPU has compared the two (hearth bench --no-gemm).
+  run "$name" "$label" "prefill $prefill (tiled)" "$dir" "$synthetic" \
+    --prompt-tokens "$prefill" --gen-tokens "$gen" --no-gemm
 done
 
 # --- the table ------------------------------------------------------------------------------------

@@ -5,10 +5,12 @@
 // - `matvec_decode_*` (GPUs, one token): ROWS output rows per workgroup, each lane loading a whole
 //   16- or 32-byte chunk of weights at once and its input chunk once for all ROWS rows, the lanes'
 //   partial sums added up once at the end (the `decode` section).
-// - `matvec_tiled_*` (GPUs, prompts): an output tile of 32 rows × 16 tokens per workgroup, each
-//   32-column step of its weights dequantized once into workgroup memory and used for all 16
-//   tokens, each lane summing 2 rows × 4 tokens in registers.
-// - `matvec_rows_*` (software adapters such as lavapipe and SwiftShader, where a workgroup barrier
+// - `matvec_gemm` (GPUs, prompts): an output tile of 64 rows × 64 tokens per workgroup of 256
+//   lanes, each 16-column step of its weights dequantized once into workgroup memory and used for
+//   all 64 tokens, each lane summing 4 rows × 4 tokens in registers (`gemm`).
+// - `matvec_tiled` (GPUs, prompts, `hearth bench --no-gemm`): the same with 32 rows × 16 tokens per
+//   workgroup of 64 lanes, 2 rows × 4 tokens per lane; kept to compare the two on a GPU.
+// - `matvec_rows` (software adapters such as lavapipe and SwiftShader, where a workgroup barrier
 //   costs far more than a memory load): one invocation per (output row, block of TB tokens); each
 //   weight word is decoded once per block and used for all its tokens: TB = 1 (decode) reads the
 //   weights once per token, TB = 8 (prefill) once per 8 tokens.
@@ -273,6 +275,151 @@ fn tiled(wg: vec3<u32>, groups: vec3<u32>, lid: u32) {
     }
 }
 
+// Register-blocked tiled split (GPUs, prompts; `Kernels::with_gemm`): 256 lanes compute an output
+// tile of GEMM_ROWS rows × GEMM_TOKENS tokens. Per step of GEMM_STEP columns the workgroup
+// dequantizes the 16 × 64 weight tile (and its up rows' with GATED) and stages the 16 × 64 inputs in
+// workgroup memory, once, both as vec4s of four rows or four tokens; lane l keeps rows
+// 4 (l % 16) .. + 3 × tokens 4 (l / 16) .. + 3 of sums in registers (16; 32 with GATED), so per
+// column it loads one vec4 of weights (two with GATED) and one of inputs for 16 multiply-adds (32):
+// the tiled split above does 8 (16) for 6 scalar loads. The accumulators are named vectors, not an
+// array: an array indexed in a loop may live in memory.
+const GEMM_ROWS: u32 = 64u;
+const GEMM_TOKENS: u32 = 64u;
+const GEMM_STEP: u32 = 16u;
+// [column within the step][quad of rows or tokens]: 4 KB each (16 KB is WebGPU's least limit).
+var<workgroup> gemm_gate: array<vec4<f32>, 256>;
+var<workgroup> gemm_up: array<vec4<f32>, 256>;
+var<workgroup> gemm_input: array<vec4<f32>, 256>;
+// Each lane's sum of squares of its staged inputs: four lanes stage a token.
+var<workgroup> gemm_squares: array<f32, 256>;
+
+// Weights col .. col + 3 of `row` into the tile at (column within the step `first`.., row `r`).
+fn gemm_stage_weights(row: u32, r: u32, col: u32, first: u32, is_up: bool) {
+    var w = vec4<f32>(0.0);
+    if (col < dims.cols) {
+        w = weights4(row, col);
+    }
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let at = (first + i) * (GEMM_ROWS / 4u) + r / 4u;
+        if (is_up) {
+            gemm_up[at][r % 4u] = w[i];
+        } else {
+            gemm_gate[at][r % 4u] = w[i];
+        }
+    }
+}
+
+// Row `row`'s finished sums for tokens t .. t + 3 of the tile (`sq`: their sums of squares).
+fn gemm_store(row: u32, t: u32, gate: vec4<f32>, up: vec4<f32>, sq: vec4<f32>) {
+    if (row >= dims.rows) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        if (t + j < step.n_tokens) {
+            finish(row, t + j, gate[j], up[j], sq[j]);
+        }
+    }
+}
+
+fn gemm(wg: vec3<u32>, groups: vec3<u32>, lid: u32) {
+    let first_row = (wg.y * groups.x + wg.x) * GEMM_ROWS;
+    let first_token = wg.z * GEMM_TOKENS;
+    // Uniform per workgroup: the barriers below stay in uniform control flow.
+    if (first_row >= dims.rows) {
+        return;
+    }
+    // Staging: lane l dequantizes weights 4 (l % 4) .. + 3 of the step in tile row l / 4, and loads
+    // the same four inputs of token l / 4.
+    let stage_r = lid / 4u;
+    let stage_row = min(first_row + stage_r, dims.rows - 1u);
+    let stage_first = 4u * (lid % 4u);
+    let stage_token = first_token + lid / 4u;
+    // Sums: rows 4 (l % 16) + i (gi, ui: gate and up) for tokens 4 (l / 16) .. + 3 (the vectors'
+    // components).
+    let rq = lid % 16u;
+    let tq = lid / 16u;
+    var g0 = vec4<f32>(0.0);
+    var g1 = vec4<f32>(0.0);
+    var g2 = vec4<f32>(0.0);
+    var g3 = vec4<f32>(0.0);
+    var u0 = vec4<f32>(0.0);
+    var u1 = vec4<f32>(0.0);
+    var u2 = vec4<f32>(0.0);
+    var u3 = vec4<f32>(0.0);
+    var squares = 0.0;
+    for (var step_col = 0u; step_col < dims.cols; step_col = step_col + GEMM_STEP) {
+        let col = step_col + stage_first;
+        gemm_stage_weights(stage_row, stage_r, col, stage_first, false);
+        if (GATED) {
+            gemm_stage_weights(stage_row + dims.up_offset, stage_r, col, stage_first, true);
+        }
+        var v = vec4<f32>(0.0);
+        if (stage_token < step.n_tokens && col < dims.cols) {
+            v = x[(stage_token * dims.cols + col) / 4u];
+            squares = squares + dot(v, v);
+            if (NORM) {
+                v = v * norm_weight[col / 4u];
+            }
+        }
+        let tile_token = lid / 4u;
+        for (var i = 0u; i < 4u; i = i + 1u) {
+            gemm_input[(stage_first + i) * (GEMM_TOKENS / 4u) + tile_token / 4u][tile_token % 4u] = v[i];
+        }
+        workgroupBarrier();
+        for (var k = 0u; k < GEMM_STEP; k = k + 1u) {
+            let xv = gemm_input[k * (GEMM_TOKENS / 4u) + tq];
+            let w = gemm_gate[k * (GEMM_ROWS / 4u) + rq];
+            g0 = g0 + w.x * xv;
+            g1 = g1 + w.y * xv;
+            g2 = g2 + w.z * xv;
+            g3 = g3 + w.w * xv;
+            if (GATED) {
+                let wu = gemm_up[k * (GEMM_ROWS / 4u) + rq];
+                u0 = u0 + wu.x * xv;
+                u1 = u1 + wu.y * xv;
+                u2 = u2 + wu.z * xv;
+                u3 = u3 + wu.w * xv;
+            }
+        }
+        // Every lane is done with the tiles before the next step overwrites them.
+        workgroupBarrier();
+    }
+    gemm_squares[lid] = squares;
+    workgroupBarrier();
+    // Token t of the tile was staged by lanes 4t .. 4t + 3.
+    var sq = vec4<f32>(0.0);
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        let at = 4u * (4u * tq + j);
+        sq[j] = gemm_squares[at] + gemm_squares[at + 1u] + gemm_squares[at + 2u] + gemm_squares[at + 3u];
+    }
+    let row = first_row + 4u * rq;
+    let t = first_token + 4u * tq;
+    gemm_store(row, t, g0, u0, sq);
+    gemm_store(row + 1u, t, g1, u1, sq);
+    gemm_store(row + 2u, t, g2, u2, sq);
+    gemm_store(row + 3u, t, g3, u3, sq);
+}
+
+// The blocked module's entry points (each encoding's section supplies `block_dots` and `weights4`;
+// kernels.rs names the pipelines after the encoding).
+@compute @workgroup_size(64)
+fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>) {
+    rows(wg, groups, lid.x);
+}
+
+@compute @workgroup_size(64)
+fn matvec_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                @builtin(local_invocation_id) lid: vec3<u32>) {
+    tiled(wg, groups, lid.x);
+}
+
+@compute @workgroup_size(256)
+fn matvec_gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>) {
+    gemm(wg, groups, lid.x);
+}
+
 // ==== blocked q4
 // One u32 word = eight four-bit codes (value k in bits 4k..4k+3), each value q·scale + min.
 fn block_dots(row: u32, t0: u32) -> array<f32, TB> {
@@ -308,17 +455,7 @@ fn weights4(row: u32, col: u32) -> vec4<f32> {
     return q * scale_at(g) + min_at(g);
 }
 
-@compute @workgroup_size(64)
-fn matvec_tiled_q4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-                   @builtin(local_invocation_id) lid: vec3<u32>) {
-    tiled(wg, groups, lid.x);
-}
 
-@compute @workgroup_size(64)
-fn matvec_rows_q4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-                  @builtin(local_invocation_id) lid: vec3<u32>) {
-    rows(wg, groups, lid.x);
-}
 
 // ==== blocked q5
 // Five u32 words = one group of 32: four of low bits as q4's, then the fifth bits (bit k = value k);
@@ -370,17 +507,7 @@ fn weights4(row: u32, col: u32) -> vec4<f32> {
     return vec4<f32>(q) * scale_at(g) + min_at(g);
 }
 
-@compute @workgroup_size(64)
-fn matvec_tiled_q5(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-                   @builtin(local_invocation_id) lid: vec3<u32>) {
-    tiled(wg, groups, lid.x);
-}
 
-@compute @workgroup_size(64)
-fn matvec_rows_q5(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-                  @builtin(local_invocation_id) lid: vec3<u32>) {
-    rows(wg, groups, lid.x);
-}
 
 // ==== blocked q8
 // One u32 word = four signed 8-bit codes, each value q·scale (a scale per 32).
@@ -412,17 +539,7 @@ fn weights4(row: u32, col: u32) -> vec4<f32> {
     return vec4<f32>(shifted >> vec4<u32>(24u)) * scale_at(i / 32u);
 }
 
-@compute @workgroup_size(64)
-fn matvec_tiled_q8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-                   @builtin(local_invocation_id) lid: vec3<u32>) {
-    tiled(wg, groups, lid.x);
-}
 
-@compute @workgroup_size(64)
-fn matvec_rows_q8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-                  @builtin(local_invocation_id) lid: vec3<u32>) {
-    rows(wg, groups, lid.x);
-}
 
 // ==== blocked f16
 // Two u32 words = four f16 values.
@@ -448,17 +565,7 @@ fn weights4(row: u32, col: u32) -> vec4<f32> {
     return vec4<f32>(unpack2x16float(codes[w]), unpack2x16float(codes[w + 1u]));
 }
 
-@compute @workgroup_size(64)
-fn matvec_tiled_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-                    @builtin(local_invocation_id) lid: vec3<u32>) {
-    tiled(wg, groups, lid.x);
-}
 
-@compute @workgroup_size(64)
-fn matvec_rows_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-                   @builtin(local_invocation_id) lid: vec3<u32>) {
-    rows(wg, groups, lid.x);
-}
 
 // ==== blocked f32
 // Four u32 words = four f32 values.
@@ -484,17 +591,7 @@ fn weights4(row: u32, col: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(vec4<u32>(codes[w], codes[w + 1u], codes[w + 2u], codes[w + 3u]));
 }
 
-@compute @workgroup_size(64)
-fn matvec_tiled_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-                    @builtin(local_invocation_id) lid: vec3<u32>) {
-    tiled(wg, groups, lid.x);
-}
 
-@compute @workgroup_size(64)
-fn matvec_rows_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-                   @builtin(local_invocation_id) lid: vec3<u32>) {
-    rows(wg, groups, lid.x);
-}
 
 // ==== blocked k
 // The K-quants' block_dots: four weights at a time from the encoding's weights4 (each sub-block's
@@ -523,17 +620,7 @@ fn weights4(row: u32, col: u32) -> vec4<f32> {
     return q * sm.x - sm.y;
 }
 
-@compute @workgroup_size(64)
-fn matvec_tiled_q4k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-                    @builtin(local_invocation_id) lid: vec3<u32>) {
-    tiled(wg, groups, lid.x);
-}
 
-@compute @workgroup_size(64)
-fn matvec_rows_q4k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-                   @builtin(local_invocation_id) lid: vec3<u32>) {
-    rows(wg, groups, lid.x);
-}
 
 // ==== blocked q5k
 // Weights col .. col + 3 of `row`: the low bits as q4k, the fifth bits from the sub-block's word.
@@ -547,17 +634,7 @@ fn weights4(row: u32, col: u32) -> vec4<f32> {
     return vec4<f32>(q) * sm.x - sm.y;
 }
 
-@compute @workgroup_size(64)
-fn matvec_tiled_q5k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-                    @builtin(local_invocation_id) lid: vec3<u32>) {
-    tiled(wg, groups, lid.x);
-}
 
-@compute @workgroup_size(64)
-fn matvec_rows_q5k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-                   @builtin(local_invocation_id) lid: vec3<u32>) {
-    rows(wg, groups, lid.x);
-}
 
 // ==== blocked q6k
 // Weights col .. col + 3 of `row`: low bits as q4k, two more from the 16 values' high word.
@@ -570,17 +647,7 @@ fn weights4(row: u32, col: u32) -> vec4<f32> {
     return k6_scale(i / 16u) * (vec4<f32>(q) - 32.0);
 }
 
-@compute @workgroup_size(64)
-fn matvec_tiled_q6k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-                    @builtin(local_invocation_id) lid: vec3<u32>) {
-    tiled(wg, groups, lid.x);
-}
 
-@compute @workgroup_size(64)
-fn matvec_rows_q6k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-                   @builtin(local_invocation_id) lid: vec3<u32>) {
-    rows(wg, groups, lid.x);
-}
 
 // ==== decode
 // One token on a GPU: workgroup w computes rows w·ROWS .. w·ROWS + ROWS - 1. Lane i takes chunks

@@ -179,6 +179,10 @@ enum Command {
         /// offers subgroup operations.
         #[arg(long)]
         no_subgroups: bool,
+        /// GPU: prompts' products in the tiled kernel instead of the register-blocked one, to
+        /// compare them on a GPU.
+        #[arg(long)]
+        no_gemm: bool,
     },
 }
 
@@ -484,6 +488,7 @@ fn run(cli: Cli) -> Result<()> {
             one_at_a_time,
             decode_rows,
             no_subgroups,
+            no_gemm,
         } => {
             let plan = BenchPlan {
                 prompt_tokens,
@@ -494,6 +499,7 @@ fn run(cli: Cli) -> Result<()> {
                 queued: !one_at_a_time,
                 decode_rows,
                 subgroups: !no_subgroups,
+                gemm: !no_gemm,
             };
             bench(&model, engine, plan)?
         }
@@ -515,6 +521,8 @@ struct BenchPlan {
     decode_rows: Option<u32>,
     /// GPU: subgroup sums where the adapter offers them.
     subgroups: bool,
+    /// GPU: prompts' products in the register-blocked kernel (else the tiled one).
+    gemm: bool,
 }
 
 /// The engine a benchmark runs: the GPU's, with its counters, or a CPU engine.
@@ -564,7 +572,8 @@ impl BenchEngine {
 /// decode step records and reads (dispatches, weight and KV-cache bytes) and the bandwidth that
 /// makes at the measured speed.
 fn bench(dir: &std::path::Path, choice: EngineArgs, plan: BenchPlan) -> Result<()> {
-    let BenchPlan { prompt_tokens, gen_tokens, synthetic, context, profile, queued, decode_rows, subgroups } = plan;
+    let BenchPlan { prompt_tokens, gen_tokens, synthetic, context, profile, queued, decode_rows, subgroups, gemm } =
+        plan;
     if prompt_tokens == 0 || gen_tokens < 2 {
         bail!("--prompt-tokens must be at least 1 and --gen-tokens at least 2");
     }
@@ -597,6 +606,7 @@ fn bench(dir: &std::path::Path, choice: EngineArgs, plan: BenchPlan) -> Result<(
         Some(mut ctx) => {
             ctx.subgroups &= subgroups;
             ctx.decode_rows = decode_rows.unwrap_or(ctx.decode_rows);
+            ctx.gemm = gemm;
             // Only the positions measured, unless told otherwise (LongRoPE chooses by it).
             let capacity = choice.max_context.unwrap_or(positions);
             BenchEngine::Gpu(Box::new(GpuEngine::new(ctx, source.as_ref(), Some(capacity))?))
@@ -643,6 +653,7 @@ fn bench(dir: &std::path::Path, choice: EngineArgs, plan: BenchPlan) -> Result<(
             report["queued"] = json!(queued);
             report["decode_rows"] = json!(e.decode_rows());
             report["subgroups"] = json!(e.subgroups());
+            report["gemm"] = json!(e.gemm());
             report["dispatches_per_token"] = json!(counts.dispatches);
             report["weight_bytes_per_token"] = json!(counts.weight_bytes);
             report["kv_bytes_per_token"] = json!(counts.kv_bytes);

@@ -261,6 +261,7 @@ fn bench_synthetic_needs_only_the_manifest() {
                 "achieved_gb_s",
                 "decode_rows",
                 "dispatches_per_token",
+                "gemm",
                 "kv_bytes_per_token",
                 "queued",
                 "subgroups",
@@ -270,16 +271,19 @@ fn bench_synthetic_needs_only_the_manifest() {
             // Decode steps queued as `generate` queues them, unless asked to wait for each token.
             assert_eq!(v["queued"], true);
             assert_eq!(v["decode_rows"], 4, "the default rows per decode workgroup");
+            // The register-blocked prompt kernel on GPUs (software adapters take the row split).
+            let software = v["adapter"].as_str().is_some_and(|a| a.contains("llvmpipe") || a.contains("SwiftShader"));
+            assert_eq!(v["gemm"], !software, "{}", v["adapter"]);
             let one = ok(&[&["bench", "--synthetic", "--one-at-a-time", "--model", dir][..], &args].concat());
             let one: serde_json::Value = serde_json::from_str(one.trim()).expect("one JSON line");
             assert_eq!(one["queued"], false);
-            // The decode products' variants, as asked for, and a clear refusal outside 1..=8.
-            let flags = ["bench", "--synthetic", "--decode-rows", "2", "--no-subgroups", "--model", dir];
+            // The products' variants, as asked for, and a clear refusal outside 1..=8.
+            let flags = ["bench", "--synthetic", "--decode-rows", "2", "--no-subgroups", "--no-gemm", "--model", dir];
             let other = ok(&[&flags[..], &args].concat());
             let other: serde_json::Value = serde_json::from_str(other.trim()).expect("one JSON line");
             assert_eq!(
-                (&other["decode_rows"], &other["subgroups"]),
-                (&serde_json::json!(2), &serde_json::json!(false))
+                (&other["decode_rows"], &other["subgroups"], &other["gemm"]),
+                (&serde_json::json!(2), &serde_json::json!(false), &serde_json::json!(false))
             );
             let out = hearth(&[&["bench", "--synthetic", "--decode-rows", "9", "--model", dir][..], &args].concat());
             let err = String::from_utf8_lossy(&out.stderr);

@@ -24,6 +24,9 @@ pub struct GpuContext {
     /// [`crate::kernels::DECODE_ROWS`] unless a caller sets it, as `hearth bench --decode-rows` does
     /// to measure the alternatives on a GPU).
     pub decode_rows: u32,
+    /// Prompts' products in matvec.wgsl's register-blocked kernel (true unless a caller clears it,
+    /// as `hearth bench --no-gemm` does to compare it with the tiled one on a GPU).
+    pub gemm: bool,
     /// Timestamp queries between passes were requested (`hearth bench --profile`).
     pub timestamps: bool,
     /// What the device reported outside any error scope (wgpu's default would panic).
@@ -96,6 +99,7 @@ impl GpuContext {
             kv_f16: offered.contains(wgpu::Features::SHADER_F16),
             subgroups: wanted.contains(wgpu::Features::SUBGROUP),
             decode_rows: crate::kernels::DECODE_ROWS,
+            gemm: true,
             timestamps: wanted.contains(wgpu::Features::TIMESTAMP_QUERY),
             errors,
         }))

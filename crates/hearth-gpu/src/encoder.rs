@@ -78,7 +78,10 @@ impl GpuEncoder {
         let chunk = encoder.max_tokens.max(PACKED_TOKENS);
         let device = ctx.device.clone();
         let subgroups = ctx.subgroups && device.features().contains(wgpu::Features::SUBGROUP);
-        let kernels = Kernels::new(&device, ctx.software).with_subgroups(subgroups).with_decode_rows(ctx.decode_rows);
+        let kernels = Kernels::new(&device, ctx.software)
+            .with_subgroups(subgroups)
+            .with_decode_rows(ctx.decode_rows)
+            .with_gemm(ctx.gemm);
         let dims = AttentionDims::new(
             c.n_heads,
             c.n_kv_heads,

@@ -221,7 +221,10 @@ impl GpuEngine {
                 ctx.decode_rows
             )));
         }
-        let kernels = Kernels::new(&device, ctx.software).with_subgroups(subgroups).with_decode_rows(ctx.decode_rows);
+        let kernels = Kernels::new(&device, ctx.software)
+            .with_subgroups(subgroups)
+            .with_decode_rows(ctx.decode_rows)
+            .with_gemm(ctx.gemm);
         let alibi_max_bias = match (&c.alibi, c.position) {
             (Some(alibi), PositionKind::Alibi) => alibi.max_bias,
             _ => 0.0,
@@ -639,6 +642,11 @@ impl GpuEngine {
     /// Output rows per workgroup of the decode products.
     pub fn decode_rows(&self) -> u32 {
         self.ctx.decode_rows
+    }
+
+    /// Whether prompts' products take the register-blocked kernel (`GpuContext::gemm`).
+    pub fn gemm(&self) -> bool {
+        self.ctx.gemm && !self.ctx.software
     }
 
     /// Whether the decode products add up their sums with subgroup operations.

@@ -70,6 +70,10 @@ pub const ROPE_EPILOGUE_STORAGE_BUFFERS: u32 = 10;
 pub const TILED_ROWS: u32 = 32;
 /// Tokens per workgroup of matvec.wgsl's tiled kernel (its `TILE_TOKENS`).
 pub const TILED_TOKENS: u32 = 16;
+/// Output rows per workgroup of matvec.wgsl's register-blocked kernel (its `GEMM_ROWS`).
+pub const GEMM_ROWS: u32 = 64;
+/// Tokens per workgroup of matvec.wgsl's register-blocked kernel (its `GEMM_TOKENS`).
+pub const GEMM_TOKENS: u32 = 64;
 
 /// What a matrix product fuses in (see matvec.wgsl).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -149,6 +153,8 @@ pub struct Kernels {
     subgroups: bool,
     /// Output rows per workgroup of the decode kernel.
     decode_rows: u32,
+    /// Prompts' products on GPUs with the register-blocked kernel (else the tiled one).
+    gemm: bool,
     /// `matvec.wgsl`'s modules per kernel and weight encoding (built on first use).
     matvec_modules: RefCell<HashMap<(MatvecModule, DType), wgpu::ShaderModule>>,
     embed_module: wgpu::ShaderModule,
@@ -171,6 +177,7 @@ impl Kernels {
             software,
             subgroups: device.features().contains(wgpu::Features::SUBGROUP),
             decode_rows: DECODE_ROWS,
+            gemm: true,
             matvec_modules: RefCell::new(HashMap::new()),
             embed_module: with_prelude(device, "embed.wgsl", &[KQUANTS, EMBED]),
             rope_module: with_prelude(device, "rope.wgsl", &[ROTARY, ROPE]),
@@ -187,11 +194,23 @@ impl Kernels {
 
     /// The pipeline of `entry` with `constants`, built once (every layer shares it).
     fn pipeline(&self, module: &wgpu::ShaderModule, entry: &str, constants: &[(&str, f64)]) -> wgpu::ComputePipeline {
+        self.named_pipeline(module, entry, entry, constants)
+    }
+
+    /// [`Kernels::pipeline`] called `name` in profiles (matvec.wgsl's blocked modules, one per
+    /// encoding, share entry point names).
+    fn named_pipeline(
+        &self,
+        module: &wgpu::ShaderModule,
+        entry: &str,
+        name: &str,
+        constants: &[(&str, f64)],
+    ) -> wgpu::ComputePipeline {
         // The module, the entry point and the constants identify it (matvec.wgsl's token-block
-        // modules share entry point names); the entry point and the constants set name it in
-        // profiles (`hearth bench --profile`).
+        // modules share entry point names); the name and the constants set name it in profiles
+        // (`hearth bench --profile`).
         let set: Vec<String> = constants.iter().filter(|(_, v)| *v != 0.0).map(|(k, v)| format!("{k}={v}")).collect();
-        let label = if set.is_empty() { entry.to_string() } else { format!("{entry} {}", set.join(" ")) };
+        let label = if set.is_empty() { name.to_string() } else { format!("{name} {}", set.join(" ")) };
         let mut built = self.built.borrow_mut();
         // Every constant in the key: one left at a non-zero default and one set to 0 share a label.
         let key = (module.clone(), format!("{entry} {constants:?}"));
@@ -289,8 +308,7 @@ impl Kernels {
             }
             (MatvecModule::Decode { rope: key.rope }, format!("matvec_decode_{encoding}"))
         } else {
-            let split = if self.software { "matvec_rows" } else { "matvec_tiled" };
-            (MatvecModule::Blocked(key.block), format!("{split}_{encoding}"))
+            (MatvecModule::Blocked(key.block), self.blocked_split().to_string())
         };
         let module = self
             .matvec_modules
@@ -309,7 +327,8 @@ impl Kernels {
                 with_prelude(&self.device, &label, &[&source])
             })
             .clone();
-        let pipeline = self.pipeline(&module, &entry, &constants);
+        let name = if entry.ends_with(encoding) { entry.clone() } else { format!("{entry}_{encoding}") };
+        let pipeline = self.named_pipeline(&module, &entry, &name, &constants);
         self.matvec.borrow_mut().insert(key, pipeline.clone());
         pipeline
     }
@@ -322,6 +341,8 @@ impl Kernels {
             WORKGROUP
         } else if self.runs_decode_kernel(block) {
             self.decode_rows
+        } else if self.gemm {
+            GEMM_ROWS
         } else {
             TILED_ROWS
         };
@@ -332,9 +353,33 @@ impl Kernels {
     pub fn matvec_tokens(&self, block: u32) -> u32 {
         if self.software || block == 1 {
             block
+        } else if self.gemm {
+            GEMM_TOKENS
         } else {
             TILED_TOKENS
         }
+    }
+
+    /// The blocked module's entry point for token blocks: the row split on software adapters, on
+    /// GPUs the register-blocked or the tiled split.
+    fn blocked_split(&self) -> &'static str {
+        match (self.software, self.gemm) {
+            (true, _) => "matvec_rows",
+            (false, true) => "matvec_gemm",
+            (false, false) => "matvec_tiled",
+        }
+    }
+
+    /// These kernels with prompts' products on GPUs in the register-blocked kernel (`true`, the
+    /// default) or the tiled one, as `hearth bench --no-gemm` asks to compare them on a GPU.
+    pub fn with_gemm(mut self, on: bool) -> Self {
+        self.gemm = on;
+        self
+    }
+
+    /// Whether prompts' products on GPUs take the register-blocked kernel.
+    pub fn gemm(&self) -> bool {
+        self.gemm
     }
 
     /// The embedding gather for a table in `dtype`, its rows chosen as `rows` says.

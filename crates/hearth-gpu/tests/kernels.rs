@@ -158,27 +158,33 @@ const CAP: f32 = 2.5;
 /// matvec.wgsl for every encoding, fusion and kernel: software adapters' row split for one token
 /// (decode pipeline) and 11 (prefill: a full block of 8 and a partial one); on GPUs the decode
 /// kernel, its sums added up with subgroup operations (where the adapter offers them, as lavapipe
-/// does) and in workgroup memory (what browsers run), and the tiled kernel for 11 and 20 tokens
-/// (one partial 16-token tile, then a full one and a partial one). Shapes: 77 rows of 384 values
-/// (77 is no multiple of the decode kernel's rows per workgroup, 8, 4 or 3 here, nor of the tiled
-/// kernel's 32), 45 rows of 2,176 (more chunks than the decode kernel's 64 lanes: a lane takes a
-/// second one, the last lanes none), and for f16 and f32 19 rows of 100 values (no multiple of the
-/// 32 the tiled kernel stages at a time; f16 rows of 200 bytes, so a 16-byte load would straddle
-/// two).
+/// does) and in workgroup memory (what browsers run), the register-blocked kernel for 11, 20 and 70
+/// tokens (a partial 64-token tile, then a full one and a partial one) and the tiled kernel for 20
+/// (a full 16-token tile and a partial one). Shapes: 77 rows of 384 values (77 is no multiple of
+/// the decode kernel's rows per workgroup, 8, 4 or 3 here, nor of the tiled kernels' 32 or 64), 45
+/// rows of 2,176 (more chunks than the decode kernel's 64 lanes: a lane takes a second one, the
+/// last lanes none), and for f16 and f32 19 rows of 100 values (no multiple of the 32 or 16 columns
+/// the tiled kernels stage at a time; f16 rows of 200 bytes, so a 16-byte load would straddle two).
 #[test]
 fn matvec_matches_the_cpu_for_every_encoding_fusion_split_and_block() {
     let Some(ctx) = context() else { return };
     let mut splits = vec![("row split", Kernels::new(&ctx.device, true), vec![1usize, 11])];
     if ctx.device.features().contains(wgpu::Features::SUBGROUP) {
         let kernels = Kernels::new(&ctx.device, false).with_subgroups(true).with_decode_rows(8);
-        splits.push(("decode kernel with subgroup sums, 8 rows, tiled blocks", kernels, vec![1, 11, 20]));
+        splits.push((
+            "decode kernel with subgroup sums, 8 rows, register-blocked blocks",
+            kernels,
+            vec![1, 11, 20, 70],
+        ));
         let four = Kernels::new(&ctx.device, false).with_subgroups(true).with_decode_rows(4);
         splits.push(("decode kernel with subgroup sums, 4 rows", four, vec![1]));
     } else {
         eprintln!("\n!!! this adapter offers no subgroups: the decode kernel's subgroup sums go untested !!!\n");
     }
-    let fallback = Kernels::new(&ctx.device, false).with_subgroups(false).with_decode_rows(8);
+    let fallback = Kernels::new(&ctx.device, false).with_subgroups(false).with_decode_rows(8).with_gemm(false);
     splits.push(("decode kernel with workgroup-memory sums, 8 rows, tiled blocks", fallback, vec![1, 20]));
+    let gemm = Kernels::new(&ctx.device, false).with_subgroups(false).with_decode_rows(8);
+    splits.push(("register-blocked blocks", gemm, vec![70]));
     let three_rows = Kernels::new(&ctx.device, false).with_subgroups(false).with_decode_rows(3);
     splits.push(("decode kernel with workgroup-memory sums, 3 rows per workgroup", three_rows, vec![1]));
     for (split, kernels, tokens) in &splits {
@@ -382,7 +388,7 @@ fn gpu_product(
 /// Every q5 and K-quant weight decoded by every kernel that reads one is bit-identical to the CPU's
 /// decoding (which `dequant_vs_llama_cpp` and hearth-core's unit tests hold to llama.cpp's): a
 /// product with one-hot inputs (token t = column t) gives each weight times 1 plus exact zeros, so
-/// y[t][r] must be W[r][t] to the bit, in the row split, the tiled kernel (512 tokens: every
+/// y[t][r] must be W[r][t] to the bit, in the row split, both tiled kernels (512 tokens: every
 /// column) and the decode kernel (one token per column, a sample of columns across sub-blocks and
 /// super-blocks), with both ways of adding up its sums; and the embedding gather (scale 1), where
 /// even the sign of a zero must match.
@@ -395,6 +401,7 @@ fn kept_gguf_weights_decode_bit_exactly_in_every_kernel() {
         kernels.push(("subgroup sums", Kernels::new(&ctx.device, false).with_subgroups(true)));
     }
     kernels.push(("workgroup sums", Kernels::new(&ctx.device, false).with_subgroups(false)));
+    kernels.push(("tiled", Kernels::new(&ctx.device, false).with_subgroups(false).with_gemm(false)));
     for (dtype, _) in KEPT {
         let w = packed_tensor(0, kept(dtype, rows, cols, 7));
         let dense = w.tensor.to_f32();
