@@ -153,8 +153,10 @@ pub struct GpuEngine {
     buffers: Buffers,
     /// The layers, in order, for any number of tokens.
     layers: Vec<Dispatch>,
-    /// Final norm + output head for the last token only.
+    /// Final norm + output head for the last token only, of a longer step (its row copied to
+    /// `last`) and of a step of one token (reading x: no copy).
     head_last: Vec<Dispatch>,
+    head_one: Vec<Dispatch>,
     sampler: GpuSampler,
     /// Final norm + output head for every token (logits of every position, for tests).
     head_all: Vec<Dispatch>,
@@ -573,6 +575,15 @@ impl GpuEngine {
             step: &one_token,
             fuse,
         })?;
+        // A step of one token (every decode step) has its only row where the head reads it.
+        let head_one = b.product(Product {
+            pieces: head_pieces,
+            input: &x,
+            output: &logits,
+            out_stride: v,
+            step: &one_token,
+            fuse,
+        })?;
         let sampler = GpuSampler::new(&ctx, &logits, v, capacity)?;
         let head_all = b.product(Product {
             pieces: head_pieces,
@@ -614,6 +625,7 @@ impl GpuEngine {
             buffers: Buffers { step, tokens, x, last, logits, logits_all, staging },
             layers,
             head_last,
+            head_one,
             sampler,
             head_all,
             expert_steps,
@@ -766,9 +778,14 @@ impl GpuEngine {
             Head::None => {}
             Head::All => record(&mut encoder, &self.head_all, step, &mut profiler),
             Head::Last | Head::Sample { .. } => {
-                let row = (c.hidden_size * 4) as u64;
-                encoder.copy_buffer_to_buffer(&b.x, (n as u64 - 1) * row, &b.last, 0, row);
-                record(&mut encoder, &self.head_last, Step { start: step.start + n - 1, n_tokens: 1 }, &mut profiler);
+                let last = Step { start: step.start + n - 1, n_tokens: 1 };
+                if n == 1 {
+                    record(&mut encoder, &self.head_one, last, &mut profiler);
+                } else {
+                    let row = (c.hidden_size * 4) as u64;
+                    encoder.copy_buffer_to_buffer(&b.x, (n as u64 - 1) * row, &b.last, 0, row);
+                    record(&mut encoder, &self.head_last, last, &mut profiler);
+                }
                 if let Head::Sample { logprobs, slot } = head {
                     dispatched += 1;
                     match profiler.as_deref_mut() {
