@@ -787,9 +787,14 @@ impl GpuEngine {
                     record(&mut encoder, &self.head_last, last, &mut profiler);
                 }
                 if let Head::Sample { logprobs, slot } = head {
-                    dispatched += 1;
+                    dispatched += self.sampler.dispatches();
                     match profiler.as_deref_mut() {
-                        Some(p) => self.sampler.record(&mut p.pass(&mut encoder, "sample")),
+                        Some(p) => {
+                            if self.sampler.dispatches() > 1 {
+                                self.sampler.record_blocks(&mut p.pass(&mut encoder, "argmax_blocks"));
+                            }
+                            self.sampler.record_sample(&mut p.pass(&mut encoder, "sample"));
+                        }
                         None => self.sampler.record(&mut encoder.begin_compute_pass(&Default::default())),
                     }
                     let staging = &b.staging[slot];

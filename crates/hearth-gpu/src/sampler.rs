@@ -15,7 +15,7 @@
 //! request the same dispatch computes the log-probabilities `hearth_core::logprobs` defines: the
 //! chosen token's and the k most likely tokens', read back with the id ((k + 1) * 8 bytes).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use hearth_core::logprobs::{StepLogprobs, MAX_TOP_LOGPROBS};
 use hearth_core::sampling::{SamplingParams, MAX_LOGIT_BIAS};
@@ -25,8 +25,10 @@ use crate::context::GpuContext;
 use crate::kernels::{bind_group, entry, storage, uniform, whole};
 
 const SHADER: &str = include_str!("../../../shaders/sample.wgsl");
-/// The shader's `Params`: 16 scalars (a multiple of 16 bytes).
-const PARAM_WORDS: usize = 16;
+/// The shader's `Params`: 17 scalars, padded to a multiple of 16 bytes.
+const PARAM_WORDS: usize = 20;
+/// Tokens per workgroup of the shader's `argmax_blocks` (its `BLOCK`).
+const ARGMAX_BLOCK: u32 = 4096;
 /// Words of the result: the token, its log-probability, (id, log-probability) per alternative.
 pub const RESULT_WORDS: usize = 2 + 2 * MAX_TOP_LOGPROBS;
 /// Penalty entries written per `write_buffer` call (from a stack array, not a vector).
@@ -35,6 +37,11 @@ const PENALTY_CHUNK: usize = 256;
 pub struct GpuSampler {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
+    /// `argmax_blocks`, run before `sample` when the step's argmax can read its blocks' bests.
+    blocks_pipeline: wgpu::ComputePipeline,
+    blocks_group: wgpu::BindGroup,
+    /// Blocks of the prepared step (0: `argmax_blocks` does not run).
+    blocks: Cell<u32>,
     params: wgpu::Buffer,
     penalties: wgpu::Buffer,
     result: wgpu::Buffer,
@@ -75,14 +82,18 @@ impl GpuSampler {
             label: Some("sample.wgsl"),
             source: wgpu::ShaderSource::Wgsl(SHADER.into()),
         });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("sample"),
-            layout: None,
-            module: &module,
-            entry_point: Some("sample"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+        let pipeline_of = |entry: &str| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let pipeline = pipeline_of("sample");
+        let blocks_pipeline = pipeline_of("argmax_blocks");
         let params = uniform(device, "sampling params", &[0; PARAM_WORDS]);
         // Two u32 per entry, and room for one entry more than a window holds: the kernel counts
         // the chosen token in before it counts the leaving one out.
@@ -92,6 +103,7 @@ impl GpuSampler {
         let mask = storage(device, "token mask", mask_words(vocab))?;
         let bias = storage(device, "logit bias", 2 * MAX_LOGIT_BIAS)?;
         let unpenalized = storage(device, "logits before penalties", max_penalized + 1)?;
+        let block_best = storage(device, "blocks' best tokens", 2 * vocab.div_ceil(ARGMAX_BLOCK) as usize)?;
         let bind_group = bind_group(
             device,
             &pipeline,
@@ -104,12 +116,21 @@ impl GpuSampler {
                 entry(5, whole(&bias)),
                 entry(6, whole(&unpenalized)),
                 entry(7, whole(&recent)),
+                entry(8, whole(&block_best)),
             ],
+        );
+        let blocks_group = crate::kernels::bind_group(
+            device,
+            &blocks_pipeline,
+            &[entry(0, whole(&params)), entry(1, whole(logits)), entry(4, whole(&mask)), entry(8, whole(&block_best))],
         );
         let uploaded_bias = RefCell::new(Vec::new());
         Ok(GpuSampler {
             pipeline,
             bind_group,
+            blocks_pipeline,
+            blocks_group,
+            blocks: Cell::new(0),
             params,
             penalties,
             result,
@@ -183,6 +204,11 @@ impl GpuSampler {
         };
         // Words past the vocabulary's only hold tokens that do not exist: not written.
         let written = mask.map_or(0, |m| m.len().min(mask_words(self.vocab)));
+        // The argmax over blocks first where nothing changes the logits before it (the mask only
+        // decides who is a candidate, which argmax_blocks reads too).
+        let untouched = params.logit_bias.is_empty() && !params.penalizes() && logprobs.is_none();
+        let blocks = if untouched && self.vocab > ARGMAX_BLOCK { self.vocab.div_ceil(ARGMAX_BLOCK) } else { 0 };
+        self.blocks.set(blocks);
         let words: [u32; PARAM_WORDS] = [
             self.vocab,
             params.temperature.to_bits(),
@@ -200,6 +226,10 @@ impl GpuSampler {
             logprobs.is_some() as u32,
             logprobs.unwrap_or(0) as u32,
             u32::try_from(history_len).unwrap_or(u32::MAX),
+            blocks,
+            0,
+            0,
+            0,
         ];
         queue.write_buffer(&self.params, 0, bytemuck::cast_slice(&words));
         let bias: Vec<[u32; 2]> = params.logit_bias.iter().map(|(&t, b)| [t, b.to_bits()]).collect();
@@ -258,12 +288,34 @@ impl GpuSampler {
         }
     }
 
-    /// Record the dispatch into the caller's compute pass (the engine records it after the output
-    /// head, in the same submit).
+    /// Record the prepared step's dispatches ([`GpuSampler::dispatches`]) into the caller's compute
+    /// pass (the engine records them after the output head, in the same submit).
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        self.record_blocks(pass);
+        self.record_sample(pass);
+    }
+
+    /// `argmax_blocks`, where the prepared step runs it (a profiled step times it in a pass of its
+    /// own).
+    pub fn record_blocks(&self, pass: &mut wgpu::ComputePass<'_>) {
+        if self.blocks.get() > 0 {
+            pass.set_pipeline(&self.blocks_pipeline);
+            pass.set_bind_group(0, &self.blocks_group, &[]);
+            pass.dispatch_workgroups(self.blocks.get(), 1, 1);
+        }
+    }
+
+    /// `sample`, after [`GpuSampler::record_blocks`].
+    pub fn record_sample(&self, pass: &mut wgpu::ComputePass<'_>) {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
         pass.dispatch_workgroups(1, 1, 1);
+    }
+
+    /// Dispatches [`GpuSampler::record`] records for the prepared step: `sample`, after
+    /// `argmax_blocks` where it runs.
+    pub fn dispatches(&self) -> usize {
+        1 + usize::from(self.blocks.get() > 0)
     }
 
     /// Buffer whose first u32 is the chosen id, to be copied into a MAP_READ staging buffer: its

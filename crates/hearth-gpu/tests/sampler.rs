@@ -235,6 +235,42 @@ fn greedy_takes_the_first_of_tied_maxima_and_penalties_move_it() {
     }
 }
 
+/// A greedy step with nothing applied before its argmax reads the per-block bests of
+/// `argmax_blocks` (4096 tokens each; 49,157 tokens make 12 full blocks and one of 5): a single
+/// maximum at either end of a block, in the last (partial) block and at the very end is found;
+/// tied maxima in different blocks give the lower index; a masked-out maximum in another block
+/// gives way to the best allowed token; and sampling at a temperature (whose argmax also reads the
+/// blocks) still takes the maximum with a draw of 0.
+#[test]
+fn greedy_finds_the_maximum_in_any_block() {
+    let Some(ctx) = context() else { return };
+    let vocab = VOCABS[0];
+    let rig = Rig::new(&ctx, vocab);
+    let base = peaked_logits(vocab, 9);
+    let greedy = SamplingParams::default();
+    let hot = SamplingParams { temperature: 0.5, top_k: 1, ..Default::default() };
+    for at in [0, 4095, 4096, 8191, 30_000, 49_151, 49_152, vocab - 1] {
+        let mut logits = base.clone();
+        logits[at] = 60.0;
+        assert_eq!(rig.sample(&logits, &greedy, 0.0, &[]), at as u32, "a single maximum at {at}");
+        assert_eq!(rig.sample(&logits, &hot, 0.0, &[]), at as u32, "top-k 1 at a temperature, maximum at {at}");
+    }
+    for (first, second) in [(4096, 40_000), (100, vocab - 1), (8191, 8192)] {
+        let mut logits = base.clone();
+        logits[first] = 60.0;
+        logits[second] = 60.0;
+        assert_eq!(rig.sample(&logits, &greedy, 0.0, &[]), first as u32, "tied at {first} and {second}");
+    }
+    let mut logits = base.clone();
+    logits[vocab - 1] = 80.0;
+    logits[100] = 60.0;
+    let mut mask = vec![u32::MAX; vocab.div_ceil(32)];
+    mask[(vocab - 1) / 32] &= !(1 << ((vocab - 1) % 32));
+    assert_eq!(rig.sample_masked(&logits, &greedy, 0.0, &[], Some(&mask)), 100, "the maximum masked out");
+    let cpu = choose(&greedy, &mut base.clone(), &[], 0.0);
+    assert_eq!(rig.sample(&base, &greedy, 0.0, &[]), cpu, "the fixture's own logits");
+}
+
 /// The sampling settings the midpoint test runs, on `logits` (some need the logits to place a cut).
 fn settings(logits: &[f32], counts: &[(u32, u32)]) -> Vec<(&'static str, SamplingParams, bool)> {
     let temp = SamplingParams { temperature: 0.7, seed: 3, ..Default::default() };
