@@ -567,6 +567,11 @@ impl<P: Products> Engine<P> {
         let head = self.output.as_ref().unwrap_or(&self.embed);
         let mut logits = vec![0f32; m * c.vocab_size];
         self.products.matmul(head, &last, m, &mut logits);
+        if let Some(divisor) = c.logit_divisor {
+            // As llama.cpp: times the reciprocal.
+            let scale = 1.0 / divisor;
+            logits.iter_mut().for_each(|l| *l *= scale);
+        }
         if let Some(cap) = c.final_softcap {
             logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
         }
@@ -661,7 +666,8 @@ impl<P: Products> Engine<P> {
         for li in 0..self.layers.len() {
             let layer = &self.layers[li];
             // Attention block: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x)),
-            // with Gemma's per-head norms before RoPE and its norm of the output before the add;
+            // with Gemma's per-head norms before RoPE and its norm of the output before the add,
+            // Granite's residual scale on the output before the add (both blocks);
             // ALiBi models add their biases to the scores instead of rotating.
             // An encoder's norms come after the residual adds (below).
             if encoder {
@@ -712,6 +718,7 @@ impl<P: Products> Engine<P> {
             if let Some([post_attn, _]) = &layer.post_norms {
                 rms_norm_in_place(&mut proj, post_attn, c.norm_eps);
             }
+            scale_in_place(&mut proj, c.residual_scale);
             add_in_place(&mut x, &proj);
             if encoder {
                 xn.copy_from_slice(&x);
@@ -753,6 +760,7 @@ impl<P: Products> Engine<P> {
             if let Some([_, post_ffw]) = &layer.post_norms {
                 rms_norm_in_place(&mut proj, post_ffw, c.norm_eps);
             }
+            scale_in_place(&mut proj, c.residual_scale);
             add_in_place(&mut x, &proj);
             if encoder {
                 xn.copy_from_slice(&x);
@@ -1064,6 +1072,13 @@ pub fn gelu_tanh(x: f32) -> f32 {
 fn add_bias(x: &mut [f32], bias: &[f32]) {
     for row in x.chunks_mut(bias.len()) {
         add_in_place(row, bias);
+    }
+}
+
+/// `x` times `scale`, where there is one (a block's output before its residual add: Granite).
+fn scale_in_place(x: &mut [f32], scale: Option<f32>) {
+    if let Some(scale) = scale {
+        x.iter_mut().for_each(|v| *v *= scale);
     }
 }
 

@@ -14,10 +14,26 @@ pub const FORMAT_VERSION: u32 = 1;
 /// caps, and a RoPE base of its own for local layers; Qwen3: Llama with QK-norm; SmolLM3: Llama
 /// with every fourth layer unrotated; BLOOM: ALiBi, LayerNorm, a norm on the embeddings, a GELU MLP
 /// and biases everywhere; GPT-2: the same with learned positions; Qwen2-MoE, Qwen3-MoE, OLMoE and
-/// dots.llm1: mixtures of experts, as `MoeConfig` records them).
+/// dots.llm1: mixtures of experts, as `MoeConfig` records them; Granite: Llama with four
+/// multipliers (embeddings, attention scores, each block's output, the logits' divisor), and
+/// Granite-MoE: the same with a mixture in every layer, and a shared expert in Granite-MoE-Shared).
 pub const ARCHITECTURES: &[&str] = &[
-    "llama", "qwen2", "qwen3", "smollm3", "phi3", "gemma2", "gemma3", "bloom", "gpt2", "bert", "qwen2moe", "qwen3moe",
-    "olmoe", "dots1",
+    "llama",
+    "qwen2",
+    "qwen3",
+    "smollm3",
+    "phi3",
+    "gemma2",
+    "gemma3",
+    "bloom",
+    "gpt2",
+    "bert",
+    "qwen2moe",
+    "qwen3moe",
+    "olmoe",
+    "dots1",
+    "granite",
+    "granitemoe",
 ];
 /// The encoders among them (embeddings, not text).
 pub const ENCODER_ARCHITECTURES: &[&str] = &["bert"];
@@ -87,13 +103,21 @@ pub struct ModelConfig {
     /// `blk.N.post_attention_norm.weight`, `blk.N.post_ffw_norm.weight`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub post_norms: bool,
-    /// Token embeddings are multiplied by this (Gemma: sqrt(hidden_size)).
+    /// Token embeddings are multiplied by this (Gemma: sqrt(hidden_size); Granite's
+    /// `embedding_multiplier`). The output head of tied embeddings is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding_scale: Option<f32>,
     /// What attention scores are multiplied by, when not 1/sqrt(head_dim) (Gemma 3 27B:
-    /// 1/sqrt(hidden_size / n_heads)).
+    /// 1/sqrt(hidden_size / n_heads); Granite's `attention_multiplier`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention_scale: Option<f32>,
+    /// Each block's output (the attention output projection's, the feed-forward's or mixture's)
+    /// is multiplied by this before its residual add (Granite's `residual_multiplier`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residual_scale: Option<f32>,
+    /// The logits are divided by this (Granite's `logits_scaling`, llama.cpp's `logit_scale`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_divisor: Option<f32>,
     /// Attention scores become `cap * tanh(score / cap)` before the softmax (Gemma 2: 50).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attn_softcap: Option<f32>,
@@ -577,6 +601,8 @@ impl ModelConfig {
         for (name, value) in [
             ("embedding_scale", self.embedding_scale),
             ("attention_scale", self.attention_scale),
+            ("residual_scale", self.residual_scale),
+            ("logit_divisor", self.logit_divisor),
             ("attn_softcap", self.attn_softcap),
             ("final_softcap", self.final_softcap),
         ] {

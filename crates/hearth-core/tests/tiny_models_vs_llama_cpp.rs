@@ -170,9 +170,63 @@ fn the_converted_config_says_what_the_fixture_says() {
         assert_eq!(c.qk_norm, qk_norm.as_bool().unwrap(), "{}: QK-norm", fx.name);
         let whole = json["config"].get("qk_norm_whole").is_some_and(|w| w.as_bool() == Some(true));
         assert_eq!(c.qk_norm_whole, whole, "{}: QK-norm over whole queries and keys", fx.name);
+        // Granite's multipliers (make_tiny.py records the last two for Granite only).
+        let scale = |key: &str| json["config"].get(key).and_then(serde_json::Value::as_f64).map(|v| v as f32);
+        assert_eq!(c.embedding_scale, scale("embedding_scale"), "{}: embedding scale", fx.name);
+        assert_eq!(c.attention_scale(), scale("attention_scale").unwrap(), "{}: attention scale", fx.name);
+        assert_eq!(c.residual_scale, scale("residual_scale"), "{}: residual scale", fx.name);
+        assert_eq!(c.logit_divisor, scale("logit_divisor"), "{}: logit divisor", fx.name);
         checked += 1;
     }
     assert!(checked >= 2, "the Qwen3 and SmolLM3 fixtures record both");
+}
+
+/// Granite's refusals, each by name and before anything is written: a `granite` whose
+/// `rope.scaling.finetuned` is false (no RoPE in llama.cpp), and multipliers that are not positive
+/// numbers (a negative residual scale, a logit scale of 0: llama.cpp would divide by it, a NaN, an
+/// infinity); and a config that says so is refused by `validate`. A residual scale of 0 is
+/// llama.cpp's "none", and converts as none.
+#[test]
+fn granite_without_rope_or_with_a_non_positive_multiplier_is_refused_by_name() {
+    let fx = fixtures().into_iter().find(|f| f.name == "granite").expect("granite fixture");
+    let original = std::fs::read(&fx.gguf).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // The value of `key` (its type, then its bytes): a GGUF bool is type 7 of one byte, an f32
+    // type 6 of four.
+    let patched = |key: &str, ty: u32, value: &[u8]| {
+        let mut bytes = original.clone();
+        let at = bytes.windows(key.len()).position(|w| w == key.as_bytes()).unwrap() + key.len();
+        assert_eq!(bytes[at..at + 4], ty.to_le_bytes(), "{key} is of GGUF type {ty}");
+        bytes[at + 4..at + 4 + value.len()].copy_from_slice(value);
+        let path = tmp.path().join("patched.gguf");
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    for (key, ty, value, expected) in [
+        ("granite.rope.scaling.finetuned", 7, vec![0u8], "a `granite` without RoPE"),
+        ("granite.residual_scale", 6, (-0.22f32).to_le_bytes().to_vec(), "`granite.residual_scale` is -0.22"),
+        ("granite.logit_scale", 6, 0f32.to_le_bytes().to_vec(), "`granite.logit_scale` is 0"),
+        ("granite.embedding_scale", 6, f32::NAN.to_le_bytes().to_vec(), "`granite.embedding_scale` is NaN"),
+        ("granite.attention.scale", 6, f32::INFINITY.to_le_bytes().to_vec(), "`granite.attention.scale` is inf"),
+    ] {
+        let out = tmp.path().join("out");
+        let err = convert(&patched(key, ty, &value), &out, &ConvertOptions::default()).unwrap_err().to_string();
+        assert!(err.contains(expected), "{key}: {err}");
+        assert!(!out.exists(), "nothing is written for a refused model");
+    }
+    let none = patched("granite.residual_scale", 6, &0f32.to_le_bytes());
+    let package = convert_to(&none, &tmp.path().join("no-residual-scale"));
+    let c = package.manifest().config.clone();
+    assert_eq!(c.residual_scale, None);
+    for (name, bad) in [
+        ("residual_scale", hearth_core::manifest::ModelConfig { residual_scale: Some(-0.5), ..c.clone() }),
+        ("residual_scale", hearth_core::manifest::ModelConfig { residual_scale: Some(f32::NAN), ..c.clone() }),
+        ("logit_divisor", hearth_core::manifest::ModelConfig { logit_divisor: Some(0.0), ..c.clone() }),
+        ("logit_divisor", hearth_core::manifest::ModelConfig { logit_divisor: Some(f32::INFINITY), ..c.clone() }),
+    ] {
+        let err = bad.validate().unwrap_err();
+        assert!(err.contains(&format!("{name} ")) && err.contains("must be a positive number"), "{err}");
+    }
 }
 
 #[test]
@@ -349,7 +403,7 @@ fn a_mixture_reads_only_the_experts_its_router_chose() {
         }
         mixtures.push(fx.name.clone());
     }
-    assert_eq!(mixtures, ["dots1", "mixtral", "olmoe", "qwen2moe", "qwen3moe"]);
+    assert_eq!(mixtures, ["dots1", "granitemoe", "mixtral", "olmoe", "qwen2moe", "qwen3moe"]);
 }
 
 /// A mixture whose metadata contradicts its tensors or itself is refused by name, before anything
@@ -402,7 +456,11 @@ fn experts_per_step<P: hearth_core::cpu::Products>(
 /// config. Llama 3's frequency scaling: config.json's `rope_scaling` (type `llama3`) where the GGUF
 /// has llama.cpp's per-pair factors. Mixtures: Mixtral's `block_sparse_moe` (experts' `w1`/`w3`/`w2`)
 /// and Qwen-MoE's and OLMoE's `mlp.experts` names and config keys, Qwen2-MoE's shared expert and its
-/// `[1, hidden]` gate, OLMoE's norms of whole queries and keys.
+/// `[1, hidden]` gate, OLMoE's norms of whole queries and keys. Granite: its four multipliers from
+/// config.json (llama.cpp permutes its Q/K rows as Llama's); Granite-MoE-Shared: the experts stacked
+/// in `block_sparse_moe.input_linear` (`[experts, 2 × rows, hidden]`, each expert's gate rows then
+/// its up rows) and `output_linear` (`[experts, hidden, rows]`), the router
+/// `block_sparse_moe.router.layer`, and the shared MLP's fused `shared_mlp.input_linear`.
 #[test]
 fn every_architecture_from_safetensors_gives_the_gguf_logits() {
     for fixture in [
@@ -422,6 +480,8 @@ fn every_architecture_from_safetensors_gives_the_gguf_logits() {
         "qwen3moe",
         "olmoe",
         "dots1",
+        "granite",
+        "granitemoe",
     ] {
         let fx = fixtures().into_iter().find(|f| f.name == fixture).unwrap_or_else(|| panic!("{fixture} fixture"));
         let name = fx.architecture.as_str();
@@ -464,7 +524,7 @@ fn every_architecture_from_safetensors_gives_the_gguf_logits() {
         let from_hf = convert_to(&hf, &tmp.path().join("from-hf"));
         assert_eq!(from_hf.manifest().architecture, name);
         let mut want = m.config.clone();
-        if name == "llama" || name == "smollm3" {
+        if matches!(name, "llama" | "smollm3" | "granite" | "granitemoe") {
             want.rope.as_mut().unwrap().style = RopeStyle::Neox;
         }
         if let Some(scaling) = llama3_scaling(fixture) {
@@ -514,11 +574,16 @@ fn to_transformers_layout(
                 }
             }
         }
-        "llama" | "qwen2" | "qwen3" | "smollm3" | "gemma2" | "gemma3" | "qwen2moe" | "qwen3moe" | "olmoe" | "dots1" => {
+        "llama" | "qwen2" | "qwen3" | "smollm3" | "gemma2" | "gemma3" | "qwen2moe" | "qwen3moe" | "olmoe" | "dots1"
+        | "granite" | "granitemoe" => {
             // Transformers computes Llama 3's factors from config.json; llama.cpp stores them.
             for name in tensors.keys().filter(|n| *n != "rope_freqs.weight") {
+                // Granite-MoE's feed-forward tensors are stacked below.
+                if arch == "granitemoe" && name.contains(".ffn_") && !name.ends_with(".ffn_norm.weight") {
+                    continue;
+                }
                 let (shape, mut values) = get(name);
-                let permuted = arch == "llama" || arch == "smollm3";
+                let permuted = matches!(arch, "llama" | "smollm3" | "granite" | "granitemoe");
                 if permuted && (name.ends_with("attn_q.weight") || name.ends_with("attn_k.weight")) {
                     values = unpermute_rows(&values, shape[0] / c.head_dim, c.head_dim, shape[1]);
                 }
@@ -528,6 +593,28 @@ fn to_transformers_layout(
                 // Qwen2-MoE's shared-expert gate is a linear layer of one output.
                 let shape = if name.ends_with("ffn_gate_inp_shexp.weight") { vec![1, shape[0]] } else { shape };
                 out.insert(llama_family_name(arch, name), (shape, values));
+            }
+            if arch == "granitemoe" {
+                let m = c.moe.as_ref().unwrap();
+                let (f, h) = (m.expert_ffn_size, c.hidden_size);
+                for l in 0..c.n_layers {
+                    let g = |s: &str| get(&format!("blk.{l}.{s}"));
+                    let hf = |s: &str| format!("model.layers.{l}.{s}");
+                    // Experts stacked: each one's gate rows then its up rows; its down matrix.
+                    let (mut input, mut output) = (Vec::new(), Vec::new());
+                    for e in 0..m.experts {
+                        input.extend(g(&format!("ffn_gate.{e}.weight")).1);
+                        input.extend(g(&format!("ffn_up.{e}.weight")).1);
+                        output.extend(g(&format!("ffn_down.{e}.weight")).1);
+                    }
+                    out.insert(hf("block_sparse_moe.input_linear.weight"), (vec![m.experts, 2 * f, h], input));
+                    out.insert(hf("block_sparse_moe.output_linear.weight"), (vec![m.experts, h, f], output));
+                    out.insert(hf("block_sparse_moe.router.layer.weight"), g("ffn_gate_inp.weight"));
+                    let s = m.shared_ffn_size.expect("the granitemoe fixture has a shared expert");
+                    let shared = [g("ffn_gate_shexp.weight").1, g("ffn_up_shexp.weight").1].concat();
+                    out.insert(hf("shared_mlp.input_linear.weight"), (vec![2 * s, h], shared));
+                    out.insert(hf("shared_mlp.output_linear.weight"), g("ffn_down_shexp.weight"));
+                }
             }
         }
         "gpt2" => {
@@ -828,6 +915,34 @@ fn transformers_config(fixture: &str, c: &hearth_core::manifest::ModelConfig) ->
                     "sliding_window": null,
                 }),
             )
+        }
+        // Granite: the four multipliers (Transformers' names); Granite-MoE-Shared: experts of
+        // `intermediate_size`, a shared MLP of `shared_intermediate_size`.
+        "granite" | "granitemoe" => {
+            let mut own = serde_json::json!({
+                "embedding_multiplier": c.embedding_scale.unwrap(),
+                "attention_multiplier": c.attention_scale.unwrap(),
+                "residual_multiplier": c.residual_scale.unwrap(),
+                "logits_scaling": c.logit_divisor.unwrap(),
+                "attention_bias": false,
+                "mlp_bias": false,
+                "rope_scaling": null,
+            });
+            if let Some(m) = &c.moe {
+                own.as_object_mut().unwrap().extend(
+                    serde_json::json!({
+                        "intermediate_size": m.expert_ffn_size,
+                        "num_local_experts": m.experts,
+                        "num_experts_per_tok": m.used,
+                        "shared_intermediate_size": m.shared_ffn_size.unwrap_or(0),
+                    })
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+                );
+            }
+            let class = if arch == "granite" { "GraniteForCausalLM" } else { "GraniteMoeSharedForCausalLM" };
+            rope_decoder(class, own)
         }
         // OLMoE: experts of `intermediate_size`, not rescaled; norms of whole queries and keys.
         "olmoe" => {

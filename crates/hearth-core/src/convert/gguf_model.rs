@@ -147,7 +147,7 @@ fn header(gguf: &GgufFile) -> Result<(Manifest, String)> {
 fn model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
     match arch {
         "llama" | "qwen2" | "qwen3" | "smollm3" | "phi3" | "gemma2" | "gemma3" | "qwen2moe" | "qwen3moe" | "olmoe"
-        | "dots1" => rope_model_config(gguf, arch),
+        | "dots1" | "granite" | "granitemoe" => rope_model_config(gguf, arch),
         "bloom" | "gpt2" => layer_norm_model_config(gguf, arch),
         "bert" => bert_model_config(gguf),
         _ => Err(HearthError::UnsupportedArchitecture(arch.to_string())),
@@ -333,11 +333,15 @@ fn bert_model_config(gguf: &GgufFile) -> Result<ModelConfig> {
 
 fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
     // Pre-norm RoPE decoders that differ only in what the config below records. llama.cpp's
-    // converter permutes Llama's (and SmolLM3's) Q/K rows so rotated pairs are adjacent; Qwen's
-    // and Gemma's it leaves in NeoX order.
-    let style = if matches!(arch, "llama" | "smollm3") { RopeStyle::Interleaved } else { RopeStyle::Neox };
+    // converter permutes Llama's (and SmolLM3's and Granite's) Q/K rows so rotated pairs are
+    // adjacent; Qwen's and Gemma's it leaves in NeoX order.
+    let style = match arch {
+        "llama" | "smollm3" | "granite" | "granitemoe" => RopeStyle::Interleaved,
+        _ => RopeStyle::Neox,
+    };
     let gemma = arch.starts_with("gemma");
     let key = |k: &str| format!("{arch}.{k}");
+    let granite = granite_scales(gguf, arch)?;
     let hidden = gguf.require_u64(&key("embedding_length"))? as usize;
     let n_heads = gguf.require_u64(&key("attention.head_count"))? as usize;
     let n_kv_heads = gguf.get_u64(&key("attention.head_count_kv")).map_or(n_heads, |v| v as usize);
@@ -432,16 +436,66 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
         qk_norm_whole: arch == "olmoe",
         post_norms: gguf.tensor("blk.0.post_attention_norm.weight").is_some(),
         // llama.cpp scales by sqrtf(n_embd) in f32.
-        embedding_scale: gemma.then(|| (hidden as f32).sqrt()),
+        embedding_scale: if gemma { Some((hidden as f32).sqrt()) } else { granite.embedding },
         // The 27B Gemmas (Gemma 2: 46 layers, Gemma 3: 62) scale queries by their
         // query_pre_attn_scalar, hidden / heads, not by the head size; llama.cpp recognises them by
         // their layer count, and so does this.
         attention_scale: ((arch == "gemma2" && n_layers == 46) || (arch == "gemma3" && n_layers == 62))
-            .then(|| 1.0 / ((hidden / n_heads) as f32).sqrt()),
+            .then(|| 1.0 / ((hidden / n_heads) as f32).sqrt())
+            .or(granite.attention),
+        residual_scale: granite.residual,
+        logit_divisor: granite.logit_divisor,
         attn_softcap: gguf.get_f64(&key("attn_logit_softcapping")).filter(|&c| c > 0.0).map(|c| c as f32),
         final_softcap: gguf.get_f64(&key("final_logit_softcapping")).filter(|&c| c > 0.0).map(|c| c as f32),
         moe: moe_config(gguf, arch, ffn_size)?,
         ..Default::default()
+    })
+}
+
+/// Granite's multipliers, as llama.cpp reads them (`None` for other architectures).
+#[derive(Default)]
+struct GraniteScales {
+    embedding: Option<f32>,
+    attention: Option<f32>,
+    residual: Option<f32>,
+    logit_divisor: Option<f32>,
+}
+
+/// Granite (`granite`, `granitemoe`): `{arch}.embedding_scale` (token embeddings times it),
+/// `{arch}.attention.scale` (attention scores times it, instead of 1/sqrt(head_dim)),
+/// `{arch}.residual_scale` (each block's output times it before its residual add) — each optional,
+/// and 0 meaning none, as llama.cpp reads them — and `{arch}.logit_scale` (the logits divided by
+/// it; required, as llama.cpp requires it). A negative or non-finite value (or a logit scale of 0)
+/// is refused by name. A `granite` whose `rope.scaling.finetuned` is false has no RoPE in
+/// llama.cpp: refused (llama.cpp's `granitemoe` does not read the key and always rotates). Biases
+/// on the attention output or the MLP (optional in llama.cpp's loader, absent from IBM's models)
+/// are refused too.
+fn granite_scales(gguf: &GgufFile, arch: &str) -> Result<GraniteScales> {
+    if !matches!(arch, "granite" | "granitemoe") {
+        return Ok(GraniteScales::default());
+    }
+    let key = |k: &str| format!("{arch}.{k}");
+    let file = gguf.path.display().to_string();
+    if arch == "granite" && gguf.get_bool(&key("rope.scaling.finetuned")) == Some(false) {
+        return Err(HearthError::UnsupportedSource(format!(
+            "{file}: a `granite` without RoPE (`granite.rope.scaling.finetuned` false) is not supported"
+        )));
+    }
+    let biases = ["attn_output", "ffn_gate", "ffn_up", "ffn_down"].map(|t| format!("blk.0.{t}.bias"));
+    if let Some(bias) = biases.iter().find(|name| gguf.tensor(name).is_some()) {
+        return Err(HearthError::UnsupportedSource(format!("{file}: a `{arch}` with `{bias}` is not supported")));
+    }
+    // Checked here, by the file's names: a NaN or an infinity would not survive the manifest's JSON.
+    let positive = |k: &str, v: f64| match v as f32 {
+        f if f.is_finite() && f > 0.0 => Ok(f),
+        f => Err(HearthError::bad_file(&file, format!("`{}` is {f}: Granite's multipliers must be positive", key(k)))),
+    };
+    let optional = |k: &str| gguf.get_f64(&key(k)).filter(|&v| v != 0.0).map(|v| positive(k, v)).transpose();
+    Ok(GraniteScales {
+        embedding: optional("embedding_scale")?,
+        attention: optional("attention.scale")?,
+        residual: optional("residual_scale")?,
+        logit_divisor: Some(positive("logit_scale", gguf.require_f64(&key("logit_scale"))?)?),
     })
 }
 
@@ -451,19 +505,38 @@ fn rope_model_config(gguf: &GgufFile, arch: &str) -> Result<ModelConfig> {
 /// OLMoE. dots.llm1 (`dots1`): a sigmoid per expert (`expert_gating_func` 2), the experts chosen by
 /// it plus `exp_probs_b`, weights rescaled as `expert_weights_norm` says and multiplied by
 /// `expert_weights_scale`, an unscaled shared expert, and `leading_dense_block_count` dense layers.
+/// Granite-MoE (`granitemoe`, and a `granite` with experts, which llama.cpp runs alike): the
+/// softmax and rescaling whatever the file says (llama.cpp's graph fixes both), experts of
+/// `feed_forward_length` rows, and Granite-MoE-Shared's shared expert added unscaled.
 fn moe_config(gguf: &GgufFile, arch: &str, ffn_size: usize) -> Result<Option<MoeConfig>> {
     let key = |k: &str| format!("{arch}.{k}");
     let file = gguf.path.display().to_string();
     let experts = gguf.get_u64(&key("expert_count")).unwrap_or(0) as usize;
-    let moe_arch = matches!(arch, "qwen2moe" | "qwen3moe" | "olmoe" | "dots1");
+    let moe_arch = matches!(arch, "qwen2moe" | "qwen3moe" | "olmoe" | "dots1" | "granitemoe");
     if experts == 0 {
         return match moe_arch {
             true => Err(HearthError::bad_file(&file, format!("`{arch}` without `{arch}.expert_count`"))),
             false => Ok(None),
         };
     }
-    if !moe_arch && arch != "llama" {
+    if !moe_arch && !matches!(arch, "llama" | "granite") {
         return Err(HearthError::UnsupportedSource(format!("{file}: experts in a `{arch}` model are not supported")));
+    }
+    let granite = matches!(arch, "granite" | "granitemoe");
+    if granite {
+        let shared = gguf.tensor("blk.0.ffn_up_shexp.weight").and_then(|t| t.shape().first().copied());
+        return Ok(Some(MoeConfig {
+            experts,
+            used: gguf.require_u64(&key("expert_used_count"))? as usize,
+            expert_ffn_size: ffn_size,
+            normalize: true,
+            shared_ffn_size: shared,
+            shared_unscaled: shared.is_some(),
+            gating: Gating::Softmax,
+            selection_bias: false,
+            weights_scale: 1.0,
+            dense_layers: 0,
+        }));
     }
     let dots = arch == "dots1";
     // llama.cpp's codes: 1 the softmax, 2 the sigmoid (and a file without the key: the softmax,

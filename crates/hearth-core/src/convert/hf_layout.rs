@@ -5,6 +5,10 @@
 //!   engines rotate in; Phi-3's fused `qkv_proj` and `gate_up_proj` are cut as GGUF's are).
 //! - Mixtures of experts (Mixtral, Qwen2-MoE, Qwen3-MoE): names (one matrix per expert, as the
 //!   package stores them), and Qwen2-MoE's `[1, hidden]` shared-expert gate as a vector.
+//! - Granite-MoE: experts stacked in 3-D tensors (`input_linear` `[experts, 2 × rows, hidden]`,
+//!   gate rows then up rows per expert; `output_linear` `[experts, hidden, rows]`) become llama.cpp's
+//!   `ffn_{gate,up,down}_exps`, which `convert::add_tensor` cuts per expert as for GGUF; the shared
+//!   MLP's `input_linear` (`[2 × rows, hidden]`) is cut into gate and up.
 //! - Gemma 2 and 3: names, and RMSNorm weights stored as `w` for `(1 + w)` get the 1 added.
 //! - GPT-2: `Conv1D` weights stored `[in, out]` are transposed; `c_attn` holds Q|K|V side by side.
 //! - BLOOM: `query_key_value` rows are per head (`[head][q, k, v][head_dim]`), regrouped as Q, K, V.
@@ -35,11 +39,14 @@ pub(super) struct Imported {
 /// What a Hugging Face tensor becomes.
 pub(super) enum Mapping {
     Tensor(Imported),
+    /// Several tensors cut from one (Granite-MoE's fused gate and up rows).
+    Tensors(Vec<Imported>),
     /// A buffer the engines recompute (rotary frequencies, GPT-2's causal mask).
     Skip,
     Unknown,
-    /// BLOOM's fused Q/K/V whose size does not fit the config.
-    BadShape,
+    /// A fused tensor whose size does not fit the config (BLOOM's Q/K/V, Granite-MoE's gate and
+    /// up): what it should hold.
+    BadShape(&'static str),
 }
 
 /// Whether `hf_name` is a buffer no engine reads, left out before its values are read (BERT's
@@ -59,6 +66,14 @@ pub(super) fn import(family: Family, c: &ModelConfig, hf_name: &str, shape: &[us
     match family {
         Family::Llama | Family::Gemma => {
             let Some(name) = llama_name(family, hf_name) else { return Mapping::Unknown };
+            // Granite-MoE's gate and up rows in one tensor: per expert (or for the shared MLP)
+            // the first half of the rows is the gate's.
+            if let Some(layer) = name.strip_suffix(".ffn_gate_up_exps.weight") {
+                return gate_and_up(layer, "_exps", c.moe.as_ref().map(|m| m.expert_ffn_size), shape, values);
+            }
+            if let Some(layer) = name.strip_suffix(".ffn_gate_up_shexp.weight") {
+                return gate_and_up(layer, "_shexp", c.moe.as_ref().and_then(|m| m.shared_ffn_size), shape, values);
+            }
             // Qwen2-MoE's shared-expert gate is a linear layer of one output.
             if name.ends_with("ffn_gate_inp_shexp.weight") {
                 return one(name, &[values.len()], values);
@@ -102,13 +117,42 @@ pub(super) fn import(family: Family, c: &ModelConfig, hf_name: &str, shape: &[us
             if gguf.contains("attn_qkv") {
                 let cols = shape.get(1).copied().unwrap_or(1);
                 if values.len() != 3 * c.n_heads * c.head_dim * cols {
-                    return Mapping::BadShape;
+                    return Mapping::BadShape("Q, K and V");
                 }
                 return one(gguf, shape, bloom_regroup(&values, c.n_heads, c.head_dim, cols));
             }
             one(gguf, shape, values)
         }
     }
+}
+
+/// `values` (`shape`: `[experts, 2 × rows, cols]`, or `[2 × rows, cols]`) as `{layer}.ffn_gate{suffix}`
+/// and `{layer}.ffn_up{suffix}` (each `[experts, rows, cols]` or `[rows, cols]`): of each matrix
+/// the first `rows` rows are the gate's, the next `rows` the up's (Transformers' `chunk(2)`).
+fn gate_and_up(layer: &str, suffix: &str, rows: Option<usize>, shape: &[usize], values: Vec<f32>) -> Mapping {
+    const WHAT: &str = "gate and up rows";
+    let (experts, fused, cols) = match *shape {
+        [e, r, c] => (Some(e), r, c),
+        [r, c] => (None, r, c),
+        _ => return Mapping::BadShape(WHAT),
+    };
+    let Some(rows) = rows.filter(|&r| r > 0 && cols > 0 && r.checked_mul(2) == Some(fused)) else {
+        return Mapping::BadShape(WHAT);
+    };
+    let half = rows * cols;
+    let (mut gate, mut up) = (Vec::with_capacity(values.len() / 2), Vec::with_capacity(values.len() / 2));
+    for matrix in values.chunks(2 * half) {
+        let (g, u) = matrix.split_at(half.min(matrix.len()));
+        gate.extend_from_slice(g);
+        up.extend_from_slice(u);
+    }
+    let out_shape: Vec<usize> = experts.into_iter().chain([rows, cols]).collect();
+    let part = |kind: &str, values| Imported {
+        name: format!("{layer}.ffn_{kind}{suffix}.weight"),
+        shape: out_shape.clone(),
+        values,
+    };
+    Mapping::Tensors(vec![part("gate", gate), part("up", up)])
 }
 
 fn llama_name(family: Family, hf: &str) -> Option<String> {
@@ -160,10 +204,18 @@ fn llama_name(family: Family, hf: &str) -> Option<String> {
 /// `block_sparse_moe.experts.E.w{1,3,2}` (gate, up, down); Qwen-MoE's `mlp.gate`,
 /// `mlp.experts.E.{gate,up,down}_proj`, `mlp.shared_expert.*_proj` and `mlp.shared_expert_gate`;
 /// dots.llm1's `mlp.shared_experts.*_proj` (its shared experts as one) and the router's
-/// `mlp.gate.e_score_correction_bias`.
+/// `mlp.gate.e_score_correction_bias`; Granite-MoE's router `block_sparse_moe.router.layer`, its
+/// stacked experts `block_sparse_moe.{input,output}_linear` and Granite-MoE-Shared's
+/// `shared_mlp.{input,output}_linear` (the fused gate and up under names `import` cuts).
 fn expert_name(part: &str) -> Option<String> {
     let fixed = match part {
-        "block_sparse_moe.gate.weight" | "mlp.gate.weight" => Some("ffn_gate_inp.weight"),
+        "block_sparse_moe.gate.weight" | "mlp.gate.weight" | "block_sparse_moe.router.layer.weight" => {
+            Some("ffn_gate_inp.weight")
+        }
+        "block_sparse_moe.input_linear.weight" => Some("ffn_gate_up_exps.weight"),
+        "block_sparse_moe.output_linear.weight" => Some("ffn_down_exps.weight"),
+        "shared_mlp.input_linear.weight" => Some("ffn_gate_up_shexp.weight"),
+        "shared_mlp.output_linear.weight" => Some("ffn_down_shexp.weight"),
         "mlp.shared_expert.gate_proj.weight" | "mlp.shared_experts.gate_proj.weight" => Some("ffn_gate_shexp.weight"),
         "mlp.shared_expert.up_proj.weight" | "mlp.shared_experts.up_proj.weight" => Some("ffn_up_shexp.weight"),
         "mlp.shared_expert.down_proj.weight" | "mlp.shared_experts.down_proj.weight" => Some("ffn_down_shexp.weight"),

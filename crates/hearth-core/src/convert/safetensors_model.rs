@@ -51,8 +51,9 @@ pub(super) fn convert(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<M
             }
             let view = st.tensor(&hf_name).map_err(|e| HearthError::bad_file(path.display(), e.to_string()))?;
             let values = to_f32(view.dtype(), view.data(), &hf_name)?;
-            let t = match import(family, &config, &hf_name, view.shape(), values) {
-                Mapping::Tensor(t) => t,
+            let imported = match import(family, &config, &hf_name, view.shape(), values) {
+                Mapping::Tensor(t) => vec![t],
+                Mapping::Tensors(ts) => ts,
                 Mapping::Skip => continue,
                 Mapping::Unknown => {
                     return Err(HearthError::bad_file(
@@ -60,24 +61,26 @@ pub(super) fn convert(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<M
                         format!("unexpected tensor `{hf_name}` for a {architecture} model"),
                     ))
                 }
-                Mapping::BadShape => {
+                Mapping::BadShape(what) => {
                     return Err(HearthError::bad_file(
                         path.display(),
-                        format!("`{hf_name}` of shape {:?} is not Q, K and V of config.json's sizes", view.shape()),
+                        format!("`{hf_name}` of shape {:?} is not {what} of config.json's sizes", view.shape()),
                     ))
                 }
             };
-            let dtype = match (opts.quant, view.dtype()) {
-                // A mixture's router stays f32, as from GGUF (gguf_model's `target`).
-                _ if t.name.ends_with(".ffn_gate_inp.weight") => DType::F32,
-                (QuantChoice::Keep, Dtype::F16) => DType::F16,
-                (QuantChoice::Keep, _) => DType::F32,
-                (QuantChoice::Q4, _) => DType::Q4,
-                (QuantChoice::Q8, _) => DType::Q8,
-                (QuantChoice::F16, _) => DType::F16,
-            };
-            let tensor = encode_f32(&hf_name, t.shape, &t.values, dtype, opts.group)?;
-            stored.extend(add_tensor(&mut writer, &t.name, &tensor, &config, path)?);
+            for t in imported {
+                let dtype = match (opts.quant, view.dtype()) {
+                    // A mixture's router stays f32, as from GGUF (gguf_model's `target`).
+                    _ if t.name.ends_with(".ffn_gate_inp.weight") => DType::F32,
+                    (QuantChoice::Keep, Dtype::F16) => DType::F16,
+                    (QuantChoice::Keep, _) => DType::F32,
+                    (QuantChoice::Q4, _) => DType::Q4,
+                    (QuantChoice::Q8, _) => DType::Q8,
+                    (QuantChoice::F16, _) => DType::F16,
+                };
+                let tensor = encode_f32(&hf_name, t.shape, &t.values, dtype, opts.group)?;
+                stored.extend(add_tensor(&mut writer, &t.name, &tensor, &config, path)?);
+            }
         }
     }
     // What the config says only through which tensors exist (BLOOM's config has no MLP size).
@@ -143,6 +146,12 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
         "Qwen3MoeForCausalLM" | "qwen3_moe" => ("qwen3moe", Family::Llama),
         "OlmoeForCausalLM" | "olmoe" => ("olmoe", Family::Llama),
         "Dots1ForCausalLM" | "dots1" => ("dots1", Family::Llama),
+        // Granite: Llama's block with four multipliers; Granite-MoE (and -Shared): a mixture in
+        // every layer, its experts stacked in 3-D tensors.
+        "GraniteForCausalLM" | "granite" => ("granite", Family::Llama),
+        "GraniteMoeForCausalLM" | "granitemoe" | "GraniteMoeSharedForCausalLM" | "granitemoeshared" => {
+            ("granitemoe", Family::Llama)
+        }
         "SmolLM3ForCausalLM" | "smollm3" => ("smollm3", Family::Llama),
         "Phi3ForCausalLM" | "phi3" => ("phi3", Family::Llama),
         "Gemma2ForCausalLM" | "gemma2" => ("gemma2", Family::Gemma),
@@ -172,6 +181,7 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
         return Err(HearthError::bad_file(&file, format!("{n_heads} heads cannot share {n_kv_heads} key/value heads")));
     }
     let head_dim = int("head_dim").unwrap_or(hidden / n_heads);
+    let granite = granite_scales(hf, architecture, head_dim, hidden / n_heads, &file)?;
     let base = ModelConfig {
         n_layers: int_of(&["num_hidden_layers", "n_layer"])?,
         hidden_size: hidden,
@@ -238,12 +248,15 @@ fn model_config(hf: &Value, path: &Path) -> Result<(&'static str, Family, ModelC
                 qk_norm_whole: architecture == "olmoe",
                 moe: mixture(hf, architecture, base.ffn_size, &file)?,
                 post_norms: gemma,
-                embedding_scale: gemma.then(|| (hidden as f32).sqrt()),
+                embedding_scale: if gemma { Some((hidden as f32).sqrt()) } else { granite.embedding_scale },
                 // Gemma scales queries by query_pre_attn_scalar^-1/2, the head size but for 27B.
                 attention_scale: int("query_pre_attn_scalar")
                     .ok()
                     .filter(|&s| gemma && s != head_dim)
-                    .map(|s| 1.0 / (s as f32).sqrt()),
+                    .map(|s| 1.0 / (s as f32).sqrt())
+                    .or(granite.attention_scale),
+                residual_scale: granite.residual_scale,
+                logit_divisor: granite.logit_divisor,
                 attn_softcap: hf.get("attn_logit_softcapping").and_then(Value::as_f64).map(|c| c as f32),
                 final_softcap: hf.get("final_logit_softcapping").and_then(Value::as_f64).map(|c| c as f32),
                 ..base
@@ -356,6 +369,47 @@ fn sentence_transformers(dir: &Path, context: usize, token_types: usize) -> Resu
     Ok(config)
 }
 
+/// Granite's multipliers from config.json, with Transformers' defaults: `embedding_multiplier`
+/// (none without it: 1), `attention_multiplier` (1.0 without it, Transformers' default, not
+/// 1/sqrt(head_dim)), `residual_multiplier` (none: 1) and `logits_scaling` (the logits' divisor, 1
+/// without it); an empty config for other architectures. Granite's attention has heads of
+/// hidden / heads (llama.cpp's converter drops `head_dim`): another `head_dim` is refused, and so
+/// are biases (`attention_bias`, `mlp_bias`), which IBM's models do not have.
+fn granite_scales(
+    hf: &Value,
+    architecture: &str,
+    head_dim: usize,
+    heads_of_hidden: usize,
+    file: &str,
+) -> Result<ModelConfig> {
+    if !matches!(architecture, "granite" | "granitemoe") {
+        return Ok(ModelConfig::default());
+    }
+    if head_dim != heads_of_hidden {
+        return Err(HearthError::UnsupportedSource(format!(
+            "{file}: a Granite with `head_dim` {head_dim}, not hidden_size / num_attention_heads              ({heads_of_hidden}), is not supported"
+        )));
+    }
+    if let Some(bias) = ["attention_bias", "mlp_bias"].into_iter().find(|k| hf.get(*k) == Some(&Value::Bool(true))) {
+        return Err(HearthError::UnsupportedSource(format!("{file}: a Granite with `{bias}` is not supported")));
+    }
+    // Checked here, by config.json's names: a value past f32's range would not survive the
+    // manifest's JSON.
+    let float = |k: &str| match hf.get(k).and_then(Value::as_f64).map(|v| v as f32) {
+        Some(f) if !(f.is_finite() && f > 0.0) => {
+            Err(HearthError::bad_file(file, format!("`{k}` is {f}: Granite's multipliers must be positive")))
+        }
+        other => Ok(other),
+    };
+    Ok(ModelConfig {
+        embedding_scale: float("embedding_multiplier")?,
+        attention_scale: Some(float("attention_multiplier")?.unwrap_or(1.0)),
+        residual_scale: float("residual_multiplier")?,
+        logit_divisor: Some(float("logits_scaling")?.unwrap_or(1.0)),
+        ..ModelConfig::default()
+    })
+}
+
 /// SmolLM3's layers without RoPE: where `no_rope_layers` (one flag per layer, 1 = rotate) holds
 /// 0, else every `no_rope_layer_interval`-th layer (default 4, as Transformers and llama.cpp). Never
 /// past the layer limit, which `validate` then enforces: a hostile count does not size the list.
@@ -366,13 +420,16 @@ fn sentence_transformers(dir: &Path, context: usize, token_types: usize) -> Resu
 /// (`decoder_sparse_step` > 1, `mlp_only_layers`) are refused by name. dots.llm1: `n_routed_experts`
 /// chosen by sigmoid plus `e_score_correction_bias`, weighted by `routed_scaling_factor`,
 /// `n_shared_experts` unscaled shared experts (one MLP), `first_k_dense_replace` dense layers.
+/// Granite-MoE: `num_local_experts` of `intermediate_size` rows, top `num_experts_per_tok` of the
+/// router's logits softmaxed (the same weights as a softmax over all, rescaled), and
+/// Granite-MoE-Shared's unscaled shared expert of `shared_intermediate_size` (0: none).
 fn mixture(hf: &Value, architecture: &str, ffn_size: usize, file: &str) -> Result<Option<MoeConfig>> {
     let int = |k: &str| hf.get(k).and_then(Value::as_u64).map(|v| v as usize);
     let dots = architecture == "dots1";
     let count = if dots { int("n_routed_experts") } else { int("num_local_experts").or_else(|| int("num_experts")) };
     let Some(experts) = count.filter(|&e| e > 0) else {
         return match architecture {
-            "qwen2moe" | "qwen3moe" | "olmoe" | "dots1" => {
+            "qwen2moe" | "qwen3moe" | "olmoe" | "dots1" | "granitemoe" => {
                 Err(HearthError::bad_file(file, "a mixture of experts without its count of experts"))
             }
             _ => Ok(None),
@@ -394,6 +451,21 @@ fn mixture(hf: &Value, architecture: &str, ffn_size: usize, file: &str) -> Resul
     }
     let used =
         int("num_experts_per_tok").ok_or_else(|| HearthError::bad_file(file, "missing `num_experts_per_tok`"))?;
+    if matches!(architecture, "granite" | "granitemoe") {
+        let shared = int("shared_intermediate_size").filter(|&f| f > 0);
+        return Ok(Some(MoeConfig {
+            experts,
+            used,
+            expert_ffn_size: ffn_size,
+            normalize: true,
+            shared_ffn_size: shared,
+            shared_unscaled: shared.is_some(),
+            gating: Gating::Softmax,
+            selection_bias: false,
+            weights_scale: 1.0,
+            dense_layers: 0,
+        }));
+    }
     let qwen = architecture != "llama";
     let expert_ffn_size = if qwen { int("moe_intermediate_size").unwrap_or(ffn_size) } else { ffn_size };
     let shared_ffn_size = match dots {
@@ -591,6 +663,65 @@ mod tests {
         // A hostile layer count or interval sizes nothing.
         assert_eq!(smollm3_unrotated(&serde_json::json!({}), usize::MAX).len(), (limits::LAYERS + 1) / 4);
         assert!(smollm3_unrotated(&serde_json::json!({ "no_rope_layer_interval": u64::MAX }), usize::MAX).is_empty());
+    }
+
+    /// Granite 3's config.json: the four multipliers as they are (`attention_multiplier` defaults to
+    /// Transformers' 1.0, not 1/sqrt(head_dim)); Granite-MoE-Shared's experts and shared MLP
+    /// (`shared_intermediate_size` 0: none); and the refusals: another `head_dim`, biases, a
+    /// multiplier that is not a positive number, Granite 4's hybrid.
+    #[test]
+    fn granite_configs_and_refusals_from_config_json() {
+        let common = serde_json::json!({
+            "architectures": ["GraniteForCausalLM"], "hidden_size": 2048, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "num_hidden_layers": 40, "intermediate_size": 8192, "vocab_size": 49155,
+            "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000000.0,
+            "embedding_multiplier": 12.0, "attention_multiplier": 0.015625, "residual_multiplier": 0.22,
+            "logits_scaling": 8.0, "attention_bias": false, "mlp_bias": false,
+        });
+        let with = |extra: serde_json::Value| {
+            let mut hf = common.clone();
+            hf.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            model_config(&hf, Path::new("config.json")).map(|(arch, _, c)| (arch, c))
+        };
+        let (arch, c) = with(serde_json::json!({})).unwrap();
+        assert_eq!(arch, "granite");
+        assert_eq!((c.embedding_scale, c.attention_scale, c.residual_scale), (Some(12.0), Some(0.015625), Some(0.22)));
+        assert_eq!((c.logit_divisor, c.head_dim, c.moe.is_none()), (Some(8.0), 64, true));
+        let mut defaults = common.clone();
+        for k in ["embedding_multiplier", "attention_multiplier", "residual_multiplier", "logits_scaling"] {
+            defaults.as_object_mut().unwrap().remove(k);
+        }
+        let c = model_config(&defaults, Path::new("config.json")).unwrap().2;
+        assert_eq!((c.embedding_scale, c.attention_scale, c.residual_scale), (None, Some(1.0), None));
+        assert_eq!(c.logit_divisor, Some(1.0));
+
+        let moe = serde_json::json!({
+            "architectures": ["GraniteMoeSharedForCausalLM"], "num_local_experts": 40, "num_experts_per_tok": 8,
+            "intermediate_size": 512, "shared_intermediate_size": 1024,
+        });
+        let (arch, c) = with(moe.clone()).unwrap();
+        let m = c.moe.unwrap();
+        assert_eq!(arch, "granitemoe");
+        assert_eq!((m.experts, m.used, m.expert_ffn_size, m.normalize), (40, 8, 512, true));
+        assert_eq!((m.shared_ffn_size, m.shared_unscaled, m.gating), (Some(1024), true, Gating::Softmax));
+        let mut no_shared = moe.clone();
+        no_shared["shared_intermediate_size"] = 0.into();
+        no_shared["architectures"] = serde_json::json!(["GraniteMoeForCausalLM"]);
+        let m = with(no_shared).unwrap().1.moe.unwrap();
+        assert_eq!((m.shared_ffn_size, m.shared_unscaled), (None, false));
+
+        for (extra, expected) in [
+            (serde_json::json!({ "head_dim": 128 }), "`head_dim` 128"),
+            (serde_json::json!({ "mlp_bias": true }), "`mlp_bias`"),
+            (serde_json::json!({ "attention_bias": true }), "`attention_bias`"),
+            (serde_json::json!({ "residual_multiplier": -0.22 }), "`residual_multiplier` is -0.22"),
+            (serde_json::json!({ "logits_scaling": 0.0 }), "`logits_scaling` is 0"),
+            (serde_json::json!({ "embedding_multiplier": 1e39 }), "`embedding_multiplier` is inf"),
+            (serde_json::json!({ "architectures": ["GraniteMoeHybridForCausalLM"] }), "GraniteMoeHybridForCausalLM"),
+        ] {
+            let err = with(extra.clone()).unwrap_err().to_string();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
     }
 
     /// Phi-3.5-mini's config.json as Transformers 4 writes it (`rope_scaling`, the original context at
