@@ -37,6 +37,9 @@
 // - BIAS: y = W·x + b before the activation (BLOOM and GPT-2 put biases on every product); b holds
 //   a value per output row of the whole matrix (a split matrix's pieces index it at row_offset);
 // - ACCUMULATE: y += W·x (the residual add).
+// W·x (+ b) is multiplied by `dims.scale` before the activation (1 but for Granite's residual
+// multiplier on the products added to the residual, and the reciprocal of its logits' divisor on
+// the head, before any soft cap, as the CPU engines order them).
 //
 // Weight encodings: see docs/FORMAT.md; the K-quants' headers are read by kquants.wgsl, which
 // kernels.rs puts in front of every module. Workgroups are numbered along x, then y (a grid row holds
@@ -54,6 +57,8 @@ struct Dims {
     up_offset: u32,
     // ACT 3's cap.
     cap: f32,
+    // The fused value's factor.
+    scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -96,7 +101,7 @@ fn fused(row: u32, gate: f32, up: f32, squares: f32) -> f32 {
     if (BIAS) {
         v = v + bias[dims.row_offset + row];
     }
-    v = activate(v, ACT, dims.cap);
+    v = activate(v * dims.scale, ACT, dims.cap);
     if (GATED) {
         v = v * (up * r);
     }

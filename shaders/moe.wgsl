@@ -40,6 +40,9 @@ struct Dims {
     has_bias: u32,
     // The chosen weights' factor, after any rescaling.
     scale: f32,
+    // The mixture's output (shared expert included) is added to the residual times this
+    // (Granite's residual multiplier; 1 otherwise).
+    residual_scale: f32,
 }
 
 // llama.cpp's floor under the sum a token's chosen weights are rescaled by (2^-14).
@@ -215,5 +218,5 @@ fn moe_combine(@builtin(global_invocation_id) gid: vec3<u32>) {
     } else if (dims.has_shared == 2u) {
         acc = acc + shared_out[t * dims.hidden + i];
     }
-    x[t * dims.hidden + i] = x[t * dims.hidden + i] + acc;
+    x[t * dims.hidden + i] = x[t * dims.hidden + i] + acc * dims.residual_scale;
 }

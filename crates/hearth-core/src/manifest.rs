@@ -610,6 +610,9 @@ impl ModelConfig {
                 return Err(format!("{name} {v} must be a positive number"));
             }
         }
+        if self.encoder.is_some() && (self.residual_scale.is_some() || self.logit_divisor.is_some()) {
+            return Err("residual_scale and logit_divisor are a decoder's (Granite's)".into());
+        }
         if self.position == PositionKind::Rope && self.rope.is_none() {
             return Err("a RoPE model needs rope settings".into());
         }

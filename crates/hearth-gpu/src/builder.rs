@@ -153,6 +153,9 @@ pub struct Fuse<'a> {
     pub activation: Activation,
     /// The cap of `Activation::Softcap`.
     pub cap: f32,
+    /// The fused value's factor (matvec.wgsl's `dims.scale`; 1 when None): Granite's residual
+    /// multiplier, the reciprocal of its logits' divisor.
+    pub scale: Option<f32>,
     pub gated: bool,
     pub accumulate: bool,
     /// For one token on GPUs, RoPE and the KV-cache store in the product's epilogue (the matrix
@@ -449,6 +452,7 @@ impl<'a> Builder<'a> {
                     self.eps.to_bits(),
                     rows,
                     p.fuse.cap.to_bits(),
+                    p.fuse.scale.unwrap_or(1.0).to_bits(),
                 ],
             );
             let bound = |block: u32| {

@@ -203,6 +203,14 @@ impl GpuEngine {
                 m.architecture
             )));
         }
+        // A post-norm's product is normed before its add (norm_add_pass): a residual multiplier
+        // there has no kernel.
+        if c.residual_scale.is_some() && c.post_norms {
+            return Err(HearthError::UnsupportedSource(format!(
+                "{origin}: `{}` scales post-normed block outputs, which the GPU engine does not run",
+                m.architecture
+            )));
+        }
         // qk_norm.wgsl norms the product's output before rope.wgsl adds any biases.
         if c.qk_norm_whole && c.qkv_bias {
             return Err(HearthError::UnsupportedSource(format!(
@@ -464,7 +472,7 @@ impl GpuEngine {
             )?);
             // The output products add into the residual stream, or (with post-norms) write `proj`,
             // whose norm a pass of its own adds.
-            let residual = Fuse { accumulate: post_norms.is_none(), ..Default::default() };
+            let residual = Fuse { accumulate: post_norms.is_none(), scale: c.residual_scale, ..Default::default() };
             let proj_out = if post_norms.is_some() { &proj } else { &x };
             let [bias_o, bias_up, bias_down] = match &linear_bias {
                 Some([o, up, down]) => [Some(o), Some(up), Some(down)],
@@ -563,9 +571,13 @@ impl GpuEngine {
         let head = if c.tied_embeddings { None } else { Some(b.split("output.weight")?) };
         let head_pieces = head.as_deref().unwrap_or(&embd);
         // Gemma 2 caps its logits as the head writes them.
+        // Granite divides its logits.
+        let scale = c.logit_divisor.map(|d| 1.0 / d);
         let fuse = match c.final_softcap {
-            Some(cap) => Fuse { norm: Some(&out_norm), activation: Activation::Softcap, cap, ..Default::default() },
-            None => Fuse { norm: Some(&out_norm), ..Default::default() },
+            Some(cap) => {
+                Fuse { norm: Some(&out_norm), activation: Activation::Softcap, cap, scale, ..Default::default() }
+            }
+            None => Fuse { norm: Some(&out_norm), scale, ..Default::default() },
         };
         let head_last = b.product(Product {
             pieces: head_pieces,

@@ -171,7 +171,7 @@ pub fn prepare(
             u32::from(moe.gating == Gating::Sigmoid),
             u32::from(moe.selection_bias),
             moe.weights_scale.to_bits(),
-            0,
+            c.residual_scale.unwrap_or(1.0).to_bits(),
         ],
     );
     let route = kernels.moe("moe_route");

@@ -144,6 +144,8 @@ enum Fusion {
     SwiGlu,
     GeGlu,
     Accumulate,
+    /// Granite's residual multiplier: y += SCALE · W·x.
+    ScaledAccumulate,
     /// GPT-2's up product: gelu(W·x + b).
     BiasGelu,
     /// BERT's up product: the exact (erf) GELU of W·x + b.
@@ -154,6 +156,8 @@ enum Fusion {
 
 /// The cap of `Fusion::Softcap`: small enough that products of a few units bend.
 const CAP: f32 = 2.5;
+/// The factor of `Fusion::ScaledAccumulate` (the tiny Granite fixture's residual multiplier).
+const SCALE: f32 = 0.22;
 
 /// matvec.wgsl for every encoding, fusion and kernel: software adapters' row split for one token
 /// (decode pipeline) and 11 (prefill: a full block of 8 and a partial one); on GPUs the decode
@@ -214,12 +218,13 @@ fn matvec_matches_the_cpu_for_every_encoding_fusion_split_and_block() {
     }
 }
 
-const FUSIONS: [Fusion; 8] = [
+const FUSIONS: [Fusion; 9] = [
     Fusion::Plain,
     Fusion::Norm,
     Fusion::SwiGlu,
     Fusion::GeGlu,
     Fusion::Accumulate,
+    Fusion::ScaledAccumulate,
     Fusion::BiasGelu,
     Fusion::BiasGeluErf,
     Fusion::Softcap,
@@ -278,6 +283,10 @@ fn check_matvec(
             (expected[i], tolerance[i]) = match fusion {
                 Fusion::Plain | Fusion::Norm => (products[g], tol_g),
                 Fusion::Accumulate => (initial[i] + products[g], tol_g + f32::EPSILON * initial[i].abs()),
+                Fusion::ScaledAccumulate => {
+                    let v = initial[i] + SCALE * products[g];
+                    (v, SCALE * tol_g + f32::EPSILON * (initial[i].abs() + v.abs()))
+                }
                 Fusion::BiasGelu => {
                     let v = products[g] + b;
                     (gelu_tanh(v), 1.13 * (tol_g + f32::EPSILON * v.abs()) + 1e-6 * v.abs())
@@ -314,14 +323,15 @@ fn check_matvec(
             _ => Activation::None,
         },
         gated,
-        accumulate: matches!(fusion, Fusion::Accumulate),
+        accumulate: matches!(fusion, Fusion::Accumulate | Fusion::ScaledAccumulate),
         bias: matches!(fusion, Fusion::BiasGelu | Fusion::BiasGeluErf),
         rope: false,
         kv_f16: false,
     };
     let mut pieces = upload(ctx, &w.matrix, &[&w]);
     assert_eq!(pieces.len(), 1);
-    let inputs = ProductInputs { x: &x, initial: &initial, norm_weight: &norm_weight, bias: &bias, eps };
+    let scale = if matches!(fusion, Fusion::ScaledAccumulate) { SCALE } else { 1.0 };
+    let inputs = ProductInputs { x: &x, initial: &initial, norm_weight: &norm_weight, bias: &bias, eps, scale };
     let got = gpu_product(ctx, kernels, key, &pieces.remove(0), rows, n, &inputs);
 
     for i in 0..n * rows {
@@ -344,6 +354,8 @@ struct ProductInputs<'a> {
     norm_weight: &'a [f32],
     bias: &'a [f32],
     eps: f32,
+    /// The fused value's factor (matvec.wgsl's `dims.scale`).
+    scale: f32,
 }
 
 /// y = the product of `w` (its first `rows` rows, and the up rows after them when gated) with `n`
@@ -362,7 +374,17 @@ fn gpu_product(
     let dims = uniform(
         &ctx.device,
         "dims",
-        &[rows as u32, cols, w.group, rows as u32, 0, inputs.eps.to_bits(), rows as u32, CAP.to_bits()],
+        &[
+            rows as u32,
+            cols,
+            w.group,
+            rows as u32,
+            0,
+            inputs.eps.to_bits(),
+            rows as u32,
+            CAP.to_bits(),
+            inputs.scale.to_bits(),
+        ],
     );
     let step = uniform(&ctx.device, "step", &[0, n as u32]);
     let xb = storage_init(&ctx.device, "x", inputs.x);
@@ -440,7 +462,8 @@ fn kept_gguf_weights_decode_bit_exactly_in_every_kernel() {
             let all: Vec<usize> = (0..cols).collect();
             let x = one_hot(&all);
             let initial = vec![0f32; cols * rows];
-            let inputs = ProductInputs { x: &x, initial: &initial, norm_weight: &no_norm, bias: &no_bias, eps: 0.0 };
+            let inputs =
+                ProductInputs { x: &x, initial: &initial, norm_weight: &no_norm, bias: &no_bias, eps: 0.0, scale: 1.0 };
             same(
                 &gpu_product(&ctx, k, key(PREFILL_BLOCK), &piece, rows, cols, &inputs),
                 &all,
@@ -449,8 +472,14 @@ fn kept_gguf_weights_decode_bit_exactly_in_every_kernel() {
             for c in [0usize, 1, 31, 32, 47, 255, 256, 300, 511] {
                 let x = one_hot(&[c]);
                 let initial = vec![0f32; rows];
-                let inputs =
-                    ProductInputs { x: &x, initial: &initial, norm_weight: &no_norm, bias: &no_bias, eps: 0.0 };
+                let inputs = ProductInputs {
+                    x: &x,
+                    initial: &initial,
+                    norm_weight: &no_norm,
+                    bias: &no_bias,
+                    eps: 0.0,
+                    scale: 1.0,
+                };
                 same(&gpu_product(&ctx, k, key(1), &piece, rows, 1, &inputs), &[c], &format!("{name}, decode"));
             }
         }
@@ -853,7 +882,7 @@ fn qkv_product_with_rope_epilogue_matches_the_cpu() {
                 let dims = uniform(
                     &ctx.device,
                     "dims",
-                    &[rows as u32, cols as u32, wp.group, qd as u32, 0, eps.to_bits(), rows as u32, 0],
+                    &[rows as u32, cols as u32, wp.group, qd as u32, 0, eps.to_bits(), rows as u32, 0, 1f32.to_bits()],
                 );
                 let step = uniform_of(&ctx.device, "step", &Step { start: start as u32, n_tokens: 1 });
                 let rope = uniform_of(
