@@ -45,6 +45,7 @@
 // kernels.rs puts in front of every module. Workgroups are numbered along x, then y (a grid row holds
 // at most 65,535).
 
+// kernels.rs's `ProductDims` mirrors it field for field.
 struct Dims {
     // Output rows this dispatch computes (a split tensor's part: its own rows).
     rows: u32,

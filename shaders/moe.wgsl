@@ -17,6 +17,7 @@
 // expert can get more); its step uniform is the 64 words at `steps[64 e]` (WebGPU's uniform
 // offset alignment is 256 bytes); its products' arguments are the 6 words at `args[6 e]`.
 
+// mixture.rs's `MoeDims` mirrors it field for field.
 struct Dims {
     experts: u32,
     used: u32,

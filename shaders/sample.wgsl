@@ -64,6 +64,7 @@
 //
 // f32 only (no shader-f16) and no subgroups, so it runs on every WebGPU adapter.
 
+// sampler.rs's `Params` mirrors it field for field.
 struct Params {
     vocab: u32,
     // 0: greedy.

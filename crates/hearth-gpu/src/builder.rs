@@ -10,8 +10,8 @@ use hearth_core::{HearthError, Result};
 
 use crate::context::GpuContext;
 use crate::kernels::{
-    bind_group, entry, norm_grid, storage, storage_init, uniform, whole, Activation, EmbedRows, Kernels, MatvecKey,
-    PREFILL_BLOCK, WORKGROUP,
+    bind_group, entry, norm_grid, storage, storage_init, uniform, uniform_of, whole, Activation, EmbedRows, Kernels,
+    MatvecKey, ProductDims, PREFILL_BLOCK, WORKGROUP,
 };
 use crate::weights::{create_vector, StoredMatrix, WeightBuffer, WeightUploads};
 
@@ -440,20 +440,20 @@ impl<'a> Builder<'a> {
             let (dx, dy) = self.kernels.matvec_grid(1, rows);
             let (px, py) = self.kernels.matvec_grid(PREFILL_BLOCK, rows);
             let prefill_tokens = self.kernels.matvec_tokens(PREFILL_BLOCK);
-            let dims = uniform(
+            let dims = uniform_of(
                 self.device(),
                 "matvec dims",
-                &[
+                &ProductDims {
                     rows,
-                    piece.cols,
-                    piece.group,
-                    p.out_stride,
-                    piece.first_row,
-                    self.eps.to_bits(),
-                    rows,
-                    p.fuse.cap.to_bits(),
-                    p.fuse.scale.unwrap_or(1.0).to_bits(),
-                ],
+                    cols: piece.cols,
+                    group: piece.group,
+                    out_stride: p.out_stride,
+                    row_offset: piece.first_row,
+                    eps: self.eps,
+                    up_offset: rows,
+                    cap: p.fuse.cap,
+                    scale: p.fuse.scale.unwrap_or(1.0),
+                },
             );
             let bound = |block: u32| {
                 let rope = p.fuse.rope.filter(|_| block == 1);

@@ -124,6 +124,28 @@ pub enum EmbedRows {
     First = 3,
 }
 
+/// matvec.wgsl's `Dims`, field for field: one product's (or one piece's) shape and fused constants.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ProductDims {
+    /// Output rows this dispatch computes (a split matrix's piece: its own rows).
+    pub rows: u32,
+    pub cols: u32,
+    /// Values per quantization group (0 for the K-quants and floats).
+    pub group: u32,
+    /// Values per token in the output, and where this piece's rows start among them.
+    pub out_stride: u32,
+    pub row_offset: u32,
+    /// RMSNorm epsilon of a fused norm.
+    pub eps: f32,
+    /// Rows from a gate row to its up row (GATED).
+    pub up_offset: u32,
+    /// `Activation::Softcap`'s cap.
+    pub cap: f32,
+    /// W·x (+ b) times this before the activation.
+    pub scale: f32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MatvecKey {
     pub dtype: DType,

@@ -11,7 +11,7 @@ use hearth_core::manifest::{Gating, MoeConfig};
 use hearth_core::{HearthError, Result};
 
 use crate::builder::{Builder, Dispatch, Fuse, GatedWeights, NormBuffers, Offsets, Product, Step};
-use crate::kernels::{bind_group, entry, storage, uniform, whole, Activation, PREFILL_BLOCK, WORKGROUP};
+use crate::kernels::{bind_group, entry, storage, uniform_of, whole, Activation, PREFILL_BLOCK, WORKGROUP};
 use crate::weights::WeightBuffer;
 
 /// Bytes between two experts' step uniforms (WebGPU's uniform offset alignment).
@@ -23,6 +23,29 @@ pub const USED_MAX: usize = 16;
 /// The most loop iterations moe_route's choice may take on software adapters (lavapipe's limiter
 /// stops an invocation at 65,535: kernels.rs's `ROWS_ATTENTION_MAX_ITERATIONS` keeps the same margin).
 const ROUTE_LOOPS_SOFTWARE_MAX: usize = 60_000;
+
+/// moe.wgsl's `Dims`, field for field (its `vec2<u32>` grids fall on 8-byte offsets here too).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct MoeDims {
+    experts: u32,
+    used: u32,
+    normalize: u32,
+    hidden: u32,
+    region: u32,
+    /// 0: no shared expert; 1: scaled by the sigmoid of its gate; 2: unscaled.
+    has_shared: u32,
+    gate_up_decode: [u32; 2],
+    gate_up_prefill: [u32; 2],
+    down_decode: [u32; 2],
+    down_prefill: [u32; 2],
+    prefill_tokens: u32,
+    /// 0: softmax; 1: sigmoid.
+    gating: u32,
+    has_bias: u32,
+    scale: f32,
+    residual_scale: f32,
+}
 
 /// The buffers every mixture layer shares (they run one after another).
 pub struct MixtureScratch {
@@ -149,30 +172,26 @@ pub fn prepare(
     let grid = |block: u32, rows: usize| kernels.matvec_grid(block, rows as u32);
     let (gate_up_decode, gate_up_prefill) = (grid(1, moe.expert_ffn_size), grid(PREFILL_BLOCK, moe.expert_ffn_size));
     let (down_decode, down_prefill) = (grid(1, c.hidden_size), grid(PREFILL_BLOCK, c.hidden_size));
-    let dims = uniform(
+    let dims = uniform_of(
         &device,
         "moe dims",
-        &[
+        &MoeDims {
             experts,
             used,
-            u32::from(moe.normalize),
-            h,
-            scratch.region,
+            normalize: u32::from(moe.normalize),
+            hidden: h,
+            region: scratch.region,
             has_shared,
-            gate_up_decode.0,
-            gate_up_decode.1,
-            gate_up_prefill.0,
-            gate_up_prefill.1,
-            down_decode.0,
-            down_decode.1,
-            down_prefill.0,
-            down_prefill.1,
-            kernels.matvec_tokens(PREFILL_BLOCK),
-            u32::from(moe.gating == Gating::Sigmoid),
-            u32::from(moe.selection_bias),
-            moe.weights_scale.to_bits(),
-            c.residual_scale.unwrap_or(1.0).to_bits(),
-        ],
+            gate_up_decode: [gate_up_decode.0, gate_up_decode.1],
+            gate_up_prefill: [gate_up_prefill.0, gate_up_prefill.1],
+            down_decode: [down_decode.0, down_decode.1],
+            down_prefill: [down_prefill.0, down_prefill.1],
+            prefill_tokens: kernels.matvec_tokens(PREFILL_BLOCK),
+            gating: u32::from(moe.gating == Gating::Sigmoid),
+            has_bias: u32::from(moe.selection_bias),
+            scale: moe.weights_scale,
+            residual_scale: c.residual_scale.unwrap_or(1.0),
+        },
     );
     let route = kernels.moe("moe_route");
     let group = bind_group(

@@ -22,11 +22,32 @@ use hearth_core::sampling::{SamplingParams, MAX_LOGIT_BIAS};
 use hearth_core::{HearthError, Result};
 
 use crate::context::GpuContext;
-use crate::kernels::{bind_group, entry, storage, uniform, whole};
+use crate::kernels::{bind_group, entry, storage, uniform_of, whole};
 
 const SHADER: &str = include_str!("../../../shaders/sample.wgsl");
-/// The shader's `Params`: 17 scalars, padded to a multiple of 16 bytes.
-const PARAM_WORDS: usize = 20;
+/// sample.wgsl's `Params`, field for field (padded to a multiple of 16 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    vocab: u32,
+    temperature: f32,
+    top_k: u32,
+    top_p: f32,
+    min_p: f32,
+    repetition_penalty: f32,
+    presence_penalty: f32,
+    frequency_penalty: f32,
+    window: u32,
+    draw: f32,
+    masked: u32,
+    mask_words: u32,
+    n_biased: u32,
+    logprobs: u32,
+    top_logprobs: u32,
+    history_len: u32,
+    blocks: u32,
+    padding: [u32; 3],
+}
 /// Tokens per workgroup of the shader's `argmax_blocks` (its `BLOCK`).
 const ARGMAX_BLOCK: u32 = 4096;
 /// Words of the result: the token, its log-probability, (id, log-probability) per alternative.
@@ -94,7 +115,7 @@ impl GpuSampler {
         };
         let pipeline = pipeline_of("sample");
         let blocks_pipeline = pipeline_of("argmax_blocks");
-        let params = uniform(device, "sampling params", &[0; PARAM_WORDS]);
+        let params = uniform_of(device, "sampling params", &Params::default());
         // Two u32 per entry, and room for one entry more than a window holds: the kernel counts
         // the chosen token in before it counts the leaving one out.
         let penalties = storage(device, "penalty counts", 2 * (max_penalized + 1))?;
@@ -209,29 +230,27 @@ impl GpuSampler {
         let untouched = params.logit_bias.is_empty() && !params.penalizes() && logprobs.is_none();
         let blocks = if untouched && self.vocab > ARGMAX_BLOCK { self.vocab.div_ceil(ARGMAX_BLOCK) } else { 0 };
         self.blocks.set(blocks);
-        let words: [u32; PARAM_WORDS] = [
-            self.vocab,
-            params.temperature.to_bits(),
-            u32::try_from(params.top_k).unwrap_or(u32::MAX),
-            params.top_p.to_bits(),
-            params.min_p.to_bits(),
-            params.repetition_penalty.to_bits(),
-            params.presence_penalty.to_bits(),
-            params.frequency_penalty.to_bits(),
-            window as u32,
-            draw.to_bits(),
-            mask.is_some() as u32,
-            written as u32,
-            params.logit_bias.len() as u32,
-            logprobs.is_some() as u32,
-            logprobs.unwrap_or(0) as u32,
-            u32::try_from(history_len).unwrap_or(u32::MAX),
+        let words = Params {
+            vocab: self.vocab,
+            temperature: params.temperature,
+            top_k: u32::try_from(params.top_k).unwrap_or(u32::MAX),
+            top_p: params.top_p,
+            min_p: params.min_p,
+            repetition_penalty: params.repetition_penalty,
+            presence_penalty: params.presence_penalty,
+            frequency_penalty: params.frequency_penalty,
+            window: window as u32,
+            draw,
+            masked: u32::from(mask.is_some()),
+            mask_words: written as u32,
+            n_biased: params.logit_bias.len() as u32,
+            logprobs: u32::from(logprobs.is_some()),
+            top_logprobs: logprobs.unwrap_or(0) as u32,
+            history_len: u32::try_from(history_len).unwrap_or(u32::MAX),
             blocks,
-            0,
-            0,
-            0,
-        ];
-        queue.write_buffer(&self.params, 0, bytemuck::cast_slice(&words));
+            padding: [0; 3],
+        };
+        queue.write_buffer(&self.params, 0, bytemuck::bytes_of(&words));
         let bias: Vec<[u32; 2]> = params.logit_bias.iter().map(|(&t, b)| [t, b.to_bits()]).collect();
         let mut uploaded = self.uploaded_bias.borrow_mut();
         if !bias.is_empty() && *uploaded != bias {

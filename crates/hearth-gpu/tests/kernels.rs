@@ -13,7 +13,7 @@ use hearth_core::quant::{DType, Tensor};
 use hearth_gpu::attention::{self, AttentionBuffers, AttentionDims};
 use hearth_gpu::kernels::{
     dispatch_once, norm_grid, read_back, storage, storage_init, uniform, uniform_of, whole, Activation, EmbedRows,
-    Kernels, MatvecKey, PREFILL_BLOCK, WORKGROUP,
+    Kernels, MatvecKey, ProductDims, PREFILL_BLOCK, WORKGROUP,
 };
 use hearth_gpu::{run_dispatches, GpuContext, RopeDims, Step, StoredMatrix, WeightBuffer, WeightUploads};
 
@@ -371,20 +371,20 @@ fn gpu_product(
 ) -> Vec<f32> {
     let cols = w.cols;
     let (gx, gy) = kernels.matvec_grid(key.block, rows as u32);
-    let dims = uniform(
+    let dims = uniform_of(
         &ctx.device,
         "dims",
-        &[
-            rows as u32,
+        &ProductDims {
+            rows: rows as u32,
             cols,
-            w.group,
-            rows as u32,
-            0,
-            inputs.eps.to_bits(),
-            rows as u32,
-            CAP.to_bits(),
-            inputs.scale.to_bits(),
-        ],
+            group: w.group,
+            out_stride: rows as u32,
+            row_offset: 0,
+            eps: inputs.eps,
+            up_offset: rows as u32,
+            cap: CAP,
+            scale: inputs.scale,
+        },
     );
     let step = uniform(&ctx.device, "step", &[0, n as u32]);
     let xb = storage_init(&ctx.device, "x", inputs.x);
@@ -879,10 +879,20 @@ fn qkv_product_with_rope_epilogue_matches_the_cpu() {
                     rope: true,
                     kv_f16: f16,
                 };
-                let dims = uniform(
+                let dims = uniform_of(
                     &ctx.device,
                     "dims",
-                    &[rows as u32, cols as u32, wp.group, qd as u32, 0, eps.to_bits(), rows as u32, 0, 1f32.to_bits()],
+                    &ProductDims {
+                        rows: rows as u32,
+                        cols: cols as u32,
+                        group: wp.group,
+                        out_stride: qd as u32,
+                        row_offset: 0,
+                        eps,
+                        up_offset: rows as u32,
+                        cap: 0.0,
+                        scale: 1.0,
+                    },
                 );
                 let step = uniform_of(&ctx.device, "step", &Step { start: start as u32, n_tokens: 1 });
                 let rope = uniform_of(
