@@ -10,8 +10,8 @@ use hearth_core::{HearthError, Result};
 
 use crate::context::GpuContext;
 use crate::kernels::{
-    bind_group, entry, norm_grid, storage, storage_init, uniform, uniform_of, whole, Activation, EmbedRows, Kernels,
-    MatvecKey, ProductDims, PREFILL_BLOCK, WORKGROUP,
+    bind_group, entry, norm_grid, storage, storage_init, uniform_of, whole, Activation, EmbedDims, EmbedRows, GluDims,
+    Kernels, MatvecKey, NormDims, ProductDims, PREFILL_BLOCK, WORKGROUP,
 };
 use crate::weights::{create_vector, StoredMatrix, WeightBuffer, WeightUploads};
 
@@ -346,8 +346,11 @@ impl<'a> Builder<'a> {
     ) -> Dispatch {
         let h = self.manifest.config.hidden_size as u32;
         let scale = self.manifest.config.embedding_scale.unwrap_or(1.0);
-        let dims =
-            uniform(self.device(), "embed dims", &[h, piece.first_row, piece.rows, piece.group, scale.to_bits()]);
+        let dims = uniform_of(
+            self.device(),
+            "embed dims",
+            &EmbedDims { hidden: h, first_row: piece.first_row, rows: piece.rows, group: piece.group, scale },
+        );
         let pipeline = self.kernels.embed(piece.dtype, rows);
         let mut entries =
             vec![entry(0, whole(&dims)), entry(1, whole(tokens)), entry(2, whole(output)), entry(6, whole(step))];
@@ -368,7 +371,7 @@ impl<'a> Builder<'a> {
     ) -> Dispatch {
         let pipeline = self.kernels.glu(activation);
         let ffn = self.manifest.config.ffn_size as u32;
-        let dims = uniform(self.device(), "glu dims", &[ffn, 0f32.to_bits()]);
+        let dims = uniform_of(self.device(), "glu dims", &GluDims { ffn, cap: 0.0 });
         let entries =
             [entry(0, whole(&dims)), entry(1, whole(step)), entry(2, whole(gate_up)), entry(3, whole(output))];
         let group = bind_group(self.device(), &pipeline, &entries);
@@ -549,7 +552,7 @@ impl<'a> Builder<'a> {
         output: &wgpu::Buffer,
     ) -> Dispatch {
         let hidden = self.manifest.config.hidden_size as u32;
-        let dims = uniform(self.device(), "norm dims", &[hidden, self.eps.to_bits()]);
+        let dims = uniform_of(self.device(), "norm dims", &NormDims { hidden, eps: self.eps });
         let mut entries = vec![
             entry(0, whole(&dims)),
             entry(1, whole(step)),

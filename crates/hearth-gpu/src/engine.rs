@@ -33,8 +33,8 @@ use crate::attention::{self, AttentionBuffers, AttentionDims};
 use crate::builder::{Builder, Dispatch, Fuse, GatedWeights, Product, RopeDims, RopeStore, Step};
 use crate::context::GpuContext;
 use crate::kernels::{
-    bind_group, entry, read_back_async, storage, storage_limit, uniform, uniform_of, whole, Activation, EmbedRows,
-    Kernels, DECODE_ROWS_MAX, WORKGROUP,
+    bind_group, entry, read_back_async, storage, storage_limit, uniform_of, whole, Activation, EmbedRows, Kernels,
+    QkNormDims, DECODE_ROWS_MAX, WORKGROUP,
 };
 use crate::mixture::{self, MixtureScratch};
 use crate::profile::{KernelTime, Profiler};
@@ -423,7 +423,11 @@ impl GpuEngine {
             })?);
             if let Some(weights) = qk_norm.as_ref().filter(|_| c.qk_norm_whole) {
                 let pipeline = b.kernels.qk_norm_whole();
-                let dims = uniform(&device, "qk norm dims", &[qd, kvd, qkv_dim, c.norm_eps.to_bits()]);
+                let dims = uniform_of(
+                    &device,
+                    "qk norm dims",
+                    &QkNormDims { q_dim: qd, kv_dim: kvd, row: qkv_dim, eps: c.norm_eps },
+                );
                 let entries =
                     [entry(0, whole(&dims)), entry(1, whole(&step)), entry(2, whole(&qkv)), entry(3, whole(weights))];
                 let group = bind_group(&device, &pipeline, &entries);

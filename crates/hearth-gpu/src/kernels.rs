@@ -146,6 +146,46 @@ pub struct ProductDims {
     pub scale: f32,
 }
 
+/// embed.wgsl's `Dims`, field for field: one piece of a table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct EmbedDims {
+    pub hidden: u32,
+    /// The rows of the table this piece holds.
+    pub first_row: u32,
+    pub rows: u32,
+    pub group: u32,
+    /// The token table's factor (Gemma's, Granite's embedding scale).
+    pub scale: f32,
+}
+
+/// glu.wgsl's `Dims`, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct GluDims {
+    pub ffn: u32,
+    pub cap: f32,
+}
+
+/// norm.wgsl's `Dims`, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NormDims {
+    pub hidden: u32,
+    pub eps: f32,
+}
+
+/// qk_norm.wgsl's `Dims`, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct QkNormDims {
+    pub q_dim: u32,
+    pub kv_dim: u32,
+    /// Values per token in the QKV product's output: q_dim + 2 kv_dim.
+    pub row: u32,
+    pub eps: f32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MatvecKey {
     pub dtype: DType,

@@ -12,8 +12,8 @@ use hearth_core::manifest::{AlibiConfig, ModelConfig, PositionKind, RopeConfig, 
 use hearth_core::quant::{DType, Tensor};
 use hearth_gpu::attention::{self, AttentionBuffers, AttentionDims};
 use hearth_gpu::kernels::{
-    dispatch_once, norm_grid, read_back, storage, storage_init, uniform, uniform_of, whole, Activation, EmbedRows,
-    Kernels, MatvecKey, ProductDims, PREFILL_BLOCK, WORKGROUP,
+    dispatch_once, norm_grid, read_back, storage, storage_init, uniform, uniform_of, whole, Activation, EmbedDims,
+    EmbedRows, Kernels, MatvecKey, NormDims, ProductDims, PREFILL_BLOCK, WORKGROUP,
 };
 use hearth_gpu::{run_dispatches, GpuContext, RopeDims, Step, StoredMatrix, WeightBuffer, WeightUploads};
 
@@ -488,7 +488,11 @@ fn kept_gguf_weights_decode_bit_exactly_in_every_kernel() {
         let tb = storage_init(&ctx.device, "tokens", &tokens);
         let step = uniform(&ctx.device, "step", &[0, rows as u32]);
         let out = storage(&ctx.device, "out", rows * cols).unwrap();
-        let dims = uniform(&ctx.device, "dims", &[cols as u32, 0, rows as u32, 0, 1f32.to_bits()]);
+        let dims = uniform_of(
+            &ctx.device,
+            "dims",
+            &EmbedDims { hidden: cols as u32, first_row: 0, rows: rows as u32, group: 0, scale: 1.0 },
+        );
         let mut entries =
             vec![entry(0, whole(&dims)), entry(1, whole(&tb)), entry(2, whole(&out)), entry(6, whole(&step))];
         entries.extend(piece.weight_entries(3));
@@ -526,10 +530,16 @@ fn embedding_gather_matches_the_cpu_for_every_encoding_and_split_tables() {
             let step = uniform(&ctx.device, "step", &[0, tokens.len() as u32]);
             let out = storage(&ctx.device, "out", tokens.len() * hidden).unwrap();
             for piece in &pieces {
-                let dims = uniform(
+                let dims = uniform_of(
                     &ctx.device,
                     "dims",
-                    &[hidden as u32, piece.first_row, piece.rows, piece.group, EMBED_SCALE.to_bits()],
+                    &EmbedDims {
+                        hidden: hidden as u32,
+                        first_row: piece.first_row,
+                        rows: piece.rows,
+                        group: piece.group,
+                        scale: EMBED_SCALE,
+                    },
                 );
                 let mut entries =
                     vec![entry(0, whole(&dims)), entry(1, whole(&tb)), entry(2, whole(&out)), entry(6, whole(&step))];
@@ -553,7 +563,18 @@ fn embedding_gather_matches_the_cpu_for_every_encoding_and_split_tables() {
             let start = 990u32; // the rows run to the table's last piece
             let step = uniform(&ctx.device, "step", &[start, tokens.len() as u32]);
             for piece in &pieces {
-                let dims = uniform(&ctx.device, "dims", &[hidden as u32, piece.first_row, piece.rows, piece.group]);
+                // The position table: added as it is (the scale is the token table's).
+                let dims = uniform_of(
+                    &ctx.device,
+                    "dims",
+                    &EmbedDims {
+                        hidden: hidden as u32,
+                        first_row: piece.first_row,
+                        rows: piece.rows,
+                        group: piece.group,
+                        scale: 1.0,
+                    },
+                );
                 let mut entries =
                     vec![entry(0, whole(&dims)), entry(1, whole(&tb)), entry(2, whole(&out)), entry(6, whole(&step))];
                 entries.extend(piece.weight_entries(3));
@@ -1225,7 +1246,7 @@ fn norms_match_their_references_with(ctx: &GpuContext, software: bool) {
     let bias = random(h, 33);
     let eps = 1e-5f32;
     let run = |pipeline: &wgpu::ComputePipeline, with_bias: bool| -> Vec<f32> {
-        let dims = uniform(&ctx.device, "dims", &[h as u32, eps.to_bits()]);
+        let dims = uniform_of(&ctx.device, "dims", &NormDims { hidden: h as u32, eps });
         let step = uniform(&ctx.device, "step", &[0, n as u32]);
         let xb = storage_init(&ctx.device, "x", &x);
         let wb = storage_init(&ctx.device, "weight", &weight);
@@ -1254,7 +1275,7 @@ fn norms_match_their_references_with(ctx: &GpuContext, software: bool) {
     // rms_norm_add adds into what `out` holds: zero here, so it must equal rms_norm; and run twice
     // into the same buffer, twice that.
     let add_twice = {
-        let dims = uniform(&ctx.device, "dims", &[h as u32, eps.to_bits()]);
+        let dims = uniform_of(&ctx.device, "dims", &NormDims { hidden: h as u32, eps });
         let step = uniform(&ctx.device, "step", &[0, n as u32]);
         let xb = storage_init(&ctx.device, "x", &x);
         let wb = storage_init(&ctx.device, "weight", &weight);
