@@ -7,11 +7,13 @@
 // loaded with a maxContext within its original context); a Mistral-style model with a window of 8 keys, generating well past it (its
 // ring cache wraps); Gemma 2 (alternating local and global layers, soft-capped scores and logits);
 // Gemma 3 (local layers with a window of 8 and their own RoPE base between global ones, QK-norm,
-// post-norms, GeGLU); BLOOM (ALiBi over 6 heads, LayerNorm, embedding norm, biases) and GPT-2
-// (learned positions). Then the real Gemma 3 270M, whose first greedy tokens must be llama.cpp's.
+// post-norms, GeGLU); BLOOM (ALiBi over 6 heads, LayerNorm, embedding norm, biases), GPT-2
+// (learned positions) and Granite (multipliers on the embeddings, the attention scores, each block's
+// output and the logits). Then the real Gemma 3 270M, whose first greedy tokens must be llama.cpp's.
 // Both engines: the GPU engine on SwiftShader and the CPU engine in wasm. Mixtures of experts
 // (Mixtral, Qwen2-MoE with its shared expert, Qwen3-MoE, OLMoE with its whole-query norms, dots.llm1
-// with its sigmoid router, selection bias and dense first layer) on both,
+// with its sigmoid router, selection bias and dense first layer, Granite-MoE with its multipliers and
+// unscaled shared expert) on both,
 // also loaded from their GGUF's URL.
 
 import { test, before, after } from "node:test";
@@ -20,8 +22,8 @@ import fs from "node:fs";
 import path from "node:path";
 import { assertSameGreedy, gemma3Package, launch, serve, openPage, nativeGenerate, tinyPackage, MINUTES, ROOT } from "./harness.mjs";
 
-const MODELS = ["llama_rope_freqs", "llama_q5_k_m", "qwen2", "qwen2_yarn", "qwen3", "smollm3", "phi3", "mistral_swa", "gemma2", "gemma3", "bloom", "gpt2"];
-const MIXTURES = ["mixtral", "qwen2moe", "qwen3moe", "olmoe", "dots1"];
+const MODELS = ["llama_rope_freqs", "llama_q5_k_m", "qwen2", "qwen2_yarn", "qwen3", "smollm3", "phi3", "mistral_swa", "gemma2", "gemma3", "bloom", "gpt2", "granite"];
+const MIXTURES = ["mixtral", "qwen2moe", "qwen3moe", "olmoe", "dots1", "granitemoe"];
 const PROMPT = "the cat sat on the mat";
 const MAX_TOKENS = 40;
 
