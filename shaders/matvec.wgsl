@@ -284,7 +284,7 @@ fn tiled(wg: vec3<u32>, groups: vec3<u32>, lid: u32) {
 // Register-blocked tiled split (GPUs, prompts; `Kernels::with_gemm`): 256 lanes compute an output
 // tile of GEMM_ROWS rows × GEMM_TOKENS tokens. Per step of GEMM_STEP columns the workgroup
 // dequantizes the 16 × 64 weight tile (and its up rows' with GATED) and stages the 16 × 64 inputs in
-// workgroup memory, once, both as vec4s of four rows or four tokens; lane l keeps rows
+// workgroup memory, once, both as vec4s of four rows or four tokens at one column; lane l keeps rows
 // 4 (l % 16) .. + 3 × tokens 4 (l / 16) .. + 3 of sums in registers (16; 32 with GATED), so per
 // column it loads one vec4 of weights (two with GATED) and one of inputs for 16 multiply-adds (32):
 // the tiled split above does 8 (16) for 6 scalar loads. The accumulators are named vectors, not an
@@ -296,23 +296,64 @@ const GEMM_STEP: u32 = 16u;
 var<workgroup> gemm_gate: array<vec4<f32>, 256>;
 var<workgroup> gemm_up: array<vec4<f32>, 256>;
 var<workgroup> gemm_input: array<vec4<f32>, 256>;
-// Each lane's sum of squares of its staged inputs: four lanes stage a token.
-var<workgroup> gemm_squares: array<f32, 256>;
+// The input-staging lanes' sums of squares of their four tokens' inputs (NORM).
+var<workgroup> gemm_squares: array<vec4<f32>, 64>;
 
-// Weights col .. col + 3 of `row` into the tile at (column within the step `first`.., row `r`).
-fn gemm_stage_weights(row: u32, r: u32, col: u32, first: u32, is_up: bool) {
-    var w = vec4<f32>(0.0);
+// Staging is done in 4 × 4 blocks, each transposed in registers and stored as whole vec4s: lanes
+// storing different components of one vec4 would race (a component store may touch the whole
+// vector in WGSL, and does on some backends).
+
+// Rows 4 quad .. + 3 of the tile (clamped to the matrix: rows past it are computed, not stored),
+// weights step_col + 4 j .. + 3, into the tile's columns 4 j .. + 3 (zeros past the row's end: rows
+// are a multiple of 4 values, not always of 16). `up`: the up rows, dims.up_offset further.
+fn gemm_stage_weights(first_row: u32, quad: u32, step_col: u32, j: u32, up: bool) {
+    let col = step_col + 4u * j;
+    var w0 = vec4<f32>(0.0);
+    var w1 = vec4<f32>(0.0);
+    var w2 = vec4<f32>(0.0);
+    var w3 = vec4<f32>(0.0);
     if (col < dims.cols) {
-        w = weights4(row, col);
+        let last = dims.rows - 1u;
+        let row = first_row + 4u * quad;
+        let offset = select(0u, dims.up_offset, up);
+        w0 = weights4(min(row, last) + offset, col);
+        w1 = weights4(min(row + 1u, last) + offset, col);
+        w2 = weights4(min(row + 2u, last) + offset, col);
+        w3 = weights4(min(row + 3u, last) + offset, col);
     }
-    for (var i = 0u; i < 4u; i = i + 1u) {
-        let at = (first + i) * (GEMM_ROWS / 4u) + r / 4u;
-        if (is_up) {
-            gemm_up[at][r % 4u] = w[i];
+    for (var k = 0u; k < 4u; k = k + 1u) {
+        let at = (4u * j + k) * (GEMM_ROWS / 4u) + quad;
+        let v = vec4<f32>(w0[k], w1[k], w2[k], w3[k]);
+        if (up) {
+            gemm_up[at] = v;
         } else {
-            gemm_gate[at][r % 4u] = w[i];
+            gemm_gate[at] = v;
         }
     }
+}
+
+// Tokens 4 quad .. + 3 of the tile, inputs step_col + 4 j .. + 3 (times the norm weight with NORM),
+// into the tile's columns 4 j .. + 3; returns their sums of squares (before the norm weight).
+fn gemm_stage_inputs(first_token: u32, quad: u32, step_col: u32, j: u32) -> vec4<f32> {
+    let col = step_col + 4u * j;
+    var v: array<vec4<f32>, 4>;
+    var squares = vec4<f32>(0.0);
+    for (var k = 0u; k < 4u; k = k + 1u) {
+        let t = first_token + 4u * quad + k;
+        var x4v = vec4<f32>(0.0);
+        if (t < step.n_tokens && col < dims.cols) {
+            x4v = x[(t * dims.cols + col) / 4u];
+            squares[k] = dot(x4v, x4v);
+            if (NORM) {
+                x4v = x4v * norm_weight[col / 4u];
+            }
+        }
+        v[k] = x4v;
+    }
+    for (var c = 0u; c < 4u; c = c + 1u) {
+        gemm_input[(4u * j + c) * (GEMM_TOKENS / 4u) + quad] = vec4<f32>(v[0][c], v[1][c], v[2][c], v[3][c]);
+    }
+    return squares;
 }
 
 // Row `row`'s finished sums for tokens t .. t + 3 of the tile (`sq`: their sums of squares).
@@ -334,12 +375,10 @@ fn gemm(wg: vec3<u32>, groups: vec3<u32>, lid: u32) {
     if (first_row >= dims.rows) {
         return;
     }
-    // Staging: lane l dequantizes weights 4 (l % 4) .. + 3 of the step in tile row l / 4, and loads
-    // the same four inputs of token l / 4.
-    let stage_r = lid / 4u;
-    let stage_row = min(first_row + stage_r, dims.rows - 1u);
-    let stage_first = 4u * (lid % 4u);
-    let stage_token = first_token + lid / 4u;
+    // Staging, by lane: 0 .. 63 the weights' 4 × 4 block (row quad l / 4, column quad l % 4),
+    // 64 .. 127 the up rows' (GATED), 128 .. 191 the inputs' (token quad, column quad alike).
+    let stage_quad = (lid % 64u) / 4u;
+    let stage_j = lid % 4u;
     // Sums: rows 4 (l % 16) + i (gi, ui: gate and up) for tokens 4 (l / 16) .. + 3 (the vectors'
     // components).
     let rq = lid % 16u;
@@ -352,24 +391,16 @@ fn gemm(wg: vec3<u32>, groups: vec3<u32>, lid: u32) {
     var u1 = vec4<f32>(0.0);
     var u2 = vec4<f32>(0.0);
     var u3 = vec4<f32>(0.0);
-    var squares = 0.0;
+    var squares = vec4<f32>(0.0);
     for (var step_col = 0u; step_col < dims.cols; step_col = step_col + GEMM_STEP) {
-        let col = step_col + stage_first;
-        gemm_stage_weights(stage_row, stage_r, col, stage_first, false);
-        if (GATED) {
-            gemm_stage_weights(stage_row + dims.up_offset, stage_r, col, stage_first, true);
-        }
-        var v = vec4<f32>(0.0);
-        if (stage_token < step.n_tokens && col < dims.cols) {
-            v = x[(stage_token * dims.cols + col) / 4u];
-            squares = squares + dot(v, v);
-            if (NORM) {
-                v = v * norm_weight[col / 4u];
+        if (lid < 64u) {
+            gemm_stage_weights(first_row, stage_quad, step_col, stage_j, false);
+        } else if (lid < 128u) {
+            if (GATED) {
+                gemm_stage_weights(first_row, stage_quad, step_col, stage_j, true);
             }
-        }
-        let tile_token = lid / 4u;
-        for (var i = 0u; i < 4u; i = i + 1u) {
-            gemm_input[(stage_first + i) * (GEMM_TOKENS / 4u) + tile_token / 4u][tile_token % 4u] = v[i];
+        } else if (lid < 192u) {
+            squares = squares + gemm_stage_inputs(first_token, stage_quad, step_col, stage_j);
         }
         workgroupBarrier();
         for (var k = 0u; k < GEMM_STEP; k = k + 1u) {
@@ -390,14 +421,13 @@ fn gemm(wg: vec3<u32>, groups: vec3<u32>, lid: u32) {
         // Every lane is done with the tiles before the next step overwrites them.
         workgroupBarrier();
     }
-    gemm_squares[lid] = squares;
-    workgroupBarrier();
-    // Token t of the tile was staged by lanes 4t .. 4t + 3.
-    var sq = vec4<f32>(0.0);
-    for (var j = 0u; j < 4u; j = j + 1u) {
-        let at = 4u * (4u * tq + j);
-        sq[j] = gemm_squares[at] + gemm_squares[at + 1u] + gemm_squares[at + 2u] + gemm_squares[at + 3u];
+    if (lid >= 128u && lid < 192u) {
+        gemm_squares[lid - 128u] = squares;
     }
+    workgroupBarrier();
+    // Token quad tq was staged by input lanes 4 tq .. 4 tq + 3 (one column quad each).
+    let sq = gemm_squares[4u * tq] + gemm_squares[4u * tq + 1u] + gemm_squares[4u * tq + 2u]
+        + gemm_squares[4u * tq + 3u];
     let row = first_row + 4u * rq;
     let t = first_token + 4u * tq;
     gemm_store(row, t, g0, u0, sq);

@@ -29,9 +29,10 @@
 //
 // One workgroup of 256 invocations; no sorting, any vocabulary size. Where nothing changes the
 // logits before the argmax (no bias, no penalties, no log-probabilities: `params.blocks` > 0),
-// `argmax_blocks` runs first, one workgroup per BLOCK tokens, and the argmax reads its per-block
-// bests instead of the vocabulary: for a greedy step the vocabulary is read by many workgroups at
-// once instead of one (on an H200 the one workgroup's pass over 128,256 logits took 127 µs).
+// `argmax_blocks` runs first, one workgroup per BLOCK tokens, and the argmax (which every step
+// takes first, greedy or not) reads its per-block bests instead of the vocabulary: a greedy step's
+// vocabulary is read by many workgroups at once instead of one (on an H200 the one workgroup's
+// pass over 128,256 logits took 127 µs).
 //
 // Order. Candidates are ordered as on the CPU: by logit descending, the lower index first on equal
 // logits. Each candidate has a unique position (key, rank), compared lexicographically, larger
@@ -327,8 +328,9 @@ fn reduce_best(v: f32, idx: u32) -> Best {
 
 // The index of the largest candidate logit, the first one on ties, compared with `>` like the
 // CPU's argmax (so -0 equals +0); NONE when no token is a candidate. From argmax_blocks' bests
-// where it ran, else over the vocabulary: `beats` is a total order, so the order of the
-// comparisons (and their grouping in blocks) does not change the result.
+// where it ran, else over the vocabulary: `beats` orders every candidate but a NaN logit, so the
+// order of the comparisons (and their grouping in blocks) does not change the result; a NaN
+// logit (no model gives one) may be taken or not, depending on where it falls.
 fn argmax_pass() -> u32 {
     if (params.blocks > 0u) {
         var best = Best(0.0, NONE);

@@ -181,6 +181,25 @@ pub struct MoeConfig {
     pub dense_layers: usize,
 }
 
+impl MoeConfig {
+    /// Granite-MoE's mixture, whatever the source: `used` of `experts` experts of `ffn` rows, a
+    /// softmax rescaled over the chosen ones, and Granite-MoE-Shared's unscaled shared expert.
+    pub fn granite(experts: usize, used: usize, ffn: usize, shared: Option<usize>) -> Self {
+        MoeConfig {
+            experts,
+            used,
+            expert_ffn_size: ffn,
+            normalize: true,
+            shared_ffn_size: shared,
+            shared_unscaled: shared.is_some(),
+            gating: Gating::Softmax,
+            selection_bias: false,
+            weights_scale: 1.0,
+            dense_layers: 0,
+        }
+    }
+}
+
 fn is_one(v: &f32) -> bool {
     *v == 1.0
 }

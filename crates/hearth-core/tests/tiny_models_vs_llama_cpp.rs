@@ -407,18 +407,23 @@ fn a_mixture_reads_only_the_experts_its_router_chose() {
 }
 
 /// A mixture whose metadata contradicts its tensors or itself is refused by name, before anything
-/// is written: expert tensors holding 8 experts where `llama.expert_count` says 4, and 9 experts
-/// used of 8.
+/// is written: expert tensors holding 8 experts where `llama.expert_count` says 4, 9 experts used
+/// of 8, and a gating function llama.cpp does not have (3, in dots1).
 #[test]
 fn a_mixture_the_metadata_contradicts_is_refused_by_name() {
-    let fx = fixtures().into_iter().find(|f| f.name == "mixtral").expect("mixtral fixture");
-    let original = std::fs::read(&fx.gguf).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    for (key, value, expected) in [
-        ("llama.expert_count", 4u32, "`blk.0.ffn_gate_exps.weight` holds 8 experts; the model's config has 4"),
-        ("llama.expert_used_count", 9, "used 1..=experts"),
+    for (fixture, key, value, expected) in [
+        (
+            "mixtral",
+            "llama.expert_count",
+            4u32,
+            "`blk.0.ffn_gate_exps.weight` holds 8 experts; the model's config has 4",
+        ),
+        ("mixtral", "llama.expert_used_count", 9, "used 1..=experts"),
+        ("dots1", "dots1.expert_gating_func", 3, "expert gating function 3 in a `dots1`"),
     ] {
-        let mut bytes = original.clone();
+        let fx = fixtures().into_iter().find(|f| f.name == fixture).expect("fixture");
+        let mut bytes = std::fs::read(&fx.gguf).unwrap();
         // The key, then its type (u32) and its u32 value.
         let at = bytes.windows(key.len()).position(|w| w == key.as_bytes()).unwrap() + key.len();
         assert_eq!(bytes[at..at + 4], 4u32.to_le_bytes(), "{key} is a UINT32");

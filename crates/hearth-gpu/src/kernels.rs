@@ -396,8 +396,8 @@ impl Kernels {
     }
 
     /// The (x, y) grid of a product of `block` tokens with `rows` output rows: a workgroup per
-    /// `decode_rows` rows (decode kernel), per `TILED_ROWS` rows (tiled split) or per 64 rows (row
-    /// split). The tokens go along z, [`Kernels::matvec_tokens`] per workgroup.
+    /// `decode_rows` rows (decode kernel), per `GEMM_ROWS` rows (register-blocked split), per
+    /// `TILED_ROWS` rows (tiled split) or per 64 rows (row split). The tokens go along z, [`Kernels::matvec_tokens`] per workgroup.
     pub fn matvec_grid(&self, block: u32, rows: u32) -> (u32, u32) {
         let per_workgroup = if self.software {
             WORKGROUP

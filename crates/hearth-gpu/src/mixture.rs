@@ -161,11 +161,11 @@ pub fn prepare(
     // moe.wgsl's `has_shared`: none, scaled by the sigmoid of its gate, or unscaled.
     let (has_shared, shared_gate_weight) = match (moe.shared_ffn_size, moe.shared_unscaled) {
         (None, _) => (0, b.no_norm.clone()),
-        (Some(_), false) => (1, b.vector(&p("ffn_gate_inp_shexp"))?),
+        (Some(_), false) => (1, b.vectors("shared expert's gate", &[p("ffn_gate_inp_shexp")], c.hidden_size)?),
         (Some(_), true) => (2, b.no_norm.clone()),
     };
     let selection_bias = match moe.selection_bias {
-        true => b.vector(&format!("blk.{l}.exp_probs_b.bias"))?,
+        true => b.vectors("selection bias", &[format!("blk.{l}.exp_probs_b.bias")], moe.experts)?,
         false => b.no_norm.clone(),
     };
     let kernels = &b.kernels;

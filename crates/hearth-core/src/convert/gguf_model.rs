@@ -525,30 +525,21 @@ fn moe_config(gguf: &GgufFile, arch: &str, ffn_size: usize) -> Result<Option<Moe
     let granite = matches!(arch, "granite" | "granitemoe");
     if granite {
         let shared = gguf.tensor("blk.0.ffn_up_shexp.weight").and_then(|t| t.shape().first().copied());
-        return Ok(Some(MoeConfig {
-            experts,
-            used: gguf.require_u64(&key("expert_used_count"))? as usize,
-            expert_ffn_size: ffn_size,
-            normalize: true,
-            shared_ffn_size: shared,
-            shared_unscaled: shared.is_some(),
-            gating: Gating::Softmax,
-            selection_bias: false,
-            weights_scale: 1.0,
-            dense_layers: 0,
-        }));
+        let used = gguf.require_u64(&key("expert_used_count"))? as usize;
+        return Ok(Some(MoeConfig::granite(experts, used, ffn_size, shared)));
     }
     let dots = arch == "dots1";
-    // llama.cpp's codes: 1 the softmax, 2 the sigmoid (and a file without the key: the softmax,
-    // where llama.cpp runs one; dots1 needs the key).
-    let gating = match gguf.get_u64(&key("expert_gating_func")) {
-        None if !dots => Gating::Softmax,
-        Some(1) => Gating::Softmax,
-        Some(2) => Gating::Sigmoid,
-        other => {
+    // llama.cpp's codes: 1 the softmax, 2 the sigmoid. It runs Mixtral, Qwen-MoE and OLMoE with the
+    // softmax whatever the file says (another code is refused here rather than ignored), and dots1
+    // as the file says (it cannot run dots1 without the key).
+    let gating = match (dots, gguf.get_u64(&key("expert_gating_func"))) {
+        (false, None | Some(1)) | (true, Some(1)) => Gating::Softmax,
+        (true, Some(2)) => Gating::Sigmoid,
+        (_, other) => {
             return Err(HearthError::UnsupportedSource(format!(
-                "{file}: expert gating function {} (the softmax, 1, and the sigmoid, 2, are supported)",
-                other.map_or_else(|| "missing".to_string(), |g| g.to_string())
+                "{file}: expert gating function {} in a `{arch}` (the softmax, 1{}, is supported)",
+                other.map_or_else(|| "missing".to_string(), |g| g.to_string()),
+                if dots { ", and the sigmoid, 2" } else { "" }
             )))
         }
     };
@@ -558,16 +549,25 @@ fn moe_config(gguf: &GgufFile, arch: &str, ffn_size: usize) -> Result<Option<Moe
             "{file}: experts chosen within {groups} groups (`expert_group_count`) are not supported"
         )));
     }
-    let shared = gguf.tensor("blk.0.ffn_up_shexp.weight").or_else(|| {
-        // The first layers may be dense: the first mixture layer's shared expert.
-        let lead = gguf.get_u64(&key("leading_dense_block_count")).unwrap_or(0);
-        gguf.tensor(&format!("blk.{lead}.ffn_up_shexp.weight"))
-    });
+    // dots1's leading dense layers (llama.cpp: none without the key).
     let dense_layers = match dots {
-        true => gguf.require_u64(&key("leading_dense_block_count"))? as usize,
+        true => gguf.get_u64(&key("leading_dense_block_count")).unwrap_or(0) as usize,
         false => 0,
     };
+    // The first mixture layer's shared expert and selection bias.
+    let shared = gguf.tensor(&format!("blk.{dense_layers}.ffn_up_shexp.weight"));
     let selection_bias = gguf.tensor(&format!("blk.{dense_layers}.exp_probs_b.bias")).is_some();
+    if selection_bias && !dots {
+        return Err(HearthError::bad_file(&file, format!("a selection bias (`exp_probs_b`) in a `{arch}`")));
+    }
+    // llama.cpp scales by a factor other than 0 and 1 only: 0 (or none) is no scale.
+    let weights_scale = match gguf.get_f64(&key("expert_weights_scale")).filter(|&s| dots && s != 0.0) {
+        None => 1.0,
+        Some(s) if s.is_finite() && s > 0.0 && s <= f64::from(f32::MAX) => s as f32,
+        Some(s) => {
+            return Err(HearthError::bad_file(&file, format!("expert_weights_scale {s} is not a positive number")))
+        }
+    };
     Ok(Some(MoeConfig {
         experts,
         used: gguf.require_u64(&key("expert_used_count"))? as usize,
@@ -579,10 +579,7 @@ fn moe_config(gguf: &GgufFile, arch: &str, ffn_size: usize) -> Result<Option<Moe
         shared_unscaled: dots,
         gating,
         selection_bias,
-        weights_scale: match dots {
-            true => gguf.require_f64(&key("expert_weights_scale"))? as f32,
-            false => 1.0,
-        },
+        weights_scale,
         dense_layers,
     }))
 }

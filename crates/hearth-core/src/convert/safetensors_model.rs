@@ -387,7 +387,8 @@ fn granite_scales(
     }
     if head_dim != heads_of_hidden {
         return Err(HearthError::UnsupportedSource(format!(
-            "{file}: a Granite with `head_dim` {head_dim}, not hidden_size / num_attention_heads              ({heads_of_hidden}), is not supported"
+            "{file}: a Granite with `head_dim` {head_dim}, not hidden_size / num_attention_heads \
+             ({heads_of_hidden}), is not supported"
         )));
     }
     if let Some(bias) = ["attention_bias", "mlp_bias"].into_iter().find(|k| hf.get(*k) == Some(&Value::Bool(true))) {
@@ -453,18 +454,7 @@ fn mixture(hf: &Value, architecture: &str, ffn_size: usize, file: &str) -> Resul
         int("num_experts_per_tok").ok_or_else(|| HearthError::bad_file(file, "missing `num_experts_per_tok`"))?;
     if matches!(architecture, "granite" | "granitemoe") {
         let shared = int("shared_intermediate_size").filter(|&f| f > 0);
-        return Ok(Some(MoeConfig {
-            experts,
-            used,
-            expert_ffn_size: ffn_size,
-            normalize: true,
-            shared_ffn_size: shared,
-            shared_unscaled: shared.is_some(),
-            gating: Gating::Softmax,
-            selection_bias: false,
-            weights_scale: 1.0,
-            dense_layers: 0,
-        }));
+        return Ok(Some(MoeConfig::granite(experts, used, ffn_size, shared)));
     }
     let qwen = architecture != "llama";
     let expert_ffn_size = if qwen { int("moe_intermediate_size").unwrap_or(ffn_size) } else { ffn_size };
@@ -472,7 +462,14 @@ fn mixture(hf: &Value, architecture: &str, ffn_size: usize, file: &str) -> Resul
         true => int("n_shared_experts").filter(|&n| n > 0).map(|n| n.saturating_mul(expert_ffn_size)),
         false => int("shared_expert_intermediate_size").filter(|&f| f > 0),
     };
-    let weights_scale = hf.get("routed_scaling_factor").and_then(Value::as_f64).unwrap_or(1.0) as f32;
+    // dots.llm1's only: Transformers reads no such factor for the other mixtures.
+    let weights_scale = match hf.get("routed_scaling_factor").and_then(Value::as_f64).filter(|_| dots) {
+        None => 1.0,
+        Some(s) if s.is_finite() && s > 0.0 && s <= f64::from(f32::MAX) => s as f32,
+        Some(s) => {
+            return Err(HearthError::bad_file(file, format!("`routed_scaling_factor` {s} is not a positive number")))
+        }
+    };
     Ok(Some(MoeConfig {
         experts,
         used,
