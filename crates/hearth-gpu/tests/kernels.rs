@@ -529,18 +529,13 @@ fn embedding_gather_matches_the_cpu_for_every_encoding_and_split_tables() {
             let tb = storage_init(&ctx.device, "tokens", &tokens);
             let step = uniform(&ctx.device, "step", &[0, tokens.len() as u32]);
             let out = storage(&ctx.device, "out", tokens.len() * hidden).unwrap();
+            // A piece's uniform; the position table is added as it is (the scale is the token table's).
+            let dims_of = |piece: &WeightBuffer, scale: f32| {
+                let (first_row, rows, group) = (piece.first_row, piece.rows, piece.group);
+                uniform_of(&ctx.device, "dims", &EmbedDims { hidden: hidden as u32, first_row, rows, group, scale })
+            };
             for piece in &pieces {
-                let dims = uniform_of(
-                    &ctx.device,
-                    "dims",
-                    &EmbedDims {
-                        hidden: hidden as u32,
-                        first_row: piece.first_row,
-                        rows: piece.rows,
-                        group: piece.group,
-                        scale: EMBED_SCALE,
-                    },
-                );
+                let dims = dims_of(piece, EMBED_SCALE);
                 let mut entries =
                     vec![entry(0, whole(&dims)), entry(1, whole(&tb)), entry(2, whole(&out)), entry(6, whole(&step))];
                 entries.extend(piece.weight_entries(3));
@@ -563,18 +558,7 @@ fn embedding_gather_matches_the_cpu_for_every_encoding_and_split_tables() {
             let start = 990u32; // the rows run to the table's last piece
             let step = uniform(&ctx.device, "step", &[start, tokens.len() as u32]);
             for piece in &pieces {
-                // The position table: added as it is (the scale is the token table's).
-                let dims = uniform_of(
-                    &ctx.device,
-                    "dims",
-                    &EmbedDims {
-                        hidden: hidden as u32,
-                        first_row: piece.first_row,
-                        rows: piece.rows,
-                        group: piece.group,
-                        scale: 1.0,
-                    },
-                );
+                let dims = dims_of(piece, 1.0);
                 let mut entries =
                     vec![entry(0, whole(&dims)), entry(1, whole(&tb)), entry(2, whole(&out)), entry(6, whole(&step))];
                 entries.extend(piece.weight_entries(3));
