@@ -1,6 +1,7 @@
 //! Mixtures of experts on the GPU engine: the tiny Mixtral, Qwen2-MoE (a shared expert), Qwen3-MoE,
-//! OLMoE (whole-query norms) and dots.llm1 (a sigmoid router with a selection bias, scaled weights,
-//! an unscaled shared expert, a dense first layer) fixtures of `tests/fixtures/tiny/` (8 experts, 2 per token; written by
+//! OLMoE (whole-query norms), dots.llm1 (a sigmoid router with a selection bias, scaled weights,
+//! an unscaled shared expert, a dense first layer) and Granite-MoE (multipliers, an unscaled shared
+//! expert) fixtures of `tests/fixtures/tiny/` (8 experts, 2 per token; written by
 //! `tests/fixtures/make_tiny.py` with llama.cpp's logits as the oracle) run with GPUs' kernels
 //! (tiled prompt products, the decode kernel; lavapipe runs them too), and the experts each step
 //! ran, read back from the device: a decode step runs exactly the experts the exact CPU engine's
@@ -32,7 +33,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 fn a_mixture_runs_on_the_gpu_reading_only_the_experts_its_router_chose() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = repo_root().join("tests/fixtures/tiny");
-    for name in ["mixtral", "qwen2moe", "qwen3moe", "olmoe", "dots1"] {
+    for name in ["mixtral", "qwen2moe", "qwen3moe", "olmoe", "dots1", "granitemoe"] {
         let Some(mut ctx) = GpuContext::new().expect("opening the GPU device") else {
             eprintln!("\n!!! NO GPU ADAPTER: skipping GPU test !!!\n");
             return;
