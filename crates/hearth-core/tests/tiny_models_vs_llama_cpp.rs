@@ -191,30 +191,24 @@ fn granite_without_rope_or_with_a_non_positive_multiplier_is_refused_by_name() {
     let fx = fixtures().into_iter().find(|f| f.name == "granite").expect("granite fixture");
     let original = std::fs::read(&fx.gguf).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    // The value of `key` (its type, then its bytes): a GGUF bool is type 7 of one byte, an f32
-    // type 6 of four.
     let patched = |key: &str, ty: u32, value: &[u8]| {
-        let mut bytes = original.clone();
-        let at = bytes.windows(key.len()).position(|w| w == key.as_bytes()).unwrap() + key.len();
-        assert_eq!(bytes[at..at + 4], ty.to_le_bytes(), "{key} is of GGUF type {ty}");
-        bytes[at + 4..at + 4 + value.len()].copy_from_slice(value);
         let path = tmp.path().join("patched.gguf");
-        std::fs::write(&path, bytes).unwrap();
+        std::fs::write(&path, with_key(&original, key, ty, value)).unwrap();
         path
     };
     for (key, ty, value, expected) in [
-        ("granite.rope.scaling.finetuned", 7, vec![0u8], "a `granite` without RoPE"),
-        ("granite.residual_scale", 6, (-0.22f32).to_le_bytes().to_vec(), "`granite.residual_scale` is -0.22"),
-        ("granite.logit_scale", 6, 0f32.to_le_bytes().to_vec(), "`granite.logit_scale` is 0"),
-        ("granite.embedding_scale", 6, f32::NAN.to_le_bytes().to_vec(), "`granite.embedding_scale` is NaN"),
-        ("granite.attention.scale", 6, f32::INFINITY.to_le_bytes().to_vec(), "`granite.attention.scale` is inf"),
+        ("granite.rope.scaling.finetuned", GGUF_BOOL, vec![0u8], "a `granite` without RoPE"),
+        ("granite.residual_scale", GGUF_F32, (-0.22f32).to_le_bytes().to_vec(), "`granite.residual_scale` is -0.22"),
+        ("granite.logit_scale", GGUF_F32, 0f32.to_le_bytes().to_vec(), "`granite.logit_scale` is 0"),
+        ("granite.embedding_scale", GGUF_F32, f32::NAN.to_le_bytes().to_vec(), "`granite.embedding_scale` is NaN"),
+        ("granite.attention.scale", GGUF_F32, f32::INFINITY.to_le_bytes().to_vec(), "`granite.attention.scale` is inf"),
     ] {
         let out = tmp.path().join("out");
         let err = convert(&patched(key, ty, &value), &out, &ConvertOptions::default()).unwrap_err().to_string();
         assert!(err.contains(expected), "{key}: {err}");
         assert!(!out.exists(), "nothing is written for a refused model");
     }
-    let none = patched("granite.residual_scale", 6, &0f32.to_le_bytes());
+    let none = patched("granite.residual_scale", GGUF_F32, &0f32.to_le_bytes());
     let package = convert_to(&none, &tmp.path().join("no-residual-scale"));
     let c = package.manifest().config.clone();
     assert_eq!(c.residual_scale, None);
@@ -423,18 +417,29 @@ fn a_mixture_the_metadata_contradicts_is_refused_by_name() {
         ("dots1", "dots1.expert_gating_func", 3, "expert gating function 3 in a `dots1`"),
     ] {
         let fx = fixtures().into_iter().find(|f| f.name == fixture).expect("fixture");
-        let mut bytes = std::fs::read(&fx.gguf).unwrap();
-        // The key, then its type (u32) and its u32 value.
-        let at = bytes.windows(key.len()).position(|w| w == key.as_bytes()).unwrap() + key.len();
-        assert_eq!(bytes[at..at + 4], 4u32.to_le_bytes(), "{key} is a UINT32");
-        bytes[at + 4..at + 8].copy_from_slice(&value.to_le_bytes());
         let path = tmp.path().join("patched.gguf");
-        std::fs::write(&path, bytes).unwrap();
+        std::fs::write(&path, with_key(&std::fs::read(&fx.gguf).unwrap(), key, GGUF_U32, &value.to_le_bytes()))
+            .unwrap();
         let out = tmp.path().join("out");
         let err = convert(&path, &out, &ConvertOptions::default()).unwrap_err().to_string();
         assert!(err.contains(expected), "{key} = {value}: {err}");
         assert!(!out.exists(), "nothing is written for a refused model");
     }
+}
+
+/// GGUF's value types of the keys the refusal tests patch.
+const GGUF_U32: u32 = 4;
+const GGUF_F32: u32 = 6;
+const GGUF_BOOL: u32 = 7;
+
+/// `gguf` with the value of `key` (of GGUF type `ty`, as the file must already have it) replaced
+/// by `value`'s bytes.
+fn with_key(gguf: &[u8], key: &str, ty: u32, value: &[u8]) -> Vec<u8> {
+    let mut bytes = gguf.to_vec();
+    let at = bytes.windows(key.len()).position(|w| w == key.as_bytes()).unwrap() + key.len();
+    assert_eq!(bytes[at..at + 4], ty.to_le_bytes(), "{key} is of GGUF type {ty}");
+    bytes[at + 4..at + 4 + value.len()].copy_from_slice(value);
+    bytes
 }
 
 /// Experts `engine` ran for `prompt` and then for the token `last`.

@@ -439,11 +439,6 @@ impl Kernels {
         self
     }
 
-    /// Whether prompts' products on GPUs take the register-blocked kernel.
-    pub fn gemm(&self) -> bool {
-        self.gemm
-    }
-
     /// The embedding gather for a table in `dtype`, its rows chosen as `rows` says.
     pub fn embed(&self, dtype: DType, rows: EmbedRows) -> wgpu::ComputePipeline {
         let constants = [("ROWS", rows as u32 as f64)];

@@ -4,7 +4,10 @@ use std::path::Path;
 
 use std::collections::HashSet;
 
-use super::{add_tensor, encode_f32, f32_encoding, package_pieces, tokenizer_from_gguf, ConvertOptions, QuantChoice};
+use super::{
+    add_tensor, encode_f32, f32_encoding, package_pieces, positive_factor, tokenizer_from_gguf, ConvertOptions,
+    QuantChoice,
+};
 use crate::error::{HearthError, Result};
 use crate::ggml_quants::{dequantize, k_from_ggml, q4_from_ggml, q5_from_ggml, q8_from_ggml, q8_from_q5_0};
 use crate::gguf::{GgmlType, GgufFile, GgufTensorInfo};
@@ -485,11 +488,7 @@ fn granite_scales(gguf: &GgufFile, arch: &str) -> Result<GraniteScales> {
     if let Some(bias) = biases.iter().find(|name| gguf.tensor(name).is_some()) {
         return Err(HearthError::UnsupportedSource(format!("{file}: a `{arch}` with `{bias}` is not supported")));
     }
-    // Checked here, by the file's names: a NaN or an infinity would not survive the manifest's JSON.
-    let positive = |k: &str, v: f64| match v as f32 {
-        f if f.is_finite() && f > 0.0 => Ok(f),
-        f => Err(HearthError::bad_file(&file, format!("`{}` is {f}: Granite's multipliers must be positive", key(k)))),
-    };
+    let positive = |k: &str, v: f64| positive_factor(&file, &key(k), v);
     let optional = |k: &str| gguf.get_f64(&key(k)).filter(|&v| v != 0.0).map(|v| positive(k, v)).transpose();
     Ok(GraniteScales {
         embedding: optional("embedding_scale")?,
@@ -563,10 +562,7 @@ fn moe_config(gguf: &GgufFile, arch: &str, ffn_size: usize) -> Result<Option<Moe
     // llama.cpp scales by a factor other than 0 and 1 only: 0 (or none) is no scale.
     let weights_scale = match gguf.get_f64(&key("expert_weights_scale")).filter(|&s| dots && s != 0.0) {
         None => 1.0,
-        Some(s) if s.is_finite() && s > 0.0 && s <= f64::from(f32::MAX) => s as f32,
-        Some(s) => {
-            return Err(HearthError::bad_file(&file, format!("expert_weights_scale {s} is not a positive number")))
-        }
+        Some(s) => positive_factor(&file, &key("expert_weights_scale"), s)?,
     };
     Ok(Some(MoeConfig {
         experts,

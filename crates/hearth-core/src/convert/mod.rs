@@ -159,6 +159,16 @@ pub fn tensors_read_to_plan(gguf: &GgufFile) -> Vec<&crate::gguf::GgufTensorInfo
     gguf_model::tensors_read_to_plan(gguf)
 }
 
+/// A multiplier a source file gives (`name`, as the file calls it) as the f32 the package keeps: it
+/// must be finite and positive once in f32, else an error naming it (a NaN or an infinity would not
+/// survive the manifest's JSON, and `validate` would only see it after every tensor was written).
+fn positive_factor(file: &str, name: &str, value: f64) -> Result<f32> {
+    match value as f32 {
+        f if f.is_finite() && f > 0.0 => Ok(f),
+        f => Err(HearthError::bad_file(file, format!("`{name}` is {f}: it must be a positive number"))),
+    }
+}
+
 fn check_group(opts: &ConvertOptions) -> Result<()> {
     if ![32, 64, 128].contains(&opts.group) {
         return Err(HearthError::InvalidArgument(format!("--group must be 32, 64 or 128, not {}", opts.group)));

@@ -8,7 +8,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
 use super::hf_layout::{import, Family, Mapping};
-use super::{add_tensor, encode_f32, ConvertOptions, QuantChoice};
+use super::{add_tensor, encode_f32, positive_factor, ConvertOptions, QuantChoice};
 use crate::error::{HearthError, Result};
 use crate::manifest::{
     limits, Activation, AlibiConfig, EncoderConfig, FfnKind, Gating, Manifest, ModelConfig, MoeConfig, NormKind,
@@ -394,14 +394,7 @@ fn granite_scales(
     if let Some(bias) = ["attention_bias", "mlp_bias"].into_iter().find(|k| hf.get(*k) == Some(&Value::Bool(true))) {
         return Err(HearthError::UnsupportedSource(format!("{file}: a Granite with `{bias}` is not supported")));
     }
-    // Checked here, by config.json's names: a value past f32's range would not survive the
-    // manifest's JSON.
-    let float = |k: &str| match hf.get(k).and_then(Value::as_f64).map(|v| v as f32) {
-        Some(f) if !(f.is_finite() && f > 0.0) => {
-            Err(HearthError::bad_file(file, format!("`{k}` is {f}: Granite's multipliers must be positive")))
-        }
-        other => Ok(other),
-    };
+    let float = |k: &str| hf.get(k).and_then(Value::as_f64).map(|v| positive_factor(file, k, v)).transpose();
     Ok(ModelConfig {
         embedding_scale: float("embedding_multiplier")?,
         attention_scale: Some(float("attention_multiplier")?.unwrap_or(1.0)),
@@ -465,10 +458,7 @@ fn mixture(hf: &Value, architecture: &str, ffn_size: usize, file: &str) -> Resul
     // dots.llm1's only: Transformers reads no such factor for the other mixtures.
     let weights_scale = match hf.get("routed_scaling_factor").and_then(Value::as_f64).filter(|_| dots) {
         None => 1.0,
-        Some(s) if s.is_finite() && s > 0.0 && s <= f64::from(f32::MAX) => s as f32,
-        Some(s) => {
-            return Err(HearthError::bad_file(file, format!("`routed_scaling_factor` {s} is not a positive number")))
-        }
+        Some(s) => positive_factor(file, "routed_scaling_factor", s)?,
     };
     Ok(Some(MoeConfig {
         experts,
