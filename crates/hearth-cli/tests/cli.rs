@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+#[path = "../../hearth-core/tests/common/scratch.rs"]
+mod scratch;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
@@ -18,19 +21,17 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
-/// The model converted by `hearth convert`, once for this test binary.
+/// The model converted by `hearth convert`, once for this test process.
 fn package() -> &'static str {
-    static DIR: OnceLock<(tempfile::TempDir, String)> = OnceLock::new();
-    &DIR.get_or_init(|| {
+    static DIR: OnceLock<String> = OnceLock::new();
+    DIR.get_or_init(|| {
         let status = Command::new("bash").arg(root().join("scripts/fetch-smollm2.sh")).status().unwrap();
         assert!(status.success(), "fetching SmolLM2 failed");
         let gguf = root().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-        let tmp = tempfile::tempdir().unwrap();
-        let out = tmp.path().join("smollm2").display().to_string();
+        let out = scratch::scratch_dir().join("smollm2").display().to_string();
         ok(&["convert", gguf.to_str().unwrap(), "--out", &out]);
-        (tmp, out)
+        out
     })
-    .1
 }
 
 /// `hearth generate --model PACKAGE ARGS... --json`, parsed.

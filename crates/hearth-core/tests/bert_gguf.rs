@@ -35,16 +35,14 @@ fn gguf_path() -> PathBuf {
 }
 
 /// The tiny BERT's GGUF converted with default options (`keep`: Q8_0 matrices as q8, the position
-/// and token-type tables and every vector f32), once per test binary.
+/// and token-type tables and every vector f32), once per test process.
 fn package() -> PathBuf {
-    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let out = tmp.path().join("bert");
+        let out = common::scratch_dir().join("bert");
         convert(&gguf_path(), &out, &ConvertOptions::default()).unwrap();
-        (tmp, out)
+        out
     })
-    .1
     .clone()
 }
 

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+#[path = "../../hearth-core/tests/common/scratch.rs"]
+mod scratch;
+
 use hearth_core::convert::{convert, ConvertOptions};
 use hearth_core::cpu::CpuEngine;
 use hearth_core::manifest::{Manifest, TensorEntry};
@@ -30,16 +33,14 @@ fn repo_root() -> PathBuf {
 }
 
 fn smollm2_package() -> PathBuf {
-    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let root = repo_root();
         assert!(Command::new("bash").arg(root.join("scripts/fetch-smollm2.sh")).status().unwrap().success());
-        let tmp = tempfile::tempdir().unwrap();
-        let out = tmp.path().join("smollm2");
+        let out = scratch::scratch_dir().join("smollm2");
         convert(&root.join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"), &out, &ConvertOptions::default()).unwrap();
-        (tmp, out)
+        out
     })
-    .1
     .clone()
 }
 

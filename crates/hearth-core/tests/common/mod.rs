@@ -9,6 +9,9 @@ use std::sync::OnceLock;
 use hearth_core::convert::{convert, ConvertOptions};
 use hearth_core::generate::Backend;
 
+mod scratch;
+pub use scratch::scratch_dir;
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
 }
@@ -52,30 +55,26 @@ pub fn gemma3_gguf() -> PathBuf {
     PATH.get_or_init(|| fetched("fetch-gemma3.sh", "gemma-3-270m-q4_k_m.gguf")).clone()
 }
 
-/// SmolLM2 converted with default options (lossless `keep`), once per test binary.
+/// SmolLM2 converted with default options (lossless `keep`), once per test process.
 pub fn smollm2_package() -> PathBuf {
-    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let out = tmp.path().join("smollm2");
+        let out = scratch_dir().join("smollm2");
         convert(&smollm2_gguf(), &out, &ConvertOptions::default()).expect("convert SmolLM2");
-        (tmp, out)
+        out
     })
-    .1
     .clone()
 }
 
 /// Gemma 3 270M converted with default options (`keep`: every block type kept losslessly, Q8_0 as
-/// q8, Q5_0 as q5, Q4_K and Q6_K as q4k and q6k), once per test binary.
+/// q8, Q5_0 as q5, Q4_K and Q6_K as q4k and q6k), once per test process.
 pub fn gemma3_package() -> PathBuf {
-    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let out = tmp.path().join("gemma3");
+        let out = scratch_dir().join("gemma3");
         convert(&gemma3_gguf(), &out, &ConvertOptions::default()).expect("convert Gemma 3");
-        (tmp, out)
+        out
     })
-    .1
     .clone()
 }
 
