@@ -28,11 +28,13 @@
 // (its order is free: entries are found by a parallel search, not by bisection).
 //
 // One workgroup of 256 invocations; no sorting, any vocabulary size. Where nothing changes the
-// logits before the argmax (no bias, no penalties, no log-probabilities: `params.blocks` > 0),
-// `argmax_blocks` runs first, one workgroup per BLOCK tokens, and the argmax (which every step
-// takes first, greedy or not) reads its per-block bests instead of the vocabulary: a greedy step's
-// vocabulary is read by many workgroups at once instead of one (on an H200 the one workgroup's
-// pass over 128,256 logits took 127 µs).
+// logits before the chain (no bias, no penalties, no log-probabilities) and the step is greedy or
+// keeps at most MAX_BLOCK_K candidates by top-k (`params.blocks` > 0), `top_blocks` runs first, one
+// workgroup per BLOCK tokens, each writing its block's best `block_k` candidates (k = 1 greedy, else
+// the top-k) into a list: every candidate the chain can keep is among its block's best k, so
+// `sample` runs the whole chain over that list (blocks * k entries) instead of the vocabulary. The
+// vocabulary is then read once, by many workgroups at once, instead of up to ~6 times by one (on an
+// H200 the one workgroup's pass over 128,256 logits took 127 µs; Gemma's vocabulary is 262,144).
 //
 // Order. Candidates are ordered as on the CPU: by logit descending, the lower index first on equal
 // logits. Each candidate has a unique position (key, rank), compared lexicographically, larger
@@ -56,7 +58,9 @@
 //   temperature alone: 19 (softmax sum, total, draw search 17);
 //   top-k <= 1024, with or without top-p / min-p: about 6 (search until compaction, compaction);
 //   top-p: 20 (softmax sum, top-p search 17, total, then usually compaction); min-p: 3;
-//   top-k > 1024 over a large set: up to 36.
+//   top-k > 1024 over a large set: up to 36;
+//   after `top_blocks`: none (its workgroups read the vocabulary once; the passes above run over
+//   the list of blocks * k entries).
 // Each pass ends in a reduction of 2 barriers; passes over the compacted list cost little else.
 //
 // Rounding. Sums run in a different order than on the CPU, so masses differ from the CPU's in the
@@ -96,9 +100,11 @@ struct Params {
     // Tokens of the history when this step chooses (prompt and generated): the chosen token's
     // index in it.
     history_len: u32,
-    // Blocks `argmax_blocks` reduced before this dispatch (0: none ran; the argmax reads the
+    // Blocks `top_blocks` reduced before this dispatch (0: none ran; the chain reads the
     // vocabulary).
     blocks: u32,
+    // Candidates each block wrote (1 to MAX_BLOCK_K) when `blocks` > 0.
+    block_k: u32,
 }
 
 struct Recent {
@@ -126,8 +132,9 @@ struct Recent {
 // chosen token's log-probability is taken before the penalties.
 @group(0) @binding(6) var<storage, read_write> unpenalized_logits: array<f32>;
 @group(0) @binding(7) var<storage, read_write> recent: Recent;
-// Per block of BLOCK tokens, its best candidate: (logit bits, index; NONE when it has none).
-@group(0) @binding(8) var<storage, read_write> block_best: array<vec2<u32>>;
+// Per block of BLOCK tokens, its best `params.block_k` candidates in any order: (logit bits, index),
+// then (0, NONE) in the slots left when the block has fewer.
+@group(0) @binding(8) var<storage, read_write> block_top: array<vec2<u32>>;
 
 const WORKGROUP: u32 = 256u;
 // Reductions and scans run in two levels of 16 (16 * 16 = WORKGROUP).
@@ -137,7 +144,8 @@ const CAPACITY: u32 = 1024u;
 const NONE: u32 = 0xffffffffu;
 // Most alternatives the log-probabilities report (hearth_core::logprobs::MAX_TOP_LOGPROBS).
 const MAX_TOP: u32 = 20u;
-// Tokens per workgroup of `argmax_blocks` (sampler.rs's ARGMAX_BLOCK): 16 per invocation.
+// Tokens per workgroup of `top_blocks` (sampler.rs's BLOCK): 16 per invocation. sampler.rs's
+// MAX_BLOCK_K (256) bounds `params.block_k`, so the list is at most 1/16 of the vocabulary.
 const BLOCK: u32 = 4096u;
 
 var<workgroup> partial_sums: array<vec4<f32>, WORKGROUP>;
@@ -156,6 +164,11 @@ var<workgroup> broadcast: u32;
 var<workgroup> found: array<u32, 2>;
 
 var<private> lid: u32;
+// The candidates' source: tokens source_first .. source_end - 1 of the vocabulary, or with
+// from_list, entries source_first .. source_end - 1 of `block_top`.
+var<private> source_first: u32;
+var<private> source_end: u32;
+var<private> from_list: bool;
 // From here to my_totals, every invocation holds the same values (they come from reductions each
 // invocation computes in full, in the same order), set once per phase. WGSL's uniformity analysis
 // cannot see that (it takes module-scope variables as non-uniform), so every branch around
@@ -206,8 +219,13 @@ fn is_candidate(i: u32, l: f32) -> bool {
     return not_minus_inf & (((word >> (i % 32u)) & 1u) == 1u);
 }
 
-// Token i of the vocabulary as a candidate.
+// Entry i of the source as a candidate: token i, or the i-th of the blocks' list (which holds
+// only candidates: `top_blocks` applied the mask).
 fn at(i: u32) -> Candidate {
+    if (from_list) {
+        let entry = block_top[i];
+        return Candidate(bitcast<f32>(entry.x), entry.y, entry.y != NONE);
+    }
     let l = logits[i];
     return Candidate(l, i, is_candidate(i, l));
 }
@@ -327,25 +345,16 @@ fn reduce_best(v: f32, idx: u32) -> Best {
 }
 
 // The index of the largest candidate logit, the first one on ties, compared with `>` like the
-// CPU's argmax (so -0 equals +0); NONE when no token is a candidate. From argmax_blocks' bests
-// where it ran, else over the vocabulary: `beats` orders every candidate but a NaN logit, so the
-// order of the comparisons (and their grouping in blocks) does not change the result; a NaN
-// logit (no model gives one) may be taken or not, depending on where it falls.
+// CPU's argmax (so -0 equals +0); NONE when no token is a candidate. Over the source (the blocks'
+// bests where they ran): `beats` orders every candidate but a NaN logit, so the order of the
+// comparisons (and their grouping in blocks) does not change the result; a NaN logit (no model
+// gives one) may be taken or not, depending on where it falls.
 fn argmax_pass() -> u32 {
-    if (params.blocks > 0u) {
-        var best = Best(0.0, NONE);
-        for (var j = lid; j < params.blocks; j += WORKGROUP) {
-            let b = block_best[j];
-            if (beats(bitcast<f32>(b.x), b.y, best.value, best.index)) {
-                best = Best(bitcast<f32>(b.x), b.y);
-            }
-        }
-        return reduce_best(best.value, best.index).index;
-    }
-    return best_over(0u, params.vocab).index;
+    return best_over(source_first, source_end).index;
 }
 
-// The best candidate among tokens first .. end - 1 (end > first), the same in every invocation.
+// The best candidate among entries first .. end - 1 of the source (end > first), the same in every
+// invocation.
 // Four tokens' loads are issued before any is compared: an invocation that loads one, compares,
 // then loads the next waits out a load's latency per token (on an H200 that made a greedy step
 // over a 128,256-token vocabulary take 215 µs). Straight-line code, not a loop over an array: a
@@ -371,14 +380,55 @@ fn best_over(first: u32, end: u32) -> Best {
     return reduce_best(best.value, best.index);
 }
 
-// Workgroup b: the best candidate of tokens b * BLOCK .. (b + 1) * BLOCK - 1 into block_best[b].
+// Workgroup b: the best `params.block_k` candidates of tokens b * BLOCK .. (b + 1) * BLOCK - 1
+// into block_top[b * block_k ..]: the best alone (one pass), or the block's top-k by the same search
+// `sample` runs (on 16 tokens per invocation, compacted a few passes in). Branches around barriers
+// are on uniform parameters.
 @compute @workgroup_size(256)
-fn argmax_blocks(@builtin(local_invocation_index) local_index: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+fn top_blocks(@builtin(local_invocation_index) local_index: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     lid = local_index;
-    let first = wg.x * BLOCK;
-    let best = best_over(first, min(first + BLOCK, params.vocab));
-    if (lid == 0u) {
-        block_best[wg.x] = vec2<u32>(bitcast<u32>(best.value), best.index);
+    source_first = wg.x * BLOCK;
+    source_end = min(source_first + BLOCK, params.vocab);
+    let out = wg.x * params.block_k;
+    let best = best_over(source_first, source_end);
+    if (params.block_k == 1u) {
+        if (lid == 0u) {
+            block_top[out] = vec2<u32>(bitcast<u32>(best.value), best.index);
+        }
+        return;
+    }
+    // Counts only: the probabilities `weight` takes (then drops) stay at most 1.
+    max_logit = best.value;
+    let bits = index_bits();
+    index_mask = select(0xffffffffu, (1u << bits) - 1u, bits < 32u);
+    top_k_cut = search(false, f32(params.block_k), false);
+    write_members(out);
+}
+
+// The set's members (its candidates within the cuts) into block_top[out ..], in scan order, then
+// (0, NONE) up to `params.block_k` entries. Every invocation calls it.
+fn write_members(out: u32) {
+    set_totals();
+    let at_scan = exclusive_scan(u32(my_totals.y));
+    var slot = at_scan.x;
+    if (compacted) {
+        for (var j = lid; j < n_compact; j += WORKGROUP) {
+            write_member(listed(j), out, &slot);
+        }
+    } else {
+        for (var i = source_first + lid; i < source_end; i += WORKGROUP) {
+            write_member(at(i), out, &slot);
+        }
+    }
+    for (var s = at_scan.y + lid; s < params.block_k; s += WORKGROUP) {
+        block_top[out + s] = vec2<u32>(0u, NONE);
+    }
+}
+
+fn write_member(c: Candidate, out: u32, slot: ptr<function, u32>) {
+    if (weight(c, position(c), false) != 0.0 && *slot < params.block_k) {
+        block_top[out + *slot] = vec2<u32>(bitcast<u32>(c.logit), c.index);
+        *slot += 1u;
     }
 }
 
@@ -540,7 +590,7 @@ fn totals_at(first: vec2<u32>, step: vec2<u32>, mass: bool) -> vec4<f32> {
             acc += weights_above(listed(i), last_key, last_rank, mass);
         }
     } else {
-        for (var i = lid; i < params.vocab; i += WORKGROUP) {
+        for (var i = source_first + lid; i < source_end; i += WORKGROUP) {
             acc += weights_above(at(i), last_key, last_rank, mass);
         }
     }
@@ -562,7 +612,7 @@ fn set_totals() -> vec2<f32> {
             acc += membership(listed(i));
         }
     } else {
-        for (var i = lid; i < params.vocab; i += WORKGROUP) {
+        for (var i = source_first + lid; i < source_end; i += WORKGROUP) {
             acc += membership(at(i));
         }
     }
@@ -586,18 +636,16 @@ fn group_totals(key: u32) -> vec4<f32> {
             acc += group_member(listed(i), key);
         }
     } else {
-        for (var i = lid; i < params.vocab; i += WORKGROUP) {
+        for (var i = source_first + lid; i < source_end; i += WORKGROUP) {
             acc += group_member(at(i), key);
         }
     }
     return reduce_sum(acc);
 }
 
-// Copy the set's candidates at or above `floor` into workgroup memory; `mine` is how many of them
-// this invocation visits. Each invocation writes its own from an offset, an exclusive scan of those
-// counts, so the order (and any sum over it) is the same from run to run. Only from the
-// vocabulary: a set only shrinks, so once compacted it stays small enough.
-fn compact(floor: vec2<u32>, mine: u32) {
+// This invocation's offset among all invocations' `mine` (an exclusive scan, in invocation order),
+// and their total. Every invocation calls it.
+fn exclusive_scan(mine: u32) -> vec2<u32> {
     partial_counts[lid] = mine;
     workgroupBarrier();
     if (lid < FAN) {
@@ -617,17 +665,27 @@ fn compact(floor: vec2<u32>, mine: u32) {
     for (var t = lid - lid % FAN; t < lid; t++) {
         offset += partial_counts[t];
     }
-    for (var i = lid; i < params.vocab; i += WORKGROUP) {
+    return vec2<u32>(offset, total);
+}
+
+// Copy the set's candidates at or above `floor` into workgroup memory; `mine` is how many of them
+// this invocation visits. Each invocation writes its own from its offset in an exclusive scan of
+// those counts, so the order (and any sum over it) is the same from run to run. Only from the
+// source: a set only shrinks, so once compacted it stays small enough.
+fn compact(floor: vec2<u32>, mine: u32) {
+    let at_scan = exclusive_scan(mine);
+    var offset = at_scan.x;
+    for (var i = source_first + lid; i < source_end; i += WORKGROUP) {
         let c = at(i);
         let p = position(c);
         if (at_or_above(p, floor) && weight(c, p, false) != 0.0 && offset < CAPACITY) {
             compact_logit[offset] = c.logit;
-            compact_index[offset] = i;
+            compact_index[offset] = c.index;
             offset += 1u;
         }
     }
     workgroupBarrier();
-    n_compact = min(total, CAPACITY);
+    n_compact = min(at_scan.y, CAPACITY);
     compacted = true;
 }
 
@@ -729,6 +787,8 @@ fn apply_penalties() {
 @compute @workgroup_size(256)
 fn sample(@builtin(local_invocation_index) local_index: u32) {
     lid = local_index;
+    from_list = params.blocks > 0u;
+    source_end = select(params.vocab, params.blocks * params.block_k, from_list);
     if (params.n_biased > 0u) {
         apply_bias();
         storageBarrier();

@@ -807,7 +807,7 @@ impl GpuEngine {
                     match profiler.as_deref_mut() {
                         Some(p) => {
                             if self.sampler.dispatches() > 1 {
-                                self.sampler.record_blocks(&mut p.pass(&mut encoder, "argmax_blocks"));
+                                self.sampler.record_blocks(&mut p.pass(&mut encoder, "top_blocks"));
                             }
                             self.sampler.record_sample(&mut p.pass(&mut encoder, "sample"));
                         }

@@ -46,10 +46,14 @@ struct Params {
     top_logprobs: u32,
     history_len: u32,
     blocks: u32,
-    padding: [u32; 3],
+    block_k: u32,
+    padding: [u32; 2],
 }
-/// Tokens per workgroup of the shader's `argmax_blocks` (its `BLOCK`).
-const ARGMAX_BLOCK: u32 = 4096;
+/// Tokens per workgroup of the shader's `top_blocks` (its `BLOCK`).
+const BLOCK: u32 = 4096;
+/// The largest top-k `top_blocks` serves (each block writes its best k): a list of at most 1/16 of
+/// the vocabulary, 128 KiB for Gemma's 262,144 tokens.
+const MAX_BLOCK_K: u32 = 256;
 /// Words of the result: the token, its log-probability, (id, log-probability) per alternative.
 pub const RESULT_WORDS: usize = 2 + 2 * MAX_TOP_LOGPROBS;
 /// Penalty entries written per `write_buffer` call (from a stack array, not a vector).
@@ -58,10 +62,11 @@ const PENALTY_CHUNK: usize = 256;
 pub struct GpuSampler {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
-    /// `argmax_blocks`, run before `sample` when the step's argmax can read its blocks' bests.
+    /// `top_blocks`, run before `sample` when the step's chain can run over its blocks' best
+    /// candidates.
     blocks_pipeline: wgpu::ComputePipeline,
     blocks_group: wgpu::BindGroup,
-    /// Blocks of the prepared step (0: `argmax_blocks` does not run).
+    /// Blocks of the prepared step (0: `top_blocks` does not run).
     blocks: Cell<u32>,
     params: wgpu::Buffer,
     penalties: wgpu::Buffer,
@@ -114,7 +119,7 @@ impl GpuSampler {
             })
         };
         let pipeline = pipeline_of("sample");
-        let blocks_pipeline = pipeline_of("argmax_blocks");
+        let blocks_pipeline = pipeline_of("top_blocks");
         let params = uniform_of(device, "sampling params", &Params::default());
         // Two u32 per entry, and room for one entry more than a window holds: the kernel counts
         // the chosen token in before it counts the leaving one out.
@@ -124,7 +129,7 @@ impl GpuSampler {
         let mask = storage(device, "token mask", mask_words(vocab))?;
         let bias = storage(device, "logit bias", 2 * MAX_LOGIT_BIAS)?;
         let unpenalized = storage(device, "logits before penalties", max_penalized + 1)?;
-        let block_best = storage(device, "blocks' best tokens", 2 * vocab.div_ceil(ARGMAX_BLOCK) as usize)?;
+        let block_top = storage(device, "blocks' best tokens", 2 * (vocab.div_ceil(BLOCK) * MAX_BLOCK_K) as usize)?;
         let bind_group = bind_group(
             device,
             &pipeline,
@@ -137,13 +142,13 @@ impl GpuSampler {
                 entry(5, whole(&bias)),
                 entry(6, whole(&unpenalized)),
                 entry(7, whole(&recent)),
-                entry(8, whole(&block_best)),
+                entry(8, whole(&block_top)),
             ],
         );
         let blocks_group = crate::kernels::bind_group(
             device,
             &blocks_pipeline,
-            &[entry(0, whole(&params)), entry(1, whole(logits)), entry(4, whole(&mask)), entry(8, whole(&block_best))],
+            &[entry(0, whole(&params)), entry(1, whole(logits)), entry(4, whole(&mask)), entry(8, whole(&block_top))],
         );
         let uploaded_bias = RefCell::new(Vec::new());
         Ok(GpuSampler {
@@ -225,10 +230,19 @@ impl GpuSampler {
         };
         // Words past the vocabulary's only hold tokens that do not exist: not written.
         let written = mask.map_or(0, |m| m.len().min(mask_words(self.vocab)));
-        // The argmax over blocks first where nothing changes the logits before it (the mask only
-        // decides who is a candidate, which argmax_blocks reads too).
+        // Each block's best candidates first, where nothing changes the logits before the chain
+        // (the mask only decides who is a candidate, which top_blocks reads too) and the chain
+        // keeps only what they hold: the best (greedy), or a top-k of at most MAX_BLOCK_K.
         let untouched = params.logit_bias.is_empty() && !params.penalizes() && logprobs.is_none();
-        let blocks = if untouched && self.vocab > ARGMAX_BLOCK { self.vocab.div_ceil(ARGMAX_BLOCK) } else { 0 };
+        let block_k = match u32::try_from(params.top_k) {
+            _ if params.temperature == 0.0 => Some(1),
+            Ok(k @ 1..=MAX_BLOCK_K) => Some(k),
+            _ => None,
+        };
+        let (blocks, block_k) = match block_k {
+            Some(k) if untouched && self.vocab > BLOCK => (self.vocab.div_ceil(BLOCK), k),
+            _ => (0, 0),
+        };
         self.blocks.set(blocks);
         let words = Params {
             vocab: self.vocab,
@@ -248,7 +262,8 @@ impl GpuSampler {
             top_logprobs: logprobs.unwrap_or(0) as u32,
             history_len: u32::try_from(history_len).unwrap_or(u32::MAX),
             blocks,
-            padding: [0; 3],
+            block_k,
+            padding: [0; 2],
         };
         queue.write_buffer(&self.params, 0, bytemuck::bytes_of(&words));
         let bias: Vec<[u32; 2]> = params.logit_bias.iter().map(|(&t, b)| [t, b.to_bits()]).collect();
@@ -314,7 +329,7 @@ impl GpuSampler {
         self.record_sample(pass);
     }
 
-    /// `argmax_blocks`, where the prepared step runs it (a profiled step times it in a pass of its
+    /// `top_blocks`, where the prepared step runs it (a profiled step times it in a pass of its
     /// own).
     pub fn record_blocks(&self, pass: &mut wgpu::ComputePass<'_>) {
         if self.blocks.get() > 0 {
@@ -332,7 +347,7 @@ impl GpuSampler {
     }
 
     /// Dispatches [`GpuSampler::record`] records for the prepared step: `sample`, after
-    /// `argmax_blocks` where it runs.
+    /// `top_blocks` where it runs.
     pub fn dispatches(&self) -> usize {
         1 + usize::from(self.blocks.get() > 0)
     }

@@ -271,6 +271,74 @@ fn greedy_finds_the_maximum_in_any_block() {
     assert_eq!(rig.sample(&base, &greedy, 0.0, &[]), cpu, "the fixture's own logits");
 }
 
+/// Top-k sampling with nothing applied before the chain runs the chain over each block's best k
+/// (`top_blocks`, 4096 tokens a block) instead of the vocabulary: a block must hand over all of
+/// the top-k it holds. Each case puts the best candidates where a block that kept too few, or the
+/// wrong ones of a tie, would change the kept set: all in one block (k = 40 and the largest served,
+/// 256), spread with the k-th place tied across blocks (the last, partial block among them), more
+/// tied in one block than k, and a mask that leaves that block fewer than k (the rest from block 8). Every kept
+/// candidate's midpoint draw must give the CPU's token; a top-k of 257 takes the vocabulary path,
+/// which must agree too. The dispatch count shows which path ran.
+#[test]
+fn top_k_sampling_over_blocks_keeps_every_candidate_of_the_cpus_top_k() {
+    let Some(ctx) = context() else { return };
+    let vocab = VOCABS[0];
+    let rig = Rig::new(&ctx, vocab);
+    let base = peaked_logits(vocab, 11);
+    let block = 4096;
+    // n distinct leaders at stride 97 inside block b, from `top` down.
+    let lead = |logits: &mut Vec<f32>, b: usize, n: usize, top: f32| {
+        for j in 0..n {
+            logits[b * block + (j * 97) % block] = top - 0.01 * j as f32;
+        }
+    };
+    let mut cases: Vec<(String, Vec<f32>, Option<Vec<u32>>, usize)> = Vec::new();
+    for k in [40, 256, 257] {
+        let mut one_block = base.clone();
+        lead(&mut one_block, 5, k + 20, 30.0);
+        cases.push((format!("top-{k} all in block 5"), one_block, None, k));
+    }
+    let mut tied = base.clone();
+    lead(&mut tied, 3, 38, 30.0);
+    for t in [100, 3 * block + 5, 7 * block + 1, vocab - 2, 9 * block] {
+        tied[t] = 29.5;
+    }
+    cases.push(("the 39th and 40th places tied across blocks".into(), tied, None, 40));
+    let mut crowd = base.clone();
+    for j in 0..60 {
+        crowd[2 * block + 13 * j] = 25.0;
+    }
+    cases.push(("60 tied in one block".into(), crowd, None, 40));
+    let mut masked = base.clone();
+    lead(&mut masked, 5, 60, 30.0);
+    lead(&mut masked, 8, 20, 29.0);
+    let mut mask = vec![u32::MAX; vocab.div_ceil(32)];
+    for j in (0..60).step_by(2) {
+        disallow(&mut mask, (5 * block + (j * 97) % block) as u32);
+    }
+    cases.push(("block 5's leaders half masked".into(), masked, Some(mask), 40));
+
+    for (what, logits, mask, k) in cases {
+        let params = SamplingParams { temperature: 0.8, top_k: k, ..Default::default() };
+        let mut cpu_logits = logits.clone();
+        if let Some(mask) = &mask {
+            apply_mask(&mut cpu_logits, mask);
+        }
+        let cuts = intervals(&params, &cpu_logits, &[]);
+        assert_eq!(cuts.len(), k, "{what}: the CPU keeps k");
+        // Every kept candidate's interval is wide enough for an exact comparison: each is drawn.
+        let draws: Vec<(u32, f32)> =
+            cuts.iter().filter(|c| (c.2 - c.1) / 2.0 > TOL).map(|&(t, lo, hi)| (t, (lo + hi) / 2.0)).collect();
+        assert_eq!(draws.len(), k, "{what}: candidates wide enough to draw");
+        for (token, draw) in draws {
+            let gpu = rig.sample_masked(&logits, &params, draw, &[], mask.as_deref());
+            assert_eq!(gpu, token, "{what}: draw {draw}");
+        }
+        let expected = if k <= 256 { 2 } else { 1 };
+        assert_eq!(rig.sampler.dispatches(), expected, "{what}: dispatches");
+    }
+}
+
 /// The sampling settings the midpoint test runs, on `logits` (some need the logits to place a cut).
 fn settings(logits: &[f32], counts: &[(u32, u32)]) -> Vec<(&'static str, SamplingParams, bool)> {
     let temp = SamplingParams { temperature: 0.7, seed: 3, ..Default::default() };
