@@ -292,7 +292,9 @@ fn top_k_sampling_over_blocks_keeps_every_candidate_of_the_cpus_top_k() {
             logits[b * block + (j * 97) % block] = top - 0.01 * j as f32;
         }
     };
-    let mut cases: Vec<(String, Vec<f32>, Option<Vec<u32>>, usize)> = Vec::new();
+    // (what, logits, mask, k)
+    type Case = (String, Vec<f32>, Option<Vec<u32>>, usize);
+    let mut cases: Vec<Case> = Vec::new();
     for k in [40, 256, 257] {
         let mut one_block = base.clone();
         lead(&mut one_block, 5, k + 20, 30.0);
