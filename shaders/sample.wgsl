@@ -27,11 +27,11 @@
 // finds the counts it would have computed from the history. The list stays one entry per token
 // (its order is free: entries are found by a parallel search, not by bisection).
 //
-// One workgroup of 256 invocations; no sorting, any vocabulary size. Where nothing changes the
-// logits before the chain (no bias, no penalties, no log-probabilities) and the step is greedy or
-// keeps at most MAX_BLOCK_K candidates by top-k (`params.blocks` > 0), `top_blocks` runs first, one
-// workgroup per BLOCK tokens, each writing its block's best `block_k` candidates (k = 1 greedy, else
-// the top-k) into a list: every candidate the chain can keep is among its block's best k, so
+// One workgroup of 256 invocations; no sorting, any vocabulary size. Where the step is greedy or
+// keeps at most MAX_BLOCK_K candidates by top-k, and takes no log-probabilities (`params.blocks` >
+// 0), `top_blocks` runs first, one workgroup per BLOCK tokens, each applying the bias and the
+// penalties to its block's tokens and writing its best `block_k` candidates (k = 1 greedy, else the
+// top-k) into a list: every candidate the chain can keep is among its block's best k, so
 // `sample` runs the whole chain over that list (blocks * k entries) instead of the vocabulary. The
 // vocabulary is then read once, by many workgroups at once, instead of up to ~6 times by one (on an
 // H200 the one workgroup's pass over 128,256 logits took 127 µs; Gemma's vocabulary is 262,144).
@@ -389,6 +389,14 @@ fn top_blocks(@builtin(local_invocation_index) local_index: u32, @builtin(workgr
     lid = local_index;
     source_first = wg.x * BLOCK;
     source_end = min(source_first + BLOCK, params.vocab);
+    // The block's tokens' bias and penalties, in place, as `sample` applies them to the vocabulary
+    // when no blocks run (each entry's token lies in one block: no two workgroups write a logit).
+    if (params.n_biased > 0u) {
+        apply_bias();
+        storageBarrier();
+    }
+    apply_penalties();
+    storageBarrier();
     let out = wg.x * params.block_k;
     let best = best_over(source_first, source_end);
     if (params.block_k == 1u) {
@@ -768,8 +776,9 @@ fn search(mass: bool, goal: f32, strict: bool) -> vec2<u32> {
 fn apply_penalties() {
     for (var j = lid; j < recent.n_penalized; j += WORKGROUP) {
         let entry = penalties[j];
-        // Tokens outside the vocabulary are ignored, as on the CPU.
-        if (entry.x < params.vocab) {
+        // Only the source's tokens (the vocabulary's, or in top_blocks the block's): tokens outside
+        // the vocabulary are ignored, as on the CPU.
+        if (entry.x >= source_first && entry.x < source_end) {
             var l = logits[entry.x];
             if (params.logprobs != 0u) {
                 unpenalized_logits[j] = l;
@@ -789,18 +798,21 @@ fn sample(@builtin(local_invocation_index) local_index: u32) {
     lid = local_index;
     from_list = params.blocks > 0u;
     source_end = select(params.vocab, params.blocks * params.block_k, from_list);
-    if (params.n_biased > 0u) {
-        apply_bias();
+    // Where top_blocks ran, it applied the bias and the penalties to its block's tokens.
+    if (params.blocks == 0u) {
+        if (params.n_biased > 0u) {
+            apply_bias();
+            storageBarrier();
+        }
+        if (params.logprobs != 0u) {
+            logprob_stats();
+            // Read before the penalties change anything.
+            storageBarrier();
+        }
+        apply_penalties();
+        // The penalized logits must be visible to every invocation before anyone reads them.
         storageBarrier();
     }
-    if (params.logprobs != 0u) {
-        logprob_stats();
-        // Read before the penalties change anything.
-        storageBarrier();
-    }
-    apply_penalties();
-    // The penalized logits must be visible to every invocation before anyone reads them.
-    storageBarrier();
     let chosen = choose();
     if (params.logprobs != 0u) {
         let logprob = unpenalized(chosen) - log_sum_exp;
@@ -821,8 +833,9 @@ fn sample(@builtin(local_invocation_index) local_index: u32) {
 fn apply_bias() {
     for (var j = lid; j < params.n_biased; j += WORKGROUP) {
         let entry = bias[j];
-        // Tokens outside the vocabulary are ignored (the engines reject them before a step).
-        if (entry.x < params.vocab) {
+        // Only the source's tokens, as for the penalties (the engines reject tokens outside the
+        // vocabulary before a step).
+        if (entry.x >= source_first && entry.x < source_end) {
             logits[entry.x] += bitcast<f32>(entry.y);
         }
     }

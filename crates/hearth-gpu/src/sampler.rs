@@ -130,26 +130,21 @@ impl GpuSampler {
         let bias = storage(device, "logit bias", 2 * MAX_LOGIT_BIAS)?;
         let unpenalized = storage(device, "logits before penalties", max_penalized + 1)?;
         let block_top = storage(device, "blocks' best tokens", 2 * (vocab.div_ceil(BLOCK) * MAX_BLOCK_K) as usize)?;
-        let bind_group = bind_group(
-            device,
-            &pipeline,
-            &[
-                entry(0, whole(&params)),
-                entry(1, whole(logits)),
-                entry(2, whole(&penalties)),
-                entry(3, whole(&result)),
-                entry(4, whole(&mask)),
-                entry(5, whole(&bias)),
-                entry(6, whole(&unpenalized)),
-                entry(7, whole(&recent)),
-                entry(8, whole(&block_top)),
-            ],
-        );
-        let blocks_group = crate::kernels::bind_group(
-            device,
-            &blocks_pipeline,
-            &[entry(0, whole(&params)), entry(1, whole(logits)), entry(4, whole(&mask)), entry(8, whole(&block_top))],
-        );
+        let entries = [
+            entry(0, whole(&params)),
+            entry(1, whole(logits)),
+            entry(2, whole(&penalties)),
+            entry(3, whole(&result)),
+            entry(4, whole(&mask)),
+            entry(5, whole(&bias)),
+            entry(6, whole(&unpenalized)),
+            entry(7, whole(&recent)),
+            entry(8, whole(&block_top)),
+        ];
+        let bind_group = bind_group(device, &pipeline, &entries);
+        // Everything but the result, which only `sample` writes.
+        let blocks_group =
+            crate::kernels::bind_group(device, &blocks_pipeline, &[&entries[..3], &entries[4..]].concat());
         let uploaded_bias = RefCell::new(Vec::new());
         Ok(GpuSampler {
             pipeline,
@@ -230,17 +225,17 @@ impl GpuSampler {
         };
         // Words past the vocabulary's only hold tokens that do not exist: not written.
         let written = mask.map_or(0, |m| m.len().min(mask_words(self.vocab)));
-        // Each block's best candidates first, where nothing changes the logits before the chain
-        // (the mask only decides who is a candidate, which top_blocks reads too) and the chain
-        // keeps only what they hold: the best (greedy), or a top-k of at most MAX_BLOCK_K.
-        let untouched = params.logit_bias.is_empty() && !params.penalizes() && logprobs.is_none();
+        // Each block's best candidates first (top_blocks applies the bias, the penalties and the
+        // mask to its own tokens) where the chain keeps only what they hold: the best (greedy), or
+        // a top-k of at most MAX_BLOCK_K. Not with log-probabilities, taken over the whole
+        // vocabulary before the penalties.
         let block_k = match u32::try_from(params.top_k) {
             _ if params.temperature == 0.0 => Some(1),
             Ok(k @ 1..=MAX_BLOCK_K) => Some(k),
             _ => None,
         };
         let (blocks, block_k) = match block_k {
-            Some(k) if untouched && self.vocab > BLOCK => (self.vocab.div_ceil(BLOCK), k),
+            Some(k) if logprobs.is_none() && self.vocab > BLOCK => (self.vocab.div_ceil(BLOCK), k),
             _ => (0, 0),
         };
         self.blocks.set(blocks);

@@ -223,6 +223,8 @@ fn greedy_takes_the_first_of_tied_maxima_and_penalties_move_it() {
             let cpu = choose(params, &mut logits.clone(), counts, 0.0);
             assert_eq!(cpu, expected, "vocab {vocab}: CPU");
             assert_eq!(rig.sample(&logits, params, 0.0, counts), expected, "vocab {vocab}: GPU, {params:?}");
+            // Past one block of 4096 tokens, top_blocks applies the penalties to its own tokens.
+            assert_eq!(rig.sampler.dispatches(), if vocab > 4096 { 2 } else { 1 }, "vocab {vocab}: dispatches");
         };
         check(&greedy, &[], 17);
         // 40 / 1.5 < 40: token 17 drops behind the other tied maxima, the first of which is 300.
