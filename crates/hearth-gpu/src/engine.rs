@@ -1,5 +1,5 @@
-//! The forward pass on the GPU (`builder.rs` has the pieces it is assembled from). Everything is
-//! prepared at load: weights uploaded once (Q/K/V and gate/up stacked into one matrix each, large
+//! The forward pass on the GPU (`forward.rs` assembles it, block by block, from the pieces in
+//! `builder.rs`; this file checks the model and runs it). Everything is prepared at load: weights uploaded once (Q/K/V and gate/up stacked into one matrix each, large
 //! tables split to fit the adapter's bindings), every activation and KV-cache buffer allocated
 //! once, every pipeline and bind group built once. A step writes two small buffers (its position and its tokens), records the
 //! prepared dispatches into one command encoder, and submits once.
@@ -21,22 +21,17 @@ use std::collections::{HashMap, VecDeque};
 use hearth_core::generate::Backend;
 use hearth_core::generate::{ring_keeps, QueuedStep};
 use hearth_core::logprobs::StepLogprobs;
-use hearth_core::manifest::{
-    Activation as ModelActivation, FfnKind, Manifest, ModelConfig, PositionKind, RopeStyle, ARCHITECTURES,
-};
+use hearth_core::manifest::{Manifest, ModelConfig, ARCHITECTURES};
 use hearth_core::package::TensorSource;
 use hearth_core::plan::GpuPlan;
 use hearth_core::sampling::{Sampler, SamplingParams};
 use hearth_core::{HearthError, Result};
 
-use crate::attention::{self, AttentionBuffers, AttentionDims};
-use crate::builder::{Builder, Dispatch, Fuse, GatedWeights, Product, RopeDims, RopeStore, Step};
+use crate::attention;
+use crate::builder::{Builder, Dispatch, Step};
 use crate::context::GpuContext;
-use crate::kernels::{
-    bind_group, entry, read_back_async, storage, storage_limit, uniform_of, whole, Activation, EmbedRows, Kernels,
-    QkNormDims, DECODE_ROWS_MAX, WORKGROUP,
-};
-use crate::mixture::{self, MixtureScratch};
+use crate::forward::{attention_dims, Activations, AttentionReads, Forward};
+use crate::kernels::{read_back_async, storage_limit, Kernels, DECODE_ROWS_MAX};
 use crate::profile::{KernelTime, Profiler};
 use crate::sampler::{result_bytes, GpuSampler, Penalties, RESULT_WORDS};
 use crate::weights::{Pending, WeightBuffer};
@@ -102,13 +97,6 @@ pub struct StepCounts {
     pub kv_bytes: u64,
 }
 
-/// How much of its cache one layer's attention reads.
-struct AttentionReads {
-    /// Positions a query sees at most (the window's, or the cache's).
-    visible: usize,
-    bytes_per_position: u64,
-}
-
 /// What runs after the layers in a chunk.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Head {
@@ -164,6 +152,7 @@ pub struct GpuEngine {
     /// for its dense layers).
     expert_steps: Vec<Option<wgpu::Buffer>>,
     // Kept alive for the bind groups.
+    _activations: Activations,
     _weights: Vec<WeightBuffer>,
     _scratch: Vec<wgpu::Buffer>,
 }
@@ -218,7 +207,6 @@ impl GpuEngine {
                 m.architecture
             )));
         }
-        let rope = c.rope.clone().filter(|_| c.position == PositionKind::Rope);
         let capacity = max_context.unwrap_or(c.context_length).clamp(1, c.context_length);
         let kv_f16 = ctx.kv_f16;
         let device = ctx.device.clone();
@@ -235,65 +223,19 @@ impl GpuEngine {
             .with_subgroups(subgroups)
             .with_decode_rows(ctx.decode_rows)
             .with_gemm(ctx.gemm);
-        let alibi_max_bias = match (&c.alibi, c.position) {
-            (Some(alibi), PositionKind::Alibi) => alibi.max_bias,
-            _ => 0.0,
-        };
-        // A windowed layer keeps a ring: its window plus room for one chunk's own keys, which are
-        // all stored before any of its queries reads (attention.wgsl). Memory stays bounded however
-        // long generation runs.
-        let attention_dims = |l: usize, chunk: usize| {
-            let window = c.layer_window(l);
-            let cache_rows = GpuPlan::rows(&c, l, capacity, chunk);
-            let (scale, softcap) = (c.attention_scale(), c.attn_softcap);
-            AttentionDims::new(
-                c.n_heads,
-                c.n_kv_heads,
-                c.head_dim,
-                capacity,
-                scale,
-                cache_rows,
-                window,
-                alibi_max_bias,
-                softcap,
-            )
-        };
         // Attention's scratch (scores of the row split, records of the split kernel) grows with
         // the chunk: fewer tokens per chunk when a full chunk's would not fit one binding.
-        let scratch_len =
-            |chunk| (0..c.n_layers).map(|l| attention::scratch_len(&kernels, &attention_dims(l, chunk), chunk)).max();
+        let scratch_len = |chunk| {
+            (0..c.n_layers)
+                .map(|l| attention::scratch_len(&kernels, &attention_dims(&c, l, capacity, chunk), chunk))
+                .max()
+        };
         let chunk = (1..=MAX_CHUNK).rev().find(|&n| scratch_len(n).unwrap_or(0) as u64 * 4 <= limit).unwrap_or(1);
         // The KV cache, planned in u64 (hearth_core::plan) and checked against one binding before
         // any buffer is created.
         let plan = GpuPlan::new(m, max_context, kv_f16, chunk)?;
         plan.check_binding(storage_limit(&device))?;
-        let attention_scratch = storage(&device, "attention scratch", scratch_len(chunk).unwrap_or(1))?;
-
-        let mut b = Builder::new(&ctx, kernels, m, origin, chunk)?;
-        let (h, qd, kvd, f, v) =
-            (c.hidden_size as u32, c.q_dim() as u32, c.kv_dim() as u32, c.ffn_size as u32, c.vocab_size as u32);
-        let qkv_dim = qd + 2 * kvd;
-        let act = |label: &str, per_token: u32| storage(&device, label, chunk * per_token as usize);
-        let step = uniform_of(&device, "step", &Step { start: 0, n_tokens: 0 });
-        let one_token = uniform_of(&device, "one token", &Step { start: 0, n_tokens: 1 });
-        let tokens = storage(&device, "tokens", chunk)?;
-        let x = act("x", h)?;
-        // An output projection before its norm (post-norm models only).
-        let proj = act("projection", if c.post_norms { h } else { 1 })?;
-        let qkv = act("qkv", qkv_dim)?;
-        let q = act("q", qd)?;
-        let attn = act("attention out", qd)?;
-        let ffn = act("ffn hidden", f)?;
-        // [gate | up] of the layers whose gate and up differ in encoding (GatedWeights::Separate),
-        // made for the first such layer.
-        let mut gate_up = None;
-        // A mixture's buffers every layer shares, and each layer's expert step uniforms.
-        let moe_scratch =
-            c.moe.as_ref().map(|moe| MixtureScratch::new(&device, moe, c.hidden_size, chunk)).transpose()?;
-        let mut expert_steps = Vec::new();
-        let last = storage(&device, "last hidden", c.hidden_size)?;
-        let logits = storage(&device, "logits", c.vocab_size)?;
-        let logits_all = storage(&device, "logits, every token", chunk * c.vocab_size)?;
+        let activations = Activations::new(&device, &c, chunk, scratch_len(chunk).unwrap_or(1))?;
         let staging = (0..QUEUE_DEPTH)
             .map(|_| {
                 device.create_buffer(&wgpu::BufferDescriptor {
@@ -304,324 +246,23 @@ impl GpuEngine {
                 })
             })
             .collect();
-        let inv_freq = b.rope_frequencies(rope.as_ref(), capacity)?;
-        let local_inv_freq = b.local_rope_frequencies(rope.as_ref());
-        let mut weights: Vec<WeightBuffer> = Vec::new();
 
-        // Embedding lookup: one dispatch per piece of the table, then per piece of the learned
-        // position table (GPT-2). With an embedding norm (BLOOM) the lookup writes `normed` and
-        // the norm writes x.
-        let embd = b.split("token_embd.weight")?;
-        let positions = if c.position == PositionKind::Learned { b.split("position_embd.weight")? } else { Vec::new() };
-        let embed_norm = if c.embedding_norm { Some(b.norm("token_embd_norm")?) } else { None };
-        let embedded = if embed_norm.is_some() { b.normed.clone() } else { x.clone() };
-        let mut layers = Vec::new();
-        let tables = embd.iter().map(|piece| (piece, false)).chain(positions.iter().map(|piece| (piece, true)));
-        for (piece, is_position) in tables {
-            let rows = if is_position { EmbedRows::Positions } else { EmbedRows::Tokens };
-            layers.push(b.gather(piece, rows, &tokens, &embedded, &step));
-        }
-        if let Some(norm) = &embed_norm {
-            layers.push(b.norm_pass(&embedded, norm, &step, &x));
-        }
-
-        // Per-head QK-norms in rope.wgsl; whole ones (OLMoE) in a pass of their own before it.
-        let rope_store = b.kernels.rope_store(kv_f16, c.qkv_bias, c.qk_norm && !c.qk_norm_whole);
-        // What the K and V buffers hold as allocated (tests compare it with the plan's definition).
-        let mut kv_cache_bytes = 0u64;
-        let mut attention_reads = Vec::new();
-        let mut rings = Vec::new();
-        let ffn_activation = match c.activation {
-            ModelActivation::Silu => Activation::Silu,
-            ModelActivation::GeluTanh => Activation::GeluTanh,
-            ModelActivation::Gelu => Activation::GeluErf,
+        let builder = Builder::new(&ctx, kernels, m, origin, chunk)?;
+        let mut forward = Forward::new(builder, &c, &plan, activations, capacity, chunk)?;
+        let layers = forward.layers()?;
+        let heads = forward.heads()?;
+        let sampler = GpuSampler::new(&ctx, forward.logits(), c.vocab_size as u32, capacity)?;
+        let kept = forward.finish();
+        let a = &kept.activations;
+        let buffers = Buffers {
+            step: a.step.clone(),
+            tokens: a.tokens.clone(),
+            x: a.x.clone(),
+            last: a.last.clone(),
+            logits: a.logits.clone(),
+            logits_all: a.logits_all.clone(),
+            staging,
         };
-        for l in 0..c.n_layers {
-            let p = |s: &str| format!("blk.{l}.{s}.weight");
-            let window = c.layer_window(l);
-            let attention_dims = attention_dims(l, chunk);
-            let readers = attention::reads_per_row(&b.kernels, &attention_dims);
-            attention_reads.push(AttentionReads {
-                visible: attention_dims.visible(),
-                bytes_per_position: 2 * plan.cache_row_bytes * readers as u64,
-            });
-            let cache_rows = plan.cache_rows[l];
-            rings.push(window.map(|w| (w, cache_rows)));
-            // Bounded by check_binding above (at most one binding's bytes, so it fits a usize).
-            let cache_words = (plan.layer_bytes(l) / 4) as usize;
-            let k_cache = storage(&device, "k cache", cache_words)?;
-            let v_cache = storage(&device, "v cache", cache_words)?;
-            kv_cache_bytes += k_cache.size() + v_cache.size();
-            let attn_norm = b.norm(&format!("blk.{l}.attn_norm"))?;
-            let ffn_norm = b.norm(&format!("blk.{l}.ffn_norm"))?;
-            let linear_bias = if c.linear_bias {
-                let bias = |s: &str| format!("blk.{l}.{s}.bias");
-                Some([b.vector(&bias("attn_output"))?, b.vector(&bias("ffn_up"))?, b.vector(&bias("ffn_down"))?])
-            } else {
-                None
-            };
-            let wqkv = b.stacked(&format!("blk.{l}.qkv"), &[p("attn_q"), p("attn_k"), p("attn_v")])?;
-            let bias_names = ["attn_q", "attn_k", "attn_v"].map(|s| format!("blk.{l}.{s}.bias"));
-            let qkv_bias = if c.qkv_bias {
-                Some(b.vectors(&format!("blk.{l}.qkv bias"), &bias_names, qkv_dim as usize)?)
-            } else {
-                None
-            };
-            let qk_norm = if c.qk_norm {
-                let names = [p("attn_q_norm"), p("attn_k_norm")];
-                let len = if c.qk_norm_whole { c.q_dim() + c.kv_dim() } else { 2 * c.head_dim };
-                Some(b.vectors(&format!("blk.{l}.qk norm"), &names, len)?)
-            } else {
-                None
-            };
-            let post_norms = if c.post_norms {
-                Some([b.vector(&p("post_attention_norm"))?, b.vector(&p("post_ffw_norm"))?])
-            } else {
-                None
-            };
-            // Gemma 3's local layers have their own base (and no scaling: see rope_magnitude).
-            let layer_inv_freq = local_inv_freq.as_ref().filter(|_| window.is_some()).unwrap_or(&inv_freq);
-            let magnitude = c.rope_magnitude(l);
-            let wo = b.split(&p("attn_output"))?;
-
-            // Without RoPE (or in a layer that does not rotate) no pair rotates: the kernels only
-            // add biases and store K and V.
-            let n_pairs = rope.as_ref().filter(|_| c.layer_rotates(l)).map_or(0, |r| r.dim / 2);
-            let rope_dims = uniform_of(
-                &device,
-                "rope dims",
-                &RopeDims {
-                    n_heads: c.n_heads as u32,
-                    n_kv_heads: c.n_kv_heads as u32,
-                    head_dim: c.head_dim as u32,
-                    n_pairs: n_pairs as u32,
-                    neox: u32::from(rope.as_ref().is_some_and(|r| r.style == RopeStyle::Neox)),
-                    cache_rows: cache_rows as u32,
-                    eps: c.norm_eps,
-                    magnitude,
-                },
-            );
-            // On GPUs a decode step's QKV product rotates and stores its own queries, keys and
-            // values (one dispatch fewer per layer); prompts write the product and run the pass.
-            let fused_rope =
-                (b.kernels.fuses_rope(c.head_dim, n_pairs, c.qk_norm) && wqkv.len() == 1).then_some(RopeStore {
-                    dims: &rope_dims,
-                    inv_freq: layer_inv_freq,
-                    q: &q,
-                    k_cache: &k_cache,
-                    v_cache: &v_cache,
-                    kv_f16,
-                    bias: qkv_bias.as_ref(),
-                });
-            layers.extend(b.product(Product {
-                pieces: &wqkv,
-                input: &x,
-                output: &qkv,
-                out_stride: qkv_dim,
-                step: &step,
-                fuse: Fuse { norm: Some(&attn_norm), rope: fused_rope.as_ref(), ..Default::default() },
-            })?);
-            if let Some(weights) = qk_norm.as_ref().filter(|_| c.qk_norm_whole) {
-                let pipeline = b.kernels.qk_norm_whole();
-                let dims = uniform_of(
-                    &device,
-                    "qk norm dims",
-                    &QkNormDims { q_dim: qd, kv_dim: kvd, row: qkv_dim, eps: c.norm_eps },
-                );
-                let entries =
-                    [entry(0, whole(&dims)), entry(1, whole(&step)), entry(2, whole(&qkv)), entry(3, whole(weights))];
-                let group = bind_group(&device, &pipeline, &entries);
-                b.scratch.push(dims);
-                layers.push(Dispatch::single(pipeline, group, Box::new(|s: Step| Some((2, s.n_tokens, 1)))));
-            }
-            {
-                let group = bind_group(
-                    &device,
-                    &rope_store,
-                    &[
-                        entry(0, whole(&rope_dims)),
-                        entry(1, whole(&step)),
-                        entry(2, whole(layer_inv_freq)),
-                        entry(3, whole(&qkv)),
-                        entry(4, whole(&q)),
-                        entry(5, whole(&k_cache)),
-                        entry(6, whole(&v_cache)),
-                        // Without biases or norms the shader never reads them; any buffer fills
-                        // the slot.
-                        entry(7, whole(qkv_bias.as_ref().unwrap_or(&b.no_norm))),
-                        entry(8, whole(qk_norm.as_ref().filter(|_| !c.qk_norm_whole).unwrap_or(&b.no_norm))),
-                    ],
-                );
-                let words = (qkv_dim / 2).div_ceil(WORKGROUP);
-                let fused = fused_rope.is_some();
-                let grid = move |s: Step| (!(fused && s.n_tokens == 1)).then_some((words, s.n_tokens, 1));
-                layers.push(Dispatch::single(rope_store.clone(), group, Box::new(grid)));
-            }
-            b.scratch.push(rope_dims);
-            layers.extend(attention::prepare(
-                &b.kernels,
-                &device,
-                attention_dims,
-                kv_f16,
-                &AttentionBuffers {
-                    step: &step,
-                    q: &q,
-                    k_cache: &k_cache,
-                    v_cache: &v_cache,
-                    out: &attn,
-                    scratch: &attention_scratch,
-                    tokens: &tokens,
-                    spans: false,
-                },
-            )?);
-            // The output products add into the residual stream, or (with post-norms) write `proj`,
-            // whose norm a pass of its own adds.
-            let residual = Fuse { accumulate: post_norms.is_none(), scale: c.residual_scale, ..Default::default() };
-            let proj_out = if post_norms.is_some() { &proj } else { &x };
-            let [bias_o, bias_up, bias_down] = match &linear_bias {
-                Some([o, up, down]) => [Some(o), Some(up), Some(down)],
-                None => [None; 3],
-            };
-            layers.extend(b.product(Product {
-                pieces: &wo,
-                input: &attn,
-                output: proj_out,
-                out_stride: h,
-                step: &step,
-                fuse: Fuse { bias: bias_o, ..residual },
-            })?);
-            if let Some([post_attn, _]) = &post_norms {
-                layers.push(b.norm_add_pass(&proj, post_attn, &x, &step));
-            }
-            if let (Some(moe), Some(scratch)) = (c.moe_at(l), &moe_scratch) {
-                let m = mixture::prepare(&mut b, l, moe, ffn_activation, &ffn_norm, scratch, &x, &step)?;
-                layers.extend(m.dispatches);
-                expert_steps.push(Some(m.steps));
-                weights.extend(m.weights);
-                b.scratch.extend(m.buffers);
-            } else {
-                if c.moe.is_some() {
-                    expert_steps.push(None); // a mixture's dense layer
-                }
-                let (wgu, separate) = match c.ffn {
-                    FfnKind::Gated => match b.gated(&p("ffn_gate"), &p("ffn_up"))? {
-                        GatedWeights::Fused(w) => (w, false),
-                        GatedWeights::Separate(w) => (w, true),
-                    },
-                    FfnKind::Plain => (b.split(&p("ffn_up"))?, false),
-                };
-                let wdown = b.split(&p("ffn_down"))?;
-                if separate {
-                    // Gate and up of different encodings: [gate | up] normed, then activated (no
-                    // gated architecture has biases on its MLP).
-                    if bias_up.is_some() {
-                        return Err(HearthError::bad_package(
-                            b.origin,
-                            "an MLP bias with gate and up of different encodings",
-                        ));
-                    }
-                    let gate_up: &wgpu::Buffer = match &mut gate_up {
-                        Some(buffer) => buffer,
-                        none => none.insert(act("ffn gate | up", 2 * f)?),
-                    };
-                    layers.extend(b.product(Product {
-                        pieces: &wgu,
-                        input: &x,
-                        output: gate_up,
-                        out_stride: 2 * f,
-                        step: &step,
-                        fuse: Fuse { norm: Some(&ffn_norm), ..Default::default() },
-                    })?);
-                    layers.push(b.glu_pass(gate_up, &ffn, ffn_activation, &step));
-                } else {
-                    layers.extend(b.product(Product {
-                        pieces: &wgu,
-                        input: &x,
-                        output: &ffn,
-                        out_stride: f,
-                        step: &step,
-                        fuse: Fuse {
-                            norm: Some(&ffn_norm),
-                            bias: bias_up,
-                            activation: ffn_activation,
-                            gated: c.ffn == FfnKind::Gated,
-                            ..Default::default()
-                        },
-                    })?);
-                }
-                layers.extend(b.product(Product {
-                    pieces: &wdown,
-                    input: &ffn,
-                    output: proj_out,
-                    out_stride: h,
-                    step: &step,
-                    fuse: Fuse { bias: bias_down, ..residual },
-                })?);
-                if let Some([_, post_ffw]) = &post_norms {
-                    layers.push(b.norm_add_pass(&proj, post_ffw, &x, &step));
-                }
-                weights.extend(wgu.into_iter().chain(wdown));
-            }
-            b.scratch.extend([k_cache, v_cache]);
-            for norm in [attn_norm, ffn_norm] {
-                b.scratch.extend([norm.weight].into_iter().chain(norm.bias));
-            }
-            b.scratch.extend(linear_bias.into_iter().flatten());
-            b.scratch.extend(qkv_bias.into_iter().chain(qk_norm).chain(post_norms.into_iter().flatten()));
-            weights.extend(wqkv.into_iter().chain(wo));
-        }
-
-        let out_norm = b.norm("output_norm")?;
-        let head = if c.tied_embeddings { None } else { Some(b.split("output.weight")?) };
-        let head_pieces = head.as_deref().unwrap_or(&embd);
-        // Gemma 2 caps its logits as the head writes them.
-        // Granite divides its logits.
-        let scale = c.logit_divisor.map(|d| 1.0 / d);
-        let fuse = match c.final_softcap {
-            Some(cap) => {
-                Fuse { norm: Some(&out_norm), activation: Activation::Softcap, cap, scale, ..Default::default() }
-            }
-            None => Fuse { norm: Some(&out_norm), scale, ..Default::default() },
-        };
-        let head_last = b.product(Product {
-            pieces: head_pieces,
-            input: &last,
-            output: &logits,
-            out_stride: v,
-            step: &one_token,
-            fuse,
-        })?;
-        // A step of one token (every decode step) has its only row where the head reads it.
-        let head_one = b.product(Product {
-            pieces: head_pieces,
-            input: &x,
-            output: &logits,
-            out_stride: v,
-            step: &one_token,
-            fuse,
-        })?;
-        let sampler = GpuSampler::new(&ctx, &logits, v, capacity)?;
-        let head_all = b.product(Product {
-            pieces: head_pieces,
-            input: &x,
-            output: &logits_all,
-            out_stride: v,
-            step: &step,
-            fuse,
-        })?;
-
-        let mut scratch = b.scratch;
-        scratch.extend(moe_scratch.into_iter().flat_map(MixtureScratch::buffers));
-        scratch.extend([b.normed, b.no_norm]);
-        scratch.extend([one_token, qkv, q, attn, ffn, proj, attention_scratch, inv_freq]);
-        scratch.extend([out_norm.weight].into_iter().chain(out_norm.bias));
-        scratch.extend(embed_norm.into_iter().flat_map(|n| [n.weight].into_iter().chain(n.bias)));
-        scratch.extend(local_inv_freq);
-        weights.extend(embd);
-        weights.extend(positions);
-        weights.extend(head.into_iter().flatten());
-        let uploads = b.uploads;
-        let labels = b.kernels.labels();
         let engine = GpuEngine {
             ctx,
             config: c,
@@ -632,26 +273,27 @@ impl GpuEngine {
             next_slot: 0,
             chunk,
             kv_f16,
-            kv_cache_bytes,
+            kv_cache_bytes: kept.kv_cache_bytes,
             weight_bytes: decode_weight_bytes(m),
-            attention_reads,
-            rings,
+            attention_reads: kept.attention_reads,
+            rings: kept.rings,
             last_step: StepCounts::default(),
-            labels,
-            buffers: Buffers { step, tokens, x, last, logits, logits_all, staging },
+            labels: kept.labels,
+            buffers,
             layers,
-            head_last,
-            head_one,
+            head_last: heads.last,
+            head_one: heads.one,
             sampler,
-            head_all,
-            expert_steps,
-            _weights: weights,
-            _scratch: scratch,
+            head_all: heads.all,
+            expert_steps: kept.expert_steps,
+            _activations: kept.activations,
+            _weights: kept.weights,
+            _scratch: kept.scratch,
         };
         // Anything the device refused while the buffers and pipelines were made.
         engine.ctx.errors.check()?;
         let queue = engine.ctx.queue.clone();
-        Ok(Pending::new(engine, queue, m, uploads))
+        Ok(Pending::new(engine, queue, m, kept.uploads))
     }
 
     pub fn adapter_name(&self) -> &str {

@@ -11,6 +11,7 @@ mod builder;
 mod context;
 mod encoder;
 mod engine;
+mod forward;
 pub mod kernels;
 mod mixture;
 pub mod profile;
