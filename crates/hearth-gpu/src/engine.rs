@@ -36,8 +36,16 @@ use crate::profile::{KernelTime, Profiler};
 use crate::sampler::{result_bytes, GpuSampler, Penalties, RESULT_WORDS};
 use crate::weights::{Pending, WeightBuffer};
 
-/// Most tokens one forward pass takes; longer prompts are run in chunks of this many.
+/// Most tokens one forward pass takes on software adapters, in models with windowed layers (whose
+/// rings hold a window plus one chunk: `GpuPlan`, and `inspect`'s figures, size them for this)
+/// and in mixtures of experts (whose scratch holds a chunk per expert); longer prompts run in
+/// chunks of this many. Also the most rows of logits one step returns.
 pub const MAX_CHUNK: usize = 64;
+
+/// Most tokens one forward pass takes on a GPU otherwise: a prompt product's 64 × 64 tiles then
+/// number 8 per 64 rows (a 2,048-row product fills 256 workgroups, where a 64-token chunk filled
+/// 32 of an H100's 132 compute units), and a 512-token prompt is one submission.
+pub const GPU_CHUNK: usize = 512;
 
 /// Decode steps submitted at most before the first one's token is read back
 /// ([`GpuEngine::queue_step`]): while the host reads one token, the GPU runs the next two
@@ -124,7 +132,8 @@ pub struct GpuEngine {
     queue: VecDeque<Queued>,
     /// The staging buffer the next queued step takes.
     next_slot: usize,
-    /// Tokens per forward pass (`MAX_CHUNK`, or fewer when attention's scratch would not fit a binding).
+    /// Tokens per forward pass (`MAX_CHUNK` or `GPU_CHUNK`, or fewer when attention's scratch would
+    /// not fit a binding).
     chunk: usize,
     kv_f16: bool,
     /// Bytes of every layer's K and V cache (windowed layers keep rings).
@@ -223,6 +232,8 @@ impl GpuEngine {
             .with_subgroups(subgroups)
             .with_decode_rows(ctx.decode_rows)
             .with_gemm(ctx.gemm);
+        let windowed = (0..c.n_layers).any(|l| c.layer_window(l).is_some());
+        let max_chunk = if ctx.software || windowed || c.moe.is_some() { MAX_CHUNK } else { GPU_CHUNK };
         // Attention's scratch (scores of the row split, records of the split kernel) grows with
         // the chunk: fewer tokens per chunk when a full chunk's would not fit one binding.
         let scratch_len = |chunk| {
@@ -230,7 +241,7 @@ impl GpuEngine {
                 .map(|l| attention::scratch_len(&kernels, &attention_dims(&c, l, capacity, chunk), chunk))
                 .max()
         };
-        let chunk = (1..=MAX_CHUNK).rev().find(|&n| scratch_len(n).unwrap_or(0) as u64 * 4 <= limit).unwrap_or(1);
+        let chunk = (1..=max_chunk).rev().find(|&n| scratch_len(n).unwrap_or(0) as u64 * 4 <= limit).unwrap_or(1);
         // The KV cache, planned in u64 (hearth_core::plan) and checked against one binding before
         // any buffer is created.
         let plan = GpuPlan::new(m, max_context, kv_f16, chunk)?;
@@ -332,6 +343,11 @@ impl GpuEngine {
     /// Bytes of GPU memory the KV cache takes (windowed layers hold rings of their window).
     pub fn kv_cache_bytes(&self) -> u64 {
         self.kv_cache_bytes
+    }
+
+    /// Most tokens one forward pass takes (longer prompts run in chunks of this many).
+    pub fn prompt_chunk(&self) -> usize {
+        self.chunk
     }
 
     /// Positions the KV cache holds: the most tokens one generation can use.
@@ -718,7 +734,8 @@ impl GpuEngine {
         self.check_room(tokens.len())?;
         let vocab = self.config.vocab_size;
         let mut out = Vec::with_capacity(tokens.len() * vocab);
-        for chunk in tokens.chunks(self.chunk) {
+        // `logits_all` holds MAX_CHUNK rows.
+        for chunk in tokens.chunks(self.chunk.min(MAX_CHUNK)) {
             self.run_chunk(Input::Tokens(chunk), Head::All, None)?;
             out.extend(read_back_async::<f32>(&self.ctx, &self.buffers.logits_all, 0, chunk.len() * vocab).await?);
         }

@@ -12,6 +12,7 @@ use hearth_core::{HearthError, Result};
 
 use crate::attention::{self, AttentionBuffers, AttentionDims};
 use crate::builder::{Builder, Dispatch, Fuse, GatedWeights, NormBuffers, Product, RopeDims, RopeStore, Step};
+use crate::engine::MAX_CHUNK;
 use crate::kernels::{bind_group, entry, storage, uniform_of, whole, Activation, EmbedRows, QkNormDims, WORKGROUP};
 use crate::mixture::{self, MixtureScratch};
 use crate::weights::{WeightBuffer, WeightUploads};
@@ -42,7 +43,7 @@ pub struct Activations {
     attention_scratch: wgpu::Buffer,
     /// A longer step's last row, which its head reads.
     pub last: wgpu::Buffer,
-    /// The logits of the last token, and of every token.
+    /// The logits of the last token, and of every token of a step of at most MAX_CHUNK.
     pub logits: wgpu::Buffer,
     pub logits_all: wgpu::Buffer,
 }
@@ -65,7 +66,7 @@ impl Activations {
             attention_scratch: storage(device, "attention scratch", scratch_len)?,
             last: storage(device, "last hidden", c.hidden_size)?,
             logits: storage(device, "logits", c.vocab_size)?,
-            logits_all: storage(device, "logits, every token", chunk * c.vocab_size)?,
+            logits_all: storage(device, "logits, every token", chunk.min(MAX_CHUNK) * c.vocab_size)?,
         })
     }
 }

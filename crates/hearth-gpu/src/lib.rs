@@ -21,5 +21,5 @@ pub mod weights;
 pub use builder::{run_dispatches, Dispatch, RopeDims, Step};
 pub use context::GpuContext;
 pub use encoder::{GpuEncoder, PendingEncoder, PACKED_TOKENS};
-pub use engine::{GpuEngine, PendingEngine, StepCounts, MAX_CHUNK, QUEUE_DEPTH};
+pub use engine::{GpuEngine, PendingEngine, StepCounts, GPU_CHUNK, MAX_CHUNK, QUEUE_DEPTH};
 pub use weights::{Pending, Span, StoredMatrix, WeightBuffer, WeightUploads};
