@@ -4,7 +4,9 @@
 #   model                          weights                                   runs
 #   smollm2   SmolLM2-135M-Instruct  the real package (Q4_1 GGUF, converted)   decode at context 128 and 4096,
 #   gemma3    Gemma 3 270M           the real package (Q4_K_M GGUF, converted)  and a 512-token prefill
-#                                                                              (also with --no-gemm)
+#                                                                              (also with --no-gemm);
+#                                                                              decode at 128 with the
+#                                                                              demo's sampling (--sampled)
 #   llama1b   Llama-3.2-1B-Instruct  shapes only (tests/fixtures/shapes/), random weights (--synthetic)
 #
 # It prints a table and writes every run's JSON line (hearth bench's, plus "model" and "case") to a
@@ -186,6 +188,10 @@ for spec in "${specs[@]}"; do
     run "$name" "$label" "decode@$ctx" "$dir" "$synthetic" \
       --context "$skip" --prompt-tokens "$prompt" --gen-tokens "$gen"
   done
+  # The demo's sampling (temperature 0.7, top-k 40, top-p 0.9): the sampler's share of a step.
+  ctx="${contexts[0]}"
+  run "$name" "$label" "decode@$ctx sampled" "$dir" "$synthetic" \
+    --context $((ctx > prompt ? ctx - prompt : 0)) --prompt-tokens "$prompt" --gen-tokens "$gen" --sampled
   run "$name" "$label" "prefill $prefill" "$dir" "$synthetic" \
     --prompt-tokens "$prefill" --gen-tokens "$gen"
   # The earlier tiled prompt kernel, until a GPU has compared the two (hearth bench --no-gemm).

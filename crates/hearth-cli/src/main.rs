@@ -183,6 +183,10 @@ enum Command {
         /// compare them on a GPU.
         #[arg(long)]
         no_gemm: bool,
+        /// Decode with the demo's sampling settings (temperature 0.7, top-k 40, top-p 0.9, seed 1)
+        /// instead of greedily.
+        #[arg(long)]
+        sampled: bool,
     },
 }
 
@@ -489,6 +493,7 @@ fn run(cli: Cli) -> Result<()> {
             decode_rows,
             no_subgroups,
             no_gemm,
+            sampled,
         } => {
             let plan = BenchPlan {
                 prompt_tokens,
@@ -500,6 +505,7 @@ fn run(cli: Cli) -> Result<()> {
                 decode_rows,
                 subgroups: !no_subgroups,
                 gemm: !no_gemm,
+                sampling: if sampled { demo_sampling() } else { SamplingParams::default() },
             };
             bench(&model, engine, plan)?
         }
@@ -523,6 +529,13 @@ struct BenchPlan {
     subgroups: bool,
     /// GPU: prompts' products in the register-blocked kernel (else the tiled one).
     gemm: bool,
+    /// How decode steps choose their tokens (the prompt's step is greedy).
+    sampling: SamplingParams,
+}
+
+/// The demo page's default settings (www/index.html).
+fn demo_sampling() -> SamplingParams {
+    SamplingParams { temperature: 0.7, top_k: 40, top_p: 0.9, seed: 1, ..SamplingParams::default() }
 }
 
 /// The engine a benchmark runs: the GPU's, with its counters, or a CPU engine.
@@ -540,20 +553,24 @@ impl BenchEngine {
         }
     }
 
-    /// `n` greedy decode steps after the token `first`; the last token. With `queued`, the GPU
-    /// keeps up to `QUEUE_DEPTH` steps submitted ahead of the tokens read back, as `generate` does.
-    fn decode(&mut self, first: u32, n: usize, queued: bool) -> hearth_core::Result<u32> {
-        let BenchEngine::Gpu(engine) = self else { return (0..n).try_fold(first, |id, _| self.step(&[id])) };
-        if !queued {
-            return (0..n).try_fold(first, |id, _| engine.forward_argmax(&[id]));
-        }
-        use hearth_core::generate::{Backend as _, QueuedStep};
-        let mut sampler = hearth_core::sampling::Sampler::new(Default::default())?;
+    /// `n` decode steps after the token `first`, choosing by `sampling`; the last token. With
+    /// `queued`, the GPU keeps up to `QUEUE_DEPTH` steps submitted ahead of the tokens read back,
+    /// as `generate` does.
+    fn decode(&mut self, first: u32, n: usize, queued: bool, sampling: &SamplingParams) -> hearth_core::Result<u32> {
+        use hearth_core::generate::{Backend, QueuedStep};
+        let mut sampler = hearth_core::sampling::Sampler::new(sampling.clone())?;
         let history = [first];
+        let engine: &mut dyn Backend = match self {
+            BenchEngine::Gpu(engine) => engine.as_mut(),
+            BenchEngine::Cpu(_, engine) => engine.as_mut(),
+        };
+        if !queued || engine.queue_depth() == 0 {
+            return (0..n).try_fold(first, |id, _| engine.forward_sample(&[id], &mut sampler, &history));
+        }
         let (mut submitted, mut last) = (0, first);
-        for _ in 0..n {
-            while engine.queued() < hearth_gpu::QUEUE_DEPTH && submitted < n {
-                let ahead = engine.queued();
+        for received in 0..n {
+            while submitted - received < engine.queue_depth() && submitted < n {
+                let ahead = submitted - received;
                 let input = [last];
                 let tokens = (ahead == 0).then_some(&input[..]);
                 engine.queue_step(QueuedStep { tokens, sampler: &mut sampler, history: &history, ahead }, None)?;
@@ -572,8 +589,18 @@ impl BenchEngine {
 /// decode step records and reads (dispatches, weight and KV-cache bytes) and the bandwidth that
 /// makes at the measured speed.
 fn bench(dir: &std::path::Path, choice: EngineArgs, plan: BenchPlan) -> Result<()> {
-    let BenchPlan { prompt_tokens, gen_tokens, synthetic, context, profile, queued, decode_rows, subgroups, gemm } =
-        plan;
+    let BenchPlan {
+        prompt_tokens,
+        gen_tokens,
+        synthetic,
+        context,
+        profile,
+        queued,
+        decode_rows,
+        subgroups,
+        gemm,
+        sampling,
+    } = plan;
     if prompt_tokens == 0 || gen_tokens < 2 {
         bail!("--prompt-tokens must be at least 1 and --gen-tokens at least 2");
     }
@@ -630,7 +657,7 @@ fn bench(dir: &std::path::Path, choice: EngineArgs, plan: BenchPlan) -> Result<(
     let mut id = engine.step(&prompt)?;
     let ttft_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    id = engine.decode(id, gen_tokens - 1, queued)?;
+    id = engine.decode(id, gen_tokens - 1, queued, &sampling)?;
     let decode_s = t1.elapsed().as_secs_f64();
     let decode_tok_s = (gen_tokens - 1) as f64 / decode_s;
     let mut report = json!({
@@ -642,6 +669,11 @@ fn bench(dir: &std::path::Path, choice: EngineArgs, plan: BenchPlan) -> Result<(
         "decode_tok_s": decode_tok_s,
         "ttft_s": ttft_s,
         "synthetic": synthetic,
+        "sampling": if sampling.temperature == 0.0 {
+            json!("greedy")
+        } else {
+            json!({"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p})
+        },
     });
     match &mut engine {
         BenchEngine::Gpu(e) => {

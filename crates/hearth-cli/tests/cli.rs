@@ -254,6 +254,7 @@ fn bench_synthetic_needs_only_the_manifest() {
             "load_s",
             "prefill_tok_s",
             "prompt_tokens",
+            "sampling",
             "synthetic",
             "ttft_s",
         ];
@@ -345,6 +346,13 @@ fn bench_reports_counters_context_and_profile() {
         }
         why => assert!(why.as_str().unwrap().contains("timestamp"), "{v}"),
     }
+    assert_eq!(v["sampling"], "greedy", "{v}");
+    // The demo's sampling (top-k 40 over SmolLM2's 49,152 tokens) records what greedy decoding
+    // records: the blocks' best 40 take the place of their best one (`top_blocks`), then `sample`.
+    let out = ok(&[&args[..], &["--gen-tokens", "3", "--context", "100", "--sampled"]].concat());
+    let sampled: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!(sampled["sampling"], serde_json::json!({"temperature": 0.7f32, "top_k": 40, "top_p": 0.9f32}));
+    assert_eq!(sampled["dispatches_per_token"], dispatches, "{sampled}");
     let out = hearth(&["bench", "--model", package(), "--backend", "cpu", "--context", "10"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--context needs the GPU"));
 }
