@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use hearth_core::cpu::rope_inv_freq;
-use hearth_core::manifest::{Manifest, NormKind, RopeConfig};
+use hearth_core::manifest::{Manifest, ModelConfig, NormKind, RopeConfig};
 use hearth_core::{HearthError, Result};
 
 use crate::context::GpuContext;
@@ -119,6 +119,23 @@ pub struct RopeDims {
     pub magnitude: f32,
 }
 
+impl RopeDims {
+    /// `c`'s heads, `n_pairs` rotated pairs per head (NeoX's pairing or not), a cache of
+    /// `cache_rows` rows.
+    pub fn new(c: &ModelConfig, n_pairs: usize, neox: bool, cache_rows: usize, magnitude: f32) -> Self {
+        RopeDims {
+            n_heads: c.n_heads as u32,
+            n_kv_heads: c.n_kv_heads as u32,
+            head_dim: c.head_dim as u32,
+            n_pairs: n_pairs as u32,
+            neox: u32::from(neox),
+            cache_rows: cache_rows as u32,
+            eps: c.norm_eps,
+            magnitude,
+        }
+    }
+}
+
 /// Where a decode step's QKV product puts what rope.wgsl would otherwise: its epilogue rotates
 /// queries and keys, writes the queries to `q` and keys and values to the cache (matvec.wgsl's
 /// `decode rope`; prompts still write the product and run the pass).
@@ -140,6 +157,13 @@ pub struct RopeStore<'a> {
 pub struct NormBuffers {
     pub weight: wgpu::Buffer,
     pub bias: Option<wgpu::Buffer>,
+}
+
+impl NormBuffers {
+    /// Its weight, and its bias for LayerNorm.
+    pub fn buffers(self) -> impl Iterator<Item = wgpu::Buffer> {
+        [self.weight].into_iter().chain(self.bias)
+    }
 }
 
 /// What a matrix product fuses in.

@@ -135,23 +135,10 @@ impl GpuEncoder {
         }
         let embed_norm = b.norm("token_embd_norm")?;
         dispatches.push(b.norm_pass(&normed, &embed_norm, &step, &x));
-        b.scratch.extend([embed_norm.weight].into_iter().chain(embed_norm.bias));
+        b.scratch.extend(embed_norm.buffers());
 
         let rope_store = b.kernels.rope_store(false, c.qkv_bias, false);
-        let rope_dims = uniform_of(
-            &device,
-            "rope dims",
-            &RopeDims {
-                n_heads: c.n_heads as u32,
-                n_kv_heads: c.n_kv_heads as u32,
-                head_dim: c.head_dim as u32,
-                n_pairs: 0,
-                neox: 0,
-                cache_rows: chunk as u32,
-                eps: c.norm_eps,
-                magnitude: 1.0,
-            },
-        );
+        let rope_dims = uniform_of(&device, "rope dims", &RopeDims::new(&c, 0, false, chunk, 1.0));
         for l in 0..c.n_layers {
             let p = |s: &str| format!("blk.{l}.{s}.weight");
             let bias = |s: &str| format!("blk.{l}.{s}.bias");
@@ -250,7 +237,7 @@ impl GpuEncoder {
             })?);
             dispatches.push(b.norm_pass(&y, &ffn_norm, &step, &x));
             for norm in [attn_norm, ffn_norm] {
-                b.scratch.extend([norm.weight].into_iter().chain(norm.bias));
+                b.scratch.extend(norm.buffers());
             }
             b.scratch.extend(qkv_bias.into_iter().chain(linear_bias.into_iter().flatten()));
             weights.extend(wqkv.into_iter().chain(wo).chain(wup).chain(wdown));

@@ -11,7 +11,7 @@ use hearth_core::plan::GpuPlan;
 use hearth_core::{HearthError, Result};
 
 use crate::attention::{self, AttentionBuffers, AttentionDims};
-use crate::builder::{Builder, Dispatch, Fuse, GatedWeights, NormBuffers, Product, RopeDims, RopeStore, Step};
+use crate::builder::{Builder, Dispatch, Fuse, GatedWeights, Product, RopeDims, RopeStore, Step};
 use crate::engine::MAX_CHUNK;
 use crate::kernels::{bind_group, entry, storage, uniform_of, whole, Activation, EmbedRows, QkNormDims, WORKGROUP};
 use crate::mixture::{self, MixtureScratch};
@@ -266,20 +266,9 @@ impl<'a> Forward<'a> {
         // Without RoPE (or in a layer that does not rotate) no pair rotates: the kernels only add
         // biases and store K and V.
         let n_pairs = self.rope.as_ref().filter(|_| c.layer_rotates(l)).map_or(0, |r| r.dim / 2);
-        let rope_dims = uniform_of(
-            &device,
-            "rope dims",
-            &RopeDims {
-                n_heads: c.n_heads as u32,
-                n_kv_heads: c.n_kv_heads as u32,
-                head_dim: c.head_dim as u32,
-                n_pairs: n_pairs as u32,
-                neox: u32::from(self.rope.as_ref().is_some_and(|r| r.style == RopeStyle::Neox)),
-                cache_rows: cache_rows as u32,
-                eps: c.norm_eps,
-                magnitude: c.rope_magnitude(l),
-            },
-        );
+        let neox = self.rope.as_ref().is_some_and(|r| r.style == RopeStyle::Neox);
+        let rope_dims =
+            uniform_of(&device, "rope dims", &RopeDims::new(c, n_pairs, neox, cache_rows, c.rope_magnitude(l)));
         // On GPUs a decode step's QKV product rotates and stores its own queries, keys and values
         // (one dispatch fewer per layer); prompts write the product and run the pass.
         let fused_rope =
@@ -534,11 +523,4 @@ pub struct Assembled {
     pub rings: Vec<Option<(usize, usize)>>,
     /// A mixture's per-layer expert step uniforms (none for its dense layers).
     pub expert_steps: Vec<Option<wgpu::Buffer>>,
-}
-
-impl NormBuffers {
-    /// Its weight, and its bias for LayerNorm.
-    pub fn buffers(self) -> impl Iterator<Item = wgpu::Buffer> {
-        [self.weight].into_iter().chain(self.bias)
-    }
 }
