@@ -33,8 +33,9 @@
 // penalties to its block's tokens and writing its best `block_k` candidates (k = 1 greedy, else the
 // top-k) into a list: every candidate the chain can keep is among its block's best k, so
 // `sample` runs the whole chain over that list (blocks * k entries) instead of the vocabulary. The
-// vocabulary is then read once, by many workgroups at once, instead of up to ~6 times by one (on an
-// H200 the one workgroup's pass over 128,256 logits took 127 µs; Gemma's vocabulary is 262,144).
+// vocabulary's passes (one greedy, a few until the block's search compacts otherwise) are then
+// shared out among many workgroups instead of all made by one (on an H200 the one workgroup's pass
+// over 128,256 logits took 127 µs; Gemma's vocabulary is 262,144).
 //
 // Order. Candidates are ordered as on the CPU: by logit descending, the lower index first on equal
 // logits. Each candidate has a unique position (key, rank), compared lexicographically, larger
@@ -59,8 +60,8 @@
 //   top-k <= 1024, with or without top-p / min-p: about 6 (search until compaction, compaction);
 //   top-p: 20 (softmax sum, top-p search 17, total, then usually compaction); min-p: 3;
 //   top-k > 1024 over a large set: up to 36;
-//   after `top_blocks`: none (its workgroups read the vocabulary once; the passes above run over
-//   the list of blocks * k entries).
+//   after `top_blocks`: none (its workgroups share out the vocabulary's passes, each over its own
+//   4,096 tokens; the passes above run over the list of blocks * k entries).
 // Each pass ends in a reduction of 2 barriers; passes over the compacted list cost little else.
 //
 // Rounding. Sums run in a different order than on the CPU, so masses differ from the CPU's in the
@@ -381,9 +382,9 @@ fn best_over(first: u32, end: u32) -> Best {
 }
 
 // Workgroup b: the best `params.block_k` candidates of tokens b * BLOCK .. (b + 1) * BLOCK - 1
-// into block_top[b * block_k ..]: the best alone (one pass), or the block's top-k by the same search
-// `sample` runs (on 16 tokens per invocation, compacted a few passes in). Branches around barriers
-// are on uniform parameters.
+// into block_top[b * block_k ..]: the best alone (greedy: one pass), or the block's top-k by the
+// same search `sample` runs (on 16 tokens per invocation, compacted a few passes in). Branches
+// around barriers are on uniform parameters.
 @compute @workgroup_size(256)
 fn top_blocks(@builtin(local_invocation_index) local_index: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     lid = local_index;
@@ -399,7 +400,9 @@ fn top_blocks(@builtin(local_invocation_index) local_index: u32, @builtin(workgr
     storageBarrier();
     let out = wg.x * params.block_k;
     let best = best_over(source_first, source_end);
-    if (params.block_k == 1u) {
+    // Greedy: the argmax's best (`beats`: -0 equals +0, the lower index first, as the CPU's
+    // argmax). A top-k of 1 at a temperature ranks by the total order (+0 above -0) and searches.
+    if (params.temperature == 0.0) {
         if (lid == 0u) {
             block_top[out] = vec2<u32>(bitcast<u32>(best.value), best.index);
         }

@@ -162,8 +162,9 @@ impl GpuPlan {
 pub struct Memory {
     pub weights: u64,
     pub kv_cache: u64,
-    /// Activations and the module's own (CPU only; on the GPU a few MB for a dense model, more for a
-    /// mixture's packed expert buffers, which this does not count yet).
+    /// Activations and the module's own (CPU only; not counted yet on the GPU: a few MB for a dense
+    /// model in 64-token chunks, tens of MB in a hardware GPU's 512-token chunks, more for a
+    /// mixture's packed expert buffers).
     pub working: u64,
     pub total: u64,
 }

@@ -234,14 +234,18 @@ impl GpuEngine {
             .with_gemm(ctx.gemm);
         let windowed = (0..c.n_layers).any(|l| c.layer_window(l).is_some());
         let max_chunk = if ctx.software || windowed || c.moe.is_some() { MAX_CHUNK } else { GPU_CHUNK };
-        // Attention's scratch (scores of the row split, records of the split kernel) grows with
-        // the chunk: fewer tokens per chunk when a full chunk's would not fit one binding.
+        // Attention's scratch (scores of the row split, records of the split kernel) and the
+        // activations grow with the chunk: fewer tokens per chunk when a full chunk's would not fit
+        // one binding.
         let scratch_len = |chunk| {
             (0..c.n_layers)
                 .map(|l| attention::scratch_len(&kernels, &attention_dims(&c, l, capacity, chunk), chunk))
                 .max()
         };
-        let chunk = (1..=max_chunk).rev().find(|&n| scratch_len(n).unwrap_or(0) as u64 * 4 <= limit).unwrap_or(1);
+        // The widest activation ([gate | up] of separately encoded layers) must fit one binding too.
+        let widest = (2 * c.ffn_size).max(c.q_dim() + 2 * c.kv_dim()).max(c.hidden_size) as u64;
+        let fits = |n: usize| scratch_len(n).unwrap_or(0) as u64 * 4 <= limit && n as u64 * widest * 4 <= limit;
+        let chunk = (1..=max_chunk).rev().find(|&n| fits(n)).unwrap_or(1);
         // The KV cache, planned in u64 (hearth_core::plan) and checked against one binding before
         // any buffer is created.
         let plan = GpuPlan::new(m, max_context, kv_f16, chunk)?;

@@ -237,12 +237,13 @@ fn greedy_takes_the_first_of_tied_maxima_and_penalties_move_it() {
     }
 }
 
-/// A greedy step with nothing applied before its argmax reads the per-block bests of
-/// `argmax_blocks` (4096 tokens each; 49,157 tokens make 12 full blocks and one of 5): a single
-/// maximum at either end of a block, in the last (partial) block and at the very end is found;
-/// tied maxima in different blocks give the lower index; a masked-out maximum in another block
-/// gives way to the best allowed token; and sampling at a temperature (whose argmax also reads the
-/// blocks) still takes the maximum with a draw of 0.
+/// A greedy step reads the per-block bests of `top_blocks` (4096 tokens each; 49,157 tokens make
+/// 12 full blocks and one of 5): a single maximum at either end of a block, in the last (partial)
+/// block and at the very end is found; tied maxima in different blocks give the lower index; a
+/// masked-out maximum in another block gives way to the best allowed token; and top-k 1 at a
+/// temperature (each block's top 1 by the chain's order) still takes the maximum with a draw of 0.
+/// A maximum of 0 held as -0 at a lower index and +0 at a higher one in the same block: greedy
+/// takes the lower (the CPU's argmax: -0 equals +0), top-k 1 the +0 (its order: +0 above -0).
 #[test]
 fn greedy_finds_the_maximum_in_any_block() {
     let Some(ctx) = context() else { return };
@@ -271,11 +272,18 @@ fn greedy_finds_the_maximum_in_any_block() {
     assert_eq!(rig.sample_masked(&logits, &greedy, 0.0, &[], Some(&mask)), 100, "the maximum masked out");
     let cpu = choose(&greedy, &mut base.clone(), &[], 0.0);
     assert_eq!(rig.sample(&base, &greedy, 0.0, &[]), cpu, "the fixture's own logits");
+    let mut zeros: Vec<f32> = base.iter().map(|l| -1.0 - l.abs()).collect();
+    zeros[4096 + 5] = -0.0;
+    zeros[4096 + 10] = 0.0;
+    for (params, want) in [(&greedy, 4096 + 5), (&hot, 4096 + 10)] {
+        assert_eq!(choose(params, &mut zeros.clone(), &[], 0.0), want, "CPU, {params:?}");
+        assert_eq!(rig.sample(&zeros, params, 0.0, &[]), want, "-0 and +0, {params:?}");
+    }
 }
 
-/// Top-k sampling with nothing applied before the chain runs the chain over each block's best k
-/// (`top_blocks`, 4096 tokens a block) instead of the vocabulary: a block must hand over all of
-/// the top-k it holds. Each case puts the best candidates where a block that kept too few, or the
+/// Top-k sampling (of at most 256, without log-probabilities) runs the chain over each block's
+/// best k (`top_blocks`, 4096 tokens a block) instead of the vocabulary: a block must hand over
+/// all of the top-k it holds. Each case puts the best candidates where a block that kept too few, or the
 /// wrong ones of a tie, would change the kept set: all in one block (k = 40 and the largest served,
 /// 256), spread with the k-th place tied across blocks (the last, partial block among them), more
 /// tied in one block than k, and a mask that leaves that block fewer than k (the rest from block 8). Every kept
