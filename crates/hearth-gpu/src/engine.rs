@@ -53,22 +53,9 @@ pub const GPU_CHUNK: usize = 512;
 /// submission). Steps found unneeded at a stop cost the GPU that many tokens' work at most.
 pub const QUEUE_DEPTH: usize = 3;
 
-/// The engine's buffers that a step writes or reads back.
-struct Buffers {
-    step: wgpu::Buffer,
-    tokens: wgpu::Buffer,
-    x: wgpu::Buffer,
-    last: wgpu::Buffer,
-    logits: wgpu::Buffer,
-    logits_all: wgpu::Buffer,
-    /// Where each queued step's result (its id, and its log-probabilities when asked for) is
-    /// copied for reading back: one per step that can be queued, used in turn.
-    staging: Vec<wgpu::Buffer>,
-}
-
 /// A step submitted whose token has not been read back.
 struct Queued {
-    /// Its buffer in `Buffers::staging`, mapped once the step has run.
+    /// Its buffer in `GpuEngine::staging`, mapped once the step has run.
     slot: usize,
     /// Positions it took.
     tokens: usize,
@@ -147,7 +134,12 @@ pub struct GpuEngine {
     last_step: StepCounts,
     /// What each pipeline is called in profiles.
     labels: HashMap<wgpu::ComputePipeline, String>,
-    buffers: Buffers,
+    /// The buffers the layers share; a step writes its tokens and step uniform there and reads
+    /// back the logits.
+    activations: Activations,
+    /// Where each queued step's result (its id, and its log-probabilities when asked for) is
+    /// copied for reading back: one per step that can be queued, used in turn.
+    staging: Vec<wgpu::Buffer>,
     /// The layers, in order, for any number of tokens.
     layers: Vec<Dispatch>,
     /// Final norm + output head for the last token only, of a longer step (its row copied to
@@ -161,7 +153,6 @@ pub struct GpuEngine {
     /// for its dense layers).
     expert_steps: Vec<Option<wgpu::Buffer>>,
     // Kept alive for the bind groups.
-    _activations: Activations,
     _weights: Vec<WeightBuffer>,
     _scratch: Vec<wgpu::Buffer>,
 }
@@ -268,16 +259,6 @@ impl GpuEngine {
         let heads = forward.heads()?;
         let sampler = GpuSampler::new(&ctx, forward.logits(), c.vocab_size as u32, capacity)?;
         let kept = forward.finish();
-        let a = &kept.activations;
-        let buffers = Buffers {
-            step: a.step.clone(),
-            tokens: a.tokens.clone(),
-            x: a.x.clone(),
-            last: a.last.clone(),
-            logits: a.logits.clone(),
-            logits_all: a.logits_all.clone(),
-            staging,
-        };
         let engine = GpuEngine {
             ctx,
             config: c,
@@ -294,14 +275,14 @@ impl GpuEngine {
             rings: kept.rings,
             last_step: StepCounts::default(),
             labels: kept.labels,
-            buffers,
+            activations: kept.activations,
+            staging,
             layers,
             head_last: heads.last,
             head_one: heads.one,
             sampler,
             head_all: heads.all,
             expert_steps: kept.expert_steps,
-            _activations: kept.activations,
             _weights: kept.weights,
             _scratch: kept.scratch,
         };
@@ -393,7 +374,7 @@ impl GpuEngine {
     pub fn drop_queued(&mut self) {
         for q in self.queue.drain(..) {
             // Cancels the map if it is still pending.
-            self.buffers.staging[q.slot].unmap();
+            self.staging[q.slot].unmap();
             self.position -= q.tokens;
         }
     }
@@ -408,7 +389,7 @@ impl GpuEngine {
     ) -> Result<wgpu::SubmissionIndex> {
         let n = input.len() as u32;
         let c = &self.config;
-        let b = &self.buffers;
+        let b = &self.activations;
         let step = Step { start: self.position as u32, n_tokens: n };
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
         match input {
@@ -475,7 +456,7 @@ impl GpuEngine {
                         }
                         None => self.sampler.record(&mut encoder.begin_compute_pass(&Default::default())),
                     }
-                    let staging = &b.staging[slot];
+                    let staging = &self.staging[slot];
                     encoder.copy_buffer_to_buffer(self.sampler.result(), 0, staging, 0, result_bytes(logprobs));
                 }
             }
@@ -651,7 +632,7 @@ impl GpuEngine {
         let submission = self.run(input, Head::Sample { logprobs, slot })?;
         self.next_slot = (slot + 1) % QUEUE_DEPTH;
         let (tx, mapped) = futures_channel::oneshot::channel();
-        self.buffers.staging[slot].slice(..).map_async(wgpu::MapMode::Read, move |r| {
+        self.staging[slot].slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
         self.queue.push_back(Queued { slot, tokens: self.position - start, logprobs, mapped, submission });
@@ -663,7 +644,7 @@ impl GpuEngine {
         let Some(q) = self.queue.pop_front() else {
             return Err(HearthError::InvalidArgument("no step is queued".into()));
         };
-        let staging = &self.buffers.staging[q.slot];
+        let staging = &self.staging[q.slot];
         // Natively the map completes inside `poll`; in a browser the poll returns at once and the
         // map resolves when WebGPU calls back.
         let waited = self
@@ -733,7 +714,7 @@ impl GpuEngine {
         self.drop_queued();
         if !all_logits {
             self.run(Input::Tokens(tokens), Head::Last)?;
-            return read_back_async::<f32>(&self.ctx, &self.buffers.logits, 0, self.config.vocab_size).await;
+            return read_back_async::<f32>(&self.ctx, &self.activations.logits, 0, self.config.vocab_size).await;
         }
         self.check_room(tokens.len())?;
         let vocab = self.config.vocab_size;
@@ -741,7 +722,7 @@ impl GpuEngine {
         // `logits_all` holds MAX_CHUNK rows.
         for chunk in tokens.chunks(self.chunk.min(MAX_CHUNK)) {
             self.run_chunk(Input::Tokens(chunk), Head::All, None)?;
-            out.extend(read_back_async::<f32>(&self.ctx, &self.buffers.logits_all, 0, chunk.len() * vocab).await?);
+            out.extend(read_back_async::<f32>(&self.ctx, &self.activations.logits_all, 0, chunk.len() * vocab).await?);
         }
         Ok(out)
     }

@@ -151,11 +151,16 @@ fn intervals(params: &SamplingParams, logits: &[f32], counts: &[(u32, u32)]) -> 
         .collect()
 }
 
+/// Every candidate whose interval is wide enough for an exact comparison, with the draw at its
+/// midpoint.
+fn wide_midpoints(intervals: &[(u32, f32, f32)]) -> Vec<(u32, f32)> {
+    intervals.iter().filter(|c| (c.2 - c.1) / 2.0 > TOL).map(|&(t, lo, hi)| (t, (lo + hi) / 2.0)).collect()
+}
+
 /// Up to MAX_DRAWS candidates whose interval is wide enough for an exact comparison, spread over
 /// the kept list; each with the draw at its midpoint.
 fn midpoint_draws(intervals: &[(u32, f32, f32)]) -> Vec<(u32, f32)> {
-    let wide: Vec<(u32, f32)> =
-        intervals.iter().filter(|c| (c.2 - c.1) / 2.0 > TOL).map(|&(t, lo, hi)| (t, (lo + hi) / 2.0)).collect();
+    let wide = wide_midpoints(intervals);
     let stride = wide.len().div_ceil(MAX_DRAWS).max(1);
     wide.into_iter().step_by(stride).collect()
 }
@@ -283,12 +288,12 @@ fn greedy_finds_the_maximum_in_any_block() {
 
 /// Top-k sampling (of at most 256, without log-probabilities) runs the chain over each block's
 /// best k (`top_blocks`, 4096 tokens a block) instead of the vocabulary: a block must hand over
-/// all of the top-k it holds. Each case puts the best candidates where a block that kept too few, or the
-/// wrong ones of a tie, would change the kept set: all in one block (k = 40 and the largest served,
-/// 256), spread with the k-th place tied across blocks (the last, partial block among them), more
-/// tied in one block than k, and a mask that leaves that block fewer than k (the rest from block 8). Every kept
-/// candidate's midpoint draw must give the CPU's token; a top-k of 257 takes the vocabulary path,
-/// which must agree too. The dispatch count shows which path ran.
+/// all of the top-k it holds. Each case puts the best candidates where a block that kept too few,
+/// or the wrong ones of a tie, would change the kept set: all in one block (k = 40 and the largest
+/// served, 256), spread with the k-th place tied across blocks (the last, partial block among
+/// them), more tied in one block than k, and a mask that leaves that block fewer than k (the rest
+/// from block 8). Every kept candidate's midpoint draw must give the CPU's token; a top-k of 257
+/// takes the vocabulary path, which must agree too. The dispatch count shows which path ran.
 #[test]
 fn top_k_sampling_over_blocks_keeps_every_candidate_of_the_cpus_top_k() {
     let Some(ctx) = context() else { return };
@@ -339,8 +344,7 @@ fn top_k_sampling_over_blocks_keeps_every_candidate_of_the_cpus_top_k() {
         let cuts = intervals(&params, &cpu_logits, &[]);
         assert_eq!(cuts.len(), k, "{what}: the CPU keeps k");
         // Every kept candidate's interval is wide enough for an exact comparison: each is drawn.
-        let draws: Vec<(u32, f32)> =
-            cuts.iter().filter(|c| (c.2 - c.1) / 2.0 > TOL).map(|&(t, lo, hi)| (t, (lo + hi) / 2.0)).collect();
+        let draws = wide_midpoints(&cuts);
         assert_eq!(draws.len(), k, "{what}: candidates wide enough to draw");
         for (token, draw) in draws {
             let gpu = rig.sample_masked(&logits, &params, draw, &[], mask.as_deref());
